@@ -1,1 +1,41 @@
-//! placeholder
+//! Haven repository format v1.
+//!
+//! A repository is a set of objects on any object store (a local directory, S3, a Haven
+//! storage node) that holds deduplicated, compressed and encrypted VM disk snapshots and
+//! describes itself completely: with the password alone, any site holding a copy can
+//! list and restore every snapshot. The format is specified in `docs/format.md`.
+//!
+//! Invariants the rest of Haven relies on:
+//! - objects are written create-only; a chunk is never rewritten once stored;
+//! - publish order is chunks, then index, then manifest, with a durability barrier
+//!   before the index; the manifest is the commit point, so a crash at any moment leaves
+//!   either a complete snapshot or none;
+//! - every object read is checked (frame checksum, AEAD tag bound to the object's name,
+//!   and for chunks the keyed digest) before any byte of it is used.
+
+mod backend;
+mod blob;
+mod chunk;
+mod config;
+mod crypto;
+mod error;
+mod index;
+mod keyfile;
+mod manifest;
+mod progress;
+mod repository;
+mod verify;
+
+pub use backend::{Backend, Durability, PutOutcome};
+pub use blob::check_frame_only;
+pub use chunk::{ChunkId, is_all_zero};
+pub use config::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig};
+pub use error::{RepoError, Result};
+pub use index::{FixedIndex, slot_count, slot_range};
+pub use manifest::{
+    Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,
+    format_timestamp, parse_timestamp, validate_name,
+};
+pub use progress::Progress;
+pub use repository::Repository;
+pub use verify::{VerifyFailure, VerifyReport, verify_snapshots};

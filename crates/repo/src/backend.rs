@@ -1,0 +1,289 @@
+//! Object storage behind a repository: `file://`, `s3://` and in-memory.
+//!
+//! Everything goes through `object_store`, so AWS S3, Ceph RGW, MinIO and Haven's own
+//! storage node are the same code path. The only backend-specific behaviour is
+//! durability on local disks: chunks are written without a per-file fsync and made
+//! durable together by [`Backend::barrier`] before the index and manifest that point at
+//! them are written (those two are fsynced individually).
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{RepoError, Result};
+
+/// Whether a create-only write stored the object or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// This call stored the object.
+    Created,
+    /// An object with this key existed; nothing was written.
+    AlreadyExisted,
+}
+
+/// Durability wanted for one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Made durable later by [`Backend::barrier`] (chunks).
+    Deferred,
+    /// Durable when the call returns (indexes, manifests, config).
+    Immediate,
+}
+
+/// A repository's storage location.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    /// On `file://`, a twin of `store` that fsyncs every write.
+    durable_store: Option<Arc<dyn ObjectStore>>,
+    /// On `file://`, the root directory, for [`Backend::barrier`].
+    local_root: Option<PathBuf>,
+    location: String,
+}
+
+impl Backend {
+    /// Opens the backend a repository URL names.
+    ///
+    /// - `file:///absolute/path` (or a bare path);
+    /// - `s3://bucket[/prefix][?endpoint=URL&region=R&path_style=true|false]`, with
+    ///   credentials from the usual `AWS_*` environment variables;
+    /// - `memory://` (tests).
+    ///
+    /// With `create`, a missing local directory is created (for `repo init`).
+    pub fn from_url(url: &str, create: bool) -> Result<Self> {
+        let invalid = |reason: &str| RepoError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url == "memory://" {
+            return Ok(Self::memory());
+        }
+        if !url.contains("://") {
+            return Self::local(FsPath::new(url), url, create);
+        }
+        let parsed = url::Url::parse(url).map_err(|error| invalid(&error.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|_| invalid("file URLs need an absolute path: file:///path"))?;
+                Self::local(&path, url, create)
+            }
+            "s3" => Self::s3(&parsed, url),
+            other => Err(invalid(&format!(
+                "unsupported scheme {other:?} (use file:// or s3://)"
+            ))),
+        }
+    }
+
+    /// An in-memory backend for tests.
+    pub fn memory() -> Self {
+        Self {
+            store: Arc::new(InMemory::new()),
+            durable_store: None,
+            local_root: None,
+            location: "memory://".into(),
+        }
+    }
+
+    fn local(path: &FsPath, url: &str, create: bool) -> Result<Self> {
+        let io = |context: String| {
+            move |source| RepoError::Io {
+                context: context.clone(),
+                source,
+            }
+        };
+        if create {
+            std::fs::create_dir_all(path).map_err(io(format!("cannot create {}", path.display())))?;
+        }
+        let root = std::fs::canonicalize(path)
+            .map_err(|_| RepoError::NotARepository(url.to_string()))?;
+        let invalid = |error: object_store::Error| RepoError::InvalidUrl {
+            url: url.to_string(),
+            reason: error.to_string(),
+        };
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(invalid)?;
+        let durable = LocalFileSystem::new_with_prefix(&root)
+            .map_err(invalid)?
+            .with_fsync(true);
+        Ok(Self {
+            store: Arc::new(store),
+            durable_store: Some(Arc::new(durable)),
+            local_root: Some(root),
+            location: url.to_string(),
+        })
+    }
+
+    fn s3(parsed: &url::Url, url: &str) -> Result<Self> {
+        let invalid = |reason: String| RepoError::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| invalid("missing bucket: s3://bucket/prefix".into()))?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut path_style = None;
+        for (name, value) in parsed.query_pairs() {
+            match name.as_ref() {
+                "endpoint" => {
+                    builder = builder
+                        .with_allow_http(value.starts_with("http://"))
+                        .with_endpoint(value.as_ref());
+                    path_style.get_or_insert(true);
+                }
+                "region" => builder = builder.with_region(value.as_ref()),
+                "path_style" => path_style = Some(value == "true"),
+                other => return Err(invalid(format!("unknown parameter {other:?}"))),
+            }
+        }
+        if let Some(path_style) = path_style {
+            builder = builder.with_virtual_hosted_style_request(!path_style);
+        }
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(builder.build().map_err(|error| invalid(error.to_string()))?);
+        let prefix = parsed.path().trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        };
+        Ok(Self {
+            store,
+            durable_store: None,
+            local_root: None,
+            location: url.to_string(),
+        })
+    }
+
+    /// The URL this backend was opened from, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The local root directory of a `file://` backend.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
+    /// Reads a whole object, refusing objects larger than `max_len` bytes.
+    pub async fn get(&self, key: &str, max_len: u64) -> Result<Bytes> {
+        let result = self
+            .store
+            .get(&Path::from(key))
+            .await
+            .map_err(|error| storage_error(key, error))?;
+        if result.meta.size > max_len {
+            return Err(RepoError::corrupt(
+                key,
+                format!("object is {} bytes, at most {max_len} expected", result.meta.size),
+            ));
+        }
+        result.bytes().await.map_err(|error| storage_error(key, error))
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(error) => Err(storage_error(key, error)),
+        }
+    }
+
+    /// Writes an object only if no object has this key (`If-None-Match: *` on S3).
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        data: Bytes,
+        durability: Durability,
+    ) -> Result<PutOutcome> {
+        let store = match (durability, &self.durable_store) {
+            (Durability::Immediate, Some(durable)) => durable,
+            _ => &self.store,
+        };
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store
+            .put_opts(&Path::from(key), PutPayload::from(data), options)
+            .await
+        {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExisted),
+            Err(error) => Err(storage_error(key, error)),
+        }
+    }
+
+    /// Deletes an object; deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(storage_error(key, error)),
+        }
+    }
+
+    /// Keys of all objects under `prefix` (a folder-like prefix without trailing `/`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix_path = Path::from(prefix);
+        self.store
+            .list(Some(&prefix_path))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|error| storage_error(prefix, error))
+    }
+
+    /// Makes every write so far durable before the caller publishes objects that point
+    /// at them. Remote object stores acknowledge durably already; on a local disk this
+    /// is one `syncfs` instead of one fsync per chunk.
+    pub async fn barrier(&self) -> Result<()> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || sync_file_system(&root))
+            .await
+            .map_err(|error| RepoError::Io {
+                context: "sync task failed".into(),
+                source: std::io::Error::other(error),
+            })?
+    }
+}
+
+fn sync_file_system(root: &FsPath) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let directory = std::fs::File::open(root).map_err(|source| RepoError::Io {
+        context: format!("cannot open {}", root.display()),
+        source,
+    })?;
+    // SAFETY: `syncfs` only reads the descriptor, which `directory` keeps open.
+    let status = unsafe { libc::syncfs(directory.as_raw_fd()) };
+    if status != 0 {
+        return Err(RepoError::Io {
+            context: format!("syncfs {}", root.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn storage_error(key: &str, error: object_store::Error) -> RepoError {
+    match error {
+        object_store::Error::NotFound { .. } => RepoError::NotFound(key.to_string()),
+        source => RepoError::Storage {
+            key: key.to_string(),
+            source,
+        },
+    }
+}

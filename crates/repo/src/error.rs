@@ -1,0 +1,108 @@
+//! Errors of the repository layer.
+//!
+//! Callers branch on these: a missing object is not the same as a corrupt one, and a
+//! wrong password is not the same as a repository of another version.
+
+/// Everything that can go wrong while reading or writing a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The repository URL could not be understood.
+    #[error("invalid repository url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given by the user.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// There is no repository at this location (no `config` object).
+    #[error("no haven repository at {0} (run `haven repo init` first)")]
+    NotARepository(String),
+    /// `repo init` found an existing repository.
+    #[error("a repository already exists at {0}")]
+    AlreadyInitialized(String),
+    /// The repository was written by a format version this build cannot read.
+    #[error("repository format version {found} is not supported (this haven reads version {supported})")]
+    UnsupportedVersion {
+        /// Version found in the repository.
+        found: u32,
+        /// Version this build understands.
+        supported: u32,
+    },
+    /// The password does not open the repository key.
+    #[error("wrong password: the repository key could not be decrypted")]
+    WrongPassword,
+    /// An object is absent.
+    #[error("object {0} is missing")]
+    NotFound(String),
+    /// An object exists but its content is not what it must be.
+    #[error("object {key} is corrupt: {reason}")]
+    Corrupt {
+        /// Key of the object relative to the repository root.
+        key: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// A name given by the user is not usable as a VM, disk or snapshot name.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The offending name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An object that must be written only once already exists.
+    #[error("object {0} already exists")]
+    AlreadyExists(String),
+    /// The storage backend failed.
+    #[error("storage error on {key}: {source}")]
+    Storage {
+        /// Key of the object relative to the repository root.
+        key: String,
+        /// The backend's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cryptographic primitive failed for a reason other than bad data.
+    #[error("cryptography failure: {0}")]
+    Crypto(&'static str),
+}
+
+impl RepoError {
+    /// Whether retrying the same operation may succeed (network trouble), as opposed to
+    /// a permanent condition such as corruption or a wrong password.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RepoError::Storage { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            RepoError::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        RepoError::Corrupt {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;

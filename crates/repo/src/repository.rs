@@ -1,0 +1,362 @@
+//! A repository: config, key, and typed access to chunks, indexes and manifests.
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::backend::{Backend, Durability, PutOutcome};
+use crate::blob::{self, BlobKind, HEADER_LEN, TRAILER_LEN};
+use crate::chunk::ChunkId;
+use crate::config::{FORMAT_NAME, FORMAT_VERSION, RepoConfig, validate_chunk_size};
+use crate::crypto::{MasterKey, RepoKeys, TAG_LEN, fill_random};
+use crate::error::{RepoError, Result};
+use crate::index::FixedIndex;
+use crate::keyfile::KeyFile;
+use crate::manifest::{DiskEntry, Manifest, SnapshotId, SnapshotRef, format_timestamp};
+
+const CONFIG_KEY: &str = "config";
+const MAX_SMALL_OBJECT: u64 = 64 * 1024;
+const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
+const BLOB_OVERHEAD: u64 = (HEADER_LEN + TAG_LEN + TRAILER_LEN) as u64;
+
+/// An open repository. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Repository {
+    backend: Backend,
+    config: RepoConfig,
+    keys: RepoKeys,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.backend.location())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+impl Repository {
+    /// Creates a repository: a fresh master key wrapped by `password`, then `config`.
+    ///
+    /// `config` is written last and create-only, so a crash leaves either no repository
+    /// or a complete one, and two concurrent inits cannot both succeed.
+    pub async fn init(backend: Backend, password: &[u8], chunk_size: u32) -> Result<Self> {
+        validate_chunk_size(chunk_size)?;
+        if backend.exists(CONFIG_KEY).await? {
+            return Err(RepoError::AlreadyInitialized(backend.location().into()));
+        }
+        let master = MasterKey::generate()?;
+        let keys = master.derive()?;
+        let key_id = random_hex(16)?;
+        let key_file = KeyFile::wrap(&master, password, &key_id)?;
+        let key_json = serde_json::to_vec_pretty(&key_file).map_err(json_error)?;
+        backend
+            .put_if_absent(&key_key(&key_id), key_json.into(), Durability::Immediate)
+            .await?;
+
+        let mut config = RepoConfig {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: random_hex(16)?,
+            chunk_size,
+            key_id,
+            created: format_timestamp(OffsetDateTime::now_utc()),
+            mac: String::new(),
+        };
+        config.mac = hex::encode(keys.config_mac(&config.authenticated_bytes()));
+        let config_json = serde_json::to_vec_pretty(&config).map_err(json_error)?;
+        let outcome = backend
+            .put_if_absent(CONFIG_KEY, config_json.into(), Durability::Immediate)
+            .await?;
+        if outcome == PutOutcome::AlreadyExisted {
+            return Err(RepoError::AlreadyInitialized(backend.location().into()));
+        }
+        Ok(Self {
+            backend,
+            config,
+            keys,
+        })
+    }
+
+    /// Opens an existing repository with its password.
+    pub async fn open(backend: Backend, password: &[u8]) -> Result<Self> {
+        let config_bytes = match backend.get(CONFIG_KEY, MAX_SMALL_OBJECT).await {
+            Ok(bytes) => bytes,
+            Err(RepoError::NotFound(_)) => {
+                return Err(RepoError::NotARepository(backend.location().into()));
+            }
+            Err(error) => return Err(error),
+        };
+        let config = RepoConfig::parse(&config_bytes, backend.location())?;
+        let key_object = key_key(&config.key_id);
+        let key_bytes = backend.get(&key_object, MAX_SMALL_OBJECT).await?;
+        let key_file: KeyFile = serde_json::from_slice(&key_bytes)
+            .map_err(|error| RepoError::corrupt(&key_object, error.to_string()))?;
+        let password = password.to_vec();
+        let key_id = config.key_id.clone();
+        let master = tokio::task::spawn_blocking(move || {
+            key_file.unwrap_key(&password, &key_id, &key_object)
+        })
+        .await
+        .map_err(join_error)??;
+        let keys = master.derive()?;
+        config.check_mac(&keys)?;
+        Ok(Self {
+            backend,
+            config,
+            keys,
+        })
+    }
+
+    /// The storage behind this repository.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The repository's config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Chunk size of new backups.
+    pub fn chunk_size(&self) -> u32 {
+        self.config.chunk_size
+    }
+
+    /// The id a chunk with this plaintext has in this repository.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId(self.keys.chunk_digest(data))
+    }
+
+    /// Compresses, encrypts and frames a chunk. CPU-bound: call from a blocking thread.
+    pub fn seal_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<Vec<u8>> {
+        blob::seal(self.keys.blob_cipher(), BlobKind::Chunk, &id.0, data)
+    }
+
+    /// Checks and opens a chunk blob, verifying that its plaintext has id `id` (and,
+    /// when given, the expected length). CPU-bound: call from a blocking thread.
+    pub fn open_chunk(
+        &self,
+        id: &ChunkId,
+        stored: &[u8],
+        expected_len: Option<u64>,
+    ) -> Result<Vec<u8>> {
+        let key = id.object_key();
+        let max = u64::from(crate::config::MAX_CHUNK_SIZE);
+        let plain = blob::open(
+            self.keys.blob_cipher(),
+            &key,
+            BlobKind::Chunk,
+            &id.0,
+            stored,
+            max,
+        )?;
+        if let Some(expected) = expected_len {
+            if plain.len() as u64 != expected {
+                return Err(RepoError::corrupt(key, "chunk has the wrong length"));
+            }
+        }
+        if self.chunk_id(&plain) != *id {
+            return Err(RepoError::corrupt(key, "content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Whether the repository holds a chunk (cross-VM deduplication).
+    pub async fn chunk_exists(&self, id: &ChunkId) -> Result<bool> {
+        self.backend.exists(&id.object_key()).await
+    }
+
+    /// Stores a sealed chunk unless it exists.
+    pub async fn put_chunk(&self, id: &ChunkId, sealed: Vec<u8>) -> Result<PutOutcome> {
+        self.backend
+            .put_if_absent(&id.object_key(), sealed.into(), Durability::Deferred)
+            .await
+    }
+
+    /// Fetches a chunk's stored blob without opening it.
+    pub async fn get_chunk_blob(&self, id: &ChunkId) -> Result<Bytes> {
+        let max = u64::from(crate::config::MAX_CHUNK_SIZE) + BLOB_OVERHEAD + 1024;
+        self.backend.get(&id.object_key(), max).await
+    }
+
+    /// Fetches, checks and opens a chunk.
+    pub async fn read_chunk(
+        self: &std::sync::Arc<Self>,
+        id: ChunkId,
+        expected_len: Option<u64>,
+    ) -> Result<Vec<u8>> {
+        let stored = self.get_chunk_blob(&id).await?;
+        let repo = self.clone();
+        tokio::task::spawn_blocking(move || repo.open_chunk(&id, &stored, expected_len))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Makes every chunk written so far durable; call before [`Self::write_index`].
+    pub async fn barrier(&self) -> Result<()> {
+        self.backend.barrier().await
+    }
+
+    /// Stores the index of one disk of a snapshot; returns its manifest entry fields
+    /// `(key, digest)`.
+    pub async fn write_index(
+        &self,
+        snapshot: &SnapshotId,
+        disk: &str,
+        index: &FixedIndex,
+    ) -> Result<(String, String)> {
+        let key = snapshot.index_key(disk);
+        let plain = index.encode();
+        let digest = hex::encode(self.keys.chunk_digest(&plain));
+        let sealed = blob::seal(
+            self.keys.blob_cipher(),
+            BlobKind::Index,
+            key.as_bytes(),
+            &plain,
+        )?;
+        // An index left by a crashed backup at the same key is never referenced by a
+        // manifest; replace it rather than fail.
+        if self
+            .backend
+            .put_if_absent(&key, sealed.clone().into(), Durability::Immediate)
+            .await?
+            == PutOutcome::AlreadyExisted
+        {
+            self.backend.delete(&key).await?;
+            self.backend
+                .put_if_absent(&key, sealed.into(), Durability::Immediate)
+                .await?;
+        }
+        Ok((key, digest))
+    }
+
+    /// Reads and checks the index of a disk named by a manifest.
+    pub async fn read_index(&self, disk: &DiskEntry) -> Result<FixedIndex> {
+        let max_plain = FixedIndex::encoded_len(disk.size, disk.chunk_size);
+        let stored = self
+            .backend
+            .get(&disk.index, max_plain + BLOB_OVERHEAD)
+            .await?;
+        let plain = blob::open(
+            self.keys.blob_cipher(),
+            &disk.index,
+            BlobKind::Index,
+            disk.index.as_bytes(),
+            &stored,
+            max_plain,
+        )?;
+        if hex::encode(self.keys.chunk_digest(&plain)) != disk.index_digest {
+            return Err(RepoError::corrupt(
+                &disk.index,
+                "index does not match the digest in its manifest",
+            ));
+        }
+        let index = FixedIndex::decode(&plain, &disk.index)?;
+        if index.disk_size() != disk.size || index.chunk_size() != disk.chunk_size {
+            return Err(RepoError::corrupt(
+                &disk.index,
+                "index geometry differs from its manifest",
+            ));
+        }
+        Ok(index)
+    }
+
+    /// Publishes a manifest: the commit point of a snapshot. Fails if it exists.
+    pub async fn commit_manifest(&self, manifest: &Manifest) -> Result<SnapshotId> {
+        let id = manifest.id()?;
+        let key = id.manifest_key();
+        manifest.validate(&key)?;
+        let plain = serde_json::to_vec(manifest).map_err(json_error)?;
+        let sealed = blob::seal(
+            self.keys.blob_cipher(),
+            BlobKind::Manifest,
+            key.as_bytes(),
+            &plain,
+        )?;
+        match self
+            .backend
+            .put_if_absent(&key, sealed.into(), Durability::Immediate)
+            .await?
+        {
+            PutOutcome::Created => Ok(id),
+            PutOutcome::AlreadyExisted => Err(RepoError::AlreadyExists(key)),
+        }
+    }
+
+    /// Reads and checks a manifest.
+    pub async fn read_manifest(&self, id: &SnapshotId) -> Result<Manifest> {
+        let key = id.manifest_key();
+        let stored = self.backend.get(&key, MAX_MANIFEST).await?;
+        let plain = blob::open(
+            self.keys.blob_cipher(),
+            &key,
+            BlobKind::Manifest,
+            key.as_bytes(),
+            &stored,
+            MAX_MANIFEST,
+        )?;
+        let manifest: Manifest = serde_json::from_slice(&plain)
+            .map_err(|error| RepoError::corrupt(&key, format!("bad manifest: {error}")))?;
+        manifest.validate(&key)?;
+        Ok(manifest)
+    }
+
+    /// Committed snapshots, oldest first; all VMs when `vm` is `None`.
+    pub async fn list_snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
+        let prefix = match vm {
+            Some(vm) => {
+                crate::manifest::validate_name(vm)?;
+                format!("snapshots/{vm}")
+            }
+            None => "snapshots".to_string(),
+        };
+        let mut ids: Vec<SnapshotId> = self
+            .backend
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|key| SnapshotId::from_manifest_key(key))
+            .collect();
+        ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
+        Ok(ids)
+    }
+
+    /// Turns `VM@TIME` or `VM@latest` into a committed snapshot.
+    pub async fn resolve(&self, reference: &SnapshotRef) -> Result<SnapshotId> {
+        let snapshots = self.list_snapshots(Some(&reference.vm)).await?;
+        let found = match &reference.timestamp {
+            None => snapshots.last(),
+            Some(timestamp) => snapshots.iter().find(|id| &id.timestamp == timestamp),
+        };
+        found.cloned().ok_or_else(|| {
+            RepoError::NotFound(match &reference.timestamp {
+                None => format!("any snapshot of VM {}", reference.vm),
+                Some(timestamp) => format!("snapshot {}@{timestamp}", reference.vm),
+            })
+        })
+    }
+}
+
+fn key_key(key_id: &str) -> String {
+    format!("keys/{key_id}")
+}
+
+fn random_hex(len: usize) -> Result<String> {
+    let mut bytes = vec![0u8; len];
+    fill_random(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+fn json_error(error: serde_json::Error) -> RepoError {
+    RepoError::Io {
+        context: "json encoding failed".into(),
+        source: std::io::Error::other(error),
+    }
+}
+
+pub(crate) fn join_error(error: tokio::task::JoinError) -> RepoError {
+    RepoError::Io {
+        context: "worker task failed".into(),
+        source: std::io::Error::other(error),
+    }
+}
