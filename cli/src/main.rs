@@ -1,9 +1,22 @@
-//! The `haven` command.
+//! The `haven` command: every Haven role and verb in one binary.
+//!
+//! Thin by design: argument parsing and printing live here, everything else in the
+//! library crates, so the coordinator and workers run exactly the code the CLI tests.
+
+mod commands;
+mod common;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
+use commands::{backup, repo, restore, snapshots, verify};
+
 #[derive(Parser)]
-#[command(name = "haven", version, about = "Haven: VM backup and disaster recovery")]
+#[command(
+    name = "haven",
+    version,
+    about = "Haven: VM backup and disaster recovery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -11,16 +24,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create and manage repositories.
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// Back up a VM's disks into a repository.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// List committed snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore a disk of a snapshot to a file.
+    Restore(restore::RestoreArgs),
+    /// Re-read and check snapshots end to end.
+    Verify(verify::VerifyArgs),
     /// Run an S3-compatible storage node.
     StorageNode(haven_storage_node::StorageNodeArgs),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::StorageNode(args) => haven_storage_node::run(args).await,
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Repo(command) => repo::run(command).await,
+            Command::Backup(command) => backup::run(command).await,
+            Command::Snapshots(args) => snapshots::run(args).await,
+            Command::Restore(args) => restore::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
+            Command::StorageNode(args) => haven_storage_node::run(args).await,
+        }
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -1,1 +1,20 @@
-//! placeholder
+//! Haven worker: moves disk data between hypervisors and repositories.
+//!
+//! Every hypervisor adapter ends in an NBD export, so there is one reader
+//! ([`backup::backup_disk`]) and one writer ([`restore::restore_disk`]) for all of them.
+//! Adapters only decide how a disk is exported and what the snapshot records:
+//! - [`image`]: offline image files through `qemu-nbd`.
+//!
+//! Publishing follows the repository's one rule (chunks, then indexes, then the
+//! manifest as the commit point) in [`snapshot::commit_snapshot`].
+
+pub mod backup;
+mod error;
+pub mod export;
+pub mod image;
+mod pool;
+pub mod restore;
+pub mod snapshot;
+
+pub use error::{Result, WorkerError};
+pub use pool::{ClientPool, PooledClient};

@@ -102,10 +102,11 @@ impl Backend {
             }
         };
         if create {
-            std::fs::create_dir_all(path).map_err(io(format!("cannot create {}", path.display())))?;
+            std::fs::create_dir_all(path)
+                .map_err(io(format!("cannot create {}", path.display())))?;
         }
-        let root = std::fs::canonicalize(path)
-            .map_err(|_| RepoError::NotARepository(url.to_string()))?;
+        let root =
+            std::fs::canonicalize(path).map_err(|_| RepoError::NotARepository(url.to_string()))?;
         let invalid = |error: object_store::Error| RepoError::InvalidUrl {
             url: url.to_string(),
             reason: error.to_string(),
@@ -149,8 +150,11 @@ impl Backend {
         if let Some(path_style) = path_style {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(builder.build().map_err(|error| invalid(error.to_string()))?);
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            builder
+                .build()
+                .map_err(|error| invalid(error.to_string()))?,
+        );
         let prefix = parsed.path().trim_matches('/');
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             store
@@ -185,10 +189,16 @@ impl Backend {
         if result.meta.size > max_len {
             return Err(RepoError::corrupt(
                 key,
-                format!("object is {} bytes, at most {max_len} expected", result.meta.size),
+                format!(
+                    "object is {} bytes, at most {max_len} expected",
+                    result.meta.size
+                ),
             ));
         }
-        result.bytes().await.map_err(|error| storage_error(key, error))
+        result
+            .bytes()
+            .await
+            .map_err(|error| storage_error(key, error))
     }
 
     /// Whether an object exists.

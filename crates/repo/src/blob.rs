@@ -218,7 +218,15 @@ mod tests {
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &compressible).unwrap();
         assert!(blob.len() < 1000);
         assert_eq!(blob[6], Compression::Zstd as u8);
-        let plain = open(keys.blob_cipher(), "k", BlobKind::Chunk, b"id", &blob, 1 << 20).unwrap();
+        let plain = open(
+            keys.blob_cipher(),
+            "k",
+            BlobKind::Chunk,
+            b"id",
+            &blob,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(plain, compressible);
 
         let mut random = vec![0u8; 4096];
@@ -226,18 +234,39 @@ mod tests {
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &random).unwrap();
         assert_eq!(blob[6], Compression::None as u8);
         assert_eq!(blob.len(), HEADER_LEN + 4096 + TAG_LEN + TRAILER_LEN);
-        let plain = open(keys.blob_cipher(), "k", BlobKind::Chunk, b"id", &blob, 1 << 20).unwrap();
+        let plain = open(
+            keys.blob_cipher(),
+            "k",
+            BlobKind::Chunk,
+            b"id",
+            &blob,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(plain, random);
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
         let keys = cipher();
-        let blob = seal(keys.blob_cipher(), BlobKind::Index, b"id", b"some index bytes").unwrap();
+        let blob = seal(
+            keys.blob_cipher(),
+            BlobKind::Index,
+            b"id",
+            b"some index bytes",
+        )
+        .unwrap();
         for position in 0..blob.len() {
             let mut damaged = blob.clone();
             damaged[position] ^= 0x40;
-            let result = open(keys.blob_cipher(), "k", BlobKind::Index, b"id", &damaged, 1 << 20);
+            let result = open(
+                keys.blob_cipher(),
+                "k",
+                BlobKind::Index,
+                b"id",
+                &damaged,
+                1 << 20,
+            );
             assert!(
                 matches!(result, Err(RepoError::Corrupt { .. })),
                 "flip at {position} not detected"
@@ -252,7 +281,17 @@ mod tests {
         let c = keys.blob_cipher();
         assert!(open(c, "k", BlobKind::Chunk, b"b", &blob, 100).is_err());
         assert!(open(c, "k", BlobKind::Manifest, b"a", &blob, 100).is_err());
-        assert!(open(cipher().blob_cipher(), "k", BlobKind::Chunk, b"a", &blob, 100).is_err());
+        assert!(
+            open(
+                cipher().blob_cipher(),
+                "k",
+                BlobKind::Chunk,
+                b"a",
+                &blob,
+                100
+            )
+            .is_err()
+        );
         assert!(open(c, "k", BlobKind::Chunk, b"a", &blob, 2).is_err());
         assert!(open(c, "k", BlobKind::Chunk, b"a", &blob[..10], 100).is_err());
     }

@@ -65,7 +65,10 @@ impl RepoConfig {
         let config: RepoConfig = serde_json::from_value(value)
             .map_err(|error| RepoError::corrupt("config", error.to_string()))?;
         validate_chunk_size(config.chunk_size).map_err(|_| {
-            RepoError::corrupt("config", format!("invalid chunk size {}", config.chunk_size))
+            RepoError::corrupt(
+                "config",
+                format!("invalid chunk size {}", config.chunk_size),
+            )
         })?;
         if !is_safe_id(&config.key_id) {
             return Err(RepoError::corrupt("config", "invalid key id"));

@@ -21,7 +21,9 @@ pub enum RepoError {
     #[error("a repository already exists at {0}")]
     AlreadyInitialized(String),
     /// The repository was written by a format version this build cannot read.
-    #[error("repository format version {found} is not supported (this haven reads version {supported})")]
+    #[error(
+        "repository format version {found} is not supported (this haven reads version {supported})"
+    )]
     UnsupportedVersion {
         /// Version found in the repository.
         found: u32,

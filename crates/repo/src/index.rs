@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(index.slot_range(3), (3 * 65536, 3 * 65536 + 100));
         index.set(1, ChunkId([9; 32]));
         let bytes = index.encode();
-        assert_eq!(bytes.len() as u64, FixedIndex::encoded_len(3 * 65536 + 100, 65536));
+        assert_eq!(
+            bytes.len() as u64,
+            FixedIndex::encoded_len(3 * 65536 + 100, 65536)
+        );
         assert_eq!(FixedIndex::decode(&bytes, "i").unwrap(), index);
     }
 

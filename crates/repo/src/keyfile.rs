@@ -113,8 +113,13 @@ fn derive_kek(kdf: &KdfParams, password: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN
         return Err(bad);
     }
     let salt = hex::decode(&kdf.salt).map_err(|_| RepoError::Crypto("bad salt"))?;
-    let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(KEY_LEN))
-        .map_err(|_| RepoError::Crypto("invalid argon2id parameters"))?;
+    let params = Params::new(
+        kdf.memory_kib,
+        kdf.iterations,
+        kdf.parallelism,
+        Some(KEY_LEN),
+    )
+    .map_err(|_| RepoError::Crypto("invalid argon2id parameters"))?;
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(password, &salt, kek.as_mut())

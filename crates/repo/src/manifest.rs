@@ -136,7 +136,10 @@ impl Manifest {
         for disk in &self.disks {
             validate_name(&disk.name).map_err(|error| corrupt(error.to_string()))?;
             if disk.index != id.index_key(&disk.name) {
-                return Err(corrupt(format!("disk {} has an unexpected index key", disk.name)));
+                return Err(corrupt(format!(
+                    "disk {} has an unexpected index key",
+                    disk.name
+                )));
             }
         }
         Ok(())
@@ -154,7 +157,11 @@ impl Manifest {
             None => Err(format!(
                 "snapshot has {} disks ({}): choose one with --disk",
                 self.disks.len(),
-                self.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.disks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -281,7 +288,9 @@ pub fn validate_name(name: &str) -> Result<()> {
 pub fn format_timestamp(time: OffsetDateTime) -> String {
     let utc = time.to_offset(time::UtcOffset::UTC);
     let whole = utc.replace_nanosecond(0).unwrap_or(utc);
-    whole.format(&Rfc3339).unwrap_or_else(|_| whole.unix_timestamp().to_string())
+    whole
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| whole.unix_timestamp().to_string())
 }
 
 /// Parses any RFC 3339 time.

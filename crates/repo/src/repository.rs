@@ -150,10 +150,8 @@ impl Repository {
             stored,
             max,
         )?;
-        if let Some(expected) = expected_len {
-            if plain.len() as u64 != expected {
-                return Err(RepoError::corrupt(key, "chunk has the wrong length"));
-            }
+        if expected_len.is_some_and(|expected| plain.len() as u64 != expected) {
+            return Err(RepoError::corrupt(key, "chunk has the wrong length"));
         }
         if self.chunk_id(&plain) != *id {
             return Err(RepoError::corrupt(key, "content does not match its id"));

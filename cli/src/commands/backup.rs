@@ -1,0 +1,114 @@
+//! `haven backup image`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use haven_repo::Progress;
+use haven_worker::image::{ImageBackupRequest, ImageDisk, backup_images};
+use haven_worker::snapshot::BackupReport;
+
+use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::progress::ProgressLine;
+
+/// Sources a backup can read from.
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Back up disk image files (qcow2, raw, vmdk, vhdx, ...) as one snapshot.
+    Image(ImageArgs),
+}
+
+/// Arguments of `haven backup image`.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// Image files, one per disk of the VM.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// VM name the snapshot is filed under.
+    #[arg(long)]
+    vm: String,
+    /// Disk names, in the order of the paths (default vda, vdb, ...).
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// Image format (default: probed with qemu-img).
+    #[arg(long)]
+    format: Option<String>,
+    /// Parallel NBD connections per disk.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Runs a `haven backup` subcommand.
+pub async fn run(command: BackupCommand) -> Result<()> {
+    match command {
+        BackupCommand::Image(args) => backup_image(args).await,
+    }
+}
+
+async fn backup_image(args: ImageArgs) -> Result<()> {
+    if !args.disks.is_empty() && args.disks.len() != args.paths.len() {
+        bail!(
+            "{} --disk names for {} images: give one per image or none",
+            args.disks.len(),
+            args.paths.len()
+        );
+    }
+    let disks = args
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(position, path)| ImageDisk {
+            path: path.clone(),
+            name: args
+                .disks
+                .get(position)
+                .cloned()
+                .unwrap_or_else(|| default_disk_name(position)),
+            format: args.format.clone(),
+        })
+        .collect();
+    let request = ImageBackupRequest {
+        vm: args.vm.clone(),
+        disks,
+        connections: args.connections.clamp(1, 16),
+    };
+    let repo = args.repo.open().await?;
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start("backup", progress.clone(), args.output.json);
+    let report = backup_images(repo, &request, progress).await?;
+    drop(line);
+    print_backup_report(&report, args.output.json)
+}
+
+/// `vda`, `vdb`, ... as virtio disks are named.
+fn default_disk_name(position: usize) -> String {
+    let letter = (b'a' + (position % 26) as u8) as char;
+    format!("vd{letter}")
+}
+
+fn print_backup_report(report: &BackupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
+    }
+    println!("snapshot {} committed", report.snapshot);
+    for disk in &report.disks {
+        let rate = disk.size as f64 / report.elapsed_seconds.max(0.001);
+        println!(
+            "  {}: {} disk, {} read, {} new chunks ({} stored), {} reused, {} already stored, {} zero; {}/s",
+            disk.name,
+            human_bytes(disk.size),
+            human_bytes(disk.stats.bytes_read),
+            disk.stats.new_chunks,
+            human_bytes(disk.stats.uploaded_bytes),
+            disk.stats.reused_chunks,
+            disk.stats.existing_chunks,
+            disk.stats.zero_chunks,
+            human_bytes(rate as u64)
+        );
+    }
+    Ok(())
+}

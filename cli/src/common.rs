@@ -1,0 +1,74 @@
+//! Arguments and helpers every repository command shares.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use haven_repo::{Backend, Repository};
+
+/// How to reach and open a repository.
+#[derive(Debug, clap::Args)]
+pub struct RepoArgs {
+    /// Repository URL: file:///path, s3://bucket/prefix?endpoint=http://host:port
+    #[arg(long, env = "HAVEN_REPO")]
+    pub repo: String,
+    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    #[arg(long, env = "HAVEN_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    /// The password, from the file or the environment.
+    pub fn password(&self) -> Result<Vec<u8>> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read password file {}", path.display()))?;
+            let line = text.lines().next().unwrap_or_default();
+            if line.is_empty() {
+                bail!("password file {} is empty", path.display());
+            }
+            return Ok(line.as_bytes().to_vec());
+        }
+        match std::env::var("HAVEN_PASSWORD") {
+            Ok(password) if !password.is_empty() => Ok(password.into_bytes()),
+            _ => bail!("no password: set HAVEN_PASSWORD or pass --password-file"),
+        }
+    }
+
+    /// Opens the repository.
+    pub async fn open(&self) -> Result<Arc<Repository>> {
+        let password = self.password()?;
+        let backend = Backend::from_url(&self.repo, false)?;
+        Ok(Arc::new(Repository::open(backend, &password).await?))
+    }
+}
+
+/// `--json` switch shared by commands that print data.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputArgs {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Formats a byte count with binary units.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,385 @@
+//! The backup pipeline: one disk, read over NBD, into chunks in a repository.
+//!
+//! ```text
+//! planner ──jobs──▶ read (pool of NBD connections) ─▶ hash ─▶ known? ─▶ exists? ─▶ seal ─▶ put
+//!  block status      bounded: at most `in_flight` slots in any stage at once
+//! ```
+//!
+//! The planner walks the disk in windows, asking `base:allocation` (and, for an
+//! incremental, a dirty bitmap) which slots need reading, so holes and zero extents are
+//! never read and clean slots keep the id they had in the base snapshot. Every later
+//! stage runs for up to `in_flight` slots concurrently: NBD reads overlap with hashing,
+//! compression and encryption on blocking threads (both cores) and with uploads. Memory
+//! is `in_flight` chunks plus the index, whatever the disk size.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use haven_nbd::{
+    CONTEXT_BASE_ALLOCATION, Client, ConnectOptions, Endpoint, Extent, STATE_DIRTY, STATE_ZERO,
+};
+use haven_repo::{ChunkId, DiskStats, FixedIndex, Progress, PutOutcome, Repository, is_all_zero};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, WorkerError};
+use crate::pool::ClientPool;
+
+/// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
+pub const MAX_DISK_SIZE: u64 = 16 << 40;
+/// Slots the planner classifies per block-status query.
+const PLAN_WINDOW_SLOTS: u64 = 256;
+
+/// How the pipeline learns which slots changed since the base snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// Read every allocated slot: image files and full backups of live disks.
+    Full,
+    /// Read only slots this NBD meta context (`qemu:dirty-bitmap:NAME`) marks dirty;
+    /// every other slot keeps its id from the base index.
+    DirtyBitmap(String),
+}
+
+/// What to back up and against what.
+pub struct DiskBackupInput<'a> {
+    /// Where the disk is exported.
+    pub endpoint: Endpoint,
+    /// NBD export name.
+    pub export: String,
+    /// Parallel NBD connections for reading.
+    pub connections: usize,
+    /// Index of the same disk in the previous snapshot: its ids are known to be stored
+    /// (no existence query needed), and an incremental copies clean slots from it.
+    pub base: Option<&'a FixedIndex>,
+    /// How changed slots are found.
+    pub changes: ChangeSource,
+}
+
+/// The result of backing up one disk.
+#[derive(Debug)]
+pub struct DiskBackup {
+    /// Index of the new snapshot's disk.
+    pub index: FixedIndex,
+    /// What the pipeline did.
+    pub stats: DiskStats,
+}
+
+/// What one slot needs.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Zero,
+    Reuse(ChunkId),
+    Read,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SlotJob {
+    slot: u64,
+    offset: u64,
+    len: usize,
+    action: Action,
+}
+
+/// How a slot ended up in the index.
+enum Outcome {
+    Zero,
+    Reused,
+    Existing,
+    New { stored_bytes: u64 },
+}
+
+struct SlotResult {
+    slot: u64,
+    id: ChunkId,
+    bytes_read: u64,
+    len: u64,
+    outcome: Outcome,
+}
+
+/// Shared state of the processing stages.
+struct Stages {
+    repo: Arc<Repository>,
+    pool: ClientPool,
+    known: Mutex<HashSet<ChunkId>>,
+    progress: Arc<Progress>,
+}
+
+/// Backs up one disk and returns its index; nothing is committed here.
+pub async fn backup_disk(
+    repo: Arc<Repository>,
+    input: DiskBackupInput<'_>,
+    progress: Arc<Progress>,
+) -> Result<DiskBackup> {
+    let mut contexts = vec![CONTEXT_BASE_ALLOCATION.to_string()];
+    if let ChangeSource::DirtyBitmap(context) = &input.changes {
+        contexts.push(context.clone());
+    }
+    let control_options = ConnectOptions {
+        meta_contexts: contexts,
+        ..ConnectOptions::new(&input.export)
+    };
+    let control = Client::connect(&input.endpoint, &control_options).await?;
+    let disk_size = control.size();
+    if disk_size > MAX_DISK_SIZE {
+        return Err(WorkerError::Invalid(format!(
+            "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
+        )));
+    }
+    let chunk_size = repo.chunk_size();
+    if let ChangeSource::DirtyBitmap(context) = &input.changes {
+        let usable_base = input
+            .base
+            .is_some_and(|base| base.disk_size() == disk_size && base.chunk_size() == chunk_size);
+        if !usable_base {
+            return Err(WorkerError::Invalid(
+                "an incremental needs a base index of the same disk size and chunk size".into(),
+            ));
+        }
+        if !control.has_meta_context(context) {
+            return Err(WorkerError::Invalid(format!(
+                "the export does not offer {context}"
+            )));
+        }
+    }
+    let known: HashSet<ChunkId> = input
+        .base
+        .map(|base| {
+            base.slots()
+                .iter()
+                .copied()
+                .filter(|id| !id.is_zero())
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let pool = ClientPool::connect(
+        &input.endpoint,
+        &ConnectOptions::new(&input.export),
+        input.connections,
+    )
+    .await?;
+    let in_flight = input.connections.max(1) * 2 + 2;
+    progress.add_total(disk_size);
+    let stages = Arc::new(Stages {
+        repo,
+        pool,
+        known: Mutex::new(known),
+        progress,
+    });
+
+    let (job_sender, mut jobs) = mpsc::channel::<SlotJob>(in_flight * 4);
+    let planner = plan_slots(
+        control,
+        disk_size,
+        chunk_size,
+        input.changes.clone(),
+        input.base.cloned(),
+        job_sender,
+    );
+    let planner = tokio::spawn(planner);
+
+    let mut index = FixedIndex::new_zeroed(disk_size, chunk_size);
+    let mut stats = DiskStats::default();
+    let job_stream = futures::stream::poll_fn(move |cx| jobs.poll_recv(cx));
+    let mut results = job_stream
+        .map(|job| {
+            let stages = stages.clone();
+            async move { process_slot(&stages, job).await }
+        })
+        .buffer_unordered(in_flight);
+    while let Some(result) = results.next().await {
+        let result = result?;
+        index.set(result.slot as usize, result.id);
+        stats.bytes_read += result.bytes_read;
+        stages.progress.add_done(result.len);
+        match result.outcome {
+            Outcome::Zero => stats.zero_chunks += 1,
+            Outcome::Reused => stats.reused_chunks += 1,
+            Outcome::Existing => stats.existing_chunks += 1,
+            Outcome::New { stored_bytes } => {
+                stats.new_chunks += 1;
+                stats.new_bytes += result.len;
+                stats.uploaded_bytes += stored_bytes;
+            }
+        }
+    }
+    drop(results);
+    planner.await.map_err(WorkerError::join)??;
+    if let Ok(stages) = Arc::try_unwrap(stages) {
+        stages.pool.close(false).await?;
+    }
+    Ok(DiskBackup { index, stats })
+}
+
+/// Walks the disk window by window and sends one job per slot, in order.
+async fn plan_slots(
+    mut control: Client,
+    disk_size: u64,
+    chunk_size: u32,
+    changes: ChangeSource,
+    base: Option<FixedIndex>,
+    jobs: mpsc::Sender<SlotJob>,
+) -> Result<()> {
+    let chunk = u64::from(chunk_size);
+    let slots = haven_repo::slot_count(disk_size, chunk_size);
+    let mut first = 0;
+    while first < slots {
+        let last = (first + PLAN_WINDOW_SLOTS).min(slots);
+        let start = first * chunk;
+        let end = (last * chunk).min(disk_size);
+        let allocation = control
+            .block_status(CONTEXT_BASE_ALLOCATION, start, end - start)
+            .await?;
+        let dirty = match &changes {
+            ChangeSource::Full => None,
+            ChangeSource::DirtyBitmap(context) => {
+                Some(control.block_status(context, start, end - start).await?)
+            }
+        };
+        for slot in first..last {
+            let (offset, slot_end) = haven_repo::slot_range(disk_size, chunk_size, slot);
+            let clean = dirty
+                .as_deref()
+                .is_some_and(|dirty| !any_overlap(dirty, offset, slot_end, STATE_DIRTY));
+            let action = if clean {
+                let base_id = base
+                    .as_ref()
+                    .and_then(|base| base.get(slot as usize))
+                    .unwrap_or(ChunkId::ZERO);
+                Action::Reuse(base_id)
+            } else if all_overlap(&allocation, offset, slot_end, STATE_ZERO) {
+                Action::Zero
+            } else {
+                Action::Read
+            };
+            let job = SlotJob {
+                slot,
+                offset,
+                len: (slot_end - offset) as usize,
+                action,
+            };
+            if jobs.send(job).await.is_err() {
+                // The consumer stopped (it failed); its error is the one to report.
+                return Ok(());
+            }
+        }
+        first = last;
+    }
+    let _ = control.disconnect().await;
+    Ok(())
+}
+
+/// Whether any extent overlapping `[start, end)` has `flag`.
+fn any_overlap(extents: &[Extent], start: u64, end: u64, flag: u32) -> bool {
+    extents
+        .iter()
+        .filter(|extent| extent.offset < end && extent.end() > start)
+        .any(|extent| extent.flags & flag != 0)
+}
+
+/// Whether `[start, end)` is covered by extents that all have `flag`.
+fn all_overlap(extents: &[Extent], start: u64, end: u64, flag: u32) -> bool {
+    let mut covered = start;
+    for extent in extents.iter().filter(|e| e.offset < end && e.end() > start) {
+        if extent.flags & flag == 0 || extent.offset > covered {
+            return false;
+        }
+        covered = covered.max(extent.end());
+    }
+    covered >= end
+}
+
+async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
+    let result = |id, bytes_read, outcome| SlotResult {
+        slot: job.slot,
+        id,
+        bytes_read,
+        len: job.len as u64,
+        outcome,
+    };
+    match job.action {
+        Action::Zero => return Ok(result(ChunkId::ZERO, 0, Outcome::Zero)),
+        Action::Reuse(id) => return Ok(result(id, 0, Outcome::Reused)),
+        Action::Read => {}
+    }
+
+    let mut data = vec![0u8; job.len];
+    stages
+        .pool
+        .checkout()
+        .await
+        .read(job.offset, &mut data)
+        .await?;
+    let read = job.len as u64;
+
+    let repo = stages.repo.clone();
+    let (data, id) = tokio::task::spawn_blocking(move || {
+        let id = (!is_all_zero(&data)).then(|| repo.chunk_id(&data));
+        (data, id)
+    })
+    .await
+    .map_err(WorkerError::join)?;
+    let Some(id) = id else {
+        return Ok(result(ChunkId::ZERO, read, Outcome::Zero));
+    };
+
+    if stages
+        .known
+        .lock()
+        .map(|known| known.contains(&id))
+        .unwrap_or(false)
+    {
+        return Ok(result(id, read, Outcome::Reused));
+    }
+    let outcome = if stages.repo.chunk_exists(&id).await? {
+        Outcome::Existing
+    } else {
+        let repo = stages.repo.clone();
+        let sealed = tokio::task::spawn_blocking(move || repo.seal_chunk(&id, &data))
+            .await
+            .map_err(WorkerError::join)??;
+        let stored_bytes = sealed.len() as u64;
+        match stages.repo.put_chunk(&id, sealed).await? {
+            PutOutcome::Created => Outcome::New { stored_bytes },
+            PutOutcome::AlreadyExisted => Outcome::Existing,
+        }
+    };
+    if let Ok(mut known) = stages.known.lock() {
+        known.insert(id);
+    }
+    Ok(result(id, read, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(offset: u64, length: u64, flags: u32) -> Extent {
+        Extent {
+            offset,
+            length,
+            flags,
+        }
+    }
+
+    #[test]
+    fn zero_slots_need_full_zero_coverage() {
+        let extents = [extent(0, 100, 3), extent(100, 50, 0), extent(150, 50, 2)];
+        assert!(all_overlap(&extents, 0, 100, STATE_ZERO));
+        assert!(all_overlap(&extents, 10, 90, STATE_ZERO));
+        assert!(!all_overlap(&extents, 50, 120, STATE_ZERO));
+        assert!(all_overlap(&extents, 150, 200, STATE_ZERO));
+        // Not covered at all: unknown, so it must be read.
+        assert!(!all_overlap(&extents, 150, 250, STATE_ZERO));
+        assert!(!all_overlap(&[], 0, 10, STATE_ZERO));
+    }
+
+    #[test]
+    fn dirty_slots_need_one_dirty_extent() {
+        let extents = [extent(0, 100, 0), extent(100, 10, 1), extent(110, 90, 0)];
+        assert!(!any_overlap(&extents, 0, 100, STATE_DIRTY));
+        assert!(any_overlap(&extents, 0, 101, STATE_DIRTY));
+        assert!(any_overlap(&extents, 105, 106, STATE_DIRTY));
+        assert!(!any_overlap(&extents, 110, 200, STATE_DIRTY));
+    }
+}

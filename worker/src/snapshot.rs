@@ -1,0 +1,181 @@
+//! Choosing a snapshot's name and base, and committing it.
+//!
+//! Shared by every adapter (image files, live QEMU, libvirt): they differ in how disks
+//! are exported, not in how a snapshot is published.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_repo::{
+    Consistency, DiskEntry, DiskStats, FixedIndex, Manifest, RepoError, Repository, SnapshotId,
+    SourceInfo, VmConfig,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::backup::DiskBackup;
+use crate::error::Result;
+
+/// The name of the snapshot being taken and the snapshot it builds on.
+#[derive(Debug)]
+pub struct SnapshotPlan {
+    /// Id the manifest will have.
+    pub id: SnapshotId,
+    /// The newest committed snapshot of the VM, if it could be read.
+    pub previous: Option<Manifest>,
+}
+
+/// Picks a timestamp (now, or one second after the newest snapshot if the clock has
+/// not moved past it) and loads the newest snapshot as base.
+pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> {
+    let existing = repo.list_snapshots(Some(vm)).await?;
+    let mut time = OffsetDateTime::now_utc();
+    if let Some(latest) = existing.last() {
+        let after_latest = latest.time() + Duration::from_secs(1);
+        if time < after_latest {
+            time = after_latest;
+        }
+    }
+    let id = SnapshotId::at(vm, time)?;
+    let previous = match existing.last() {
+        None => None,
+        Some(latest) => match repo.read_manifest(latest).await {
+            Ok(manifest) => Some(manifest),
+            Err(error) => {
+                tracing::warn!(snapshot = %latest, %error, "previous snapshot unreadable; not using it as a base");
+                None
+            }
+        },
+    };
+    Ok(SnapshotPlan { id, previous })
+}
+
+/// The index of disk `name` in the previous snapshot, when it exists and reads back
+/// intact; any problem means "no base", never a wrong base.
+pub async fn base_index(
+    repo: &Repository,
+    previous: Option<&Manifest>,
+    name: &str,
+) -> Option<FixedIndex> {
+    let manifest = previous?;
+    let entry = manifest.disks.iter().find(|disk| disk.name == name)?;
+    match repo.read_index(entry).await {
+        Ok(index) => Some(index),
+        Err(error) => {
+            tracing::warn!(disk = name, %error, "previous index unreadable; not using it as a base");
+            None
+        }
+    }
+}
+
+/// One disk ready to be committed.
+pub struct CommittedDisk {
+    /// Disk name.
+    pub name: String,
+    /// What the pipeline produced.
+    pub backup: DiskBackup,
+    /// Adapter state for the next incremental.
+    pub chain: BTreeMap<String, String>,
+}
+
+/// Everything about a snapshot except its disks.
+pub struct SnapshotMeta {
+    /// Where the data came from.
+    pub source: SourceInfo,
+    /// Consistency of the data.
+    pub consistency: Consistency,
+    /// The base snapshot, if the disks were read incrementally or deduplicated against it.
+    pub parent: Option<String>,
+    /// Hypervisor configuration of the VM.
+    pub vm_config: Option<VmConfig>,
+}
+
+/// Publishes a snapshot in the one safe order: chunks made durable, then the indexes,
+/// then the manifest (create-only: the commit point).
+pub async fn commit_snapshot(
+    repo: &Arc<Repository>,
+    id: &SnapshotId,
+    disks: Vec<CommittedDisk>,
+    meta: SnapshotMeta,
+) -> Result<Manifest> {
+    repo.barrier().await?;
+    let mut entries = Vec::with_capacity(disks.len());
+    for disk in disks {
+        let (index_key, index_digest) =
+            repo.write_index(id, &disk.name, &disk.backup.index).await?;
+        entries.push(DiskEntry {
+            name: disk.name,
+            size: disk.backup.index.disk_size(),
+            chunk_size: disk.backup.index.chunk_size(),
+            index: index_key,
+            index_digest,
+            stats: disk.backup.stats,
+            chain: disk.chain,
+        });
+    }
+    let manifest = Manifest {
+        version: haven_repo::FORMAT_VERSION,
+        vm: id.vm.clone(),
+        timestamp: id.timestamp.clone(),
+        created_by: format!("haven {}", env!("CARGO_PKG_VERSION")),
+        source: meta.source,
+        consistency: meta.consistency,
+        parent: meta.parent,
+        disks: entries,
+        vm_config: meta.vm_config,
+        labels: BTreeMap::new(),
+    };
+    match repo.commit_manifest(&manifest).await {
+        Ok(_) => Ok(manifest),
+        Err(RepoError::AlreadyExists(key)) => Err(crate::error::WorkerError::Invalid(format!(
+            "snapshot {key} was committed by someone else meanwhile"
+        ))),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A machine-readable summary of a finished backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// `VM@TIME` of the new snapshot.
+    pub snapshot: String,
+    /// The base snapshot, if any.
+    pub parent: Option<String>,
+    /// Per-disk figures.
+    pub disks: Vec<DiskReport>,
+    /// Wall-clock seconds.
+    pub elapsed_seconds: f64,
+}
+
+/// Figures of one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    /// Disk name.
+    pub name: String,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Pipeline counters.
+    #[serde(flatten)]
+    pub stats: DiskStats,
+}
+
+impl BackupReport {
+    /// Builds the report of a committed manifest.
+    pub fn new(manifest: &Manifest, elapsed: Duration) -> Self {
+        Self {
+            snapshot: format!("{}@{}", manifest.vm, manifest.timestamp),
+            parent: manifest.parent.clone(),
+            disks: manifest
+                .disks
+                .iter()
+                .map(|disk| DiskReport {
+                    name: disk.name.clone(),
+                    size: disk.size,
+                    stats: disk.stats.clone(),
+                })
+                .collect(),
+            elapsed_seconds: elapsed.as_secs_f64(),
+        }
+    }
+}
