@@ -108,14 +108,38 @@ impl Client {
             .any(|context| context.name == name)
     }
 
+    /// Smallest unit the server accepts: offsets and lengths of requests
+    /// must be multiples of it (1 unless the server says otherwise).
+    pub fn minimum_block_size(&self) -> u32 {
+        self.negotiated.block_size.minimum
+    }
+
+    /// Request size the server handles best, a hint for callers choosing chunk sizes.
+    pub fn preferred_block_size(&self) -> u32 {
+        self.negotiated.block_size.preferred
+    }
+
+    /// Checks the range lies inside the export and honours the minimum
+    /// block size, which the client promised by asking for NBD_INFO_BLOCK_SIZE.
     fn check_range(&self, offset: u64, length: u64) -> Result<(), NbdError> {
-        match offset.checked_add(length) {
-            Some(end) if end <= self.negotiated.size => Ok(()),
-            _ => Err(NbdError::InvalidArgument(format!(
+        let inside = offset
+            .checked_add(length)
+            .is_some_and(|end| end <= self.negotiated.size);
+        if !inside {
+            return Err(NbdError::InvalidArgument(format!(
                 "range [{offset}, +{length}) exceeds the export size {}",
                 self.negotiated.size
-            ))),
+            )));
         }
+        let minimum = u64::from(self.negotiated.block_size.minimum);
+        // A range may end in a partial block only at the end of the export.
+        let reaches_end = offset + length == self.negotiated.size;
+        if !offset.is_multiple_of(minimum) || !(length.is_multiple_of(minimum) || reaches_end) {
+            return Err(NbdError::InvalidArgument(format!(
+                "range [{offset}, +{length}) is not aligned to the minimum block size {minimum}"
+            )));
+        }
+        Ok(())
     }
 
     fn check_usable(&self) -> Result<(), NbdError> {

@@ -20,9 +20,10 @@
 //! - One request is in flight per [`Client`]; parallelism comes from opening
 //!   several clients. Any error that may leave the stream out of sync
 //!   (I/O, timeout, protocol) poisons the client; server error replies do not.
-//! - Requests never exceed the server's maximum block size, capped at 32 MiB;
-//!   callers are responsible for honouring the minimum block size (qemu
-//!   exports use 1 or 512).
+//! - Requests never exceed the server's maximum block size, capped at 32 MiB,
+//!   and must be aligned to its minimum block size (qemu exports use 1 or
+//!   512): unaligned ranges are refused with [`NbdError::InvalidArgument`]
+//!   rather than emulated with read-modify-write.
 //!
 //! # Layout
 //!

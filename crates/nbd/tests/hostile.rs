@@ -34,6 +34,7 @@ const CHUNK_BLOCK_STATUS: u16 = 5;
 const CHUNK_ERROR: u16 = 0x8001;
 
 const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
 const CMD_BLOCK_STATUS: u16 = 7;
 const EIO: u32 = 5;
 
@@ -43,6 +44,8 @@ struct Handshake {
     structured: bool,
     contexts: Vec<(u32, &'static str)>,
     size: u64,
+    /// NBD_INFO_BLOCK_SIZE to send: minimum, preferred, maximum.
+    block_size: Option<[u32; 3]>,
 }
 
 impl Default for Handshake {
@@ -51,6 +54,7 @@ impl Default for Handshake {
             structured: true,
             contexts: vec![(1, CONTEXT_BASE_ALLOCATION)],
             size: 1 << 20,
+            block_size: None,
         }
     }
 }
@@ -131,6 +135,13 @@ async fn handshake(stream: &mut UnixStream, config: &Handshake) -> IoResult {
                 // HAS_FLAGS | SEND_FLUSH
                 info.extend_from_slice(&(1u16 | 4).to_be_bytes());
                 option_reply(stream, option, REP_INFO, &info).await?;
+                if let Some(constraints) = config.block_size {
+                    let mut info = vec![0, 3];
+                    for value in constraints {
+                        info.extend_from_slice(&value.to_be_bytes());
+                    }
+                    option_reply(stream, option, REP_INFO, &info).await?;
+                }
                 return option_reply(stream, option, REP_ACK, &[]).await;
             }
             other => panic!("unexpected option {other}"),
@@ -621,4 +632,62 @@ async fn simple_replies_when_structured_replies_are_refused() {
     client.read(0, &mut buf).await.unwrap();
     assert_eq!(buf, [6u8; 1024]);
     expect_protocol(client.flush().await, "not negotiated");
+}
+
+#[tokio::test]
+async fn reads_are_split_at_the_maximum_and_must_be_aligned() {
+    let config = Handshake {
+        block_size: Some([512, 4096, 4096]),
+        ..Handshake::default()
+    };
+    let (_dir, mut client) = connected(config, |mut stream| async move {
+        for (index, expected) in [(0u64, 4096u32), (4096, 4096), (8192, 2048)]
+            .into_iter()
+            .enumerate()
+        {
+            let request = read_request(&mut stream).await?;
+            assert_eq!((request.offset, request.length), expected);
+            let data = vec![index as u8 + 1; request.length as usize];
+            let payload = offset_data(request.offset, &data);
+            chunk(
+                &mut stream,
+                DONE,
+                CHUNK_OFFSET_DATA,
+                request.cookie,
+                &payload,
+            )
+            .await?;
+        }
+        stall(stream).await
+    })
+    .await;
+    assert_eq!(client.minimum_block_size(), 512);
+    let mut buf = vec![0u8; 10240];
+    client.read(0, &mut buf).await.unwrap();
+    assert!(buf[..4096].iter().all(|byte| *byte == 1));
+    assert!(buf[4096..8192].iter().all(|byte| *byte == 2));
+    assert!(buf[8192..].iter().all(|byte| *byte == 3));
+    let result = client.read(100, &mut [0u8; 512]).await;
+    assert!(
+        matches!(result, Err(NbdError::InvalidArgument(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn write_zeroes_falls_back_to_writing_zeros() {
+    let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
+        let request = read_request(&mut stream).await?;
+        assert_eq!(request.command, CMD_WRITE);
+        assert_eq!((request.offset, request.length), (4096, 3000));
+        let mut payload = vec![1u8; request.length as usize];
+        stream.read_exact(&mut payload).await?;
+        assert!(payload.iter().all(|byte| *byte == 0));
+        stream.write_u32(SIMPLE_REPLY_MAGIC).await?;
+        stream.write_u32(0).await?;
+        stream.write_u64(request.cookie).await?;
+        stall(stream).await
+    })
+    .await;
+    client.write_zeroes(4096, 3000).await.unwrap();
 }
