@@ -1,16 +1,174 @@
-//! Haven storage node (being built; see issue 3).
+//! Haven storage node: an S3-compatible object server built for backup chunks.
+//!
+//! Workers upload chunks, indexes and manifests over the S3 API so the same
+//! code works against AWS S3, Ceph RGW or MinIO; on premises, `haven
+//! storage-node` is that S3 server. It is the `s3s` protocol layer over
+//! Haven's own on-disk object store ([`store`]), not a proxy.
+//!
+//! Invariants:
+//! - an object is acknowledged only after its bytes and metadata are fsynced
+//!   and renamed into place and the directory is fsynced; a crash never
+//!   leaves a partial object visible (`tmp/` is emptied at start);
+//! - every read verifies per-block CRC-32s before bytes leave the node; a
+//!   corrupt object is an error and a metric, never data;
+//! - every request is SigV4-signed by a configured key (header or presigned
+//!   URL) and limited to that key's buckets; the only unsigned endpoint is
+//!   `GET /metrics`;
+//! - keys that look like path traversal (`../`, leading `/`, NUL) are refused.
+//!
+//! Besides S3 it answers a batch existence query for deduplication
+//! ([`exists`], client in [`client::exists_batch`]).
 
+mod access;
+pub mod client;
+pub mod config;
+mod error;
+pub mod exists;
+mod keypath;
+mod metrics;
+mod object_file;
+mod s3;
+mod server;
+pub mod store;
+
+pub use client::{ClientError, Credentials, exists_batch};
+pub use config::Config;
+pub use error::StoreError;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
 
 /// Command-line arguments of `haven storage-node`.
 #[derive(Debug, clap::Args)]
 pub struct StorageNodeArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); flags below override its settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the chosen address is
+    /// printed on standard output).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Access key for a single-key quick start (all buckets, read-write).
+    #[arg(long, env = "HAVEN_STORAGE_ACCESS_KEY", requires = "secret_key")]
+    pub access_key: Option<String>,
+    /// Secret key for the quick-start access key.
+    #[arg(
+        long,
+        env = "HAVEN_STORAGE_SECRET_KEY",
+        requires = "access_key",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
 }
 
-/// Runs the storage node until it is asked to stop.
-pub async fn run(_args: StorageNodeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the storage node is not built yet")
+fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None => None,
+    };
+    let listen = args.listen.or(config.as_ref().map(|c| c.listen));
+    let data = args.data.or(config.as_ref().map(|c| c.data_dir.clone()));
+    let (Some(listen), Some(data_dir)) = (listen, data) else {
+        anyhow::bail!(
+            "--listen and --data (or a --config file with listen and data_dir) are required"
+        );
+    };
+    let mut config = config.take().unwrap_or_else(|| Config {
+        listen,
+        data_dir: data_dir.clone(),
+        region: "us-east-1".to_owned(),
+        keys: Vec::new(),
+        tls: None,
+        limits: config::Limits::default(),
+    });
+    config.listen = listen;
+    config.data_dir = data_dir;
+    if let (Some(access_key), Some(secret_key)) = (args.access_key, args.secret_key) {
+        config.keys.retain(|k| k.access_key != access_key);
+        config.keys.push(config::AccessKeyConfig {
+            access_key,
+            secret_key,
+            buckets: vec!["*".to_owned()],
+            read_only: false,
+            bypass_governance: false,
+        });
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM).
+pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = Arc::new(build_config(args)?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = Arc::new(store::Store::open(&config.data_dir, Arc::clone(&metrics))?);
+
+    let mut builder = s3s::service::S3ServiceBuilder::new(s3::HavenS3::new(
+        Arc::clone(&store),
+        Arc::clone(&config),
+    ));
+    builder.set_auth(access::ConfigAuth(Arc::clone(&config)));
+    builder.set_access(access::KeyAccess(Arc::clone(&config)));
+    builder.set_route(exists::ExistsRoute::new(
+        Arc::clone(&store),
+        Arc::clone(&config),
+    ));
+    let shared = Arc::new(server::Shared {
+        s3: builder.build(),
+        store,
+        metrics,
+    });
+
+    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("haven storage-node listening on {scheme}://{local}");
+    tracing::info!(address = %local, data_dir = %config.data_dir.display(), keys = config.keys.len(), "storage node started");
+    server::serve(
+        listener,
+        tls,
+        shared,
+        config.limits.max_header_bytes,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("storage node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }

@@ -1,0 +1,240 @@
+//! Configuration of a storage node: a TOML file, with the essentials also
+//! available as command-line flags for a quick start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default largest object accepted by a single PUT (5 GiB, as on AWS S3).
+const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Default largest set of request headers (hyper buffer size) in bytes.
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default largest number of keys in one batch existence query.
+const DEFAULT_MAX_EXISTS_KEYS: usize = 100_000;
+
+/// Everything a storage node needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the S3 endpoint (and `/metrics`) listens on.
+    pub listen: SocketAddr,
+    /// Directory that holds buckets, objects, uploads and temporary files.
+    /// It must be one file system: renames from `tmp/` into place are atomic.
+    pub data_dir: PathBuf,
+    /// Region reported to clients and accepted in signatures.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access keys allowed to talk to this node.
+    #[serde(default)]
+    pub keys: Vec<AccessKeyConfig>,
+    /// Optional TLS; without it the node speaks plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One access key with its secret and what it may touch.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    /// The access key id clients put in their signatures.
+    pub access_key: String,
+    /// The shared secret used to verify SigV4 signatures.
+    pub secret_key: String,
+    /// Buckets this key may use: exact names, `prefix*` patterns or `*`.
+    #[serde(default = "default_buckets")]
+    pub buckets: Vec<String>,
+    /// Whether the key may only read (GET/HEAD/LIST and the existence query).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Whether the key may bypass GOVERNANCE-mode retention; COMPLIANCE can
+    /// never be bypassed.
+    #[serde(default)]
+    pub bypass_governance: bool,
+}
+
+impl std::fmt::Debug for AccessKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeyConfig")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("buckets", &self.buckets)
+            .field("read_only", &self.read_only)
+            .field("bypass_governance", &self.bypass_governance)
+            .finish()
+    }
+}
+
+impl AccessKeyConfig {
+    /// Whether this key may use `bucket` at all.
+    pub fn allows_bucket(&self, bucket: &str) -> bool {
+        self.buckets
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => bucket.starts_with(prefix),
+                None => pattern == bucket,
+            })
+    }
+}
+
+/// Certificate and key in PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub cert: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
+}
+
+/// Limits that protect the node from oversized requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest object accepted by one PUT or one multipart part.
+    pub max_object_size: u64,
+    /// Largest request header section; larger requests get HTTP 431.
+    pub max_header_bytes: usize,
+    /// Largest number of keys in one batch existence query.
+    pub max_exists_keys: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_exists_keys: DEFAULT_MAX_EXISTS_KEYS,
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_buckets() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// Errors while reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file that failed.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// A required setting was given neither in the file nor as a flag.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    /// The settings contradict each other or are unsafe.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Refuses configurations that would run an open or ambiguous server.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keys.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one access key is required: the node never serves anonymous requests"
+                    .to_owned(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for key in &self.keys {
+            if key.access_key.is_empty() || key.secret_key.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "access and secret keys must not be empty".to_owned(),
+                ));
+            }
+            if !seen.insert(key.access_key.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "access key {} is listed twice",
+                    key.access_key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the configuration of one access key.
+    pub fn key(&self, access_key: &str) -> Option<&AccessKeyConfig> {
+        self.keys.iter().find(|k| k.access_key == access_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/srv/haven"
+            [[keys]]
+            access_key = "backup"
+            secret_key = "s3cret"
+            buckets = ["haven-*", "restic"]
+            [[keys]]
+            access_key = "reader"
+            secret_key = "x"
+            read_only = true
+            [limits]
+            max_object_size = 1048576
+        "#;
+        let config: Config = toml::from_str(text).expect("valid config");
+        config.validate().expect("valid keys");
+        let key = config.key("backup").expect("key exists");
+        assert!(key.allows_bucket("haven-site1"));
+        assert!(key.allows_bucket("restic"));
+        assert!(!key.allows_bucket("resticx"));
+        assert!(config.key("reader").expect("reader").allows_bucket("any"));
+        assert_eq!(config.limits.max_object_size, 1_048_576);
+        assert_eq!(config.region, "us-east-1");
+    }
+
+    #[test]
+    fn refuses_no_keys_and_duplicates() {
+        let mut config: Config =
+            toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"").expect("parses");
+        assert!(config.validate().is_err());
+        let key = AccessKeyConfig {
+            access_key: "a".into(),
+            secret_key: "b".into(),
+            buckets: default_buckets(),
+            read_only: false,
+            bypass_governance: false,
+        };
+        config.keys = vec![key.clone(), key];
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Mapping of S3 object keys to relative file paths, safe against traversal.
+//!
+//! A key is split at `/`; each segment becomes one path component, escaped so
+//! that only `[A-Za-z0-9._-]` stays literal and every other byte becomes
+//! `%XX`. An empty segment (as in `a//b` or the folder marker `dir/`) is
+//! written `%` alone, which no escaped segment can produce. Object files get
+//! the suffix `@` (never literal in an escaped segment), so the object `a` and
+//! the folder of `a/b` cannot collide. Keys that start with `/`, contain a `.`
+//! or `..` segment, or contain NUL are refused outright: they are what path
+//! traversal attacks look like, and no backup tool writes them.
+
+use std::path::PathBuf;
+
+/// Suffix of every object file; directories never carry it.
+pub const OBJECT_SUFFIX: char = '@';
+/// Longest S3 key in bytes (the AWS limit).
+const MAX_KEY_BYTES: usize = 1024;
+/// Longest file name most Linux file systems accept.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Why a key cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key is empty.
+    #[error("object key is empty")]
+    Empty,
+    /// The key or one of its segments is too long to store.
+    #[error("object key is too long")]
+    TooLong,
+    /// The key starts with `/` (an absolute path).
+    #[error("object key must not start with '/'")]
+    Absolute,
+    /// The key has a `.` or `..` segment.
+    #[error("object key must not contain '.' or '..' segments")]
+    DotSegment,
+    /// The key contains a NUL byte.
+    #[error("object key must not contain NUL")]
+    Nul,
+}
+
+/// Returns the path of the object file for `key`, relative to the bucket's
+/// object directory.
+pub fn key_to_path(key: &str) -> Result<PathBuf, KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong);
+    }
+    if key.contains('\0') {
+        return Err(KeyError::Nul);
+    }
+    if key.starts_with('/') {
+        return Err(KeyError::Absolute);
+    }
+    let segments: Vec<&str> = key.split('/').collect();
+    let mut path = PathBuf::new();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.iter().enumerate() {
+        if *segment == "." || *segment == ".." {
+            return Err(KeyError::DotSegment);
+        }
+        let mut name = escape_segment(segment);
+        if index == last {
+            name.push(OBJECT_SUFFIX);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(KeyError::TooLong);
+        }
+        path.push(name);
+    }
+    Ok(path)
+}
+
+/// Escapes one key segment into a file name.
+pub fn escape_segment(segment: &str) -> String {
+    if segment.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape_segment`]; `None` for names this store never writes.
+pub fn unescape_segment(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'%' {
+            let hex = name.get(index + 1..index + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            out.push(byte);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_keys_and_back() {
+        let table = [
+            ("chunks/ab/abcdef", "chunks/ab/abcdef@"),
+            ("a", "a@"),
+            ("dir/", "dir/%@"),
+            ("a//b", "a/%/b@"),
+            ("x y/ü", "x%20y/%C3%BC@"),
+            ("file@1", "file%401@"),
+            ("..a/b..", "..a/b..@"),
+        ];
+        for (key, want) in table {
+            let path = key_to_path(key).expect("valid key");
+            assert_eq!(path.to_str(), Some(want), "key {key:?}");
+            let back: Vec<String> = path
+                .iter()
+                .map(|c| {
+                    let name = c.to_str().expect("utf-8");
+                    let name = name.strip_suffix(OBJECT_SUFFIX).unwrap_or(name);
+                    unescape_segment(name).expect("decodes")
+                })
+                .collect();
+            assert_eq!(back.join("/"), key);
+        }
+    }
+
+    #[test]
+    fn refuses_traversal() {
+        let table = [
+            ("", KeyError::Empty),
+            ("/etc/passwd", KeyError::Absolute),
+            ("../x", KeyError::DotSegment),
+            ("a/../../x", KeyError::DotSegment),
+            ("a/./b", KeyError::DotSegment),
+            ("..", KeyError::DotSegment),
+            ("a\0b", KeyError::Nul),
+        ];
+        for (key, want) in table {
+            assert_eq!(key_to_path(key), Err(want), "key {key:?}");
+        }
+        assert_eq!(key_to_path(&"x".repeat(300)), Err(KeyError::TooLong));
+        assert_eq!(key_to_path(&"x/".repeat(600)), Err(KeyError::TooLong));
+    }
+
+    #[test]
+    fn refuses_names_it_never_writes() {
+        assert_eq!(unescape_segment("%zz"), None);
+        assert_eq!(unescape_segment("%4"), None);
+        assert_eq!(unescape_segment("%FF"), None);
+    }
+}

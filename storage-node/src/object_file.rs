@@ -1,0 +1,364 @@
+//! The on-disk format of one object: its bytes, then its metadata, then a
+//! fixed footer, all in one file so that one rename publishes both.
+//!
+//! ```text
+//! [data: size bytes][metadata JSON][u32 LE json length][u32 LE crc32 of json][8 bytes magic]
+//! ```
+//!
+//! The metadata holds a CRC-32 per 1 MiB block of data, so any read, whole or
+//! ranged, verifies exactly the blocks it touches before a byte leaves the node.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Magic at the very end of every object file (format version 1).
+pub const MAGIC: [u8; 8] = *b"HAVNOBJ1";
+/// Size of the data blocks that carry their own CRC-32.
+pub const BLOCK_SIZE: u64 = 1024 * 1024;
+/// Footer: json length, json crc, magic.
+const FOOTER_LEN: u64 = 16;
+const _: () = assert!(FOOTER_LEN as usize == 4 + 4 + MAGIC.len());
+/// Metadata larger than this is refused as corrupt rather than allocated.
+const MAX_METADATA_LEN: u32 = 16 * 1024 * 1024;
+
+/// Retention of one object (S3 Object Lock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// `COMPLIANCE` or `GOVERNANCE`.
+    pub mode: String,
+    /// Until when the object may not be deleted or overwritten (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub retain_until: time::OffsetDateTime,
+}
+
+/// Everything stored about an object besides its bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Length of the data in bytes.
+    pub size: u64,
+    /// S3 ETag without quotes (MD5 hex, or `md5-of-md5s-N` for multipart).
+    pub etag: String,
+    /// Modification time, Unix nanoseconds.
+    pub last_modified_ns: i128,
+    /// Standard HTTP attributes, kept verbatim.
+    pub content_type: Option<String>,
+    /// Standard HTTP attribute.
+    pub content_encoding: Option<String>,
+    /// Standard HTTP attribute.
+    pub content_disposition: Option<String>,
+    /// Standard HTTP attribute.
+    pub content_language: Option<String>,
+    /// Standard HTTP attribute.
+    pub cache_control: Option<String>,
+    /// `x-amz-meta-*` headers.
+    pub user_metadata: BTreeMap<String, String>,
+    /// x-amz-checksum-* values (base64) the client sent and we verified.
+    pub checksums: BTreeMap<String, String>,
+    /// Number of parts for a multipart object.
+    pub parts_count: Option<u32>,
+    /// Object Lock retention, if any.
+    pub retention: Option<Retention>,
+    /// Object Lock legal hold.
+    pub legal_hold: bool,
+    /// CRC-32 (IEEE) of each [`BLOCK_SIZE`] block of data.
+    pub block_crc32: Vec<u32>,
+}
+
+/// Errors of reading or writing object files.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectFileError {
+    /// An I/O error from the file system.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file does not hold what was written: a checksum, length or magic
+    /// does not match.
+    #[error("stored object is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Streams data into a new temporary object file, computing block CRCs.
+///
+/// The file is removed on drop unless [`ObjectWriter::finish`] succeeded and
+/// the caller took over the path (by renaming it into place).
+pub struct ObjectWriter {
+    file: File,
+    path: PathBuf,
+    pending: Vec<u8>,
+    size: u64,
+    block_crc32: Vec<u32>,
+    keep: bool,
+}
+
+impl ObjectWriter {
+    /// Creates a new temporary file at `path`.
+    pub fn create(path: PathBuf) -> Result<Self, ObjectFileError> {
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        Ok(Self {
+            file,
+            path,
+            pending: Vec::with_capacity(BLOCK_SIZE as usize),
+            size: 0,
+            block_crc32: Vec::new(),
+            keep: false,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends data; full blocks go to the file at once.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), ObjectFileError> {
+        while !data.is_empty() {
+            let room = BLOCK_SIZE as usize - self.pending.len();
+            if self.pending.is_empty() && data.len() >= BLOCK_SIZE as usize {
+                let (block, rest) = data.split_at(BLOCK_SIZE as usize);
+                self.write_block(block)?;
+                data = rest;
+                continue;
+            }
+            let take = room.min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == BLOCK_SIZE as usize {
+                let block = std::mem::take(&mut self.pending);
+                self.write_block(&block)?;
+                self.pending = block;
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn write_block(&mut self, block: &[u8]) -> Result<(), ObjectFileError> {
+        self.block_crc32.push(crc32fast::hash(block));
+        self.file.write_all(block)?;
+        self.size += block.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the metadata and footer and makes the file durable (fsync).
+    /// `meta.size` and `meta.block_crc32` are filled in here.
+    pub fn finish(
+        mut self,
+        mut meta: ObjectMeta,
+    ) -> Result<(PathBuf, ObjectMeta), ObjectFileError> {
+        if !self.pending.is_empty() {
+            let block = std::mem::take(&mut self.pending);
+            self.write_block(&block)?;
+        }
+        meta.size = self.size;
+        meta.block_crc32 = std::mem::take(&mut self.block_crc32);
+        write_trailer(&mut self.file, &meta)?;
+        self.file.sync_all()?;
+        self.keep = true;
+        Ok((self.path.clone(), meta))
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn write_trailer(file: &mut File, meta: &ObjectMeta) -> Result<(), ObjectFileError> {
+    let json = serde_json::to_vec(meta)
+        .map_err(|e| ObjectFileError::Corrupt(format!("cannot encode metadata: {e}")))?;
+    let len = u32::try_from(json.len())
+        .map_err(|_| ObjectFileError::Corrupt("metadata too large".to_owned()))?;
+    let mut tail = Vec::with_capacity(json.len() + FOOTER_LEN as usize);
+    tail.extend_from_slice(&json);
+    tail.extend_from_slice(&len.to_le_bytes());
+    tail.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    tail.extend_from_slice(&MAGIC);
+    file.write_all(&tail)?;
+    Ok(())
+}
+
+/// An open object file with its verified metadata.
+pub struct ObjectReader {
+    file: File,
+    /// The object's metadata.
+    pub meta: ObjectMeta,
+}
+
+impl ObjectReader {
+    /// Opens an object file and verifies its footer and metadata checksum.
+    /// A missing file is `Io(NotFound)`.
+    pub fn open(path: &Path) -> Result<Self, ObjectFileError> {
+        let file = File::open(path)?;
+        let meta = read_meta(&file)?;
+        Ok(Self { file, meta })
+    }
+
+    /// Reads data block `index`, verifying its CRC.
+    pub fn read_block(&self, index: u64) -> Result<Vec<u8>, ObjectFileError> {
+        let start = index * BLOCK_SIZE;
+        if start >= self.meta.size {
+            return Err(ObjectFileError::Corrupt(format!(
+                "block {index} out of range"
+            )));
+        }
+        let len = BLOCK_SIZE.min(self.meta.size - start) as usize;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, start)?;
+        let want = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.meta.block_crc32.get(i).copied())
+            .ok_or_else(|| ObjectFileError::Corrupt(format!("no checksum for block {index}")))?;
+        let got = crc32fast::hash(&buf);
+        if got != want {
+            return Err(ObjectFileError::Corrupt(format!(
+                "block {index}: crc32 {got:08x}, expected {want:08x}"
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Reads and verifies the bytes `start..end` of the data.
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, ObjectFileError> {
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if start >= end {
+            return Ok(out);
+        }
+        for index in start / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
+            let block = self.read_block(index)?;
+            let block_start = index * BLOCK_SIZE;
+            let from = start.saturating_sub(block_start) as usize;
+            let to = ((end - block_start) as usize).min(block.len());
+            out.extend_from_slice(&block[from..to]);
+        }
+        Ok(out)
+    }
+}
+
+fn read_meta(file: &File) -> Result<ObjectMeta, ObjectFileError> {
+    let file_len = file.metadata()?.len();
+    if file_len < FOOTER_LEN {
+        return Err(ObjectFileError::Corrupt(
+            "file shorter than footer".to_owned(),
+        ));
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut footer, file_len - FOOTER_LEN)?;
+    if footer[8..] != MAGIC {
+        return Err(ObjectFileError::Corrupt("bad magic".to_owned()));
+    }
+    let json_len = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]);
+    let json_crc = u32::from_le_bytes([footer[4], footer[5], footer[6], footer[7]]);
+    if json_len > MAX_METADATA_LEN || u64::from(json_len) + FOOTER_LEN > file_len {
+        return Err(ObjectFileError::Corrupt("bad metadata length".to_owned()));
+    }
+    let json_start = file_len - FOOTER_LEN - u64::from(json_len);
+    let mut json = vec![0u8; json_len as usize];
+    file.read_exact_at(&mut json, json_start)?;
+    if crc32fast::hash(&json) != json_crc {
+        return Err(ObjectFileError::Corrupt(
+            "metadata checksum mismatch".to_owned(),
+        ));
+    }
+    let meta: ObjectMeta = serde_json::from_slice(&json)
+        .map_err(|e| ObjectFileError::Corrupt(format!("metadata: {e}")))?;
+    let blocks = meta.size.div_ceil(BLOCK_SIZE);
+    if meta.size != json_start || meta.block_crc32.len() as u64 != blocks {
+        return Err(ObjectFileError::Corrupt(
+            "data length does not match metadata".to_owned(),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Rewrites the metadata of an existing object into a new temporary file
+/// (data copied block by block, verified), for retention changes.
+pub fn rewrite_meta(
+    source: &ObjectReader,
+    temp_path: PathBuf,
+    meta: ObjectMeta,
+) -> Result<(PathBuf, ObjectMeta), ObjectFileError> {
+    let mut writer = ObjectWriter::create(temp_path)?;
+    let blocks = source.meta.size.div_ceil(BLOCK_SIZE);
+    for index in 0..blocks {
+        writer.write(&source.read_block(index)?)?;
+    }
+    writer.finish(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn round_trips_and_reads_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in [0usize, 1, 1_048_575, 1_048_576, 3_000_001] {
+            let data = sample(len);
+            let path = dir.path().join(format!("obj{len}"));
+            let mut writer = ObjectWriter::create(path.clone()).expect("create");
+            for piece in data.chunks(70_001) {
+                writer.write(piece).expect("write");
+            }
+            let meta = ObjectMeta {
+                etag: "e".into(),
+                ..Default::default()
+            };
+            let (path, meta) = writer.finish(meta).expect("finish");
+            assert_eq!(meta.size, len as u64);
+            let reader = ObjectReader::open(&path).expect("open");
+            assert_eq!(reader.read_range(0, len as u64).expect("read"), data);
+            if len > 10 {
+                let (s, e) = (len as u64 / 3, len as u64 - 3);
+                assert_eq!(
+                    reader.read_range(s, e).expect("range"),
+                    data[s as usize..e as usize]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn detects_a_flipped_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = ObjectWriter::create(dir.path().join("o")).expect("create");
+        writer.write(&sample(2_000_000)).expect("write");
+        let (path, _) = writer.finish(ObjectMeta::default()).expect("finish");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 1_500_000).expect("read");
+        byte[0] ^= 0x01;
+        file.write_all_at(&byte, 1_500_000).expect("write");
+        let reader = ObjectReader::open(&path).expect("metadata still fine");
+        assert!(reader.read_block(0).is_ok());
+        assert!(matches!(
+            reader.read_block(1),
+            Err(ObjectFileError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn unfinished_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t");
+        {
+            let mut writer = ObjectWriter::create(path.clone()).expect("create");
+            writer.write(b"partial").expect("write");
+        }
+        assert!(!path.exists());
+    }
+}

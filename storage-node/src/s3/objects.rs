@@ -1,0 +1,371 @@
+//! Object operations: PUT, GET, HEAD, DELETE (single and batch), COPY.
+
+use s3s::crypto::Checksum as _;
+use std::sync::Arc;
+
+use s3s::dto::*;
+use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
+
+use super::HavenS3;
+use super::body::{self, Sink};
+use super::convert;
+use crate::error::StoreError;
+use crate::object_file::{BLOCK_SIZE, ObjectMeta};
+
+pub async fn put_object(
+    s3: &HavenS3,
+    req: S3Request<PutObjectInput>,
+) -> S3Result<S3Response<PutObjectOutput>> {
+    let trailers = req.trailing_headers.clone();
+    let input = req.input;
+    s3.store.object_path(&input.bucket, &input.key)?;
+    let bucket = s3.store.bucket_config(&input.bucket).await?;
+    let user_metadata = convert::user_metadata(input.metadata)?;
+    let (retention, legal_hold) = convert::new_object_retention(
+        &bucket,
+        input.object_lock_mode.as_ref(),
+        input.object_lock_retain_until_date.as_ref(),
+        input.object_lock_legal_hold_status.as_ref(),
+    )?;
+    let condition =
+        convert::write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
+    let max_size = s3.config.limits.max_object_size;
+    if input
+        .content_length
+        .is_some_and(|len| u64::try_from(len).map_or(true, |len| len > max_size))
+    {
+        return Err(s3_error!(
+            EntityTooLarge,
+            "object is larger than {max_size} bytes"
+        ));
+    }
+    let mut declared = Checksum {
+        checksum_crc32: input.checksum_crc32,
+        checksum_crc32c: input.checksum_crc32c,
+        checksum_sha1: input.checksum_sha1,
+        checksum_sha256: input.checksum_sha256,
+        checksum_crc64nvme: input.checksum_crc64nvme,
+        ..Default::default()
+    };
+    let hasher = convert::checksum_hasher(&declared, input.checksum_algorithm.as_ref())?;
+    let body_stream = input
+        .body
+        .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
+    let sink = Sink {
+        writer: s3.store.new_writer()?,
+        md5: s3s::crypto::Md5::new(),
+        checksum: hasher,
+    };
+    let sink = body::receive(body_stream, sink, max_size).await?;
+    let md5 = sink.md5.finalize();
+    convert::check_content_md5(input.content_md5.as_deref(), &md5)?;
+    convert::merge_trailers(&mut declared, trailers)?;
+    let computed = sink.checksum.finalize();
+    convert::verify_checksums(&declared, &computed)?;
+    let meta = ObjectMeta {
+        etag: hex::encode(md5),
+        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
+        content_type: input.content_type,
+        content_encoding: input.content_encoding,
+        content_disposition: input.content_disposition,
+        content_language: input.content_language,
+        cache_control: input.cache_control,
+        user_metadata,
+        checksums: convert::checksum_map(&computed),
+        retention,
+        legal_hold,
+        ..Default::default()
+    };
+    let writer = sink.writer;
+    let (temp, meta) = tokio::task::spawn_blocking(move || writer.finish(meta))
+        .await
+        .map_err(S3Error::internal_error)?
+        .map_err(StoreError::from)?;
+    s3.store
+        .commit(&input.bucket, &input.key, temp, &condition)
+        .await?;
+    tracing::debug!(bucket = %input.bucket, key = %input.key, size = meta.size, "object stored");
+    Ok(S3Response::new(PutObjectOutput {
+        e_tag: Some(convert::etag(&meta)),
+        checksum_crc32: computed.checksum_crc32,
+        checksum_crc32c: computed.checksum_crc32c,
+        checksum_sha1: computed.checksum_sha1,
+        checksum_sha256: computed.checksum_sha256,
+        checksum_crc64nvme: computed.checksum_crc64nvme,
+        ..Default::default()
+    }))
+}
+
+pub async fn get_object(
+    s3: &HavenS3,
+    req: S3Request<GetObjectInput>,
+) -> S3Result<S3Response<GetObjectOutput>> {
+    let input = req.input;
+    let reader = s3.store.open_object(&input.bucket, &input.key).await?;
+    let meta = reader.meta.clone();
+    convert::check_read_conditions(
+        &meta,
+        input.if_match.as_ref(),
+        input.if_none_match.as_ref(),
+        input.if_modified_since.as_ref(),
+        input.if_unmodified_since.as_ref(),
+    )?;
+    let (start, end, content_range) = match input.range {
+        None => (0, meta.size, None),
+        Some(range) => {
+            let range = range.check(meta.size)?;
+            let content_range = format!(
+                "bytes {}-{}/{}",
+                range.start,
+                range.end.saturating_sub(1),
+                meta.size
+            );
+            (range.start, range.end, Some(content_range))
+        }
+    };
+    let full = content_range.is_none();
+    let blob = body::send(Arc::clone(&s3.store), reader, start, end).await?;
+    let checksum = if full {
+        convert::checksum_dto(&meta)
+    } else {
+        Checksum::default()
+    };
+    let length = i64::try_from(end - start).map_err(S3Error::internal_error)?;
+    Ok(S3Response::new(GetObjectOutput {
+        body: Some(blob),
+        content_length: Some(length),
+        content_range,
+        accept_ranges: Some("bytes".to_owned()),
+        e_tag: Some(convert::etag(&meta)),
+        last_modified: Some(convert::timestamp(meta.last_modified_ns)),
+        content_type: meta.content_type.clone(),
+        content_encoding: meta.content_encoding.clone(),
+        content_disposition: meta.content_disposition.clone(),
+        content_language: meta.content_language.clone(),
+        cache_control: meta.cache_control.clone(),
+        metadata: non_empty(&meta),
+        checksum_crc32: checksum.checksum_crc32,
+        checksum_crc32c: checksum.checksum_crc32c,
+        checksum_sha1: checksum.checksum_sha1,
+        checksum_sha256: checksum.checksum_sha256,
+        checksum_crc64nvme: checksum.checksum_crc64nvme,
+        parts_count: meta.parts_count.and_then(|n| i32::try_from(n).ok()),
+        object_lock_mode: meta
+            .retention
+            .as_ref()
+            .map(|r| ObjectLockMode::from(r.mode.clone())),
+        object_lock_retain_until_date: meta
+            .retention
+            .as_ref()
+            .map(|r| Timestamp::from(r.retain_until)),
+        object_lock_legal_hold_status: meta
+            .legal_hold
+            .then(|| ObjectLockLegalHoldStatus::from_static("ON")),
+        ..Default::default()
+    }))
+}
+
+fn non_empty(meta: &ObjectMeta) -> Option<Metadata> {
+    (!meta.user_metadata.is_empty()).then(|| meta.user_metadata.clone().into_iter().collect())
+}
+
+pub async fn head_object(
+    s3: &HavenS3,
+    req: S3Request<HeadObjectInput>,
+) -> S3Result<S3Response<HeadObjectOutput>> {
+    let input = req.input;
+    let reader = s3.store.open_object(&input.bucket, &input.key).await?;
+    let meta = &reader.meta;
+    convert::check_read_conditions(
+        meta,
+        input.if_match.as_ref(),
+        input.if_none_match.as_ref(),
+        input.if_modified_since.as_ref(),
+        input.if_unmodified_since.as_ref(),
+    )?;
+    let checksum = convert::checksum_dto(meta);
+    Ok(S3Response::new(HeadObjectOutput {
+        content_length: Some(i64::try_from(meta.size).map_err(S3Error::internal_error)?),
+        accept_ranges: Some("bytes".to_owned()),
+        e_tag: Some(convert::etag(meta)),
+        last_modified: Some(convert::timestamp(meta.last_modified_ns)),
+        content_type: meta.content_type.clone(),
+        content_encoding: meta.content_encoding.clone(),
+        content_disposition: meta.content_disposition.clone(),
+        content_language: meta.content_language.clone(),
+        cache_control: meta.cache_control.clone(),
+        metadata: non_empty(meta),
+        checksum_crc32: checksum.checksum_crc32,
+        checksum_crc32c: checksum.checksum_crc32c,
+        checksum_sha1: checksum.checksum_sha1,
+        checksum_sha256: checksum.checksum_sha256,
+        checksum_crc64nvme: checksum.checksum_crc64nvme,
+        parts_count: meta.parts_count.and_then(|n| i32::try_from(n).ok()),
+        object_lock_mode: meta
+            .retention
+            .as_ref()
+            .map(|r| ObjectLockMode::from(r.mode.clone())),
+        object_lock_retain_until_date: meta
+            .retention
+            .as_ref()
+            .map(|r| Timestamp::from(r.retain_until)),
+        object_lock_legal_hold_status: meta
+            .legal_hold
+            .then(|| ObjectLockLegalHoldStatus::from_static("ON")),
+        ..Default::default()
+    }))
+}
+
+pub async fn delete_object(
+    s3: &HavenS3,
+    req: S3Request<DeleteObjectInput>,
+) -> S3Result<S3Response<DeleteObjectOutput>> {
+    let bypass =
+        req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
+    let input = req.input;
+    s3.store
+        .delete_object(&input.bucket, &input.key, bypass)
+        .await?;
+    Ok(S3Response::new(DeleteObjectOutput::default()))
+}
+
+pub async fn delete_objects(
+    s3: &HavenS3,
+    req: S3Request<DeleteObjectsInput>,
+) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    let bypass =
+        req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
+    let input = req.input;
+    s3.store.bucket_config(&input.bucket).await?;
+    let quiet = input.delete.quiet.unwrap_or(false);
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for object in input.delete.objects {
+        match s3
+            .store
+            .delete_object(&input.bucket, &object.key, bypass)
+            .await
+        {
+            Ok(()) => {
+                if !quiet {
+                    deleted.push(DeletedObject {
+                        key: Some(object.key),
+                        ..Default::default()
+                    });
+                }
+            }
+            Err(error) => {
+                let s3_error = error.to_s3();
+                errors.push(Error {
+                    code: Some(s3_error.code().as_str().to_owned()),
+                    key: Some(object.key),
+                    message: s3_error.message().map(str::to_owned),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(S3Response::new(DeleteObjectsOutput {
+        deleted: Some(deleted),
+        errors: (!errors.is_empty()).then_some(errors),
+        ..Default::default()
+    }))
+}
+
+pub async fn copy_object(
+    s3: &HavenS3,
+    req: S3Request<CopyObjectInput>,
+) -> S3Result<S3Response<CopyObjectOutput>> {
+    let key = s3.key(&req)?.clone();
+    let input = req.input;
+    let CopySource::Bucket {
+        bucket: source_bucket,
+        key: source_key,
+        ..
+    } = &input.copy_source
+    else {
+        return Err(s3_error!(
+            NotImplemented,
+            "only bucket/key copy sources are supported"
+        ));
+    };
+    if !key.allows_bucket(source_bucket) {
+        return Err(s3_error!(AccessDenied, "no access to the source bucket"));
+    }
+    s3.store.object_path(&input.bucket, &input.key)?;
+    let bucket = s3.store.bucket_config(&input.bucket).await?;
+    let reader = s3.store.open_object(source_bucket, source_key).await?;
+    let source = reader.meta.clone();
+    let modified_since = input.copy_source_if_modified_since.clone();
+    let unmodified_since = input.copy_source_if_unmodified_since.clone();
+    convert::check_read_conditions(
+        &source,
+        input.copy_source_if_match.as_ref(),
+        input.copy_source_if_none_match.as_ref(),
+        modified_since.as_ref(),
+        unmodified_since.as_ref(),
+    )
+    .map_err(|e| {
+        if e.code() == &s3s::S3ErrorCode::NotModified {
+            s3_error!(PreconditionFailed)
+        } else {
+            e
+        }
+    })?;
+    let (retention, legal_hold) = convert::new_object_retention(
+        &bucket,
+        input.object_lock_mode.as_ref(),
+        input.object_lock_retain_until_date.as_ref(),
+        input.object_lock_legal_hold_status.as_ref(),
+    )?;
+    let replace = input
+        .metadata_directive
+        .as_ref()
+        .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+    let mut meta = if replace {
+        ObjectMeta {
+            etag: source.etag.clone(),
+            content_type: input.content_type,
+            content_encoding: input.content_encoding,
+            content_disposition: input.content_disposition,
+            content_language: input.content_language,
+            cache_control: input.cache_control,
+            user_metadata: convert::user_metadata(input.metadata)?,
+            checksums: source.checksums.clone(),
+            parts_count: source.parts_count,
+            ..Default::default()
+        }
+    } else {
+        ObjectMeta {
+            retention: None,
+            legal_hold: false,
+            ..source.clone()
+        }
+    };
+    meta.retention = retention;
+    meta.legal_hold = legal_hold;
+    meta.last_modified_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let mut writer = s3.store.new_writer()?;
+    let store = Arc::clone(&s3.store);
+    let (temp, meta) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        for block in 0..reader.meta.size.div_ceil(BLOCK_SIZE) {
+            writer.write(&reader.read_block(block)?)?;
+        }
+        Ok(writer.finish(meta)?)
+    })
+    .await
+    .map_err(S3Error::internal_error)?
+    .map_err(|e| store.note(e))?;
+    let condition = crate::store::WriteCondition::default();
+    s3.store
+        .commit(&input.bucket, &input.key, temp, &condition)
+        .await?;
+    Ok(S3Response::new(CopyObjectOutput {
+        copy_object_result: Some(CopyObjectResult {
+            e_tag: Some(convert::etag(&meta)),
+            last_modified: Some(convert::timestamp(meta.last_modified_ns)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+}

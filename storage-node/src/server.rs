@@ -1,0 +1,203 @@
+//! The HTTP(S) front: accepts connections, serves `/metrics`, and hands every
+//! other request to the s3s service while recording metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use tokio::net::TcpListener;
+
+use crate::access::OperationSlot;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+type ResponseBody = UnsyncBoxBody<Bytes, s3s::StdError>;
+
+/// What every connection shares.
+pub struct Shared {
+    /// The s3s service over Haven's store.
+    pub s3: s3s::service::S3Service,
+    /// The store (for disk usage in `/metrics`).
+    pub store: Arc<Store>,
+    /// Metrics of this node.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Whether a request carries any SigV4 or SigV2 authentication.
+fn is_signed<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(hyper::header::AUTHORIZATION)
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Credential") || q.contains("Signature="))
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// Handles one request. An unsigned `GET /metrics` is the Prometheus
+/// endpoint; a signed one is an ordinary ListObjects on a bucket `metrics`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" && !is_signed(&req) {
+        let text = shared.metrics.render(shared.store.disk_usage());
+        return Ok(full(StatusCode::OK, "text/plain; version=0.0.4", text));
+    }
+    let started = Instant::now();
+    let slot = OperationSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    // Counted from Content-Length: wrapping the body would hide its exact
+    // size from s3s, which needs it for signature checks.
+    let length = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    shared.metrics.bytes_in(length);
+    let req = req.map(s3s::Body::from);
+    let response = match shared.s3.call(req).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(?error, "request failed");
+            shared.metrics.request(slot.get(), 500, started.elapsed());
+            return Ok(full(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "internal error\n".to_owned(),
+            ));
+        }
+    };
+    let status = response.status().as_u16();
+    let op = slot.get();
+    shared.metrics.request(op, status, started.elapsed());
+    tracing::debug!(
+        op,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    let out_metrics = Arc::clone(&shared.metrics);
+    Ok(response.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                out_metrics.bytes_out(data.len() as u64);
+            }
+            frame
+        })
+        .boxed_unsync()
+    }))
+}
+
+/// Accepts connections until `shutdown` resolves, then drains for up to 10 s.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    max_header_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(max_header_bytes.max(8192));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let stream = match acceptor.accept(stream).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "tls handshake failed");
+                            return;
+                        }
+                    };
+                    if let Err(error) = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10 s; stopping anyway");
+        }
+    }
+}
+
+/// Builds a TLS acceptor from PEM files (aws-lc-rs provider).
+pub fn tls_acceptor(
+    config: &crate::config::TlsConfig,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let certs = CertificateDer::pem_file_iter(&config.cert)
+        .with_context(|| format!("cannot read certificate {}", config.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid certificate {}", config.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .with_context(|| format!("cannot read private key {}", config.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls certificate and key do not match")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}

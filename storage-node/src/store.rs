@@ -1,0 +1,389 @@
+//! Haven's own on-disk object store, which the S3 layer serves.
+//!
+//! Layout below the data directory:
+//!
+//! ```text
+//! buckets/NAME/bucket.json         bucket settings (creation time, object lock)
+//! buckets/NAME/objects/…/SEG@      one object file per key (see keypath, object_file)
+//! uploads/ID/upload.json, part-N   multipart uploads in progress
+//! tmp/                             files being written; emptied at start
+//! ```
+//!
+//! Invariants: an object file appears under `objects/` only by a rename of a
+//! complete, fsynced file, followed by an fsync of its directory, so a crash
+//! leaves either the old object or the new one, never a partial one. All
+//! changes to one key (publish, delete, retention) run under that key's lock
+//! so conditional writes and Object Lock checks are atomic.
+
+mod buckets;
+mod durable;
+mod listing;
+mod uploads;
+
+pub use buckets::{BucketConfig, DefaultRetention};
+pub use listing::{ListEntry, ListPage, ListRequest};
+pub use uploads::{PartInfo, UploadInfo, uploads_max_part_number};
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::error::StoreError;
+use crate::keypath::key_to_path;
+use crate::metrics::Metrics;
+use crate::object_file::{ObjectMeta, ObjectReader, ObjectWriter, Retention};
+
+/// Number of lock stripes for per-key serialisation.
+const KEY_LOCK_STRIPES: usize = 1024;
+
+/// Conditions of a conditional write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteCondition {
+    /// `If-None-Match: *`: only create, never overwrite.
+    pub if_none_match_any: bool,
+    /// `If-Match`: `Some(None)` for `*`, `Some(Some(etag))` for one ETag.
+    pub if_match: Option<Option<String>>,
+}
+
+/// The object store over one data directory.
+pub struct Store {
+    root: PathBuf,
+    metrics: Arc<Metrics>,
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Store {
+    /// Opens (or initialises) the store and discards leftovers of a crash in
+    /// `tmp/`: they were never acknowledged.
+    pub fn open(root: &Path, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        for dir in ["buckets", "uploads", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let tmp = root.join("tmp");
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        durable::sync_dir(&tmp)?;
+        let key_locks = (0..KEY_LOCK_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect();
+        Ok(Self {
+            root: root.to_owned(),
+            metrics,
+            key_locks,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh, unused path in `tmp/`.
+    pub fn temp_path(&self) -> PathBuf {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        self.root.join("tmp").join(hex::encode(id))
+    }
+
+    /// Starts writing a new object into a temporary file.
+    pub fn new_writer(&self) -> Result<ObjectWriter, StoreError> {
+        Ok(ObjectWriter::create(self.temp_path())?)
+    }
+
+    fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
+        if !buckets::is_valid_bucket_name(bucket) {
+            return Err(StoreError::InvalidBucketName);
+        }
+        Ok(self.root.join("buckets").join(bucket))
+    }
+
+    fn objects_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.bucket_dir(bucket)?.join("objects"))
+    }
+
+    /// Path of the object file of `key`; refuses unsafe keys.
+    pub fn object_path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.objects_dir(bucket)?.join(key_to_path(key)?))
+    }
+
+    fn key_lock(&self, bucket: &str, key: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        (bucket, key).hash(&mut hasher);
+        &self.key_locks[(hasher.finish() % KEY_LOCK_STRIPES as u64) as usize]
+    }
+
+    /// Counts corruption before passing the error on.
+    pub fn note(&self, error: StoreError) -> StoreError {
+        if matches!(error, StoreError::Corrupt(_)) {
+            self.metrics.checksum_failure();
+        }
+        error
+    }
+
+    /// Opens an object with verified metadata.
+    pub async fn open_object(&self, bucket: &str, key: &str) -> Result<ObjectReader, StoreError> {
+        let path = self.object_path(bucket, key)?;
+        let bucket_dir = self.bucket_dir(bucket)?;
+        let result = tokio::task::spawn_blocking(move || match ObjectReader::open(&path) {
+            Ok(reader) => Ok(reader),
+            Err(error) => {
+                let error = StoreError::from(error);
+                if matches!(error, StoreError::NoSuchKey) && !bucket_dir.exists() {
+                    return Err(StoreError::NoSuchBucket);
+                }
+                Err(error)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        result.map_err(|e| self.note(e))
+    }
+
+    /// Publishes a finished temporary object file as `key`, after checking
+    /// the write conditions and any retention of the object it replaces.
+    pub async fn commit(
+        &self,
+        bucket: &str,
+        key: &str,
+        temp: PathBuf,
+        condition: &WriteCondition,
+    ) -> Result<(), StoreError> {
+        let guard = TempGuard(temp);
+        let relative = key_to_path(key)?;
+        let objects = self.objects_dir(bucket)?;
+        if !objects.exists() {
+            return Err(StoreError::NoSuchBucket);
+        }
+        let _lock = self.key_lock(bucket, key).lock().await;
+        let existing = match self.open_object(bucket, key).await {
+            Ok(reader) => Some(reader.meta),
+            Err(StoreError::NoSuchKey) => None,
+            Err(StoreError::Corrupt(_)) => Some(ObjectMeta::default()),
+            Err(error) => return Err(error),
+        };
+        check_write_condition(existing.as_ref(), condition)?;
+        if let Some(meta) = &existing {
+            check_not_locked(meta, false)?;
+        }
+        let temp = guard.0.clone();
+        tokio::task::spawn_blocking(move || publish(&objects, &relative, &temp))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        std::mem::forget(guard);
+        Ok(())
+    }
+
+    /// Deletes an object unless Object Lock forbids it. Deleting a missing
+    /// key succeeds, as in S3.
+    pub async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        bypass_governance: bool,
+    ) -> Result<(), StoreError> {
+        let path = self.object_path(bucket, key)?;
+        let objects = self.objects_dir(bucket)?;
+        if !objects.exists() {
+            return Err(StoreError::NoSuchBucket);
+        }
+        let _lock = self.key_lock(bucket, key).lock().await;
+        match self.open_object(bucket, key).await {
+            Ok(reader) => check_not_locked(&reader.meta, bypass_governance)?,
+            Err(StoreError::NoSuchKey) => return Ok(()),
+            // A corrupt object may be deleted so it can be rewritten.
+            Err(StoreError::Corrupt(_)) => {}
+            Err(error) => return Err(error),
+        }
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(error) => return Err(error.into()),
+            }
+            if let Some(dir) = path.parent() {
+                durable::sync_dir(dir)?;
+                durable::prune_empty_dirs(&objects, dir);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Changes the retention or legal hold of an object by rewriting its
+    /// metadata; retention may only be shortened or removed in GOVERNANCE
+    /// mode with the bypass right.
+    pub async fn update_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        retention: Option<Option<Retention>>,
+        legal_hold: Option<bool>,
+        bypass_governance: bool,
+    ) -> Result<(), StoreError> {
+        let objects = self.objects_dir(bucket)?;
+        let relative = key_to_path(key)?;
+        let _lock = self.key_lock(bucket, key).lock().await;
+        let reader = self.open_object(bucket, key).await?;
+        let mut meta = reader.meta.clone();
+        if let Some(new) = retention {
+            check_retention_change(meta.retention.as_ref(), new.as_ref(), bypass_governance)?;
+            meta.retention = new;
+        }
+        if let Some(hold) = legal_hold {
+            meta.legal_hold = hold;
+        }
+        let temp = self.temp_path();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let (temp, _) = crate::object_file::rewrite_meta(&reader, temp, meta)?;
+            publish(&objects, &relative, &temp)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        result.map_err(|e| self.note(e))
+    }
+
+    /// Which of `keys` exist in `bucket` (keys that cannot exist are false).
+    pub async fn exists_many(
+        &self,
+        bucket: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let objects = self.objects_dir(bucket)?;
+        if !objects.exists() {
+            return Err(StoreError::NoSuchBucket);
+        }
+        tokio::task::spawn_blocking(move || {
+            keys.iter()
+                .map(|key| match key_to_path(key) {
+                    Ok(relative) => objects.join(relative).is_file(),
+                    Err(_) => false,
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// Bytes used and available on the data directory's file system.
+    pub fn disk_usage(&self) -> Option<(u64, u64)> {
+        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs only writes into the zeroed struct we pass.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: path is a valid NUL-terminated string; stat is valid memory.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        let block = stat.f_frsize;
+        let total = stat.f_blocks.saturating_mul(block);
+        let free = stat.f_bavail.saturating_mul(block);
+        Some((
+            total.saturating_sub(stat.f_bfree.saturating_mul(block)),
+            free,
+        ))
+    }
+}
+
+/// Removes a temporary file unless it was published.
+struct TempGuard(PathBuf);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Renames a durable temp file into place and syncs the directory; retries
+/// when a concurrent delete pruned the directory in between.
+fn publish(objects: &Path, relative: &Path, temp: &Path) -> Result<(), StoreError> {
+    let target = objects.join(relative);
+    let parent_relative = relative.parent().unwrap_or(Path::new(""));
+    let mut attempts = 0;
+    loop {
+        durable::ensure_dirs(objects, parent_relative)?;
+        match std::fs::rename(temp, &target) {
+            Ok(()) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 5 => {
+                attempts += 1
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    durable::sync_dir(target.parent().unwrap_or(objects))?;
+    Ok(())
+}
+
+fn check_write_condition(
+    existing: Option<&ObjectMeta>,
+    condition: &WriteCondition,
+) -> Result<(), StoreError> {
+    if condition.if_none_match_any && existing.is_some() {
+        return Err(StoreError::PreconditionFailed("object already exists"));
+    }
+    match (&condition.if_match, existing) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(StoreError::PreconditionFailed("object does not exist")),
+        (Some(None), Some(_)) => Ok(()),
+        (Some(Some(etag)), Some(meta)) if *etag == meta.etag => Ok(()),
+        (Some(Some(_)), Some(_)) => Err(StoreError::PreconditionFailed("etag does not match")),
+    }
+}
+
+/// Whether an object may be deleted or overwritten now.
+pub fn check_not_locked(meta: &ObjectMeta, bypass_governance: bool) -> Result<(), StoreError> {
+    if meta.legal_hold {
+        return Err(StoreError::Locked("object is under legal hold".to_owned()));
+    }
+    let Some(retention) = &meta.retention else {
+        return Ok(());
+    };
+    if retention.retain_until <= time::OffsetDateTime::now_utc() {
+        return Ok(());
+    }
+    if retention.mode == "GOVERNANCE" && bypass_governance {
+        return Ok(());
+    }
+    Err(StoreError::Locked(format!(
+        "object is retained in {} mode until {}",
+        retention.mode, retention.retain_until
+    )))
+}
+
+fn check_retention_change(
+    current: Option<&Retention>,
+    new: Option<&Retention>,
+    bypass_governance: bool,
+) -> Result<(), StoreError> {
+    let Some(current) = current else {
+        return Ok(());
+    };
+    if current.retain_until <= time::OffsetDateTime::now_utc() {
+        return Ok(());
+    }
+    let weakens = match new {
+        None => true,
+        Some(new) => {
+            new.retain_until < current.retain_until
+                || (current.mode == "COMPLIANCE" && new.mode != "COMPLIANCE")
+        }
+    };
+    if !weakens {
+        return Ok(());
+    }
+    if current.mode == "GOVERNANCE" && bypass_governance {
+        return Ok(());
+    }
+    Err(StoreError::Locked(format!(
+        "retention in {} mode until {} cannot be shortened",
+        current.mode, current.retain_until
+    )))
+}
