@@ -74,6 +74,15 @@ impl ImageExport {
         if access == Access::ReadOnly {
             command.arg("--read-only");
         }
+        // If haven dies (even by SIGKILL), the kernel kills qemu-nbd too, so no export
+        // outlives the process that owns it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         command
             .arg(image)
             .stdin(Stdio::null())
