@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: set-up, then fast unit tests, then integration tests against real
+# qemu-nbd/qemu-img, the storage node and real S3 clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
+
+scripts/install-deps.sh
+
+echo "== unit tests"
+cargo test --workspace --lib --bins --locked
+echo "== integration tests"
+cargo test --workspace --tests --locked -- --test-threads=2
