@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Backup and restore throughput of Haven side by side with restic and borg, on the same
+# generated image, same machine, same run.
+#
+#   bench/run.sh [SIZE_MIB=4096] [TOOLS="haven restic borg"]
+#
+# Image: 40% zeros (holes), 30% random, 30% duplicated 1 MiB blocks (bench/make-image.py).
+# Steps per tool: full backup; backup after changing 1% of 64 KiB blocks at random;
+# restore of the second snapshot. Times are wall-clock seconds with a warm page cache,
+# peak RSS from /usr/bin/time. Every tool stores to a local directory with encryption on
+# (borg: repokey-blake2; restic: always encrypted).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-4096}
+tools=${2:-"haven restic borg"}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
+command -v restic >/dev/null || apt-get install -y -qq restic borgbackup >/dev/null
+command -v borg >/dev/null || apt-get install -y -qq borgbackup >/dev/null
+cargo build --release --locked -p haven-cli >/dev/null 2>&1
+haven="$CARGO_TARGET_DIR/release/haven"
+
+work=${BENCH_DIR:-/var/tmp/haven-bench}
+rm -rf "$work"; mkdir -p "$work/src"
+trap 'rm -rf "$work"' EXIT
+image="$work/src/disk.img"
+python3 bench/make-image.py "$image" "$size_mib"
+sync
+
+export HAVEN_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+
+results="$work/results.tsv"
+: > "$results"
+# measure TOOL STEP COMMAND...: runs the command, records seconds and peak RSS (KiB).
+measure() {
+  local tool=$1 step=$2; shift 2
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  cat "$image" > /dev/null   # warm source, as in the peer figures
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }
+  read -r seconds rss < "$work/time"
+  printf '%s\t%s\t%s\t%s\n' "$tool" "$step" "$seconds" "$rss" >> "$results"
+  printf '%-7s %-12s %7.2f s %8d KiB RSS\n' "$tool" "$step" "$seconds" "$rss"
+}
+
+run_tool() {
+  local tool=$1
+  cp --sparse=always "$image.orig" "$image"
+  case $tool in
+    haven)
+      "$haven" repo init --repo "$work/haven" >/dev/null
+      measure haven full "$haven" backup image "$image" --format raw --repo "$work/haven" --vm bench
+      python3 bench/make-image.py --mutate "$image" 1
+      measure haven incremental "$haven" backup image "$image" --format raw --repo "$work/haven" --vm bench
+      measure haven restore "$haven" restore bench@latest --repo "$work/haven" --to "$work/restored.img"
+      ;;
+    restic)
+      restic -q -r "$work/restic" init >/dev/null
+      measure restic full restic -q -r "$work/restic" backup "$image"
+      python3 bench/make-image.py --mutate "$image" 1
+      measure restic incremental restic -q -r "$work/restic" backup "$image"
+      measure restic restore restic -q -r "$work/restic" restore latest --target "$work/restic-out"
+      ;;
+    borg)
+      borg init -e repokey-blake2 "$work/borg" >/dev/null 2>&1
+      measure borg full borg create "$work/borg::one" "$image"
+      python3 bench/make-image.py --mutate "$image" 1
+      measure borg incremental borg create "$work/borg::two" "$image"
+      measure borg restore sh -c "mkdir -p '$work/borg-out' && cd '$work/borg-out' && borg extract '$work/borg::two'"
+      ;;
+  esac
+  cmp "$image" "$(restored_path "$tool")" || { echo "$tool restore differs"; exit 1; }
+  rm -rf "$work/haven" "$work/restic" "$work/borg" "$work/restored.img" "$work/restic-out" "$work/borg-out"
+}
+
+restored_path() {
+  case $1 in
+    haven) echo "$work/restored.img" ;;
+    restic) echo "$work/restic-out$image" ;;
+    borg) echo "$work/borg-out$image" ;;
+  esac
+}
+
+mv "$image" "$image.orig"
+echo "image: $size_mib MiB; $(nproc) cores"
+for tool in $tools; do run_tool "$tool"; done
+
+python3 - "$results" <<'PY'
+import sys, collections
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
+t = collections.defaultdict(dict)
+for tool, step, seconds, rss in rows:
+    t[tool][step] = (float(seconds), int(rss))
+if "haven" in t:
+    print("\nratios (peer time / haven time; higher is better for haven):")
+    for peer in [p for p in t if p != "haven"]:
+        parts = []
+        for step in ("full", "incremental", "restore"):
+            if step in t[peer] and step in t["haven"]:
+                parts.append(f"{step} {t[peer][step][0] / t['haven'][step][0]:.2f}x")
+        print(f"  vs {peer}: " + ", ".join(parts))
+    print(f"  haven peak RSS: {max(r for _, r in t['haven'].values()) / 1024:.0f} MiB")
+PY
