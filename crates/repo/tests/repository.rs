@@ -107,7 +107,9 @@ async fn init_open_commit_list_verify() {
         index_digest: digest,
         ..disk
     };
-    repo.commit_manifest(&manifest_for(&later, disk)).await.unwrap();
+    repo.commit_manifest(&manifest_for(&later, disk))
+        .await
+        .unwrap();
     let report = verify_snapshots(reopened, &[later], 4, &Progress::new())
         .await
         .unwrap();
