@@ -170,7 +170,7 @@ fn batch_existence_query_answers_thousands_of_keys() {
         ]);
     }
     let keys: Vec<String> = (0..12_000).map(|i| format!("chunks/{i:04x}")).collect();
-    let credentials = haven_storage_node::Credentials {
+    let credentials = haven_repo::Credentials {
         access_key: ACCESS_KEY.to_owned(),
         secret_key: SECRET_KEY.to_owned(),
         region: "us-east-1".to_owned(),
@@ -178,7 +178,7 @@ fn batch_existence_query_answers_thousands_of_keys() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let started = std::time::Instant::now();
     let answer = runtime
-        .block_on(haven_storage_node::exists_batch(
+        .block_on(haven_repo::exists_batch(
             &node.endpoint(),
             "chunks",
             &credentials,
@@ -194,12 +194,12 @@ fn batch_existence_query_answers_thousands_of_keys() {
         .collect();
     assert_eq!(found, [0, 7, 4999]);
 
-    let wrong = haven_storage_node::Credentials {
+    let wrong = haven_repo::Credentials {
         secret_key: "wrong".to_owned(),
         ..credentials.clone()
     };
     let error = runtime
-        .block_on(haven_storage_node::exists_batch(
+        .block_on(haven_repo::exists_batch(
             &node.endpoint(),
             "chunks",
             &wrong,
@@ -210,13 +210,13 @@ fn batch_existence_query_answers_thousands_of_keys() {
         error.to_string().contains("SignatureDoesNotMatch"),
         "{error}"
     );
-    let other = haven_storage_node::Credentials {
+    let other = haven_repo::Credentials {
         access_key: "other".to_owned(),
         secret_key: "other-secret".to_owned(),
         ..credentials
     };
     let error = runtime
-        .block_on(haven_storage_node::exists_batch(
+        .block_on(haven_repo::exists_batch(
             &node.endpoint(),
             "chunks",
             &other,

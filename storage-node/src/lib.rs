@@ -17,10 +17,10 @@
 //! - keys that look like path traversal (`../`, leading `/`, NUL) are refused.
 //!
 //! Besides S3 it answers a batch existence query for deduplication
-//! ([`exists`], client in [`client::exists_batch`]).
+//! ([`exists`]); its client lives in `haven-repo` (`haven_repo::ExistsClient`),
+//! the crate that uses it.
 
 mod access;
-pub mod client;
 pub mod config;
 mod error;
 pub mod exists;
@@ -31,7 +31,6 @@ mod s3;
 mod server;
 pub mod store;
 
-pub use client::{ClientError, Credentials, exists_batch};
 pub use config::Config;
 pub use error::StoreError;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -19,6 +19,8 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{RepoError, Result};
+use crate::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
+use crate::exists_client::{Credentials, ExistsClient};
 
 /// Whether a create-only write stored the object or found it already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,11 @@ pub struct Backend {
     /// On `file://`, the root directory, for [`Backend::barrier`].
     local_root: Option<PathBuf>,
     location: String,
+    /// On `s3://` with an explicit endpoint, batches existence checks into the
+    /// storage node's query (HEAD on plain S3); see `exists_batcher`.
+    exists_batcher: Option<ExistsBatcher>,
+    /// The URL's prefix with a trailing `/` (or empty): bucket keys of objects.
+    key_prefix: String,
 }
 
 impl Backend {
@@ -91,6 +98,8 @@ impl Backend {
             durable_store: None,
             local_root: None,
             location: "memory://".into(),
+            exists_batcher: None,
+            key_prefix: String::new(),
         }
     }
 
@@ -120,6 +129,8 @@ impl Backend {
             durable_store: Some(Arc::new(durable)),
             local_root: Some(root),
             location: url.to_string(),
+            exists_batcher: None,
+            key_prefix: String::new(),
         })
     }
 
@@ -150,6 +161,8 @@ impl Backend {
         if let Some(path_style) = path_style {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
+        let exists_batcher = exists_batcher(&builder, bucket, path_style == Some(true))
+            .map_err(|error| invalid(error.to_string()))?;
         let store: Arc<dyn ObjectStore> = Arc::new(
             builder
                 .build()
@@ -166,6 +179,12 @@ impl Backend {
             durable_store: None,
             local_root: None,
             location: url.to_string(),
+            exists_batcher,
+            key_prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
         })
     }
 
@@ -201,8 +220,14 @@ impl Backend {
             .map_err(|error| storage_error(key, error))
     }
 
-    /// Whether an object exists.
+    /// Whether an object exists. Concurrent calls on a storage node share one
+    /// batch query; elsewhere (or if batches fail) this is a HEAD.
     pub async fn exists(&self, key: &str) -> Result<bool> {
+        if let Some(batcher) = &self.exists_batcher
+            && let Some(found) = batcher.exists(format!("{}{key}", self.key_prefix)).await
+        {
+            return Ok(found);
+        }
         match self.store.head(&Path::from(key)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -269,6 +294,38 @@ impl Backend {
                 source: std::io::Error::other(error),
             })?
     }
+}
+
+/// A batcher for `s3://` URLs that may name a Haven storage node: an explicit
+/// endpoint, path-style addressing and static keys (the query is signed with
+/// them; session tokens are plain AWS, which has no such query).
+fn exists_batcher(
+    builder: &AmazonS3Builder,
+    bucket: &str,
+    path_style: bool,
+) -> std::result::Result<Option<ExistsBatcher>, crate::exists_client::ExistsClientError> {
+    let config = |key| builder.get_config_value(&key).filter(|v| !v.is_empty());
+    let (Some(endpoint), Some(access_key), Some(secret_key)) = (
+        config(AmazonS3ConfigKey::Endpoint),
+        config(AmazonS3ConfigKey::AccessKeyId),
+        config(AmazonS3ConfigKey::SecretAccessKey),
+    ) else {
+        return Ok(None);
+    };
+    if !path_style || config(AmazonS3ConfigKey::Token).is_some() {
+        return Ok(None);
+    }
+    let credentials = Credentials {
+        access_key,
+        secret_key,
+        region: config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
+    };
+    let client = ExistsClient::new(&endpoint, bucket, credentials)?;
+    Ok(Some(ExistsBatcher::new(
+        Box::new(client),
+        DEFAULT_WINDOW,
+        DEFAULT_MAX_KEYS,
+    )))
 }
 
 fn sync_file_system(root: &FsPath) -> Result<()> {

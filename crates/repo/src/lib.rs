@@ -19,6 +19,8 @@ mod chunk;
 mod config;
 mod crypto;
 mod error;
+mod exists_batcher;
+mod exists_client;
 mod index;
 mod keyfile;
 mod manifest;
@@ -31,6 +33,9 @@ pub use blob::check_frame_only;
 pub use chunk::{ChunkId, is_all_zero};
 pub use config::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig};
 pub use error::{RepoError, Result};
+pub use exists_client::{
+    Credentials, ExistsClient, ExistsClientError, KEYS_PER_REQUEST, exists_batch,
+};
 pub use index::{FixedIndex, slot_count, slot_range};
 pub use manifest::{
     Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,

@@ -1,5 +1,8 @@
-//! Client side of the batch existence query, for the repository code: one
-//! signed request answers for up to [`KEYS_PER_REQUEST`] keys.
+//! Client side of the Haven storage node's batch existence query
+//! (`POST /{bucket}?haven-exists=`, see `docs/storage-node.md`): one signed
+//! request answers for up to [`KEYS_PER_REQUEST`] keys, where plain S3 needs
+//! one HEAD per key. It lives here, not in the storage node, because the
+//! repository code is its user; the node's tests import it from this crate.
 
 use std::time::Duration;
 
@@ -9,6 +12,8 @@ use aws_lc_rs::{digest, hmac};
 pub const KEYS_PER_REQUEST: usize = 10_000;
 /// Time limit of one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time limit for connecting, so an unreachable node fails fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The access key pair and region used to sign requests.
 #[derive(Clone)]
@@ -30,9 +35,11 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Failures of the existence query.
+/// Failures of the existence query; callers branch on
+/// [`ExistsClientError::is_unsupported`] (fall back to HEAD) and
+/// [`ExistsClientError::is_retryable`].
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum ExistsClientError {
     /// The endpoint is not an http(s) URL with a host.
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),
@@ -56,7 +63,7 @@ pub enum ClientError {
     Protocol(String),
 }
 
-impl ClientError {
+impl ExistsClientError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -73,30 +80,74 @@ impl ClientError {
     }
 }
 
+/// A reusable connection to one bucket of a storage node (keep-alive across
+/// queries, which matters when the repository asks every few milliseconds).
+#[derive(Debug, Clone)]
+pub struct ExistsClient {
+    http: reqwest::Client,
+    base: url::Url,
+    bucket: String,
+    credentials: Credentials,
+}
+
+impl ExistsClient {
+    /// Prepares queries against `bucket` at `endpoint` (`http(s)://host:port`,
+    /// path-style addressing).
+    pub fn new(
+        endpoint: &str,
+        bucket: &str,
+        credentials: Credentials,
+    ) -> Result<Self, ExistsClientError> {
+        let base = url::Url::parse(endpoint)
+            .map_err(|e| ExistsClientError::InvalidEndpoint(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(ExistsClientError::InvalidEndpoint(endpoint.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            bucket: bucket.to_owned(),
+            credentials,
+        })
+    }
+
+    /// Which of `keys` exist in the bucket: one answer per key, in order.
+    pub async fn exists(&self, keys: &[String]) -> Result<Vec<bool>, ExistsClientError> {
+        if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
+            return Err(ExistsClientError::InvalidKey(bad.clone()));
+        }
+        let mut answer = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(KEYS_PER_REQUEST) {
+            answer.extend(
+                query(
+                    &self.http,
+                    &self.base,
+                    &self.bucket,
+                    &self.credentials,
+                    batch,
+                )
+                .await?,
+            );
+        }
+        Ok(answer)
+    }
+}
+
 /// Asks a Haven storage node which of `keys` exist in `bucket`; the answer
-/// has one entry per key, in order.
+/// has one entry per key, in order. One-shot form of [`ExistsClient`].
 pub async fn exists_batch(
     endpoint: &str,
     bucket: &str,
     credentials: &Credentials,
     keys: &[String],
-) -> Result<Vec<bool>, ClientError> {
-    if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
-        return Err(ClientError::InvalidKey(bad.clone()));
-    }
-    let base =
-        url::Url::parse(endpoint).map_err(|e| ClientError::InvalidEndpoint(e.to_string()))?;
-    if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-        return Err(ClientError::InvalidEndpoint(endpoint.to_owned()));
-    }
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()?;
-    let mut answer = Vec::with_capacity(keys.len());
-    for batch in keys.chunks(KEYS_PER_REQUEST) {
-        answer.extend(query(&client, &base, bucket, credentials, batch).await?);
-    }
-    Ok(answer)
+) -> Result<Vec<bool>, ExistsClientError> {
+    ExistsClient::new(endpoint, bucket, credentials.clone())?
+        .exists(keys)
+        .await
 }
 
 async fn query(
@@ -105,7 +156,7 @@ async fn query(
     bucket: &str,
     credentials: &Credentials,
     keys: &[String],
-) -> Result<Vec<bool>, ClientError> {
+) -> Result<Vec<bool>, ExistsClientError> {
     let mut body = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
     for key in keys {
         body.push_str(key);
@@ -118,7 +169,7 @@ async fn query(
     let host = match (url.host_str(), url.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
-        (None, _) => return Err(ClientError::InvalidEndpoint(base.to_string())),
+        (None, _) => return Err(ExistsClientError::InvalidEndpoint(base.to_string())),
     };
     let now = time::OffsetDateTime::now_utc();
     let signed = sign(
@@ -141,18 +192,20 @@ async fn query(
     let status = response.status().as_u16();
     let text = response.text().await?;
     if status != 200 {
-        return Err(ClientError::Status { status, body: text });
+        return Err(ExistsClientError::Status { status, body: text });
     }
     let answer: Vec<bool> = text
         .lines()
         .map(|line| match line {
             "1" => Ok(true),
             "0" => Ok(false),
-            other => Err(ClientError::Protocol(format!("unexpected line {other:?}"))),
+            other => Err(ExistsClientError::Protocol(format!(
+                "unexpected line {other:?}"
+            ))),
         })
         .collect::<Result<_, _>>()?;
     if answer.len() != keys.len() {
-        return Err(ClientError::Protocol(format!(
+        return Err(ExistsClientError::Protocol(format!(
             "{} answers for {} keys",
             answer.len(),
             keys.len()
