@@ -26,4 +26,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# boto3/botocore >= 1.35 for the python3 the tests run (the first on PATH): the storage
+# node tests send IfNoneMatch/IfMatch on put_object, which Debian 12's python3-boto3
+# (1.26) does not know. Fast when already satisfied: one python3 start.
+boto3_recent_enough() {
+  python3 -c 'import sys, botocore; v = tuple(int(p) for p in botocore.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 35) else 1)' 2>/dev/null
+}
+if ! boto3_recent_enough; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-pip >/dev/null
+  fi
+  # Debian's system python refuses pip installs without --break-system-packages (PEP 668).
+  PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet 'boto3>=1.35' 2>/dev/null ||
+    PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet --break-system-packages 'boto3>=1.35'
+  boto3_recent_enough || { echo "python3 still has botocore < 1.35 after pip install" >&2; exit 1; }
+fi
+
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
