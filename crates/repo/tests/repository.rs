@@ -90,9 +90,14 @@ async fn init_open_commit_list_verify() {
     );
     assert!(reopened.read_chunk(id, Some(100)).await.is_err());
 
-    let report = verify_snapshots(reopened.clone(), &[snapshot.clone()], 4, &Progress::new())
-        .await
-        .unwrap();
+    let report = verify_snapshots(
+        reopened.clone(),
+        std::slice::from_ref(&snapshot),
+        4,
+        &Progress::new(),
+    )
+    .await
+    .unwrap();
     assert!(report.is_ok(), "{:?}", report.failures);
     assert_eq!(report.chunks_checked, 1);
 
