@@ -13,6 +13,7 @@ mod error;
 pub mod export;
 pub mod image;
 mod pool;
+mod raw_file;
 pub mod restore;
 pub mod snapshot;
 

@@ -10,8 +10,6 @@
 //! those clusters unallocated.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +22,7 @@ use serde::Serialize;
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, create_qcow2};
 use crate::pool::ClientPool;
+use crate::raw_file::RawFileWriter;
 
 /// Slots grouped per pass, bounding the chunk-to-slots map.
 const WINDOW_SLOTS: usize = 8192;
@@ -78,7 +77,7 @@ pub struct RestoreReport {
 
 /// Where restored slots go.
 enum Sink {
-    File(Arc<File>),
+    File(Arc<RawFileWriter>),
     Nbd(ClientPool),
 }
 
@@ -87,7 +86,7 @@ impl Sink {
         match self {
             Sink::File(file) => {
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+                tokio::task::spawn_blocking(move || file.write_at(offset, &data))
                     .await
                     .map_err(WorkerError::join)?
                     .map_err(WorkerError::io("writing the restored disk"))
@@ -159,13 +158,8 @@ async fn write_output(
 ) -> Result<(u64, u64)> {
     match request.format {
         RestoreFormat::Raw => {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
+            let file = RawFileWriter::create(path, index.disk_size())
                 .map_err(WorkerError::io(format!("cannot create {}", path.display())))?;
-            file.set_len(index.disk_size())
-                .map_err(WorkerError::io("cannot size the output file"))?;
             let file = Arc::new(file);
             let figures = restore_slots(
                 repo,
@@ -175,7 +169,7 @@ async fn write_output(
                 progress,
             )
             .await?;
-            file.sync_all()
+            file.sync()
                 .map_err(WorkerError::io("cannot sync the restored disk"))?;
             Ok(figures)
         }
