@@ -1,7 +1,9 @@
 //! One module per verb.
 
 pub mod backup;
+pub mod backup_qemu;
 pub mod repo;
 pub mod restore;
+pub mod serve_nbd;
 pub mod snapshots;
 pub mod verify;

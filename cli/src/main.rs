@@ -9,7 +9,7 @@ mod progress;
 
 use clap::{Parser, Subcommand};
 
-use commands::{backup, repo, restore, snapshots, verify};
+use commands::{backup, repo, restore, serve_nbd, snapshots, verify};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
+    /// Export a snapshot's disk as a read-only NBD server (instant recovery).
+    ServeNbd(serve_nbd::ServeNbdArgs),
     /// Run an S3-compatible storage node.
     StorageNode(haven_storage_node::StorageNodeArgs),
 }
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::ServeNbd(args) => serve_nbd::run(args).await,
             Command::StorageNode(args) => haven_storage_node::run(args).await,
         }
     });

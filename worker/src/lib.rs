@@ -16,6 +16,7 @@ mod pool;
 mod raw_file;
 pub mod restore;
 pub mod snapshot;
+pub mod snapshot_reader;
 
 pub use error::{Result, WorkerError};
 pub use pool::{ClientPool, PooledClient};

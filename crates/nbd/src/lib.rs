@@ -7,6 +7,9 @@
 //! WRITE_ZEROES, BLOCK_STATUS and DISC. TLS and extended headers are not
 //! supported.
 //!
+//! The [`NbdServer`] is the other side: a read-only server over any
+//! [`ExportSource`], used to export snapshots for instant recovery.
+//!
 //! # Invariants
 //!
 //! - The server is untrusted. Every length it sends is bounded before
@@ -38,6 +41,7 @@ mod endpoint;
 mod error;
 mod extent;
 mod handshake;
+mod server;
 mod session;
 mod transport;
 mod wire;
@@ -48,3 +52,4 @@ pub use error::NbdError;
 pub use extent::{
     CONTEXT_BASE_ALLOCATION, Extent, STATE_DIRTY, STATE_HOLE, STATE_ZERO, dirty_bitmap_context,
 };
+pub use server::{ExportSource, NbdServer, ServerConfig, ServerListener};

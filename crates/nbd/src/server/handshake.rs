@@ -1,0 +1,281 @@
+//! Server side of the fixed newstyle handshake: greet, answer options, pick the export.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::wire::*;
+use super::{ExportSource, ServerConfig};
+use crate::error::NbdError;
+
+/// What a client negotiated before transmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Negotiated {
+    /// Structured replies were agreed.
+    pub(crate) structured: bool,
+    /// `base:allocation` was selected with `NBD_OPT_SET_META_CONTEXT`.
+    pub(crate) base_allocation: bool,
+}
+
+/// Transmission flags of the export: read-only, consistent across connections.
+pub(crate) const TRANSMISSION_FLAGS: u16 =
+    TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
+
+/// Runs the handshake; `None` when the client aborted politely or asked nothing
+/// more than a list.
+pub(crate) async fn negotiate<R, W, S>(
+    reader: &mut R,
+    writer: &mut W,
+    source: &S,
+    config: &ServerConfig,
+) -> Result<Option<Negotiated>, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: ExportSource,
+{
+    let mut greeting = Vec::with_capacity(18);
+    greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    send(writer, &greeting).await?;
+
+    let client_flags = read_u32(reader).await?;
+    if client_flags & !(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES) != 0 {
+        return Err(NbdError::Protocol(format!(
+            "client sent unknown handshake flags {client_flags:#x}"
+        )));
+    }
+    let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
+    let mut negotiated = Negotiated {
+        structured: false,
+        base_allocation: false,
+    };
+
+    for _ in 0..MAX_OPTIONS {
+        let magic = read_u64(reader).await?;
+        if magic != IHAVEOPT {
+            return Err(NbdError::Protocol(format!("bad option magic {magic:#x}")));
+        }
+        let option = read_u32(reader).await?;
+        let length = read_u32(reader).await?;
+        if length > MAX_OPTION_DATA {
+            return Err(NbdError::Protocol(format!(
+                "option {option} carries {length} bytes, more than {MAX_OPTION_DATA}"
+            )));
+        }
+        let mut data = vec![0u8; length as usize];
+        reader.read_exact(&mut data).await?;
+
+        match option {
+            OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data);
+                if !export_matches(config, &name) {
+                    return Err(NbdError::UnknownExport {
+                        export: name.into_owned(),
+                        message: "asked with NBD_OPT_EXPORT_NAME".into(),
+                    });
+                }
+                let mut reply = Vec::with_capacity(10 + 124);
+                reply.extend_from_slice(&source.size().to_be_bytes());
+                reply.extend_from_slice(&TRANSMISSION_FLAGS.to_be_bytes());
+                if !no_zeroes {
+                    reply.extend_from_slice(&[0u8; 124]);
+                }
+                send(writer, &reply).await?;
+                return Ok(Some(negotiated));
+            }
+            OPT_ABORT => {
+                send(writer, &option_reply(option, REP_ACK, &[])).await?;
+                return Ok(None);
+            }
+            OPT_LIST => {
+                if !data.is_empty() {
+                    invalid(writer, option, "NBD_OPT_LIST takes no data").await?;
+                    continue;
+                }
+                let mut server = Vec::new();
+                server.extend_from_slice(&(config.export_name.len() as u32).to_be_bytes());
+                server.extend_from_slice(config.export_name.as_bytes());
+                server.extend_from_slice(config.description.as_bytes());
+                send(writer, &option_reply(option, REP_SERVER, &server)).await?;
+                send(writer, &option_reply(option, REP_ACK, &[])).await?;
+            }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    invalid(writer, option, "NBD_OPT_STRUCTURED_REPLY takes no data").await?;
+                    continue;
+                }
+                negotiated.structured = true;
+                send(writer, &option_reply(option, REP_ACK, &[])).await?;
+            }
+            OPT_INFO | OPT_GO => {
+                let mut cursor = OptionData::new(&data);
+                let parsed = (|| {
+                    let name = cursor.string()?;
+                    let count = cursor.u16()?;
+                    let mut requests = Vec::with_capacity(usize::from(count));
+                    for _ in 0..count {
+                        requests.push(cursor.u16()?);
+                    }
+                    cursor.is_empty().then_some((name, requests))
+                })();
+                let Some((name, requests)) = parsed else {
+                    invalid(writer, option, "malformed NBD_OPT_GO/NBD_OPT_INFO data").await?;
+                    continue;
+                };
+                if !export_matches(config, &name) {
+                    let message = format!("no export named {name:?}");
+                    send(
+                        writer,
+                        &option_reply(option, REP_ERR_UNKNOWN, message.as_bytes()),
+                    )
+                    .await?;
+                    continue;
+                }
+                send_infos(writer, option, &requests, source, config).await?;
+                send(writer, &option_reply(option, REP_ACK, &[])).await?;
+                if option == OPT_GO {
+                    return Ok(Some(negotiated));
+                }
+            }
+            OPT_SET_META_CONTEXT | OPT_LIST_META_CONTEXT => {
+                let mut cursor = OptionData::new(&data);
+                let parsed = (|| {
+                    let name = cursor.string()?;
+                    let count = cursor.u32()?;
+                    // Each query takes at least 4 bytes, so the count is bounded by the data.
+                    if count as usize > data.len() / 4 {
+                        return None;
+                    }
+                    let mut queries = Vec::with_capacity(count as usize);
+                    for _ in 0..count {
+                        queries.push(cursor.string()?);
+                    }
+                    cursor.is_empty().then_some((name, queries))
+                })();
+                let Some((name, queries)) = parsed else {
+                    invalid(writer, option, "malformed meta context data").await?;
+                    continue;
+                };
+                if option == OPT_SET_META_CONTEXT && !negotiated.structured {
+                    invalid(
+                        writer,
+                        option,
+                        "NBD_OPT_SET_META_CONTEXT needs structured replies first",
+                    )
+                    .await?;
+                    continue;
+                }
+                if !export_matches(config, &name) {
+                    let message = format!("no export named {name:?}");
+                    send(
+                        writer,
+                        &option_reply(option, REP_ERR_UNKNOWN, message.as_bytes()),
+                    )
+                    .await?;
+                    continue;
+                }
+                let selected = if option == OPT_SET_META_CONTEXT {
+                    queries.iter().any(|query| query == CONTEXT_BASE_ALLOCATION)
+                } else {
+                    queries.is_empty()
+                        || queries
+                            .iter()
+                            .any(|query| query == "base:" || query == CONTEXT_BASE_ALLOCATION)
+                };
+                if option == OPT_SET_META_CONTEXT {
+                    negotiated.base_allocation = selected;
+                }
+                if selected {
+                    let mut context = Vec::new();
+                    context.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+                    context.extend_from_slice(CONTEXT_BASE_ALLOCATION.as_bytes());
+                    send(writer, &option_reply(option, REP_META_CONTEXT, &context)).await?;
+                }
+                send(writer, &option_reply(option, REP_ACK, &[])).await?;
+            }
+            _ => {
+                let message = format!("option {option} is not supported");
+                send(
+                    writer,
+                    &option_reply(option, REP_ERR_UNSUP, message.as_bytes()),
+                )
+                .await?;
+            }
+        }
+    }
+    Err(NbdError::Protocol(format!(
+        "client sent more than {MAX_OPTIONS} options"
+    )))
+}
+
+use crate::CONTEXT_BASE_ALLOCATION;
+
+fn export_matches(config: &ServerConfig, name: &str) -> bool {
+    name.is_empty() || name == config.export_name
+}
+
+async fn send_infos<W: AsyncWrite + Unpin, S: ExportSource>(
+    writer: &mut W,
+    option: u32,
+    requests: &[u16],
+    source: &S,
+    config: &ServerConfig,
+) -> Result<(), NbdError> {
+    let mut export = Vec::with_capacity(12);
+    export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+    export.extend_from_slice(&source.size().to_be_bytes());
+    export.extend_from_slice(&TRANSMISSION_FLAGS.to_be_bytes());
+    send(writer, &option_reply(option, REP_INFO, &export)).await?;
+
+    if requests.contains(&INFO_NAME) {
+        let mut name = INFO_NAME.to_be_bytes().to_vec();
+        name.extend_from_slice(config.export_name.as_bytes());
+        send(writer, &option_reply(option, REP_INFO, &name)).await?;
+    }
+    if requests.contains(&INFO_DESCRIPTION) && !config.description.is_empty() {
+        let mut description = INFO_DESCRIPTION.to_be_bytes().to_vec();
+        let text = config.description.as_bytes();
+        description.extend_from_slice(&text[..text.len().min(MAX_STRING)]);
+        send(writer, &option_reply(option, REP_INFO, &description)).await?;
+    }
+    let preferred = config
+        .preferred_block_size
+        .clamp(512, MAX_REQUEST)
+        .next_power_of_two()
+        .min(MAX_REQUEST);
+    let mut block_size = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+    block_size.extend_from_slice(&1u32.to_be_bytes());
+    block_size.extend_from_slice(&preferred.to_be_bytes());
+    block_size.extend_from_slice(&MAX_REQUEST.to_be_bytes());
+    send(writer, &option_reply(option, REP_INFO, &block_size)).await
+}
+
+async fn invalid<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    option: u32,
+    message: &str,
+) -> Result<(), NbdError> {
+    send(
+        writer,
+        &option_reply(option, REP_ERR_INVALID, message.as_bytes()),
+    )
+    .await
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), NbdError> {
+    writer.write_all(bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+async fn read_u32<R: AsyncRead + Unpin>(reader: &mut R) -> Result<u32, NbdError> {
+    let mut bytes = [0u8; 4];
+    reader.read_exact(&mut bytes).await?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+async fn read_u64<R: AsyncRead + Unpin>(reader: &mut R) -> Result<u64, NbdError> {
+    let mut bytes = [0u8; 8];
+    reader.read_exact(&mut bytes).await?;
+    Ok(u64::from_be_bytes(bytes))
+}
