@@ -21,6 +21,7 @@
 //! the crate that uses it.
 
 mod access;
+mod aligned_block;
 pub mod config;
 mod error;
 pub mod exists;

@@ -39,39 +39,65 @@ impl Sink {
 }
 
 /// Streams a request body into `sink`, refusing more than `max_size` bytes.
-pub async fn receive(body: StreamingBlob, mut sink: Sink, max_size: u64) -> Result<Sink, S3Error> {
+///
+/// Received chunks are handed to a blocking thread a block's worth at a
+/// time without copying them (`Bytes` are reference counted); the next
+/// block is received while the previous one is hashed and written.
+pub async fn receive(body: StreamingBlob, sink: Sink, max_size: u64) -> Result<Sink, S3Error> {
     let mut body = body;
-    let mut buffer: Vec<u8> = Vec::with_capacity(BLOCK_SIZE as usize);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
     let mut total: u64 = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(body_error)?;
-        total += chunk.len() as u64;
-        if total > max_size {
-            return Err(s3_error!(
-                EntityTooLarge,
-                "object is larger than {max_size} bytes"
-            ));
+    let mut in_progress: Option<tokio::task::JoinHandle<Result<Sink, StoreError>>> = None;
+    let mut idle = Some(sink);
+    loop {
+        let next = body.next().await;
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.map_err(body_error)?;
+            total += chunk.len() as u64;
+            if total > max_size {
+                return Err(s3_error!(
+                    EntityTooLarge,
+                    "object is larger than {max_size} bytes"
+                ));
+            }
+            batch_len += chunk.len();
+            batch.push(chunk);
         }
-        buffer.extend_from_slice(&chunk);
-        if buffer.len() >= BLOCK_SIZE as usize {
-            (sink, buffer) = absorb(sink, buffer).await?;
+        if batch_len < BLOCK_SIZE as usize && !done {
+            continue;
+        }
+        // At most one batch in flight: wait for the previous one, then hand
+        // this one over and go on receiving.
+        if let Some(task) = in_progress.take() {
+            idle = Some(joined(task).await?);
+        }
+        let Some(mut sink) = idle.take() else {
+            return Err(s3_error!(InternalError, "body sink lost"));
+        };
+        let chunks = std::mem::take(&mut batch);
+        batch_len = 0;
+        in_progress = Some(tokio::task::spawn_blocking(move || {
+            for chunk in &chunks {
+                sink.absorb(chunk)?;
+            }
+            Ok(sink)
+        }));
+        if done {
+            break;
         }
     }
-    if !buffer.is_empty() {
-        (sink, _) = absorb(sink, buffer).await?;
+    match in_progress {
+        Some(task) => joined(task).await,
+        None => idle.ok_or_else(|| s3_error!(InternalError, "body sink lost")),
     }
-    Ok(sink)
 }
 
-async fn absorb(mut sink: Sink, mut buffer: Vec<u8>) -> Result<(Sink, Vec<u8>), S3Error> {
-    tokio::task::spawn_blocking(move || {
-        sink.absorb(&buffer)?;
-        buffer.clear();
-        Ok::<_, StoreError>((sink, buffer))
-    })
-    .await
-    .map_err(S3Error::internal_error)?
-    .map_err(S3Error::from)
+async fn joined(task: tokio::task::JoinHandle<Result<Sink, StoreError>>) -> Result<Sink, S3Error> {
+    task.await
+        .map_err(S3Error::internal_error)?
+        .map_err(S3Error::from)
 }
 
 /// Maps a failure of the request body (client went away, aws-chunked
