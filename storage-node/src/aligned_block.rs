@@ -17,7 +17,7 @@ pub const ALIGNMENT: usize = 4096;
 /// Buffers kept for reuse; more concurrent writers allocate.
 const POOL_LIMIT: usize = 64;
 const PAGES: usize = BLOCK_SIZE as usize / ALIGNMENT;
-const _: () = assert!(BLOCK_SIZE as usize % ALIGNMENT == 0);
+const _: () = assert!((BLOCK_SIZE as usize).is_multiple_of(ALIGNMENT));
 
 #[repr(C, align(4096))]
 #[derive(Clone, Copy)]
