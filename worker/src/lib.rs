@@ -4,6 +4,7 @@
 //! ([`backup::backup_disk`]) and one writer ([`restore::restore_disk`]) for all of them.
 //! Adapters only decide how a disk is exported and what the snapshot records:
 //! - [`image`]: offline image files through `qemu-nbd`.
+//! - [`qemu`]: running QEMU / qemu-storage-daemon through [`qmp`] (fleecing, dirty bitmaps).
 //!
 //! Publishing follows the repository's one rule (chunks, then indexes, then the
 //! manifest as the commit point) in [`snapshot::commit_snapshot`].
@@ -12,6 +13,8 @@ pub mod backup;
 mod error;
 pub mod export;
 pub mod image;
+pub mod qemu;
+pub mod qmp;
 mod pool;
 mod raw_file;
 pub mod restore;

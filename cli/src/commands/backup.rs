@@ -16,6 +16,8 @@ use crate::progress::ProgressLine;
 pub enum BackupCommand {
     /// Back up disk image files (qcow2, raw, vmdk, vhdx, ...) as one snapshot.
     Image(ImageArgs),
+    /// Back up a running QEMU or qemu-storage-daemon through QMP (consistent, incremental).
+    Qemu(super::backup_qemu::QemuArgs),
 }
 
 /// Arguments of `haven backup image`.
@@ -46,6 +48,7 @@ pub struct ImageArgs {
 pub async fn run(command: BackupCommand) -> Result<()> {
     match command {
         BackupCommand::Image(args) => backup_image(args).await,
+        BackupCommand::Qemu(args) => super::backup_qemu::run(args).await,
     }
 }
 

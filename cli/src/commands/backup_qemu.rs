@@ -1,0 +1,108 @@
+//! `haven backup qemu`: a running QEMU or qemu-storage-daemon, through QMP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use haven_repo::Progress;
+use haven_worker::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};
+
+use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::progress::ProgressLine;
+
+/// Arguments of `haven backup qemu`.
+#[derive(Debug, clap::Args)]
+pub struct QemuArgs {
+    /// QMP socket of the running QEMU or qemu-storage-daemon.
+    #[arg(long)]
+    qmp: PathBuf,
+    /// VM name the snapshot is filed under.
+    #[arg(long)]
+    vm: String,
+    /// Disks to back up, by device id (vda) or block node name (default: all).
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// QEMU guest agent socket: freeze file systems at the snapshot point.
+    #[arg(long)]
+    guest_agent: Option<PathBuf>,
+    /// Unix socket of the NBD server QEMU already runs (QEMU runs at most one);
+    /// without it Haven starts its own on a private socket.
+    #[arg(long)]
+    nbd_server: Option<PathBuf>,
+    /// Folder for the temporary overlays; QEMU must be able to write there.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    scratch_dir: PathBuf,
+    /// Parallel NBD connections per disk.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds allowed for each QMP command.
+    #[arg(long, default_value_t = 30)]
+    qmp_timeout: u64,
+    /// Seconds allowed for the guest agent's freeze and thaw.
+    #[arg(long, default_value_t = 10)]
+    freeze_timeout: u64,
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Runs the backup; Ctrl-C cancels it and leaves QEMU as it was.
+pub async fn run(args: QemuArgs) -> Result<()> {
+    let request = QemuBackupRequest {
+        vm: args.vm.clone(),
+        qmp: args.qmp.clone(),
+        disks: args.disks.clone(),
+        guest_agent: args.guest_agent.clone(),
+        nbd_server: args.nbd_server.clone(),
+        scratch_dir: args.scratch_dir.clone(),
+        connections: args.connections.clamp(1, 16),
+        qmp_timeout: Duration::from_secs(args.qmp_timeout.max(1)),
+        freeze_timeout: Duration::from_secs(args.freeze_timeout.max(1)),
+    };
+    let repo = args.repo.open().await?;
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start("backup", progress.clone(), args.output.json);
+    let shutdown = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling available: never cancel.
+            std::future::pending::<()>().await;
+        }
+    };
+    let report = backup_qemu(repo, &request, progress, shutdown).await?;
+    drop(line);
+    print_report(&report, args.output.json)
+}
+
+fn print_report(report: &QemuBackupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
+    }
+    println!(
+        "snapshot {} committed ({}; snapshot point {:.1} ms, guest i/o held {:.1} ms)",
+        report.backup.snapshot,
+        serde_json::to_value(report.consistency)?
+            .as_str()
+            .unwrap_or("unknown"),
+        report.transaction_ms,
+        report.io_blocked_ms
+    );
+    for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
+        let how = match &mode.reason {
+            Some(reason) => format!("full ({reason})"),
+            None => mode.mode.to_string(),
+        };
+        println!(
+            "  {} [{}]: {} disk, {} read, {} new chunks ({} stored), {} reused; {how}",
+            disk.name,
+            mode.node,
+            human_bytes(disk.size),
+            human_bytes(disk.stats.bytes_read),
+            disk.stats.new_chunks,
+            human_bytes(disk.stats.uploaded_bytes),
+            disk.stats.reused_chunks,
+        );
+    }
+    Ok(())
+}
