@@ -2,9 +2,9 @@
 //!
 //! Everything goes through `object_store`, so AWS S3, Ceph RGW, MinIO and Haven's own
 //! storage node are the same code path. The only backend-specific behaviour is
-//! durability on local disks: chunks are written without a per-file fsync and made
-//! durable together by [`Backend::barrier`] before the index and manifest that point at
-//! them are written (those two are fsynced individually).
+//! durability on local disks: chunks are fsynced in the background while the backup
+//! goes on ([`crate::local_sync`]) and [`Backend::barrier`] waits for them before the
+//! index and manifest that point at them are written (those two are fsynced inline).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::error::{RepoError, Result};
 use crate::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
 use crate::exists_client::{Credentials, ExistsClient};
+use crate::local_sync::LocalSyncer;
 
 /// Whether a create-only write stored the object or found it already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +47,10 @@ pub struct Backend {
     store: Arc<dyn ObjectStore>,
     /// On `file://`, a twin of `store` that fsyncs every write.
     durable_store: Option<Arc<dyn ObjectStore>>,
-    /// On `file://`, the root directory, for [`Backend::barrier`].
+    /// On `file://`, the root directory.
     local_root: Option<PathBuf>,
+    /// On `file://`, background fsyncs of deferred writes.
+    local_sync: Option<Arc<LocalSyncer>>,
     location: String,
     /// On `s3://` with an explicit endpoint, batches existence checks into the
     /// storage node's query (HEAD on plain S3); see `exists_batcher`.
@@ -97,6 +100,7 @@ impl Backend {
             store: Arc::new(InMemory::new()),
             durable_store: None,
             local_root: None,
+            local_sync: None,
             location: "memory://".into(),
             exists_batcher: None,
             key_prefix: String::new(),
@@ -127,6 +131,7 @@ impl Backend {
         Ok(Self {
             store: Arc::new(store),
             durable_store: Some(Arc::new(durable)),
+            local_sync: Some(Arc::new(LocalSyncer::new(root.clone()))),
             local_root: Some(root),
             location: url.to_string(),
             exists_batcher: None,
@@ -178,6 +183,7 @@ impl Backend {
             store,
             durable_store: None,
             local_root: None,
+            local_sync: None,
             location: url.to_string(),
             exists_batcher,
             key_prefix: if prefix.is_empty() {
@@ -254,7 +260,12 @@ impl Backend {
             .put_opts(&Path::from(key), PutPayload::from(data), options)
             .await
         {
-            Ok(_) => Ok(PutOutcome::Created),
+            Ok(_) => {
+                if let (Durability::Deferred, Some(syncer)) = (durability, &self.local_sync) {
+                    syncer.after_write(key).await?;
+                }
+                Ok(PutOutcome::Created)
+            }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExisted),
             Err(error) => Err(storage_error(key, error)),
@@ -282,17 +293,12 @@ impl Backend {
 
     /// Makes every write so far durable before the caller publishes objects that point
     /// at them. Remote object stores acknowledge durably already; on a local disk this
-    /// is one `syncfs` instead of one fsync per chunk.
+    /// waits for the background fsyncs of chunks and syncs their directories.
     pub async fn barrier(&self) -> Result<()> {
-        let Some(root) = self.local_root.clone() else {
-            return Ok(());
-        };
-        tokio::task::spawn_blocking(move || sync_file_system(&root))
-            .await
-            .map_err(|error| RepoError::Io {
-                context: "sync task failed".into(),
-                source: std::io::Error::other(error),
-            })?
+        match &self.local_sync {
+            Some(syncer) => syncer.barrier().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -326,23 +332,6 @@ fn exists_batcher(
         DEFAULT_WINDOW,
         DEFAULT_MAX_KEYS,
     )))
-}
-
-fn sync_file_system(root: &FsPath) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let directory = std::fs::File::open(root).map_err(|source| RepoError::Io {
-        context: format!("cannot open {}", root.display()),
-        source,
-    })?;
-    // SAFETY: `syncfs` only reads the descriptor, which `directory` keeps open.
-    let status = unsafe { libc::syncfs(directory.as_raw_fd()) };
-    if status != 0 {
-        return Err(RepoError::Io {
-            context: format!("syncfs {}", root.display()),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
 }
 
 fn storage_error(key: &str, error: object_store::Error) -> RepoError {

@@ -23,6 +23,7 @@ mod exists_batcher;
 mod exists_client;
 mod index;
 mod keyfile;
+mod local_sync;
 mod manifest;
 mod progress;
 mod repository;
