@@ -491,3 +491,55 @@ fn qemu_system_full_then_incrementals_with_writes_during_the_backup() {
     test_qmp.run("nbd-server-stop", json!({}));
     drop(vm);
 }
+
+#[test]
+fn ctrl_c_tears_everything_down_and_keeps_every_change() {
+    let (bed, images) = setup(1, 32 * MIB);
+    let daemon = StorageDaemon::start(bed.dir.path(), &images);
+    RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    daemon.write(0, &[(0x71, 0, 32 * MIB)]);
+    let mut run = RunningBackup::start(backup_command(
+        &bed,
+        &daemon.qmp,
+        Some(&daemon.nbd),
+        &["--connections", "1"],
+    ));
+    run.wait_point_taken();
+    assert!(run.is_running(), "the backup finished before Ctrl-C");
+    // SAFETY: signal to a child this test started and has not reaped.
+    unsafe { libc::kill(run.guard.pid() as libc::pid_t, libc::SIGINT) };
+    let mut child = run.guard.0.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "a cancelled backup must fail");
+    std::thread::sleep(Duration::from_millis(50));
+    eprintln!("cancelled backup said: {}", run.stderr());
+    assert_eq!(snapshot_count(&bed), 1);
+    let mut qmp = Qmp::connect(&daemon.qmp);
+    qmp.assert_no_leftovers();
+    let bitmaps = qmp.bitmaps("disk0");
+    assert_eq!(
+        bitmaps.len(),
+        1,
+        "the new bitmap is merged back: {bitmaps:?}"
+    );
+    assert!(
+        bitmaps[0].1,
+        "the chain's bitmap records again: {bitmaps:?}"
+    );
+    drop(qmp);
+    assert!(walk(&bed.path("scratch")).is_empty());
+
+    daemon.write(0, &[(0x72, 9 * MIB, 4096)]);
+    let copy = bed.path("expected.raw");
+    daemon.copy(0, &copy);
+    let report =
+        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    assert_eq!(mode(&report, "disk0").0, "incremental");
+    assert_eq!(
+        disk(&report, "disk0")["bytes_read"].as_u64(),
+        Some(32 * MIB)
+    );
+    let out = bed.path("restored.raw");
+    restore(&bed, report["snapshot"].as_str().unwrap(), "disk0", &out);
+    assert_same_disk(&copy, &out);
+}

@@ -41,11 +41,6 @@ pub struct DiskObjects {
     pub new_bitmap: String,
     /// The previous snapshot's bitmap, when this disk is read incrementally.
     pub old_bitmap: Option<String>,
-    fleece_added: bool,
-    job_started: bool,
-    export_added: bool,
-    new_bitmap_added: bool,
-    old_bitmap_disabled: bool,
 }
 
 impl DiskObjects {
@@ -66,11 +61,6 @@ impl DiskObjects {
             disk,
             new_bitmap,
             old_bitmap,
-            fleece_added: false,
-            job_started: false,
-            export_added: false,
-            new_bitmap_added: false,
-            old_bitmap_disabled: false,
         }
     }
 }
@@ -128,25 +118,33 @@ impl Session {
 
     /// Removes exports, jobs and fleece nodes a killed Haven left behind.
     pub async fn clean_leftovers(&mut self) -> Result<()> {
+        self.remove_haven_objects(true).await
+    }
+
+    /// Removes every export, job and block node named with Haven's prefix, whatever
+    /// this process believes it created: a command cut short by cancellation may have
+    /// taken effect in QEMU without its reply ever being read.
+    async fn remove_haven_objects(&mut self, leftovers: bool) -> Result<()> {
+        let log = |kind: &str, id: &str| {
+            if leftovers {
+                tracing::warn!(kind, id, "removing what an interrupted backup left in qemu");
+            } else {
+                tracing::debug!(kind, id, "removing");
+            }
+        };
         let exports = self.execute("query-block-exports", json!({})).await?;
         for id in ids_with_prefix(&exports, "id") {
-            tracing::warn!(
-                export = id,
-                "removing an nbd export left by an interrupted backup"
-            );
+            log("nbd export", &id);
             self.delete_export(&id).await?;
         }
         let jobs = self.execute("query-jobs", json!({})).await?;
         for id in ids_with_prefix(&jobs, "id") {
-            tracing::warn!(job = id, "cancelling a job left by an interrupted backup");
+            log("job", &id);
             self.cancel_job(&id).await?;
         }
         for node in self.nodes().await? {
             if node.name.starts_with(HAVEN_PREFIX) {
-                tracing::warn!(
-                    node = node.name,
-                    "removing a fleece node left by an interrupted backup"
-                );
+                log("fleece node", &node.name);
                 self.execute("blockdev-del", json!({"node-name": node.name}))
                     .await?;
                 remove_fleece_file(&node.filename);
@@ -235,7 +233,6 @@ impl Session {
                        "file": {"driver": "file", "filename": file}}),
             )
             .await?;
-            self.disks[position].fleece_added = true;
         }
         Ok(())
     }
@@ -260,11 +257,6 @@ impl Session {
         self.execute("transaction", json!({"actions": actions}))
             .await?;
         let held = started.elapsed();
-        for disk in &mut self.disks {
-            disk.new_bitmap_added = true;
-            disk.old_bitmap_disabled = disk.old_bitmap.is_some();
-            disk.job_started = true;
-        }
         Ok(held)
     }
 
@@ -273,17 +265,19 @@ impl Session {
         if existing {
             return Ok(());
         }
+        // Marked before asking: a cancellation mid-command must still stop it.
+        self.nbd_server_started = true;
         let result = self
             .execute(
                 "nbd-server-start",
                 json!({"addr": {"type": "unix", "data": {"path": socket}}}),
             )
             .await;
+        if result.is_err() {
+            self.nbd_server_started = false;
+        }
         match result {
-            Ok(_) => {
-                self.nbd_server_started = true;
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(WorkerError::Tool { message, .. }) if message.contains("already running") => {
                 Err(WorkerError::Invalid(
                     "qemu already runs an nbd server: pass its unix socket with --nbd-server"
@@ -303,7 +297,6 @@ impl Session {
             arguments["bitmaps"] = json!([old]);
         }
         self.execute("block-export-add", arguments).await?;
-        self.disks[position].export_added = true;
         Ok(())
     }
 
@@ -362,42 +355,17 @@ impl Session {
                 first_error.get_or_insert(error);
             }
         };
-        for position in 0..self.disks.len() {
-            if self.disks[position].export_added {
-                let id = self.disks[position].export_id.clone();
-                note(self.delete_export(&id).await, "removing the export");
-                self.disks[position].export_added = false;
-            }
-        }
+        note(
+            self.remove_haven_objects(false).await,
+            "removing exports, jobs and overlays",
+        );
         if self.nbd_server_started {
-            note(
-                self.execute("nbd-server-stop", json!({})).await.map(drop),
-                "stopping the nbd server",
-            );
+            let result = self.execute("nbd-server-stop", json!({})).await.map(drop);
+            note(result, "stopping the nbd server");
             self.nbd_server_started = false;
         }
         for position in 0..self.disks.len() {
-            let disk = &self.disks[position];
-            let (job, node, file) = (
-                disk.job_started,
-                disk.fleece_node.clone(),
-                disk.fleece_file.clone(),
-            );
-            if job {
-                note(self.cancel_job(&node).await, "cancelling the fleecing job");
-                self.disks[position].job_started = false;
-            }
-            if self.disks[position].fleece_added {
-                let result = self
-                    .execute("blockdev-del", json!({"node-name": node}))
-                    .await
-                    .map(drop);
-                note(result, "removing the fleece node");
-                self.disks[position].fleece_added = false;
-            }
-            let _ = std::fs::remove_file(&file);
-        }
-        for position in 0..self.disks.len() {
+            let _ = std::fs::remove_file(&self.disks[position].fleece_file);
             let result = if self.committed {
                 self.rotate_bitmaps(position).await
             } else {
@@ -443,27 +411,45 @@ impl Session {
     /// next backup is a full one anyway).
     async fn restore_bitmaps(&mut self, position: usize) -> Result<()> {
         let disk = &self.disks[position];
-        if !disk.new_bitmap_added {
-            return Ok(());
-        }
-        let node = disk.disk.node.clone();
-        let new = disk.new_bitmap.clone();
-        let mut actions = Vec::new();
-        if let (Some(old), true) = (&disk.old_bitmap, disk.old_bitmap_disabled) {
-            actions.push(json!({"type": "block-dirty-bitmap-merge",
-                "data": {"node": node, "target": old, "bitmaps": [new]}}));
-            actions.push(
-                json!({"type": "block-dirty-bitmap-enable", "data": {"node": node, "name": old}}),
-            );
-        }
-        actions.push(
-            json!({"type": "block-dirty-bitmap-remove", "data": {"node": node, "name": new}}),
+        let (node, new, old) = (
+            disk.disk.node.clone(),
+            disk.new_bitmap.clone(),
+            disk.old_bitmap.clone(),
         );
-        self.execute("transaction", json!({"actions": actions}))
-            .await?;
-        let disk = &mut self.disks[position];
-        disk.new_bitmap_added = false;
-        disk.old_bitmap_disabled = false;
+        // Judge by what QEMU shows: the transaction may or may not have happened.
+        let Some(info) = self
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|info| info.name == node)
+        else {
+            return Ok(());
+        };
+        let find = |name: &str| info.bitmaps.iter().find(|bitmap| bitmap.name == name);
+        let new_exists = find(&new).is_some();
+        let old = old
+            .as_deref()
+            .and_then(find)
+            .filter(|bitmap| !bitmap.inconsistent);
+        let mut actions = Vec::new();
+        if let Some(old) = old {
+            if new_exists {
+                actions.push(json!({"type": "block-dirty-bitmap-merge",
+                    "data": {"node": node, "target": old.name, "bitmaps": [new]}}));
+            }
+            if !old.recording {
+                actions.push(json!({"type": "block-dirty-bitmap-enable",
+                    "data": {"node": node, "name": old.name}}));
+            }
+        }
+        if new_exists {
+            actions.push(json!({"type": "block-dirty-bitmap-remove",
+                "data": {"node": node, "name": new}}));
+        }
+        if !actions.is_empty() {
+            self.execute("transaction", json!({"actions": actions}))
+                .await?;
+        }
         Ok(())
     }
 }
