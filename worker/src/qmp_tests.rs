@@ -114,7 +114,9 @@ async fn hostile_replies_are_errors() {
     ];
     for (expected, script) in cases {
         let (_dir, path) = fake_server(script, GREETING);
-        let mut client = QmpClient::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let mut client = QmpClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
         let result = tokio::time::timeout(
             Duration::from_secs(10),
             client.execute("query-block", json!({})),
