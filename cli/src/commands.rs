@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod backup_qemu;
+pub mod files;
 pub mod repo;
 pub mod restore;
 pub mod serve_nbd;

@@ -9,7 +9,7 @@ mod progress;
 
 use clap::{Parser, Subcommand};
 
-use commands::{backup, repo, restore, serve_nbd, snapshots, verify};
+use commands::{backup, files, repo, restore, serve_nbd, snapshots, verify};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Export a snapshot's disk as a read-only NBD server (instant recovery).
     ServeNbd(serve_nbd::ServeNbdArgs),
+    /// List, find and restore single files of a snapshot without mounting.
+    #[command(subcommand)]
+    Files(files::FilesCommand),
     /// Run an S3-compatible storage node.
     StorageNode(haven_storage_node::StorageNodeArgs),
 }
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::ServeNbd(args) => serve_nbd::run(args).await,
+            Command::Files(command) => files::run(command).await,
             Command::StorageNode(args) => haven_storage_node::run(args).await,
         }
     });

@@ -1,0 +1,32 @@
+//! `haven-files`: file-level restore without mounting and without a helper VM.
+//!
+//! A backed-up disk is read through [`BlockDevice`] (in Haven, the snapshot reader, so
+//! only the chunks a file needs are fetched and every byte is verified). On top of it:
+//! partition tables ([`partitions`]: GPT, MBR, or a bare file system) and file systems
+//! through maintained crates: `ext4-view` for ext2/3/4 and `fatfs` for FAT12/16/32.
+//! NTFS, XFS, LVM and other volume managers are not supported yet and are reported as
+//! such, never guessed.
+//!
+//! # Invariants
+//!
+//! - The image is untrusted. Drivers read it lazily through bounds-checked views; a
+//!   driver panic on corrupt data is caught and reported as [`FilesError::Driver`];
+//!   walks are bounded in depth and entry count (directory loops end with an error) and
+//!   a file larger than its file system is refused before anything is copied.
+//! - Nothing is written to the image: the device is read-only and FAT writes fail.
+//! - Extraction never writes outside the destination: names with `/`, `..` or NUL
+//!   are refused.
+
+mod device;
+mod error;
+mod ext;
+mod extract;
+mod fat;
+mod partition;
+mod volume;
+
+pub use device::{BlockDevice, DeviceSlice};
+pub use error::{FilesError, Result};
+pub use extract::{ExtractReport, extract};
+pub use partition::{Partition, PartitionScheme, partitions};
+pub use volume::{Entry, EntryKind, FsKind, Limits, Volume};
