@@ -15,11 +15,39 @@ pub const ACCESS_KEY: &str = "haven-test-key";
 /// Secret of the default test key.
 pub const SECRET_KEY: &str = "haven-test-secret-0123456789";
 
+/// How to configure a node beyond the defaults.
+#[derive(Default)]
+pub struct NodeOptions {
+    /// Extra `[[keys]]` TOML appended to the config.
+    pub extra_keys: String,
+    /// Number of data directories (`data_dirs = [data-0, data-1, …]`); 0
+    /// means the single `data_dir = data`.
+    pub data_dirs: usize,
+    /// PEM certificate chain and key for `[tls]`; with them the node speaks
+    /// https and awscli is given `ca_bundle`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Files of a TLS setup.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// Certificate chain the node presents.
+    pub cert: PathBuf,
+    /// The node's private key.
+    pub key: PathBuf,
+    /// CA certificate clients trust.
+    pub ca_bundle: PathBuf,
+}
+
 /// A running storage node.
 pub struct Node {
     child: Option<Child>,
     /// Port it listens on.
     pub port: u16,
+    /// `http` or `https`, as printed by the node.
+    pub scheme: String,
+    /// CA bundle given to awscli (TLS nodes).
+    pub ca_bundle: Option<PathBuf>,
     /// Temporary directory holding data, config and scratch files.
     pub dir: tempfile::TempDir,
     config: PathBuf,
@@ -33,11 +61,41 @@ impl Node {
 
     /// Starts a node with the default key plus extra `[[keys]]` TOML.
     pub fn start_with_keys(extra_keys: &str) -> Node {
+        Self::start_with(NodeOptions {
+            extra_keys: extra_keys.to_owned(),
+            ..NodeOptions::default()
+        })
+    }
+
+    /// Starts a node in a fresh temporary directory.
+    pub fn start_with(options: NodeOptions) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, options)
+    }
+
+    /// Starts a node whose config, data and scratch files live in `dir`
+    /// (which may already hold certificates the options point to).
+    pub fn start_in(dir: tempfile::TempDir, options: NodeOptions) -> Node {
         let config = dir.path().join("storage.toml");
+        let data = if options.data_dirs == 0 {
+            format!("data_dir = \"{}\"\n", dir.path().join("data").display())
+        } else {
+            let dirs: Vec<String> = (0..options.data_dirs)
+                .map(|i| format!("\"{}\"", dir.path().join(format!("data-{i}")).display()))
+                .collect();
+            format!("data_dirs = [{}]\n", dirs.join(", "))
+        };
+        let tls = match &options.tls {
+            Some(files) => format!(
+                "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{extra_keys}\n",
-            dir.path().join("data").display()
+            "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}",
+            options.extra_keys
         );
         std::fs::write(&config, text).expect("write config");
         // Sign everything, presigned URLs included, with SigV4.
@@ -46,6 +104,8 @@ impl Node {
         let mut node = Node {
             child: None,
             port: 0,
+            scheme: String::new(),
+            ca_bundle: options.tls.map(|files| files.ca_bundle),
             dir,
             config,
         };
@@ -72,24 +132,37 @@ impl Node {
         let line = receiver
             .recv_timeout(Duration::from_secs(30))
             .expect("node printed its address");
-        let port = line
+        let url = line
             .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (scheme, address) = url
+            .split_once("://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let port = address
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.port = port;
+        self.scheme = scheme.to_owned();
         self.child = Some(child);
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or `https://`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
-    /// The data directory.
+    /// The data directory (the single `data_dir`).
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The `index`-th of several data directories (`data_dirs`).
+    pub fn data_n(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{index}"))
     }
 
     /// A scratch path inside the test's directory.
@@ -118,7 +191,30 @@ impl Node {
 
     /// Runs awscli with the given key pair.
     pub fn aws_as(&self, access: &str, secret: &str, args: &[&str]) -> Output {
-        Command::new("aws")
+        self.aws_command(access, secret, self.ca_bundle.as_deref(), args)
+            .output()
+            .expect("awscli must be installed (apt-get install awscli)")
+    }
+
+    /// Runs awscli with the test key, trusting only the CAs in `bundle`.
+    pub fn aws_trusting(&self, bundle: &Path, args: &[&str]) -> Output {
+        self.aws_command(ACCESS_KEY, SECRET_KEY, Some(bundle), args)
+            .output()
+            .expect("awscli must be installed (apt-get install awscli)")
+    }
+
+    fn aws_command(
+        &self,
+        access: &str,
+        secret: &str,
+        ca_bundle: Option<&Path>,
+        args: &[&str],
+    ) -> Command {
+        let mut command = Command::new("aws");
+        if let Some(bundle) = ca_bundle {
+            command.env("AWS_CA_BUNDLE", bundle);
+        }
+        command
             .arg("--endpoint-url")
             .arg(self.endpoint())
             .args(args)
@@ -130,9 +226,8 @@ impl Node {
                 "AWS_SHARED_CREDENTIALS_FILE",
                 self.path("no-aws-credentials"),
             )
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .output()
-            .expect("awscli must be installed (apt-get install awscli)")
+            .env("AWS_MAX_ATTEMPTS", "1");
+        command
     }
 
     /// Runs awscli and fails the test unless it succeeds; returns stdout.
@@ -160,11 +255,23 @@ impl Node {
 
     /// The object files below the data directory (for fault injection).
     pub fn object_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        collect(&self.data().join("buckets"), &mut out);
-        out.retain(|p| p.to_string_lossy().ends_with('@'));
-        out
+        object_files_in(&self.data())
     }
+}
+
+/// The object files below one data directory.
+pub fn object_files_in(data: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect(&data.join("buckets"), &mut out);
+    out.retain(|p| p.to_string_lossy().ends_with('@'));
+    out
+}
+
+/// Every file below `dir` (empty when it does not exist).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect(dir, &mut out);
+    out
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -21,6 +21,9 @@ use crate::store::Store;
 
 type ResponseBody = UnsyncBoxBody<Bytes, s3s::StdError>;
 
+/// Longest time a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every connection shares.
 pub struct Shared {
     /// The s3s service over Haven's store.
@@ -151,10 +154,18 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    let stream = match acceptor.accept(stream).await {
-                        Ok(stream) => stream,
-                        Err(error) => {
+                    // A peer that never finishes the handshake (or speaks
+                    // plain HTTP) must not hold a task forever.
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "tls handshake timed out");
                             return;
                         }
                     };

@@ -1,0 +1,232 @@
+//! The storage node over TLS (`[tls]` with a certificate and key): a test CA
+//! and a server certificate for 127.0.0.1 are made with the `openssl` CLI,
+//! then awscli and curl talk https to the node; plain http to the TLS port
+//! and a client that trusts another CA are refused.
+
+#[path = "storage_node_support.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{Node, NodeOptions, TlsFiles, ok, pattern, run};
+
+/// OpenSSL config with the CA and server-certificate extensions.
+const OPENSSL_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = placeholder
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+";
+
+fn openssl(args: &[&str]) {
+    ok(run("openssl", args, &[]), &format!("openssl {args:?}"));
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Makes a self-signed CA named `name` in `dir`; returns (cert, key).
+fn make_ca(dir: &Path, config: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-config",
+        path_str(config),
+        "-extensions",
+        "ca_ext",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=Haven test {name}"),
+        "-keyout",
+        path_str(&key),
+        "-out",
+        path_str(&cert),
+    ]);
+    (cert, key)
+}
+
+/// A CA, a server certificate for IP 127.0.0.1 signed by it, and an
+/// unrelated second CA.
+fn make_certificates(dir: &Path) -> (TlsFiles, PathBuf) {
+    let config = dir.join("openssl.cnf");
+    std::fs::write(&config, OPENSSL_CONFIG).expect("write openssl config");
+    let (ca_cert, ca_key) = make_ca(dir, &config, "ca");
+    let (other_ca, _) = make_ca(dir, &config, "other-ca");
+    let key = dir.join("node.key");
+    let request = dir.join("node.csr");
+    let cert = dir.join("node.pem");
+    openssl(&[
+        "req",
+        "-new",
+        "-config",
+        path_str(&config),
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        path_str(&key),
+        "-out",
+        path_str(&request),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path_str(&request),
+        "-CA",
+        path_str(&ca_cert),
+        "-CAkey",
+        path_str(&ca_key),
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-extfile",
+        path_str(&config),
+        "-extensions",
+        "server_ext",
+        "-out",
+        path_str(&cert),
+    ]);
+    let files = TlsFiles {
+        cert,
+        key,
+        ca_bundle: ca_cert,
+    };
+    (files, other_ca)
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    run(
+        "curl",
+        &[&["--silent", "--show-error", "--max-time", "20"], args].concat(),
+        &[],
+    )
+}
+
+#[test]
+fn tls_serves_awscli_and_curl_and_refuses_plain_http_and_unknown_cas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tls, other_ca) = make_certificates(dir.path());
+    let ca = tls.ca_bundle.clone();
+    let node = Node::start_in(
+        dir,
+        NodeOptions {
+            tls: Some(tls),
+            ..NodeOptions::default()
+        },
+    );
+    assert_eq!(node.scheme, "https", "the node announces https");
+    let endpoint = node.endpoint();
+
+    // awscli over https, trusting the test CA through AWS_CA_BUNDLE.
+    node.aws_ok(&["s3", "mb", "s3://secure"]);
+    let body = pattern(9_000_000, 7);
+    std::fs::write(node.path("up"), &body).expect("write");
+    let up = node.path("up");
+    let down = node.path("down");
+    node.aws_ok(&["s3", "cp", path_str(&up), "s3://secure/dir/big"]);
+    node.aws_ok(&["s3", "cp", "s3://secure/dir/big", path_str(&down)]);
+    assert_eq!(std::fs::read(&down).expect("read"), body);
+    let listing = node.aws_ok(&["s3api", "list-objects-v2", "--bucket", "secure"]);
+    assert!(listing.contains("dir/big"), "{listing}");
+
+    // curl with --cacert: the metrics endpoint and a presigned GET.
+    let metrics = ok(
+        curl(&["--cacert", path_str(&ca), &format!("{endpoint}/metrics")]),
+        "curl https metrics",
+    );
+    assert!(
+        metrics.contains("haven_storage_requests_total"),
+        "{metrics}"
+    );
+    let url = node.aws_ok(&["s3", "presign", "s3://secure/dir/big", "--expires-in", "60"]);
+    let fetched = node.path("fetched");
+    ok(
+        curl(&[
+            "--fail",
+            "--cacert",
+            path_str(&ca),
+            "--output",
+            path_str(&fetched),
+            url.trim(),
+        ]),
+        "curl presigned https GET",
+    );
+    assert_eq!(std::fs::read(&fetched).expect("read"), body);
+
+    // Plain http to the TLS port: no HTTP response, the client fails.
+    let plain = curl(&[&format!("http://127.0.0.1:{}/metrics", node.port)]);
+    assert!(
+        !plain.status.success(),
+        "plain http to the TLS port succeeded: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "the TLS port answered plain HTTP: {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A client that trusts another CA, or only the system CAs, refuses the
+    // node's certificate.
+    let wrong = curl(&[
+        "--cacert",
+        path_str(&other_ca),
+        &format!("{endpoint}/metrics"),
+    ]);
+    assert_eq!(wrong.status.code(), Some(60), "curl accepted an unknown CA");
+    let system = curl(&[&format!("{endpoint}/metrics")]);
+    assert_eq!(
+        system.status.code(),
+        Some(60),
+        "curl accepted the test CA without being told"
+    );
+    let refused = node.aws_trusting(&other_ca, &["s3", "ls", "s3://secure"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "awscli accepted an unknown CA");
+    assert!(
+        stderr.contains("CERTIFICATE_VERIFY_FAILED") || stderr.contains("SSL"),
+        "unexpected awscli error: {stderr}"
+    );
+
+    // After all of that the node still serves https.
+    let listing = node.aws_ok(&["s3", "ls", "s3://secure/dir/"]);
+    assert!(listing.contains("big"), "{listing}");
+}
