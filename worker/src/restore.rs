@@ -8,6 +8,9 @@
 //! blocks, templates), with `in_flight` fetches and writes overlapping. Zero slots are
 //! never written, so the output stays sparse: a raw file keeps holes, a qcow2 leaves
 //! those clusters unallocated.
+//!
+//! Restoring into an existing disk exported over NBD (optionally writing only the slots
+//! that differ) lives in [`nbd`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,9 @@ use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, create_qcow2};
 use crate::pool::ClientPool;
 use crate::raw_file::RawFileWriter;
+
+#[path = "restore_nbd.rs"]
+pub mod nbd;
 
 /// Slots grouped per pass, bounding the chunk-to-slots map.
 const WINDOW_SLOTS: usize = 8192;
