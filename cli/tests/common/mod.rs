@@ -83,8 +83,9 @@ impl Bed {
         stderr
     }
 
+    /// A repository with 1 MiB chunks, the size the tests' arithmetic assumes.
     pub fn init(&self) {
-        self.ok(&["repo", "init"]);
+        self.ok(&["repo", "init", "--chunk-size", "1048576"]);
     }
 
     /// Backs up images as VM `vm`; returns the report.

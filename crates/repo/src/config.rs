@@ -14,7 +14,7 @@ pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
 /// See [`MIN_CHUNK_SIZE`].
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Chunk size chosen by measurement (see docs/benchmarks.md).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
 
 /// The plaintext `config` document.
 ///
