@@ -11,10 +11,12 @@ rounds=${2:-3}
 sizes=${3:-"262144 524288 1048576 4194304"}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
 cargo build --release --locked -p haven-cli >/dev/null 2>&1
-haven="$CARGO_TARGET_DIR/release/haven"
 work=${BENCH_DIR:-/var/tmp/haven-chunk-size}
 rm -rf "$work"; mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
+# A private copy, so a concurrent build cannot swap the binary mid-run.
+cp "$CARGO_TARGET_DIR/release/haven" "$work/haven"
+haven="$work/haven"
 python3 bench/make-image.py "$work/orig.img" "$size_mib"
 export HAVEN_PASSWORD=bench
 results="$work/results.tsv"

@@ -17,11 +17,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
 command -v restic >/dev/null || apt-get install -y -qq restic borgbackup >/dev/null
 command -v borg >/dev/null || apt-get install -y -qq borgbackup >/dev/null
 cargo build --release --locked -p haven-cli >/dev/null 2>&1
-haven="$CARGO_TARGET_DIR/release/haven"
 
 work=${BENCH_DIR:-/var/tmp/haven-bench}
 rm -rf "$work"; mkdir -p "$work/src"
 trap 'rm -rf "$work"' EXIT
+# A private copy, so a concurrent build cannot swap the binary mid-run.
+cp "$CARGO_TARGET_DIR/release/haven" "$work/haven"
+haven="$work/haven"
 image="$work/src/disk.img"
 python3 bench/make-image.py "$image" "$size_mib"
 sync
