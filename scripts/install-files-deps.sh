@@ -14,3 +14,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# NTFS: mkntfs and ntfscp from ntfs-3g, unpacked into a private folder instead of
+# installed, because `apt-get install ntfs-3g` removes fuse 2.x (restic and rclone need
+# it). Tests run them with LD_LIBRARY_PATH pointing at the unpacked library.
+ntfs_dir="${HAVEN_NTFS3G_DIR:-/opt/haven/ntfs-3g}"
+if [ ! -x "$ntfs_dir/sbin/mkntfs" ] || [ ! -x "$ntfs_dir/sbin/ntfscp" ] \
+  || ! LD_LIBRARY_PATH="$ntfs_dir/lib/x86_64-linux-gnu" "$ntfs_dir/sbin/ntfscp" -V >/dev/null 2>&1; then
+  download="$(mktemp -d)"
+  trap 'rm -rf "$download"' EXIT
+  if ! (cd "$download" && apt-get download -qq ntfs-3g libntfs-3g89 >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$download" && apt-get download -qq ntfs-3g libntfs-3g89 >/dev/null)
+  fi
+  rm -rf "$ntfs_dir.tmp"
+  mkdir -p "$ntfs_dir.tmp"
+  for package in "$download"/*.deb; do
+    dpkg-deb -x "$package" "$ntfs_dir.tmp"
+  done
+  rm -rf "$ntfs_dir"
+  mv "$ntfs_dir.tmp" "$ntfs_dir"
+fi

@@ -3,9 +3,10 @@
 //! A backed-up disk is read through [`BlockDevice`] (in Haven, the snapshot reader, so
 //! only the chunks a file needs are fetched and every byte is verified). On top of it:
 //! partition tables ([`partitions`]: GPT, MBR, or a bare file system) and file systems
-//! through maintained crates: `ext4-view` for ext2/3/4 and `fatfs` for FAT12/16/32.
-//! NTFS, XFS, LVM and other volume managers are not supported yet and are reported as
-//! such, never guessed.
+//! through maintained crates: `ext4-view` for ext2/3/4, `fatfs` for FAT12/16/32 and
+//! `ntfs` for NTFS (regular files and directories; reparse points are listed, not
+//! restored). XFS, LVM and other volume managers are not supported yet and are reported
+//! as such, never guessed.
 //!
 //! # Invariants
 //!
@@ -22,6 +23,7 @@ mod error;
 mod ext;
 mod extract;
 mod fat;
+mod ntfs;
 mod partition;
 mod volume;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::device::{BlockDevice, DeviceSlice};
 use crate::error::{FilesError, Result};
 use crate::partition::{Partition, looks_like_boot_sector_fs};
-use crate::{ext, fat};
+use crate::{ext, fat, ntfs};
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +58,8 @@ pub enum FsKind {
     Ext,
     /// FAT12/16/32 (`fatfs`).
     Fat,
+    /// NTFS (`ntfs`); files only, no Unix metadata.
+    Ntfs,
 }
 
 /// Safety bounds of walks over untrusted trees.
@@ -84,6 +86,7 @@ impl Default for Limits {
 pub(crate) enum Driver {
     Ext(Box<ext4_view::Ext4>),
     Fat(Box<fatfs::FileSystem<DeviceSlice>>),
+    Ntfs(Box<ntfs::NtfsVolume>),
 }
 
 /// An opened file system.
@@ -136,9 +139,7 @@ impl Volume {
         let driver = if head.len() >= 1082 && head[1080] == 0x53 && head[1081] == 0xEF {
             Driver::Ext(Box::new(guarded("ext4", || ext::open(slice.clone()))?))
         } else if head.len() >= 512 && &head[3..11] == b"NTFS    " {
-            return Err(FilesError::Unsupported(format!(
-                "{which} holds NTFS, which file-level restore does not support yet"
-            )));
+            Driver::Ntfs(Box::new(guarded("ntfs", || ntfs::open(slice.clone()))?))
         } else if head.len() >= 512 && looks_like_boot_sector_fs(&head) {
             Driver::Fat(Box::new(guarded("fat", || fat::open(slice.clone()))?))
         } else if head.starts_with(b"XFSB") {
@@ -151,7 +152,7 @@ impl Volume {
             )));
         } else {
             return Err(FilesError::Unsupported(format!(
-                "{which}: no supported file system found (ext2/3/4 and FAT are supported)"
+                "{which}: no supported file system found (ext2/3/4, FAT and NTFS are supported)"
             )));
         };
         Ok(Self {
@@ -176,6 +177,7 @@ impl Volume {
         match self.driver {
             Driver::Ext(_) => FsKind::Ext,
             Driver::Fat(_) => FsKind::Fat,
+            Driver::Ntfs(_) => FsKind::Ntfs,
         }
     }
 
@@ -190,6 +192,7 @@ impl Volume {
         match &self.driver {
             Driver::Ext(fs) => guarded("ext4", || ext::stat(fs, &path)),
             Driver::Fat(fs) => guarded("fat", || fat::stat(fs, &path)),
+            Driver::Ntfs(fs) => guarded("ntfs", || ntfs::stat(fs, &path)),
         }
     }
 
@@ -199,6 +202,7 @@ impl Volume {
         let mut entries = match &self.driver {
             Driver::Ext(fs) => guarded("ext4", || ext::list(fs, &path, self.limits)),
             Driver::Fat(fs) => guarded("fat", || fat::list(fs, &path, self.limits)),
+            Driver::Ntfs(fs) => guarded("ntfs", || ntfs::list(fs, &path, self.limits)),
         }?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
@@ -222,6 +226,7 @@ impl Volume {
         let copied = match &self.driver {
             Driver::Ext(fs) => guarded("ext4", || ext::copy(fs, &entry.path, out)),
             Driver::Fat(fs) => guarded("fat", || fat::copy(fs, &entry.path, out)),
+            Driver::Ntfs(fs) => guarded("ntfs", || ntfs::copy(fs, &entry.path, out)),
         }?;
         if copied != entry.size {
             return Err(FilesError::Driver {
