@@ -44,7 +44,7 @@ if ! boto3_recent_enough; then
   boto3_recent_enough || { echo "python3 still has botocore < 1.35 after pip install" >&2; exit 1; }
 fi
 
-"$(dirname "$0")/install-qemu-system.sh"  # qemu-system-x86_64 from backports (live-backup tests)
+"$(dirname "$0")/install-qemu-system.sh" --libvirt  # qemu-system-x86_64, libvirt, virtnbdbackup from backports (live-backup tests)
 
 "$(dirname "$0")/install-files-deps.sh"  # mtools, gdisk: file-level restore tests
 

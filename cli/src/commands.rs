@@ -1,6 +1,7 @@
 //! One module per verb.
 
 pub mod backup;
+pub mod backup_libvirt;
 pub mod backup_qemu;
 pub mod files;
 pub mod repo;

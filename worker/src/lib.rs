@@ -13,6 +13,7 @@ pub mod backup;
 mod error;
 pub mod export;
 pub mod image;
+pub mod libvirt;
 mod pool;
 pub mod qemu;
 pub mod qmp;

@@ -18,6 +18,8 @@ pub enum BackupCommand {
     Image(ImageArgs),
     /// Back up a running QEMU or qemu-storage-daemon through QMP (consistent, incremental).
     Qemu(super::backup_qemu::QemuArgs),
+    /// Back up a running libvirt domain (pull-mode backup-begin, checkpoints, incremental).
+    Libvirt(super::backup_libvirt::LibvirtArgs),
 }
 
 /// Arguments of `haven backup image`.
@@ -49,6 +51,7 @@ pub async fn run(command: BackupCommand) -> Result<()> {
     match command {
         BackupCommand::Image(args) => backup_image(args).await,
         BackupCommand::Qemu(args) => super::backup_qemu::run(args).await,
+        BackupCommand::Libvirt(args) => super::backup_libvirt::run(args).await,
     }
 }
 

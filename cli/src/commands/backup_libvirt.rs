@@ -1,0 +1,103 @@
+//! `haven backup libvirt`: a running libvirt domain, through `virsh` pull-mode backups.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use haven_repo::Progress;
+use haven_worker::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
+
+use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::progress::ProgressLine;
+
+/// Arguments of `haven backup libvirt`.
+#[derive(Debug, clap::Args)]
+pub struct LibvirtArgs {
+    /// libvirt domain name.
+    #[arg(long)]
+    domain: String,
+    /// libvirt connection URI (default: virsh's default connection).
+    #[arg(long)]
+    uri: Option<String>,
+    /// VM name the snapshot is filed under (default: the domain name).
+    #[arg(long)]
+    vm: Option<String>,
+    /// Disks to back up, by target name (vda; default: all).
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// Folder for the scratch files and the NBD socket.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    scratch_dir: PathBuf,
+    /// User QEMU runs as; it gets the scratch folder.
+    #[arg(long, default_value = "libvirt-qemu")]
+    qemu_user: String,
+    /// Parallel NBD connections per disk.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds allowed for each virsh call.
+    #[arg(long, default_value_t = 60)]
+    virsh_timeout: u64,
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Runs the backup; Ctrl-C cancels it, ends the libvirt job and drops its checkpoint.
+pub async fn run(args: LibvirtArgs) -> Result<()> {
+    let request = LibvirtBackupRequest {
+        vm: args.vm.clone().unwrap_or_else(|| args.domain.clone()),
+        domain: args.domain.clone(),
+        uri: args.uri.clone(),
+        disks: args.disks.clone(),
+        scratch_dir: args.scratch_dir.clone(),
+        qemu_user: Some(args.qemu_user.clone()).filter(|user| !user.is_empty()),
+        connections: args.connections.clamp(1, 16),
+        virsh_timeout: Duration::from_secs(args.virsh_timeout.max(1)),
+    };
+    let repo = args.repo.open().await?;
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start("backup", progress.clone(), args.output.json);
+    let shutdown = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling available: never cancel.
+            std::future::pending::<()>().await;
+        }
+    };
+    let report = backup_libvirt(repo, &request, progress, shutdown).await?;
+    drop(line);
+    print_report(&report, args.output.json)
+}
+
+fn print_report(report: &LibvirtBackupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
+    }
+    println!(
+        "snapshot {} committed (domain {}, checkpoint {}, backup-begin {:.1} ms)",
+        report.backup.snapshot, report.domain, report.checkpoint, report.snapshot_point_ms
+    );
+    for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
+        let how = match &mode.reason {
+            Some(reason) => format!("full ({reason})"),
+            None => mode.mode.to_string(),
+        };
+        println!(
+            "  {}: {} disk, {} read, {} new chunks ({} stored), {} reused; {how}",
+            disk.name,
+            human_bytes(disk.size),
+            human_bytes(disk.stats.bytes_read),
+            disk.stats.new_chunks,
+            human_bytes(disk.stats.uploaded_bytes),
+            disk.stats.reused_chunks,
+        );
+    }
+    if !report.deleted_checkpoints.is_empty() {
+        println!(
+            "  older checkpoints deleted: {}",
+            report.deleted_checkpoints.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! Live backups of a libvirt domain through `haven backup libvirt`: the test starts its
+//! own `virtlogd` and `libvirtd` (private config, pid files and client sockets), defines
+//! and starts a TCG domain with two qcow2 disks and no OS, writes into the disks
+//! through the QEMU monitor between backups, and checks a full and two incrementals:
+//! each restored disk equals, byte for byte, a copy kept with the same writes applied;
+//! an incremental reads only about the changed chunks; old checkpoints go after the
+//! commit, other tools' checkpoints are never touched, and a missing checkpoint means
+//! a full read. Everything started is stopped again (Drop guards), also on failure.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Bed, MIB, assert_same_disk, raw_image, to_qcow2, write_at};
+use serde_json::Value;
+
+const CHUNK: u64 = 256 * 1024;
+const DISK_SIZE: u64 = 64 * MIB;
+const TARGETS: [&str; 2] = ["vda", "vdb"];
+
+/// Runs a program, panicking with its output when it fails (a missing tool fails the test).
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program} (is it installed?): {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Stops a daemon by the pid in its pid file: SIGTERM, then SIGKILL after 5 s.
+fn stop_by_pid_file(pid_file: &Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<libc::pid_t>() else {
+        return;
+    };
+    let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive() {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn is_zombie(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// `virtlogd` and `libvirtd` started for this test. libvirtd's config, pid files and
+/// client sockets are private (`unix_sock_dir`), so it never answers (or conflicts
+/// with) a system libvirtd's clients; a privileged libvirtd still keeps its domain
+/// state under /run/libvirt and /var/lib/libvirt, which the domain guard cleans.
+/// `/dev/kvm` is made group-accessible while it runs (libvirtd probes it for 12–24 s
+/// otherwise) and put back afterwards.
+struct Libvirt {
+    dir: tempfile::TempDir,
+    uri: String,
+    kvm_mode: Option<(u32, u32)>,
+}
+
+impl Libvirt {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("haven-libvirt-")
+            .tempdir()
+            .unwrap();
+        let kvm_mode = std::fs::metadata("/dev/kvm").ok().map(|meta| {
+            let original = (meta.mode() & 0o7777, meta.gid());
+            let _ = Command::new("chgrp").args(["kvm", "/dev/kvm"]).status();
+            let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(0o660));
+            original
+        });
+        let path = dir.path();
+        let config = path.join("libvirtd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "unix_sock_dir = \"{}\"\nunix_sock_group = \"root\"\nunix_sock_rw_perms = \"0700\"\n\
+                 auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+        let libvirt = Self {
+            uri: format!(
+                "qemu:///system?socket={}",
+                path.join("libvirt-sock").display()
+            ),
+            dir,
+            kvm_mode,
+        };
+        let path = libvirt.dir.path().to_path_buf();
+        let virtlogd_pid = path.join("virtlogd.pid");
+        run(
+            "virtlogd",
+            &["--daemon", "--pid-file", virtlogd_pid.to_str().unwrap()],
+        );
+        let libvirtd_pid = path.join("libvirtd.pid");
+        let started = Instant::now();
+        run(
+            "libvirtd",
+            &[
+                "--daemon",
+                "--config",
+                config.to_str().unwrap(),
+                "--pid-file",
+                libvirtd_pid.to_str().unwrap(),
+            ],
+        );
+        // Ready when it answers.
+        loop {
+            let answer = Command::new("virsh")
+                .args(["--connect", &libvirt.uri, "--quiet", "version"])
+                .output()
+                .unwrap();
+            if answer.status.success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "libvirtd does not answer: {}",
+                String::from_utf8_lossy(&answer.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("libvirtd ready in {:?}", started.elapsed());
+        libvirt
+    }
+
+    fn virsh(&self, args: &[&str]) -> String {
+        let mut all = vec!["--connect", self.uri.as_str(), "--quiet"];
+        all.extend_from_slice(args);
+        run("virsh", &all)
+    }
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        stop_by_pid_file(&self.dir.path().join("libvirtd.pid"));
+        stop_by_pid_file(&self.dir.path().join("virtlogd.pid"));
+        if let Some((mode, gid)) = self.kvm_mode {
+            let _ = std::os::unix::fs::chown("/dev/kvm", None, Some(gid));
+            let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
+/// A defined and started domain; destroyed and undefined (with its checkpoints'
+/// metadata) on drop.
+struct Domain<'a> {
+    libvirt: &'a Libvirt,
+    name: String,
+}
+
+impl<'a> Domain<'a> {
+    fn start(libvirt: &'a Libvirt, name: &str, disks: &[PathBuf], dir: &Path) -> Self {
+        let disk_xml: String = disks
+            .iter()
+            .zip(TARGETS)
+            .map(|(path, target)| {
+                format!(
+                    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                     <source file='{}'/><target dev='{target}' bus='virtio'/></disk>",
+                    path.display()
+                )
+            })
+            .collect();
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os>\
+             <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}\
+             <video><model type='none'/></video><memballoon model='none'/></devices></domain>"
+        );
+        let file = dir.join("domain.xml");
+        std::fs::write(&file, xml).unwrap();
+        // A domain left by an earlier, killed run of this test.
+        let _ = Command::new("virsh")
+            .args(["--connect", &libvirt.uri, "destroy", name])
+            .output();
+        let _ = Command::new("virsh")
+            .args([
+                "--connect",
+                &libvirt.uri,
+                "undefine",
+                name,
+                "--checkpoints-metadata",
+            ])
+            .output();
+        libvirt.virsh(&["define", file.to_str().unwrap()]);
+        let domain = Self {
+            libvirt,
+            name: name.to_string(),
+        };
+        let started = Instant::now();
+        libvirt.virsh(&["start", name]);
+        eprintln!("domain started in {:?}", started.elapsed());
+        domain
+    }
+
+    /// Guest writes through the QEMU monitor's qemu-io on the virtio device.
+    fn write(&self, disk: usize, pattern: u8, offset: u64, len: u64) {
+        let command = format!(
+            "qemu-io -d virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset} {len}\""
+        );
+        let out = self
+            .libvirt
+            .virsh(&["qemu-monitor-command", "--hmp", &self.name, &command]);
+        assert!(
+            !out.to_lowercase().contains("error") && !out.contains("failed"),
+            "qemu-io: {out}"
+        );
+    }
+
+    fn checkpoints(&self) -> Vec<String> {
+        self.libvirt
+            .virsh(&["checkpoint-list", &self.name, "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Domain<'_> {
+    fn drop(&mut self) {
+        for args in [
+            vec!["destroy", self.name.as_str()],
+            vec!["undefine", self.name.as_str(), "--checkpoints-metadata"],
+        ] {
+            let _ = Command::new("virsh")
+                .args(["--connect", &self.libvirt.uri, "--quiet"])
+                .args(&args)
+                .output();
+        }
+    }
+}
+
+fn backup(bed: &Bed, libvirt: &Libvirt, domain: &str) -> Value {
+    let scratch = bed.path("scratch");
+    let output = bed
+        .haven(&[
+            "backup",
+            "libvirt",
+            "--domain",
+            domain,
+            "--uri",
+            &libvirt.uri,
+            "--vm",
+            "vm",
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "backup failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn mode(report: &Value, name: &str) -> (String, String) {
+    let mode = report["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("no mode for {name} in {report}"));
+    (
+        mode["mode"].as_str().unwrap().to_string(),
+        mode["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn bytes_read(report: &Value, name: &str) -> u64 {
+    report["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap()["bytes_read"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Restores every disk of `snapshot` and compares it with the expected raw copies.
+fn assert_restores(bed: &Bed, snapshot: &str, expected: &[PathBuf]) {
+    for (target, want) in TARGETS.iter().zip(expected) {
+        let to = bed.path(&format!("restored-{target}.raw"));
+        bed.ok(&[
+            "restore",
+            snapshot,
+            "--disk",
+            target,
+            "--to",
+            to.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_same_disk(&to, want);
+        std::fs::remove_file(&to).unwrap();
+    }
+}
+
+/// The same guest writes into the domain and into the expected copies.
+fn write_both(domain: &Domain, expected: &[PathBuf], writes: &[(usize, u8, u64, u64)]) {
+    for &(disk, pattern, offset, len) in writes {
+        domain.write(disk, pattern, offset, len);
+        write_at(&expected[disk], offset, &vec![pattern; len as usize]);
+    }
+}
+
+fn copies(bed: &Bed, expected: &[PathBuf], round: usize) -> Vec<PathBuf> {
+    expected
+        .iter()
+        .enumerate()
+        .map(|(disk, path)| {
+            let copy = bed.path(&format!("expected{round}-{disk}.raw"));
+            std::fs::copy(path, &copy).unwrap();
+            copy
+        })
+        .collect()
+}
+
+#[test]
+fn domain_full_then_two_incrementals_restore_identical() {
+    let test_started = Instant::now();
+    let bed = Bed::new();
+    // QEMU runs as libvirt-qemu: it must reach the images in the test folder.
+    std::fs::set_permissions(bed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bed.ok(&["repo", "init", "--chunk-size", &CHUNK.to_string()]);
+    std::fs::create_dir(bed.path("scratch")).unwrap();
+    let mut expected = Vec::new();
+    let mut images = Vec::new();
+    for disk in 0..2u64 {
+        let raw = bed.path(&format!("expected-{disk}.raw"));
+        raw_image(
+            &raw,
+            DISK_SIZE,
+            &[
+                (disk * 4096, 40 * MIB as usize),
+                (50 * MIB, 8 * MIB as usize),
+            ],
+        );
+        let qcow2 = bed.path(&format!("d{disk}.qcow2"));
+        to_qcow2(&raw, &qcow2);
+        expected.push(raw);
+        images.push(qcow2);
+    }
+
+    let libvirt = Libvirt::start();
+    let name = format!("haven-test-{}", std::process::id());
+    let domain = Domain::start(&libvirt, &name, &images, bed.dir.path());
+    // Another tool's checkpoint: Haven must neither use nor delete it.
+    libvirt.virsh(&["checkpoint-create-as", &name, "--name", "othertool.0"]);
+
+    // Full.
+    let full = backup(&bed, &libvirt, &name);
+    for target in TARGETS {
+        assert_eq!(mode(&full, target).0, "full");
+    }
+    let first_checkpoint = full["checkpoint"].as_str().unwrap().to_string();
+    assert!(first_checkpoint.starts_with("haven-vm-"));
+    let round0 = copies(&bed, &expected, 0);
+
+    // 3 of 256 chunks per disk changed: ~1.2% of the blocks.
+    let writes: Vec<(usize, u8, u64, u64)> = (0..2)
+        .flat_map(|disk| {
+            [
+                (disk, 0x41, 5 * MIB, 4096),
+                (disk, 0x42, 20 * MIB + 4096, 4096),
+                (disk, 0x43, 63 * MIB, 8192),
+            ]
+        })
+        .collect();
+    write_both(&domain, &expected, &writes);
+    let first_incremental = backup(&bed, &libvirt, &name);
+    for target in TARGETS {
+        let (how, reason) = mode(&first_incremental, target);
+        assert_eq!(how, "incremental", "{target}: {reason}");
+        let read = bytes_read(&first_incremental, target);
+        assert!(
+            read > 0 && read <= 3 * CHUNK,
+            "{target}: incremental read {read} bytes for 3 changed chunks"
+        );
+    }
+    assert_eq!(
+        first_incremental["deleted_checkpoints"],
+        serde_json::json!([first_checkpoint])
+    );
+    let round1 = copies(&bed, &expected, 1);
+
+    // A write across a chunk boundary and one into a hole.
+    let writes = [
+        (0, 0x51, 2 * MIB - 4096, 8192),
+        (1, 0x52, 45 * MIB, 65536),
+        (1, 0x53, 0, 512),
+    ];
+    write_both(&domain, &expected, &writes);
+    let second_incremental = backup(&bed, &libvirt, &name);
+    for target in TARGETS {
+        let (how, reason) = mode(&second_incremental, target);
+        assert_eq!(how, "incremental", "{target}: {reason}");
+        assert!(bytes_read(&second_incremental, target) <= 2 * CHUNK);
+    }
+    let latest = second_incremental["checkpoint"].as_str().unwrap();
+    let mut checkpoints = domain.checkpoints();
+    checkpoints.sort();
+    assert_eq!(
+        checkpoints,
+        vec![latest.to_string(), "othertool.0".to_string()]
+    );
+
+    let snapshots = [
+        (&full, &round0),
+        (&first_incremental, &round1),
+        (&second_incremental, &expected),
+    ];
+    for (report, want) in snapshots {
+        assert_restores(&bed, report["snapshot"].as_str().unwrap(), want);
+    }
+
+    // A checkpoint deleted behind Haven's back: a full read that says why, and correct.
+    libvirt.virsh(&["checkpoint-delete", &name, latest]);
+    write_both(&domain, &expected, &[(0, 0x61, 30 * MIB, 4096)]);
+    let fallback = backup(&bed, &libvirt, &name);
+    for target in TARGETS {
+        let (how, reason) = mode(&fallback, target);
+        assert_eq!(how, "full", "{target}");
+        assert!(reason.contains("missing"), "{target}: {reason}");
+    }
+    assert_restores(&bed, fallback["snapshot"].as_str().unwrap(), &expected);
+    assert!(domain.checkpoints().contains(&"othertool.0".to_string()));
+
+    // Nothing of Haven's is left in the scratch folder.
+    assert_eq!(
+        std::fs::read_dir(bed.path("scratch")).unwrap().count(),
+        0,
+        "scratch folder not cleaned"
+    );
+    drop(domain);
+    drop(libvirt);
+    eprintln!("test finished in {:?}", test_started.elapsed());
+}
