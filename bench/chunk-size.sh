@@ -15,8 +15,8 @@ work=${BENCH_DIR:-/var/tmp/haven-chunk-size}
 rm -rf "$work"; mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 # A private copy, so a concurrent build cannot swap the binary mid-run.
-cp "$CARGO_TARGET_DIR/release/haven" "$work/haven"
-haven="$work/haven"
+cp "$CARGO_TARGET_DIR/release/haven" "$work/haven-bin"
+haven="$work/haven-bin"
 python3 bench/make-image.py "$work/orig.img" "$size_mib"
 export HAVEN_PASSWORD=bench
 results="$work/results.tsv"

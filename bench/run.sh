@@ -22,8 +22,8 @@ work=${BENCH_DIR:-/var/tmp/haven-bench}
 rm -rf "$work"; mkdir -p "$work/src"
 trap 'rm -rf "$work"' EXIT
 # A private copy, so a concurrent build cannot swap the binary mid-run.
-cp "$CARGO_TARGET_DIR/release/haven" "$work/haven"
-haven="$work/haven"
+cp "$CARGO_TARGET_DIR/release/haven" "$work/haven-bin"
+haven="$work/haven-bin"
 image="$work/src/disk.img"
 python3 bench/make-image.py "$image" "$size_mib"
 sync
