@@ -19,9 +19,15 @@ const DEFAULT_MAX_EXISTS_KEYS: usize = 100_000;
 pub struct Config {
     /// Address the S3 endpoint (and `/metrics`) listens on.
     pub listen: SocketAddr,
-    /// Directory that holds buckets, objects, uploads and temporary files.
-    /// It must be one file system: renames from `tmp/` into place are atomic.
-    pub data_dir: PathBuf,
+    /// Directory that holds buckets, objects, uploads and temporary files
+    /// (the single-directory form; exclusive with `data_dirs`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Several data directories (typically one per disk); objects are
+    /// spread over them by a stable hash of bucket and key. The list is
+    /// fixed once the store exists: it may not be reordered, grown or shrunk.
+    #[serde(default)]
+    pub data_dirs: Vec<PathBuf>,
     /// Region reported to clients and accepted in signatures.
     #[serde(default = "default_region")]
     pub region: String,
@@ -160,8 +166,35 @@ impl Config {
         })
     }
 
+    /// The data directories in placement order (`data_dir` or `data_dirs`).
+    pub fn directories(&self) -> Vec<PathBuf> {
+        self.data_dir
+            .iter()
+            .chain(self.data_dirs.iter())
+            .cloned()
+            .collect()
+    }
+
     /// Refuses configurations that would run an open or ambiguous server.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.data_dir, self.data_dirs.is_empty()) {
+            (None, true) => return Err(ConfigError::Missing("data_dir or data_dirs")),
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid(
+                    "give either data_dir or data_dirs, not both".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        let mut dirs = std::collections::HashSet::new();
+        for dir in &self.data_dirs {
+            if !dirs.insert(dir) {
+                return Err(ConfigError::Invalid(format!(
+                    "data directory {} is listed twice",
+                    dir.display()
+                )));
+            }
+        }
         if self.keys.is_empty() {
             return Err(ConfigError::Invalid(
                 "at least one access key is required: the node never serves anonymous requests"
@@ -220,12 +253,36 @@ mod tests {
         assert!(config.key("reader").expect("reader").allows_bucket("any"));
         assert_eq!(config.limits.max_object_size, 1_048_576);
         assert_eq!(config.region, "us-east-1");
+        assert_eq!(config.directories(), [PathBuf::from("/srv/haven")]);
+    }
+
+    #[test]
+    fn data_dirs_are_exclusive_with_data_dir_and_distinct() {
+        let keys = "[[keys]]\naccess_key = \"a\"\nsecret_key = \"b\"\n";
+        let parse = |dirs: &str| -> Config {
+            toml::from_str(&format!("listen = \"127.0.0.1:1\"\n{dirs}\n{keys}")).expect("parses")
+        };
+        let config = parse("data_dirs = [\"/d0\", \"/d1\"]");
+        config.validate().expect("two directories");
+        assert_eq!(
+            config.directories(),
+            [PathBuf::from("/d0"), PathBuf::from("/d1")]
+        );
+        assert!(parse("").validate().is_err());
+        assert!(parse("data_dirs = []").validate().is_err());
+        assert!(
+            parse("data_dir = \"/d\"\ndata_dirs = [\"/d1\"]")
+                .validate()
+                .is_err()
+        );
+        assert!(parse("data_dirs = [\"/d\", \"/d\"]").validate().is_err());
     }
 
     #[test]
     fn refuses_no_keys_and_duplicates() {
         let mut config: Config =
             toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"").expect("parses");
+        assert!(config.data_dirs.is_empty());
         assert!(config.validate().is_err());
         let key = AccessKeyConfig {
             access_key: "a".into(),

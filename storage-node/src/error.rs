@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The data on disk does not match its checksums.
     #[error("stored object is corrupt: {0}")]
     Corrupt(String),
+    /// The configured data directories do not match those on disk.
+    #[error("data directory layout: {0}")]
+    Layout(String),
     /// The multipart upload does not exist.
     #[error("no such upload")]
     NoSuchUpload,
@@ -85,7 +88,7 @@ impl StoreError {
             Self::PreconditionFailed(_) => S3ErrorCode::PreconditionFailed,
             Self::Locked(_) => S3ErrorCode::AccessDenied,
             Self::InvalidLock(_) => S3ErrorCode::InvalidRequest,
-            Self::Corrupt(_) | Self::Io(_) => S3ErrorCode::InternalError,
+            Self::Corrupt(_) | Self::Io(_) | Self::Layout(_) => S3ErrorCode::InternalError,
             Self::NoSuchUpload => S3ErrorCode::NoSuchUpload,
             Self::InvalidPart(_) => S3ErrorCode::InvalidPart,
             Self::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
@@ -93,7 +96,7 @@ impl StoreError {
         };
         let message = match self {
             // Do not leak file system details to clients.
-            Self::Io(_) => "internal error".to_owned(),
+            Self::Io(_) | Self::Layout(_) => "internal error".to_owned(),
             Self::Corrupt(_) => "stored object failed its checksum; it is not served".to_owned(),
             other => other.to_string(),
         };

@@ -51,9 +51,11 @@ pub struct StorageNodeArgs {
     /// printed on standard output).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Data directory.
+    /// Data directory; repeat the flag for several (objects are spread over
+    /// them by a stable hash of bucket and key; the list is fixed once the
+    /// store exists).
     #[arg(long)]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
     /// Access key for a single-key quick start (all buckets, read-write).
     #[arg(long, env = "HAVEN_STORAGE_ACCESS_KEY", requires = "secret_key")]
     pub access_key: Option<String>,
@@ -73,22 +75,26 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
         None => None,
     };
     let listen = args.listen.or(config.as_ref().map(|c| c.listen));
-    let data = args.data.or(config.as_ref().map(|c| c.data_dir.clone()));
-    let (Some(listen), Some(data_dir)) = (listen, data) else {
+    let has_data = !args.data.is_empty() || config.is_some();
+    let (Some(listen), true) = (listen, has_data) else {
         anyhow::bail!(
-            "--listen and --data (or a --config file with listen and data_dir) are required"
+            "--listen and --data (or a --config file with listen and data_dir or data_dirs) are required"
         );
     };
     let mut config = config.take().unwrap_or_else(|| Config {
         listen,
-        data_dir: data_dir.clone(),
+        data_dir: None,
+        data_dirs: Vec::new(),
         region: "us-east-1".to_owned(),
         keys: Vec::new(),
         tls: None,
         limits: config::Limits::default(),
     });
     config.listen = listen;
-    config.data_dir = data_dir;
+    if !args.data.is_empty() {
+        config.data_dir = None;
+        config.data_dirs = args.data;
+    }
     if let (Some(access_key), Some(secret_key)) = (args.access_key, args.secret_key) {
         config.keys.retain(|k| k.access_key != access_key);
         config.keys.push(config::AccessKeyConfig {
@@ -117,9 +123,12 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = Arc::new(build_config(args)?);
     let metrics = Arc::new(metrics::Metrics::default());
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = Arc::new(store::Store::open(&config.data_dir, Arc::clone(&metrics))?);
+    let directories = config.directories();
+    for dir in &directories {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    let store = Arc::new(store::Store::open(&directories, Arc::clone(&metrics))?);
 
     let mut builder = s3s::service::S3ServiceBuilder::new(s3::HavenS3::new(
         Arc::clone(&store),
@@ -144,7 +153,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("haven storage-node listening on {scheme}://{local}");
-    tracing::info!(address = %local, data_dir = %config.data_dir.display(), keys = config.keys.len(), "storage node started");
+    tracing::info!(address = %local, data_dirs = ?directories, keys = config.keys.len(), "storage node started");
     server::serve(
         listener,
         tls,

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::store::DiskUsage;
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -75,8 +77,8 @@ impl Metrics {
         self.checksum_failures.load(Ordering::Relaxed)
     }
 
-    /// Renders all metrics; `disk` is (used, available) bytes when known.
-    pub fn render(&self, disk: Option<(u64, u64)>) -> String {
+    /// Renders all metrics, with the disk usage of each data directory.
+    pub fn render(&self, disk: &[DiskUsage]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -146,26 +148,42 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        if let Some((used, available)) = disk {
+        if !disk.is_empty() {
             let _ = writeln!(
                 out,
-                "# HELP haven_storage_disk_used_bytes Bytes used on the data file system."
+                "# HELP haven_storage_disk_used_bytes Bytes used on the file system of each data directory.\n# TYPE haven_storage_disk_used_bytes gauge"
             );
+            for usage in disk {
+                let _ = writeln!(
+                    out,
+                    "haven_storage_disk_used_bytes{{dir=\"{}\"}} {}",
+                    label_value(&usage.dir.to_string_lossy()),
+                    usage.used
+                );
+            }
             let _ = writeln!(
                 out,
-                "# TYPE haven_storage_disk_used_bytes gauge\nhaven_storage_disk_used_bytes {used}"
+                "# HELP haven_storage_disk_available_bytes Bytes available on the file system of each data directory.\n# TYPE haven_storage_disk_available_bytes gauge"
             );
-            let _ = writeln!(
-                out,
-                "# HELP haven_storage_disk_available_bytes Bytes available on the data file system."
-            );
-            let _ = writeln!(
-                out,
-                "# TYPE haven_storage_disk_available_bytes gauge\nhaven_storage_disk_available_bytes {available}"
-            );
+            for usage in disk {
+                let _ = writeln!(
+                    out,
+                    "haven_storage_disk_available_bytes{{dir=\"{}\"}} {}",
+                    label_value(&usage.dir.to_string_lossy()),
+                    usage.available
+                );
+            }
         }
         out
     }
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -179,7 +197,19 @@ mod tests {
         metrics.request("PutObject", 200, Duration::from_millis(30));
         metrics.checksum_failure();
         metrics.bytes_in(10);
-        let text = metrics.render(Some((1, 2)));
+        let disk = [
+            DiskUsage {
+                dir: "/srv/a".into(),
+                used: 1,
+                available: 2,
+            },
+            DiskUsage {
+                dir: "/srv/\"b\"".into(),
+                used: 3,
+                available: 4,
+            },
+        ];
+        let text = metrics.render(&disk);
         assert!(text.contains("haven_storage_requests_total{op=\"PutObject\",status=\"200\"} 2"));
         assert!(text.contains(
             "haven_storage_request_duration_seconds_bucket{op=\"PutObject\",le=\"0.005\"} 1"
@@ -187,6 +217,12 @@ mod tests {
         assert!(text.contains("haven_storage_request_duration_seconds_count{op=\"PutObject\"} 2"));
         assert!(text.contains("haven_storage_checksum_failures_total 1"));
         assert!(text.contains("haven_storage_received_bytes_total 10"));
-        assert!(text.contains("haven_storage_disk_available_bytes 2"));
+        assert!(text.contains("haven_storage_disk_used_bytes{dir=\"/srv/a\"} 1"));
+        assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/a\"} 2"));
+        assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/\\\"b\\\"\"} 4"));
+        assert_eq!(
+            text.matches("# TYPE haven_storage_disk_used_bytes").count(),
+            1
+        );
     }
 }

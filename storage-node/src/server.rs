@@ -63,7 +63,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" && !is_signed(&req) {
-        let text = shared.metrics.render(shared.store.disk_usage());
+        let text = shared.metrics.render(&shared.store.disk_usage());
         return Ok(full(StatusCode::OK, "text/plain; version=0.0.4", text));
     }
     let started = Instant::now();

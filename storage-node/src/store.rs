@@ -1,13 +1,21 @@
 //! Haven's own on-disk object store, which the S3 layer serves.
 //!
-//! Layout below the data directory:
+//! Layout below each data directory:
 //!
 //! ```text
-//! buckets/NAME/bucket.json         bucket settings (creation time, object lock)
+//! haven-data-dir.json              position of this directory among all (placement)
+//! buckets/NAME/bucket.json         bucket settings (first directory only)
 //! buckets/NAME/objects/…/SEG@      one object file per key (see keypath, object_file)
 //! uploads/ID/upload.json, part-N   multipart uploads in progress
 //! tmp/                             files being written; emptied at start
 //! ```
+//!
+//! With several data directories every object lives in exactly one of them,
+//! chosen by a stable hash of bucket and key ([`placement`]); a bucket exists
+//! when its `bucket.json` exists in the first directory; an upload lives in
+//! the directory chosen by its id. Files are always written into the `tmp/`
+//! of the directory they will be renamed into, so every rename stays within
+//! one file system.
 //!
 //! Invariants: an object file appears under `objects/` only by a rename of a
 //! complete, fsynced file, followed by an fsync of its directory, so a crash
@@ -18,6 +26,7 @@
 mod buckets;
 mod durable;
 mod listing;
+pub mod placement;
 mod uploads;
 
 pub use buckets::{BucketConfig, DefaultRetention};
@@ -48,71 +57,125 @@ pub struct WriteCondition {
     pub if_match: Option<Option<String>>,
 }
 
-/// The object store over one data directory.
+/// Used and available bytes of one data directory's file system.
+#[derive(Debug, Clone)]
+pub struct DiskUsage {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Bytes used on its file system.
+    pub used: u64,
+    /// Bytes available to the node on its file system.
+    pub available: u64,
+}
+
+/// The object store over one or several data directories.
 pub struct Store {
-    root: PathBuf,
+    dirs: Vec<PathBuf>,
     metrics: Arc<Metrics>,
     key_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
-    /// Opens (or initialises) the store and discards leftovers of a crash in
-    /// `tmp/`: they were never acknowledged.
-    pub fn open(root: &Path, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        for dir in ["buckets", "uploads", "tmp"] {
-            std::fs::create_dir_all(root.join(dir))?;
+    /// Opens (or initialises) the store over `roots` (in placement order),
+    /// checks that each directory is where it was when the store was
+    /// created, and discards leftovers of a crash in every `tmp/`: they were
+    /// never acknowledged.
+    pub fn open(roots: &[PathBuf], metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        if roots.is_empty() {
+            return Err(StoreError::Layout("no data directory".to_owned()));
         }
-        let tmp = root.join("tmp");
-        for entry in std::fs::read_dir(&tmp)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)?;
-            } else {
-                std::fs::remove_file(&path)?;
+        for (index, root) in roots.iter().enumerate() {
+            for dir in ["buckets", "uploads", "tmp"] {
+                std::fs::create_dir_all(root.join(dir))?;
             }
+            let tmp = root.join("tmp");
+            for entry in std::fs::read_dir(&tmp)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            durable::sync_dir(&tmp)?;
+            placement::check_marker(root, index, roots.len(), &tmp.join("marker"))?;
         }
-        durable::sync_dir(&tmp)?;
         let key_locks = (0..KEY_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect();
         Ok(Self {
-            root: root.to_owned(),
+            dirs: roots.to_vec(),
             metrics,
             key_locks,
         })
     }
 
-    /// The data directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The data directories, in placement order.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
-    /// A fresh, unused path in `tmp/`.
-    pub fn temp_path(&self) -> PathBuf {
+    /// The first data directory, which holds the bucket settings.
+    fn primary(&self) -> &Path {
+        &self.dirs[0]
+    }
+
+    /// Index of the data directory that holds `key` of `bucket`.
+    fn placed(&self, bucket: &str, key: &str) -> usize {
+        placement::place(bucket, key, self.dirs.len())
+    }
+
+    /// A fresh, unused path in the `tmp/` of data directory `index`.
+    fn temp_path_in(&self, index: usize) -> PathBuf {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        self.root.join("tmp").join(hex::encode(id))
+        self.dirs[index].join("tmp").join(hex::encode(id))
     }
 
-    /// Starts writing a new object into a temporary file.
-    pub fn new_writer(&self) -> Result<ObjectWriter, StoreError> {
-        Ok(ObjectWriter::create(self.temp_path())?)
+    /// A fresh, unused path in the first directory's `tmp/`.
+    fn temp_path(&self) -> PathBuf {
+        self.temp_path_in(0)
+    }
+
+    /// Starts writing a new object that will be committed as `key` of
+    /// `bucket`, in the `tmp/` of the directory that will hold it.
+    pub fn new_writer(&self, bucket: &str, key: &str) -> Result<ObjectWriter, StoreError> {
+        Ok(ObjectWriter::create(
+            self.temp_path_in(self.placed(bucket, key)),
+        )?)
     }
 
     fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
         if !buckets::is_valid_bucket_name(bucket) {
             return Err(StoreError::InvalidBucketName);
         }
-        Ok(self.root.join("buckets").join(bucket))
+        Ok(self.primary().join("buckets").join(bucket))
     }
 
+    /// The objects directory of `bucket` in the first data directory; it
+    /// exists exactly when the bucket does.
     fn objects_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
         Ok(self.bucket_dir(bucket)?.join("objects"))
     }
 
+    /// The objects directory of `bucket` in data directory `index` (created
+    /// lazily in all but the first).
+    fn objects_dir_in(&self, index: usize, bucket: &str) -> Result<PathBuf, StoreError> {
+        if !buckets::is_valid_bucket_name(bucket) {
+            return Err(StoreError::InvalidBucketName);
+        }
+        Ok(self.dirs[index]
+            .join("buckets")
+            .join(bucket)
+            .join("objects"))
+    }
+
     /// Path of the object file of `key`; refuses unsafe keys.
     pub fn object_path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
-        Ok(self.objects_dir(bucket)?.join(key_to_path(key)?))
+        let relative = key_to_path(key)?;
+        Ok(self
+            .objects_dir_in(self.placed(bucket, key), bucket)?
+            .join(relative))
     }
 
     fn key_lock(&self, bucket: &str, key: &str) -> &tokio::sync::Mutex<()> {
@@ -159,10 +222,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         let guard = TempGuard(temp);
         let relative = key_to_path(key)?;
-        let objects = self.objects_dir(bucket)?;
-        if !objects.exists() {
+        if !self.objects_dir(bucket)?.exists() {
             return Err(StoreError::NoSuchBucket);
         }
+        let index = self.placed(bucket, key);
+        let objects = self.objects_dir_in(index, bucket)?;
+        let bucket_base = (index != 0).then(|| self.dirs[index].clone());
+        let bucket_name = bucket.to_owned();
         let _lock = self.key_lock(bucket, key).lock().await;
         let existing = match self.open_object(bucket, key).await {
             Ok(reader) => Some(reader.meta),
@@ -175,9 +241,14 @@ impl Store {
             check_not_locked(meta, false)?;
         }
         let temp = guard.0.clone();
-        tokio::task::spawn_blocking(move || publish(&objects, &relative, &temp))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || {
+            if let Some(base) = bucket_base {
+                ensure_objects_dir(&base, &bucket_name)?;
+            }
+            publish(&objects, &relative, &temp)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         std::mem::forget(guard);
         Ok(())
     }
@@ -191,10 +262,10 @@ impl Store {
         bypass_governance: bool,
     ) -> Result<(), StoreError> {
         let path = self.object_path(bucket, key)?;
-        let objects = self.objects_dir(bucket)?;
-        if !objects.exists() {
+        if !self.objects_dir(bucket)?.exists() {
             return Err(StoreError::NoSuchBucket);
         }
+        let objects = self.objects_dir_in(self.placed(bucket, key), bucket)?;
         let _lock = self.key_lock(bucket, key).lock().await;
         match self.open_object(bucket, key).await {
             Ok(reader) => check_not_locked(&reader.meta, bypass_governance)?,
@@ -210,7 +281,13 @@ impl Store {
                 Err(error) => return Err(error.into()),
             }
             if let Some(dir) = path.parent() {
-                durable::sync_dir(dir)?;
+                match durable::sync_dir(dir) {
+                    Ok(()) => {}
+                    // A concurrent delete of the last other key pruned the
+                    // directory, and with it our entry.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
                 durable::prune_empty_dirs(&objects, dir);
             }
             Ok(())
@@ -230,7 +307,8 @@ impl Store {
         legal_hold: Option<bool>,
         bypass_governance: bool,
     ) -> Result<(), StoreError> {
-        let objects = self.objects_dir(bucket)?;
+        let index = self.placed(bucket, key);
+        let objects = self.objects_dir_in(index, bucket)?;
         let relative = key_to_path(key)?;
         let _lock = self.key_lock(bucket, key).lock().await;
         let reader = self.open_object(bucket, key).await?;
@@ -242,7 +320,7 @@ impl Store {
         if let Some(hold) = legal_hold {
             meta.legal_hold = hold;
         }
-        let temp = self.temp_path();
+        let temp = self.temp_path_in(index);
         let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let (temp, _) = crate::object_file::rewrite_meta(&reader, temp, meta)?;
             publish(&objects, &relative, &temp)
@@ -258,14 +336,19 @@ impl Store {
         bucket: &str,
         keys: Vec<String>,
     ) -> Result<Vec<bool>, StoreError> {
-        let objects = self.objects_dir(bucket)?;
-        if !objects.exists() {
+        if !self.objects_dir(bucket)?.exists() {
             return Err(StoreError::NoSuchBucket);
         }
+        let objects: Vec<PathBuf> = (0..self.dirs.len())
+            .map(|index| self.objects_dir_in(index, bucket))
+            .collect::<Result<_, _>>()?;
+        let bucket = bucket.to_owned();
         tokio::task::spawn_blocking(move || {
             keys.iter()
                 .map(|key| match key_to_path(key) {
-                    Ok(relative) => objects.join(relative).is_file(),
+                    Ok(relative) => objects[placement::place(&bucket, key, objects.len())]
+                        .join(relative)
+                        .is_file(),
                     Err(_) => false,
                 })
                 .collect()
@@ -274,23 +357,37 @@ impl Store {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))
     }
 
-    /// Bytes used and available on the data directory's file system.
-    pub fn disk_usage(&self) -> Option<(u64, u64)> {
-        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs only writes into the zeroed struct we pass.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: path is a valid NUL-terminated string; stat is valid memory.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-            return None;
-        }
-        let block = stat.f_frsize;
-        let total = stat.f_blocks.saturating_mul(block);
-        let free = stat.f_bavail.saturating_mul(block);
-        Some((
-            total.saturating_sub(stat.f_bfree.saturating_mul(block)),
-            free,
-        ))
+    /// Bytes used and available on each data directory's file system
+    /// (directories whose file system cannot be queried are left out).
+    pub fn disk_usage(&self) -> Vec<DiskUsage> {
+        self.dirs
+            .iter()
+            .filter_map(|dir| disk_usage_of(dir))
+            .collect()
     }
+}
+
+fn disk_usage_of(dir: &Path) -> Option<DiskUsage> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we pass.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: path is a valid NUL-terminated string; stat is valid memory.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize;
+    let total = stat.f_blocks.saturating_mul(block);
+    Some(DiskUsage {
+        dir: dir.to_owned(),
+        used: total.saturating_sub(stat.f_bfree.saturating_mul(block)),
+        available: stat.f_bavail.saturating_mul(block),
+    })
+}
+
+/// Creates `buckets/NAME/objects` in a data directory other than the first,
+/// syncing every directory whose entries change.
+fn ensure_objects_dir(base: &Path, bucket: &str) -> std::io::Result<()> {
+    durable::ensure_dirs(base, &Path::new("buckets").join(bucket).join("objects"))
 }
 
 /// Removes a temporary file unless it was published.

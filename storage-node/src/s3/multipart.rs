@@ -103,7 +103,7 @@ pub async fn upload_part(
         .body
         .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
     let sink = Sink {
-        writer: s3.store.new_writer()?,
+        writer: s3.store.new_part_writer(&input.upload_id)?,
         md5: s3s::crypto::Md5::new(),
         checksum: hasher,
     };

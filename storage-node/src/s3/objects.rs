@@ -52,7 +52,7 @@ pub async fn put_object(
         .body
         .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
     let sink = Sink {
-        writer: s3.store.new_writer()?,
+        writer: s3.store.new_writer(&input.bucket, &input.key)?,
         md5: s3s::crypto::Md5::new(),
         checksum: hasher,
     };
@@ -345,7 +345,7 @@ pub async fn copy_object(
     meta.retention = retention;
     meta.legal_hold = legal_hold;
     meta.last_modified_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let mut writer = s3.store.new_writer()?;
+    let mut writer = s3.store.new_writer(&input.bucket, &input.key)?;
     let store = Arc::clone(&s3.store);
     let (temp, meta) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         for block in 0..reader.meta.size.div_ceil(BLOCK_SIZE) {

@@ -1,6 +1,6 @@
 //! Buckets: creation, settings (Object Lock), listing and removal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         let target = self.bucket_dir(bucket)?;
         let staging = self.temp_path();
-        let buckets = self.root.join("buckets");
+        let buckets = self.primary().join("buckets");
+        // Leftovers in the other directories of a bucket of the same name
+        // (deleted while a write raced with it) must not reappear.
+        let leftovers: Vec<PathBuf> = self.dirs[1..]
+            .iter()
+            .map(|dir| dir.join("buckets").join(bucket))
+            .collect();
         let config = BucketConfig {
             created: time::OffsetDateTime::now_utc(),
             object_lock_enabled,
@@ -72,6 +78,7 @@ impl Store {
             if target.exists() {
                 return Err(StoreError::BucketExists);
             }
+            remove_leftovers(&leftovers)?;
             std::fs::create_dir(&staging)?;
             std::fs::create_dir(staging.join("objects"))?;
             let result = durable::write_atomic(&staging.join("bucket.json"), &temp_file, &json)
@@ -129,7 +136,7 @@ impl Store {
     /// Lists all buckets with their creation time, sorted by name.
     pub async fn list_buckets(&self) -> Result<Vec<(String, BucketConfig)>, StoreError> {
         let mut names = Vec::new();
-        let mut dir = tokio::fs::read_dir(self.root.join("buckets")).await?;
+        let mut dir = tokio::fs::read_dir(self.primary().join("buckets")).await?;
         while let Some(entry) = dir.next_entry().await? {
             if let Some(name) = entry.file_name().to_str()
                 && is_valid_bucket_name(name)
@@ -153,7 +160,11 @@ impl Store {
     pub async fn delete_bucket(&self, bucket: &str) -> Result<(), StoreError> {
         let dir = self.bucket_dir(bucket)?;
         let trash = self.temp_path();
-        let buckets = self.root.join("buckets");
+        let buckets = self.primary().join("buckets");
+        let others: Vec<PathBuf> = self.dirs[1..]
+            .iter()
+            .map(|dir| dir.join("buckets").join(bucket))
+            .collect();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             if !dir.join("bucket.json").exists() {
                 return Err(StoreError::NoSuchBucket);
@@ -161,14 +172,40 @@ impl Store {
             if has_files(&dir.join("objects"))? {
                 return Err(StoreError::BucketNotEmpty);
             }
+            for other in &others {
+                match has_files(&other.join("objects")) {
+                    Ok(true) => return Err(StoreError::BucketNotEmpty),
+                    Ok(false) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
             std::fs::rename(&dir, &trash)?;
             durable::sync_dir(&buckets)?;
             std::fs::remove_dir_all(&trash)?;
+            remove_leftovers(&others)?;
             Ok(())
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
+}
+
+/// Removes a bucket's (empty or stale) directories in the data directories
+/// other than the first.
+fn remove_leftovers(dirs: &[PathBuf]) -> std::io::Result<()> {
+    for dir in dirs {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {
+                if let Some(parent) = dir.parent() {
+                    durable::sync_dir(parent)?;
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn has_files(dir: &Path) -> std::io::Result<bool> {

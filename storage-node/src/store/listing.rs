@@ -1,6 +1,8 @@
 //! ListObjectsV2: a depth-first walk of the object tree in key order, with
 //! pruning by prefix, by the resume point and by common prefixes, so a page
-//! costs the directories it touches rather than the whole bucket.
+//! costs the directories it touches rather than the whole bucket. With
+//! several data directories each is walked for one page and the walks are
+//! merged in key order (a common prefix found in several is listed once).
 
 use std::path::Path;
 
@@ -54,6 +56,15 @@ pub struct ListPage {
 enum Found {
     Object(String, std::path::PathBuf),
     Prefix(String),
+}
+
+impl Found {
+    fn name(&self) -> &str {
+        match self {
+            Self::Object(key, _) => key,
+            Self::Prefix(prefix) => prefix,
+        }
+    }
 }
 
 struct Walk<'a> {
@@ -153,30 +164,81 @@ impl Walk<'_> {
 impl Store {
     /// Lists one page of a bucket.
     pub async fn list(&self, bucket: &str, request: ListRequest) -> Result<ListPage, StoreError> {
-        let objects = self.objects_dir(bucket)?;
-        if !objects.exists() {
+        if !self.objects_dir(bucket)?.exists() {
             return Err(StoreError::NoSuchBucket);
         }
+        let objects: Vec<std::path::PathBuf> = (0..self.dirs.len())
+            .map(|index| self.objects_dir_in(index, bucket))
+            .collect::<Result<_, _>>()?;
         tokio::task::spawn_blocking(move || list_blocking(&objects, &request))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 }
 
-fn list_blocking(objects: &Path, request: &ListRequest) -> Result<ListPage, StoreError> {
-    if request.max_keys == 0 {
-        return Ok(ListPage::default());
-    }
+/// Walks one objects directory: at most `max_keys + 1` entries in key order.
+fn walk_one(objects: &Path, request: &ListRequest) -> std::io::Result<Vec<Found>> {
     let mut walk = Walk {
         request,
         found: Vec::new(),
         last_prefix: None,
     };
     walk.walk(objects, "")?;
-    let truncated = walk.found.len() > request.max_keys;
-    walk.found.truncate(request.max_keys);
-    let mut entries = Vec::with_capacity(walk.found.len());
-    for found in walk.found {
+    Ok(walk.found)
+}
+
+/// Merges per-directory walks (each sorted, each distinct) into one sorted,
+/// distinct list of at most `limit` entries. Every entry of the first
+/// `limit` overall is among the first `limit` of its own directory, so
+/// walking each directory for one page is enough.
+fn merge(walks: Vec<Vec<Found>>, limit: usize) -> Vec<Found> {
+    let mut queues: Vec<std::collections::VecDeque<Found>> =
+        walks.into_iter().map(Into::into).collect();
+    let mut out: Vec<Found> = Vec::new();
+    while out.len() < limit {
+        let mut smallest: Option<(usize, &str)> = None;
+        for (index, queue) in queues.iter().enumerate() {
+            let Some(candidate) = queue.front() else {
+                continue;
+            };
+            if smallest.is_none_or(|(_, name)| candidate.name() < name) {
+                smallest = Some((index, candidate.name()));
+            }
+        }
+        let Some((index, _)) = smallest else { break };
+        let Some(next) = queues[index].pop_front() else {
+            break;
+        };
+        if out.last().is_some_and(|last| last.name() == next.name()) {
+            // The same common prefix in two directories (a key is placed in
+            // exactly one directory, so only prefixes repeat).
+            continue;
+        }
+        out.push(next);
+    }
+    out
+}
+
+fn list_blocking(
+    objects: &[std::path::PathBuf],
+    request: &ListRequest,
+) -> Result<ListPage, StoreError> {
+    if request.max_keys == 0 {
+        return Ok(ListPage::default());
+    }
+    let walks = objects
+        .iter()
+        .map(|dir| walk_one(dir, request))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = request.max_keys.saturating_add(1);
+    let mut found = match walks.len() {
+        1 => walks.into_iter().next().unwrap_or_default(),
+        _ => merge(walks, limit),
+    };
+    let truncated = found.len() > request.max_keys;
+    found.truncate(request.max_keys);
+    let mut entries = Vec::with_capacity(found.len());
+    for found in found {
         match found {
             Found::Prefix(prefix) => entries.push(ListEntry::Prefix(prefix)),
             Found::Object(key, path) => match ObjectReader::open(&path) {
@@ -223,14 +285,14 @@ mod tests {
             max_keys: max,
             ..Default::default()
         };
-        let page = list_blocking(dir.path(), &all(None, 1000)).expect("list");
+        let page = list_blocking(&[dir.path().to_owned()], &all(None, 1000)).expect("list");
         assert_eq!(names(&page), keys);
         assert!(!page.truncated);
 
-        let page = list_blocking(dir.path(), &all(None, 3)).expect("list");
+        let page = list_blocking(&[dir.path().to_owned()], &all(None, 3)).expect("list");
         assert_eq!(names(&page), ["a", "a-c", "a/b"]);
         assert!(page.truncated);
-        let page = list_blocking(dir.path(), &all(Some("a/b"), 3)).expect("list");
+        let page = list_blocking(&[dir.path().to_owned()], &all(Some("a/b"), 3)).expect("list");
         assert_eq!(names(&page), ["a/c/d", "b", "b/x"]);
 
         let delimited = |prefix: &str, after: Option<&str>, max| ListRequest {
@@ -239,14 +301,73 @@ mod tests {
             after: after.map(str::to_owned),
             max_keys: max,
         };
-        let page = list_blocking(dir.path(), &delimited("", None, 1000)).expect("list");
+        let page =
+            list_blocking(&[dir.path().to_owned()], &delimited("", None, 1000)).expect("list");
         assert_eq!(names(&page), ["a", "a-c", "a/", "b", "b/", "c/", "dir/"]);
-        let page = list_blocking(dir.path(), &delimited("a/", None, 1000)).expect("list");
+        let page =
+            list_blocking(&[dir.path().to_owned()], &delimited("a/", None, 1000)).expect("list");
         assert_eq!(names(&page), ["a/b", "a/c/"]);
-        let page = list_blocking(dir.path(), &delimited("", Some("a/"), 2)).expect("list");
+        let page =
+            list_blocking(&[dir.path().to_owned()], &delimited("", Some("a/"), 2)).expect("list");
         assert_eq!(names(&page), ["b", "b/"]);
         assert!(page.truncated);
-        let page = list_blocking(dir.path(), &delimited("a", None, 1000)).expect("list");
+        let page =
+            list_blocking(&[dir.path().to_owned()], &delimited("a", None, 1000)).expect("list");
         assert_eq!(names(&page), ["a", "a-c", "a/"]);
+    }
+
+    #[test]
+    fn several_directories_list_like_one() {
+        let single = tempfile::tempdir().expect("tempdir");
+        let split = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let mut keys = Vec::new();
+        for i in 0..60 {
+            keys.push(format!("chunks/{:02x}/{i}", i % 7));
+            keys.push(format!("index/{i}"));
+            keys.push(format!("k{i}"));
+        }
+        keys.push("chunks".to_owned());
+        keys.push("chunks-x".to_owned());
+        for key in &keys {
+            put(single.path(), key);
+            let index = crate::store::placement::place("bucket", key, split.len());
+            put(split[index].path(), key);
+        }
+        let one = [single.path().to_owned()];
+        let many: Vec<std::path::PathBuf> = split.iter().map(|d| d.path().to_owned()).collect();
+        for delimiter in [None, Some("/")] {
+            for prefix in ["", "chunks", "chunks/", "chunks/03/", "k", "index/1"] {
+                for after in [None, Some("chunks/01/"), Some("index/3"), Some("k5")] {
+                    for max_keys in [1, 2, 7, 1000] {
+                        let request = ListRequest {
+                            prefix: prefix.to_owned(),
+                            delimiter: delimiter.map(str::to_owned),
+                            after: after.map(str::to_owned),
+                            max_keys,
+                        };
+                        let expected = list_blocking(&one, &request).expect("list one");
+                        let merged = list_blocking(&many, &request).expect("list many");
+                        assert_eq!(names(&merged), names(&expected), "{request:?}");
+                        assert_eq!(merged.truncated, expected.truncated, "{request:?}");
+                    }
+                }
+            }
+        }
+        // Every directory holds some of the keys.
+        for dir in &split {
+            let page = list_blocking(
+                &[dir.path().to_owned()],
+                &ListRequest {
+                    max_keys: 1000,
+                    ..Default::default()
+                },
+            )
+            .expect("list");
+            assert!(page.entries.len() > 20, "{}", page.entries.len());
+        }
     }
 }

@@ -56,7 +56,23 @@ impl Store {
         if !valid {
             return Err(StoreError::NoSuchUpload);
         }
-        Ok(self.root.join("uploads").join(upload_id))
+        Ok(self.dirs[self.upload_home(upload_id)]
+            .join("uploads")
+            .join(upload_id))
+    }
+
+    /// Index of the data directory that holds upload `upload_id`.
+    fn upload_home(&self, upload_id: &str) -> usize {
+        super::placement::place_upload(upload_id, self.dirs.len())
+    }
+
+    /// Starts writing a part of upload `upload_id` in the `tmp/` of the
+    /// directory that holds the upload.
+    pub fn new_part_writer(&self, upload_id: &str) -> Result<ObjectWriter, StoreError> {
+        self.upload_dir(upload_id)?;
+        Ok(ObjectWriter::create(
+            self.temp_path_in(self.upload_home(upload_id)),
+        )?)
     }
 
     /// Starts an upload and returns its id.
@@ -69,8 +85,9 @@ impl Store {
         let dir = self.upload_dir(&id)?;
         let json =
             serde_json::to_vec(info).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let temp = self.temp_path();
-        let uploads = self.root.join("uploads");
+        let home = self.upload_home(&id);
+        let temp = self.temp_path_in(home);
+        let uploads = self.dirs[home].join("uploads");
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir(&dir)?;
             durable::sync_dir(&uploads)?;
@@ -104,7 +121,7 @@ impl Store {
         Ok(info)
     }
 
-    /// Stores a finished part file (written with [`Store::new_writer`]).
+    /// Stores a finished part file (written with [`Store::new_part_writer`]).
     pub async fn commit_part(
         &self,
         upload_id: &str,
@@ -182,7 +199,7 @@ impl Store {
             return Err(StoreError::InvalidPartOrder);
         }
         let dir = self.upload_dir(upload_id)?;
-        let writer = self.new_writer()?;
+        let writer = self.new_writer(&info.bucket, &info.key)?;
         let mut meta = info.meta.clone();
         let part_dir = dir.clone();
         let built =
@@ -238,7 +255,7 @@ impl Store {
     /// Removes an upload and its parts.
     pub async fn abort_upload(&self, upload_id: &str) -> Result<(), StoreError> {
         let dir = self.upload_dir(upload_id)?;
-        let trash = self.temp_path();
+        let trash = self.temp_path_in(self.upload_home(upload_id));
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             match std::fs::rename(&dir, &trash) {
                 Ok(()) => {}
@@ -260,18 +277,20 @@ impl Store {
         bucket: &str,
     ) -> Result<Vec<(String, String, time::OffsetDateTime)>, StoreError> {
         let mut out = Vec::new();
-        let mut dir = tokio::fs::read_dir(self.root.join("uploads")).await?;
-        while let Some(entry) = dir.next_entry().await? {
-            let Ok(bytes) = tokio::fs::read(entry.path().join("upload.json")).await else {
-                continue;
-            };
-            let Ok(info) = serde_json::from_slice::<UploadInfo>(&bytes) else {
-                continue;
-            };
-            if info.bucket == bucket
-                && let Some(id) = entry.file_name().to_str()
-            {
-                out.push((info.key, id.to_owned(), info.created));
+        for root in &self.dirs {
+            let mut dir = tokio::fs::read_dir(root.join("uploads")).await?;
+            while let Some(entry) = dir.next_entry().await? {
+                let Ok(bytes) = tokio::fs::read(entry.path().join("upload.json")).await else {
+                    continue;
+                };
+                let Ok(info) = serde_json::from_slice::<UploadInfo>(&bytes) else {
+                    continue;
+                };
+                if info.bucket == bucket
+                    && let Some(id) = entry.file_name().to_str()
+                {
+                    out.push((info.key, id.to_owned(), info.created));
+                }
             }
         }
         out.sort();
