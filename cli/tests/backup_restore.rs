@@ -26,6 +26,32 @@ fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
 
     bed.backup("from-raw", &[&raw]);
     bed.backup("from-qcow2", &[&qcow2]);
+    // VMware and Hyper-V disks copied off their hosts go through the same path.
+    for format in ["vmdk", "vhdx"] {
+        let image = bed.path(&format!("source.{format}"));
+        common::run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                format,
+                raw.to_str().unwrap(),
+                image.to_str().unwrap(),
+            ],
+        );
+        let vm = format!("from-{format}");
+        bed.backup(&vm, &[&image]);
+        let out = bed.path(&format!("{vm}.raw"));
+        bed.ok(&[
+            "restore",
+            &format!("{vm}@latest"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert_same_disk(&raw, &out);
+    }
     for vm in ["from-raw", "from-qcow2"] {
         for format in ["raw", "qcow2"] {
             let out = bed.path(&format!("{vm}.{format}"));
