@@ -72,6 +72,8 @@ unix_sock_group = "root"
 unix_sock_rw_perms = "0700"
 auth_unix_rw = "none"
 auth_unix_ro = "none"
+log_filters = "1:qemu.qemu_monitor"
+log_outputs = "1:file:$work/libvirtd.log"
 CONF
 virtlogd --daemon --pid-file "$work/virtlogd.pid"
 libvirtd --daemon --config "$work/libvirtd.conf" --pid-file "$work/libvirtd.pid"
@@ -124,6 +126,23 @@ with open(sys.argv[1] + ".point", "w") as f:
     f.write(f"{point:.1f}")
 PY
     cp "$work/out.point" "$work/point-$tool-$step"
+    if [ "$tool" = haven ]; then
+      python3 - "$work/libvirtd.log" > "$work/point-transaction-$step" <<'PY'
+import json, re, sys
+from datetime import datetime
+stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+sent, answered = None, None
+for line in open(sys.argv[1], errors="replace"):
+    if '"execute":"transaction"' in line:
+        match = re.search(r'"id":"(libvirt-\d+)"', line)
+        sent, wanted, answered = stamp(line), match and match.group(1), None
+    elif sent and answered is None and wanted and "QEMU_MONITOR_RECV_REPLY" in line and f'"{wanted}"' in line:
+        answered = stamp(line)
+held = (answered - sent).total_seconds() * 1000 if sent and answered else None
+print("?" if held is None else "<1" if held < 1 else f"{held:.0f}")  # the log has ms resolution
+PY
+      printf '%28s libvirt transaction (guest i/o held): %s ms\n' "" "$(cat "$work/point-transaction-$step")"
+    fi
   else
     printf '  stored %s\n' "$(du -sh "$work/vnb" | cut -f1)"
   fi
@@ -177,13 +196,15 @@ t = {}
 for line in open(sys.argv[1]):
     tool, step, seconds, rss = line.split()
     t[(tool, step)] = float(seconds)
-point = lambda tool, step: open(f"{sys.argv[2]}/point-{tool}-{step}").read()
+point = lambda tool, step: open(f"{sys.argv[2]}/point-{tool}-{step}").read().strip()
 for step in ("full", "incremental"):
     h, v = t[("haven", step)], t[("virtnbdbackup", step)]
     print(f"{step:12} haven {h:6.2f} s   virtnbdbackup {v:6.2f} s   haven/virtnbdbackup = {h / v:.2f}"
           f"   (haven qemu adapter {t[('haven-qemu', step)]:.2f} s)")
 print(f"snapshot point, libvirt (virsh backup-begin round trip): full {point('haven', 'full')} ms,"
       f" incremental {point('haven', 'incremental')} ms")
+print(f"  of which libvirt's QMP transaction (guest i/o held): full {point('transaction', 'full')} ms,"
+      f" incremental {point('transaction', 'incremental')} ms")
 print(f"snapshot point, qemu adapter (guest i/o held): full {point('haven-qemu', 'full')} ms,"
       f" incremental {point('haven-qemu', 'incremental')} ms")
 PY
