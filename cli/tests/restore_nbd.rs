@@ -54,6 +54,31 @@ impl Export {
         Self::wait(child, socket)
     }
 
+    /// `qemu-nbd` of a raw `image` on TCP 127.0.0.1:`port`, persistent.
+    fn qemu_nbd_tcp(image: &Path, port: u16) -> Self {
+        let child = Command::new("qemu-nbd")
+            .args(["-f", "raw", "-x", "vm", "-t", "-b", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .arg(image)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd must be installed (qemu-utils)");
+        let mut export = Self {
+            child: Some(child),
+            socket: PathBuf::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let child = export.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("qemu-nbd exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "qemu-nbd did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        export
+    }
+
     fn wait(child: Child, socket: PathBuf) -> Self {
         let mut export = Self {
             child: Some(child),
@@ -189,6 +214,26 @@ fn full_restore_into_qemu_nbd_and_clear_errors() {
         SIZE,
         "{report}"
     );
+
+    // The same over TCP (nbd://host:port/export) into an empty disk.
+    let blank = bed.path("blank.raw");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut export = Export::qemu_nbd_tcp(&blank, port);
+    let uri = format!("nbd://127.0.0.1:{port}/vm");
+    let report = bed.json(&["restore", "web1@latest", "--to", &uri, "--only-changed"]);
+    export.stop();
+    assert_same_disk(&blank, &new);
+    // An empty target: every zero slot is skipped by block status, no slot is compared.
+    assert_eq!(field(&report, "bytes_compared"), 0, "{report}");
+    assert_eq!(field(&report, "bytes_zeroed"), 0, "{report}");
 
     // A target of another size is refused before anything is written.
     let small = bed.path("small.qcow2");
