@@ -182,6 +182,7 @@ async fn run(
             "domain {domain} has no disk to back up"
         )));
     }
+    job::abort_leftover_job(virsh, domain).await?;
     let new_checkpoint = checkpoint_name(&request.vm, &plan.id.timestamp);
     let mut checkpoints = virsh.checkpoints(domain).await?;
     if checkpoints.contains(&new_checkpoint) {

@@ -184,6 +184,44 @@ impl BackupJob {
     }
 }
 
+/// Ends a pull-mode backup job that a killed Haven left running on the domain (libvirt
+/// runs one backup job per domain, so it would block every later backup). A job is
+/// Haven's when its NBD socket lies in a `haven-libvirt-*` scratch folder; another
+/// tool's job is left alone (`backup-begin` then fails with libvirt's message).
+pub async fn abort_leftover_job(virsh: &Virsh, domain: &str) -> Result<bool> {
+    let Ok(xml) = virsh.run(&["backup-dumpxml", domain]).await else {
+        // No backup job on the domain.
+        return Ok(false);
+    };
+    if !is_haven_job(&xml) {
+        return Ok(false);
+    }
+    tracing::warn!(domain, "ending a backup job a killed haven left running");
+    virsh.run(&["domjobabort", domain]).await?;
+    // libvirt removed the scratch files; the killed run's folder is Haven's to remove.
+    if let Some(folder) = job_folder(&xml)
+        && let Err(error) = std::fs::remove_dir_all(&folder)
+    {
+        tracing::warn!(folder = %folder.display(), %error, "cannot remove a killed run's scratch folder");
+    }
+    Ok(true)
+}
+
+/// Whether a `backup-dumpxml` document is a job Haven started.
+pub fn is_haven_job(xml: &str) -> bool {
+    job_folder(xml).is_some()
+}
+
+/// The `haven-libvirt-*` folder holding the job's NBD socket.
+fn job_folder(xml: &str) -> Option<PathBuf> {
+    let start = xml.find("socket='")? + "socket='".len();
+    let end = start + xml[start..].find('\'')?;
+    let folder = Path::new(&xml[start..end]).parent()?;
+    let name = folder.file_name()?.to_str()?;
+    name.starts_with("haven-libvirt-")
+        .then(|| folder.to_path_buf())
+}
+
 /// After the commit: deletes every other Haven checkpoint of `vm` (older ones, and
 /// any a killed run left), oldest first. Other tools' checkpoints are never touched.
 pub async fn delete_older_checkpoints(
@@ -226,6 +264,14 @@ mod tests {
             size: 1 << 20,
             mode,
         }
+    }
+
+    #[test]
+    fn recognises_haven_jobs() {
+        let ours = "<domainbackup mode='pull'>\n  <server transport='unix' socket='/tmp/haven-libvirt-Ab12/nbd.sock'/>";
+        assert!(is_haven_job(ours));
+        let theirs = "<domainbackup mode='pull'>\n  <server transport='unix' socket='/var/tmp/virtnbdbackup.88'/>";
+        assert!(!is_haven_job(theirs));
     }
 
     #[test]
