@@ -15,11 +15,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# NTFS: mkntfs and ntfscp from ntfs-3g, unpacked into a private folder instead of
+# NTFS: mkntfs, ntfscp and the ntfs-3g FUSE driver (tests build directory trees through
+# it), unpacked into a private folder instead of
 # installed, because `apt-get install ntfs-3g` removes fuse 2.x (restic and rclone need
 # it). Tests run them with LD_LIBRARY_PATH pointing at the unpacked library.
 ntfs_dir="${HAVEN_NTFS3G_DIR:-/opt/haven/ntfs-3g}"
-if [ ! -x "$ntfs_dir/sbin/mkntfs" ] || [ ! -x "$ntfs_dir/sbin/ntfscp" ] \
+if [ ! -x "$ntfs_dir/sbin/mkntfs" ] || [ ! -x "$ntfs_dir/sbin/ntfscp" ] || [ ! -x "$ntfs_dir/bin/ntfs-3g" ] \
   || ! LD_LIBRARY_PATH="$ntfs_dir/lib/x86_64-linux-gnu" "$ntfs_dir/sbin/ntfscp" -V >/dev/null 2>&1; then
   download="$(mktemp -d)"
   trap 'rm -rf "$download"' EXIT

@@ -1,13 +1,14 @@
 //! `haven files` on NTFS images built without mounting (`mkntfs` + `ntfscp` from the
 //! ntfs-3g that `scripts/install-files-deps.sh` unpacks), bare and inside a GPT disk.
-//! ntfscp writes into the root directory only, so the trees are flat.
+//! ntfscp writes into the root directory only; trees with directories are written
+//! through ntfs-3g's own FUSE mount (`/dev/fuse`), then unmounted before the backup.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Bed, MIB, noise, run, write_at};
@@ -274,4 +275,185 @@ fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A foreground `ntfs-3g` FUSE mount, unmounted (and its daemon reaped, so every write
+/// is on the image) by `unmount` or, on a failing test, by drop.
+struct NtfsMount {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl NtfsMount {
+    fn new(image: &Path, mountpoint: &Path) -> Self {
+        let dir = ntfs3g_dir();
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let child = Command::new(dir.join("bin/ntfs-3g"))
+            .args(["-o", "no_detach"])
+            .arg(image)
+            .arg(mountpoint)
+            .env("LD_LIBRARY_PATH", dir.join("lib/x86_64-linux-gnu"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run ntfs-3g: {error}"));
+        let mut mount = Self {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mounts = || std::fs::read_to_string("/proc/self/mounts").unwrap();
+        while !mounts().contains(&format!(" {} ", mountpoint.display())) {
+            if let Some(status) = mount.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ntfs-3g exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "ntfs-3g did not mount");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        mount
+    }
+
+    fn unmount(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            run("umount", &[self.mountpoint.to_str().unwrap()]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "ntfs-3g did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for NtfsMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// (path → (kind, size)) of the whole tree under `spec`, through `files ls --json`.
+fn snapshot_tree(bed: &Bed, spec: &str) -> BTreeMap<String, (String, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec!["/".to_string()];
+    while let Some(dir) = stack.pop() {
+        let listing = bed.json(&["files", "ls", &format!("{spec}:{dir}")]);
+        for entry in listing["entries"].as_array().unwrap() {
+            let path = entry["path"].as_str().unwrap().to_string();
+            let kind = entry["kind"].as_str().unwrap().to_string();
+            if kind == "dir" {
+                stack.push(path.clone());
+            }
+            out.insert(path, (kind, entry["size"].as_u64().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn ntfs_directory_tree_written_through_fuse() {
+    let bed = Bed::new();
+    bed.init();
+    let image = bed.path("tree.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    ntfs_tool("mkntfs", &["-q", "-F", "-f", image.to_str().unwrap()]);
+
+    // Nested directories, a directory large enough for an index allocation (B-tree
+    // nodes outside the MFT record), non-ASCII names, sizes from 0 to 2 MiB.
+    let mut expected: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
+    let add_dir = |expected: &mut BTreeMap<String, (String, u64)>, path: &str| {
+        expected.insert(path.to_string(), ("dir".to_string(), 0));
+    };
+    for dir in [
+        "/Users",
+        "/Users/Алиса",
+        "/Users/Алиса/Documents",
+        "/deep",
+        "/deep/a",
+        "/deep/a/b",
+        "/deep/a/b/c",
+        "/deep/a/b/c/d",
+        "/many",
+    ] {
+        add_dir(&mut expected, dir);
+    }
+    contents.push((
+        "/Users/Алиса/Documents/report.docx".into(),
+        noise(10, 70_000),
+    ));
+    contents.push((
+        "/Users/Алиса/notes – 2026.txt".into(),
+        b"unicode name\n".to_vec(),
+    ));
+    contents.push(("/deep/a/b/c/d/leaf.bin".into(), noise(11, 2 * MIB as usize)));
+    contents.push(("/deep/empty".into(), Vec::new()));
+    for number in 0..300u64 {
+        contents.push((
+            format!("/many/file-{number:04}.dat"),
+            noise(100 + number, (number as usize * 37) % 3000),
+        ));
+    }
+    let mountpoint = bed.path("mnt");
+    let mut mount = NtfsMount::new(&image, &mountpoint);
+    for (dir, _) in expected.iter() {
+        std::fs::create_dir_all(mountpoint.join(dir.trim_start_matches('/'))).unwrap();
+    }
+    for (path, data) in &contents {
+        let local = mountpoint.join(path.trim_start_matches('/'));
+        std::fs::write(&local, data).unwrap();
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&local)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+        expected.insert(path.clone(), ("file".to_string(), data.len() as u64));
+    }
+    mount.unmount();
+    bed.backup("tree", &[&image]);
+
+    assert_eq!(snapshot_tree(&bed, "tree@latest"), expected);
+
+    // The whole tree: every file's bytes and mtime.
+    let restored = bed.path("restored");
+    std::fs::create_dir(&restored).unwrap();
+    let report = bed.json(&["files", "get", "tree:/", "--to", restored.to_str().unwrap()]);
+    assert_eq!(
+        report["files"].as_u64(),
+        Some(contents.len() as u64),
+        "{report}"
+    );
+    for (path, data) in &contents {
+        let copy = restored.join("root").join(path.trim_start_matches('/'));
+        assert!(std::fs::read(&copy).unwrap() == *data, "{path} bytes");
+        assert_eq!(
+            std::fs::metadata(&copy).unwrap().mtime(),
+            1_700_000_000,
+            "{path} mtime"
+        );
+    }
+    // One file deep in the tree, by a case-insensitive path.
+    let leaf = bed.path("leaf.bin");
+    bed.ok(&[
+        "files",
+        "get",
+        "tree:/DEEP/a/B/c/d/Leaf.bin",
+        "--to",
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&leaf).unwrap() == noise(11, 2 * MIB as usize));
+    let found = bed.json(&["files", "find", "tree", "--name", "file-029?.dat"]);
+    assert_eq!(found["entries"].as_array().unwrap().len(), 10, "{found}");
 }
