@@ -326,6 +326,28 @@ fn kill_during_job(bed: &Bed, libvirt: &Libvirt, domain: &str) {
     );
 }
 
+/// The manifest of `snapshot` (`VM@TIME`), read through the repository library.
+fn manifest(bed: &Bed, snapshot: &str) -> haven_repo::Manifest {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let backend = haven_repo::Backend::from_url(&bed.repo_url(), false).unwrap();
+        let repo = haven_repo::Repository::open(backend, common::PASSWORD.as_bytes())
+            .await
+            .unwrap();
+        let id = repo
+            .list_snapshots(Some("vm"))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|id| format!("{}@{}", id.vm, id.timestamp) == snapshot)
+            .unwrap();
+        repo.read_manifest(&id).await.unwrap()
+    })
+}
+
 fn mode(report: &Value, name: &str) -> (String, String) {
     let mode = report["modes"]
         .as_array()
@@ -426,6 +448,16 @@ fn domain_full_then_two_incrementals_restore_identical() {
         assert_eq!(mode(&full, target).0, "full");
     }
     let first_checkpoint = full["checkpoint"].as_str().unwrap().to_string();
+    // The domain XML travels with the snapshot, and the chain names the checkpoint.
+    let recorded = manifest(&bed, full["snapshot"].as_str().unwrap());
+    let config = recorded.vm_config.expect("vm_config recorded");
+    assert_eq!(config.kind, "libvirt-xml");
+    assert!(config.data.contains(&format!("<name>{name}</name>")));
+    assert!(config.data.contains(images[1].to_str().unwrap()));
+    assert_eq!(recorded.source.kind, "libvirt");
+    for disk in &recorded.disks {
+        assert_eq!(disk.chain["checkpoint"], first_checkpoint);
+    }
     assert!(first_checkpoint.starts_with("haven-vm-"));
     let round0 = copies(&bed, &expected, 0);
 
