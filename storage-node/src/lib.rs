@@ -26,6 +26,7 @@ pub mod config;
 mod error;
 pub mod exists;
 mod keypath;
+mod md5;
 mod metrics;
 mod object_file;
 mod s3;

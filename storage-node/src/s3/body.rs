@@ -1,7 +1,6 @@
 //! Moving object bytes between HTTP bodies and object files without blocking
 //! the async runtime: hashing and file I/O run on blocking threads.
 
-use s3s::crypto::Checksum as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +23,7 @@ pub struct Sink {
     /// The temporary object file.
     pub writer: ObjectWriter,
     /// MD5 for the ETag and Content-MD5.
-    pub md5: s3s::crypto::Md5,
+    pub md5: crate::md5::Md5,
     /// The x-amz-checksum-* algorithms the client asked for.
     pub checksum: s3s::checksum::ChecksumHasher,
 }

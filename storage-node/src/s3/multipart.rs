@@ -1,6 +1,5 @@
 //! Multipart uploads.
 
-use s3s::crypto::Checksum as _;
 use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 
@@ -104,7 +103,7 @@ pub async fn upload_part(
         .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
     let sink = Sink {
         writer: s3.store.new_part_writer(&input.upload_id)?,
-        md5: s3s::crypto::Md5::new(),
+        md5: crate::md5::Md5::new(),
         checksum: hasher,
     };
     let sink = body::receive(body_stream, sink, max_size).await?;

@@ -1,6 +1,5 @@
 //! Object operations: PUT, GET, HEAD, DELETE (single and batch), COPY.
 
-use s3s::crypto::Checksum as _;
 use std::sync::Arc;
 
 use s3s::dto::*;
@@ -53,7 +52,7 @@ pub async fn put_object(
         .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
     let sink = Sink {
         writer: s3.store.new_writer(&input.bucket, &input.key)?,
-        md5: s3s::crypto::Md5::new(),
+        md5: crate::md5::Md5::new(),
         checksum: hasher,
     };
     let sink = body::receive(body_stream, sink, max_size).await?;

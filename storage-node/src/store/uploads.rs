@@ -1,7 +1,6 @@
 //! Multipart uploads: each part is a complete object file of its own under
 //! `uploads/ID/`; completion concatenates verified parts into one new object.
 
-use s3s::crypto::Checksum as _;
 use std::path::PathBuf;
 
 use rand::RngCore;
@@ -235,7 +234,7 @@ impl Store {
                         .map_err(|_| StoreError::Corrupt(format!("part {number} etag")))?;
                     md5_of_md5s.extend_from_slice(&digest);
                 }
-                let mut md5 = s3s::crypto::Md5::new();
+                let mut md5 = crate::md5::Md5::new();
                 md5.update(&md5_of_md5s);
                 meta.etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
                 meta.parts_count = u32::try_from(parts.len()).ok();
