@@ -6,8 +6,13 @@
 //! files) are listed as special entries and not restored. The metadata files of the
 //! root directory (`$MFT`, `$Bitmap`, … — MFT records below 24) are hidden, as Windows
 //! does.
+//!
+//! The crate walks B-trees and attribute lists without bounding them, so a hostile
+//! volume whose structures point back at themselves could keep it reading forever.
+//! Every operation therefore reads through a [`Budgeted`] reader that fails once it
+//! has read more than a fixed budget (plus, when copying, the file's own size).
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
@@ -21,6 +26,46 @@ use crate::volume::{Entry, EntryKind, Limits, join};
 const FIRST_USER_RECORD: u64 = 24;
 /// 100 ns intervals between 1601-01-01 (NT epoch) and 1970-01-01.
 const NT_TO_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
+
+/// Bytes of metadata one operation may read before it is taken for a loop.
+const METADATA_READ_BUDGET: u64 = 1 << 30;
+
+/// A reader that fails after `left` more bytes, so corrupt structures cannot hang a walk.
+pub(crate) struct Budgeted {
+    inner: DeviceSlice,
+    left: u64,
+}
+
+impl Budgeted {
+    fn new(inner: DeviceSlice, budget: u64) -> Self {
+        Self {
+            inner,
+            left: budget,
+        }
+    }
+}
+
+impl Read for Budgeted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other(
+                "read budget exhausted: the volume's structures loop or are implausibly large",
+            ));
+        }
+        let allowed = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let count = self.inner.read(&mut buf[..allowed])?;
+        self.left -= count as u64;
+        Ok(count)
+    }
+}
+
+impl Seek for Budgeted {
+    fn seek(&mut self, from: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(from)
+    }
+}
 
 /// An opened NTFS volume and the slice it is read from.
 pub(crate) struct NtfsVolume {
@@ -42,7 +87,7 @@ fn driver(error: ntfs::NtfsError, path: &str) -> FilesError {
 }
 
 pub(crate) fn open(slice: DeviceSlice) -> Result<NtfsVolume> {
-    let mut reader = slice.clone();
+    let mut reader = Budgeted::new(slice.clone(), METADATA_READ_BUDGET);
     let mut ntfs = Ntfs::new(&mut reader).map_err(|error| driver(error, "boot sector"))?;
     ntfs.read_upcase_table(&mut reader)
         .map_err(|error| driver(error, "$UpCase"))?;
@@ -67,7 +112,7 @@ fn unix_time_of(nt_timestamp: u64) -> (i64, u32) {
 /// Returns the file and its name as stored (with the stored case).
 fn resolve<'n>(
     volume: &'n NtfsVolume,
-    reader: &mut DeviceSlice,
+    reader: &mut Budgeted,
     path: &str,
 ) -> Result<(NtfsFile<'n>, String)> {
     let mut current = volume
@@ -108,12 +153,7 @@ fn resolve<'n>(
 }
 
 /// Builds the entry of `file`, whose name is `name` and path `path`.
-fn entry(
-    file: &NtfsFile<'_>,
-    reader: &mut DeviceSlice,
-    name: String,
-    path: String,
-) -> Result<Entry> {
+fn entry(file: &NtfsFile<'_>, reader: &mut Budgeted, name: String, path: String) -> Result<Entry> {
     let info = file.info().map_err(|error| driver(error, &path))?;
     let kind = if file.is_directory() {
         EntryKind::Dir
@@ -148,7 +188,7 @@ fn entry(
 }
 
 /// Length of the unnamed `$DATA` stream (0 when there is none).
-fn data_length(file: &NtfsFile<'_>, reader: &mut DeviceSlice, path: &str) -> Result<u64> {
+fn data_length(file: &NtfsFile<'_>, reader: &mut Budgeted, path: &str) -> Result<u64> {
     let Some(item) = file.data(reader, "") else {
         return Ok(0);
     };
@@ -158,13 +198,13 @@ fn data_length(file: &NtfsFile<'_>, reader: &mut DeviceSlice, path: &str) -> Res
 }
 
 pub(crate) fn stat(volume: &NtfsVolume, path: &str) -> Result<Entry> {
-    let mut reader = volume.slice.clone();
+    let mut reader = Budgeted::new(volume.slice.clone(), METADATA_READ_BUDGET);
     let (file, name) = resolve(volume, &mut reader, path)?;
     entry(&file, &mut reader, name, path.to_string())
 }
 
 pub(crate) fn list(volume: &NtfsVolume, path: &str, limits: Limits) -> Result<Vec<Entry>> {
-    let mut reader = volume.slice.clone();
+    let mut reader = Budgeted::new(volume.slice.clone(), METADATA_READ_BUDGET);
     let (directory, _) = resolve(volume, &mut reader, path)?;
     let index = directory
         .directory_index(&mut reader)
@@ -203,7 +243,9 @@ pub(crate) fn list(volume: &NtfsVolume, path: &str, limits: Limits) -> Result<Ve
 }
 
 pub(crate) fn copy(volume: &NtfsVolume, path: &str, out: &mut dyn Write) -> Result<u64> {
-    let mut reader = volume.slice.clone();
+    // The file's data is bounded by the volume's size (checked by the caller).
+    let budget = METADATA_READ_BUDGET + volume.slice.len();
+    let mut reader = Budgeted::new(volume.slice.clone(), budget);
     let (file, _) = resolve(volume, &mut reader, path)?;
     let Some(item) = file.data(&mut reader, "") else {
         return Ok(0);
@@ -239,5 +281,29 @@ mod tests {
             (15, 4200)
         );
         assert_eq!(unix_time_of(5), (0, 0));
+    }
+
+    struct Zeros;
+
+    impl crate::BlockDevice for Zeros {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn read_at(&self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_read_budget_ends_endless_reads() {
+        let slice = DeviceSlice::new(std::sync::Arc::new(Zeros), 0, 1 << 20);
+        let mut reader = Budgeted::new(slice, 1000);
+        let mut buf = [0u8; 600];
+        assert_eq!(reader.read(&mut buf).unwrap(), 600);
+        assert_eq!(reader.read(&mut buf).unwrap(), 400);
+        reader.seek(SeekFrom::Start(0)).unwrap();
+        assert!(reader.read(&mut buf).is_err());
     }
 }
