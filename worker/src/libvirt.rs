@@ -60,6 +60,10 @@ pub struct LibvirtBackupRequest {
     /// The user QEMU runs as (`libvirt-qemu` on Debian): it must own the folder with
     /// the scratch files and the NBD socket. `None` or an unknown user: left to root.
     pub qemu_user: Option<String>,
+    /// Freeze the guest's file systems through the QEMU guest agent at the snapshot
+    /// point (`backup-begin --quiesce`); without a reachable agent the snapshot is
+    /// crash-consistent, recorded as such.
+    pub quiesce: bool,
     /// Parallel NBD connections per disk.
     pub connections: usize,
     /// Timeout of each virsh call.
@@ -251,7 +255,21 @@ async fn run(
     write_file(&backup_xml, &job.backup_xml(&disks, &skipped, scratch))?;
     write_file(&checkpoint_xml, &job.checkpoint_xml(&disks, &skipped))?;
     let begin = Instant::now();
-    job.begin(virsh, &backup_xml, &checkpoint_xml).await?;
+    let mut consistency = Consistency::CrashConsistent;
+    if request.quiesce {
+        match job.begin(virsh, &backup_xml, &checkpoint_xml, true).await {
+            Ok(()) => consistency = Consistency::ApplicationConsistent,
+            Err(error) => {
+                // libvirt undoes a failed backup-begin completely: retry unfrozen.
+                tracing::warn!(%error, "guest freeze failed: the snapshot is only crash-consistent");
+                job.begin(virsh, &backup_xml, &checkpoint_xml, false)
+                    .await?;
+            }
+        }
+    } else {
+        job.begin(virsh, &backup_xml, &checkpoint_xml, false)
+            .await?;
+    }
     let snapshot_point = begin.elapsed();
     tracing::info!(
         snapshot_point_ms = millis(snapshot_point),
@@ -295,7 +313,7 @@ async fn run(
                 None => domain.to_string(),
             },
         },
-        consistency: Consistency::CrashConsistent,
+        consistency,
         parent: plan
             .previous
             .as_ref()
@@ -325,7 +343,7 @@ async fn run(
     Ok(LibvirtBackupReport {
         backup: BackupReport::new(&manifest, started.elapsed()),
         domain: domain.to_string(),
-        consistency: Consistency::CrashConsistent,
+        consistency,
         checkpoint: new_checkpoint,
         snapshot_point_ms: millis(snapshot_point),
         deleted_checkpoints: Vec::new(),

@@ -32,6 +32,10 @@ pub struct LibvirtArgs {
     /// User QEMU runs as; it gets the scratch folder.
     #[arg(long, default_value = "libvirt-qemu")]
     qemu_user: String,
+    /// Freeze the guest's file systems through the QEMU guest agent at the snapshot
+    /// point (falls back to crash-consistent when the agent does not answer).
+    #[arg(long)]
+    quiesce: bool,
     /// Parallel NBD connections per disk.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -53,6 +57,7 @@ pub async fn run(args: LibvirtArgs) -> Result<()> {
         disks: args.disks.clone(),
         scratch_dir: args.scratch_dir.clone(),
         qemu_user: Some(args.qemu_user.clone()).filter(|user| !user.is_empty()),
+        quiesce: args.quiesce,
         connections: args.connections.clamp(1, 16),
         virsh_timeout: Duration::from_secs(args.virsh_timeout.max(1)),
     };

@@ -119,19 +119,23 @@ impl BackupJob {
         xml
     }
 
-    /// Starts the job: the point in time of every disk at once, and the new checkpoint.
+    /// Starts the job: the point in time of every disk at once, and the new checkpoint;
+    /// `quiesce` freezes the guest's file systems around it (needs the guest agent).
     pub async fn begin(
         &mut self,
         virsh: &Virsh,
         backup_xml: &Path,
         checkpoint_xml: &Path,
+        quiesce: bool,
     ) -> Result<()> {
         self.begin_sent = true;
         let backup_xml = backup_xml.display().to_string();
         let checkpoint_xml = checkpoint_xml.display().to_string();
-        virsh
-            .run(&["backup-begin", &self.domain, &backup_xml, &checkpoint_xml])
-            .await?;
+        let mut args = vec!["backup-begin", &self.domain, &backup_xml, &checkpoint_xml];
+        if quiesce {
+            args.push("--quiesce");
+        }
+        virsh.run(&args).await?;
         Ok(())
     }
 
