@@ -287,6 +287,72 @@ fn backup_with(bed: &Bed, libvirt: &Libvirt, domain: &str, extra: &[&str]) -> Va
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Runs a backup and, once it reports the point in time taken (`backup-begin`
+/// returned), makes the guest write `late` (not applied to any expected copy).
+fn backup_while_writing(
+    bed: &Bed,
+    libvirt: &Libvirt,
+    domain: &Domain,
+    late: &[(usize, u8, u64, u64)],
+) -> Value {
+    use std::io::{BufRead, BufReader, Read};
+    let scratch = bed.path("scratch");
+    let mut child = bed
+        .haven(&[
+            "backup",
+            "libvirt",
+            "--domain",
+            &domain.name,
+            "--uri",
+            &libvirt.uri,
+            "--vm",
+            "vm",
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+            "--connections",
+            "1",
+            "--json",
+        ])
+        .env("HAVEN_LOG", "haven_worker=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (point_taken, taken) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("point-in-time view taken") {
+                let _ = point_taken.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    taken
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the backup reports its point in time");
+    for &(disk, pattern, offset, len) in late {
+        domain.write(disk, pattern, offset, len);
+    }
+    let during = child.try_wait().unwrap().is_none();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(status.success(), "backup failed: {log}");
+    eprintln!("guest writes finished while the backup was still running: {during}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 /// Starts a backup and kills it (SIGKILL) as soon as libvirt shows its job.
 fn kill_during_job(bed: &Bed, libvirt: &Libvirt, domain: &str) {
     let scratch = bed.path("scratch");
@@ -510,7 +576,12 @@ fn domain_full_then_two_incrementals_restore_identical() {
         (1, 0x53, 0, 512),
     ];
     write_both(&domain, &expected, &writes);
-    let second_incremental = backup(&bed, &libvirt, &name);
+    // Guest writes while this backup reads: they must not leak into the snapshot.
+    let late = [
+        (0usize, 0x77u8, 40 * MIB, 65536u64),
+        (1, 0x78, 12 * MIB, 65536),
+    ];
+    let second_incremental = backup_while_writing(&bed, &libvirt, &domain, &late);
     for target in TARGETS {
         let (how, reason) = mode(&second_incremental, target);
         assert_eq!(how, "incremental", "{target}: {reason}");
@@ -524,10 +595,14 @@ fn domain_full_then_two_incrementals_restore_identical() {
         vec![latest.to_string(), "othertool.0".to_string()]
     );
 
+    let round2 = copies(&bed, &expected, 2);
+    for &(disk, pattern, offset, len) in &late {
+        write_at(&expected[disk], offset, &vec![pattern; len as usize]);
+    }
     let snapshots = [
         (&full, &round0),
         (&first_incremental, &round1),
-        (&second_incremental, &expected),
+        (&second_incremental, &round2),
     ];
     for (report, want) in snapshots {
         assert_restores(&bed, report["snapshot"].as_str().unwrap(), want);
