@@ -14,6 +14,7 @@ mod error;
 pub mod export;
 pub mod image;
 pub mod libvirt;
+mod marker;
 mod pool;
 pub mod qemu;
 pub mod qmp;

@@ -20,32 +20,13 @@ pub const CHAIN_SOURCE: &str = "source";
 /// `haven-VM-20261125T173402Z`. Other tools (virtnbdbackup's `virtnbdbackup.N`, a
 /// plain `backup-begin`'s timestamps) never produce this shape.
 pub fn checkpoint_name(vm: &str, timestamp: &str) -> String {
-    let compact: String = timestamp
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    format!("haven-{vm}-{compact}")
+    crate::marker::marker_name('-', vm, timestamp)
 }
 
 /// Whether `name` is a checkpoint Haven made for `vm`. The suffix has a fixed shape,
 /// so VM `a` never claims VM `a-b`'s checkpoints.
 pub fn is_haven_checkpoint(vm: &str, name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix("haven-")
-        .and_then(|rest| rest.strip_prefix(vm))
-        .and_then(|rest| rest.strip_prefix('-'))
-    else {
-        return false;
-    };
-    // 20261125T173402Z
-    let bytes = rest.as_bytes();
-    bytes.len() == 16
-        && bytes[8] == b'T'
-        && bytes[15] == b'Z'
-        && bytes[..8]
-            .iter()
-            .chain(&bytes[9..15])
-            .all(u8::is_ascii_digit)
+    crate::marker::is_marker('-', vm, name)
 }
 
 /// How one disk will be read.

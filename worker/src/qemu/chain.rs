@@ -22,31 +22,12 @@ pub const CHAIN_SIZE: &str = "size";
 /// `haven.VM.20261125T173402Z`. VM names cannot contain the compact timestamp's form
 /// after a dot, so one VM's bitmaps are never taken for another's.
 pub fn bitmap_name(vm: &str, timestamp: &str) -> String {
-    let compact: String = timestamp
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    format!("haven.{vm}.{compact}")
+    crate::marker::marker_name('.', vm, timestamp)
 }
 
 /// Whether `name` is a bitmap Haven made for `vm`.
 pub fn is_haven_bitmap(vm: &str, name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix("haven.")
-        .and_then(|rest| rest.strip_prefix(vm))
-        .and_then(|rest| rest.strip_prefix('.'))
-    else {
-        return false;
-    };
-    // 20261125T173402Z
-    let bytes = rest.as_bytes();
-    bytes.len() == 16
-        && bytes[8] == b'T'
-        && bytes[15] == b'Z'
-        && bytes[..8]
-            .iter()
-            .chain(&bytes[9..15])
-            .all(u8::is_ascii_digit)
+    crate::marker::is_marker('.', vm, name)
 }
 
 /// How one disk will be read.
