@@ -72,3 +72,12 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+/// Resolves on Ctrl-C, the cancellation signal of live backups (which must tear down
+/// what they set up in the hypervisor); never resolves where signals cannot be
+/// handled, so such a backup is simply not cancellable.
+pub async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

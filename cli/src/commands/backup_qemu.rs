@@ -64,12 +64,7 @@ pub async fn run(args: QemuArgs) -> Result<()> {
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());
     let line = ProgressLine::start("backup", progress.clone(), args.output.json);
-    let shutdown = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handling available: never cancel.
-            std::future::pending::<()>().await;
-        }
-    };
+    let shutdown = crate::common::ctrl_c();
     let report = backup_qemu(repo, &request, progress, shutdown).await?;
     drop(line);
     print_report(&report, args.output.json)
