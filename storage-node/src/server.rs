@@ -21,6 +21,10 @@ use crate::store::Store;
 
 type ResponseBody = UnsyncBoxBody<Bytes, s3s::StdError>;
 
+/// Bodies up to this size (with a Content-Length) are read before the
+/// request is handled.
+const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
+
 /// Longest time a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -78,7 +82,28 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     shared.metrics.bytes_in(length);
-    let req = req.map(s3s::Body::from);
+    // A small body is read completely before the request is answered: an
+    // early error (bad key, no bucket) would otherwise close the connection
+    // with the body still unread, and the kernel then resets the connection
+    // (RST) so the client may lose the error response itself.
+    let has_length = req.headers().contains_key(hyper::header::CONTENT_LENGTH);
+    let req = if has_length && (1..=BUFFERED_BODY_BYTES).contains(&length) {
+        let (parts, body) = req.into_parts();
+        match body.collect().await {
+            Ok(collected) => Request::from_parts(parts, s3s::Body::from(collected.to_bytes())),
+            Err(error) => {
+                tracing::debug!(%error, "request body ended early");
+                shared.metrics.request(slot.get(), 400, started.elapsed());
+                return Ok(full(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "incomplete body\n".to_owned(),
+                ));
+            }
+        }
+    } else {
+        req.map(s3s::Body::from)
+    };
     let response = match shared.s3.call(req).await {
         Ok(response) => response,
         Err(error) => {
