@@ -20,6 +20,7 @@ pub mod qemu;
 pub mod qmp;
 mod raw_file;
 pub mod restore;
+pub mod restore_vm;
 pub mod snapshot;
 pub mod snapshot_reader;
 

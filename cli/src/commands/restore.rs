@@ -2,11 +2,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use haven_repo::{Progress, SnapshotRef};
 use haven_worker::restore::nbd::{NbdRestoreRequest, restore_to_nbd};
 use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
+use haven_worker::restore_vm::{
+    LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
+};
 
 use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
 use crate::progress::ProgressLine;
@@ -22,9 +26,21 @@ pub struct RestoreArgs {
     #[arg(long)]
     disk: Option<String>,
     /// Output file, or an existing disk exported over NBD
-    /// (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST[:PORT]/EXPORT`) of the same size.
+    /// (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST[:PORT]/EXPORT`) of the same size;
+    /// with --libvirt-define or --print-qemu, the folder for every disk of the snapshot.
     #[arg(long)]
     to: String,
+    /// Restore every disk into the folder --to (as NAME-DISK.raw|qcow2) and define a new
+    /// libvirt domain NAME on them from the snapshot's domain XML (new UUID and MACs).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["disk", "only_changed", "force", "print_qemu"])]
+    libvirt_define: Option<String>,
+    /// libvirt connection URI for --libvirt-define (default: virsh's).
+    #[arg(long, requires = "libvirt_define")]
+    uri: Option<String>,
+    /// Restore every disk of a QEMU snapshot into the folder --to (as VM-DISK.raw|qcow2)
+    /// and print the -blockdev/-device arguments and QMP commands that attach them.
+    #[arg(long, conflicts_with_all = ["disk", "only_changed", "force"])]
+    print_qemu: bool,
     /// With an NBD target: read each slot of the target first and write only the slots
     /// whose content differs.
     #[arg(long)]
@@ -50,6 +66,9 @@ enum FormatArg {
 
 /// Restores one disk of a snapshot.
 pub async fn run(args: RestoreArgs) -> Result<()> {
+    if args.libvirt_define.is_some() || args.print_qemu {
+        return run_vm(args).await;
+    }
     if is_nbd_uri(&args.to) {
         return run_nbd(args).await;
     }
@@ -61,10 +80,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         snapshot: args.snapshot.clone(),
         disk: args.disk.clone(),
         to: PathBuf::from(&args.to),
-        format: match args.format {
-            FormatArg::Raw => RestoreFormat::Raw,
-            FormatArg::Qcow2 => RestoreFormat::Qcow2,
-        },
+        format: restore_format(args.format),
         force: args.force,
         in_flight: args.parallel.clamp(1, 64),
     };
@@ -85,6 +101,105 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         human_bytes((report.size as f64 / report.elapsed_seconds.max(0.001)) as u64)
     );
     Ok(())
+}
+
+fn restore_format(format: FormatArg) -> RestoreFormat {
+    match format {
+        FormatArg::Raw => RestoreFormat::Raw,
+        FormatArg::Qcow2 => RestoreFormat::Qcow2,
+    }
+}
+
+/// Restores every disk into a folder and defines a libvirt domain or prints the QEMU
+/// arguments.
+async fn run_vm(args: RestoreArgs) -> Result<()> {
+    if is_nbd_uri(&args.to) {
+        anyhow::bail!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
+    }
+    let repo = args.repo.open().await?;
+    let request = VmRestoreRequest {
+        snapshot: args.snapshot.clone(),
+        dir: PathBuf::from(&args.to),
+        name: args
+            .libvirt_define
+            .clone()
+            .unwrap_or_else(|| args.snapshot.vm.clone()),
+        format: restore_format(args.format),
+        in_flight: args.parallel.clamp(1, 64),
+    };
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start("restore", progress.clone(), args.output.json);
+    if args.libvirt_define.is_some() {
+        let target = LibvirtTarget {
+            uri: args.uri.clone(),
+            virsh_timeout: Duration::from_secs(60),
+        };
+        let report = restore_libvirt_domain(repo, &request, &target, progress).await?;
+        drop(line);
+        if args.output.json {
+            return print_json(&report);
+        }
+        for disk in &report.disks {
+            println!(
+                "restored {} disk {} to {} ({})",
+                report.snapshot,
+                disk.disk,
+                disk.to,
+                human_bytes(disk.size)
+            );
+        }
+        for dropped in &report.dropped_disks {
+            println!("left out disk {dropped}: the snapshot has no data for it");
+        }
+        println!(
+            "defined libvirt domain {} (uuid {}) from {}",
+            report.domain, report.uuid, report.xml_path
+        );
+        return Ok(());
+    }
+    let report = restore_for_qemu(repo, &request, progress).await?;
+    drop(line);
+    if args.output.json {
+        return print_json(&report);
+    }
+    for disk in &report.disks {
+        eprintln!(
+            "restored {} disk {} to {} ({})",
+            report.snapshot,
+            disk.disk,
+            disk.to,
+            human_bytes(disk.size)
+        );
+    }
+    println!("# QEMU arguments attaching the restored disks:");
+    let mut pairs = report.args.chunks(2).peekable();
+    while let Some(pair) = pairs.next() {
+        let end = if pairs.peek().is_some() { " \\" } else { "" };
+        println!("{}{end}", shell_words(pair));
+    }
+    println!("# or, on a running QEMU, these QMP commands:");
+    for command in &report.qmp {
+        println!("{command}");
+    }
+    Ok(())
+}
+
+/// Quotes arguments for a POSIX shell when they need it.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| {
+            let plain = word
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b));
+            if plain {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether `--to` names an NBD export rather than a file.
