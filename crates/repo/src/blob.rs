@@ -183,15 +183,16 @@ fn check_frame(key: &str, blob: &[u8]) -> Result<Header> {
     if blob[7] != CIPHER_AES_256_GCM {
         return Err(corrupt("unknown cipher"));
     }
-    let payload_len = u64::from_le_bytes(blob[16..24].try_into().expect("8 bytes"));
+    let payload_len =
+        u64::from_le_bytes(blob[16..24].try_into().expect("frame length checked above"));
     if payload_len != (blob.len() - HEADER_LEN - TRAILER_LEN) as u64 {
         return Err(corrupt("payload length differs from the header"));
     }
     Ok(Header {
         kind: blob[5],
         compression: blob[6],
-        plain_len: u64::from_le_bytes(blob[8..16].try_into().expect("8 bytes")),
-        nonce: blob[24..36].try_into().expect("12 bytes"),
+        plain_len: u64::from_le_bytes(blob[8..16].try_into().expect("frame length checked above")),
+        nonce: blob[24..36].try_into().expect("frame length checked above"),
     })
 }
 

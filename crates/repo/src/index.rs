@@ -107,8 +107,20 @@ impl FixedIndex {
         if bytes.len() < HEADER_LEN || bytes[0..4] != MAGIC {
             return Err(corrupt("not an index"));
         }
-        let field_u32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
-        let field_u64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        let field_u32 = |at: usize| {
+            u32::from_le_bytes(
+                bytes[at..at + 4]
+                    .try_into()
+                    .expect("header length checked above"),
+            )
+        };
+        let field_u64 = |at: usize| {
+            u64::from_le_bytes(
+                bytes[at..at + 8]
+                    .try_into()
+                    .expect("header length checked above"),
+            )
+        };
         if field_u32(4) != VERSION {
             return Err(corrupt("unsupported index version"));
         }
