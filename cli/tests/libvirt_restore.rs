@@ -205,6 +205,20 @@ fn libvirt_define_recreates_the_domain_from_a_snapshot() {
         bed.fails(&without_xml)
             .contains("holds no VM configuration")
     );
+    let qemu_dir = bed.path("qemu");
+    let not_qemu = [
+        "restore",
+        first.as_str(),
+        "--print-qemu",
+        "--to",
+        qemu_dir.to_str().unwrap(),
+    ];
+    let refused = bed.fails(&not_qemu);
+    assert!(
+        refused.contains("libvirt-xml configuration, not qemu-block-graph"),
+        "{refused}"
+    );
+    assert!(!qemu_dir.join("vm-vda.raw").exists());
 
     // The copy starts next to the running original.
     let started = Instant::now();
