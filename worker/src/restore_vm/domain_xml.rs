@@ -149,10 +149,11 @@ impl Element {
 
 /// Rewrites `xml` for a domain called `new_name` whose disks are `disks`.
 ///
-/// `<name>` becomes `new_name`; `<uuid>`, the root's runtime `id` and every
-/// interface's `<mac>` go; each `<disk>` whose `<target dev>` is restored becomes a
-/// `type='file'` disk with `<source file=…/>`, `<driver type=…/>` and no
-/// `<backingStore>`; other `device='disk'`/`'lun'` disks are dropped (reported) so the
+/// `<name>` becomes `new_name`; `<uuid>`, the root's runtime `id`, the UEFI
+/// `<os><nvram>` (libvirt makes a fresh variable store: boot entries are not in the
+/// snapshot) and every interface's `<mac>` go; each `<disk>` whose `<target dev>` is
+/// restored becomes a `type='file'` disk with `<source file=…/>`, `<driver type=…/>`
+/// and no `<backingStore>`, `<encryption>` or `<mirror>`; other `device='disk'`/`'lun'` disks are dropped (reported) so the
 /// copy never writes to the original's storage. CD-ROMs and floppies stay as they are.
 pub fn rewrite_domain_xml(
     xml: &str,
@@ -175,6 +176,14 @@ pub fn rewrite_domain_xml(
     }
     domain.set_attribute("id", None);
     domain.remove_children("uuid");
+    // A UEFI domain's variable store belongs to the original: without `<nvram>`,
+    // libvirt creates a fresh one for the new name from the firmware's template.
+    for os in domain
+        .child_elements_mut()
+        .filter(|child| child.name() == "os")
+    {
+        os.remove_children("nvram");
+    }
     match domain
         .child_elements_mut()
         .find(|child| child.name() == "name")
@@ -238,7 +247,10 @@ pub fn rewrite_domain_xml(
 fn point_disk_at(disk: &mut Element, restored: &RestoredDiskFile) {
     disk.set_attribute("type", Some("file"));
     disk.remove_children("source");
-    disk.remove_children("backingStore");
+    // The restored image is a plain, unencrypted file with no block job on it.
+    for child in ["backingStore", "encryption", "mirror"] {
+        disk.remove_children(child);
+    }
     let source = Node::Element(Element::new_empty(
         "source",
         &[("file", restored.path.as_str())],

@@ -109,6 +109,24 @@ fn rewrites_domains_table() {
              <target dev='vda'/></disk></devices></domain>",
             &[],
         ),
+        (
+            "the UEFI variable store, encryption and a block job's mirror go",
+            "<domain><name>a</name><os firmware='efi'><type>hvm</type>
+             <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>
+             <nvram template='/usr/share/OVMF/OVMF_VARS.fd'>/var/lib/nvram/a_VARS.fd</nvram>
+             </os><devices><disk type='file' device='disk'>
+             <driver name='qemu' type='qcow2'/><source file='/a.qcow2'/>
+             <mirror type='file' job='copy'><source file='/b.qcow2'/></mirror>
+             <encryption format='luks'><secret type='passphrase' uuid='1-2'/></encryption>
+             <target dev='vda'/></disk></devices></domain>",
+            vec![disk("vda", "/r/a.qcow2", "qcow2")],
+            "<domain><name>copy</name><os firmware='efi'><type>hvm</type>
+             <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>
+             </os><devices><disk type='file' device='disk'>
+             <driver name='qemu' type='qcow2'/><source file='/r/a.qcow2'/>
+             <target dev='vda'/></disk></devices></domain>",
+            &[],
+        ),
     ];
     for (what, input, disks, expected, dropped) in cases {
         eprintln!("case: {what}");
