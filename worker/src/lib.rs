@@ -5,6 +5,11 @@
 //! Adapters only decide how a disk is exported and what the snapshot records:
 //! - [`image`]: offline image files through `qemu-nbd`.
 //! - [`qemu`]: running QEMU / qemu-storage-daemon through [`qmp`] (fleecing, dirty bitmaps).
+//! - [`libvirt`]: libvirt domains through `virsh` (checkpoints, pull-mode backups).
+//!
+//! Restores go the other way: [`restore`] writes raw, qcow2 or into an NBD disk,
+//! [`snapshot_reader`] serves random reads (instant recovery, file-level restore), and
+//! `restore_vm` recreates a libvirt domain or prints how to attach disks to QEMU.
 //!
 //! Publishing follows the repository's one rule (chunks, then indexes, then the
 //! manifest as the commit point) in [`snapshot::commit_snapshot`].
