@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{ACCESS_KEY, Node, SECRET_KEY, fails_with, ok};
+use support::{ACCESS_KEY, CRASH_VERIFIER, CRASH_WRITER, Node, SECRET_KEY, fails_with, ok};
 
 fn python(node: &Node, script: &str, args: &[&str]) -> std::process::Output {
     Command::new("python3")
@@ -180,59 +180,6 @@ fn kill_9_during_concurrent_puts_keeps_every_acknowledged_object() {
     );
     assert!(stdout.contains("ALL OK"), "{stdout}");
 }
-
-/// Writes objects from 16 threads until the server dies; prints `ACK key`
-/// after each acknowledged PUT. Content is derived from the key.
-const CRASH_WRITER: &str = r#"
-import sys, os, threading, hashlib, boto3
-from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                  region_name="us-east-1", config=Config(retries={"max_attempts": 1}, max_pool_connections=32, s3={"addressing_style": "path"}))
-lock = threading.Lock()
-def body(key):
-    seed = hashlib.sha256(key.encode()).digest()
-    size = 1000 + int.from_bytes(seed[:3], "big") % 3_000_000
-    return (seed * (size // 32 + 1))[:size]
-def worker(t):
-    i = 0
-    while True:
-        key = f"w{t}/obj{i}"
-        try:
-            s3.put_object(Bucket="crash", Key=key, Body=body(key))
-        except Exception:
-            return
-        with lock:
-            print("ACK " + key, flush=True)
-        i += 1
-threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
-for t in threads: t.start()
-for t in threads: t.join()
-"#;
-
-/// Checks that every acknowledged key reads back intact and that every
-/// listed object is complete.
-const CRASH_VERIFIER: &str = r#"
-import sys, os, hashlib, boto3
-from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                  region_name="us-east-1", config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
-def body(key):
-    seed = hashlib.sha256(key.encode()).digest()
-    size = 1000 + int.from_bytes(seed[:3], "big") % 3_000_000
-    return (seed * (size // 32 + 1))[:size]
-acked = sys.argv[2].split(",")
-for key in acked:
-    assert s3.get_object(Bucket="crash", Key=key)["Body"].read() == body(key), key
-listed = []
-for page in s3.get_paginator("list_objects_v2").paginate(Bucket="crash"):
-    listed += [o["Key"] for o in page.get("Contents", [])]
-assert set(acked) <= set(listed)
-for key in listed:
-    data = s3.get_object(Bucket="crash", Key=key)["Body"].read()
-    assert data == body(key), "partial object listed: " + key
-print(f"acked {len(acked)}, listed {len(listed)}")
-print("ALL OK")
-"#;
 
 /// Traversal keys, bad digests, truncated bodies: each must fail with the
 /// right S3 error and store nothing.
