@@ -8,16 +8,15 @@
 //! a full read. Everything started is stopped again (Drop guards), also on failure.
 
 mod common;
-#[path = "libvirt_support.rs"]
+#[path = "libvirt_support/mod.rs"]
 mod libvirt_support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Bed, MIB, assert_same_disk, raw_image, to_qcow2, write_at};
-use libvirt_support::{Domain, Libvirt, TARGETS};
+use common::{Bed, MIB, assert_same_disk, write_at};
+use libvirt_support::{Domain, Libvirt, TARGETS, two_disk_bed};
 use serde_json::Value;
 
 const CHUNK: u64 = 256 * 1024;
@@ -252,28 +251,12 @@ fn copies(bed: &Bed, expected: &[PathBuf], round: usize) -> Vec<PathBuf> {
 #[test]
 fn domain_full_then_two_incrementals_restore_identical() {
     let test_started = Instant::now();
-    let bed = Bed::new();
-    // QEMU runs as libvirt-qemu: it must reach the images in the test folder.
-    std::fs::set_permissions(bed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    bed.ok(&["repo", "init", "--chunk-size", &CHUNK.to_string()]);
-    std::fs::create_dir(bed.path("scratch")).unwrap();
-    let mut expected = Vec::new();
-    let mut images = Vec::new();
-    for disk in 0..2u64 {
-        let raw = bed.path(&format!("expected-{disk}.raw"));
-        raw_image(
-            &raw,
-            DISK_SIZE,
-            &[
-                (disk * 4096, 40 * MIB as usize),
-                (50 * MIB, 8 * MIB as usize),
-            ],
-        );
-        let qcow2 = bed.path(&format!("d{disk}.qcow2"));
-        to_qcow2(&raw, &qcow2);
-        expected.push(raw);
-        images.push(qcow2);
-    }
+    let (bed, expected, images) = two_disk_bed(CHUNK, DISK_SIZE, |disk| {
+        vec![
+            (disk * 4096, 40 * MIB as usize),
+            (50 * MIB, 8 * MIB as usize),
+        ]
+    });
 
     let libvirt = Libvirt::start();
     let name = format!("haven-test-{}", std::process::id());

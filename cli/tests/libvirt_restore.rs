@@ -8,15 +8,14 @@
 //! and the daemons are cleaned up by `Drop` guards, also on failure.
 
 mod common;
-#[path = "libvirt_support.rs"]
+#[path = "libvirt_support/mod.rs"]
 mod libvirt_support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::{Bed, MIB, assert_same_disk, raw_image, run, to_qcow2};
-use libvirt_support::{Domain, Libvirt, TARGETS};
+use common::{MIB, assert_same_disk, raw_image, run};
+use libvirt_support::{Domain, Libvirt, TARGETS, two_disk_bed};
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 32 * MIB;
@@ -34,28 +33,12 @@ fn disk_sources(xml: &str) -> Vec<String> {
 #[test]
 fn libvirt_define_recreates_the_domain_from_a_snapshot() {
     let test_started = Instant::now();
-    let bed = Bed::new();
-    // QEMU runs as libvirt-qemu: it must reach the images in the test folder.
-    std::fs::set_permissions(bed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    bed.ok(&["repo", "init", "--chunk-size", &CHUNK.to_string()]);
-    std::fs::create_dir(bed.path("scratch")).unwrap();
-    let mut snapshot_copies = Vec::new();
-    let mut images = Vec::new();
-    for disk in 0..2u64 {
-        let raw = bed.path(&format!("expected-{disk}.raw"));
-        raw_image(
-            &raw,
-            DISK_SIZE,
-            &[
-                (disk * 4096, 12 * MIB as usize),
-                (20 * MIB, 4 * MIB as usize),
-            ],
-        );
-        let qcow2 = bed.path(&format!("d{disk}.qcow2"));
-        to_qcow2(&raw, &qcow2);
-        snapshot_copies.push(raw);
-        images.push(qcow2);
-    }
+    let (bed, snapshot_copies, images) = two_disk_bed(CHUNK, DISK_SIZE, |disk| {
+        vec![
+            (disk * 4096, 12 * MIB as usize),
+            (20 * MIB, 4 * MIB as usize),
+        ]
+    });
 
     let libvirt = Libvirt::start();
     let name = format!("haven-restore-{}", std::process::id());

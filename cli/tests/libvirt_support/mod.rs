@@ -256,3 +256,29 @@ impl Drop for Domain<'_> {
         }
     }
 }
+
+/// A test folder that QEMU (running as libvirt-qemu) can reach, holding a repository
+/// with `chunk`-byte chunks, a `scratch` folder, and two disks of `disk_size` bytes
+/// whose data is `extents(disk)`: returns the raw copies (what restores must equal)
+/// and the qcow2 images the domain runs on.
+pub fn two_disk_bed(
+    chunk: u64,
+    disk_size: u64,
+    extents: impl Fn(u64) -> Vec<(u64, usize)>,
+) -> (super::common::Bed, Vec<PathBuf>, Vec<PathBuf>) {
+    let bed = super::common::Bed::new();
+    std::fs::set_permissions(bed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bed.ok(&["repo", "init", "--chunk-size", &chunk.to_string()]);
+    std::fs::create_dir(bed.path("scratch")).unwrap();
+    let mut raws = Vec::new();
+    let mut images = Vec::new();
+    for disk in 0..2u64 {
+        let raw = bed.path(&format!("expected-{disk}.raw"));
+        super::common::raw_image(&raw, disk_size, &extents(disk));
+        let qcow2 = bed.path(&format!("d{disk}.qcow2"));
+        super::common::to_qcow2(&raw, &qcow2);
+        raws.push(raw);
+        images.push(qcow2);
+    }
+    (bed, raws, images)
+}
