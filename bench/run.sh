@@ -3,6 +3,8 @@
 # generated image, same machine, same run.
 #
 #   bench/run.sh [SIZE_MIB=4096] [TOOLS="haven restic borg"]
+#   DROP_CACHES=0 bench/run.sh ...   # keep the page cache warm between steps, as the
+#                                    # peer figures in shared/TESTBED.md were measured
 #
 # Image: 40% zeros (holes), 30% random, 30% duplicated 1 MiB blocks (bench/make-image.py).
 # Steps per tool: full backup; backup after changing 1% of 64 KiB blocks at random;
@@ -36,7 +38,8 @@ results="$work/results.tsv"
 # measure TOOL STEP COMMAND...: runs the command, records seconds and peak RSS (KiB).
 measure() {
   local tool=$1 step=$2; shift 2
-  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  sync
+  if [ "${DROP_CACHES:-1}" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; fi
   cat "$image" > /dev/null   # warm source, as in the peer figures
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }
   read -r seconds rss < "$work/time"
