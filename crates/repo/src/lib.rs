@@ -27,6 +27,7 @@ mod local_sync;
 mod manifest;
 mod progress;
 mod repository;
+mod retention;
 mod verify;
 
 pub use backend::{Backend, Durability, PutOutcome};
@@ -44,4 +45,5 @@ pub use manifest::{
 };
 pub use progress::Progress;
 pub use repository::Repository;
+pub use retention::{Decision, RetentionPolicy, plan_retention};
 pub use verify::{VerifyFailure, VerifyReport, verify_snapshots};
