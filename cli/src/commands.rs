@@ -4,6 +4,7 @@ pub mod backup;
 pub mod backup_libvirt;
 pub mod backup_qemu;
 pub mod files;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod serve_nbd;

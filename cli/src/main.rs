@@ -9,7 +9,7 @@ mod progress;
 
 use clap::{Parser, Subcommand};
 
-use commands::{backup, files, repo, restore, serve_nbd, snapshots, verify};
+use commands::{backup, files, prune, repo, restore, serve_nbd, snapshots, verify};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
+    /// Remove snapshots a retention policy does not keep (chunks stay until GC).
+    Prune(prune::PruneArgs),
     /// Export a snapshot's disk as a read-only NBD server (instant recovery).
     ServeNbd(serve_nbd::ServeNbdArgs),
     /// List, find and restore single files of a snapshot without mounting.
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Prune(args) => prune::run(args).await,
             Command::ServeNbd(args) => serve_nbd::run(args).await,
             Command::Files(command) => files::run(command).await,
             Command::StorageNode(args) => haven_storage_node::run(args).await,
