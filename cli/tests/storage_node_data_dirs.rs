@@ -5,14 +5,12 @@
 #[path = "storage_node_support.rs"]
 mod support;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::{
-    ACCESS_KEY, CRASH_VERIFIER, CRASH_WRITER, Node, NodeOptions, SECRET_KEY, files_below,
-    object_files_in, ok, pattern,
+    ACCESS_KEY, Node, NodeOptions, SECRET_KEY, files_below, object_files_in, pattern,
+    put_until_killed, verify_after_crash,
 };
 
 fn two_dirs() -> Node {
@@ -191,45 +189,11 @@ fn tmp_files(node: &Node) -> Vec<std::path::PathBuf> {
 #[test]
 fn kill_9_during_concurrent_puts_leaves_nothing_partial_in_any_directory() {
     let mut node = two_dirs();
-    node.aws_ok(&["s3", "mb", "s3://crash"]);
-    let mut writer = Command::new("python3")
-        .args(["-u", "-c", CRASH_WRITER, &node.endpoint()])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with boto3 must be installed");
-    std::thread::sleep(Duration::from_secs(4));
-    node.kill9();
-    let mut acked = String::new();
-    writer
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut acked)
-        .expect("read acks");
-    let _ = writer.wait();
-    let acked: Vec<&str> = acked
-        .lines()
-        .filter_map(|l| l.strip_prefix("ACK "))
-        .collect();
-    assert!(
-        acked.len() > 20,
-        "too few acknowledged writes before the kill: {}",
-        acked.len()
-    );
+    let acked = put_until_killed(&mut node);
 
     node.restart();
     assert_eq!(tmp_files(&node), Vec::<std::path::PathBuf>::new());
     assert!(!object_files_in(&node.data_n(0)).is_empty());
     assert!(!object_files_in(&node.data_n(1)).is_empty());
-    let output = Command::new("python3")
-        .args(["-c", CRASH_VERIFIER, &node.endpoint(), &acked.join(",")])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
-        .output()
-        .expect("python3 with boto3 must be installed");
-    let stdout = ok(output, "verify after crash");
-    assert!(stdout.contains("ALL OK"), "{stdout}");
+    verify_after_crash(&node, &acked);
 }

@@ -6,10 +6,10 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{ACCESS_KEY, CRASH_VERIFIER, CRASH_WRITER, Node, SECRET_KEY, fails_with, ok};
+use support::{ACCESS_KEY, Node, SECRET_KEY, fails_with, ok, put_until_killed, verify_after_crash};
 
 fn python(node: &Node, script: &str, args: &[&str]) -> std::process::Output {
     Command::new("python3")
@@ -142,43 +142,11 @@ fn flipped_byte_on_disk_is_detected_and_never_served() {
 #[test]
 fn kill_9_during_concurrent_puts_keeps_every_acknowledged_object() {
     let mut node = Node::start();
-    node.aws_ok(&["s3", "mb", "s3://crash"]);
-    let mut writer = Command::new("python3")
-        .args(["-u", "-c", CRASH_WRITER, &node.endpoint()])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with boto3 must be installed");
-    std::thread::sleep(Duration::from_secs(4));
-    node.kill9();
-    let mut acked = String::new();
-    writer
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut acked)
-        .expect("read acks");
-    let _ = writer.wait();
-    let acked: Vec<&str> = acked
-        .lines()
-        .filter_map(|l| l.strip_prefix("ACK "))
-        .collect();
-    assert!(
-        acked.len() > 20,
-        "too few acknowledged writes before the kill: {}",
-        acked.len()
-    );
+    let acked = put_until_killed(&mut node);
 
     node.restart();
     assert!(tmp_is_empty(&node), "partial files survived the restart");
-    let keys = acked.join(",");
-    let stdout = ok(
-        python(&node, CRASH_VERIFIER, &[&keys]),
-        "verify after crash",
-    );
-    assert!(stdout.contains("ALL OK"), "{stdout}");
+    verify_after_crash(&node, &acked);
 }
 
 /// Traversal keys, bad digests, truncated bodies: each must fail with the
