@@ -5,6 +5,7 @@ pub mod backup_libvirt;
 pub mod backup_qemu;
 pub mod files;
 pub mod prune;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod serve_nbd;

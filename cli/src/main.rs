@@ -9,7 +9,9 @@ mod progress;
 
 use clap::{Parser, Subcommand};
 
-use commands::{backup, files, prune, repo, restore, serve_nbd, snapshots, verify};
+use commands::{
+    backup, files, prune, replicate, repo, restore, serve_nbd, snapshots, verify,
+};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
     Prune(prune::PruneArgs),
+    /// Copy a repository to a secondary site (no password needed), or show the lag.
+    Replicate(replicate::ReplicateArgs),
     /// Export a snapshot's disk as a read-only NBD server (instant recovery).
     ServeNbd(serve_nbd::ServeNbdArgs),
     /// List, find and restore single files of a snapshot without mounting.
@@ -93,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Replicate(args) => replicate::run(args).await,
             Command::ServeNbd(args) => serve_nbd::run(args).await,
             Command::Files(command) => files::run(command).await,
             Command::StorageNode(args) => haven_storage_node::run(args).await,

@@ -40,6 +40,7 @@ pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> 
     let id = SnapshotId::at(vm, time)?;
     let previous = match existing.last() {
         None => None,
+        Some(latest) if !trusted_as_base(repo, latest).await => None,
         Some(latest) => match repo.read_manifest(latest).await {
             Ok(manifest) => Some(manifest),
             Err(error) => {
@@ -49,6 +50,29 @@ pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> 
         },
     };
     Ok(SnapshotPlan { id, previous })
+}
+
+/// Whether the latest verify record of `snapshot` allows building on it: a snapshot that
+/// failed verification (or whose record cannot be read) is never a base, so the next
+/// backup reads the whole disk instead of trusting chunk ids that may be bad.
+async fn trusted_as_base(repo: &Repository, snapshot: &SnapshotId) -> bool {
+    match haven_repo::latest_verify_record(repo, snapshot).await {
+        Ok(None) => true,
+        Ok(Some(record)) if !record.is_failed() => true,
+        Ok(Some(record)) => {
+            tracing::warn!(
+                snapshot = %snapshot,
+                verified_at = %record.verified_at,
+                failures = record.failures_total,
+                "previous snapshot failed verification; not using it as a base (full read)"
+            );
+            false
+        }
+        Err(error) => {
+            tracing::warn!(snapshot = %snapshot, %error, "verify record of the previous snapshot unreadable; not using it as a base (full read)");
+            false
+        }
+    }
 }
 
 /// The index of disk `name` in the previous snapshot, when it exists and reads back

@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
-use haven_repo::{Progress, SnapshotRef, verify_snapshots};
+use anyhow::{Context, Result, bail};
+use haven_repo::{
+    Backend, Progress, Repository, SnapshotRef, VerifyOptions, VerifyOutcome,
+    check_same_repository, verify_snapshots,
+};
 
 use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
 use crate::progress::ProgressLine;
@@ -12,38 +15,77 @@ use crate::progress::ProgressLine;
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Snapshot to verify (VM@TIMESTAMP or VM@latest); every snapshot when omitted.
+    #[arg(conflicts_with = "vm")]
     snapshot: Option<SnapshotRef>,
+    /// Verify every snapshot of this VM only.
+    #[arg(long)]
+    vm: Option<String>,
     #[command(flatten)]
     repo: RepoArgs,
     /// Chunks checked concurrently.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    /// Check only this percentage (0 < P ≤ 100) of each snapshot's distinct chunks,
+    /// picked at random; manifests and indexes are always checked.
+    #[arg(long, value_name = "PERCENT", default_value_t = 100.0)]
+    sample: f64,
+    /// A replica of this repository (same password): bad or missing objects are copied
+    /// from it, checked, written over the bad ones and checked again.
+    #[arg(long, value_name = "URL")]
+    repair_from: Option<String>,
     #[command(flatten)]
     output: OutputArgs,
 }
 
-/// Re-reads and checks every object the chosen snapshots depend on.
+/// Re-reads and checks every object the chosen snapshots depend on, records the verdict
+/// per snapshot in the repository, and optionally repairs from a replica.
 pub async fn run(args: VerifyArgs) -> Result<()> {
     let repo = args.repo.open().await?;
-    let snapshots = match &args.snapshot {
-        Some(reference) => vec![repo.resolve(reference).await?],
-        None => repo.list_snapshots(None).await?,
+    let snapshots = match (&args.snapshot, &args.vm) {
+        (Some(reference), _) => vec![repo.resolve(reference).await?],
+        (None, vm) => repo.list_snapshots(vm.as_deref()).await?,
+    };
+    let repair_from = match &args.repair_from {
+        None => None,
+        Some(url) => {
+            let backend = Backend::from_url(url, false)?;
+            let replica = Repository::open(backend, &args.repo.password()?)
+                .await
+                .with_context(|| format!("cannot open the replica {url}"))?;
+            check_same_repository(&repo, &replica)?;
+            Some(Arc::new(replica))
+        }
+    };
+    let options = VerifyOptions {
+        concurrency: args.parallel.clamp(1, 256),
+        sample_percent: args.sample,
+        repair_from,
+        record: true,
     };
     let progress = Arc::new(Progress::new());
     let line = ProgressLine::start("verify", progress.clone(), args.output.json);
-    let report = verify_snapshots(repo, &snapshots, args.parallel.clamp(1, 64), &progress).await?;
+    let report = verify_snapshots(repo, &snapshots, &options, &progress).await?;
     drop(line);
     if args.output.json {
         print_json(&report)?;
     } else {
+        for object in &report.repaired {
+            println!("REPAIRED {object}");
+        }
         for failure in &report.failures {
             println!("FAILED {}: {}", failure.object, failure.reason);
         }
+        for verdict in &report.verdicts {
+            if verdict.outcome == VerifyOutcome::Failed {
+                println!("snapshot {} FAILED", verdict.snapshot);
+            }
+        }
         println!(
-            "{} snapshot(s), {} chunks ({}) checked, {} failure(s)",
+            "{} snapshot(s), {} chunks ({}) checked, {} repaired, {} failure(s)",
             report.snapshots.len(),
             report.chunks_checked,
             human_bytes(report.bytes_checked),
+            report.repaired.len(),
             report.failures.len()
         );
     }

@@ -272,6 +272,25 @@ impl Backend {
         }
     }
 
+    /// Replaces an object whatever is stored under its key, durably.
+    ///
+    /// Only verify-and-repair may call this, and only with a blob it has just checked
+    /// (frame, authentication, digest) against the object's name: every other write in
+    /// Haven is create-only, which is what makes crashes and races harmless. Named
+    /// narrowly so that a new caller stands out in review.
+    pub async fn overwrite_for_repair(&self, key: &str, data: Bytes) -> Result<()> {
+        let store = self.durable_store.as_ref().unwrap_or(&self.store);
+        let options = PutOptions {
+            mode: PutMode::Overwrite,
+            ..Default::default()
+        };
+        store
+            .put_opts(&Path::from(key), PutPayload::from(data), options)
+            .await
+            .map(|_| ())
+            .map_err(|error| storage_error(key, error))
+    }
+
     /// Deletes an object; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&Path::from(key)).await {
@@ -286,6 +305,17 @@ impl Backend {
         self.store
             .list(Some(&prefix_path))
             .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|error| storage_error(prefix, error))
+    }
+
+    /// Keys and sizes of all objects under `prefix`, for copying between sites.
+    pub async fn list_with_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix_path = Path::from(prefix);
+        self.store
+            .list(Some(&prefix_path))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
             .try_collect()
             .await
             .map_err(|error| storage_error(prefix, error))

@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  magic "HVNB"
 //!      4     1  format version (1)
-//!      5     1  kind (1 chunk, 2 index, 3 manifest)
+//!      5     1  kind (1 chunk, 2 index, 3 manifest, 4 verify record)
 //!      6     1  compression (0 none, 1 zstd)
 //!      7     1  cipher (1 AES-256-GCM)
 //!      8     8  plaintext length, u64 little endian (before compression)
@@ -43,6 +43,8 @@ pub enum BlobKind {
     Index = 2,
     /// A snapshot manifest.
     Manifest = 3,
+    /// The result of verifying a snapshot (`verify/VM/SNAPSHOT/TIME`).
+    VerifyRecord = 4,
 }
 
 impl BlobKind {
@@ -51,6 +53,7 @@ impl BlobKind {
             1 => Some(BlobKind::Chunk),
             2 => Some(BlobKind::Index),
             3 => Some(BlobKind::Manifest),
+            4 => Some(BlobKind::VerifyRecord),
             _ => None,
         }
     }
@@ -162,6 +165,16 @@ struct Header {
 /// replication can check on their own.
 pub fn check_frame_only(key: &str, blob: &[u8]) -> Result<()> {
     check_frame(key, blob).map(|_| ())
+}
+
+/// Like [`check_frame_only`], and also that the blob holds `kind`: replication uses it
+/// so that an object under `chunks/` that frames as a manifest is never copied.
+pub(crate) fn check_frame_of_kind(key: &str, blob: &[u8], kind: BlobKind) -> Result<()> {
+    let header = check_frame(key, blob)?;
+    if BlobKind::from_byte(header.kind) != Some(kind) {
+        return Err(RepoError::corrupt(key, "blob holds another kind of object"));
+    }
+    Ok(())
 }
 
 fn check_frame(key: &str, blob: &[u8]) -> Result<Header> {

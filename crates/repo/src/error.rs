@@ -73,6 +73,9 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// An option given by the caller is out of range (for example a sample percentage).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// A cryptographic primitive failed for a reason other than bad data.
     #[error("cryptography failure: {0}")]
     Crypto(&'static str),

@@ -26,9 +26,12 @@ mod keyfile;
 mod local_sync;
 mod manifest;
 mod progress;
+mod repair;
+mod replicate;
 mod repository;
 mod retention;
 mod verify;
+mod verify_record;
 
 pub use backend::{Backend, Durability, PutOutcome};
 pub use blob::check_frame_only;
@@ -44,6 +47,12 @@ pub use manifest::{
     format_timestamp, parse_timestamp, validate_name,
 };
 pub use progress::Progress;
+pub use repair::check_same_repository;
+pub use replicate::{
+    RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus, compare_snapshots,
+    list_snapshot_ids, parse_rate, render_prometheus, replicate, replication_status,
+};
 pub use repository::Repository;
 pub use retention::{Decision, RetentionPolicy, plan_retention};
-pub use verify::{VerifyFailure, VerifyReport, verify_snapshots};
+pub use verify::{SnapshotVerdict, VerifyFailure, VerifyOptions, VerifyReport, verify_snapshots};
+pub use verify_record::{VerifyOutcome, VerifyRecord, latest_verify_record, write_verify_record};

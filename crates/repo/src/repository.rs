@@ -107,6 +107,11 @@ impl Repository {
         })
     }
 
+    /// Derived keys, for the modules that seal objects of their own (verify records).
+    pub(crate) fn keys(&self) -> &RepoKeys {
+        &self.keys
+    }
+
     /// The storage behind this repository.
     pub fn backend(&self) -> &Backend {
         &self.backend
@@ -230,17 +235,27 @@ impl Repository {
 
     /// Reads and checks the index of a disk named by a manifest.
     pub async fn read_index(&self, disk: &DiskEntry) -> Result<FixedIndex> {
+        let stored = self.get_index_blob(disk).await?;
+        self.open_index(disk, &stored)
+    }
+
+    /// Fetches the stored blob of a disk's index without opening it (repair).
+    pub(crate) async fn get_index_blob(&self, disk: &DiskEntry) -> Result<Bytes> {
         let max_plain = FixedIndex::encoded_len(disk.size, disk.chunk_size);
-        let stored = self
-            .backend
+        self.backend
             .get(&disk.index, max_plain + BLOB_OVERHEAD)
-            .await?;
+            .await
+    }
+
+    /// Checks and opens an index blob against its manifest entry.
+    pub(crate) fn open_index(&self, disk: &DiskEntry, stored: &[u8]) -> Result<FixedIndex> {
+        let max_plain = FixedIndex::encoded_len(disk.size, disk.chunk_size);
         let plain = blob::open(
             self.keys.blob_cipher(),
             &disk.index,
             BlobKind::Index,
             disk.index.as_bytes(),
-            &stored,
+            stored,
             max_plain,
         )?;
         if hex::encode(self.keys.chunk_digest(&plain)) != disk.index_digest {
@@ -283,14 +298,24 @@ impl Repository {
 
     /// Reads and checks a manifest.
     pub async fn read_manifest(&self, id: &SnapshotId) -> Result<Manifest> {
+        let stored = self.get_manifest_blob(id).await?;
+        self.open_manifest(id, &stored)
+    }
+
+    /// Fetches a manifest's stored blob without opening it (repair).
+    pub(crate) async fn get_manifest_blob(&self, id: &SnapshotId) -> Result<Bytes> {
+        self.backend.get(&id.manifest_key(), MAX_MANIFEST).await
+    }
+
+    /// Checks and opens a manifest blob stored as snapshot `id`.
+    pub(crate) fn open_manifest(&self, id: &SnapshotId, stored: &[u8]) -> Result<Manifest> {
         let key = id.manifest_key();
-        let stored = self.backend.get(&key, MAX_MANIFEST).await?;
         let plain = blob::open(
             self.keys.blob_cipher(),
             &key,
             BlobKind::Manifest,
             key.as_bytes(),
-            &stored,
+            stored,
             MAX_MANIFEST,
         )?;
         let manifest: Manifest = serde_json::from_slice(&plain)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use haven_repo::{
     Backend, ChunkId, Consistency, DiskEntry, DiskStats, FixedIndex, Manifest, Progress, RepoError,
-    Repository, SnapshotId, SnapshotRef, SourceInfo, verify_snapshots,
+    Repository, SnapshotId, SnapshotRef, SourceInfo, VerifyOptions, verify_snapshots,
 };
 
 fn manifest_for(id: &SnapshotId, disk: DiskEntry) -> Manifest {
@@ -93,7 +93,7 @@ async fn init_open_commit_list_verify() {
     let report = verify_snapshots(
         reopened.clone(),
         std::slice::from_ref(&snapshot),
-        4,
+        &VerifyOptions::default(),
         &Progress::new(),
     )
     .await
@@ -115,9 +115,14 @@ async fn init_open_commit_list_verify() {
     repo.commit_manifest(&manifest_for(&later, disk))
         .await
         .unwrap();
-    let report = verify_snapshots(reopened, &[later], 4, &Progress::new())
-        .await
-        .unwrap();
+    let report = verify_snapshots(
+        reopened,
+        &[later],
+        &VerifyOptions::default(),
+        &Progress::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.failures.len(), 1);
     assert_eq!(report.failures[0].object, missing.object_key());
 }

@@ -1,0 +1,272 @@
+//! `haven replicate`: copy a repository to a secondary site, once or continuously, and
+//! report how far behind the secondary is.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use haven_repo::{
+    Backend, Progress, ReplicateOptions, VmReplicationStatus, parse_rate, render_prometheus,
+    replicate, replication_status,
+};
+
+use crate::common::{OutputArgs, human_bytes, print_json};
+use crate::progress::ProgressLine;
+
+/// The two sites.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Sites {
+    /// Primary repository URL (read only; no password needed).
+    #[arg(long, value_name = "URL", required = true)]
+    from: Option<String>,
+    /// Secondary repository URL (created on first use).
+    #[arg(long, value_name = "URL", required = true)]
+    to: Option<String>,
+}
+
+impl Sites {
+    /// Opens both; a missing local secondary directory is created.
+    fn open(&self) -> Result<(Backend, Backend)> {
+        let (Some(from), Some(to)) = (&self.from, &self.to) else {
+            bail!("--from and --to are required");
+        };
+        if from == to {
+            bail!("--from and --to name the same repository");
+        }
+        Ok((
+            Backend::from_url(from, false)?,
+            Backend::from_url(to, true)?,
+        ))
+    }
+}
+
+/// Arguments of `haven replicate`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ReplicateArgs {
+    #[command(subcommand)]
+    command: Option<ReplicateCommand>,
+    #[command(flatten)]
+    sites: Sites,
+    /// Bandwidth limit in bytes per second written to the secondary (K, M, G: ×1024).
+    #[arg(long, value_name = "BYTES/s", value_parser = rate_value)]
+    limit_rate: Option<u64>,
+    /// Objects copied at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+    /// Copy only this VM's snapshots (chunks are copied for all VMs: without the key
+    /// they cannot be told apart).
+    #[arg(long)]
+    vm: Option<String>,
+    /// Replicate continuously, one pass every INTERVAL (for example 30s, 5m, 1h).
+    #[arg(long, value_name = "INTERVAL", value_parser = interval_value)]
+    watch: Option<Duration>,
+    /// With --watch: serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", requires = "watch")]
+    metrics_listen: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ReplicateCommand {
+    /// Show the replication lag per VM.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    sites: Sites,
+    /// Only this VM.
+    #[arg(long)]
+    vm: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn rate_value(text: &str) -> Result<u64, String> {
+    parse_rate(text).ok_or_else(|| format!("{text:?} is not a rate such as 50M or 800K"))
+}
+
+fn interval_value(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 'h')) => (&text[..at], 3600),
+        _ => (text, 1),
+    };
+    match number.parse::<u64>() {
+        Ok(value) if value > 0 => Ok(Duration::from_secs(value * unit)),
+        _ => Err(format!("{text:?} is not an interval such as 30s, 5m or 1h")),
+    }
+}
+
+/// Runs `haven replicate` or `haven replicate status`.
+pub async fn run(args: ReplicateArgs) -> Result<()> {
+    if let Some(ReplicateCommand::Status(status)) = args.command {
+        return run_status(status).await;
+    }
+    let (from, to) = args.sites.open()?;
+    let options = ReplicateOptions {
+        parallel: args.parallel.clamp(1, 256),
+        limit_rate: args.limit_rate,
+        vm: args.vm.clone(),
+    };
+    let Some(interval) = args.watch else {
+        return replicate_once(&from, &to, &options, args.output.json).await;
+    };
+    let metrics = Arc::new(Mutex::new(String::new()));
+    if let Some(address) = &args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        println!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(serve_metrics(listener, metrics.clone()));
+    }
+    let mut failures = 0u64;
+    refresh_metrics(&from, &to, args.vm.as_deref(), failures, &metrics).await;
+    loop {
+        if let Err(error) = replicate_once(&from, &to, &options, args.output.json).await {
+            failures += 1;
+            eprintln!("replication pass failed: {error:#}");
+        }
+        refresh_metrics(&from, &to, args.vm.as_deref(), failures, &metrics).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Recomputes the lag and replaces the text `/metrics` serves.
+async fn refresh_metrics(
+    from: &Backend,
+    to: &Backend,
+    vm: Option<&str>,
+    failures: u64,
+    metrics: &Mutex<String>,
+) {
+    match replication_status(from, to, vm).await {
+        Ok(statuses) => {
+            let mut text = render_prometheus(&statuses);
+            text.push_str("# HELP haven_replication_failed_passes_total Replication passes that ended in an error.\n# TYPE haven_replication_failed_passes_total counter\n");
+            text.push_str(&format!(
+                "haven_replication_failed_passes_total {failures}\n"
+            ));
+            *metrics.lock().unwrap_or_else(|poison| poison.into_inner()) = text;
+        }
+        Err(error) => eprintln!("replication status failed: {error}"),
+    }
+}
+
+async fn replicate_once(
+    from: &Backend,
+    to: &Backend,
+    options: &ReplicateOptions,
+    json: bool,
+) -> Result<()> {
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start("replicate", progress.clone(), json);
+    let report = replicate(from, to, options, &progress).await;
+    drop(line);
+    let report = report.with_context(|| {
+        format!(
+            "replication from {} to {} failed (rerun to continue)",
+            from.location(),
+            to.location()
+        )
+    })?;
+    if json {
+        return print_json(&report);
+    }
+    let rate = report.bytes_copied as f64 / report.elapsed_seconds.max(1e-3);
+    println!(
+        "{} snapshot(s) replicated ({} missing before): {} chunks, {} indexes, {} copied in {:.1} s ({}/s){}",
+        report.manifests_copied,
+        report.snapshots_missing,
+        report.chunks_copied,
+        report.indexes_copied,
+        human_bytes(report.bytes_copied),
+        report.elapsed_seconds,
+        human_bytes(rate as u64),
+        if report.repository_created {
+            "; repository created at the secondary"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+async fn run_status(args: StatusArgs) -> Result<()> {
+    // A local secondary that does not exist yet is created empty: it lacks everything.
+    let (from, to) = args.sites.open()?;
+    let statuses = replication_status(&from, &to, args.vm.as_deref()).await?;
+    if args.output.json {
+        return print_json(&statuses);
+    }
+    print_status(&statuses);
+    Ok(())
+}
+
+fn print_status(statuses: &[VmReplicationStatus]) {
+    println!(
+        "{:<24} {:>9} {:>10} {:>8} {:>10}  OLDEST MISSING",
+        "VM", "PRIMARY", "REPLICATED", "MISSING", "LAG (s)"
+    );
+    for status in statuses {
+        println!(
+            "{:<24} {:>9} {:>10} {:>8} {:>10}  {}",
+            status.vm,
+            status.primary_snapshots,
+            status.replicated_snapshots,
+            status.missing_snapshots,
+            status.lag_seconds,
+            status.oldest_missing.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// Serves the latest rendered metrics at `GET /metrics` (HTTP/1.1, one request per
+/// connection): all a Prometheus scrape needs, without an HTTP stack in the CLI.
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Mutex<String>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let work = answer(stream, metrics);
+            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+        });
+    }
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, metrics: Arc<Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+        if head.len() > 16 * 1024 {
+            return;
+        }
+    }
+    let request_line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
+    let (status, body) = if request_line.starts_with(b"GET /metrics ") {
+        let text = metrics
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        ("200 OK", text)
+    } else {
+        ("404 Not Found", "not found\n".to_string())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}

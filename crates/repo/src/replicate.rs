@@ -1,0 +1,322 @@
+//! Replication: copy what a secondary site lacks, without the key.
+//!
+//! Objects travel as the opaque encrypted blobs they are; only their frame (magic,
+//! version, kind, CRC-32) is checked before a write, so replication runs without the
+//! password and never copies bit rot. Because nothing is decrypted, the copier cannot
+//! tell which chunks a manifest names; it relies on the publish order instead:
+//!
+//! 1. `keys/*`, then `config` (when the secondary has none): the replica opens with the
+//!    same password, and a `config` is never present without its key;
+//! 2. the manifests to copy are listed (primary minus secondary);
+//! 3. every chunk the primary has and the secondary lacks is copied. A manifest is
+//!    written only after all of its chunks are durable, so every chunk a manifest listed
+//!    in step 2 names is in a chunk listing taken after it;
+//! 4. a durability barrier at the secondary, then the indexes of those snapshots
+//!    (replacing a stale index at the same key, as a backup does), then the manifests,
+//!    oldest first. A manifest is never written if anything before it failed.
+//!
+//! Every write is create-only, and the stores publish objects atomically (the storage
+//! node renames a complete temporary file; `file://` links a complete staging file), so
+//! a replication killed at any moment leaves no partial object and no manifest whose
+//! chunks are missing; the next run lists again and copies only what is still missing.
+//!
+//! Memory: chunk listings are compared one `chunks/XX` fan-out prefix at a time (1/256
+//! of the keys), sorted, never the whole repository at once.
+
+mod rate;
+mod status;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+pub use rate::{RateLimiter, parse_rate};
+pub use status::{
+    VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, render_prometheus,
+    replication_status,
+};
+
+use crate::backend::{Backend, Durability, PutOutcome};
+use crate::blob::{BlobKind, check_frame_of_kind};
+use crate::config::{MAX_CHUNK_SIZE, RepoConfig};
+use crate::error::{RepoError, Result};
+use crate::manifest::SnapshotId;
+use crate::progress::Progress;
+
+const CONFIG_KEY: &str = "config";
+const MAX_SMALL_OBJECT: u64 = 64 * 1024;
+const MAX_CHUNK_OBJECT: u64 = MAX_CHUNK_SIZE as u64 + 4096;
+const MAX_INDEX_OBJECT: u64 = 1 << 32;
+const MAX_MANIFEST_OBJECT: u64 = 16 * 1024 * 1024;
+/// Chunk-prefix listings compared ahead of the copies.
+const LISTINGS_AHEAD: usize = 4;
+
+/// How to replicate.
+#[derive(Debug, Clone)]
+pub struct ReplicateOptions {
+    /// Objects copied at once.
+    pub parallel: usize,
+    /// Bytes per second written to the secondary, all tasks together.
+    pub limit_rate: Option<u64>,
+    /// Copy only this VM's indexes and manifests. Chunks cannot be attributed to a VM
+    /// without the key, so every missing chunk is still copied.
+    pub vm: Option<String>,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        Self {
+            parallel: 16,
+            limit_rate: None,
+            vm: None,
+        }
+    }
+}
+
+/// What a replication run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicateReport {
+    /// The secondary had no repository; `config` and keys were copied.
+    pub repository_created: bool,
+    /// Key files copied.
+    pub keys_copied: u64,
+    /// Snapshots the secondary lacked at the start.
+    pub snapshots_missing: u64,
+    /// Chunks copied.
+    pub chunks_copied: u64,
+    /// Indexes copied.
+    pub indexes_copied: u64,
+    /// Manifests copied: snapshots now present at the secondary.
+    pub manifests_copied: u64,
+    /// Bytes written to the secondary.
+    pub bytes_copied: u64,
+    /// Wall-clock seconds.
+    pub elapsed_seconds: f64,
+}
+
+/// Counters shared by the copy tasks.
+#[derive(Default)]
+struct Counters {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Copies everything the secondary `to` lacks from the primary `from`.
+pub async fn replicate(
+    from: &Backend,
+    to: &Backend,
+    options: &ReplicateOptions,
+    progress: &Progress,
+) -> Result<ReplicateReport> {
+    let started = Instant::now();
+    let mut report = ReplicateReport::default();
+    let limiter = options.limit_rate.map(RateLimiter::new).map(Arc::new);
+    let copier = Copier {
+        from: from.clone(),
+        to: to.clone(),
+        limiter,
+        counters: Arc::new(Counters::default()),
+    };
+
+    let (created, keys) = copier.repository_files().await?;
+    report.repository_created = created;
+    report.keys_copied = keys;
+
+    let primary = list_snapshot_ids(from, options.vm.as_deref()).await?;
+    let secondary: BTreeSet<SnapshotId> = list_snapshot_ids(to, options.vm.as_deref())
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<SnapshotId> = primary
+        .into_iter()
+        .filter(|id| !secondary.contains(id))
+        .collect();
+    report.snapshots_missing = missing.len() as u64;
+    if !missing.is_empty() {
+        copier.chunks(options.parallel.max(1), progress).await?;
+        to.barrier().await?;
+        for id in &missing {
+            report.indexes_copied += copier.indexes(id).await?;
+        }
+        for id in &missing {
+            let key = id.manifest_key();
+            if copier
+                .object(&key, BlobKind::Manifest, MAX_MANIFEST_OBJECT)
+                .await?
+            {
+                report.manifests_copied += 1;
+            }
+        }
+    }
+    report.chunks_copied = copier.counters.chunks.load(Ordering::Relaxed);
+    report.bytes_copied = copier.counters.bytes.load(Ordering::Relaxed);
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[derive(Clone)]
+struct Copier {
+    from: Backend,
+    to: Backend,
+    limiter: Option<Arc<RateLimiter>>,
+    counters: Arc<Counters>,
+}
+
+impl Copier {
+    /// Copies missing key files, then `config` if the secondary has none; refuses a
+    /// secondary that holds another repository. Returns (config copied, keys copied).
+    async fn repository_files(&self) -> Result<(bool, u64)> {
+        let config = match self.from.get(CONFIG_KEY, MAX_SMALL_OBJECT).await {
+            Ok(bytes) => bytes,
+            Err(RepoError::NotFound(_)) => {
+                return Err(RepoError::NotARepository(self.from.location().into()));
+            }
+            Err(error) => return Err(error),
+        };
+        let primary = RepoConfig::parse(&config, self.from.location())?;
+        let existing = match self.to.get(CONFIG_KEY, MAX_SMALL_OBJECT).await {
+            Ok(bytes) => Some(RepoConfig::parse(&bytes, self.to.location())?),
+            Err(RepoError::NotFound(_)) => None,
+            Err(error) => return Err(error),
+        };
+        if let Some(secondary) = &existing
+            && secondary.id != primary.id
+        {
+            return Err(RepoError::InvalidArgument(format!(
+                "{} holds repository {}, not {} ({}): refusing to mix them",
+                self.to.location(),
+                secondary.id,
+                primary.id,
+                self.from.location()
+            )));
+        }
+        let present: BTreeSet<String> = self.to.list("keys").await?.into_iter().collect();
+        let mut keys = 0;
+        for key in self.from.list("keys").await? {
+            if present.contains(&key) {
+                continue;
+            }
+            let data = self.from.get(&key, MAX_SMALL_OBJECT).await?;
+            serde_json::from_slice::<serde_json::Value>(&data)
+                .map_err(|error| RepoError::corrupt(&key, format!("not JSON: {error}")))?;
+            if self.put(&key, data, Durability::Immediate).await? {
+                keys += 1;
+            }
+        }
+        let created = match existing {
+            Some(_) => false,
+            None => self.put(CONFIG_KEY, config, Durability::Immediate).await?,
+        };
+        Ok((created, keys))
+    }
+
+    /// Copies every chunk the secondary lacks, one fan-out prefix listing at a time.
+    async fn chunks(&self, parallel: usize, progress: &Progress) -> Result<()> {
+        let prefixes = (0..=255u8).map(|byte| format!("chunks/{byte:02x}"));
+        let listings = futures::stream::iter(prefixes)
+            .map(|prefix| {
+                let copier = self.clone();
+                async move { copier.missing_under(&prefix).await }
+            })
+            .buffered(LISTINGS_AHEAD);
+        let mut copies = listings
+            .flat_map(|listing| match listing {
+                Ok(keys) => {
+                    progress.add_total(keys.iter().map(|(_, size)| size).sum());
+                    futures::stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>())
+                }
+                Err(error) => futures::stream::iter(vec![Err(error)]),
+            })
+            .map(|item| {
+                let copier = self.clone();
+                async move {
+                    let (key, size) = item?;
+                    copier
+                        .object(&key, BlobKind::Chunk, MAX_CHUNK_OBJECT)
+                        .await?;
+                    Ok::<u64, RepoError>(size)
+                }
+            })
+            .buffer_unordered(parallel);
+        let mut first_error = None;
+        while let Some(result) = copies.next().await {
+            match result {
+                Ok(size) => progress.add_done(size),
+                Err(error) => {
+                    tracing::warn!(%error, "chunk not replicated");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Keys (and sizes) under `prefix` at the primary and not at the secondary.
+    async fn missing_under(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let (primary, secondary) =
+            futures::try_join!(self.from.list_with_sizes(prefix), self.to.list(prefix))?;
+        let present: BTreeSet<String> = secondary.into_iter().collect();
+        let mut missing: Vec<(String, u64)> = primary
+            .into_iter()
+            .filter(|(key, _)| !present.contains(key))
+            .collect();
+        missing.sort_unstable();
+        Ok(missing)
+    }
+
+    /// Copies the indexes of snapshot `id`; an index already at the secondary with other
+    /// bytes (left by a backup that crashed before its manifest) is replaced.
+    async fn indexes(&self, id: &SnapshotId) -> Result<u64> {
+        let prefix = format!("indexes/{}/{}", id.vm, id.timestamp);
+        let mut copied = 0;
+        for key in self.from.list(&prefix).await? {
+            let data = self.from.get(&key, MAX_INDEX_OBJECT).await?;
+            check_frame_of_kind(&key, &data, BlobKind::Index)?;
+            match self.to.get(&key, MAX_INDEX_OBJECT).await {
+                Ok(existing) if existing == data => continue,
+                Ok(_) => self.to.delete(&key).await?,
+                Err(RepoError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+            if self.put(&key, data, Durability::Immediate).await? {
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Copies one framed object create-only; returns whether this call wrote it.
+    async fn object(&self, key: &str, kind: BlobKind, max_len: u64) -> Result<bool> {
+        let data = self.from.get(key, max_len).await?;
+        check_frame_of_kind(key, &data, kind)?;
+        let durability = match kind {
+            BlobKind::Chunk => Durability::Deferred,
+            _ => Durability::Immediate,
+        };
+        let created = self.put(key, data, durability).await?;
+        if created && kind == BlobKind::Chunk {
+            self.counters.chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(created)
+    }
+
+    async fn put(&self, key: &str, data: Bytes, durability: Durability) -> Result<bool> {
+        let len = data.len() as u64;
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire(len).await;
+        }
+        let outcome = self.to.put_if_absent(key, data, durability).await?;
+        if outcome == PutOutcome::Created {
+            self.counters.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(outcome == PutOutcome::Created)
+    }
+}
