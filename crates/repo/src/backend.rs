@@ -330,6 +330,37 @@ impl Backend {
             None => Ok(()),
         }
     }
+
+    /// Writes or replaces a lease, lock or protection record (`locks/…`,
+    /// `gc/generation`, `protect/…`): records of who is working or what is kept now,
+    /// the only mutable objects besides repairs. Never used for chunks, indexes or
+    /// manifests, which are create-only.
+    pub(crate) async fn put_lock_object(&self, key: &str, data: Bytes) -> Result<()> {
+        let store = self.durable_store.as_ref().unwrap_or(&self.store);
+        let options = PutOptions {
+            mode: PutMode::Overwrite,
+            ..Default::default()
+        };
+        store
+            .put_opts(&Path::from(key), PutPayload::from(data), options)
+            .await
+            .map(|_| ())
+            .map_err(|error| storage_error(key, error))
+    }
+
+    /// Objects under `prefix` with size and modification time, as a stream: garbage
+    /// collection lists 10^8 chunks, which must never be collected into memory.
+    pub(crate) fn list_meta(
+        &self,
+        prefix: &str,
+    ) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta>> {
+        let owned_prefix = prefix.to_string();
+        Box::pin(
+            self.store
+                .list(Some(&Path::from(prefix)))
+                .map_err(move |error| storage_error(&owned_prefix, error)),
+        )
+    }
 }
 
 /// A batcher for `s3://` URLs that may name a Haven storage node: an explicit

@@ -79,6 +79,17 @@ pub enum RepoError {
     /// A cryptographic primitive failed for a reason other than bad data.
     #[error("cryptography failure: {0}")]
     Crypto(&'static str),
+    /// Another process holds what this one needs (a garbage collection lock), or this
+    /// process could not keep its own lease fresh.
+    #[error("repository busy: {0}")]
+    Busy(String),
+    /// A garbage collection removed chunks a running backup relied on; running the
+    /// backup again stores them anew. Nothing committed is affected.
+    #[error("a concurrent garbage collection removed chunks: {0}; run the backup again")]
+    ConcurrentGc(String),
+    /// The operation would remove or unprotect a protected snapshot.
+    #[error("snapshot {0} is protected")]
+    Protected(String),
 }
 
 impl RepoError {
@@ -96,7 +107,7 @@ impl RepoError {
                     | object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
             ),
-            RepoError::Io { .. } => true,
+            RepoError::Io { .. } | RepoError::Busy(_) | RepoError::ConcurrentGc(_) => true,
             _ => false,
         }
     }

@@ -173,6 +173,7 @@ async fn query(
     };
     let now = time::OffsetDateTime::now_utc();
     let signed = sign(
+        "POST",
         credentials,
         &host,
         &path,
@@ -215,10 +216,10 @@ async fn query(
 }
 
 /// Headers of a SigV4-signed request.
-struct Signed {
-    amz_date: String,
-    payload_hash: String,
-    authorization: String,
+pub(crate) struct Signed {
+    pub(crate) amz_date: String,
+    pub(crate) payload_hash: String,
+    pub(crate) authorization: String,
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -231,8 +232,11 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))
 }
 
-/// AWS Signature Version 4 for a POST with the given path and canonical query.
-fn sign(
+/// AWS Signature Version 4 for a request with the given method, (already
+/// URI-encoded) path and canonical query; also used for object-lock requests
+/// (`crate::protect`).
+pub(crate) fn sign(
+    method: &str,
     credentials: &Credentials,
     host: &str,
     path: &str,
@@ -255,7 +259,7 @@ fn sign(
     let payload_hash = sha256_hex(body);
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
     let canonical_request = format!(
-        "POST\n{path}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{payload_hash}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_hash}"
+        "{method}\n{path}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{payload_hash}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_hash}"
     );
     let scope = format!("{date}/{}/s3/aws4_request", credentials.region);
     let string_to_sign = format!(

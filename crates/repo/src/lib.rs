@@ -21,11 +21,14 @@ mod crypto;
 mod error;
 mod exists_batcher;
 mod exists_client;
+mod gc;
 mod index;
 mod keyfile;
+mod lease;
 mod local_sync;
 mod manifest;
 mod progress;
+mod protect;
 mod repair;
 mod replicate;
 mod repository;
@@ -41,12 +44,19 @@ pub use error::{RepoError, Result};
 pub use exists_client::{
     Credentials, ExistsClient, ExistsClientError, KEYS_PER_REQUEST, exists_batch,
 };
+pub use gc::{DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, collect_garbage};
 pub use index::{FixedIndex, slot_count, slot_range};
+pub use lease::{
+    BackupLease, GcLock, LockRecord, PinSource, Pins, RepositoryLeases, STALE_AFTER, live_records,
+};
 pub use manifest::{
     Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,
     format_timestamp, parse_timestamp, validate_name,
 };
 pub use progress::Progress;
+pub use protect::{
+    LockMode, ProtectReport, Protection, protect_snapshot, protected_snapshots, unprotect_snapshot,
+};
 pub use repair::check_same_repository;
 pub use replicate::{
     RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus, compare_snapshots,

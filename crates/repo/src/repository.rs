@@ -17,6 +17,8 @@ const CONFIG_KEY: &str = "config";
 const MAX_SMALL_OBJECT: u64 = 64 * 1024;
 const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
 const BLOB_OVERHEAD: u64 = (HEADER_LEN + TAG_LEN + TRAILER_LEN) as u64;
+/// Largest disk an index without a manifest is read for (the worker's limit).
+const MAX_UNREFERENCED_DISK: u64 = 16 << 40;
 
 /// An open repository. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Repository {
@@ -276,6 +278,22 @@ impl Repository {
 
     /// Publishes a manifest: the commit point of a snapshot. Fails if it exists.
     pub async fn commit_manifest(&self, manifest: &Manifest) -> Result<SnapshotId> {
+        let (id, sealed) = self.seal_manifest(manifest)?;
+        let key = id.manifest_key();
+        match self
+            .backend
+            .put_if_absent(&key, sealed.into(), Durability::Immediate)
+            .await?
+        {
+            PutOutcome::Created => Ok(id),
+            PutOutcome::AlreadyExisted => Err(RepoError::AlreadyExists(key)),
+        }
+    }
+
+    /// Validates and seals a manifest without writing it: a cluster worker hands the
+    /// sealed blob to the coordinator, which publishes it under its fenced commit
+    /// (the coordinator holds no key and cannot read or forge it).
+    pub fn seal_manifest(&self, manifest: &Manifest) -> Result<(SnapshotId, Vec<u8>)> {
         let id = manifest.id()?;
         let key = id.manifest_key();
         manifest.validate(&key)?;
@@ -286,14 +304,7 @@ impl Repository {
             key.as_bytes(),
             &plain,
         )?;
-        match self
-            .backend
-            .put_if_absent(&key, sealed.into(), Durability::Immediate)
-            .await?
-        {
-            PutOutcome::Created => Ok(id),
-            PutOutcome::AlreadyExisted => Err(RepoError::AlreadyExists(key)),
-        }
+        Ok((id, sealed))
     }
 
     /// Reads and checks a manifest.
@@ -357,6 +368,25 @@ impl Repository {
                 Some(timestamp) => format!("snapshot {}@{timestamp}", reference.vm),
             })
         })
+    }
+
+    /// Reads an index object that no manifest names yet (a backup between writing its
+    /// index and its manifest), for garbage collection's mark: the blob is
+    /// authenticated against its key, but there is no digest to compare with. Its size
+    /// is bounded by the largest disk Haven backs up (16 TiB) at this repository's
+    /// chunk size.
+    pub(crate) async fn read_unreferenced_index(&self, key: &str) -> Result<FixedIndex> {
+        let max_plain = FixedIndex::encoded_len(MAX_UNREFERENCED_DISK, self.config.chunk_size);
+        let stored = self.backend.get(key, max_plain + BLOB_OVERHEAD).await?;
+        let plain = blob::open(
+            self.keys.blob_cipher(),
+            key,
+            BlobKind::Index,
+            key.as_bytes(),
+            &stored,
+            max_plain,
+        )?;
+        FixedIndex::decode(&plain, key)
     }
 }
 

@@ -1,0 +1,547 @@
+//! Who is working on a repository right now: backup leases, garbage-collection locks
+//! and the sweep generation. These are the only mutable objects of a repository; the
+//! protocol they implement is argued in `ARCHITECTURE.md` ("Garbage collection and
+//! concurrent backups").
+//!
+//! ```text
+//! locks/backup-ID   a running backup: start, last refresh, VM, base snapshot
+//! locks/gc-ID       a running garbage collection (several may be written; the oldest
+//!                   live one proceeds, the others back off)
+//! gc/generation     the id of the last collection that started deleting
+//! ```
+//!
+//! Records are refreshed every [`REFRESH_INTERVAL`]; one whose refresh is older than
+//! [`STALE_AFTER`], or that names a process on this host that no longer exists, is
+//! dead. A backup takes its lease before it reads its base or asks whether any chunk
+//! exists, and before its manifest it calls [`BackupLease::confirm_chunks`], which
+//! re-checks its chunks whenever a collection may have deleted concurrently.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::backend::Backend;
+use crate::chunk::ChunkId;
+use crate::error::{RepoError, Result};
+use crate::index::FixedIndex;
+use crate::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::repository::Repository;
+
+/// Folder of lease and lock objects.
+pub const LOCKS_PREFIX: &str = "locks";
+/// Object naming the last collection that started deleting.
+pub const GC_GENERATION_KEY: &str = "gc/generation";
+/// How often a holder rewrites its record.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// A record not refreshed for this long is dead (its holder hung or lost the storage).
+pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How often a backup waiting for a collection to finish looks again.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+/// How long a backup waits for a running collection before giving up.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Existence checks in flight when a backup re-checks its chunks.
+const RECHECK_CONCURRENCY: usize = 32;
+/// Largest lock record read.
+const MAX_RECORD: u64 = 64 * 1024;
+
+/// The content of a lease or lock object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockRecord {
+    /// `backup` or `gc`.
+    pub kind: String,
+    /// Random id, also in the object's key.
+    pub id: String,
+    /// Host name of the holder.
+    pub host: String,
+    /// Process id of the holder.
+    pub pid: u32,
+    /// Start time of that process in clock ticks since boot (tells a reused pid apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start: Option<u64>,
+    /// When the holder started, RFC 3339.
+    pub started: String,
+    /// When the holder last rewrote the record, RFC 3339.
+    pub refreshed: String,
+    /// VM being backed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// Timestamp of the base snapshot (same VM) whose index the backup reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+impl LockRecord {
+    fn new(kind: &str, vm: Option<&str>, base: Option<&str>) -> Result<Self> {
+        let now = format_timestamp(OffsetDateTime::now_utc());
+        let mut random = [0u8; 8];
+        crate::crypto::fill_random(&mut random)?;
+        Ok(Self {
+            kind: kind.to_string(),
+            id: hex::encode(random),
+            host: host_name(),
+            pid: std::process::id(),
+            process_start: process_start(std::process::id()),
+            started: now.clone(),
+            refreshed: now,
+            vm: vm.map(str::to_string),
+            base: base.map(str::to_string),
+        })
+    }
+
+    /// The object key of this record.
+    pub fn key(&self) -> String {
+        format!("{LOCKS_PREFIX}/{}-{}", self.kind, self.id)
+    }
+
+    /// Start time; unreadable times count as the epoch (oldest possible: conservative).
+    pub fn started_at(&self) -> OffsetDateTime {
+        parse_timestamp(&self.started).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Whether the holder may still be working: refreshed within `stale_after` and, on
+    /// this host, its process still exists.
+    pub fn is_live(&self, now: OffsetDateTime, stale_after: Duration) -> bool {
+        if self.host == host_name() && !process_alive(self.pid, self.process_start) {
+            return false;
+        }
+        match parse_timestamp(&self.refreshed) {
+            Ok(refreshed) => refreshed + stale_after > now,
+            // A record we cannot date is treated as live until it is removed by hand:
+            // wrongly thinking a backup is dead could cost data.
+            Err(_) => true,
+        }
+    }
+
+    fn encode(&self) -> Result<Bytes> {
+        serde_json::to_vec_pretty(self)
+            .map(Bytes::from)
+            .map_err(|error| RepoError::Io {
+                context: "cannot encode a lock record".into(),
+                source: std::io::Error::other(error),
+            })
+    }
+}
+
+/// Every lease or lock record of `kind` in the repository, with the ones that could not
+/// be read (a live holder's record is never partial: writes are atomic).
+pub async fn read_records(backend: &Backend, kind: &str) -> Result<Vec<LockRecord>> {
+    let prefix = format!("{LOCKS_PREFIX}/{kind}-");
+    let mut records = Vec::new();
+    for key in backend.list(LOCKS_PREFIX).await? {
+        if !key.starts_with(&prefix) {
+            continue;
+        }
+        let bytes = match backend.get(&key, MAX_RECORD).await {
+            Ok(bytes) => bytes,
+            // Released between the listing and the read.
+            Err(RepoError::NotFound(_)) => continue,
+            Err(error) => return Err(error),
+        };
+        let record: LockRecord = serde_json::from_slice(&bytes)
+            .map_err(|error| RepoError::corrupt(&key, format!("bad lock record: {error}")))?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// The live records of `kind`.
+pub async fn live_records(backend: &Backend, kind: &str) -> Result<Vec<LockRecord>> {
+    let now = OffsetDateTime::now_utc();
+    Ok(read_records(backend, kind)
+        .await?
+        .into_iter()
+        .filter(|record| record.is_live(now, STALE_AFTER))
+        .collect())
+}
+
+async fn read_generation(backend: &Backend) -> Result<Option<String>> {
+    match backend.get(GC_GENERATION_KEY, MAX_RECORD).await {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(RepoError::NotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// A record this process holds: written at creation, rewritten every
+/// [`REFRESH_INTERVAL`] by a background task, deleted on release (or, best effort,
+/// on drop).
+#[derive(Debug)]
+struct Held {
+    backend: Backend,
+    record: LockRecord,
+    /// When the last rewrite succeeded.
+    last_refresh: Arc<Mutex<Instant>>,
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Held {
+    async fn create(backend: &Backend, record: LockRecord) -> Result<Self> {
+        backend
+            .put_lock_object(&record.key(), record.encode()?)
+            .await?;
+        let last_refresh = Arc::new(Mutex::new(Instant::now()));
+        let refresher = tokio::spawn(refresh_loop(
+            backend.clone(),
+            record.clone(),
+            last_refresh.clone(),
+        ));
+        Ok(Self {
+            backend: backend.clone(),
+            record,
+            last_refresh,
+            refresher: Mutex::new(Some(refresher)),
+        })
+    }
+
+    /// Whether the record was rewritten recently enough that nobody can judge it stale
+    /// before `STALE_AFTER / 2` more has passed.
+    fn is_fresh(&self) -> bool {
+        self.last_refresh
+            .lock()
+            .map(|last| last.elapsed() < STALE_AFTER / 2)
+            .unwrap_or(false)
+    }
+
+    async fn release(&self) -> Result<()> {
+        if let Ok(mut refresher) = self.refresher.lock()
+            && let Some(task) = refresher.take()
+        {
+            task.abort();
+        }
+        self.backend.delete(&self.record.key()).await
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Ok(mut refresher) = self.refresher.lock() else {
+            return;
+        };
+        let Some(task) = refresher.take() else {
+            return;
+        };
+        task.abort();
+        // Not released explicitly (an error path): remove the record if a runtime is
+        // still there; otherwise it dies with this process (same-host check) or by age.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let backend = self.backend.clone();
+            let key = self.record.key();
+            runtime.spawn(async move {
+                let _ = backend.delete(&key).await;
+            });
+        }
+    }
+}
+
+async fn refresh_loop(backend: Backend, mut record: LockRecord, last: Arc<Mutex<Instant>>) {
+    loop {
+        tokio::time::sleep(REFRESH_INTERVAL).await;
+        record.refreshed = format_timestamp(OffsetDateTime::now_utc());
+        let Ok(bytes) = record.encode() else {
+            continue;
+        };
+        match backend.put_lock_object(&record.key(), bytes).await {
+            Ok(()) => {
+                if let Ok(mut last) = last.lock() {
+                    *last = Instant::now();
+                }
+            }
+            Err(error) => tracing::warn!(key = %record.key(), %error, "cannot refresh lock record"),
+        }
+    }
+}
+
+/// The lease of one running backup.
+///
+/// Taken by `plan_snapshot` before the base index is read or any chunk's existence is
+/// asked; [`Self::confirm_chunks`] runs after the indexes are written and before the
+/// manifest; [`Self::release`] after the manifest.
+#[derive(Debug)]
+pub struct BackupLease {
+    held: Held,
+    /// `gc/generation` when the lease was taken.
+    generation_at_start: Option<String>,
+    /// Whether a live collection held its lock when the lease was taken.
+    gc_running_at_start: bool,
+}
+
+impl BackupLease {
+    /// Writes the lease of a backup of `vm` building on snapshot `base` (a timestamp of
+    /// the same VM), then notes the collection state (generation first, then locks:
+    /// the order the safety argument needs).
+    pub async fn acquire(backend: &Backend, vm: &str, base: Option<&str>) -> Result<Self> {
+        let record = LockRecord::new("backup", Some(vm), base)?;
+        let held = Held::create(backend, record).await?;
+        let generation_at_start = read_generation(backend).await?;
+        let gc_running_at_start = !live_records(backend, "gc").await?.is_empty();
+        Ok(Self {
+            held,
+            generation_at_start,
+            gc_running_at_start,
+        })
+    }
+
+    /// The lease's record.
+    pub fn record(&self) -> &LockRecord {
+        &self.held.record
+    }
+
+    /// Call after the snapshot's indexes are written and before its manifest: returns
+    /// once every chunk the indexes name is known to stay, or an error if a concurrent
+    /// collection removed one (the backup must then be run again; nothing is lost).
+    ///
+    /// If no collection ran between the lease and now, nothing is checked. Otherwise
+    /// this waits until no collection is running (any later one marks from these
+    /// indexes) and checks that every chunk still exists.
+    pub async fn confirm_chunks(&self, repo: &Repository, indexes: &[&FixedIndex]) -> Result<()> {
+        let backend = repo.backend();
+        let mut must_check = self.gc_running_at_start;
+        let waited_since = Instant::now();
+        while !live_records(backend, "gc").await?.is_empty() {
+            must_check = true;
+            if waited_since.elapsed() > MAX_WAIT {
+                return Err(RepoError::Busy(
+                    "a garbage collection has been running for over an hour; the backup cannot commit meanwhile".into(),
+                ));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+        if read_generation(backend).await? != self.generation_at_start {
+            must_check = true;
+        }
+        if !self.held.is_fresh() || !backend.exists(&self.held.record.key()).await? {
+            return Err(RepoError::Busy(format!(
+                "the backup's lease {} could not be kept fresh; not committing",
+                self.held.record.key()
+            )));
+        }
+        if !must_check {
+            return Ok(());
+        }
+        let mut ids: Vec<ChunkId> = indexes
+            .iter()
+            .flat_map(|index| index.slots().iter().copied())
+            .filter(|id| !id.is_zero())
+            .collect();
+        ids.sort_unstable_by_key(|id| id.0);
+        ids.dedup();
+        tracing::info!(
+            chunks = ids.len(),
+            "a garbage collection ran during this backup; checking its chunks are still stored"
+        );
+        let mut checks = futures::stream::iter(ids)
+            .map(|id| async move { (id, repo.chunk_exists(&id).await) })
+            .buffer_unordered(RECHECK_CONCURRENCY);
+        let mut missing = 0u64;
+        let mut first_missing = None;
+        while let Some((id, exists)) = checks.next().await {
+            if !exists? {
+                missing += 1;
+                first_missing.get_or_insert(id);
+            }
+        }
+        match first_missing {
+            None => Ok(()),
+            Some(id) => Err(RepoError::ConcurrentGc(format!(
+                "{missing} chunk(s) this backup relied on were removed (first: {})",
+                id.object_key()
+            ))),
+        }
+    }
+
+    /// Removes the lease (after the manifest is written, or when giving up).
+    pub async fn release(&self) -> Result<()> {
+        self.held.release().await
+    }
+}
+
+/// The lock of one running garbage collection.
+#[derive(Debug)]
+pub struct GcLock {
+    held: Held,
+}
+
+impl GcLock {
+    /// Writes this collection's lock, then backs off (removing it again) if any other
+    /// live collection lock exists. Of several collections that start at once at most
+    /// one proceeds: each lists after writing its own lock, so of any two the later
+    /// listing sees both locks (both may back off; then none runs, which is safe).
+    pub async fn acquire(backend: &Backend) -> Result<Self> {
+        let record = LockRecord::new("gc", None, None)?;
+        let held = Held::create(backend, record).await?;
+        let now = OffsetDateTime::now_utc();
+        for other in read_records(backend, "gc").await? {
+            if other.id == held.record.id || !other.is_live(now, STALE_AFTER) {
+                continue;
+            }
+            held.release().await?;
+            return Err(RepoError::Busy(format!(
+                "another garbage collection is running ({} on {}, pid {}, since {})",
+                other.key(),
+                other.host,
+                other.pid,
+                other.started
+            )));
+        }
+        Ok(Self { held })
+    }
+
+    /// The lock's record.
+    pub fn record(&self) -> &LockRecord {
+        &self.held.record
+    }
+
+    /// Fails unless the lock is fresh: checked before every deletion, so a collection
+    /// that lost its lock (and may be judged dead by backups) stops deleting.
+    pub fn ensure_fresh(&self) -> Result<()> {
+        if self.held.is_fresh() {
+            Ok(())
+        } else {
+            Err(RepoError::Busy(
+                "the garbage collection lock could not be refreshed; stopping".into(),
+            ))
+        }
+    }
+
+    /// Records that this collection is about to delete: backups that began before
+    /// will see the generation change and re-check their chunks.
+    pub async fn announce_deletions(&self, backend: &Backend) -> Result<()> {
+        backend
+            .put_lock_object(
+                GC_GENERATION_KEY,
+                Bytes::from(self.held.record.id.clone().into_bytes()),
+            )
+            .await
+    }
+
+    /// Removes the lock.
+    pub async fn release(&self) -> Result<()> {
+        self.held.release().await
+    }
+}
+
+/// What running backups need kept: the oldest start among them and their base
+/// snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// Start of the oldest running backup; nothing modified after it (minus the
+    /// margin) is removed.
+    pub oldest_start: Option<OffsetDateTime>,
+    /// Base snapshots running backups reuse chunks from.
+    pub bases: BTreeSet<SnapshotId>,
+    /// Who pins, for the report (`locks/backup-ID` or a job name).
+    pub holders: Vec<String>,
+}
+
+/// Where a collection learns about running backups. In single-machine mode that is the
+/// repository's own leases ([`RepositoryLeases`]); the cluster coordinator supplies
+/// the pins it keeps in etcd through the same trait.
+pub trait PinSource: Send + Sync {
+    /// The pins at this moment.
+    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, Result<Pins>>;
+}
+
+/// Pins from the live `locks/backup-*` leases of the repository.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RepositoryLeases;
+
+impl PinSource for RepositoryLeases {
+    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, Result<Pins>> {
+        Box::pin(async move {
+            let mut pins = Pins::default();
+            for record in live_records(repo.backend(), "backup").await? {
+                let started = record.started_at();
+                pins.oldest_start = Some(match pins.oldest_start {
+                    Some(oldest) if oldest <= started => oldest,
+                    _ => started,
+                });
+                if let (Some(vm), Some(base)) = (&record.vm, &record.base)
+                    && let Ok(id) = SnapshotId::new(vm, base)
+                {
+                    pins.bases.insert(id);
+                }
+                pins.holders.push(record.key());
+            }
+            Ok(pins)
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in ticks), read after the last `)` because
+/// the command name may contain anything.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` (started at `start` ticks, when known) still runs here. Where
+/// `/proc` is unavailable every process counts as alive (only age then ends a record).
+fn process_alive(pid: u32, start: Option<u64>) -> bool {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    match (process_start(pid), start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_a_dead_process_on_this_host_is_dead_and_age_kills_any() {
+        let now = OffsetDateTime::now_utc();
+        let mut record = LockRecord::new("backup", Some("vm"), None).unwrap();
+        assert!(record.is_live(now, STALE_AFTER));
+        // Same pid, other start time: the pid was reused.
+        record.process_start = record.process_start.map(|start| start + 1);
+        assert!(!record.is_live(now, STALE_AFTER));
+        let mut other_host = LockRecord::new("backup", Some("vm"), None).unwrap();
+        other_host.host = "elsewhere".into();
+        other_host.pid = u32::MAX;
+        assert!(other_host.is_live(now, STALE_AFTER));
+        other_host.refreshed = format_timestamp(now - STALE_AFTER - Duration::from_secs(1));
+        assert!(!other_host.is_live(now, STALE_AFTER));
+    }
+
+    #[tokio::test]
+    async fn the_oldest_collection_wins_and_leases_become_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::from_url(dir.path().to_str().unwrap(), true).unwrap();
+        let first = GcLock::acquire(&backend).await.unwrap();
+        let error = GcLock::acquire(&backend).await.unwrap_err();
+        assert!(matches!(error, RepoError::Busy(_)), "{error}");
+        assert_eq!(live_records(&backend, "gc").await.unwrap().len(), 1);
+        first.release().await.unwrap();
+        let second = GcLock::acquire(&backend).await.unwrap();
+        second.release().await.unwrap();
+        assert!(read_records(&backend, "gc").await.unwrap().is_empty());
+
+        let lease = BackupLease::acquire(&backend, "web1", Some("2026-01-02T03:04:05Z"))
+            .await
+            .unwrap();
+        let records = live_records(&backend, "backup").await.unwrap();
+        assert_eq!(records, vec![lease.record().clone()]);
+        lease.release().await.unwrap();
+        assert!(live_records(&backend, "backup").await.unwrap().is_empty());
+    }
+}
