@@ -20,19 +20,7 @@ pub struct RepoArgs {
 impl RepoArgs {
     /// The password, from the file or the environment.
     pub fn password(&self) -> Result<Vec<u8>> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read password file {}", path.display()))?;
-            let line = text.lines().next().unwrap_or_default();
-            if line.is_empty() {
-                bail!("password file {} is empty", path.display());
-            }
-            return Ok(line.as_bytes().to_vec());
-        }
-        match std::env::var("HAVEN_PASSWORD") {
-            Ok(password) if !password.is_empty() => Ok(password.into_bytes()),
-            _ => bail!("no password: set HAVEN_PASSWORD or pass --password-file"),
-        }
+        read_password(self.password_file.as_deref())
     }
 
     /// Opens the repository.
@@ -41,6 +29,46 @@ impl RepoArgs {
         let backend = Backend::from_url(&self.repo, false)?;
         Ok(Arc::new(Repository::open(backend, &password).await?))
     }
+}
+
+/// The repository password: the first line of `file`, else `$HAVEN_PASSWORD`.
+pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        let line = text.lines().next().unwrap_or_default();
+        if line.is_empty() {
+            bail!("password file {} is empty", path.display());
+        }
+        return Ok(line.as_bytes().to_vec());
+    }
+    match std::env::var("HAVEN_PASSWORD") {
+        Ok(password) if !password.is_empty() => Ok(password.into_bytes()),
+        _ => bail!("no password: set HAVEN_PASSWORD or pass --password-file"),
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: how long-running roles stop cleanly.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c() => {}
+            _ = sigterm => {}
+        }
+        cancel.cancel();
+    });
+    token
 }
 
 /// `--json` switch shared by commands that print data.

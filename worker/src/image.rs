@@ -97,6 +97,6 @@ pub async fn backup_images(
         parent: plan.previous.as_ref().map(|m| m.timestamp.clone()),
         vm_config: None,
     };
-    let manifest = commit_snapshot(&repo, &plan.id, committed, meta).await?;
+    let manifest = commit_snapshot(&repo, &plan, committed, meta, &crate::snapshot::DirectPublisher).await?;
     Ok(BackupReport::new(&manifest, started.elapsed()))
 }

@@ -15,6 +15,7 @@
 //! manifest as the commit point) in [`snapshot::commit_snapshot`].
 
 pub mod backup;
+pub mod daemon;
 mod error;
 pub mod export;
 pub mod image;

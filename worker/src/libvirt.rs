@@ -323,7 +323,7 @@ async fn run(
             data: domain_xml,
         }),
     };
-    let manifest = commit_snapshot(repo, &plan.id, committed, meta).await?;
+    let manifest = commit_snapshot(repo, &plan, committed, meta, &crate::snapshot::DirectPublisher).await?;
     job.committed = true;
     let modes = disks
         .into_iter()

@@ -65,6 +65,8 @@ pub struct QemuBackupRequest {
     pub qmp_timeout: Duration,
     /// Timeout of the guest agent's freeze and thaw.
     pub freeze_timeout: Duration,
+    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
+    pub publisher: Arc<dyn crate::snapshot::ManifestPublisher>,
 }
 
 /// How one disk was read.
@@ -135,6 +137,24 @@ pub async fn backup_qemu(
         }
         (Err(error), Ok(())) => Err(error),
     }
+}
+
+/// The disks a running QEMU or qemu-storage-daemon would back up (name, size in
+/// bytes): what a worker reports as its inventory.
+pub async fn discover_disks(qmp: &std::path::Path, timeout: Duration) -> Result<Vec<(String, u64)>> {
+    let mut session = Session::connect(qmp, timeout, "discovery").await?;
+    let block = session
+        .qmp
+        .execute("query-block", json!({}))
+        .await
+        .map_err(WorkerError::from)?;
+    let devices = graph::parse_devices(&block);
+    let disks = graph::select_disks(&devices, &session.nodes().await?, &[])?;
+    Ok(disks
+        .into_iter()
+        .filter(|disk| !disk.node.starts_with("haven-"))
+        .map(|disk| (disk.name, disk.size))
+        .collect())
 }
 
 async fn run(
@@ -263,7 +283,7 @@ async fn run(
             .map(|manifest| manifest.timestamp.clone()),
         vm_config: Some(vm_config),
     };
-    let manifest = commit_snapshot(repo, &plan.id, committed, meta).await?;
+    let manifest = commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
     session.committed = true;
     let modes = session
         .disks

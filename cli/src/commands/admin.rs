@@ -1,0 +1,402 @@
+//! Talking to a running coordinator: `haven vm`, `haven policy`, `haven job`, and the
+//! cluster's snapshot catalog. Every call follows the leader among the given URLs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use haven_proto::LeaderClient;
+use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
+use serde_json::json;
+
+use crate::common::{OutputArgs, human_bytes, print_json};
+
+/// Where the coordinator is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorUrl {
+    /// Coordinator gRPC URLs, comma-separated (any replica; the leader is found).
+    #[arg(
+        long,
+        env = "HAVEN_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub coordinator: Vec<String>,
+}
+
+impl CoordinatorUrl {
+    fn client(&self) -> Result<LeaderClient> {
+        Ok(LeaderClient::new(
+            self.coordinator.clone(),
+            Duration::from_secs(20),
+        )?)
+    }
+}
+
+/// `haven vm ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum VmCommand {
+    /// List the VMs workers reported, with their hosts and workers.
+    List {
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// `haven policy ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the cluster's policies with those of a policy.toml.
+    Apply {
+        /// The policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+    },
+}
+
+/// `haven job ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// Back up a VM now.
+    Run {
+        /// VM name.
+        vm: String,
+        /// Repository URL (default: that of the first policy selecting the VM).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only this VM's.
+        #[arg(long)]
+        vm: Option<String>,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Follow a job's progress until it ends.
+    Watch {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+fn state_name(state: i32) -> &'static str {
+    match v1::JobState::try_from(state).unwrap_or(v1::JobState::Unspecified) {
+        v1::JobState::Pending => "pending",
+        v1::JobState::Assigned => "running",
+        v1::JobState::Committing => "committing",
+        v1::JobState::Succeeded => "succeeded",
+        v1::JobState::Failed => "failed",
+        v1::JobState::Unspecified => "unknown",
+    }
+}
+
+/// A job status as JSON (the CLI's stable output).
+pub fn job_json(job: &v1::JobStatus) -> serde_json::Value {
+    json!({
+        "job_id": job.job_id,
+        "vm": job.vm,
+        "host": job.host,
+        "policy": job.policy,
+        "repository": job.repository,
+        "state": state_name(job.state),
+        "worker": job.worker,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "bytes_per_second": job.bytes_per_second,
+        "bytes_uploaded": job.bytes_uploaded,
+        "created_unix_ms": job.created_unix_ms,
+        "finished_unix_ms": job.finished_unix_ms,
+        "snapshot": job.snapshot,
+        "error": job.error,
+        "attempts": job.attempts.iter().map(|a| json!({
+            "number": a.number,
+            "worker": a.worker,
+            "assigned_unix_ms": a.assigned_unix_ms,
+            "ended_unix_ms": a.ended_unix_ms,
+            "outcome": a.outcome,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn job_line(job: &v1::JobStatus) -> String {
+    let progress = if job.bytes_total > 0 {
+        format!(
+            " {}/{} at {}/s",
+            human_bytes(job.bytes_done),
+            human_bytes(job.bytes_total),
+            human_bytes(job.bytes_per_second)
+        )
+    } else {
+        String::new()
+    };
+    let tail = if !job.snapshot.is_empty() {
+        format!(" -> {}", job.snapshot)
+    } else if !job.error.is_empty() {
+        format!(": {}", job.error)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {} {} on {}{}{}",
+        job.job_id,
+        job.vm,
+        state_name(job.state),
+        if job.worker.is_empty() {
+            "-"
+        } else {
+            &job.worker
+        },
+        progress,
+        tail
+    )
+}
+
+/// Runs `haven vm`.
+pub async fn vm(command: VmCommand) -> Result<()> {
+    let VmCommand::List {
+        coordinator,
+        output,
+    } = command;
+    let client = coordinator.client()?;
+    let vms = client
+        .call(|c| async move {
+            AdminServiceClient::new(c)
+                .list_vms(v1::ListVmsRequest {})
+                .await
+        })
+        .await?
+        .into_inner()
+        .vms;
+    if output.json {
+        let list: Vec<_> = vms
+            .iter()
+            .map(|vm| {
+                json!({
+                    "name": vm.name, "host": vm.host, "workers": vm.workers, "labels": vm.labels,
+                    "disks": vm.disks.iter().map(|d| json!({"name": d.name, "size_bytes": d.size_bytes})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    for vm in vms {
+        let size: u64 = vm.disks.iter().map(|d| d.size_bytes).sum();
+        println!(
+            "{} on {} ({} disks, {}), workers: {}",
+            vm.name,
+            vm.host,
+            vm.disks.len(),
+            human_bytes(size),
+            vm.workers.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `haven policy`.
+pub async fn policy(command: PolicyCommand) -> Result<()> {
+    let PolicyCommand::Apply { file, coordinator } = command;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let request = v1::ApplyPoliciesRequest {
+        file_name: file.display().to_string(),
+        policy_toml: text,
+    };
+    let client = coordinator.client()?;
+    let reply = client
+        .call(|c| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(c).apply_policies(request).await }
+        })
+        .await;
+    match reply {
+        Ok(reply) => {
+            println!(
+                "applied policies: {}",
+                reply.into_inner().policies.join(", ")
+            );
+            Ok(())
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            for line in status.message().lines() {
+                eprintln!("error: {line}");
+            }
+            bail!("policy file rejected; nothing changed")
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// Runs `haven job`.
+pub async fn job(command: JobCommand) -> Result<()> {
+    match command {
+        JobCommand::Run {
+            vm,
+            repo,
+            watch,
+            coordinator,
+            output,
+        } => {
+            let client = coordinator.client()?;
+            let request = v1::RunJobRequest {
+                vm,
+                repository: repo.unwrap_or_default(),
+            };
+            let id = client
+                .call(|c| {
+                    let request = request.clone();
+                    async move { AdminServiceClient::new(c).run_job(request).await }
+                })
+                .await?
+                .into_inner()
+                .job_id;
+            if watch {
+                return watch_job(&client, &id, output.json).await;
+            }
+            if output.json {
+                print_json(&json!({ "job_id": id }))
+            } else {
+                println!("{id}");
+                Ok(())
+            }
+        }
+        JobCommand::List {
+            vm,
+            limit,
+            coordinator,
+            output,
+        } => {
+            let client = coordinator.client()?;
+            let request = v1::ListJobsRequest {
+                vm: vm.unwrap_or_default(),
+                limit,
+            };
+            let jobs = client
+                .call(|c| {
+                    let request = request.clone();
+                    async move { AdminServiceClient::new(c).list_jobs(request).await }
+                })
+                .await?
+                .into_inner()
+                .jobs;
+            if output.json {
+                return print_json(&jobs.iter().map(job_json).collect::<Vec<_>>());
+            }
+            for job in &jobs {
+                println!("{}", job_line(job));
+            }
+            Ok(())
+        }
+        JobCommand::Watch {
+            id,
+            coordinator,
+            output,
+        } => watch_job(&coordinator.client()?, &id, output.json).await,
+    }
+}
+
+/// Prints a job's status at every change until it ends (following failovers); fails
+/// if the job failed.
+async fn watch_job(client: &LeaderClient, id: &str, json_lines: bool) -> Result<()> {
+    loop {
+        let request = v1::WatchJobRequest {
+            job_id: id.to_string(),
+        };
+        let mut stream = client
+            .call(|c| {
+                let request = request.clone();
+                async move { AdminServiceClient::new(c).watch_job(request).await }
+            })
+            .await?
+            .into_inner();
+        let mut last = None;
+        loop {
+            match stream.message().await {
+                Ok(Some(status)) => {
+                    if json_lines {
+                        println!("{}", job_json(&status));
+                    } else {
+                        println!("{}", job_line(&status));
+                    }
+                    last = Some(status);
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == tonic::Code::NotFound => return Err(status.into()),
+                // The leader went away mid-stream: watch again on the next one.
+                Err(_) => break,
+            }
+        }
+        if let Some(status) = last {
+            match v1::JobState::try_from(status.state) {
+                Ok(v1::JobState::Succeeded) => return Ok(()),
+                Ok(v1::JobState::Failed) => bail!("job {id} failed: {}", status.error),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The cluster's snapshot catalog (what `haven snapshots --coordinator` prints).
+pub async fn snapshots(
+    coordinator: &CoordinatorUrl,
+    vm: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    let client = coordinator.client()?;
+    let request = v1::ListSnapshotsRequest {
+        vm: vm.unwrap_or_default(),
+    };
+    let list = client
+        .call(|c| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(c).list_snapshots(request).await }
+        })
+        .await?
+        .into_inner()
+        .snapshots;
+    if json_out {
+        let list: Vec<_> = list
+            .iter()
+            .map(|s| {
+                json!({
+                    "snapshot": format!("{}@{}", s.vm, s.timestamp),
+                    "vm": s.vm, "timestamp": s.timestamp, "repository": s.repository,
+                    "bytes_uploaded": s.bytes_uploaded, "job_id": s.job_id,
+                    "disks": s.disks.iter().map(|d| json!({"name": d.name, "size_bytes": d.size_bytes})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    for s in list {
+        println!(
+            "{}@{}  {}  ({} stored)",
+            s.vm,
+            s.timestamp,
+            s.repository,
+            human_bytes(s.bytes_uploaded)
+        );
+    }
+    Ok(())
+}

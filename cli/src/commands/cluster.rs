@@ -1,0 +1,128 @@
+//! The long-running cluster roles: `haven coordinator`, `haven worker` and `haven dev`
+//! (coordinator and worker in one process on the embedded store: the single-machine
+//! default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use haven_coordinator::CoordinatorConfig;
+use haven_worker::daemon::{HostConfig, WorkerConfig, run_worker};
+
+use crate::common::{read_password, shutdown_token};
+
+/// Arguments of `haven coordinator`.
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// coordinator.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// etcd endpoints (comma-separated), overriding the file; none: embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+}
+
+/// Arguments of `haven worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// worker.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    #[arg(long, env = "HAVEN_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+}
+
+/// Arguments of `haven dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Folder for the embedded store.
+    #[arg(long, default_value = "haven-dev")]
+    state_dir: PathBuf,
+    /// gRPC address of the coordinator.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    http_listen: SocketAddr,
+    /// Folder of `NAME.qmp` sockets: the local host's VMs.
+    #[arg(long)]
+    qmp_dir: Option<PathBuf>,
+    /// Name of the local host.
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    #[arg(long, env = "HAVEN_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+}
+
+fn read_config<T>(
+    path: &PathBuf,
+    parse: impl FnOnce(&str, &str) -> Result<T, String>,
+) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&path.display().to_string(), &text).map_err(anyhow::Error::msg)
+}
+
+/// Runs a coordinator replica until SIGTERM or Ctrl-C.
+pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let mut config = read_config(&args.config, CoordinatorConfig::parse)?;
+    if !args.etcd.is_empty() {
+        config.etcd = args.etcd;
+    }
+    let store = haven_coordinator::open_store(&config).await?;
+    haven_coordinator::run(config, store, shutdown_token()).await?;
+    Ok(())
+}
+
+/// Runs a worker until SIGTERM or Ctrl-C.
+pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let config = read_config(&args.config, WorkerConfig::parse)?;
+    let password = read_password(args.password_file.as_deref())?;
+    run_worker(config, password, shutdown_token()).await?;
+    Ok(())
+}
+
+/// Runs a coordinator (embedded store) and a worker for the local host in one process.
+pub async fn dev(args: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let password = read_password(args.password_file.as_deref())?;
+    let config = CoordinatorConfig::parse(
+        "haven dev",
+        &format!(
+            "id = \"dev\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nstate_path = {:?}\n",
+            args.listen,
+            args.http_listen,
+            args.state_dir.join("coordinator.redb")
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let store = haven_coordinator::open_store(&config).await?;
+    let shutdown = shutdown_token();
+    let coordinator = tokio::spawn(haven_coordinator::run(config, store, shutdown.clone()));
+    let worker = WorkerConfig {
+        id: "dev-worker".into(),
+        coordinators: vec![format!("http://{}", args.listen)],
+        max_jobs: 2,
+        scratch_dir: std::env::temp_dir(),
+        connections: 4,
+        inventory_interval_seconds: 10,
+        hosts: vec![HostConfig {
+            name: args.host.clone(),
+            qmp_dir: args.qmp_dir.clone(),
+            vms: Vec::new(),
+            labels: Default::default(),
+        }],
+    };
+    eprintln!(
+        "haven dev: coordinator on http://{} (metrics http://{}/metrics), worker for host {:?}",
+        args.listen, args.http_listen, args.host
+    );
+    let worker = run_worker(worker, password, shutdown.clone()).await;
+    shutdown.cancel();
+    coordinator.await.context("coordinator task")??;
+    worker?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `coordinator.toml`.
+//!
+//! ```toml
+//! id = "coord-1"
+//! listen = "127.0.0.1:7700"               # gRPC
+//! advertise_url = "http://10.0.0.1:7700"  # default: http://LISTEN
+//! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional)
+//! etcd = ["http://10.0.0.2:2379"]         # absent or empty: embedded store
+//! state_path = "/var/lib/haven/coordinator.redb"   # the embedded store's file
+//! worker_lease_seconds = 10
+//! leader_lease_seconds = 5
+//! tick_ms = 500
+//! default_max_per_host = 2                # limits of `haven job run` jobs
+//! default_max_per_worker = 2
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A coordinator replica's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Replica id.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// URL others reach this replica at.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// Address of `/metrics` and `/healthz`.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// etcd endpoints; empty for the embedded store.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// File of the embedded store.
+    #[serde(default = "default_state_path")]
+    pub state_path: PathBuf,
+    /// Worker lease.
+    #[serde(default = "default_worker_lease")]
+    pub worker_lease_seconds: u64,
+    /// Leader lease.
+    #[serde(default = "default_leader_lease")]
+    pub leader_lease_seconds: u64,
+    /// Pause between scheduling passes.
+    #[serde(default = "default_tick")]
+    pub tick_ms: u64,
+    /// Host limit of manual jobs.
+    #[serde(default = "default_limit")]
+    pub default_max_per_host: u32,
+    /// Worker limit of manual jobs.
+    #[serde(default = "default_limit")]
+    pub default_max_per_worker: u32,
+}
+
+fn default_id() -> String {
+    "coordinator".into()
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from("haven-coordinator.redb")
+}
+fn default_worker_lease() -> u64 {
+    10
+}
+fn default_leader_lease() -> u64 {
+    5
+}
+fn default_tick() -> u64 {
+    500
+}
+fn default_limit() -> u32 {
+    2
+}
+
+impl CoordinatorConfig {
+    /// Parses a configuration file's text; errors name the line.
+    pub fn parse(file_name: &str, text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|error| {
+            let line = error
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|head| head.matches('\n').count() + 1)
+                .unwrap_or(1);
+            format!("{file_name}:{line}: {}", error.message().trim())
+        })?;
+        if config.worker_lease_seconds < 2 || config.leader_lease_seconds < 2 {
+            return Err(format!("{file_name}: leases must be at least 2 seconds"));
+        }
+        if config.tick_ms == 0 {
+            return Err(format!("{file_name}: tick_ms must be positive"));
+        }
+        Ok(config)
+    }
+
+    /// The URL to advertise.
+    pub fn advertise_url(&self) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}

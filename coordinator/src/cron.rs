@@ -1,0 +1,209 @@
+//! Five-field cron schedules (`minute hour day-of-month month day-of-week`), in UTC.
+//!
+//! Policies say when backups are due with the notation every operator knows. Supported:
+//! `*`, numbers, ranges `a-b`, steps `*/n` and `a-b/n`, lists `a,b,c`, and Sunday as 0
+//! or 7. As in Vixie cron, when both day fields are restricted a day matches if
+//! either does. Times are UTC: a coordinator cluster spans time zones and daylight
+//! saving would make "the 02:30 backup" happen twice or never.
+
+use time::{Duration, OffsetDateTime, Time};
+
+/// A parsed schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    minutes: u64,
+    hours: u64,
+    days: u64,
+    months: u64,
+    weekdays: u64,
+    days_restricted: bool,
+    weekdays_restricted: bool,
+}
+
+impl Schedule {
+    /// Parses `expression`; the error says which field is wrong and why.
+    pub fn parse(expression: &str) -> Result<Self, String> {
+        let fields: Vec<&str> = expression.split_whitespace().collect();
+        let [minute, hour, day, month, weekday] = fields.as_slice() else {
+            return Err(format!(
+                "cron schedule {expression:?} must have 5 fields (minute hour day month weekday), found {}",
+                fields.len()
+            ));
+        };
+        let mut weekdays = field(weekday, "day of week", 0, 7)?;
+        if weekdays & (1 << 7) != 0 {
+            weekdays = (weekdays & !(1 << 7)) | 1;
+        }
+        Ok(Self {
+            minutes: field(minute, "minute", 0, 59)?,
+            hours: field(hour, "hour", 0, 23)?,
+            days: field(day, "day of month", 1, 31)?,
+            months: field(month, "month", 1, 12)?,
+            weekdays,
+            days_restricted: *day != "*",
+            weekdays_restricted: *weekday != "*",
+        })
+    }
+
+    /// Whether the schedule fires in the minute that contains `at`.
+    pub fn matches(&self, at: OffsetDateTime) -> bool {
+        bit(self.minutes, at.minute().into())
+            && bit(self.hours, at.hour().into())
+            && bit(self.months, u8::from(at.month()).into())
+            && self.day_allowed(at)
+    }
+
+    /// The first firing minute strictly after `after`, searched up to about five
+    /// years ahead (`None` for schedules like `0 0 31 2 *` that never fire).
+    pub fn next_after(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
+        let start = after.replace_second(0).ok()?.replace_nanosecond(0).ok()? + Duration::MINUTE;
+        let mut at = start;
+        let limit = start + Duration::days(5 * 366);
+        while at < limit {
+            if !bit(self.months, u8::from(at.month()).into()) || !self.day_allowed(at) {
+                at = (at.date().next_day()?)
+                    .with_time(Time::MIDNIGHT)
+                    .assume_utc();
+                continue;
+            }
+            if !bit(self.hours, at.hour().into()) {
+                at = at.replace_minute(0).ok()? + Duration::HOUR;
+                continue;
+            }
+            if bit(self.minutes, at.minute().into()) {
+                return Some(at);
+            }
+            at += Duration::MINUTE;
+        }
+        None
+    }
+
+    fn day_allowed(&self, at: OffsetDateTime) -> bool {
+        let day_ok = bit(self.days, at.day().into());
+        let weekday_ok = bit(self.weekdays, at.weekday().number_days_from_sunday().into());
+        match (self.days_restricted, self.weekdays_restricted) {
+            (true, true) => day_ok || weekday_ok,
+            (true, false) => day_ok,
+            (false, true) => weekday_ok,
+            (false, false) => true,
+        }
+    }
+}
+
+fn bit(set: u64, value: u64) -> bool {
+    set & (1 << value) != 0
+}
+
+/// Parses one field into a bit set of allowed values.
+fn field(text: &str, name: &str, min: u64, max: u64) -> Result<u64, String> {
+    let mut set = 0u64;
+    for part in text.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => {
+                let step: u64 = step
+                    .parse()
+                    .map_err(|_| format!("{name}: bad step {step:?} in {text:?}"))?;
+                if step == 0 {
+                    return Err(format!("{name}: step 0 in {text:?}"));
+                }
+                (range, step)
+            }
+            None => (part, 1),
+        };
+        let (low, high) = if range == "*" {
+            (min, max)
+        } else if let Some((low, high)) = range.split_once('-') {
+            (number(low, name, min, max)?, number(high, name, min, max)?)
+        } else {
+            let value = number(range, name, min, max)?;
+            (value, if part.contains('/') { max } else { value })
+        };
+        if low > high {
+            return Err(format!("{name}: range {range:?} runs backwards"));
+        }
+        let mut value = low;
+        while value <= high {
+            set |= 1 << value;
+            value += step;
+        }
+    }
+    Ok(set)
+}
+
+fn number(text: &str, name: &str, min: u64, max: u64) -> Result<u64, String> {
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("{name}: {text:?} is not a number"))?;
+    if !(min..=max).contains(&value) {
+        return Err(format!("{name}: {value} is outside {min}-{max}"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn next(expression: &str, after: OffsetDateTime) -> OffsetDateTime {
+        Schedule::parse(expression)
+            .unwrap()
+            .next_after(after)
+            .unwrap()
+    }
+
+    #[test]
+    fn every_minute_and_steps() {
+        let t = datetime!(2026-11-25 10:17:42 UTC);
+        assert_eq!(next("* * * * *", t), datetime!(2026-11-25 10:18 UTC));
+        assert_eq!(next("*/15 * * * *", t), datetime!(2026-11-25 10:30 UTC));
+        assert_eq!(next("5 */6 * * *", t), datetime!(2026-11-25 12:05 UTC));
+        assert_eq!(next("0 2 * * *", t), datetime!(2026-11-26 02:00 UTC));
+        assert_eq!(next("10-20/5 * * * *", t), datetime!(2026-11-25 10:20 UTC));
+    }
+
+    #[test]
+    fn days_months_and_weekdays() {
+        let t = datetime!(2026-11-25 10:00 UTC); // a Wednesday
+        assert_eq!(next("0 0 1 * *", t), datetime!(2026-12-01 00:00 UTC));
+        assert_eq!(next("0 0 * * 0", t), datetime!(2026-11-29 00:00 UTC));
+        assert_eq!(next("0 0 * * 7", t), datetime!(2026-11-29 00:00 UTC));
+        assert_eq!(next("0 3 * 2 1-5", t), datetime!(2027-02-01 03:00 UTC));
+        // Both day fields restricted: either matches (the 1st, or a Friday).
+        assert_eq!(next("0 0 1 * 5", t), datetime!(2026-11-27 00:00 UTC));
+        assert_eq!(next("0 0 29 2 *", t), datetime!(2028-02-29 00:00 UTC));
+        assert!(
+            Schedule::parse("0 0 31 2 *")
+                .unwrap()
+                .next_after(t)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn matches_agrees_with_next() {
+        let s = Schedule::parse("30 4 * * 1").unwrap();
+        let at = s.next_after(datetime!(2026-11-25 00:00 UTC)).unwrap();
+        assert!(s.matches(at));
+        assert!(!s.matches(at + Duration::MINUTE));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (bad, needle) in [
+            ("* * * *", "5 fields"),
+            ("60 * * * *", "minute: 60 is outside"),
+            ("* 24 * * *", "hour"),
+            ("* * 0 * *", "day of month"),
+            ("* * * 13 *", "month"),
+            ("* * * * 8", "day of week"),
+            ("*/0 * * * *", "step 0"),
+            ("5-1 * * * *", "backwards"),
+            ("a * * * *", "not a number"),
+        ] {
+            let error = Schedule::parse(bad).unwrap_err();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The Haven coordinator: inventory, policies, scheduling and fenced job ownership.
+//!
+//! ```text
+//!  CLI ──AdminService──┐                       ┌── etcd (cluster) or
+//!                      ▼                       │   EmbeddedStore (one machine)
+//!  workers ──WorkerService──▶ Replica ──MetaStore
+//!                               │ leads?
+//!                               ▼
+//!                             Leader: cache of the store + decisions (placement,
+//!                             rounds, reaping dead workers, the fenced commit)
+//! ```
+//!
+//! Every replica serves gRPC; only the leader answers, the others point to it. See
+//! ARCHITECTURE.md ("The cluster") for the fencing argument.
+
+pub mod config;
+pub mod cron;
+pub mod http;
+pub mod leader;
+pub mod model;
+pub mod placement;
+pub mod policy;
+pub mod replica;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_proto::v1::admin_service_server::AdminServiceServer;
+use haven_proto::v1::worker_service_server::WorkerServiceServer;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CoordinatorConfig;
+use leader::LeaderSettings;
+use replica::{Replica, ReplicaSettings};
+use service::CoordinatorService;
+use store::MetaStore;
+
+/// Why a coordinator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The metadata store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Opens the store a configuration names: etcd when endpoints are given, the
+/// embedded file otherwise.
+pub async fn open_store(
+    config: &CoordinatorConfig,
+) -> Result<Arc<dyn MetaStore>, store::StoreError> {
+    if config.etcd.is_empty() {
+        Ok(store::embedded::EmbeddedStore::open(&config.state_path).await?)
+    } else {
+        Ok(Arc::new(
+            store::etcd::EtcdStore::connect(&config.etcd).await?,
+        ))
+    }
+}
+
+/// Runs one replica until `shutdown`: gRPC, the HTTP endpoints and the election.
+pub async fn run(
+    config: CoordinatorConfig,
+    store: Arc<dyn MetaStore>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let settings = ReplicaSettings {
+        id: config.id.clone(),
+        advertise_url: config.advertise_url(),
+        leader_lease: Duration::from_secs(config.leader_lease_seconds),
+        tick: Duration::from_millis(config.tick_ms),
+        leader: LeaderSettings {
+            worker_lease: Duration::from_secs(config.worker_lease_seconds),
+            default_max_per_host: config.default_max_per_host.max(1),
+            default_max_per_worker: config.default_max_per_worker.max(1),
+        },
+    };
+    let replica = Replica::new(store, settings);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| CoordinatorError::Listen {
+            address: config.listen.to_string(),
+            source,
+        })?;
+    if let Some(address) = config.http_listen {
+        let http = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| CoordinatorError::Listen {
+                address: address.to_string(),
+                source,
+            })?;
+        tokio::spawn(http::serve(http, replica.clone(), shutdown.clone()));
+    }
+    let election = tokio::spawn(replica.clone().run(shutdown.clone()));
+    let service = CoordinatorService::new(replica);
+    let incoming = tokio_stream_listener(listener);
+    tonic::transport::Server::builder()
+        .add_service(WorkerServiceServer::new(service.clone()).max_decoding_message_size(4 << 20))
+        .add_service(AdminServiceServer::new(service).max_decoding_message_size(4 << 20))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await?;
+    let _ = election.await;
+    Ok(())
+}
+
+/// Accepted connections of `listener` as the stream tonic serves.
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((accepted, listener))
+    })
+}

@@ -1,0 +1,231 @@
+//! What the coordinator stores, and under which keys.
+//!
+//! ```text
+//! /haven/leader             URL of the leading replica      (leader's lease)
+//! /haven/workers/ID         WorkerRecord                    (worker's lease)
+//! /haven/vms/NAME           VmRecord: last reported inventory
+//! /haven/policies/NAME      Policy
+//! /haven/policy-rounds/NAME last scheduled round, Unix ms
+//! /haven/jobs/ID            JobRecord
+//! /haven/owners/ID          worker id                       (worker's lease; the
+//!                           key's mod_revision is the job's fencing token)
+//! /haven/snapshots/VM/TS    SnapshotRecord: the catalog
+//! ```
+//!
+//! Values are JSON: small, debuggable with `etcdctl get`, and tolerant of added fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::LeaseId;
+
+/// Root of every key.
+pub const ROOT: &str = "/haven/";
+
+/// The leader key.
+pub fn leader_key() -> String {
+    format!("{ROOT}leader")
+}
+
+/// Key of a worker's registration.
+pub fn worker_key(id: &str) -> String {
+    format!("{ROOT}workers/{id}")
+}
+
+/// Key of a VM's inventory record.
+pub fn vm_key(name: &str) -> String {
+    format!("{ROOT}vms/{name}")
+}
+
+/// Key of a policy.
+pub fn policy_key(name: &str) -> String {
+    format!("{ROOT}policies/{name}")
+}
+
+/// Key of a policy's last scheduled round.
+pub fn round_key(name: &str) -> String {
+    format!("{ROOT}policy-rounds/{name}")
+}
+
+/// Key of a job record.
+pub fn job_key(id: &str) -> String {
+    format!("{ROOT}jobs/{id}")
+}
+
+/// Key of a job's ownership (bound to the owner's lease).
+pub fn owner_key(id: &str) -> String {
+    format!("{ROOT}owners/{id}")
+}
+
+/// Key of a catalog entry.
+pub fn snapshot_key(vm: &str, timestamp: &str) -> String {
+    format!("{ROOT}snapshots/{vm}/{timestamp}")
+}
+
+/// Prefix of a kind of record (`"jobs/"`, `"workers/"`, ...).
+pub fn prefix(kind: &str) -> String {
+    format!("{ROOT}{kind}")
+}
+
+/// A live worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Worker id from its configuration.
+    pub id: String,
+    /// Random per worker process.
+    pub instance: String,
+    /// The lease its ownerships live under.
+    pub lease: LeaseId,
+    /// Hypervisor hosts it reaches.
+    pub hosts: Vec<String>,
+    /// Jobs it runs at once.
+    pub max_jobs: u32,
+    /// When it registered.
+    pub registered_unix_ms: u64,
+}
+
+/// A VM as last reported by a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// VM name (unique in the cluster).
+    pub name: String,
+    /// Hypervisor host.
+    pub host: String,
+    /// Disks, name and size in bytes.
+    pub disks: Vec<(String, u64)>,
+    /// Labels for policy selectors.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Pending,
+    /// Owned by the worker of the last attempt.
+    Assigned,
+    /// Commit accepted; manifest being published.
+    Committing,
+    /// Snapshot published.
+    Succeeded,
+    /// Given up.
+    Failed,
+}
+
+impl JobState {
+    /// Pending, assigned or committing: the VM has a job in progress.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Assigned | Self::Committing)
+    }
+}
+
+/// One try of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1, 2, ...
+    pub number: u32,
+    /// Worker id.
+    pub worker: String,
+    /// The worker's lease when assigned.
+    pub lease: LeaseId,
+    /// Revision of the ownership key: the fencing token.
+    pub token: i64,
+    /// When assigned.
+    pub assigned_unix_ms: u64,
+    /// When it ended; 0 while running.
+    pub ended_unix_ms: u64,
+    /// How it ended.
+    pub outcome: String,
+}
+
+/// A manifest accepted by the fenced commit, waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCommit {
+    /// `snapshots/VM/TS` in the repository.
+    pub manifest_key: String,
+    /// The sealed manifest, hex.
+    pub manifest_hex: String,
+    /// The fencing token the commit was accepted under.
+    pub token: i64,
+}
+
+/// A backup job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// VM backed up.
+    pub vm: String,
+    /// Its host when the job was created.
+    pub host: String,
+    /// Scheduling policy; `None` for `haven job run`.
+    pub policy: Option<String>,
+    /// Repository URL.
+    pub repository: String,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Tries so far, the last one current.
+    pub attempts: Vec<Attempt>,
+    /// Creation time.
+    pub created_unix_ms: u64,
+    /// End time, 0 while active.
+    pub finished_unix_ms: u64,
+    /// `VM@TS` once committed.
+    pub snapshot: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Bytes the worker stored.
+    pub bytes_uploaded: u64,
+    /// Set while committing.
+    pub commit: Option<PendingCommit>,
+}
+
+impl JobRecord {
+    /// The current attempt, if assigned at least once.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+
+    /// Ends the current attempt.
+    pub fn end_attempt(&mut self, now: u64, outcome: impl Into<String>) {
+        if let Some(attempt) = self.attempts.last_mut()
+            && attempt.ended_unix_ms == 0
+        {
+            attempt.ended_unix_ms = now;
+            attempt.outcome = outcome.into();
+        }
+    }
+}
+
+/// A catalog entry written with the commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// VM.
+    pub vm: String,
+    /// Snapshot timestamp.
+    pub timestamp: String,
+    /// Repository URL.
+    pub repository: String,
+    /// Disks, name and size in bytes.
+    pub disks: Vec<(String, u64)>,
+    /// Bytes stored by the job.
+    pub bytes_uploaded: u64,
+    /// The job.
+    pub job_id: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A fresh random id with a prefix (`job-1a2b...`).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", hex::encode(rand::random::<[u8; 8]>()))
+}

@@ -1,0 +1,347 @@
+//! `policy.toml`: which VMs are backed up, when, where to, and how many at once.
+//!
+//! ```toml
+//! [[policy]]
+//! name = "gold"
+//! schedule = "0 */6 * * *"          # five-field cron, UTC
+//! repository = "s3://backups/gold?endpoint=http://10.0.0.5:9000"
+//! select = { names = ["web-*", "db-1"], labels = { tier = "gold" }, hosts = ["kvm-*"] }
+//! max_per_host = 2                  # running jobs of this policy per hypervisor host
+//! max_per_worker = 4                # and per worker
+//! retention = { keep_last = 3, keep_daily = 7, keep_weekly = 4 }
+//! ```
+//!
+//! A file is applied whole or not at all: every error is reported with its line and
+//! reason, and nothing changes if there is one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::cron::Schedule;
+
+/// One validated policy, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Unique name.
+    pub name: String,
+    /// Cron expression (UTC).
+    pub schedule: String,
+    /// Repository URL snapshots go to.
+    pub repository: String,
+    /// Which VMs the policy covers.
+    pub select: Selector,
+    /// Running jobs of this policy per hypervisor host.
+    pub max_per_host: u32,
+    /// Running jobs of this policy per worker.
+    pub max_per_worker: u32,
+    /// Retention applied after the policy's backups.
+    pub retention: Retention,
+}
+
+/// VM selection: every non-empty criterion must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Name globs (`*`, `?`); empty: any name.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Labels the VM must carry with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Host name globs; empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Retention counts (see `haven prune`); all zero keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the N newest.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Newest of each of N hours.
+    #[serde(default)]
+    pub keep_hourly: u32,
+    /// Newest of each of N days.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// Newest of each of N ISO weeks.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Newest of each of N months.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Newest of each of N years.
+    #[serde(default)]
+    pub keep_yearly: u32,
+}
+
+impl Retention {
+    /// The same rules as the repository's retention planner takes them.
+    pub fn to_repo(self) -> haven_repo::RetentionPolicy {
+        let some = |n: u32| (n > 0).then_some(n);
+        haven_repo::RetentionPolicy {
+            keep_last: some(self.keep_last),
+            keep_hourly: some(self.keep_hourly),
+            keep_daily: some(self.keep_daily),
+            keep_weekly: some(self.keep_weekly),
+            keep_monthly: some(self.keep_monthly),
+            keep_yearly: some(self.keep_yearly),
+        }
+    }
+}
+
+impl Selector {
+    /// Whether a VM named `name` with `labels` on `host` is selected.
+    pub fn matches(&self, name: &str, host: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.names.is_empty() || self.names.iter().any(|glob| glob_match(glob, name)))
+            && (self.hosts.is_empty() || self.hosts.iter().any(|glob| glob_match(glob, host)))
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+/// `*` matches any run of characters, `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    schedule: Spanned<String>,
+    repository: Spanned<String>,
+    #[serde(default)]
+    select: Selector,
+    #[serde(default = "default_limit")]
+    max_per_host: Spanned<u32>,
+    #[serde(default = "default_limit")]
+    max_per_worker: Spanned<u32>,
+    #[serde(default)]
+    retention: Retention,
+}
+
+fn default_limit() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+/// Parses and validates a policy file; errors are `FILE:LINE: reason`, all of them.
+pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
+    let at = |span: std::ops::Range<usize>| format!("{file_name}:{}", line_of(text, span.start));
+    let file: File = match toml::from_str(text) {
+        Ok(file) => file,
+        Err(error) => {
+            let line = error
+                .span()
+                .map(|span| line_of(text, span.start))
+                .unwrap_or(1);
+            return Err(vec![format!(
+                "{file_name}:{line}: {}",
+                error.message().trim()
+            )]);
+        }
+    };
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    let mut seen = BTreeMap::new();
+    for raw in file.policy {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let name = raw.name.get_ref().clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(format!(
+                "{}: policy name {name:?} must be non-empty letters, digits, '-', '_' or '.'",
+                at(raw.name.span())
+            ));
+        }
+        if let Some(first) = seen.insert(name.clone(), line_of(text, span.start)) {
+            errors.push(format!(
+                "{}: policy {name:?} is defined twice (first on line {first})",
+                at(raw.name.span())
+            ));
+        }
+        if let Err(reason) = Schedule::parse(raw.schedule.get_ref()) {
+            errors.push(format!("{}: {reason}", at(raw.schedule.span())));
+        }
+        if let Err(reason) = check_repository(raw.repository.get_ref()) {
+            errors.push(format!("{}: {reason}", at(raw.repository.span())));
+        }
+        for (limit, field) in [
+            (&raw.max_per_host, "max_per_host"),
+            (&raw.max_per_worker, "max_per_worker"),
+        ] {
+            if *limit.get_ref() == 0 {
+                errors.push(format!("{}: {field} must be at least 1", at(limit.span())));
+            }
+        }
+        policies.push(Policy {
+            name,
+            schedule: raw.schedule.into_inner(),
+            repository: raw.repository.into_inner(),
+            select: raw.select,
+            max_per_host: raw.max_per_host.into_inner(),
+            max_per_worker: raw.max_per_worker.into_inner(),
+            retention: raw.retention,
+        });
+    }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_repository(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("repository must not be empty".into());
+    }
+    if url.starts_with("memory:") {
+        return Err("a memory:// repository cannot be shared by workers".into());
+    }
+    if url.contains("://") && !["file://", "s3://"].iter().any(|s| url.starts_with(s)) {
+        return Err(format!(
+            "repository {url:?}: only file:// and s3:// URLs (or a plain path) are supported"
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|head| head.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[policy]]
+name = "gold"
+schedule = "*/5 * * * *"
+repository = "file:///srv/haven"
+select = { names = ["web-*"], labels = { tier = "gold" } }
+max_per_host = 1
+retention = { keep_last = 3 }
+
+[[policy]]
+name = "rest"
+schedule = "0 2 * * *"
+repository = "/srv/other"
+"#;
+
+    #[test]
+    fn parses_and_selects() {
+        let policies = parse_policies("p.toml", GOOD).unwrap();
+        assert_eq!(policies.len(), 2);
+        let gold = &policies[0];
+        assert_eq!(gold.max_per_host, 1);
+        assert_eq!(gold.max_per_worker, 2);
+        assert_eq!(gold.retention.keep_last, 3);
+        let labels: BTreeMap<String, String> = [("tier".into(), "gold".into())].into();
+        assert!(gold.select.matches("web-01", "h1", &labels));
+        assert!(!gold.select.matches("db-01", "h1", &labels));
+        assert!(!gold.select.matches("web-01", "h1", &BTreeMap::new()));
+        assert!(
+            policies[1]
+                .select
+                .matches("anything", "h9", &BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn every_error_has_its_line() {
+        let bad = r#"
+[[policy]]
+name = "a"
+schedule = "61 * * * *"
+repository = "ftp://x"
+max_per_host = 0
+
+[[policy]]
+name = "a"
+schedule = "* * * * *"
+repository = "/r"
+"#;
+        let errors = parse_policies("p.toml", bad).unwrap_err();
+        let joined = errors.join("\n");
+        assert!(joined.contains("p.toml:4: minute: 61"), "{joined}");
+        assert!(
+            joined.contains("p.toml:5: repository \"ftp://x\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("p.toml:6: max_per_host must be at least 1"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("p.toml:9: policy \"a\" is defined twice"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_report_lines() {
+        let errors = parse_policies("p.toml", "[[policy]]\nname = \"a\"\nbogus = 1\n").unwrap_err();
+        assert!(errors[0].starts_with("p.toml:"), "{errors:?}");
+        assert!(
+            errors[0].contains("bogus") || errors[0].contains("unknown"),
+            "{errors:?}"
+        );
+        let errors = parse_policies("p.toml", "[[policy]\n").unwrap_err();
+        assert!(errors[0].starts_with("p.toml:1:"), "{errors:?}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("web-*", "web-01"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*-db-*", "eu-db-7"));
+        assert!(!glob_match("web", "web-1"));
+    }
+}

@@ -1,0 +1,539 @@
+//! The gRPC face of a replica: request validation, conversion between protobuf
+//! messages and stored records, and error codes. Decisions live in [`Leader`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use haven_proto::LEADER_METADATA;
+use haven_proto::v1::{
+    self, admin_service_server::AdminService, worker_service_server::WorkerService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::leader::{CommitRequest, Leader, LeaderError, Progress, check_name};
+use crate::model::{JobRecord, JobState, SnapshotRecord, VmRecord};
+use crate::policy::parse_policies;
+use crate::replica::{Replica, Role};
+
+/// Longest long-poll a worker may ask for.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// Both gRPC services of one replica.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    replica: Arc<Replica>,
+}
+
+impl CoordinatorService {
+    /// Serves `replica`.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+
+    /// The leader state, or `UNAVAILABLE` naming the leader.
+    async fn leader(&self) -> Result<Arc<Leader>, Status> {
+        match self.replica.role().await {
+            Role::Leader(leader) => Ok(leader),
+            Role::Follower(url) => {
+                let mut status = Status::unavailable(match &url {
+                    Some(url) => format!("not the leader; the leader is {url}"),
+                    None => "not the leader; no leader elected yet".to_string(),
+                });
+                if let Some(url) = url
+                    && let Ok(value) = url.parse()
+                {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+fn status(error: LeaderError) -> Status {
+    match error {
+        LeaderError::NotLeader => Status::unavailable("leadership lost; retry on the new leader"),
+        LeaderError::Store(error) => Status::unavailable(error.to_string()),
+        LeaderError::NotFound(m) => Status::not_found(m),
+        LeaderError::Invalid(m) => Status::invalid_argument(m),
+        LeaderError::AlreadyExists(m) => Status::already_exists(m),
+        LeaderError::Fenced(m) => Status::failed_precondition(m),
+        error @ LeaderError::Repository(_) => Status::internal(error.to_string()),
+    }
+}
+
+fn identity(worker: Option<v1::WorkerIdentity>) -> Result<v1::WorkerIdentity, Status> {
+    let worker = worker.ok_or_else(|| Status::invalid_argument("missing worker identity"))?;
+    check_name("worker id", &worker.worker_id).map_err(status)?;
+    Ok(worker)
+}
+
+/// Validates reported hosts into inventory records.
+fn inventory(hosts: Vec<v1::Host>) -> Result<Vec<(String, Vec<VmRecord>)>, Status> {
+    let mut seen = HashSet::new();
+    hosts
+        .into_iter()
+        .map(|host| {
+            check_name("host name", &host.name).map_err(status)?;
+            let vms = host
+                .vms
+                .into_iter()
+                .map(|vm| {
+                    check_name("VM name", &vm.name).map_err(status)?;
+                    if !seen.insert(vm.name.clone()) {
+                        return Err(Status::invalid_argument(format!(
+                            "VM {:?} reported twice",
+                            vm.name
+                        )));
+                    }
+                    Ok(VmRecord {
+                        name: vm.name,
+                        host: host.name.clone(),
+                        disks: vm
+                            .disks
+                            .into_iter()
+                            .map(|d| (d.name, d.size_bytes))
+                            .collect(),
+                        labels: vm.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            Ok((host.name, vms))
+        })
+        .collect()
+}
+
+fn job_state(state: JobState) -> v1::JobState {
+    match state {
+        JobState::Pending => v1::JobState::Pending,
+        JobState::Assigned => v1::JobState::Assigned,
+        JobState::Committing => v1::JobState::Committing,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+    }
+}
+
+/// A job record and its live progress as the API shows them.
+pub fn job_status(job: &JobRecord, progress: Progress) -> v1::JobStatus {
+    let phase = match job.state {
+        JobState::Succeeded | JobState::Failed => v1::JobPhase::Done as i32,
+        JobState::Committing => v1::JobPhase::Committing as i32,
+        _ => progress.phase,
+    };
+    v1::JobStatus {
+        job_id: job.id.clone(),
+        vm: job.vm.clone(),
+        host: job.host.clone(),
+        policy: job.policy.clone().unwrap_or_default(),
+        repository: job.repository.clone(),
+        state: job_state(job.state) as i32,
+        phase,
+        worker: job.current().map(|a| a.worker.clone()).unwrap_or_default(),
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        bytes_per_second: progress.bytes_per_second,
+        bytes_uploaded: job.bytes_uploaded.max(progress.bytes_uploaded),
+        created_unix_ms: job.created_unix_ms,
+        finished_unix_ms: job.finished_unix_ms,
+        snapshot: job.snapshot.clone().unwrap_or_default(),
+        error: job.error.clone().unwrap_or_default(),
+        attempts: job
+            .attempts
+            .iter()
+            .map(|a| v1::JobAttempt {
+                number: a.number,
+                worker: a.worker.clone(),
+                assigned_unix_ms: a.assigned_unix_ms,
+                ended_unix_ms: a.ended_unix_ms,
+                outcome: a.outcome.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn snapshot_info(record: &SnapshotRecord) -> v1::SnapshotInfo {
+    v1::SnapshotInfo {
+        vm: record.vm.clone(),
+        timestamp: record.timestamp.clone(),
+        repository: record.repository.clone(),
+        disks: record
+            .disks
+            .iter()
+            .map(|(name, size)| v1::Disk {
+                name: name.clone(),
+                size_bytes: *size,
+            })
+            .collect(),
+        bytes_uploaded: record.bytes_uploaded,
+        job_id: record.job_id.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for CoordinatorService {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let hosts = inventory(request.hosts)?;
+        let record = leader
+            .register(
+                &request.worker_id,
+                &request.instance_id,
+                hosts,
+                request.max_jobs,
+            )
+            .await
+            .map_err(status)?;
+        let ttl = leader_settings_ttl(&self.replica);
+        Ok(Response::new(v1::RegisterResponse {
+            lease_id: record.lease,
+            lease_ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+            heartbeat_interval_ms: u32::try_from((ttl / 4).as_millis())
+                .unwrap_or(1000)
+                .max(100),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let leader = self.leader().await?;
+        let worker = identity(request.into_inner().worker)?;
+        leader
+            .heartbeat(&worker.worker_id, &worker.instance_id, worker.lease_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::HeartbeatResponse {}))
+    }
+
+    async fn report_inventory(
+        &self,
+        request: Request<v1::ReportInventoryRequest>,
+    ) -> Result<Response<v1::ReportInventoryResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        let hosts = inventory(request.hosts)?;
+        leader
+            .report_inventory(
+                &worker.worker_id,
+                &worker.instance_id,
+                worker.lease_id,
+                hosts,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ReportInventoryResponse {}))
+    }
+
+    async fn poll_jobs(
+        &self,
+        request: Request<v1::PollJobsRequest>,
+    ) -> Result<Response<v1::PollJobsResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_POLL_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let running = HashSet::new();
+        loop {
+            let notified = leader.changed.notified();
+            let jobs = leader
+                .poll(
+                    &worker.worker_id,
+                    &worker.instance_id,
+                    worker.lease_id,
+                    &running,
+                )
+                .await
+                .map_err(status)?;
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+                let jobs = jobs
+                    .into_iter()
+                    .map(|a| v1::JobAssignment {
+                        job_id: a.job.id.clone(),
+                        vm: a.job.vm.clone(),
+                        host: a.job.host.clone(),
+                        repository: a.job.repository.clone(),
+                        fencing_token: a.token,
+                        attempt: a.job.attempts.len() as u32,
+                    })
+                    .collect();
+                return Ok(Response::new(v1::PollJobsResponse { jobs }));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            // Leadership may have moved while waiting.
+            if !matches!(self.replica.role().await, Role::Leader(_)) {
+                return Err(self
+                    .leader()
+                    .await
+                    .err()
+                    .unwrap_or_else(|| Status::unavailable("leadership moved")));
+            }
+        }
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<v1::ReportProgressRequest>,
+    ) -> Result<Response<v1::ReportProgressResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        let cancel = leader
+            .progress(
+                &worker.worker_id,
+                &request.job_id,
+                request.fencing_token,
+                Progress {
+                    phase: request.phase,
+                    bytes_done: request.bytes_done,
+                    bytes_total: request.bytes_total,
+                    bytes_per_second: request.bytes_per_second,
+                    bytes_uploaded: request.bytes_uploaded,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ReportProgressResponse { cancel }))
+    }
+
+    async fn commit_snapshot(
+        &self,
+        request: Request<v1::CommitSnapshotRequest>,
+    ) -> Result<Response<v1::CommitSnapshotResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        let snapshot = request
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("missing snapshot info"))?;
+        let snapshot = leader
+            .commit(CommitRequest {
+                worker: worker.worker_id,
+                job_id: request.job_id,
+                token: request.fencing_token,
+                manifest_key: request.manifest_key,
+                manifest_blob: request.manifest_blob,
+                snapshot: SnapshotRecord {
+                    vm: snapshot.vm,
+                    timestamp: snapshot.timestamp,
+                    repository: snapshot.repository,
+                    disks: snapshot
+                        .disks
+                        .into_iter()
+                        .map(|d| (d.name, d.size_bytes))
+                        .collect(),
+                    bytes_uploaded: snapshot.bytes_uploaded,
+                    job_id: snapshot.job_id,
+                },
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::CommitSnapshotResponse { snapshot }))
+    }
+
+    async fn fail_job(
+        &self,
+        request: Request<v1::FailJobRequest>,
+    ) -> Result<Response<v1::FailJobResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        leader
+            .fail(
+                &worker.worker_id,
+                &request.job_id,
+                request.fencing_token,
+                &request.error,
+                request.retryable,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::FailJobResponse {}))
+    }
+}
+
+fn leader_settings_ttl(replica: &Replica) -> Duration {
+    replica.settings().leader.worker_lease
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<v1::JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for CoordinatorService {
+    async fn get_leader(
+        &self,
+        _request: Request<v1::GetLeaderRequest>,
+    ) -> Result<Response<v1::GetLeaderResponse>, Status> {
+        let settings = self.replica.settings();
+        let (leader_url, is_leader) = match self.replica.role().await {
+            Role::Leader(_) => (settings.advertise_url.clone(), true),
+            Role::Follower(url) => (url.unwrap_or_default(), false),
+        };
+        Ok(Response::new(v1::GetLeaderResponse {
+            leader_url,
+            is_leader,
+            replica_id: settings.id.clone(),
+        }))
+    }
+
+    async fn list_vms(
+        &self,
+        _request: Request<v1::ListVmsRequest>,
+    ) -> Result<Response<v1::ListVmsResponse>, Status> {
+        let leader = self.leader().await?;
+        let vms = leader
+            .vms()
+            .await
+            .into_iter()
+            .map(|(vm, workers)| v1::Vm {
+                name: vm.name,
+                host: vm.host,
+                disks: vm
+                    .disks
+                    .into_iter()
+                    .map(|(name, size_bytes)| v1::Disk { name, size_bytes })
+                    .collect(),
+                labels: vm.labels.into_iter().collect(),
+                workers,
+            })
+            .collect();
+        Ok(Response::new(v1::ListVmsResponse { vms }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let leader = self.leader().await?;
+        let workers = leader
+            .workers()
+            .await
+            .into_iter()
+            .map(|(w, running)| v1::WorkerInfo {
+                worker_id: w.id,
+                hosts: w.hosts,
+                max_jobs: w.max_jobs,
+                running_jobs: running,
+                registered_unix_ms: w.registered_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn apply_policies(
+        &self,
+        request: Request<v1::ApplyPoliciesRequest>,
+    ) -> Result<Response<v1::ApplyPoliciesResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let name = if request.file_name.is_empty() {
+            "policy.toml"
+        } else {
+            request.file_name.as_str()
+        };
+        let policies = parse_policies(name, &request.policy_toml)
+            .map_err(|errors| Status::invalid_argument(errors.join("\n")))?;
+        let policies = leader.apply_policies(policies).await.map_err(status)?;
+        Ok(Response::new(v1::ApplyPoliciesResponse { policies }))
+    }
+
+    async fn run_job(
+        &self,
+        request: Request<v1::RunJobRequest>,
+    ) -> Result<Response<v1::RunJobResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        check_name("VM name", &request.vm).map_err(status)?;
+        let repository = (!request.repository.is_empty()).then_some(request.repository);
+        let job_id = leader
+            .run_job(&request.vm, repository)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::RunJobResponse { job_id }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let vm = (!request.vm.is_empty()).then_some(request.vm.as_str());
+        let jobs = leader
+            .jobs(vm, request.limit as usize)
+            .await
+            .iter()
+            .map(|(job, progress)| job_status(job, *progress))
+            .collect();
+        Ok(Response::new(v1::ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let leader = self.leader().await?;
+        let job_id = request.into_inner().job_id;
+        if leader.job(&job_id).await.is_none() {
+            return Err(Status::not_found(format!("unknown job {job_id:?}")));
+        }
+        let stream = futures::stream::unfold(
+            (leader, job_id, None::<v1::JobStatus>, false),
+            |(leader, job_id, last, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let waiter = leader.clone();
+                    let notified = waiter.changed.notified();
+                    let Some((job, progress)) = leader.job(&job_id).await else {
+                        return Some((
+                            Err(Status::not_found("job vanished (leadership moved?)")),
+                            (leader, job_id, last, true),
+                        ));
+                    };
+                    let now = job_status(&job, progress);
+                    if last.as_ref() != Some(&now) {
+                        let done = !job.state.is_active();
+                        return Some((Ok(now.clone()), (leader, job_id, Some(now), done)));
+                    }
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<v1::ListSnapshotsRequest>,
+    ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
+        let leader = self.leader().await?;
+        let vm = request.into_inner().vm;
+        let vm = (!vm.is_empty()).then_some(vm.as_str());
+        let snapshots = leader
+            .snapshots(vm)
+            .await
+            .iter()
+            .map(snapshot_info)
+            .collect();
+        Ok(Response::new(v1::ListSnapshotsResponse { snapshots }))
+    }
+}

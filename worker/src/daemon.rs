@@ -1,0 +1,473 @@
+//! `haven worker`: the long-running worker of a cluster.
+//!
+//! ```text
+//! discover VMs (QMP sockets) ─▶ Register (lease) ─┬─ Heartbeat every ttl/4 ── NOT_FOUND: lease
+//!                                                 │                           lost ─▶ cancel all
+//!                                                 ├─ PollJobs (long-poll) ─▶ run each job:
+//!                                                 │     backup_qemu ─ progress every second
+//!                                                 │     └─ manifest ─▶ CommitSnapshot (fenced)
+//!                                                 └─ ReportInventory every interval
+//! ```
+//!
+//! The worker never writes a manifest itself: it seals it and hands it to the
+//! coordinator, which accepts it only while this worker's attempt still owns the job.
+//! Chunks and indexes written by an attempt that loses its job are harmless (unlisted,
+//! reused by the next attempt through the existence check, swept by GC).
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use haven_proto::LeaderClient;
+use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use haven_repo::{Backend, Manifest, Progress, Repository};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+pub use config::{HostConfig, WorkerConfig};
+
+use crate::error::{Result, WorkerError};
+use crate::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
+use crate::snapshot::ManifestPublisher;
+
+/// Runs the worker until `shutdown`.
+pub async fn run_worker(
+    config: WorkerConfig,
+    password: Vec<u8>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let client = Arc::new(
+        LeaderClient::new(config.coordinators.clone(), Duration::from_secs(30))
+            .map_err(|error| WorkerError::Invalid(error.to_string()))?,
+    );
+    let worker = Arc::new(Worker {
+        config,
+        password,
+        client,
+        instance: format!("{:016x}", rand::random::<u64>()),
+        repos: Mutex::new(HashMap::new()),
+    });
+    while !shutdown.is_cancelled() {
+        match worker.clone().session(&shutdown).await {
+            Ok(()) => {}
+            Err(error) => tracing::warn!(%error, "worker session ended"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    Ok(())
+}
+
+struct Worker {
+    config: WorkerConfig,
+    password: Vec<u8>,
+    client: Arc<LeaderClient>,
+    instance: String,
+    repos: Mutex<HashMap<String, Arc<Repository>>>,
+}
+
+/// Who this worker is in the current session.
+#[derive(Clone)]
+struct Session {
+    identity: v1::WorkerIdentity,
+    lease_lost: CancellationToken,
+}
+
+impl Worker {
+    /// One registration: runs jobs until the lease is lost or shutdown.
+    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> Result<()> {
+        let hosts = self.inventory().await;
+        let request = v1::RegisterRequest {
+            worker_id: self.config.id.clone(),
+            instance_id: self.instance.clone(),
+            hosts,
+            max_jobs: self.config.max_jobs,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let registered = self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move { WorkerServiceClient::new(channel).register(request).await }
+            })
+            .await
+            .map_err(|status| {
+                WorkerError::Invalid(format!("cannot register: {}", status.message()))
+            })?
+            .into_inner();
+        tracing::info!(
+            worker = self.config.id,
+            lease = registered.lease_id,
+            "registered"
+        );
+        let session = Session {
+            identity: v1::WorkerIdentity {
+                worker_id: self.config.id.clone(),
+                instance_id: self.instance.clone(),
+                lease_id: registered.lease_id,
+            },
+            lease_lost: shutdown.child_token(),
+        };
+        let heartbeat = tokio::spawn(self.clone().heartbeats(
+            session.clone(),
+            Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100))),
+        ));
+        let inventory = tokio::spawn(self.clone().inventory_reports(session.clone()));
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        while !session.lease_lost.is_cancelled() {
+            running.retain(|_, task| !task.is_finished());
+            let identity = session.identity.clone();
+            let poll = self.client.call(|channel| {
+                let request = v1::PollJobsRequest {
+                    worker: Some(identity.clone()),
+                    wait_ms: 5_000,
+                };
+                async move { WorkerServiceClient::new(channel).poll_jobs(request).await }
+            });
+            let reply = tokio::select! {
+                _ = session.lease_lost.cancelled() => break,
+                reply = poll => reply,
+            };
+            match reply {
+                Ok(reply) => {
+                    for job in reply.into_inner().jobs {
+                        if running.contains_key(&job.job_id) {
+                            continue;
+                        }
+                        let id = job.job_id.clone();
+                        let task = tokio::spawn(self.clone().run_job(session.clone(), job));
+                        running.insert(id, task);
+                    }
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::warn!("lease lost: {}", status.message());
+                    session.lease_lost.cancel();
+                }
+                Err(status) => {
+                    tracing::warn!("poll failed: {}", status.message());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        session.lease_lost.cancel();
+        heartbeat.abort();
+        inventory.abort();
+        for (_, task) in running {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Keeps the lease alive; cancels the session when the coordinator says it is gone.
+    async fn heartbeats(self: Arc<Self>, session: Session, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = session.lease_lost.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let request = v1::HeartbeatRequest {
+                worker: Some(session.identity.clone()),
+            };
+            let reply = self
+                .client
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { WorkerServiceClient::new(channel).heartbeat(request).await }
+                })
+                .await;
+            match reply {
+                Ok(_) => {}
+                Err(status) if matches!(status.code(), Code::NotFound | Code::AlreadyExists) => {
+                    tracing::warn!(
+                        "lease lost, stopping this session's jobs: {}",
+                        status.message()
+                    );
+                    session.lease_lost.cancel();
+                    return;
+                }
+                Err(status) => tracing::warn!("heartbeat failed: {}", status.message()),
+            }
+        }
+    }
+
+    async fn inventory_reports(self: Arc<Self>, session: Session) {
+        let every = Duration::from_secs(self.config.inventory_interval_seconds.max(1));
+        loop {
+            tokio::select! {
+                _ = session.lease_lost.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let request = v1::ReportInventoryRequest {
+                worker: Some(session.identity.clone()),
+                hosts: self.inventory().await,
+            };
+            let _ = self
+                .client
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        WorkerServiceClient::new(channel)
+                            .report_inventory(request)
+                            .await
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// The hosts and VMs this worker reaches now.
+    async fn inventory(&self) -> Vec<v1::Host> {
+        let mut hosts = Vec::new();
+        for host in &self.config.hosts {
+            let mut vms = Vec::new();
+            for (name, socket) in host.vm_sockets() {
+                match discover_disks(&socket, Duration::from_secs(5)).await {
+                    Ok(disks) => vms.push(v1::Vm {
+                        name,
+                        host: host.name.clone(),
+                        disks: disks
+                            .into_iter()
+                            .map(|(name, size_bytes)| v1::Disk { name, size_bytes })
+                            .collect(),
+                        labels: host.labels.clone().into_iter().collect(),
+                        workers: Vec::new(),
+                    }),
+                    Err(error) => {
+                        tracing::warn!(vm = name, socket = %socket.display(), %error, "VM not reachable");
+                    }
+                }
+            }
+            hosts.push(v1::Host {
+                name: host.name.clone(),
+                vms,
+            });
+        }
+        hosts
+    }
+
+    async fn repository(&self, url: &str) -> Result<Arc<Repository>> {
+        let mut repos = self.repos.lock().await;
+        if let Some(repo) = repos.get(url) {
+            return Ok(repo.clone());
+        }
+        let backend = Backend::from_url(url, false)?;
+        let repo = Arc::new(Repository::open(backend, &self.password).await?);
+        repos.insert(url.to_string(), repo.clone());
+        Ok(repo)
+    }
+
+    /// Runs one job to its end: committed, failed (reported), or fenced (dropped).
+    async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
+        let cancel = session.lease_lost.child_token();
+        let fenced = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::new());
+        let reporter = tokio::spawn(self.clone().report_progress(
+            session.clone(),
+            job.clone(),
+            progress.clone(),
+            cancel.clone(),
+            fenced.clone(),
+        ));
+        tracing::info!(
+            job = job.job_id,
+            vm = job.vm,
+            attempt = job.attempt,
+            "job started"
+        );
+        let outcome = self
+            .backup(&session, &job, progress, &cancel, fenced.clone())
+            .await;
+        reporter.abort();
+        match outcome {
+            Ok(snapshot) => tracing::info!(job = job.job_id, snapshot, "job committed"),
+            Err(_) if fenced.load(Ordering::SeqCst) || session.lease_lost.is_cancelled() => {
+                tracing::warn!(job = job.job_id, "job moved to another worker; dropped");
+            }
+            Err(error) => {
+                tracing::warn!(job = job.job_id, %error, "job failed");
+                let request = v1::FailJobRequest {
+                    worker: Some(session.identity.clone()),
+                    job_id: job.job_id.clone(),
+                    fencing_token: job.fencing_token,
+                    error: error.to_string(),
+                    retryable: true,
+                };
+                let _ = self
+                    .client
+                    .call(|channel| {
+                        let request = request.clone();
+                        async move { WorkerServiceClient::new(channel).fail_job(request).await }
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn backup(
+        &self,
+        session: &Session,
+        job: &v1::JobAssignment,
+        progress: Arc<Progress>,
+        cancel: &CancellationToken,
+        fenced: Arc<AtomicBool>,
+    ) -> Result<String> {
+        let socket = self
+            .config
+            .hosts
+            .iter()
+            .filter(|host| host.name == job.host)
+            .flat_map(|host| host.vm_sockets())
+            .find(|(name, _)| *name == job.vm)
+            .map(|(_, socket)| socket)
+            .ok_or_else(|| {
+                WorkerError::Invalid(format!(
+                    "VM {} on host {} is not reachable from here",
+                    job.vm, job.host
+                ))
+            })?;
+        let repo = self.repository(&job.repository).await?;
+        let request = QemuBackupRequest {
+            vm: job.vm.clone(),
+            qmp: socket,
+            disks: Vec::new(),
+            guest_agent: None,
+            nbd_server: None,
+            scratch_dir: self.config.scratch_dir.clone(),
+            connections: self.config.connections.clamp(1, 16),
+            qmp_timeout: Duration::from_secs(30),
+            freeze_timeout: Duration::from_secs(10),
+            publisher: Arc::new(FencedCommit {
+                client: self.client.clone(),
+                identity: session.identity.clone(),
+                job_id: job.job_id.clone(),
+                token: job.fencing_token,
+                repository: job.repository.clone(),
+                fenced,
+            }),
+        };
+        let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
+        Ok(report.backup.snapshot)
+    }
+
+    async fn report_progress(
+        self: Arc<Self>,
+        session: Session,
+        job: v1::JobAssignment,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+        fenced: Arc<AtomicBool>,
+    ) {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (done, total) = progress.snapshot();
+            let elapsed = started.elapsed().as_secs_f64().max(0.001);
+            let request = v1::ReportProgressRequest {
+                worker: Some(session.identity.clone()),
+                job_id: job.job_id.clone(),
+                fencing_token: job.fencing_token,
+                phase: v1::JobPhase::Reading as i32,
+                bytes_done: done,
+                bytes_total: total,
+                bytes_per_second: (done as f64 / elapsed) as u64,
+                bytes_uploaded: 0,
+            };
+            let reply = self
+                .client
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        WorkerServiceClient::new(channel)
+                            .report_progress(request)
+                            .await
+                    }
+                })
+                .await;
+            match reply {
+                Ok(reply) if reply.get_ref().cancel => {
+                    cancel.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    tracing::warn!(job = job.job_id, "fenced: {}", status.message());
+                    fenced.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                Err(status) => tracing::debug!("progress report failed: {}", status.message()),
+            }
+        }
+    }
+}
+
+/// The cluster's [`ManifestPublisher`]: the coordinator's fenced commit.
+#[derive(Debug)]
+struct FencedCommit {
+    client: Arc<LeaderClient>,
+    identity: v1::WorkerIdentity,
+    job_id: String,
+    token: i64,
+    repository: String,
+    fenced: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl ManifestPublisher for FencedCommit {
+    async fn publish(&self, repo: &Repository, manifest: &Manifest) -> Result<()> {
+        let (id, blob) = repo.seal_manifest(manifest)?;
+        let request = v1::CommitSnapshotRequest {
+            worker: Some(self.identity.clone()),
+            job_id: self.job_id.clone(),
+            fencing_token: self.token,
+            manifest_key: id.manifest_key(),
+            manifest_blob: blob,
+            snapshot: Some(v1::SnapshotInfo {
+                vm: id.vm.clone(),
+                timestamp: id.timestamp.clone(),
+                repository: self.repository.clone(),
+                disks: manifest
+                    .disks
+                    .iter()
+                    .map(|disk| v1::Disk {
+                        name: disk.name.clone(),
+                        size_bytes: disk.size,
+                    })
+                    .collect(),
+                bytes_uploaded: manifest.disks.iter().map(|d| d.stats.uploaded_bytes).sum(),
+                job_id: self.job_id.clone(),
+            }),
+        };
+        let reply = self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move {
+                    WorkerServiceClient::new(channel)
+                        .commit_snapshot(request)
+                        .await
+                }
+            })
+            .await;
+        match reply {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                if status.code() == Code::FailedPrecondition {
+                    self.fenced.store(true, Ordering::SeqCst);
+                }
+                Err(WorkerError::Invalid(format!(
+                    "commit refused by the coordinator: {}",
+                    status.message()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `worker.toml`.
+//!
+//! ```toml
+//! id = "worker-1"
+//! coordinators = ["http://10.0.0.1:7700", "http://10.0.0.2:7700"]
+//! max_jobs = 2
+//! scratch_dir = "/var/tmp"            # fleecing overlays; QEMU must be able to write here
+//! connections = 4                     # NBD connections per disk
+//! inventory_interval_seconds = 30
+//!
+//! [[hosts]]
+//! name = "kvm-1"
+//! qmp_dir = "/run/haven/kvm-1"        # every NAME.qmp socket in it is VM NAME
+//! labels = { rack = "a" }             # labels of every VM on this host
+//!
+//! [[hosts]]
+//! name = "kvm-2"
+//! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp" }]
+//! ```
+//!
+//! The repository password comes from `HAVEN_PASSWORD` or `--password-file`, not from
+//! this file, so the file can be world-readable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A worker's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Unique worker id.
+    pub id: String,
+    /// gRPC URLs of the coordinator replicas.
+    pub coordinators: Vec<String>,
+    /// Jobs run at once.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: u32,
+    /// Folder for fleecing overlays.
+    #[serde(default = "std::env::temp_dir")]
+    pub scratch_dir: PathBuf,
+    /// NBD connections per disk.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Seconds between inventory reports.
+    #[serde(default = "default_inventory_interval")]
+    pub inventory_interval_seconds: u64,
+    /// Hypervisor hosts this worker reaches.
+    #[serde(default)]
+    pub hosts: Vec<HostConfig>,
+}
+
+/// A hypervisor host and how its VMs are reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Host name (shared by every worker that reaches it).
+    pub name: String,
+    /// Folder of `NAME.qmp` sockets, one per VM.
+    #[serde(default)]
+    pub qmp_dir: Option<PathBuf>,
+    /// VMs listed one by one.
+    #[serde(default)]
+    pub vms: Vec<VmConfig>,
+    /// Labels of every VM on the host.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One VM and its QMP socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// VM name.
+    pub name: String,
+    /// QMP socket of its QEMU or qemu-storage-daemon.
+    pub qmp: PathBuf,
+}
+
+fn default_max_jobs() -> u32 {
+    2
+}
+fn default_connections() -> usize {
+    4
+}
+fn default_inventory_interval() -> u64 {
+    30
+}
+
+impl WorkerConfig {
+    /// Parses a configuration; errors name the line.
+    pub fn parse(file_name: &str, text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|error| {
+            let line = error
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|head| head.matches('\n').count() + 1)
+                .unwrap_or(1);
+            format!("{file_name}:{line}: {}", error.message().trim())
+        })?;
+        if config.coordinators.is_empty() {
+            return Err(format!(
+                "{file_name}: coordinators must list at least one URL"
+            ));
+        }
+        if config.max_jobs == 0 {
+            return Err(format!("{file_name}: max_jobs must be at least 1"));
+        }
+        Ok(config)
+    }
+}
+
+impl HostConfig {
+    /// `(VM name, QMP socket)` of every VM on the host now.
+    pub fn vm_sockets(&self) -> Vec<(String, PathBuf)> {
+        let mut list: Vec<(String, PathBuf)> = self
+            .vms
+            .iter()
+            .map(|vm| (vm.name.clone(), vm.qmp.clone()))
+            .collect();
+        if let Some(dir) = &self.qmp_dir
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|ext| ext == "qmp")
+                    && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                {
+                    list.push((stem.to_string(), path));
+                }
+            }
+        }
+        list.sort();
+        list.dedup_by(|a, b| a.0 == b.0);
+        list
+    }
+}
