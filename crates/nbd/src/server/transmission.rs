@@ -162,7 +162,10 @@ where
                         .await?;
                     continue;
                 }
-                if let Some(message) = check_range(&*source, offset, length) {
+                // Unlike a read, a status query carries no payload: its length is not
+                // bounded by the maximum request size (qemu-img asks about whole disks),
+                // only by the export. The reply may cover less than was asked.
+                if let Some(message) = check_status_range(&*source, offset, length) {
                     replies.status(negotiated, cookie, EINVAL, &message).await?;
                     continue;
                 }
@@ -217,6 +220,20 @@ fn check_range<S: ExportSource>(source: &S, offset: u64, length: u32) -> Option<
         return Some(format!(
             "request of {length} bytes exceeds the {MAX_REQUEST} byte limit"
         ));
+    }
+    let size = source.size();
+    match offset.checked_add(u64::from(length)) {
+        Some(end) if end <= size => None,
+        _ => Some(format!(
+            "request [{offset}, +{length}) goes past the export size {size}"
+        )),
+    }
+}
+
+/// Why a BLOCK_STATUS range is refused, if it is.
+fn check_status_range<S: ExportSource>(source: &S, offset: u64, length: u32) -> Option<String> {
+    if length == 0 {
+        return Some("zero-length request".into());
     }
     let size = source.size();
     match offset.checked_add(u64::from(length)) {
