@@ -4,6 +4,8 @@ pub mod backup;
 pub mod backup_libvirt;
 pub mod backup_qemu;
 pub mod files;
+pub mod gc;
+pub mod protect;
 pub mod prune;
 pub mod replicate;
 pub mod repo;

@@ -10,7 +10,7 @@ mod progress;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    backup, files, prune, replicate, repo, restore, serve_nbd, snapshots, verify,
+    backup, files, gc, protect, prune, replicate, repo, restore, serve_nbd, snapshots, verify,
 };
 
 #[derive(Parser)]
@@ -40,6 +40,12 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
     Prune(prune::PruneArgs),
+    /// Remove chunks and indexes no snapshot needs (safe while backups run).
+    Gc(gc::GcArgs),
+    /// Keep a snapshot whatever prune's rules say, optionally locked in storage.
+    Protect(protect::ProtectArgs),
+    /// Remove a snapshot's protection (refused while its storage lock holds).
+    Unprotect(protect::UnprotectArgs),
     /// Copy a repository to a secondary site (no password needed), or show the lag.
     Replicate(replicate::ReplicateArgs),
     /// Export a snapshot's disk as a read-only NBD server (instant recovery).
@@ -97,6 +103,9 @@ fn main() -> std::process::ExitCode {
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Gc(args) => gc::run(args).await,
+            Command::Protect(args) => protect::protect(args).await,
+            Command::Unprotect(args) => protect::unprotect(args).await,
             Command::Replicate(args) => replicate::run(args).await,
             Command::ServeNbd(args) => serve_nbd::run(args).await,
             Command::Files(command) => files::run(command).await,

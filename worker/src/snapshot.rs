@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haven_repo::{
-    Consistency, DiskEntry, DiskStats, FixedIndex, Manifest, RepoError, Repository, SnapshotId,
-    SourceInfo, VmConfig,
+    BackupLease, Consistency, DiskEntry, DiskStats, FixedIndex, Manifest, RepoError, Repository,
+    SnapshotId, SourceInfo, VmConfig,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -24,10 +24,15 @@ pub struct SnapshotPlan {
     pub id: SnapshotId,
     /// The newest committed snapshot of the VM, if it could be read.
     pub previous: Option<Manifest>,
+    /// This backup's lease in the repository: pins the base against garbage collection
+    /// and tells a collection that a backup is running (see `haven_repo::BackupLease`).
+    pub lease: BackupLease,
 }
 
 /// Picks a timestamp (now, or one second after the newest snapshot if the clock has
-/// not moved past it) and loads the newest snapshot as base.
+/// not moved past it), takes the backup's lease naming the newest snapshot as base, and
+/// loads that snapshot. The lease comes first: nothing may be read from the repository
+/// to be reused before it is written.
 pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> {
     let existing = repo.list_snapshots(Some(vm)).await?;
     let mut time = OffsetDateTime::now_utc();
@@ -38,6 +43,8 @@ pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> 
         }
     }
     let id = SnapshotId::at(vm, time)?;
+    let base = existing.last().map(|latest| latest.timestamp.as_str());
+    let lease = BackupLease::acquire(repo.backend(), vm, base).await?;
     let previous = match existing.last() {
         None => None,
         Some(latest) if !trusted_as_base(repo, latest).await => None,
@@ -49,7 +56,11 @@ pub async fn plan_snapshot(repo: &Repository, vm: &str) -> Result<SnapshotPlan> 
             }
         },
     };
-    Ok(SnapshotPlan { id, previous })
+    Ok(SnapshotPlan {
+        id,
+        previous,
+        lease,
+    })
 }
 
 /// Whether the latest verify record of `snapshot` allows building on it: a snapshot that
@@ -115,19 +126,55 @@ pub struct SnapshotMeta {
     pub vm_config: Option<VmConfig>,
 }
 
+/// Where a finished snapshot's manifest goes.
+///
+/// On one machine the worker writes it into the repository itself ([`DirectPublisher`]);
+/// in a cluster it hands the sealed manifest to the coordinator, which accepts it only
+/// while the worker still owns the job (the fenced commit) and then writes it.
+#[async_trait::async_trait]
+pub trait ManifestPublisher: Send + Sync + std::fmt::Debug {
+    /// Publishes `manifest`; fails if the snapshot must not exist.
+    async fn publish(&self, repo: &Repository, manifest: &Manifest) -> Result<()>;
+}
+
+/// Writes the manifest straight into the repository, create-only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectPublisher;
+
+#[async_trait::async_trait]
+impl ManifestPublisher for DirectPublisher {
+    async fn publish(&self, repo: &Repository, manifest: &Manifest) -> Result<()> {
+        match repo.commit_manifest(manifest).await {
+            Ok(_) => Ok(()),
+            Err(RepoError::AlreadyExists(key)) => Err(crate::error::WorkerError::Invalid(format!(
+                "snapshot {key} was committed by someone else meanwhile"
+            ))),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
 /// Publishes a snapshot in the one safe order: chunks made durable, then the indexes,
-/// then the manifest (create-only: the commit point).
+/// then the lease's check that no concurrent garbage collection removed a chunk they
+/// name, then the manifest (create-only: the commit point) through `publisher`; the
+/// lease is released last.
 pub async fn commit_snapshot(
     repo: &Arc<Repository>,
-    id: &SnapshotId,
+    plan: &SnapshotPlan,
     disks: Vec<CommittedDisk>,
     meta: SnapshotMeta,
+    publisher: &dyn ManifestPublisher,
 ) -> Result<Manifest> {
+    let id = &plan.id;
     repo.barrier().await?;
+    let mut written = Vec::with_capacity(disks.len());
+    for disk in &disks {
+        written.push(repo.write_index(id, &disk.name, &disk.backup.index).await?);
+    }
+    let indexes: Vec<&FixedIndex> = disks.iter().map(|disk| &disk.backup.index).collect();
+    plan.lease.confirm_chunks(repo, &indexes).await?;
     let mut entries = Vec::with_capacity(disks.len());
-    for disk in disks {
-        let (index_key, index_digest) =
-            repo.write_index(id, &disk.name, &disk.backup.index).await?;
+    for (disk, (index_key, index_digest)) in disks.into_iter().zip(written) {
         entries.push(DiskEntry {
             name: disk.name,
             size: disk.backup.index.disk_size(),
@@ -150,13 +197,11 @@ pub async fn commit_snapshot(
         vm_config: meta.vm_config,
         labels: BTreeMap::new(),
     };
-    match repo.commit_manifest(&manifest).await {
-        Ok(_) => Ok(manifest),
-        Err(RepoError::AlreadyExists(key)) => Err(crate::error::WorkerError::Invalid(format!(
-            "snapshot {key} was committed by someone else meanwhile"
-        ))),
-        Err(error) => Err(error.into()),
+    publisher.publish(repo, &manifest).await?;
+    if let Err(error) = plan.lease.release().await {
+        tracing::warn!(%error, "cannot remove the backup's lease; it expires by age");
     }
+    Ok(manifest)
 }
 
 /// A machine-readable summary of a finished backup.

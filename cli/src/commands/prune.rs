@@ -4,18 +4,22 @@
 //! ISO weeks are documented there). Removing a snapshot deletes its manifest first —
 //! the commit point: once it is gone the snapshot no longer exists — and then its
 //! indexes. Chunks are never touched: freeing them is garbage collection's job, which
-//! must account for running backups. A snapshot whose manifest carries the label
-//! `protected=true` is always kept.
+//! must account for running backups (`haven gc`). A snapshot is always kept when its
+//! manifest carries the label `protected=true`, when it has an active protection record
+//! (`haven protect`), or when a running backup builds on it (its lease names it as
+//! base).
 
 use anyhow::{Context, Result, bail};
-use haven_repo::{RetentionPolicy, SnapshotId, plan_retention};
+use haven_repo::{
+    PinSource, RepositoryLeases, RetentionPolicy, SnapshotId, plan_retention, protected_snapshots,
+};
 use serde::Serialize;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
 
 /// What the output says about chunks.
 const CHUNK_NOTE: &str =
-    "chunks are not removed by prune; space is freed by garbage collection (not implemented yet)";
+    "chunks are not removed by prune; space is freed by garbage collection (haven gc)";
 
 /// Arguments of `haven prune`.
 #[derive(Debug, clap::Args)]
@@ -86,6 +90,14 @@ pub async fn run(args: PruneArgs) -> Result<()> {
     }
     let repo = args.repo.open().await?;
     let ids = repo.list_snapshots(args.vm.as_deref()).await?;
+    let protections = protected_snapshots(repo.backend())
+        .await
+        .context("cannot read protection records; nothing was removed")?;
+    let pinned = RepositoryLeases
+        .pins(&repo)
+        .await
+        .context("cannot read the leases of running backups; nothing was removed")?
+        .bases;
     let mut input: Vec<(SnapshotId, bool)> = Vec::with_capacity(ids.len());
     for id in ids {
         let manifest = repo
@@ -95,7 +107,9 @@ pub async fn run(args: PruneArgs) -> Result<()> {
         let protected = manifest
             .labels
             .get("protected")
-            .is_some_and(|value| value == "true");
+            .is_some_and(|value| value == "true")
+            || protections.contains_key(&id)
+            || pinned.contains(&id);
         input.push((id, protected));
     }
     let decisions = plan_retention(&input, &policy);

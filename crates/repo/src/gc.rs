@@ -59,6 +59,9 @@ pub enum GcPhase {
     Swept,
 }
 
+/// A callback told of each [`GcPhase`].
+pub type PhaseHook = Arc<dyn Fn(GcPhase) + Send + Sync>;
+
 /// How to collect.
 #[derive(Clone)]
 pub struct GcOptions {
@@ -74,7 +77,7 @@ pub struct GcOptions {
     /// Deletions in flight.
     pub concurrency: usize,
     /// Called at each [`GcPhase`] (progress output, fault-injection tests).
-    pub on_phase: Option<Arc<dyn Fn(GcPhase) + Send + Sync>>,
+    pub on_phase: Option<PhaseHook>,
 }
 
 impl std::fmt::Debug for GcOptions {
@@ -417,14 +420,21 @@ fn chunk_id_of(key: &str) -> Option<ChunkId> {
     (id.object_key() == key && folder.len() == 2).then_some(id)
 }
 
+/// Whether a delete was refused by the storage (object lock): a 403 on a single
+/// DELETE, or an `AccessDenied` entry in a DeleteObjects answer, which `object_store`
+/// reports as a generic error carrying the S3 code.
 fn is_locked(error: &RepoError) -> bool {
-    matches!(
-        error,
+    match error {
         RepoError::Storage {
             source: object_store::Error::PermissionDenied { .. },
             ..
-        }
-    )
+        } => true,
+        RepoError::Storage {
+            source: source @ object_store::Error::Generic { .. },
+            ..
+        } => source.to_string().contains("(code: AccessDenied)"),
+        _ => false,
+    }
 }
 
 fn refuse(key: &str, error: RepoError) -> RepoError {

@@ -389,6 +389,7 @@ impl GcLock {
                 other.started
             )));
         }
+        remove_dead_records(backend, now).await;
         Ok(Self { held })
     }
 
@@ -423,6 +424,21 @@ impl GcLock {
     /// Removes the lock.
     pub async fn release(&self) -> Result<()> {
         self.held.release().await
+    }
+}
+
+/// Removes the records of dead holders (killed processes, hung ones): harmless, since
+/// a dead holder no longer acts and a hung one checks its own record before it does.
+/// Best effort: failures only leave records that are ignored anyway.
+async fn remove_dead_records(backend: &Backend, now: OffsetDateTime) {
+    for kind in ["gc", "backup"] {
+        let Ok(records) = read_records(backend, kind).await else {
+            continue;
+        };
+        for record in records.iter().filter(|r| !r.is_live(now, STALE_AFTER)) {
+            tracing::info!(key = %record.key(), host = %record.host, pid = record.pid, "removing a dead lock record");
+            let _ = backend.delete(&record.key()).await;
+        }
     }
 }
 

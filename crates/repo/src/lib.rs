@@ -44,7 +44,9 @@ pub use error::{RepoError, Result};
 pub use exists_client::{
     Credentials, ExistsClient, ExistsClientError, KEYS_PER_REQUEST, exists_batch,
 };
-pub use gc::{DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, collect_garbage};
+pub use gc::{
+    DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
+};
 pub use index::{FixedIndex, slot_count, slot_range};
 pub use lease::{
     BackupLease, GcLock, LockRecord, PinSource, Pins, RepositoryLeases, STALE_AFTER, live_records,
