@@ -12,6 +12,8 @@ packages=(
   e2fsprogs
   # NBD peers used by tests (nbdinfo, nbdcopy)
   libnbd-bin
+  # cluster tests: a real etcd (3 members on loopback, started by the tests)
+  etcd-server etcd-client
   # storage node tests: real S3 clients
   awscli rclone restic python3 python3-boto3
 )

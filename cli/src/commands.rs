@@ -1,8 +1,10 @@
 //! One module per verb.
 
+pub mod admin;
 pub mod backup;
 pub mod backup_libvirt;
 pub mod backup_qemu;
+pub mod cluster;
 pub mod files;
 pub mod gc;
 pub mod protect;

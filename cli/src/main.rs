@@ -10,7 +10,8 @@ mod progress;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    backup, files, gc, protect, prune, replicate, repo, restore, serve_nbd, snapshots, verify,
+    admin, backup, cluster, files, gc, protect, prune, replicate, repo, restore, serve_nbd,
+    snapshots, verify,
 };
 
 #[derive(Parser)]
@@ -55,6 +56,21 @@ enum Command {
     Files(files::FilesCommand),
     /// Run an S3-compatible storage node.
     StorageNode(haven_storage_node::StorageNodeArgs),
+    /// Run a coordinator replica (etcd or the embedded store).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a worker that takes backup jobs from the coordinator.
+    Worker(cluster::WorkerArgs),
+    /// Run a coordinator and a worker in one process on the embedded store.
+    Dev(cluster::DevArgs),
+    /// VMs known to the coordinator.
+    #[command(subcommand)]
+    Vm(admin::VmCommand),
+    /// Backup policies of the cluster.
+    #[command(subcommand)]
+    Policy(admin::PolicyCommand),
+    /// Backup jobs of the cluster.
+    #[command(subcommand)]
+    Job(admin::JobCommand),
 }
 
 /// Prints help and version as clap does, and every other parse error as one line.
@@ -110,6 +126,12 @@ fn main() -> std::process::ExitCode {
             Command::ServeNbd(args) => serve_nbd::run(args).await,
             Command::Files(command) => files::run(command).await,
             Command::StorageNode(args) => haven_storage_node::run(args).await,
+            Command::Coordinator(args) => cluster::coordinator(args).await,
+            Command::Worker(args) => cluster::worker(args).await,
+            Command::Dev(args) => cluster::dev(args).await,
+            Command::Vm(command) => admin::vm(command).await,
+            Command::Policy(command) => admin::policy(command).await,
+            Command::Job(command) => admin::job(command).await,
         }
     });
     match result {

@@ -53,6 +53,9 @@ pub struct DiskBackupInput<'a> {
     pub base: Option<&'a FixedIndex>,
     /// How changed slots are found.
     pub changes: ChangeSource,
+    /// Cap on the bytes read from the hypervisor per second, shared by every disk of a
+    /// worker: so backups during business hours do not starve the VMs' storage.
+    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// The result of backing up one disk.
@@ -102,6 +105,7 @@ struct Stages {
     pool: ClientPool,
     known: Mutex<HashSet<ChunkId>>,
     progress: Arc<Progress>,
+    read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// Backs up one disk and returns its index; nothing is committed here.
@@ -165,6 +169,7 @@ pub async fn backup_disk(
         pool,
         known: Mutex::new(known),
         progress,
+        read_limit: input.read_limit.clone(),
     });
 
     let (job_sender, mut jobs) = mpsc::channel::<SlotJob>(in_flight * 4);
@@ -303,6 +308,9 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
         Action::Read => {}
     }
 
+    if let Some(limit) = &stages.read_limit {
+        limit.acquire(job.len as u64).await;
+    }
     let mut data = vec![0u8; job.len];
     stages
         .pool

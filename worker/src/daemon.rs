@@ -40,6 +40,7 @@ pub async fn run_worker(
     password: Vec<u8>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let config_limit = config.read_limit_bytes_per_second;
     let client = Arc::new(
         LeaderClient::new(config.coordinators.clone(), Duration::from_secs(30))
             .map_err(|error| WorkerError::Invalid(error.to_string()))?,
@@ -50,6 +51,8 @@ pub async fn run_worker(
         client,
         instance: format!("{:016x}", rand::random::<u64>()),
         repos: Mutex::new(HashMap::new()),
+        read_limit: (config_limit > 0)
+            .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
     });
     while !shutdown.is_cancelled() {
         match worker.clone().session(&shutdown).await {
@@ -70,6 +73,7 @@ struct Worker {
     client: Arc<LeaderClient>,
     instance: String,
     repos: Mutex<HashMap<String, Arc<Repository>>>,
+    read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// Who this worker is in the current session.
@@ -351,6 +355,7 @@ impl Worker {
                 repository: job.repository.clone(),
                 fenced,
             }),
+            read_limit: self.read_limit.clone(),
         };
         let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
         Ok(report.backup.snapshot)

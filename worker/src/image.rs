@@ -73,6 +73,7 @@ pub async fn backup_images(
         )
         .await?;
         let input = DiskBackupInput {
+            read_limit: None,
             endpoint: export.endpoint(),
             export: EXPORT_NAME.into(),
             connections: request.connections,
@@ -97,6 +98,13 @@ pub async fn backup_images(
         parent: plan.previous.as_ref().map(|m| m.timestamp.clone()),
         vm_config: None,
     };
-    let manifest = commit_snapshot(&repo, &plan, committed, meta, &crate::snapshot::DirectPublisher).await?;
+    let manifest = commit_snapshot(
+        &repo,
+        &plan,
+        committed,
+        meta,
+        &crate::snapshot::DirectPublisher,
+    )
+    .await?;
     Ok(BackupReport::new(&manifest, started.elapsed()))
 }

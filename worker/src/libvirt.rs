@@ -286,6 +286,7 @@ async fn run(
             ReadMode::Full { .. } => ChangeSource::Full,
         };
         let input = DiskBackupInput {
+            read_limit: None,
             endpoint: Endpoint::Unix(job.socket.clone()),
             export: disk.disk.target.clone(),
             connections: request.connections,
@@ -323,7 +324,14 @@ async fn run(
             data: domain_xml,
         }),
     };
-    let manifest = commit_snapshot(repo, &plan, committed, meta, &crate::snapshot::DirectPublisher).await?;
+    let manifest = commit_snapshot(
+        repo,
+        &plan,
+        committed,
+        meta,
+        &crate::snapshot::DirectPublisher,
+    )
+    .await?;
     job.committed = true;
     let modes = disks
         .into_iter()

@@ -67,6 +67,8 @@ pub struct QemuBackupRequest {
     pub freeze_timeout: Duration,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
     pub publisher: Arc<dyn crate::snapshot::ManifestPublisher>,
+    /// Cap on bytes read from QEMU per second (shared across a worker's jobs).
+    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// How one disk was read.
@@ -141,7 +143,10 @@ pub async fn backup_qemu(
 
 /// The disks a running QEMU or qemu-storage-daemon would back up (name, size in
 /// bytes): what a worker reports as its inventory.
-pub async fn discover_disks(qmp: &std::path::Path, timeout: Duration) -> Result<Vec<(String, u64)>> {
+pub async fn discover_disks(
+    qmp: &std::path::Path,
+    timeout: Duration,
+) -> Result<Vec<(String, u64)>> {
     let mut session = Session::connect(qmp, timeout, "discovery").await?;
     let block = session
         .qmp
@@ -258,6 +263,7 @@ async fn run(
             None => ChangeSource::Full,
         };
         let input = DiskBackupInput {
+            read_limit: request.read_limit.clone(),
             endpoint: Endpoint::Unix(socket.clone()),
             export: objects.export_name.clone(),
             connections: request.connections,
@@ -283,7 +289,8 @@ async fn run(
             .map(|manifest| manifest.timestamp.clone()),
         vm_config: Some(vm_config),
     };
-    let manifest = commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
+    let manifest =
+        commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
     session.committed = true;
     let modes = session
         .disks

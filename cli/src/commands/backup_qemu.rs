@@ -61,6 +61,7 @@ pub async fn run(args: QemuArgs) -> Result<()> {
         qmp_timeout: Duration::from_secs(args.qmp_timeout.max(1)),
         freeze_timeout: Duration::from_secs(args.freeze_timeout.max(1)),
         publisher: Arc::new(haven_worker::snapshot::DirectPublisher),
+        read_limit: None,
     };
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());

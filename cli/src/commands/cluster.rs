@@ -108,6 +108,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         max_jobs: 2,
         scratch_dir: std::env::temp_dir(),
         connections: 4,
+        read_limit_bytes_per_second: 0,
         inventory_interval_seconds: 10,
         hosts: vec![HostConfig {
             name: args.host.clone(),

@@ -6,6 +6,7 @@
 //! max_jobs = 2
 //! scratch_dir = "/var/tmp"            # fleecing overlays; QEMU must be able to write here
 //! connections = 4                     # NBD connections per disk
+//! read_limit_bytes_per_second = 0     # cap on reads from the hypervisors (0: none)
 //! inventory_interval_seconds = 30
 //!
 //! [[hosts]]
@@ -43,6 +44,9 @@ pub struct WorkerConfig {
     /// NBD connections per disk.
     #[serde(default = "default_connections")]
     pub connections: usize,
+    /// Cap on bytes read from the hypervisors per second, all jobs together (0: none).
+    #[serde(default)]
+    pub read_limit_bytes_per_second: u64,
     /// Seconds between inventory reports.
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_seconds: u64,

@@ -267,12 +267,21 @@ impl Session {
         }
         // Marked before asking: a cancellation mid-command must still stop it.
         self.nbd_server_started = true;
-        let result = self
-            .execute(
-                "nbd-server-start",
-                json!({"addr": {"type": "unix", "data": {"path": socket}}}),
-            )
-            .await;
+        let start = json!({"addr": {"type": "unix", "data": {"path": socket}}});
+        let mut result = self.execute("nbd-server-start", start.clone()).await;
+        if let Err(WorkerError::Tool { message, .. }) = &result
+            && message.contains("already running")
+            && self.nbd_server_is_leftover().await?
+        {
+            // A Haven killed mid-backup (another worker, in a cluster) left its
+            // private server behind with no export: stop it and start ours.
+            tracing::warn!(
+                vm = self.vm,
+                "stopping an NBD server left by a killed backup"
+            );
+            self.execute("nbd-server-stop", json!({})).await?;
+            result = self.execute("nbd-server-start", start).await;
+        }
         if result.is_err() {
             self.nbd_server_started = false;
         }
@@ -286,6 +295,20 @@ impl Session {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Whether QEMU's running NBD server exports nothing but Haven's own exports (by
+    /// then already removed as leftovers): the mark of a server a killed Haven started.
+    async fn nbd_server_is_leftover(&mut self) -> Result<bool> {
+        let exports = self.execute("query-block-exports", json!({})).await?;
+        Ok(exports.as_array().is_none_or(|list| {
+            list.iter().all(|export| {
+                export["type"] != "nbd"
+                    || export["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("haven-"))
+            })
+        }))
     }
 
     /// Exports disk `position`'s point-in-time view read-only, with the old bitmap.
