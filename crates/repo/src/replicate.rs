@@ -93,6 +93,8 @@ pub struct ReplicateReport {
     pub indexes_copied: u64,
     /// Manifests copied: snapshots now present at the secondary.
     pub manifests_copied: u64,
+    /// Snapshots pruned at the primary while this run copied them (not copied).
+    pub snapshots_vanished: u64,
     /// Bytes written to the secondary.
     pub bytes_copied: u64,
     /// Wall-clock seconds.
@@ -145,11 +147,15 @@ pub async fn replicate(
         }
         for id in &missing {
             let key = id.manifest_key();
-            if copier
+            match copier
                 .object(&key, BlobKind::Manifest, MAX_MANIFEST_OBJECT)
-                .await?
+                .await
             {
-                report.manifests_copied += 1;
+                Ok(true) => report.manifests_copied += 1,
+                Ok(false) => {}
+                // Pruned at the primary since the listing: nothing to copy.
+                Err(RepoError::NotFound(_)) => report.snapshots_vanished += 1,
+                Err(error) => return Err(error),
             }
         }
     }
@@ -236,10 +242,12 @@ impl Copier {
                 let copier = self.clone();
                 async move {
                     let (key, size) = item?;
-                    copier
-                        .object(&key, BlobKind::Chunk, MAX_CHUNK_OBJECT)
-                        .await?;
-                    Ok::<u64, RepoError>(size)
+                    match copier.object(&key, BlobKind::Chunk, MAX_CHUNK_OBJECT).await {
+                        // Removed by a garbage collection since the listing: no
+                        // manifest that still exists names it, so none copied later can.
+                        Ok(_) | Err(RepoError::NotFound(_)) => Ok::<u64, RepoError>(size),
+                        Err(error) => Err(error),
+                    }
                 }
             })
             .buffer_unordered(parallel);
