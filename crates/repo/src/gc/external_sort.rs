@@ -64,9 +64,10 @@ impl<const N: usize> RunWriter<N> {
         self.pushed
     }
 
-    /// Run files written so far (for tests and reports).
+    /// Run files written so far (for tests and reports), counting the one
+    /// [`Self::finish`] will write for what is still buffered.
     pub(crate) fn runs_written(&self) -> usize {
-        self.next_run
+        self.next_run + usize::from(!self.buffer.is_empty())
     }
 
     fn flush(&mut self) -> io::Result<()> {
