@@ -4,6 +4,7 @@
 #
 #   bench/replicate.sh                 # 2048 MiB of incompressible data
 #   SIZE_MIB=512 PARALLEL=32 bench/replicate.sh
+#   UNSIGNED=true bench/replicate.sh   # node → node with AWS_UNSIGNED_PAYLOAD (no SigV4 body hash)
 #
 # Needs a built `haven` (HAVEN=path, default target/release/haven) and awscli (bucket
 # creation). Data goes to BENCH_DIR (default a fresh dir in /var/tmp), removed at exit.
@@ -61,7 +62,7 @@ timed() { # runs "$@" with GNU time; leaves its JSON in $BENCH_DIR/out.json, CPU
 node_cpu() { echo "$(cpu "$primary_pid") $(cpu "$secondary_pid")"; }
 
 read -r p0 s0 <<<"$(node_cpu)"
-HAVEN_PASSWORD='' timed "$HAVEN" replicate --from "$from" --to "$to" --parallel "$PARALLEL" --json
+HAVEN_PASSWORD='' AWS_UNSIGNED_PAYLOAD=${UNSIGNED:-false} timed "$HAVEN" replicate --from "$from" --to "$to" --parallel "$PARALLEL" --json
 read -r p1 s1 <<<"$(node_cpu)"
 json=$(cat "$BENCH_DIR/out.json")
 row "replicate node → node (--parallel $PARALLEL)" "$(field bytes_copied <<<"$json")" "$(seconds <<<"$json")" \

@@ -120,6 +120,17 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     let second_copy = bed.path("web1-2.raw");
     std::fs::copy(&image, &second_copy).unwrap();
 
+    // --vm limits the run to one VM's snapshots.
+    let other_vm = bed.path("db.raw");
+    raw_image(&other_vm, 4 * MIB, &[(MIB, MIB as usize)]);
+    bed.backup("db", &[&other_vm]);
+    let only_db = bed.json(&["verify", "--vm", "db"]);
+    assert_eq!(
+        only_db["snapshots"].as_array().unwrap().len(),
+        1,
+        "{only_db}"
+    );
+
     // A sample checks only part of the chunks.
     let sampled = bed.json(&["verify", &second_name, "--sample", "30"]);
     let sampled_chunks = sampled["chunks_checked"].as_u64().unwrap();
@@ -135,7 +146,10 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     flip_byte(victim, 300);
     let error = bed.fails(&["verify"]);
     assert!(error.contains(&victim_key), "{error}");
-    let output = bed.haven(&["verify", "--json"]).output().unwrap();
+    let output = bed
+        .haven(&["verify", "--vm", "web1", "--json"])
+        .output()
+        .unwrap();
     let failed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(
         failed["verdicts"]

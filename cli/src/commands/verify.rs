@@ -75,6 +75,9 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
         for failure in &report.failures {
             println!("FAILED {}: {}", failure.object, failure.reason);
         }
+        for error in &report.record_errors {
+            eprintln!("warning: verdict not recorded: {error}");
+        }
         for verdict in &report.verdicts {
             if verdict.outcome == VerifyOutcome::Failed {
                 println!("snapshot {} FAILED", verdict.snapshot);

@@ -99,6 +99,8 @@ pub struct VerifyReport {
     pub repaired: Vec<String>,
     /// Everything that failed and was not repaired; empty when the snapshots verify.
     pub failures: Vec<VerifyFailure>,
+    /// Verdicts that could not be stored in the repository (`SNAPSHOT: error`).
+    pub record_errors: Vec<String>,
 }
 
 impl VerifyReport {
@@ -119,9 +121,8 @@ struct SnapshotFindings {
 
 /// Verifies `snapshots` (any order; they are processed sorted by VM and time).
 ///
-/// Object-level problems are collected in the report and the records; only failures to
-/// run at all (the storage unreachable for a listing, a record that cannot be written)
-/// are errors.
+/// Object-level problems are collected in the report and the records, and so are
+/// records that could not be stored; only failures to run at all are errors.
 pub async fn verify_snapshots(
     repo: Arc<Repository>,
     snapshots: &[SnapshotId],
@@ -166,7 +167,16 @@ pub async fn verify_snapshots(
                     .cloned()
                     .collect(),
             };
-            Some(write_verify_record(&repo, id, record).await?)
+            // A verdict that cannot be stored (a read-only key, a full disk) does not
+            // hide the verdict itself: it is reported, and the run goes on.
+            match write_verify_record(&repo, id, record).await {
+                Ok(key) => Some(key),
+                Err(error) => {
+                    tracing::warn!(snapshot = %id, %error, "verify record not stored");
+                    report.record_errors.push(format!("{id}: {error}"));
+                    None
+                }
+            }
         } else {
             None
         };
