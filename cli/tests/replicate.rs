@@ -302,3 +302,67 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
     assert_same_disk(&versions[2].1, &converted);
     eprintln!("disaster recovery checked after {:?}", started.elapsed());
 }
+
+#[test]
+fn each_site_uses_its_own_credentials() {
+    let site_a = "[[keys]]\naccess_key = \"site-a\"\nsecret_key = \"site-a-secret-0123456789\"\n";
+    let site_b = "[[keys]]\naccess_key = \"site-b\"\nsecret_key = \"site-b-secret-0123456789\"\n";
+    let primary = Node::start_with_keys(site_a);
+    let secondary = Node::start_with_keys(site_b);
+    primary.aws_ok(&["s3", "mb", "s3://haven"]);
+    secondary.aws_ok(&["s3", "mb", "s3://haven-dr"]);
+    let from = format!("s3://haven/r?endpoint={}", primary.endpoint());
+    let to = format!("s3://haven-dr/r?endpoint={}", secondary.endpoint());
+    // AWS_* holds a key only the primary knows; the secondary's comes from
+    // HAVEN_SECONDARY_AWS_*.
+    let with_site_a = |command: &mut Command| {
+        command
+            .env("AWS_ACCESS_KEY_ID", "site-a")
+            .env("AWS_SECRET_ACCESS_KEY", "site-a-secret-0123456789");
+    };
+    let mut init = haven(&["repo", "init", "--repo", &from]);
+    with_site_a(&mut init);
+    common::assert_success(&init.output().unwrap(), &["repo init"]);
+    let image = primary.path("small.raw");
+    raw_image(&image, 4 * MIB, &[(0, 2 * MIB as usize)]);
+    let image_arg = image.to_str().unwrap();
+    let mut backup = haven(&[
+        "backup", "image", image_arg, "--vm", "small", "--repo", &from,
+    ]);
+    with_site_a(&mut backup);
+    common::assert_success(&backup.output().unwrap(), &["backup"]);
+
+    let mut wrong = replicate_command(&from, &to, &[]);
+    with_site_a(&mut wrong);
+    wrong
+        .env("HAVEN_SECONDARY_AWS_ACCESS_KEY_ID", "site-b")
+        .env("HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let output = wrong.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "a wrong secondary key was accepted"
+    );
+
+    let mut right = replicate_command(&from, &to, &["--json"]);
+    with_site_a(&mut right);
+    right
+        .env("HAVEN_SECONDARY_AWS_ACCESS_KEY_ID", "site-b")
+        .env(
+            "HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY",
+            "site-b-secret-0123456789",
+        );
+    let output = right.output().unwrap();
+    common::assert_success(&output, &["replicate with per-site keys"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["manifests_copied"], 1, "{report}");
+
+    // The secondary alone, with its own key and the password.
+    let mut restore = haven(&["restore", "small@latest", "--repo", &to, "--to"]);
+    let out = primary.path("small.restored");
+    restore
+        .arg(&out)
+        .env("AWS_ACCESS_KEY_ID", "site-b")
+        .env("AWS_SECRET_ACCESS_KEY", "site-b-secret-0123456789");
+    common::assert_success(&restore.output().unwrap(), &["restore from site b"]);
+    assert_same_disk(&image, &out);
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use haven_repo::{
-    Backend, Progress, ReplicateOptions, VmReplicationStatus, parse_rate, render_prometheus,
-    replicate, replication_status,
+    Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate,
+    render_prometheus, replicate, replication_status,
 };
 
 use crate::common::{OutputArgs, human_bytes, print_json};
@@ -19,7 +19,8 @@ pub struct Sites {
     /// Primary repository URL (read only; no password needed).
     #[arg(long, value_name = "URL", required = true)]
     from: Option<String>,
-    /// Secondary repository URL (created on first use).
+    /// Secondary repository URL (created on first use). S3 credentials:
+    /// HAVEN_SECONDARY_AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY if set, else AWS_*.
     #[arg(long, value_name = "URL", required = true)]
     to: Option<String>,
 }
@@ -33,10 +34,33 @@ impl Sites {
         if from == to {
             bail!("--from and --to name the same repository");
         }
+        let secondary = secondary_credentials()?;
         Ok((
             Backend::from_url(from, false)?,
-            Backend::from_url(to, true)?,
+            Backend::from_url_with_credentials(to, true, secondary.as_ref())?,
         ))
+    }
+}
+
+/// S3 credentials of the secondary site, when they differ from the primary's `AWS_*`:
+/// `HAVEN_SECONDARY_AWS_ACCESS_KEY_ID`, `HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY` and
+/// optionally `HAVEN_SECONDARY_AWS_SESSION_TOKEN`. Used for `--to` and for
+/// `haven verify --repair-from`.
+pub fn secondary_credentials() -> Result<Option<S3Credentials>> {
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    match (
+        variable("HAVEN_SECONDARY_AWS_ACCESS_KEY_ID"),
+        variable("HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (None, None) => Ok(None),
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: variable("HAVEN_SECONDARY_AWS_SESSION_TOKEN"),
+        })),
+        _ => bail!(
+            "set both HAVEN_SECONDARY_AWS_ACCESS_KEY_ID and HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY, or neither"
+        ),
     }
 }
 

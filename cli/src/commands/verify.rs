@@ -30,7 +30,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 100.0)]
     sample: f64,
     /// A replica of this repository (same password): bad or missing objects are copied
-    /// from it, checked, written over the bad ones and checked again.
+    /// from it, checked, written over the bad ones and checked again. S3 credentials:
+    /// HAVEN_SECONDARY_AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY if set, else AWS_*.
     #[arg(long, value_name = "URL")]
     repair_from: Option<String>,
     #[command(flatten)]
@@ -48,7 +49,8 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
     let repair_from = match &args.repair_from {
         None => None,
         Some(url) => {
-            let backend = Backend::from_url(url, false)?;
+            let credentials = crate::commands::replicate::secondary_credentials()?;
+            let backend = Backend::from_url_with_credentials(url, false, credentials.as_ref())?;
             let replica = Repository::open(backend, &args.repo.password()?)
                 .await
                 .with_context(|| format!("cannot open the replica {url}"))?;

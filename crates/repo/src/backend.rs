@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -39,6 +39,25 @@ pub enum Durability {
     Deferred,
     /// Durable when the call returns (indexes, manifests, config).
     Immediate,
+}
+
+/// Static S3 credentials for one backend (see [`Backend::from_url_with_credentials`]).
+#[derive(Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials, if any.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A repository's storage location.
@@ -69,6 +88,16 @@ impl Backend {
     ///
     /// With `create`, a missing local directory is created (for `repo init`).
     pub fn from_url(url: &str, create: bool) -> Result<Self> {
+        Self::from_url_with_credentials(url, create, None)
+    }
+
+    /// Like [`Self::from_url`], with S3 credentials that replace the `AWS_*` ones for
+    /// this backend only: the two sites of a replication usually have different keys.
+    pub fn from_url_with_credentials(
+        url: &str,
+        create: bool,
+        credentials: Option<&S3Credentials>,
+    ) -> Result<Self> {
         let invalid = |reason: &str| RepoError::InvalidUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -87,7 +116,7 @@ impl Backend {
                     .map_err(|_| invalid("file URLs need an absolute path: file:///path"))?;
                 Self::local(&path, url, create)
             }
-            "s3" => Self::s3(&parsed, url),
+            "s3" => Self::s3(&parsed, url, credentials),
             other => Err(invalid(&format!(
                 "unsupported scheme {other:?} (use file:// or s3://)"
             ))),
@@ -139,7 +168,7 @@ impl Backend {
         })
     }
 
-    fn s3(parsed: &url::Url, url: &str) -> Result<Self> {
+    fn s3(parsed: &url::Url, url: &str, credentials: Option<&S3Credentials>) -> Result<Self> {
         let invalid = |reason: String| RepoError::InvalidUrl {
             url: url.to_string(),
             reason,
@@ -149,6 +178,23 @@ impl Backend {
             .filter(|b| !b.is_empty())
             .ok_or_else(|| invalid("missing bucket: s3://bucket/prefix".into()))?;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(credentials) = credentials {
+            // The provider signs the S3 requests; the config values feed the existence
+            // query's own signer (an empty token there means "none").
+            let provider = object_store::StaticCredentialProvider::new(AwsCredential {
+                key_id: credentials.access_key_id.clone(),
+                secret_key: credentials.secret_access_key.clone(),
+                token: credentials.session_token.clone(),
+            });
+            builder = builder
+                .with_credentials(Arc::new(provider))
+                .with_access_key_id(&credentials.access_key_id)
+                .with_secret_access_key(&credentials.secret_access_key)
+                .with_config(
+                    AmazonS3ConfigKey::Token,
+                    credentials.session_token.clone().unwrap_or_default(),
+                );
+        }
         let mut path_style = None;
         for (name, value) in parsed.query_pairs() {
             match name.as_ref() {

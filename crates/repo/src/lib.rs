@@ -36,7 +36,7 @@ mod retention;
 mod verify;
 mod verify_record;
 
-pub use backend::{Backend, Durability, PutOutcome};
+pub use backend::{Backend, Durability, PutOutcome, S3Credentials};
 pub use blob::check_frame_only;
 pub use chunk::{ChunkId, is_all_zero};
 pub use config::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig};
