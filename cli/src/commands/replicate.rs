@@ -233,17 +233,18 @@ async fn run_status(args: StatusArgs) -> Result<()> {
 
 fn print_status(statuses: &[VmReplicationStatus]) {
     println!(
-        "{:<24} {:>9} {:>10} {:>8} {:>10}  OLDEST MISSING",
-        "VM", "PRIMARY", "REPLICATED", "MISSING", "LAG (s)"
+        "{:<24} {:>9} {:>10} {:>8} {:>10} {:>12}  OLDEST MISSING",
+        "VM", "PRIMARY", "REPLICATED", "MISSING", "LAG (s)", "OLDEST (s)"
     );
     for status in statuses {
         println!(
-            "{:<24} {:>9} {:>10} {:>8} {:>10}  {}",
+            "{:<24} {:>9} {:>10} {:>8} {:>10} {:>12}  {}",
             status.vm,
             status.primary_snapshots,
             status.replicated_snapshots,
             status.missing_snapshots,
             status.lag_seconds,
+            status.oldest_missing_age_seconds,
             status.oldest_missing.as_deref().unwrap_or("-")
         );
     }

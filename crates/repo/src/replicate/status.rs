@@ -24,11 +24,14 @@ pub struct VmReplicationStatus {
     pub oldest_missing: Option<String>,
     /// Timestamp of the newest snapshot not yet at the secondary.
     pub newest_missing: Option<String>,
-    /// Replication lag: age in seconds of the oldest snapshot present at the primary but
-    /// not at the secondary, 0 when the secondary has every snapshot. The oldest, not
-    /// the newest: while replication is stuck this keeps growing, whereas the newest
-    /// missing snapshot is never older than the backup interval.
+    /// Replication lag as the issue defines it: age in seconds of the newest snapshot
+    /// present at the primary but not at the secondary, 0 when the secondary has every
+    /// snapshot.
     pub lag_seconds: u64,
+    /// Age in seconds of the oldest snapshot not yet at the secondary, 0 when up to date.
+    /// Alert on this one: while replication is stuck it keeps growing, whereas `lag_seconds`
+    /// is never older than the backup interval as long as backups keep coming.
+    pub oldest_missing_age_seconds: u64,
 }
 
 /// Committed snapshots of a site read from the manifest keys alone (no key needed).
@@ -78,10 +81,9 @@ pub fn compare(
             ids.sort_by_key(|id| id.time());
             let missing: Vec<&&SnapshotId> =
                 ids.iter().filter(|id| !present.contains(**id)).collect();
-            let lag_seconds = missing
-                .first()
-                .map(|id| (now - id.time()).whole_seconds().max(1) as u64)
-                .unwrap_or(0);
+            let age = |id: &&&SnapshotId| (now - id.time()).whole_seconds().max(1) as u64;
+            let lag_seconds = missing.last().map(age).unwrap_or(0);
+            let oldest_missing_age_seconds = missing.first().map(age).unwrap_or(0);
             VmReplicationStatus {
                 vm: vm.to_string(),
                 primary_snapshots: ids.len(),
@@ -90,6 +92,7 @@ pub fn compare(
                 oldest_missing: missing.first().map(|id| id.timestamp.clone()),
                 newest_missing: missing.last().map(|id| id.timestamp.clone()),
                 lag_seconds,
+                oldest_missing_age_seconds,
             }
         })
         .collect()
@@ -98,12 +101,20 @@ pub fn compare(
 /// Renders the statuses in the Prometheus text format.
 pub fn render_prometheus(statuses: &[VmReplicationStatus]) -> String {
     let mut out = String::new();
-    out.push_str("# HELP haven_replication_lag_seconds Age of the oldest snapshot at the primary not yet at the secondary (0: up to date).\n");
+    out.push_str("# HELP haven_replication_lag_seconds Age of the newest snapshot at the primary not yet at the secondary (0: up to date).\n");
     out.push_str("# TYPE haven_replication_lag_seconds gauge\n");
     for status in statuses {
         out.push_str(&format!(
             "haven_replication_lag_seconds{{vm=\"{}\"}} {}\n",
             status.vm, status.lag_seconds
+        ));
+    }
+    out.push_str("# HELP haven_replication_oldest_missing_age_seconds Age of the oldest snapshot at the primary not yet at the secondary (grows while replication is stuck).\n");
+    out.push_str("# TYPE haven_replication_oldest_missing_age_seconds gauge\n");
+    for status in statuses {
+        out.push_str(&format!(
+            "haven_replication_oldest_missing_age_seconds{{vm=\"{}\"}} {}\n",
+            status.vm, status.oldest_missing_age_seconds
         ));
     }
     out.push_str("# HELP haven_replication_missing_snapshots Snapshots at the primary not yet at the secondary.\n");
@@ -126,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn lag_is_the_age_of_the_oldest_missing_snapshot() {
+    fn lag_is_the_age_of_the_newest_missing_snapshot_and_the_oldest_is_reported_too() {
         let now = crate::manifest::parse_timestamp("2026-11-25T12:00:00Z").unwrap();
         let primary = [
             id("a", "2026-11-25T09:00:00Z"),
@@ -143,14 +154,16 @@ mod tests {
         assert_eq!(statuses.len(), 2);
         assert_eq!(statuses[0].vm, "a");
         assert_eq!(statuses[0].missing_snapshots, 2);
-        assert_eq!(statuses[0].lag_seconds, 7200);
+        assert_eq!(statuses[0].lag_seconds, 3600);
+        assert_eq!(statuses[0].oldest_missing_age_seconds, 7200);
         assert_eq!(
             statuses[0].newest_missing.as_deref(),
             Some("2026-11-25T11:00:00Z")
         );
         assert_eq!(statuses[1].lag_seconds, 0);
         let text = render_prometheus(&statuses);
-        assert!(text.contains("haven_replication_lag_seconds{vm=\"a\"} 7200\n"));
+        assert!(text.contains("haven_replication_lag_seconds{vm=\"a\"} 3600\n"));
+        assert!(text.contains("haven_replication_oldest_missing_age_seconds{vm=\"a\"} 7200\n"));
         assert!(text.contains("haven_replication_lag_seconds{vm=\"b\"} 0\n"));
     }
 }
