@@ -184,7 +184,9 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
             .spawn()
             .unwrap();
         let mut running = Running(Some(child));
-        std::thread::sleep(Duration::from_millis(1300));
+        // At 20 MiB/s, three rounds copy at most ~96 of the 106 new MiB: each kill lands
+        // mid-transfer.
+        std::thread::sleep(Duration::from_millis(1500));
         let exited = running.0.as_mut().unwrap().try_wait().unwrap();
         assert!(
             exited.is_none(),
