@@ -121,10 +121,12 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
     let second = client.backup("web1", &image);
     assert_eq!(disk_stat(&second, "new_chunks"), 0, "{second}");
     assert_eq!(disk_stat(&second, "uploaded_bytes"), 0, "{second}");
-    assert_eq!(
-        client.requests("PutObject") - puts,
-        2,
-        "only the index and the manifest are written"
+    // The index, the manifest and the backup's GC lease (refreshed only by long
+    // backups, so at most once more here); never a chunk.
+    let written = client.requests("PutObject") - puts;
+    assert!(
+        (3..=4).contains(&written),
+        "{written} objects written: only the index, the manifest and the lease may be"
     );
 
     // A second VM cloned from the same image finds every chunk through the
