@@ -19,6 +19,8 @@
 //! tag (associated data = the 40 header bytes followed by the object's identity) proves
 //! the blob was written by a key holder, for this very object, and not altered since.
 
+use std::cell::RefCell;
+
 use crate::crypto::{Aead, TAG_LEN};
 use crate::error::{RepoError, Result};
 
@@ -72,28 +74,72 @@ pub enum Compression {
 /// Compression level used for new blobs: level 1 keeps pace with disk reads.
 pub const ZSTD_LEVEL: i32 = 1;
 
+/// Largest compression buffer a thread keeps between blobs.
+const SCRATCH_KEEP: usize = 32 << 20;
+
 /// Compresses (when that helps), encrypts and frames `plain`.
 ///
 /// `identity` names the object (a chunk's digest, an index's key); it is bound into the
 /// authentication tag so a blob moved to another name fails to open.
 pub fn seal(cipher: &Aead, kind: BlobKind, identity: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
-    let compressed = zstd::bulk::compress(plain, ZSTD_LEVEL).map_err(|source| RepoError::Io {
+    // One zstd context and output buffer per thread, reused from blob to blob: a fresh
+    // context and buffer per chunk cost more in allocation and page faults than the
+    // compression itself at level 1.
+    thread_local! {
+        static SCRATCH: RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+            const { RefCell::new(None) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let (compressor, compressed) = match &mut *scratch {
+            Some(state) => state,
+            empty => empty.insert((
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(zstd_error)?,
+                Vec::new(),
+            )),
+        };
+        compressed.clear();
+        compressed.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        compressor
+            .compress_to_buffer(plain, compressed)
+            .map_err(zstd_error)?;
+        let (compression, body) = if compressed.len() < plain.len() {
+            (Compression::Zstd, compressed.as_slice())
+        } else {
+            (Compression::None, plain)
+        };
+        let sealed = seal_body(cipher, kind, identity, plain.len(), compression, body);
+        // Keep chunk-sized scratch space, not the space of one large index.
+        if compressed.capacity() > SCRATCH_KEEP {
+            *compressed = Vec::new();
+        }
+        sealed
+    })
+}
+
+fn zstd_error(source: std::io::Error) -> RepoError {
+    RepoError::Io {
         context: "zstd compression failed".into(),
         source,
-    })?;
-    let (compression, body) = if compressed.len() < plain.len() {
-        (Compression::Zstd, compressed.as_slice())
-    } else {
-        (Compression::None, plain)
-    };
+    }
+}
 
+/// Frames and encrypts `body` (the payload before encryption) in one buffer.
+fn seal_body(
+    cipher: &Aead,
+    kind: BlobKind,
+    identity: &[u8],
+    plain_len: usize,
+    compression: Compression,
+    body: &[u8],
+) -> Result<Vec<u8>> {
     let mut header = [0u8; HEADER_LEN];
     header[0..4].copy_from_slice(&MAGIC);
     header[4] = VERSION;
     header[5] = kind as u8;
     header[6] = compression as u8;
     header[7] = CIPHER_AES_256_GCM;
-    header[8..16].copy_from_slice(&(plain.len() as u64).to_le_bytes());
+    header[8..16].copy_from_slice(&(plain_len as u64).to_le_bytes());
     header[16..24].copy_from_slice(&((body.len() + TAG_LEN) as u64).to_le_bytes());
 
     // The nonce is chosen by the cipher, but it is part of the header that the tag covers,
@@ -106,9 +152,8 @@ pub fn seal(cipher: &Aead, kind: BlobKind, identity: &[u8], plain: &[u8]) -> Res
     out.extend_from_slice(&header);
     out.extend_from_slice(body);
     let aad = associated_data(&header, identity);
-    let mut payload = out.split_off(HEADER_LEN);
-    cipher.seal_with_nonce(nonce, &aad, &mut payload)?;
-    out.extend_from_slice(&payload);
+    let tag = cipher.seal_slice_with_nonce(nonce, &aad, &mut out[HEADER_LEN..])?;
+    out.extend_from_slice(&tag);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)

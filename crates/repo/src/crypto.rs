@@ -125,6 +125,23 @@ impl Aead {
             .map_err(|_| RepoError::Crypto("encryption failed"))
     }
 
+    /// Encrypts `in_out` in place and returns the tag, for callers that framed the
+    /// payload in a buffer of their own (no reallocation, no copy).
+    pub fn seal_slice_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
+            .map_err(|_| RepoError::Crypto("encryption failed"))?;
+        tag.as_ref()
+            .try_into()
+            .map_err(|_| RepoError::Crypto("unexpected tag length"))
+    }
+
     /// Decrypts `in_out` (ciphertext followed by tag) in place; returns the plaintext
     /// length, or `None` when authentication fails.
     pub fn open(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Option<usize> {
