@@ -23,7 +23,7 @@ use haven_repo::{ChunkId, DiskStats, FixedIndex, Progress, PutOutcome, Repositor
 use tokio::sync::mpsc;
 
 use crate::error::{Result, WorkerError};
-use crate::pool::ClientPool;
+use crate::pool::{BufferPool, ClientPool};
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
 pub const MAX_DISK_SIZE: u64 = 16 << 40;
@@ -103,6 +103,7 @@ struct SlotResult {
 struct Stages {
     repo: Arc<Repository>,
     pool: ClientPool,
+    buffers: Arc<BufferPool>,
     known: Mutex<HashSet<ChunkId>>,
     progress: Arc<Progress>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
@@ -167,6 +168,7 @@ pub async fn backup_disk(
     let stages = Arc::new(Stages {
         repo,
         pool,
+        buffers: BufferPool::new(chunk_size as usize, in_flight),
         known: Mutex::new(known),
         progress,
         read_limit: input.read_limit.clone(),
@@ -311,7 +313,7 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
     if let Some(limit) = &stages.read_limit {
         limit.acquire(job.len as u64).await;
     }
-    let mut data = vec![0u8; job.len];
+    let mut data = stages.buffers.take(job.len);
     stages
         .pool
         .checkout()

@@ -99,3 +99,99 @@ impl Drop for PooledClient<'_> {
         }
     }
 }
+
+/// Read buffers of one capacity, reused from slot to slot.
+///
+/// A fresh `vec![0; len]` per slot costs a zero fill and, for chunk-sized buffers that
+/// the allocator maps and unmaps, a page fault per 4 KiB; a reused buffer costs neither.
+/// A buffer handed out again keeps the bytes of its previous slot: callers overwrite it
+/// completely (an NBD read fills every byte, holes included) before looking at it.
+pub struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+    keep: usize,
+}
+
+impl BufferPool {
+    /// A pool of buffers of `capacity` bytes, keeping at most `keep` idle ones.
+    pub fn new(capacity: usize, keep: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            free: std::sync::Mutex::new(Vec::with_capacity(keep)),
+            capacity,
+            keep,
+        })
+    }
+
+    /// A buffer of `len` bytes (at most the pool's capacity); contents unspecified.
+    pub fn take(self: &std::sync::Arc<Self>, len: usize) -> PooledBuffer {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(self.capacity.max(len)));
+        // Only bytes never handed out before are zeroed (once per buffer).
+        buf.resize(len, 0);
+        PooledBuffer {
+            buf,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// A buffer on loan; it goes back to its pool when dropped.
+pub struct PooledBuffer {
+    buf: Vec<u8>,
+    pool: std::sync::Arc<BufferPool>,
+}
+
+impl Deref for PooledBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl DerefMut for PooledBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() != self.pool.capacity {
+            return;
+        }
+        if let Ok(mut free) = self.pool.free.lock()
+            && free.len() < self.pool.keep
+        {
+            free.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_sized() {
+        let pool = BufferPool::new(16, 2);
+        let mut first = pool.take(16);
+        first.fill(7);
+        let pointer = first.as_ptr();
+        drop(first);
+        let short = pool.take(10);
+        assert_eq!(short.len(), 10);
+        assert_eq!(short.as_ptr(), pointer);
+        drop(short);
+        // Growing back to full length exposes only zeroed or previously written bytes.
+        let full = pool.take(16);
+        assert_eq!(full.len(), 16);
+        assert_eq!(&full[..10], &[7; 10]);
+        assert_eq!(&full[10..], &[0; 6]);
+        // At most `keep` idle buffers are kept.
+        let (a, b, c) = (pool.take(16), pool.take(16), pool.take(16));
+        drop((a, b, c, full));
+        assert_eq!(pool.free.lock().unwrap().len(), 2);
+    }
+}
