@@ -109,10 +109,9 @@ pub async fn protect_snapshot(
     let lock_plan = match (lock, until) {
         (None, _) => None,
         (Some(_), None) => {
-            return Err(RepoError::InvalidUrl {
-                url: repo.backend().location().to_string(),
-                reason: "an object lock needs a retain-until date".into(),
-            });
+            return Err(RepoError::InvalidArgument(
+                "an object lock needs a retain-until date".into(),
+            ));
         }
         (Some(mode), Some(until)) => {
             Some((mode, until, ObjectLockClient::for_backend(repo.backend())?))
