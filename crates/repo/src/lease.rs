@@ -16,13 +16,13 @@
 //! exists, and before its manifest it calls [`BackupLease::confirm_chunks`], which
 //! re-checks its chunks whenever a collection may have deleted concurrently.
 
-use std::collections::BTreeSet;
+mod pins;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -30,8 +30,10 @@ use crate::backend::Backend;
 use crate::chunk::ChunkId;
 use crate::error::{RepoError, Result};
 use crate::index::FixedIndex;
-use crate::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::manifest::{format_timestamp, parse_timestamp};
 use crate::repository::Repository;
+
+pub use pins::{PinSource, Pins, RepositoryLeases};
 
 /// Folder of lease and lock objects.
 pub const LOCKS_PREFIX: &str = "locks";
@@ -439,53 +441,6 @@ async fn remove_dead_records(backend: &Backend, now: OffsetDateTime) {
             tracing::info!(key = %record.key(), host = %record.host, pid = record.pid, "removing a dead lock record");
             let _ = backend.delete(&record.key()).await;
         }
-    }
-}
-
-/// What running backups need kept: the oldest start among them and their base
-/// snapshots.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pins {
-    /// Start of the oldest running backup; nothing modified after it (minus the
-    /// margin) is removed.
-    pub oldest_start: Option<OffsetDateTime>,
-    /// Base snapshots running backups reuse chunks from.
-    pub bases: BTreeSet<SnapshotId>,
-    /// Who pins, for the report (`locks/backup-ID` or a job name).
-    pub holders: Vec<String>,
-}
-
-/// Where a collection learns about running backups. In single-machine mode that is the
-/// repository's own leases ([`RepositoryLeases`]); the cluster coordinator supplies
-/// the pins it keeps in etcd through the same trait.
-pub trait PinSource: Send + Sync {
-    /// The pins at this moment.
-    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, Result<Pins>>;
-}
-
-/// Pins from the live `locks/backup-*` leases of the repository.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RepositoryLeases;
-
-impl PinSource for RepositoryLeases {
-    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, Result<Pins>> {
-        Box::pin(async move {
-            let mut pins = Pins::default();
-            for record in live_records(repo.backend(), "backup").await? {
-                let started = record.started_at();
-                pins.oldest_start = Some(match pins.oldest_start {
-                    Some(oldest) if oldest <= started => oldest,
-                    _ => started,
-                });
-                if let (Some(vm), Some(base)) = (&record.vm, &record.base)
-                    && let Ok(id) = SnapshotId::new(vm, base)
-                {
-                    pins.bases.insert(id);
-                }
-                pins.holders.push(record.key());
-            }
-            Ok(pins)
-        })
     }
 }
 
