@@ -56,3 +56,38 @@ impl PinSource for RepositoryLeases {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::lease::BackupLease;
+
+    #[tokio::test]
+    async fn live_leases_pin_their_start_and_base_and_released_ones_do_not() {
+        let repo = Repository::init(Backend::memory(), b"pw", 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(RepositoryLeases.pins(&repo).await.unwrap(), Pins::default());
+        let first = BackupLease::acquire(repo.backend(), "web1", Some("2026-01-02T03:04:05Z"))
+            .await
+            .unwrap();
+        let second = BackupLease::acquire(repo.backend(), "db1", None)
+            .await
+            .unwrap();
+        let pins = RepositoryLeases.pins(&repo).await.unwrap();
+        let earliest = first
+            .record()
+            .started_at()
+            .min(second.record().started_at());
+        assert_eq!(pins.oldest_start, Some(earliest));
+        assert_eq!(
+            pins.bases.into_iter().collect::<Vec<_>>(),
+            vec![SnapshotId::new("web1", "2026-01-02T03:04:05Z").unwrap()]
+        );
+        assert_eq!(pins.holders.len(), 2);
+        first.release().await.unwrap();
+        second.release().await.unwrap();
+        assert_eq!(RepositoryLeases.pins(&repo).await.unwrap(), Pins::default());
+    }
+}
