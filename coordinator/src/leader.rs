@@ -127,8 +127,15 @@ pub struct Leader {
     leader_revision: i64,
     settings: LeaderSettings,
     state: Mutex<State>,
-    /// Woken when jobs are assigned or change state (long-polls and watches).
+    backends: Mutex<HashMap<String, Backend>>,
+    /// Jobs whose manifest is being published now: the tick resumes only the others
+    /// (commits interrupted by a crash or an error), never one in flight.
+    publishing: std::sync::Mutex<HashSet<String>>,
+    /// Woken when jobs change state or progress (watches).
     pub changed: Notify,
+    /// Woken when jobs are assigned (workers' long-polls): kept apart from `changed`
+    /// so that thousands of progress reports and commits do not wake every poller.
+    pub assigned: Notify,
 }
 
 impl Leader {
@@ -178,8 +185,24 @@ impl Leader {
             leader_revision,
             settings,
             state: Mutex::new(state),
+            backends: Mutex::new(HashMap::new()),
+            publishing: std::sync::Mutex::new(HashSet::new()),
             changed: Notify::new(),
+            assigned: Notify::new(),
         })
+    }
+
+    /// The backend of a repository URL, opened once (an S3 client keeps its
+    /// connections).
+    async fn backend(&self, url: &str) -> Result<Backend> {
+        let mut backends = self.backends.lock().await;
+        if let Some(backend) = backends.get(url) {
+            return Ok(backend.clone());
+        }
+        let backend = Backend::from_url(url, false)
+            .map_err(|error| LeaderError::Repository(error.to_string()))?;
+        backends.insert(url.to_string(), backend.clone());
+        Ok(backend)
     }
 
     /// The store's request counters.
@@ -576,12 +599,14 @@ impl Leader {
 
     /// Publishes an accepted manifest (idempotent) and marks the job succeeded.
     async fn finish_commit(&self, job_id: &str) -> Result<String> {
-        let mut state = self.state.lock().await;
-        let job = state
-            .jobs
-            .get(job_id)
-            .cloned()
-            .ok_or_else(|| LeaderError::NotFound(format!("unknown job {job_id:?}")))?;
+        let job = {
+            let state = self.state.lock().await;
+            state
+                .jobs
+                .get(job_id)
+                .cloned()
+                .ok_or_else(|| LeaderError::NotFound(format!("unknown job {job_id:?}")))?
+        };
         let snapshot = job.snapshot.clone().unwrap_or_default();
         if job.state == JobState::Succeeded {
             return Ok(snapshot);
@@ -593,8 +618,22 @@ impl Leader {
         };
         let blob = hex::decode(&commit.manifest_hex)
             .map_err(|error| LeaderError::Repository(format!("stored manifest: {error}")))?;
-        publish(&job.repository, &commit.manifest_key, blob).await?;
-        let mut done = job.clone();
+        // Outside the lock: a repository write must not stall every other request.
+        // Publishing is idempotent, so a concurrent retry of the same commit is harmless.
+        let backend = self.backend(&job.repository).await?;
+        self.set_publishing(job_id, true);
+        let published = publish(&backend, &commit.manifest_key, blob).await;
+        self.set_publishing(job_id, false);
+        published?;
+        let mut state = self.state.lock().await;
+        if state
+            .jobs
+            .get(job_id)
+            .is_some_and(|j| j.state == JobState::Succeeded)
+        {
+            return Ok(snapshot);
+        }
+        let mut done = job;
         let now = now_ms();
         done.state = JobState::Succeeded;
         done.finished_unix_ms = now;
@@ -613,6 +652,23 @@ impl Leader {
         drop(state);
         self.changed.notify_waiters();
         Ok(snapshot)
+    }
+
+    fn set_publishing(&self, job_id: &str, on: bool) {
+        if let Ok(mut publishing) = self.publishing.lock() {
+            if on {
+                publishing.insert(job_id.to_string());
+            } else {
+                publishing.remove(job_id);
+            }
+        }
+    }
+
+    fn is_publishing(&self, job_id: &str) -> bool {
+        self.publishing
+            .lock()
+            .map(|publishing| publishing.contains(job_id))
+            .unwrap_or(false)
     }
 
     /// A job that ended without a snapshot: retried unless `retryable` is false or it
@@ -668,6 +724,9 @@ impl Leader {
         self.start_rounds(&mut report).await?;
         self.resume_commits().await?;
         self.assign(&mut report).await?;
+        if report.assigned > 0 {
+            self.assigned.notify_waiters();
+        }
         if report.assigned > 0 || report.requeued > 0 {
             self.changed.notify_waiters();
         }
@@ -734,56 +793,77 @@ impl Leader {
     async fn start_rounds(&self, report: &mut TickReport) -> Result<()> {
         let mut state = self.state.lock().await;
         let now = now_ms();
-        let now_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let mut ops = Vec::new();
-        let mut created = Vec::new();
-        let mut fired = Vec::new();
-        let busy: HashSet<String> = state
+        let due: Vec<String> = state
+            .policies
+            .values()
+            .filter(|policy| {
+                let Ok(schedule) = Schedule::parse(&policy.schedule) else {
+                    return false;
+                };
+                let last = state.rounds.get(&policy.name).copied().unwrap_or(now);
+                schedule
+                    .next_after(unix_ms_time(last))
+                    .is_some_and(|due| due <= unix_ms_time(now))
+            })
+            .map(|policy| policy.name.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        report.created += self.create_rounds(&mut state, &due, now).await?.len();
+        Ok(())
+    }
+
+    /// Creates a job for every VM the policies select that has no active job, and
+    /// records the round; returns the new job ids.
+    async fn create_rounds(
+        &self,
+        state: &mut State,
+        policies: &[String],
+        now: u64,
+    ) -> Result<Vec<String>> {
+        let mut busy: HashSet<String> = state
             .jobs
             .values()
             .filter(|j| j.state.is_active())
             .map(|j| j.vm.clone())
             .collect();
-        let mut claimed: HashSet<String> = HashSet::new();
-        for policy in state.policies.values() {
-            let Ok(schedule) = Schedule::parse(&policy.schedule) else {
+        let mut ops = Vec::new();
+        let mut created = Vec::new();
+        for name in policies {
+            let Some(policy) = state.policies.get(name) else {
                 continue;
             };
-            let last = state.rounds.get(&policy.name).copied().unwrap_or(now);
-            let last_time =
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(last) * 1_000_000)
-                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            match schedule.next_after(last_time) {
-                Some(due) if due <= now_time => {}
-                _ => continue,
-            }
-            fired.push(policy.name.clone());
-            ops.push(Op::put(model::round_key(&policy.name), json(&now)));
+            ops.push(Op::put(model::round_key(name), json(&now)));
             for vm in state.vms.values() {
-                if !policy.select.matches(&vm.name, &vm.host, &vm.labels)
-                    || busy.contains(&vm.name)
-                    || !claimed.insert(vm.name.clone())
+                if policy.select.matches(&vm.name, &vm.host, &vm.labels)
+                    && busy.insert(vm.name.clone())
                 {
-                    continue;
+                    let job = new_job(vm, Some(name.clone()), policy.repository.clone());
+                    ops.push(Op::put(model::job_key(&job.id), json(&job)));
+                    created.push(job);
                 }
-                let job = new_job(vm, Some(policy.name.clone()), policy.repository.clone());
-                ops.push(Op::put(model::job_key(&job.id), json(&job)));
-                created.push(job);
             }
-        }
-        if ops.is_empty() {
-            return Ok(());
         }
         self.write_batched(ops).await?;
-        report.created += created.len();
-        for name in fired {
-            state.rounds.insert(name, now);
+        for name in policies {
+            state.rounds.insert(name.clone(), now);
         }
+        let ids = created.iter().map(|job| job.id.clone()).collect();
         for job in created {
             state.jobs.insert(job.id.clone(), job);
         }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// Starts a round of `policy` now.
+    pub async fn run_policy(&self, policy: &str) -> Result<Vec<String>> {
+        let mut state = self.state.lock().await;
+        if !state.policies.contains_key(policy) {
+            return Err(LeaderError::NotFound(format!("unknown policy {policy:?}")));
+        }
+        self.create_rounds(&mut state, &[policy.to_string()], now_ms())
+            .await
     }
 
     async fn resume_commits(&self) -> Result<()> {
@@ -792,7 +872,7 @@ impl Leader {
             state
                 .jobs
                 .values()
-                .filter(|j| j.state == JobState::Committing)
+                .filter(|j| j.state == JobState::Committing && !self.is_publishing(&j.id))
                 .map(|j| j.id.clone())
                 .collect()
         };
@@ -1039,6 +1119,12 @@ pub struct TickReport {
     pub requeued: usize,
 }
 
+/// A Unix time in milliseconds as a UTC date-time.
+fn unix_ms_time(ms: u64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
 fn new_job(vm: &VmRecord, policy: Option<String>, repository: String) -> JobRecord {
     JobRecord {
         id: model::new_id("job"),
@@ -1079,9 +1165,7 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Writes a sealed manifest create-only; an identical existing one is success.
-async fn publish(repository: &str, key: &str, blob: Vec<u8>) -> Result<()> {
-    let backend = Backend::from_url(repository, false)
-        .map_err(|error| LeaderError::Repository(error.to_string()))?;
+async fn publish(backend: &Backend, key: &str, blob: Vec<u8>) -> Result<()> {
     match backend
         .put_if_absent(key, blob.clone().into(), Durability::Immediate)
         .await

@@ -138,34 +138,61 @@ impl Replica {
                 }
             };
         *self.role.write().await = Role::Leader(leader.clone());
-        let renew_every = (self.settings.leader_lease / 4).max(Duration::from_millis(200));
-        let mut last_renewal = Instant::now();
-        let mut renew = tokio::time::interval(renew_every);
+        // Renewal runs on its own task: a long scheduling pass must never delay it.
+        let lost = shutdown.child_token();
+        let renewal = tokio::spawn(renew_lease(
+            self.store.clone(),
+            lease,
+            self.settings.leader_lease,
+            lost.clone(),
+        ));
         let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = renew.tick() => {
-                    match self.store.keep_alive(lease).await {
-                        Ok(()) => last_renewal = Instant::now(),
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot renew the leader lease");
-                            // Step down with margin, before the lease can run out.
-                            if last_renewal.elapsed() + renew_every * 2 >= self.settings.leader_lease {
-                                return;
-                            }
-                        }
-                    }
-                }
+                _ = lost.cancelled() => break,
                 _ = tick.tick() => {
                     match leader.tick().await {
                         Ok(report) if report.created + report.assigned + report.requeued > 0 => {
                             tracing::debug!(?report, "scheduling pass");
                         }
                         Ok(_) => {}
-                        Err(LeaderError::NotLeader) => return,
+                        Err(LeaderError::NotLeader) => break,
                         Err(error) => tracing::warn!(%error, "scheduling pass failed"),
                     }
+                }
+            }
+        }
+        lost.cancel();
+        let _ = renewal.await;
+    }
+}
+
+/// Renews the leader lease every quarter of its length; cancels `lost` when renewal has
+/// failed for long enough that the lease may run out (stepping down with a margin).
+async fn renew_lease(
+    store: Arc<dyn MetaStore>,
+    lease: i64,
+    length: Duration,
+    lost: CancellationToken,
+) {
+    let every = (length / 4).max(Duration::from_millis(200));
+    let mut last_renewal = Instant::now();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.keep_alive(lease).await {
+            Ok(()) => last_renewal = Instant::now(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the leader lease");
+                if matches!(error, crate::store::StoreError::LeaseNotFound(_))
+                    || last_renewal.elapsed() + every * 2 >= length
+                {
+                    lost.cancel();
+                    return;
                 }
             }
         }

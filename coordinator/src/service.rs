@@ -244,7 +244,7 @@ impl WorkerService for CoordinatorService {
         let deadline = tokio::time::Instant::now() + wait;
         let running = HashSet::new();
         loop {
-            let notified = leader.changed.notified();
+            let notified = leader.assigned.notified();
             let jobs = leader
                 .poll(
                     &worker.worker_id,
@@ -462,6 +462,17 @@ impl AdminService for CoordinatorService {
             .await
             .map_err(status)?;
         Ok(Response::new(v1::RunJobResponse { job_id }))
+    }
+
+    async fn run_policy(
+        &self,
+        request: Request<v1::RunPolicyRequest>,
+    ) -> Result<Response<v1::RunPolicyResponse>, Status> {
+        let leader = self.leader().await?;
+        let policy = request.into_inner().policy;
+        check_name("policy name", &policy).map_err(status)?;
+        let job_ids = leader.run_policy(&policy).await.map_err(status)?;
+        Ok(Response::new(v1::RunPolicyResponse { job_ids }))
     }
 
     async fn list_jobs(

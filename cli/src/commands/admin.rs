@@ -55,6 +55,15 @@ pub enum PolicyCommand {
         #[command(flatten)]
         coordinator: CoordinatorUrl,
     },
+    /// Start a round of a policy now, outside its schedule.
+    Run {
+        /// Policy name.
+        name: String,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// `haven job ...`
@@ -215,7 +224,33 @@ pub async fn vm(command: VmCommand) -> Result<()> {
 
 /// Runs `haven policy`.
 pub async fn policy(command: PolicyCommand) -> Result<()> {
-    let PolicyCommand::Apply { file, coordinator } = command;
+    let (file, coordinator) = match command {
+        PolicyCommand::Apply { file, coordinator } => (file, coordinator),
+        PolicyCommand::Run {
+            name,
+            coordinator,
+            output,
+        } => {
+            let request = v1::RunPolicyRequest { policy: name };
+            let jobs = coordinator
+                .client()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { AdminServiceClient::new(c).run_policy(request).await }
+                })
+                .await?
+                .into_inner()
+                .job_ids;
+            if output.json {
+                return print_json(&json!({ "job_ids": jobs }));
+            }
+            println!("{} jobs started", jobs.len());
+            for job in jobs {
+                println!("{job}");
+            }
+            return Ok(());
+        }
+    };
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     let request = v1::ApplyPoliciesRequest {

@@ -1,0 +1,455 @@
+//! Scale simulation of the control plane (issue 5's benchmark): one coordinator process
+//! (`haven coordinator`, on etcd or the embedded store) and hundreds of simulated
+//! workers in this process, each a real gRPC client that registers VMs, heartbeats,
+//! long-polls for jobs and commits a real sealed manifest for each, without moving any
+//! disk data.
+//!
+//! ```text
+//! cargo bench -p haven-coordinator --bench scale -- --haven target/release/haven \
+//!     [--etcd http://127.0.0.1:2379] [--vms 10000] [--workers 500]
+//! ```
+//! (`bench/cluster-scale.sh` starts a throw-away etcd and runs this.) It prints the time
+//! to dispatch a full round, decisions per second, the time until every job committed,
+//! the coordinator's CPU seconds and peak RSS, and store requests per job.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use haven_proto::LeaderClient;
+use haven_proto::v1::{
+    self, admin_service_client::AdminServiceClient, worker_service_client::WorkerServiceClient,
+};
+use haven_repo::{Backend, Consistency, Manifest, Repository, SourceInfo};
+
+const PASSWORD: &[u8] = b"scale-bench";
+
+struct Options {
+    haven: PathBuf,
+    etcd: Option<String>,
+    vms: usize,
+    workers: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        haven: PathBuf::from("target/release/haven"),
+        etcd: None,
+        vms: 10_000,
+        workers: 500,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--haven" => options.haven = args.next().expect("--haven PATH").into(),
+            "--etcd" => options.etcd = args.next(),
+            "--vms" => options.vms = args.next().and_then(|v| v.parse().ok()).expect("--vms N"),
+            "--workers" => {
+                options.workers = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--workers N")
+            }
+            _ => {} // `cargo bench` passes --bench.
+        }
+    }
+    options
+}
+
+/// CPU seconds and peak RSS (KiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, hwm)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(port: u16) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Stats {
+    assigned: AtomicU64,
+    committed: AtomicU64,
+    last_assigned_ms: AtomicU64,
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Arc::new(
+        Repository::init(
+            Backend::from_url(repo_path.to_str().unwrap(), true).unwrap(),
+            PASSWORD,
+            1 << 20,
+        )
+        .await
+        .expect("repo init"),
+    );
+    let port = free_port();
+    let http = free_port();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"bench\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             state_path = {:?}\nworker_lease_seconds = 20\ntick_ms = 100\n",
+            dir.path().join("state.redb").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(&options.haven);
+    command.args(["coordinator", "--config", config.to_str().unwrap()]);
+    if let Some(etcd) = &options.etcd {
+        command.args(["--etcd", etcd]);
+    }
+    let log = std::fs::File::create(dir.path().join("coordinator.log")).expect("log");
+    let mut coordinator: Child = command
+        .env(
+            "HAVEN_LOG",
+            std::env::var("HAVEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("haven coordinator");
+    let pid = coordinator.id();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = Arc::new(LeaderClient::new(vec![url.clone()], Duration::from_secs(60)).unwrap());
+
+    // Workers w0..wN; host hK holds VMs K*per_host..; worker i reaches hosts i and i+1.
+    let hosts = options.workers;
+    let per_host = options.vms.div_ceil(hosts);
+    let stats = Arc::new(Stats {
+        assigned: AtomicU64::new(0),
+        committed: AtomicU64::new(0),
+        last_assigned_ms: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..options.workers {
+        let reach = [i % hosts, (i + 1) % hosts];
+        let hosts: Vec<v1::Host> = reach
+            .iter()
+            .map(|h| v1::Host {
+                name: format!("h{h}"),
+                vms: (0..per_host)
+                    .map(|n| h * per_host + n)
+                    .filter(|n| *n < options.vms)
+                    .map(|n| v1::Vm {
+                        name: format!("vm{n}"),
+                        host: format!("h{h}"),
+                        disks: vec![v1::Disk {
+                            name: "vda".into(),
+                            size_bytes: 10 << 30,
+                        }],
+                        labels: Default::default(),
+                        workers: Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        tasks.push(tokio::spawn(simulated_worker(
+            i,
+            hosts,
+            client.clone(),
+            repo.clone(),
+            stats.clone(),
+            started,
+        )));
+    }
+    // Wait for the inventory.
+    loop {
+        let vms = client
+            .call(|c| async move {
+                AdminServiceClient::new(c)
+                    .list_vms(v1::ListVmsRequest {})
+                    .await
+            })
+            .await
+            .map(|r| r.into_inner().vms.len())
+            .unwrap_or(0);
+        if vms >= options.vms {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let registered = started.elapsed();
+    let policy = format!(
+        "[[policy]]\nname = \"all\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\nmax_per_host = {}\nmax_per_worker = {}\n",
+        repo_path.to_str().unwrap(),
+        per_host,
+        per_host * 2
+    );
+    client
+        .call(|c| {
+            let request = v1::ApplyPoliciesRequest {
+                file_name: "bench.toml".into(),
+                policy_toml: policy.clone(),
+            };
+            async move { AdminServiceClient::new(c).apply_policies(request).await }
+        })
+        .await
+        .expect("apply policy");
+    let before = metrics(http).await;
+    let (cpu_before, _) = usage(pid);
+    let round = Instant::now();
+    let round_ms = round.duration_since(started).as_millis() as u64;
+    let created = client
+        .call(|c| async move {
+            AdminServiceClient::new(c)
+                .run_policy(v1::RunPolicyRequest {
+                    policy: "all".into(),
+                })
+                .await
+        })
+        .await
+        .expect("run policy")
+        .into_inner()
+        .job_ids
+        .len();
+    let created_after = round.elapsed();
+    while stats.assigned.load(Ordering::Relaxed) < created as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dispatched =
+        Duration::from_millis(stats.last_assigned_ms.load(Ordering::Relaxed) - round_ms);
+    while stats.committed.load(Ordering::Relaxed) < created as u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let completed = round.elapsed();
+    let (cpu_after, rss_kib) = usage(pid);
+    let after = metrics(http).await;
+    let per_job = |kind: &str| {
+        let name = format!("haven_store_requests_total{{kind=\"{kind}\"}}");
+        (metric(&after, &name) - metric(&before, &name)) / created as f64
+    };
+    println!(
+        "scale simulation: {} VMs, {} simulated workers, store: {}",
+        options.vms,
+        options.workers,
+        options
+            .etcd
+            .as_deref()
+            .map(|e| format!("etcd {e}"))
+            .unwrap_or_else(|| "embedded".into())
+    );
+    println!(
+        "  registration + inventory of all workers: {:.2} s",
+        registered.as_secs_f64()
+    );
+    println!(
+        "  round of {created} jobs created in {:.2} s",
+        created_after.as_secs_f64()
+    );
+    println!(
+        "  every job dispatched to a worker after {:.2} s ({:.0} decisions/s)",
+        dispatched.as_secs_f64(),
+        created as f64 / dispatched.as_secs_f64().max(0.001)
+    );
+    println!(
+        "  every job committed after {:.2} s ({:.0} commits/s)",
+        completed.as_secs_f64(),
+        created as f64 / completed.as_secs_f64().max(0.001)
+    );
+    println!(
+        "  coordinator CPU during the round: {:.2} s; peak RSS {:.0} MiB",
+        cpu_after - cpu_before,
+        rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  store requests per job during the round: {:.2} writes, {:.2} reads, {:.2} lease calls (heartbeats)",
+        per_job("write"),
+        per_job("read"),
+        per_job("lease")
+    );
+    for task in tasks {
+        task.abort();
+    }
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    if let Ok(log) = std::fs::read_to_string(dir.path().join("coordinator.log")) {
+        let lines: Vec<&str> = log.lines().collect();
+        println!("  coordinator log: {} lines", lines.len());
+        for line in lines.iter().take(5) {
+            println!("    {line}");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn simulated_worker(
+    index: usize,
+    hosts: Vec<v1::Host>,
+    client: Arc<LeaderClient>,
+    repo: Arc<Repository>,
+    stats: Arc<Stats>,
+    started: Instant,
+) {
+    let register = v1::RegisterRequest {
+        worker_id: format!("w{index}"),
+        instance_id: format!("sim{index}"),
+        hosts,
+        max_jobs: 1_000,
+        version: "bench".into(),
+    };
+    let reply = client
+        .call(|c| {
+            let request = register.clone();
+            async move { WorkerServiceClient::new(c).register(request).await }
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    let identity = v1::WorkerIdentity {
+        worker_id: register.worker_id.clone(),
+        instance_id: register.instance_id.clone(),
+        lease_id: reply.lease_id,
+    };
+    let heartbeat = {
+        let client = client.clone();
+        let identity = identity.clone();
+        let every = Duration::from_millis(u64::from(reply.heartbeat_interval_ms));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let request = v1::HeartbeatRequest {
+                    worker: Some(identity.clone()),
+                };
+                let _ = client
+                    .call(|c| {
+                        let request = request.clone();
+                        async move { WorkerServiceClient::new(c).heartbeat(request).await }
+                    })
+                    .await;
+            }
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let request = v1::PollJobsRequest {
+            worker: Some(identity.clone()),
+            wait_ms: 10_000,
+        };
+        let Ok(reply) = client
+            .call(|c| {
+                let request = request.clone();
+                async move { WorkerServiceClient::new(c).poll_jobs(request).await }
+            })
+            .await
+        else {
+            continue;
+        };
+        let jobs: Vec<v1::JobAssignment> = reply
+            .into_inner()
+            .jobs
+            .into_iter()
+            .filter(|j| seen.insert(j.job_id.clone()))
+            .collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        let now = started.elapsed().as_millis() as u64;
+        stats.last_assigned_ms.fetch_max(now, Ordering::Relaxed);
+        stats
+            .assigned
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for job in jobs {
+            let manifest = Manifest {
+                version: haven_repo::FORMAT_VERSION,
+                vm: job.vm.clone(),
+                timestamp: "2026-01-01T00:00:00Z".into(),
+                created_by: "scale bench".into(),
+                source: SourceInfo {
+                    kind: "simulated".into(),
+                    origin: job.host.clone(),
+                },
+                consistency: Consistency::CrashConsistent,
+                parent: None,
+                disks: Vec::new(),
+                vm_config: None,
+                labels: Default::default(),
+            };
+            let (id, blob) = repo.seal_manifest(&manifest).expect("seal");
+            let request = v1::CommitSnapshotRequest {
+                worker: Some(identity.clone()),
+                job_id: job.job_id.clone(),
+                fencing_token: job.fencing_token,
+                manifest_key: id.manifest_key(),
+                manifest_blob: blob,
+                snapshot: Some(v1::SnapshotInfo {
+                    vm: id.vm.clone(),
+                    timestamp: id.timestamp.clone(),
+                    repository: job.repository.clone(),
+                    disks: Vec::new(),
+                    bytes_uploaded: 0,
+                    job_id: job.job_id.clone(),
+                }),
+            };
+            match client
+                .call(|c| {
+                    let request = request.clone();
+                    async move { WorkerServiceClient::new(c).commit_snapshot(request).await }
+                })
+                .await
+            {
+                Ok(_) => {
+                    stats.committed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(status) => eprintln!("commit of {} failed: {}", job.job_id, status.message()),
+            }
+        }
+        if heartbeat.is_finished() {
+            return;
+        }
+    }
+}
