@@ -10,9 +10,7 @@
 //! base).
 
 use anyhow::{Context, Result, bail};
-use haven_repo::{
-    PinSource, RepositoryLeases, RetentionPolicy, SnapshotId, plan_retention, protected_snapshots,
-};
+use haven_repo::{RepositoryLeases, RetentionPolicy, prune_snapshots};
 use serde::Serialize;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
@@ -89,44 +87,25 @@ pub async fn run(args: PruneArgs) -> Result<()> {
         );
     }
     let repo = args.repo.open().await?;
-    let ids = repo.list_snapshots(args.vm.as_deref()).await?;
-    let protections = protected_snapshots(repo.backend())
-        .await
-        .context("cannot read protection records; nothing was removed")?;
-    let pinned = RepositoryLeases
-        .pins(&repo)
-        .await
-        .context("cannot read the leases of running backups; nothing was removed")?
-        .bases;
-    let mut input: Vec<(SnapshotId, bool)> = Vec::with_capacity(ids.len());
-    for id in ids {
-        let manifest = repo
-            .read_manifest(&id)
-            .await
-            .with_context(|| format!("cannot read {id}; nothing was removed"))?;
-        let protected = manifest
-            .labels
-            .get("protected")
-            .is_some_and(|value| value == "true")
-            || protections.contains_key(&id)
-            || pinned.contains(&id);
-        input.push((id, protected));
-    }
-    let decisions = plan_retention(&input, &policy);
-
-    let mut lines = Vec::with_capacity(decisions.len());
-    for decision in decisions {
-        if !decision.keep && !args.dry_run {
-            remove_snapshot(repo.backend(), &decision.id).await?;
-        }
-        lines.push(SnapshotLine {
+    let decisions = prune_snapshots(
+        &repo,
+        args.vm.as_deref(),
+        &policy,
+        &RepositoryLeases,
+        args.dry_run,
+    )
+    .await
+    .context("prune stopped")?;
+    let lines: Vec<SnapshotLine> = decisions
+        .into_iter()
+        .map(|decision| SnapshotLine {
             snapshot: decision.id.to_string(),
             vm: decision.id.vm.clone(),
             timestamp: decision.id.timestamp.clone(),
             keep: decision.keep,
             reasons: decision.reasons,
-        });
-    }
+        })
+        .collect();
     let removed = lines.iter().filter(|line| !line.keep).count();
     let report = PruneReport {
         dry_run: args.dry_run,
@@ -157,25 +136,5 @@ pub async fn run(args: PruneArgs) -> Result<()> {
         "{}: kept {}, {verb} {} snapshot(s); {}",
         report.policy, report.kept, report.removed, CHUNK_NOTE
     );
-    Ok(())
-}
-
-/// Manifest first (the commit point), then the snapshot's indexes.
-async fn remove_snapshot(backend: &haven_repo::Backend, id: &SnapshotId) -> Result<()> {
-    backend
-        .delete(&id.manifest_key())
-        .await
-        .with_context(|| format!("cannot remove {id}"))?;
-    let prefix = format!("indexes/{}/{}", id.vm, id.timestamp);
-    for key in backend
-        .list(&prefix)
-        .await
-        .with_context(|| format!("{id} is removed but its indexes could not be listed"))?
-    {
-        backend
-            .delete(&key)
-            .await
-            .with_context(|| format!("{id} is removed but not its index {key}"))?;
-    }
     Ok(())
 }

@@ -29,6 +29,7 @@ mod local_sync;
 mod manifest;
 mod progress;
 mod protect;
+mod prune;
 mod repair;
 mod replicate;
 mod repository;
@@ -59,6 +60,7 @@ pub use progress::Progress;
 pub use protect::{
     LockMode, ProtectReport, Protection, protect_snapshot, protected_snapshots, unprotect_snapshot,
 };
+pub use prune::prune_snapshots;
 pub use repair::check_same_repository;
 pub use replicate::{
     RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus, compare_snapshots,
