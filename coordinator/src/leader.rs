@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::cron::Schedule;
 use crate::model::{
-    self, Attempt, JobRecord, JobState, PendingCommit, SnapshotRecord, VmRecord, WorkerRecord,
-    now_ms,
+    self, Attempt, JobKind, JobParams, JobRecord, JobState, PendingCommit, SnapshotRecord,
+    VmRecord, WorkerRecord, now_ms,
 };
 use crate::placement::{self, PendingJob, WorkerLoad};
 use crate::policy::Policy;
@@ -421,7 +421,7 @@ impl Leader {
         if let Some(job) = state
             .jobs
             .values()
-            .find(|j| j.vm == vm && j.state.is_active())
+            .find(|j| j.kind == JobKind::Backup && j.vm == vm && j.state.is_active())
         {
             return Err(LeaderError::Fenced(format!(
                 "VM {vm:?} already has an active job {}",
@@ -647,8 +647,11 @@ impl Leader {
             ],
         )
         .await?;
-        state.jobs.insert(job_id.to_string(), done);
+        state.jobs.insert(job_id.to_string(), done.clone());
         state.progress.remove(job_id);
+        if let Err(error) = self.follow_ups(&mut state, &done).await {
+            tracing::warn!(job = job_id, %error, "cannot create the prune/replication jobs");
+        }
         drop(state);
         self.changed.notify_waiters();
         Ok(snapshot)
@@ -807,11 +810,214 @@ impl Leader {
             })
             .map(|policy| policy.name.clone())
             .collect();
-        if due.is_empty() {
+        if !due.is_empty() {
+            report.created += self.create_rounds(&mut state, &due, now).await?.len();
+        }
+        report.created += self.start_gc_rounds(&mut state, now).await?;
+        Ok(())
+    }
+
+    /// One GC job per repository whose policy's `gc_schedule` is due, unless one is
+    /// already active there.
+    async fn start_gc_rounds(&self, state: &mut State, now: u64) -> Result<usize> {
+        let mut ops = Vec::new();
+        let mut created = Vec::new();
+        let mut fired = Vec::new();
+        for policy in state.policies.values() {
+            let Some(schedule) = policy
+                .gc_schedule
+                .as_deref()
+                .and_then(|s| Schedule::parse(s).ok())
+            else {
+                continue;
+            };
+            let round = format!("{}#gc", policy.name);
+            let last = state.rounds.get(&round).copied().unwrap_or(now);
+            if !schedule
+                .next_after(unix_ms_time(last))
+                .is_some_and(|due| due <= unix_ms_time(now))
+            {
+                if !state.rounds.contains_key(&round) {
+                    ops.push(Op::put(model::round_key(&round), json(&now)));
+                    fired.push(round);
+                }
+                continue;
+            }
+            ops.push(Op::put(model::round_key(&round), json(&now)));
+            fired.push(round);
+            let busy = state.jobs.values().chain(created.iter()).any(|j| {
+                j.kind == JobKind::Gc && j.repository == policy.repository && j.state.is_active()
+            });
+            if !busy {
+                let job = new_repository_job(
+                    JobKind::Gc,
+                    "",
+                    "",
+                    Some(policy.name.clone()),
+                    policy.repository.clone(),
+                    JobParams {
+                        gc_margin_seconds: policy.gc_margin_seconds,
+                        ..JobParams::default()
+                    },
+                );
+                ops.push(Op::put(model::job_key(&job.id), json(&job)));
+                created.push(job);
+            }
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.write_batched(ops).await?;
+        for round in fired {
+            state.rounds.insert(round, now);
+        }
+        let count = created.len();
+        for job in created {
+            state.jobs.insert(job.id.clone(), job);
+        }
+        Ok(count)
+    }
+
+    /// The follow-up jobs of a committed backup: prune of the VM by its policy's
+    /// retention, and replication of the repository to the policy's secondary.
+    async fn follow_ups(&self, state: &mut State, backup: &JobRecord) -> Result<()> {
+        let Some(policy) = backup.policy.as_ref().and_then(|p| state.policies.get(p)) else {
+            return Ok(());
+        };
+        let active = |kind: JobKind, vm: &str, to: Option<&String>| {
+            state.jobs.values().any(|j| {
+                j.kind == kind
+                    && j.state.is_active()
+                    && j.repository == backup.repository
+                    && j.vm == vm
+                    && j.params.replicate_to.as_ref() == to
+            })
+        };
+        let mut jobs = Vec::new();
+        if policy.retention.to_repo().keeps_something() && !active(JobKind::Prune, &backup.vm, None)
+        {
+            jobs.push(new_repository_job(
+                JobKind::Prune,
+                &backup.vm,
+                "",
+                Some(policy.name.clone()),
+                backup.repository.clone(),
+                JobParams {
+                    retention: Some(policy.retention),
+                    ..JobParams::default()
+                },
+            ));
+        }
+        if let Some(to) = &policy.replicate_to
+            && !active(JobKind::Replicate, "", Some(to))
+        {
+            jobs.push(new_repository_job(
+                JobKind::Replicate,
+                "",
+                "",
+                Some(policy.name.clone()),
+                backup.repository.clone(),
+                JobParams {
+                    replicate_to: Some(to.clone()),
+                    ..JobParams::default()
+                },
+            ));
+        }
+        if jobs.is_empty() {
             return Ok(());
         }
-        report.created += self.create_rounds(&mut state, &due, now).await?.len();
+        let ops = jobs
+            .iter()
+            .map(|job| Op::put(model::job_key(&job.id), json(job)))
+            .collect();
+        self.write_batched(ops).await?;
+        for job in jobs {
+            state.jobs.insert(job.id.clone(), job);
+        }
         Ok(())
+    }
+
+    /// A prune, GC or replication job that ended well; fenced like a commit.
+    pub async fn complete(
+        &self,
+        worker: &str,
+        job_id: &str,
+        token: i64,
+        summary: &str,
+    ) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let job = Self::check_token(&state, worker, job_id, token)?.clone();
+        if job.kind == JobKind::Backup {
+            return Err(LeaderError::Invalid(format!(
+                "job {job_id} is a backup: it ends with CommitSnapshot"
+            )));
+        }
+        if job.state != JobState::Assigned {
+            return Err(LeaderError::Fenced(format!(
+                "job {job_id} is {:?}, not running",
+                job.state
+            )));
+        }
+        let mut done = job;
+        let now = now_ms();
+        done.state = JobState::Succeeded;
+        done.finished_unix_ms = now;
+        done.summary = Some(summary.chars().take(1000).collect());
+        done.end_attempt(now, "succeeded");
+        let accepted = self
+            .write(
+                vec![Compare::ModRevision(model::owner_key(job_id), token)],
+                vec![
+                    Op::put(model::job_key(job_id), json(&done)),
+                    Op::Delete(model::owner_key(job_id)),
+                ],
+            )
+            .await?;
+        if !accepted {
+            return Err(LeaderError::Fenced(format!(
+                "job {job_id} moved: its ownership no longer has revision {token}"
+            )));
+        }
+        state.jobs.insert(job_id.to_string(), done);
+        state.progress.remove(job_id);
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// What running backups into `repository` need a collection to keep: the newest
+    /// catalogued snapshot of each such VM (the base its backup builds on) and the
+    /// start of the oldest of them.
+    pub async fn pins(&self, repository: &str) -> (Vec<String>, u64, Vec<String>) {
+        let state = self.state.lock().await;
+        let mut bases = Vec::new();
+        let mut oldest = 0u64;
+        let mut holders = Vec::new();
+        for job in state.jobs.values().filter(|j| {
+            j.kind == JobKind::Backup && j.repository == repository && j.state.is_active()
+        }) {
+            holders.push(format!("job {} ({})", job.id, job.vm));
+            let started = job
+                .attempts
+                .first()
+                .map(|a| a.assigned_unix_ms)
+                .unwrap_or(job.created_unix_ms);
+            oldest = if oldest == 0 {
+                started
+            } else {
+                oldest.min(started)
+            };
+            if let Some(base) = state
+                .snapshots
+                .values()
+                .filter(|s| s.vm == job.vm && s.repository == repository)
+                .map(|s| &s.timestamp)
+                .max()
+            {
+                bases.push(format!("{}@{base}", job.vm));
+            }
+        }
+        (bases, oldest, holders)
     }
 
     /// Creates a job for every VM the policies select that has no active job, and
@@ -825,7 +1031,7 @@ impl Leader {
         let mut busy: HashSet<String> = state
             .jobs
             .values()
-            .filter(|j| j.state.is_active())
+            .filter(|j| j.kind == JobKind::Backup && j.state.is_active())
             .map(|j| j.vm.clone())
             .collect();
         let mut ops = Vec::new();
@@ -1126,10 +1332,32 @@ fn unix_ms_time(ms: u64) -> time::OffsetDateTime {
 }
 
 fn new_job(vm: &VmRecord, policy: Option<String>, repository: String) -> JobRecord {
+    new_repository_job(
+        JobKind::Backup,
+        &vm.name,
+        &vm.host,
+        policy,
+        repository,
+        JobParams::default(),
+    )
+}
+
+/// A job of any kind; `host` empty lets any worker run it.
+fn new_repository_job(
+    kind: JobKind,
+    vm: &str,
+    host: &str,
+    policy: Option<String>,
+    repository: String,
+    params: JobParams,
+) -> JobRecord {
     JobRecord {
         id: model::new_id("job"),
-        vm: vm.name.clone(),
-        host: vm.host.clone(),
+        kind,
+        params,
+        summary: None,
+        vm: vm.to_string(),
+        host: host.to_string(),
         policy,
         repository,
         state: JobState::Pending,

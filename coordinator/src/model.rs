@@ -122,6 +122,35 @@ impl JobState {
     }
 }
 
+/// What a job does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Back up a VM (needs a worker that reaches its host).
+    #[default]
+    Backup,
+    /// Apply the policy's retention to the VM's snapshots.
+    Prune,
+    /// Collect garbage in the repository.
+    Gc,
+    /// Copy the repository to the policy's secondary site.
+    Replicate,
+}
+
+/// Parameters of the non-backup kinds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobParams {
+    /// Prune: the retention rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::policy::Retention>,
+    /// Replicate: the secondary repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_to: Option<String>,
+    /// GC: the safety margin in seconds.
+    #[serde(default)]
+    pub gc_margin_seconds: u64,
+}
+
 /// One try of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -157,9 +186,18 @@ pub struct PendingCommit {
 pub struct JobRecord {
     /// Job id.
     pub id: String,
-    /// VM backed up.
+    /// What it does.
+    #[serde(default)]
+    pub kind: JobKind,
+    /// Parameters of prune, GC and replication jobs.
+    #[serde(default)]
+    pub params: JobParams,
+    /// What a prune, GC or replication job did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// VM backed up or pruned; empty for repository-wide jobs (GC, replication).
     pub vm: String,
-    /// Its host when the job was created.
+    /// The VM's host when the job was created; empty: any worker may run it.
     pub host: String,
     /// Scheduling policy; `None` for `haven job run`.
     pub policy: Option<String>,

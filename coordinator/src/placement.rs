@@ -52,13 +52,15 @@ pub fn place(
         .collect();
     let mut placed = Vec::new();
     for job in pending {
+        // Jobs without a host (prune, GC, replication) need only the repository.
+        let any_host = job.host.is_empty();
         let on_host = host_running.get(&job.host).copied().unwrap_or(0);
-        if on_host >= job.max_per_host {
+        if !any_host && on_host >= job.max_per_host {
             continue;
         }
         let best = workers
             .iter()
-            .filter(|w| w.hosts.iter().any(|h| h == &job.host))
+            .filter(|w| any_host || w.hosts.iter().any(|h| h == &job.host))
             .filter_map(|w| {
                 let (running, by_policy) = load.get(w.id.as_str())?;
                 let of_policy = by_policy.get(&job.policy).copied().unwrap_or(0);
@@ -71,7 +73,9 @@ pub fn place(
             *running += 1;
             *by_policy.entry(job.policy.clone()).or_default() += 1;
         }
-        *host_running.entry(job.host.clone()).or_default() += 1;
+        if !any_host {
+            *host_running.entry(job.host.clone()).or_default() += 1;
+        }
         placed.push((job.id.clone(), worker.to_string()));
     }
     placed
@@ -131,6 +135,14 @@ mod tests {
         }
         w.running = 0;
         assert_eq!(place(&strict, &[w], &HashMap::new()).len(), 1);
+    }
+
+    #[test]
+    fn jobs_without_host_go_to_any_worker() {
+        let mut gc = job("gc", "", 1);
+        gc.policy = "p".into();
+        let placed = place(&[gc], &[worker("a", &["h1"], 1)], &HashMap::new());
+        assert_eq!(placed, vec![("gc".into(), "a".into())]);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! select = { names = ["web-*", "db-1"], labels = { tier = "gold" }, hosts = ["kvm-*"] }
 //! max_per_host = 2                  # running jobs of this policy per hypervisor host
 //! max_per_worker = 4                # and per worker
-//! retention = { keep_last = 3, keep_daily = 7, keep_weekly = 4 }
+//! retention = { keep_last = 3, keep_daily = 7, keep_weekly = 4 }  # prune after backups
+//! replicate_to = "s3://dr-site/gold?endpoint=http://10.1.0.5:9000" # copy after backups
+//! gc_schedule = "0 3 * * 0"         # garbage collection of `repository`
+//! gc_margin_seconds = 3600
 //! ```
 //!
 //! A file is applied whole or not at all: every error is reported with its line and
@@ -36,8 +39,21 @@ pub struct Policy {
     pub max_per_host: u32,
     /// Running jobs of this policy per worker.
     pub max_per_worker: u32,
-    /// Retention applied after the policy's backups.
+    /// Retention applied after the policy's backups (by a prune job per VM).
     pub retention: Retention,
+    /// Secondary repository the policy's repository is replicated to after backups.
+    #[serde(default)]
+    pub replicate_to: Option<String>,
+    /// When garbage collection of the repository runs (cron, UTC); none: never.
+    #[serde(default)]
+    pub gc_schedule: Option<String>,
+    /// GC safety margin: unreferenced objects younger than this are kept.
+    #[serde(default = "default_gc_margin")]
+    pub gc_margin_seconds: u64,
+}
+
+fn default_gc_margin() -> u64 {
+    3600
 }
 
 /// VM selection: every non-empty criterion must match.
@@ -156,6 +172,12 @@ struct RawPolicy {
     max_per_worker: Spanned<u32>,
     #[serde(default)]
     retention: Retention,
+    #[serde(default)]
+    replicate_to: Option<Spanned<String>>,
+    #[serde(default)]
+    gc_schedule: Option<Spanned<String>>,
+    #[serde(default = "default_gc_margin")]
+    gc_margin_seconds: u64,
 }
 
 fn default_limit() -> Spanned<u32> {
@@ -207,6 +229,21 @@ pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<St
         if let Err(reason) = check_repository(raw.repository.get_ref()) {
             errors.push(format!("{}: {reason}", at(raw.repository.span())));
         }
+        if let Some(schedule) = &raw.gc_schedule
+            && let Err(reason) = Schedule::parse(schedule.get_ref())
+        {
+            errors.push(format!("{}: gc_schedule: {reason}", at(schedule.span())));
+        }
+        if let Some(target) = &raw.replicate_to {
+            if let Err(reason) = check_repository(target.get_ref()) {
+                errors.push(format!("{}: replicate_to: {reason}", at(target.span())));
+            } else if target.get_ref() == raw.repository.get_ref() {
+                errors.push(format!(
+                    "{}: replicate_to must differ from repository",
+                    at(target.span())
+                ));
+            }
+        }
         for (limit, field) in [
             (&raw.max_per_host, "max_per_host"),
             (&raw.max_per_worker, "max_per_worker"),
@@ -223,6 +260,9 @@ pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<St
             max_per_host: raw.max_per_host.into_inner(),
             max_per_worker: raw.max_per_worker.into_inner(),
             retention: raw.retention,
+            replicate_to: raw.replicate_to.map(Spanned::into_inner),
+            gc_schedule: raw.gc_schedule.map(Spanned::into_inner),
+            gc_margin_seconds: raw.gc_margin_seconds,
         });
     }
     if errors.is_empty() {

@@ -14,7 +14,7 @@ use haven_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::leader::{CommitRequest, Leader, LeaderError, Progress, check_name};
-use crate::model::{JobRecord, JobState, SnapshotRecord, VmRecord};
+use crate::model::{JobKind, JobRecord, JobState, SnapshotRecord, VmRecord};
 use crate::policy::parse_policies;
 use crate::replica::{Replica, Role};
 
@@ -106,6 +106,15 @@ fn inventory(hosts: Vec<v1::Host>) -> Result<Vec<(String, Vec<VmRecord>)>, Statu
         .collect()
 }
 
+fn job_kind(kind: JobKind) -> v1::JobKind {
+    match kind {
+        JobKind::Backup => v1::JobKind::Backup,
+        JobKind::Prune => v1::JobKind::Prune,
+        JobKind::Gc => v1::JobKind::Gc,
+        JobKind::Replicate => v1::JobKind::Replicate,
+    }
+}
+
 fn job_state(state: JobState) -> v1::JobState {
     match state {
         JobState::Pending => v1::JobState::Pending,
@@ -151,6 +160,8 @@ pub fn job_status(job: &JobRecord, progress: Progress) -> v1::JobStatus {
                 outcome: a.outcome.clone(),
             })
             .collect(),
+        kind: job_kind(job.kind) as i32,
+        summary: job.summary.clone().unwrap_or_default(),
     }
 }
 
@@ -257,13 +268,27 @@ impl WorkerService for CoordinatorService {
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 let jobs = jobs
                     .into_iter()
-                    .map(|a| v1::JobAssignment {
-                        job_id: a.job.id.clone(),
-                        vm: a.job.vm.clone(),
-                        host: a.job.host.clone(),
-                        repository: a.job.repository.clone(),
-                        fencing_token: a.token,
-                        attempt: a.job.attempts.len() as u32,
+                    .map(|a| {
+                        let retention = a.job.params.retention.map(|r| v1::Retention {
+                            keep_last: r.keep_last,
+                            keep_hourly: r.keep_hourly,
+                            keep_daily: r.keep_daily,
+                            keep_weekly: r.keep_weekly,
+                            keep_monthly: r.keep_monthly,
+                            keep_yearly: r.keep_yearly,
+                        });
+                        v1::JobAssignment {
+                            job_id: a.job.id.clone(),
+                            vm: a.job.vm.clone(),
+                            host: a.job.host.clone(),
+                            repository: a.job.repository.clone(),
+                            fencing_token: a.token,
+                            attempt: a.job.attempts.len() as u32,
+                            kind: job_kind(a.job.kind) as i32,
+                            retention,
+                            replicate_to: a.job.params.replicate_to.clone().unwrap_or_default(),
+                            gc_margin_seconds: a.job.params.gc_margin_seconds,
+                        }
                     })
                     .collect();
                 return Ok(Response::new(v1::PollJobsResponse { jobs }));
@@ -341,6 +366,40 @@ impl WorkerService for CoordinatorService {
             .await
             .map_err(status)?;
         Ok(Response::new(v1::CommitSnapshotResponse { snapshot }))
+    }
+
+    async fn complete_job(
+        &self,
+        request: Request<v1::CompleteJobRequest>,
+    ) -> Result<Response<v1::CompleteJobResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        let worker = identity(request.worker)?;
+        leader
+            .complete(
+                &worker.worker_id,
+                &request.job_id,
+                request.fencing_token,
+                &request.summary,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::CompleteJobResponse {}))
+    }
+
+    async fn list_pins(
+        &self,
+        request: Request<v1::ListPinsRequest>,
+    ) -> Result<Response<v1::ListPinsResponse>, Status> {
+        let leader = self.leader().await?;
+        let request = request.into_inner();
+        identity(request.worker)?;
+        let (bases, oldest_start_unix_ms, holders) = leader.pins(&request.repository).await;
+        Ok(Response::new(v1::ListPinsResponse {
+            bases,
+            oldest_start_unix_ms,
+            holders,
+        }))
     }
 
     async fn fail_job(

@@ -21,9 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use haven_proto::LeaderClient;
 use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
-use haven_repo::{Backend, Manifest, Progress, Repository};
+use haven_repo::{
+    Backend, Manifest, PinSource, Pins, Progress, Repository, RepositoryLeases, SnapshotId,
+};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -283,14 +286,24 @@ impl Worker {
             job = job.job_id,
             vm = job.vm,
             attempt = job.attempt,
+            kind = job.kind,
             "job started"
         );
-        let outcome = self
-            .backup(&session, &job, progress, &cancel, fenced.clone())
-            .await;
+        let maintenance = [v1::JobKind::Prune, v1::JobKind::Gc, v1::JobKind::Replicate]
+            .iter()
+            .any(|kind| *kind as i32 == job.kind);
+        let outcome = if maintenance {
+            match self.maintenance(&session, &job, progress, &cancel).await {
+                Ok(summary) => self.complete(&session, &job, summary, &fenced).await,
+                Err(error) => Err(error),
+            }
+        } else {
+            self.backup(&session, &job, progress, &cancel, fenced.clone())
+                .await
+        };
         reporter.abort();
         match outcome {
-            Ok(snapshot) => tracing::info!(job = job.job_id, snapshot, "job committed"),
+            Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
             Err(_) if fenced.load(Ordering::SeqCst) || session.lease_lost.is_cancelled() => {
                 tracing::warn!(job = job.job_id, "job moved to another worker; dropped");
             }
@@ -310,6 +323,120 @@ impl Worker {
                         async move { WorkerServiceClient::new(channel).fail_job(request).await }
                     })
                     .await;
+            }
+        }
+    }
+
+    /// Runs a prune, GC or replication job; returns its summary.
+    async fn maintenance(
+        &self,
+        session: &Session,
+        job: &v1::JobAssignment,
+        progress: Arc<Progress>,
+        cancel: &CancellationToken,
+    ) -> Result<String> {
+        let repo = self.repository(&job.repository).await?;
+        let pins = ClusterPins {
+            client: self.client.clone(),
+            identity: session.identity.clone(),
+            repository: job.repository.clone(),
+        };
+        let work = async {
+            if job.kind == v1::JobKind::Prune as i32 {
+                let rules = job.retention.unwrap_or_default();
+                let some = |n: u32| (n > 0).then_some(n);
+                let policy = haven_repo::RetentionPolicy {
+                    keep_last: some(rules.keep_last),
+                    keep_hourly: some(rules.keep_hourly),
+                    keep_daily: some(rules.keep_daily),
+                    keep_weekly: some(rules.keep_weekly),
+                    keep_monthly: some(rules.keep_monthly),
+                    keep_yearly: some(rules.keep_yearly),
+                };
+                let decisions =
+                    haven_repo::prune_snapshots(&repo, Some(&job.vm), &policy, &pins, false)
+                        .await?;
+                let removed = decisions.iter().filter(|d| !d.keep).count();
+                Ok(format!(
+                    "pruned {}: kept {}, removed {removed} ({})",
+                    job.vm,
+                    decisions.len() - removed,
+                    policy.describe()
+                ))
+            } else if job.kind == v1::JobKind::Gc as i32 {
+                let options = haven_repo::GcOptions {
+                    margin: Duration::from_secs(job.gc_margin_seconds),
+                    ..haven_repo::GcOptions::default()
+                };
+                let report = haven_repo::collect_garbage(&repo, &pins, &options).await?;
+                Ok(format!(
+                    "gc: removed {} chunks ({} bytes) and {} indexes; {} referenced, {} too young, {} missing",
+                    report.chunks_removed,
+                    report.bytes_removed,
+                    report.indexes_removed,
+                    report.chunks_referenced,
+                    report.chunks_too_young,
+                    report.chunks_missing
+                ))
+            } else {
+                let to = Backend::from_url(&job.replicate_to, true)?;
+                let report = haven_repo::replicate(
+                    repo.backend(),
+                    &to,
+                    &haven_repo::ReplicateOptions::default(),
+                    &progress,
+                )
+                .await?;
+                Ok(format!(
+                    "replicated to {}: {} chunks, {} indexes, {} manifests copied",
+                    job.replicate_to,
+                    report.chunks_copied,
+                    report.indexes_copied,
+                    report.manifests_copied
+                ))
+            }
+        };
+        tokio::select! {
+            result = work => result,
+            _ = cancel.cancelled() => Err(WorkerError::Invalid("job cancelled".into())),
+        }
+    }
+
+    /// Reports a finished prune, GC or replication job (fenced like a commit).
+    async fn complete(
+        &self,
+        session: &Session,
+        job: &v1::JobAssignment,
+        summary: String,
+        fenced: &AtomicBool,
+    ) -> Result<String> {
+        let request = v1::CompleteJobRequest {
+            worker: Some(session.identity.clone()),
+            job_id: job.job_id.clone(),
+            fencing_token: job.fencing_token,
+            summary: summary.clone(),
+        };
+        match self
+            .client
+            .call(|channel| {
+                let request = request.clone();
+                async move {
+                    WorkerServiceClient::new(channel)
+                        .complete_job(request)
+                        .await
+                }
+            })
+            .await
+        {
+            Ok(_) => Ok(summary),
+            Err(status) => {
+                if status.code() == Code::FailedPrecondition {
+                    fenced.store(true, Ordering::SeqCst);
+                }
+                Err(WorkerError::Invalid(format!(
+                    "completion refused by the coordinator: {}",
+                    status.message()
+                )))
             }
         }
     }
@@ -411,6 +538,58 @@ impl Worker {
                 Err(status) => tracing::debug!("progress report failed: {}", status.message()),
             }
         }
+    }
+}
+
+/// A GC or prune job's pins: the repository's own backup leases plus what the
+/// coordinator's job records say running backups build on (the etcd pins). Either
+/// alone keeps running backups safe; both together also cover a backup that has not
+/// written its lease yet.
+struct ClusterPins {
+    client: Arc<LeaderClient>,
+    identity: v1::WorkerIdentity,
+    repository: String,
+}
+
+impl PinSource for ClusterPins {
+    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, haven_repo::Result<Pins>> {
+        Box::pin(async move {
+            let mut pins = RepositoryLeases.pins(repo).await?;
+            let request = v1::ListPinsRequest {
+                worker: Some(self.identity.clone()),
+                repository: self.repository.clone(),
+            };
+            let reply = self
+                .client
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { WorkerServiceClient::new(channel).list_pins(request).await }
+                })
+                .await
+                .map_err(|status| {
+                    haven_repo::RepoError::Busy(format!(
+                        "cannot learn the coordinator's pins: {}",
+                        status.message()
+                    ))
+                })?
+                .into_inner();
+            for base in &reply.bases {
+                if let Some((vm, timestamp)) = base.split_once('@')
+                    && let Ok(id) = SnapshotId::new(vm, timestamp)
+                {
+                    pins.bases.insert(id);
+                }
+            }
+            if reply.oldest_start_unix_ms > 0 {
+                let start = time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(reply.oldest_start_unix_ms) * 1_000_000,
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                pins.oldest_start = Some(pins.oldest_start.map_or(start, |s| s.min(start)));
+            }
+            pins.holders.extend(reply.holders);
+            Ok(pins)
+        })
     }
 }
 

@@ -108,6 +108,15 @@ pub enum JobCommand {
     },
 }
 
+fn kind_name(kind: i32) -> &'static str {
+    match v1::JobKind::try_from(kind).unwrap_or(v1::JobKind::Unspecified) {
+        v1::JobKind::Backup | v1::JobKind::Unspecified => "backup",
+        v1::JobKind::Prune => "prune",
+        v1::JobKind::Gc => "gc",
+        v1::JobKind::Replicate => "replicate",
+    }
+}
+
 fn state_name(state: i32) -> &'static str {
     match v1::JobState::try_from(state).unwrap_or(v1::JobState::Unspecified) {
         v1::JobState::Pending => "pending",
@@ -123,6 +132,8 @@ fn state_name(state: i32) -> &'static str {
 pub fn job_json(job: &v1::JobStatus) -> serde_json::Value {
     json!({
         "job_id": job.job_id,
+        "kind": kind_name(job.kind),
+        "summary": job.summary,
         "vm": job.vm,
         "host": job.host,
         "policy": job.policy,
@@ -160,15 +171,22 @@ fn job_line(job: &v1::JobStatus) -> String {
     };
     let tail = if !job.snapshot.is_empty() {
         format!(" -> {}", job.snapshot)
+    } else if !job.summary.is_empty() {
+        format!(": {}", job.summary)
     } else if !job.error.is_empty() {
         format!(": {}", job.error)
     } else {
         String::new()
     };
     format!(
-        "{} {} {} on {}{}{}",
+        "{} {} {} {} on {}{}{}",
         job.job_id,
-        job.vm,
+        kind_name(job.kind),
+        if job.vm.is_empty() {
+            &job.repository
+        } else {
+            &job.vm
+        },
         state_name(job.state),
         if job.worker.is_empty() {
             "-"

@@ -1,0 +1,304 @@
+//! The single-machine default, `haven dev` (coordinator on the embedded store plus a
+//! worker), with a real `qemu-storage-daemon` VM: a policy's backups are followed by
+//! prune and replication jobs, its GC schedule starts a GC job with the coordinator's
+//! pins, the replica restores byte-identical, and malformed gRPC gets clean errors.
+
+mod qemu_support;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use qemu_support::{Guard, wait_for_socket};
+use serde_json::Value;
+
+const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
+const PASSWORD: &str = "dev-test-password";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Dev {
+    url: String,
+    _process: Guard,
+}
+
+impl Dev {
+    fn haven(&self, args: &[&str]) -> Output {
+        Command::new(HAVEN)
+            .args(args)
+            .env("HAVEN_PASSWORD", PASSWORD)
+            .env("HAVEN_COORDINATOR", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.haven(args);
+        assert!(
+            out.status.success(),
+            "haven {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+    }
+
+    /// Waits until every job is finished and `count` jobs of `kind` succeeded.
+    fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let jobs = self.jobs();
+            let done: Vec<Value> = jobs
+                .iter()
+                .filter(|j| j["kind"] == kind && j["state"] == "succeeded")
+                .cloned()
+                .collect();
+            let failed: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
+            assert!(failed.is_empty(), "failed jobs: {failed:#?}");
+            let active = jobs
+                .iter()
+                .any(|j| j["state"] != "succeeded" && j["state"] != "failed");
+            if done.len() >= count && !active {
+                return done;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {count} {kind} jobs: {jobs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn make_image(path: &Path) {
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1M 3M",
+            "-c",
+            "write -P 0x11 20M 64k",
+        ])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn dev_runs_policies_with_prune_replication_and_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let vms = dir.path().join("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    let image = dir.path().join("web.qcow2");
+    make_image(&image);
+    let qmp = vms.join("web.qmp");
+    let mut qsd = Guard(Some(
+        Command::new("qemu-storage-daemon")
+            .arg("--chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=m",
+                qmp.display()
+            ))
+            .args(["--monitor", "chardev=m", "--blockdev"])
+            .arg(format!(
+                "driver=file,filename={},node-name=file0",
+                image.display()
+            ))
+            .args(["--blockdev", "driver=qcow2,file=file0,node-name=disk0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_for_socket(&qmp, &mut qsd);
+
+    let primary = dir.path().join("primary");
+    let replica = dir.path().join("replica");
+    let init = Command::new(HAVEN)
+        .args(["repo", "init", "--repo", primary.to_str().unwrap()])
+        .env("HAVEN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let port = free_port();
+    let http = free_port();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let dev = Dev {
+        url: format!("http://127.0.0.1:{port}"),
+        _process: Guard(Some(
+            Command::new(HAVEN)
+                .args(["dev", "--state-dir"])
+                .arg(dir.path().join("state"))
+                .arg("--qmp-dir")
+                .arg(&vms)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                .env("HAVEN_PASSWORD", PASSWORD)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dev.haven(&["vm", "list"]).status.success()
+        || !String::from_utf8_lossy(&dev.haven(&["vm", "list"]).stdout).contains("web")
+    {
+        assert!(Instant::now() < deadline, "haven dev did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[policy]]\nname = \"web\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n\
+             retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
+             gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
+            primary.to_str().unwrap(),
+            replica.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    dev.ok(&["policy", "apply", policy.to_str().unwrap()]);
+
+    // Two rounds: each backup is followed by a prune (keep 1) and a replication.
+    dev.ok(&["policy", "run", "web"]);
+    dev.wait_for("backup", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1)); // distinct snapshot timestamps
+    dev.ok(&["policy", "run", "web"]);
+    dev.wait_for("backup", 2, Duration::from_secs(60));
+    let prunes = dev.wait_for("prune", 2, Duration::from_secs(60));
+    assert!(
+        prunes
+            .iter()
+            .any(|j| j["summary"].as_str().unwrap().contains("removed 1")),
+        "{prunes:#?}"
+    );
+    dev.wait_for("replicate", 1, Duration::from_secs(60));
+    let snapshots: Vec<Value> = serde_json::from_str(&dev.ok(&[
+        "snapshots",
+        "--repo",
+        primary.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(snapshots.len(), 1, "retention keeps 1: {snapshots:#?}");
+
+    // The GC schedule fires within a minute; the collection runs with the pins.
+    let gcs = dev.wait_for("gc", 1, Duration::from_secs(90));
+    assert!(
+        gcs[0]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("gc: removed"),
+        "{gcs:#?}"
+    );
+    dev.ok(&["verify", "--repo", primary.to_str().unwrap()]);
+
+    // The replica, with only the password, restores the newest snapshot exactly.
+    let restored = dir.path().join("restored.raw");
+    dev.ok(&[
+        "restore",
+        "web@latest",
+        "--repo",
+        replica.to_str().unwrap(),
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
+        .arg(&restored)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+
+    // Malformed input: garbage bytes on the gRPC port, an unknown method, an empty
+    // worker identity. Clear errors, and the coordinator keeps serving.
+    let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = garbage.write_all(b"\x00\x01GET / HTTP/9.9\r\n\r\n\xff\xfe garbage");
+    drop(garbage);
+    let unknown = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "content-type: application/grpc"])
+        .arg(format!(
+            "http://127.0.0.1:{port}/haven.v1.AdminService/NoSuchMethod"
+        ))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&unknown.stdout).to_lowercase();
+    assert!(
+        headers.contains("grpc-status: 12"),
+        "unknown method: {headers}"
+    );
+    let bad_body = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+        ])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "\\x00\\x00\\x00\\x00\\x09garbage!!",
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{port}/haven.v1.WorkerService/Heartbeat"
+        ))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&bad_body.stdout).to_lowercase();
+    assert!(
+        headers.contains("grpc-status: 3") || headers.contains("grpc-status: 13"),
+        "malformed message: {headers}"
+    );
+    dev.ok(&["vm", "list"]);
+}
