@@ -833,9 +833,9 @@ impl Leader {
             };
             let round = format!("{}#gc", policy.name);
             let last = state.rounds.get(&round).copied().unwrap_or(now);
-            if !schedule
+            if schedule
                 .next_after(unix_ms_time(last))
-                .is_some_and(|due| due <= unix_ms_time(now))
+                .is_none_or(|due| due > unix_ms_time(now))
             {
                 if !state.rounds.contains_key(&round) {
                     ops.push(Op::put(model::round_key(&round), json(&now)));
