@@ -31,6 +31,67 @@ impl RepoArgs {
     }
 }
 
+/// How `snapshots` and `restore` reach a repository: by URL, or through the cluster
+/// coordinator's catalog, which knows which repository holds each VM's snapshots.
+#[derive(Debug, clap::Args)]
+pub struct CatalogRepoArgs {
+    /// Repository URL: file:///path, s3://bucket/prefix?endpoint=http://host:port
+    #[arg(long, env = "HAVEN_REPO", required_unless_present = "coordinator")]
+    pub repo: Option<String>,
+    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    #[arg(long, env = "HAVEN_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Coordinator URLs (comma-separated): find the repository in the cluster's catalog.
+    #[arg(long, value_delimiter = ',', conflicts_with = "repo")]
+    pub coordinator: Vec<String>,
+}
+
+impl CatalogRepoArgs {
+    /// Opens the repository given, or the one the catalog says holds `snapshot`
+    /// (for `VM@latest`: the repository of the VM's newest snapshot).
+    pub async fn open_for(&self, snapshot: &haven_repo::SnapshotRef) -> Result<Arc<Repository>> {
+        let repo = match &self.repo {
+            Some(url) => url.clone(),
+            None => {
+                let coordinator = crate::commands::admin::CoordinatorUrl {
+                    coordinator: self.coordinator.clone(),
+                };
+                let mut list =
+                    crate::commands::admin::catalog(&coordinator, Some(snapshot.vm.clone()))
+                        .await?;
+                list.retain(|s| {
+                    snapshot
+                        .timestamp
+                        .as_ref()
+                        .is_none_or(|t| &s.timestamp == t)
+                });
+                list.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+                match list.pop() {
+                    Some(entry) => entry.repository,
+                    None => bail!(
+                        "the coordinator's catalog has no snapshot {}",
+                        describe(snapshot)
+                    ),
+                }
+            }
+        };
+        RepoArgs {
+            repo,
+            password_file: self.password_file.clone(),
+        }
+        .open()
+        .await
+    }
+}
+
+fn describe(snapshot: &haven_repo::SnapshotRef) -> String {
+    format!(
+        "{}@{}",
+        snapshot.vm,
+        snapshot.timestamp.as_deref().unwrap_or("latest")
+    )
+}
+
 /// The repository password: the first line of `file`, else `$HAVEN_PASSWORD`.
 pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
     if let Some(path) = file {

@@ -246,6 +246,27 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         String::from_utf8_lossy(&compare.stdout)
     );
 
+    // Restore through the coordinator: the catalog names the repository.
+    let through = dir.path().join("through-coordinator.raw");
+    dev.ok(&[
+        "restore",
+        "web@latest",
+        "--coordinator",
+        &dev.url,
+        "--to",
+        through.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&through).unwrap(),
+        std::fs::read(&restored).unwrap()
+    );
+    let catalog = dev.ok(&["snapshots", "--coordinator", &dev.url]);
+    assert_eq!(
+        catalog.lines().filter(|l| l.starts_with("web@")).count(),
+        1,
+        "the pruned snapshot left the catalog: {catalog}"
+    );
+
     // Malformed input: garbage bytes on the gRPC port, an unknown method, an empty
     // worker identity. Clear errors, and the coordinator keeps serving.
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

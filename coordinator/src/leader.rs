@@ -944,6 +944,7 @@ impl Leader {
         job_id: &str,
         token: i64,
         summary: &str,
+        removed: &[String],
     ) -> Result<()> {
         let mut state = self.state.lock().await;
         let job = Self::check_token(&state, worker, job_id, token)?.clone();
@@ -964,13 +965,29 @@ impl Leader {
         done.finished_unix_ms = now;
         done.summary = Some(summary.chars().take(1000).collect());
         done.end_attempt(now, "succeeded");
+        // A prune's removed snapshots leave the catalog with the job's completion; only
+        // the job's own VM can be named.
+        let mut dropped = Vec::new();
+        for snapshot in removed {
+            let (vm, timestamp) = snapshot
+                .split_once('@')
+                .ok_or_else(|| LeaderError::Invalid(format!("bad snapshot name {snapshot:?}")))?;
+            if done.kind != JobKind::Prune || vm != done.vm {
+                return Err(LeaderError::Invalid(format!(
+                    "job {job_id} cannot remove {snapshot} from the catalog"
+                )));
+            }
+            dropped.push(model::snapshot_key(vm, timestamp));
+        }
+        let mut ops = vec![
+            Op::put(model::job_key(job_id), json(&done)),
+            Op::Delete(model::owner_key(job_id)),
+        ];
+        ops.extend(dropped.iter().cloned().map(Op::Delete));
         let accepted = self
             .write(
                 vec![Compare::ModRevision(model::owner_key(job_id), token)],
-                vec![
-                    Op::put(model::job_key(job_id), json(&done)),
-                    Op::Delete(model::owner_key(job_id)),
-                ],
+                ops,
             )
             .await?;
         if !accepted {
@@ -980,6 +997,9 @@ impl Leader {
         }
         state.jobs.insert(job_id.to_string(), done);
         state.progress.remove(job_id);
+        for key in dropped {
+            state.snapshots.remove(&key);
+        }
         drop(state);
         self.changed.notify_waiters();
         Ok(())

@@ -381,6 +381,7 @@ impl WorkerService for CoordinatorService {
                 &request.job_id,
                 request.fencing_token,
                 &request.summary,
+                &request.removed_snapshots,
             )
             .await
             .map_err(status)?;

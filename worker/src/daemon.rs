@@ -294,7 +294,10 @@ impl Worker {
             .any(|kind| *kind as i32 == job.kind);
         let outcome = if maintenance {
             match self.maintenance(&session, &job, progress, &cancel).await {
-                Ok(summary) => self.complete(&session, &job, summary, &fenced).await,
+                Ok((summary, removed)) => {
+                    self.complete(&session, &job, summary, removed, &fenced)
+                        .await
+                }
                 Err(error) => Err(error),
             }
         } else {
@@ -327,14 +330,15 @@ impl Worker {
         }
     }
 
-    /// Runs a prune, GC or replication job; returns its summary.
+    /// Runs a prune, GC or replication job; returns its summary and, for a prune, the
+    /// snapshots it removed.
     async fn maintenance(
         &self,
         session: &Session,
         job: &v1::JobAssignment,
         progress: Arc<Progress>,
         cancel: &CancellationToken,
-    ) -> Result<String> {
+    ) -> Result<(String, Vec<String>)> {
         let repo = self.repository(&job.repository).await?;
         let pins = ClusterPins {
             client: self.client.clone(),
@@ -356,27 +360,36 @@ impl Worker {
                 let decisions =
                     haven_repo::prune_snapshots(&repo, Some(&job.vm), &policy, &pins, false)
                         .await?;
-                let removed = decisions.iter().filter(|d| !d.keep).count();
-                Ok(format!(
-                    "pruned {}: kept {}, removed {removed} ({})",
+                let removed: Vec<String> = decisions
+                    .iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| d.id.to_string())
+                    .collect();
+                let summary = format!(
+                    "pruned {}: kept {}, removed {} ({})",
                     job.vm,
-                    decisions.len() - removed,
+                    decisions.len() - removed.len(),
+                    removed.len(),
                     policy.describe()
-                ))
+                );
+                Ok((summary, removed))
             } else if job.kind == v1::JobKind::Gc as i32 {
                 let options = haven_repo::GcOptions {
                     margin: Duration::from_secs(job.gc_margin_seconds),
                     ..haven_repo::GcOptions::default()
                 };
                 let report = haven_repo::collect_garbage(&repo, &pins, &options).await?;
-                Ok(format!(
-                    "gc: removed {} chunks ({} bytes) and {} indexes; {} referenced, {} too young, {} missing",
-                    report.chunks_removed,
-                    report.bytes_removed,
-                    report.indexes_removed,
-                    report.chunks_referenced,
-                    report.chunks_too_young,
-                    report.chunks_missing
+                Ok((
+                    format!(
+                        "gc: removed {} chunks ({} bytes) and {} indexes; {} referenced, {} too young, {} missing",
+                        report.chunks_removed,
+                        report.bytes_removed,
+                        report.indexes_removed,
+                        report.chunks_referenced,
+                        report.chunks_too_young,
+                        report.chunks_missing
+                    ),
+                    Vec::new(),
                 ))
             } else {
                 let to = Backend::from_url(&job.replicate_to, true)?;
@@ -387,12 +400,15 @@ impl Worker {
                     &progress,
                 )
                 .await?;
-                Ok(format!(
-                    "replicated to {}: {} chunks, {} indexes, {} manifests copied",
-                    job.replicate_to,
-                    report.chunks_copied,
-                    report.indexes_copied,
-                    report.manifests_copied
+                Ok((
+                    format!(
+                        "replicated to {}: {} chunks, {} indexes, {} manifests copied",
+                        job.replicate_to,
+                        report.chunks_copied,
+                        report.indexes_copied,
+                        report.manifests_copied
+                    ),
+                    Vec::new(),
                 ))
             }
         };
@@ -408,6 +424,7 @@ impl Worker {
         session: &Session,
         job: &v1::JobAssignment,
         summary: String,
+        removed_snapshots: Vec<String>,
         fenced: &AtomicBool,
     ) -> Result<String> {
         let request = v1::CompleteJobRequest {
@@ -415,6 +432,7 @@ impl Worker {
             job_id: job.job_id.clone(),
             fencing_token: job.fencing_token,
             summary: summary.clone(),
+            removed_snapshots,
         };
         match self
             .client

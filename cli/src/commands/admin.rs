@@ -410,24 +410,32 @@ async fn watch_job(client: &LeaderClient, id: &str, json_lines: bool) -> Result<
     }
 }
 
-/// The cluster's snapshot catalog (what `haven snapshots --coordinator` prints).
-pub async fn snapshots(
+/// The cluster's snapshot catalog, optionally of one VM.
+pub async fn catalog(
     coordinator: &CoordinatorUrl,
     vm: Option<String>,
-    json_out: bool,
-) -> Result<()> {
+) -> Result<Vec<v1::SnapshotInfo>> {
     let client = coordinator.client()?;
     let request = v1::ListSnapshotsRequest {
         vm: vm.unwrap_or_default(),
     };
-    let list = client
+    Ok(client
         .call(|c| {
             let request = request.clone();
             async move { AdminServiceClient::new(c).list_snapshots(request).await }
         })
         .await?
         .into_inner()
-        .snapshots;
+        .snapshots)
+}
+
+/// Prints the cluster's snapshot catalog (`haven snapshots --coordinator`).
+pub async fn snapshots(
+    coordinator: &CoordinatorUrl,
+    vm: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    let list = catalog(coordinator, vm).await?;
     if json_out {
         let list: Vec<_> = list
             .iter()

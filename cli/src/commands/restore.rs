@@ -12,7 +12,7 @@ use haven_worker::restore_vm::{
     LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
 };
 
-use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes, print_json};
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven restore`.
@@ -21,7 +21,7 @@ pub struct RestoreArgs {
     /// Snapshot: VM@TIMESTAMP, VM@latest or VM.
     snapshot: SnapshotRef,
     #[command(flatten)]
-    repo: RepoArgs,
+    repo: CatalogRepoArgs,
     /// Disk to restore (may be left out when the snapshot has one disk).
     #[arg(long)]
     disk: Option<String>,
@@ -75,7 +75,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
     if args.only_changed {
         anyhow::bail!("--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)");
     }
-    let repo = args.repo.open().await?;
+    let repo = args.repo.open_for(&args.snapshot).await?;
     let request = RestoreRequest {
         snapshot: args.snapshot.clone(),
         disk: args.disk.clone(),
@@ -116,7 +116,7 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
     if is_nbd_uri(&args.to) {
         anyhow::bail!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
     }
-    let repo = args.repo.open().await?;
+    let repo = args.repo.open_for(&args.snapshot).await?;
     let request = VmRestoreRequest {
         snapshot: args.snapshot.clone(),
         dir: PathBuf::from(&args.to),
@@ -221,7 +221,7 @@ async fn run_nbd(args: RestoreArgs) -> Result<()> {
     if !matches!(args.format, FormatArg::Raw) || args.force {
         anyhow::bail!("--format and --force apply to file targets only, not to an NBD export");
     }
-    let repo = args.repo.open().await?;
+    let repo = args.repo.open_for(&args.snapshot).await?;
     let request = NbdRestoreRequest {
         snapshot: args.snapshot.clone(),
         disk: args.disk.clone(),

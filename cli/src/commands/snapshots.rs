@@ -3,20 +3,13 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::common::{CatalogRepoArgs, OutputArgs, RepoArgs, human_bytes, print_json};
 
 /// Arguments of `haven snapshots`.
 #[derive(Debug, clap::Args)]
 pub struct SnapshotsArgs {
-    /// Repository URL: file:///path, s3://bucket/prefix?endpoint=http://host:port
-    #[arg(long, env = "HAVEN_REPO", required_unless_present = "coordinator")]
-    repo: Option<String>,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
-    #[arg(long, env = "HAVEN_PASSWORD_FILE")]
-    password_file: Option<std::path::PathBuf>,
-    /// List the cluster's catalog from these coordinator URLs instead (no password).
-    #[arg(long, value_delimiter = ',', conflicts_with = "repo")]
-    coordinator: Vec<String>,
+    #[command(flatten)]
+    repo: CatalogRepoArgs,
     /// Only this VM's snapshots.
     #[arg(long)]
     vm: Option<String>,
@@ -45,15 +38,15 @@ struct DiskLine {
 
 /// Lists committed snapshots, oldest first.
 pub async fn run(args: SnapshotsArgs) -> Result<()> {
-    let Some(repo) = args.repo else {
+    let Some(repo) = args.repo.repo else {
         let coordinator = crate::commands::admin::CoordinatorUrl {
-            coordinator: args.coordinator,
+            coordinator: args.repo.coordinator,
         };
         return crate::commands::admin::snapshots(&coordinator, args.vm, args.output.json).await;
     };
     let repo = RepoArgs {
         repo,
-        password_file: args.password_file,
+        password_file: args.repo.password_file,
     }
     .open()
     .await?;
