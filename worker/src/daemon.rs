@@ -34,6 +34,7 @@ use tonic::Code;
 pub use config::{HostConfig, WorkerConfig};
 
 use crate::error::{Result, WorkerError};
+use crate::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
 use crate::snapshot::ManifestPublisher;
 
@@ -233,24 +234,34 @@ impl Worker {
     async fn inventory(&self) -> Vec<v1::Host> {
         let mut hosts = Vec::new();
         for host in &self.config.hosts {
-            let mut vms = Vec::new();
+            let mut found: Vec<(String, Vec<(String, u64)>)> = Vec::new();
             for (name, socket) in host.vm_sockets() {
                 match discover_disks(&socket, Duration::from_secs(5)).await {
-                    Ok(disks) => vms.push(v1::Vm {
-                        name,
-                        host: host.name.clone(),
-                        disks: disks
-                            .into_iter()
-                            .map(|(name, size_bytes)| v1::Disk { name, size_bytes })
-                            .collect(),
-                        labels: host.labels.clone().into_iter().collect(),
-                        workers: Vec::new(),
-                    }),
+                    Ok(disks) => found.push((name, disks)),
                     Err(error) => {
                         tracing::warn!(vm = name, socket = %socket.display(), %error, "VM not reachable");
                     }
                 }
             }
+            if let Some(uri) = &host.libvirt {
+                match discover_domains(Some(uri.clone()), Duration::from_secs(30)).await {
+                    Ok(domains) => found.extend(domains),
+                    Err(error) => tracing::warn!(uri, %error, "libvirt host not reachable"),
+                }
+            }
+            let vms = found
+                .into_iter()
+                .map(|(name, disks)| v1::Vm {
+                    name,
+                    host: host.name.clone(),
+                    disks: disks
+                        .into_iter()
+                        .map(|(name, size_bytes)| v1::Disk { name, size_bytes })
+                        .collect(),
+                    labels: host.labels.clone().into_iter().collect(),
+                    workers: Vec::new(),
+                })
+                .collect();
             hosts.push(v1::Host {
                 name: host.name.clone(),
                 vms,
@@ -467,42 +478,64 @@ impl Worker {
         cancel: &CancellationToken,
         fenced: Arc<AtomicBool>,
     ) -> Result<String> {
-        let socket = self
+        let host = self
             .config
             .hosts
             .iter()
-            .filter(|host| host.name == job.host)
-            .flat_map(|host| host.vm_sockets())
-            .find(|(name, _)| *name == job.vm)
-            .map(|(_, socket)| socket)
+            .find(|host| host.name == job.host)
             .ok_or_else(|| {
-                WorkerError::Invalid(format!(
-                    "VM {} on host {} is not reachable from here",
-                    job.vm, job.host
-                ))
+                WorkerError::Invalid(format!("host {} is not reachable from here", job.host))
             })?;
         let repo = self.repository(&job.repository).await?;
-        let request = QemuBackupRequest {
+        let publisher = Arc::new(FencedCommit {
+            client: self.client.clone(),
+            identity: session.identity.clone(),
+            job_id: job.job_id.clone(),
+            token: job.fencing_token,
+            repository: job.repository.clone(),
+            fenced,
+        });
+        if let Some((_, socket)) = host
+            .vm_sockets()
+            .into_iter()
+            .find(|(name, _)| *name == job.vm)
+        {
+            let request = QemuBackupRequest {
+                vm: job.vm.clone(),
+                qmp: socket,
+                disks: Vec::new(),
+                guest_agent: None,
+                nbd_server: None,
+                scratch_dir: self.config.scratch_dir.clone(),
+                connections: self.config.connections.clamp(1, 16),
+                qmp_timeout: Duration::from_secs(30),
+                freeze_timeout: Duration::from_secs(10),
+                publisher,
+                read_limit: self.read_limit.clone(),
+            };
+            let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
+            return Ok(report.backup.snapshot);
+        }
+        let Some(uri) = &host.libvirt else {
+            return Err(WorkerError::Invalid(format!(
+                "VM {} on host {} is not reachable from here",
+                job.vm, job.host
+            )));
+        };
+        let request = LibvirtBackupRequest {
             vm: job.vm.clone(),
-            qmp: socket,
+            domain: job.vm.clone(),
+            uri: Some(uri.clone()),
             disks: Vec::new(),
-            guest_agent: None,
-            nbd_server: None,
             scratch_dir: self.config.scratch_dir.clone(),
+            qemu_user: Some(host.qemu_user.clone()).filter(|user| !user.is_empty()),
+            quiesce: false,
             connections: self.config.connections.clamp(1, 16),
-            qmp_timeout: Duration::from_secs(30),
-            freeze_timeout: Duration::from_secs(10),
-            publisher: Arc::new(FencedCommit {
-                client: self.client.clone(),
-                identity: session.identity.clone(),
-                job_id: job.job_id.clone(),
-                token: job.fencing_token,
-                repository: job.repository.clone(),
-                fenced,
-            }),
+            virsh_timeout: Duration::from_secs(60),
+            publisher,
             read_limit: self.read_limit.clone(),
         };
-        let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
+        let report = backup_libvirt(repo, &request, progress, cancel.cancelled()).await?;
         Ok(report.backup.snapshot)
     }
 

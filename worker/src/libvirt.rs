@@ -68,6 +68,10 @@ pub struct LibvirtBackupRequest {
     pub connections: usize,
     /// Timeout of each virsh call.
     pub virsh_timeout: Duration,
+    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
+    pub publisher: Arc<dyn crate::snapshot::ManifestPublisher>,
+    /// Cap on bytes read per second (shared across a worker's jobs).
+    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// How one disk was read.
@@ -108,6 +112,26 @@ pub struct LibvirtBackupReport {
 /// Backs up the disks of a running libvirt domain as one snapshot; `shutdown`
 /// resolving (Ctrl-C) cancels it. The domain keeps the new checkpoint if and only if
 /// the snapshot was committed.
+/// The running domains of a libvirt connection with their disks (target, size in
+/// bytes): what a worker reports as the inventory of a libvirt host.
+pub async fn discover_domains(
+    uri: Option<String>,
+    timeout: Duration,
+) -> Result<Vec<(String, Vec<(String, u64)>)>> {
+    let virsh = Virsh::new(uri, timeout);
+    let names = virsh.run(&["list", "--name", "--state-running"]).await?;
+    let mut domains = Vec::new();
+    for name in names.lines().map(str::trim).filter(|name| !name.is_empty()) {
+        let mut disks = Vec::new();
+        for disk in virsh.disks(name).await? {
+            let size = virsh.capacity(name, &disk.target).await?;
+            disks.push((disk.target, size));
+        }
+        domains.push((name.to_string(), disks));
+    }
+    Ok(domains)
+}
+
 pub async fn backup_libvirt(
     repo: Arc<Repository>,
     request: &LibvirtBackupRequest,
@@ -286,7 +310,7 @@ async fn run(
             ReadMode::Full { .. } => ChangeSource::Full,
         };
         let input = DiskBackupInput {
-            read_limit: None,
+            read_limit: request.read_limit.clone(),
             endpoint: Endpoint::Unix(job.socket.clone()),
             export: disk.disk.target.clone(),
             connections: request.connections,
@@ -324,14 +348,8 @@ async fn run(
             data: domain_xml,
         }),
     };
-    let manifest = commit_snapshot(
-        repo,
-        &plan,
-        committed,
-        meta,
-        &crate::snapshot::DirectPublisher,
-    )
-    .await?;
+    let manifest =
+        commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
     job.committed = true;
     let modes = disks
         .into_iter()

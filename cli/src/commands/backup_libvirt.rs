@@ -60,6 +60,8 @@ pub async fn run(args: LibvirtArgs) -> Result<()> {
         quiesce: args.quiesce,
         connections: args.connections.clamp(1, 16),
         virsh_timeout: Duration::from_secs(args.virsh_timeout.max(1)),
+        publisher: Arc::new(haven_worker::snapshot::DirectPublisher),
+        read_limit: None,
     };
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());

@@ -114,6 +114,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             name: args.host.clone(),
             qmp_dir: args.qmp_dir.clone(),
             vms: Vec::new(),
+            libvirt: None,
+            qemu_user: "libvirt-qemu".into(),
             labels: Default::default(),
         }],
     };

@@ -17,6 +17,11 @@
 //! [[hosts]]
 //! name = "kvm-2"
 //! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp" }]
+//!
+//! [[hosts]]
+//! name = "kvm-3"
+//! libvirt = "qemu+ssh://root@kvm-3/system"   # every running domain is a VM
+//! qemu_user = "libvirt-qemu"                 # owns the scratch files there
 //! ```
 //!
 //! The repository password comes from `HAVEN_PASSWORD` or `--password-file`, not from
@@ -67,9 +72,20 @@ pub struct HostConfig {
     /// VMs listed one by one.
     #[serde(default)]
     pub vms: Vec<VmConfig>,
+    /// libvirt connection URI: every running domain is a VM, backed up through
+    /// libvirt's backup API.
+    #[serde(default)]
+    pub libvirt: Option<String>,
+    /// The user QEMU runs as under libvirt (it must own the scratch folder).
+    #[serde(default = "default_qemu_user")]
+    pub qemu_user: String,
     /// Labels of every VM on the host.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+fn default_qemu_user() -> String {
+    "libvirt-qemu".into()
 }
 
 /// One VM and its QMP socket.
