@@ -8,6 +8,7 @@
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -21,7 +22,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::error::{RepoError, Result};
 use crate::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
 use crate::exists_client::{Credentials, ExistsClient};
+use crate::local_direct::DirectPut;
 use crate::local_sync::LocalSyncer;
+
+/// Whether deferred local writes (chunks) still go through `O_DIRECT`; cleared for the
+/// rest of the process the first time a file system refuses it.
+static DIRECT_WRITES: AtomicBool = AtomicBool::new(true);
 
 /// Whether a create-only write stored the object or found it already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +300,38 @@ impl Backend {
         data: Bytes,
         durability: Durability,
     ) -> Result<PutOutcome> {
+        if let (Durability::Deferred, Some(root), Some(syncer)) =
+            (durability, &self.local_root, &self.local_sync)
+            && DIRECT_WRITES.load(Ordering::Relaxed)
+            && key
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'/')
+        {
+            let path = root.join(key);
+            let direct_data = data.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::local_direct::put_create(&path, &direct_data)
+            })
+            .await
+            .map_err(crate::repository::join_error)?;
+            match written {
+                Ok(DirectPut::Created) => {
+                    syncer.after_write(key).await?;
+                    return Ok(PutOutcome::Created);
+                }
+                Ok(DirectPut::AlreadyExisted) => return Ok(PutOutcome::AlreadyExisted),
+                // No O_DIRECT here (tmpfs): buffered writes from now on.
+                Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+                    DIRECT_WRITES.store(false, Ordering::Relaxed);
+                }
+                Err(source) => {
+                    return Err(RepoError::Io {
+                        context: format!("cannot write {key}"),
+                        source,
+                    });
+                }
+            }
+        }
         let store = match (durability, &self.durable_store) {
             (Durability::Immediate, Some(durable)) => durable,
             _ => &self.store,

@@ -25,6 +25,7 @@ mod gc;
 mod index;
 mod keyfile;
 mod lease;
+mod local_direct;
 mod local_sync;
 mod manifest;
 mod progress;

@@ -1,0 +1,162 @@
+//! Create-only writes of chunks on a local file system with `O_DIRECT`.
+//!
+//! A chunk is written once and not read back by the backup that wrote it, so copying it
+//! into the page cache only costs CPU (the copy, page allocation, and reclaiming other
+//! pages under memory pressure, the main cause of run-to-run spread of full backups on
+//! a busy host) and leaves the data to be written back by the fsync anyway. Here the
+//! blob is copied into an aligned, reused buffer, padded to the block size, written
+//! directly to the device, and the file is truncated to the blob's length.
+//!
+//! The publication protocol is the one of `object_store`'s `LocalFileSystem` for
+//! `PutMode::Create`: a staging file `KEY#N` in the same directory (listings ignore such
+//! names, so a crash leaves only an invisible leftover), then `link(2)` to `KEY`, which
+//! fails when the object exists, then removal of the staging name. Durability is still
+//! the caller's: the background fsync and the barrier in `local_sync`.
+//!
+//! File systems without `O_DIRECT` (tmpfs) report `Unsupported`, and the caller falls
+//! back to the buffered path for good.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::cell::RefCell;
+use std::fs::OpenOptions;
+use std::io::{Error, ErrorKind};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Alignment and size granularity of direct writes (covers 512 and 4096 byte sectors).
+const ALIGN: usize = 4096;
+/// Largest aligned buffer a thread keeps between writes.
+const KEEP: usize = 32 << 20;
+
+/// What a direct put did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DirectPut {
+    Created,
+    AlreadyExisted,
+}
+
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn with_len(len: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len, ALIGN).ok()?;
+        // SAFETY: `len` is non-zero (callers round up to ALIGN) and the layout is valid.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(Self { ptr, len })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed, then written) bytes we own.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_len` with exactly this layout.
+        unsafe { dealloc(self.ptr, Layout::from_size_align_unchecked(self.len, ALIGN)) }
+    }
+}
+
+thread_local! {
+    static BUFFER: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Writes `data` as the new file `path` unless it exists. Blocking.
+pub(crate) fn put_create(path: &Path, data: &[u8]) -> std::io::Result<DirectPut> {
+    let padded = data.len().div_ceil(ALIGN).max(1) * ALIGN;
+    let (file, staging) = open_staging(path)?;
+    let written = BUFFER.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|buffer| buffer.len < padded) {
+            *slot = None;
+            *slot = Some(AlignedBuf::with_len(padded).ok_or(ErrorKind::OutOfMemory)?);
+        }
+        let buffer = slot.as_mut().expect("filled above").as_mut_slice();
+        buffer[..data.len()].copy_from_slice(data);
+        buffer[data.len()..padded].fill(0);
+        let result = file.write_all_at(&buffer[..padded], 0);
+        if padded > KEEP {
+            *slot = None;
+        }
+        result
+    });
+    let result = written
+        .and_then(|()| file.set_len(data.len() as u64))
+        .and_then(|()| match std::fs::hard_link(&staging, path) {
+            Ok(()) => Ok(DirectPut::Created),
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(DirectPut::AlreadyExisted),
+            Err(error) => Err(error),
+        });
+    let _ = std::fs::remove_file(&staging);
+    result
+}
+
+/// Creates `PATH#N` for the first free `N`, with its parent directories if needed.
+fn open_staging(path: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    let mut suffix = 1u32;
+    loop {
+        let mut staging = path.as_os_str().to_owned();
+        staging.push(format!("#{suffix}"));
+        let staging = PathBuf::from(staging);
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&staging);
+        match opened {
+            Ok(file) => return Ok((file, staging)),
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => suffix += 1,
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                let parent = path.parent().ok_or(error)?;
+                std::fs::create_dir_all(parent)?;
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(Error::new(ErrorKind::Unsupported, error));
+            }
+            Err(error) => return Err(error),
+        }
+        if suffix > 1000 {
+            return Err(Error::other("no free staging name"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_only_with_exact_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunks/ab/object");
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        match put_create(&path, &data) {
+            Ok(outcome) => assert_eq!(outcome, DirectPut::Created),
+            // A file system without O_DIRECT: the caller falls back.
+            Err(error) if error.kind() == ErrorKind::Unsupported => return,
+            Err(error) => panic!("{error}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(
+            put_create(&path, b"other").unwrap(),
+            DirectPut::AlreadyExisted
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Only the object is left: no staging names.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("object")]);
+        // Lengths that are a multiple of the alignment, and empty blobs.
+        let aligned = vec![7u8; 2 * ALIGN];
+        put_create(&dir.path().join("aligned"), &aligned).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("aligned")).unwrap(), aligned);
+        put_create(&dir.path().join("empty"), b"").unwrap();
+        assert!(std::fs::read(dir.path().join("empty")).unwrap().is_empty());
+    }
+}
