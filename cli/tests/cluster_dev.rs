@@ -32,9 +32,7 @@ struct Dev {
 
 impl Dev {
     fn haven(&self, args: &[&str]) -> Output {
-        Command::new(HAVEN)
-            .args(args)
-            .env("HAVEN_PASSWORD", PASSWORD)
+        with_s3_keys(Command::new(HAVEN).args(args))
             .env("HAVEN_COORDINATOR", &self.url)
             .output()
             .unwrap()
@@ -79,6 +77,19 @@ impl Dev {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// The password and the keys of the in-process storage node, for every `haven` run.
+fn with_s3_keys(command: &mut Command) -> &mut Command {
+    command
+        .env("HAVEN_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", "dev-access")
+        .env("AWS_SECRET_ACCESS_KEY", "dev-secret-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("HAVEN_STORAGE_ACCESS_KEY", "dev-access")
+        .env("HAVEN_STORAGE_SECRET_KEY", "dev-secret-key")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
 }
 
 fn make_image(path: &Path) {
@@ -135,7 +146,9 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     wait_for_socket(&qmp, &mut qsd);
 
     let primary = dir.path().join("primary");
-    let replica = dir.path().join("replica");
+    let storage_port = free_port();
+    // The replica lives on the storage node `haven dev` runs in-process.
+    let replica = format!("s3://haven/replica?endpoint=http://127.0.0.1:{storage_port}");
     let init = Command::new(HAVEN)
         .args(["repo", "init", "--repo", primary.to_str().unwrap()])
         .env("HAVEN_PASSWORD", PASSWORD)
@@ -153,19 +166,23 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let dev = Dev {
         url: format!("http://127.0.0.1:{port}"),
         _process: Guard(Some(
-            Command::new(HAVEN)
-                .args(["dev", "--state-dir"])
-                .arg(dir.path().join("state"))
-                .arg("--qmp-dir")
-                .arg(&vms)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--http-listen", &format!("127.0.0.1:{http}")])
-                .env("HAVEN_PASSWORD", PASSWORD)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
+            with_s3_keys(
+                Command::new(HAVEN)
+                    .args(["dev", "--state-dir"])
+                    .arg(dir.path().join("state"))
+                    .arg("--qmp-dir")
+                    .arg(&vms)
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                    .arg("--storage-dir")
+                    .arg(dir.path().join("storage"))
+                    .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")]),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
         )),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -184,7 +201,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
              retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
              gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
             primary.to_str().unwrap(),
-            replica.to_str().unwrap()
+            replica
         ),
     )
     .unwrap();
@@ -230,7 +247,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "restore",
         "web@latest",
         "--repo",
-        replica.to_str().unwrap(),
+        &replica,
         "--to",
         restored.to_str().unwrap(),
     ]);

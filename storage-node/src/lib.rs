@@ -68,6 +68,9 @@ pub struct StorageNodeArgs {
         hide_env_values = true
     )]
     pub secret_key: Option<String>,
+    /// Buckets to create at start when missing (a quick start needs no S3 client).
+    #[arg(long = "create-bucket", value_name = "NAME")]
+    pub create_buckets: Vec<String>,
 }
 
 fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
@@ -122,6 +125,7 @@ fn init_tracing() {
 /// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM).
 pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     init_tracing();
+    let create_buckets = args.create_buckets.clone();
     let config = Arc::new(build_config(args)?);
     let metrics = Arc::new(metrics::Metrics::default());
     let directories = config.directories();
@@ -130,6 +134,14 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
     let store = Arc::new(store::Store::open(&directories, Arc::clone(&metrics))?);
+    for bucket in &create_buckets {
+        match store.create_bucket(bucket, false).await {
+            Ok(()) | Err(error::StoreError::BucketExists) => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot create bucket {bucket}"));
+            }
+        }
+    }
 
     let mut builder = s3s::service::S3ServiceBuilder::new(s3::HavenS3::new(
         Arc::clone(&store),

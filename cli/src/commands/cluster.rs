@@ -1,6 +1,6 @@
 //! The long-running cluster roles: `haven coordinator`, `haven worker` and `haven dev`
-//! (coordinator and worker in one process on the embedded store: the single-machine
-//! default).
+//! (coordinator, worker and optionally a storage node in one process on the embedded
+//! store: the single-machine default).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +54,21 @@ pub struct DevArgs {
     /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
+    /// Also run a storage node (S3) in this process on this data directory, with a
+    /// bucket `haven`; repositories then go to
+    /// `s3://haven/NAME?endpoint=http://STORAGE_LISTEN` with the keys below (give the
+    /// worker the same as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, requires_all = ["storage_access_key", "storage_secret_key"])]
+    storage_dir: Option<PathBuf>,
+    /// Address of the storage node.
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    storage_listen: SocketAddr,
+    /// Access key of the storage node.
+    #[arg(long, env = "HAVEN_STORAGE_ACCESS_KEY")]
+    storage_access_key: Option<String>,
+    /// Secret key of the storage node.
+    #[arg(long, env = "HAVEN_STORAGE_SECRET_KEY", hide_env_values = true)]
+    storage_secret_key: Option<String>,
 }
 
 fn read_config<T>(
@@ -101,6 +116,22 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     let store = haven_coordinator::open_store(&config).await?;
     let shutdown = shutdown_token();
+    if let Some(dir) = &args.storage_dir {
+        let node = haven_storage_node::StorageNodeArgs {
+            config: None,
+            listen: Some(args.storage_listen),
+            data: vec![dir.clone()],
+            access_key: args.storage_access_key.clone(),
+            secret_key: args.storage_secret_key.clone(),
+            create_buckets: vec!["haven".into()],
+        };
+        // Stops on the same signals as the rest of the process.
+        tokio::spawn(async move {
+            if let Err(error) = haven_storage_node::run(node).await {
+                eprintln!("error: storage node: {error:#}");
+            }
+        });
+    }
     let coordinator = tokio::spawn(haven_coordinator::run(config, store, shutdown.clone()));
     let worker = WorkerConfig {
         id: "dev-worker".into(),
