@@ -502,6 +502,13 @@ fn cluster_schedules_fences_and_fails_over() {
         stderr.contains("bad.toml:3:") && stderr.contains("bad.toml:4:"),
         "{stderr}"
     );
+    // Nothing of the bad file was applied: its policy does not exist.
+    let run = cluster.haven(&["policy", "run", "p"]);
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("unknown policy"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(cluster.haven(&["job", "run", "no-such-vm"]).status.code() != Some(0));
     assert!(!cluster.haven(&["job", "run", "../../etc"]).status.success());
 
