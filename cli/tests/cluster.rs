@@ -7,113 +7,18 @@
 //! SIGSTOP of a worker past its lease (fencing); kill -9 of the leader; loss of one
 //! etcd member, then of quorum; bad input.
 
+#[path = "cluster_support/mod.rs"]
+mod cluster_support;
 mod qemu_support;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use qemu_support::{Guard, wait_for_socket};
+use cluster_support::{Etcd, HAVEN, PASSWORD, free_port, make_image, spawn, start_vm};
+use qemu_support::Guard;
 use serde_json::Value;
-
-const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
-const PASSWORD: &str = "cluster-test-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(command: &mut Command, log: &Path) -> Guard {
-    let log = std::fs::File::create(log).unwrap();
-    Guard(Some(
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ))
-}
-
-struct Etcd {
-    members: Vec<(String, u16, u16)>,
-    guards: Vec<Guard>,
-    dir: PathBuf,
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let members: Vec<(String, u16, u16)> = (0..3)
-            .map(|i| (format!("e{i}"), free_port(), free_port()))
-            .collect();
-        let mut etcd = Self {
-            guards: Vec::new(),
-            members,
-            dir: dir.to_path_buf(),
-        };
-        for i in 0..3 {
-            let guard = etcd.spawn_member(i);
-            etcd.guards.push(guard);
-        }
-        etcd
-    }
-
-    fn spawn_member(&self, i: usize) -> Guard {
-        let cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
-            .collect();
-        let (name, client, peer) = &self.members[i];
-        spawn(
-            Command::new("etcd")
-                .arg("--name")
-                .arg(name)
-                .arg("--data-dir")
-                .arg(self.dir.join(name))
-                .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-cluster")
-                .arg(cluster.join(","))
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "haven-test",
-                ]),
-            &self.dir.join(format!("{name}.log")),
-        )
-    }
-
-    fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|(_, client, _)| format!("http://127.0.0.1:{client}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn kill(&mut self, i: usize) {
-        self.guards[i].kill9();
-    }
-
-    fn restart(&mut self, i: usize) {
-        self.guards[i] = self.spawn_member(i);
-    }
-}
 
 struct Cluster {
     dir: PathBuf,
@@ -244,55 +149,8 @@ impl Cluster {
     }
 }
 
-/// A qcow2 image of `size_mib` with `data_mib` of random data at its start.
-fn make_image(path: &Path, size_mib: u64, data_mib: u64) {
-    let raw = path.with_extension("raw");
-    let status = Command::new("dd")
-        .args(["if=/dev/urandom", "bs=1M", "status=none"])
-        .arg(format!("of={}", raw.display()))
-        .arg(format!("count={data_mib}"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("truncate")
-        .arg(format!("--size={size_mib}M"))
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::remove_file(raw).unwrap();
-}
-
-fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
-    let mut guard = spawn(
-        Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=m", "--blockdev"])
-            .arg(format!(
-                "driver=file,filename={},node-name=file0",
-                image.display()
-            ))
-            .arg("--blockdev")
-            .arg("driver=qcow2,file=file0,node-name=disk0"),
-        log,
-    );
-    wait_for_socket(qmp, &mut guard);
-    guard
-}
-
 fn start_cluster(dir: &Path) -> Cluster {
-    let etcd = Etcd::start(&dir.join("etcd"));
+    let etcd = Etcd::start(&dir.join("etcd"), 3);
     let repo = dir.join("repo");
     let init = Command::new(HAVEN)
         .args(["repo", "init", "--repo", repo.to_str().unwrap()])

@@ -450,6 +450,37 @@ impl Leader {
         Ok(id)
     }
 
+    /// Creates a GC job for `repository` now (none if one is already active there).
+    pub async fn run_gc(&self, repository: &str, margin_seconds: u64) -> Result<String> {
+        let mut state = self.state.lock().await;
+        if let Some(job) = state
+            .jobs
+            .values()
+            .find(|j| j.kind == JobKind::Gc && j.repository == repository && j.state.is_active())
+        {
+            return Err(LeaderError::Fenced(format!(
+                "repository {repository} already has an active GC job {}",
+                job.id
+            )));
+        }
+        let job = new_repository_job(
+            JobKind::Gc,
+            "",
+            "",
+            None,
+            repository.to_string(),
+            JobParams {
+                gc_margin_seconds: margin_seconds,
+                ..JobParams::default()
+            },
+        );
+        let id = job.id.clone();
+        self.write_batched(vec![Op::put(model::job_key(&id), json(&job))])
+            .await?;
+        state.jobs.insert(id.clone(), job);
+        Ok(id)
+    }
+
     /// Jobs assigned to a worker's current lease that it has not started.
     pub async fn poll(
         &self,

@@ -515,6 +515,16 @@ impl AdminService for CoordinatorService {
     ) -> Result<Response<v1::RunJobResponse>, Status> {
         let leader = self.leader().await?;
         let request = request.into_inner();
+        if request.kind == v1::JobKind::Gc as i32 {
+            if request.repository.is_empty() {
+                return Err(Status::invalid_argument("a GC job needs a repository"));
+            }
+            let job_id = leader
+                .run_gc(&request.repository, request.gc_margin_seconds)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(v1::RunJobResponse { job_id }));
+        }
         check_name("VM name", &request.vm).map_err(status)?;
         let repository = (!request.repository.is_empty()).then_some(request.repository);
         let job_id = leader

@@ -495,17 +495,13 @@ impl Worker {
             repository: job.repository.clone(),
             fenced,
         });
-        if let Some((_, socket)) = host
-            .vm_sockets()
-            .into_iter()
-            .find(|(name, _)| *name == job.vm)
-        {
+        if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
                 vm: job.vm.clone(),
-                qmp: socket,
+                qmp: vm.qmp,
                 disks: Vec::new(),
                 guest_agent: None,
-                nbd_server: None,
+                nbd_server: vm.nbd_server,
                 scratch_dir: self.config.scratch_dir.clone(),
                 connections: self.config.connections.clamp(1, 16),
                 qmp_timeout: Duration::from_secs(30),

@@ -84,6 +84,22 @@ pub enum JobCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Collect garbage in a repository now, on a worker, with the cluster's pins.
+    Gc {
+        /// Repository URL.
+        #[arg(long)]
+        repo: String,
+        /// Unreferenced objects younger than this many seconds are kept.
+        #[arg(long, default_value_t = 3600)]
+        margin_seconds: u64,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// List jobs, newest first.
     List {
         /// Only this VM's.
@@ -310,28 +326,28 @@ pub async fn job(command: JobCommand) -> Result<()> {
             coordinator,
             output,
         } => {
-            let client = coordinator.client()?;
             let request = v1::RunJobRequest {
                 vm,
                 repository: repo.unwrap_or_default(),
+                kind: v1::JobKind::Backup as i32,
+                gc_margin_seconds: 0,
             };
-            let id = client
-                .call(|c| {
-                    let request = request.clone();
-                    async move { AdminServiceClient::new(c).run_job(request).await }
-                })
-                .await?
-                .into_inner()
-                .job_id;
-            if watch {
-                return watch_job(&client, &id, output.json).await;
-            }
-            if output.json {
-                print_json(&json!({ "job_id": id }))
-            } else {
-                println!("{id}");
-                Ok(())
-            }
+            start_job(&coordinator, request, watch, output.json).await
+        }
+        JobCommand::Gc {
+            repo,
+            margin_seconds,
+            watch,
+            coordinator,
+            output,
+        } => {
+            let request = v1::RunJobRequest {
+                vm: String::new(),
+                repository: repo,
+                kind: v1::JobKind::Gc as i32,
+                gc_margin_seconds: margin_seconds,
+            };
+            start_job(&coordinator, request, watch, output.json).await
         }
         JobCommand::List {
             vm,
@@ -365,6 +381,33 @@ pub async fn job(command: JobCommand) -> Result<()> {
             coordinator,
             output,
         } => watch_job(&coordinator.client()?, &id, output.json).await,
+    }
+}
+
+/// Starts a job, then prints its id or follows it.
+async fn start_job(
+    coordinator: &CoordinatorUrl,
+    request: v1::RunJobRequest,
+    watch: bool,
+    json_out: bool,
+) -> Result<()> {
+    let client = coordinator.client()?;
+    let id = client
+        .call(|c| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(c).run_job(request).await }
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    if watch {
+        return watch_job(&client, &id, json_out).await;
+    }
+    if json_out {
+        print_json(&json!({ "job_id": id }))
+    } else {
+        println!("{id}");
+        Ok(())
     }
 }
 

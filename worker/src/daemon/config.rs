@@ -16,7 +16,7 @@
 //!
 //! [[hosts]]
 //! name = "kvm-2"
-//! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp" }]
+//! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp", nbd_server = "/run/qemu/db-1.nbd" }]
 //!
 //! [[hosts]]
 //! name = "kvm-3"
@@ -96,6 +96,10 @@ pub struct VmConfig {
     pub name: String,
     /// QMP socket of its QEMU or qemu-storage-daemon.
     pub qmp: PathBuf,
+    /// Unix socket of the NBD server that QEMU already runs (QEMU has only one);
+    /// none: Haven starts its own.
+    #[serde(default)]
+    pub nbd_server: Option<PathBuf>,
 }
 
 fn default_max_jobs() -> u32 {
@@ -132,13 +136,18 @@ impl WorkerConfig {
 }
 
 impl HostConfig {
-    /// `(VM name, QMP socket)` of every VM on the host now.
+    /// Every VM on the host now, listed ones first.
     pub fn vm_sockets(&self) -> Vec<(String, PathBuf)> {
-        let mut list: Vec<(String, PathBuf)> = self
-            .vms
-            .iter()
-            .map(|vm| (vm.name.clone(), vm.qmp.clone()))
-            .collect();
+        self.vm_endpoints()
+            .into_iter()
+            .map(|vm| (vm.name, vm.qmp))
+            .collect()
+    }
+
+    /// Every VM on the host now with how to reach it; a listed VM wins over a socket of
+    /// the same name in `qmp_dir`.
+    pub fn vm_endpoints(&self) -> Vec<VmConfig> {
+        let mut list: Vec<VmConfig> = self.vms.clone();
         if let Some(dir) = &self.qmp_dir
             && let Ok(entries) = std::fs::read_dir(dir)
         {
@@ -146,13 +155,17 @@ impl HostConfig {
                 let path = entry.path();
                 if path.extension().is_some_and(|ext| ext == "qmp")
                     && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                    && !list.iter().any(|vm| vm.name == stem)
                 {
-                    list.push((stem.to_string(), path));
+                    list.push(VmConfig {
+                        name: stem.to_string(),
+                        qmp: path.clone(),
+                        nbd_server: None,
+                    });
                 }
             }
         }
-        list.sort();
-        list.dedup_by(|a, b| a.0 == b.0);
+        list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
 }
