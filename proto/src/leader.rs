@@ -103,6 +103,25 @@ impl LeaderClient {
         }
     }
 
+    /// One unary call: the service client `make` builds on the leader's channel gets a
+    /// clone of `request` on every try; returns the reply message.
+    ///
+    /// `client.unary(AdminServiceClient::new, request, |mut c, r| async move { c.list_vms(r).await })`
+    pub async fn unary<C, Req, Resp, Fut>(
+        &self,
+        make: fn(Channel) -> C,
+        request: Req,
+        call: impl Fn(C, Req) -> Fut,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.call(|channel| call(make(channel), request.clone()))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The cached leader channel, or a fresh search for it.
     async fn channel(&self) -> Result<Channel, Status> {
         let mut current = self.current.lock().await;

@@ -100,15 +100,15 @@ impl Worker {
         };
         let registered = self
             .client
-            .call(|channel| {
-                let request = request.clone();
-                async move { WorkerServiceClient::new(channel).register(request).await }
-            })
+            .unary(
+                WorkerServiceClient::new,
+                request.clone(),
+                |mut c, r| async move { c.register(r).await },
+            )
             .await
             .map_err(|status| {
                 WorkerError::Invalid(format!("cannot register: {}", status.message()))
-            })?
-            .into_inner();
+            })?;
         tracing::info!(
             worker = self.config.id,
             lease = registered.lease_id,
@@ -185,10 +185,11 @@ impl Worker {
             };
             let reply = self
                 .client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { WorkerServiceClient::new(channel).heartbeat(request).await }
-                })
+                .unary(
+                    WorkerServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.heartbeat(r).await },
+                )
                 .await;
             match reply {
                 Ok(_) => {}
@@ -218,14 +219,11 @@ impl Worker {
             };
             let _ = self
                 .client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        WorkerServiceClient::new(channel)
-                            .report_inventory(request)
-                            .await
-                    }
-                })
+                .unary(
+                    WorkerServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.report_inventory(r).await },
+                )
                 .await;
         }
     }
@@ -332,10 +330,11 @@ impl Worker {
                 };
                 let _ = self
                     .client
-                    .call(|channel| {
-                        let request = request.clone();
-                        async move { WorkerServiceClient::new(channel).fail_job(request).await }
-                    })
+                    .unary(
+                        WorkerServiceClient::new,
+                        request.clone(),
+                        |mut c, r| async move { c.fail_job(r).await },
+                    )
                     .await;
             }
         }
@@ -447,14 +446,11 @@ impl Worker {
         };
         match self
             .client
-            .call(|channel| {
-                let request = request.clone();
-                async move {
-                    WorkerServiceClient::new(channel)
-                        .complete_job(request)
-                        .await
-                }
-            })
+            .unary(
+                WorkerServiceClient::new,
+                request.clone(),
+                |mut c, r| async move { c.complete_job(r).await },
+            )
             .await
         {
             Ok(_) => Ok(summary),
@@ -561,17 +557,14 @@ impl Worker {
             };
             let reply = self
                 .client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        WorkerServiceClient::new(channel)
-                            .report_progress(request)
-                            .await
-                    }
-                })
+                .unary(
+                    WorkerServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.report_progress(r).await },
+                )
                 .await;
             match reply {
-                Ok(reply) if reply.get_ref().cancel => {
+                Ok(reply) if reply.cancel => {
                     cancel.cancel();
                     return;
                 }
@@ -608,18 +601,18 @@ impl PinSource for ClusterPins {
             };
             let reply = self
                 .client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { WorkerServiceClient::new(channel).list_pins(request).await }
-                })
+                .unary(
+                    WorkerServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.list_pins(r).await },
+                )
                 .await
                 .map_err(|status| {
                     haven_repo::RepoError::Busy(format!(
                         "cannot learn the coordinator's pins: {}",
                         status.message()
                     ))
-                })?
-                .into_inner();
+                })?;
             for base in &reply.bases {
                 if let Some((vm, timestamp)) = base.split_once('@')
                     && let Ok(id) = SnapshotId::new(vm, timestamp)
@@ -679,14 +672,11 @@ impl ManifestPublisher for FencedCommit {
         };
         let reply = self
             .client
-            .call(|channel| {
-                let request = request.clone();
-                async move {
-                    WorkerServiceClient::new(channel)
-                        .commit_snapshot(request)
-                        .await
-                }
-            })
+            .unary(
+                WorkerServiceClient::new,
+                request.clone(),
+                |mut c, r| async move { c.commit_snapshot(r).await },
+            )
             .await;
         match reply {
             Ok(_) => Ok(()),

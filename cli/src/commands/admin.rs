@@ -268,12 +268,12 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
             let request = v1::RunPolicyRequest { policy: name };
             let jobs = coordinator
                 .client()?
-                .call(|c| {
-                    let request = request.clone();
-                    async move { AdminServiceClient::new(c).run_policy(request).await }
-                })
+                .unary(
+                    AdminServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.run_policy(r).await },
+                )
                 .await?
-                .into_inner()
                 .job_ids;
             if output.json {
                 return print_json(&json!({ "job_ids": jobs }));
@@ -293,17 +293,15 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
     };
     let client = coordinator.client()?;
     let reply = client
-        .call(|c| {
-            let request = request.clone();
-            async move { AdminServiceClient::new(c).apply_policies(request).await }
-        })
+        .unary(
+            AdminServiceClient::new,
+            request.clone(),
+            |mut c, r| async move { c.apply_policies(r).await },
+        )
         .await;
     match reply {
         Ok(reply) => {
-            println!(
-                "applied policies: {}",
-                reply.into_inner().policies.join(", ")
-            );
+            println!("applied policies: {}", reply.policies.join(", "));
             Ok(())
         }
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -361,12 +359,12 @@ pub async fn job(command: JobCommand) -> Result<()> {
                 limit,
             };
             let jobs = client
-                .call(|c| {
-                    let request = request.clone();
-                    async move { AdminServiceClient::new(c).list_jobs(request).await }
-                })
+                .unary(
+                    AdminServiceClient::new,
+                    request.clone(),
+                    |mut c, r| async move { c.list_jobs(r).await },
+                )
                 .await?
-                .into_inner()
                 .jobs;
             if output.json {
                 return print_json(&jobs.iter().map(job_json).collect::<Vec<_>>());
@@ -393,12 +391,12 @@ async fn start_job(
 ) -> Result<()> {
     let client = coordinator.client()?;
     let id = client
-        .call(|c| {
-            let request = request.clone();
-            async move { AdminServiceClient::new(c).run_job(request).await }
-        })
+        .unary(
+            AdminServiceClient::new,
+            request.clone(),
+            |mut c, r| async move { c.run_job(r).await },
+        )
         .await?
-        .into_inner()
         .job_id;
     if watch {
         return watch_job(&client, &id, json_out).await;
@@ -419,12 +417,12 @@ async fn watch_job(client: &LeaderClient, id: &str, json_lines: bool) -> Result<
             job_id: id.to_string(),
         };
         let mut stream = client
-            .call(|c| {
-                let request = request.clone();
-                async move { AdminServiceClient::new(c).watch_job(request).await }
-            })
-            .await?
-            .into_inner();
+            .unary(
+                AdminServiceClient::new,
+                request.clone(),
+                |mut c, r| async move { c.watch_job(r).await },
+            )
+            .await?;
         let mut last = None;
         loop {
             match stream.message().await {
@@ -463,12 +461,12 @@ pub async fn catalog(
         vm: vm.unwrap_or_default(),
     };
     Ok(client
-        .call(|c| {
-            let request = request.clone();
-            async move { AdminServiceClient::new(c).list_snapshots(request).await }
-        })
+        .unary(
+            AdminServiceClient::new,
+            request.clone(),
+            |mut c, r| async move { c.list_snapshots(r).await },
+        )
         .await?
-        .into_inner()
         .snapshots)
 }
 
