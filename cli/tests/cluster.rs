@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Etcd, HAVEN, PASSWORD, free_port, make_image, spawn, start_vm};
+use cluster_support::{Cli, Etcd, HAVEN, PASSWORD, free_port, make_image, spawn, start_vm};
 use qemu_support::Guard;
 use serde_json::Value;
 
@@ -35,26 +35,19 @@ struct Cluster {
 
 impl Cluster {
     fn haven(&self, args: &[&str]) -> Output {
-        Command::new(HAVEN)
-            .args(args)
-            .env("HAVEN_PASSWORD", PASSWORD)
-            .env("HAVEN_COORDINATOR", self.coordinator_urls.join(","))
-            .output()
-            .unwrap()
+        self.cli().run(args)
     }
 
     fn haven_ok(&self, args: &[&str]) -> String {
-        let out = self.haven(args);
-        assert!(
-            out.status.success(),
-            "haven {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.cli().ok(args)
     }
 
     fn jobs(&self) -> Vec<Value> {
-        serde_json::from_str(&self.haven_ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+        self.cli().jobs()
+    }
+
+    fn cli(&self) -> Cli {
+        Cli::new(self.coordinator_urls.join(","))
     }
 
     fn wait_job(

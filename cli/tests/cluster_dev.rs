@@ -3,53 +3,36 @@
 //! prune and replication jobs, its GC schedule starts a GC job with the coordinator's
 //! pins, the replica restores byte-identical, and malformed gRPC gets clean errors.
 
+#[path = "cluster_support/mod.rs"]
+mod cluster_support;
 mod qemu_support;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster_support::{Cli, HAVEN, PASSWORD, free_port};
 use qemu_support::{Guard, wait_for_socket};
 use serde_json::Value;
 
-const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
-const PASSWORD: &str = "dev-test-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Dev {
     url: String,
+    cli: Cli,
     _process: Guard,
 }
 
 impl Dev {
     fn haven(&self, args: &[&str]) -> Output {
-        with_s3_keys(Command::new(HAVEN).args(args))
-            .env("HAVEN_COORDINATOR", &self.url)
-            .output()
-            .unwrap()
+        self.cli.run(args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.haven(args);
-        assert!(
-            out.status.success(),
-            "haven {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.cli.ok(args)
     }
 
     fn jobs(&self) -> Vec<Value> {
-        serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+        self.cli.jobs()
     }
 
     /// Waits until every job is finished and `count` jobs of `kind` succeeded.
@@ -79,15 +62,19 @@ impl Dev {
     }
 }
 
-/// The password and the keys of the in-process storage node, for every `haven` run.
+/// Keys of the storage node `haven dev` runs in-process.
+const ACCESS_KEY: &str = "dev-access";
+const SECRET_KEY: &str = "dev-secret-key";
+
+/// The password and the storage node's keys, for the `haven dev` process.
 fn with_s3_keys(command: &mut Command) -> &mut Command {
     command
         .env("HAVEN_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", "dev-access")
-        .env("AWS_SECRET_ACCESS_KEY", "dev-secret-key")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", "us-east-1")
-        .env("HAVEN_STORAGE_ACCESS_KEY", "dev-access")
-        .env("HAVEN_STORAGE_SECRET_KEY", "dev-secret-key")
+        .env("HAVEN_STORAGE_ACCESS_KEY", ACCESS_KEY)
+        .env("HAVEN_STORAGE_SECRET_KEY", SECRET_KEY)
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_PROFILE")
 }
@@ -163,8 +150,13 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let port = free_port();
     let http = free_port();
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
     let dev = Dev {
-        url: format!("http://127.0.0.1:{port}"),
+        cli: Cli::new(url.clone())
+            .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .with_env("AWS_REGION", "us-east-1"),
+        url,
         _process: Guard(Some(
             with_s3_keys(
                 Command::new(HAVEN)

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    Etcd, HAVEN, PASSWORD, free_port, guest_copy, guest_io, spawn, start_vm_with_nbd,
+    Cli, Etcd, HAVEN, PASSWORD, free_port, guest_copy, guest_io, spawn, start_vm_with_nbd,
 };
 use qemu_support::Guard;
 use serde_json::Value;
@@ -23,32 +23,21 @@ const VMS: usize = 3;
 const ROUNDS: usize = 4;
 
 struct Bed {
-    url: String,
+    cli: Cli,
     repo: String,
 }
 
 impl Bed {
     fn haven(&self, args: &[&str]) -> Output {
-        Command::new(HAVEN)
-            .args(args)
-            .env("HAVEN_PASSWORD", PASSWORD)
-            .env("HAVEN_COORDINATOR", &self.url)
-            .output()
-            .unwrap()
+        self.cli.run(args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.haven(args);
-        assert!(
-            out.status.success(),
-            "haven {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.cli.ok(args)
     }
 
     fn jobs(&self) -> Vec<Value> {
-        serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+        self.cli.jobs()
     }
 }
 
@@ -136,7 +125,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         ));
     }
     let bed = Bed {
-        url,
+        cli: Cli::new(url),
         repo: repo.to_str().unwrap().to_string(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -217,3 +217,55 @@ pub fn guest_copy(nbd: &Path, to: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `haven` CLI pointed at a coordinator (`HAVEN_COORDINATOR`), with the test
+/// password and any extra environment.
+pub struct Cli {
+    coordinators: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Cli {
+    /// `haven` against these coordinator URLs (comma-separated).
+    pub fn new(coordinators: impl Into<String>) -> Self {
+        Self {
+            coordinators: coordinators.into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds a variable to every run's environment.
+    pub fn with_env(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// Runs `haven ARGS`.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(HAVEN);
+        command
+            .args(args)
+            .env("HAVEN_PASSWORD", PASSWORD)
+            .env("HAVEN_COORDINATOR", &self.coordinators);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    }
+
+    /// Runs `haven ARGS`, which must succeed; returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "haven {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Every job, newest first, as `haven job list --json` prints them.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+    }
+}
