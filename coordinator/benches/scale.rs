@@ -379,6 +379,7 @@ async fn simulated_worker(
         let request = v1::PollJobsRequest {
             worker: Some(identity.clone()),
             wait_ms: 10_000,
+            running_job_ids: Vec::new(),
         };
         let Ok(reply) = client
             .call(|c| {

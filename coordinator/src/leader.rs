@@ -259,8 +259,9 @@ impl Leader {
         if let Some(kv) = &existing
             && let Ok(record) = serde_json::from_slice::<WorkerRecord>(&kv.value)
             && record.instance != instance
-            && self.store.keep_alive(record.lease).await.is_ok()
         {
+            // The key lives under the holder's lease, so it exists only while that lease
+            // does: no keep-alive to ask (which would also extend a dead holder's lease).
             return Err(LeaderError::AlreadyExists(format!(
                 "worker id {id:?} is held by another live process (registered {} ms ago)",
                 now_ms().saturating_sub(record.registered_unix_ms)
@@ -310,13 +311,7 @@ impl Leader {
     }
 
     /// Checks that `(id, instance, lease)` is the registered worker.
-    async fn check_worker(
-        &self,
-        state: &State,
-        id: &str,
-        instance: &str,
-        lease: LeaseId,
-    ) -> Result<()> {
+    fn check_worker(&self, state: &State, id: &str, instance: &str, lease: LeaseId) -> Result<()> {
         match state.workers.get(id) {
             Some(record) if record.instance == instance && record.lease == lease => Ok(()),
             Some(record) if record.instance != instance => Err(LeaderError::AlreadyExists(
@@ -332,7 +327,7 @@ impl Leader {
     pub async fn heartbeat(&self, id: &str, instance: &str, lease: LeaseId) -> Result<()> {
         {
             let state = self.state.lock().await;
-            self.check_worker(&state, id, instance, lease).await?;
+            self.check_worker(&state, id, instance, lease)?;
         }
         match self.store.keep_alive(lease).await {
             Ok(()) => Ok(()),
@@ -355,7 +350,7 @@ impl Leader {
         hosts: Vec<(String, Vec<VmRecord>)>,
     ) -> Result<()> {
         let mut state = self.state.lock().await;
-        self.check_worker(&state, id, instance, lease).await?;
+        self.check_worker(&state, id, instance, lease)?;
         let mut record = state
             .workers
             .get(id)
@@ -481,7 +476,7 @@ impl Leader {
         Ok(id)
     }
 
-    /// Jobs assigned to a worker's current lease that it has not started.
+    /// Jobs assigned to a worker's current lease, except those it says it runs.
     pub async fn poll(
         &self,
         id: &str,
@@ -490,7 +485,7 @@ impl Leader {
         running: &HashSet<String>,
     ) -> Result<Vec<Assignment>> {
         let state = self.state.lock().await;
-        self.check_worker(&state, id, instance, lease).await?;
+        self.check_worker(&state, id, instance, lease)?;
         Ok(state
             .jobs
             .values()

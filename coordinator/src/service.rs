@@ -253,7 +253,7 @@ impl WorkerService for CoordinatorService {
         let worker = identity(request.worker)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_POLL_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let running = HashSet::new();
+        let running: HashSet<String> = request.running_job_ids.into_iter().collect();
         loop {
             let notified = leader.assigned.notified();
             let jobs = leader

@@ -130,21 +130,23 @@ impl Worker {
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         while !session.lease_lost.is_cancelled() {
             running.retain(|_, task| !task.is_finished());
-            let identity = session.identity.clone();
-            let poll = self.client.call(|channel| {
-                let request = v1::PollJobsRequest {
-                    worker: Some(identity.clone()),
-                    wait_ms: 5_000,
-                };
-                async move { WorkerServiceClient::new(channel).poll_jobs(request).await }
-            });
+            let request = v1::PollJobsRequest {
+                worker: Some(session.identity.clone()),
+                wait_ms: 5_000,
+                running_job_ids: running.keys().cloned().collect(),
+            };
+            let poll =
+                self.client
+                    .unary(WorkerServiceClient::new, request, |mut c, r| async move {
+                        c.poll_jobs(r).await
+                    });
             let reply = tokio::select! {
                 _ = session.lease_lost.cancelled() => break,
                 reply = poll => reply,
             };
             match reply {
                 Ok(reply) => {
-                    for job in reply.into_inner().jobs {
+                    for job in reply.jobs {
                         if running.contains_key(&job.job_id) {
                             continue;
                         }
