@@ -498,55 +498,51 @@ fn cluster_schedules_fences_and_fails_over() {
     cluster.restore_matches("big2");
 
     // --- One etcd member lost: nothing changes. Quorum lost: scheduling pauses, and
-    // resumes when it returns, with no job lost. Known flaky (about 1 run in 3 the job
-    // created right after a member dies stays pending for a minute; cause not found):
-    // run with HAVEN_TEST_ETCD_LOSS=1 until it is fixed, so CI stays trustworthy.
-    if std::env::var_os("HAVEN_TEST_ETCD_LOSS").is_some() {
-        cluster.etcd.kill(0);
-        let id = cluster.run_job("vm10");
-        cluster.wait_job(
-            &id,
-            "success with 2 of 3 members",
-            |j| j["state"] == "succeeded",
-            Duration::from_secs(60),
-        );
-        let before: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
-        cluster.etcd.kill(1);
-        std::thread::sleep(Duration::from_secs(4));
-        assert!(
-            !cluster
-                .haven(&["job", "run", "vm11", "--repo", &cluster.repo])
-                .status
-                .success(),
-            "no job may be accepted without quorum"
-        );
-        cluster.etcd.restart(0);
-        cluster.etcd.restart(1);
-        let id = {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let out = cluster.haven(&["job", "run", "vm11", "--repo", &cluster.repo]);
-                if out.status.success() {
-                    break String::from_utf8(out.stdout).unwrap().trim().to_string();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "scheduling did not resume: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::thread::sleep(Duration::from_secs(1));
+    // resumes when it returns, with no job lost.
+    cluster.etcd.kill(0);
+    let id = cluster.run_job("vm10");
+    cluster.wait_job(
+        &id,
+        "success with 2 of 3 members",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(60),
+    );
+    let before: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
+    cluster.etcd.kill(1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !cluster
+            .haven(&["job", "run", "vm11", "--repo", &cluster.repo])
+            .status
+            .success(),
+        "no job may be accepted without quorum"
+    );
+    cluster.etcd.restart(0);
+    cluster.etcd.restart(1);
+    let id = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = cluster.haven(&["job", "run", "vm11", "--repo", &cluster.repo]);
+            if out.status.success() {
+                break String::from_utf8(out.stdout).unwrap().trim().to_string();
             }
-        };
-        cluster.wait_job(
-            &id,
-            "success after quorum returned",
-            |j| j["state"] == "succeeded",
-            Duration::from_secs(60),
-        );
-        let after: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
-        for job in &before {
-            assert!(after.contains(job), "job {job} was lost with quorum");
+            assert!(
+                Instant::now() < deadline,
+                "scheduling did not resume: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_secs(1));
         }
+    };
+    cluster.wait_job(
+        &id,
+        "success after quorum returned",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(60),
+    );
+    let after: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
+    for job in &before {
+        assert!(after.contains(job), "job {job} was lost with quorum");
     }
 
     // --- A second process with a live worker's id is refused.

@@ -1237,9 +1237,11 @@ impl Leader {
                 if !outcome.succeeded {
                     match self.store.get(&model::leader_key()).await? {
                         Some(kv) if kv.mod_revision == self.leader_revision => {
+                            let cleared = self.clear_stale_owners(&state, chunk).await?;
                             tracing::warn!(
                                 worker,
-                                "ownership keys exist already; retrying next tick"
+                                cleared,
+                                "ownership keys of pending jobs existed; cleared, retrying next tick"
                             );
                             continue;
                         }
@@ -1276,6 +1278,37 @@ impl Leader {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the ownership keys of jobs that are still pending.
+    ///
+    /// Assignment takes two writes (the ownership keys, then the job records that name
+    /// the token), and the store can fail between them, or fail to answer a write it
+    /// applied. A pending job's ownership key then lives on under the worker's live
+    /// lease and would block every later assignment of the job. No worker was ever
+    /// given that token (polls serve only assigned jobs), so deleting the key, guarded
+    /// by its revision, loses nothing.
+    async fn clear_stale_owners(&self, state: &State, ids: &[String]) -> Result<usize> {
+        let mut cleared = 0;
+        for id in ids {
+            if state.jobs.get(id).map(|job| job.state) != Some(JobState::Pending) {
+                continue;
+            }
+            let key = model::owner_key(id);
+            let Some(owner) = self.store.get(&key).await? else {
+                continue;
+            };
+            if self
+                .write(
+                    vec![Compare::ModRevision(key.clone(), owner.mod_revision)],
+                    vec![Op::Delete(key)],
+                )
+                .await?
+            {
+                cleared += 1;
+            }
+        }
+        Ok(cleared)
     }
 
     // ----------------------------------------------------------------- queries
@@ -1459,5 +1492,78 @@ async fn publish(backend: &Backend, key: &str, blob: Vec<u8>) -> Result<()> {
             }
         }
         Err(error) => Err(LeaderError::Repository(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    /// A leader over an embedded store, leading at the revision of its leader key.
+    async fn leader(dir: &std::path::Path) -> (Arc<dyn MetaStore>, Leader) {
+        let store: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+        let won = store
+            .txn(
+                vec![Compare::Absent(model::leader_key())],
+                vec![Op::put(model::leader_key(), "http://127.0.0.1:1")],
+            )
+            .await
+            .unwrap();
+        let settings = LeaderSettings {
+            worker_lease: Duration::from_secs(30),
+            default_max_per_host: 2,
+            default_max_per_worker: 2,
+        };
+        let leader = Leader::load(store.clone(), won.revision, settings)
+            .await
+            .unwrap();
+        (store, leader)
+    }
+
+    #[tokio::test]
+    async fn a_pending_jobs_leftover_ownership_key_does_not_block_it_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, leader) = leader(dir.path()).await;
+        let vm = VmRecord {
+            name: "vm1".into(),
+            host: "h1".into(),
+            disks: vec![("vda".into(), 1 << 20)],
+            labels: BTreeMap::new(),
+        };
+        let worker = leader
+            .register("w1", "instance-1", vec![("h1".into(), vec![vm])], 2)
+            .await
+            .unwrap();
+        let job = leader
+            .run_job("vm1", Some("file:///tmp/r".into()))
+            .await
+            .unwrap();
+        // The first of assignment's two writes went through, the second did not.
+        store
+            .txn(
+                vec![],
+                vec![Op::put_leased(
+                    model::owner_key(&job),
+                    "w1".to_string(),
+                    worker.lease,
+                )],
+            )
+            .await
+            .unwrap();
+
+        let blocked = leader.tick().await.unwrap();
+        assert_eq!(blocked.assigned, 0, "the stale key blocks this pass");
+        assert!(store.get(&model::owner_key(&job)).await.unwrap().is_none());
+
+        let retried = leader.tick().await.unwrap();
+        assert_eq!(retried.assigned, 1);
+        let owner = store.get(&model::owner_key(&job)).await.unwrap().unwrap();
+        let polled = leader
+            .poll("w1", "instance-1", worker.lease, &HashSet::new())
+            .await
+            .unwrap();
+        assert_eq!(polled.len(), 1);
+        assert_eq!(polled[0].token, owner.mod_revision);
     }
 }

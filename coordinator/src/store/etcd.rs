@@ -63,14 +63,56 @@ fn etcd_error(error: etcd_client::Error) -> StoreError {
     }
 }
 
-/// Runs one etcd request under [`REQUEST_TIMEOUT`].
-async fn bounded<T>(
+/// Retries of a request that could not connect to its endpoint.
+const CONNECT_RETRIES: u32 = 4;
+
+/// Runs one etcd request under [`REQUEST_TIMEOUT`], retrying it while it never reached
+/// a member.
+///
+/// The client spreads requests over every endpoint, and one whose member is down fails
+/// at once with a connection error, while the others would answer. Such a request was
+/// never sent, so repeating it is safe even for a write; anything else (a reply, a
+/// timeout, a broken connection mid-request) is returned as is, because a write may
+/// have been applied.
+async fn bounded<T, F, Fut>(mut request: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut retries = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, request()).await {
+            Err(_) => return Err(unavailable("etcd request timed out (no quorum?)")),
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(error)) if retries < CONNECT_RETRIES && never_sent(&error) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(retries))).await;
+            }
+            Ok(Err(error)) => return Err(etcd_error(error)),
+        }
+    }
+}
+
+/// Runs one request on an established stream under [`REQUEST_TIMEOUT`].
+async fn bounded_once<T>(
     request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
 ) -> Result<T> {
     tokio::time::timeout(REQUEST_TIMEOUT, request)
         .await
         .map_err(|_| unavailable("etcd request timed out (no quorum?)"))?
         .map_err(etcd_error)
+}
+
+/// Whether `error` says the request could not even connect to its endpoint.
+fn never_sent(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+        }
+        etcd_client::Error::TransportError(error) => error.to_string().contains("connect"),
+        _ => false,
+    }
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
@@ -89,15 +131,21 @@ fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 impl MetaStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.counters.read();
-        let mut kv = self.client.kv_client();
-        let response = bounded(kv.get(key, None)).await?;
+        let response = bounded(|| {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         response.kvs().first().map(convert).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         self.counters.read();
-        let mut kv = self.client.kv_client();
-        let response = bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let response = bounded(|| {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
         response.kvs().iter().map(convert).collect()
     }
 
@@ -123,8 +171,12 @@ impl MetaStore for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let mut kv = self.client.kv_client();
-        let response = bounded(kv.txn(txn)).await?;
+        let response = bounded(|| {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         let revision = response
             .header()
             .map(|header| header.revision())
@@ -138,16 +190,24 @@ impl MetaStore for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         self.counters.lease();
         let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
-        Ok(bounded(lease.grant(seconds, None)).await?.id())
+        let granted = bounded(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.grant(seconds, None).await }
+        })
+        .await?;
+        Ok(granted.id())
     }
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        let mut lease = self.client.lease_client();
-        let (mut keeper, mut stream) = bounded(lease.keep_alive(id)).await?;
-        bounded(keeper.keep_alive()).await?;
-        match bounded(stream.message()).await? {
+        let (mut keeper, mut stream) = bounded(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.keep_alive(id).await }
+        })
+        .await?;
+        // On the open stream: no reconnecting here.
+        bounded_once(keeper.keep_alive()).await?;
+        match bounded_once(stream.message()).await? {
             Some(reply) if reply.ttl() > 0 => Ok(()),
             _ => Err(StoreError::LeaseNotFound(id)),
         }
@@ -155,8 +215,12 @@ impl MetaStore for EtcdStore {
 
     async fn revoke(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        let mut lease = self.client.lease_client();
-        match bounded(lease.revoke(id)).await {
+        let revoked = bounded(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.revoke(id).await }
+        })
+        .await;
+        match revoked {
             Ok(_) => Ok(()),
             Err(StoreError::Invalid(message)) if message.contains("not found") => Ok(()),
             Err(error) => Err(error),
