@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aligned_block::AlignedBlock;
+use crate::aligned_block::{ALIGNMENT, AlignedBlock};
 
 /// Magic at the very end of every object file (format version 1).
 pub const MAGIC: [u8; 8] = *b"HAVNOBJ1";
@@ -87,8 +86,9 @@ pub enum ObjectFileError {
 /// Streams data into a new temporary object file, computing block CRCs.
 ///
 /// Full blocks are written with `O_DIRECT` from a recycled aligned buffer
-/// (no copy into the page cache, which was the largest cost of a PUT); the
-/// last partial block and the trailer are written through the page cache.
+/// (no copy into the page cache, which was the largest cost of a PUT), and so
+/// are the whole pages of a last, partial block; its remainder (under a page)
+/// and the trailer are written through the page cache.
 /// File systems without `O_DIRECT` get buffered writes throughout.
 ///
 /// The file is removed on drop unless [`ObjectWriter::finish`] succeeded and
@@ -144,27 +144,37 @@ impl ObjectWriter {
     }
 
     fn write_block(&mut self) -> Result<(), ObjectFileError> {
+        let filled = self.block.filled().len();
         self.block_crc32.push(crc32fast::hash(self.block.filled()));
-        if self.direct && !self.block.is_full() {
-            // The tail is not aligned: page cache from here on.
-            self.set_direct(false)?;
-        }
-        match self.file.write_all(self.block.filled()) {
-            Ok(()) => {}
-            Err(error) if self.direct && error.raw_os_error() == Some(libc::EINVAL) => {
-                // The device wants a larger alignment: write through the cache.
-                self.set_direct(false)?;
-                self.file
-                    .write_all_at(self.block.filled(), self.size)
-                    .map_err(ObjectFileError::Io)?;
-                use std::io::Seek;
-                self.file.seek(std::io::SeekFrom::Start(
-                    self.size + self.block.filled().len() as u64,
-                ))?;
+        // O_DIRECT takes whole pages: of a last, partial block (every object smaller
+        // than a block) the whole pages still go direct, only the remainder through
+        // the page cache. The remainder starts on a page boundary, so the two kinds of
+        // write never share a page.
+        let direct = if self.direct {
+            filled / ALIGNMENT * ALIGNMENT
+        } else {
+            0
+        };
+        let mut written = 0;
+        if direct > 0 {
+            match self
+                .file
+                .write_all_at(&self.block.filled()[..direct], self.size)
+            {
+                Ok(()) => written = direct,
+                // The device wants a larger alignment: the page cache it is.
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(error) => return Err(error.into()),
             }
-            Err(error) => return Err(error.into()),
         }
-        self.size += self.block.filled().len() as u64;
+        if written < filled {
+            if self.direct {
+                self.set_direct(false)?;
+            }
+            self.file
+                .write_all_at(&self.block.filled()[written..], self.size + written as u64)?;
+        }
+        self.size += filled as u64;
         self.block.clear();
         Ok(())
     }
@@ -203,7 +213,7 @@ impl ObjectWriter {
         if self.direct {
             self.set_direct(false)?;
         }
-        write_trailer(&mut self.file, &meta)?;
+        write_trailer(&self.file, self.size, &meta)?;
         self.file.sync_all()?;
         self.keep = true;
         Ok((self.path.clone(), meta))
@@ -218,7 +228,8 @@ impl Drop for ObjectWriter {
     }
 }
 
-fn write_trailer(file: &mut File, meta: &ObjectMeta) -> Result<(), ObjectFileError> {
+/// Writes the metadata and footer at `offset`, the end of the data.
+fn write_trailer(file: &File, offset: u64, meta: &ObjectMeta) -> Result<(), ObjectFileError> {
     let json = serde_json::to_vec(meta)
         .map_err(|e| ObjectFileError::Corrupt(format!("cannot encode metadata: {e}")))?;
     let len = u32::try_from(json.len())
@@ -228,7 +239,7 @@ fn write_trailer(file: &mut File, meta: &ObjectMeta) -> Result<(), ObjectFileErr
     tail.extend_from_slice(&len.to_le_bytes());
     tail.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
     tail.extend_from_slice(&MAGIC);
-    file.write_all(&tail)?;
+    file.write_all_at(&tail, offset)?;
     Ok(())
 }
 
@@ -351,7 +362,11 @@ mod tests {
     #[test]
     fn round_trips_and_reads_ranges() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for len in [0usize, 1, 1_048_575, 1_048_576, 3_000_001] {
+        // Sizes around page and block boundaries: the whole pages of a partial block go
+        // direct, the remainder through the page cache.
+        for len in [
+            0usize, 1, 4096, 8192, 524_328, 1_048_575, 1_048_576, 3_000_001,
+        ] {
             let data = sample(len);
             let path = dir.path().join(format!("obj{len}"));
             let mut writer = ObjectWriter::create(path.clone()).expect("create");
