@@ -79,14 +79,7 @@ fn default_limit() -> u32 {
 impl CoordinatorConfig {
     /// Parses a configuration file's text; errors name the line.
     pub fn parse(file_name: &str, text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|error| {
-            let line = error
-                .span()
-                .and_then(|span| text.get(..span.start))
-                .map(|head| head.matches('\n').count() + 1)
-                .unwrap_or(1);
-            format!("{file_name}:{line}: {}", error.message().trim())
-        })?;
+        let config: Self = haven_config::parse(file_name, text)?;
         if config.worker_lease_seconds < 2 || config.leader_lease_seconds < 2 {
             return Err(format!("{file_name}: leases must be at least 2 seconds"));
         }

@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 
+use haven_config::line_of;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -98,15 +99,14 @@ pub struct Retention {
 impl Retention {
     /// The same rules as the repository's retention planner takes them.
     pub fn to_repo(self) -> haven_repo::RetentionPolicy {
-        let some = |n: u32| (n > 0).then_some(n);
-        haven_repo::RetentionPolicy {
-            keep_last: some(self.keep_last),
-            keep_hourly: some(self.keep_hourly),
-            keep_daily: some(self.keep_daily),
-            keep_weekly: some(self.keep_weekly),
-            keep_monthly: some(self.keep_monthly),
-            keep_yearly: some(self.keep_yearly),
-        }
+        haven_repo::RetentionPolicy::from_counts([
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ])
     }
 }
 
@@ -187,19 +187,7 @@ fn default_limit() -> Spanned<u32> {
 /// Parses and validates a policy file; errors are `FILE:LINE: reason`, all of them.
 pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
     let at = |span: std::ops::Range<usize>| format!("{file_name}:{}", line_of(text, span.start));
-    let file: File = match toml::from_str(text) {
-        Ok(file) => file,
-        Err(error) => {
-            let line = error
-                .span()
-                .map(|span| line_of(text, span.start))
-                .unwrap_or(1);
-            return Err(vec![format!(
-                "{file_name}:{line}: {}",
-                error.message().trim()
-            )]);
-        }
-    };
+    let file: File = haven_config::parse(file_name, text).map_err(|error| vec![error])?;
     let mut errors = Vec::new();
     let mut policies = Vec::new();
     let mut seen = BTreeMap::new();
@@ -285,13 +273,6 @@ fn check_repository(url: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// 1-based line of byte `offset`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset.min(text.len()))
-        .map(|head| head.matches('\n').count() + 1)
-        .unwrap_or(1)
 }
 
 #[cfg(test)]

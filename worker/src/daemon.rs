@@ -360,15 +360,14 @@ impl Worker {
         let work = async {
             if job.kind == v1::JobKind::Prune as i32 {
                 let rules = job.retention.unwrap_or_default();
-                let some = |n: u32| (n > 0).then_some(n);
-                let policy = haven_repo::RetentionPolicy {
-                    keep_last: some(rules.keep_last),
-                    keep_hourly: some(rules.keep_hourly),
-                    keep_daily: some(rules.keep_daily),
-                    keep_weekly: some(rules.keep_weekly),
-                    keep_monthly: some(rules.keep_monthly),
-                    keep_yearly: some(rules.keep_yearly),
-                };
+                let policy = haven_repo::RetentionPolicy::from_counts([
+                    rules.keep_last,
+                    rules.keep_hourly,
+                    rules.keep_daily,
+                    rules.keep_weekly,
+                    rules.keep_monthly,
+                    rules.keep_yearly,
+                ]);
                 let decisions =
                     haven_repo::prune_snapshots(&repo, Some(&job.vm), &policy, &pins, false)
                         .await?;
@@ -404,7 +403,13 @@ impl Worker {
                     Vec::new(),
                 ))
             } else {
-                let to = Backend::from_url(&job.replicate_to, true)?;
+                // The secondary site may have keys of its own, as for `haven replicate`.
+                let secondary = haven_repo::S3Credentials::secondary_from_env()?;
+                let to = Backend::from_url_with_credentials(
+                    &job.replicate_to,
+                    true,
+                    secondary.as_ref(),
+                )?;
                 let report = haven_repo::replicate(
                     repo.backend(),
                     &to,

@@ -34,33 +34,11 @@ impl Sites {
         if from == to {
             bail!("--from and --to name the same repository");
         }
-        let secondary = secondary_credentials()?;
+        let secondary = S3Credentials::secondary_from_env()?;
         Ok((
             Backend::from_url(from, false)?,
             Backend::from_url_with_credentials(to, true, secondary.as_ref())?,
         ))
-    }
-}
-
-/// S3 credentials of the secondary site, when they differ from the primary's `AWS_*`:
-/// `HAVEN_SECONDARY_AWS_ACCESS_KEY_ID`, `HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY` and
-/// optionally `HAVEN_SECONDARY_AWS_SESSION_TOKEN`. Used for `--to` and for
-/// `haven verify --repair-from`.
-pub fn secondary_credentials() -> Result<Option<S3Credentials>> {
-    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-    match (
-        variable("HAVEN_SECONDARY_AWS_ACCESS_KEY_ID"),
-        variable("HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY"),
-    ) {
-        (None, None) => Ok(None),
-        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
-            access_key_id,
-            secret_access_key,
-            session_token: variable("HAVEN_SECONDARY_AWS_SESSION_TOKEN"),
-        })),
-        _ => bail!(
-            "set both HAVEN_SECONDARY_AWS_ACCESS_KEY_ID and HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY, or neither"
-        ),
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
     let repair_from = match &args.repair_from {
         None => None,
         Some(url) => {
-            let credentials = crate::commands::replicate::secondary_credentials()?;
+            let credentials = haven_repo::S3Credentials::secondary_from_env()?;
             let backend = Backend::from_url_with_credentials(url, false, credentials.as_ref())?;
             let replica = Repository::open(backend, &args.repo.password()?)
                 .await

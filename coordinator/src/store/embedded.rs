@@ -362,6 +362,18 @@ impl MetaStore for EmbeddedStore {
 mod tests {
     use super::*;
 
+    /// Opens `path` again once the previous handle is gone: the lease-expiry task may
+    /// still hold it for the length of one pass after the test dropped its own.
+    async fn reopen(path: &Path) -> Arc<EmbeddedStore> {
+        for _ in 0..100 {
+            if let Ok(store) = EmbeddedStore::open(path).await {
+                return store;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        EmbeddedStore::open(path).await.unwrap()
+    }
+
     #[tokio::test]
     async fn compares_revisions_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -392,7 +404,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let store = EmbeddedStore::open(&path).await.unwrap();
+        let store = reopen(&path).await;
         let a = store.get("a").await.unwrap().unwrap();
         assert_eq!(a.value, b"1");
         assert!(

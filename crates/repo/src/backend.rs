@@ -58,6 +58,30 @@ pub struct S3Credentials {
     pub session_token: Option<String>,
 }
 
+impl S3Credentials {
+    /// Credentials of the secondary site, when its keys differ from the primary's
+    /// `AWS_*`: `HAVEN_SECONDARY_AWS_ACCESS_KEY_ID`, `HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY`
+    /// and optionally `HAVEN_SECONDARY_AWS_SESSION_TOKEN`. Replication writes and
+    /// repairs read with them; `None` when neither key is set (the `AWS_*` ones apply).
+    pub fn secondary_from_env() -> Result<Option<Self>> {
+        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        match (
+            variable("HAVEN_SECONDARY_AWS_ACCESS_KEY_ID"),
+            variable("HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (None, None) => Ok(None),
+            (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Self {
+                access_key_id,
+                secret_access_key,
+                session_token: variable("HAVEN_SECONDARY_AWS_SESSION_TOKEN"),
+            })),
+            _ => Err(RepoError::InvalidArgument(
+                "set both HAVEN_SECONDARY_AWS_ACCESS_KEY_ID and HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY, or neither".into(),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Debug for S3Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Credentials")

@@ -47,6 +47,20 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
+    /// The rules from plain counts, in the order last, hourly, daily, weekly, monthly,
+    /// yearly, 0 disabling a rule: how `policy.toml` and the job protocol carry them.
+    pub fn from_counts(counts: [u32; 6]) -> Self {
+        let [last, hourly, daily, weekly, monthly, yearly] = counts.map(|n| (n > 0).then_some(n));
+        Self {
+            keep_last: last,
+            keep_hourly: hourly,
+            keep_daily: daily,
+            keep_weekly: weekly,
+            keep_monthly: monthly,
+            keep_yearly: yearly,
+        }
+    }
+
     /// True if at least one rule has a count above zero. A prune with a policy that
     /// keeps nothing must be refused, never treated as "remove everything".
     pub fn keeps_something(&self) -> bool {

@@ -115,14 +115,7 @@ fn default_inventory_interval() -> u64 {
 impl WorkerConfig {
     /// Parses a configuration; errors name the line.
     pub fn parse(file_name: &str, text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|error| {
-            let line = error
-                .span()
-                .and_then(|span| text.get(..span.start))
-                .map(|head| head.matches('\n').count() + 1)
-                .unwrap_or(1);
-            format!("{file_name}:{line}: {}", error.message().trim())
-        })?;
+        let config: Self = haven_config::parse(file_name, text)?;
         if config.coordinators.is_empty() {
             return Err(format!(
                 "{file_name}: coordinators must list at least one URL"
