@@ -12,6 +12,7 @@
 //! tick_ms = 500
 //! default_max_per_host = 2                # limits of `haven job run` jobs
 //! default_max_per_worker = 2
+//! job_history_hours = 168                 # finished jobs are forgotten after this
 //! ```
 
 use std::net::SocketAddr;
@@ -55,6 +56,11 @@ pub struct CoordinatorConfig {
     /// Worker limit of manual jobs.
     #[serde(default = "default_limit")]
     pub default_max_per_worker: u32,
+    /// How long finished jobs stay listed: without a limit every job ever run would
+    /// stay in etcd (whose database is capped, 2 GiB by default) and in the leader's
+    /// memory.
+    #[serde(default = "default_job_history")]
+    pub job_history_hours: u64,
 }
 
 fn default_id() -> String {
@@ -72,6 +78,9 @@ fn default_leader_lease() -> u64 {
 fn default_tick() -> u64 {
     500
 }
+fn default_job_history() -> u64 {
+    7 * 24
+}
 fn default_limit() -> u32 {
     2
 }
@@ -85,6 +94,9 @@ impl CoordinatorConfig {
         }
         if config.tick_ms == 0 {
             return Err(format!("{file_name}: tick_ms must be positive"));
+        }
+        if config.job_history_hours == 0 {
+            return Err(format!("{file_name}: job_history_hours must be positive"));
         }
         Ok(config)
     }

@@ -67,6 +67,8 @@ pub struct LeaderSettings {
     pub default_max_per_host: u32,
     /// Per-worker limit of manual jobs.
     pub default_max_per_worker: u32,
+    /// How long a finished job is kept after it ended.
+    pub job_history: Duration,
 }
 
 /// Live progress of a job, from the worker's reports.
@@ -753,6 +755,7 @@ impl Leader {
         self.start_rounds(&mut report).await?;
         self.resume_commits().await?;
         self.assign(&mut report).await?;
+        self.expire_jobs(&mut report).await?;
         if report.assigned > 0 {
             self.assigned.notify_waiters();
         }
@@ -1280,6 +1283,36 @@ impl Leader {
         Ok(())
     }
 
+    /// Forgets jobs that ended longer than the history period ago, a bounded batch per
+    /// pass so a long backlog never makes one pass slow.
+    async fn expire_jobs(&self, report: &mut TickReport) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let cutoff = now_ms().saturating_sub(self.settings.job_history.as_millis() as u64);
+        let expired: Vec<String> = state
+            .jobs
+            .values()
+            .filter(|job| {
+                !job.state.is_active() && job.finished_unix_ms > 0 && job.finished_unix_ms < cutoff
+            })
+            .map(|job| job.id.clone())
+            .take(OPS_PER_TXN)
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let ops = expired
+            .iter()
+            .map(|id| Op::Delete(model::job_key(id)))
+            .collect();
+        self.write_batched(ops).await?;
+        for id in &expired {
+            state.jobs.remove(id);
+            state.progress.remove(id);
+        }
+        report.expired += expired.len();
+        Ok(())
+    }
+
     /// Deletes the ownership keys of jobs that are still pending.
     ///
     /// Assignment takes two writes (the ownership keys, then the job records that name
@@ -1402,6 +1435,8 @@ pub struct TickReport {
     pub assigned: usize,
     /// Jobs whose worker lost its lease.
     pub requeued: usize,
+    /// Finished jobs forgotten after the history period.
+    pub expired: usize,
 }
 
 /// A Unix time in milliseconds as a UTC date-time.
@@ -1514,6 +1549,7 @@ mod tests {
             worker_lease: Duration::from_secs(30),
             default_max_per_host: 2,
             default_max_per_worker: 2,
+            job_history: Duration::from_secs(3600),
         };
         let leader = Leader::load(store.clone(), won.revision, settings)
             .await
@@ -1521,18 +1557,62 @@ mod tests {
         (store, leader)
     }
 
+    fn vm(name: &str) -> VmRecord {
+        VmRecord {
+            name: name.into(),
+            host: "h1".into(),
+            disks: vec![("vda".into(), 1 << 20)],
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_jobs_are_forgotten_after_the_history_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, leader) = leader(dir.path()).await;
+        leader
+            .register(
+                "w1",
+                "instance-1",
+                vec![("h1".into(), vec![vm("old"), vm("recent"), vm("running")])],
+                2,
+            )
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for name in ["old", "recent", "running"] {
+            ids.push(
+                leader
+                    .run_job(name, Some("file:///tmp/r".into()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let now = now_ms();
+        {
+            let mut state = leader.state.lock().await;
+            for (id, ended) in [(&ids[0], now - 2 * 3600 * 1000), (&ids[1], now - 1000)] {
+                let job = state.jobs.get_mut(id).unwrap();
+                job.state = JobState::Succeeded;
+                job.finished_unix_ms = ended;
+            }
+        }
+        let report = leader.tick().await.unwrap();
+        assert_eq!(report.expired, 1);
+        assert!(store.get(&model::job_key(&ids[0])).await.unwrap().is_none());
+        assert!(leader.job(&ids[0]).await.is_none());
+        for id in &ids[1..] {
+            assert!(leader.job(id).await.is_some(), "{id} must stay");
+            assert!(store.get(&model::job_key(id)).await.unwrap().is_some());
+        }
+    }
+
     #[tokio::test]
     async fn a_pending_jobs_leftover_ownership_key_does_not_block_it_forever() {
         let dir = tempfile::tempdir().unwrap();
         let (store, leader) = leader(dir.path()).await;
-        let vm = VmRecord {
-            name: "vm1".into(),
-            host: "h1".into(),
-            disks: vec![("vda".into(), 1 << 20)],
-            labels: BTreeMap::new(),
-        };
         let worker = leader
-            .register("w1", "instance-1", vec![("h1".into(), vec![vm])], 2)
+            .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
             .await
             .unwrap();
         let job = leader

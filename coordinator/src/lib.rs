@@ -85,6 +85,7 @@ pub async fn run(
             worker_lease: Duration::from_secs(config.worker_lease_seconds),
             default_max_per_host: config.default_max_per_host.max(1),
             default_max_per_worker: config.default_max_per_worker.max(1),
+            job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
         },
     };
     let replica = Replica::new(store, settings);

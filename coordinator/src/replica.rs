@@ -153,7 +153,10 @@ impl Replica {
                 _ = lost.cancelled() => break,
                 _ = tick.tick() => {
                     match leader.tick().await {
-                        Ok(report) if report.created + report.assigned + report.requeued > 0 => {
+                        Ok(report)
+                            if report.created + report.assigned + report.requeued + report.expired
+                                > 0 =>
+                        {
                             tracing::debug!(?report, "scheduling pass");
                         }
                         Ok(_) => {}
