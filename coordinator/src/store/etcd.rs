@@ -63,14 +63,15 @@ fn etcd_error(error: etcd_client::Error) -> StoreError {
     }
 }
 
-/// Retries of a request that could not connect to its endpoint.
-const CONNECT_RETRIES: u32 = 4;
+/// Longest pause between retries of a request that could not connect to its endpoint.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs one etcd request under [`REQUEST_TIMEOUT`], retrying it while it never reached
-/// a member.
+/// Runs one etcd request under [`REQUEST_TIMEOUT`], retrying it (until that deadline)
+/// while it never reached a member.
 ///
 /// The client spreads requests over every endpoint, and one whose member is down fails
-/// at once with a connection error, while the others would answer. Such a request was
+/// at once with a connection error, while the others would answer; the balancer even
+/// favours the dead endpoint, which never has requests in flight. Such a request was
 /// never sent, so repeating it is safe even for a write; anything else (a reply, a
 /// timeout, a broken connection mid-request) is returned as is, because a write may
 /// have been applied.
@@ -85,9 +86,13 @@ where
         match tokio::time::timeout_at(deadline, request()).await {
             Err(_) => return Err(unavailable("etcd request timed out (no quorum?)")),
             Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(error)) if retries < CONNECT_RETRIES && never_sent(&error) => {
+            Ok(Err(error)) if never_sent(&error) => {
                 retries += 1;
-                tokio::time::sleep(Duration::from_millis(20 * u64::from(retries))).await;
+                let pause = (Duration::from_millis(10) * retries).min(MAX_RETRY_PAUSE);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(etcd_error(error));
+                }
+                tokio::time::sleep(pause).await;
             }
             Ok(Err(error)) => return Err(etcd_error(error)),
         }
@@ -104,15 +109,29 @@ async fn bounded_once<T>(
         .map_err(etcd_error)
 }
 
-/// Whether `error` says the request could not even connect to its endpoint.
+/// Whether `error` says the request could not even connect to its endpoint: the
+/// connection was refused, or tonic's connector failed ("tcp connect error"). A broken
+/// connection ("connection reset", "connection closed") is not: the request may have
+/// reached etcd.
 fn never_sent(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
-        }
-        etcd_client::Error::TransportError(error) => error.to_string().contains("connect"),
-        _ => false,
+    let status = match error {
+        etcd_client::Error::GRpcStatus(status) => status,
+        _ => return false,
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return false;
     }
+    if status.message().starts_with("tcp connect error") {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
@@ -229,5 +248,42 @@ impl MetaStore for EtcdStore {
 
     fn stats(&self) -> StoreStats {
         self.counters.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn status(status: tonic::Status) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(status)
+    }
+
+    #[test]
+    fn only_requests_that_never_left_are_retried() {
+        assert!(never_sent(&status(tonic::Status::unavailable(
+            "tcp connect error"
+        ))));
+        let mut refused = tonic::Status::unavailable("transport error");
+        refused.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(never_sent(&status(refused)));
+
+        // The request may have been applied: never repeated.
+        let mut reset = tonic::Status::unavailable("transport error");
+        reset.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(!never_sent(&status(reset)));
+        assert!(!never_sent(&status(tonic::Status::unavailable(
+            "connection closed before message completed"
+        ))));
+        assert!(!never_sent(&status(tonic::Status::deadline_exceeded(
+            "tcp connect error"
+        ))));
+        assert!(!never_sent(&etcd_client::Error::InvalidArgs("x".into())));
     }
 }
