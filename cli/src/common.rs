@@ -147,6 +147,28 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// What every backup command prints about one disk: its size, the bytes read, the new
+/// chunks and what they stored, the chunks reused from the base.
+pub fn disk_figures(disk: &haven_worker::snapshot::DiskReport) -> String {
+    format!(
+        "{} disk, {} read, {} new chunks ({} stored), {} reused",
+        human_bytes(disk.size),
+        human_bytes(disk.stats.bytes_read),
+        disk.stats.new_chunks,
+        human_bytes(disk.stats.uploaded_bytes),
+        disk.stats.reused_chunks,
+    )
+}
+
+/// How a live disk was read: `incremental`, or `full (why)` when an incremental was
+/// not possible.
+pub fn read_mode(mode: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("full ({reason})"),
+        None => mode.to_string(),
+    }
+}
+
 /// Formats a byte count with binary units.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -8,7 +8,7 @@ use haven_repo::Progress;
 use haven_worker::image::{ImageBackupRequest, ImageDisk, backup_images};
 use haven_worker::snapshot::BackupReport;
 
-use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
 use crate::progress::ProgressLine;
 
 /// Sources a backup can read from.
@@ -104,13 +104,9 @@ fn print_backup_report(report: &BackupReport, json: bool) -> Result<()> {
     for disk in &report.disks {
         let rate = disk.size as f64 / report.elapsed_seconds.max(0.001);
         println!(
-            "  {}: {} disk, {} read, {} new chunks ({} stored), {} reused, {} already stored, {} zero; {}/s",
+            "  {}: {}, {} already stored, {} zero; {}/s",
             disk.name,
-            human_bytes(disk.size),
-            human_bytes(disk.stats.bytes_read),
-            disk.stats.new_chunks,
-            human_bytes(disk.stats.uploaded_bytes),
-            disk.stats.reused_chunks,
+            disk_figures(disk),
             disk.stats.existing_chunks,
             disk.stats.zero_chunks,
             human_bytes(rate as u64)

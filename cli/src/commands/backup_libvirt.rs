@@ -8,7 +8,7 @@ use anyhow::Result;
 use haven_repo::Progress;
 use haven_worker::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 
-use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven backup libvirt`.
@@ -81,18 +81,11 @@ fn print_report(report: &LibvirtBackupReport, json: bool) -> Result<()> {
         report.backup.snapshot, report.domain, report.checkpoint, report.snapshot_point_ms
     );
     for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
-        let how = match &mode.reason {
-            Some(reason) => format!("full ({reason})"),
-            None => mode.mode.to_string(),
-        };
         println!(
-            "  {}: {} disk, {} read, {} new chunks ({} stored), {} reused; {how}",
+            "  {}: {}; {}",
             disk.name,
-            human_bytes(disk.size),
-            human_bytes(disk.stats.bytes_read),
-            disk.stats.new_chunks,
-            human_bytes(disk.stats.uploaded_bytes),
-            disk.stats.reused_chunks,
+            disk_figures(disk),
+            read_mode(mode.mode, mode.reason.as_deref())
         );
     }
     if !report.deleted_checkpoints.is_empty() {

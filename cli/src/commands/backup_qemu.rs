@@ -8,7 +8,7 @@ use anyhow::Result;
 use haven_repo::Progress;
 use haven_worker::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};
 
-use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven backup qemu`.
@@ -86,19 +86,12 @@ fn print_report(report: &QemuBackupReport, json: bool) -> Result<()> {
         report.io_blocked_ms
     );
     for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
-        let how = match &mode.reason {
-            Some(reason) => format!("full ({reason})"),
-            None => mode.mode.to_string(),
-        };
         println!(
-            "  {} [{}]: {} disk, {} read, {} new chunks ({} stored), {} reused; {how}",
+            "  {} [{}]: {}; {}",
             disk.name,
             mode.node,
-            human_bytes(disk.size),
-            human_bytes(disk.stats.bytes_read),
-            disk.stats.new_chunks,
-            human_bytes(disk.stats.uploaded_bytes),
-            disk.stats.reused_chunks,
+            disk_figures(disk),
+            read_mode(mode.mode, mode.reason.as_deref())
         );
     }
     Ok(())
