@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cli, Etcd, HAVEN, PASSWORD, free_port, make_image, spawn, start_vm};
+use cluster_support::{
+    Cli, Etcd, HAVEN, PASSWORD, free_port, init_repo, make_image, spawn, start_vm,
+};
 use qemu_support::Guard;
 use serde_json::Value;
 
@@ -145,16 +147,7 @@ impl Cluster {
 fn start_cluster(dir: &Path) -> Cluster {
     let etcd = Etcd::start(&dir.join("etcd"), 3);
     let repo = dir.join("repo");
-    let init = Command::new(HAVEN)
-        .args(["repo", "init", "--repo", repo.to_str().unwrap()])
-        .env("HAVEN_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_repo(&repo, &[]);
 
     // 4 hosts × 5 small VMs, plus 3 big VMs on host h0 for the fault scenarios.
     let mut vms = Vec::new();

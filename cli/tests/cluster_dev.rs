@@ -9,11 +9,11 @@ mod qemu_support;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cli, HAVEN, PASSWORD, free_port};
-use qemu_support::{Guard, wait_for_socket};
+use cluster_support::{Cli, HAVEN, PASSWORD, free_port, init_repo, start_vm};
+use qemu_support::Guard;
 use serde_json::Value;
 
 struct Dev {
@@ -23,23 +23,11 @@ struct Dev {
 }
 
 impl Dev {
-    fn haven(&self, args: &[&str]) -> Output {
-        self.cli.run(args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.cli.ok(args)
-    }
-
-    fn jobs(&self) -> Vec<Value> {
-        self.cli.jobs()
-    }
-
     /// Waits until every job is finished and `count` jobs of `kind` succeeded.
     fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let jobs = self.jobs();
+            let jobs = self.cli.jobs();
             let done: Vec<Value> = jobs
                 .iter()
                 .filter(|j| j["kind"] == kind && j["state"] == "succeeded")
@@ -79,6 +67,26 @@ fn with_s3_keys(command: &mut Command) -> &mut Command {
         .env_remove("AWS_PROFILE")
 }
 
+/// POSTs a gRPC-typed HTTP/2 request to `METHOD` on the coordinator; returns the
+/// response headers, lower-cased.
+fn grpc_post(port: u16, method: &str, extra: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+        ])
+        .args(["-X", "POST", "-H", "content-type: application/grpc"])
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{port}/{method}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
 fn make_image(path: &Path) {
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -111,41 +119,13 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let image = dir.path().join("web.qcow2");
     make_image(&image);
     let qmp = vms.join("web.qmp");
-    let mut qsd = Guard(Some(
-        Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=m", "--blockdev"])
-            .arg(format!(
-                "driver=file,filename={},node-name=file0",
-                image.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,file=file0,node-name=disk0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    wait_for_socket(&qmp, &mut qsd);
+    let _qsd = start_vm(&qmp, &image, &dir.path().join("web.log"));
 
     let primary = dir.path().join("primary");
     let storage_port = free_port();
     // The replica lives on the storage node `haven dev` runs in-process.
     let replica = format!("s3://haven/replica?endpoint=http://127.0.0.1:{storage_port}");
-    let init = Command::new(HAVEN)
-        .args(["repo", "init", "--repo", primary.to_str().unwrap()])
-        .env("HAVEN_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_repo(&primary, &[]);
 
     let port = free_port();
     let http = free_port();
@@ -178,8 +158,8 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         )),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !dev.haven(&["vm", "list"]).status.success()
-        || !String::from_utf8_lossy(&dev.haven(&["vm", "list"]).stdout).contains("web")
+    while !dev.cli.run(&["vm", "list"]).status.success()
+        || !String::from_utf8_lossy(&dev.cli.run(&["vm", "list"]).stdout).contains("web")
     {
         assert!(Instant::now() < deadline, "haven dev did not come up");
         std::thread::sleep(Duration::from_millis(200));
@@ -197,13 +177,13 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         ),
     )
     .unwrap();
-    dev.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
 
     // Two rounds: each backup is followed by a prune (keep 1) and a replication.
-    dev.ok(&["policy", "run", "web"]);
+    dev.cli.ok(&["policy", "run", "web"]);
     dev.wait_for("backup", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1)); // distinct snapshot timestamps
-    dev.ok(&["policy", "run", "web"]);
+    dev.cli.ok(&["policy", "run", "web"]);
     dev.wait_for("backup", 2, Duration::from_secs(60));
     let prunes = dev.wait_for("prune", 2, Duration::from_secs(60));
     assert!(
@@ -213,7 +193,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "{prunes:#?}"
     );
     dev.wait_for("replicate", 1, Duration::from_secs(60));
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.ok(&[
+    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
         "snapshots",
         "--repo",
         primary.to_str().unwrap(),
@@ -231,11 +211,11 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
             .starts_with("gc: removed"),
         "{gcs:#?}"
     );
-    dev.ok(&["verify", "--repo", primary.to_str().unwrap()]);
+    dev.cli.ok(&["verify", "--repo", primary.to_str().unwrap()]);
 
     // The replica, with only the password, restores the newest snapshot exactly.
     let restored = dir.path().join("restored.raw");
-    dev.ok(&[
+    dev.cli.ok(&[
         "restore",
         "web@latest",
         "--repo",
@@ -257,7 +237,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
 
     // Restore through the coordinator: the catalog names the repository.
     let through = dir.path().join("through-coordinator.raw");
-    dev.ok(&[
+    dev.cli.ok(&[
         "restore",
         "web@latest",
         "--coordinator",
@@ -269,7 +249,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         std::fs::read(&through).unwrap(),
         std::fs::read(&restored).unwrap()
     );
-    let catalog = dev.ok(&["snapshots", "--coordinator", &dev.url]);
+    let catalog = dev.cli.ok(&["snapshots", "--coordinator", &dev.url]);
     assert_eq!(
         catalog.lines().filter(|l| l.starts_with("web@")).count(),
         1,
@@ -281,54 +261,20 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _ = garbage.write_all(b"\x00\x01GET / HTTP/9.9\r\n\r\n\xff\xfe garbage");
     drop(garbage);
-    let unknown = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "--http2-prior-knowledge",
-            "-X",
-            "POST",
-        ])
-        .args(["-H", "content-type: application/grpc"])
-        .arg(format!(
-            "http://127.0.0.1:{port}/haven.v1.AdminService/NoSuchMethod"
-        ))
-        .output()
-        .unwrap();
-    let headers = String::from_utf8_lossy(&unknown.stdout).to_lowercase();
+    let headers = grpc_post(port, "haven.v1.AdminService/NoSuchMethod", &[]);
     assert!(
         headers.contains("grpc-status: 12"),
         "unknown method: {headers}"
     );
-    let bad_body = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "--http2-prior-knowledge",
-            "-X",
-            "POST",
-        ])
-        .args([
-            "-H",
-            "content-type: application/grpc",
-            "--data-binary",
-            "\\x00\\x00\\x00\\x00\\x09garbage!!",
-        ])
-        .arg(format!(
-            "http://127.0.0.1:{port}/haven.v1.WorkerService/Heartbeat"
-        ))
-        .output()
-        .unwrap();
-    let headers = String::from_utf8_lossy(&bad_body.stdout).to_lowercase();
+    // Not a gRPC frame (curl sends the backslashes literally): a bad compression flag.
+    let headers = grpc_post(
+        port,
+        "haven.v1.WorkerService/Heartbeat",
+        &["--data-binary", "\\x00\\x00\\x00\\x00\\x09garbage!!"],
+    );
     assert!(
         headers.contains("grpc-status: 3") || headers.contains("grpc-status: 13"),
         "malformed message: {headers}"
     );
-    dev.ok(&["vm", "list"]);
+    dev.cli.ok(&["vm", "list"]);
 }

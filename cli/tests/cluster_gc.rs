@@ -10,11 +10,12 @@ mod cluster_support;
 mod qemu_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    Cli, Etcd, HAVEN, PASSWORD, free_port, guest_copy, guest_io, spawn, start_vm_with_nbd,
+    Cli, Etcd, HAVEN, PASSWORD, free_port, guest_copy, guest_io, init_repo, spawn,
+    start_vm_with_nbd,
 };
 use qemu_support::Guard;
 use serde_json::Value;
@@ -25,20 +26,6 @@ const ROUNDS: usize = 4;
 struct Bed {
     cli: Cli,
     repo: String,
-}
-
-impl Bed {
-    fn haven(&self, args: &[&str]) -> Output {
-        self.cli.run(args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.cli.ok(args)
-    }
-
-    fn jobs(&self) -> Vec<Value> {
-        self.cli.jobs()
-    }
 }
 
 fn image(dir: &Path, vm: usize) -> PathBuf {
@@ -59,17 +46,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     let dir = dir.path();
     let etcd = Etcd::start(&dir.join("etcd"), 1);
     let repo = dir.join("repo");
-    let init = Command::new(HAVEN)
-        .args(["repo", "init", "--chunk-size", "262144", "--repo"])
-        .arg(&repo)
-        .env("HAVEN_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_repo(&repo, &["--chunk-size", "262144"]);
 
     let mut vms: Vec<Guard> = Vec::new();
     let mut nbds = Vec::new();
@@ -130,7 +107,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = bed.haven(&["vm", "list", "--json"]);
+        let out = bed.cli.run(&["vm", "list", "--json"]);
         if out.status.success() {
             let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
             if list.len() == VMS
@@ -154,7 +131,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         ),
     )
     .unwrap();
-    bed.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    bed.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
 
     // Each round: the guests write new data (some of it replacing the last round's,
     // so old chunks become garbage once pruned), a copy of every disk is kept, the
@@ -175,11 +152,11 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
             guest_copy(nbd, &copy);
             expected[vm].push(copy);
         }
-        bed.ok(&["policy", "run", "all"]);
+        bed.cli.ok(&["policy", "run", "all"]);
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut collections = 0;
         loop {
-            let gc = bed.haven(&[
+            let gc = bed.cli.run(&[
                 "job",
                 "gc",
                 "--repo",
@@ -195,7 +172,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
                 String::from_utf8_lossy(&gc.stderr)
             );
             collections += 1;
-            let jobs = bed.jobs();
+            let jobs = bed.cli.jobs();
             let failed: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
             assert!(failed.is_empty(), "failed jobs: {failed:#?}");
             let busy = jobs
@@ -216,9 +193,9 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     }
 
     // Retention kept the last two rounds; each restores exactly, and all verify.
-    bed.ok(&["verify", "--repo", &bed.repo]);
+    bed.cli.ok(&["verify", "--repo", &bed.repo]);
     for (vm, copies) in expected.iter().enumerate() {
-        let list: Vec<Value> = serde_json::from_str(&bed.ok(&[
+        let list: Vec<Value> = serde_json::from_str(&bed.cli.ok(&[
             "snapshots",
             "--repo",
             &bed.repo,
@@ -232,7 +209,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
             let name = snapshot["snapshot"].as_str().unwrap();
             let restored = dir.join(format!("restored-{vm}.raw"));
             let _ = std::fs::remove_file(&restored);
-            bed.ok(&[
+            bed.cli.ok(&[
                 "restore",
                 name,
                 "--repo",
@@ -248,7 +225,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     }
 
     // A last collection; then nothing unreferenced is left.
-    bed.ok(&[
+    bed.cli.ok(&[
         "job",
         "gc",
         "--repo",
@@ -257,7 +234,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         "0",
         "--watch",
     ]);
-    let report: Value = serde_json::from_str(&bed.ok(&[
+    let report: Value = serde_json::from_str(&bed.cli.ok(&[
         "gc",
         "--repo",
         &bed.repo,

@@ -107,6 +107,23 @@ impl Etcd {
 }
 
 /// A qcow2 image of `size_mib` with `data_mib` of random data at its start.
+/// `haven repo init [EXTRA] --repo REPO` with the test password; it must succeed.
+pub fn init_repo(repo: &Path, extra: &[&str]) {
+    let out = Command::new(HAVEN)
+        .args(["repo", "init"])
+        .args(extra)
+        .arg("--repo")
+        .arg(repo)
+        .env("HAVEN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn make_image(path: &Path, size_mib: u64, data_mib: u64) {
     let raw = path.with_extension("raw");
     let status = Command::new("dd")
@@ -132,23 +149,27 @@ pub fn make_image(path: &Path, size_mib: u64, data_mib: u64) {
     std::fs::remove_file(raw).unwrap();
 }
 
+/// A `qemu-storage-daemon` "hypervisor" with one qcow2 disk `disk0` and its QMP monitor
+/// at `qmp`.
+fn vm_command(qmp: &Path, image: &Path) -> Command {
+    let mut command = Command::new("qemu-storage-daemon");
+    command
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=m",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=m", "--blockdev"])
+        .arg(format!(
+            "driver=file,filename={},node-name=file0",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=qcow2,file=file0,node-name=disk0"]);
+    command
+}
+
 pub fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
-    let mut guard = spawn(
-        Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=m", "--blockdev"])
-            .arg(format!(
-                "driver=file,filename={},node-name=file0",
-                image.display()
-            ))
-            .arg("--blockdev")
-            .arg("driver=qcow2,file=file0,node-name=disk0"),
-        log,
-    );
+    let mut guard = spawn(&mut vm_command(qmp, image), log);
     wait_for_socket(qmp, &mut guard);
     guard
 }
@@ -158,18 +179,7 @@ pub fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
 /// its own exports to the same server (QEMU runs only one).
 pub fn start_vm_with_nbd(qmp: &Path, nbd: &Path, image: &Path, log: &Path) -> Guard {
     let mut guard = spawn(
-        Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=m", "--blockdev"])
-            .arg(format!(
-                "driver=file,filename={},node-name=file0",
-                image.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,file=file0,node-name=disk0"])
+        vm_command(qmp, image)
             .arg("--nbd-server")
             .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
             .args([
