@@ -268,11 +268,9 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
             let request = v1::RunPolicyRequest { policy: name };
             let jobs = coordinator
                 .client()?
-                .unary(
-                    AdminServiceClient::new,
-                    request.clone(),
-                    |mut c, r| async move { c.run_policy(r).await },
-                )
+                .unary(AdminServiceClient::new, request, |mut c, r| async move {
+                    c.run_policy(r).await
+                })
                 .await?
                 .job_ids;
             if output.json {
@@ -293,11 +291,9 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
     };
     let client = coordinator.client()?;
     let reply = client
-        .unary(
-            AdminServiceClient::new,
-            request.clone(),
-            |mut c, r| async move { c.apply_policies(r).await },
-        )
+        .unary(AdminServiceClient::new, request, |mut c, r| async move {
+            c.apply_policies(r).await
+        })
         .await;
     match reply {
         Ok(reply) => {
@@ -359,11 +355,9 @@ pub async fn job(command: JobCommand) -> Result<()> {
                 limit,
             };
             let jobs = client
-                .unary(
-                    AdminServiceClient::new,
-                    request.clone(),
-                    |mut c, r| async move { c.list_jobs(r).await },
-                )
+                .unary(AdminServiceClient::new, request, |mut c, r| async move {
+                    c.list_jobs(r).await
+                })
                 .await?
                 .jobs;
             if output.json {
@@ -391,11 +385,9 @@ async fn start_job(
 ) -> Result<()> {
     let client = coordinator.client()?;
     let id = client
-        .unary(
-            AdminServiceClient::new,
-            request.clone(),
-            |mut c, r| async move { c.run_job(r).await },
-        )
+        .unary(AdminServiceClient::new, request, |mut c, r| async move {
+            c.run_job(r).await
+        })
         .await?
         .job_id;
     if watch {
@@ -417,11 +409,9 @@ async fn watch_job(client: &LeaderClient, id: &str, json_lines: bool) -> Result<
             job_id: id.to_string(),
         };
         let mut stream = client
-            .unary(
-                AdminServiceClient::new,
-                request.clone(),
-                |mut c, r| async move { c.watch_job(r).await },
-            )
+            .unary(AdminServiceClient::new, request, |mut c, r| async move {
+                c.watch_job(r).await
+            })
             .await?;
         let mut last = None;
         loop {
@@ -461,11 +451,9 @@ pub async fn catalog(
         vm: vm.unwrap_or_default(),
     };
     Ok(client
-        .unary(
-            AdminServiceClient::new,
-            request.clone(),
-            |mut c, r| async move { c.list_snapshots(r).await },
-        )
+        .unary(AdminServiceClient::new, request, |mut c, r| async move {
+            c.list_snapshots(r).await
+        })
         .await?
         .snapshots)
 }
