@@ -1287,7 +1287,8 @@ impl Leader {
     /// pass so a long backlog never makes one pass slow.
     async fn expire_jobs(&self, report: &mut TickReport) -> Result<()> {
         let mut state = self.state.lock().await;
-        let cutoff = now_ms().saturating_sub(self.settings.job_history.as_millis() as u64);
+        let history = u64::try_from(self.settings.job_history.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(history);
         let expired: Vec<String> = state
             .jobs
             .values()
