@@ -538,7 +538,9 @@ fn cluster_schedules_fences_and_fails_over() {
         assert!(after.contains(job), "job {job} was lost with quorum");
     }
 
-    // --- A second process with a live worker's id is refused.
+    // --- A second process with a live worker's id is refused. Workers whose leases ran
+    // out while quorum was lost register again first: until then their ids are free.
+    cluster.wait_vms(23);
     let live = (0..3).find(|i| cluster.workers[*i].0.is_some()).unwrap();
     let mut duplicate = cluster.spawn_worker(9, &[0], &format!("w{live}"));
     std::thread::sleep(Duration::from_secs(3));
