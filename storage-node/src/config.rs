@@ -12,6 +12,8 @@ const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Default largest number of keys in one batch existence query.
 const DEFAULT_MAX_EXISTS_KEYS: usize = 100_000;
+/// Default largest number of objects in one batch read or write.
+const DEFAULT_MAX_BATCH_OBJECTS: usize = 1000;
 
 /// Everything a storage node needs to start.
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +108,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest number of keys in one batch existence query.
     pub max_exists_keys: usize,
+    /// Largest number of objects in one batch read or write
+    /// (`?haven-batch-get=`, `?haven-batch-put=`).
+    pub max_batch_objects: usize,
 }
 
 impl Default for Limits {
@@ -114,6 +119,7 @@ impl Default for Limits {
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_exists_keys: DEFAULT_MAX_EXISTS_KEYS,
+            max_batch_objects: DEFAULT_MAX_BATCH_OBJECTS,
         }
     }
 }

@@ -17,14 +17,14 @@
 //! - keys that look like path traversal (`../`, leading `/`, NUL) are refused.
 //!
 //! Besides S3 it answers a batch existence query for deduplication
-//! ([`exists`]); its client lives in `haven-repo` (`haven_repo::ExistsClient`),
+//! ([`exists`]); its client lives in `haven-repo` (`haven_repo::NodeClient`),
 //! the crate that uses it.
 
 mod access;
 mod aligned_block;
 pub mod config;
 mod error;
-pub mod exists;
+pub mod extension;
 mod keypath;
 mod md5;
 mod metrics;
@@ -149,7 +149,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     ));
     builder.set_auth(access::ConfigAuth(Arc::clone(&config)));
     builder.set_access(access::KeyAccess(Arc::clone(&config)));
-    builder.set_route(exists::ExistsRoute::new(
+    builder.set_route(extension::ExtensionRoute::new(
         Arc::clone(&store),
         Arc::clone(&config),
     ));

@@ -71,6 +71,17 @@ pub struct ObjectMeta {
     pub block_crc32: Vec<u32>,
 }
 
+impl ObjectMeta {
+    /// CRC-32 of the whole data, combined from the block CRCs (no read).
+    pub fn whole_crc32(&self) -> u32 {
+        let blocks = self.block_crc32.iter().enumerate().map(|(index, crc)| {
+            let start = index as u64 * BLOCK_SIZE;
+            (*crc, BLOCK_SIZE.min(self.size.saturating_sub(start)))
+        });
+        haven_node_protocol::combine_crc32(blocks)
+    }
+}
+
 /// Errors of reading or writing object files.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectFileError {
@@ -379,6 +390,7 @@ mod tests {
             };
             let (path, meta) = writer.finish(meta).expect("finish");
             assert_eq!(meta.size, len as u64);
+            assert_eq!(meta.whole_crc32(), crc32fast::hash(&data));
             let reader = ObjectReader::open(&path).expect("open");
             assert_eq!(reader.read_range(0, len as u64).expect("read"), data);
             if len > 10 {

@@ -1,9 +1,9 @@
 //! The S3 API over the [`Store`]: one thin trait implementation that
 //! delegates each operation to a module by theme.
 
-mod body;
+pub(crate) mod body;
 mod buckets;
-mod convert;
+pub(crate) mod convert;
 mod lock;
 mod multipart;
 mod objects;

@@ -21,9 +21,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::error::{RepoError, Result};
 use crate::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
-use crate::exists_client::{Credentials, ExistsClient};
 use crate::local_direct::DirectPut;
 use crate::local_sync::LocalSyncer;
+use crate::node_client::{Credentials, NodeClient};
 
 /// Whether deferred local writes (chunks) still go through `O_DIRECT`; cleared for the
 /// rest of the process the first time a file system refuses it.
@@ -104,6 +104,9 @@ pub struct Backend {
     /// On `s3://` with an explicit endpoint, batches existence checks into the
     /// storage node's query (HEAD on plain S3); see `exists_batcher`.
     exists_batcher: Option<ExistsBatcher>,
+    /// On `s3://` with an explicit endpoint, the client of a Haven storage
+    /// node's extensions (which the endpoint may or may not serve).
+    node: Option<NodeClient>,
     /// The URL's prefix with a trailing `/` (or empty): bucket keys of objects.
     key_prefix: String,
 }
@@ -162,6 +165,7 @@ impl Backend {
             local_sync: None,
             location: "memory://".into(),
             exists_batcher: None,
+            node: None,
             key_prefix: String::new(),
         }
     }
@@ -194,6 +198,7 @@ impl Backend {
             local_root: Some(root),
             location: url.to_string(),
             exists_batcher: None,
+            node: None,
             key_prefix: String::new(),
         })
     }
@@ -242,8 +247,11 @@ impl Backend {
         if let Some(path_style) = path_style {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
-        let exists_batcher = exists_batcher(&builder, bucket, path_style == Some(true))
+        let node = node_client(&builder, bucket, path_style == Some(true))
             .map_err(|error| invalid(error.to_string()))?;
+        let exists_batcher = node
+            .clone()
+            .map(|client| ExistsBatcher::new(Box::new(client), DEFAULT_WINDOW, DEFAULT_MAX_KEYS));
         let store: Arc<dyn ObjectStore> = Arc::new(
             builder
                 .build()
@@ -262,6 +270,7 @@ impl Backend {
             local_sync: None,
             location: url.to_string(),
             exists_batcher,
+            node,
             key_prefix: if prefix.is_empty() {
                 String::new()
             } else {
@@ -273,6 +282,17 @@ impl Backend {
     /// The URL this backend was opened from, for messages.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The client of the storage node extensions, if this is an `s3://` URL with
+    /// an explicit endpoint (which may still be a plain S3 server).
+    pub(crate) fn node_client(&self) -> Option<&NodeClient> {
+        self.node.as_ref()
+    }
+
+    /// The bucket key of repository key `key`.
+    pub(crate) fn bucket_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
     }
 
     /// The local root directory of a `file://` backend.
@@ -306,7 +326,7 @@ impl Backend {
     /// batch query; elsewhere (or if batches fail) this is a HEAD.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         if let Some(batcher) = &self.exists_batcher
-            && let Some(found) = batcher.exists(format!("{}{key}", self.key_prefix)).await
+            && let Some(found) = batcher.exists(self.bucket_key(key)).await
         {
             return Ok(found);
         }
@@ -471,14 +491,15 @@ impl Backend {
     }
 }
 
-/// A batcher for `s3://` URLs that may name a Haven storage node: an explicit
-/// endpoint, path-style addressing and static keys (the query is signed with
-/// them; session tokens are plain AWS, which has no such query).
-fn exists_batcher(
+/// A client of the node extensions for `s3://` URLs that may name a Haven
+/// storage node: an explicit endpoint, path-style addressing and static keys
+/// (its requests are signed with them; session tokens are plain AWS, which has
+/// no such extensions).
+fn node_client(
     builder: &AmazonS3Builder,
     bucket: &str,
     path_style: bool,
-) -> std::result::Result<Option<ExistsBatcher>, crate::exists_client::ExistsClientError> {
+) -> std::result::Result<Option<NodeClient>, crate::node_client::NodeClientError> {
     let config = |key| builder.get_config_value(&key).filter(|v| !v.is_empty());
     let (Some(endpoint), Some(access_key), Some(secret_key)) = (
         config(AmazonS3ConfigKey::Endpoint),
@@ -495,12 +516,7 @@ fn exists_batcher(
         secret_key,
         region: config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
     };
-    let client = ExistsClient::new(&endpoint, bucket, credentials)?;
-    Ok(Some(ExistsBatcher::new(
-        Box::new(client),
-        DEFAULT_WINDOW,
-        DEFAULT_MAX_KEYS,
-    )))
+    Ok(Some(NodeClient::new(&endpoint, bucket, credentials)?))
 }
 
 fn storage_error(key: &str, error: object_store::Error) -> RepoError {

@@ -64,6 +64,15 @@ pub enum RepoError {
         #[source]
         source: object_store::Error,
     },
+    /// A request to a storage node's extensions (a batch transfer) failed.
+    #[error("storage node at {location}")]
+    Node {
+        /// The repository URL.
+        location: String,
+        /// The client's error.
+        #[source]
+        source: crate::node_client::NodeClientError,
+    },
     /// A local I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -97,6 +106,7 @@ impl RepoError {
     /// a permanent condition such as corruption or a wrong password.
     pub fn is_retryable(&self) -> bool {
         match self {
+            RepoError::Node { source, .. } => source.is_retryable(),
             RepoError::Storage { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::exists_client::{ExistsClient, ExistsClientError};
+use crate::node_client::{NodeClient, NodeClientError};
 
 /// How long the first question of a batch waits for company.
 pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
@@ -30,11 +30,11 @@ pub(crate) const DEFAULT_MAX_KEYS: usize = 1000;
 /// Where batches go: the storage node client, or a fake in tests.
 pub(crate) trait BatchQuery: Send + Sync + 'static {
     /// Which of `keys` exist, one answer per key in order.
-    fn query(&self, keys: Vec<String>) -> BoxFuture<'static, Result<Vec<bool>, ExistsClientError>>;
+    fn query(&self, keys: Vec<String>) -> BoxFuture<'static, Result<Vec<bool>, NodeClientError>>;
 }
 
-impl BatchQuery for ExistsClient {
-    fn query(&self, keys: Vec<String>) -> BoxFuture<'static, Result<Vec<bool>, ExistsClientError>> {
+impl BatchQuery for NodeClient {
+    fn query(&self, keys: Vec<String>) -> BoxFuture<'static, Result<Vec<bool>, NodeClientError>> {
         let client = self.clone();
         Box::pin(async move { client.exists(&keys).await })
     }
@@ -156,8 +156,8 @@ impl Inner {
             }
             Err(error) => {
                 let refused = error.is_unsupported()
-                    || matches!(error, ExistsClientError::Status { status, .. } if status == 403)
-                    || matches!(error, ExistsClientError::Protocol(_));
+                    || matches!(error, NodeClientError::Status { status, .. } if status == 403)
+                    || matches!(error, NodeClientError::Protocol(_));
                 if refused
                     && self
                         .mode
@@ -206,13 +206,13 @@ mod tests {
         fn query(
             &self,
             keys: Vec<String>,
-        ) -> BoxFuture<'static, Result<Vec<bool>, ExistsClientError>> {
+        ) -> BoxFuture<'static, Result<Vec<bool>, NodeClientError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.largest.fetch_max(keys.len(), Ordering::SeqCst);
             let answer = if self.supported {
                 Ok(keys.iter().map(|k| self.stored.contains(k)).collect())
             } else {
-                Err(ExistsClientError::Status {
+                Err(NodeClientError::Status {
                     status: 405,
                     body: "<Error><Code>MethodNotAllowed</Code></Error>".into(),
                 })

@@ -20,7 +20,6 @@ mod config;
 mod crypto;
 mod error;
 mod exists_batcher;
-mod exists_client;
 mod gc;
 mod index;
 mod keyfile;
@@ -28,6 +27,7 @@ mod lease;
 mod local_direct;
 mod local_sync;
 mod manifest;
+mod node_client;
 mod progress;
 mod protect;
 mod prune;
@@ -43,9 +43,6 @@ pub use blob::check_frame_only;
 pub use chunk::{ChunkId, is_all_zero};
 pub use config::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig};
 pub use error::{RepoError, Result};
-pub use exists_client::{
-    Credentials, ExistsClient, ExistsClientError, KEYS_PER_REQUEST, exists_batch,
-};
 pub use gc::{
     DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
 };
@@ -56,6 +53,9 @@ pub use lease::{
 pub use manifest::{
     Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,
     format_timestamp, parse_timestamp, validate_name,
+};
+pub use node_client::{
+    BatchReader, Credentials, KEYS_PER_REQUEST, NodeClient, NodeClientError, exists_batch,
 };
 pub use progress::Progress;
 pub use protect::{

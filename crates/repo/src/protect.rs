@@ -25,8 +25,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::backend::Backend;
 use crate::chunk::ChunkId;
 use crate::error::{RepoError, Result};
-use crate::exists_client::{Credentials, sign};
 use crate::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::node_client::{Credentials, Payload, sign};
 use crate::repository::Repository;
 
 /// Folder of protection records.
@@ -347,7 +347,7 @@ impl ObjectLockClient {
             &host,
             &path,
             "retention=",
-            &body,
+            Payload::Bytes(&body),
             OffsetDateTime::now_utc(),
         );
         let response = self

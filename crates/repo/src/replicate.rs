@@ -23,6 +23,7 @@
 //! Memory: chunk listings are compared one `chunks/XX` fan-out prefix at a time (1/256
 //! of the keys), sorted, never the whole repository at once.
 
+mod batch;
 mod rate;
 mod status;
 
@@ -106,6 +107,20 @@ pub struct ReplicateReport {
 struct Counters {
     chunks: AtomicU64,
     bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a chunk of `bytes` written to the secondary.
+    fn chunk_created(&self, bytes: u64) {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Batches copied at once when both sites are storage nodes: a batch carries
+/// many chunks, so `parallel` chunk copies map to fewer batches.
+fn batches_in_flight(parallel: usize) -> usize {
+    parallel.div_ceil(8).clamp(1, 8)
 }
 
 /// Copies everything the secondary `to` lacks from the primary `from`.
@@ -221,8 +236,10 @@ impl Copier {
         Ok((created, keys))
     }
 
-    /// Copies every chunk the secondary lacks, one fan-out prefix listing at a time.
+    /// Copies every chunk the secondary lacks, one fan-out prefix listing at a time;
+    /// in batches when both sites are Haven storage nodes.
     async fn chunks(&self, parallel: usize, progress: &Progress) -> Result<()> {
+        let nodes = batch::Nodes::of(&self.from, &self.to).await?;
         let prefixes = (0..=255u8).map(|byte| format!("chunks/{byte:02x}"));
         let listings = futures::stream::iter(prefixes)
             .map(|prefix| {
@@ -230,27 +247,51 @@ impl Copier {
                 async move { copier.missing_under(&prefix).await }
             })
             .buffered(LISTINGS_AHEAD);
-        let mut copies = listings
-            .flat_map(|listing| match listing {
-                Ok(keys) => {
-                    progress.add_total(keys.iter().map(|(_, size)| size).sum());
-                    futures::stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>())
-                }
-                Err(error) => futures::stream::iter(vec![Err(error)]),
-            })
-            .map(|item| {
-                let copier = self.clone();
-                async move {
-                    let (key, size) = item?;
-                    match copier.object(&key, BlobKind::Chunk, MAX_CHUNK_OBJECT).await {
-                        // Removed by a garbage collection since the listing: no
-                        // manifest that still exists names it, so none copied later can.
-                        Ok(_) | Err(RepoError::NotFound(_)) => Ok::<u64, RepoError>(size),
-                        Err(error) => Err(error),
+        let keys = listings.flat_map(|listing| match listing {
+            Ok(keys) => {
+                progress.add_total(keys.iter().map(|(_, size)| size).sum());
+                futures::stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>())
+            }
+            Err(error) => futures::stream::iter(vec![Err(error)]),
+        });
+        let mut copies = match nodes {
+            Some(nodes) => batch::batches(keys)
+                .map(move |items| {
+                    let copier = self.clone();
+                    let nodes = nodes.clone();
+                    async move {
+                        let mut results = Vec::new();
+                        let mut keys = Vec::with_capacity(items.len());
+                        for item in items {
+                            match item {
+                                Ok(key) => keys.push(key),
+                                Err(error) => results.push(Err(error)),
+                            }
+                        }
+                        results.extend(copier.batch(&nodes, keys).await);
+                        futures::stream::iter(results)
                     }
-                }
-            })
-            .buffer_unordered(parallel);
+                })
+                .buffer_unordered(batches_in_flight(parallel))
+                .flatten()
+                .left_stream(),
+            None => keys
+                .map(|item| {
+                    let copier = self.clone();
+                    async move {
+                        let (key, size) = item?;
+                        match copier.object(&key, BlobKind::Chunk, MAX_CHUNK_OBJECT).await {
+                            // Removed by a garbage collection since the listing: no
+                            // manifest that still exists names it, so none copied
+                            // later can.
+                            Ok(_) | Err(RepoError::NotFound(_)) => Ok::<u64, RepoError>(size),
+                            Err(error) => Err(error),
+                        }
+                    }
+                })
+                .buffer_unordered(parallel)
+                .right_stream(),
+        };
         let mut first_error = None;
         while let Some(result) = copies.next().await {
             match result {

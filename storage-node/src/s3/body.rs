@@ -28,7 +28,13 @@ pub struct Sink {
     pub checksum: s3s::checksum::ChecksumHasher,
 }
 
-impl Sink {
+/// Something object bytes are poured into on a blocking thread.
+pub trait Absorb: Send + 'static {
+    /// Takes the next bytes of the object.
+    fn absorb(&mut self, data: &[u8]) -> Result<(), StoreError>;
+}
+
+impl Absorb for Sink {
     fn absorb(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.md5.update(data);
         self.checksum.update(data);
@@ -37,63 +43,98 @@ impl Sink {
     }
 }
 
-/// Streams a request body into `sink`, refusing more than `max_size` bytes.
-///
-/// Received chunks are handed to a blocking thread a block's worth at a
-/// time without copying them (`Bytes` are reference counted); the next
-/// block is received while the previous one is hashed and written.
-pub async fn receive(body: StreamingBlob, sink: Sink, max_size: u64) -> Result<Sink, S3Error> {
-    let mut body = body;
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut batch_len = 0usize;
-    let mut total: u64 = 0;
-    let mut in_progress: Option<tokio::task::JoinHandle<Result<Sink, StoreError>>> = None;
-    let mut idle = Some(sink);
-    loop {
-        let next = body.next().await;
-        let done = next.is_none();
-        if let Some(chunk) = next {
-            let chunk = chunk.map_err(body_error)?;
-            total += chunk.len() as u64;
-            if total > max_size {
-                return Err(s3_error!(
-                    EntityTooLarge,
-                    "object is larger than {max_size} bytes"
-                ));
-            }
-            batch_len += chunk.len();
-            batch.push(chunk);
-        }
-        if batch_len < BLOCK_SIZE as usize && !done {
-            continue;
-        }
-        // At most one batch in flight: wait for the previous one, then hand
-        // this one over and go on receiving.
-        if let Some(task) = in_progress.take() {
-            idle = Some(joined(task).await?);
-        }
-        let Some(mut sink) = idle.take() else {
-            return Err(s3_error!(InternalError, "body sink lost"));
-        };
-        let chunks = std::mem::take(&mut batch);
-        batch_len = 0;
-        in_progress = Some(tokio::task::spawn_blocking(move || {
-            for chunk in &chunks {
-                sink.absorb(chunk)?;
-            }
-            Ok(sink)
-        }));
-        if done {
-            break;
-        }
-    }
-    match in_progress {
-        Some(task) => joined(task).await,
-        None => idle.ok_or_else(|| s3_error!(InternalError, "body sink lost")),
+impl Absorb for ObjectWriter {
+    fn absorb(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.write(data)?;
+        Ok(())
     }
 }
 
-async fn joined(task: tokio::task::JoinHandle<Result<Sink, StoreError>>) -> Result<Sink, S3Error> {
+/// Hands received pieces of an object to a blocking thread a block's worth at
+/// a time, without copying them (`Bytes` are reference counted): the next
+/// block is received while the previous one is hashed and written. At most one
+/// block is in flight.
+pub struct Feeder<A: Absorb> {
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    in_progress: Option<tokio::task::JoinHandle<Result<A, StoreError>>>,
+    idle: Option<A>,
+}
+
+impl<A: Absorb> Feeder<A> {
+    /// Starts feeding `sink`.
+    pub fn new(sink: A) -> Self {
+        Self {
+            batch: Vec::new(),
+            batch_len: 0,
+            in_progress: None,
+            idle: Some(sink),
+        }
+    }
+
+    /// Adds a piece; a full block goes to the blocking thread.
+    pub async fn push(&mut self, piece: Bytes) -> Result<(), S3Error> {
+        self.batch_len += piece.len();
+        self.batch.push(piece);
+        if self.batch_len >= BLOCK_SIZE as usize {
+            self.hand_over().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands over what is left and returns the sink once everything is absorbed.
+    pub async fn finish(mut self) -> Result<A, S3Error> {
+        if !self.batch.is_empty() {
+            self.hand_over().await?;
+        }
+        match self.in_progress.take() {
+            Some(task) => joined(task).await,
+            None => self
+                .idle
+                .take()
+                .ok_or_else(|| s3_error!(InternalError, "body sink lost")),
+        }
+    }
+
+    async fn hand_over(&mut self) -> Result<(), S3Error> {
+        if let Some(task) = self.in_progress.take() {
+            self.idle = Some(joined(task).await?);
+        }
+        let Some(mut sink) = self.idle.take() else {
+            return Err(s3_error!(InternalError, "body sink lost"));
+        };
+        let pieces = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        self.in_progress = Some(tokio::task::spawn_blocking(move || {
+            for piece in &pieces {
+                sink.absorb(piece)?;
+            }
+            Ok(sink)
+        }));
+        Ok(())
+    }
+}
+
+/// Streams a request body into `sink`, refusing more than `max_size` bytes.
+pub async fn receive(body: StreamingBlob, sink: Sink, max_size: u64) -> Result<Sink, S3Error> {
+    let mut body = body;
+    let mut feeder = Feeder::new(sink);
+    let mut total: u64 = 0;
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(body_error)?;
+        total += piece.len() as u64;
+        if total > max_size {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "object is larger than {max_size} bytes"
+            ));
+        }
+        feeder.push(piece).await?;
+    }
+    feeder.finish().await
+}
+
+async fn joined<A>(task: tokio::task::JoinHandle<Result<A, StoreError>>) -> Result<A, S3Error> {
     task.await
         .map_err(S3Error::internal_error)?
         .map_err(S3Error::from)
@@ -101,7 +142,7 @@ async fn joined(task: tokio::task::JoinHandle<Result<Sink, StoreError>>) -> Resu
 
 /// Maps a failure of the request body (client went away, aws-chunked
 /// signature mismatch, payload hash mismatch) to an S3 error.
-fn body_error(error: s3s::StdError) -> S3Error {
+pub fn body_error(error: s3s::StdError) -> S3Error {
     match error.downcast::<S3Error>() {
         Ok(s3) => *s3,
         Err(other) => {
@@ -118,10 +159,21 @@ fn body_error(error: s3s::StdError) -> S3Error {
 /// so the client sees a short body rather than corrupt data.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BodyError(String);
+pub struct BodyError(pub String);
 
 /// A response body fed by a background reader through a bounded channel.
 struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>);
+
+/// The sending half of a response body built by [`channel`]: an `Err` cuts
+/// the response.
+pub type BodySender = tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>;
+
+/// A response body that streams what is sent into the returned sender, with
+/// at most `capacity` pieces waiting.
+pub fn channel(capacity: usize) -> (BodySender, StreamingBlob) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(capacity);
+    (sender, StreamingBlob::wrap(ChannelStream(receiver)))
+}
 
 impl Stream for ChannelStream {
     type Item = Result<Bytes, BodyError>;
@@ -146,12 +198,12 @@ pub async fn send(
         .await
         .map_err(S3Error::internal_error)?
         .map_err(|e| store.note(e.into()))?;
-    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    let (sender, body) = channel(2);
     let _ = sender.try_send(Ok(Bytes::from(head)));
     if head_end < end {
         tokio::spawn(stream_rest(store, reader, head_end, end, sender));
     }
-    Ok(StreamingBlob::wrap(ChannelStream(receiver)))
+    Ok(body)
 }
 
 async fn stream_rest(
@@ -159,7 +211,7 @@ async fn stream_rest(
     reader: Arc<ObjectReader>,
     mut offset: u64,
     end: u64,
-    sender: tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>,
+    sender: BodySender,
 ) {
     while offset < end {
         let piece_end = end.min((offset / BLOCK_SIZE + 4) * BLOCK_SIZE);

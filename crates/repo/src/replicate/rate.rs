@@ -38,6 +38,11 @@ impl RateLimiter {
         }
     }
 
+    /// The rate, in bytes per second.
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second as u64
+    }
+
     /// Waits until `bytes` may be sent.
     pub async fn acquire(&self, bytes: u64) {
         let wait = {

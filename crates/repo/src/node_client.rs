@@ -1,8 +1,14 @@
-//! Client side of the Haven storage node's batch existence query
-//! (`POST /{bucket}?haven-exists=`, see `docs/storage-node.md`): one signed
-//! request answers for up to [`KEYS_PER_REQUEST`] keys, where plain S3 needs
-//! one HEAD per key. It lives here, not in the storage node, because the
-//! repository code is its user; the node's tests import it from this crate.
+//! Client side of the Haven storage node's extensions of S3 (see
+//! `docs/storage-node.md`): the batch existence query
+//! (`POST /{bucket}?haven-exists=`: one signed request answers for up to
+//! [`KEYS_PER_REQUEST`] keys, where plain S3 needs one HEAD per key) and the
+//! batch transfer used by replication ([`batch`]). It lives here, not in the
+//! storage node, because the repository code is its user; the node's tests
+//! import it from this crate.
+
+mod batch;
+
+pub use batch::BatchReader;
 
 use std::time::Duration;
 
@@ -35,11 +41,11 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Failures of the existence query; callers branch on
-/// [`ExistsClientError::is_unsupported`] (fall back to HEAD) and
-/// [`ExistsClientError::is_retryable`].
+/// Failures of the node's extensions; callers branch on
+/// [`NodeClientError::is_unsupported`] (fall back to HEAD) and
+/// [`NodeClientError::is_retryable`].
 #[derive(Debug, thiserror::Error)]
-pub enum ExistsClientError {
+pub enum NodeClientError {
     /// The endpoint is not an http(s) URL with a host.
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),
@@ -61,9 +67,12 @@ pub enum ExistsClientError {
     /// The node answered something that is not a valid reply.
     #[error("invalid reply: {0}")]
     Protocol(String),
+    /// A batch transfer stream is not well formed.
+    #[error("invalid batch stream: {0}")]
+    Batch(#[from] haven_node_protocol::ProtocolError),
 }
 
-impl ExistsClientError {
+impl NodeClientError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -83,25 +92,25 @@ impl ExistsClientError {
 /// A reusable connection to one bucket of a storage node (keep-alive across
 /// queries, which matters when the repository asks every few milliseconds).
 #[derive(Debug, Clone)]
-pub struct ExistsClient {
+pub struct NodeClient {
     http: reqwest::Client,
     base: url::Url,
     bucket: String,
     credentials: Credentials,
 }
 
-impl ExistsClient {
+impl NodeClient {
     /// Prepares queries against `bucket` at `endpoint` (`http(s)://host:port`,
     /// path-style addressing).
     pub fn new(
         endpoint: &str,
         bucket: &str,
         credentials: Credentials,
-    ) -> Result<Self, ExistsClientError> {
+    ) -> Result<Self, NodeClientError> {
         let base = url::Url::parse(endpoint)
-            .map_err(|e| ExistsClientError::InvalidEndpoint(e.to_string()))?;
+            .map_err(|e| NodeClientError::InvalidEndpoint(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-            return Err(ExistsClientError::InvalidEndpoint(endpoint.to_owned()));
+            return Err(NodeClientError::InvalidEndpoint(endpoint.to_owned()));
         }
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -115,104 +124,115 @@ impl ExistsClient {
         })
     }
 
+    /// A request to this bucket with extension query `query`, signed over
+    /// `payload`.
+    fn post(&self, query: &str, payload: Payload<'_>) -> reqwest::RequestBuilder {
+        let path = format!("/{}", self.bucket);
+        let mut url = self.base.clone();
+        url.set_path(&path);
+        url.set_query(Some(query));
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", self.base.host_str().unwrap_or_default()),
+            None => self.base.host_str().unwrap_or_default().to_owned(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let signed = sign("POST", &self.credentials, &host, &path, query, payload, now);
+        self.http
+            .post(url)
+            .header("host", host)
+            .header("x-amz-date", signed.amz_date)
+            .header("x-amz-content-sha256", signed.payload_hash)
+            .header("authorization", signed.authorization)
+    }
+
     /// Which of `keys` exist in the bucket: one answer per key, in order.
-    pub async fn exists(&self, keys: &[String]) -> Result<Vec<bool>, ExistsClientError> {
+    pub async fn exists(&self, keys: &[String]) -> Result<Vec<bool>, NodeClientError> {
         if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
-            return Err(ExistsClientError::InvalidKey(bad.clone()));
+            return Err(NodeClientError::InvalidKey(bad.clone()));
         }
         let mut answer = Vec::with_capacity(keys.len());
         for batch in keys.chunks(KEYS_PER_REQUEST) {
-            answer.extend(
-                query(
-                    &self.http,
-                    &self.base,
-                    &self.bucket,
-                    &self.credentials,
-                    batch,
-                )
-                .await?,
-            );
+            answer.extend(query(self, batch).await?);
         }
         Ok(answer)
     }
 }
 
 /// Asks a Haven storage node which of `keys` exist in `bucket`; the answer
-/// has one entry per key, in order. One-shot form of [`ExistsClient`].
+/// has one entry per key, in order. One-shot form of [`NodeClient`].
 pub async fn exists_batch(
     endpoint: &str,
     bucket: &str,
     credentials: &Credentials,
     keys: &[String],
-) -> Result<Vec<bool>, ExistsClientError> {
-    ExistsClient::new(endpoint, bucket, credentials.clone())?
+) -> Result<Vec<bool>, NodeClientError> {
+    NodeClient::new(endpoint, bucket, credentials.clone())?
         .exists(keys)
         .await
 }
 
-async fn query(
-    client: &reqwest::Client,
-    base: &url::Url,
-    bucket: &str,
-    credentials: &Credentials,
-    keys: &[String],
-) -> Result<Vec<bool>, ExistsClientError> {
-    let mut body = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
-    for key in keys {
-        body.push_str(key);
-        body.push('\n');
-    }
-    let path = format!("/{bucket}");
-    let mut url = base.clone();
-    url.set_path(&path);
-    url.set_query(Some("haven-exists="));
-    let host = match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_owned(),
-        (None, _) => return Err(ExistsClientError::InvalidEndpoint(base.to_string())),
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let signed = sign(
-        "POST",
-        credentials,
-        &host,
-        &path,
-        "haven-exists=",
-        body.as_bytes(),
-        now,
-    );
+/// Sends one existence query.
+async fn query(client: &NodeClient, keys: &[String]) -> Result<Vec<bool>, NodeClientError> {
+    let body = key_lines(keys);
+    let query = "haven-exists=";
     let response = client
-        .post(url)
-        .header("host", host)
-        .header("x-amz-date", signed.amz_date)
-        .header("x-amz-content-sha256", signed.payload_hash)
-        .header("authorization", signed.authorization)
+        .post(query, Payload::Bytes(body.as_bytes()))
         .body(body)
         .send()
         .await?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
-    if status != 200 {
-        return Err(ExistsClientError::Status { status, body: text });
-    }
-    let answer: Vec<bool> = text
-        .lines()
-        .map(|line| match line {
-            "1" => Ok(true),
-            "0" => Ok(false),
-            other => Err(ExistsClientError::Protocol(format!(
-                "unexpected line {other:?}"
-            ))),
-        })
-        .collect::<Result<_, _>>()?;
+    let text = ok_text(response).await?;
+    let answer = parse_yes_no(&text)?;
     if answer.len() != keys.len() {
-        return Err(ExistsClientError::Protocol(format!(
+        return Err(NodeClientError::Protocol(format!(
             "{} answers for {} keys",
             answer.len(),
             keys.len()
         )));
     }
     Ok(answer)
+}
+
+/// Keys as a request body: one per line.
+fn key_lines(keys: &[String]) -> String {
+    let mut body = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
+    for key in keys {
+        body.push_str(key);
+        body.push('\n');
+    }
+    body
+}
+
+/// The body of a successful response; any other status is an error.
+async fn ok_text(response: reqwest::Response) -> Result<String, NodeClientError> {
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    if status != 200 {
+        return Err(NodeClientError::Status { status, body: text });
+    }
+    Ok(text)
+}
+
+/// Parses an answer of `1`/`0` lines.
+fn parse_yes_no(text: &str) -> Result<Vec<bool>, NodeClientError> {
+    text.lines()
+        .map(|line| match line {
+            "1" => Ok(true),
+            "0" => Ok(false),
+            other => Err(NodeClientError::Protocol(format!(
+                "unexpected line {other:?}"
+            ))),
+        })
+        .collect()
+}
+
+/// What a SigV4 signature covers of a request body.
+#[derive(Clone, Copy)]
+pub(crate) enum Payload<'a> {
+    /// The body itself (its SHA-256).
+    Bytes(&'a [u8]),
+    /// Nothing (`UNSIGNED-PAYLOAD`): for streamed bodies whose parts carry
+    /// their own checksums.
+    Unsigned,
 }
 
 /// Headers of a SigV4-signed request.
@@ -241,7 +261,7 @@ pub(crate) fn sign(
     host: &str,
     path: &str,
     canonical_query: &str,
-    body: &[u8],
+    payload: Payload<'_>,
     now: time::OffsetDateTime,
 ) -> Signed {
     let date = format!(
@@ -256,7 +276,10 @@ pub(crate) fn sign(
         now.minute(),
         now.second()
     );
-    let payload_hash = sha256_hex(body);
+    let payload_hash = match payload {
+        Payload::Bytes(body) => sha256_hex(body),
+        Payload::Unsigned => "UNSIGNED-PAYLOAD".to_owned(),
+    };
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
     let canonical_request = format!(
         "{method}\n{path}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{payload_hash}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_hash}"

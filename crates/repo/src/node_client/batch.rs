@@ -1,0 +1,149 @@
+//! Client of the storage node's batch transfer (`?haven-batch-get=`,
+//! `?haven-batch-put=`; wire format in `haven_node_protocol`): replication
+//! between two nodes moves many objects per request instead of one signed,
+//! MD5-hashed PUT and one GET per object.
+
+use bytes::{Bytes, BytesMut};
+use haven_node_protocol::{
+    BATCH_GET_QUERY, BATCH_PUT_QUERY, Decoder, Event, ProtocolError, Record,
+};
+
+use super::{NodeClient, NodeClientError, Payload, key_lines, ok_text, parse_yes_no};
+
+impl NodeClient {
+    /// Whether the node serves batch transfers: an empty batch read succeeds
+    /// (a plain S3 server refuses the unknown request with a 4xx).
+    pub async fn supports_batch(&self) -> Result<bool, NodeClientError> {
+        match self.batch_get(Vec::new()).await {
+            Ok(mut reader) => Ok(reader.next_object(0).await?.is_none()),
+            Err(error) if error.is_unsupported() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Starts reading the objects `keys` (bucket keys) name: one record per
+    /// key, in order, from [`BatchReader::next_object`].
+    pub async fn batch_get(&self, keys: Vec<String>) -> Result<BatchReader, NodeClientError> {
+        if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
+            return Err(NodeClientError::InvalidKey(bad.clone()));
+        }
+        let body = key_lines(&keys);
+        let query = format!("{BATCH_GET_QUERY}=");
+        let response = self
+            .post(&query, Payload::Bytes(body.as_bytes()))
+            .body(body)
+            .send()
+            .await?;
+        if response.status().as_u16() != 200 {
+            let error = ok_text(response).await.err();
+            return Err(error.unwrap_or_else(|| {
+                NodeClientError::Protocol("batch read failed without a status".into())
+            }));
+        }
+        Ok(BatchReader {
+            response,
+            decoder: Decoder::new(),
+            keys: keys.into_iter(),
+            ended: false,
+        })
+    }
+
+    /// Creates the objects whose encoded records and data `pieces` hold, in
+    /// order, unless they exist; returns, per object in order, whether this
+    /// request created it. The body is sent unsigned (`UNSIGNED-PAYLOAD`): each
+    /// object carries its own CRC-32, which the node checks. Its length must be
+    /// known in advance (S3 servers want a Content-Length with unsigned
+    /// payloads), hence whole pieces rather than a stream.
+    pub async fn batch_put(&self, pieces: Vec<Bytes>) -> Result<Vec<bool>, NodeClientError> {
+        let query = format!("{BATCH_PUT_QUERY}=");
+        let length: usize = pieces.iter().map(Bytes::len).sum();
+        let body = futures::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+        let response = self
+            .post(&query, Payload::Unsigned)
+            .header("content-length", length)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await?;
+        let text = ok_text(response).await?;
+        parse_yes_no(&text)
+    }
+}
+
+/// The records of a batch read, in the order of the keys asked for.
+pub struct BatchReader {
+    response: reqwest::Response,
+    decoder: Decoder,
+    keys: std::vec::IntoIter<String>,
+    ended: bool,
+}
+
+impl BatchReader {
+    /// The next record with the object's complete data (empty unless it is an
+    /// object), or `None` after the last key. Refuses objects larger than
+    /// `max_len`, records out of order, and data that does not match its
+    /// CRC-32.
+    pub async fn next_object(
+        &mut self,
+        max_len: u64,
+    ) -> Result<Option<(Record, Bytes)>, NodeClientError> {
+        let mut current: Option<(Record, BytesMut)> = None;
+        loop {
+            while let Some(event) = self.decoder.next_event()? {
+                match event {
+                    Event::Record(record) => {
+                        let expected = self.keys.next();
+                        if expected.as_deref() != Some(record.key()) {
+                            return Err(NodeClientError::Protocol(format!(
+                                "record for {:?} where {expected:?} was due",
+                                record.key()
+                            )));
+                        }
+                        let Record::Object { info, .. } = &record else {
+                            return Ok(Some((record, Bytes::new())));
+                        };
+                        if info.size > max_len {
+                            return Err(NodeClientError::Protocol(format!(
+                                "{:?} is {} bytes, at most {max_len} expected",
+                                record.key(),
+                                info.size
+                            )));
+                        }
+                        // Bounded by max_len just above.
+                        let capacity = usize::try_from(info.size).unwrap_or(0);
+                        current = Some((record, BytesMut::with_capacity(capacity)));
+                    }
+                    Event::Data(piece) => match &mut current {
+                        Some((_, data)) => data.extend_from_slice(&piece),
+                        None => return Err(ProtocolError::Malformed("stray data".into()).into()),
+                    },
+                    Event::ObjectEnd => {
+                        let Some((record, data)) = current.take() else {
+                            return Err(ProtocolError::Malformed("stray object end".into()).into());
+                        };
+                        if let Record::Object { key, info } = &record
+                            && crc32fast::hash(&data) != info.crc32
+                        {
+                            return Err(NodeClientError::Protocol(format!(
+                                "{key:?}: the bytes received do not match their CRC-32"
+                            )));
+                        }
+                        return Ok(Some((record, data.freeze())));
+                    }
+                }
+            }
+            if self.ended {
+                self.decoder.finish()?;
+                if let Some(missing) = self.keys.next() {
+                    return Err(NodeClientError::Protocol(format!(
+                        "batch ended before the record for {missing:?}"
+                    )));
+                }
+                return Ok(None);
+            }
+            match self.response.chunk().await? {
+                Some(piece) => self.decoder.push(piece),
+                None => self.ended = true,
+            }
+        }
+    }
+}
