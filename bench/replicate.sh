@@ -5,6 +5,13 @@
 #   bench/replicate.sh                 # 2048 MiB of incompressible data
 #   SIZE_MIB=512 PARALLEL=32 bench/replicate.sh
 #   UNSIGNED=true bench/replicate.sh   # node → node with AWS_UNSIGNED_PAYLOAD (no SigV4 body hash)
+#   PERF_DIR=/tmp/p bench/replicate.sh # also `perf record` each process of the node → node run
+#   KEEP=1 bench/replicate.sh          # leave BENCH_DIR behind (see below)
+#
+# Deleting thousands of files makes the next minutes of file creation on the same
+# file system slow when ext4 runs without a journal, as on the project's machine
+# (`recently_deleted` in the inode allocator): back-to-back runs should use KEEP=1
+# and delete their directories after the last run.
 #
 # Needs a built `haven` (HAVEN=path, default target/release/haven) and awscli (bucket
 # creation). Data goes to BENCH_DIR (default a fresh dir in /var/tmp), removed at exit.
@@ -20,7 +27,7 @@ export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 HAVEN_PASSWORD=bench-pa
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$BENCH_DIR"
+  [ -n "${KEEP:-}" ] || rm -rf "$BENCH_DIR"
 }
 trap cleanup EXIT
 
@@ -61,9 +68,21 @@ timed() { # runs "$@" with GNU time; leaves its JSON in $BENCH_DIR/out.json, CPU
 }
 node_cpu() { echo "$(cpu "$primary_pid") $(cpu "$secondary_pid")"; }
 
+perf_pids=()
+if [ -n "${PERF_DIR:-}" ]; then
+  mkdir -p "$PERF_DIR"
+  for role in source:"$primary_pid" target:"$secondary_pid"; do
+    perf record -q -g -p "${role#*:}" -o "$PERF_DIR/${role%%:*}.data" 2>/dev/null &
+    perf_pids+=($!)
+  done
+  perf record -q -a -o "$PERF_DIR/all.data" 2>/dev/null &
+  perf_pids+=($!)
+  sleep 0.5
+fi
 read -r p0 s0 <<<"$(node_cpu)"
 HAVEN_PASSWORD='' AWS_UNSIGNED_PAYLOAD=${UNSIGNED:-false} timed "$HAVEN" replicate --from "$from" --to "$to" --parallel "$PARALLEL" --json
 read -r p1 s1 <<<"$(node_cpu)"
+for p in "${perf_pids[@]}"; do kill -INT "$p"; wait "$p" || true; done
 json=$(cat "$BENCH_DIR/out.json")
 row "replicate node → node (--parallel $PARALLEL)" "$(field bytes_copied <<<"$json")" "$(seconds <<<"$json")" \
   "$(cat "$BENCH_DIR/cpu") / $(python3 -c "print(f'{$p1-$p0:.1f}')") / $(python3 -c "print(f'{$s1-$s0:.1f}')")"

@@ -74,9 +74,37 @@ impl AlignedBlock {
         take
     }
 
+    /// Lets `read` fill the block from its start (the whole block is offered,
+    /// aligned for `O_DIRECT`); keeps as filled the length it returns.
+    pub fn fill_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<()> {
+        // SAFETY: as in `push`.
+        let all = unsafe {
+            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), PAGES * ALIGNMENT)
+        };
+        let filled = read(all)?;
+        self.len = filled.min(PAGES * ALIGNMENT);
+        Ok(())
+    }
+
+    /// Keeps only the first `len` filled bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Empties the block for the next one.
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+/// The filled part, so a block can back a `Bytes` (`Bytes::from_owner`) and
+/// return to the pool when the last reference goes.
+impl AsRef<[u8]> for AlignedBlock {
+    fn as_ref(&self) -> &[u8] {
+        self.filled()
     }
 }
 

@@ -220,6 +220,29 @@ impl Store {
         temp: PathBuf,
         condition: &WriteCondition,
     ) -> Result<(), StoreError> {
+        let dir = self.commit_unsynced(bucket, key, temp, condition).await?;
+        self.sync_dirs(vec![dir]).await
+    }
+
+    /// Makes the entries of `dirs` durable (after [`Self::commit_unsynced`]).
+    pub async fn sync_dirs(&self, dirs: Vec<PathBuf>) -> Result<(), StoreError> {
+        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| durable::sync_dir(dir)))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
+    /// [`Self::commit`] without the fsync of the directory that received the
+    /// object, which it returns: the object is visible but not yet durable
+    /// until the caller syncs that directory (once for many objects). The
+    /// temporary file must already be durable.
+    pub async fn commit_unsynced(
+        &self,
+        bucket: &str,
+        key: &str,
+        temp: PathBuf,
+        condition: &WriteCondition,
+    ) -> Result<PathBuf, StoreError> {
         let guard = TempGuard(temp);
         let relative = key_to_path(key)?;
         if !self.objects_dir(bucket)?.exists() {
@@ -229,19 +252,23 @@ impl Store {
         let objects = self.objects_dir_in(index, bucket)?;
         let bucket_base = (index != 0).then(|| self.dirs[index].clone());
         let bucket_name = bucket.to_owned();
-        let _lock = self.key_lock(bucket, key).lock().await;
-        let existing = match self.open_object(bucket, key).await {
-            Ok(reader) => Some(reader.meta),
-            Err(StoreError::NoSuchKey) => None,
-            Err(StoreError::Corrupt(_)) => Some(ObjectMeta::default()),
-            Err(error) => return Err(error),
-        };
-        check_write_condition(existing.as_ref(), condition)?;
-        if let Some(meta) = &existing {
-            check_not_locked(meta, false)?;
-        }
+        let path = objects.join(&relative);
+        let dir = path.parent().unwrap_or(&objects).to_path_buf();
+        let condition = condition.clone();
         let temp = guard.0.clone();
+        let _lock = self.key_lock(bucket, key).lock().await;
+        // One blocking call checks the object it would replace and publishes.
         tokio::task::spawn_blocking(move || {
+            let existing = match ObjectReader::open(&path).map_err(StoreError::from) {
+                Ok(reader) => Some(reader.meta),
+                Err(StoreError::NoSuchKey) => None,
+                Err(StoreError::Corrupt(_)) => Some(ObjectMeta::default()),
+                Err(error) => return Err(error),
+            };
+            check_write_condition(existing.as_ref(), &condition)?;
+            if let Some(meta) = &existing {
+                check_not_locked(meta, false)?;
+            }
             if let Some(base) = bucket_base {
                 ensure_objects_dir(&base, &bucket_name)?;
             }
@@ -250,7 +277,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         std::mem::forget(guard);
-        Ok(())
+        Ok(dir)
     }
 
     /// Deletes an object unless Object Lock forbids it. Deleting a missing
@@ -323,7 +350,9 @@ impl Store {
         let temp = self.temp_path_in(index);
         let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let (temp, _) = crate::object_file::rewrite_meta(&reader, temp, meta)?;
-            publish(&objects, &relative, &temp)
+            publish(&objects, &relative, &temp)?;
+            let target = objects.join(&relative);
+            Ok(durable::sync_dir(target.parent().unwrap_or(&objects))?)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
@@ -399,8 +428,8 @@ impl Drop for TempGuard {
     }
 }
 
-/// Renames a durable temp file into place and syncs the directory; retries
-/// when a concurrent delete pruned the directory in between.
+/// Renames a durable temp file into place (the caller syncs the directory);
+/// retries when a concurrent delete pruned the directory in between.
 fn publish(objects: &Path, relative: &Path, temp: &Path) -> Result<(), StoreError> {
     let target = objects.join(relative);
     let parent_relative = relative.parent().unwrap_or(Path::new(""));
@@ -415,7 +444,6 @@ fn publish(objects: &Path, relative: &Path, temp: &Path) -> Result<(), StoreErro
             Err(error) => return Err(error.into()),
         }
     }
-    durable::sync_dir(target.parent().unwrap_or(objects))?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! does (fsynced file, rename, fsync of the directory, the bucket's default
 //! retention), so a batch cut off at any point leaves only complete objects.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use s3s::{Body, S3Error, S3Response, S3Result, s3_error};
 
 use crate::config::Config;
 use crate::error::StoreError;
-use crate::object_file::{BLOCK_SIZE, ObjectMeta, ObjectReader, ObjectWriter, Retention};
+use crate::object_file::{BLOCK_SIZE, ObjectMeta, ObjectReader, ObjectWriter};
 use crate::s3::body::{BodyError, BodySender, Feeder, body_error, channel};
 use crate::s3::convert;
 use crate::store::{Store, WriteCondition};
@@ -33,9 +33,13 @@ const WHOLE_OBJECT_BYTES: u64 = 8 * BLOCK_SIZE;
 const BLOCKS_PER_READ: u64 = 4;
 /// Response pieces waiting for the connection.
 const RESPONSE_PIECES: usize = 8;
-/// Objects of one batch write being made durable and published at once (the
-/// next ones are received meanwhile).
-const COMMITS_IN_FLIGHT: usize = 8;
+/// Objects of one batch read being read from disk ahead of the one being sent
+/// (the disk serves several reads at once; one at a time leaves it waiting).
+const OBJECTS_AHEAD: usize = 4;
+/// Objects of a batch write made durable together (see [`commit_group`]).
+const GROUP_OBJECTS: usize = 16;
+/// Groups being made durable while the next one is received.
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Streams the records of `keys` in `bucket`.
 pub async fn get(
@@ -47,8 +51,13 @@ pub async fn get(
     store.bucket_config(&bucket).await?;
     let (sender, body) = channel(RESPONSE_PIECES);
     tokio::spawn(async move {
-        for key in keys {
-            if send_object(&store, &bucket, key, &sender).await.is_err() {
+        let bucket = bucket.as_str();
+        let store = &store;
+        let mut prepared = futures::stream::iter(keys)
+            .map(|key| prepare(store, bucket, key))
+            .buffered(OBJECTS_AHEAD);
+        while let Some(object) = prepared.next().await {
+            if send_prepared(store, object, &sender).await.is_err() {
                 return;
             }
         }
@@ -80,19 +89,22 @@ async fn send_record(sender: &BodySender, record: &Record) -> Result<(), Stopped
     }
 }
 
-/// Sends the record of one key, with its data if it is an object.
-async fn send_object(
-    store: &Arc<Store>,
-    bucket: &str,
-    key: String,
-    sender: &BodySender,
-) -> Result<(), Stopped> {
+/// One key's record, read ahead of its turn in the response.
+enum Prepared {
+    /// A record without data, or an object read and verified whole.
+    Whole(Record, Vec<Bytes>),
+    /// A large object, whose blocks are read as they are sent.
+    Streamed(Record, Arc<ObjectReader>),
+}
+
+/// Reads the record of one key: the whole object if it is small.
+async fn prepare(store: &Arc<Store>, bucket: &str, key: String) -> Prepared {
     let reader = match store.open_object(bucket, &key).await {
         Ok(reader) => Arc::new(reader),
-        Err(StoreError::NoSuchKey) => return send_record(sender, &Record::Missing { key }).await,
+        Err(StoreError::NoSuchKey) => return Prepared::Whole(Record::Missing { key }, Vec::new()),
         Err(error) => {
             let message = error.to_string();
-            return send_record(sender, &Record::Failed { key, message }).await;
+            return Prepared::Whole(Record::Failed { key, message }, Vec::new());
         }
     };
     let meta = &reader.meta;
@@ -102,22 +114,36 @@ async fn send_object(
         content_type: meta.content_type.clone(),
         crc32: meta.whole_crc32(),
     };
-    let blocks = meta.size.div_ceil(BLOCK_SIZE);
-    if info.size <= WHOLE_OBJECT_BYTES {
-        let data = match read_blocks(store, &reader, 0, blocks).await {
-            Ok(data) => data,
-            Err(error) => {
-                let message = error.to_string();
-                return send_record(sender, &Record::Failed { key, message }).await;
-            }
-        };
-        send_record(sender, &Record::Object { key, info }).await?;
-        for block in data {
-            send(sender, Ok(block)).await?;
-        }
-        return Ok(());
+    if info.size > WHOLE_OBJECT_BYTES {
+        return Prepared::Streamed(Record::Object { key, info }, reader);
     }
-    send_record(sender, &Record::Object { key, info }).await?;
+    match read_blocks(store, &reader, 0, info.size.div_ceil(BLOCK_SIZE)).await {
+        Ok(data) => Prepared::Whole(Record::Object { key, info }, data),
+        Err(error) => {
+            let message = error.to_string();
+            Prepared::Whole(Record::Failed { key, message }, Vec::new())
+        }
+    }
+}
+
+/// Sends a prepared record with its data.
+async fn send_prepared(
+    store: &Arc<Store>,
+    object: Prepared,
+    sender: &BodySender,
+) -> Result<(), Stopped> {
+    let (record, reader) = match object {
+        Prepared::Whole(record, data) => {
+            send_record(sender, &record).await?;
+            for block in data {
+                send(sender, Ok(block)).await?;
+            }
+            return Ok(());
+        }
+        Prepared::Streamed(record, reader) => (record, reader),
+    };
+    send_record(sender, &record).await?;
+    let blocks = reader.meta.size.div_ceil(BLOCK_SIZE);
     let mut next = 0;
     while next < blocks {
         let end = blocks.min(next + BLOCKS_PER_READ);
@@ -145,13 +171,9 @@ async fn read_blocks(
     end: u64,
 ) -> Result<Vec<Bytes>, StoreError> {
     let reader = Arc::clone(reader);
-    let read = tokio::task::spawn_blocking(move || {
-        (first..end)
-            .map(|index| reader.read_block(index).map(Bytes::from))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    let read = tokio::task::spawn_blocking(move || reader.read_blocks_uncached(first, end))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
     read.map_err(|error| store.note(error.into()))
 }
 
@@ -169,7 +191,8 @@ pub async fn put(
     let max_size = config.limits.max_object_size;
     let mut decoder = Decoder::new();
     let mut current: Option<(String, ObjectInfo, Feeder<ObjectWriter>)> = None;
-    let mut commits = VecDeque::new();
+    let mut group = Vec::new();
+    let mut groups = VecDeque::new();
     let mut created = Vec::new();
     let mut objects = 0usize;
     loop {
@@ -208,21 +231,32 @@ pub async fn put(
                     let Some((key, info, feeder)) = current.take() else {
                         return Err(s3_error!(InternalError, "batch object ended twice"));
                     };
-                    let writer = feeder.finish().await?;
-                    if commits.len() >= COMMITS_IN_FLIGHT
-                        && let Some(oldest) = commits.pop_front()
-                    {
-                        created.push(joined(oldest).await?);
-                    }
-                    let pending = Pending {
-                        store: Arc::clone(store),
-                        bucket: bucket.to_owned(),
-                        key,
-                        info,
+                    let meta = ObjectMeta {
+                        etag: info.etag.clone(),
+                        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
+                        content_type: info.content_type.clone(),
                         retention: retention.clone(),
                         legal_hold,
+                        ..Default::default()
                     };
-                    commits.push_back(tokio::spawn(pending.commit(writer)));
+                    let sealing = tokio::spawn(feeder.finish_with(move |mut writer| {
+                        let meta = writer.seal(meta)?;
+                        Ok((writer, meta))
+                    }));
+                    group.push(Received { key, info, sealing });
+                    if group.len() == GROUP_OBJECTS {
+                        if groups.len() >= GROUPS_IN_FLIGHT
+                            && let Some(oldest) = groups.pop_front()
+                        {
+                            created.extend(joined(oldest).await?);
+                        }
+                        let received = std::mem::take(&mut group);
+                        groups.push_back(tokio::spawn(commit_group(
+                            Arc::clone(store),
+                            bucket.to_owned(),
+                            received,
+                        )));
+                    }
                 }
             }
         }
@@ -232,13 +266,20 @@ pub async fn put(
         }
     }
     decoder.finish().map_err(protocol_error)?;
-    for task in commits {
-        created.push(joined(task).await?);
+    if !group.is_empty() {
+        groups.push_back(tokio::spawn(commit_group(
+            Arc::clone(store),
+            bucket.to_owned(),
+            group,
+        )));
+    }
+    for task in groups {
+        created.extend(joined(task).await?);
     }
     Ok(super::yes_no_lines(created.into_iter()))
 }
 
-async fn joined(task: tokio::task::JoinHandle<S3Result<bool>>) -> S3Result<bool> {
+async fn joined<T>(task: tokio::task::JoinHandle<S3Result<T>>) -> S3Result<T> {
     task.await.map_err(S3Error::internal_error)?
 }
 
@@ -249,52 +290,67 @@ fn protocol_error(error: ProtocolError) -> S3Error {
     }
 }
 
-/// An object of a batch write whose bytes are all in its temporary file.
-struct Pending {
-    store: Arc<Store>,
-    bucket: String,
+/// An object of a batch write whose bytes are being written to its
+/// temporary file.
+struct Received {
     key: String,
     info: ObjectInfo,
-    retention: Option<Retention>,
-    legal_hold: bool,
+    /// Ends with the file complete but not yet durable.
+    sealing: tokio::task::JoinHandle<S3Result<(ObjectWriter, ObjectMeta)>>,
 }
 
-impl Pending {
-    /// Makes the file durable, checks it against the sender's CRC-32 and
-    /// publishes it unless the key exists; whether it was created.
-    async fn commit(self, writer: ObjectWriter) -> S3Result<bool> {
-        let meta = ObjectMeta {
-            etag: self.info.etag,
-            last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
-            content_type: self.info.content_type,
-            retention: self.retention,
-            legal_hold: self.legal_hold,
-            ..Default::default()
-        };
-        let (temp, meta) = tokio::task::spawn_blocking(move || writer.finish(meta))
-            .await
-            .map_err(S3Error::internal_error)?
-            .map_err(StoreError::from)?;
-        if meta.size != self.info.size || meta.whole_crc32() != self.info.crc32 {
-            let _ = std::fs::remove_file(&temp);
+/// Makes a group of received objects durable and publishes each one whose
+/// key does not exist yet; whether each was created, in order.
+///
+/// The files are fsynced one after the other, then renamed into place, then
+/// each directory that received one is fsynced once: the same order of steps
+/// as a single PUT (so a crash leaves only complete objects), with fewer
+/// writes. Consecutive new files share inode-table and directory blocks, so
+/// most of the file fsyncs find those already written.
+async fn commit_group(
+    store: Arc<Store>,
+    bucket: String,
+    received: Vec<Received>,
+) -> S3Result<Vec<bool>> {
+    let mut sealed = Vec::with_capacity(received.len());
+    for object in received {
+        let (writer, meta) = joined(object.sealing).await?;
+        if meta.size != object.info.size || meta.whole_crc32() != object.info.crc32 {
             return Err(s3_error!(
                 BadDigest,
                 "{}: the bytes received do not match their CRC-32",
-                self.key
+                object.key
             ));
         }
-        let condition = WriteCondition {
-            if_none_match_any: true,
-            ..Default::default()
-        };
-        match self
-            .store
-            .commit(&self.bucket, &self.key, temp, &condition)
+        sealed.push((object.key, writer));
+    }
+    let sealed = tokio::task::spawn_blocking(move || {
+        for (_, writer) in &sealed {
+            writer.sync()?;
+        }
+        Ok::<_, StoreError>(sealed)
+    })
+    .await
+    .map_err(S3Error::internal_error)??;
+    let condition = WriteCondition {
+        if_none_match_any: true,
+        ..Default::default()
+    };
+    let mut created = Vec::with_capacity(sealed.len());
+    let mut dirs = BTreeSet::new();
+    for (key, writer) in sealed {
+        match store
+            .commit_unsynced(&bucket, &key, writer.into_path(), &condition)
             .await
         {
-            Ok(()) => Ok(true),
-            Err(StoreError::PreconditionFailed(_)) => Ok(false),
-            Err(error) => Err(error.into()),
+            Ok(dir) => {
+                dirs.insert(dir);
+                created.push(true);
+            }
+            Err(StoreError::PreconditionFailed(_)) => created.push(false),
+            Err(error) => return Err(error.into()),
         }
     }
+    store.sync_dirs(dirs.into_iter().collect()).await?;
+    Ok(created)
 }

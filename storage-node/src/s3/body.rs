@@ -83,17 +83,30 @@ impl<A: Absorb> Feeder<A> {
     }
 
     /// Hands over what is left and returns the sink once everything is absorbed.
-    pub async fn finish(mut self) -> Result<A, S3Error> {
-        if !self.batch.is_empty() {
-            self.hand_over().await?;
+    pub async fn finish(self) -> Result<A, S3Error> {
+        self.finish_with(Ok).await
+    }
+
+    /// Hands over what is left and runs `last` on the sink on the same
+    /// blocking thread, once everything is absorbed (one thread hop less).
+    pub async fn finish_with<T: Send + 'static>(
+        mut self,
+        last: impl FnOnce(A) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, S3Error> {
+        if let Some(task) = self.in_progress.take() {
+            self.idle = Some(joined(task).await?);
         }
-        match self.in_progress.take() {
-            Some(task) => joined(task).await,
-            None => self
-                .idle
-                .take()
-                .ok_or_else(|| s3_error!(InternalError, "body sink lost")),
-        }
+        let Some(mut sink) = self.idle.take() else {
+            return Err(s3_error!(InternalError, "body sink lost"));
+        };
+        let pieces = std::mem::take(&mut self.batch);
+        joined(tokio::task::spawn_blocking(move || {
+            for piece in &pieces {
+                sink.absorb(piece)?;
+            }
+            last(sink)
+        }))
+        .await
     }
 
     async fn hand_over(&mut self) -> Result<(), S3Error> {
