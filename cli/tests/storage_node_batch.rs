@@ -12,8 +12,8 @@ use haven_node_protocol::{ObjectInfo, Record};
 use haven_repo::{Credentials, NodeClient, NodeClientError};
 use support::{ACCESS_KEY, Node, SECRET_KEY, pattern};
 
-const OTHER_KEYS: &str =
-    "[[keys]]\naccess_key = \"other\"\nsecret_key = \"other-secret\"\nbuckets = [\"elsewhere\"]\n";
+const OTHER_KEYS: &str = "[[keys]]\naccess_key = \"other\"\nsecret_key = \"other-secret\"\nbuckets = [\"elsewhere\"]\n\
+     [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret\"\nread_only = true\n";
 
 fn client(node: &Node, bucket: &str, access_key: &str, secret_key: &str) -> NodeClient {
     let credentials = Credentials {
@@ -214,6 +214,12 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
         .block_on(other.batch_put(pieces(&objects[1..2])))
         .expect_err("denied");
     assert!(status_of(error).contains("AccessDenied"));
+    let reader = client(&node, "site-b", "reader", "reader-secret");
+    assert_eq!(runtime.block_on(read_all(&reader, &["empty"])).len(), 1);
+    let error = runtime
+        .block_on(reader.batch_put(pieces(&objects[1..2])))
+        .expect_err("read-only");
+    assert!(status_of(error).contains("read-only"));
     let forged = client(&node, "site-b", ACCESS_KEY, "wrong-secret");
     let error = runtime
         .block_on(forged.batch_put(pieces(&objects[1..2])))

@@ -90,9 +90,9 @@ impl ExtensionRoute {
 
     /// Serves one extension request.
     async fn serve(&self, req: &mut S3Request<Body>) -> S3Result<S3Response<Body>> {
-        let bucket = self.authorized_bucket(req)?;
         let extension =
             Extension::of(&req.method, &req.uri).ok_or_else(|| s3_error!(InvalidRequest))?;
+        let bucket = self.authorized_bucket(req, extension)?;
         let limits = &self.config.limits;
         match extension {
             Extension::Exists => {
@@ -109,8 +109,9 @@ impl ExtensionRoute {
         }
     }
 
-    /// The bucket of the request, if its access key may use it.
-    fn authorized_bucket(&self, req: &S3Request<Body>) -> S3Result<String> {
+    /// The bucket of the request, if its access key may use it for
+    /// `extension` (a read-only key may only read).
+    fn authorized_bucket(&self, req: &S3Request<Body>, extension: Extension) -> S3Result<String> {
         let credentials = req
             .credentials
             .as_ref()
@@ -125,6 +126,9 @@ impl ExtensionRoute {
                 AccessDenied,
                 "access key may not use this bucket"
             ));
+        }
+        if key.read_only && extension == Extension::BatchPut {
+            return Err(s3_error!(AccessDenied, "access key is read-only"));
         }
         Ok(bucket.to_owned())
     }
