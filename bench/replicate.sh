@@ -69,6 +69,7 @@ timed() { # runs "$@" with GNU time; leaves its JSON in $BENCH_DIR/out.json, CPU
 node_cpu() { echo "$(cpu "$primary_pid") $(cpu "$secondary_pid")"; }
 
 perf_pids=()
+copier_perf=()
 if [ -n "${PERF_DIR:-}" ]; then
   mkdir -p "$PERF_DIR"
   for role in source:"$primary_pid" target:"$secondary_pid"; do
@@ -77,10 +78,11 @@ if [ -n "${PERF_DIR:-}" ]; then
   done
   perf record -q -a -o "$PERF_DIR/all.data" 2>/dev/null &
   perf_pids+=($!)
+  copier_perf=(perf record -q -g -o "$PERF_DIR/copier.data" --)
   sleep 0.5
 fi
 read -r p0 s0 <<<"$(node_cpu)"
-HAVEN_PASSWORD='' AWS_UNSIGNED_PAYLOAD=${UNSIGNED:-false} timed "$HAVEN" replicate --from "$from" --to "$to" --parallel "$PARALLEL" --json
+HAVEN_PASSWORD='' AWS_UNSIGNED_PAYLOAD=${UNSIGNED:-false} timed "${copier_perf[@]}" "$HAVEN" replicate --from "$from" --to "$to" --parallel "$PARALLEL" --json
 read -r p1 s1 <<<"$(node_cpu)"
 for p in "${perf_pids[@]}"; do kill -INT "$p"; wait "$p" || true; done
 json=$(cat "$BENCH_DIR/out.json")

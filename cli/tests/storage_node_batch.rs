@@ -29,8 +29,8 @@ async fn read_all(client: &NodeClient, keys: &[&str]) -> Vec<(Record, Bytes)> {
     let keys = keys.iter().map(|k| (*k).to_owned()).collect();
     let mut reader = client.batch_get(keys).await.expect("batch get");
     let mut out = Vec::new();
-    while let Some(item) = reader.next_object(64 << 20).await.expect("record") {
-        out.push(item);
+    while let Some((record, pieces)) = reader.next_object(64 << 20).await.expect("record") {
+        out.push((record, Bytes::from(pieces.concat())));
     }
     out
 }

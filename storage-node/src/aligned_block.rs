@@ -35,19 +35,31 @@ pub struct AlignedBlock {
 impl AlignedBlock {
     /// An empty block, recycled when possible.
     pub fn new() -> Self {
-        let recycled = POOL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        let pages = recycled.unwrap_or_else(|| vec![Page([0; ALIGNMENT]); PAGES]);
-        Self { pages, len: 0 }
+        Self {
+            pages: pages(),
+            len: 0,
+        }
+    }
+
+    /// The whole block, writable (memory taken again after a release).
+    fn all_mut(&mut self) -> &mut [u8] {
+        if self.pages.len() != PAGES {
+            self.pages = pages();
+        }
+        // SAFETY: `pages` is a contiguous allocation of PAGES plain byte
+        // arrays without padding (size == alignment, asserted above), and
+        // `&mut self` makes the access exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), PAGES * ALIGNMENT)
+        }
     }
 
     /// The filled part.
     pub fn filled(&self) -> &[u8] {
         // SAFETY: `pages` is a contiguous allocation of PAGES plain byte
         // arrays without padding (size == alignment, asserted above), and
-        // `len <= PAGES * ALIGNMENT` is kept by `push`.
+        // `len <= PAGES * ALIGNMENT` is kept by `push` (0 after a release,
+        // when `pages` is empty but its pointer still aligned and non-null).
         unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len) }
     }
 
@@ -64,12 +76,8 @@ impl AlignedBlock {
     /// Copies as much of `data` as fits; returns how many bytes were taken.
     pub fn push(&mut self, data: &[u8]) -> usize {
         let take = (PAGES * ALIGNMENT - self.len).min(data.len());
-        // SAFETY: as in `filled`; the written range ends at most at the end
-        // of the allocation, and `&mut self` makes the access exclusive.
-        let all = unsafe {
-            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), PAGES * ALIGNMENT)
-        };
-        all[self.len..self.len + take].copy_from_slice(&data[..take]);
+        let len = self.len;
+        self.all_mut()[len..len + take].copy_from_slice(&data[..take]);
         self.len += take;
         take
     }
@@ -80,11 +88,7 @@ impl AlignedBlock {
         &mut self,
         read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<()> {
-        // SAFETY: as in `push`.
-        let all = unsafe {
-            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), PAGES * ALIGNMENT)
-        };
-        let filled = read(all)?;
+        let filled = read(self.all_mut())?;
         self.len = filled.min(PAGES * ALIGNMENT);
         Ok(())
     }
@@ -92,6 +96,14 @@ impl AlignedBlock {
     /// Keeps only the first `len` filled bytes.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Gives the memory back to the pool now, for a holder that lives on
+    /// without needing it (a sealed writer waiting for its fsync). The block
+    /// must not be filled again.
+    pub fn release(&mut self) {
+        recycle(std::mem::take(&mut self.pages));
+        self.len = 0;
     }
 
     /// Empties the block for the next one.
@@ -110,10 +122,27 @@ impl AsRef<[u8]> for AlignedBlock {
 
 impl Drop for AlignedBlock {
     fn drop(&mut self) {
-        let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pool.len() < POOL_LIMIT {
-            pool.push(std::mem::take(&mut self.pages));
-        }
+        recycle(std::mem::take(&mut self.pages));
+    }
+}
+
+/// One block's pages, from the pool when it has some.
+fn pages() -> Vec<Page> {
+    let recycled = POOL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .pop();
+    recycled.unwrap_or_else(|| vec![Page([0; ALIGNMENT]); PAGES])
+}
+
+/// Returns a block's pages to the pool (released blocks have none).
+fn recycle(pages: Vec<Page>) {
+    if pages.len() != PAGES {
+        return;
+    }
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pool.len() < POOL_LIMIT {
+        pool.push(pages);
     }
 }
 
@@ -132,5 +161,9 @@ mod tests {
         assert_eq!(&block.filled()[998..1002], &[7, 7, 9, 9]);
         block.clear();
         assert!(block.is_empty());
+        block.release();
+        assert!(block.filled().is_empty());
+        assert_eq!(block.push(&[3; 10]), 10);
+        assert_eq!(block.filled(), &[3; 10]);
     }
 }

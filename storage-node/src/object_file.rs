@@ -227,6 +227,9 @@ impl ObjectWriter {
         if !self.block.is_empty() {
             self.write_block()?;
         }
+        // The data is written: the buffer can serve another writer while this
+        // one waits for its fsync.
+        self.block.release();
         meta.size = self.size;
         meta.block_crc32 = std::mem::take(&mut self.block_crc32);
         if self.direct {

@@ -21,6 +21,8 @@
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
+
 use crate::crypto::{Aead, TAG_LEN};
 use crate::error::{RepoError, Result};
 
@@ -223,34 +225,94 @@ pub(crate) fn check_frame_of_kind(key: &str, blob: &[u8], kind: BlobKind) -> Res
 }
 
 fn check_frame(key: &str, blob: &[u8]) -> Result<Header> {
-    let corrupt = |reason: &str| RepoError::corrupt(key, reason);
     if blob.len() < HEADER_LEN + TAG_LEN + TRAILER_LEN {
-        return Err(corrupt("blob is shorter than its header"));
-    }
-    if blob[0..4] != MAGIC {
-        return Err(corrupt("bad magic"));
-    }
-    if blob[4] != VERSION {
-        return Err(corrupt(&format!("unsupported blob version {}", blob[4])));
+        return Err(RepoError::corrupt(key, "blob is shorter than its header"));
     }
     let (body, trailer) = blob.split_at(blob.len() - TRAILER_LEN);
+    check_frame_parts(
+        key,
+        &blob[..HEADER_LEN],
+        blob.len(),
+        crc32fast::hash(body),
+        trailer,
+    )
+}
+
+/// [`check_frame_of_kind`] for a blob that arrived in pieces, without copying
+/// them into one buffer (the replication copier forwards the pieces as they are).
+pub(crate) fn check_pieces_of_kind(key: &str, pieces: &[Bytes], kind: BlobKind) -> Result<()> {
+    let len: usize = pieces.iter().map(Bytes::len).sum();
+    if len < HEADER_LEN + TAG_LEN + TRAILER_LEN {
+        return Err(RepoError::corrupt(key, "blob is shorter than its header"));
+    }
+    let mut header = [0u8; HEADER_LEN];
+    let mut trailer = [0u8; TRAILER_LEN];
+    let mut body_crc = crc32fast::Hasher::new();
+    let mut offset = 0;
+    for piece in pieces {
+        for (at, byte) in piece
+            .iter()
+            .enumerate()
+            .take(HEADER_LEN.saturating_sub(offset))
+        {
+            header[offset + at] = *byte;
+        }
+        let body_end = (len - TRAILER_LEN).saturating_sub(offset).min(piece.len());
+        body_crc.update(&piece[..body_end]);
+        for (at, byte) in piece[body_end..].iter().enumerate() {
+            trailer[offset + body_end + at - (len - TRAILER_LEN)] = *byte;
+        }
+        offset += piece.len();
+    }
+    let header = check_frame_parts(key, &header, len, body_crc.finalize(), &trailer)?;
+    if BlobKind::from_byte(header.kind) != Some(kind) {
+        return Err(RepoError::corrupt(key, "blob holds another kind of object"));
+    }
+    Ok(())
+}
+
+/// The checks of a frame, given its first [`HEADER_LEN`] bytes, its length, the
+/// CRC-32 of everything before the trailer, and the trailer.
+fn check_frame_parts(
+    key: &str,
+    header: &[u8],
+    blob_len: usize,
+    body_crc: u32,
+    trailer: &[u8],
+) -> Result<Header> {
+    let corrupt = |reason: &str| RepoError::corrupt(key, reason);
+    if header[0..4] != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    if header[4] != VERSION {
+        return Err(corrupt(&format!("unsupported blob version {}", header[4])));
+    }
     let stored_crc = u32::from_le_bytes(trailer.try_into().expect("trailer is 4 bytes"));
-    if crc32fast::hash(body) != stored_crc {
+    if body_crc != stored_crc {
         return Err(corrupt("checksum mismatch"));
     }
-    if blob[7] != CIPHER_AES_256_GCM {
+    if header[7] != CIPHER_AES_256_GCM {
         return Err(corrupt("unknown cipher"));
     }
-    let payload_len =
-        u64::from_le_bytes(blob[16..24].try_into().expect("frame length checked above"));
-    if payload_len != (blob.len() - HEADER_LEN - TRAILER_LEN) as u64 {
+    let payload_len = u64::from_le_bytes(
+        header[16..24]
+            .try_into()
+            .expect("header is HEADER_LEN bytes"),
+    );
+    if payload_len != (blob_len - HEADER_LEN - TRAILER_LEN) as u64 {
         return Err(corrupt("payload length differs from the header"));
     }
     Ok(Header {
-        kind: blob[5],
-        compression: blob[6],
-        plain_len: u64::from_le_bytes(blob[8..16].try_into().expect("frame length checked above")),
-        nonce: blob[24..36].try_into().expect("frame length checked above"),
+        kind: header[5],
+        compression: header[6],
+        plain_len: u64::from_le_bytes(
+            header[8..16]
+                .try_into()
+                .expect("header is HEADER_LEN bytes"),
+        ),
+        nonce: header[24..36]
+            .try_into()
+            .expect("header is HEADER_LEN bytes"),
     })
 }
 
@@ -303,6 +365,45 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plain, random);
+    }
+
+    #[test]
+    fn a_frame_in_pieces_checks_like_a_whole_one() {
+        let keys = cipher();
+        let mut random = vec![0u8; 300];
+        crate::crypto::fill_random(&mut random).unwrap();
+        let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &random).unwrap();
+        let cut = |blob: &[u8], a: usize, b: usize| -> Vec<Bytes> {
+            let blob = Bytes::copy_from_slice(blob);
+            vec![blob.slice(..a), blob.slice(a..b), blob.slice(b..)]
+        };
+        for a in (0..blob.len()).step_by(7) {
+            for b in [
+                a,
+                a + 1,
+                (a + 40).min(blob.len()),
+                blob.len() - 2,
+                blob.len(),
+            ] {
+                let b = b.max(a).min(blob.len());
+                let pieces = cut(&blob, a, b);
+                check_pieces_of_kind("k", &pieces, BlobKind::Chunk).expect("intact");
+                assert!(check_pieces_of_kind("k", &pieces, BlobKind::Index).is_err());
+            }
+        }
+        for at in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x10;
+            let whole = check_frame_of_kind("k", &bad, BlobKind::Chunk).is_err();
+            let pieces =
+                check_pieces_of_kind("k", &cut(&bad, at / 2, at), BlobKind::Chunk).is_err();
+            // The CRC covers every byte before the trailer, and the trailer.
+            assert!(whole, "byte {at} not detected");
+            assert_eq!(whole, pieces, "byte {at}");
+        }
+        assert!(
+            check_pieces_of_kind("k", &[Bytes::from_static(b"short")], BlobKind::Chunk).is_err()
+        );
     }
 
     #[test]

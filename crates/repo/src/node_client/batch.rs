@@ -3,7 +3,7 @@
 //! between two nodes moves many objects per request instead of one signed,
 //! MD5-hashed PUT and one GET per object.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use haven_node_protocol::{
     BATCH_GET_QUERY, BATCH_PUT_QUERY, Decoder, Event, ProtocolError, Record,
 };
@@ -78,15 +78,15 @@ pub struct BatchReader {
 }
 
 impl BatchReader {
-    /// The next record with the object's complete data (empty unless it is an
-    /// object), or `None` after the last key. Refuses objects larger than
-    /// `max_len`, records out of order, and data that does not match its
-    /// CRC-32.
+    /// The next record with the object's data in the pieces it arrived in
+    /// (none unless it is an object), or `None` after the last key. Refuses
+    /// objects larger than `max_len`, records out of order, and data that does
+    /// not match its CRC-32.
     pub async fn next_object(
         &mut self,
         max_len: u64,
-    ) -> Result<Option<(Record, Bytes)>, NodeClientError> {
-        let mut current: Option<(Record, BytesMut)> = None;
+    ) -> Result<Option<(Record, Vec<Bytes>)>, NodeClientError> {
+        let mut current: Option<(Record, Vec<Bytes>, crc32fast::Hasher)> = None;
         loop {
             while let Some(event) = self.decoder.next_event()? {
                 match event {
@@ -99,7 +99,7 @@ impl BatchReader {
                             )));
                         }
                         let Record::Object { info, .. } = &record else {
-                            return Ok(Some((record, Bytes::new())));
+                            return Ok(Some((record, Vec::new())));
                         };
                         if info.size > max_len {
                             return Err(NodeClientError::Protocol(format!(
@@ -108,26 +108,27 @@ impl BatchReader {
                                 info.size
                             )));
                         }
-                        // Bounded by max_len just above.
-                        let capacity = usize::try_from(info.size).unwrap_or(0);
-                        current = Some((record, BytesMut::with_capacity(capacity)));
+                        current = Some((record, Vec::new(), crc32fast::Hasher::new()));
                     }
                     Event::Data(piece) => match &mut current {
-                        Some((_, data)) => data.extend_from_slice(&piece),
+                        Some((_, pieces, crc)) => {
+                            crc.update(&piece);
+                            pieces.push(piece);
+                        }
                         None => return Err(ProtocolError::Malformed("stray data".into()).into()),
                     },
                     Event::ObjectEnd => {
-                        let Some((record, data)) = current.take() else {
+                        let Some((record, pieces, crc)) = current.take() else {
                             return Err(ProtocolError::Malformed("stray object end".into()).into());
                         };
                         if let Record::Object { key, info } = &record
-                            && crc32fast::hash(&data) != info.crc32
+                            && crc.finalize() != info.crc32
                         {
                             return Err(NodeClientError::Protocol(format!(
                                 "{key:?}: the bytes received do not match their CRC-32"
                             )));
                         }
-                        return Ok(Some((record, data.freeze())));
+                        return Ok(Some((record, pieces)));
                     }
                 }
             }

@@ -13,7 +13,7 @@ use haven_node_protocol::Record;
 
 use super::{Copier, MAX_CHUNK_OBJECT};
 use crate::backend::Backend;
-use crate::blob::{BlobKind, check_frame_of_kind};
+use crate::blob::{BlobKind, check_pieces_of_kind};
 use crate::error::{RepoError, Result};
 use crate::node_client::{NodeClient, NodeClientError};
 
@@ -123,19 +123,19 @@ impl Copier {
                 })?;
             match record {
                 Record::Object { info, .. } => {
-                    if let Err(error) = check_frame_of_kind(key, &data, BlobKind::Chunk) {
+                    if let Err(error) = check_pieces_of_kind(key, &data, BlobKind::Chunk) {
                         results.push(Err(error));
                         continue;
                     }
+                    forwarded_bytes += info.size;
                     let header = Record::Object {
                         key: self.to.bucket_key(key),
                         info,
                     }
                     .encode()
                     .map_err(|e| node_error(&self.to, e.into()))?;
-                    forwarded_bytes += data.len() as u64;
                     pieces.push(header);
-                    pieces.push(data);
+                    pieces.extend(data);
                     forwarded.push(*size);
                 }
                 // Removed by a garbage collection since the listing: no manifest
