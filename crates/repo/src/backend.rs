@@ -28,6 +28,9 @@ use crate::node_client::{Credentials, NodeClient};
 /// Whether deferred local writes (chunks) still go through `O_DIRECT`; cleared for the
 /// rest of the process the first time a file system refuses it.
 static DIRECT_WRITES: AtomicBool = AtomicBool::new(true);
+/// Whether whole chunks on `file://` are still read with `O_DIRECT` (see
+/// `local_direct`); cleared for good when the file system refuses it.
+static DIRECT_READS: AtomicBool = AtomicBool::new(true);
 
 /// Whether a create-only write stored the object or found it already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +305,36 @@ impl Backend {
 
     /// Reads a whole object, refusing objects larger than `max_len` bytes.
     pub async fn get(&self, key: &str, max_len: u64) -> Result<Bytes> {
+        if let Some(root) = &self.local_root
+            && DIRECT_READS.load(Ordering::Relaxed)
+            && key.starts_with("chunks/")
+            && is_plain_key(key)
+        {
+            let path = root.join(key);
+            let read =
+                tokio::task::spawn_blocking(move || crate::local_direct::read(&path, max_len))
+                    .await
+                    .map_err(crate::repository::join_error)?;
+            match read {
+                Ok(bytes) => return Ok(bytes),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(RepoError::NotFound(key.to_string()));
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(RepoError::corrupt(key, error.to_string()));
+                }
+                // No O_DIRECT here (tmpfs): buffered reads from now on.
+                Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+                    DIRECT_READS.store(false, Ordering::Relaxed);
+                }
+                Err(source) => {
+                    return Err(RepoError::Io {
+                        context: format!("cannot read {key}"),
+                        source,
+                    });
+                }
+            }
+        }
         let result = self
             .store
             .get(&Path::from(key))
@@ -347,9 +380,7 @@ impl Backend {
         if let (Durability::Deferred, Some(root), Some(syncer)) =
             (durability, &self.local_root, &self.local_sync)
             && DIRECT_WRITES.load(Ordering::Relaxed)
-            && key
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'/')
+            && is_plain_key(key)
         {
             let path = root.join(key);
             let direct_data = data.clone();
@@ -517,6 +548,13 @@ fn node_client(
         region: config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
     };
     Ok(Some(NodeClient::new(&endpoint, bucket, credentials)?))
+}
+
+/// Whether `key` maps to a path below a `file://` root as it is (letters, digits
+/// and `/`: the keys of chunks), so direct I/O may bypass `object_store`.
+fn is_plain_key(key: &str) -> bool {
+    key.bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'/')
 }
 
 fn storage_error(key: &str, error: object_store::Error) -> RepoError {
