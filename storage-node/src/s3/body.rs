@@ -205,6 +205,18 @@ pub async fn send(
     end: u64,
 ) -> Result<StreamingBlob, S3Error> {
     let head_end = end.min(start.saturating_add(PREFETCH_BYTES));
+    if start == 0 && head_end == reader.meta.size {
+        // A whole object (every backup chunk): straight from the device into
+        // buffers that become the response, without the page cache.
+        let blocks = head_end.div_ceil(BLOCK_SIZE);
+        let data = tokio::task::spawn_blocking(move || reader.read_blocks_uncached(0, blocks))
+            .await
+            .map_err(S3Error::internal_error)?
+            .map_err(|e| store.note(e.into()))?;
+        return Ok(StreamingBlob::wrap(futures::stream::iter(
+            data.into_iter().map(Ok::<_, BodyError>),
+        )));
+    }
     let reader = Arc::new(reader);
     let head_reader = Arc::clone(&reader);
     let head = tokio::task::spawn_blocking(move || head_reader.read_range(start, head_end))
