@@ -17,6 +17,8 @@ const CONFIG_KEY: &str = "config";
 const MAX_SMALL_OBJECT: u64 = 64 * 1024;
 const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
 const BLOB_OVERHEAD: u64 = (HEADER_LEN + TAG_LEN + TRAILER_LEN) as u64;
+/// Largest stored chunk accepted (any chunk size, plus frame and slack).
+const MAX_CHUNK_BLOB: u64 = crate::config::MAX_CHUNK_SIZE as u64 + BLOB_OVERHEAD + 1024;
 /// Largest disk an index without a manifest is read for (the worker's limit).
 const MAX_UNREFERENCED_DISK: u64 = 16 << 40;
 
@@ -180,8 +182,15 @@ impl Repository {
 
     /// Fetches a chunk's stored blob without opening it.
     pub async fn get_chunk_blob(&self, id: &ChunkId) -> Result<Bytes> {
-        let max = u64::from(crate::config::MAX_CHUNK_SIZE) + BLOB_OVERHEAD + 1024;
-        self.backend.get(&id.object_key(), max).await
+        self.backend.get(&id.object_key(), MAX_CHUNK_BLOB).await
+    }
+
+    /// [`Self::get_chunk_blob`] for a pass that reads each chunk once (verify),
+    /// past the page cache where the backend allows ([`Backend::get_once`]).
+    pub async fn get_chunk_blob_once(&self, id: &ChunkId) -> Result<Bytes> {
+        self.backend
+            .get_once(&id.object_key(), MAX_CHUNK_BLOB)
+            .await
     }
 
     /// Fetches, checks and opens a chunk.

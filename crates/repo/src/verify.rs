@@ -327,7 +327,7 @@ enum ChunkOutcome {
 
 /// Reads and fully checks a chunk; returns its stored length.
 pub(crate) async fn check_chunk(repo: &Arc<Repository>, id: ChunkId) -> Result<u64> {
-    let stored = repo.get_chunk_blob(&id).await?;
+    let stored = repo.get_chunk_blob_once(&id).await?;
     let len = stored.len() as u64;
     let repo = repo.clone();
     tokio::task::spawn_blocking(move || repo.open_chunk(&id, &stored, None).map(|_| len))
