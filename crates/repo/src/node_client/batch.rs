@@ -12,12 +12,18 @@ use super::{NodeClient, NodeClientError, Payload, key_lines, ok_text, parse_yes_
 
 impl NodeClient {
     /// Whether the node serves batch transfers: an empty batch read succeeds
-    /// (a plain S3 server refuses the unknown request with a 4xx).
+    /// with an empty stream. Any other answer (a plain S3 server refuses the
+    /// unknown request with a 4xx, 501 or whatever it chose) means no, and the
+    /// caller uses plain S3; only a node that cannot be reached is an error.
     pub async fn supports_batch(&self) -> Result<bool, NodeClientError> {
-        match self.batch_get(Vec::new()).await {
-            Ok(mut reader) => Ok(reader.next_object(0).await?.is_none()),
-            Err(error) if error.is_unsupported() => Ok(false),
+        let answer = match self.batch_get(Vec::new()).await {
+            Ok(mut reader) => reader.next_object(0).await,
             Err(error) => Err(error),
+        };
+        match answer {
+            Ok(record) => Ok(record.is_none()),
+            Err(NodeClientError::Transport(error)) => Err(NodeClientError::Transport(error)),
+            Err(_) => Ok(false),
         }
     }
 
