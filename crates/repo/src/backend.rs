@@ -326,15 +326,10 @@ impl Backend {
                 Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                     return Err(RepoError::corrupt(key, error.to_string()));
                 }
-                // No O_DIRECT here (tmpfs): buffered reads from now on.
-                Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
-                    DIRECT_READS.store(false, Ordering::Relaxed);
-                }
-                Err(source) => {
-                    return Err(RepoError::Io {
-                        context: format!("cannot read {key}"),
-                        source,
-                    });
+                Err(error) => {
+                    if let Some(error) = direct_failure(key, "read", error, &DIRECT_READS) {
+                        return Err(error);
+                    }
                 }
             }
         }
@@ -403,15 +398,10 @@ impl Backend {
                     return Ok(PutOutcome::Created);
                 }
                 Ok(DirectPut::AlreadyExisted) => return Ok(PutOutcome::AlreadyExisted),
-                // No O_DIRECT here (tmpfs): buffered writes from now on.
-                Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
-                    DIRECT_WRITES.store(false, Ordering::Relaxed);
-                }
-                Err(source) => {
-                    return Err(RepoError::Io {
-                        context: format!("cannot write {key}"),
-                        source,
-                    });
+                Err(error) => {
+                    if let Some(error) = direct_failure(key, "write", error, &DIRECT_WRITES) {
+                        return Err(error);
+                    }
                 }
             }
         }
@@ -556,6 +546,25 @@ fn node_client(
         region: config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
     };
     Ok(Some(NodeClient::new(&endpoint, bucket, credentials)?))
+}
+
+/// The error of a failed direct `verb` of `key`; `None` when the file system
+/// refuses `O_DIRECT` (tmpfs): `switch` is then cleared for good and the caller
+/// falls back to buffered I/O.
+fn direct_failure(
+    key: &str,
+    verb: &str,
+    error: std::io::Error,
+    switch: &AtomicBool,
+) -> Option<RepoError> {
+    if error.kind() == std::io::ErrorKind::Unsupported {
+        switch.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(RepoError::Io {
+        context: format!("cannot {verb} {key}"),
+        source: error,
+    })
 }
 
 /// Whether `key` maps to a path below a `file://` root as it is (letters, digits
