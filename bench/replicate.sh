@@ -7,6 +7,7 @@
 #   UNSIGNED=true bench/replicate.sh   # node → node with AWS_UNSIGNED_PAYLOAD (no SigV4 body hash)
 #   PERF_DIR=/tmp/p bench/replicate.sh # also `perf record` each process of the node → node run
 #   KEEP=1 bench/replicate.sh          # leave BENCH_DIR behind (see below)
+#   PULL=0 bench/replicate.sh          # the secondary may not pull: batches relayed through haven
 #
 # Deleting thousands of files makes the next minutes of file creation on the same
 # file system slow when ext4 runs without a journal, as on the project's machine
@@ -31,10 +32,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_node() { # name -> the endpoint in $BENCH_DIR/name/endpoint, pid in pids
-  local dir="$BENCH_DIR/$1"; mkdir -p "$dir"
+start_node() { # name [flags] -> the endpoint in $BENCH_DIR/name/endpoint, pid in pids
+  local dir="$BENCH_DIR/$1"; mkdir -p "$dir"; shift
   HAVEN_LOG=warn "$HAVEN" storage-node --listen 127.0.0.1:0 --data "$dir/data" \
-    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" >"$dir/out" &
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$@" >"$dir/out" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/out" ] && break; sleep 0.1; done
   head -1 "$dir/out" | awk '{print $NF}' >"$dir/endpoint"
@@ -45,7 +46,8 @@ field() { python3 -c "import sys,json; print(json.load(sys.stdin)[\"$1\"])"; }
 rate() { python3 -c "print(f'{$1/$2/1e6:.0f} MB/s')"; }
 
 start_node primary; primary=$(cat "$BENCH_DIR/primary/endpoint"); primary_pid=${pids[0]}
-start_node secondary; secondary=$(cat "$BENCH_DIR/secondary/endpoint"); secondary_pid=${pids[1]}
+pull_flags=(); [ "${PULL:-1}" = 0 ] || pull_flags=(--pull-source "$primary")
+start_node secondary "${pull_flags[@]}"; secondary=$(cat "$BENCH_DIR/secondary/endpoint"); secondary_pid=${pids[1]}
 aws --endpoint-url "$primary" s3 mb s3://haven-a >/dev/null
 aws --endpoint-url "$secondary" s3 mb s3://haven-b >/dev/null
 from="s3://haven-a/repo?endpoint=$primary"

@@ -1,5 +1,6 @@
 //! Replication between two real `haven storage-node` processes with separate data
-//! directories: `haven replicate` is killed with SIGKILL several times mid-transfer and
+//! directories (the secondary pulling batches from the primary, or the copier
+//! relaying them): `haven replicate` is killed with SIGKILL several times mid-transfer and
 //! rerun; the secondary never lists a snapshot that does not verify; once it finishes,
 //! the primary node is killed and its data directory deleted, and the secondary alone,
 //! with only the password, serves `snapshots`, `restore`, `files` and `serve-nbd`.
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{MIB, PASSWORD, assert_same_disk, noise, raw_image, write_at};
-use support::{ACCESS_KEY, Node, SECRET_KEY};
+use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY};
 
 /// `haven` with the nodes' credentials and the password in the environment.
 fn haven(args: &[&str]) -> Command {
@@ -131,7 +132,11 @@ impl Drop for Running {
 fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
     let started = Instant::now();
     let mut primary = Node::start();
-    let secondary = Node::start();
+    // The secondary fetches batches from the primary itself.
+    let secondary = Node::start_with(NodeOptions {
+        pull_sources: vec![primary.endpoint()],
+        ..NodeOptions::default()
+    });
     primary.aws_ok(&["s3", "mb", "s3://haven"]);
     secondary.aws_ok(&["s3", "mb", "s3://haven-dr"]);
     let from = format!("s3://haven/site-a?endpoint={}", primary.endpoint());
@@ -164,6 +169,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
     let first: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(first["repository_created"], true, "{first}");
     assert_eq!(first["manifests_copied"], 2, "{first}");
+    assert_eq!(first["chunk_transfer"], "pulled", "{first}");
 
     // Round 2: new data, replicated at a limited rate and killed three times.
     write_at(&web, 130 * MIB, &noise(5, 50 * MIB as usize));
@@ -357,6 +363,8 @@ fn each_site_uses_its_own_credentials() {
     common::assert_success(&output, &["replicate with per-site keys"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["manifests_copied"], 1, "{report}");
+    // The secondary lists no pull source: the copier relays the batches.
+    assert_eq!(report["chunk_transfer"], "relayed", "{report}");
 
     // The secondary alone, with its own key and the password.
     let mut restore = haven(&["restore", "small@latest", "--repo", &to, "--to"]);

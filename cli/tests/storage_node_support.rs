@@ -26,6 +26,8 @@ pub struct NodeOptions {
     /// PEM certificate chain and key for `[tls]`; with them the node speaks
     /// https and awscli is given `ca_bundle`.
     pub tls: Option<TlsFiles>,
+    /// `replication.pull_sources`: nodes this one may pull batches from.
+    pub pull_sources: Vec<String>,
 }
 
 /// Files of a TLS setup.
@@ -93,8 +95,14 @@ impl Node {
             ),
             None => String::new(),
         };
+        let sources: Vec<String> = options
+            .pull_sources
+            .iter()
+            .map(|source| format!("\"{source}\""))
+            .collect();
+        let replication = format!("\n[replication]\npull_sources = [{}]\n", sources.join(", "));
         let text = format!(
-            "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}",
+            "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}{replication}",
             options.extra_keys
         );
         std::fs::write(&config, text).expect("write config");

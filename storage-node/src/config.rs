@@ -42,6 +42,50 @@ pub struct Config {
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Replication between nodes.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// What this node may do for replication between nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Nodes this one may pull batches from when a client asks
+    /// (`?haven-batch-pull=`), as `http(s)://host[:port]`. Empty (the
+    /// default): the node connects to nobody, and replication relays the
+    /// objects through the client. A pull makes this node connect wherever
+    /// the request says, so only listed nodes are reachable that way.
+    pub pull_sources: Vec<String>,
+}
+
+impl ReplicationConfig {
+    /// Whether `url` points at a node in [`ReplicationConfig::pull_sources`]
+    /// (same scheme, host and port).
+    pub fn allows_source(&self, url: &url::Url) -> bool {
+        self.pull_sources
+            .iter()
+            .filter_map(|source| url::Url::parse(source).ok())
+            .any(|source| source.origin() == url.origin())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for source in &self.pull_sources {
+            let parsed = url::Url::parse(source).map_err(|e| {
+                ConfigError::Invalid(format!("replication.pull_sources: {source}: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.path() != "/"
+                || parsed.query().is_some()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "replication.pull_sources: {source} is not http(s)://host[:port]"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One access key with its secret and what it may touch.
@@ -221,7 +265,7 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        self.replication.validate()
     }
 
     /// Finds the configuration of one access key.
@@ -249,6 +293,8 @@ mod tests {
             read_only = true
             [limits]
             max_object_size = 1048576
+            [replication]
+            pull_sources = ["http://10.0.0.2:9000", "https://dr.example.com"]
         "#;
         let config: Config = toml::from_str(text).expect("valid config");
         config.validate().expect("valid keys");
@@ -260,6 +306,39 @@ mod tests {
         assert_eq!(config.limits.max_object_size, 1_048_576);
         assert_eq!(config.region, "us-east-1");
         assert_eq!(config.directories(), [PathBuf::from("/srv/haven")]);
+        let allows = |url: &str| {
+            config
+                .replication
+                .allows_source(&url::Url::parse(url).expect("url"))
+        };
+        assert!(allows("http://10.0.0.2:9000/primary?haven-batch-get="));
+        assert!(allows("https://dr.example.com:443/b"));
+        assert!(!allows("http://10.0.0.2:9001/primary"));
+        assert!(!allows("https://10.0.0.2:9000/primary"));
+        assert!(!allows("http://dr.example.com/b"));
+        assert!(!allows("http://169.254.169.254/latest/meta-data"));
+    }
+
+    #[test]
+    fn pull_sources_must_be_plain_node_urls() {
+        let parse = |sources: &str| -> Config {
+            toml::from_str(&format!(
+                "listen = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n[[keys]]\naccess_key = \"a\"\nsecret_key = \"b\"\n[replication]\npull_sources = {sources}\n"
+            ))
+            .expect("parses")
+        };
+        parse(r#"["http://127.0.0.1:9000"]"#)
+            .validate()
+            .expect("a node");
+        for bad in [
+            r#"["127.0.0.1:9000"]"#,
+            r#"["file:///etc"]"#,
+            r#"["http://h:1/bucket"]"#,
+            r#"["http://h:1/?x=1"]"#,
+            r#"["not a url"]"#,
+        ] {
+            assert!(parse(bad).validate().is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //!
 //! - `POST /{bucket}?haven-exists=`: which of many keys exist ([`exists`]);
 //! - `POST /{bucket}?haven-batch-get=` and `?haven-batch-put=`: many objects
-//!   per request, for replication between nodes ([`batch`]).
+//!   per request, for replication between nodes ([`batch`]);
+//! - `POST /{bucket}?haven-batch-pull=`: fetch a batch from another node and
+//!   write it here ([`pull`]).
 //!
 //! They are ordinary SigV4-signed requests, so the same access keys and bucket
 //! permissions apply as to the S3 operations. See `docs/storage-node.md`.
 
 mod batch;
 mod exists;
+mod pull;
 
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use s3s::route::S3Route;
 use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
 
 pub use exists::EXISTS_QUERY;
-use haven_node_protocol::{BATCH_GET_QUERY, BATCH_PUT_QUERY};
+use haven_node_protocol::{BATCH_GET_QUERY, BATCH_PULL_QUERY, BATCH_PUT_QUERY};
 
 use crate::access::OperationSlot;
 use crate::config::Config;
@@ -34,6 +37,7 @@ enum Extension {
     Exists,
     BatchGet,
     BatchPut,
+    BatchPull,
 }
 
 impl Extension {
@@ -46,6 +50,7 @@ impl Extension {
             (EXISTS_QUERY, Self::Exists),
             (BATCH_GET_QUERY, Self::BatchGet),
             (BATCH_PUT_QUERY, Self::BatchPut),
+            (BATCH_PULL_QUERY, Self::BatchPull),
         ]
         .into_iter()
         .find(|(name, _)| has_parameter(query, name))
@@ -58,7 +63,13 @@ impl Extension {
             Self::Exists => "HavenExists",
             Self::BatchGet => "HavenBatchGet",
             Self::BatchPut => "HavenBatchPut",
+            Self::BatchPull => "HavenBatchPull",
         }
+    }
+
+    /// Whether the extension writes objects (refused to read-only keys).
+    fn writes(self) -> bool {
+        matches!(self, Self::BatchPut | Self::BatchPull)
     }
 }
 
@@ -80,12 +91,18 @@ fn bucket_of(uri: &Uri) -> Option<&str> {
 pub struct ExtensionRoute {
     store: Arc<Store>,
     config: Arc<Config>,
+    /// Client of batch pulls from other nodes.
+    http: reqwest::Client,
 }
 
 impl ExtensionRoute {
     /// Serves the extensions from `store` with the keys of `config`.
-    pub fn new(store: Arc<Store>, config: Arc<Config>) -> Self {
-        Self { store, config }
+    pub fn new(store: Arc<Store>, config: Arc<Config>) -> reqwest::Result<Self> {
+        Ok(Self {
+            store,
+            config,
+            http: pull::client()?,
+        })
     }
 
     /// Serves one extension request.
@@ -105,6 +122,10 @@ impl ExtensionRoute {
             }
             Extension::BatchPut => {
                 batch::put(&self.store, &self.config, &bucket, &mut req.input).await
+            }
+            Extension::BatchPull => {
+                let (store, config) = (&self.store, &self.config);
+                pull::pull(store, config, &self.http, &bucket, &mut req.input).await
             }
         }
     }
@@ -127,7 +148,7 @@ impl ExtensionRoute {
                 "access key may not use this bucket"
             ));
         }
-        if key.read_only && extension == Extension::BatchPut {
+        if key.read_only && extension.writes() {
             return Err(s3_error!(AccessDenied, "access key is read-only"));
         }
         Ok(bucket.to_owned())
@@ -240,6 +261,10 @@ mod tests {
         assert_eq!(
             of(Method::POST, "/b?haven-batch-put="),
             Some(Extension::BatchPut)
+        );
+        assert_eq!(
+            of(Method::POST, "/b?haven-batch-pull="),
+            Some(Extension::BatchPull)
         );
         assert_eq!(of(Method::GET, "/b?haven-exists="), None);
         assert_eq!(of(Method::POST, "/b/key?haven-exists="), None);

@@ -71,6 +71,10 @@ pub struct StorageNodeArgs {
     /// Buckets to create at start when missing (a quick start needs no S3 client).
     #[arg(long = "create-bucket", value_name = "NAME")]
     pub create_buckets: Vec<String>,
+    /// A node this one may pull replication batches from
+    /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
+    #[arg(long = "pull-source", value_name = "URL")]
+    pub pull_sources: Vec<String>,
 }
 
 fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
@@ -93,8 +97,10 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
         keys: Vec::new(),
         tls: None,
         limits: config::Limits::default(),
+        replication: config::ReplicationConfig::default(),
     });
     config.listen = listen;
+    config.replication.pull_sources.extend(args.pull_sources);
     if !args.data.is_empty() {
         config.data_dir = None;
         config.data_dirs = args.data;
@@ -149,10 +155,10 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     ));
     builder.set_auth(access::ConfigAuth(Arc::clone(&config)));
     builder.set_access(access::KeyAccess(Arc::clone(&config)));
-    builder.set_route(extension::ExtensionRoute::new(
-        Arc::clone(&store),
-        Arc::clone(&config),
-    ));
+    builder.set_route(
+        extension::ExtensionRoute::new(Arc::clone(&store), Arc::clone(&config))
+            .context("cannot set up the client for batch pulls")?,
+    );
     let shared = Arc::new(server::Shared {
         s3: builder.build(),
         store,

@@ -124,6 +124,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             access_key: args.storage_access_key.clone(),
             secret_key: args.storage_secret_key.clone(),
             create_buckets: vec!["haven".into()],
+            pull_sources: Vec::new(),
         };
         // Stops on the same signals as the rest of the process.
         tokio::spawn(async move {

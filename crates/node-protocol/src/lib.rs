@@ -11,7 +11,10 @@
 //!   that it could not be read;
 //! - `POST /{bucket}?haven-batch-put=` takes a stream of object records and
 //!   creates each object that does not exist yet (never overwrites), answering
-//!   one line per record: `1` created, `0` already there.
+//!   one line per record: `1` created, `0` already there;
+//! - `POST /{bucket}?haven-batch-pull=` asks the node to send a batch read,
+//!   signed by the client, to another node and write what comes back
+//!   ([`PullRequest`]).
 //!
 //! Each object travels with its size, ETag, content type and CRC-32 as the
 //! source node stored them, so the target keeps the source's ETag instead of
@@ -29,6 +32,10 @@
 //! where `kind` 1 is an object (meta is [`ObjectInfo`] as JSON, followed by
 //! exactly `size` data bytes), 0 a missing key (no meta, no data) and 2 an
 //! object that could not be read (meta is a UTF-8 message, no data).
+
+mod pull;
+
+pub use pull::{BATCH_PULL_QUERY, PULL_HEADERS, PullKey, PullOutcome, PullRequest, key_lines};
 
 use std::collections::VecDeque;
 

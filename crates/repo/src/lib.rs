@@ -64,8 +64,9 @@ pub use protect::{
 pub use prune::prune_snapshots;
 pub use repair::check_same_repository;
 pub use replicate::{
-    RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus, compare_snapshots,
-    list_snapshot_ids, parse_rate, render_prometheus, replicate, replication_status,
+    ChunkTransfer, RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus,
+    compare_snapshots, list_snapshot_ids, parse_rate, render_prometheus, replicate,
+    replication_status,
 };
 pub use repository::Repository;
 pub use retention::{Decision, RetentionPolicy, plan_retention};

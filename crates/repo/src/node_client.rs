@@ -2,11 +2,12 @@
 //! `docs/storage-node.md`): the batch existence query
 //! (`POST /{bucket}?haven-exists=`: one signed request answers for up to
 //! [`KEYS_PER_REQUEST`] keys, where plain S3 needs one HEAD per key) and the
-//! batch transfer used by replication ([`batch`]). It lives here, not in the
+//! batch transfer used by replication ([`batch`], [`pull`]). It lives here, not in the
 //! storage node, because the repository code is its user; the node's tests
 //! import it from this crate.
 
 mod batch;
+mod pull;
 
 pub use batch::BatchReader;
 
@@ -127,6 +128,21 @@ impl NodeClient {
     /// A request to this bucket with extension query `query`, signed over
     /// `payload`.
     fn post(&self, query: &str, payload: Payload<'_>) -> reqwest::RequestBuilder {
+        let (url, headers) = self.signed_post(query, payload);
+        headers
+            .into_iter()
+            .fold(self.http.post(url), |request, (name, value)| {
+                request.header(name, value)
+            })
+    }
+
+    /// The URL and SigV4 headers of a POST to this bucket with extension
+    /// query `query`, signed over `payload`.
+    fn signed_post(
+        &self,
+        query: &str,
+        payload: Payload<'_>,
+    ) -> (url::Url, [(&'static str, String); 4]) {
         let path = format!("/{}", self.bucket);
         let mut url = self.base.clone();
         url.set_path(&path);
@@ -137,12 +153,13 @@ impl NodeClient {
         };
         let now = time::OffsetDateTime::now_utc();
         let signed = sign("POST", &self.credentials, &host, &path, query, payload, now);
-        self.http
-            .post(url)
-            .header("host", host)
-            .header("x-amz-date", signed.amz_date)
-            .header("x-amz-content-sha256", signed.payload_hash)
-            .header("authorization", signed.authorization)
+        let headers = [
+            ("host", host),
+            ("x-amz-date", signed.amz_date),
+            ("x-amz-content-sha256", signed.payload_hash),
+            ("authorization", signed.authorization),
+        ];
+        (url, headers)
     }
 
     /// Which of `keys` exist in the bucket: one answer per key, in order.
@@ -194,12 +211,7 @@ async fn query(client: &NodeClient, keys: &[String]) -> Result<Vec<bool>, NodeCl
 
 /// Keys as a request body: one per line.
 fn key_lines(keys: &[String]) -> String {
-    let mut body = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum());
-    for key in keys {
-        body.push_str(key);
-        body.push('\n');
-    }
-    body
+    haven_node_protocol::key_lines(keys.iter().map(String::as_str))
 }
 
 /// The body of a successful response; any other status is an error.

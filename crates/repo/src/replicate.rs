@@ -98,8 +98,24 @@ pub struct ReplicateReport {
     pub snapshots_vanished: u64,
     /// Bytes written to the secondary.
     pub bytes_copied: u64,
+    /// How chunks travelled, if any had to be looked for.
+    pub chunk_transfer: Option<ChunkTransfer>,
     /// Wall-clock seconds.
     pub elapsed_seconds: f64,
+}
+
+/// How chunks travel from the primary to the secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkTransfer {
+    /// One read and one write per chunk, through this process (plain S3,
+    /// `file://`).
+    Objects,
+    /// Batches read from the primary node and written to the secondary node
+    /// by this process.
+    Relayed,
+    /// Batches the secondary node fetched from the primary node itself.
+    Pulled,
 }
 
 /// Counters shared by the copy tasks.
@@ -115,12 +131,6 @@ impl Counters {
         self.chunks.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
-}
-
-/// Batches copied at once when both sites are storage nodes: a batch carries
-/// many chunks, so `parallel` chunk copies map to fewer batches.
-fn batches_in_flight(parallel: usize) -> usize {
-    parallel.div_ceil(8).clamp(1, 8)
 }
 
 /// Copies everything the secondary `to` lacks from the primary `from`.
@@ -155,7 +165,7 @@ pub async fn replicate(
         .collect();
     report.snapshots_missing = missing.len() as u64;
     if !missing.is_empty() {
-        copier.chunks(options.parallel.max(1), progress).await?;
+        report.chunk_transfer = Some(copier.chunks(options.parallel.max(1), progress).await?);
         to.barrier().await?;
         for id in &missing {
             report.indexes_copied += copier.indexes(id).await?;
@@ -237,9 +247,12 @@ impl Copier {
     }
 
     /// Copies every chunk the secondary lacks, one fan-out prefix listing at a time;
-    /// in batches when both sites are Haven storage nodes.
-    async fn chunks(&self, parallel: usize, progress: &Progress) -> Result<()> {
+    /// in batches when both sites are Haven storage nodes. Says how they travelled.
+    async fn chunks(&self, parallel: usize, progress: &Progress) -> Result<ChunkTransfer> {
         let nodes = batch::Nodes::of(&self.from, &self.to).await?;
+        let transfer = nodes
+            .as_ref()
+            .map_or(ChunkTransfer::Objects, batch::Nodes::transfer);
         let prefixes = (0..=255u8).map(|byte| format!("chunks/{byte:02x}"));
         let listings = futures::stream::iter(prefixes)
             .map(|prefix| {
@@ -255,26 +268,29 @@ impl Copier {
             Err(error) => futures::stream::iter(vec![Err(error)]),
         });
         let mut copies = match nodes {
-            Some(nodes) => batch::batches(keys)
-                .map(move |items| {
-                    let copier = self.clone();
-                    let nodes = nodes.clone();
-                    async move {
-                        let mut results = Vec::new();
-                        let mut keys = Vec::with_capacity(items.len());
-                        for item in items {
-                            match item {
-                                Ok(key) => keys.push(key),
-                                Err(error) => results.push(Err(error)),
+            Some(nodes) => {
+                let in_flight = nodes.batches_in_flight(parallel);
+                batch::batches(keys)
+                    .map(move |items| {
+                        let copier = self.clone();
+                        let nodes = nodes.clone();
+                        async move {
+                            let mut results = Vec::new();
+                            let mut keys = Vec::with_capacity(items.len());
+                            for item in items {
+                                match item {
+                                    Ok(key) => keys.push(key),
+                                    Err(error) => results.push(Err(error)),
+                                }
                             }
+                            results.extend(copier.batch(&nodes, keys).await);
+                            futures::stream::iter(results)
                         }
-                        results.extend(copier.batch(&nodes, keys).await);
-                        futures::stream::iter(results)
-                    }
-                })
-                .buffer_unordered(batches_in_flight(parallel))
-                .flatten()
-                .left_stream(),
+                    })
+                    .buffer_unordered(in_flight)
+                    .flatten()
+                    .left_stream()
+            }
             None => keys
                 .map(|item| {
                     let copier = self.clone();
@@ -304,7 +320,7 @@ impl Copier {
         }
         match first_error {
             Some(error) => Err(error),
-            None => Ok(()),
+            None => Ok(transfer),
         }
     }
 

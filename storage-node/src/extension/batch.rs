@@ -1,7 +1,8 @@
 //! Many objects per request, for replication between nodes:
 //! `POST /{bucket}?haven-batch-get=` streams the objects a list of keys names,
 //! `POST /{bucket}?haven-batch-put=` creates the objects of a stream that do not
-//! exist yet. The wire format is `haven_node_protocol`'s.
+//! exist yet ([`BatchWriter`], which the batch pull shares). The wire format
+//! is `haven_node_protocol`'s.
 //!
 //! Every object keeps the ETag and content type it had at the source and is
 //! checked against the CRC-32 the source node stored for it (combined from its
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use haven_node_protocol::{Decoder, Event, ObjectInfo, ProtocolError, Record};
+use haven_node_protocol::{Decoder, Event, ObjectInfo, ProtocolError, PullOutcome, Record};
 use hyper::StatusCode;
 use s3s::{Body, S3Error, S3Response, S3Result, s3_error};
 
@@ -185,98 +186,220 @@ pub async fn put(
     bucket: &str,
     body: &mut Body,
 ) -> S3Result<S3Response<Body>> {
-    let bucket_config = store.bucket_config(bucket).await?;
-    let (retention, legal_hold) = convert::new_object_retention(&bucket_config, None, None, None)?;
-    let max_objects = config.limits.max_batch_objects;
-    let max_size = config.limits.max_object_size;
-    let mut decoder = Decoder::new();
-    let mut current: Option<(String, ObjectInfo, Feeder<ObjectWriter>)> = None;
-    let mut group = Vec::new();
-    let mut groups = VecDeque::new();
-    let mut created = Vec::new();
-    let mut objects = 0usize;
-    loop {
-        while let Some(event) = decoder.next_event().map_err(protocol_error)? {
-            match event {
-                Event::Record(Record::Object { key, info }) => {
-                    objects += 1;
-                    if objects > max_objects {
-                        return Err(s3_error!(
-                            InvalidRequest,
-                            "at most {max_objects} objects per batch"
-                        ));
-                    }
-                    if info.size > max_size {
-                        return Err(s3_error!(
-                            EntityTooLarge,
-                            "{key}: object is larger than {max_size} bytes"
-                        ));
-                    }
-                    store.object_path(bucket, &key)?;
-                    let writer = store.new_writer(bucket, &key)?;
-                    current = Some((key, info, Feeder::new(writer)));
-                }
-                Event::Record(other) => {
-                    return Err(s3_error!(
-                        InvalidRequest,
-                        "a batch write carries objects only; {:?} is not one",
-                        other.key()
-                    ));
-                }
-                Event::Data(piece) => match &mut current {
-                    Some((_, _, feeder)) => feeder.push(piece).await?,
-                    None => return Err(s3_error!(InternalError, "batch data outside an object")),
-                },
-                Event::ObjectEnd => {
-                    let Some((key, info, feeder)) = current.take() else {
-                        return Err(s3_error!(InternalError, "batch object ended twice"));
-                    };
-                    let meta = ObjectMeta {
-                        etag: info.etag.clone(),
-                        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
-                        content_type: info.content_type.clone(),
-                        retention: retention.clone(),
-                        legal_hold,
-                        ..Default::default()
-                    };
-                    let sealing = tokio::spawn(feeder.finish_with(move |mut writer| {
-                        let meta = writer.seal(meta)?;
-                        Ok((writer, meta))
-                    }));
-                    group.push(Received { key, info, sealing });
-                    if group.len() == GROUP_OBJECTS {
-                        if groups.len() >= GROUPS_IN_FLIGHT
-                            && let Some(oldest) = groups.pop_front()
-                        {
-                            created.extend(joined(oldest).await?);
+    let mut writer = BatchWriter::new(store, config, bucket).await?;
+    let errors = |failure| match failure {
+        StreamFailure::Read(error) => body_error(error),
+        StreamFailure::Protocol(error) => protocol_error(error),
+    };
+    writer
+        .write_stream(body, errors, |writer, record| match record {
+            Record::Object { key, info } => writer.begin(key, info),
+            other => Err(s3_error!(
+                InvalidRequest,
+                "a batch write carries objects only; {:?} is not one",
+                other.key()
+            )),
+        })
+        .await?;
+    let created = writer.finish().await?;
+    Ok(super::yes_no_lines(
+        created
+            .into_iter()
+            .map(|outcome| outcome == PullOutcome::Created),
+    ))
+}
+
+/// A group being committed: whether each of its objects (by its place among
+/// the records) was created.
+type Committing = tokio::task::JoinHandle<S3Result<Vec<(usize, bool)>>>;
+
+/// Why a batch stream could not be read to its end.
+pub(super) enum StreamFailure<E> {
+    /// Its transport failed.
+    Read(E),
+    /// It is not a well-formed batch.
+    Protocol(ProtocolError),
+}
+
+/// Writes the objects of one batch stream as they arrive: each into its own
+/// temporary file, published in groups by [`commit_group`], never over an
+/// existing key.
+pub(super) struct BatchWriter<'a> {
+    store: &'a Arc<Store>,
+    bucket: &'a str,
+    retention: Option<crate::object_file::Retention>,
+    legal_hold: bool,
+    max_objects: usize,
+    max_size: u64,
+    objects: usize,
+    /// The object being received, with its place in `outcomes`.
+    current: Option<(usize, String, ObjectInfo, Feeder<ObjectWriter>)>,
+    group: Vec<Received>,
+    groups: VecDeque<Committing>,
+    /// One per record so far; objects get theirs when their group commits.
+    outcomes: Vec<Option<PullOutcome>>,
+}
+
+impl<'a> BatchWriter<'a> {
+    /// A writer into `bucket`, with the bucket's default retention and the
+    /// limits of `config`.
+    pub(super) async fn new(
+        store: &'a Arc<Store>,
+        config: &Config,
+        bucket: &'a str,
+    ) -> S3Result<Self> {
+        let bucket_config = store.bucket_config(bucket).await?;
+        let (retention, legal_hold) =
+            convert::new_object_retention(&bucket_config, None, None, None)?;
+        Ok(Self {
+            store,
+            bucket,
+            retention,
+            legal_hold,
+            max_objects: config.limits.max_batch_objects,
+            max_size: config.limits.max_object_size,
+            objects: 0,
+            current: None,
+            group: Vec::new(),
+            groups: VecDeque::new(),
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// Decodes `stream` to its end, passing each record to `on_record` (which
+    /// calls [`BatchWriter::begin`] for an object to write, or
+    /// [`BatchWriter::skip`]) and writing the data that follows.
+    pub(super) async fn write_stream<S, E>(
+        &mut self,
+        stream: &mut S,
+        failed: impl Fn(StreamFailure<E>) -> S3Error,
+        mut on_record: impl FnMut(&mut Self, Record) -> S3Result<()>,
+    ) -> S3Result<()>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let mut decoder = Decoder::new();
+        let protocol = |error| failed(StreamFailure::Protocol(error));
+        loop {
+            while let Some(event) = decoder.next_event().map_err(protocol)? {
+                match event {
+                    Event::Record(record) => on_record(self, record)?,
+                    Event::Data(piece) => match &mut self.current {
+                        Some((.., feeder)) => feeder.push(piece).await?,
+                        None => {
+                            return Err(s3_error!(InternalError, "batch data outside an object"));
                         }
-                        let received = std::mem::take(&mut group);
-                        groups.push_back(tokio::spawn(commit_group(
-                            Arc::clone(store),
-                            bucket.to_owned(),
-                            received,
-                        )));
-                    }
+                    },
+                    Event::ObjectEnd => self.end().await?,
                 }
             }
+            match stream.next().await {
+                Some(piece) => decoder.push(piece.map_err(|e| failed(StreamFailure::Read(e)))?),
+                None => break,
+            }
         }
-        match body.next().await {
-            Some(piece) => decoder.push(piece.map_err(body_error)?),
-            None => break,
-        }
+        decoder.finish().map_err(protocol)
     }
-    decoder.finish().map_err(protocol_error)?;
-    if !group.is_empty() {
-        groups.push_back(tokio::spawn(commit_group(
-            Arc::clone(store),
-            bucket.to_owned(),
-            group,
+
+    /// Starts writing the object `key`.
+    pub(super) fn begin(&mut self, key: String, info: ObjectInfo) -> S3Result<()> {
+        self.objects += 1;
+        if self.objects > self.max_objects {
+            return Err(s3_error!(
+                InvalidRequest,
+                "at most {} objects per batch",
+                self.max_objects
+            ));
+        }
+        if info.size > self.max_size {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "{key}: object is larger than {} bytes",
+                self.max_size
+            ));
+        }
+        self.store.object_path(self.bucket, &key)?;
+        let writer = self.store.new_writer(self.bucket, &key)?;
+        self.outcomes.push(None);
+        self.current = Some((self.outcomes.len() - 1, key, info, Feeder::new(writer)));
+        Ok(())
+    }
+
+    /// Records the outcome of a record that carries no object to write.
+    pub(super) fn skip(&mut self, outcome: PullOutcome) {
+        self.outcomes.push(Some(outcome));
+    }
+
+    /// Ends the current object: seals its file and queues it for its group.
+    async fn end(&mut self) -> S3Result<()> {
+        let Some((index, key, info, feeder)) = self.current.take() else {
+            return Err(s3_error!(InternalError, "batch object ended twice"));
+        };
+        let meta = ObjectMeta {
+            etag: info.etag.clone(),
+            last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
+            content_type: info.content_type.clone(),
+            retention: self.retention.clone(),
+            legal_hold: self.legal_hold,
+            ..Default::default()
+        };
+        let sealing = tokio::spawn(feeder.finish_with(move |mut writer| {
+            let meta = writer.seal(meta)?;
+            Ok((writer, meta))
+        }));
+        self.group.push(Received {
+            index,
+            key,
+            info,
+            sealing,
+        });
+        if self.group.len() == GROUP_OBJECTS {
+            if self.groups.len() >= GROUPS_IN_FLIGHT
+                && let Some(oldest) = self.groups.pop_front()
+            {
+                self.note(joined(oldest).await?);
+            }
+            self.commit_group();
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self) {
+        let received = std::mem::take(&mut self.group);
+        self.groups.push_back(tokio::spawn(commit_group(
+            Arc::clone(self.store),
+            self.bucket.to_owned(),
+            received,
         )));
     }
-    for task in groups {
-        created.extend(joined(task).await?);
+
+    fn note(&mut self, committed: Vec<(usize, bool)>) {
+        for (index, created) in committed {
+            self.outcomes[index] = Some(if created {
+                PullOutcome::Created
+            } else {
+                PullOutcome::Existed
+            });
+        }
     }
-    Ok(super::yes_no_lines(created.into_iter()))
+
+    /// Waits until every object is durable (or refused); the outcome of each
+    /// record, in order.
+    pub(super) async fn finish(mut self) -> S3Result<Vec<PullOutcome>> {
+        if !self.group.is_empty() {
+            self.commit_group();
+        }
+        while let Some(task) = self.groups.pop_front() {
+            let committed = joined(task).await?;
+            self.note(committed);
+        }
+        self.outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.ok_or_else(|| s3_error!(InternalError, "batch object was not committed"))
+            })
+            .collect()
+    }
 }
 
 async fn joined<T>(task: tokio::task::JoinHandle<S3Result<T>>) -> S3Result<T> {
@@ -293,6 +416,8 @@ fn protocol_error(error: ProtocolError) -> S3Error {
 /// An object of a batch write whose bytes are being written to its
 /// temporary file.
 struct Received {
+    /// Its place among the records of the batch.
+    index: usize,
     key: String,
     info: ObjectInfo,
     /// Ends with the file complete but not yet durable.
@@ -311,7 +436,7 @@ async fn commit_group(
     store: Arc<Store>,
     bucket: String,
     received: Vec<Received>,
-) -> S3Result<Vec<bool>> {
+) -> S3Result<Vec<(usize, bool)>> {
     let mut sealed = Vec::with_capacity(received.len());
     for object in received {
         let (writer, meta) = joined(object.sealing).await?;
@@ -322,10 +447,10 @@ async fn commit_group(
                 object.key
             ));
         }
-        sealed.push((object.key, writer));
+        sealed.push((object.index, object.key, writer));
     }
     let sealed = tokio::task::spawn_blocking(move || {
-        for (_, writer) in &sealed {
+        for (.., writer) in &sealed {
             writer.sync()?;
         }
         Ok::<_, StoreError>(sealed)
@@ -338,16 +463,16 @@ async fn commit_group(
     };
     let mut created = Vec::with_capacity(sealed.len());
     let mut dirs = BTreeSet::new();
-    for (key, writer) in sealed {
+    for (index, key, writer) in sealed {
         match store
             .commit_unsynced(&bucket, &key, writer.into_path(), &condition)
             .await
         {
             Ok(dir) => {
                 dirs.insert(dir);
-                created.push(true);
+                created.push((index, true));
             }
-            Err(StoreError::PreconditionFailed(_)) => created.push(false),
+            Err(StoreError::PreconditionFailed(_)) => created.push((index, false)),
             Err(error) => return Err(error.into()),
         }
     }

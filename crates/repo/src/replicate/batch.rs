@@ -1,17 +1,23 @@
 //! Chunk copies between two Haven storage nodes through their batch transfer
-//! (`haven_node_protocol`): one request reads a batch of chunks from the
-//! primary and one writes them to the secondary, instead of a GET and a
-//! signed, MD5-hashed PUT per chunk. Every chunk's frame is still checked here
-//! before it is forwarded, and the secondary checks each chunk against the
-//! CRC-32 the primary stored.
+//! (`haven_node_protocol`), instead of a GET and a signed, MD5-hashed PUT per
+//! chunk. Two ways, chosen once per run:
 //!
-//! A batch is held in memory between its read and its write (at most
-//! [`BATCH_BYTES`]): an unsigned request body needs its length up front.
+//! - **pull** (when the secondary lists the primary in its
+//!   `replication.pull_sources`): this side signs a batch read of the
+//!   primary and hands it to the secondary, which fetches the batch itself.
+//!   The chunks cross the network once and this process only sends keys.
+//!   The secondary checks each chunk against the CRC-32 the primary stored;
+//!   the chunk frames are not looked at until the secondary is verified.
+//! - **relay** (otherwise): one request reads a batch from the primary and
+//!   one writes it to the secondary. Every chunk's frame is checked here
+//!   before it is forwarded, and the secondary checks each chunk's CRC-32.
+//!   A batch is held in memory between its read and its write (at most
+//!   [`BATCH_BYTES`]): an unsigned request body needs its length up front.
 
 use futures::StreamExt;
-use haven_node_protocol::Record;
+use haven_node_protocol::{PullKey, PullOutcome, Record};
 
-use super::{Copier, MAX_CHUNK_OBJECT};
+use super::{ChunkTransfer, Copier, MAX_CHUNK_OBJECT};
 use crate::backend::Backend;
 use crate::blob::{BlobKind, check_pieces_of_kind};
 use crate::error::{RepoError, Result};
@@ -30,6 +36,8 @@ const RATE_LIMITED_BATCHES_PER_SECOND: u64 = 10;
 pub(super) struct Nodes {
     source: NodeClient,
     target: NodeClient,
+    /// Whether the target pulls batches from the source itself.
+    pull: bool,
 }
 
 impl Nodes {
@@ -47,10 +55,50 @@ impl Nodes {
             },
             async { target.supports_batch().await.map_err(|e| node_error(to, e)) },
         )?;
-        Ok((source_ok && target_ok).then(|| Self {
+        if !(source_ok && target_ok) {
+            return Ok(None);
+        }
+        let pull = target
+            .pulls_from(source)
+            .await
+            .map_err(|e| node_error(to, e))?;
+        tracing::info!(
+            pull,
+            "replicating between storage nodes in batches ({})",
+            if pull {
+                "the secondary pulls from the primary"
+            } else {
+                "relayed: the secondary does not list the primary in replication.pull_sources"
+            }
+        );
+        Ok(Some(Self {
             source: source.clone(),
             target: target.clone(),
+            pull,
         }))
+    }
+}
+
+impl Nodes {
+    /// How batches travel between these nodes.
+    pub(super) fn transfer(&self) -> ChunkTransfer {
+        if self.pull {
+            ChunkTransfer::Pulled
+        } else {
+            ChunkTransfer::Relayed
+        }
+    }
+
+    /// Batches copied at once for `parallel` chunk copies. A relayed batch
+    /// carries many chunks through this process, so fewer batches than chunk
+    /// copies run; a pulled one holds nothing here, and more of them hide
+    /// the secondary's fsync waits.
+    pub(super) fn batches_in_flight(&self, parallel: usize) -> usize {
+        if self.pull {
+            parallel.div_ceil(4).clamp(1, 16)
+        } else {
+            parallel.div_ceil(8).clamp(1, 8)
+        }
     }
 }
 
@@ -99,6 +147,59 @@ impl Copier {
     }
 
     async fn copy_batch(&self, nodes: &Nodes, items: &[(String, u64)]) -> Result<Vec<Result<u64>>> {
+        if nodes.pull {
+            self.pull_batch(nodes, items).await
+        } else {
+            self.relay_batch(nodes, items).await
+        }
+    }
+
+    /// Has the target fetch the batch from the source.
+    async fn pull_batch(&self, nodes: &Nodes, items: &[(String, u64)]) -> Result<Vec<Result<u64>>> {
+        if let Some(limiter) = &self.limiter {
+            limiter
+                .acquire(items.iter().map(|(_, size)| size).sum())
+                .await;
+        }
+        let keys = items
+            .iter()
+            .map(|(key, _)| PullKey {
+                source: self.from.bucket_key(key),
+                target: self.to.bucket_key(key),
+            })
+            .collect();
+        // Signed only now, after any wait for the rate limit.
+        let request = nodes
+            .source
+            .pull_request(keys)
+            .map_err(|e| node_error(&self.from, e))?;
+        let outcomes = nodes
+            .target
+            .batch_pull(&request)
+            .await
+            .map_err(|e| node_error(&self.to, e))?;
+        let results = items
+            .iter()
+            .zip(outcomes)
+            .map(|((key, size), outcome)| match outcome {
+                PullOutcome::Created => {
+                    self.counters.chunk_created(*size);
+                    Ok(*size)
+                }
+                // Missing: removed by a garbage collection since the listing (see
+                // `relay_batch`).
+                PullOutcome::Existed | PullOutcome::Missing => Ok(*size),
+                PullOutcome::Failed { message } => Err(RepoError::corrupt(key.clone(), message)),
+            });
+        Ok(results.collect())
+    }
+
+    /// Reads the batch from the source and writes it to the target.
+    async fn relay_batch(
+        &self,
+        nodes: &Nodes,
+        items: &[(String, u64)],
+    ) -> Result<Vec<Result<u64>>> {
         let keys: Vec<String> = items
             .iter()
             .map(|(key, _)| self.from.bucket_key(key))
