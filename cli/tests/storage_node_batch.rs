@@ -345,6 +345,15 @@ fn serve_fake(mut connection: TcpStream) -> std::io::Result<()> {
         }
         request.extend_from_slice(&buffer[..read]);
     }
+    if head.starts_with("post /plain-s3") {
+        // A plain S3 server knows no extensions.
+        let error = "<Error><Code>NotImplemented</Code></Error>";
+        let reply = format!(
+            "HTTP/1.1 501 Not Implemented\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{error}",
+            error.len()
+        );
+        return connection.write_all(reply.as_bytes());
+    }
     let body = String::from_utf8_lossy(&request[header_end..]).into_owned();
     let keys: Vec<&str> = body.lines().collect();
     connection.write_all(&fake_answer(&keys))?;
@@ -476,6 +485,16 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
             .expect("probe"),
         "a source not listed in pull_sources"
     );
+
+    // A plain S3 server turns batches off; only an unreachable node is an error.
+    let plain = client_as(&fake.endpoint(), "plain-s3", ACCESS_KEY, SECRET_KEY);
+    assert!(!runtime.block_on(plain.supports_batch()).expect("probe"));
+    assert!(!runtime.block_on(plain.pulls_from(&primary)).expect("probe"));
+    let gone = client_as("http://127.0.0.1:1", "primary", ACCESS_KEY, SECRET_KEY);
+    assert!(matches!(
+        runtime.block_on(gone.supports_batch()),
+        Err(NodeClientError::Transport(_))
+    ));
 
     // Pull everything under another prefix, plus a key the source lacks.
     let targets: Vec<String> = objects
