@@ -442,7 +442,11 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let fake = FakeSource::start();
     let target = Node::start_with(NodeOptions {
         extra_keys: OTHER_KEYS.to_owned(),
-        pull_sources: vec![source.endpoint(), fake.endpoint()],
+        pull_sources: vec![
+            source.endpoint(),
+            fake.endpoint(),
+            "http://127.0.0.1:1".to_owned(),
+        ],
         ..NodeOptions::default()
     });
     target.aws_ok(&["s3", "mb", "s3://secondary"]);
@@ -495,6 +499,12 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         runtime.block_on(gone.supports_batch()),
         Err(NodeClientError::Transport(_))
     ));
+    assert!(
+        !runtime
+            .block_on(secondary.pulls_from(&gone))
+            .expect("probe"),
+        "a listed source the secondary cannot reach"
+    );
 
     // Pull everything under another prefix, plus a key the source lacks.
     let targets: Vec<String> = objects

@@ -63,17 +63,22 @@ impl NodeClient {
         Ok(outcomes)
     }
 
-    /// Whether this node pulls batches from `source`: an empty pull
-    /// succeeds. A node that may not reach `source` (not in its
-    /// `replication.pull_sources`), or a server without the extension,
-    /// answers otherwise and the caller relays the objects itself; only a
-    /// node that cannot be reached is an error.
+    /// Whether this node pulls batches from `source`: an empty pull, which
+    /// makes it read an empty batch from `source`, succeeds. A node that may
+    /// not or cannot reach `source` (not in its `replication.pull_sources`,
+    /// unreachable from there, an untrusted certificate), or a server
+    /// without the extension, answers otherwise and the caller relays the
+    /// objects itself; only a node that cannot be reached from here is an
+    /// error.
     pub async fn pulls_from(&self, source: &NodeClient) -> Result<bool, NodeClientError> {
         let request = source.pull_request(Vec::new())?;
         match self.batch_pull(&request).await {
             Ok(_) => Ok(true),
             Err(NodeClientError::Transport(error)) => Err(NodeClientError::Transport(error)),
-            Err(_) => Ok(false),
+            Err(error) => {
+                tracing::info!(%error, "the secondary node does not pull from the primary");
+                Ok(false)
+            }
         }
     }
 }
