@@ -573,6 +573,11 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let mut not_a_batch_read = primary.pull_request(one.clone()).expect("sign");
     not_a_batch_read.url = format!("{}/primary/repo/chunks/00", source.endpoint());
     assert!(refused(&not_a_batch_read, &secondary).contains("InvalidRequest"));
+    not_a_batch_read.url = format!(
+        "http://user:password@127.0.0.1:{}/primary?haven-batch-get=",
+        source.port
+    );
+    assert!(refused(&not_a_batch_read, &secondary).contains("InvalidRequest"));
     let mut elsewhere = primary.pull_request(one.clone()).expect("sign");
     elsewhere.url = "http://169.254.169.254/latest?haven-batch-get=".to_owned();
     let error = refused(&elsewhere, &secondary);

@@ -139,7 +139,8 @@ fn allowed_source(request: &PullRequest, replication: &ReplicationConfig) -> S3R
         .map_err(|e| s3_error!(InvalidRequest, "pull source {:?}: {e}", request.url))?;
     let bucket = url.path().strip_prefix('/').unwrap_or_default();
     let query = format!("{}=", haven_node_protocol::BATCH_GET_QUERY);
-    if bucket.is_empty() || bucket.contains('/') || url.query() != Some(query.as_str()) {
+    let plain = url.username().is_empty() && url.password().is_none() && url.fragment().is_none();
+    if !plain || bucket.is_empty() || bucket.contains('/') || url.query() != Some(query.as_str()) {
         return Err(s3_error!(
             InvalidRequest,
             "pull source must be a batch read: http(s)://host[:port]/bucket?{query}"
