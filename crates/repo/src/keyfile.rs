@@ -4,12 +4,15 @@
 //! passphrase by Argon2id. Several key files may wrap the same master key (one per
 //! operator or per passphrase); changing a passphrase rewrites one small file, never data.
 
+mod kdf_memory;
+
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::{Aead, KEY_LEN, MasterKey, TAG_LEN, fill_random};
 use crate::error::{RepoError, Result};
+use kdf_memory::KdfMemory;
 
 /// Version of the key-file layout.
 pub const KEY_FILE_VERSION: u32 = 1;
@@ -121,9 +124,14 @@ fn derive_kek(kdf: &KdfParams, password: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN
     )
     .map_err(|_| RepoError::Crypto("invalid argon2id parameters"))?;
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(password, &salt, kek.as_mut())
-        .map_err(|_| RepoError::Crypto("argon2id failed"))?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let hashed = match KdfMemory::new(argon2.params().block_count()) {
+        Some(memory) => {
+            argon2.hash_password_into_with_memory(password, &salt, kek.as_mut(), memory)
+        }
+        None => argon2.hash_password_into(password, &salt, kek.as_mut()),
+    };
+    hashed.map_err(|_| RepoError::Crypto("argon2id failed"))?;
     Ok(kek)
 }
 
@@ -142,6 +150,25 @@ mod tests {
             Err(RepoError::WrongPassword)
         ));
         assert!(file.unwrap_key(b"secret", "k2", "keys/k1").is_err());
+    }
+
+    #[test]
+    fn huge_page_memory_derives_the_same_key_as_argon2s_own() {
+        for (memory_kib, parallelism) in [(8 * 1024, 1), (4 * 1024, 2)] {
+            let kdf = KdfParams {
+                algorithm: "argon2id".into(),
+                memory_kib,
+                iterations: 2,
+                parallelism,
+                salt: "000102030405060708090a0b0c0d0e0f".into(),
+            };
+            let params = Params::new(memory_kib, 2, parallelism, Some(KEY_LEN)).unwrap();
+            let mut expected = [0u8; KEY_LEN];
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password_into(b"password", &hex::decode(&kdf.salt).unwrap(), &mut expected)
+                .unwrap();
+            assert_eq!(*derive_kek(&kdf, b"password").unwrap(), expected);
+        }
     }
 
     #[test]
