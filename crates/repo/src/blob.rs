@@ -181,12 +181,14 @@ pub fn open(
         return Err(corrupt("declared plaintext length is larger than allowed"));
     }
 
-    let mut payload = blob[HEADER_LEN..blob.len() - TRAILER_LEN].to_vec();
     let aad = associated_data(&blob[..HEADER_LEN], identity);
-    let len = cipher
-        .open(header.nonce, &aad, &mut payload)
+    let payload = cipher
+        .open_to_vec(
+            header.nonce,
+            &aad,
+            &blob[HEADER_LEN..blob.len() - TRAILER_LEN],
+        )
         .ok_or_else(|| corrupt("authentication failed (wrong key, altered data or wrong name)"))?;
-    payload.truncate(len);
 
     let plain = match header.compression {
         0 => payload,

@@ -142,13 +142,29 @@ impl Aead {
             .map_err(|_| RepoError::Crypto("unexpected tag length"))
     }
 
-    /// Decrypts `in_out` (ciphertext followed by tag) in place; returns the plaintext
-    /// length, or `None` when authentication fails.
-    pub fn open(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Option<usize> {
+    /// Decrypts `sealed` (ciphertext followed by tag) into a new buffer, reading the
+    /// input where it is (a blob fetched as shared `Bytes` needs no mutable copy
+    /// first); `None` when authentication fails. The only way to decrypt: callers that
+    /// hold secrets in the result wrap it in `Zeroizing`.
+    pub fn open_to_vec(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        let len = sealed.len().checked_sub(TAG_LEN)?;
+        let (ciphertext, tag) = sealed.split_at(len);
+        let mut plain = vec![0u8; len];
         self.key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
-            .ok()
-            .map(|plain| plain.len())
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                ciphertext,
+                tag,
+                &mut plain,
+            )
+            .ok()?;
+        Some(plain)
     }
 }
 
@@ -171,16 +187,22 @@ mod tests {
         cipher.seal_with_nonce(nonce, b"aad", &mut data).unwrap();
         assert_eq!(data.len(), 11 + TAG_LEN);
 
-        let mut copy = data.clone();
-        let len = cipher.open(nonce, b"aad", &mut copy).unwrap();
-        assert_eq!(&copy[..len], b"hello haven");
-
-        let mut wrong_aad = data.clone();
-        assert!(cipher.open(nonce, b"other", &mut wrong_aad).is_none());
-
         let mut flipped = data.clone();
         flipped[3] ^= 1;
-        assert!(cipher.open(nonce, b"aad", &mut flipped).is_none());
+        assert_eq!(
+            cipher.open_to_vec(nonce, b"aad", &data).as_deref(),
+            Some(&b"hello haven"[..])
+        );
+        assert!(cipher.open_to_vec(nonce, b"other", &data).is_none());
+        assert!(cipher.open_to_vec(nonce, b"aad", &flipped).is_none());
+        let mut tag_flipped = data.clone();
+        tag_flipped[11] ^= 1;
+        assert!(cipher.open_to_vec(nonce, b"aad", &tag_flipped).is_none());
+        assert!(
+            cipher
+                .open_to_vec(nonce, b"aad", &data[..TAG_LEN - 1])
+                .is_none()
+        );
     }
 
     #[test]

@@ -92,14 +92,15 @@ impl KeyFile {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| corrupt("bad nonce"))?;
-        let mut wrapped = hex::decode(&self.wrapped_key).map_err(|_| corrupt("bad hex"))?;
+        let wrapped = hex::decode(&self.wrapped_key).map_err(|_| corrupt("bad hex"))?;
         if wrapped.len() != KEY_LEN + TAG_LEN {
             return Err(corrupt("wrapped key has the wrong length"));
         }
-        let len = Aead::new(kek.as_ref())?
-            .open(nonce, key_id.as_bytes(), &mut wrapped)
+        let unwrapped = Aead::new(kek.as_ref())?
+            .open_to_vec(nonce, key_id.as_bytes(), &wrapped)
+            .map(Zeroizing::new)
             .ok_or(RepoError::WrongPassword)?;
-        let bytes: [u8; KEY_LEN] = wrapped[..len]
+        let bytes: [u8; KEY_LEN] = unwrapped[..]
             .try_into()
             .map_err(|_| corrupt("unwrapped key has the wrong length"))?;
         Ok(MasterKey::from_bytes(bytes))
