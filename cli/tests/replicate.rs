@@ -313,10 +313,30 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
 
 #[test]
 fn each_site_uses_its_own_credentials() {
+    replicate_with_a_key_per_site(false);
+}
+
+#[test]
+fn a_pulling_secondary_uses_its_own_credentials_too() {
+    replicate_with_a_key_per_site(true);
+}
+
+/// Replicates between two nodes that share no key: the copier signs the primary's
+/// reads with the primary's key and talks to the secondary with the secondary's,
+/// whether it relays the batches or the secondary pulls them (`pull`).
+fn replicate_with_a_key_per_site(pull: bool) {
     let site_a = "[[keys]]\naccess_key = \"site-a\"\nsecret_key = \"site-a-secret-0123456789\"\n";
     let site_b = "[[keys]]\naccess_key = \"site-b\"\nsecret_key = \"site-b-secret-0123456789\"\n";
     let primary = Node::start_with_keys(site_a);
-    let secondary = Node::start_with_keys(site_b);
+    let secondary = Node::start_with(NodeOptions {
+        extra_keys: site_b.to_owned(),
+        pull_sources: if pull {
+            vec![primary.endpoint()]
+        } else {
+            Vec::new()
+        },
+        ..NodeOptions::default()
+    });
     primary.aws_ok(&["s3", "mb", "s3://haven"]);
     secondary.aws_ok(&["s3", "mb", "s3://haven-dr"]);
     let from = format!("s3://haven/r?endpoint={}", primary.endpoint());
@@ -363,8 +383,8 @@ fn each_site_uses_its_own_credentials() {
     common::assert_success(&output, &["replicate with per-site keys"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["manifests_copied"], 1, "{report}");
-    // The secondary lists no pull source: the copier relays the batches.
-    assert_eq!(report["chunk_transfer"], "relayed", "{report}");
+    let transfer = if pull { "pulled" } else { "relayed" };
+    assert_eq!(report["chunk_transfer"], transfer, "{report}");
 
     // The secondary alone, with its own key and the password.
     let mut restore = haven(&["restore", "small@latest", "--repo", &to, "--to"]);
