@@ -592,6 +592,8 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let reader = client(&target, "secondary", "reader", "reader-secret");
     let signed = primary.pull_request(one.clone()).expect("sign");
     assert!(refused(&signed, &reader).contains("read-only"));
+    let no_bucket = client(&target, "nosuchbucket", ACCESS_KEY, SECRET_KEY);
+    assert!(refused(&signed, &no_bucket).contains("NoSuchBucket"));
     assert_eq!(listed(&target, "secondary"), before, "a refused pull wrote");
 
     // A broken or hostile source: a clean error, nothing half-written.

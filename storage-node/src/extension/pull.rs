@@ -65,6 +65,8 @@ pub async fn pull(
     for key in &request.keys {
         store.object_path(bucket, &key.target)?;
     }
+    // Checks the bucket before anything is fetched.
+    let mut writer = BatchWriter::new(store, config, bucket).await?;
     // An empty pull still reads (an empty batch) from the source: clients use it to
     // learn whether this node can reach the source, and trusts its certificate.
     let response = http
@@ -82,7 +84,6 @@ pub async fn pull(
         )));
     }
     let mut stream = Box::pin(response.bytes_stream());
-    let mut writer = BatchWriter::new(store, config, bucket).await?;
     let mut keys = request.keys.into_iter();
     writer
         .write_stream(
