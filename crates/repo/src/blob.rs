@@ -247,23 +247,15 @@ pub(crate) fn check_pieces_of_kind(key: &str, pieces: &[Bytes], kind: BlobKind) 
     if len < HEADER_LEN + TAG_LEN + TRAILER_LEN {
         return Err(RepoError::corrupt(key, "blob is shorter than its header"));
     }
+    let body_len = len - TRAILER_LEN;
     let mut header = [0u8; HEADER_LEN];
     let mut trailer = [0u8; TRAILER_LEN];
+    copy_from_pieces(pieces, 0, &mut header);
+    copy_from_pieces(pieces, body_len, &mut trailer);
     let mut body_crc = crc32fast::Hasher::new();
     let mut offset = 0;
     for piece in pieces {
-        for (at, byte) in piece
-            .iter()
-            .enumerate()
-            .take(HEADER_LEN.saturating_sub(offset))
-        {
-            header[offset + at] = *byte;
-        }
-        let body_end = (len - TRAILER_LEN).saturating_sub(offset).min(piece.len());
-        body_crc.update(&piece[..body_end]);
-        for (at, byte) in piece[body_end..].iter().enumerate() {
-            trailer[offset + body_end + at - (len - TRAILER_LEN)] = *byte;
-        }
+        body_crc.update(&piece[..body_len.saturating_sub(offset).min(piece.len())]);
         offset += piece.len();
     }
     let header = check_frame_parts(key, &header, len, body_crc.finalize(), &trailer)?;
@@ -271,6 +263,21 @@ pub(crate) fn check_pieces_of_kind(key: &str, pieces: &[Bytes], kind: BlobKind) 
         return Err(RepoError::corrupt(key, "blob holds another kind of object"));
     }
     Ok(())
+}
+
+/// Fills `out` with the bytes at `start..start + out.len()` of the
+/// concatenation of `pieces` (which must hold them).
+fn copy_from_pieces(pieces: &[Bytes], start: usize, out: &mut [u8]) {
+    let mut offset = 0;
+    for piece in pieces {
+        let end = offset + piece.len();
+        let from = start.max(offset);
+        let to = (start + out.len()).min(end);
+        if from < to {
+            out[from - start..to - start].copy_from_slice(&piece[from - offset..to - offset]);
+        }
+        offset = end;
+    }
 }
 
 /// The checks of a frame, given its first [`HEADER_LEN`] bytes, its length, the
