@@ -4,8 +4,8 @@
 //! into the page cache only costs CPU (the copy, page allocation, and reclaiming other
 //! pages under memory pressure, the main cause of run-to-run spread of full backups on
 //! a busy host) and leaves the data to be written back by the fsync anyway. Here the
-//! blob is copied into an aligned, reused buffer, padded to the block size, written
-//! directly to the device, and the file is truncated to the blob's length.
+//! blob is copied into an aligned buffer from a small pool, padded to the block size,
+//! written directly to the device, and the file is truncated to the blob's length.
 //!
 //! The publication protocol is the one of `object_store`'s `LocalFileSystem` for
 //! `PutMode::Create`: a staging file `KEY#N` in the same directory (listings ignore such
@@ -25,7 +25,6 @@
 //! back to the buffered path for good.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{Error, ErrorKind};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -34,13 +33,12 @@ use std::sync::Mutex;
 
 /// Alignment and size granularity of direct writes (covers 512 and 4096 byte sectors).
 const ALIGN: usize = 4096;
-/// Largest aligned buffer a thread keeps between writes.
-const KEEP: usize = 32 << 20;
-/// Bytes of read buffers kept for reuse (a verify has a few dozen chunks in flight).
-const POOLED_READ_BYTES: usize = 64 << 20;
+/// Bytes of aligned buffers kept for reuse (a verify has a few dozen chunks in
+/// flight, a backup a few writes).
+const POOLED_BYTES: usize = 64 << 20;
 
-/// Read buffers given back by dropped `Bytes`, for the next reads.
-static READ_BUFFERS: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+/// Aligned buffers given back by finished writes and dropped reads, for the next.
+static BUFFERS: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 /// What a direct put did.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,20 +77,20 @@ impl Drop for AlignedBuf {
 // the thread that allocated it.
 unsafe impl Send for AlignedBuf {}
 
-/// A pooled read buffer of at least `len` bytes, or a new one.
-fn read_buffer(len: usize) -> Option<AlignedBuf> {
-    let pooled = READ_BUFFERS.lock().ok().and_then(|mut pool| {
+/// A pooled aligned buffer of at least `len` bytes, or a new one.
+fn take_buffer(len: usize) -> Option<AlignedBuf> {
+    let pooled = BUFFERS.lock().ok().and_then(|mut pool| {
         let fit = pool.iter().position(|buffer| buffer.len >= len)?;
         Some(pool.swap_remove(fit))
     });
     pooled.or_else(|| AlignedBuf::with_len(len))
 }
 
-/// Gives a read buffer back, unless the pool is full.
-fn return_read_buffer(buffer: AlignedBuf) {
-    if let Ok(mut pool) = READ_BUFFERS.lock() {
+/// Gives a buffer back to the pool, unless the pool is full.
+fn give_back(buffer: AlignedBuf) {
+    if let Ok(mut pool) = BUFFERS.lock() {
         let pooled: usize = pool.iter().map(|b| b.len).sum();
-        if pooled + buffer.len <= POOLED_READ_BYTES {
+        if pooled + buffer.len <= POOLED_BYTES {
             pool.push(buffer);
         }
     }
@@ -118,7 +116,7 @@ impl AsRef<[u8]> for Filled {
 impl Drop for Filled {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take() {
-            return_read_buffer(buffer);
+            give_back(buffer);
         }
     }
 }
@@ -145,7 +143,7 @@ pub(crate) fn read(path: &Path, max_len: u64) -> std::io::Result<bytes::Bytes> {
     }
     let len = usize::try_from(len).map_err(|_| Error::from(ErrorKind::InvalidData))?;
     let padded = len.div_ceil(ALIGN).max(1) * ALIGN;
-    let mut buffer = read_buffer(padded).ok_or(ErrorKind::OutOfMemory)?;
+    let mut buffer = take_buffer(padded).ok_or(ErrorKind::OutOfMemory)?;
     let slice = &mut buffer.as_mut_slice()[..padded];
     let mut filled = 0;
     while filled < len {
@@ -165,29 +163,16 @@ pub(crate) fn read(path: &Path, max_len: u64) -> std::io::Result<bytes::Bytes> {
     }))
 }
 
-thread_local! {
-    static BUFFER: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
-}
-
 /// Writes `data` as the new file `path` unless it exists. Blocking.
 pub(crate) fn put_create(path: &Path, data: &[u8]) -> std::io::Result<DirectPut> {
     let padded = data.len().div_ceil(ALIGN).max(1) * ALIGN;
     let (file, staging) = open_staging(path)?;
-    let written = BUFFER.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.as_ref().is_none_or(|buffer| buffer.len < padded) {
-            *slot = None;
-            *slot = Some(AlignedBuf::with_len(padded).ok_or(ErrorKind::OutOfMemory)?);
-        }
-        let buffer = slot.as_mut().expect("filled above").as_mut_slice();
-        buffer[..data.len()].copy_from_slice(data);
-        buffer[data.len()..padded].fill(0);
-        let result = file.write_all_at(&buffer[..padded], 0);
-        if padded > KEEP {
-            *slot = None;
-        }
-        result
-    });
+    let mut buffer = take_buffer(padded).ok_or(ErrorKind::OutOfMemory)?;
+    let slice = buffer.as_mut_slice();
+    slice[..data.len()].copy_from_slice(data);
+    slice[data.len()..padded].fill(0);
+    let written = file.write_all_at(&slice[..padded], 0);
+    give_back(buffer);
     let result = written
         .and_then(|()| file.set_len(data.len() as u64))
         .and_then(|()| match std::fs::hard_link(&staging, path) {
