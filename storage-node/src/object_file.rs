@@ -278,6 +278,10 @@ fn write_trailer(file: &File, offset: u64, meta: &ObjectMeta) -> Result<(), Obje
 /// An open object file with its verified metadata.
 pub struct ObjectReader {
     file: File,
+    /// A second open file description with `O_DIRECT` (setting it on `file`
+    /// would change it for every other reader sharing it), opened on first
+    /// use by [`Self::read_blocks_uncached`]; `None` where it cannot be.
+    direct: std::sync::OnceLock<Option<File>>,
     /// The object's metadata.
     pub meta: ObjectMeta,
 }
@@ -288,7 +292,11 @@ impl ObjectReader {
     pub fn open(path: &Path) -> Result<Self, ObjectFileError> {
         let file = File::open(path)?;
         let meta = read_meta(&file)?;
-        Ok(Self { file, meta })
+        Ok(Self {
+            file,
+            direct: std::sync::OnceLock::new(),
+            meta,
+        })
     }
 
     /// Reads data block `index`, verifying its CRC.
@@ -316,17 +324,17 @@ impl ObjectReader {
         first: u64,
         end: u64,
     ) -> Result<Vec<bytes::Bytes>, ObjectFileError> {
-        // A second open file description of the same file: setting O_DIRECT on
-        // `self.file` would change it for every other reader sharing it.
-        let fd_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        let direct = File::options()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(fd_path)
-            .ok();
+        let direct = self.direct.get_or_init(|| {
+            let fd_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(fd_path)
+                .ok()
+        });
         let mut blocks = Vec::with_capacity(end.saturating_sub(first) as usize);
         for index in first..end {
-            let block = match &direct {
+            let block = match direct {
                 Some(file) => match self.read_block_direct(file, index) {
                     Err(ObjectFileError::Io(error))
                         if error.raw_os_error() == Some(libc::EINVAL) =>
