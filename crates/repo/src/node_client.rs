@@ -164,9 +164,7 @@ impl NodeClient {
 
     /// Which of `keys` exist in the bucket: one answer per key, in order.
     pub async fn exists(&self, keys: &[String]) -> Result<Vec<bool>, NodeClientError> {
-        if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
-            return Err(NodeClientError::InvalidKey(bad.clone()));
-        }
+        check_keys(keys.iter().map(String::as_str))?;
         let mut answer = Vec::with_capacity(keys.len());
         for batch in keys.chunks(KEYS_PER_REQUEST) {
             answer.extend(query(self, batch).await?);
@@ -207,6 +205,17 @@ async fn query(client: &NodeClient, keys: &[String]) -> Result<Vec<bool>, NodeCl
         )));
     }
     Ok(answer)
+}
+
+/// Refuses keys that cannot travel one per line in a request body.
+fn check_keys<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), NodeClientError> {
+    match keys
+        .into_iter()
+        .find(|key| key.contains('\n') || key.contains('\r'))
+    {
+        Some(bad) => Err(NodeClientError::InvalidKey(bad.to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// Keys as a request body: one per line.

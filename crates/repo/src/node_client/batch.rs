@@ -8,7 +8,7 @@ use haven_node_protocol::{
     BATCH_GET_QUERY, BATCH_PUT_QUERY, Decoder, Event, ProtocolError, Record,
 };
 
-use super::{NodeClient, NodeClientError, Payload, key_lines, ok_text, parse_yes_no};
+use super::{NodeClient, NodeClientError, Payload, check_keys, key_lines, ok_text, parse_yes_no};
 
 impl NodeClient {
     /// Whether the node serves batch transfers: an empty batch read succeeds
@@ -30,9 +30,7 @@ impl NodeClient {
     /// Starts reading the objects `keys` (bucket keys) name: one record per
     /// key, in order, from [`BatchReader::next_object`].
     pub async fn batch_get(&self, keys: Vec<String>) -> Result<BatchReader, NodeClientError> {
-        if let Some(bad) = keys.iter().find(|k| k.contains('\n') || k.contains('\r')) {
-            return Err(NodeClientError::InvalidKey(bad.clone()));
-        }
+        check_keys(keys.iter().map(String::as_str))?;
         let body = key_lines(&keys);
         let query = format!("{BATCH_GET_QUERY}=");
         let response = self

@@ -5,7 +5,7 @@
 
 use haven_node_protocol::{BATCH_GET_QUERY, BATCH_PULL_QUERY, PullKey, PullOutcome, PullRequest};
 
-use super::{NodeClient, NodeClientError, Payload, ok_text};
+use super::{NodeClient, NodeClientError, Payload, check_keys, ok_text};
 
 impl NodeClient {
     /// A batch read of this bucket for another node to send: signed over
@@ -13,13 +13,10 @@ impl NodeClient {
     /// read exactly these objects, for as long as the signature is valid
     /// (the node accepts 15 minutes of clock skew).
     pub fn pull_request(&self, keys: Vec<PullKey>) -> Result<PullRequest, NodeClientError> {
-        let invalid = |key: &str| key.contains('\n') || key.contains('\r');
-        if let Some(bad) = keys
-            .iter()
-            .find(|k| invalid(&k.source) || invalid(&k.target))
-        {
-            return Err(NodeClientError::InvalidKey(bad.source.clone()));
-        }
+        check_keys(
+            keys.iter()
+                .flat_map(|key| [key.source.as_str(), key.target.as_str()]),
+        )?;
         let mut request = PullRequest {
             url: String::new(),
             headers: Vec::new(),
