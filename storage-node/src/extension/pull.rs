@@ -25,6 +25,9 @@ use crate::store::Store;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the next bytes of a source's answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a whole fetch may take (a source trickling bytes would otherwise
+/// hold the pull for as long as it likes).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes of a source's error answer kept for the message.
 const ERROR_BODY_BYTES: usize = 4096;
 /// Bytes allowed in a pull request per key (two keys of at most 1024 bytes
@@ -40,6 +43,7 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
+        .timeout(FETCH_TIMEOUT)
         .build()
 }
 
