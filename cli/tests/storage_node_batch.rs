@@ -517,13 +517,17 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         .map(|((source, _), target)| (source.as_str(), target.as_str()))
         .collect();
     pairs.push(("repo/chunks/none", "dr/chunks/none"));
-    let request = primary.pull_request(pull_keys(&pairs)).expect("sign");
-    let outcomes = runtime
-        .block_on(secondary.batch_pull(&request))
-        .expect("pull");
-    let mut expected = vec![PullOutcome::Created; objects.len()];
-    expected.push(PullOutcome::Missing);
-    assert_eq!(outcomes, expected);
+    // Pulls every pair; each object has `outcome`, the last key is missing.
+    let pull_all = |outcome: PullOutcome| {
+        let request = primary.pull_request(pull_keys(&pairs)).expect("sign");
+        let outcomes = runtime
+            .block_on(secondary.batch_pull(&request))
+            .expect("pull");
+        let mut expected = vec![outcome; objects.len()];
+        expected.push(PullOutcome::Missing);
+        assert_eq!(outcomes, expected);
+    };
+    pull_all(PullOutcome::Created);
     let target_keys: Vec<&str> = targets.iter().map(String::as_str).collect();
     let copies = runtime.block_on(read_all(&secondary, &target_keys));
     for ((record, data), (key, original)) in copies.iter().zip(&objects) {
@@ -538,13 +542,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         );
     }
     // Again: nothing is overwritten.
-    let request = primary.pull_request(pull_keys(&pairs)).expect("sign");
-    let outcomes = runtime
-        .block_on(secondary.batch_pull(&request))
-        .expect("pull again");
-    let mut expected = vec![PullOutcome::Existed; objects.len()];
-    expected.push(PullOutcome::Missing);
-    assert_eq!(outcomes, expected);
+    pull_all(PullOutcome::Existed);
 
     // Refused pulls change nothing.
     let before = listed(&target, "secondary");
