@@ -1,8 +1,13 @@
 //! Backup then restore through the real binary, `qemu-nbd` and `qemu-img`.
 
 mod common;
+mod qemu_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Bed, MIB, assert_same_disk, disk_stat, raw_image, to_qcow2, write_at};
+use qemu_support::Guard;
 
 #[test]
 fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
@@ -26,6 +31,17 @@ fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
 
     bed.backup("from-raw", &[&raw]);
     bed.backup("from-qcow2", &[&qcow2]);
+    // Raw is read in place by default; through qemu-nbd it must come out the same.
+    let raw_arg = raw.to_str().unwrap();
+    bed.json(&[
+        "backup",
+        "image",
+        raw_arg,
+        "--vm",
+        "from-raw-nbd",
+        "--reader",
+        "nbd",
+    ]);
     // VMware and Hyper-V disks copied off their hosts go through the same path.
     for format in ["vmdk", "vhdx"] {
         let image = bed.path(&format!("source.{format}"));
@@ -52,7 +68,7 @@ fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
         ]);
         assert_same_disk(&raw, &out);
     }
-    for vm in ["from-raw", "from-qcow2"] {
+    for vm in ["from-raw", "from-raw-nbd", "from-qcow2"] {
         for format in ["raw", "qcow2"] {
             let out = bed.path(&format!("{vm}.{format}"));
             let spec = format!("{vm}@latest");
@@ -131,6 +147,108 @@ fn multi_disk_snapshot_needs_a_disk_name_to_restore() {
     assert_same_disk(&a, &out);
 }
 
+/// `haven backup image IMAGE --format raw --json` with only `path` on `PATH`.
+fn backup_with_path(bed: &Bed, image: &str, path: &std::path::Path, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "backup", "image", image, "--vm", "vm", "--format", "raw", "--json",
+    ];
+    args.extend(extra);
+    let mut command = bed.haven(&args);
+    command.env("PATH", path);
+    command
+}
+
+/// A writable `qemu-nbd` on `image`: a process holding it open for writing, as a running
+/// VM does.
+fn writer_of(bed: &Bed, image: &std::path::Path, format: &str, name: &str) -> Guard {
+    let socket = bed.path(name);
+    let child = Command::new("qemu-nbd")
+        .args(["--format", format, "--persistent", "--socket"])
+        .arg(&socket)
+        .arg(image)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "qemu-nbd did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    guard
+}
+
+#[test]
+fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
+    let bed = Bed::new();
+    bed.init();
+    let raw = bed.path("disk.raw");
+    // Not a whole number of sectors: read in place, the disk is exactly the file.
+    let size = 24 * MIB + 1000;
+    raw_image(
+        &raw,
+        size,
+        &[
+            (MIB, 3 * MIB as usize),
+            (20 * MIB, MIB as usize),
+            (size - 1000, 1000),
+        ],
+    );
+    let raw_arg = raw.to_str().unwrap();
+
+    // With no QEMU program on PATH a raw image still backs up, reading only its data;
+    // the same backup through qemu-nbd cannot run.
+    let no_tools = bed.path("no-tools");
+    std::fs::create_dir(&no_tools).unwrap();
+    let output = backup_with_path(&bed, raw_arg, &no_tools, &[])
+        .output()
+        .unwrap();
+    common::assert_success(&output, &["backup", "image", raw_arg]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(disk_stat(&report, "size"), size);
+    assert_eq!(disk_stat(&report, "bytes_read"), 4 * MIB + 1000);
+    assert_eq!(disk_stat(&report, "new_chunks"), 5);
+    let output = backup_with_path(&bed, raw_arg, &no_tools, &["--reader", "nbd"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("qemu-nbd"), "{stderr}");
+
+    let out = bed.path("out.raw");
+    bed.ok(&["restore", "vm@latest", "--to", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap(),
+        "the restored disk differs"
+    );
+
+    // An image open for writing elsewhere (a running VM's disk) is refused, whichever
+    // way it would be read, and whatever its format.
+    let qcow2 = bed.path("disk.qcow2");
+    to_qcow2(&raw, &qcow2);
+    let mut raw_writer = writer_of(&bed, &raw, "raw", "raw.sock");
+    for reader in ["auto", "nbd"] {
+        let error = bed.fails(&[
+            "backup", "image", raw_arg, "--vm", "vm", "--format", "raw", "--reader", reader,
+        ]);
+        assert!(error.contains("is open for writing"), "{error}");
+        assert!(error.contains("haven backup qemu"), "{error}");
+    }
+    let qcow2_arg = qcow2.to_str().unwrap();
+    let mut qcow2_writer = writer_of(&bed, &qcow2, "qcow2", "qcow2.sock");
+    let error = bed.fails(&[
+        "backup", "image", qcow2_arg, "--vm", "vm", "--format", "qcow2",
+    ]);
+    assert!(error.contains("is open for writing"), "{error}");
+    raw_writer.kill9();
+    qcow2_writer.kill9();
+    // Once the writers are gone, both back up; nothing was committed in between.
+    bed.backup("vm", &[&raw]);
+    bed.backup("vm-qcow2", &[&qcow2]);
+    let snapshots = bed.json(&["snapshots", "--vm", "vm"]);
+    assert_eq!(snapshots.as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn sparse_64_gib_image_reads_only_its_data() {
     let bed = Bed::new();
@@ -144,13 +262,18 @@ fn sparse_64_gib_image_reads_only_its_data() {
     );
     let qcow2 = bed.path("big.qcow2");
     to_qcow2(&raw, &qcow2);
-    std::fs::remove_file(&raw).unwrap();
 
-    let report = bed.backup("sparse", &[&qcow2]);
-    assert_eq!(disk_stat(&report, "size"), size);
-    let read = disk_stat(&report, "bytes_read");
-    assert!(read <= 4 * MIB, "read {read} bytes of a disk holding 3 MiB");
-    assert_eq!(disk_stat(&report, "new_chunks"), 3);
+    // Read in place (holes from SEEK_DATA) and through qemu-nbd (base:allocation).
+    for (vm, image) in [("sparse-raw", &raw), ("sparse", &qcow2)] {
+        let report = bed.backup(vm, &[image]);
+        assert_eq!(disk_stat(&report, "size"), size);
+        let read = disk_stat(&report, "bytes_read");
+        assert!(read <= 4 * MIB, "read {read} bytes of a disk holding 3 MiB");
+        // The second finds the first's chunks in the repository.
+        let chunks = disk_stat(&report, "new_chunks") + disk_stat(&report, "existing_chunks");
+        assert_eq!(chunks, 3);
+    }
+    std::fs::remove_file(&raw).unwrap();
 
     let out = bed.path("restored.qcow2");
     bed.ok(&[

@@ -1,16 +1,17 @@
-//! The backup pipeline: one disk, read over NBD, into chunks in a repository.
+//! The backup pipeline: one disk, read over NBD or in place, into chunks in a repository.
 //!
 //! ```text
-//! planner ──jobs──▶ read (pool of NBD connections) ─▶ hash ─▶ known? ─▶ exists? ─▶ seal ─▶ put
-//!  block status      bounded: at most `in_flight` slots in any stage at once
+//! planner ──jobs──▶ read (NBD connections or a raw file) ─▶ hash ─▶ known? ─▶ exists? ─▶ seal ─▶ put
+//!  allocation      bounded: at most `in_flight` slots in any stage at once
 //! ```
 //!
-//! The planner walks the disk in windows, asking `base:allocation` (and, for an
-//! incremental, a dirty bitmap) which slots need reading, so holes and zero extents are
-//! never read and clean slots keep the id they had in the base snapshot. Every later
-//! stage runs for up to `in_flight` slots concurrently: NBD reads overlap with hashing,
-//! compression and encryption on blocking threads (both cores) and with uploads. Memory
-//! is `in_flight` chunks plus the index, whatever the disk size.
+//! The planner walks the disk in windows, asking which slots need reading
+//! (`base:allocation` and, for an incremental, a dirty bitmap; for a raw file its
+//! holes), so holes and zero extents are never read and clean slots keep the id they had
+//! in the base snapshot. Every later stage runs for up to `in_flight` slots
+//! concurrently: reads overlap with hashing, compression and encryption on blocking
+//! threads (both cores) and with uploads. Memory is `in_flight` chunks plus the index,
+//! whatever the disk size.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,12 @@ use haven_repo::{ChunkId, DiskStats, FixedIndex, Progress, PutOutcome, Repositor
 use tokio::sync::mpsc;
 
 use crate::error::{Result, WorkerError};
-use crate::pool::{BufferPool, ClientPool};
+use crate::pool::{BufferPool, ClientPool, PooledBuffer};
+use crate::raw_image::RawImage;
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
 pub const MAX_DISK_SIZE: u64 = 16 << 40;
-/// Slots the planner classifies per block-status query.
+/// Slots the planner classifies per allocation query.
 const PLAN_WINDOW_SLOTS: u64 = 256;
 
 /// How the pipeline learns which slots changed since the base snapshot.
@@ -40,14 +42,26 @@ pub enum ChangeSource {
     DirtyBitmap(String),
 }
 
+/// Where a disk's bytes come from.
+#[derive(Debug)]
+pub enum DiskSource {
+    /// An NBD export: live disks (QEMU's own server) and images `qemu-nbd` translates.
+    Nbd {
+        /// Where the disk is exported.
+        endpoint: Endpoint,
+        /// NBD export name.
+        export: String,
+    },
+    /// A local raw image read in place: nothing to translate, so no server either.
+    RawImage(Arc<RawImage>),
+}
+
 /// What to back up and against what.
 pub struct DiskBackupInput<'a> {
-    /// Where the disk is exported.
-    pub endpoint: Endpoint,
-    /// NBD export name.
-    pub export: String,
-    /// Parallel NBD connections for reading.
-    pub connections: usize,
+    /// Where the disk is read from.
+    pub source: DiskSource,
+    /// Reads in flight at once (NBD connections, or threads reading a raw image).
+    pub parallel_reads: usize,
     /// Index of the same disk in the previous snapshot: its ids are known to be stored
     /// (no existence query needed), and an incremental copies clean slots from it.
     pub base: Option<&'a FixedIndex>,
@@ -102,11 +116,58 @@ struct SlotResult {
 /// Shared state of the processing stages.
 struct Stages {
     repo: Arc<Repository>,
-    pool: ClientPool,
+    reader: SlotReader,
     buffers: Arc<BufferPool>,
     known: Mutex<HashSet<ChunkId>>,
     progress: Arc<Progress>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
+}
+
+/// Where the read stage gets a slot's bytes.
+enum SlotReader {
+    Nbd(ClientPool),
+    RawImage(Arc<RawImage>),
+}
+
+/// Where the planner learns which slots hold data (and, for NBD, which are dirty).
+enum AllocationMap {
+    Nbd(Client),
+    RawImage(Arc<RawImage>),
+}
+
+impl AllocationMap {
+    /// Allocation of `[start, end)`, with `base:allocation`'s flags.
+    async fn allocation(&mut self, start: u64, end: u64) -> Result<Vec<Extent>> {
+        match self {
+            Self::Nbd(control) => Ok(control
+                .block_status(CONTEXT_BASE_ALLOCATION, start, end - start)
+                .await?),
+            Self::RawImage(image) => {
+                let image = image.clone();
+                tokio::task::spawn_blocking(move || image.allocation(start, end))
+                    .await
+                    .map_err(WorkerError::join)?
+            }
+        }
+    }
+
+    /// Dirty extents of `[start, end)` in the NBD meta context `context`.
+    async fn dirty(&mut self, context: &str, start: u64, end: u64) -> Result<Vec<Extent>> {
+        match self {
+            Self::Nbd(control) => Ok(control.block_status(context, start, end - start).await?),
+            Self::RawImage(_) => Err(no_dirty_bitmap()),
+        }
+    }
+
+    async fn close(self) {
+        if let Self::Nbd(control) = self {
+            let _ = control.disconnect().await;
+        }
+    }
+}
+
+fn no_dirty_bitmap() -> WorkerError {
+    WorkerError::Invalid("a raw image read in place has no dirty bitmap".into())
 }
 
 /// Backs up one disk and returns its index; nothing is committed here.
@@ -115,23 +176,51 @@ pub async fn backup_disk(
     input: DiskBackupInput<'_>,
     progress: Arc<Progress>,
 ) -> Result<DiskBackup> {
-    let mut contexts = vec![CONTEXT_BASE_ALLOCATION.to_string()];
-    if let ChangeSource::DirtyBitmap(context) = &input.changes {
-        contexts.push(context.clone());
-    }
-    let control_options = ConnectOptions {
-        meta_contexts: contexts,
-        ..ConnectOptions::new(&input.export)
-    };
-    let control = Client::connect(&input.endpoint, &control_options).await?;
-    let disk_size = control.size();
-    if disk_size > MAX_DISK_SIZE {
-        return Err(WorkerError::Invalid(format!(
-            "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
-        )));
-    }
     let chunk_size = repo.chunk_size();
-    if let ChangeSource::DirtyBitmap(context) = &input.changes {
+    let parallel_reads = input.parallel_reads.max(1);
+    let (map, reader, disk_size) = match input.source {
+        DiskSource::Nbd { endpoint, export } => {
+            let mut contexts = vec![CONTEXT_BASE_ALLOCATION.to_string()];
+            if let ChangeSource::DirtyBitmap(context) = &input.changes {
+                contexts.push(context.clone());
+            }
+            let control_options = ConnectOptions {
+                meta_contexts: contexts,
+                ..ConnectOptions::new(&export)
+            };
+            let control = Client::connect(&endpoint, &control_options).await?;
+            if let ChangeSource::DirtyBitmap(context) = &input.changes
+                && !control.has_meta_context(context)
+            {
+                return Err(WorkerError::Invalid(format!(
+                    "the export does not offer {context}"
+                )));
+            }
+            let disk_size = control.size();
+            check_disk_size(disk_size)?;
+            let pool =
+                ClientPool::connect(&endpoint, &ConnectOptions::new(&export), parallel_reads)
+                    .await?;
+            (
+                AllocationMap::Nbd(control),
+                SlotReader::Nbd(pool),
+                disk_size,
+            )
+        }
+        DiskSource::RawImage(image) => {
+            if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
+                return Err(no_dirty_bitmap());
+            }
+            let disk_size = image.size();
+            check_disk_size(disk_size)?;
+            (
+                AllocationMap::RawImage(image.clone()),
+                SlotReader::RawImage(image),
+                disk_size,
+            )
+        }
+    };
+    if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
         let usable_base = input
             .base
             .is_some_and(|base| base.disk_size() == disk_size && base.chunk_size() == chunk_size);
@@ -139,11 +228,6 @@ pub async fn backup_disk(
             return Err(WorkerError::Invalid(
                 "an incremental needs a base index of the same disk size and chunk size".into(),
             ));
-        }
-        if !control.has_meta_context(context) {
-            return Err(WorkerError::Invalid(format!(
-                "the export does not offer {context}"
-            )));
         }
     }
     let known: HashSet<ChunkId> = input
@@ -157,17 +241,11 @@ pub async fn backup_disk(
         })
         .unwrap_or_default();
 
-    let pool = ClientPool::connect(
-        &input.endpoint,
-        &ConnectOptions::new(&input.export),
-        input.connections,
-    )
-    .await?;
-    let in_flight = input.connections.max(1) * 2 + 2;
+    let in_flight = parallel_reads * 2 + 2;
     progress.add_total(disk_size);
     let stages = Arc::new(Stages {
         repo,
-        pool,
+        reader,
         buffers: BufferPool::new(chunk_size as usize, in_flight),
         known: Mutex::new(known),
         progress,
@@ -176,7 +254,7 @@ pub async fn backup_disk(
 
     let (job_sender, mut jobs) = mpsc::channel::<SlotJob>(in_flight * 4);
     let planner = plan_slots(
-        control,
+        map,
         disk_size,
         chunk_size,
         input.changes.clone(),
@@ -212,15 +290,28 @@ pub async fn backup_disk(
     }
     drop(results);
     planner.await.map_err(WorkerError::join)??;
-    if let Ok(stages) = Arc::try_unwrap(stages) {
-        stages.pool.close(false).await?;
+    if let Ok(Stages {
+        reader: SlotReader::Nbd(pool),
+        ..
+    }) = Arc::try_unwrap(stages)
+    {
+        pool.close(false).await?;
     }
     Ok(DiskBackup { index, stats })
 }
 
+fn check_disk_size(disk_size: u64) -> Result<()> {
+    if disk_size > MAX_DISK_SIZE {
+        return Err(WorkerError::Invalid(format!(
+            "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
 /// Walks the disk window by window and sends one job per slot, in order.
 async fn plan_slots(
-    mut control: Client,
+    mut map: AllocationMap,
     disk_size: u64,
     chunk_size: u32,
     changes: ChangeSource,
@@ -234,14 +325,10 @@ async fn plan_slots(
         let last = (first + PLAN_WINDOW_SLOTS).min(slots);
         let start = first * chunk;
         let end = (last * chunk).min(disk_size);
-        let allocation = control
-            .block_status(CONTEXT_BASE_ALLOCATION, start, end - start)
-            .await?;
+        let allocation = map.allocation(start, end).await?;
         let dirty = match &changes {
             ChangeSource::Full => None,
-            ChangeSource::DirtyBitmap(context) => {
-                Some(control.block_status(context, start, end - start).await?)
-            }
+            ChangeSource::DirtyBitmap(context) => Some(map.dirty(context, start, end).await?),
         };
         for slot in first..last {
             let (offset, slot_end) = haven_repo::slot_range(disk_size, chunk_size, slot);
@@ -272,7 +359,7 @@ async fn plan_slots(
         }
         first = last;
     }
-    let _ = control.disconnect().await;
+    map.close().await;
     Ok(())
 }
 
@@ -313,22 +400,9 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
     if let Some(limit) = &stages.read_limit {
         limit.acquire(job.len as u64).await;
     }
-    let mut data = stages.buffers.take(job.len);
-    stages
-        .pool
-        .checkout()
-        .await
-        .read(job.offset, &mut data)
-        .await?;
+    let data = stages.buffers.take(job.len);
+    let (data, id) = read_and_identify(stages, job.offset, data).await?;
     let read = job.len as u64;
-
-    let repo = stages.repo.clone();
-    let (data, id) = tokio::task::spawn_blocking(move || {
-        let id = (!is_all_zero(&data)).then(|| repo.chunk_id(&data));
-        (data, id)
-    })
-    .await
-    .map_err(WorkerError::join)?;
     let Some(id) = id else {
         return Ok(result(ChunkId::ZERO, read, Outcome::Zero));
     };
@@ -358,6 +432,38 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
         known.insert(id);
     }
     Ok(result(id, read, outcome))
+}
+
+/// Reads a slot into `data` and names its chunk (`None`: all zeros). A raw image is
+/// read on the blocking thread that hashes, which saves a hand-over per slot.
+async fn read_and_identify(
+    stages: &Stages,
+    offset: u64,
+    mut data: PooledBuffer,
+) -> Result<(PooledBuffer, Option<ChunkId>)> {
+    let repo = stages.repo.clone();
+    let identify = move |data: &[u8]| (!is_all_zero(data)).then(|| repo.chunk_id(data));
+    match &stages.reader {
+        SlotReader::Nbd(pool) => {
+            pool.checkout().await.read(offset, &mut data).await?;
+            tokio::task::spawn_blocking(move || {
+                let id = identify(&data);
+                (data, id)
+            })
+            .await
+            .map_err(WorkerError::join)
+        }
+        SlotReader::RawImage(image) => {
+            let image = image.clone();
+            tokio::task::spawn_blocking(move || {
+                image.read_exact_at(offset, &mut data)?;
+                let id = identify(&data);
+                Ok((data, id))
+            })
+            .await
+            .map_err(WorkerError::join)?
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! The image adapter: back up disk image files that nothing is writing to.
 //!
 //! Covers offline KVM disks and VMware/Hyper-V disks copied off their hosts (vmdk,
-//! vhdx): `qemu-nbd` exports each file read-only and the common pipeline reads it.
-//! Without a dirty bitmap every allocated block is read; the previous snapshot's index
-//! still spares the upload (and the existence query) of every unchanged chunk.
+//! vhdx). A raw image is read in place ([`crate::raw_image`]); every other format is
+//! exported read-only by `qemu-nbd`, which understands it, and read over NBD. Either way
+//! the image is locked as QEMU locks images ([`crate::image_lock`]), so a running VM's
+//! disk is refused and no VM starts on a disk being read. Without a dirty bitmap every
+//! allocated block is read; the previous snapshot's index still spares the upload (and
+//! the existence query) of every unchanged chunk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,9 +14,11 @@ use std::time::Instant;
 
 use haven_repo::{Consistency, Progress, Repository, SourceInfo};
 
-use crate::backup::{ChangeSource, DiskBackupInput, backup_disk};
+use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
 use crate::error::{Result, WorkerError};
-use crate::export::{Access, EXPORT_NAME, ImageExport};
+use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
+use crate::image_lock::LockedImage;
+use crate::raw_image::RawImage;
 use crate::snapshot::{
     BackupReport, CommittedDisk, SnapshotMeta, base_index, commit_snapshot, plan_snapshot,
 };
@@ -36,8 +41,21 @@ pub struct ImageBackupRequest {
     pub vm: String,
     /// Its disks, in order.
     pub disks: Vec<ImageDisk>,
-    /// Parallel NBD connections per disk.
+    /// Reads in flight per disk (NBD connections, or threads reading a raw image).
     pub connections: usize,
+    /// How images are read.
+    pub reader: ImageReader,
+}
+
+/// How image files are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageReader {
+    /// Raw images in place, every other format through `qemu-nbd`.
+    #[default]
+    Auto,
+    /// Every format through `qemu-nbd`, raw included: the one path for all formats,
+    /// for comparison or where reading in place is not wanted.
+    Nbd,
 }
 
 /// Backs up image files as one snapshot and commits it.
@@ -65,26 +83,36 @@ pub async fn backup_images(
     let mut origins = Vec::new();
     for disk in &request.disks {
         let base = base_index(&repo, plan.previous.as_ref(), &disk.name).await;
-        let export = ImageExport::start(
-            &disk.path,
-            disk.format.as_deref(),
-            Access::ReadOnly,
-            request.connections + 1,
-        )
-        .await?;
-        let input = DiskBackupInput {
-            read_limit: None,
-            endpoint: export.endpoint(),
-            export: EXPORT_NAME.into(),
-            connections: request.connections,
-            base: base.as_ref(),
-            changes: ChangeSource::Full,
+        let format = match &disk.format {
+            Some(format) => format.clone(),
+            None => probe_format(&disk.path).await?,
         };
-        let backup = backup_disk(repo.clone(), input, progress.clone()).await;
-        export.stop().await?;
+        let backup = if format == "raw" && request.reader == ImageReader::Auto {
+            let image = Arc::new(RawImage::open(&disk.path)?);
+            let input = image_input(DiskSource::RawImage(image), request, base.as_ref());
+            backup_disk(repo.clone(), input, progress.clone()).await?
+        } else {
+            // Held until qemu-nbd is done with the file.
+            let _lock = LockedImage::open(&disk.path)?;
+            let export = ImageExport::start(
+                &disk.path,
+                Some(&format),
+                Access::ReadOnly,
+                request.connections + 1,
+            )
+            .await?;
+            let source = DiskSource::Nbd {
+                endpoint: export.endpoint(),
+                export: EXPORT_NAME.into(),
+            };
+            let input = image_input(source, request, base.as_ref());
+            let backup = backup_disk(repo.clone(), input, progress.clone()).await;
+            export.stop().await?;
+            backup?
+        };
         committed.push(CommittedDisk {
             name: disk.name.clone(),
-            backup: backup?,
+            backup,
             chain: Default::default(),
         });
         origins.push(disk.path.display().to_string());
@@ -107,4 +135,19 @@ pub async fn backup_images(
     )
     .await?;
     Ok(BackupReport::new(&manifest, started.elapsed()))
+}
+
+/// The pipeline's input for one image: a full read, deduplicated against `base`.
+fn image_input<'a>(
+    source: DiskSource,
+    request: &ImageBackupRequest,
+    base: Option<&'a haven_repo::FixedIndex>,
+) -> DiskBackupInput<'a> {
+    DiskBackupInput {
+        source,
+        parallel_reads: request.connections,
+        base,
+        changes: ChangeSource::Full,
+        read_limit: None,
+    }
 }

@@ -37,7 +37,7 @@ pub use chain::{
 };
 pub use virsh::{DomainDisk, Virsh};
 
-use crate::backup::{ChangeSource, DiskBackupInput, backup_disk};
+use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
 use crate::error::{Result, WorkerError};
 use crate::snapshot::{
     BackupReport, CommittedDisk, SnapshotMeta, base_index, commit_snapshot, plan_snapshot,
@@ -311,9 +311,11 @@ async fn run(
         };
         let input = DiskBackupInput {
             read_limit: request.read_limit.clone(),
-            endpoint: Endpoint::Unix(job.socket.clone()),
-            export: disk.disk.target.clone(),
-            connections: request.connections,
+            source: DiskSource::Nbd {
+                endpoint: Endpoint::Unix(job.socket.clone()),
+                export: disk.disk.target.clone(),
+            },
+            parallel_reads: request.connections,
             base: base.as_ref(),
             changes,
         };

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 pub use chain::{CHAIN_BITMAP, CHAIN_NODE, CHAIN_SIZE, ReadMode, bitmap_name, is_haven_bitmap};
 pub use graph::{LiveDisk, select_disks};
 
-use crate::backup::{ChangeSource, DiskBackupInput, backup_disk};
+use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
 use crate::error::{Result, WorkerError};
 use crate::qmp::GuestAgent;
 use crate::snapshot::{
@@ -264,9 +264,11 @@ async fn run(
         };
         let input = DiskBackupInput {
             read_limit: request.read_limit.clone(),
-            endpoint: Endpoint::Unix(socket.clone()),
-            export: objects.export_name.clone(),
-            connections: request.connections,
+            source: DiskSource::Nbd {
+                endpoint: Endpoint::Unix(socket.clone()),
+                export: objects.export_name.clone(),
+            },
+            parallel_reads: request.connections,
             base: base.as_ref(),
             changes,
         };

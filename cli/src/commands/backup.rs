@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use haven_repo::Progress;
-use haven_worker::image::{ImageBackupRequest, ImageDisk, backup_images};
+use haven_worker::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 use haven_worker::snapshot::BackupReport;
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
@@ -39,11 +39,22 @@ pub struct ImageArgs {
     /// Image format (default: probed with qemu-img).
     #[arg(long)]
     format: Option<String>,
-    /// Parallel NBD connections per disk.
+    /// Reads in flight per disk (NBD connections, or threads reading a raw image).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// How images are read: `auto` reads raw images in place and every other format
+    /// through qemu-nbd; `nbd` reads every format, raw too, through qemu-nbd.
+    #[arg(long, value_enum, default_value_t = ReaderArg::Auto)]
+    reader: ReaderArg,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+/// `--reader` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReaderArg {
+    Auto,
+    Nbd,
 }
 
 /// Runs a `haven backup` subcommand.
@@ -81,6 +92,10 @@ async fn backup_image(args: ImageArgs) -> Result<()> {
         vm: args.vm.clone(),
         disks,
         connections: args.connections.clamp(1, 16),
+        reader: match args.reader {
+            ReaderArg::Auto => ImageReader::Auto,
+            ReaderArg::Nbd => ImageReader::Nbd,
+        },
     };
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());
