@@ -75,6 +75,9 @@ pub struct StorageNodeArgs {
     /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
     #[arg(long = "pull-source", value_name = "URL")]
     pub pull_sources: Vec<String>,
+    /// Read and check the configuration (file and flags), print `ok`, and exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
@@ -132,7 +135,12 @@ fn init_tracing() {
 pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     init_tracing();
     let create_buckets = args.create_buckets.clone();
+    let check_only = args.check_config;
     let config = Arc::new(build_config(args)?);
+    if check_only {
+        println!("storage node configuration: ok");
+        return Ok(());
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let directories = config.directories();
     for dir in &directories {

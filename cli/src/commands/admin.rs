@@ -52,6 +52,9 @@ pub enum PolicyCommand {
     Apply {
         /// The policy file.
         file: PathBuf,
+        /// Only check the file here, as the coordinator would, and change nothing.
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         coordinator: CoordinatorUrl,
     },
@@ -258,8 +261,12 @@ pub async fn vm(command: VmCommand) -> Result<()> {
 
 /// Runs `haven policy`.
 pub async fn policy(command: PolicyCommand) -> Result<()> {
-    let (file, coordinator) = match command {
-        PolicyCommand::Apply { file, coordinator } => (file, coordinator),
+    let (file, check, coordinator) = match command {
+        PolicyCommand::Apply {
+            file,
+            check,
+            coordinator,
+        } => (file, check, coordinator),
         PolicyCommand::Run {
             name,
             coordinator,
@@ -285,6 +292,21 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
     };
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
+    if check {
+        let name = file.display().to_string();
+        let policies = match haven_coordinator::policy::parse_policies(&name, &text) {
+            Ok(policies) => policies,
+            Err(errors) => {
+                for line in errors {
+                    eprintln!("error: {line}");
+                }
+                bail!("policy file rejected");
+            }
+        };
+        let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        println!("{name}: ok ({})", names.join(", "));
+        return Ok(());
+    }
     let request = v1::ApplyPoliciesRequest {
         file_name: file.display().to_string(),
         policy_toml: text,

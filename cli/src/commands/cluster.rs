@@ -20,6 +20,8 @@ pub struct CoordinatorArgs {
     /// etcd endpoints (comma-separated), overriding the file; none: embedded store.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    #[command(flatten)]
+    file: ConfigFileArgs,
 }
 
 /// Arguments of `haven worker`.
@@ -31,6 +33,20 @@ pub struct WorkerArgs {
     /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
+    #[command(flatten)]
+    file: ConfigFileArgs,
+}
+
+/// How a daemon reads its configuration file.
+#[derive(Debug, clap::Args)]
+struct ConfigFileArgs {
+    /// Replace `${NAME}` in the file with environment variables (one file for every pod
+    /// of a StatefulSet or node of a DaemonSet).
+    #[arg(long)]
+    expand_env: bool,
+    /// Read and check the configuration, print `FILE: ok`, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// Arguments of `haven dev`.
@@ -73,18 +89,26 @@ pub struct DevArgs {
 
 fn read_config<T>(
     path: &PathBuf,
+    file: &ConfigFileArgs,
     parse: impl FnOnce(&str, &str) -> Result<T, String>,
 ) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&path.display().to_string(), &text).map_err(anyhow::Error::msg)
+    let name = path.display().to_string();
+    let mut text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    if file.expand_env {
+        text = haven_config::expand_env(&name, &text).map_err(anyhow::Error::msg)?;
+    }
+    parse(&name, &text).map_err(anyhow::Error::msg)
 }
 
 /// Runs a coordinator replica until SIGTERM or Ctrl-C.
 pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
-    let mut config = read_config(&args.config, CoordinatorConfig::parse)?;
+    let mut config = read_config(&args.config, &args.file, CoordinatorConfig::parse)?;
     if !args.etcd.is_empty() {
         config.etcd = args.etcd;
+    }
+    if args.file.check_config {
+        println!("{}: ok", args.config.display());
+        return Ok(());
     }
     let store = haven_coordinator::open_store(&config).await?;
     haven_coordinator::run(config, store, shutdown_token()).await?;
@@ -93,7 +117,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
 
 /// Runs a worker until SIGTERM or Ctrl-C.
 pub async fn worker(args: WorkerArgs) -> Result<()> {
-    let config = read_config(&args.config, WorkerConfig::parse)?;
+    let config = read_config(&args.config, &args.file, WorkerConfig::parse)?;
+    if args.file.check_config {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
     let password = read_password(args.password_file.as_deref())?;
     run_worker(config, password, shutdown_token()).await?;
     Ok(())
@@ -125,6 +153,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             secret_key: args.storage_secret_key.clone(),
             create_buckets: vec!["haven".into()],
             pull_sources: Vec::new(),
+            check_config: false,
         };
         // Stops on the same signals as the rest of the process.
         tokio::spawn(async move {

@@ -3,7 +3,8 @@
 //! An operator who gets "invalid type: string, expected u32" from a 200-line policy file
 //! has to hunt for it; the same message with `policy.toml:57:` in front does not. Every
 //! configuration file Haven reads goes through [`parse`], and checks made after parsing
-//! point at lines with [`line_of`].
+//! point at lines with [`line_of`]. [`expand_env`] lets one file serve processes that
+//! differ only by a name (every pod of a StatefulSet, every node of a DaemonSet).
 
 use serde::de::DeserializeOwned;
 
@@ -24,6 +25,64 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         end -= 1;
     }
     text[..end].matches('\n').count() + 1
+}
+
+/// Replaces every `${NAME}` in `text` with the environment variable `NAME` (the
+/// `--expand-env` of the daemons); a `$` not followed by `{NAME}` stays as it is.
+///
+/// A variable that is not set is an error at its line, never an empty string: an empty
+/// id would only fail later and further from the cause. A value holding a quote, a
+/// backslash or a control character is refused too, because it would change the
+/// structure of the TOML it lands in.
+pub fn expand_env(file_name: &str, text: &str) -> Result<String, String> {
+    expand_with(file_name, text, |name| std::env::var(name).ok())
+}
+
+fn expand_with(
+    file_name: &str,
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut expanded = String::with_capacity(text.len());
+    let mut done = 0;
+    while let Some(found) = text[done..].find("${") {
+        let start = done + found;
+        let after = &text[start + 2..];
+        let name = after
+            .find('}')
+            .map(|end| &after[..end])
+            .filter(|name| is_variable_name(name));
+        let Some(name) = name else {
+            expanded.push_str(&text[done..start + 2]);
+            done = start + 2;
+            continue;
+        };
+        let at = || format!("{file_name}:{}", line_of(text, start));
+        let value = lookup(name)
+            .ok_or_else(|| format!("{}: environment variable {name} is not set", at()))?;
+        if value
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(format!(
+                "{}: the value of {name} holds a quote, backslash or control character",
+                at()
+            ));
+        }
+        expanded.push_str(&text[done..start]);
+        expanded.push_str(&value);
+        done = start + 2 + name.len() + 1;
+    }
+    expanded.push_str(&text[done..]);
+    Ok(expanded)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -50,5 +109,28 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 99), 3);
         // Inside a multi-byte character: the line it is on.
         assert_eq!(line_of("é\né", 4), 2);
+    }
+
+    #[test]
+    fn variables_are_expanded_and_missing_ones_are_errors() {
+        let lookup = |name: &str| match name {
+            "POD_NAME" => Some("coordinator-1".to_string()),
+            "EMPTY" => Some(String::new()),
+            "QUOTE" => Some("a\"b".to_string()),
+            _ => None,
+        };
+        let text = "id = \"${POD_NAME}\"\nurl = \"http://${POD_NAME}.svc:7700\"\n";
+        assert_eq!(
+            expand_with("c.toml", text, lookup).unwrap(),
+            "id = \"coordinator-1\"\nurl = \"http://coordinator-1.svc:7700\"\n"
+        );
+        // Not a variable reference: left alone.
+        let plain = "a = \"$HOME ${ } ${1X} ${unclosed\"";
+        assert_eq!(expand_with("c.toml", plain, lookup).unwrap(), plain);
+        assert_eq!(expand_with("c.toml", "${EMPTY}x", lookup).unwrap(), "x");
+        let error = expand_with("c.toml", "a = 1\nid = \"${NODE_NAME}\"", lookup).unwrap_err();
+        assert_eq!(error, "c.toml:2: environment variable NODE_NAME is not set");
+        let error = expand_with("c.toml", "id = \"${QUOTE}\"", lookup).unwrap_err();
+        assert!(error.starts_with("c.toml:1: the value of QUOTE"), "{error}");
     }
 }
