@@ -50,4 +50,6 @@ fi
 
 "$(dirname "$0")/install-files-deps.sh"  # mtools, gdisk: file-level restore tests
 
+"$(dirname "$0")/install-deploy-deps.sh"  # helm, kubernetes-validate, PyYAML: deploy/check.py
+
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }

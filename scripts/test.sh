@@ -11,3 +11,5 @@ echo "== unit tests"
 cargo test --workspace --lib --bins --locked
 echo "== integration tests"
 cargo test --workspace --tests --locked -- --test-threads=2
+echo "== deploy/ (compose file and Helm chart against the haven binary)"
+python3 deploy/check.py --haven "$CARGO_TARGET_DIR/debug/haven"

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Checks deploy/ without a container runtime or a Kubernetes cluster.
+
+    python3 deploy/check.py --haven PATH/TO/haven [--helm helm]
+
+- compose.yaml: every Haven service's command line is run with the real `haven` binary
+  and `--check-config`, against the configuration file the service mounts, so a flag,
+  a file path or a setting that drifted from the code fails here. The example
+  policy.toml is checked with `haven policy apply --check`.
+- The Helm chart: `helm lint --strict`, then `helm template` with the default values
+  and with an external etcd; every rendered manifest is validated against the
+  Kubernetes 1.30 schemas (`kubernetes-validate --strict`), and every Haven container's
+  arguments are run the same way against the ConfigMap it mounts, with the pod's
+  environment (POD_NAME, NODE_NAME, secrets) filled in.
+
+Exits non-zero with the failing command's output on the first problem.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+DEPLOY = os.path.dirname(os.path.abspath(__file__))
+CHART = os.path.join(DEPLOY, "helm", "haven")
+# Values for the variables the compose file and the chart take from the environment.
+DUMMY_ENV = {
+    "HAVEN_PASSWORD": "example-password",
+    "HAVEN_STORAGE_ACCESS_KEY": "example-access-key",
+    "HAVEN_STORAGE_SECRET_KEY": "example-secret-key",
+    "AWS_ACCESS_KEY_ID": "example-access-key",
+    "AWS_SECRET_ACCESS_KEY": "example-secret-key",
+}
+
+
+def run(command, env=None):
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"FAILED: {' '.join(command)}\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def check_haven(haven, args, env_extra, what):
+    """Runs `haven ARGS --check-config` with a clean environment plus `env_extra`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **DUMMY_ENV, **env_extra}
+    out = run([haven, *args, "--check-config"], env=env)
+    if "ok" not in out:
+        sys.exit(f"FAILED: {what}: haven did not confirm the configuration: {out}")
+    print(f"ok  {what}: haven {' '.join(args)}")
+
+
+def check_compose(haven):
+    with open(os.path.join(DEPLOY, "compose.yaml")) as file:
+        compose = yaml.safe_load(file)
+    checked = 0
+    for name, service in compose["services"].items():
+        if not str(service.get("image", "")).startswith("${HAVEN_IMAGE"):
+            continue
+        mounts = {}
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("./"):
+                mounts[target] = os.path.join(DEPLOY, source[2:])
+        args = [mounts.get(arg, arg) for arg in service["command"]]
+        missing = [arg for arg in args if arg.startswith("/etc/haven/")]
+        if missing:
+            sys.exit(f"FAILED: compose service {name}: {missing} not mounted")
+        environment = service.get("environment") or {}
+        env = {k: DUMMY_ENV.get(k, str(v)) for k, v in environment.items()}
+        check_haven(haven, args, env, f"compose service {name}")
+        checked += 1
+    if checked < 5:
+        sys.exit(f"FAILED: only {checked} Haven services found in compose.yaml")
+    policy = os.path.join(DEPLOY, "compose", "policy.toml")
+    out = run([haven, "policy", "apply", policy, "--check"])
+    print(f"ok  compose policy.toml: {out.strip()}")
+
+
+def render(helm, values, workdir):
+    command = [helm, "template", "demo", CHART, "--namespace", "backup"]
+    for key, value in values.items():
+        command += ["--set", f"{key}={value}"]
+    rendered = run(command)
+    path = os.path.join(workdir, "rendered.yaml")
+    with open(path, "w") as file:
+        file.write(rendered)
+    run(["kubernetes-validate", "--strict", "-k", "1.30.0", path])
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def check_chart(haven, helm, workdir):
+    env = {"HELM_CACHE_HOME": workdir, "HELM_CONFIG_HOME": workdir, "HELM_DATA_HOME": workdir}
+    os.environ.update(env)
+    run([helm, "lint", "--strict", CHART])
+    print("ok  helm lint --strict")
+    variants = {
+        "default values": {},
+        "external etcd, no storage node": {
+            "etcd.enabled": "false",
+            "etcd.externalEndpoints[0]": "http://etcd-a:2379",
+            "storageNode.enabled": "false",
+        },
+        "secondary site": {
+            "worker.enabled": "false",
+            "storageNode.pullSources[0]": "http://primary.example:9000",
+        },
+    }
+    for variant, values in variants.items():
+        docs = render(helm, values, workdir)
+        print(f"ok  {variant}: {len(docs)} manifests valid for Kubernetes 1.30")
+        configmaps = {
+            doc["metadata"]["name"]: doc["data"] for doc in docs if doc["kind"] == "ConfigMap"
+        }
+        containers = 0
+        for doc in docs:
+            if doc["kind"] not in ("StatefulSet", "DaemonSet", "Deployment"):
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for container in pod["containers"]:
+                if not container["image"].startswith("haven:"):
+                    continue
+                files = {}
+                for mount in container.get("volumeMounts", []):
+                    config_map = volumes.get(mount["name"], {}).get("configMap")
+                    if config_map:
+                        for key, text in configmaps[config_map["name"]].items():
+                            local = os.path.join(workdir, f"{config_map['name']}-{key}")
+                            with open(local, "w") as file:
+                                file.write(text)
+                            files[f"{mount['mountPath']}/{key}"] = local
+                pod_env = {
+                    "POD_NAME": f"{doc['metadata']['name']}-0",
+                    "NODE_NAME": "kvm-1",
+                }
+                for item in container.get("env", []):
+                    if "value" in item:
+                        pod_env[item["name"]] = item["value"]
+                    elif "secretKeyRef" in item.get("valueFrom", {}):
+                        pod_env[item["name"]] = DUMMY_ENV.get(item["name"], "from-a-secret")
+                args = [files.get(arg, arg) for arg in container["args"]]
+                check_haven(haven, args, pod_env, f"{variant}: {doc['kind']} {doc['metadata']['name']}")
+                containers += 1
+        if containers == 0:
+            sys.exit(f"FAILED: {variant}: no Haven container rendered")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--haven", required=True, help="the haven binary to check against")
+    parser.add_argument("--helm", default="helm")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="haven-deploy-check-") as workdir:
+        check_compose(os.path.abspath(args.haven))
+        check_chart(os.path.abspath(args.haven), args.helm, workdir)
+    print("deploy/: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
