@@ -36,7 +36,7 @@ fn client_as(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -
 /// Every record of a batch read, with its data.
 async fn read_all(client: &NodeClient, keys: &[&str]) -> Vec<(Record, Bytes)> {
     let keys = keys.iter().map(|k| (*k).to_owned()).collect();
-    let mut reader = client.batch_get(keys).await.expect("batch get");
+    let mut reader = client.batch_get(keys, 0).await.expect("batch get");
     let mut out = Vec::new();
     while let Some((record, pieces)) = reader.next_object(64 << 20).await.expect("record") {
         out.push((record, Bytes::from(pieces.concat())));
@@ -214,7 +214,7 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
     // Authorisation: the same keys and bucket permissions as S3.
     let other = client(&node, "site-b", "other", "other-secret");
     let error = runtime
-        .block_on(other.batch_get(vec!["empty".into()]))
+        .block_on(other.batch_get(vec!["empty".into()], 0))
         .err()
         .expect("denied");
     assert!(status_of(error).contains("AccessDenied"));
@@ -236,7 +236,7 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
     assert!(status_of(error).contains("SignatureDoesNotMatch"));
     let no_bucket = client(&node, "nosuchbucket", ACCESS_KEY, SECRET_KEY);
     let error = runtime
-        .block_on(no_bucket.batch_get(vec!["x".into()]))
+        .block_on(no_bucket.batch_get(vec!["x".into()], 0))
         .err()
         .expect("bucket");
     assert!(status_of(error).contains("NoSuchBucket"));
@@ -521,7 +521,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let pull_all = |outcome: PullOutcome| {
         let request = primary.pull_request(pull_keys(&pairs)).expect("sign");
         let outcomes = runtime
-            .block_on(secondary.batch_pull(&request))
+            .block_on(secondary.batch_pull(&request, 0))
             .expect("pull");
         let mut expected = vec![outcome; objects.len()];
         expected.push(PullOutcome::Missing);
@@ -550,7 +550,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let refused = |request: &PullRequest, client: &NodeClient| {
         status_of(
             runtime
-                .block_on(client.batch_pull(request))
+                .block_on(client.batch_pull(request, 0))
                 .expect_err("refused"),
         )
     };
@@ -604,7 +604,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         ]))
         .expect("sign");
     let outcomes = runtime
-        .block_on(secondary.batch_pull(&request))
+        .block_on(secondary.batch_pull(&request, 0))
         .expect("pull from the fake");
     assert_eq!(
         outcomes,

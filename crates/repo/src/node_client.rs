@@ -17,8 +17,12 @@ use aws_lc_rs::{digest, hmac};
 
 /// Keys sent per request; larger batches are split.
 pub const KEYS_PER_REQUEST: usize = 10_000;
-/// Time limit of one request.
+/// Time limit of one request that moves little data.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest rate a batch transfer is given time for. Batches share the link (up to 16
+/// in flight), so this is what each gets of an 8 Mbit/s link: a 32 MiB batch may take
+/// 9.5 minutes, within the 10 minutes a storage node gives a pull's fetch.
+const SLOWEST_BATCH_RATE: u64 = 64 * 1024;
 /// Time limit for connecting, so an unreachable node fails fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,6 +92,12 @@ impl NodeClientError {
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 403)
     }
+}
+
+/// Time limit of a batch request moving `bytes`: a fixed time limit would fail every
+/// large batch on a slow link, however steadily it progresses.
+fn batch_timeout(bytes: u64) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs(bytes / SLOWEST_BATCH_RATE)
 }
 
 /// A reusable connection to one bucket of a storage node (keep-alive across
@@ -331,6 +341,20 @@ pub(crate) fn sign(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batch_timeouts_grow_with_the_bytes() {
+        assert_eq!(super::batch_timeout(0), super::REQUEST_TIMEOUT);
+        let big = super::batch_timeout(32 << 20);
+        assert_eq!(
+            big,
+            super::REQUEST_TIMEOUT + std::time::Duration::from_secs(512)
+        );
+        assert!(
+            big < std::time::Duration::from_secs(600),
+            "within a node's pull fetch limit"
+        );
+    }
+
     use super::*;
 
     /// The signing key example from the AWS SigV4 documentation.

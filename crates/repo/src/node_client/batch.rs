@@ -8,7 +8,10 @@ use haven_node_protocol::{
     BATCH_GET_QUERY, BATCH_PUT_QUERY, Decoder, Event, ProtocolError, Record,
 };
 
-use super::{NodeClient, NodeClientError, Payload, check_keys, key_lines, ok_text, parse_yes_no};
+use super::{
+    NodeClient, NodeClientError, Payload, batch_timeout, check_keys, key_lines, ok_text,
+    parse_yes_no,
+};
 
 impl NodeClient {
     /// Whether the node serves batch transfers: an empty batch read succeeds
@@ -16,7 +19,7 @@ impl NodeClient {
     /// unknown request with a 4xx, 501 or whatever it chose) means no, and the
     /// caller uses plain S3; only a node that cannot be reached is an error.
     pub async fn supports_batch(&self) -> Result<bool, NodeClientError> {
-        let answer = match self.batch_get(Vec::new()).await {
+        let answer = match self.batch_get(Vec::new(), 0).await {
             Ok(mut reader) => reader.next_object(0).await,
             Err(error) => Err(error),
         };
@@ -28,13 +31,19 @@ impl NodeClient {
     }
 
     /// Starts reading the objects `keys` (bucket keys) name: one record per
-    /// key, in order, from [`BatchReader::next_object`].
-    pub async fn batch_get(&self, keys: Vec<String>) -> Result<BatchReader, NodeClientError> {
+    /// key, in order, from [`BatchReader::next_object`]. `expected_bytes`
+    /// (their size, as listed) sets how long the whole read may take.
+    pub async fn batch_get(
+        &self,
+        keys: Vec<String>,
+        expected_bytes: u64,
+    ) -> Result<BatchReader, NodeClientError> {
         check_keys(keys.iter().map(String::as_str))?;
         let body = key_lines(&keys);
         let query = format!("{BATCH_GET_QUERY}=");
         let response = self
             .post(&query, Payload::Bytes(body.as_bytes()))
+            .timeout(batch_timeout(expected_bytes))
             .body(body)
             .send()
             .await?;
@@ -65,6 +74,7 @@ impl NodeClient {
         let response = self
             .post(&query, Payload::Unsigned)
             .header("content-length", length)
+            .timeout(batch_timeout(length as u64))
             .body(reqwest::Body::wrap_stream(body))
             .send()
             .await?;

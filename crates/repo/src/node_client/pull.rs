@@ -5,7 +5,7 @@
 
 use haven_node_protocol::{BATCH_GET_QUERY, BATCH_PULL_QUERY, PullKey, PullOutcome, PullRequest};
 
-use super::{NodeClient, NodeClientError, Payload, check_keys, ok_text};
+use super::{NodeClient, NodeClientError, Payload, batch_timeout, check_keys, ok_text};
 
 impl NodeClient {
     /// A batch read of this bucket for another node to send: signed over
@@ -35,15 +35,19 @@ impl NodeClient {
 
     /// Asks this node to fetch `request` from its source and write the
     /// objects into this bucket; one outcome per key, in order.
+    /// `expected_bytes` (the objects' size, as listed) sets how long the
+    /// node may take.
     pub async fn batch_pull(
         &self,
         request: &PullRequest,
+        expected_bytes: u64,
     ) -> Result<Vec<PullOutcome>, NodeClientError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| NodeClientError::Protocol(format!("cannot encode a pull request: {e}")))?;
         let query = format!("{BATCH_PULL_QUERY}=");
         let response = self
             .post(&query, Payload::Bytes(&body))
+            .timeout(batch_timeout(expected_bytes))
             .body(body)
             .send()
             .await?;
@@ -69,7 +73,7 @@ impl NodeClient {
     /// error.
     pub async fn pulls_from(&self, source: &NodeClient) -> Result<bool, NodeClientError> {
         let request = source.pull_request(Vec::new())?;
-        match self.batch_pull(&request).await {
+        match self.batch_pull(&request, 0).await {
             Ok(_) => Ok(true),
             Err(NodeClientError::Transport(error)) => Err(NodeClientError::Transport(error)),
             Err(error) => {

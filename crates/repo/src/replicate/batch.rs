@@ -156,10 +156,9 @@ impl Copier {
 
     /// Has the target fetch the batch from the source.
     async fn pull_batch(&self, nodes: &Nodes, items: &[(String, u64)]) -> Result<Vec<Result<u64>>> {
+        let bytes = listed_bytes(items);
         if let Some(limiter) = &self.limiter {
-            limiter
-                .acquire(items.iter().map(|(_, size)| size).sum())
-                .await;
+            limiter.acquire(bytes).await;
         }
         let keys = items
             .iter()
@@ -175,7 +174,7 @@ impl Copier {
             .map_err(|e| node_error(&self.from, e))?;
         let outcomes = nodes
             .target
-            .batch_pull(&request)
+            .batch_pull(&request, bytes)
             .await
             .map_err(|e| node_error(&self.to, e))?;
         let results = items
@@ -206,7 +205,7 @@ impl Copier {
             .collect();
         let mut reader = nodes
             .source
-            .batch_get(keys)
+            .batch_get(keys, listed_bytes(items))
             .await
             .map_err(|e| node_error(&self.from, e))?;
         let mut results = Vec::new();
@@ -274,4 +273,9 @@ impl Copier {
         }
         Ok(results)
     }
+}
+
+/// The bytes of a batch's objects, as listed.
+fn listed_bytes(items: &[(String, u64)]) -> u64 {
+    items.iter().map(|(_, size)| size).sum()
 }
