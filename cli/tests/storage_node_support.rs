@@ -28,6 +28,8 @@ pub struct NodeOptions {
     pub tls: Option<TlsFiles>,
     /// `replication.pull_sources`: nodes this one may pull batches from.
     pub pull_sources: Vec<String>,
+    /// `replication.pull_ca_file`: CAs trusted for https pull sources.
+    pub pull_ca_file: Option<PathBuf>,
 }
 
 /// Files of a TLS setup.
@@ -100,7 +102,15 @@ impl Node {
             .iter()
             .map(|source| format!("\"{source}\""))
             .collect();
-        let replication = format!("\n[replication]\npull_sources = [{}]\n", sources.join(", "));
+        let ca_file = options
+            .pull_ca_file
+            .as_ref()
+            .map(|path| format!("pull_ca_file = \"{}\"\n", path.display()))
+            .unwrap_or_default();
+        let replication = format!(
+            "\n[replication]\npull_sources = [{}]\n{ca_file}",
+            sources.join(", ")
+        );
         let text = format!(
             "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}{replication}",
             options.extra_keys

@@ -1,7 +1,8 @@
 //! The storage node over TLS (`[tls]` with a certificate and key): a test CA
 //! and a server certificate for 127.0.0.1 are made with the `openssl` CLI,
 //! then awscli and curl talk https to the node; plain http to the TLS port
-//! and a client that trusts another CA are refused.
+//! and a client that trusts another CA are refused. A node pulls replication
+//! batches from an https node whose CA its `replication.pull_ca_file` names.
 
 #[path = "storage_node_support.rs"]
 mod support;
@@ -10,7 +11,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Node, NodeOptions, TlsFiles, ok, pattern, run};
+use haven_node_protocol::{PullKey, PullOutcome};
+use haven_repo::{Credentials, NodeClient};
+use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY, TlsFiles, ok, pattern, run};
 
 /// OpenSSL config with the CA and server-certificate extensions.
 const OPENSSL_CONFIG: &str = "\
@@ -229,4 +232,101 @@ fn tls_serves_awscli_and_curl_and_refuses_plain_http_and_unknown_cas() {
     // After all of that the node still serves https.
     let listing = node.aws_ok(&["s3", "ls", "s3://secure/dir/"]);
     assert!(listing.contains("big"), "{listing}");
+}
+
+fn node_client(endpoint: &str, bucket: &str) -> NodeClient {
+    let credentials = Credentials {
+        access_key: ACCESS_KEY.to_owned(),
+        secret_key: SECRET_KEY.to_owned(),
+        region: "us-east-1".to_owned(),
+    };
+    NodeClient::new(endpoint, bucket, credentials).expect("client")
+}
+
+#[test]
+fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tls, other_ca) = make_certificates(dir.path());
+    let ca = tls.ca_bundle.clone();
+    let source = Node::start_in(
+        dir,
+        NodeOptions {
+            tls: Some(tls),
+            ..NodeOptions::default()
+        },
+    );
+    source.aws_ok(&["s3", "mb", "s3://site-a"]);
+    let body = pattern(3_000_000, 11);
+    let up = source.path("up");
+    std::fs::write(&up, &body).expect("write");
+    source.aws_ok(&["s3", "cp", path_str(&up), "s3://site-a/chunks/one"]);
+
+    // Three secondaries that list the source: one trusts its CA, one another
+    // CA, one only the system's.
+    let secondary = |pull_ca_file: Option<PathBuf>| {
+        let node = Node::start_with(NodeOptions {
+            pull_sources: vec![source.endpoint()],
+            pull_ca_file,
+            ..NodeOptions::default()
+        });
+        node.aws_ok(&["s3", "mb", "s3://site-b"]);
+        node
+    };
+    let trusting = secondary(Some(ca));
+    let other = secondary(Some(other_ca));
+    let system_only = secondary(None);
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let from = node_client(&source.endpoint(), "site-a");
+    for (node, trusted) in [(&trusting, true), (&other, false), (&system_only, false)] {
+        let to = node_client(&node.endpoint(), "site-b");
+        let pulls = runtime.block_on(to.pulls_from(&from)).expect("probe");
+        assert_eq!(pulls, trusted, "pull probe of a node trusting {trusted}");
+    }
+    let to = node_client(&trusting.endpoint(), "site-b");
+    let keys = vec![PullKey {
+        source: "chunks/one".to_owned(),
+        target: "copied/one".to_owned(),
+    }];
+    let request = from.pull_request(keys).expect("sign");
+    let outcomes = runtime
+        .block_on(to.batch_pull(&request, body.len() as u64))
+        .expect("pull over https");
+    assert_eq!(outcomes, vec![PullOutcome::Created]);
+    // The node that does not trust the source's CA says why.
+    let untrusting = node_client(&other.endpoint(), "site-b");
+    let error = runtime
+        .block_on(untrusting.batch_pull(&request, body.len() as u64))
+        .expect_err("pull from an untrusted https source");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    let down = trusting.path("down");
+    trusting.aws_ok(&["s3", "cp", "s3://site-b/copied/one", path_str(&down)]);
+    assert_eq!(std::fs::read(&down).expect("read"), body);
+
+    // A CA file that holds no certificate stops the node before it serves.
+    let bad_ca = trusting.path("not-a-ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").expect("write");
+    let config = trusting.path("bad.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[keys]]\naccess_key = \"k\"\nsecret_key = \"s\"\n[replication]\npull_ca_file = \"{}\"\n",
+        trusting.path("bad-data").display(),
+        bad_ca.display()
+    );
+    std::fs::write(&config, text).expect("write");
+    let output = run(
+        env!("CARGO_BIN_EXE_haven"),
+        &[
+            "storage-node",
+            "--config",
+            path_str(&config),
+            "--check-config",
+        ],
+        &[],
+    );
+    assert!(
+        !output.status.success(),
+        "a CA file without certificates was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pull_ca_file"), "{stderr}");
 }

@@ -57,6 +57,10 @@ pub struct ReplicationConfig {
     /// objects through the client. A pull makes this node connect wherever
     /// the request says, so only listed nodes are reachable that way.
     pub pull_sources: Vec<String>,
+    /// PEM file of CA certificates trusted for `https` pull sources, in addition to
+    /// the system's: peers inside one organisation usually have certificates of a
+    /// private CA.
+    pub pull_ca_file: Option<PathBuf>,
 }
 
 impl ReplicationConfig {
@@ -69,7 +73,31 @@ impl ReplicationConfig {
             .any(|source| source.origin() == url.origin())
     }
 
+    /// The certificates of [`ReplicationConfig::pull_ca_file`] (none without one).
+    pub fn pull_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.pull_ca_file else {
+            return Ok(Vec::new());
+        };
+        let pem = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| {
+            ConfigError::Invalid(format!(
+                "replication.pull_ca_file {}: {reason}",
+                path.display()
+            ))
+        };
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| invalid(error.to_string()))?;
+        if roots.is_empty() {
+            return Err(invalid("no PEM certificate in it".to_owned()));
+        }
+        Ok(roots)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.pull_roots()?;
         for source in &self.pull_sources {
             let parsed = url::Url::parse(source).map_err(|e| {
                 ConfigError::Invalid(format!("replication.pull_sources: {source}: {e}"))

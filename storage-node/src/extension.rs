@@ -13,6 +13,8 @@ mod batch;
 mod exists;
 mod pull;
 
+pub use pull::client as pull_client;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,13 +98,14 @@ pub struct ExtensionRoute {
 }
 
 impl ExtensionRoute {
-    /// Serves the extensions from `store` with the keys of `config`.
-    pub fn new(store: Arc<Store>, config: Arc<Config>) -> reqwest::Result<Self> {
-        Ok(Self {
+    /// Serves the extensions from `store` with the keys of `config`; `http` (from
+    /// [`pull_client`]) fetches batch pulls.
+    pub fn new(store: Arc<Store>, config: Arc<Config>, http: reqwest::Client) -> Self {
+        Self {
             store,
             config,
-            http: pull::client()?,
-        })
+            http,
+        }
     }
 
     /// Serves one extension request.

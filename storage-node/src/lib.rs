@@ -163,10 +163,13 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     ));
     builder.set_auth(access::ConfigAuth(Arc::clone(&config)));
     builder.set_access(access::KeyAccess(Arc::clone(&config)));
-    builder.set_route(
-        extension::ExtensionRoute::new(Arc::clone(&store), Arc::clone(&config))
-            .context("cannot set up the client for batch pulls")?,
-    );
+    let pull_http = extension::pull_client(config.replication.pull_roots()?)
+        .context("cannot set up the client for batch pulls")?;
+    builder.set_route(extension::ExtensionRoute::new(
+        Arc::clone(&store),
+        Arc::clone(&config),
+        pull_http,
+    ));
     let shared = Arc::new(server::Shared {
         s3: builder.build(),
         store,

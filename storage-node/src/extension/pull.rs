@@ -37,9 +37,11 @@ const REQUEST_BYTES_PER_KEY: usize = 2 * 1024 * 6 + 64;
 const REQUEST_BYTES_FIXED: usize = 64 * 1024;
 
 /// The HTTP client this node pulls with: it never follows redirects (a
-/// source could otherwise send it anywhere).
-pub fn client() -> reqwest::Result<reqwest::Client> {
+/// source could otherwise send it anywhere), and trusts `extra_roots` (the
+/// `replication.pull_ca_file`) besides the system's CAs.
+pub fn client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .tls_certs_merge(extra_roots)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -79,7 +81,7 @@ pub async fn pull(
         .body(request.source_body())
         .send()
         .await
-        .map_err(|e| source_error(format!("cannot reach the source: {e}")))?;
+        .map_err(|e| source_error(format!("cannot reach the source: {}", with_causes(&e))))?;
     if response.status() != StatusCode::OK {
         let status = response.status();
         let text = error_text(response).await;
@@ -198,6 +200,19 @@ async fn error_text(mut response: reqwest::Response) -> String {
 
 /// A failure on the source's side: `502 HavenSourceFailed`, which a client
 /// may retry.
+/// `error` and its causes (`: `-separated): reqwest's own message ("error sending
+/// request") leaves out why, such as an unknown certificate issuer.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 fn source_error(message: impl Into<String>) -> S3Error {
     let mut error = S3Error::with_message(
         S3ErrorCode::Custom("HavenSourceFailed".into()),
