@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use haven_node_protocol::{ObjectInfo, PullKey, PullOutcome, PullRequest, Record};
-use haven_repo::{Credentials, NodeClient, NodeClientError};
+use haven_repo::{NodeClient, NodeClientError};
 use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY, pattern};
 
 const OTHER_KEYS: &str = "[[keys]]\naccess_key = \"other\"\nsecret_key = \"other-secret\"\nbuckets = [\"elsewhere\"]\n\
@@ -25,12 +25,7 @@ fn client(node: &Node, bucket: &str, access_key: &str, secret_key: &str) -> Node
 }
 
 fn client_as(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> NodeClient {
-    let credentials = Credentials {
-        access_key: access_key.to_owned(),
-        secret_key: secret_key.to_owned(),
-        region: "us-east-1".to_owned(),
-    };
-    NodeClient::new(endpoint, bucket, credentials).expect("client")
+    support::node_client(endpoint, bucket, access_key, secret_key)
 }
 
 /// Every record of a batch read, with its data.

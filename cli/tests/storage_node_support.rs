@@ -15,6 +15,21 @@ pub const ACCESS_KEY: &str = "haven-test-key";
 /// Secret of the default test key.
 pub const SECRET_KEY: &str = "haven-test-secret-0123456789";
 
+/// Haven's client of the node's extensions, for `bucket` at `endpoint`.
+pub fn node_client(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> haven_repo::NodeClient {
+    let credentials = haven_repo::Credentials {
+        access_key: access_key.to_owned(),
+        secret_key: secret_key.to_owned(),
+        region: "us-east-1".to_owned(),
+    };
+    haven_repo::NodeClient::new(endpoint, bucket, credentials).expect("client")
+}
+
 /// How to configure a node beyond the defaults.
 #[derive(Default)]
 pub struct NodeOptions {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use haven_node_protocol::{PullKey, PullOutcome};
-use haven_repo::{Credentials, NodeClient};
+use haven_repo::NodeClient;
 use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY, TlsFiles, ok, pattern, run};
 
 /// OpenSSL config with the CA and server-certificate extensions.
@@ -235,12 +235,7 @@ fn tls_serves_awscli_and_curl_and_refuses_plain_http_and_unknown_cas() {
 }
 
 fn node_client(endpoint: &str, bucket: &str) -> NodeClient {
-    let credentials = Credentials {
-        access_key: ACCESS_KEY.to_owned(),
-        secret_key: SECRET_KEY.to_owned(),
-        region: "us-east-1".to_owned(),
-    };
-    NodeClient::new(endpoint, bucket, credentials).expect("client")
+    support::node_client(endpoint, bucket, ACCESS_KEY, SECRET_KEY)
 }
 
 #[test]
