@@ -5,6 +5,8 @@
 #
 #   bench/incremental.sh [SIZE_MIB=4096] [ROUNDS=5]
 #   HAVEN_B=/path/to/other/haven bench/incremental.sh   # also time a second Haven build
+#   HAVEN_B=target/release/haven HAVEN_B_ARGS="--reader nbd" bench/incremental.sh
+#                                  # the same build through qemu-nbd (HAVEN_A_ARGS too)
 #
 # Each round changes 1% of the image's 64 KiB blocks (bench/make-image.py --mutate),
 # then runs one incremental per tool, in an order that rotates every round, each after
@@ -33,7 +35,8 @@ export HAVEN_PASSWORD=bench RESTIC_PASSWORD=bench
 
 backup() { # tool
   case $1 in
-    haven-*) "$work/$1" backup image "$image" --format raw --repo "$work/repo-$1" --vm bench ;;
+    haven-a) "$work/$1" backup image "$image" --format raw --repo "$work/repo-$1" --vm bench ${HAVEN_A_ARGS:-} ;;
+    haven-b) "$work/$1" backup image "$image" --format raw --repo "$work/repo-$1" --vm bench ${HAVEN_B_ARGS:-} ;;
     restic) restic -q -r "$work/repo-restic" backup "$image" ;;
   esac >/dev/null
 }
