@@ -4,6 +4,7 @@
 //! and a client that trusts another CA are refused. A node pulls replication
 //! batches from an https node whose CA its `replication.pull_ca_file` names.
 
+mod common;
 #[path = "storage_node_support.rs"]
 mod support;
 
@@ -324,4 +325,100 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pull_ca_file"), "{stderr}");
+}
+
+/// `haven ARGS --repo URL` with the node's keys and nothing else from the
+/// machine's AWS environment.
+fn haven(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(args)
+        .arg("--repo")
+        .arg(url)
+        .env("HAVEN_PASSWORD", common::PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env_remove("HAVEN_PASSWORD_FILE")
+        .env_remove("HAVEN_REPO")
+        .output()
+        .expect("run haven")
+}
+
+#[test]
+fn a_repository_on_an_https_node_of_a_private_ca_names_it_in_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tls, other_ca) = make_certificates(dir.path());
+    let ca = tls.ca_bundle.clone();
+    let node = Node::start_in(
+        dir,
+        NodeOptions {
+            tls: Some(tls),
+            ..NodeOptions::default()
+        },
+    );
+    node.aws_ok(&["s3", "mb", "s3://vault"]);
+    let base = format!("s3://vault/repo?endpoint={}", node.endpoint());
+
+    // Without the CA, or with another one, the client refuses the node.
+    let with_ca = |ca: &Path| format!("{base}&ca_file={}", ca.display());
+    for url in [base.clone(), with_ca(&other_ca)] {
+        let output = haven(&url, &["repo", "init"]);
+        assert!(!output.status.success(), "init through {url} succeeded");
+    }
+    let not_pem = node.path("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let output = haven(&with_ca(&not_pem), &["repo", "init"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("ca_file"),
+        "{stderr}"
+    );
+
+    // With it: init, back up, verify and restore over https.
+    let url = with_ca(&ca);
+    ok(haven(&url, &["repo", "init"]), "repo init");
+    let image = node.path("disk.raw");
+    let size = 8 * common::MIB;
+    common::raw_image(&image, size, &[(0, 3 * common::MIB as usize)]);
+    let report = ok(
+        haven(
+            &url,
+            &["backup", "image", path_str(&image), "--vm", "vm", "--json"],
+        ),
+        "backup",
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json");
+    // 3 MiB of data in the default 512 KiB chunks.
+    assert_eq!(common::disk_stat(&report, "new_chunks"), 6);
+    ok(haven(&url, &["verify"]), "verify");
+    // The existence queries went to the node's batch extension over https too
+    // (its client trusts the same ca_file), not to one HEAD per chunk.
+    let metrics = ok(
+        curl(&[
+            "--cacert",
+            path_str(&ca),
+            &format!("{}/metrics", node.endpoint()),
+        ]),
+        "curl https metrics",
+    );
+    let batches: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("haven_storage_requests_total{op=\"HavenExists\","))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(batches > 0, "no batch existence query reached the node");
+    let out = node.path("out.raw");
+    ok(
+        haven(&url, &["restore", "vm@latest", "--to", path_str(&out)]),
+        "restore",
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        std::fs::read(&image).expect("read")
+    );
 }

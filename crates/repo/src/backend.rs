@@ -233,9 +233,19 @@ impl Backend {
                     credentials.session_token.clone().unwrap_or_default(),
                 );
         }
+        // Before `endpoint`, whose `with_allow_http` edits the options this replaces.
+        let ca_pem = match parsed.query_pairs().find(|(name, _)| name == "ca_file") {
+            Some((_, path)) => {
+                let (pem, options) = ca_file_options(&path).map_err(invalid)?;
+                builder = builder.with_client_options(options);
+                pem
+            }
+            None => Vec::new(),
+        };
         let mut path_style = None;
         for (name, value) in parsed.query_pairs() {
             match name.as_ref() {
+                "ca_file" => {}
                 "endpoint" => {
                     builder = builder
                         .with_allow_http(value.starts_with("http://"))
@@ -250,7 +260,7 @@ impl Backend {
         if let Some(path_style) = path_style {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
-        let node = node_client(&builder, bucket, path_style == Some(true))
+        let node = node_client(&builder, bucket, path_style == Some(true), &ca_pem)
             .map_err(|error| invalid(error.to_string()))?;
         let exists_batcher = node
             .clone()
@@ -520,6 +530,36 @@ impl Backend {
     }
 }
 
+/// The PEM bytes of a repository URL's `ca_file`, and client options that trust its
+/// certificates besides the system's (storage nodes with a private CA).
+fn ca_file_options(
+    path: &str,
+) -> std::result::Result<(Vec<u8>, object_store::ClientOptions), String> {
+    let pem =
+        std::fs::read(path).map_err(|error| format!("cannot read ca_file {path}: {error}"))?;
+    let roots = object_store::Certificate::from_pem_bundle(&pem)
+        .map_err(|error| format!("ca_file {path}: {error}"))?;
+    if roots.is_empty() {
+        return Err(format!("ca_file {path} holds no certificate"));
+    }
+    // These options replace the builder's: carry over what `from_env` took from the
+    // environment (proxy, timeouts, ...), as it reads it.
+    let from_env = std::env::vars()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .filter_map(|(name, value)| match name.to_ascii_lowercase().parse() {
+            Ok(AmazonS3ConfigKey::Client(key)) => Some((key, value)),
+            _ => None,
+        });
+    let options = from_env.fold(
+        object_store::ClientOptions::new(),
+        |options, (key, value)| options.with_config(key, value),
+    );
+    let options = roots
+        .into_iter()
+        .fold(options, |options, root| options.with_root_certificate(root));
+    Ok((pem, options))
+}
+
 /// A client of the node extensions for `s3://` URLs that may name a Haven
 /// storage node: an explicit endpoint, path-style addressing and static keys
 /// (its requests are signed with them; session tokens are plain AWS, which has
@@ -528,6 +568,7 @@ fn node_client(
     builder: &AmazonS3Builder,
     bucket: &str,
     path_style: bool,
+    ca_pem: &[u8],
 ) -> std::result::Result<Option<NodeClient>, crate::node_client::NodeClientError> {
     let config = |key| builder.get_config_value(&key).filter(|v| !v.is_empty());
     let (Some(endpoint), Some(access_key), Some(secret_key)) = (
@@ -545,7 +586,12 @@ fn node_client(
         secret_key,
         region: config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
     };
-    Ok(Some(NodeClient::new(&endpoint, bucket, credentials)?))
+    Ok(Some(NodeClient::with_roots(
+        &endpoint,
+        bucket,
+        credentials,
+        ca_pem,
+    )?))
 }
 
 /// The error of a failed direct `verb` of `key`; `None` when the file system

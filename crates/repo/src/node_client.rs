@@ -118,12 +118,30 @@ impl NodeClient {
         bucket: &str,
         credentials: Credentials,
     ) -> Result<Self, NodeClientError> {
+        Self::with_roots(endpoint, bucket, credentials, &[])
+    }
+
+    /// [`NodeClient::new`] that also trusts the CA certificates of `ca_pem` (a PEM
+    /// bundle, possibly empty) for an `https` endpoint: nodes with certificates of a
+    /// private CA.
+    pub fn with_roots(
+        endpoint: &str,
+        bucket: &str,
+        credentials: Credentials,
+        ca_pem: &[u8],
+    ) -> Result<Self, NodeClientError> {
         let base = url::Url::parse(endpoint)
             .map_err(|e| NodeClientError::InvalidEndpoint(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(NodeClientError::InvalidEndpoint(endpoint.to_owned()));
         }
+        let roots = if ca_pem.is_empty() {
+            Vec::new()
+        } else {
+            reqwest::Certificate::from_pem_bundle(ca_pem)?
+        };
         let http = reqwest::Client::builder()
+            .tls_certs_merge(roots)
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
