@@ -7,8 +7,9 @@
   and `--check-config`, against the configuration file the service mounts, so a flag,
   a file path or a setting that drifted from the code fails here. The example
   policy.toml is checked with `haven policy apply --check`.
-- The Helm chart: `helm lint --strict`, then `helm template` with the default values
-  and with an external etcd; every rendered manifest is validated against the
+- The Helm chart: `helm lint --strict`, then `helm template` with the default values,
+  an external etcd, a secondary site and an https storage node with a private CA
+  (stand-in certificates made with `openssl`); every rendered manifest is validated against the
   Kubernetes 1.30 schemas (`kubernetes-validate --strict`), and every Haven container's
   arguments are run the same way against the ConfigMap it mounts, with the pod's
   environment (POD_NAME, NODE_NAME, secrets) filled in.
@@ -91,6 +92,16 @@ def render(helm, values, workdir):
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
+def make_tls_files(workdir):
+    """A self-signed certificate and its key, standing in for the Secrets and CA
+    ConfigMaps an operator provides (name in the volume -> local file)."""
+    cert = os.path.join(workdir, "cert.pem")
+    key = os.path.join(workdir, "key.pem")
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=haven-deploy-check", "-keyout", key, "-out", cert])
+    return {"tls.crt": cert, "tls.key": key, "ca.crt": cert}
+
+
 def check_chart(haven, helm, workdir):
     env = {"HELM_CACHE_HOME": workdir, "HELM_CONFIG_HOME": workdir, "HELM_DATA_HOME": workdir}
     os.environ.update(env)
@@ -107,7 +118,13 @@ def check_chart(haven, helm, workdir):
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",
         },
+        "https storage node with a private CA": {
+            "storageNode.tlsSecret": "haven-tls",
+            "caConfigMap": "haven-ca",
+            "storageNode.pullSources[0]": "https://primary.example:9000",
+        },
     }
+    provided = make_tls_files(workdir)
     for variant, values in variants.items():
         docs = render(helm, values, workdir)
         print(f"ok  {variant}: {len(docs)} manifests valid for Kubernetes 1.30")
@@ -123,15 +140,25 @@ def check_chart(haven, helm, workdir):
             for container in pod["containers"]:
                 if not container["image"].startswith("haven:"):
                     continue
-                files = {}
+                # Container paths -> local files: the chart's ConfigMaps are written
+                # out; Secrets and ConfigMaps the operator provides get stand-ins.
+                files, rendered = {}, []
                 for mount in container.get("volumeMounts", []):
-                    config_map = volumes.get(mount["name"], {}).get("configMap")
-                    if config_map:
-                        for key, text in configmaps[config_map["name"]].items():
-                            local = os.path.join(workdir, f"{config_map['name']}-{key}")
-                            with open(local, "w") as file:
-                                file.write(text)
+                    volume = volumes.get(mount["name"], {})
+                    config_map = volume.get("configMap", {}).get("name")
+                    if config_map in configmaps:
+                        for key, text in configmaps[config_map].items():
+                            local = os.path.join(workdir, f"{config_map}-{key}")
+                            rendered.append((local, text))
                             files[f"{mount['mountPath']}/{key}"] = local
+                    elif config_map or "secret" in volume:
+                        for key, local in provided.items():
+                            files[f"{mount['mountPath']}/{key}"] = local
+                for local, text in rendered:
+                    for path, stand_in in files.items():
+                        text = text.replace(f'"{path}"', f'"{stand_in}"')
+                    with open(local, "w") as file:
+                        file.write(text)
                 pod_env = {
                     "POD_NAME": f"{doc['metadata']['name']}-0",
                     "NODE_NAME": "kvm-1",

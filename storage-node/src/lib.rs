@@ -75,7 +75,8 @@ pub struct StorageNodeArgs {
     /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
     #[arg(long = "pull-source", value_name = "URL")]
     pub pull_sources: Vec<String>,
-    /// Read and check the configuration (file and flags), print `ok`, and exit.
+    /// Read and check the configuration (file, flags, TLS certificate and key, pull
+    /// CA file), print `ok`, and exit.
     #[arg(long)]
     pub check_config: bool,
 }
@@ -138,6 +139,8 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     let check_only = args.check_config;
     let config = Arc::new(build_config(args)?);
     if check_only {
+        // The certificate and key must load too, as they will at start.
+        config.tls.as_ref().map(server::tls_acceptor).transpose()?;
         println!("storage node configuration: ok");
         return Ok(());
     }
