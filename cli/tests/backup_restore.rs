@@ -236,9 +236,18 @@ fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
     }
     let qcow2_arg = qcow2.to_str().unwrap();
     let mut qcow2_writer = writer_of(&bed, &qcow2, "qcow2", "qcow2.sock");
-    let error = bed.fails(&[
-        "backup", "image", qcow2_arg, "--vm", "vm", "--format", "qcow2",
-    ]);
+    // With the format given, and probed (the lock comes before the probe).
+    for format in [&["--format", "qcow2"][..], &[]] {
+        let mut args = vec!["backup", "image", qcow2_arg, "--vm", "vm"];
+        args.extend(format);
+        let error = bed.fails(&args);
+        assert!(error.contains("is open for writing"), "{error}");
+    }
+    // A multi-disk backup is refused as a whole when one disk is in use.
+    let other = bed.path("other.raw");
+    raw_image(&other, 4 * MIB, &[(0, MIB as usize)]);
+    let other_arg = other.to_str().unwrap();
+    let error = bed.fails(&["backup", "image", other_arg, qcow2_arg, "--vm", "two"]);
     assert!(error.contains("is open for writing"), "{error}");
     raw_writer.kill9();
     qcow2_writer.kill9();

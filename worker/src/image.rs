@@ -79,36 +79,40 @@ pub async fn backup_images(
     }
 
     let plan = plan_snapshot(&repo, &request.vm).await?;
+    // Every disk is locked before any is read, and stays locked until the snapshot is
+    // committed: a VM started between two disks would otherwise leave a snapshot of
+    // disks from different moments.
+    let mut opened = Vec::with_capacity(request.disks.len());
+    for disk in &request.disks {
+        opened.push(open_image(disk, request.reader).await?);
+    }
     let mut committed = Vec::with_capacity(request.disks.len());
     let mut origins = Vec::new();
-    for disk in &request.disks {
+    for (disk, image) in request.disks.iter().zip(&opened) {
         let base = base_index(&repo, plan.previous.as_ref(), &disk.name).await;
-        let format = match &disk.format {
-            Some(format) => format.clone(),
-            None => probe_format(&disk.path).await?,
-        };
-        let backup = if format == "raw" && request.reader == ImageReader::Auto {
-            let image = Arc::new(RawImage::open(&disk.path)?);
-            let input = image_input(DiskSource::RawImage(image), request, base.as_ref());
-            backup_disk(repo.clone(), input, progress.clone()).await?
-        } else {
-            // Held until qemu-nbd is done with the file.
-            let _lock = LockedImage::open(&disk.path)?;
-            let export = ImageExport::start(
-                &disk.path,
-                Some(&format),
-                Access::ReadOnly,
-                request.connections + 1,
-            )
-            .await?;
-            let source = DiskSource::Nbd {
-                endpoint: export.endpoint(),
-                export: EXPORT_NAME.into(),
-            };
-            let input = image_input(source, request, base.as_ref());
-            let backup = backup_disk(repo.clone(), input, progress.clone()).await;
-            export.stop().await?;
-            backup?
+        let backup = match image {
+            OpenedImage::InPlace(image) => {
+                let source = DiskSource::RawImage(image.clone());
+                let input = image_input(source, request, base.as_ref());
+                backup_disk(repo.clone(), input, progress.clone()).await?
+            }
+            OpenedImage::ThroughNbd { format, .. } => {
+                let export = ImageExport::start(
+                    &disk.path,
+                    Some(format),
+                    Access::ReadOnly,
+                    request.connections + 1,
+                )
+                .await?;
+                let source = DiskSource::Nbd {
+                    endpoint: export.endpoint(),
+                    export: EXPORT_NAME.into(),
+                };
+                let input = image_input(source, request, base.as_ref());
+                let backup = backup_disk(repo.clone(), input, progress.clone()).await;
+                export.stop().await?;
+                backup?
+            }
         };
         committed.push(CommittedDisk {
             name: disk.name.clone(),
@@ -135,6 +139,33 @@ pub async fn backup_images(
     )
     .await?;
     Ok(BackupReport::new(&manifest, started.elapsed()))
+}
+
+/// An image locked for reading, and how it will be read.
+enum OpenedImage {
+    /// A raw image, read in place.
+    InPlace(Arc<RawImage>),
+    /// Any other format (or raw with [`ImageReader::Nbd`]): `qemu-nbd` exports it while
+    /// Haven holds the lock.
+    ThroughNbd { _lock: LockedImage, format: String },
+}
+
+/// Locks `disk`, then learns its format (probed only once locked, so an image in use
+/// gets Haven's message rather than `qemu-img`'s).
+async fn open_image(disk: &ImageDisk, reader: ImageReader) -> Result<OpenedImage> {
+    let lock = LockedImage::open(&disk.path)?;
+    let format = match &disk.format {
+        Some(format) => format.clone(),
+        None => probe_format(&disk.path).await?,
+    };
+    Ok(if format == "raw" && reader == ImageReader::Auto {
+        OpenedImage::InPlace(Arc::new(RawImage::new(lock)?))
+    } else {
+        OpenedImage::ThroughNbd {
+            _lock: lock,
+            format,
+        }
+    })
 }
 
 /// The pipeline's input for one image: a full read, deduplicated against `base`.

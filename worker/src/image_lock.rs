@@ -98,7 +98,7 @@ impl LockedImage {
                     );
                     return Ok(());
                 }
-                Err(error) if error.raw_os_error() == Some(libc::EAGAIN) => {
+                Err(error) if matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
                     return Err(self.in_use("is locked against readers"));
                 }
                 Err(error) => {

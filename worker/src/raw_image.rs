@@ -29,10 +29,15 @@ pub struct RawImage {
 impl RawImage {
     /// Opens and locks `path` (see [`LockedImage`]); the disk is the whole file.
     pub fn open(path: &Path) -> Result<Self> {
-        let image = LockedImage::open(path)?;
+        Self::new(LockedImage::open(path)?)
+    }
+
+    /// Reads an image already opened and locked; the disk is the whole file.
+    pub fn new(image: LockedImage) -> Result<Self> {
         // The end of a block device is its size, as the end of a file is.
+        let context = format!("cannot size {}", image.path().display());
         let size = seek(image.file(), 0, libc::SEEK_END)
-            .map_err(WorkerError::io(format!("cannot size {}", path.display())))?
+            .map_err(WorkerError::io(context))?
             .unwrap_or(0);
         Ok(Self { image, size })
     }
@@ -101,15 +106,21 @@ impl RawImage {
     }
 }
 
-/// `lseek`; `None` where `SEEK_DATA` finds no more data.
+/// `lseek`; `None` where `SEEK_DATA` finds no more data. A file system that cannot
+/// map holes (`EINVAL`, `EOPNOTSUPP`) gets `offset` for `SEEK_DATA` and the end for
+/// `SEEK_HOLE`: all data, as QEMU's raw driver then assumes.
 fn seek(file: &std::fs::File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
     let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
     // SAFETY: lseek on a descriptor that is open for the whole call.
     let position = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
     if position < 0 {
         let error = std::io::Error::last_os_error();
+        let cannot_map_holes =
+            matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP));
         return match error.raw_os_error() {
             Some(libc::ENXIO) => Ok(None),
+            _ if cannot_map_holes && whence == libc::SEEK_DATA => Ok(Some(offset as u64)),
+            _ if cannot_map_holes && whence == libc::SEEK_HOLE => Ok(None),
             _ => Err(error),
         };
     }

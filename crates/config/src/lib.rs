@@ -27,13 +27,14 @@ pub fn line_of(text: &str, offset: usize) -> usize {
     text[..end].matches('\n').count() + 1
 }
 
-/// Replaces every `${NAME}` in `text` with the environment variable `NAME` (the
-/// `--expand-env` of the daemons); a `$` not followed by `{NAME}` stays as it is.
+/// Replaces every `${NAME}` in `text`, comments included, with the environment variable
+/// `NAME` (the `--expand-env` of the daemons); `$${` stands for a literal `${`, and a `$`
+/// not followed by `{NAME}` stays as it is.
 ///
 /// A variable that is not set is an error at its line, never an empty string: an empty
-/// id would only fail later and further from the cause. A value holding a quote, a
-/// backslash or a control character is refused too, because it would change the
-/// structure of the TOML it lands in.
+/// id would only fail later and further from the cause. A value holding a quote (either
+/// kind), a backslash or a control character is refused too, because it would change
+/// the structure of the TOML string it lands in.
 pub fn expand_env(file_name: &str, text: &str) -> Result<String, String> {
     expand_with(file_name, text, |name| std::env::var(name).ok())
 }
@@ -47,6 +48,13 @@ fn expand_with(
     let mut done = 0;
     while let Some(found) = text[done..].find("${") {
         let start = done + found;
+        if start > done && text.as_bytes()[start - 1] == b'$' {
+            // `$${`: a literal `${`.
+            expanded.push_str(&text[done..start - 1]);
+            expanded.push_str("${");
+            done = start + 2;
+            continue;
+        }
         let after = &text[start + 2..];
         let name = after
             .find('}')
@@ -62,7 +70,7 @@ fn expand_with(
             .ok_or_else(|| format!("{}: environment variable {name} is not set", at()))?;
         if value
             .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_control())
+            .any(|c| matches!(c, '"' | '\'' | '\\') || c.is_control())
         {
             return Err(format!(
                 "{}: the value of {name} holds a quote, backslash or control character",
@@ -117,6 +125,7 @@ mod tests {
             "POD_NAME" => Some("coordinator-1".to_string()),
             "EMPTY" => Some(String::new()),
             "QUOTE" => Some("a\"b".to_string()),
+            "APOSTROPHE" => Some("a'b".to_string()),
             _ => None,
         };
         let text = "id = \"${POD_NAME}\"\nurl = \"http://${POD_NAME}.svc:7700\"\n";
@@ -132,5 +141,10 @@ mod tests {
         assert_eq!(error, "c.toml:2: environment variable NODE_NAME is not set");
         let error = expand_with("c.toml", "id = \"${QUOTE}\"", lookup).unwrap_err();
         assert!(error.starts_with("c.toml:1: the value of QUOTE"), "{error}");
+        assert!(expand_with("c.toml", "id = '${APOSTROPHE}'", lookup).is_err());
+        assert_eq!(
+            expand_with("c.toml", "a = \"$${POD_NAME} ${POD_NAME}\"", lookup).unwrap(),
+            "a = \"${POD_NAME} coordinator-1\""
+        );
     }
 }

@@ -35,7 +35,10 @@
 
 mod pull;
 
-pub use pull::{BATCH_PULL_QUERY, PULL_HEADERS, PullKey, PullOutcome, PullRequest, key_lines};
+pub use pull::{
+    BATCH_PULL_QUERY, PULL_FETCH_TIMEOUT, PULL_HEADERS, PullKey, PullOutcome, PullRequest,
+    key_lines,
+};
 
 use std::collections::VecDeque;
 

@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Query parameter of the batch pull.
 pub const BATCH_PULL_QUERY: &str = "haven-batch-pull";
 
+/// Longest a node's whole fetch from the source of a pull may take (a source trickling
+/// bytes would otherwise hold the pull for as long as it likes). Clients wait at least
+/// this long, plus the node's write, before giving up on a pull.
+pub const PULL_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Headers a [`PullRequest`] may carry: those of a SigV4 signature.
 pub const PULL_HEADERS: [&str; 4] = [
     "host",

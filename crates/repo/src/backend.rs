@@ -544,7 +544,9 @@ fn ca_file_options(
     }
     // These options replace the builder's: carry over what `from_env` took from the
     // environment (proxy, timeouts, ...), as it reads it.
-    let from_env = std::env::vars()
+    // `vars_os`, not `vars`: a variable that is not Unicode must not panic here.
+    let from_env = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
         .filter(|(name, _)| name.starts_with("AWS_"))
         .filter_map(|(name, value)| match name.to_ascii_lowercase().parse() {
             Ok(AmazonS3ConfigKey::Client(key)) => Some((key, value)),

@@ -25,9 +25,6 @@ use crate::store::Store;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the next bytes of a source's answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a whole fetch may take (a source trickling bytes would otherwise
-/// hold the pull for as long as it likes).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes of a source's error answer kept for the message.
 const ERROR_BODY_BYTES: usize = 4096;
 /// Bytes allowed in a pull request per key (two keys of at most 1024 bytes
@@ -45,7 +42,7 @@ pub fn client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
-        .timeout(FETCH_TIMEOUT)
+        .timeout(haven_node_protocol::PULL_FETCH_TIMEOUT)
         .build()
 }
 
@@ -198,8 +195,6 @@ async fn error_text(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// A failure on the source's side: `502 HavenSourceFailed`, which a client
-/// may retry.
 /// `error` and its causes (`: `-separated): reqwest's own message ("error sending
 /// request") leaves out why, such as an unknown certificate issuer.
 fn with_causes(error: &dyn std::error::Error) -> String {
@@ -213,6 +208,8 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A failure on the source's side: `502 HavenSourceFailed`, which a client
+/// may retry.
 fn source_error(message: impl Into<String>) -> S3Error {
     let mut error = S3Error::with_message(
         S3ErrorCode::Custom("HavenSourceFailed".into()),

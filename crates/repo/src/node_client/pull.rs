@@ -3,7 +3,12 @@
 //! from the source node itself, with a batch read this client signed, so
 //! the objects do not pass through the client.
 
-use haven_node_protocol::{BATCH_GET_QUERY, BATCH_PULL_QUERY, PullKey, PullOutcome, PullRequest};
+use haven_node_protocol::{
+    BATCH_GET_QUERY, BATCH_PULL_QUERY, PULL_FETCH_TIMEOUT, PullKey, PullOutcome, PullRequest,
+};
+
+/// Time a node may take, after its fetch, to write and answer a pull.
+const PULL_WRITE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 use super::{NodeClient, NodeClientError, Payload, batch_timeout, check_keys, ok_text};
 
@@ -47,7 +52,8 @@ impl NodeClient {
         let query = format!("{BATCH_PULL_QUERY}=");
         let response = self
             .post(&query, Payload::Bytes(&body))
-            .timeout(batch_timeout(expected_bytes))
+            // Never before the node itself gives up on the source.
+            .timeout(batch_timeout(expected_bytes).max(PULL_FETCH_TIMEOUT + PULL_WRITE_MARGIN))
             .body(body)
             .send()
             .await?;
