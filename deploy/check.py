@@ -38,7 +38,11 @@ DUMMY_ENV = {
 
 
 def run(command, env=None):
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    # A `--check-config` that regressed into starting the daemon must fail, not hang.
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"FAILED: {' '.join(command)} did not finish within 120 s")
     if result.returncode != 0:
         sys.exit(f"FAILED: {' '.join(command)}\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -48,7 +52,7 @@ def check_haven(haven, args, env_extra, what):
     """Runs `haven ARGS --check-config` with a clean environment plus `env_extra`."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **DUMMY_ENV, **env_extra}
     out = run([haven, *args, "--check-config"], env=env)
-    if "ok" not in out:
+    if not out.strip().endswith("ok"):
         sys.exit(f"FAILED: {what}: haven did not confirm the configuration: {out}")
     print(f"ok  {what}: haven {' '.join(args)}")
 

