@@ -14,26 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{MIB, PASSWORD, assert_same_disk, noise, raw_image, write_at};
-use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY};
+use support::{Node, NodeOptions};
 
 /// `haven` with the nodes' credentials and the password in the environment.
 fn haven(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_haven"));
-    command
-        .args(args)
-        .env("HAVEN_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_CA_BUNDLE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_DEFAULT_REGION")
-        .env_remove("HAVEN_PASSWORD_FILE")
-        .env_remove("HAVEN_REPO");
-    command
+    support::haven_with_node_keys(args, PASSWORD)
 }
 
 fn ok(args: &[&str]) -> String {

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{Bed, MIB, PASSWORD, assert_same_disk, noise, raw_image, write_at};
-use support::{ACCESS_KEY, Node, SECRET_KEY, fails_with};
+use support::{Node, fails_with};
 
 struct Client {
     url: String,
@@ -20,23 +20,8 @@ struct Client {
 
 impl Client {
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_haven"));
-        command
-            .args(args)
-            .arg("--repo")
-            .arg(&self.url)
-            .env("HAVEN_PASSWORD", PASSWORD)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
-            .env_remove("AWS_CA_BUNDLE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_ENDPOINT")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_DEFAULT_REGION")
-            .env_remove("HAVEN_PASSWORD_FILE")
-            .env_remove("HAVEN_REPO");
+        let mut command = support::haven_with_node_keys(args, PASSWORD);
+        command.arg("--repo").arg(&self.url);
         command
     }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{MIB, PASSWORD, assert_same_disk, disk_stat, raw_image, to_qcow2};
-use support::{ACCESS_KEY, Node, SECRET_KEY};
+use support::Node;
 
 /// Runs the real `haven` against a repository on the node.
 struct Client<'a> {
@@ -20,24 +20,8 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_haven"));
-        command
-            .args(args)
-            .arg("--repo")
-            .arg(&self.url)
-            .env("HAVEN_PASSWORD", PASSWORD)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
-            // Whatever the machine has set must not redirect or break the client.
-            .env_remove("AWS_CA_BUNDLE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_ENDPOINT")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_DEFAULT_REGION")
-            .env_remove("HAVEN_PASSWORD_FILE")
-            .env_remove("HAVEN_REPO");
+        let mut command = support::haven_with_node_keys(args, PASSWORD);
+        command.arg("--repo").arg(&self.url);
         command
     }
 

@@ -15,6 +15,28 @@ pub const ACCESS_KEY: &str = "haven-test-key";
 /// Secret of the default test key.
 pub const SECRET_KEY: &str = "haven-test-secret-0123456789";
 
+/// `haven ARGS` with repository password `password` and the test key as its S3
+/// credentials, and nothing else from the machine's AWS environment: whatever is set
+/// there must not redirect or break the client.
+pub fn haven_with_node_keys(args: &[&str], password: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_haven"));
+    command
+        .args(args)
+        .env("HAVEN_PASSWORD", password)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("HAVEN_PASSWORD_FILE")
+        .env_remove("HAVEN_REPO");
+    command
+}
+
 /// Haven's client of the node's extensions, for `bucket` at `endpoint`.
 pub fn node_client(
     endpoint: &str,

@@ -137,16 +137,7 @@ fn curl(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn tls_serves_awscli_and_curl_and_refuses_plain_http_and_unknown_cas() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (tls, other_ca) = make_certificates(dir.path());
-    let ca = tls.ca_bundle.clone();
-    let node = Node::start_in(
-        dir,
-        NodeOptions {
-            tls: Some(tls),
-            ..NodeOptions::default()
-        },
-    );
+    let (node, ca, other_ca) = tls_node();
     assert_eq!(node.scheme, "https", "the node announces https");
     let endpoint = node.endpoint();
 
@@ -235,22 +226,29 @@ fn tls_serves_awscli_and_curl_and_refuses_plain_http_and_unknown_cas() {
     assert!(listing.contains("big"), "{listing}");
 }
 
-fn node_client(endpoint: &str, bucket: &str) -> NodeClient {
-    support::node_client(endpoint, bucket, ACCESS_KEY, SECRET_KEY)
-}
-
-#[test]
-fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
+/// A node speaking https with a certificate of a test CA; returns it with that CA and
+/// an unrelated one.
+fn tls_node() -> (Node, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tls, other_ca) = make_certificates(dir.path());
     let ca = tls.ca_bundle.clone();
-    let source = Node::start_in(
+    let node = Node::start_in(
         dir,
         NodeOptions {
             tls: Some(tls),
             ..NodeOptions::default()
         },
     );
+    (node, ca, other_ca)
+}
+
+fn node_client(endpoint: &str, bucket: &str) -> NodeClient {
+    support::node_client(endpoint, bucket, ACCESS_KEY, SECRET_KEY)
+}
+
+#[test]
+fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
+    let (source, ca, other_ca) = tls_node();
     source.aws_ok(&["s3", "mb", "s3://site-a"]);
     let body = pattern(3_000_000, 11);
     let up = source.path("up");
@@ -327,40 +325,18 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
     assert!(stderr.contains("pull_ca_file"), "{stderr}");
 }
 
-/// `haven ARGS --repo URL` with the node's keys and nothing else from the
-/// machine's AWS environment.
+/// `haven ARGS --repo URL` with the node's keys.
 fn haven(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
-        .args(args)
+    support::haven_with_node_keys(args, common::PASSWORD)
         .arg("--repo")
         .arg(url)
-        .env("HAVEN_PASSWORD", common::PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_CA_BUNDLE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
-        .env_remove("HAVEN_PASSWORD_FILE")
-        .env_remove("HAVEN_REPO")
         .output()
         .expect("run haven")
 }
 
 #[test]
 fn a_repository_on_an_https_node_of_a_private_ca_names_it_in_ca_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (tls, other_ca) = make_certificates(dir.path());
-    let ca = tls.ca_bundle.clone();
-    let node = Node::start_in(
-        dir,
-        NodeOptions {
-            tls: Some(tls),
-            ..NodeOptions::default()
-        },
-    );
+    let (node, ca, other_ca) = tls_node();
     node.aws_ok(&["s3", "mb", "s3://vault"]);
     let base = format!("s3://vault/repo?endpoint={}", node.endpoint());
 
