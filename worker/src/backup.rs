@@ -197,7 +197,6 @@ pub async fn backup_disk(
                 )));
             }
             let disk_size = control.size();
-            check_disk_size(disk_size)?;
             let pool =
                 ClientPool::connect(&endpoint, &ConnectOptions::new(&export), parallel_reads)
                     .await?;
@@ -212,7 +211,6 @@ pub async fn backup_disk(
                 return Err(no_dirty_bitmap());
             }
             let disk_size = image.size();
-            check_disk_size(disk_size)?;
             (
                 AllocationMap::RawImage(image.clone()),
                 SlotReader::RawImage(image),
@@ -220,6 +218,11 @@ pub async fn backup_disk(
             )
         }
     };
+    if disk_size > MAX_DISK_SIZE {
+        return Err(WorkerError::Invalid(format!(
+            "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
+        )));
+    }
     if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
         let usable_base = input
             .base
@@ -298,15 +301,6 @@ pub async fn backup_disk(
         pool.close(false).await?;
     }
     Ok(DiskBackup { index, stats })
-}
-
-fn check_disk_size(disk_size: u64) -> Result<()> {
-    if disk_size > MAX_DISK_SIZE {
-        return Err(WorkerError::Invalid(format!(
-            "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
-        )));
-    }
-    Ok(())
 }
 
 /// Walks the disk window by window and sends one job per slot, in order.

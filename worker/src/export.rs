@@ -41,18 +41,14 @@ pub struct ImageExport {
 }
 
 impl ImageExport {
-    /// Starts `qemu-nbd` for `image` in `format` (probed with `qemu-img info` when
-    /// `None`), accepting up to `connections` clients at once.
+    /// Starts `qemu-nbd` for `image` in `format` (given or found by [`probe_format`]:
+    /// never guessed by `qemu-nbd`), accepting up to `connections` clients at once.
     pub async fn start(
         image: &Path,
-        format: Option<&str>,
+        format: &str,
         access: Access,
         connections: usize,
     ) -> Result<Self> {
-        let format = match format {
-            Some(format) => format.to_string(),
-            None => probe_format(image).await?,
-        };
         let socket_dir = tempfile::Builder::new()
             .prefix("haven-nbd-")
             .tempdir()
@@ -61,7 +57,7 @@ impl ImageExport {
         let mut command = Command::new("qemu-nbd");
         command
             .arg("--format")
-            .arg(&format)
+            .arg(format)
             .arg("--socket")
             .arg(&socket)
             .arg("--export-name")
@@ -97,7 +93,7 @@ impl ImageExport {
             child: Some(child),
             socket,
             _socket_dir: socket_dir,
-            format,
+            format: format.to_string(),
         };
         export.wait_until_ready().await?;
         Ok(export)

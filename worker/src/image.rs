@@ -99,7 +99,7 @@ pub async fn backup_images(
             OpenedImage::ThroughNbd { format, .. } => {
                 let export = ImageExport::start(
                     &disk.path,
-                    Some(format),
+                    format,
                     Access::ReadOnly,
                     request.connections + 1,
                 )

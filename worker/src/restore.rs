@@ -182,8 +182,7 @@ async fn write_output(
         RestoreFormat::Qcow2 => {
             create_qcow2(path, index.disk_size()).await?;
             let connections = request.in_flight.clamp(1, 8);
-            let export =
-                ImageExport::start(path, Some("qcow2"), Access::ReadWrite, connections).await?;
+            let export = ImageExport::start(path, "qcow2", Access::ReadWrite, connections).await?;
             let written = async {
                 let pool = ClientPool::connect(
                     &export.endpoint(),
