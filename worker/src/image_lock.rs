@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, WorkerError};
@@ -55,7 +55,13 @@ impl LockedImage {
     /// an image that another process is writing or resizing.
     pub fn open(path: &Path) -> Result<Self> {
         let file =
-            File::open(path).map_err(WorkerError::io(format!("cannot open {}", path.display())))?;
+            // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever;
+            // regular files and block devices ignore it.
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(WorkerError::io(format!("cannot open {}", path.display())))?;
         let kind = file
             .metadata()
             .map_err(WorkerError::io(format!("cannot stat {}", path.display())))?
@@ -205,5 +211,13 @@ mod tests {
 
         let missing = LockedImage::open(&dir.path().join("missing")).unwrap_err();
         assert!(missing.to_string().contains("cannot open"), "{missing}");
+
+        // A FIFO is refused at once instead of waiting for a writer.
+        let fifo = dir.path().join("fifo");
+        let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        let error = LockedImage::open(&fifo).unwrap_err().to_string();
+        assert!(error.contains("neither a regular file"), "{error}");
     }
 }
