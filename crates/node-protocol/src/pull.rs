@@ -75,9 +75,15 @@ pub enum PullOutcome {
     },
 }
 
-/// Keys as the body of a batch read or an existence query: one per line.
-pub fn key_lines<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
-    let mut body = String::new();
+/// Keys as the body of a batch read or an existence query: one per line, in a string
+/// sized once (an existence query holds up to 100,000 keys).
+pub fn key_lines<'a, I>(keys: I) -> String
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: Clone,
+{
+    let keys = keys.into_iter();
+    let mut body = String::with_capacity(keys.clone().map(|key| key.len() + 1).sum());
     for key in keys {
         body.push_str(key);
         body.push('\n');

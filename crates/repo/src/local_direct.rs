@@ -77,10 +77,15 @@ impl Drop for AlignedBuf {
 // the thread that allocated it.
 unsafe impl Send for AlignedBuf {}
 
-/// A pooled aligned buffer of at least `len` bytes, or a new one.
+/// The smallest pooled aligned buffer of at least `len` bytes (so a small read does not
+/// hold a large buffer that the next large read then has to allocate anew), or a new one.
 fn take_buffer(len: usize) -> Option<AlignedBuf> {
     let pooled = BUFFERS.lock().ok().and_then(|mut pool| {
-        let fit = pool.iter().position(|buffer| buffer.len >= len)?;
+        let (fit, _) = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, buffer)| buffer.len >= len)
+            .min_by_key(|(_, buffer)| buffer.len)?;
         Some(pool.swap_remove(fit))
     });
     pooled.or_else(|| AlignedBuf::with_len(len))
