@@ -78,7 +78,14 @@ pub async fn pull(
         .body(request.source_body())
         .send()
         .await
-        .map_err(|e| source_error(format!("cannot reach the source: {}", with_causes(&e))))?;
+        // `{:#}` prints the causes: reqwest's own message ("error sending request")
+        // leaves out why, such as an unknown certificate issuer.
+        .map_err(|e| {
+            source_error(format!(
+                "cannot reach the source: {:#}",
+                anyhow::Error::new(e)
+            ))
+        })?;
     if response.status() != StatusCode::OK {
         let status = response.status();
         let text = error_text(response).await;
@@ -193,19 +200,6 @@ async fn error_text(mut response: reqwest::Response) -> String {
     }
     text.truncate(ERROR_BODY_BYTES);
     String::from_utf8_lossy(&text).into_owned()
-}
-
-/// `error` and its causes (`: `-separated): reqwest's own message ("error sending
-/// request") leaves out why, such as an unknown certificate issuer.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
 }
 
 /// A failure on the source's side: `502 HavenSourceFailed`, which a client
