@@ -516,7 +516,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let pull_all = |outcome: PullOutcome| {
         let request = primary.pull_request(pull_keys(&pairs)).expect("sign");
         let outcomes = runtime
-            .block_on(secondary.batch_pull(&request, 0))
+            .block_on(secondary.batch_pull(&request))
             .expect("pull");
         let mut expected = vec![outcome; objects.len()];
         expected.push(PullOutcome::Missing);
@@ -545,7 +545,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let refused = |request: &PullRequest, client: &NodeClient| {
         status_of(
             runtime
-                .block_on(client.batch_pull(request, 0))
+                .block_on(client.batch_pull(request))
                 .expect_err("refused"),
         )
     };
@@ -599,7 +599,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         ]))
         .expect("sign");
     let outcomes = runtime
-        .block_on(secondary.batch_pull(&request, 0))
+        .block_on(secondary.batch_pull(&request))
         .expect("pull from the fake");
     assert_eq!(
         outcomes,

@@ -284,13 +284,13 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
     }];
     let request = from.pull_request(keys).expect("sign");
     let outcomes = runtime
-        .block_on(to.batch_pull(&request, body.len() as u64))
+        .block_on(to.batch_pull(&request))
         .expect("pull over https");
     assert_eq!(outcomes, vec![PullOutcome::Created]);
     // The node that does not trust the source's CA says why.
     let untrusting = node_client(&other.endpoint(), "site-b");
     let error = runtime
-        .block_on(untrusting.batch_pull(&request, body.len() as u64))
+        .block_on(untrusting.batch_pull(&request))
         .expect_err("pull from an untrusted https source");
     assert!(error.to_string().contains("certificate"), "{error}");
     let down = trusting.path("down");

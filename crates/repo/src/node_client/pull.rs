@@ -10,7 +10,7 @@ use haven_node_protocol::{
 /// Time a node may take, after its fetch, to write and answer a pull.
 const PULL_WRITE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-use super::{NodeClient, NodeClientError, Payload, batch_timeout, check_keys, ok_text};
+use super::{NodeClient, NodeClientError, Payload, check_keys, ok_text};
 
 impl NodeClient {
     /// A batch read of this bucket for another node to send: signed over
@@ -39,21 +39,18 @@ impl NodeClient {
     }
 
     /// Asks this node to fetch `request` from its source and write the
-    /// objects into this bucket; one outcome per key, in order.
-    /// `expected_bytes` (the objects' size, as listed) sets how long the
-    /// node may take.
+    /// objects into this bucket; one outcome per key, in order. Waits as long
+    /// as the node may take: its bounded fetch, then its write.
     pub async fn batch_pull(
         &self,
         request: &PullRequest,
-        expected_bytes: u64,
     ) -> Result<Vec<PullOutcome>, NodeClientError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| NodeClientError::Protocol(format!("cannot encode a pull request: {e}")))?;
         let query = format!("{BATCH_PULL_QUERY}=");
         let response = self
             .post(&query, Payload::Bytes(&body))
-            // Never before the node itself gives up on the source.
-            .timeout(batch_timeout(expected_bytes).max(PULL_FETCH_TIMEOUT + PULL_WRITE_MARGIN))
+            .timeout(PULL_FETCH_TIMEOUT + PULL_WRITE_MARGIN)
             .body(body)
             .send()
             .await?;
@@ -79,7 +76,7 @@ impl NodeClient {
     /// error.
     pub async fn pulls_from(&self, source: &NodeClient) -> Result<bool, NodeClientError> {
         let request = source.pull_request(Vec::new())?;
-        match self.batch_pull(&request, 0).await {
+        match self.batch_pull(&request).await {
             Ok(_) => Ok(true),
             Err(NodeClientError::Transport(error)) => Err(NodeClientError::Transport(error)),
             Err(error) => {

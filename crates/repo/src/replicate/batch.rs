@@ -156,9 +156,8 @@ impl Copier {
 
     /// Has the target fetch the batch from the source.
     async fn pull_batch(&self, nodes: &Nodes, items: &[(String, u64)]) -> Result<Vec<Result<u64>>> {
-        let bytes = listed_bytes(items);
         if let Some(limiter) = &self.limiter {
-            limiter.acquire(bytes).await;
+            limiter.acquire(listed_bytes(items)).await;
         }
         let keys = items
             .iter()
@@ -174,7 +173,7 @@ impl Copier {
             .map_err(|e| node_error(&self.from, e))?;
         let outcomes = nodes
             .target
-            .batch_pull(&request, bytes)
+            .batch_pull(&request)
             .await
             .map_err(|e| node_error(&self.to, e))?;
         let results = items
