@@ -262,21 +262,13 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
 
     let socket = primary.path("nbd.sock");
     let spec = format!("unix:{}", socket.display());
-    let child = haven(&["serve-nbd", "web1@latest", "--listen", &spec, "--repo", &to])
-        .stdout(Stdio::null())
+    let mut child = haven(&["serve-nbd", "web1@latest", "--listen", &spec, "--repo", &to])
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut served = Running(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            served.0.as_mut().unwrap().try_wait().unwrap().is_none(),
-            "serve-nbd exited"
-        );
-        assert!(Instant::now() < deadline, "serve-nbd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _stdout = common::wait_for_line(&mut child, "serving ");
+    let served = Running(Some(child));
     let uri = format!("nbd+unix:///vda?socket={}", socket.display());
     let converted = primary.path("served.raw");
     common::run(

@@ -36,31 +36,26 @@ fn backed_up_image(bed: &Bed) -> PathBuf {
 struct Served {
     child: Option<Child>,
     socket: PathBuf,
+    /// Collects the server's standard output until it exits.
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Served {
     fn start(bed: &Bed, name: &str) -> Self {
         let socket = bed.path(name);
         let spec = format!("unix:{}", socket.display());
-        let child = bed
+        let mut child = bed
             .haven(&["serve-nbd", "web1@latest", "--listen", &spec])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut served = Self {
+        let stdout = common::wait_for_line(&mut child, "serving ");
+        Self {
             child: Some(child),
             socket,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !served.socket.exists() {
-            if let Some(status) = served.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("serve-nbd exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "serve-nbd did not listen");
-            std::thread::sleep(Duration::from_millis(10));
+            stdout: Some(stdout),
         }
-        served
     }
 
     fn uri(&self) -> String {
@@ -69,12 +64,13 @@ impl Served {
 
     /// Stops with SIGTERM and returns stdout; the server must exit cleanly.
     fn stop(mut self) -> String {
-        let child = self.child.take().unwrap();
+        let mut child = self.child.take().unwrap();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "serve-nbd exit: {}", output.status);
+        let status = child.wait().unwrap();
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        assert!(status.success(), "serve-nbd exit: {status}");
         assert!(!self.socket.exists(), "socket file left behind");
-        String::from_utf8(output.stdout).unwrap()
+        stdout
     }
 }
 

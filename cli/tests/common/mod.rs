@@ -122,6 +122,39 @@ pub fn assert_success(output: &Output, what: &[&str]) {
     );
 }
 
+/// Waits until `child` prints a line starting with `prefix` on its (piped) standard
+/// output, as a server does once it listens: a Unix socket file exists from bind(), a
+/// moment before listen(), so its existence is no sign of readiness. Returns the
+/// thread that keeps collecting the output until the child exits.
+pub fn wait_for_line(
+    child: &mut std::process::Child,
+    prefix: &'static str,
+) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let (seen, ready) = std::sync::mpsc::channel();
+    let lines = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let collector = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in lines.lines().map_while(Result::ok) {
+            if line.starts_with(prefix) {
+                let _ = seen.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    match ready.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(()) => collector,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the server exited without printing {prefix:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the server did not print {prefix:?} within 20 s")
+        }
+    }
+}
+
 pub fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
         .args(args)
