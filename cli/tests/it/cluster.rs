@@ -1,0 +1,555 @@
+//! The cluster with real processes: a 3-member etcd, 2 coordinator replicas, 3 workers
+//! and `qemu-storage-daemon` "hypervisors" (one process per VM, grouped in host
+//! folders), all started here and killed by `Drop`.
+//!
+//! One cluster serves every scenario in sequence (set-up dominates the cost): a policy
+//! over 20 VMs on 4 hosts with a per-host limit; kill -9 of a worker mid-backup;
+//! SIGSTOP of a worker past its lease (fencing); kill -9 of the leader; loss of one
+//! etcd member, then of quorum; bad input. The submodules cover `haven dev`, GC racing
+//! backups, and a worker on libvirt.
+
+mod dev;
+mod gc;
+mod libvirt;
+
+use crate::support::cluster as cluster_support;
+use crate::support::qemu as qemu_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cluster_support::{
+    Cli, Etcd, HAVEN, PASSWORD, free_port, init_repo, make_image, spawn, start_vm,
+};
+use qemu_support::Guard;
+use serde_json::Value;
+
+struct Cluster {
+    dir: PathBuf,
+    etcd: Etcd,
+    coordinators: Vec<Guard>,
+    coordinator_urls: Vec<String>,
+    workers: Vec<Guard>,
+    /// The VMs' qemu-storage-daemon processes, killed on drop.
+    _vms: Vec<Guard>,
+    repo: String,
+    /// VM name → source image.
+    images: HashMap<String, PathBuf>,
+}
+
+impl Cluster {
+    fn haven(&self, args: &[&str]) -> Output {
+        self.cli().run(args)
+    }
+
+    fn haven_ok(&self, args: &[&str]) -> String {
+        self.cli().ok(args)
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        self.cli().jobs()
+    }
+
+    fn cli(&self) -> Cli {
+        Cli::new(self.coordinator_urls.join(","))
+    }
+
+    fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        until: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.haven(&["job", "list", "--limit", "0", "--json"]);
+            let mut seen = Value::Null;
+            if out.status.success() {
+                let jobs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+                if let Some(job) = jobs.into_iter().find(|job| job["job_id"] == id) {
+                    if until(&job) {
+                        return job;
+                    }
+                    seen = job;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: timed out waiting for {what}; last seen: {seen:#}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn run_job(&self, vm: &str) -> String {
+        self.haven_ok(&["job", "run", vm, "--repo", &self.repo])
+            .trim()
+            .to_string()
+    }
+
+    fn snapshots_of(&self, vm: &str) -> Vec<Value> {
+        serde_json::from_str(&self.haven_ok(&[
+            "snapshots",
+            "--repo",
+            &self.repo,
+            "--vm",
+            vm,
+            "--json",
+        ]))
+        .unwrap()
+    }
+
+    /// Index of the worker process that runs `id` now.
+    fn worker_index(&self, job: &Value) -> usize {
+        let worker = job["worker"].as_str().unwrap();
+        worker.trim_start_matches('w').parse().unwrap()
+    }
+
+    /// Which replica leads, from their `/healthz`.
+    fn leader_index(&self) -> usize {
+        for i in 0..self.coordinator_urls.len() {
+            let port = std::fs::read_to_string(self.dir.join(format!("c{i}.port"))).unwrap();
+            let body = Command::new("curl")
+                .args(["-s", &format!("http://127.0.0.1:{}/healthz", port.trim())])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&body.stdout).contains("ok: leader") {
+                return i;
+            }
+        }
+        panic!("no coordinator leads");
+    }
+
+    fn restore_matches(&self, vm: &str) {
+        let restored = self.dir.join(format!("{vm}-restored.raw"));
+        let _ = std::fs::remove_file(&restored);
+        self.haven_ok(&[
+            "restore",
+            &format!("{vm}@latest"),
+            "--repo",
+            &self.repo,
+            "--to",
+            restored.to_str().unwrap(),
+        ]);
+        let compare = Command::new("qemu-img")
+            .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
+            .arg(&restored)
+            .arg(&self.images[vm])
+            .output()
+            .unwrap();
+        assert!(
+            compare.status.success(),
+            "{vm}: restore differs: {}",
+            String::from_utf8_lossy(&compare.stdout)
+        );
+    }
+}
+
+fn start_cluster(dir: &Path) -> Cluster {
+    let etcd = Etcd::start(&dir.join("etcd"), 3);
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+
+    // 4 hosts × 5 small VMs, plus 3 big VMs on host h0 for the fault scenarios.
+    let mut vms = Vec::new();
+    let mut images = HashMap::new();
+    for host in 0..4 {
+        let host_dir = dir.join(format!("h{host}"));
+        std::fs::create_dir_all(&host_dir).unwrap();
+        for n in 0..5 {
+            let name = format!("vm{host}{n}");
+            let image = dir.join(format!("{name}.qcow2"));
+            make_image(&image, 16, 2);
+            vms.push(start_vm(
+                &host_dir.join(format!("{name}.qmp")),
+                &image,
+                &dir.join(format!("{name}.log")),
+            ));
+            images.insert(name, image);
+        }
+    }
+    for n in 0..3 {
+        let name = format!("big{n}");
+        let image = dir.join(format!("{name}.qcow2"));
+        make_image(&image, 96, 48);
+        vms.push(start_vm(
+            &dir.join("h0").join(format!("{name}.qmp")),
+            &image,
+            &dir.join(format!("{name}.log")),
+        ));
+        images.insert(name, image);
+    }
+
+    let mut coordinators = Vec::new();
+    let mut coordinator_urls = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let http = free_port();
+        std::fs::write(dir.join(format!("c{i}.port")), http.to_string()).unwrap();
+        let config = dir.join(format!("c{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"c{i}\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                 worker_lease_seconds = 3\nleader_lease_seconds = 3\ntick_ms = 200\n"
+            ),
+        )
+        .unwrap();
+        coordinators.push(spawn(
+            Command::new(HAVEN)
+                .args([
+                    "coordinator",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--etcd",
+                    &etcd.endpoints(),
+                ])
+                .env("HAVEN_LOG", "haven_coordinator=info"),
+            &dir.join(format!("c{i}.log")),
+        ));
+        coordinator_urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    // Every host is reached by two workers.
+    let reach = [[0, 1, 2], [1, 2, 3], [2, 3, 0]];
+    let mut cluster = Cluster {
+        dir: dir.to_path_buf(),
+        etcd,
+        coordinators,
+        coordinator_urls,
+        workers: Vec::new(),
+        _vms: vms,
+        repo: repo.to_str().unwrap().to_string(),
+        images,
+    };
+    for (i, hosts) in reach.iter().enumerate() {
+        let worker = cluster.spawn_worker(i, hosts, &format!("w{i}"));
+        cluster.workers.push(worker);
+    }
+    cluster
+}
+
+impl Cluster {
+    fn spawn_worker(&self, i: usize, hosts: &[usize], id: &str) -> Guard {
+        let mut config = format!(
+            "id = \"{id}\"\ncoordinators = [{}]\nmax_jobs = 3\nconnections = 2\n\
+             read_limit_bytes_per_second = 16777216\ninventory_interval_seconds = 5\nscratch_dir = {:?}\n",
+            self.coordinator_urls
+                .iter()
+                .map(|u| format!("{u:?}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            self.dir.to_str().unwrap()
+        );
+        for host in hosts {
+            config.push_str(&format!(
+                "[[hosts]]\nname = \"h{host}\"\nqmp_dir = {:?}\n",
+                self.dir.join(format!("h{host}")).to_str().unwrap()
+            ));
+        }
+        let path = self.dir.join(format!("{id}-{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        spawn(
+            Command::new(HAVEN)
+                .args(["worker", "--config", path.to_str().unwrap()])
+                .env("HAVEN_PASSWORD", PASSWORD)
+                .env("HAVEN_LOG", "haven_worker=info"),
+            &self.dir.join(format!("{id}-{i}.log")),
+        )
+    }
+
+    fn wait_vms(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.haven(&["vm", "list", "--json"]);
+            if out.status.success() {
+                let vms: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+                if vms.len() >= count
+                    && vms
+                        .iter()
+                        .all(|vm| vm["workers"].as_array().is_some_and(|w| w.len() >= 2))
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers did not report {count} VMs"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// A cron schedule that fires once, at the next minute (UTC): one round, no repeats
+/// that would crowd the later scenarios.
+fn next_minute() -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", "+1 min", "+%M %H %d %m *"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Largest number of attempts that overlapped in time on one host.
+fn max_concurrency_per_host(jobs: &[Value]) -> HashMap<String, usize> {
+    let mut events: HashMap<String, Vec<(u64, i32)>> = HashMap::new();
+    for job in jobs {
+        let host = job["host"].as_str().unwrap().to_string();
+        for attempt in job["attempts"].as_array().unwrap() {
+            let start = attempt["assigned_unix_ms"].as_u64().unwrap();
+            let end = match attempt["ended_unix_ms"].as_u64().unwrap() {
+                0 => u64::MAX,
+                end => end,
+            };
+            events.entry(host.clone()).or_default().push((start, 1));
+            events.entry(host.clone()).or_default().push((end, -1));
+        }
+    }
+    events
+        .into_iter()
+        .map(|(host, mut list)| {
+            // Ends sort before starts at the same millisecond.
+            list.sort();
+            let (mut now, mut max) = (0i32, 0i32);
+            for (_, delta) in list {
+                now += delta;
+                max = max.max(now);
+            }
+            (host, max as usize)
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_schedules_fences_and_fails_over() {
+    let keep = std::env::var_os("HAVEN_KEEP_TEST_DIR").is_some();
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    let mut cluster = start_cluster(dir.path());
+    cluster.wait_vms(23);
+
+    // --- Bad input: a policy file with errors is refused with lines; nothing changes.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[policy]]\nname = \"p\"\nschedule = \"* * * *\"\nrepository = \"ftp://x\"\n",
+    )
+    .unwrap();
+    let out = cluster.haven(&["policy", "apply", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml:3:") && stderr.contains("bad.toml:4:"),
+        "{stderr}"
+    );
+    // Nothing of the bad file was applied: its policy does not exist.
+    let run = cluster.haven(&["policy", "run", "p"]);
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("unknown policy"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(cluster.haven(&["job", "run", "no-such-vm"]).status.code() != Some(0));
+    assert!(!cluster.haven(&["job", "run", "../../etc"]).status.success());
+
+    // --- A policy over the 20 small VMs on 4 hosts, at most 2 jobs per host.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[policy]]\nname = \"small\"\nschedule = {:?}\nrepository = {:?}\n\
+             select = {{ names = [\"vm*\"] }}\nmax_per_host = 2\nmax_per_worker = 3\n",
+            next_minute(),
+            cluster.repo
+        ),
+    )
+    .unwrap();
+    cluster.haven_ok(&["policy", "apply", policy.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let jobs = loop {
+        let jobs: Vec<Value> = cluster
+            .jobs()
+            .into_iter()
+            .filter(|job| job["policy"] == "small")
+            .collect();
+        if jobs.len() == 20 && jobs.iter().all(|job| job["state"] == "succeeded") {
+            break jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "policy round did not complete: {jobs:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for (host, max) in max_concurrency_per_host(&jobs) {
+        assert!(max <= 2, "host {host} ran {max} jobs at once");
+    }
+    assert_eq!(cluster.snapshots_of("vm00").len(), 1);
+    cluster.restore_matches("vm31");
+
+    // --- kill -9 of a worker mid-backup: the job finishes elsewhere, resumes cheaply.
+    let id = cluster.run_job("big0");
+    let job = cluster.wait_job(
+        &id,
+        "progress",
+        |j| j["bytes_done"].as_u64() > Some(16 << 20),
+        Duration::from_secs(60),
+    );
+    let victim = cluster.worker_index(&job);
+    cluster.workers[victim].kill9();
+    let job = cluster.wait_job(
+        &id,
+        "success",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(90),
+    );
+    let attempts = job["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{job:#}");
+    assert_eq!(attempts[0]["outcome"], "lease lost", "{job:#}");
+    assert_ne!(
+        attempts[0]["worker"],
+        attempts[attempts.len() - 1]["worker"]
+    );
+    assert!(
+        job["bytes_uploaded"].as_u64().unwrap() < 48 << 20,
+        "the second worker re-uploaded everything: {job:#}"
+    );
+    assert_eq!(
+        cluster.snapshots_of("big0").len(),
+        1,
+        "exactly one snapshot"
+    );
+    cluster.restore_matches("big0");
+    cluster.workers[victim] = cluster.spawn_worker(
+        victim,
+        &[[0, 1, 2], [1, 2, 3], [2, 3, 0]][victim],
+        &format!("w{victim}"),
+    );
+
+    // --- SIGSTOP past the lease: the frozen worker is fenced; one commit only.
+    let id = cluster.run_job("big1");
+    let job = cluster.wait_job(
+        &id,
+        "progress",
+        |j| j["bytes_done"].as_u64() > Some(8 << 20),
+        Duration::from_secs(60),
+    );
+    let frozen = cluster.worker_index(&job);
+    let pid = cluster.workers[frozen].pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let moved = cluster.wait_job(
+        &id,
+        "reassignment",
+        |j| j["attempts"].as_array().is_some_and(|a| a.len() >= 2),
+        Duration::from_secs(30),
+    );
+    assert_eq!(moved["attempts"][0]["outcome"], "lease lost");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let job = cluster.wait_job(
+        &id,
+        "success",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        cluster.snapshots_of("big1").len(),
+        1,
+        "committed exactly once: {job:#}"
+    );
+    let frozen_log =
+        std::fs::read_to_string(dir.path().join(format!("w{frozen}-{frozen}.log"))).unwrap();
+    assert!(
+        frozen_log.contains("lease lost")
+            || frozen_log.contains("fenced")
+            || frozen_log.contains("moved"),
+        "the resumed worker did not notice it was fenced:\n{frozen_log}"
+    );
+    cluster.restore_matches("big1");
+
+    // --- kill -9 of the leader during a job: the other replica leads, the job ends.
+    let id = cluster.run_job("big2");
+    cluster.wait_job(
+        &id,
+        "progress",
+        |j| j["bytes_done"].as_u64() > Some(4 << 20),
+        Duration::from_secs(60),
+    );
+    let leader = cluster.leader_index();
+    cluster.coordinators[leader].kill9();
+    cluster.wait_job(
+        &id,
+        "success after failover",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(120),
+    );
+    assert_eq!(cluster.snapshots_of("big2").len(), 1);
+    cluster.restore_matches("big2");
+
+    // --- One etcd member lost: nothing changes. Quorum lost: scheduling pauses, and
+    // resumes when it returns, with no job lost.
+    cluster.etcd.kill(0);
+    let id = cluster.run_job("vm10");
+    cluster.wait_job(
+        &id,
+        "success with 2 of 3 members",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(60),
+    );
+    let before: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
+    cluster.etcd.kill(1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !cluster
+            .haven(&["job", "run", "vm11", "--repo", &cluster.repo])
+            .status
+            .success(),
+        "no job may be accepted without quorum"
+    );
+    cluster.etcd.restart(0);
+    cluster.etcd.restart(1);
+    let id = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = cluster.haven(&["job", "run", "vm11", "--repo", &cluster.repo]);
+            if out.status.success() {
+                break String::from_utf8(out.stdout).unwrap().trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scheduling did not resume: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    cluster.wait_job(
+        &id,
+        "success after quorum returned",
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(60),
+    );
+    let after: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
+    for job in &before {
+        assert!(after.contains(job), "job {job} was lost with quorum");
+    }
+
+    // --- A second process with a live worker's id is refused. Workers whose leases ran
+    // out while quorum was lost register again first: until then their ids are free.
+    cluster.wait_vms(23);
+    let live = (0..3).find(|i| cluster.workers[*i].0.is_some()).unwrap();
+    let mut duplicate = cluster.spawn_worker(9, &[0], &format!("w{live}"));
+    std::thread::sleep(Duration::from_secs(3));
+    duplicate.kill9();
+    let log = std::fs::read_to_string(dir.path().join(format!("w{live}-9.log"))).unwrap();
+    assert!(log.contains("held by another live process"), "{log}");
+    drop(cluster);
+}

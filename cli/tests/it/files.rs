@@ -1,0 +1,593 @@
+//! `haven files` against real file systems built without mounting (`mkfs.ext4 -d`,
+//! mtools, sgdisk), backed up and read straight from the repository's chunks; NTFS in `ntfs`.
+
+mod ntfs;
+
+use crate::support::bed as common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Bed, MIB, noise, run, write_at};
+
+/// A source tree with files of several sizes, modes, owners, times, symlinks and depth.
+fn source_tree(root: &Path) {
+    let file = |path: &str, data: &[u8], mode: u32, owner: (u32, u32), mtime: i64| {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, data).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&full, Some(owner.0), Some(owner.1)).unwrap();
+        set_mtime(&full, mtime);
+    };
+    file(
+        "etc/hosts",
+        b"127.0.0.1 localhost\n",
+        0o644,
+        (0, 0),
+        1_600_000_000,
+    );
+    file(
+        "etc/shadow",
+        b"root:*:19000::::::\n",
+        0o640,
+        (0, 42),
+        1_600_000_100,
+    );
+    file(
+        "home/alice/notes.txt",
+        &noise(1, 5000),
+        0o600,
+        (1000, 1000),
+        1_650_000_000,
+    );
+    file(
+        "home/alice/photo.bin",
+        &noise(2, 3 * MIB as usize + 17),
+        0o644,
+        (1000, 1000),
+        1_650_000_500,
+    );
+    file("var/log/empty.log", b"", 0o644, (0, 4), 1_700_000_000);
+    file(
+        "deep/a/b/c/d/e/f/leaf.txt",
+        b"leaf\n",
+        0o755,
+        (7, 8),
+        1_700_000_001,
+    );
+    file(
+        "data/large.bin",
+        &noise(3, 20 * MIB as usize),
+        0o644,
+        (0, 0),
+        1_700_000_002,
+    );
+    std::os::unix::fs::symlink("../etc/hosts", root.join("home/hosts-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    for dir in ["etc", "home", "home/alice", "deep/a/b"] {
+        set_mtime(&root.join(dir), 1_500_000_000);
+    }
+}
+
+fn set_mtime(path: &Path, seconds: i64) {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(seconds as u64);
+    let file = std::fs::File::options().write(true).open(path);
+    match file {
+        Ok(file) => file
+            .set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(time)
+                    .set_accessed(time),
+            )
+            .unwrap(),
+        Err(_) => {
+            // Directories: open read-only.
+            let dir = std::fs::File::open(path).unwrap();
+            dir.set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(time)
+                    .set_accessed(time),
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Node {
+    kind: &'static str,
+    size: u64,
+    target: Option<String>,
+}
+
+/// Walks a local tree as (relative path → kind, size, symlink target).
+fn local_tree(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            let relative = format!("/{}", path.strip_prefix(root).unwrap().display());
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            let node = if metadata.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap().display().to_string();
+                Node {
+                    kind: "symlink",
+                    size: target.len() as u64,
+                    target: Some(target),
+                }
+            } else if metadata.is_dir() {
+                stack.push(path.clone());
+                Node {
+                    kind: "dir",
+                    size: 0,
+                    target: None,
+                }
+            } else {
+                Node {
+                    kind: "file",
+                    size: metadata.len(),
+                    target: None,
+                }
+            };
+            out.insert(relative, node);
+        }
+    }
+    out
+}
+
+/// Lists a snapshot's tree through `haven files ls --json`, recursively.
+fn snapshot_tree(bed: &Bed, spec: &str, extra: &[&str]) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec!["/".to_string()];
+    while let Some(dir) = stack.pop() {
+        let target = format!("{spec}:{dir}");
+        let mut args = vec!["files", "ls", &target];
+        args.extend_from_slice(extra);
+        let listing = bed.json(&args);
+        for entry in listing["entries"].as_array().unwrap() {
+            let path = entry["path"].as_str().unwrap().to_string();
+            if path == "/lost+found" {
+                continue;
+            }
+            let kind = match entry["kind"].as_str().unwrap() {
+                "dir" => "dir",
+                "file" => "file",
+                "symlink" => "symlink",
+                other => panic!("unexpected kind {other}"),
+            };
+            if kind == "dir" {
+                stack.push(path.clone());
+            }
+            let size = if kind == "dir" {
+                0
+            } else {
+                entry["size"].as_u64().unwrap()
+            };
+            let target = entry["target"].as_str().map(str::to_string);
+            out.insert(path, Node { kind, size, target });
+        }
+    }
+    out
+}
+
+fn ext4_image(source: &Path, image: &Path, size: &str) {
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            source.to_str().unwrap(),
+            image.to_str().unwrap(),
+            size,
+        ],
+    );
+}
+
+fn fat_image(source: &Path, image: &Path, size: u64) {
+    let file = std::fs::File::create(image).unwrap();
+    file.set_len(size).unwrap();
+    drop(file);
+    run("mformat", &["-i", image.to_str().unwrap(), "-F", "::"]);
+    let mut args = vec![
+        "-i".to_string(),
+        image.display().to_string(),
+        "-s".into(),
+        "-p".into(),
+        "-m".into(),
+    ];
+    for item in std::fs::read_dir(source).unwrap() {
+        args.push(item.unwrap().path().display().to_string());
+    }
+    args.push("::/".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("mcopy", &args);
+}
+
+/// Copies `fs` into `disk` at byte `offset`.
+fn place(disk: &Path, fs: &Path, offset: u64) {
+    write_at(disk, offset, &std::fs::read(fs).unwrap());
+}
+
+fn assert_same_metadata(source: &Path, restored: &Path) {
+    for (relative, node) in local_tree(source) {
+        let original = source.join(relative.trim_start_matches('/'));
+        let copy = restored.join(relative.trim_start_matches('/'));
+        let a = std::fs::symlink_metadata(&original).unwrap();
+        let b = std::fs::symlink_metadata(&copy)
+            .unwrap_or_else(|error| panic!("{relative} not restored: {error}"));
+        assert_eq!(a.file_type(), b.file_type(), "{relative}");
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{relative} owner");
+        assert_eq!(a.mtime(), b.mtime(), "{relative} mtime");
+        match node.kind {
+            "file" => {
+                assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{relative} mode");
+                assert!(
+                    std::fs::read(&original).unwrap() == std::fs::read(&copy).unwrap(),
+                    "{relative} bytes"
+                );
+            }
+            "dir" => assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{relative} mode"),
+            _ => assert_eq!(
+                std::fs::read_link(&original).unwrap(),
+                std::fs::read_link(&copy).unwrap()
+            ),
+        }
+    }
+}
+
+#[test]
+fn ext4_tree_is_listed_and_restored_exactly_fetching_few_chunks() {
+    let bed = Bed::new();
+    bed.init();
+    let source = bed.path("source");
+    source_tree(&source);
+    let image = bed.path("ext4.img");
+    ext4_image(&source, &image, "96M");
+    bed.backup("ext", &[&image]);
+
+    assert_eq!(snapshot_tree(&bed, "ext@latest", &[]), local_tree(&source));
+
+    // One small file: its bytes, metadata, and only a few chunks of the disk.
+    let out = bed.path("notes.txt");
+    let report = bed.json(&[
+        "files",
+        "get",
+        "ext@latest:/home/alice/notes.txt",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), noise(1, 5000));
+    let metadata = std::fs::metadata(&out).unwrap();
+    assert_eq!(
+        (metadata.mode() & 0o7777, metadata.uid(), metadata.gid()),
+        (0o600, 1000, 1000)
+    );
+    assert_eq!(metadata.mtime(), 1_650_000_000);
+    let fetched = report["stats"]["chunks_fetched"].as_u64().unwrap();
+    let data = report["stats"]["data_chunks"].as_u64().unwrap();
+    let total = report["stats"]["total_chunks"].as_u64().unwrap();
+    eprintln!(
+        "files get of one 5000-byte file fetched {fetched} of {data} data chunks ({total} slots)"
+    );
+    assert!(data >= 20, "the disk holds {data} data chunks");
+    assert!(fetched * 4 <= data, "fetched {fetched} of {data} chunks");
+
+    // The whole tree, with modes, owners, times and symlinks.
+    let restored = bed.path("restored");
+    std::fs::create_dir(&restored).unwrap();
+    let report = bed.json(&[
+        "files",
+        "get",
+        "ext@latest:/",
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert_eq!(report["files"].as_u64(), Some(7), "{report}");
+    assert_eq!(report["symlinks"].as_u64(), Some(2), "{report}");
+    assert_same_metadata(&source, &restored.join("root"));
+
+    // A directory into a new path, find, and clear errors.
+    let home = bed.path("home-copy");
+    bed.ok(&["files", "get", "ext:/home", "--to", home.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_link(home.join("hosts-link")).unwrap(),
+        Path::new("../etc/hosts")
+    );
+    let found = bed.json(&["files", "find", "ext@latest", "--name", "*.txt"]);
+    let paths: Vec<&str> = found["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["/deep/a/b/c/d/e/f/leaf.txt", "/home/alice/notes.txt"]
+    );
+    let error = bed.fails(&["files", "ls", "ext:/no/such"]);
+    assert!(error.contains("no such file"), "{error}");
+    let error = bed.fails(&[
+        "files",
+        "get",
+        "ext:/etc/hosts",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(error.contains("exists"), "{error}");
+}
+
+#[test]
+fn gpt_and_mbr_disks_with_ext4_and_fat_partitions() {
+    let bed = Bed::new();
+    bed.init();
+    let source = bed.path("source");
+    source_tree(&source);
+    let fat_source = bed.path("fat-source");
+    std::fs::create_dir_all(fat_source.join("EFI/BOOT")).unwrap();
+    std::fs::write(fat_source.join("EFI/BOOT/bootx64.efi"), noise(9, 300_000)).unwrap();
+    std::fs::write(fat_source.join("readme.txt"), b"fat partition\n").unwrap();
+    set_mtime(&fat_source.join("readme.txt"), 1_600_000_000);
+
+    let ext4 = bed.path("part1.img");
+    ext4_image(&source, &ext4, "40M");
+    let fat = bed.path("part2.img");
+    fat_image(&fat_source, &fat, 40 * MIB);
+
+    let disk = bed.path("gpt.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(96 * MIB)
+        .unwrap();
+    run(
+        "sgdisk",
+        &[
+            "-o",
+            "-n",
+            "1:2048:+40M",
+            "-t",
+            "1:8300",
+            "-n",
+            "2:83968:+40M",
+            "-t",
+            "2:ef00",
+            disk.to_str().unwrap(),
+        ],
+    );
+    place(&disk, &ext4, 2048 * 512);
+    place(&disk, &fat, 83968 * 512);
+    bed.backup("gpt", &[&disk]);
+
+    let error = bed.fails(&["files", "ls", "gpt:/"]);
+    assert!(error.contains("choose one with --partition"), "{error}");
+    assert_eq!(
+        snapshot_tree(&bed, "gpt@latest", &["--partition", "1"]),
+        local_tree(&source)
+    );
+    assert_eq!(
+        snapshot_tree(&bed, "gpt@latest", &["--partition", "2"]),
+        local_tree(&fat_source)
+    );
+    let out = bed.path("boot.efi");
+    bed.ok(&[
+        "files",
+        "get",
+        "gpt:/EFI/BOOT/bootx64.efi",
+        "--partition",
+        "2",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out).unwrap() == noise(9, 300_000));
+    let readme = bed.path("readme.txt");
+    bed.ok(&[
+        "files",
+        "get",
+        "gpt:/readme.txt",
+        "--partition",
+        "2",
+        "--to",
+        readme.to_str().unwrap(),
+    ]);
+    let mtime = std::fs::metadata(&readme).unwrap().mtime();
+    assert!((mtime - 1_600_000_000).abs() <= 2, "fat mtime {mtime}");
+
+    // An MBR disk with one ext4 partition at 1 MiB.
+    let mbr = bed.path("mbr.img");
+    std::fs::File::create(&mbr)
+        .unwrap()
+        .set_len(48 * MIB)
+        .unwrap();
+    place(&mbr, &ext4, MIB);
+    let mut entry = [0u8; 16];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&((40 * MIB / 512) as u32).to_le_bytes());
+    write_at(&mbr, 446, &entry);
+    write_at(&mbr, 510, &[0x55, 0xAA]);
+    bed.backup("mbr", &[&mbr]);
+    let listing = bed.json(&["files", "ls", "mbr:/etc"]);
+    assert_eq!(listing["partition"].as_u64(), Some(1));
+    assert_eq!(listing["entries"].as_array().unwrap().len(), 2);
+}
+
+/// Runs `haven` with a deadline; returns (success, stderr).
+fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
+    let mut child = bed
+        .haven(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            assert!(
+                status.code().is_some(),
+                "haven {args:?} died by a signal: {stderr}"
+            );
+            assert!(
+                !stderr.contains("panicked"),
+                "haven {args:?} panicked: {stderr}"
+            );
+            return (status.success(), stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("haven {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn debugfs(image: &Path, request: &str) {
+    let output = Command::new("debugfs")
+        .args(["-w", "-R", request])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "debugfs {request}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn hostile_structures_give_clear_errors_without_panic_or_hang() {
+    let bed = Bed::new();
+    bed.init();
+    let source = bed.path("source");
+    std::fs::create_dir_all(source.join("a/b")).unwrap();
+    std::fs::write(source.join("a/file"), b"data").unwrap();
+    std::fs::write(source.join("huge"), b"small").unwrap();
+    let clean = bed.path("clean.img");
+    ext4_image(&source, &clean, "8M");
+
+    // A directory loop (b/loop is a hard link to a) and a file claiming 2^46 bytes.
+    let looped = bed.path("loop.img");
+    std::fs::copy(&clean, &looped).unwrap();
+    debugfs(&looped, "link /a /a/b/loop");
+    bed.backup("loop", &[&looped]);
+    let huge = bed.path("huge.img");
+    std::fs::copy(&clean, &huge).unwrap();
+    debugfs(&huge, "sif /huge size 0x400000000000");
+    bed.backup("huge", &[&huge]);
+    let (ok, error) = bounded(&bed, &["files", "find", "loop", "--name", "nothing"]);
+    assert!(!ok && error.contains("nested deeper"), "{error}");
+    let into = bed.path("into");
+    std::fs::create_dir(&into).unwrap();
+    let (ok, error) = bounded(
+        &bed,
+        &["files", "get", "loop:/a", "--to", into.to_str().unwrap()],
+    );
+    assert!(!ok && error.contains("nested deeper"), "{error}");
+    let (ok, error) = bounded(
+        &bed,
+        &[
+            "files",
+            "get",
+            "huge:/huge",
+            "--to",
+            bed.path("huge").to_str().unwrap(),
+        ],
+    );
+    // ext4-view refuses such an inode itself.
+    assert!(
+        !ok && error.contains("/huge") && error.contains("corrupt"),
+        "{error}"
+    );
+    // FAT has no such check in its driver: Haven's own bound refuses the size.
+    let fat_source = bed.path("fat-source");
+    std::fs::create_dir(&fat_source).unwrap();
+    std::fs::write(fat_source.join("readme.txt"), b"short").unwrap();
+    let fat = bed.path("fat.img");
+    fat_image(&fat_source, &fat, 40 * MIB);
+    let bytes = std::fs::read(&fat).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|window| window == b"README  TXT")
+        .expect("short name entry");
+    write_at(&fat, at as u64 + 28, &u32::MAX.to_le_bytes());
+    bed.backup("fathuge", &[&fat]);
+    let (ok, error) = bounded(
+        &bed,
+        &[
+            "files",
+            "get",
+            "fathuge:/readme.txt",
+            "--to",
+            bed.path("readme").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && error.contains("more than its whole file system"),
+        "{error}"
+    );
+
+    // Fuzzed superblocks (the magic kept so the ext4 driver is the one to judge).
+    let mut failures = 0;
+    for seed in 0..12u64 {
+        let fuzzed = bed.path(&format!("fuzz{seed}.img"));
+        std::fs::copy(&clean, &fuzzed).unwrap();
+        let mut superblock = std::fs::read(&clean).unwrap()[1024..2048].to_vec();
+        let bits = noise(seed + 100, 64);
+        for pair in bits.chunks(2) {
+            let at = (usize::from(pair[0]) * 4 + usize::from(pair[1] % 4)) % 1024;
+            if !(56..58).contains(&at) {
+                superblock[at] ^= pair[1] | 1;
+            }
+        }
+        write_at(&fuzzed, 1024, &superblock);
+        let vm = format!("fuzz{seed}");
+        bed.backup(&vm, &[&fuzzed]);
+        let target = format!("{vm}:/a");
+        let (ok, error) = bounded(&bed, &["files", "ls", &target]);
+        if !ok {
+            failures += 1;
+            assert!(
+                error.starts_with("error: ") && error.trim_end().lines().count() == 1,
+                "{error}"
+            );
+        }
+    }
+    assert!(
+        failures >= 6,
+        "only {failures} of 12 fuzzed superblocks were refused"
+    );
+
+    // A GPT header with an absurd entry count.
+    let disk = bed.path("gpt.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    run(
+        "sgdisk",
+        &["-o", "-n", "1:2048:+8M", disk.to_str().unwrap()],
+    );
+    write_at(&disk, 512 + 80, &u32::MAX.to_le_bytes());
+    bed.backup("badgpt", &[&disk]);
+    let (ok, error) = bounded(&bed, &["files", "ls", "badgpt:/"]);
+    assert!(!ok && error.contains("GPT header claims"), "{error}");
+
+    // Unsupported file systems are named.
+    let raw = bed.path("xfs-like.img");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    write_at(&raw, 0, b"XFSB");
+    bed.backup("xfs", &[&raw]);
+    let (ok, error) = bounded(&bed, &["files", "ls", "xfs:/"]);
+    assert!(!ok && error.contains("XFS"), "{error}");
+    let _: PathBuf = into;
+}

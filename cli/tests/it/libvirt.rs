@@ -1,0 +1,4 @@
+//! libvirt: live backups of a domain and restores that define a new one.
+
+mod live;
+mod restore;

@@ -1,0 +1,408 @@
+//! `haven serve-nbd` against real NBD clients: `qemu-img`, `nbdcopy`, `nbdinfo`,
+//! `qemu-io` and a `qemu-storage-daemon` running a qcow2 overlay with `block-stream`.
+
+use crate::support::bed as common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Bed, MIB, assert_same_disk, raw_image, run, write_at};
+
+/// Disk of the tests: data, a hole of whole chunks, data at an unaligned offset and a
+/// short last chunk.
+const SIZE: u64 = 24 * MIB + 3 * 512;
+
+fn backed_up_image(bed: &Bed) -> PathBuf {
+    bed.init();
+    let raw = bed.path("source.raw");
+    raw_image(
+        &raw,
+        SIZE,
+        &[
+            (0, 3 * MIB as usize),
+            (12 * MIB + 777, 2 * MIB as usize),
+            (SIZE - 5000, 5000),
+        ],
+    );
+    let report = bed.backup("web1", &[&raw]);
+    assert_eq!(report["disks"][0]["name"].as_str(), Some("vda"), "{report}");
+    raw
+}
+
+/// A running `haven serve-nbd`, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Served {
+    child: Option<Child>,
+    socket: PathBuf,
+    /// Collects the server's standard output until it exits.
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Served {
+    fn start(bed: &Bed, name: &str) -> Self {
+        let socket = bed.path(name);
+        let spec = format!("unix:{}", socket.display());
+        let mut child = bed
+            .haven(&["serve-nbd", "web1@latest", "--listen", &spec])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = common::wait_for_line(&mut child, "serving ");
+        Self {
+            child: Some(child),
+            socket,
+            stdout: Some(stdout),
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///vda?socket={}", self.socket.display())
+    }
+
+    /// Stops with SIGTERM and returns stdout; the server must exit cleanly.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        assert!(status.success(), "serve-nbd exit: {status}");
+        assert!(!self.socket.exists(), "socket file left behind");
+        stdout
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Any child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
+    let bed = Bed::new();
+    let raw = backed_up_image(&bed);
+    let served = Served::start(&bed, "nbd.sock");
+
+    let converted = bed.path("converted.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &served.uri(),
+            converted.to_str().unwrap(),
+        ],
+    );
+    assert_same_disk(&raw, &converted);
+
+    // nbdcopy opens several connections (the export allows multi-conn).
+    let copied = bed.path("copied.raw");
+    run(
+        "nbdcopy",
+        &["--connections=4", &served.uri(), copied.to_str().unwrap()],
+    );
+    assert_same_disk(&raw, &copied);
+
+    // The map: data, then a hole over chunks 3..12, then data again.
+    let map = run("nbdinfo", &["--map", &served.uri()]);
+    let mut extents = Vec::new();
+    for line in map.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let offset: u64 = fields[0].parse().unwrap();
+        let length: u64 = fields[1].parse().unwrap();
+        let kind: u32 = fields[2].parse().unwrap();
+        extents.push((offset, length, kind));
+    }
+    assert_eq!(extents.iter().map(|e| e.1).sum::<u64>(), SIZE, "{map}");
+    let kind_at = |position: u64| {
+        extents
+            .iter()
+            .find(|(offset, length, _)| (*offset..offset + length).contains(&position))
+            .map(|e| e.2)
+            .unwrap()
+    };
+    assert_eq!(kind_at(0), 0, "{map}");
+    assert_eq!(kind_at(3 * MIB), 3, "{map}");
+    assert_eq!(kind_at(11 * MIB + 1), 3, "{map}");
+    assert_eq!(kind_at(12 * MIB), 0, "{map}");
+    assert_eq!(kind_at(SIZE - 1), 0, "{map}");
+
+    // Writes are refused.
+    let write = Command::new("qemu-io")
+        .args(["-f", "raw", &served.uri(), "-c", "write -P 0xaa 0 4k"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&write.stdout),
+        String::from_utf8_lossy(&write.stderr)
+    );
+    assert!(
+        !write.status.success()
+            && (text.contains("read-only")
+                || text.contains("Operation not permitted")
+                || text.contains("Permission denied")),
+        "write through serve-nbd was not refused: {text}"
+    );
+
+    let stdout = served.stop();
+    assert!(stdout.contains("chunks fetched"), "{stdout}");
+}
+
+/// JSON lines over the QMP socket of a qemu-storage-daemon.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    events: Vec<serde_json::Value>,
+}
+
+impl Qmp {
+    fn connect(socket: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(error) => panic!("qmp socket: {error}"),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut qmp = Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            events: Vec::new(),
+        };
+        let greeting = qmp.line();
+        assert!(greeting.get("QMP").is_some(), "{greeting}");
+        qmp.execute("qmp_capabilities", serde_json::json!({}));
+        qmp
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad qmp line {line:?}"))
+    }
+
+    fn execute(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let request = serde_json::json!({"execute": command, "arguments": arguments});
+        writeln!(self.writer, "{request}").unwrap();
+        loop {
+            let reply = self.line();
+            if reply.get("event").is_some() {
+                self.events.push(reply);
+                continue;
+            }
+            assert!(reply.get("error").is_none(), "{command}: {reply}");
+            return reply["return"].clone();
+        }
+    }
+
+    fn wait_event(&mut self, name: &str) -> serde_json::Value {
+        if let Some(position) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(position);
+        }
+        loop {
+            let event = self.line();
+            if event["event"] == name {
+                return event;
+            }
+            self.events.push(event);
+        }
+    }
+}
+
+#[test]
+fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_image() {
+    let bed = Bed::new();
+    let raw = backed_up_image(&bed);
+    let served = Served::start(&bed, "nbd.sock");
+
+    let overlay = bed.path("overlay.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &served.uri(),
+            "-F",
+            "raw",
+            overlay.to_str().unwrap(),
+        ],
+    );
+    let qmp_socket = bed.path("qmp.sock");
+    let guest_socket = bed.path("guest.sock");
+    let daemon = Killed(
+        Command::new("qemu-storage-daemon")
+            .arg("--chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=m",
+                qmp_socket.display()
+            ))
+            .args(["--monitor", "chardev=m", "--blockdev"])
+            .arg(format!(
+                "driver=file,filename={},node-name=file0",
+                overlay.display()
+            ))
+            .args(["--blockdev", "driver=qcow2,file=file0,node-name=disk0"])
+            .arg("--nbd-server")
+            .arg(format!(
+                "addr.type=unix,addr.path={}",
+                guest_socket.display()
+            ))
+            .args([
+                "--export",
+                "type=nbd,id=vm,node-name=disk0,name=vm,writable=on",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut qmp = Qmp::connect(&qmp_socket);
+
+    // The "guest": writes into data and into the hole, and reads through the overlay.
+    let guest = format!("nbd+unix:///vm?socket={}", guest_socket.display());
+    let expected = bed.path("expected.raw");
+    std::fs::copy(&raw, &expected).unwrap();
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &guest,
+            "-c",
+            "write -P 0xaa 1M 64k",
+            "-c",
+            "write -P 0xbb 5M 4k",
+            "-c",
+            "read -P 0 6M 64k",
+            "-c",
+            "read -P 0xaa 1M 64k",
+        ],
+    );
+    write_at(&expected, MIB, &[0xaa; 65536]);
+    write_at(&expected, 5 * MIB, &[0xbb; 4096]);
+
+    qmp.execute(
+        "block-stream",
+        serde_json::json!({"job-id": "pull", "device": "disk0"}),
+    );
+    let completed = qmp.wait_event("BLOCK_JOB_COMPLETED");
+    assert!(completed["data"].get("error").is_none(), "{completed}");
+    qmp.execute("quit", serde_json::json!({}));
+    drop(daemon);
+
+    // The export is gone: the overlay must now stand alone.
+    let stdout = served.stop();
+    assert!(stdout.contains("chunks fetched"), "{stdout}");
+    let info = run(
+        "qemu-img",
+        &["info", "--output=json", overlay.to_str().unwrap()],
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    assert_same_disk(&expected, &overlay);
+
+    // The backup itself is untouched.
+    bed.ok(&["verify"]);
+    let restored = bed.path("restored.raw");
+    bed.ok(&["restore", "web1@latest", "--to", restored.to_str().unwrap()]);
+    assert_same_disk(&raw, &restored);
+}
+
+#[test]
+fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
+    let bed = Bed::new();
+    let raw = backed_up_image(&bed);
+    let served = Served::start(&bed, "nbd.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = haven_nbd::Endpoint::Unix(served.socket.clone());
+    let original = std::fs::read(&raw).unwrap();
+    let latency = runtime.block_on(async {
+        let started = Instant::now();
+        let mut client =
+            haven_nbd::Client::connect(&endpoint, &haven_nbd::ConnectOptions::new("vda"))
+                .await
+                .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let offset = 12 * MIB + 4096;
+        client.read(offset, &mut buf).await.unwrap();
+        let latency = started.elapsed();
+        assert_eq!(&buf[..], &original[offset as usize..offset as usize + 4096]);
+        latency
+    });
+    eprintln!(
+        "serve-nbd first read (connect + 4 KiB, cold cache): {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert!(
+        latency < Duration::from_secs(1),
+        "first read took {latency:?}"
+    );
+    drop(served);
+
+    // Corrupt every stored chunk: a cold server must answer with errors, not bytes.
+    for chunk in bed.chunk_files() {
+        let length = chunk.metadata().unwrap().len();
+        common::flip_byte(&chunk, length / 2);
+    }
+    let served = Served::start(&bed, "nbd2.sock");
+    let endpoint = haven_nbd::Endpoint::Unix(served.socket.clone());
+    runtime.block_on(async {
+        let mut client =
+            haven_nbd::Client::connect(&endpoint, &haven_nbd::ConnectOptions::new("vda"))
+                .await
+                .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let error = client.read(0, &mut buf).await.unwrap_err();
+        assert!(error.to_string().contains("EIO"), "{error}");
+        // Holes still read as zeros without touching chunks.
+        client.read(5 * MIB, &mut buf).await.unwrap();
+        assert!(buf.iter().all(|&byte| byte == 0));
+    });
+    let converted = bed.path("converted.raw");
+    let output = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &served.uri()])
+        .arg(&converted)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "qemu-img read a corrupt snapshot");
+    served.stop();
+}
