@@ -1,13 +1,13 @@
 //! Backup then restore through the real binary, `qemu-nbd` and `qemu-img`.
 
-use crate::support::bed as common;
-use crate::support::qemu as qemu_support;
-
+use crate::support::{
+    bed::Bed,
+    image::{MIB, assert_same_disk, convert, noise, raw_image, to_qcow2, write_at},
+    process::{Guard, assert_success},
+    report::disk_stat,
+};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{Bed, MIB, assert_same_disk, disk_stat, raw_image, to_qcow2, write_at};
-use qemu_support::Guard;
 
 #[test]
 fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
@@ -45,18 +45,7 @@ fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
     // VMware and Hyper-V disks copied off their hosts go through the same path.
     for format in ["vmdk", "vhdx"] {
         let image = bed.path(&format!("source.{format}"));
-        common::run(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                format,
-                raw.to_str().unwrap(),
-                image.to_str().unwrap(),
-            ],
-        );
+        convert(raw.to_str().unwrap(), "raw", &image, format);
         let vm = format!("from-{format}");
         bed.backup(&vm, &[&image]);
         let out = bed.path(&format!("{vm}.raw"));
@@ -203,7 +192,7 @@ fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
     let output = backup_with_path(&bed, raw_arg, &no_tools, &[])
         .output()
         .unwrap();
-    common::assert_success(&output, &["backup", "image", raw_arg]);
+    assert_success(&output, &["backup", "image", raw_arg]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(disk_stat(&report, "size"), size);
     assert_eq!(disk_stat(&report, "bytes_read"), 4 * MIB + 1000);
@@ -332,7 +321,7 @@ fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() 
         (200 * MIB + 512 * 1024, 900_000),
     ];
     for (number, &(offset, len)) in extents.iter().enumerate() {
-        write_at(&raw, offset, &common::noise(1000 + number as u64, len));
+        write_at(&raw, offset, &noise(1000 + number as u64, len));
     }
     let touched: u64 = extents
         .iter()
@@ -361,7 +350,7 @@ fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() 
     let old_bytes = std::fs::read(&old).unwrap();
     assert_eq!(
         &old_bytes[10 * MIB as usize..10 * MIB as usize + 16],
-        &common::noise(0, 11 * MIB as usize)[10 * MIB as usize..10 * MIB as usize + 16]
+        &noise(0, 11 * MIB as usize)[10 * MIB as usize..10 * MIB as usize + 16]
     );
 }
 

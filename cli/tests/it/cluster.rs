@@ -12,18 +12,17 @@ mod dev;
 mod gc;
 mod libvirt;
 
-use crate::support::cluster as cluster_support;
-use crate::support::qemu as qemu_support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use cluster_support::{
-    Cli, Etcd, HAVEN, PASSWORD, free_port, init_repo, make_image, spawn, start_vm,
+use crate::support::{
+    cluster::{Cli, init_repo, make_image, one_cluster_at_a_time, start_vm},
+    etcd::Etcd,
+    haven::{PASSWORD, haven},
+    process::{Guard, free_port, spawn_logged},
 };
-use qemu_support::Guard;
 use serde_json::Value;
 
 struct Cluster {
@@ -198,16 +197,15 @@ fn start_cluster(dir: &Path) -> Cluster {
             ),
         )
         .unwrap();
-        coordinators.push(spawn(
-            Command::new(HAVEN)
-                .args([
-                    "coordinator",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--etcd",
-                    &etcd.endpoints(),
-                ])
-                .env("HAVEN_LOG", "haven_coordinator=info"),
+        coordinators.push(spawn_logged(
+            haven(&[
+                "coordinator",
+                "--config",
+                config.to_str().unwrap(),
+                "--etcd",
+                &etcd.endpoints(),
+            ])
+            .env("HAVEN_LOG", "haven_coordinator=info"),
             &dir.join(format!("c{i}.log")),
         ));
         coordinator_urls.push(format!("http://127.0.0.1:{port}"));
@@ -251,9 +249,8 @@ impl Cluster {
         }
         let path = self.dir.join(format!("{id}-{i}.toml"));
         std::fs::write(&path, config).unwrap();
-        spawn(
-            Command::new(HAVEN)
-                .args(["worker", "--config", path.to_str().unwrap()])
+        spawn_logged(
+            haven(&["worker", "--config", path.to_str().unwrap()])
                 .env("HAVEN_PASSWORD", PASSWORD)
                 .env("HAVEN_LOG", "haven_worker=info"),
             &self.dir.join(format!("{id}-{i}.log")),
@@ -325,6 +322,7 @@ fn max_concurrency_per_host(jobs: &[Value]) -> HashMap<String, usize> {
 
 #[test]
 fn cluster_schedules_fences_and_fails_over() {
+    let _alone = one_cluster_at_a_time();
     let keep = std::env::var_os("HAVEN_KEEP_TEST_DIR").is_some();
     let dir = tempfile::Builder::new()
         .disable_cleanup(keep)

@@ -3,15 +3,16 @@
 
 mod ntfs;
 
-use crate::support::bed as common;
-
+use crate::support::{
+    bed::Bed,
+    image::{MIB, ext4_image, noise, write_at},
+    process::{run, stderr_within},
+};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{Bed, MIB, noise, run, write_at};
+use std::process::Command;
+use std::time::Duration;
 
 /// A source tree with files of several sizes, modes, owners, times, symlinks and depth.
 fn source_tree(root: &Path) {
@@ -173,20 +174,6 @@ fn snapshot_tree(bed: &Bed, spec: &str, extra: &[&str]) -> BTreeMap<String, Node
         }
     }
     out
-}
-
-fn ext4_image(source: &Path, image: &Path, size: &str) {
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            source.to_str().unwrap(),
-            image.to_str().unwrap(),
-            size,
-        ],
-    );
 }
 
 fn fat_image(source: &Path, image: &Path, size: u64) {
@@ -418,34 +405,16 @@ fn gpt_and_mbr_disks_with_ext4_and_fat_partitions() {
 
 /// Runs `haven` with a deadline; returns (success, stderr).
 fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
-    let mut child = bed
-        .haven(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            assert!(
-                status.code().is_some(),
-                "haven {args:?} died by a signal: {stderr}"
-            );
-            assert!(
-                !stderr.contains("panicked"),
-                "haven {args:?} panicked: {stderr}"
-            );
-            return (status.success(), stderr);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("haven {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, stderr) = stderr_within(&mut bed.haven(args), Duration::from_secs(20));
+    assert!(
+        status.code().is_some(),
+        "haven {args:?} died by a signal: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "haven {args:?} panicked: {stderr}"
+    );
+    (status.success(), stderr)
 }
 
 fn debugfs(image: &Path, request: &str) {

@@ -1,10 +1,14 @@
 //! Damage, wrong secrets and crashes: Haven must notice, refuse and recover.
 
-use crate::support::bed as common;
-
+use crate::support::{
+    bed::Bed,
+    haven::PASSWORD,
+    image::{MIB, assert_same_disk, flip_byte, raw_image},
+    process::assert_success,
+    report::disk_stat,
+    tree::files_below,
+};
 use std::time::Duration;
-
-use common::{Bed, MIB, assert_same_disk, flip_byte, raw_image};
 
 fn backed_up_bed() -> (Bed, std::path::PathBuf) {
     let bed = Bed::new();
@@ -22,24 +26,9 @@ fn backed_up_bed() -> (Bed, std::path::PathBuf) {
 
 fn only_file_under(dir: &std::path::Path) -> std::path::PathBuf {
     let mut files = Vec::new();
-    for entry in walk(dir) {
-        files.push(entry);
-    }
+    files.extend(files_below(dir));
     assert_eq!(files.len(), 1, "{files:?}");
     files.pop().unwrap()
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn assert_detected(bed: &Bed, object_prefix: &str) {
@@ -117,7 +106,7 @@ fn wrong_password_and_unknown_versions_are_clear_errors() {
     assert!(String::from_utf8_lossy(&no_password.stderr).contains("no password"));
 
     let password_file = bed.path("password");
-    std::fs::write(&password_file, format!("{}\n", common::PASSWORD)).unwrap();
+    std::fs::write(&password_file, format!("{}\n", PASSWORD)).unwrap();
     let with_file = bed
         .haven(&[
             "snapshots",
@@ -127,7 +116,7 @@ fn wrong_password_and_unknown_versions_are_clear_errors() {
         .env_remove("HAVEN_PASSWORD")
         .output()
         .unwrap();
-    common::assert_success(&with_file, &["snapshots --password-file"]);
+    assert_success(&with_file, &["snapshots --password-file"]);
 
     let config = bed.repo_dir().join("config");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -208,16 +197,12 @@ fn kill_during_backup_leaves_a_consistent_repository() {
     );
     let chunks_before = bed.chunk_files().len() as u64;
     let report = bed.backup("vm", &[&raw]);
-    let found =
-        common::disk_stat(&report, "existing_chunks") + common::disk_stat(&report, "reused_chunks");
+    let found = disk_stat(&report, "existing_chunks") + disk_stat(&report, "reused_chunks");
     assert_eq!(
         found, chunks_before,
         "chunks from earlier runs were not reused"
     );
-    assert_eq!(
-        common::disk_stat(&report, "new_chunks"),
-        512 - chunks_before
-    );
+    assert_eq!(disk_stat(&report, "new_chunks"), 512 - chunks_before);
     bed.ok(&["verify"]);
     let out = bed.path("out.raw");
     bed.ok(&["restore", "vm@latest", "--to", out.to_str().unwrap()]);

@@ -2,11 +2,12 @@
 //! so the calendar rules are covered by the table tests of the pure function
 //! (`crates/repo/tests/retention.rs`); here `--keep-last` drives the end-to-end path.
 
-use crate::support::bed as common;
-
+use crate::support::{
+    bed::Bed,
+    image::{MIB, assert_same_disk, noise, raw_image, write_at},
+    tree::files_below,
+};
 use std::collections::BTreeSet;
-
-use common::{Bed, MIB, assert_same_disk, raw_image, write_at};
 
 fn snapshot_names(value: &serde_json::Value) -> Vec<String> {
     value
@@ -27,21 +28,6 @@ fn with_keep(report: &serde_json::Value, keep: bool) -> BTreeSet<String> {
         .collect()
 }
 
-fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                out.extend(files_under(&path));
-            } else {
-                out.insert(path.display().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn dry_run_lists_exactly_what_prune_removes_and_the_rest_restores() {
     let bed = Bed::new();
@@ -51,7 +37,7 @@ fn dry_run_lists_exactly_what_prune_removes_and_the_rest_restores() {
     // Five snapshots of vm-a, each of a different version of the disk, and two of vm-b.
     let mut versions = Vec::new();
     for round in 0..5u64 {
-        write_at(&image, 2 * MIB + round * 4096, &common::noise(round, 4096));
+        write_at(&image, 2 * MIB + round * 4096, &noise(round, 4096));
         let report = bed.backup("vm-a", &[&image]);
         let copy = bed.path(&format!("disk-{round}.raw"));
         std::fs::copy(&image, &copy).unwrap();
@@ -105,11 +91,11 @@ fn dry_run_lists_exactly_what_prune_removes_and_the_rest_restores() {
     for (name, _) in &versions[..3] {
         let timestamp = name.split_once('@').unwrap().1;
         assert!(!repo.join("snapshots/vm-a").join(timestamp).exists());
-        assert!(files_under(&repo.join("indexes/vm-a").join(timestamp)).is_empty());
+        assert!(files_below(&repo.join("indexes/vm-a").join(timestamp)).is_empty());
     }
     for (name, _) in &versions[3..] {
         let timestamp = name.split_once('@').unwrap().1;
-        assert!(!files_under(&repo.join("indexes/vm-a").join(timestamp)).is_empty());
+        assert!(!files_below(&repo.join("indexes/vm-a").join(timestamp)).is_empty());
     }
     assert_eq!(bed.chunk_files(), chunks_before);
 

@@ -5,32 +5,33 @@
 //! the primary node is killed and its data directory deleted, and the secondary alone,
 //! with only the password, serves `snapshots`, `restore`, `files` and `serve-nbd`.
 
-use crate::support::bed as common;
-use crate::support::storage_node as support;
-
+use crate::support::{
+    haven::HavenClient,
+    image::{MIB, assert_same_disk, convert, ext4_image, noise, raw_image, write_at},
+    process::{Guard, assert_success, wait_for_line},
+    storage_node::{Node, NodeOptions},
+};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{MIB, PASSWORD, assert_same_disk, noise, raw_image, write_at};
-use support::{Node, NodeOptions};
 
 /// `haven` with the nodes' credentials and the password in the environment.
 fn haven(args: &[&str]) -> Command {
-    support::haven_with_node_keys(args, PASSWORD)
+    node().command(args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let output = haven(args).output().expect("run haven");
-    common::assert_success(&output, args);
-    String::from_utf8(output.stdout).expect("utf-8 output")
+    node().ok(args)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let stdout = ok(&args);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    node().json(args)
+}
+
+/// `haven` with the nodes' credentials and the password in the environment; each run
+/// names its repository.
+fn node() -> HavenClient {
+    HavenClient::with_node_keys()
 }
 
 /// Replication runs without the password.
@@ -79,37 +80,15 @@ fn keep(image: &Path, copy: PathBuf) -> PathBuf {
     copy
 }
 
-fn ext4_image(node: &Node) -> (PathBuf, Vec<u8>) {
+fn files_image(node: &Node) -> (PathBuf, Vec<u8>) {
     let source = node.path("tree");
     std::fs::create_dir_all(source.join("srv/data")).unwrap();
     let big = noise(77, 6 * MIB as usize);
     std::fs::write(source.join("srv/data/blob.bin"), &big).unwrap();
     std::fs::write(source.join("srv/readme.txt"), b"replicated\n").unwrap();
     let image = node.path("files.img");
-    common::run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            source.to_str().unwrap(),
-            image.to_str().unwrap(),
-            "48M",
-        ],
-    );
+    ext4_image(&source, &image, "48M");
     (image, big)
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]
@@ -134,7 +113,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
         backup(&from, "web1", &web),
         keep(&web, primary.path("web1-a")),
     )];
-    let (files_image, big_file) = ext4_image(&primary);
+    let (files_image, big_file) = files_image(&primary);
     versions.push((
         backup(&from, "files", &files_image),
         keep(&files_image, primary.path("files-a")),
@@ -149,7 +128,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
         "{status}"
     );
     let output = replicate_command(&from, &to, &["--json"]).output().unwrap();
-    common::assert_success(&output, &["replicate"]);
+    assert_success(&output, &["replicate"]);
     let first: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(first["repository_created"], true, "{first}");
     assert_eq!(first["manifests_copied"], 2, "{first}");
@@ -173,7 +152,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
             .stderr(std::fs::File::create(primary.path("replicate.err")).unwrap())
             .spawn()
             .unwrap();
-        let mut running = Running(Some(child));
+        let mut running = Guard::new(child);
         // At 20 MiB/s, three rounds copy at most ~96 of the 106 new MiB: each kill lands
         // mid-transfer.
         std::thread::sleep(Duration::from_millis(1500));
@@ -201,7 +180,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
     let output = replicate_command(&from, &to, &["--json", "--limit-rate", "200M"])
         .output()
         .unwrap();
-    common::assert_success(&output, &["replicate"]);
+    assert_success(&output, &["replicate"]);
     let last: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(last["manifests_copied"], 2, "{last}");
     assert_eq!(last["snapshots_missing"], 2, "{last}");
@@ -266,22 +245,11 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let _stdout = common::wait_for_line(&mut child, "serving ");
-    let served = Running(Some(child));
+    let _stdout = wait_for_line(&mut child, "serving ");
+    let served = Guard::new(child);
     let uri = format!("nbd+unix:///vda?socket={}", socket.display());
     let converted = primary.path("served.raw");
-    common::run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &uri,
-            converted.to_str().unwrap(),
-        ],
-    );
+    convert(&uri, "raw", &converted, "raw");
     drop(served);
     assert_same_disk(&versions[2].1, &converted);
     eprintln!("disaster recovery checked after {:?}", started.elapsed());
@@ -326,7 +294,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
     };
     let mut init = haven(&["repo", "init", "--repo", &from]);
     with_site_a(&mut init);
-    common::assert_success(&init.output().unwrap(), &["repo init"]);
+    assert_success(&init.output().unwrap(), &["repo init"]);
     let image = primary.path("small.raw");
     raw_image(&image, 4 * MIB, &[(0, 2 * MIB as usize)]);
     let image_arg = image.to_str().unwrap();
@@ -334,7 +302,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
         "backup", "image", image_arg, "--vm", "small", "--repo", &from,
     ]);
     with_site_a(&mut backup);
-    common::assert_success(&backup.output().unwrap(), &["backup"]);
+    assert_success(&backup.output().unwrap(), &["backup"]);
 
     let mut wrong = replicate_command(&from, &to, &[]);
     with_site_a(&mut wrong);
@@ -356,7 +324,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
             "site-b-secret-0123456789",
         );
     let output = right.output().unwrap();
-    common::assert_success(&output, &["replicate with per-site keys"]);
+    assert_success(&output, &["replicate with per-site keys"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["manifests_copied"], 1, "{report}");
     let transfer = if pull { "pulled" } else { "relayed" };
@@ -369,6 +337,6 @@ fn replicate_with_a_key_per_site(pull: bool) {
         .arg(&out)
         .env("AWS_ACCESS_KEY_ID", "site-b")
         .env("AWS_SECRET_ACCESS_KEY", "site-b-secret-0123456789");
-    common::assert_success(&restore.output().unwrap(), &["restore from site b"]);
+    assert_success(&restore.output().unwrap(), &["restore from site b"]);
     assert_same_disk(&image, &out);
 }

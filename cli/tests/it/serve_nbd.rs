@@ -1,15 +1,15 @@
 //! `haven serve-nbd` against real NBD clients: `qemu-img`, `nbdcopy`, `nbdinfo`,
 //! `qemu-io` and a `qemu-storage-daemon` running a qcow2 overlay with `block-stream`.
 
-use crate::support::bed as common;
-
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use crate::support::{
+    bed::Bed,
+    image::{MIB, assert_same_disk, convert, flip_byte, raw_image, write_at},
+    process::{Guard, run, wait_for_line},
+    qemu::Qmp,
+};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{Bed, MIB, assert_same_disk, raw_image, run, write_at};
 
 /// Disk of the tests: data, a hole of whole chunks, data at an unaligned offset and a
 /// short last chunk.
@@ -50,7 +50,7 @@ impl Served {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = common::wait_for_line(&mut child, "serving ");
+        let stdout = wait_for_line(&mut child, "serving ");
         Self {
             child: Some(child),
             socket,
@@ -91,16 +91,6 @@ impl Drop for Served {
     }
 }
 
-/// Any child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
     let bed = Bed::new();
@@ -108,18 +98,7 @@ fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
     let served = Served::start(&bed, "nbd.sock");
 
     let converted = bed.path("converted.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &served.uri(),
-            converted.to_str().unwrap(),
-        ],
-    );
+    convert(&served.uri(), "raw", &converted, "raw");
     assert_same_disk(&raw, &converted);
 
     // nbdcopy opens several connections (the export allows multi-conn).
@@ -176,73 +155,6 @@ fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
     assert!(stdout.contains("chunks fetched"), "{stdout}");
 }
 
-/// JSON lines over the QMP socket of a qemu-storage-daemon.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    events: Vec<serde_json::Value>,
-}
-
-impl Qmp {
-    fn connect(socket: &Path) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(stream) => break stream,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(error) => panic!("qmp socket: {error}"),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut qmp = Self {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            events: Vec::new(),
-        };
-        let greeting = qmp.line();
-        assert!(greeting.get("QMP").is_some(), "{greeting}");
-        qmp.execute("qmp_capabilities", serde_json::json!({}));
-        qmp
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("bad qmp line {line:?}"))
-    }
-
-    fn execute(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
-        let request = serde_json::json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{request}").unwrap();
-        loop {
-            let reply = self.line();
-            if reply.get("event").is_some() {
-                self.events.push(reply);
-                continue;
-            }
-            assert!(reply.get("error").is_none(), "{command}: {reply}");
-            return reply["return"].clone();
-        }
-    }
-
-    fn wait_event(&mut self, name: &str) -> serde_json::Value {
-        if let Some(position) = self.events.iter().position(|e| e["event"] == name) {
-            return self.events.remove(position);
-        }
-        loop {
-            let event = self.line();
-            if event["event"] == name {
-                return event;
-            }
-            self.events.push(event);
-        }
-    }
-}
-
 #[test]
 fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_image() {
     let bed = Bed::new();
@@ -266,7 +178,7 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
     );
     let qmp_socket = bed.path("qmp.sock");
     let guest_socket = bed.path("guest.sock");
-    let daemon = Killed(
+    let daemon = Guard::new(
         Command::new("qemu-storage-daemon")
             .arg("--chardev")
             .arg(format!(
@@ -317,13 +229,13 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
     write_at(&expected, MIB, &[0xaa; 65536]);
     write_at(&expected, 5 * MIB, &[0xbb; 4096]);
 
-    qmp.execute(
+    qmp.run(
         "block-stream",
         serde_json::json!({"job-id": "pull", "device": "disk0"}),
     );
     let completed = qmp.wait_event("BLOCK_JOB_COMPLETED");
     assert!(completed["data"].get("error").is_none(), "{completed}");
-    qmp.execute("quit", serde_json::json!({}));
+    qmp.run("quit", serde_json::json!({}));
     drop(daemon);
 
     // The export is gone: the overlay must now stand alone.
@@ -381,7 +293,7 @@ fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
     // Corrupt every stored chunk: a cold server must answer with errors, not bytes.
     for chunk in bed.chunk_files() {
         let length = chunk.metadata().unwrap().len();
-        common::flip_byte(&chunk, length / 2);
+        flip_byte(&chunk, length / 2);
     }
     let served = Served::start(&bed, "nbd2.sock");
     let endpoint = haven_nbd::Endpoint::Unix(served.socket.clone());

@@ -1,10 +1,28 @@
-//! Everything the integration tests share: scratch beds and disk images (`bed`), live
-//! QEMU processes and QMP (`qemu`), the cluster's etcd, VMs and CLI (`cluster`), a
-//! private libvirtd (`libvirt`) and the storage node with its S3 clients
-//! (`storage_node`).
+//! Everything the integration tests share, one module per fixture:
+//!
+//! - `process`: guards that kill child processes, runs that must succeed, waits for
+//!   sockets and lines, free ports;
+//! - `haven`: the `haven` command builder and a client of one repository;
+//! - `bed`, `image`, `tree`, `report`: a scratch repository, disk images, files on disk
+//!   and backup reports;
+//! - `qemu`: QMP, `qemu-storage-daemon` VMs and live `haven backup qemu` runs;
+//! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
+//! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
+//! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`.
+//!
+//! Not every test uses every helper, hence `dead_code` is allowed here only.
+#![allow(dead_code)]
 
 pub mod bed;
 pub mod cluster;
+pub mod etcd;
+pub mod haven;
+pub mod image;
 pub mod libvirt;
+pub mod metrics;
+pub mod process;
 pub mod qemu;
+pub mod report;
+pub mod s3;
 pub mod storage_node;
+pub mod tree;

@@ -2,14 +2,17 @@
 //! `--repair-from` restores a flipped chunk from a replica made by `haven replicate`;
 //! `haven replicate status` and the `--watch` metrics report the lag.
 
-use crate::support::bed as common;
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use crate::support::{
+    bed::Bed,
+    haven::haven,
+    image::{MIB, assert_same_disk, flip_byte, noise, raw_image, write_at},
+    metrics::scrape,
+    process::assert_success,
+    report::disk_stat,
+};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use common::{Bed, MIB, assert_same_disk, disk_stat, flip_byte, raw_image, write_at};
 
 fn replica_url(bed: &Bed) -> String {
     format!("file://{}", bed.path("replica").display())
@@ -17,12 +20,10 @@ fn replica_url(bed: &Bed) -> String {
 
 /// `haven replicate ARGS --from primary --to replica` (no password in the environment).
 fn replicate(bed: &Bed, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
-        .arg("replicate")
+    haven(&["replicate"])
         .args(args)
         .args(["--from", &bed.repo_url(), "--to", &replica_url(bed)])
         .env_remove("HAVEN_PASSWORD")
-        .env_remove("HAVEN_PASSWORD_FILE")
         .output()
         .unwrap()
 }
@@ -31,7 +32,7 @@ fn replicate_json(bed: &Bed, args: &[&str]) -> serde_json::Value {
     let mut args = args.to_vec();
     args.push("--json");
     let output = replicate(bed, &args);
-    common::assert_success(&output, &args);
+    assert_success(&output, &args);
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -45,34 +46,6 @@ fn lag(status: &serde_json::Value, vm: &str) -> u64 {
     entry["lag_seconds"].as_u64().unwrap()
 }
 
-/// Published chunk objects of a `file://` repository.
-fn chunk_files(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join("chunks")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if !path.to_string_lossy().contains('#') {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn metrics(port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[test]
 fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica() {
     let bed = Bed::new();
@@ -83,7 +56,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     let first_name = first["snapshot"].as_str().unwrap().to_string();
     let first_copy = bed.path("web1-1.raw");
     std::fs::copy(&image, &first_copy).unwrap();
-    let first_chunks = chunk_files(&bed.repo_dir());
+    let first_chunks = bed.chunk_files();
 
     // Replication status before and after the first replication.
     let status = replicate_json(&bed, &["status"]);
@@ -104,7 +77,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     assert!(record.starts_with("verify/web1/"), "{record}");
     assert!(bed.repo_dir().join(record).is_file());
     // New data where the disk was empty: every chunk of the first snapshot is shared.
-    write_at(&image, 21 * MIB, &common::noise(99, MIB as usize));
+    write_at(&image, 21 * MIB, &noise(99, MIB as usize));
     let second = bed.backup("web1", &[&image]);
     assert_eq!(
         second["parent"],
@@ -172,7 +145,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
         ])
         .output()
         .unwrap();
-    common::assert_success(&output, &["backup"]);
+    assert_success(&output, &["backup"]);
     let third: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(third["parent"].is_null(), "{third}");
     assert_eq!(disk_stat(&third, "reused_chunks"), 0, "{third}");
@@ -218,19 +191,18 @@ fn replicate_watch_serves_the_lag_as_a_prometheus_metric() {
     let image = bed.path("db.raw");
     raw_image(&image, 8 * MIB, &[(0, 4 * MIB as usize)]);
     bed.backup("db", &[&image]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
-        .args([
-            "replicate",
-            "--watch",
-            "1s",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--from", &bed.repo_url(), "--to", &replica_url(&bed)])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = haven(&[
+        "replicate",
+        "--watch",
+        "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--from", &bed.repo_url(), "--to", &replica_url(&bed)])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -247,10 +219,10 @@ fn replicate_watch_serves_the_lag_as_a_prometheus_metric() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let wanted = "haven_replication_lag_seconds{vm=\"db\"} 0\n";
-    let mut text = metrics(port);
+    let mut text = scrape(port);
     while !text.contains(wanted) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        text = metrics(port);
+        text = scrape(port);
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -3,16 +3,17 @@
 //! prune and replication jobs, its GC schedule starts a GC job with the coordinator's
 //! pins, the replica restores byte-identical, and malformed gRPC gets clean errors.
 
-use crate::support::cluster as cluster_support;
-use crate::support::qemu as qemu_support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cli, HAVEN, PASSWORD, free_port, init_repo, start_vm};
-use qemu_support::Guard;
+use crate::support::{
+    cluster::{Cli, init_repo, one_cluster_at_a_time, start_vm},
+    haven::{PASSWORD, haven},
+    process::{Guard, free_port, spawn_logged},
+    s3::{S3Keys, with_keys},
+};
 use serde_json::Value;
 
 struct Dev {
@@ -55,15 +56,10 @@ const SECRET_KEY: &str = "dev-secret-key";
 
 /// The password and the storage node's keys, for the `haven dev` process.
 fn with_s3_keys(command: &mut Command) -> &mut Command {
-    command
+    with_keys(command, &S3Keys::new(ACCESS_KEY, SECRET_KEY))
         .env("HAVEN_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
         .env("HAVEN_STORAGE_ACCESS_KEY", ACCESS_KEY)
         .env("HAVEN_STORAGE_SECRET_KEY", SECRET_KEY)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
 }
 
 /// POSTs a gRPC-typed HTTP/2 request to `METHOD` on the coordinator; returns the
@@ -112,6 +108,7 @@ fn make_image(path: &Path) {
 
 #[test]
 fn dev_runs_policies_with_prune_replication_and_gc() {
+    let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let vms = dir.path().join("vms");
     std::fs::create_dir_all(&vms).unwrap();
@@ -128,7 +125,6 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
 
     let port = free_port();
     let http = free_port();
-    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let dev = Dev {
         cli: Cli::new(url.clone())
@@ -136,10 +132,9 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
             .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .with_env("AWS_REGION", "us-east-1"),
         url,
-        _process: Guard(Some(
+        _process: spawn_logged(
             with_s3_keys(
-                Command::new(HAVEN)
-                    .args(["dev", "--state-dir"])
+                haven(&["dev", "--state-dir"])
                     .arg(dir.path().join("state"))
                     .arg("--qmp-dir")
                     .arg(&vms)
@@ -148,13 +143,9 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
                     .arg("--storage-dir")
                     .arg(dir.path().join("storage"))
                     .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")]),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-        )),
+            ),
+            &dir.path().join("dev.log"),
+        ),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dev.cli.run(&["vm", "list"]).status.success()

@@ -5,18 +5,16 @@
 //! snapshot verifies and restores byte-identical to the disk at its round, and no
 //! unreferenced chunk or index is left.
 
-use crate::support::cluster as cluster_support;
-use crate::support::qemu as qemu_support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_support::{
-    Cli, Etcd, HAVEN, PASSWORD, free_port, guest_copy, guest_io, init_repo, spawn,
-    start_vm_with_nbd,
+use crate::support::{
+    cluster::{Cli, guest_copy, guest_io, init_repo, one_cluster_at_a_time, start_vm_with_nbd},
+    etcd::Etcd,
+    haven::{PASSWORD, haven},
+    process::{Guard, free_port, spawn_logged},
 };
-use qemu_support::Guard;
 use serde_json::Value;
 
 const VMS: usize = 3;
@@ -41,6 +39,7 @@ fn image(dir: &Path, vm: usize) -> PathBuf {
 
 #[test]
 fn gc_jobs_racing_cluster_backups_lose_nothing() {
+    let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let etcd = Etcd::start(&dir.join("etcd"), 1);
@@ -74,9 +73,8 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         format!("listen = \"127.0.0.1:{port}\"\nworker_lease_seconds = 4\ntick_ms = 200\n"),
     )
     .unwrap();
-    let _coordinator = spawn(
-        Command::new(HAVEN)
-            .args(["coordinator", "--config", config.to_str().unwrap()])
+    let _coordinator = spawn_logged(
+        haven(&["coordinator", "--config", config.to_str().unwrap()])
             .args(["--etcd", &etcd.endpoints()]),
         &dir.join("coordinator.log"),
     );
@@ -93,10 +91,8 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
             ),
         )
         .unwrap();
-        workers.push(spawn(
-            Command::new(HAVEN)
-                .args(["worker", "--config", path.to_str().unwrap()])
-                .env("HAVEN_PASSWORD", PASSWORD),
+        workers.push(spawn_logged(
+            haven(&["worker", "--config", path.to_str().unwrap()]).env("HAVEN_PASSWORD", PASSWORD),
             &dir.join(format!("w{w}.log")),
         ));
     }

@@ -4,52 +4,24 @@
 //! Real `libvirtd` (private, started by the harness), a TCG domain, and real
 //! `haven coordinator` (embedded store) and `haven worker` processes.
 
-use crate::support::bed as common;
-use crate::support::libvirt as libvirt_support;
-
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use crate::support::{
+    bed::Bed,
+    cluster::one_cluster_at_a_time,
+    haven::{PASSWORD, haven},
+    image::{MIB, assert_same_disk},
+    libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
+    process::{Guard, free_port, spawn_logged},
+};
 use std::time::{Duration, Instant};
 
-use common::{Bed, MIB, assert_same_disk};
-use libvirt_support::{Domain, Libvirt, TARGETS, two_disk_bed};
-
-const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
-
-/// Kills and reaps a child process on drop.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(bed: &Bed, args: &[&str], log: &str) -> Process {
-    let log = std::fs::File::create(bed.path(log)).unwrap();
-    Process(
-        Command::new(HAVEN)
-            .args(args)
-            .env("HAVEN_PASSWORD", common::PASSWORD)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+/// `haven ARGS` with the password, its output appended to `log` in the bed.
+fn spawn(bed: &Bed, args: &[&str], log: &str) -> Guard {
+    spawn_logged(haven(args).env("HAVEN_PASSWORD", PASSWORD), &bed.path(log))
 }
 
 #[test]
 fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
+    let _alone = one_cluster_at_a_time();
     let (bed, expected, images) = two_disk_bed(256 * 1024, 32 * MIB, |disk| {
         vec![(disk * 4096, 6 * MIB as usize), (20 * MIB, MIB as usize)]
     });
@@ -96,8 +68,7 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = Command::new(HAVEN)
-            .args(["vm", "list", "--json", "--coordinator", &url])
+        let out = haven(&["vm", "list", "--json", "--coordinator", &url])
             .output()
             .unwrap();
         if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&name) {
@@ -120,8 +91,7 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    let run = Command::new(HAVEN)
-        .args(["job", "run", &name, "--repo", &bed.repo_url(), "--watch"])
+    let run = haven(&["job", "run", &name, "--repo", &bed.repo_url(), "--watch"])
         .args(["--coordinator", &url])
         .output()
         .unwrap();

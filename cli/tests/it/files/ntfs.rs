@@ -3,15 +3,16 @@
 //! ntfscp writes into the root directory only; trees with directories are written
 //! through ntfs-3g's own FUSE mount (`/dev/fuse`), then unmounted before the backup.
 
-use crate::support::bed as common;
-
+use crate::support::{
+    bed::Bed,
+    image::{MIB, noise, write_at},
+    process::{run, stderr_within},
+};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{Bed, MIB, noise, run, write_at};
 
 /// Folder holding the unpacked ntfs-3g (`sbin/mkntfs`, `sbin/ntfscp`, `lib/…`).
 fn ntfs3g_dir() -> PathBuf {
@@ -249,32 +250,8 @@ fn ntfs_partition_of_a_gpt_disk_and_corrupt_structures() {
 
 /// Runs `haven` with a 20 s deadline; returns (success, stderr).
 fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
-    let mut child = bed
-        .haven(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            return (status.success(), stderr);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("haven {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, stderr) = stderr_within(&mut bed.haven(args), Duration::from_secs(20));
+    (status.success(), stderr)
 }
 
 /// A foreground `ntfs-3g` FUSE mount, unmounted (and its daemon reaped, so every write

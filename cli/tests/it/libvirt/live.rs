@@ -7,15 +7,19 @@
 //! commit, other tools' checkpoints are never touched, and a missing checkpoint means
 //! a full read. Everything started is stopped again (Drop guards), also on failure.
 
-use crate::support::bed as common;
-use crate::support::libvirt as libvirt_support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Bed, MIB, assert_same_disk, write_at};
-use libvirt_support::{Domain, Libvirt, TARGETS, two_disk_bed};
+use crate::support::{
+    bed::Bed,
+    haven::PASSWORD,
+    haven::RunningBackup,
+    image::{MIB, assert_same_disk, write_at},
+    libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
+    process::assert_success,
+    report::{disk, mode},
+};
 use serde_json::Value;
 
 const CHUNK: u64 = 256 * 1024;
@@ -25,31 +29,32 @@ fn backup(bed: &Bed, libvirt: &Libvirt, domain: &str) -> Value {
     backup_with(bed, libvirt, domain, &[])
 }
 
-fn backup_with(bed: &Bed, libvirt: &Libvirt, domain: &str, extra: &[&str]) -> Value {
+/// `haven backup libvirt` of `domain` as VM `vm` with scratch files in the bed, then
+/// `extra`.
+fn backup_command(bed: &Bed, libvirt: &Libvirt, domain: &str, extra: &[&str]) -> Command {
     let scratch = bed.path("scratch");
-    let output = bed
-        .haven(&[
-            "backup",
-            "libvirt",
-            "--domain",
-            domain,
-            "--uri",
-            &libvirt.uri,
-            "--vm",
-            "vm",
-            "--scratch-dir",
-            scratch.to_str().unwrap(),
-            "--json",
-        ])
-        .args(extra)
+    let mut command = bed.haven(&[
+        "backup",
+        "libvirt",
+        "--domain",
+        domain,
+        "--uri",
+        &libvirt.uri,
+        "--vm",
+        "vm",
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+    ]);
+    command.args(extra);
+    command
+}
+
+fn backup_with(bed: &Bed, libvirt: &Libvirt, domain: &str, extra: &[&str]) -> Value {
+    let args = [&["--json"], extra].concat();
+    let output = backup_command(bed, libvirt, domain, &args)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "backup failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, "backup");
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -61,82 +66,25 @@ fn backup_while_writing(
     domain: &Domain,
     late: &[(usize, u8, u64, u64)],
 ) -> Value {
-    use std::io::{BufRead, BufReader, Read};
-    let scratch = bed.path("scratch");
-    let mut child = bed
-        .haven(&[
-            "backup",
-            "libvirt",
-            "--domain",
-            &domain.name,
-            "--uri",
-            &libvirt.uri,
-            "--vm",
-            "vm",
-            "--scratch-dir",
-            scratch.to_str().unwrap(),
-            "--connections",
-            "1",
-            "--json",
-        ])
-        .env("HAVEN_LOG", "haven_worker=info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (point_taken, taken) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap_or_default();
-            if line.contains("point-in-time view taken") {
-                let _ = point_taken.send(());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    taken
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the backup reports its point in time");
+    let mut running = RunningBackup::start(backup_command(
+        bed,
+        libvirt,
+        &domain.name,
+        &["--connections", "1", "--json"],
+    ));
+    running.wait_point_taken();
     for &(disk, pattern, offset, len) in late {
         domain.write(disk, pattern, offset, len);
     }
-    let during = child.try_wait().unwrap().is_none();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = child.wait().unwrap();
-    let log = reader.join().unwrap();
-    assert!(status.success(), "backup failed: {log}");
+    let during = running.is_running();
+    let report = running.finish();
     eprintln!("guest writes finished while the backup was still running: {during}");
-    serde_json::from_str(&stdout).unwrap()
+    report
 }
 
 /// Starts a backup and kills it (SIGKILL) as soon as libvirt shows its job.
 fn kill_during_job(bed: &Bed, libvirt: &Libvirt, domain: &str) {
-    let scratch = bed.path("scratch");
-    let mut child = bed
-        .haven(&[
-            "backup",
-            "libvirt",
-            "--domain",
-            domain,
-            "--uri",
-            &libvirt.uri,
-            "--vm",
-            "vm",
-            "--scratch-dir",
-            scratch.to_str().unwrap(),
-            "--connections",
-            "1",
-        ])
+    let mut child = backup_command(bed, libvirt, domain, &["--connections", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -171,7 +119,7 @@ fn manifest(bed: &Bed, snapshot: &str) -> haven_repo::Manifest {
         .unwrap();
     runtime.block_on(async {
         let backend = haven_repo::Backend::from_url(&bed.repo_url(), false).unwrap();
-        let repo = haven_repo::Repository::open(backend, common::PASSWORD.as_bytes())
+        let repo = haven_repo::Repository::open(backend, PASSWORD.as_bytes())
             .await
             .unwrap();
         let id = repo
@@ -185,28 +133,8 @@ fn manifest(bed: &Bed, snapshot: &str) -> haven_repo::Manifest {
     })
 }
 
-fn mode(report: &Value, name: &str) -> (String, String) {
-    let mode = report["modes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no mode for {name} in {report}"));
-    (
-        mode["mode"].as_str().unwrap().to_string(),
-        mode["reason"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
 fn bytes_read(report: &Value, name: &str) -> u64 {
-    report["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap()["bytes_read"]
-        .as_u64()
-        .unwrap()
+    disk(report, name)["bytes_read"].as_u64().unwrap()
 }
 
 /// Restores every disk of `snapshot` and compares it with the expected raw copies.

@@ -1,5 +1,5 @@
 //! Restore into libvirt: a running TCG domain (private `libvirtd`, see
-//! `libvirt_support.rs`) is backed up with `haven backup libvirt`, written to, and its
+//! `support/libvirt.rs`) is backed up with `haven backup libvirt`, written to, and its
 //! first snapshot restored with `haven restore VM@TIME --libvirt-define NAME --to DIR`.
 //! The new domain has its own name and UUID, its disks are the restored files (equal to
 //! a plain restore of each disk, that is to the snapshot, not to the later writes), it
@@ -7,14 +7,12 @@
 //! files, a snapshot without domain XML) define nothing and write nothing. Both domains
 //! and the daemons are cleaned up by `Drop` guards, also on failure.
 
-use crate::support::bed as common;
-use crate::support::libvirt as libvirt_support;
-
+use crate::support::{
+    image::{MIB, assert_raw_same_as_qcow2, assert_same_disk, raw_image},
+    libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
+};
 use std::path::PathBuf;
 use std::time::Instant;
-
-use common::{MIB, assert_same_disk, raw_image, run};
-use libvirt_support::{Domain, Libvirt, TARGETS, two_disk_bed};
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 32 * MIB;
@@ -128,18 +126,7 @@ fn libvirt_define_recreates_the_domain_from_a_snapshot() {
             "--to",
             plain.to_str().unwrap(),
         ]);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "qcow2",
-                plain.to_str().unwrap(),
-                file.to_str().unwrap(),
-            ],
-        );
+        assert_raw_same_as_qcow2(&plain, file);
         assert_same_disk(&plain, want);
     }
 

@@ -3,16 +3,20 @@
 //! while the backup runs, incrementals, crashes of QEMU and of Haven. Each restored
 //! snapshot must equal the disk as it was at the snapshot point, byte for byte.
 
-use crate::support::bed as common;
-use crate::support::qemu as support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Bed, MIB, assert_same_disk, raw_image, to_qcow2};
+use crate::support::{
+    bed::Bed,
+    haven::RunningBackup,
+    image::{MIB, assert_same_disk, raw_image, to_qcow2},
+    process::{Guard, run, wait_for_socket},
+    qemu::{Qmp, StorageDaemon, qemu_system, start_qemu_system},
+    report::{disk, mode},
+    tree::files_below,
+};
 use serde_json::json;
-use support::{Guard, Qmp, RunningBackup, StorageDaemon, disk, mode, wait_for_socket};
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 64 * MIB;
@@ -290,21 +294,8 @@ fn haven_killed_half_way_loses_no_change() {
     for name in ["disk0", "disk1"] {
         assert_eq!(qmp.bitmaps(name).len(), 1, "{name}");
     }
-    let leftovers: Vec<_> = walk(&bed.path("scratch"));
+    let leftovers: Vec<_> = files_below(&bed.path("scratch"));
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// qemu-system-x86_64 (TCG, paused, no OS) with two virtio disks `vda`, `vdb` and a
@@ -319,20 +310,8 @@ impl Vm {
     fn start(dir: &Path, images: &[PathBuf]) -> Self {
         let qmp = dir.join("vm-qmp.sock");
         let test_qmp = dir.join("vm-test-qmp.sock");
-        let mut command = Command::new("qemu-system-x86_64");
+        let mut command = qemu_system("q35", &qmp);
         command
-            .args([
-                "-machine",
-                "q35,accel=tcg",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-S",
-                "-m",
-                "64",
-            ])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", test_qmp.display()));
         for (number, image) in images.iter().enumerate() {
@@ -350,14 +329,7 @@ impl Vm {
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=disk{number},id={id}"));
         }
-        let child = command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 must be installed (scripts/install-qemu-system.sh)");
-        let mut guard = Guard(Some(child));
-        wait_for_socket(&qmp, &mut guard);
+        let mut guard = start_qemu_system(&mut command, &qmp);
         wait_for_socket(&test_qmp, &mut guard);
         Self {
             _guard: guard,
@@ -407,7 +379,7 @@ fn qemu_system_full_then_incrementals_with_writes_during_the_backup() {
             .iter()
             .map(|image| {
                 let raw = bed.path("tmp.raw");
-                common::run(
+                run(
                     "qemu-img",
                     &[
                         "convert",
@@ -526,7 +498,7 @@ fn ctrl_c_tears_everything_down_and_keeps_every_change() {
         "the chain's bitmap records again: {bitmaps:?}"
     );
     drop(qmp);
-    assert!(walk(&bed.path("scratch")).is_empty());
+    assert!(files_below(&bed.path("scratch")).is_empty());
 
     daemon.write(0, &[(0x72, 9 * MIB, 4096)]);
     let copy = bed.path("expected.raw");

@@ -5,15 +5,15 @@
 //! show the guest devices on the restored files, which equal a plain restore of each
 //! disk. Every QEMU is killed by a `Drop` guard.
 
-use crate::support::bed as common;
-use crate::support::qemu as support;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use common::{Bed, MIB, raw_image, run, to_qcow2};
+use crate::support::{
+    bed::Bed,
+    image::{MIB, assert_raw_same_as_qcow2, raw_image, to_qcow2},
+    process::Guard,
+    qemu::{Qmp, qemu_system, start_qemu_system},
+};
 use serde_json::json;
-use support::{Guard, Qmp, wait_for_socket};
 
 const CHUNK: u64 = 256 * 1024;
 const TARGETS: [&str; 2] = ["vda", "vdb"];
@@ -21,27 +21,7 @@ const TARGETS: [&str; 2] = ["vda", "vdb"];
 /// A paused TCG qemu-system-x86_64 with a QMP socket and `extra` arguments.
 fn start_qemu(dir: &Path, tag: &str, machine: &str, extra: &[String]) -> (Guard, Qmp) {
     let socket = dir.join(format!("{tag}-qmp.sock"));
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            &format!("{machine},accel=tcg"),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-S",
-            "-m",
-            "64",
-        ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 must be installed (scripts/install-qemu-system.sh)");
-    let mut guard = Guard(Some(child));
-    wait_for_socket(&socket, &mut guard);
+    let guard = start_qemu_system(qemu_system(machine, &socket).args(extra), &socket);
     let qmp = Qmp::connect(&socket);
     (guard, qmp)
 }
@@ -128,18 +108,7 @@ fn print_qemu_attaches_the_restored_disks_to_a_new_qemu() {
             "--to",
             plain.to_str().unwrap(),
         ]);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "qcow2",
-                plain.to_str().unwrap(),
-                file.to_str().unwrap(),
-            ],
-        );
+        assert_raw_same_as_qcow2(&plain, file);
     }
     let want: Vec<(String, String)> = TARGETS
         .iter()

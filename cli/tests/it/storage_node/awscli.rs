@@ -1,8 +1,10 @@
 //! The storage node against awscli (`aws s3` and `aws s3api`).
 
-use crate::support::storage_node as support;
-
-use support::{Node, fails_with, pattern};
+use crate::support::{
+    process::ok,
+    s3::ACCESS_KEY,
+    storage_node::{Node, fails_with, output_with_env, pattern},
+};
 
 #[test]
 fn awscli_bucket_and_object_round_trip() {
@@ -283,11 +285,7 @@ fn awscli_refuses_bad_credentials_and_presigned_urls_expire() {
         "InvalidAccessKeyId",
     );
     fails_with(
-        node.aws_as(
-            support::ACCESS_KEY,
-            "wrong-secret",
-            &["s3", "ls", "s3://auth"],
-        ),
+        node.aws_as(ACCESS_KEY, "wrong-secret", &["s3", "ls", "s3://auth"]),
         "SignatureDoesNotMatch",
     );
     std::fs::write(node.path("f"), b"presigned").expect("write");
@@ -300,15 +298,15 @@ fn awscli_refuses_bad_credentials_and_presigned_urls_expire() {
     ]);
 
     let url = node.aws_ok(&["s3", "presign", "s3://auth/f", "--expires-in", "60"]);
-    let body = support::ok(
-        support::run("python3", &["-c", PRESIGNED_GET, url.trim()], &[]),
+    let body = ok(
+        output_with_env("python3", &["-c", PRESIGNED_GET, url.trim()], &[]),
         "presigned get",
     );
     assert_eq!(body.trim(), "200 presigned");
     let expired = node.aws_ok(&["s3", "presign", "s3://auth/f", "--expires-in", "1"]);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let body = support::ok(
-        support::run("python3", &["-c", PRESIGNED_GET, expired.trim()], &[]),
+    let body = ok(
+        output_with_env("python3", &["-c", PRESIGNED_GET, expired.trim()], &[]),
         "expired get",
     );
     assert!(
@@ -320,14 +318,14 @@ fn awscli_refuses_bad_credentials_and_presigned_urls_expire() {
         "expected a SigV4 URL: {url}"
     );
     let tampered = flip_signature(url.trim());
-    let body = support::ok(
-        support::run("python3", &["-c", PRESIGNED_GET, &tampered], &[]),
+    let body = ok(
+        output_with_env("python3", &["-c", PRESIGNED_GET, &tampered], &[]),
         "tampered get",
     );
     assert!(body.starts_with("403"), "{body}");
     // Anonymous requests are refused.
-    let body = support::ok(
-        support::run(
+    let body = ok(
+        output_with_env(
             "python3",
             &["-c", PRESIGNED_GET, &format!("{}/auth/f", node.endpoint())],
             &[],

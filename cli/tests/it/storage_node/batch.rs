@@ -4,17 +4,19 @@
 //! ever overwritten, and every malformed, mismatching or unauthorised batch
 //! (or a broken source behind a pull) is refused without leaving a trace.
 
-use crate::support::storage_node as support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::{
+    s3::{ACCESS_KEY, SECRET_KEY},
+    storage_node::{Node, NodeOptions, node_client, pattern},
+    tree::files_below,
+};
 use bytes::Bytes;
 use haven_node_protocol::{ObjectInfo, PullKey, PullOutcome, PullRequest, Record};
 use haven_repo::{NodeClient, NodeClientError};
-use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY, pattern};
 
 const OTHER_KEYS: &str = "[[keys]]\naccess_key = \"other\"\nsecret_key = \"other-secret\"\nbuckets = [\"elsewhere\"]\n\
      [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret\"\nread_only = true\n";
@@ -24,7 +26,7 @@ fn client(node: &Node, bucket: &str, access_key: &str, secret_key: &str) -> Node
 }
 
 fn client_as(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> NodeClient {
-    support::node_client(endpoint, bucket, access_key, secret_key)
+    node_client(endpoint, bucket, access_key, secret_key)
 }
 
 /// Every record of a batch read, with its data.
@@ -202,7 +204,7 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
         before,
         "a refused batch left objects"
     );
-    let leftovers = support::files_below(&node.data().join("tmp"));
+    let leftovers = files_below(&node.data().join("tmp"));
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     // Authorisation: the same keys and bucket permissions as S3.
@@ -627,7 +629,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
         assert!(error.contains(expected), "{key}: {error}");
     }
     assert_eq!(listed(&target, "secondary"), before, "a broken pull wrote");
-    let leftovers = support::files_below(&target.data().join("tmp"));
+    let leftovers = files_below(&target.data().join("tmp"));
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     assert!(
         target

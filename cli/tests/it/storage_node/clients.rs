@@ -1,11 +1,12 @@
 //! The storage node against rclone, restic, boto3, and Haven's own batch
 //! existence client.
 
-use crate::support::storage_node as support;
-
+use crate::support::{
+    process::ok,
+    s3::{ACCESS_KEY, SECRET_KEY},
+    storage_node::{Node, pattern},
+};
 use std::process::Command;
-
-use support::{ACCESS_KEY, Node, SECRET_KEY, ok, pattern};
 
 fn write_tree(root: &std::path::Path) {
     for (index, size) in [0usize, 1, 4096, 1_000_000, 6_000_000].iter().enumerate() {
@@ -141,10 +142,8 @@ fn boto3_multipart_ranges_conditions_and_object_lock() {
         "[[keys]]\naccess_key = \"plain\"\nsecret_key = \"plain-secret\"\nbuckets = [\"locked\", \"data\"]\n\
          [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret\"\nbuckets = [\"data\"]\nread_only = true\n",
     );
-    let output = Command::new("python3")
-        .args(["-c", BOTO3_SCRIPT, &node.endpoint()])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
+    let output = node
+        .python(BOTO3_SCRIPT, &[])
         .output()
         .expect("python3 with boto3 must be installed (apt-get install python3-boto3)");
     let stdout = ok(output, "boto3 script");

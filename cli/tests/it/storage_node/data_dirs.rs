@@ -2,15 +2,15 @@
 //! spread over both, survive a restart, list as one bucket in key order,
 //! and `kill -9` during concurrent PUTs leaves nothing partial in either.
 
-use crate::support::storage_node as support;
-
+use crate::support::{
+    s3::{ACCESS_KEY, SECRET_KEY},
+    storage_node::{
+        Node, NodeOptions, object_files_in, pattern, put_until_killed, verify_after_crash,
+    },
+    tree::files_below,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-use support::{
-    ACCESS_KEY, Node, NodeOptions, SECRET_KEY, files_below, object_files_in, pattern,
-    put_until_killed, verify_after_crash,
-};
 
 fn two_dirs() -> Node {
     Node::start_with(NodeOptions {

@@ -2,22 +2,15 @@
 //! digests, truncated bodies, oversized headers, a flipped byte on disk, and
 //! `kill -9` in the middle of concurrent uploads.
 
-use crate::support::storage_node as support;
-
+use crate::support::{
+    process::ok,
+    storage_node::{Node, fails_with, pattern, put_until_killed, verify_after_crash},
+};
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
-use support::{ACCESS_KEY, Node, SECRET_KEY, fails_with, ok, put_until_killed, verify_after_crash};
-
 fn python(node: &Node, script: &str, args: &[&str]) -> std::process::Output {
-    Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(node.endpoint())
-        .args(args)
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
+    node.python(script, args)
         .output()
         .expect("python3 with boto3 must be installed (apt-get install python3-boto3)")
 }
@@ -62,7 +55,7 @@ fn hostile_requests_get_s3_errors_and_leave_nothing_behind() {
 fn flipped_byte_on_disk_is_detected_and_never_served() {
     let node = Node::start();
     node.aws_ok(&["s3", "mb", "s3://rot"]);
-    let data = support::pattern(3_000_000, 9);
+    let data = pattern(3_000_000, 9);
     std::fs::write(node.path("obj"), &data).expect("write");
     let obj = node.path("obj").display().to_string();
     node.aws_ok(&[

@@ -3,51 +3,20 @@
 //! refused while the lock holds; GC skips a locked unreferenced chunk instead of
 //! failing. Record-only protection (no lock) on `file://` is covered too.
 
-use crate::support::bed as common;
-use crate::support::storage_node as support;
-
-use std::path::Path;
-use std::process::{Command, Output};
+use crate::support::{
+    bed::Bed,
+    haven::HavenClient,
+    image::{MIB, assert_same_disk, noise, raw_image, write_at},
+    storage_node::{Node, fails_with},
+};
 use std::time::Duration;
 
-use common::{Bed, MIB, PASSWORD, assert_same_disk, noise, raw_image, write_at};
-use support::{Node, fails_with};
-
-struct Client {
-    url: String,
-}
-
-impl Client {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = support::haven_with_node_keys(args, PASSWORD);
-        command.arg("--repo").arg(&self.url);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run haven")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        common::assert_success(&output, args);
-        String::from_utf8(output.stdout).expect("utf-8 output")
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let stdout = self.ok(&args);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
-    fn backup(&self, vm: &str, image: &Path) -> String {
-        let image = image.display().to_string();
-        self.json(&["backup", "image", &image, "--vm", vm])["snapshot"]
-            .as_str()
-            .expect("snapshot name")
-            .to_string()
-    }
+/// The snapshot name in a backup report.
+fn snapshot_of(report: &serde_json::Value) -> String {
+    report["snapshot"]
+        .as_str()
+        .expect("snapshot name")
+        .to_string()
 }
 
 fn kept(report: &serde_json::Value) -> Vec<(String, bool, String)> {
@@ -75,17 +44,15 @@ fn locked_snapshots_survive_prune_gc_and_direct_deletes() {
         "locked",
         "--object-lock-enabled-for-bucket",
     ]);
-    let client = Client {
-        url: format!("s3://locked/repo?endpoint={}", node.endpoint()),
-    };
+    let client = HavenClient::on_node(format!("s3://locked/repo?endpoint={}", node.endpoint()));
     client.ok(&["repo", "init", "--chunk-size", "1048576"]);
     let image = node.path("disk.raw");
     raw_image(&image, 4 * MIB, &[(0, 2 * MIB as usize)]);
-    let first = client.backup("vm", &image);
+    let first = snapshot_of(&client.backup("vm", &[&image]));
     let first_copy = node.path("first.raw");
     std::fs::copy(&image, &first_copy).unwrap();
     write_at(&image, 0, &noise(9, MIB as usize));
-    let second = client.backup("vm", &image);
+    let second = snapshot_of(&client.backup("vm", &[&image]));
 
     // Lock the first snapshot for a day (COMPLIANCE).
     let report = client.json(&["protect", &first, "--days", "1", "--lock", "compliance"]);

@@ -2,56 +2,21 @@
 //! backup, snapshots, verify and restore through `s3://bucket/prefix?endpoint=…`,
 //! with chunk existence answered by the node's batch query instead of HEADs.
 
-use crate::support::bed as common;
-use crate::support::storage_node as support;
+use crate::support::{
+    haven::HavenClient,
+    image::{MIB, assert_same_disk, raw_image, to_qcow2},
+    report::disk_stat,
+    storage_node::Node,
+};
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{MIB, PASSWORD, assert_same_disk, disk_stat, raw_image, to_qcow2};
-use support::Node;
-
-/// Runs the real `haven` against a repository on the node.
-struct Client<'a> {
-    node: &'a Node,
-    url: String,
-}
-
-impl Client<'_> {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = support::haven_with_node_keys(args, PASSWORD);
-        command.arg("--repo").arg(&self.url);
-        command
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.command(args).output().expect("run haven");
-        common::assert_success(&output, args);
-        String::from_utf8(output.stdout).expect("utf-8 output")
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let stdout = self.ok(&args);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
-    fn backup(&self, vm: &str, image: &Path) -> serde_json::Value {
-        let image = image.display().to_string();
-        self.json(&["backup", "image", &image, "--vm", vm])
-    }
-
-    /// Requests the node counted for one S3 operation, all statuses.
-    fn requests(&self, op: &str) -> u64 {
-        let needle = format!("haven_storage_requests_total{{op=\"{op}\",");
-        self.node
-            .metrics()
-            .lines()
-            .filter(|line| line.starts_with(&needle))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
+/// Requests `node` counted for one S3 operation, all statuses.
+fn requests(node: &Node, op: &str) -> u64 {
+    let needle = format!("haven_storage_requests_total{{op=\"{op}\",");
+    node.metrics()
+        .lines()
+        .filter(|line| line.starts_with(&needle))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]
@@ -59,10 +24,7 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
     let started = std::time::Instant::now();
     let node = Node::start();
     node.aws_ok(&["s3", "mb", "s3://haven"]);
-    let client = Client {
-        node: &node,
-        url: format!("s3://haven/site-a?endpoint={}", node.endpoint()),
-    };
+    let client = HavenClient::on_node(format!("s3://haven/site-a?endpoint={}", node.endpoint()));
     client.ok(&["repo", "init"]);
     // Everything lands under the URL's prefix.
     let files = node.object_files();
@@ -88,11 +50,11 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
             (size - 4000, 4000),
         ],
     );
-    let first = client.backup("web1", &image);
+    let first = client.backup("web1", &[&image]);
     let stored_chunks = disk_stat(&first, "new_chunks");
     assert!(stored_chunks >= 12, "{first}");
     assert_eq!(disk_stat(&first, "existing_chunks"), 0);
-    let batches_after_first = client.requests("HavenExists");
+    let batches_after_first = requests(&node, "HavenExists");
     assert!(batches_after_first >= 1, "no batch query was sent");
     assert!(
         batches_after_first < stored_chunks + 1,
@@ -100,13 +62,13 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
     );
 
     // An unchanged image uploads nothing.
-    let puts = client.requests("PutObject");
-    let second = client.backup("web1", &image);
+    let puts = requests(&node, "PutObject");
+    let second = client.backup("web1", &[&image]);
     assert_eq!(disk_stat(&second, "new_chunks"), 0, "{second}");
     assert_eq!(disk_stat(&second, "uploaded_bytes"), 0, "{second}");
     // The index, the manifest and the backup's GC lease (refreshed only by long
     // backups, so at most once more here); never a chunk.
-    let written = client.requests("PutObject") - puts;
+    let written = requests(&node, "PutObject") - puts;
     assert!(
         (3..=4).contains(&written),
         "{written} objects written: only the index, the manifest and the lease may be"
@@ -116,21 +78,21 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
     // batch query, without a single HEAD.
     let clone = node.path("web2.qcow2");
     to_qcow2(&image, &clone);
-    let batches = client.requests("HavenExists");
-    let third = client.backup("web2", &clone);
+    let batches = requests(&node, "HavenExists");
+    let third = client.backup("web2", &[&clone]);
     assert_eq!(disk_stat(&third, "new_chunks"), 0, "{third}");
     assert_eq!(
         disk_stat(&third, "existing_chunks"),
         stored_chunks,
         "{third}"
     );
-    let clone_batches = client.requests("HavenExists") - batches;
+    let clone_batches = requests(&node, "HavenExists") - batches;
     assert!(
         (1..stored_chunks).contains(&clone_batches),
         "{clone_batches} batch queries for {stored_chunks} chunks"
     );
     assert_eq!(
-        client.requests("HeadObject"),
+        requests(&node, "HeadObject"),
         0,
         "per-chunk HEADs were sent"
     );

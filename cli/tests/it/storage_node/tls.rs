@@ -4,16 +4,19 @@
 //! and a client that trusts another CA are refused. A node pulls replication
 //! batches from an https node whose CA its `replication.pull_ca_file` names.
 
-use crate::support::bed as common;
-use crate::support::storage_node as support;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::{
+    haven::{HavenClient, haven},
+    image::{MIB, raw_image},
+    process::ok,
+    report::disk_stat,
+    s3::{ACCESS_KEY, SECRET_KEY},
+    storage_node::{Node, NodeOptions, TlsFiles, node_client, output_with_env, pattern},
+};
 use haven_node_protocol::{PullKey, PullOutcome};
-use haven_repo::NodeClient;
-use support::{ACCESS_KEY, Node, NodeOptions, SECRET_KEY, TlsFiles, ok, pattern, run};
 
 /// OpenSSL config with the CA and server-certificate extensions.
 const OPENSSL_CONFIG: &str = "\
@@ -36,7 +39,10 @@ authorityKeyIdentifier = keyid
 ";
 
 fn openssl(args: &[&str]) {
-    ok(run("openssl", args, &[]), &format!("openssl {args:?}"));
+    ok(
+        output_with_env("openssl", args, &[]),
+        &format!("openssl {args:?}"),
+    );
 }
 
 fn path_str(path: &Path) -> &str {
@@ -127,7 +133,7 @@ fn make_certificates(dir: &Path) -> (TlsFiles, PathBuf) {
 }
 
 fn curl(args: &[&str]) -> std::process::Output {
-    run(
+    output_with_env(
         "curl",
         &[&["--silent", "--show-error", "--max-time", "20"], args].concat(),
         &[],
@@ -241,10 +247,6 @@ fn tls_node() -> (Node, PathBuf, PathBuf) {
     (node, ca, other_ca)
 }
 
-fn node_client(endpoint: &str, bucket: &str) -> NodeClient {
-    support::node_client(endpoint, bucket, ACCESS_KEY, SECRET_KEY)
-}
-
 #[test]
 fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
     let (source, ca, other_ca) = tls_node();
@@ -270,13 +272,13 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
     let system_only = secondary(None);
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let from = node_client(&source.endpoint(), "site-a");
+    let from = node_client(&source.endpoint(), "site-a", ACCESS_KEY, SECRET_KEY);
     for (node, trusted) in [(&trusting, true), (&other, false), (&system_only, false)] {
-        let to = node_client(&node.endpoint(), "site-b");
+        let to = node_client(&node.endpoint(), "site-b", ACCESS_KEY, SECRET_KEY);
         let pulls = runtime.block_on(to.pulls_from(&from)).expect("probe");
         assert_eq!(pulls, trusted, "pull probe of a node trusting {trusted}");
     }
-    let to = node_client(&trusting.endpoint(), "site-b");
+    let to = node_client(&trusting.endpoint(), "site-b", ACCESS_KEY, SECRET_KEY);
     let keys = vec![PullKey {
         source: "chunks/one".to_owned(),
         target: "copied/one".to_owned(),
@@ -287,7 +289,7 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
         .expect("pull over https");
     assert_eq!(outcomes, vec![PullOutcome::Created]);
     // The node that does not trust the source's CA says why.
-    let untrusting = node_client(&other.endpoint(), "site-b");
+    let untrusting = node_client(&other.endpoint(), "site-b", ACCESS_KEY, SECRET_KEY);
     let error = runtime
         .block_on(untrusting.batch_pull(&request))
         .expect_err("pull from an untrusted https source");
@@ -306,31 +308,20 @@ fn pulls_from_an_https_source_need_its_ca_in_pull_ca_file() {
         bad_ca.display()
     );
     std::fs::write(&config, text).expect("write");
-    let output = run(
-        env!("CARGO_BIN_EXE_haven"),
-        &[
-            "storage-node",
-            "--config",
-            path_str(&config),
-            "--check-config",
-        ],
-        &[],
-    );
+    let output = haven(&[
+        "storage-node",
+        "--config",
+        path_str(&config),
+        "--check-config",
+    ])
+    .output()
+    .expect("run haven");
     assert!(
         !output.status.success(),
         "a CA file without certificates was accepted"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pull_ca_file"), "{stderr}");
-}
-
-/// `haven ARGS --repo URL` with the node's keys.
-fn haven(url: &str, args: &[&str]) -> std::process::Output {
-    support::haven_with_node_keys(args, common::PASSWORD)
-        .arg("--repo")
-        .arg(url)
-        .output()
-        .expect("run haven")
 }
 
 #[test]
@@ -342,12 +333,12 @@ fn a_repository_on_an_https_node_of_a_private_ca_names_it_in_ca_file() {
     // Without the CA, or with another one, the client refuses the node.
     let with_ca = |ca: &Path| format!("{base}&ca_file={}", ca.display());
     for url in [base.clone(), with_ca(&other_ca)] {
-        let output = haven(&url, &["repo", "init"]);
+        let output = HavenClient::on_node(url.as_str()).run(&["repo", "init"]);
         assert!(!output.status.success(), "init through {url} succeeded");
     }
     let not_pem = node.path("not-a-ca.pem");
     std::fs::write(&not_pem, "not a certificate\n").expect("write");
-    let output = haven(&with_ca(&not_pem), &["repo", "init"]);
+    let output = HavenClient::on_node(with_ca(&not_pem)).run(&["repo", "init"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success() && stderr.contains("ca_file"),
@@ -355,22 +346,15 @@ fn a_repository_on_an_https_node_of_a_private_ca_names_it_in_ca_file() {
     );
 
     // With it: init, back up, verify and restore over https.
-    let url = with_ca(&ca);
-    ok(haven(&url, &["repo", "init"]), "repo init");
+    let client = HavenClient::on_node(with_ca(&ca));
+    client.ok(&["repo", "init"]);
     let image = node.path("disk.raw");
-    let size = 8 * common::MIB;
-    common::raw_image(&image, size, &[(0, 3 * common::MIB as usize)]);
-    let report = ok(
-        haven(
-            &url,
-            &["backup", "image", path_str(&image), "--vm", "vm", "--json"],
-        ),
-        "backup",
-    );
-    let report: serde_json::Value = serde_json::from_str(&report).expect("json");
+    let size = 8 * MIB;
+    raw_image(&image, size, &[(0, 3 * MIB as usize)]);
+    let report = client.backup("vm", &[&image]);
     // 3 MiB of data in the default 512 KiB chunks.
-    assert_eq!(common::disk_stat(&report, "new_chunks"), 6);
-    ok(haven(&url, &["verify"]), "verify");
+    assert_eq!(disk_stat(&report, "new_chunks"), 6);
+    client.ok(&["verify"]);
     // The existence queries went to the node's batch extension over https too
     // (its client trusts the same ca_file), not to one HEAD per chunk.
     let metrics = ok(
@@ -388,10 +372,7 @@ fn a_repository_on_an_https_node_of_a_private_ca_names_it_in_ca_file() {
         .sum();
     assert!(batches > 0, "no batch existence query reached the node");
     let out = node.path("out.raw");
-    ok(
-        haven(&url, &["restore", "vm@latest", "--to", path_str(&out)]),
-        "restore",
-    );
+    client.ok(&["restore", "vm@latest", "--to", path_str(&out)]);
     assert_eq!(
         std::fs::read(&out).expect("read"),
         std::fs::read(&image).expect("read")

@@ -1,129 +1,38 @@
-//! Processes the cluster tests start: etcd members, `qemu-storage-daemon` VMs, and
-//! the `haven` binary; all killed by `Drop` ([`Guard`]).
+//! What the cluster tests start besides etcd: `qemu-storage-daemon` VMs and their
+//! disks, repositories, and the `haven` CLI pointed at a coordinator; every process is
+//! killed by `Drop` ([`Guard`]).
 
-#![allow(dead_code)]
-
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::qemu::{Guard, wait_for_socket};
+use super::haven::{HavenClient, PASSWORD, haven};
+use super::image::convert;
+use super::process::{Guard, spawn_logged, wait_for_socket};
 
-pub const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
-pub const PASSWORD: &str = "cluster-test-password";
+/// Serialises the cluster tests. Each starts a whole cluster (etcd members,
+/// coordinators, workers, VMs) whose leases are a few seconds long and whose
+/// scenarios wait for failovers and fencing; two of them at once on a small machine
+/// starve each other's lease renewals and turn timing into flakes. As separate test
+/// binaries they never overlapped; in one binary they take turns here.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Waits until no other cluster test runs; hold the guard for the whole test.
+pub fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    // A test that failed while holding it leaves nothing behind (its guards ran).
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
-pub fn spawn(command: &mut Command, log: &Path) -> Guard {
-    let log = std::fs::File::create(log).unwrap();
-    Guard(Some(
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ))
-}
-
-pub struct Etcd {
-    members: Vec<(String, u16, u16)>,
-    guards: Vec<Guard>,
-    dir: PathBuf,
-}
-
-impl Etcd {
-    pub fn start(dir: &Path, count: usize) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let members: Vec<(String, u16, u16)> = (0..count)
-            .map(|i| (format!("e{i}"), free_port(), free_port()))
-            .collect();
-        let mut etcd = Self {
-            guards: Vec::new(),
-            members,
-            dir: dir.to_path_buf(),
-        };
-        for i in 0..count {
-            let guard = etcd.spawn_member(i);
-            etcd.guards.push(guard);
-        }
-        etcd
-    }
-
-    fn spawn_member(&self, i: usize) -> Guard {
-        let cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
-            .collect();
-        let (name, client, peer) = &self.members[i];
-        spawn(
-            Command::new("etcd")
-                .arg("--name")
-                .arg(name)
-                .arg("--data-dir")
-                .arg(self.dir.join(name))
-                .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-cluster")
-                .arg(cluster.join(","))
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "haven-test",
-                ]),
-            &self.dir.join(format!("{name}.log")),
-        )
-    }
-
-    pub fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|(_, client, _)| format!("http://127.0.0.1:{client}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    pub fn kill(&mut self, i: usize) {
-        self.guards[i].kill9();
-    }
-
-    pub fn restart(&mut self, i: usize) {
-        self.guards[i] = self.spawn_member(i);
-    }
+/// `haven repo init [EXTRA] --repo REPO` with the test password; it must succeed.
+pub fn init_repo(repo: &Path, extra: &[&str]) {
+    let mut args = vec!["repo", "init"];
+    args.extend_from_slice(extra);
+    HavenClient::new(repo.display().to_string()).ok(&args);
 }
 
 /// A qcow2 image of `size_mib` with `data_mib` of random data at its start.
-/// `haven repo init [EXTRA] --repo REPO` with the test password; it must succeed.
-pub fn init_repo(repo: &Path, extra: &[&str]) {
-    let out = Command::new(HAVEN)
-        .args(["repo", "init"])
-        .args(extra)
-        .arg("--repo")
-        .arg(repo)
-        .env("HAVEN_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 pub fn make_image(path: &Path, size_mib: u64, data_mib: u64) {
     let raw = path.with_extension("raw");
     let status = Command::new("dd")
@@ -168,8 +77,9 @@ fn vm_command(qmp: &Path, image: &Path) -> Command {
     command
 }
 
+/// Starts a VM like [`vm_command`] and waits for its QMP socket.
 pub fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
-    let mut guard = spawn(&mut vm_command(qmp, image), log);
+    let mut guard = spawn_logged(&mut vm_command(qmp, image), log);
     wait_for_socket(qmp, &mut guard);
     guard
 }
@@ -178,7 +88,7 @@ pub fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
 /// writable export `guest` of the disk: the "guest" writes through it, and Haven adds
 /// its own exports to the same server (QEMU runs only one).
 pub fn start_vm_with_nbd(qmp: &Path, nbd: &Path, image: &Path, log: &Path) -> Guard {
-    let mut guard = spawn(
+    let mut guard = spawn_logged(
         vm_command(qmp, image)
             .arg("--nbd-server")
             .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
@@ -215,17 +125,8 @@ pub fn guest_io(nbd: &Path, commands: &[String]) {
 /// The disk as the guest sees it now, as a raw file (read through the export, so the
 /// daemon's caches cannot hide anything).
 pub fn guest_copy(nbd: &Path, to: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw"])
-        .arg(format!("nbd+unix:///guest?socket={}", nbd.display()))
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img convert: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let guest = format!("nbd+unix:///guest?socket={}", nbd.display());
+    convert(&guest, "raw", to, "raw");
 }
 
 /// The `haven` CLI pointed at a coordinator (`HAVEN_COORDINATOR`), with the test
@@ -252,9 +153,8 @@ impl Cli {
 
     /// Runs `haven ARGS`.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut command = Command::new(HAVEN);
+        let mut command = haven(args);
         command
-            .args(args)
             .env("HAVEN_PASSWORD", PASSWORD)
             .env("HAVEN_COORDINATOR", &self.coordinators);
         for (key, value) in &self.env {

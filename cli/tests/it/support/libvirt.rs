@@ -2,30 +2,18 @@
 //! files and client sockets in a temporary folder) and TCG domains with qcow2 disks,
 //! all stopped, destroyed and undefined again by `Drop` guards.
 
-#![allow(dead_code)]
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::bed::Bed;
+use super::image::{raw_image, to_qcow2};
+use super::process::run;
 
 /// Target names of the test domains' disks, in order.
 pub const TARGETS: [&str; 2] = ["vda", "vdb"];
-
-/// Runs a program, panicking with its output when it fails (a missing tool fails the test).
-pub fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {program} (is it installed?): {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Stops a daemon by the pid in its pid file: SIGTERM, then SIGKILL after 5 s.
 pub fn stop_by_pid_file(pid_file: &Path) {
@@ -62,14 +50,33 @@ fn is_zombie(pid: libc::pid_t) -> bool {
 /// state under /run/libvirt and /var/lib/libvirt, which the domain guard cleans.
 /// `/dev/kvm` is made group-accessible while it runs (libvirtd probes it for 12–24 s
 /// otherwise) and put back afterwards.
+///
+/// One at a time in the whole test binary: see [`ONE_LIBVIRT_AT_A_TIME`].
 pub struct Libvirt {
+    /// Config, pid files and client sockets.
     pub dir: tempfile::TempDir,
+    /// `qemu:///system` through this daemon's private socket.
     pub uri: String,
     kvm_mode: Option<(u32, u32)>,
+    /// Held until the daemons are stopped (fields drop after `Drop::drop`).
+    _alone: MutexGuard<'static, ()>,
 }
 
+/// Serialises the tests that start a libvirtd. Each has private sockets and pid files,
+/// but a privileged libvirtd and virtlogd still share what is global to the machine:
+/// virtlogd's socket and the domain state under /run/libvirt and /var/lib/libvirt, and
+/// [`Libvirt`] changes /dev/kvm's mode and puts it back when it stops, which would undo
+/// another instance's change under it. When the tests were separate binaries they
+/// never overlapped; in one binary they wait for each other here.
+static ONE_LIBVIRT_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 impl Libvirt {
+    /// Starts virtlogd and libvirtd, once no other test's are running.
     pub fn start() -> Self {
+        // A test that failed while holding it leaves nothing behind (its guards ran).
+        let alone = ONE_LIBVIRT_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let dir = tempfile::Builder::new()
             .prefix("haven-libvirt-")
             .tempdir()
@@ -98,6 +105,7 @@ impl Libvirt {
             ),
             dir,
             kvm_mode,
+            _alone: alone,
         };
         let path = libvirt.dir.path().to_path_buf();
         let virtlogd_pid = path.join("virtlogd.pid");
@@ -137,6 +145,7 @@ impl Libvirt {
         libvirt
     }
 
+    /// `virsh --connect URI --quiet ARGS`, which must succeed; returns stdout.
     pub fn virsh(&self, args: &[&str]) -> String {
         let mut all = vec!["--connect", self.uri.as_str(), "--quiet"];
         all.extend_from_slice(args);
@@ -158,11 +167,14 @@ impl Drop for Libvirt {
 /// A defined and started domain; destroyed and undefined (with its checkpoints'
 /// metadata) on drop.
 pub struct Domain<'a> {
+    /// The daemon it runs under.
     pub libvirt: &'a Libvirt,
+    /// The domain's name.
     pub name: String,
 }
 
 impl<'a> Domain<'a> {
+    /// Defines and starts a TCG domain on `disks` (qcow2), its XML written in `dir`.
     pub fn start(libvirt: &'a Libvirt, name: &str, disks: &[PathBuf], dir: &Path) -> Self {
         let disk_xml: String = disks
             .iter()
@@ -221,6 +233,7 @@ impl<'a> Domain<'a> {
         );
     }
 
+    /// Names of the domain's checkpoints.
     pub fn checkpoints(&self) -> Vec<String> {
         self.libvirt
             .virsh(&["checkpoint-list", &self.name, "--name"])
@@ -265,8 +278,8 @@ pub fn two_disk_bed(
     chunk: u64,
     disk_size: u64,
     extents: impl Fn(u64) -> Vec<(u64, usize)>,
-) -> (super::bed::Bed, Vec<PathBuf>, Vec<PathBuf>) {
-    let bed = super::bed::Bed::new();
+) -> (Bed, Vec<PathBuf>, Vec<PathBuf>) {
+    let bed = Bed::new();
     std::fs::set_permissions(bed.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     bed.ok(&["repo", "init", "--chunk-size", &chunk.to_string()]);
     std::fs::create_dir(bed.path("scratch")).unwrap();
@@ -274,9 +287,9 @@ pub fn two_disk_bed(
     let mut images = Vec::new();
     for disk in 0..2u64 {
         let raw = bed.path(&format!("expected-{disk}.raw"));
-        super::bed::raw_image(&raw, disk_size, &extents(disk));
+        raw_image(&raw, disk_size, &extents(disk));
         let qcow2 = bed.path(&format!("d{disk}.qcow2"));
-        super::bed::to_qcow2(&raw, &qcow2);
+        to_qcow2(&raw, &qcow2);
         raws.push(raw);
         images.push(qcow2);
     }

@@ -2,69 +2,46 @@
 //! processes (killed by `Drop`), a blocking QMP client, guest writes, and `haven backup
 //! qemu` runs whose stderr is watched for the snapshot point.
 
-#![allow(dead_code)]
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-pub struct Guard(pub Option<Child>);
+use super::image::convert;
+use super::process::{Guard, wait_for_socket};
 
-impl Guard {
-    pub fn pid(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    /// kill -9 and reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits for a clean exit.
-    pub fn wait(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "process did not exit");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A blocking QMP connection.
+/// A blocking QMP connection; events that arrive while it waits for a reply are kept
+/// for [`Qmp::wait_event`].
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    events: Vec<Value>,
 }
 
 impl Qmp {
+    /// Connects (waiting up to 10 s for the socket to accept) and negotiates
+    /// capabilities.
     pub fn connect(socket: &Path) -> Self {
-        let stream = UnixStream::connect(socket).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(error) => panic!("qmp socket: {error}"),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let mut qmp = Self {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
+            events: Vec::new(),
         };
         let greeting = qmp.line();
         assert!(greeting.get("QMP").is_some(), "{greeting}");
@@ -85,6 +62,7 @@ impl Qmp {
         loop {
             let reply = self.line();
             if reply.get("event").is_some() {
+                self.events.push(reply);
                 continue;
             }
             if let Some(value) = reply.get("return") {
@@ -94,9 +72,24 @@ impl Qmp {
         }
     }
 
+    /// Runs a command that must succeed; returns its `return`.
     pub fn run(&mut self, command: &str, arguments: Value) -> Value {
         self.try_run(command, arguments.clone())
             .unwrap_or_else(|e| panic!("{command} {arguments}: {e}"))
+    }
+
+    /// Waits for the next event called `name` (or takes one that arrived earlier).
+    pub fn wait_event(&mut self, name: &str) -> Value {
+        if let Some(position) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(position);
+        }
+        loop {
+            let event = self.line();
+            if event["event"] == name {
+                return event;
+            }
+            self.events.push(event);
+        }
     }
 
     /// Bitmaps of a node: (name, recording, inconsistent).
@@ -143,31 +136,6 @@ impl Qmp {
     }
 }
 
-/// Waits until a Unix socket accepts connections.
-pub fn wait_for_socket(path: &Path, child: &mut Guard) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if UnixStream::connect(path).is_ok() {
-            return;
-        }
-        if let Some(child) = child.0.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            panic!("process exited with {status}: {stderr}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never came up",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A qemu-storage-daemon serving qcow2 disks `disk0`, `disk1`, ... with writable NBD
 /// exports `vm0`, `vm1`, ... for "guest" writes.
 pub struct StorageDaemon {
@@ -178,6 +146,7 @@ pub struct StorageDaemon {
 }
 
 impl StorageDaemon {
+    /// Starts the daemon on `images` with its sockets in `dir` and waits for both.
     pub fn start(dir: &Path, images: &[PathBuf]) -> Self {
         let qmp = dir.join("qsd-qmp.sock");
         let nbd = dir.join("qsd-nbd.sock");
@@ -216,7 +185,7 @@ impl StorageDaemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("qemu-storage-daemon must be installed (scripts/install-deps.sh)");
-        let mut guard = Guard(Some(child));
+        let mut guard = Guard::new(child);
         wait_for_socket(&qmp, &mut guard);
         wait_for_socket(&nbd, &mut guard);
         Self {
@@ -227,6 +196,7 @@ impl StorageDaemon {
         }
     }
 
+    /// The NBD URI of disk `disk`'s writable export.
     pub fn uri(&self, disk: usize) -> String {
         format!("nbd+unix:///vm{disk}?socket={}", self.nbd.display())
     }
@@ -252,16 +222,7 @@ impl StorageDaemon {
 
     /// A raw copy of the disk as the guest sees it now.
     pub fn copy(&self, disk: usize, to: &Path) {
-        let output = Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "raw", &self.uri(disk)])
-            .arg(to)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        convert(&self.uri(disk), "raw", to, "raw");
     }
 
     /// Clean `quit`: persistent bitmaps are written to the images.
@@ -272,97 +233,35 @@ impl StorageDaemon {
     }
 }
 
-/// A running `haven backup qemu` whose stderr is watched.
-pub struct RunningBackup {
-    pub guard: Guard,
-    point_taken: mpsc::Receiver<()>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+/// A paused `qemu-system-x86_64` (TCG, no OS, no default devices, 64 MiB) of machine
+/// type `machine` with its QMP monitor at `qmp`; the caller adds disks and devices.
+pub fn qemu_system(machine: &str, qmp: &Path) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args([
+            "-machine",
+            &format!("{machine},accel=tcg"),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-m",
+            "64",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    command
 }
 
-impl RunningBackup {
-    pub fn start(mut command: Command) -> Self {
-        command
-            .env("HAVEN_LOG", "haven_worker=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let pipe = child.stderr.take().unwrap();
-        let (sender, point_taken) = mpsc::channel();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { return };
-                if line.contains("point-in-time view taken") {
-                    let _ = sender.send(());
-                }
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Self {
-            guard: Guard(Some(child)),
-            point_taken,
-            stderr,
-        }
-    }
-
-    /// Blocks until the snapshot point is taken (writes after this must not leak).
-    pub fn wait_point_taken(&self) {
-        self.point_taken
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no snapshot point: {}", self.stderr()));
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.guard.0.as_mut().unwrap().try_wait(), Ok(None))
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits for success and parses the JSON report.
-    pub fn finish(mut self) -> Value {
-        let mut child = self.guard.0.take().unwrap();
-        let mut stdout = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        let status = child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(
-            status.success(),
-            "haven backup qemu failed: {}{}",
-            stdout,
-            self.stderr()
-        );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-}
-
-/// Disk figures of a report by name.
-pub fn disk<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no disk {name} in {report}"))
-}
-
-/// Mode (`full`/`incremental`) and reason of a disk in a report.
-pub fn mode(report: &Value, name: &str) -> (String, String) {
-    let mode = report["modes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no mode for {name} in {report}"));
-    (
-        mode["mode"].as_str().unwrap().to_string(),
-        mode["reason"].as_str().unwrap_or_default().to_string(),
-    )
+/// Starts a [`qemu_system`] command and waits until its QMP socket `qmp` accepts.
+pub fn start_qemu_system(command: &mut Command, qmp: &Path) -> Guard {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 must be installed (scripts/install-qemu-system.sh)");
+    let mut guard = Guard::new(child);
+    wait_for_socket(qmp, &mut guard);
+    guard
 }

@@ -1,41 +1,17 @@
-//! Shared harness for the storage-node integration tests: starts the real
-//! `haven storage-node` binary on a free loopback port with a fresh data
-//! directory, and kills it on drop. Included by the other
-//! `storage_node_*.rs` tests with `#[path]`.
-
-#![allow(dead_code)]
+//! The storage-node fixture: the real `haven storage-node` binary on a free loopback
+//! port with a fresh data directory, killed on drop, with awscli and Haven's own client
+//! pointed at it, and the crash scenario several tests share.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// Access key of the default read-write test key.
-pub const ACCESS_KEY: &str = "haven-test-key";
-/// Secret of the default test key.
-pub const SECRET_KEY: &str = "haven-test-secret-0123456789";
-
-/// `haven ARGS` with repository password `password` and the test key as its S3
-/// credentials, and nothing else from the machine's AWS environment: whatever is set
-/// there must not redirect or break the client.
-pub fn haven_with_node_keys(args: &[&str], password: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_haven"));
-    command
-        .args(args)
-        .env("HAVEN_PASSWORD", password)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_CA_BUNDLE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_DEFAULT_REGION")
-        .env_remove("HAVEN_PASSWORD_FILE")
-        .env_remove("HAVEN_REPO");
-    command
-}
+use super::haven::haven;
+use super::metrics;
+use super::process::{Guard, ok};
+pub use super::s3::{ACCESS_KEY, SECRET_KEY};
+use super::tree::files_below;
 
 /// Haven's client of the node's extensions, for `bucket` at `endpoint`.
 pub fn node_client(
@@ -82,7 +58,7 @@ pub struct TlsFiles {
 
 /// A running storage node.
 pub struct Node {
-    child: Option<Child>,
+    process: Guard,
     /// Port it listens on.
     pub port: u16,
     /// `http` or `https`, as printed by the node.
@@ -157,7 +133,7 @@ impl Node {
         let aws_config = "[default]\ns3 =\n    signature_version = s3v4\n";
         std::fs::write(dir.path().join("aws-config"), aws_config).expect("write aws config");
         let mut node = Node {
-            child: None,
+            process: Guard(None),
             port: 0,
             scheme: String::new(),
             ca_bundle: options.tls.map(|files| files.ca_bundle),
@@ -169,8 +145,7 @@ impl Node {
     }
 
     fn launch(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_haven"))
-            .args(["storage-node", "--config"])
+        let mut child = haven(&["storage-node", "--config"])
             .arg(&self.config)
             .env("HAVEN_LOG", "warn")
             .stdout(Stdio::piped())
@@ -202,7 +177,7 @@ impl Node {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.port = port;
         self.scheme = scheme.to_owned();
-        self.child = Some(child);
+        self.process = Guard::new(child);
     }
 
     /// `http://127.0.0.1:PORT` (or `https://`).
@@ -227,10 +202,7 @@ impl Node {
 
     /// Kills the node with SIGKILL (no cleanup, no flush).
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill9();
     }
 
     /// Starts the node again on the same data directory (new port).
@@ -287,25 +259,24 @@ impl Node {
 
     /// Runs awscli and fails the test unless it succeeds; returns stdout.
     pub fn aws_ok(&self, args: &[&str]) -> String {
-        let output = self.aws(args);
-        assert!(
-            output.status.success(),
-            "aws {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        ok(self.aws(args), ("aws", args))
     }
 
-    /// Scrapes `/metrics` with curl-free plain HTTP.
+    /// `python3 -u -c SCRIPT ENDPOINT ARGS` with the test key in `KEY` and `SECRET`, for
+    /// the boto3 scripts the tests drive the node with.
+    pub fn python(&self, script: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .args(["-u", "-c", script, &self.endpoint()])
+            .args(args)
+            .env("KEY", ACCESS_KEY)
+            .env("SECRET", SECRET_KEY);
+        command
+    }
+
+    /// The node's `/metrics`.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("send");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read");
-        text
+        metrics::scrape(self.port)
     }
 
     /// The object files below the data directory (for fault injection).
@@ -316,37 +287,9 @@ impl Node {
 
 /// The object files below one data directory.
 pub fn object_files_in(data: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    collect(&data.join("buckets"), &mut out);
+    let mut out = files_below(&data.join("buckets"));
     out.retain(|p| p.to_string_lossy().ends_with('@'));
     out
-}
-
-/// Every file below `dir` (empty when it does not exist).
-pub fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    collect(dir, &mut out);
-    out
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in read.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// Deterministic pseudo-random bytes.
@@ -364,24 +307,14 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a command and returns its output; panics if the tool is missing.
-pub fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// Runs a program with extra environment and returns its output, whatever its exit
+/// status; panics if the tool is missing.
+pub fn output_with_env(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("{program} must be installed: {e}"))
-}
-
-/// Asserts success and returns stdout.
-pub fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Asserts failure with an S3 error code in stderr.
@@ -400,10 +333,8 @@ pub fn fails_with(output: Output, code: &str) {
 pub fn put_until_killed(node: &mut Node) -> Vec<String> {
     use std::io::Read;
     node.aws_ok(&["s3", "mb", "s3://crash"]);
-    let mut writer = Command::new("python3")
-        .args(["-u", "-c", CRASH_WRITER, &node.endpoint()])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
+    let mut writer = node
+        .python(CRASH_WRITER, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -434,10 +365,8 @@ pub fn put_until_killed(node: &mut Node) -> Vec<String> {
 /// After a restart: every acknowledged key reads back intact, the listing is in
 /// order without duplicates, and every listed object is complete.
 pub fn verify_after_crash(node: &Node, acked: &[String]) {
-    let output = Command::new("python3")
-        .args(["-c", CRASH_VERIFIER, &node.endpoint(), &acked.join(",")])
-        .env("KEY", ACCESS_KEY)
-        .env("SECRET", SECRET_KEY)
+    let output = node
+        .python(CRASH_VERIFIER, &[&acked.join(",")])
         .output()
         .expect("python3 with boto3 must be installed");
     let stdout = ok(output, "verify after crash");

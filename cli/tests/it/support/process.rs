@@ -1,0 +1,200 @@
+//! Child processes of the tests: a guard that kills and reaps them, runs that must
+//! succeed, waits for readiness, and free loopback ports.
+
+use std::fmt::Debug;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves
+/// nothing running.
+pub struct Guard(pub Option<Child>);
+
+impl Guard {
+    /// Takes charge of a running child.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child's process id; the child must not be reaped yet.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("the child is not reaped yet").id()
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for a clean exit.
+    pub fn wait(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "process did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts `command` with its standard output and error appended to the file `log`.
+pub fn spawn_logged(command: &mut Command, log: &Path) -> Guard {
+    let log = std::fs::File::create(log).unwrap();
+    Guard::new(
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Asserts that a finished command succeeded, showing its output otherwise.
+pub fn assert_success(output: &Output, what: impl Debug) {
+    assert!(
+        output.status.success(),
+        "{what:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Asserts success and returns standard output.
+pub fn ok(output: Output, what: impl Debug) -> String {
+    assert_success(&output, what);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a program that must succeed (a missing tool fails the test); returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program} (is it installed?): {error}"));
+    ok(output, (program, args))
+}
+
+/// Waits until `child` prints a line starting with `prefix` on its (piped) standard
+/// output, as a server does once it listens: a Unix socket file exists from bind(), a
+/// moment before listen(), so its existence is no sign of readiness. Returns the
+/// thread that keeps collecting the output until the child exits.
+pub fn wait_for_line(child: &mut Child, prefix: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let (seen, ready) = std::sync::mpsc::channel();
+    let lines = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let collector = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in lines.lines().map_while(Result::ok) {
+            if line.starts_with(prefix) {
+                let _ = seen.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    match ready.recv_timeout(Duration::from_secs(20)) {
+        Ok(()) => collector,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the server exited without printing {prefix:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the server did not print {prefix:?} within 20 s")
+        }
+    }
+}
+
+/// Waits until a Unix socket accepts connections.
+pub fn wait_for_socket(path: &Path, child: &mut Guard) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if UnixStream::connect(path).is_ok() {
+            return;
+        }
+        if let Some(child) = child.0.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("process exited with {status}: {stderr}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never came up",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// First port [`free_port`] tries: below Linux's ephemeral range (32768–60999), so a
+/// port handed out here is never also picked by the kernel for another test's
+/// `127.0.0.1:0` listener or outgoing connection between our check and the server's
+/// bind.
+const FIRST_TEST_PORT: u16 = 20_000;
+/// Ports [`free_port`] cycles through.
+const TEST_PORTS: u32 = 12_000;
+
+/// A loopback port nobody listens on now, for a server the test starts next with a
+/// fixed port. Every test in this binary shares one counter, so no two tests are
+/// handed the same port however they overlap; the bind check skips ports other
+/// processes hold.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes running at the same time start at different places.
+    let start = std::process::id() % TEST_PORTS;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % TEST_PORTS) % TEST_PORTS;
+        let port = FIRST_TEST_PORT + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Runs `command` with its standard error piped and standard output discarded, killing
+/// it and failing the test if it runs longer than `limit` (a hang is a bug too);
+/// returns its exit status and standard error.
+pub fn stderr_within(command: &mut Command, limit: Duration) -> (ExitStatus, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                pipe.read_to_string(&mut stderr).unwrap();
+            }
+            return (status, stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
