@@ -5,7 +5,7 @@ use crate::support::{
     bed::Bed,
     image::{MIB, assert_same_disk, convert, flip_byte, raw_image, write_at},
     process::{Guard, run, wait_for_line},
-    qemu::Qmp,
+    qemu::{Qmp, qemu_storage_daemon},
 };
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -179,13 +179,8 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
     let qmp_socket = bed.path("qmp.sock");
     let guest_socket = bed.path("guest.sock");
     let daemon = Guard::new(
-        Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp_socket.display()
-            ))
-            .args(["--monitor", "chardev=m", "--blockdev"])
+        qemu_storage_daemon(&qmp_socket)
+            .arg("--blockdev")
             .arg(format!(
                 "driver=file,filename={},node-name=file0",
                 overlay.display()

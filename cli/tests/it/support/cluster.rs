@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::haven::{HavenClient, PASSWORD, haven};
 use super::image::convert;
 use super::process::{Guard, spawn_logged, wait_for_socket};
+use super::qemu::qemu_storage_daemon;
 
 /// Serialises the cluster tests. Each starts a whole cluster (etcd members,
 /// coordinators, workers, VMs) whose leases are a few seconds long and whose
@@ -61,14 +62,9 @@ pub fn make_image(path: &Path, size_mib: u64, data_mib: u64) {
 /// A `qemu-storage-daemon` "hypervisor" with one qcow2 disk `disk0` and its QMP monitor
 /// at `qmp`.
 fn vm_command(qmp: &Path, image: &Path) -> Command {
-    let mut command = Command::new("qemu-storage-daemon");
+    let mut command = qemu_storage_daemon(qmp);
     command
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={},server=on,wait=off,id=m",
-            qmp.display()
-        ))
-        .args(["--monitor", "chardev=m", "--blockdev"])
+        .arg("--blockdev")
         .arg(format!(
             "driver=file,filename={},node-name=file0",
             image.display()

@@ -151,14 +151,7 @@ impl StorageDaemon {
         let qmp = dir.join("qsd-qmp.sock");
         let nbd = dir.join("qsd-nbd.sock");
         let _ = std::fs::remove_file(&qmp);
-        let mut command = Command::new("qemu-storage-daemon");
-        command
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={},server=on,wait=off,id=m",
-                qmp.display()
-            ))
-            .args(["--monitor", "chardev=m"]);
+        let mut command = qemu_storage_daemon(&qmp);
         for (number, image) in images.iter().enumerate() {
             command
                 .arg("--blockdev")
@@ -231,6 +224,20 @@ impl StorageDaemon {
         let _ = qmp.try_run("quit", json!({}));
         self.guard.wait();
     }
+}
+
+/// A `qemu-storage-daemon` with its QMP monitor at `qmp`; the caller adds block nodes,
+/// an NBD server and exports.
+pub fn qemu_storage_daemon(qmp: &Path) -> Command {
+    let mut command = Command::new("qemu-storage-daemon");
+    command
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={},server=on,wait=off,id=m",
+            qmp.display()
+        ))
+        .args(["--monitor", "chardev=m"]);
+    command
 }
 
 /// A paused `qemu-system-x86_64` (TCG, no OS, no default devices, 64 MiB) of machine
