@@ -1,13 +1,14 @@
 //! Backup then restore through the real binary, `qemu-nbd` and `qemu-img`.
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::support::{
     bed::Bed,
     image::{MIB, assert_same_disk, convert, noise, raw_image, to_qcow2, write_at},
     process::{Guard, assert_success},
     report::disk_stat,
 };
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[test]
 fn raw_and_qcow2_sources_restore_identically_to_both_formats() {

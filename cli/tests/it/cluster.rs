@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::support::{
     cluster::{Cli, init_repo, make_image, one_cluster_at_a_time, start_vm},
     etcd::Etcd,
     haven::{PASSWORD, haven},
     process::{Guard, free_port, spawn_logged},
 };
-use serde_json::Value;
 
 struct Cluster {
     dir: PathBuf,

@@ -3,16 +3,17 @@
 
 mod ntfs;
 
-use crate::support::{
-    bed::Bed,
-    image::{MIB, ext4_image, noise, write_at},
-    process::{run, stderr_within},
-};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use crate::support::{
+    bed::Bed,
+    image::{MIB, ext4_image, noise, write_at},
+    process::{run, stderr_within},
+};
 
 /// A source tree with files of several sizes, modes, owners, times, symlinks and depth.
 fn source_tree(root: &Path) {

@@ -1,10 +1,6 @@
 //! `haven gc` through the real binary, single-machine mode: racing backups, prune and
 //! itself; killed with SIGKILL at several points; and what it frees.
 
-use crate::support::{
-    bed::Bed,
-    image::{MIB, assert_same_disk, noise, raw_image, write_at},
-};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,6 +8,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::support::{
+    bed::Bed,
+    image::{MIB, assert_same_disk, noise, raw_image, write_at},
+};
 
 /// Runs `haven backup image` until it commits; a backup may be refused because a
 /// concurrent collection removed a chunk it relied on (it must then say so), and is

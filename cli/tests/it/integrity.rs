@@ -1,5 +1,7 @@
 //! Damage, wrong secrets and crashes: Haven must notice, refuse and recover.
 
+use std::time::Duration;
+
 use crate::support::{
     bed::Bed,
     haven::PASSWORD,
@@ -8,7 +10,6 @@ use crate::support::{
     report::disk_stat,
     tree::files_below,
 };
-use std::time::Duration;
 
 fn backed_up_bed() -> (Bed, std::path::PathBuf) {
     let bed = Bed::new();

@@ -2,12 +2,13 @@
 //! so the calendar rules are covered by the table tests of the pure function
 //! (`crates/repo/tests/retention.rs`); here `--keep-last` drives the end-to-end path.
 
+use std::collections::BTreeSet;
+
 use crate::support::{
     bed::Bed,
     image::{MIB, assert_same_disk, noise, raw_image, write_at},
     tree::files_below,
 };
-use std::collections::BTreeSet;
 
 fn snapshot_names(value: &serde_json::Value) -> Vec<String> {
     value

@@ -5,15 +5,16 @@
 //! the primary node is killed and its data directory deleted, and the secondary alone,
 //! with only the password, serves `snapshots`, `restore`, `files` and `serve-nbd`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::support::{
     haven::HavenClient,
     image::{MIB, assert_same_disk, convert, ext4_image, noise, raw_image, write_at},
     process::{Guard, assert_success, wait_for_line},
     storage_node::{Node, NodeOptions},
 };
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// `haven` with the nodes' credentials and the password in the environment.
 fn haven(args: &[&str]) -> Command {

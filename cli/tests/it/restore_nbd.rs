@@ -1,14 +1,15 @@
 //! `haven restore --to nbd+unix://…`: restore into an existing disk exported over NBD by
 //! a real `qemu-storage-daemon` or `qemu-nbd`, checked with `qemu-img compare`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::support::{
     bed::Bed,
     image::{MIB, assert_same_disk, noise, raw_image, to_qcow2, write_at},
     process::run,
 };
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const SIZE: u64 = 64 * MIB;
 

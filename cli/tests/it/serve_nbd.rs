@@ -1,15 +1,16 @@
 //! `haven serve-nbd` against real NBD clients: `qemu-img`, `nbdcopy`, `nbdinfo`,
 //! `qemu-io` and a `qemu-storage-daemon` running a qcow2 overlay with `block-stream`.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::support::{
     bed::Bed,
     image::{MIB, assert_same_disk, convert, flip_byte, raw_image, write_at},
     process::{Guard, run, wait_for_line},
     qemu::{Qmp, qemu_storage_daemon},
 };
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Disk of the tests: data, a hole of whole chunks, data at an unaligned offset and a
 /// short last chunk.

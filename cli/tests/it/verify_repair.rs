@@ -2,6 +2,10 @@
 //! `--repair-from` restores a flipped chunk from a replica made by `haven replicate`;
 //! `haven replicate status` and the `--watch` metrics report the lag.
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use crate::support::{
     bed::Bed,
     haven::haven,
@@ -10,9 +14,6 @@ use crate::support::{
     process::assert_success,
     report::disk_stat,
 };
-use std::io::{BufRead, BufReader, Read};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 fn replica_url(bed: &Bed) -> String {
     format!("file://{}", bed.path("replica").display())

@@ -8,13 +8,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::support::{
     cluster::{Cli, init_repo, one_cluster_at_a_time, start_vm},
     haven::{PASSWORD, haven},
     process::{Guard, free_port, spawn_logged},
     s3::{S3Keys, with_keys},
 };
-use serde_json::Value;
 
 struct Dev {
     url: String,

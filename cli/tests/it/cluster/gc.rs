@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::support::{
     cluster::{Cli, guest_copy, guest_io, init_repo, one_cluster_at_a_time, start_vm_with_nbd},
     etcd::Etcd,
     haven::{PASSWORD, haven},
     process::{Guard, free_port, spawn_logged},
 };
-use serde_json::Value;
 
 const VMS: usize = 3;
 const ROUNDS: usize = 4;

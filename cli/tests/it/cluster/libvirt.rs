@@ -4,6 +4,8 @@
 //! Real `libvirtd` (private, started by the harness), a TCG domain, and real
 //! `haven coordinator` (embedded store) and `haven worker` processes.
 
+use std::time::{Duration, Instant};
+
 use crate::support::{
     bed::Bed,
     cluster::one_cluster_at_a_time,
@@ -12,7 +14,6 @@ use crate::support::{
     libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
     process::{Guard, free_port, spawn_logged},
 };
-use std::time::{Duration, Instant};
 
 /// `haven ARGS` with the password, its output appended to `log` in the bed.
 fn spawn(bed: &Bed, args: &[&str], log: &str) -> Guard {

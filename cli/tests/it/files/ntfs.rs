@@ -3,16 +3,17 @@
 //! ntfscp writes into the root directory only; trees with directories are written
 //! through ntfs-3g's own FUSE mount (`/dev/fuse`), then unmounted before the backup.
 
-use crate::support::{
-    bed::Bed,
-    image::{MIB, noise, write_at},
-    process::{run, stderr_within},
-};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::support::{
+    bed::Bed,
+    image::{MIB, noise, write_at},
+    process::{run, stderr_within},
+};
 
 /// Folder holding the unpacked ntfs-3g (`sbin/mkntfs`, `sbin/ntfscp`, `lib/…`).
 fn ntfs3g_dir() -> PathBuf {

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::support::{
     bed::Bed,
     haven::PASSWORD,
@@ -20,7 +22,6 @@ use crate::support::{
     process::assert_success,
     report::{disk, mode},
 };
-use serde_json::Value;
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 64 * MIB;

@@ -7,12 +7,13 @@
 //! files, a snapshot without domain XML) define nothing and write nothing. Both domains
 //! and the daemons are cleaned up by `Drop` guards, also on failure.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
 use crate::support::{
     image::{MIB, assert_raw_same_as_qcow2, assert_same_disk, raw_image},
     libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
 };
-use std::path::PathBuf;
-use std::time::Instant;
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 32 * MIB;

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::support::{
     bed::Bed,
     haven::RunningBackup,
@@ -16,7 +18,6 @@ use crate::support::{
     report::{disk, mode},
     tree::files_below,
 };
-use serde_json::json;
 
 const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 64 * MIB;

@@ -7,13 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
+
 use crate::support::{
     bed::Bed,
     image::{MIB, assert_raw_same_as_qcow2, raw_image, to_qcow2},
     process::Guard,
     qemu::{Qmp, qemu_system, start_qemu_system},
 };
-use serde_json::json;
 
 const CHUNK: u64 = 256 * 1024;
 const TARGETS: [&str; 2] = ["vda", "vdb"];

@@ -9,14 +9,15 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
+use haven_node_protocol::{ObjectInfo, PullKey, PullOutcome, PullRequest, Record};
+use haven_repo::{NodeClient, NodeClientError};
+
 use crate::support::{
     s3::{ACCESS_KEY, SECRET_KEY},
     storage_node::{Node, NodeOptions, node_client, pattern},
     tree::files_below,
 };
-use bytes::Bytes;
-use haven_node_protocol::{ObjectInfo, PullKey, PullOutcome, PullRequest, Record};
-use haven_repo::{NodeClient, NodeClientError};
 
 const OTHER_KEYS: &str = "[[keys]]\naccess_key = \"other\"\nsecret_key = \"other-secret\"\nbuckets = [\"elsewhere\"]\n\
      [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret\"\nread_only = true\n";

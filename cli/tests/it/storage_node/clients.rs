@@ -1,12 +1,13 @@
 //! The storage node against rclone, restic, boto3, and Haven's own batch
 //! existence client.
 
+use std::process::Command;
+
 use crate::support::{
     process::ok,
     s3::{ACCESS_KEY, SECRET_KEY},
     storage_node::{Node, pattern},
 };
-use std::process::Command;
 
 fn write_tree(root: &std::path::Path) {
     for (index, size) in [0usize, 1, 4096, 1_000_000, 6_000_000].iter().enumerate() {

@@ -2,6 +2,9 @@
 //! spread over both, survive a restart, list as one bucket in key order,
 //! and `kill -9` during concurrent PUTs leaves nothing partial in either.
 
+use std::path::Path;
+use std::process::{Command, Stdio};
+
 use crate::support::{
     s3::{ACCESS_KEY, SECRET_KEY},
     storage_node::{
@@ -9,8 +12,6 @@ use crate::support::{
     },
     tree::files_below,
 };
-use std::path::Path;
-use std::process::{Command, Stdio};
 
 fn two_dirs() -> Node {
     Node::start_with(NodeOptions {

@@ -2,12 +2,13 @@
 //! digests, truncated bodies, oversized headers, a flipped byte on disk, and
 //! `kill -9` in the middle of concurrent uploads.
 
+use std::io::{Read, Write};
+use std::time::Duration;
+
 use crate::support::{
     process::ok,
     storage_node::{Node, fails_with, pattern, put_until_killed, verify_after_crash},
 };
-use std::io::{Read, Write};
-use std::time::Duration;
 
 fn python(node: &Node, script: &str, args: &[&str]) -> std::process::Output {
     node.python(script, args)

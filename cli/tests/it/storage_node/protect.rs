@@ -3,13 +3,14 @@
 //! refused while the lock holds; GC skips a locked unreferenced chunk instead of
 //! failing. Record-only protection (no lock) on `file://` is covered too.
 
+use std::time::Duration;
+
 use crate::support::{
     bed::Bed,
     haven::HavenClient,
     image::{MIB, assert_same_disk, noise, raw_image, write_at},
     storage_node::{Node, fails_with},
 };
-use std::time::Duration;
 
 /// The snapshot name in a backup report.
 fn snapshot_of(report: &serde_json::Value) -> String {

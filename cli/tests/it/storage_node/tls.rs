@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use haven_node_protocol::{PullKey, PullOutcome};
+
 use crate::support::{
     haven::{HavenClient, haven},
     image::{MIB, raw_image},
@@ -16,7 +18,6 @@ use crate::support::{
     s3::{ACCESS_KEY, SECRET_KEY},
     storage_node::{Node, NodeOptions, TlsFiles, node_client, output_with_env, pattern},
 };
-use haven_node_protocol::{PullKey, PullOutcome};
 
 /// OpenSSL config with the CA and server-certificate extensions.
 const OPENSSL_CONFIG: &str = "\
