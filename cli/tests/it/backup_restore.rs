@@ -193,7 +193,7 @@ fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
     let output = backup_with_path(&bed, raw_arg, &no_tools, &[])
         .output()
         .unwrap();
-    assert_success(&output, &["backup", "image", raw_arg]);
+    assert_success(&output, ["backup", "image", raw_arg]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(disk_stat(&report, "size"), size);
     assert_eq!(disk_stat(&report, "bytes_read"), 4 * MIB + 1000);

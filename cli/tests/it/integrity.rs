@@ -117,7 +117,7 @@ fn wrong_password_and_unknown_versions_are_clear_errors() {
         .env_remove("HAVEN_PASSWORD")
         .output()
         .unwrap();
-    assert_success(&with_file, &["snapshots --password-file"]);
+    assert_success(&with_file, ["snapshots --password-file"]);
 
     let config = bed.repo_dir().join("config");
     let text = std::fs::read_to_string(&config).unwrap();

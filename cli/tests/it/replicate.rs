@@ -129,7 +129,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
         "{status}"
     );
     let output = replicate_command(&from, &to, &["--json"]).output().unwrap();
-    assert_success(&output, &["replicate"]);
+    assert_success(&output, ["replicate"]);
     let first: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(first["repository_created"], true, "{first}");
     assert_eq!(first["manifests_copied"], 2, "{first}");
@@ -181,7 +181,7 @@ fn replication_survives_kill9_and_the_secondary_alone_restores_everything() {
     let output = replicate_command(&from, &to, &["--json", "--limit-rate", "200M"])
         .output()
         .unwrap();
-    assert_success(&output, &["replicate"]);
+    assert_success(&output, ["replicate"]);
     let last: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(last["manifests_copied"], 2, "{last}");
     assert_eq!(last["snapshots_missing"], 2, "{last}");
@@ -295,7 +295,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
     };
     let mut init = haven(&["repo", "init", "--repo", &from]);
     with_site_a(&mut init);
-    assert_success(&init.output().unwrap(), &["repo init"]);
+    assert_success(&init.output().unwrap(), ["repo init"]);
     let image = primary.path("small.raw");
     raw_image(&image, 4 * MIB, &[(0, 2 * MIB as usize)]);
     let image_arg = image.to_str().unwrap();
@@ -303,7 +303,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
         "backup", "image", image_arg, "--vm", "small", "--repo", &from,
     ]);
     with_site_a(&mut backup);
-    assert_success(&backup.output().unwrap(), &["backup"]);
+    assert_success(&backup.output().unwrap(), ["backup"]);
 
     let mut wrong = replicate_command(&from, &to, &[]);
     with_site_a(&mut wrong);
@@ -325,7 +325,7 @@ fn replicate_with_a_key_per_site(pull: bool) {
             "site-b-secret-0123456789",
         );
     let output = right.output().unwrap();
-    assert_success(&output, &["replicate with per-site keys"]);
+    assert_success(&output, ["replicate with per-site keys"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["manifests_copied"], 1, "{report}");
     let transfer = if pull { "pulled" } else { "relayed" };
@@ -338,6 +338,6 @@ fn replicate_with_a_key_per_site(pull: bool) {
         .arg(&out)
         .env("AWS_ACCESS_KEY_ID", "site-b")
         .env("AWS_SECRET_ACCESS_KEY", "site-b-secret-0123456789");
-    assert_success(&restore.output().unwrap(), &["restore from site b"]);
+    assert_success(&restore.output().unwrap(), ["restore from site b"]);
     assert_same_disk(&image, &out);
 }

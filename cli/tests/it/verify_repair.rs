@@ -146,7 +146,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
         ])
         .output()
         .unwrap();
-    assert_success(&output, &["backup"]);
+    assert_success(&output, ["backup"]);
     let third: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(third["parent"].is_null(), "{third}");
     assert_eq!(disk_stat(&third, "reused_chunks"), 0, "{third}");

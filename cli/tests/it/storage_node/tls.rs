@@ -42,7 +42,7 @@ authorityKeyIdentifier = keyid
 fn openssl(args: &[&str]) {
     ok(
         output_with_env("openssl", args, &[]),
-        &format!("openssl {args:?}"),
+        format!("openssl {args:?}"),
     );
 }
 
