@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::haven::haven;
@@ -327,11 +328,20 @@ pub fn fails_with(output: Output, code: &str) {
     assert!(stderr.contains(code), "expected {code}, got: {stderr}");
 }
 
+/// Serialises [`put_until_killed`]. Its 16 writer threads must get more than 20 PUTs
+/// acknowledged in four seconds; two of these scenarios at once (in separate test
+/// binaries they never overlapped) halve each other's share of a small machine and can
+/// fall below that. Only the timed write window is serialised.
+static ONE_CRASH_WRITER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Creates bucket `crash`, writes objects into it from 16 threads for four seconds,
 /// then kills the node with SIGKILL mid-stream; returns the keys whose PUT was
 /// acknowledged before the kill (at least 21, or the scenario proves nothing).
 pub fn put_until_killed(node: &mut Node) -> Vec<String> {
     use std::io::Read;
+    let _alone = ONE_CRASH_WRITER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     node.aws_ok(&["s3", "mb", "s3://crash"]);
     let mut writer = node
         .python(CRASH_WRITER, &[])
