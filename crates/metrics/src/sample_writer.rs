@@ -1,7 +1,7 @@
 //! Writing samples at scrape time, for [`crate::ScrapeTimeMetrics`].
 
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -42,17 +42,13 @@ impl<'a> SampleWriter<'a> {
     }
 
     /// Writes a counter family (`name` without `_total`, which is appended): one
-    /// sample per `(labels, value)`.
-    pub fn counter<L, V>(
+    /// sample per `(labels, count)`.
+    pub fn counter<L: EncodeLabelSet>(
         &mut self,
         name: &str,
         help: &str,
-        samples: impl IntoIterator<Item = (L, V)>,
-    ) -> std::fmt::Result
-    where
-        L: EncodeLabelSet,
-        V: EncodeCounterValue,
-    {
+        samples: impl IntoIterator<Item = (L, u64)>,
+    ) -> std::fmt::Result {
         self.family(name, help, MetricType::Counter, samples, ConstCounter::new)
     }
 
