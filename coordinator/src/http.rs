@@ -1,118 +1,192 @@
-//! `/healthz` and `/metrics` (Prometheus text format) of a replica.
+//! `/healthz` and `/metrics` of a replica, served by the shared `haven-metrics`
+//! server.
+//!
+//! Everything exported is read from the replica when scraped, through the leader's
+//! public queries: whether this replica leads and, on the leader only, the jobs by
+//! state, the live workers and the metadata store's request counters. A follower
+//! exports only `haven_coordinator_is_leader`, so a dashboard summing jobs over the
+//! replicas counts them once.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio_util::sync::CancellationToken;
+use haven_metrics::{Exporter, NO_LABELS, Registry, SampleWriter, ScrapeTimeMetrics};
 
 use crate::model::JobState;
 use crate::replica::{Replica, Role};
+use crate::store::StoreStats;
 
-/// Serves the HTTP endpoints on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    replica: Arc<Replica>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, _): (_, SocketAddr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener");
-                    continue;
-                }
-            },
+/// Job states in the order exported, with their label values.
+const JOB_STATES: [(JobState, &str); 5] = [
+    (JobState::Pending, "pending"),
+    (JobState::Assigned, "assigned"),
+    (JobState::Committing, "committing"),
+    (JobState::Succeeded, "succeeded"),
+    (JobState::Failed, "failed"),
+];
+
+/// What one scrape read from the replica.
+#[derive(Debug, Default)]
+struct ReplicaReading {
+    is_leader: bool,
+    /// `None` on a follower.
+    leader: Option<LeaderReading>,
+}
+
+/// What one scrape read from the leader.
+#[derive(Debug)]
+struct LeaderReading {
+    /// Jobs per entry of [`JOB_STATES`].
+    jobs: [usize; JOB_STATES.len()],
+    workers: usize,
+    store: StoreStats,
+}
+
+impl ReplicaReading {
+    async fn read(replica: &Replica) -> Self {
+        let Role::Leader(leader) = replica.role().await else {
+            return Self::default();
         };
-        let replica = replica.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let replica = replica.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            respond(&replica, request.uri().path()).await,
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let jobs = leader.jobs(None, 0).await;
+        let count = |state: JobState| jobs.iter().filter(|(job, _)| job.state == state).count();
+        Self {
+            is_leader: true,
+            leader: Some(LeaderReading {
+                jobs: JOB_STATES.map(|(state, _)| count(state)),
+                workers: leader.workers().await.len(),
+                store: leader.store_stats(),
+            }),
+        }
+    }
+}
+
+/// The replica's HTTP endpoints: its metrics registry and its health.
+pub struct ReplicaEndpoints {
+    replica: Arc<Replica>,
+    registry: Registry,
+    latest: Arc<Mutex<ReplicaReading>>,
+}
+
+impl ReplicaEndpoints {
+    /// Endpoints reading `replica` at every scrape.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        let latest = Arc::new(Mutex::new(ReplicaReading::default()));
+        let mut registry = Registry::new();
+        registry.register_scrape_time(ReplicaMetrics(Arc::clone(&latest)));
+        Self {
+            replica,
+            registry,
+            latest,
+        }
+    }
+}
+
+impl Exporter for ReplicaEndpoints {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    async fn refresh(&self) {
+        let reading = ReplicaReading::read(&self.replica).await;
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = reading;
+    }
+
+    async fn health(&self) -> Option<String> {
+        Some(match self.replica.role().await {
+            Role::Leader(_) => "ok: leader\n".to_string(),
+            Role::Follower(Some(url)) => format!("ok: follower of {url}\n"),
+            Role::Follower(None) => "ok: no leader elected yet\n".to_string(),
+        })
+    }
+}
+
+/// Writes the latest [`ReplicaReading`].
+struct ReplicaMetrics(Arc<Mutex<ReplicaReading>>);
+
+impl ScrapeTimeMetrics for ReplicaMetrics {
+    fn write(&self, out: &mut SampleWriter<'_>) -> std::fmt::Result {
+        let reading = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        out.gauge(
+            "haven_coordinator_is_leader",
+            "1 if this replica leads",
+            [(NO_LABELS, u64::from(reading.is_leader))],
+        )?;
+        let Some(leader) = &reading.leader else {
+            return Ok(());
+        };
+        out.gauge(
+            "haven_jobs",
+            "Jobs by state",
+            JOB_STATES
+                .iter()
+                .zip(leader.jobs)
+                .map(|((_, name), count)| ([("state", *name)], count as u64)),
+        )?;
+        out.gauge(
+            "haven_workers",
+            "Live workers",
+            [(NO_LABELS, leader.workers as u64)],
+        )?;
+        out.counter(
+            "haven_store_requests",
+            "Metadata store requests",
+            [
+                ([("kind", "read")], leader.store.reads),
+                ([("kind", "write")], leader.store.writes),
+                ([("kind", "lease")], leader.store.lease_calls),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(reading: ReplicaReading) -> String {
+        let mut registry = Registry::new();
+        registry.register_scrape_time(ReplicaMetrics(Arc::new(Mutex::new(reading))));
+        registry.encode().unwrap()
+    }
+
+    #[test]
+    fn a_follower_exports_only_whether_it_leads() {
+        assert_eq!(
+            render(ReplicaReading::default()),
+            "# HELP haven_coordinator_is_leader 1 if this replica leads.\n\
+             # TYPE haven_coordinator_is_leader gauge\n\
+             haven_coordinator_is_leader 0\n"
+        );
+    }
+
+    #[test]
+    fn the_leader_exports_jobs_workers_and_store_requests() {
+        let text = render(ReplicaReading {
+            is_leader: true,
+            leader: Some(LeaderReading {
+                jobs: [1, 2, 0, 4, 5],
+                workers: 3,
+                store: StoreStats {
+                    reads: 10,
+                    writes: 11,
+                    lease_calls: 12,
+                },
+            }),
         });
+        for line in [
+            "haven_coordinator_is_leader 1\n",
+            "# TYPE haven_jobs gauge\n",
+            "haven_jobs{state=\"pending\"} 1\n",
+            "haven_jobs{state=\"assigned\"} 2\n",
+            "haven_jobs{state=\"committing\"} 0\n",
+            "haven_jobs{state=\"succeeded\"} 4\n",
+            "haven_jobs{state=\"failed\"} 5\n",
+            "haven_workers 3\n",
+            "# TYPE haven_store_requests_total counter\n",
+            "haven_store_requests_total{kind=\"read\"} 10\n",
+            "haven_store_requests_total{kind=\"write\"} 11\n",
+            "haven_store_requests_total{kind=\"lease\"} 12\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
     }
-}
-
-async fn respond(replica: &Replica, path: &str) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
-        "/healthz" => match replica.role().await {
-            Role::Leader(_) => (StatusCode::OK, "ok: leader\n".to_string()),
-            Role::Follower(Some(url)) => (StatusCode::OK, format!("ok: follower of {url}\n")),
-            Role::Follower(None) => (StatusCode::OK, "ok: no leader elected yet\n".to_string()),
-        },
-        "/metrics" => (StatusCode::OK, metrics(replica).await),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-}
-
-async fn metrics(replica: &Replica) -> String {
-    let mut out = String::new();
-    let role = replica.role().await;
-    let is_leader = matches!(role, Role::Leader(_));
-    let _ = writeln!(
-        out,
-        "# HELP haven_coordinator_is_leader 1 if this replica leads."
-    );
-    let _ = writeln!(out, "# TYPE haven_coordinator_is_leader gauge");
-    let _ = writeln!(out, "haven_coordinator_is_leader {}", u8::from(is_leader));
-    let Role::Leader(leader) = role else {
-        return out;
-    };
-    let jobs = leader.jobs(None, 0).await;
-    let _ = writeln!(out, "# HELP haven_jobs Jobs by state.");
-    let _ = writeln!(out, "# TYPE haven_jobs gauge");
-    for (state, name) in [
-        (JobState::Pending, "pending"),
-        (JobState::Assigned, "assigned"),
-        (JobState::Committing, "committing"),
-        (JobState::Succeeded, "succeeded"),
-        (JobState::Failed, "failed"),
-    ] {
-        let count = jobs.iter().filter(|(j, _)| j.state == state).count();
-        let _ = writeln!(out, "haven_jobs{{state=\"{name}\"}} {count}");
-    }
-    let workers = leader.workers().await.len();
-    let _ = writeln!(out, "# HELP haven_workers Live workers.");
-    let _ = writeln!(out, "# TYPE haven_workers gauge");
-    let _ = writeln!(out, "haven_workers {workers}");
-    let stats = leader.store_stats();
-    let _ = writeln!(
-        out,
-        "# HELP haven_store_requests_total Metadata store requests."
-    );
-    let _ = writeln!(out, "# TYPE haven_store_requests_total counter");
-    let _ = writeln!(
-        out,
-        "haven_store_requests_total{{kind=\"read\"}} {}",
-        stats.reads
-    );
-    let _ = writeln!(
-        out,
-        "haven_store_requests_total{{kind=\"write\"}} {}",
-        stats.writes
-    );
-    let _ = writeln!(
-        out,
-        "haven_store_requests_total{{kind=\"lease\"}} {}",
-        stats.lease_calls
-    );
-    out
 }

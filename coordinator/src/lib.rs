@@ -96,13 +96,14 @@ pub async fn run(
             source,
         })?;
     if let Some(address) = config.http_listen {
-        let http = tokio::net::TcpListener::bind(address)
+        let http = haven_metrics::MetricsServer::bind(address)
             .await
             .map_err(|source| CoordinatorError::Listen {
                 address: address.to_string(),
                 source,
             })?;
-        tokio::spawn(http::serve(http, replica.clone(), shutdown.clone()));
+        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone()));
+        tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));
     let service = CoordinatorService::new(replica);

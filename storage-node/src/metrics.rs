@@ -1,14 +1,14 @@
-//! Prometheus metrics of the node, rendered in the text exposition format.
+//! Prometheus metrics of the node, in Haven's shared registry (`haven-metrics`).
 //!
-//! Hand-written rather than a registry crate: the set is small and fixed, and
-//! the hot path is a few atomic adds plus one short mutex for the labelled
-//! request counters.
+//! The hot path is a few atomic adds plus a read lock on each labelled family; the
+//! disk usage is measured per scrape by the server and written by a scrape-time
+//! writer, so a data directory whose file system cannot be read is left out
+//! instead of showing an old value.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use haven_metrics::{Counter, Family, Histogram, Registry, SampleWriter, ScrapeTimeMetrics};
 
 use crate::store::DiskUsage;
 
@@ -17,173 +17,129 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
+/// Labels of a request count: its S3 operation, then its HTTP status (dashboards
+/// and tests match `op="GetObject",status="500"` in this order).
+type RequestLabels = ([(&'static str, &'static str); 1], [(&'static str, u16); 1]);
 
-#[derive(Default)]
-struct Requests {
-    by_op_status: BTreeMap<(&'static str, u16), u64>,
-    latency_by_op: BTreeMap<&'static str, Histogram>,
-}
+/// Labels of a latency histogram: the S3 operation.
+type OperationLabel = [(&'static str, &'static str); 1];
+
+/// A latency histogram with [`LATENCY_BUCKETS`], as a family constructs it.
+type LatencyFamily = Family<OperationLabel, Histogram, fn() -> Histogram>;
 
 /// Counters shared by the server, the S3 layer and the store.
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<Requests>,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    checksum_failures: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    checksum_failures: Counter,
+    disk: Arc<Mutex<Vec<DiskUsage>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::new();
+        let requests = registry.register(
+            "haven_storage_requests",
+            "S3 requests by operation and HTTP status",
+            Family::default(),
+        );
+        let latency = registry.register(
+            "haven_storage_request_duration_seconds",
+            "Request latency by operation",
+            LatencyFamily::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+        );
+        let bytes_in = registry.register(
+            "haven_storage_received_bytes",
+            "Request body bytes received",
+            Counter::default(),
+        );
+        let bytes_out = registry.register(
+            "haven_storage_sent_bytes",
+            "Response body bytes sent",
+            Counter::default(),
+        );
+        let checksum_failures = registry.register(
+            "haven_storage_checksum_failures",
+            "Stored objects that failed checksum verification (never served)",
+            Counter::default(),
+        );
+        let disk = Arc::new(Mutex::new(Vec::new()));
+        registry.register_scrape_time(DiskUsageMetrics(Arc::clone(&disk)));
+        Self {
+            registry,
+            requests,
+            latency,
+            bytes_in,
+            bytes_out,
+            checksum_failures,
+            disk,
+        }
+    }
 }
 
 impl Metrics {
     /// Records one finished request.
     pub fn request(&self, op: &'static str, status: u16, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let Ok(mut requests) = self.requests.lock() else {
-            return;
-        };
-        *requests.by_op_status.entry((op, status)).or_default() += 1;
-        let histogram = requests.latency_by_op.entry(op).or_default();
-        histogram.count += 1;
-        histogram.sum += seconds;
-        for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
+        self.requests
+            .get_or_create(&([("op", op)], [("status", status)]))
+            .inc();
+        self.latency
+            .get_or_create(&[("op", op)])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Adds request body bytes received.
     pub fn bytes_in(&self, n: u64) {
-        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.bytes_in.inc_by(n);
     }
 
     /// Adds response body bytes sent.
     pub fn bytes_out(&self, n: u64) {
-        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.bytes_out.inc_by(n);
     }
 
     /// Counts one object that failed checksum verification.
     pub fn checksum_failure(&self) {
-        self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+        self.checksum_failures.inc();
     }
 
     /// Checksum failures so far.
     pub fn checksum_failures(&self) -> u64 {
-        self.checksum_failures.load(Ordering::Relaxed)
+        self.checksum_failures.get()
     }
 
-    /// Renders all metrics, with the disk usage of each data directory.
-    pub fn render(&self, disk: &[DiskUsage]) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP haven_storage_requests_total S3 requests by operation and HTTP status."
-        );
-        let _ = writeln!(out, "# TYPE haven_storage_requests_total counter");
-        if let Ok(requests) = self.requests.lock() {
-            for ((op, status), count) in &requests.by_op_status {
-                let _ = writeln!(
-                    out,
-                    "haven_storage_requests_total{{op=\"{op}\",status=\"{status}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP haven_storage_request_duration_seconds Request latency by operation."
-            );
-            let _ = writeln!(
-                out,
-                "# TYPE haven_storage_request_duration_seconds histogram"
-            );
-            for (op, histogram) in &requests.latency_by_op {
-                for (count, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
-                    let _ = writeln!(
-                        out,
-                        "haven_storage_request_duration_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {count}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "haven_storage_request_duration_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}",
-                    histogram.count
-                );
-                let _ = writeln!(
-                    out,
-                    "haven_storage_request_duration_seconds_sum{{op=\"{op}\"}} {}",
-                    histogram.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "haven_storage_request_duration_seconds_count{{op=\"{op}\"}} {}",
-                    histogram.count
-                );
-            }
-        }
-        let counters = [
-            (
-                "haven_storage_received_bytes_total",
-                "Request body bytes received.",
-                &self.bytes_in,
-            ),
-            (
-                "haven_storage_sent_bytes_total",
-                "Response body bytes sent.",
-                &self.bytes_out,
-            ),
-            (
-                "haven_storage_checksum_failures_total",
-                "Stored objects that failed checksum verification (never served).",
-                &self.checksum_failures,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        if !disk.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP haven_storage_disk_used_bytes Bytes used on the file system of each data directory.\n# TYPE haven_storage_disk_used_bytes gauge"
-            );
-            for usage in disk {
-                let _ = writeln!(
-                    out,
-                    "haven_storage_disk_used_bytes{{dir=\"{}\"}} {}",
-                    label_value(&usage.dir.to_string_lossy()),
-                    usage.used
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP haven_storage_disk_available_bytes Bytes available on the file system of each data directory.\n# TYPE haven_storage_disk_available_bytes gauge"
-            );
-            for usage in disk {
-                let _ = writeln!(
-                    out,
-                    "haven_storage_disk_available_bytes{{dir=\"{}\"}} {}",
-                    label_value(&usage.dir.to_string_lossy()),
-                    usage.available
-                );
-            }
-        }
-        out
+    /// Takes the disk usage of each data directory measured for this scrape and
+    /// returns the registry to encode.
+    pub fn with_disk_usage(&self, disk: Vec<DiskUsage>) -> &Registry {
+        *self.disk.lock().unwrap_or_else(PoisonError::into_inner) = disk;
+        &self.registry
     }
 }
 
-/// Escapes a Prometheus label value (backslash, double quote, newline).
-fn label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Writes the disk usage last measured, per data directory.
+struct DiskUsageMetrics(Arc<Mutex<Vec<DiskUsage>>>);
+
+impl ScrapeTimeMetrics for DiskUsageMetrics {
+    fn write(&self, out: &mut SampleWriter<'_>) -> std::fmt::Result {
+        let disk = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if disk.is_empty() {
+            return Ok(());
+        }
+        let dir = |usage: &DiskUsage| [("dir", usage.dir.to_string_lossy().into_owned())];
+        out.gauge(
+            "haven_storage_disk_used_bytes",
+            "Bytes used on the file system of each data directory",
+            disk.iter().map(|usage| (dir(usage), usage.used)),
+        )?;
+        out.gauge(
+            "haven_storage_disk_available_bytes",
+            "Bytes available on the file system of each data directory",
+            disk.iter().map(|usage| (dir(usage), usage.available)),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +153,7 @@ mod tests {
         metrics.request("PutObject", 200, Duration::from_millis(30));
         metrics.checksum_failure();
         metrics.bytes_in(10);
-        let disk = [
+        let disk = vec![
             DiskUsage {
                 dir: "/srv/a".into(),
                 used: 1,
@@ -209,7 +165,7 @@ mod tests {
                 available: 4,
             },
         ];
-        let text = metrics.render(&disk);
+        let text = metrics.with_disk_usage(disk).encode().unwrap();
         assert!(text.contains("haven_storage_requests_total{op=\"PutObject\",status=\"200\"} 2"));
         assert!(text.contains(
             "haven_storage_request_duration_seconds_bucket{op=\"PutObject\",le=\"0.005\"} 1"

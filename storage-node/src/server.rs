@@ -47,11 +47,13 @@ fn is_signed<B>(req: &Request<B>) -> bool {
             .is_some_and(|q| q.contains("X-Amz-Credential") || q.contains("Signature="))
 }
 
+/// A complete body as the boxed body every answer has.
+fn boxed(body: Full<Bytes>) -> ResponseBody {
+    body.map_err(|never| match never {}).boxed_unsync()
+}
+
 fn full(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
-    let body = Full::new(Bytes::from(body))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
+    let mut response = Response::new(boxed(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -67,8 +69,8 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" && !is_signed(&req) {
-        let text = shared.metrics.render(&shared.store.disk_usage());
-        return Ok(full(StatusCode::OK, "text/plain; version=0.0.4", text));
+        let registry = shared.metrics.with_disk_usage(shared.store.disk_usage());
+        return Ok(haven_metrics::exposition(registry).map(boxed));
     }
     let started = Instant::now();
     let slot = OperationSlot::default();

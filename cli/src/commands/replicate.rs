@@ -1,14 +1,20 @@
 //! `haven replicate`: copy a repository to a secondary site, once or continuously, and
 //! report how far behind the secondary is.
 
-use std::sync::{Arc, Mutex};
+mod metrics;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use haven_metrics::MetricsServer;
 use haven_repo::{
-    Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate,
-    render_prometheus, replicate, replication_status,
+    Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate, replicate,
+    replication_status,
 };
+use tokio_util::sync::CancellationToken;
+
+use metrics::ReplicationMetrics;
 
 use crate::common::{OutputArgs, human_bytes, print_json};
 use crate::progress::ProgressLine;
@@ -118,43 +124,35 @@ pub async fn run(args: ReplicateArgs) -> Result<()> {
     let Some(interval) = args.watch else {
         return replicate_once(&from, &to, &options, args.output.json).await;
     };
-    let metrics = Arc::new(Mutex::new(String::new()));
+    let metrics = Arc::new(ReplicationMetrics::new());
     if let Some(address) = &args.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(address)
+        let server = MetricsServer::bind(address.as_str())
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
-        println!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(serve_metrics(listener, metrics.clone()));
+        println!("metrics on http://{}/metrics", server.local_addr()?);
+        // Served until the process ends: the watch loop below never returns.
+        tokio::spawn(server.serve(Arc::clone(&metrics), CancellationToken::new()));
     }
-    let mut failures = 0u64;
-    refresh_metrics(&from, &to, args.vm.as_deref(), failures, &metrics).await;
+    refresh_metrics(&from, &to, args.vm.as_deref(), &metrics).await;
     loop {
         if let Err(error) = replicate_once(&from, &to, &options, args.output.json).await {
-            failures += 1;
+            metrics.pass_failed();
             eprintln!("replication pass failed: {error:#}");
         }
-        refresh_metrics(&from, &to, args.vm.as_deref(), failures, &metrics).await;
+        refresh_metrics(&from, &to, args.vm.as_deref(), &metrics).await;
         tokio::time::sleep(interval).await;
     }
 }
 
-/// Recomputes the lag and replaces the text `/metrics` serves.
+/// Recomputes the lag and replaces the statuses `/metrics` serves.
 async fn refresh_metrics(
     from: &Backend,
     to: &Backend,
     vm: Option<&str>,
-    failures: u64,
-    metrics: &Mutex<String>,
+    metrics: &ReplicationMetrics,
 ) {
     match replication_status(from, to, vm).await {
-        Ok(statuses) => {
-            let mut text = render_prometheus(&statuses);
-            text.push_str("# HELP haven_replication_failed_passes_total Replication passes that ended in an error.\n# TYPE haven_replication_failed_passes_total counter\n");
-            text.push_str(&format!(
-                "haven_replication_failed_passes_total {failures}\n"
-            ));
-            *metrics.lock().unwrap_or_else(|poison| poison.into_inner()) = text;
-        }
+        Ok(statuses) => metrics.set_statuses(statuses),
         Err(error) => eprintln!("replication status failed: {error}"),
     }
 }
@@ -226,50 +224,4 @@ fn print_status(statuses: &[VmReplicationStatus]) {
             status.oldest_missing.as_deref().unwrap_or("-")
         );
     }
-}
-
-/// Serves the latest rendered metrics at `GET /metrics` (HTTP/1.1, one request per
-/// connection): all a Prometheus scrape needs, without an HTTP stack in the CLI.
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Mutex<String>>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let work = answer(stream, metrics);
-            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-        });
-    }
-}
-
-async fn answer(mut stream: tokio::net::TcpStream, metrics: Arc<Mutex<String>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buffer[..n]),
-        }
-        if head.len() > 16 * 1024 {
-            return;
-        }
-    }
-    let request_line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
-    let (status, body) = if request_line.starts_with(b"GET /metrics ") {
-        let text = metrics
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        ("200 OK", text)
-    } else {
-        ("404 Not Found", "not found\n".to_string())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }

@@ -65,8 +65,7 @@ pub use prune::prune_snapshots;
 pub use repair::check_same_repository;
 pub use replicate::{
     ChunkTransfer, RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus,
-    compare_snapshots, list_snapshot_ids, parse_rate, render_prometheus, replicate,
-    replication_status,
+    compare_snapshots, list_snapshot_ids, parse_rate, replicate, replication_status,
 };
 pub use repository::Repository;
 pub use retention::{Decision, RetentionPolicy, plan_retention};

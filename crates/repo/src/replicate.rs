@@ -38,8 +38,7 @@ use serde::Serialize;
 
 pub use rate::{RateLimiter, parse_rate};
 pub use status::{
-    VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, render_prometheus,
-    replication_status,
+    VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, replication_status,
 };
 
 use crate::backend::{Backend, Durability, PutOutcome};

@@ -98,36 +98,6 @@ pub fn compare(
         .collect()
 }
 
-/// Renders the statuses in the Prometheus text format.
-pub fn render_prometheus(statuses: &[VmReplicationStatus]) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP haven_replication_lag_seconds Age of the newest snapshot at the primary not yet at the secondary (0: up to date).\n");
-    out.push_str("# TYPE haven_replication_lag_seconds gauge\n");
-    for status in statuses {
-        out.push_str(&format!(
-            "haven_replication_lag_seconds{{vm=\"{}\"}} {}\n",
-            status.vm, status.lag_seconds
-        ));
-    }
-    out.push_str("# HELP haven_replication_oldest_missing_age_seconds Age of the oldest snapshot at the primary not yet at the secondary (grows while replication is stuck).\n");
-    out.push_str("# TYPE haven_replication_oldest_missing_age_seconds gauge\n");
-    for status in statuses {
-        out.push_str(&format!(
-            "haven_replication_oldest_missing_age_seconds{{vm=\"{}\"}} {}\n",
-            status.vm, status.oldest_missing_age_seconds
-        ));
-    }
-    out.push_str("# HELP haven_replication_missing_snapshots Snapshots at the primary not yet at the secondary.\n");
-    out.push_str("# TYPE haven_replication_missing_snapshots gauge\n");
-    for status in statuses {
-        out.push_str(&format!(
-            "haven_replication_missing_snapshots{{vm=\"{}\"}} {}\n",
-            status.vm, status.missing_snapshots
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,9 +131,5 @@ mod tests {
             Some("2026-11-25T11:00:00Z")
         );
         assert_eq!(statuses[1].lag_seconds, 0);
-        let text = render_prometheus(&statuses);
-        assert!(text.contains("haven_replication_lag_seconds{vm=\"a\"} 3600\n"));
-        assert!(text.contains("haven_replication_oldest_missing_age_seconds{vm=\"a\"} 7200\n"));
-        assert!(text.contains("haven_replication_lag_seconds{vm=\"b\"} 0\n"));
     }
 }
