@@ -453,3 +453,67 @@ fn storage_error(key: &str, error: object_store::Error) -> RepoError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credentials() -> S3Credentials {
+        S3Credentials {
+            access_key_id: "key".into(),
+            secret_access_key: "secret".into(),
+            session_token: None,
+        }
+    }
+
+    #[test]
+    fn the_url_and_options_choose_the_implementation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let open = |url: &str, options: OpenOptions| Backend::open(url, &options).unwrap().kind();
+        assert_eq!(
+            open("memory://", OpenOptions::default()),
+            BackendKind::Memory
+        );
+        assert_eq!(open(path, OpenOptions::default()), BackendKind::LocalDirect);
+        let buffered = OpenOptions {
+            local_io: LocalIo::Buffered,
+            ..OpenOptions::default()
+        };
+        assert_eq!(open(path, buffered), BackendKind::LocalBuffered);
+        let node_url = "s3://bucket/prefix?endpoint=http://127.0.0.1:9&region=r";
+        let with_keys = OpenOptions {
+            credentials: Some(credentials()),
+            ..OpenOptions::default()
+        };
+        assert_eq!(open(node_url, with_keys.clone()), BackendKind::StorageNode);
+        let plain = OpenOptions {
+            plain_s3: true,
+            ..with_keys.clone()
+        };
+        assert_eq!(open(node_url, plain), BackendKind::S3);
+        let virtual_hosted = format!("{node_url}&path_style=false");
+        assert_eq!(open(&virtual_hosted, with_keys), BackendKind::S3);
+    }
+
+    #[tokio::test]
+    async fn buffered_and_direct_local_writes_are_create_only() {
+        for local_io in [LocalIo::Direct, LocalIo::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = OpenOptions {
+                local_io,
+                ..OpenOptions::default()
+            };
+            let backend = Backend::open(dir.path().to_str().unwrap(), &options).unwrap();
+            let key = "chunks/ab/abcdef";
+            let put = |data: &'static [u8]| {
+                backend.put_if_absent(key, Bytes::from_static(data), Durability::Deferred)
+            };
+            assert_eq!(put(b"first").await.unwrap(), PutOutcome::Created);
+            assert_eq!(put(b"second").await.unwrap(), PutOutcome::AlreadyExisted);
+            backend.barrier().await.unwrap();
+            assert_eq!(backend.get_once(key, 100).await.unwrap(), "first");
+            assert_eq!(backend.get(key, 100).await.unwrap(), "first");
+        }
+    }
+}
