@@ -1,9 +1,14 @@
-//! Arguments and helpers every repository command shares.
+//! Arguments and helpers every command shares: reaching a repository, reaching the
+//! coordinator and its catalog, and printing. Commands import from here, never the
+//! other way round.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use haven_proto::LeaderClient;
+use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
 use haven_repo::{Backend, Repository};
 
 /// How to reach and open a repository.
@@ -31,6 +36,46 @@ impl RepoArgs {
     }
 }
 
+/// Where the coordinator is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorUrl {
+    /// Coordinator gRPC URLs, comma-separated (any replica; the leader is found).
+    #[arg(
+        long,
+        env = "HAVEN_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub coordinator: Vec<String>,
+}
+
+impl CoordinatorUrl {
+    /// A client that follows the leader among these URLs.
+    pub fn client(&self) -> Result<LeaderClient> {
+        Ok(LeaderClient::new(
+            self.coordinator.clone(),
+            Duration::from_secs(20),
+        )?)
+    }
+}
+
+/// The cluster's snapshot catalog, optionally of one VM.
+pub async fn catalog(
+    coordinator: &CoordinatorUrl,
+    vm: Option<String>,
+) -> Result<Vec<v1::SnapshotInfo>> {
+    let client = coordinator.client()?;
+    let request = v1::ListSnapshotsRequest {
+        vm: vm.unwrap_or_default(),
+    };
+    Ok(client
+        .unary(AdminServiceClient::new, request, |mut c, r| async move {
+            c.list_snapshots(r).await
+        })
+        .await?
+        .snapshots)
+}
+
 /// How `snapshots` and `restore` reach a repository: by URL, or through the cluster
 /// coordinator's catalog, which knows which repository holds each VM's snapshots.
 #[derive(Debug, clap::Args)]
@@ -53,12 +98,10 @@ impl CatalogRepoArgs {
         let repo = match &self.repo {
             Some(url) => url.clone(),
             None => {
-                let coordinator = crate::commands::admin::CoordinatorUrl {
+                let coordinator = CoordinatorUrl {
                     coordinator: self.coordinator.clone(),
                 };
-                let mut list =
-                    crate::commands::admin::catalog(&coordinator, Some(snapshot.vm.clone()))
-                        .await?;
+                let mut list = catalog(&coordinator, Some(snapshot.vm.clone())).await?;
                 list.retain(|s| {
                     snapshot
                         .timestamp

@@ -9,29 +9,7 @@ use haven_proto::LeaderClient;
 use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
 use serde_json::json;
 
-use crate::common::{OutputArgs, human_bytes, print_json};
-
-/// Where the coordinator is.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CoordinatorUrl {
-    /// Coordinator gRPC URLs, comma-separated (any replica; the leader is found).
-    #[arg(
-        long,
-        env = "HAVEN_COORDINATOR",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub coordinator: Vec<String>,
-}
-
-impl CoordinatorUrl {
-    fn client(&self) -> Result<LeaderClient> {
-        Ok(LeaderClient::new(
-            self.coordinator.clone(),
-            Duration::from_secs(20),
-        )?)
-    }
-}
+use crate::common::{CoordinatorUrl, OutputArgs, catalog, human_bytes, print_json};
 
 /// `haven vm ...`
 #[derive(Debug, clap::Subcommand)]
@@ -461,23 +439,6 @@ async fn watch_job(client: &LeaderClient, id: &str, json_lines: bool) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// The cluster's snapshot catalog, optionally of one VM.
-pub async fn catalog(
-    coordinator: &CoordinatorUrl,
-    vm: Option<String>,
-) -> Result<Vec<v1::SnapshotInfo>> {
-    let client = coordinator.client()?;
-    let request = v1::ListSnapshotsRequest {
-        vm: vm.unwrap_or_default(),
-    };
-    Ok(client
-        .unary(AdminServiceClient::new, request, |mut c, r| async move {
-            c.list_snapshots(r).await
-        })
-        .await?
-        .snapshots)
 }
 
 /// Prints the cluster's snapshot catalog (`haven snapshots --coordinator`).

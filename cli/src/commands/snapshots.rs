@@ -39,7 +39,7 @@ struct DiskLine {
 /// Lists committed snapshots, oldest first.
 pub async fn run(args: SnapshotsArgs) -> Result<()> {
     let Some(repo) = args.repo.repo else {
-        let coordinator = crate::commands::admin::CoordinatorUrl {
+        let coordinator = crate::common::CoordinatorUrl {
             coordinator: args.repo.coordinator,
         };
         return crate::commands::admin::snapshots(&coordinator, args.vm, args.output.json).await;

@@ -6,6 +6,8 @@
 //! point at lines with [`line_of`]. [`expand_env`] lets one file serve processes that
 //! differ only by a name (every pod of a StatefulSet, every node of a DaemonSet).
 
+#![warn(missing_docs)]
+
 use serde::de::DeserializeOwned;
 
 /// Parses `text` (the contents of `file_name`) into `T`; the error is one line,

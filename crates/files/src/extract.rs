@@ -4,8 +4,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::entry::{Entry, EntryKind};
 use crate::error::{FilesError, Result};
-use crate::volume::{Entry, EntryKind, Volume};
+use crate::volume::Volume;
 
 /// What an extraction produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -17,18 +17,27 @@
 //! - Nothing is written to the image: the device is read-only and FAT writes fail.
 //! - Extraction never writes outside the destination: names with `/`, `..` or NUL
 //!   are refused.
+//!
+//! # Layers
+//!
+//! A [`BlockDevice`] is cut into partitions (`partition.rs`, giving [`DeviceSlice`]s);
+//! each slice is read by a driver in `filesystem/` (ext, FAT, NTFS), which answers in
+//! the types of `entry.rs`; [`Volume`] detects the file system and dispatches to its
+//! driver; `extract.rs` copies entries out. Each layer imports only those below it.
+
+#![warn(missing_docs)]
 
 mod device;
+mod entry;
 mod error;
-mod ext;
 mod extract;
-mod fat;
-mod ntfs;
+mod filesystem;
 mod partition;
 mod volume;
 
 pub use device::{BlockDevice, DeviceSlice};
+pub use entry::{Entry, EntryKind, Limits};
 pub use error::{FilesError, Result};
 pub use extract::{ExtractReport, extract};
 pub use partition::{Partition, PartitionScheme, partitions};
-pub use volume::{Entry, EntryKind, FsKind, Limits, Volume};
+pub use volume::{FsKind, Volume};

@@ -5,50 +5,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::device::{BlockDevice, DeviceSlice};
+use crate::entry::{Entry, EntryKind, Limits};
 use crate::error::{FilesError, Result};
+use crate::filesystem::{ext, fat, ntfs};
 use crate::partition::{Partition, looks_like_boot_sector_fs};
-use crate::{ext, fat, ntfs};
-
-/// What a directory entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A device node, fifo or socket (listed, not restored).
-    Special,
-}
-
-/// One file or directory with the metadata a restore needs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Entry {
-    /// Name within its directory (`/` for the root).
-    pub name: String,
-    /// Absolute path in the file system.
-    pub path: String,
-    /// Type.
-    pub kind: EntryKind,
-    /// Size in bytes (for a symlink, the length of its target).
-    pub size: u64,
-    /// Permission bits (`0o7777`), when the file system has them.
-    pub mode: Option<u32>,
-    /// Owner user id, when the file system has one.
-    pub uid: Option<u32>,
-    /// Owner group id, when the file system has one.
-    pub gid: Option<u32>,
-    /// Modification time, seconds since the Unix epoch.
-    pub mtime: Option<i64>,
-    /// Nanoseconds part of `mtime`.
-    pub mtime_nanos: u32,
-    /// Access time, seconds since the Unix epoch.
-    pub atime: Option<i64>,
-    /// Target of a symlink.
-    pub target: Option<String>,
-}
 
 /// Supported file systems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -60,27 +20,6 @@ pub enum FsKind {
     Fat,
     /// NTFS (`ntfs`); files only, no Unix metadata.
     Ntfs,
-}
-
-/// Safety bounds of walks over untrusted trees.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Deepest directory nesting followed (directory loops stop here).
-    pub max_depth: usize,
-    /// Most entries visited by one walk.
-    pub max_entries: u64,
-    /// Most entries listed from one directory.
-    pub max_dir_entries: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_depth: 256,
-            max_entries: 10_000_000,
-            max_dir_entries: 1_000_000,
-        }
-    }
 }
 
 pub(crate) enum Driver {
@@ -293,15 +232,6 @@ fn normalize(path: &str) -> Result<String> {
         out.push('/');
     }
     Ok(out)
-}
-
-/// Joins a directory path and a name.
-pub(crate) fn join(directory: &str, name: &str) -> String {
-    if directory == "/" {
-        format!("/{name}")
-    } else {
-        format!("{directory}/{name}")
-    }
 }
 
 /// Glob match with `*` and `?`, iterative (no exponential backtracking).

@@ -35,6 +35,8 @@
 //! one request/reply exchange at a time (with `coverage` proving READ
 //! replies complete), `client` the public API on top.
 
+#![warn(missing_docs)]
+
 mod client;
 mod coverage;
 mod endpoint;

@@ -33,6 +33,8 @@
 //! exactly `size` data bytes), 0 a missing key (no meta, no data) and 2 an
 //! object that could not be read (meta is a UTF-8 message, no data).
 
+#![warn(missing_docs)]
+
 mod pull;
 
 pub use pull::{

@@ -71,7 +71,7 @@ pub enum RepoError {
         location: String,
         /// The client's error.
         #[source]
-        source: crate::node_client::NodeClientError,
+        source: crate::storage::node_client::NodeClientError,
     },
     /// A local I/O operation failed.
     #[error("{context}: {source}")]
@@ -132,3 +132,12 @@ impl RepoError {
 
 /// Result alias of this crate.
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// The error of a blocking or spawned task that panicked or was cancelled: every
+/// layer moves CPU and file work to such tasks, and each reports the failure the same way.
+pub(crate) fn join_error(error: tokio::task::JoinError) -> RepoError {
+    RepoError::Io {
+        context: "worker task failed".into(),
+        source: std::io::Error::other(error),
+    }
+}

@@ -12,62 +12,77 @@
 //!   either a complete snapshot or none;
 //! - every object read is checked (frame checksum, AEAD tag bound to the object's name,
 //!   and for chunks the keyed digest) before any byte of it is used.
+//!
+//! # Layers
+//!
+//! Each folder is one layer, and imports only go downwards:
+//!
+//! - `ops/`: operations over a whole repository (verify and repair, replication,
+//!   retention and prune, garbage collection, leases and locks, protection);
+//! - `repository.rs`: [`Repository`], the format applied to a backend — open with a
+//!   password, read and write checked chunks, indexes and manifests;
+//! - `format/`: what the bytes mean (framing, encryption, keys, config, ids, indexes,
+//!   manifests), with no I/O;
+//! - `storage/`: where the bytes live ([`Backend`]: memory, local disk, S3, Haven storage
+//!   node), which knows nothing of the format.
+//!
+//! `error.rs` and `progress.rs` are shared by every layer. Modules are private; what
+//! other crates use is the list below, so moving code between files never changes a
+//! caller.
 
-mod backend;
-mod blob;
-mod chunk;
-mod config;
-mod crypto;
+#![warn(missing_docs)]
+
 mod error;
-mod exists_batcher;
-mod gc;
-mod index;
-mod keyfile;
-mod lease;
-mod local_direct;
-mod local_sync;
-mod manifest;
-mod node_client;
+mod format;
+mod ops;
 mod progress;
-mod protect;
-mod prune;
-mod repair;
-mod replicate;
 mod repository;
-mod retention;
-mod verify;
-mod verify_record;
+mod storage;
 
-pub use backend::{Backend, Durability, PutOutcome, S3Credentials};
-pub use blob::check_frame_only;
-pub use chunk::{ChunkId, is_all_zero};
-pub use config::{DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig};
 pub use error::{RepoError, Result};
-pub use gc::{
-    DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
+pub use progress::Progress;
+pub use repository::Repository;
+
+// The format.
+pub use format::blob::check_frame_only;
+pub use format::chunk::{ChunkId, is_all_zero};
+pub use format::config::{
+    DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig,
 };
-pub use index::{FixedIndex, slot_count, slot_range};
-pub use lease::{
-    BackupLease, GcLock, LockRecord, PinSource, Pins, RepositoryLeases, STALE_AFTER, live_records,
-};
-pub use manifest::{
+pub use format::index::{FixedIndex, slot_count, slot_range};
+pub use format::manifest::{
     Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,
     format_timestamp, parse_timestamp, validate_name,
 };
-pub use node_client::{
+
+// Storage.
+pub use storage::backend::{Backend, BackendKind, Durability, OpenOptions, PutOutcome};
+pub use storage::local::LocalIo;
+pub use storage::node_client::{
     BatchReader, Credentials, KEYS_PER_REQUEST, NodeClient, NodeClientError, exists_batch,
 };
-pub use progress::Progress;
-pub use protect::{
+pub use storage::s3::S3Credentials;
+
+// Operations.
+pub use ops::gc::{
+    DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
+};
+pub use ops::lease::{
+    BackupLease, GcLock, LockRecord, PinSource, Pins, RepositoryLeases, STALE_AFTER, live_records,
+};
+pub use ops::protect::{
     LockMode, ProtectReport, Protection, protect_snapshot, protected_snapshots, unprotect_snapshot,
 };
-pub use prune::prune_snapshots;
-pub use repair::check_same_repository;
-pub use replicate::{
+pub use ops::prune::prune_snapshots;
+pub use ops::repair::check_same_repository;
+pub use ops::replicate::{
     ChunkTransfer, RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus,
     compare_snapshots, list_snapshot_ids, parse_rate, replicate, replication_status,
 };
-pub use repository::Repository;
-pub use retention::{Decision, RetentionPolicy, plan_retention};
-pub use verify::{SnapshotVerdict, VerifyFailure, VerifyOptions, VerifyReport, verify_snapshots};
-pub use verify_record::{VerifyOutcome, VerifyRecord, latest_verify_record, write_verify_record};
+pub use ops::retention::{Decision, RetentionPolicy, plan_retention};
+pub use ops::verify::{
+    SnapshotVerdict, VerifyFailure, VerifyOptions, VerifyReport, verify_snapshots,
+};
+pub use ops::verify_record::{
+    VerifyOutcome, VerifyRecord, latest_verify_record, write_verify_record,
+};

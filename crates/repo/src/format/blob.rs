@@ -23,8 +23,8 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 
-use crate::crypto::{Aead, TAG_LEN};
 use crate::error::{RepoError, Result};
+use crate::format::crypto::{Aead, TAG_LEN};
 
 /// Magic bytes at the start of every blob.
 pub const MAGIC: [u8; 4] = *b"HVNB";
@@ -147,7 +147,7 @@ fn seal_body(
     // The nonce is chosen by the cipher, but it is part of the header that the tag covers,
     // so draw it first and seal with it.
     let mut nonce = [0u8; NONCE_LEN];
-    crate::crypto::fill_random(&mut nonce)?;
+    crate::format::crypto::fill_random(&mut nonce)?;
     header[24..36].copy_from_slice(&nonce);
 
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN + TRAILER_LEN);
@@ -335,9 +335,9 @@ fn associated_data(header: &[u8], identity: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::MasterKey;
+    use crate::format::crypto::MasterKey;
 
-    fn cipher() -> crate::crypto::RepoKeys {
+    fn cipher() -> crate::format::crypto::RepoKeys {
         MasterKey::generate().unwrap().derive().unwrap()
     }
 
@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(plain, compressible);
 
         let mut random = vec![0u8; 4096];
-        crate::crypto::fill_random(&mut random).unwrap();
+        crate::format::crypto::fill_random(&mut random).unwrap();
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &random).unwrap();
         assert_eq!(blob[6], Compression::None as u8);
         assert_eq!(blob.len(), HEADER_LEN + 4096 + TAG_LEN + TRAILER_LEN);
@@ -380,7 +380,7 @@ mod tests {
     fn a_frame_in_pieces_checks_like_a_whole_one() {
         let keys = cipher();
         let mut random = vec![0u8; 300];
-        crate::crypto::fill_random(&mut random).unwrap();
+        crate::format::crypto::fill_random(&mut random).unwrap();
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &random).unwrap();
         let cut = |blob: &[u8], a: usize, b: usize| -> Vec<Bytes> {
             let blob = Bytes::copy_from_slice(blob);

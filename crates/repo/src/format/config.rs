@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::RepoKeys;
 use crate::error::{RepoError, Result};
+use crate::format::crypto::RepoKeys;
 
 /// The repository format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

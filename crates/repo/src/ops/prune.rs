@@ -8,13 +8,13 @@
 //! `protected=true`, when it has an active protection record, or when a running backup
 //! builds on it (`pins`).
 
-use crate::backend::Backend;
 use crate::error::{RepoError, Result};
-use crate::lease::PinSource;
-use crate::manifest::SnapshotId;
-use crate::protect::protected_snapshots;
+use crate::format::manifest::SnapshotId;
+use crate::ops::lease::PinSource;
+use crate::ops::protect::protected_snapshots;
+use crate::ops::retention::{Decision, RetentionPolicy, plan_retention};
 use crate::repository::Repository;
-use crate::retention::{Decision, RetentionPolicy, plan_retention};
+use crate::storage::backend::Backend;
 
 /// Plans `policy` per VM (only `vm`'s snapshots when given) and, unless `dry_run`,
 /// removes what it does not keep. Returns every decision, kept and removed.

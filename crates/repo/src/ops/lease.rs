@@ -26,12 +26,12 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::backend::Backend;
-use crate::chunk::ChunkId;
 use crate::error::{RepoError, Result};
-use crate::index::FixedIndex;
-use crate::manifest::{format_timestamp, parse_timestamp};
+use crate::format::chunk::ChunkId;
+use crate::format::index::FixedIndex;
+use crate::format::manifest::{format_timestamp, parse_timestamp};
 use crate::repository::Repository;
+use crate::storage::backend::Backend;
 
 pub use pins::{PinSource, Pins, RepositoryLeases};
 
@@ -82,7 +82,7 @@ impl LockRecord {
     fn new(kind: &str, vm: Option<&str>, base: Option<&str>) -> Result<Self> {
         let now = format_timestamp(OffsetDateTime::now_utc());
         let mut random = [0u8; 8];
-        crate::crypto::fill_random(&mut random)?;
+        crate::format::crypto::fill_random(&mut random)?;
         Ok(Self {
             kind: kind.to_string(),
             id: hex::encode(random),

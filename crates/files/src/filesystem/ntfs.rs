@@ -19,8 +19,8 @@ use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsFile, NtfsReadSeek, NtfsTime};
 
 use crate::device::DeviceSlice;
+use crate::entry::{Entry, EntryKind, Limits, join};
 use crate::error::{FilesError, Result};
-use crate::volume::{Entry, EntryKind, Limits, join};
 
 /// MFT records reserved for the file system's own metadata files.
 const FIRST_USER_RECORD: u64 = 24;

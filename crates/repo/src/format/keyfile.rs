@@ -10,8 +10,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Aead, KEY_LEN, MasterKey, TAG_LEN, fill_random};
 use crate::error::{RepoError, Result};
+use crate::format::crypto::{Aead, KEY_LEN, MasterKey, TAG_LEN, fill_random};
 use kdf_memory::KdfMemory;
 
 /// Version of the key-file layout.

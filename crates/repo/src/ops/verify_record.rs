@@ -11,12 +11,12 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::backend::{Durability, PutOutcome};
-use crate::blob::{self, BlobKind};
 use crate::error::{RepoError, Result};
-use crate::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::format::blob::{self, BlobKind};
+use crate::format::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::ops::verify::VerifyFailure;
 use crate::repository::Repository;
-use crate::verify::VerifyFailure;
+use crate::storage::backend::{Durability, PutOutcome};
 
 /// Version of the verify record document.
 pub const VERIFY_RECORD_VERSION: u32 = 1;

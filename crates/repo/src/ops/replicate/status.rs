@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::backend::Backend;
 use crate::error::Result;
-use crate::manifest::SnapshotId;
+use crate::format::manifest::SnapshotId;
+use crate::storage::backend::Backend;
 
 /// Where one VM's snapshots stand at the two sites.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -38,7 +38,7 @@ pub struct VmReplicationStatus {
 pub async fn list_snapshot_ids(backend: &Backend, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
     let prefix = match vm {
         Some(vm) => {
-            crate::manifest::validate_name(vm)?;
+            crate::format::manifest::validate_name(vm)?;
             format!("snapshots/{vm}")
         }
         None => "snapshots".to_string(),
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn lag_is_the_age_of_the_newest_missing_snapshot_and_the_oldest_is_reported_too() {
-        let now = crate::manifest::parse_timestamp("2026-11-25T12:00:00Z").unwrap();
+        let now = crate::format::manifest::parse_timestamp("2026-11-25T12:00:00Z").unwrap();
         let primary = [
             id("a", "2026-11-25T09:00:00Z"),
             id("a", "2026-11-25T10:00:00Z"),

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::live_records;
 use crate::error::Result;
-use crate::manifest::SnapshotId;
+use crate::format::manifest::SnapshotId;
 use crate::repository::Repository;
 
 /// What running backups need kept: the oldest start among them and their base
@@ -60,8 +60,8 @@ impl PinSource for RepositoryLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
-    use crate::lease::BackupLease;
+    use crate::ops::lease::BackupLease;
+    use crate::storage::backend::Backend;
 
     #[tokio::test]
     async fn live_leases_pin_their_start_and_base_and_released_ones_do_not() {

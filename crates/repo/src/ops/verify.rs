@@ -13,24 +13,24 @@
 //! nearly all their chunks with their predecessor, so each chunk is read about once; a
 //! chunk shared by snapshots of different VMs may be read once per VM.
 //!
-//! Each snapshot's verdict is stored as a verify record ([`crate::verify_record`]), which
+//! Each snapshot's verdict is stored as a verify record ([`crate::ops::verify_record`]), which
 //! the backup path consults before building on a snapshot. With a replica (a second
-//! repository with the same key), bad objects are repaired ([`crate::repair`]).
+//! repository with the same key), bad objects are repaired ([`crate::ops::repair`]).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::ChunkId;
 use crate::error::{RepoError, Result};
-use crate::manifest::SnapshotId;
-use crate::progress::Progress;
-use crate::repair::{repair_chunk, repair_index, repair_manifest};
-use crate::repository::Repository;
-use crate::verify_record::{
+use crate::format::chunk::ChunkId;
+use crate::format::manifest::SnapshotId;
+use crate::ops::repair::{repair_chunk, repair_index, repair_manifest};
+use crate::ops::verify_record::{
     MAX_RECORDED_FAILURES, VERIFY_RECORD_VERSION, VerifyOutcome, VerifyRecord, write_verify_record,
 };
+use crate::progress::Progress;
+use crate::repository::Repository;
 
 /// One object that failed verification.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -278,7 +278,7 @@ async fn verify_one(
             let repo = repo.clone();
             let replica = replica.cloned();
             async move {
-                let checked = check_chunk(&repo, chunk).await;
+                let checked = repo.check_chunk(chunk).await;
                 let outcome = match (checked, replica) {
                     (Ok(len), _) => ChunkOutcome::Good(len),
                     (Err(error), None) => ChunkOutcome::Bad(failure(&chunk.object_key(), error)),
@@ -325,16 +325,6 @@ enum ChunkOutcome {
     Bad(VerifyFailure),
 }
 
-/// Reads and fully checks a chunk; returns its stored length.
-pub(crate) async fn check_chunk(repo: &Arc<Repository>, id: ChunkId) -> Result<u64> {
-    let stored = repo.get_chunk_blob_once(&id).await?;
-    let len = stored.len() as u64;
-    let repo = repo.clone();
-    tokio::task::spawn_blocking(move || repo.open_chunk(&id, &stored, None).map(|_| len))
-        .await
-        .map_err(crate::repository::join_error)?
-}
-
 /// Picks the sampled subset of chunk ids: ids are keyed hashes, so their first bytes
 /// XOR a per-run random seed are uniform, and each id is in or out for the whole run.
 struct Sampler {
@@ -351,7 +341,7 @@ impl Sampler {
             )));
         }
         let mut seed = [0u8; 8];
-        crate::crypto::fill_random(&mut seed)?;
+        crate::format::crypto::fill_random(&mut seed)?;
         Ok(Self {
             seed: u64::from_le_bytes(seed),
             threshold: (percent / 100.0 * u64::MAX as f64) as u64,

@@ -1,7 +1,7 @@
 //! Garbage collection: remove chunks and indexes no snapshot needs, safely while
 //! backups run.
 //!
-//! 1. Take the collection lock (`locks/gc-ID`; see [`crate::lease`]).
+//! 1. Take the collection lock (`locks/gc-ID`; see [`crate::ops::lease`]).
 //! 2. Ask the [`PinSource`] for running backups; the cutoff is
 //!    `min(now, oldest running backup's start) - margin`: nothing modified after it is
 //!    removed.
@@ -32,12 +32,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::chunk::ChunkId;
+use crate::error::join_error;
 use crate::error::{RepoError, Result};
-use crate::index::FixedIndex;
-use crate::lease::{GcLock, PinSource};
-use crate::manifest::format_timestamp;
-use crate::repository::{Repository, join_error};
+use crate::format::chunk::ChunkId;
+use crate::format::index::FixedIndex;
+use crate::format::manifest::format_timestamp;
+use crate::ops::lease::{GcLock, PinSource};
+use crate::repository::Repository;
 use external_sort::{Merged, RunWriter};
 use sweep::{LISTED_LEN, listed_record};
 

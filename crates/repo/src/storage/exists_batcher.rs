@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::node_client::{NodeClient, NodeClientError};
+use crate::storage::node_client::{NodeClient, NodeClientError};
 
 /// How long the first question of a batch waits for company.
 pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_millis(2);

@@ -16,9 +16,9 @@
 //!     32  32*n  chunk id of each slot; 32 zero bytes for an all-zero slot
 //! ```
 
-use crate::chunk::ChunkId;
-use crate::config::validate_chunk_size;
 use crate::error::{RepoError, Result};
+use crate::format::chunk::ChunkId;
+use crate::format::config::validate_chunk_size;
 
 const MAGIC: [u8; 4] = *b"HVNI";
 const VERSION: u32 = 1;

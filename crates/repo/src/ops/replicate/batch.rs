@@ -18,10 +18,10 @@ use futures::StreamExt;
 use haven_node_protocol::{PullKey, PullOutcome, Record};
 
 use super::{ChunkTransfer, Copier, MAX_CHUNK_OBJECT};
-use crate::backend::Backend;
-use crate::blob::{BlobKind, check_pieces_of_kind};
 use crate::error::{RepoError, Result};
-use crate::node_client::{NodeClient, NodeClientError};
+use crate::format::blob::{BlobKind, check_pieces_of_kind};
+use crate::storage::backend::Backend;
+use crate::storage::node_client::{NodeClient, NodeClientError};
 
 /// Most chunks per batch.
 const BATCH_OBJECTS: usize = 64;

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use crate::chunk::ChunkId;
+use crate::format::chunk::ChunkId;
 
 /// Bytes of a listed-chunk record: id (32), modification time (8), size (8).
 pub(crate) const LISTED_LEN: usize = 48;

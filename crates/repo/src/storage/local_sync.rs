@@ -92,7 +92,7 @@ impl LocalSyncer {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || sync_dirs(&root, dirs))
             .await
-            .map_err(crate::repository::join_error)?
+            .map_err(crate::error::join_error)?
     }
 }
 

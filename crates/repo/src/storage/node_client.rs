@@ -303,7 +303,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// AWS Signature Version 4 for a request with the given method, (already
 /// URI-encoded) path and canonical query; also used for object-lock requests
-/// (`crate::protect`).
+/// (`crate::ops::protect`).
 pub(crate) fn sign(
     method: &str,
     credentials: &Credentials,

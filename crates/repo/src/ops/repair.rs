@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
-use crate::chunk::ChunkId;
+use crate::error::join_error;
 use crate::error::{RepoError, Result};
-use crate::index::FixedIndex;
-use crate::manifest::{DiskEntry, Manifest, SnapshotId};
-use crate::repository::{Repository, join_error};
-use crate::verify::check_chunk;
+use crate::format::chunk::ChunkId;
+use crate::format::index::FixedIndex;
+use crate::format::manifest::{DiskEntry, Manifest, SnapshotId};
+use crate::repository::Repository;
 
 /// Refuses a replica that is not the same repository (same id, so same key).
 pub fn check_same_repository(primary: &Repository, replica: &Repository) -> Result<()> {
@@ -48,7 +48,7 @@ pub(crate) async fn repair_chunk(
         .overwrite_for_repair(&id.object_key(), blob)
         .await?;
     tracing::info!(chunk = %id.object_key(), "chunk repaired from the replica");
-    check_chunk(primary, id).await
+    primary.check_chunk(id).await
 }
 
 /// Replaces the index of `disk` at the primary with the replica's copy.

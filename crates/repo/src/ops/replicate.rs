@@ -41,12 +41,12 @@ pub use status::{
     VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, replication_status,
 };
 
-use crate::backend::{Backend, Durability, PutOutcome};
-use crate::blob::{BlobKind, check_frame_of_kind};
-use crate::config::{MAX_CHUNK_SIZE, RepoConfig};
 use crate::error::{RepoError, Result};
-use crate::manifest::SnapshotId;
+use crate::format::blob::{BlobKind, check_frame_of_kind};
+use crate::format::config::{MAX_CHUNK_SIZE, RepoConfig};
+use crate::format::manifest::SnapshotId;
 use crate::progress::Progress;
+use crate::storage::backend::{Backend, Durability, PutOutcome};
 
 const CONFIG_KEY: &str = "config";
 const MAX_SMALL_OBJECT: u64 = 64 * 1024;

@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::backend::Backend;
-use crate::chunk::ChunkId;
 use crate::error::{RepoError, Result};
-use crate::manifest::{SnapshotId, format_timestamp, parse_timestamp};
-use crate::node_client::{Credentials, Payload, sign};
+use crate::format::chunk::ChunkId;
+use crate::format::manifest::{SnapshotId, format_timestamp, parse_timestamp};
 use crate::repository::Repository;
+use crate::storage::backend::Backend;
+use crate::storage::node_client::{Credentials, Payload, sign};
 
 /// Folder of protection records.
 pub const PROTECT_PREFIX: &str = "protect";

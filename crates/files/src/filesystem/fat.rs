@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use fatfs::{Dir, FileSystem, FsOptions};
 
 use crate::device::DeviceSlice;
+use crate::entry::{Entry, EntryKind, Limits, join};
 use crate::error::{FilesError, Result};
-use crate::volume::{Entry, EntryKind, Limits, join};
 
 type Fs = FileSystem<DeviceSlice>;
 

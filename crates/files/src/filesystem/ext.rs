@@ -5,8 +5,8 @@ use std::io::Write;
 use ext4_view::{Ext4, Ext4Read, Metadata};
 
 use crate::device::DeviceSlice;
+use crate::entry::{Entry, EntryKind, Limits, join};
 use crate::error::{FilesError, Result};
-use crate::volume::{Entry, EntryKind, Limits, join};
 
 struct Reader(DeviceSlice);
 

@@ -1,0 +1,16 @@
+//! Operations over whole repositories, built on [`crate::Repository`]: verify and
+//! repair, replication, retention and prune, garbage collection with the leases and
+//! locks that make it safe beside running backups, and protected snapshots.
+//!
+//! Decisions that can be pure functions are (`retention::plan_retention`); the modules
+//! around them do the listing, reading and deleting.
+
+pub(crate) mod gc;
+pub(crate) mod lease;
+pub(crate) mod protect;
+pub(crate) mod prune;
+pub(crate) mod repair;
+pub(crate) mod replicate;
+pub(crate) mod retention;
+pub(crate) mod verify;
+pub(crate) mod verify_record;

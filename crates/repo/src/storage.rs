@@ -1,0 +1,16 @@
+//! Where objects live: the [`backend::Backend`] over memory, a local directory, S3 or a
+//! Haven storage node, and what makes each of them fast and durable.
+//!
+//! Nothing here knows the format: keys and bytes go in and out unchanged. The backend
+//! picks one implementation when its URL is opened; local disks (`local`) get `O_DIRECT`
+//! chunk I/O (`local_direct`) and background fsyncs with a barrier (`local_sync`); S3
+//! URLs (`s3`) that may name a storage node get the client of its extensions
+//! (`node_client`) and batched existence checks (`exists_batcher`).
+
+pub(crate) mod backend;
+pub(crate) mod exists_batcher;
+pub(crate) mod local;
+pub(crate) mod local_direct;
+pub(crate) mod local_sync;
+pub(crate) mod node_client;
+pub(crate) mod s3;
