@@ -36,17 +36,9 @@ use haven_coordinator::store::{Compare, KeyValue, MetaStore, Op, Revision, Store
 /// naming it. Takes a few seconds: one check waits for a lease to expire.
 pub async fn run_suite(store: &dyn MetaStore) {
     let space = KeySpace::new();
-    keys::get_put_delete(store, &space.sub("get-put-delete")).await;
-    keys::list_by_prefix(store, &space.sub("list")).await;
-    transactions::revisions(store, &space.sub("revisions")).await;
-    transactions::compare_absent(store, &space.sub("absent")).await;
-    transactions::compare_mod_revision(store, &space.sub("mod-revision")).await;
-    transactions::all_or_nothing(store, &space.sub("all-or-nothing")).await;
-    transactions::concurrent_creates(store, &space.sub("concurrent")).await;
-    transactions::largest_transactions(store, &space.sub("large")).await;
-    leases::revoke_deletes_keys(store, &space.sub("revoke")).await;
-    leases::put_moves_key_between_leases(store, &space.sub("rebind")).await;
-    leases::put_under_dead_lease_fails(store, &space.sub("dead-lease")).await;
+    keys::run(store, &space).await;
+    transactions::run(store, &space).await;
+    leases::run(store, &space).await;
     fencing::ownership_tokens(store, &space.sub("fencing")).await;
     leases::keep_alive_then_expiry(store, &space.sub("expiry")).await;
     counts_requests(store, &space.sub("stats")).await;
@@ -90,7 +82,7 @@ impl KeySpace {
     }
 
     /// The space of one check.
-    fn sub(&self, name: &str) -> Self {
+    pub(crate) fn sub(&self, name: &str) -> Self {
         Self {
             prefix: format!("{}{name}/", self.prefix),
         }
@@ -144,6 +136,15 @@ pub(crate) async fn put(store: &dyn MetaStore, key: &str, value: &[u8]) -> Revis
 /// Reads `key`, which must exist.
 pub(crate) async fn get_existing(store: &dyn MetaStore, key: &str) -> KeyValue {
     ok(store.get(key).await, &format!("get {key}")).unwrap_or_else(|| panic!("{key} must exist"))
+}
+
+/// Asserts that `key` does not exist; `what` says why it must not.
+pub(crate) async fn assert_missing(store: &dyn MetaStore, key: &str, what: &str) {
+    let found = ok(store.get(key).await, &format!("get {key}"));
+    assert!(
+        found.is_none(),
+        "{what}: {key} must not exist, found {found:?}"
+    );
 }
 
 /// Whether a transaction of `compares` and `ops` succeeded; the revision it reports.

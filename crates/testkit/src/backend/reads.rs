@@ -4,9 +4,16 @@ use haven_repo::{Backend, Durability, RepoError};
 
 use super::{Keys, announce, content, ok, read};
 
+/// Every check of this module.
+pub(crate) async fn run(backend: &Backend, keys: &Keys) {
+    get_limits(backend, keys).await;
+    exists(backend, keys).await;
+    delete(backend, keys).await;
+}
+
 /// `get` and `get_once` of a missing key are `NotFound`; an object larger than the
 /// limit is refused as `Corrupt` by both, one exactly at the limit is read.
-pub(crate) async fn get_limits(backend: &Backend, keys: &Keys) {
+async fn get_limits(backend: &Backend, keys: &Keys) {
     announce("get and get_once limits");
     let missing = keys.chunk(10);
     for (name, result) in [
@@ -49,7 +56,7 @@ pub(crate) async fn get_limits(backend: &Backend, keys: &Keys) {
 
 /// `exists` is true exactly for stored keys, asked one at a time and many at once
 /// (concurrent questions share batch queries on a storage node).
-pub(crate) async fn exists(backend: &Backend, keys: &Keys) {
+async fn exists(backend: &Backend, keys: &Keys) {
     announce("existence query");
     assert!(
         !ok(backend.exists(&keys.chunk(20)).await, "exists"),
@@ -81,7 +88,7 @@ pub(crate) async fn exists(backend: &Backend, keys: &Keys) {
 
 /// A deleted object is gone from reads, existence and listings; deleting a missing
 /// object succeeds.
-pub(crate) async fn delete(backend: &Backend, keys: &Keys) {
+async fn delete(backend: &Backend, keys: &Keys) {
     announce("delete");
     let (doomed, kept) = (keys.chunk_in(0xde, 1), keys.chunk_in(0xde, 2));
     for key in [&doomed, &kept] {

@@ -2,7 +2,7 @@
 
 use haven_repo::{Backend, Durability, PutOutcome};
 
-use super::{Keys, announce, content, ok, read};
+use super::{Keys, announce, assert_stored, content, ok};
 
 /// Every durability, with the name used in messages.
 const DURABILITIES: [(Durability, &str); 2] = [
@@ -22,10 +22,19 @@ async fn put(
     )
 }
 
+/// Every check of this module.
+pub(crate) async fn run(backend: &Backend, keys: &Keys) {
+    create_only(backend, keys).await;
+    sizes(backend, keys).await;
+    concurrent_creates(backend, keys).await;
+    overwrite_for_repair(backend, keys).await;
+    barrier(backend, keys).await;
+}
+
 /// A first put creates; a second put of the key, with other content, reports
 /// `AlreadyExisted` and the first content stays; for chunk and manifest keys, with
 /// either durability.
-pub(crate) async fn create_only(backend: &Backend, keys: &Keys) {
+async fn create_only(backend: &Backend, keys: &Keys) {
     announce("create-only puts");
     let mut seed = 0;
     for key in [keys.chunk(1), keys.manifest(1)] {
@@ -43,11 +52,13 @@ pub(crate) async fn create_only(backend: &Backend, keys: &Keys) {
                 PutOutcome::AlreadyExisted,
                 "a second {name} put of {key} is refused as already existing"
             );
-            assert_eq!(
-                read(backend, &key).await,
-                first,
-                "the first content of {key} stays"
-            );
+            assert_stored(
+                backend,
+                &key,
+                &first,
+                &format!("the first content of {key} stays"),
+            )
+            .await;
             assert!(ok(backend.exists(&key).await, "exists"), "{key} exists");
         }
     }
@@ -55,7 +66,7 @@ pub(crate) async fn create_only(backend: &Backend, keys: &Keys) {
 
 /// Objects of 0 bytes, around the 4 KiB block of direct I/O and of several MiB read
 /// back exactly, with `get` and `get_once`, and are listed with their sizes.
-pub(crate) async fn sizes(backend: &Backend, keys: &Keys) {
+async fn sizes(backend: &Backend, keys: &Keys) {
     announce("object sizes");
     let lengths = [0, 1, 4095, 4096, 4097, (5 << 20) + 3];
     for (index, len) in lengths.into_iter().enumerate() {
@@ -64,11 +75,13 @@ pub(crate) async fn sizes(backend: &Backend, keys: &Keys) {
             let key = keys.chunk_in(0x51, number);
             let data = content(len, number + 1);
             put(backend, &key, data.clone(), durability).await;
-            assert_eq!(
-                read(backend, &key).await,
-                data,
-                "{name} object of {len} bytes reads back"
-            );
+            assert_stored(
+                backend,
+                &key,
+                &data,
+                &format!("{name} object of {len} bytes reads back"),
+            )
+            .await;
             let once = ok(backend.get_once(&key, len as u64).await, "get_once");
             assert_eq!(once, data, "get_once of a {name} object of {len} bytes");
         }
@@ -86,7 +99,7 @@ pub(crate) async fn sizes(backend: &Backend, keys: &Keys) {
 
 /// Of concurrent puts of one key with different content, exactly one creates it and
 /// its content is what is stored: two writers racing never leave a mixture.
-pub(crate) async fn concurrent_creates(backend: &Backend, keys: &Keys) {
+async fn concurrent_creates(backend: &Backend, keys: &Keys) {
     announce("concurrent creates");
     for (key, durability) in [
         (keys.chunk(2), Durability::Deferred),
@@ -111,17 +124,19 @@ pub(crate) async fn concurrent_creates(backend: &Backend, keys: &Keys) {
             1,
             "exactly one of 8 concurrent puts of {key} creates it"
         );
-        assert_eq!(
-            read(backend, &key).await,
-            *created[0],
-            "the stored content of {key} is the creator's"
-        );
+        assert_stored(
+            backend,
+            &key,
+            created[0],
+            &format!("the stored content of {key} is the creator's"),
+        )
+        .await;
     }
 }
 
 /// `overwrite_for_repair` replaces an object's content, and creates a missing one;
 /// create-only puts still refuse the key afterwards.
-pub(crate) async fn overwrite_for_repair(backend: &Backend, keys: &Keys) {
+async fn overwrite_for_repair(backend: &Backend, keys: &Keys) {
     announce("overwrite for repair");
     let key = keys.chunk(3);
     put(backend, &key, content(5000, 1), Durability::Deferred).await;
@@ -130,37 +145,31 @@ pub(crate) async fn overwrite_for_repair(backend: &Backend, keys: &Keys) {
         backend.overwrite_for_repair(&key, good.clone()).await,
         "overwrite_for_repair",
     );
-    assert_eq!(
-        read(backend, &key).await,
-        good,
-        "the repair replaced the content"
-    );
+    assert_stored(backend, &key, &good, "the repair replaced the content").await;
     assert_eq!(
         put(backend, &key, content(3000, 3), Durability::Deferred).await,
         PutOutcome::AlreadyExisted,
         "a repaired object is still refused by create-only puts"
     );
-    assert_eq!(
-        read(backend, &key).await,
-        good,
-        "and keeps the repaired content"
-    );
+    assert_stored(backend, &key, &good, "and keeps the repaired content").await;
 
     let missing = keys.chunk(4);
     ok(
         backend.overwrite_for_repair(&missing, good.clone()).await,
         "overwrite_for_repair",
     );
-    assert_eq!(
-        read(backend, &missing).await,
-        good,
-        "a repair creates a missing object"
-    );
+    assert_stored(
+        backend,
+        &missing,
+        &good,
+        "a repair creates a missing object",
+    )
+    .await;
 }
 
 /// `barrier` succeeds after deferred writes and with nothing pending, and the
 /// objects written before it read back after it.
-pub(crate) async fn barrier(backend: &Backend, keys: &Keys) {
+async fn barrier(backend: &Backend, keys: &Keys) {
     announce("barrier");
     let written: Vec<(String, bytes::Bytes)> = (0..16u64)
         .map(|number| {
@@ -177,10 +186,12 @@ pub(crate) async fn barrier(backend: &Backend, keys: &Keys) {
     ok(backend.barrier().await, "barrier after deferred writes");
     ok(backend.barrier().await, "barrier with nothing pending");
     for (key, data) in &written {
-        assert_eq!(
-            read(backend, key).await,
-            *data,
-            "{key} reads back after the barrier"
-        );
+        assert_stored(
+            backend,
+            key,
+            data,
+            &format!("{key} reads back after the barrier"),
+        )
+        .await;
     }
 }

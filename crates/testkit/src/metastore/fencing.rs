@@ -52,23 +52,30 @@ async fn assign(
     token
 }
 
+/// A replica campaigns: creates the leader key under a new lease if it is absent.
+/// Returns the lease and, when it won, the leader key's revision.
+async fn campaign(
+    store: &dyn MetaStore,
+    space: &KeySpace,
+    replica: &str,
+) -> (i64, Option<Revision>) {
+    let lease = ok(store.grant_lease(Duration::from_secs(60)).await, "grant");
+    let (elected, revision) = try_txn(
+        store,
+        vec![Compare::Absent(space.key("leader"))],
+        vec![Op::put_leased(space.key("leader"), replica, lease)],
+    )
+    .await;
+    (lease, elected.then_some(revision))
+}
+
 /// A worker whose lease ended cannot commit with its token, even after the job was
 /// assigned again; the new owner can; a deposed leader cannot write at all.
 pub(crate) async fn ownership_tokens(store: &dyn MetaStore, space: &KeySpace) {
     announce("fencing: ownership tokens and leadership");
     let ttl = Duration::from_secs(60);
-    let leader_lease = ok(store.grant_lease(ttl).await, "grant");
-    let (elected, leader_revision) = try_txn(
-        store,
-        vec![Compare::Absent(space.key("leader"))],
-        vec![Op::put_leased(
-            space.key("leader"),
-            "replica-a",
-            leader_lease,
-        )],
-    )
-    .await;
-    assert!(elected, "the first campaign wins");
+    let (leader_lease, elected) = campaign(store, space, "replica-a").await;
+    let leader_revision = elected.unwrap_or_else(|| panic!("the first campaign wins"));
 
     let first_worker = ok(store.grant_lease(ttl).await, "grant");
     let first_token = assign(store, space, first_worker, leader_revision).await;
@@ -96,18 +103,11 @@ pub(crate) async fn ownership_tokens(store: &dyn MetaStore, space: &KeySpace) {
     );
 
     ok(store.revoke(leader_lease).await, "the leader's lease ends");
-    let next_leader = ok(store.grant_lease(ttl).await, "grant");
-    let (elected, _) = try_txn(
-        store,
-        vec![Compare::Absent(space.key("leader"))],
-        vec![Op::put_leased(
-            space.key("leader"),
-            "replica-b",
-            next_leader,
-        )],
-    )
-    .await;
-    assert!(elected, "another replica wins once the leader key is gone");
+    let (next_leader, elected) = campaign(store, space, "replica-b").await;
+    assert!(
+        elected.is_some(),
+        "another replica wins once the leader key is gone"
+    );
     assert!(
         !commit(store, space, second_token, leader_revision).await,
         "a deposed leader's transactions fail on the leadership compare"

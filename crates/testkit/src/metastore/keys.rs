@@ -2,19 +2,21 @@
 
 use haven_coordinator::store::{MetaStore, Op};
 
-use super::{KeySpace, announce, get_existing, ok, put, try_txn};
+use super::{KeySpace, announce, assert_missing, get_existing, ok, put, try_txn};
+
+/// Every check of this module, each in its own part of `space`.
+pub(crate) async fn run(store: &dyn MetaStore, space: &KeySpace) {
+    get_put_delete(store, &space.sub("get-put-delete")).await;
+    list_by_prefix(store, &space.sub("list")).await;
+}
 
 /// A missing key reads as `None`; a put reads back with its value, no lease and the
 /// transaction's revision; a second put replaces it at a later revision; a delete
 /// removes it, and deleting a missing key succeeds; an empty value is a value.
-pub(crate) async fn get_put_delete(store: &dyn MetaStore, space: &KeySpace) {
+async fn get_put_delete(store: &dyn MetaStore, space: &KeySpace) {
     announce("get, put and delete");
     let key = space.key("value");
-    assert_eq!(
-        ok(store.get(&key).await, "get of a missing key"),
-        None,
-        "a key never written reads as None"
-    );
+    assert_missing(store, &key, "a key never written reads as None").await;
     let first = put(store, &key, b"one").await;
     let stored = get_existing(store, &key).await;
     assert_eq!(stored.key, key, "get returns the key asked for");
@@ -36,11 +38,7 @@ pub(crate) async fn get_put_delete(store: &dyn MetaStore, space: &KeySpace) {
 
     let (deleted, _) = try_txn(store, vec![], vec![Op::Delete(key.clone())]).await;
     assert!(deleted, "a delete without compares succeeds");
-    assert_eq!(
-        ok(store.get(&key).await, "get"),
-        None,
-        "a deleted key is gone"
-    );
+    assert_missing(store, &key, "a deleted key is gone").await;
     let (again, _) = try_txn(store, vec![], vec![Op::Delete(key.clone())]).await;
     assert!(again, "deleting a missing key succeeds");
 
@@ -55,7 +53,7 @@ pub(crate) async fn get_put_delete(store: &dyn MetaStore, space: &KeySpace) {
 
 /// `list` returns exactly the keys that start with the prefix (not a folder: `dir`
 /// also matches `dir0`), in byte order, each as `get` returns it.
-pub(crate) async fn list_by_prefix(store: &dyn MetaStore, space: &KeySpace) {
+async fn list_by_prefix(store: &dyn MetaStore, space: &KeySpace) {
     announce("list by prefix");
     // Written out of order; '/' (0x2f) sorts before '0' (0x30).
     for name in ["dir0", "dir/b/c", "dir", "dis", "dir/a", "dir/b"] {

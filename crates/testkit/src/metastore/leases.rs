@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use haven_coordinator::store::{Compare, LeaseId, MetaStore, Op, StoreError};
 
-use super::{KeySpace, announce, get_existing, ok, put, try_txn};
+use super::{KeySpace, announce, assert_missing, get_existing, ok, put, try_txn};
 
 /// A lease that outlives any check (so only revoke ends it).
 const LONG_TTL: Duration = Duration::from_secs(60);
@@ -32,9 +32,16 @@ fn assert_lease_not_found(result: Result<(), StoreError>, lease: LeaseId, what: 
     );
 }
 
+/// The checks of this module that need no waiting, each in its own part of `space`.
+pub(crate) async fn run(store: &dyn MetaStore, space: &KeySpace) {
+    revoke_deletes_keys(store, &space.sub("revoke")).await;
+    put_moves_key_between_leases(store, &space.sub("rebind")).await;
+    put_under_dead_lease_fails(store, &space.sub("dead-lease")).await;
+}
+
 /// A key put under a lease carries the lease id; revoking the lease deletes it (and
 /// only it); keep-alive is then `LeaseNotFound`, and a second revoke succeeds.
-pub(crate) async fn revoke_deletes_keys(store: &dyn MetaStore, space: &KeySpace) {
+async fn revoke_deletes_keys(store: &dyn MetaStore, space: &KeySpace) {
     announce("revoke deletes the lease's keys");
     let lease = grant(store, LONG_TTL).await;
     let (owned, free) = (space.key("owned"), space.key("free"));
@@ -49,11 +56,7 @@ pub(crate) async fn revoke_deletes_keys(store: &dyn MetaStore, space: &KeySpace)
     ok(store.keep_alive(lease).await, "keep-alive of a live lease");
 
     ok(store.revoke(lease).await, "revoke");
-    assert_eq!(
-        ok(store.get(&owned).await, "get"),
-        None,
-        "revoke deletes the lease's keys"
-    );
+    assert_missing(store, &owned, "revoke deletes the lease's keys").await;
     get_existing(store, &free).await;
     assert_lease_not_found(store.keep_alive(lease).await, lease, "after revoke");
     ok(
@@ -65,7 +68,7 @@ pub(crate) async fn revoke_deletes_keys(store: &dyn MetaStore, space: &KeySpace)
 /// A put moves a key to the lease it names (lease 0: none), so revoking the old lease
 /// keeps it: a worker that registers again under a new lease keeps its key when the
 /// leader revokes the old one.
-pub(crate) async fn put_moves_key_between_leases(store: &dyn MetaStore, space: &KeySpace) {
+async fn put_moves_key_between_leases(store: &dyn MetaStore, space: &KeySpace) {
     announce("a put moves a key between leases");
     let (old, new) = (grant(store, LONG_TTL).await, grant(store, LONG_TTL).await);
     let (worker, detached) = (space.key("worker"), space.key("detached"));
@@ -92,16 +95,12 @@ pub(crate) async fn put_moves_key_between_leases(store: &dyn MetaStore, space: &
     );
     get_existing(store, &detached).await;
     ok(store.revoke(new).await, "revoke the new lease");
-    assert_eq!(
-        ok(store.get(&worker).await, "get"),
-        None,
-        "gone with the new lease"
-    );
+    assert_missing(store, &worker, "gone with the new lease").await;
 }
 
 /// A transaction that puts a key under a lease that is gone fails as a whole: neither
 /// that key nor the transaction's other writes are stored.
-pub(crate) async fn put_under_dead_lease_fails(store: &dyn MetaStore, space: &KeySpace) {
+async fn put_under_dead_lease_fails(store: &dyn MetaStore, space: &KeySpace) {
     announce("a put under a revoked lease fails");
     let lease = grant(store, LONG_TTL).await;
     ok(store.revoke(lease).await, "revoke");
@@ -119,16 +118,8 @@ pub(crate) async fn put_under_dead_lease_fails(store: &dyn MetaStore, space: &Ke
         result.is_err(),
         "a put under revoked lease {lease} must be an error, was {result:?}"
     );
-    assert_eq!(
-        ok(store.get(&orphan).await, "get"),
-        None,
-        "the leased key is not stored"
-    );
-    assert_eq!(
-        ok(store.get(&other).await, "get"),
-        None,
-        "nor any other write of it"
-    );
+    assert_missing(store, &orphan, "the leased key is not stored").await;
+    assert_missing(store, &other, "nor any other write of it").await;
 }
 
 /// Keep-alives every quarter of the TTL hold a lease (and its key) past its TTL; once

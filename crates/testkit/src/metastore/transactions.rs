@@ -2,15 +2,30 @@
 
 use haven_coordinator::store::{Compare, MetaStore, Op};
 
-use super::{KeySpace, announce, get_existing, ok, put, try_txn};
+use super::{KeySpace, announce, assert_missing, get_existing, ok, put, try_txn};
 
 /// Operations in the leader's largest write (`OPS_PER_TXN` in `leader.rs`).
 const LEADER_OPS_PER_TXN: usize = 100;
 
+/// Every check of this module, each in its own part of `space`.
+pub(crate) async fn run(store: &dyn MetaStore, space: &KeySpace) {
+    revisions(store, &space.sub("revisions")).await;
+    compare_absent(store, &space.sub("absent")).await;
+    compare_mod_revision(store, &space.sub("mod-revision")).await;
+    all_or_nothing(store, &space.sub("all-or-nothing")).await;
+    races_and_sizes(store, space).await;
+}
+
+/// The checks of concurrency and size.
+async fn races_and_sizes(store: &dyn MetaStore, space: &KeySpace) {
+    concurrent_creates(store, &space.sub("concurrent")).await;
+    largest_transactions(store, &space.sub("large")).await;
+}
+
 /// Every key one transaction writes carries its revision, and revisions only grow:
 /// a token handed out once is never handed out again. A failed transaction writes
 /// nothing and reports a revision not before the last write.
-pub(crate) async fn revisions(store: &dyn MetaStore, space: &KeySpace) {
+async fn revisions(store: &dyn MetaStore, space: &KeySpace) {
     announce("revisions");
     let keys: Vec<String> = ["a", "b", "c"].iter().map(|name| space.key(name)).collect();
     let ops = keys.iter().map(|key| Op::put(key.clone(), "v1")).collect();
@@ -54,7 +69,7 @@ pub(crate) async fn revisions(store: &dyn MetaStore, space: &KeySpace) {
 
 /// `Absent` holds while the key is missing, fails once it exists, and holds again
 /// after a delete; the re-created key has a later revision than before.
-pub(crate) async fn compare_absent(store: &dyn MetaStore, space: &KeySpace) {
+async fn compare_absent(store: &dyn MetaStore, space: &KeySpace) {
     announce("compare Absent");
     let key = space.key("owner");
     let create = |value: &'static str| {
@@ -84,7 +99,7 @@ pub(crate) async fn compare_absent(store: &dyn MetaStore, space: &KeySpace) {
 /// `ModRevision` holds exactly at the key's last revision: not at an older one (a
 /// stale token), not at a later one, and never for a missing key, whatever the
 /// revision given, 0 included.
-pub(crate) async fn compare_mod_revision(store: &dyn MetaStore, space: &KeySpace) {
+async fn compare_mod_revision(store: &dyn MetaStore, space: &KeySpace) {
     announce("compare ModRevision");
     let key = space.key("job");
     let guarded = |revision, value: &'static str| {
@@ -127,7 +142,7 @@ pub(crate) async fn compare_mod_revision(store: &dyn MetaStore, space: &KeySpace
              exists and was last written at that revision"
         );
     }
-    assert_eq!(ok(store.get(&missing).await, "get"), None);
+    assert_missing(store, &missing, "a refused write wrote nothing").await;
 
     try_txn(store, vec![], vec![Op::Delete(key.clone())]).await;
     let recreated = put(store, &key, b"again").await;
@@ -141,7 +156,7 @@ pub(crate) async fn compare_mod_revision(store: &dyn MetaStore, space: &KeySpace
 
 /// A transaction with one failing compare applies none of its writes; when every
 /// compare holds, all its puts and deletes apply at one revision.
-pub(crate) async fn all_or_nothing(store: &dyn MetaStore, space: &KeySpace) {
+async fn all_or_nothing(store: &dyn MetaStore, space: &KeySpace) {
     announce("transactions are all or nothing");
     let (a, b, c) = (space.key("a"), space.key("b"), space.key("c"));
     let revision_a = put(store, &a, b"a0").await;
@@ -169,7 +184,7 @@ pub(crate) async fn all_or_nothing(store: &dyn MetaStore, space: &KeySpace) {
         b"b0",
         "no delete applied"
     );
-    assert_eq!(ok(store.get(&c).await, "get"), None, "no create applied");
+    assert_missing(store, &c, "no create applied").await;
 
     let (applied, revision) = try_txn(
         store,
@@ -186,7 +201,7 @@ pub(crate) async fn all_or_nothing(store: &dyn MetaStore, space: &KeySpace) {
         (stored_a.value.as_slice(), stored_a.mod_revision),
         (b"a1".as_slice(), revision)
     );
-    assert_eq!(ok(store.get(&b).await, "get"), None, "the delete applied");
+    assert_missing(store, &b, "the delete applied").await;
     assert_eq!(get_existing(store, &c).await.mod_revision, revision);
 
     let (no_writes, _) = try_txn(store, vec![Compare::Absent(b.clone())], vec![]).await;
@@ -198,7 +213,7 @@ pub(crate) async fn all_or_nothing(store: &dyn MetaStore, space: &KeySpace) {
 
 /// Of concurrent creates of one key (`Absent` guard), exactly one wins and its value
 /// is stored: two replicas never both lead, two assignments never both own a job.
-pub(crate) async fn concurrent_creates(store: &dyn MetaStore, space: &KeySpace) {
+async fn concurrent_creates(store: &dyn MetaStore, space: &KeySpace) {
     announce("concurrent creates");
     let key = space.key("leader");
     let attempts = (0..8).map(|replica| {
@@ -235,7 +250,7 @@ pub(crate) async fn concurrent_creates(store: &dyn MetaStore, space: &KeySpace) 
 /// The largest transactions the leader builds are accepted: a batch of
 /// [`LEADER_OPS_PER_TXN`] puts, and an assignment of half as many ownership keys
 /// each guarded by `Absent`, plus the leadership compare.
-pub(crate) async fn largest_transactions(store: &dyn MetaStore, space: &KeySpace) {
+async fn largest_transactions(store: &dyn MetaStore, space: &KeySpace) {
     announce("the leader's largest transactions");
     let ops = (0..LEADER_OPS_PER_TXN)
         .map(|index| Op::put(space.key(&format!("jobs/{index:03}")), "{}"))
