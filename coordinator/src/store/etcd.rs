@@ -172,11 +172,16 @@ impl MetaStore for EtcdStore {
         self.counters.write();
         let compares: Vec<EtcdCompare> = compares
             .into_iter()
-            .map(|compare| match compare {
-                Compare::Absent(key) => EtcdCompare::create_revision(key, CompareOp::Equal, 0),
-                Compare::ModRevision(key, revision) => {
-                    EtcdCompare::mod_revision(key, CompareOp::Equal, revision)
+            .flat_map(|compare| match compare {
+                Compare::Absent(key) => {
+                    vec![EtcdCompare::create_revision(key, CompareOp::Equal, 0)]
                 }
+                // etcd compares a missing key's mod_revision as 0; `ModRevision` also
+                // requires the key to exist (the conformance suite checks revision 0).
+                Compare::ModRevision(key, revision) => vec![
+                    EtcdCompare::create_revision(key.clone(), CompareOp::Greater, 0),
+                    EtcdCompare::mod_revision(key, CompareOp::Equal, revision),
+                ],
             })
             .collect();
         let ops: Vec<TxnOp> = ops
