@@ -224,11 +224,25 @@ impl MetaStore for EtcdStore {
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        let (mut keeper, mut stream) = bounded(|| {
+        // etcd-client reads the first reply itself and reports a lease that is gone
+        // (TTL 0) as this error: that is `LeaseNotFound`, not an unavailable store.
+        let opened = bounded(|| {
             let mut lease = self.client.lease_client();
-            async move { lease.keep_alive(id).await }
+            async move {
+                match lease.keep_alive(id).await {
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message == "lease not found" =>
+                    {
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            }
         })
         .await?;
+        let Some((mut keeper, mut stream)) = opened else {
+            return Err(StoreError::LeaseNotFound(id));
+        };
         // On the open stream: no reconnecting here.
         bounded_once(keeper.keep_alive()).await?;
         match bounded_once(stream.message()).await? {
