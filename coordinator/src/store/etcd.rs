@@ -172,11 +172,16 @@ impl MetaStore for EtcdStore {
         self.counters.write();
         let compares: Vec<EtcdCompare> = compares
             .into_iter()
-            .map(|compare| match compare {
-                Compare::Absent(key) => EtcdCompare::create_revision(key, CompareOp::Equal, 0),
-                Compare::ModRevision(key, revision) => {
-                    EtcdCompare::mod_revision(key, CompareOp::Equal, revision)
+            .flat_map(|compare| match compare {
+                Compare::Absent(key) => {
+                    vec![EtcdCompare::create_revision(key, CompareOp::Equal, 0)]
                 }
+                // etcd compares a missing key's mod_revision as 0; `ModRevision` also
+                // requires the key to exist (the conformance suite checks revision 0).
+                Compare::ModRevision(key, revision) => vec![
+                    EtcdCompare::create_revision(key.clone(), CompareOp::Greater, 0),
+                    EtcdCompare::mod_revision(key, CompareOp::Equal, revision),
+                ],
             })
             .collect();
         let ops: Vec<TxnOp> = ops
@@ -219,11 +224,25 @@ impl MetaStore for EtcdStore {
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        let (mut keeper, mut stream) = bounded(|| {
+        // etcd-client reads the first reply itself and reports a lease that is gone
+        // (TTL 0) as this error: that is `LeaseNotFound`, not an unavailable store.
+        let opened = bounded(|| {
             let mut lease = self.client.lease_client();
-            async move { lease.keep_alive(id).await }
+            async move {
+                match lease.keep_alive(id).await {
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message == "lease not found" =>
+                    {
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            }
         })
         .await?;
+        let Some((mut keeper, mut stream)) = opened else {
+            return Err(StoreError::LeaseNotFound(id));
+        };
         // On the open stream: no reconnecting here.
         bounded_once(keeper.keep_alive()).await?;
         match bounded_once(stream.message()).await? {

@@ -1,0 +1,159 @@
+//! Real etcd clusters for tests: each member an `etcd` process (Debian package
+//! `etcd-server`) on free loopback ports, with its data in a temporary directory.
+//!
+//! The members are killed (SIGKILL) and the data removed when the [`Etcd`] is dropped.
+//! [`Etcd::kill`] and [`Etcd::restart`] take one member down and bring it back on the
+//! same ports and data, for tests of lost quorum and failover.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::FixtureError;
+use crate::process::{ChildGuard, free_port, http_get, wait_until};
+
+/// How to install etcd, for the error when it is missing.
+const INSTALL_HINT: &str = "apt-get install etcd-server";
+
+/// How long [`Etcd::wait_ready`] waits by default.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One member's name and loopback ports.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// A running etcd cluster; stopped and deleted on drop.
+#[derive(Debug)]
+pub struct Etcd {
+    /// One guard per member, `None` while the member is killed. Declared before `dir`
+    /// so the processes die before their data is removed.
+    guards: Vec<Option<ChildGuard>>,
+    members: Vec<Member>,
+    /// The temporary directory holding every member's data and log.
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts a cluster of `members` members (1 for a plain store, 3 to lose one) and
+    /// waits until every member reports itself healthy. Blocking.
+    pub fn start(members: usize) -> Result<Self, FixtureError> {
+        let dir = tempfile::Builder::new()
+            .prefix("haven-etcd-")
+            .tempdir()
+            .map_err(FixtureError::io("cannot create a directory for etcd"))?;
+        let members = (0..members)
+            .map(|index| {
+                Ok(Member {
+                    name: format!("member{index}"),
+                    client_port: free_port()?,
+                    peer_port: free_port()?,
+                })
+            })
+            .collect::<Result<Vec<_>, FixtureError>>()?;
+        let mut etcd = Self {
+            guards: Vec::new(),
+            members,
+            dir,
+        };
+        for index in 0..etcd.members.len() {
+            let guard = etcd.spawn_member(index)?;
+            etcd.guards.push(Some(guard));
+        }
+        etcd.wait_ready(READY_TIMEOUT)?;
+        Ok(etcd)
+    }
+
+    fn spawn_member(&self, index: usize) -> Result<ChildGuard, FixtureError> {
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|member| format!("{}={}", member.name, member.peer_url()))
+            .collect();
+        let member = &self.members[index];
+        let mut command = Command::new("etcd");
+        command
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&member.name))
+            .arg("--listen-client-urls")
+            .arg(member.client_url())
+            .arg("--advertise-client-urls")
+            .arg(member.client_url())
+            .arg("--listen-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-cluster")
+            .arg(cluster.join(","))
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "haven-test"]);
+        ChildGuard::spawn(&mut command, &self.log(index), INSTALL_HINT)
+    }
+
+    /// The log file of member `index` (its standard output and error).
+    pub fn log(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("member{index}.log"))
+    }
+
+    /// The directory holding the members' data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The client URLs of every member (`http://127.0.0.1:PORT`), killed ones included.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Kills member `index` with SIGKILL; its ports and data stay reserved for
+    /// [`Self::restart`].
+    pub fn kill(&mut self, index: usize) {
+        if let Some(slot) = self.guards.get_mut(index) {
+            *slot = None;
+        }
+    }
+
+    /// Starts member `index` again on its ports and data (after [`Self::kill`]).
+    pub fn restart(&mut self, index: usize) -> Result<(), FixtureError> {
+        let guard = self.spawn_member(index)?;
+        if let Some(slot) = self.guards.get_mut(index) {
+            *slot = Some(guard);
+        }
+        Ok(())
+    }
+
+    /// Waits until every running member answers `/health` with `"health":"true"`
+    /// (it has joined a cluster with a leader). Blocking.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), FixtureError> {
+        for index in 0..self.members.len() {
+            let port = self.members[index].client_port;
+            let what = format!("etcd member {index} (log {})", self.log(index).display());
+            let Some(guard) = self.guards.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            wait_until(&what, timeout, || {
+                if let Some(exited) = guard.exit_status() {
+                    return Err(exited);
+                }
+                let body = http_get(port, "/health").unwrap_or_default();
+                Ok(body.replace(' ', "").contains("\"health\":\"true\""))
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! Haven's shared test support: one conformance suite per seam, and the processes
+//! tests run against.
+//!
+//! Haven's correctness arguments rest on two seams with several implementations each.
+//! The fencing argument (ARCHITECTURE.md, "Fencing") needs etcd and the embedded store
+//! to agree on compares, revisions and leases; crash safety and replication need every
+//! object store to keep puts create-only and listings complete. A suite here states
+//! such a contract once, through the seam's public API only, and every implementation
+//! runs the same code (the model is Quickwit's `storage_test_suite`):
+//!
+//! - [`metastore::run_suite`] over a `haven_coordinator::store::MetaStore`;
+//! - [`backend::run_suite`] over a `haven_repo::Backend`.
+//!
+//! A suite is an assertion: it panics, naming the behaviour that broke, at the first
+//! violation, so it is called from a `#[tokio::test]` per implementation and the
+//! failing test names the implementation. Each suite prints the check it is running
+//! (shown by the test harness when the test fails).
+//!
+//! The fixtures start what the suites (and later the integration tests) run against
+//! and stop it on drop: [`etcd::Etcd`] (real `etcd` processes on free loopback ports
+//! with a temporary data directory), [`storage_node::StorageNode`] (the storage node
+//! library served in-process over real HTTP), [`local::LocalRepository`] (a `file://`
+//! backend whose write path is checked, not assumed), and the process helpers of
+//! [`process`]. They return [`FixtureError`] rather than panicking, so a missing tool
+//! is reported as such.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+mod error;
+pub mod etcd;
+pub mod local;
+pub mod metastore;
+pub mod process;
+pub mod storage_node;
+
+pub use error::FixtureError;
