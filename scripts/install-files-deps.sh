@@ -3,17 +3,10 @@
 # mounting: mtools (FAT), gdisk (sgdisk, GPT) and e2fsprogs (mkfs.ext4 -d, debugfs).
 # Idempotent: packages already present are left alone.
 set -euo pipefail
+# shellcheck source=install-common.sh
+source "$(dirname "$0")/install-common.sh"
 
-packages=(mtools gdisk e2fsprogs)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing_packages mtools gdisk e2fsprogs
 
 # NTFS: mkntfs, ntfscp and the ntfs-3g FUSE driver (tests build directory trees through
 # it), unpacked into a private folder instead of

@@ -13,9 +13,8 @@ set -euo pipefail
 want_libvirt=0
 [ "${1:-}" = "--libvirt" ] && want_libvirt=1
 
-installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
-}
+# shellcheck source=install-common.sh
+source "$(dirname "$0")/install-common.sh"
 
 packages=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 libvirt_packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt0
@@ -23,9 +22,9 @@ libvirt_packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libv
 libvirt_main=(virtnbdbackup python3-libvirt)
 
 missing=0
-for package in "${packages[@]}"; do installed "$package" || missing=1; done
+for package in "${packages[@]}"; do package_installed "$package" || missing=1; done
 if [ "$want_libvirt" = 1 ]; then
-  for package in "${libvirt_packages[@]}" "${libvirt_main[@]}"; do installed "$package" || missing=1; done
+  for package in "${libvirt_packages[@]}" "${libvirt_main[@]}"; do package_installed "$package" || missing=1; done
 fi
 if [ "$missing" = 0 ] && command -v qemu-system-x86_64 >/dev/null; then
   exit 0

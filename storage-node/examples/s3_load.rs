@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use aws_lc_rs::{digest, hmac};
 use bytes::Bytes;
+use rand::RngCore;
+use time::macros::format_description;
 
 const REGION: &str = "us-east-1";
 const BUCKET: &str = "bench";
@@ -26,6 +28,8 @@ struct Target {
     host: String,
     access: String,
     secret: String,
+    /// The signing time of every request, `YYYYMMDDTHHMMSSZ`.
+    amz_date: String,
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -35,19 +39,9 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// A presigned path-style URL for `method` on `path` (`/bench/key`).
-fn presign(target: &Target, method: &str, path: &str, now: time::OffsetDateTime) -> String {
-    let date = format!(
-        "{:04}{:02}{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    );
-    let amz_date = format!(
-        "{date}T{:02}{:02}{:02}Z",
-        now.hour(),
-        now.minute(),
-        now.second()
-    );
+fn presign(target: &Target, method: &str, path: &str) -> String {
+    let amz_date = &target.amz_date;
+    let date = &amz_date[..8];
     let scope = format!("{date}/{REGION}/s3/aws4_request");
     let credential = format!("{}/{scope}", target.access).replace('/', "%2F");
     let query = format!(
@@ -140,11 +134,15 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("endpoint must be http://HOST:PORT"))?
         .trim_end_matches('/')
         .to_owned();
+    let now = time::OffsetDateTime::now_utc();
     let target = Target {
         endpoint: endpoint.trim_end_matches('/').to_owned(),
         host,
         access: access.clone(),
         secret: secret.clone(),
+        amz_date: now.format(format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))?,
     };
     let clients = env_number("BENCH_CLIENTS", 16);
     let big_count = env_number("BENCH_BIG_OBJECTS", 256);
@@ -153,23 +151,15 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(clients)
         .http1_only()
         .build()?;
-    let now = time::OffsetDateTime::now_utc();
     // Create the bucket (an existing one answers 409, which is fine).
-    http.put(presign(&target, "PUT", &format!("/{BUCKET}"), now))
+    http.put(presign(&target, "PUT", &format!("/{BUCKET}")))
         .send()
         .await?;
 
-    let seed = now.unix_timestamp_nanos() as u64 | 1;
+    // Random bytes: nothing on the way compresses or deduplicates them.
     let noise = |len: usize| {
-        let mut state = seed;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        }
-        out.truncate(len);
+        let mut out = vec![0u8; len];
+        rand::rng().fill_bytes(&mut out);
         Bytes::from(out)
     };
     let big_keys: Vec<String> = (0..big_count).map(|i| format!("big/{i:05}")).collect();
@@ -178,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let urls = |method: &str, keys: &[String]| -> Vec<String> {
         keys.iter()
-            .map(|k| presign(&target, method, &format!("/{BUCKET}/{k}"), now))
+            .map(|k| presign(&target, method, &format!("/{BUCKET}/{k}")))
             .collect()
     };
 

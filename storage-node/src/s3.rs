@@ -4,6 +4,7 @@
 pub(crate) mod body;
 mod buckets;
 pub(crate) mod convert;
+mod fields;
 mod lock;
 mod multipart;
 mod objects;

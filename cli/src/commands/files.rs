@@ -191,42 +191,65 @@ async fn blocking<T: Send + 'static>(
         .context("file system task failed")?
 }
 
+/// What every verb prints with `--json`: where it looked, its own result
+/// (`found`, flattened) and how many chunks that took.
 #[derive(Serialize)]
-struct LsOutput {
+struct Located<T> {
     snapshot: String,
     disk: String,
     partition: u32,
     path: String,
-    entries: Vec<Entry>,
+    #[serde(flatten)]
+    found: T,
     stats: Fetched,
 }
 
-async fn ls(args: LsArgs) -> Result<()> {
-    let (reader, device, path) = open(&args.target).await?;
-    let wanted = args.target.partition;
-    let (partition, entries) = blocking(move || {
+/// Opens the target's file system and runs `work` on it with the target's
+/// path, on a blocking thread (the file system drivers read synchronously).
+async fn on_volume<T: Send + 'static>(
+    target: &Target,
+    work: impl FnOnce(&Volume, &str) -> Result<T> + Send + 'static,
+) -> Result<Located<T>> {
+    let (reader, device, path) = open(target).await?;
+    let wanted = target.partition;
+    let looked_in = path.clone();
+    let (partition, found) = blocking(move || {
         let (partition, volume) = choose_volume(device, wanted)?;
-        let top = volume.stat(&path)?;
-        let entries = if top.kind == EntryKind::Dir {
-            volume.list(&path)?
-        } else {
-            vec![top]
-        };
-        Ok((partition, entries))
+        let found = work(&volume, &looked_in)?;
+        Ok((partition, found))
     })
     .await?;
-    let output = LsOutput {
+    Ok(Located {
         snapshot: reader.snapshot().to_string(),
         disk: reader.disk().to_string(),
         partition: partition.number,
-        path: parse_spec(&args.target.spec)?.2,
-        entries,
+        path,
+        found,
         stats: fetched(&reader, reader.stats()),
-    };
+    })
+}
+
+/// The entries `ls` and `find` print.
+#[derive(Serialize)]
+struct Entries {
+    entries: Vec<Entry>,
+}
+
+async fn ls(args: LsArgs) -> Result<()> {
+    let output = on_volume(&args.target, |volume, path| {
+        let top = volume.stat(path)?;
+        let entries = if top.kind == EntryKind::Dir {
+            volume.list(path)?
+        } else {
+            vec![top]
+        };
+        Ok(Entries { entries })
+    })
+    .await?;
     if args.target.output.json {
         return print_json(&output);
     }
-    for entry in &output.entries {
+    for entry in &output.found.entries {
         println!("{}", long_line(entry));
     }
     Ok(())
@@ -259,36 +282,12 @@ fn long_line(entry: &Entry) -> String {
     line
 }
 
-#[derive(Serialize)]
-struct GetOutput {
-    snapshot: String,
-    disk: String,
-    partition: u32,
-    path: String,
-    #[serde(flatten)]
-    report: haven_files::ExtractReport,
-    stats: Fetched,
-}
-
 async fn get(args: GetArgs) -> Result<()> {
-    let (reader, device, path) = open(&args.target).await?;
-    let wanted = args.target.partition;
     let to = args.to.clone();
-    let source = path.clone();
-    let (partition, report) = blocking(move || {
-        let (partition, volume) = choose_volume(device, wanted)?;
-        let report = extract(&volume, &source, &to)?;
-        Ok((partition, report))
+    let output = on_volume(&args.target, move |volume, path| {
+        Ok(extract(volume, path, &to)?)
     })
     .await?;
-    let output = GetOutput {
-        snapshot: reader.snapshot().to_string(),
-        disk: reader.disk().to_string(),
-        partition: partition.number,
-        path,
-        report,
-        stats: fetched(&reader, reader.stats()),
-    };
     if args.target.output.json {
         return print_json(&output);
     }
@@ -296,11 +295,11 @@ async fn get(args: GetArgs) -> Result<()> {
         "restored {} of {} to {}: {} files, {} directories, {} symlinks, {} bytes ({} of {} chunks fetched)",
         output.path,
         output.snapshot,
-        output.report.to,
-        output.report.files,
-        output.report.directories,
-        output.report.symlinks,
-        output.report.bytes,
+        output.found.to,
+        output.found.files,
+        output.found.directories,
+        output.found.symlinks,
+        output.found.bytes,
         output.stats.chunks_fetched,
         output.stats.data_chunks
     );
@@ -308,27 +307,16 @@ async fn get(args: GetArgs) -> Result<()> {
 }
 
 async fn find(args: FindArgs) -> Result<()> {
-    let (reader, device, path) = open(&args.target).await?;
-    let wanted = args.target.partition;
     let pattern = args.name.clone();
-    let (partition, entries) = blocking(move || {
-        let (partition, volume) = choose_volume(device, wanted)?;
-        let entries = volume.find(&path, &pattern)?;
-        Ok((partition, entries))
+    let output = on_volume(&args.target, move |volume, path| {
+        let entries = volume.find(path, &pattern)?;
+        Ok(Entries { entries })
     })
     .await?;
-    let output = LsOutput {
-        snapshot: reader.snapshot().to_string(),
-        disk: reader.disk().to_string(),
-        partition: partition.number,
-        path: parse_spec(&args.target.spec)?.2,
-        entries,
-        stats: fetched(&reader, reader.stats()),
-    };
     if args.target.output.json {
         return print_json(&output);
     }
-    for entry in &output.entries {
+    for entry in &output.found.entries {
         println!("{}", entry.path);
     }
     Ok(())

@@ -29,6 +29,16 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// The run of `length` bytes at `offset` with `flags`: one constructor for
+    /// the places (mostly tests) that write extents by hand.
+    pub const fn new(offset: u64, length: u64, flags: u32) -> Self {
+        Extent {
+            offset,
+            length,
+            flags,
+        }
+    }
+
     /// First byte after the run.
     pub fn end(&self) -> u64 {
         self.offset + self.length
@@ -80,33 +90,25 @@ pub(crate) fn extents_from_descriptors(
 mod tests {
     use super::*;
 
-    fn extent(offset: u64, length: u64, flags: u32) -> Extent {
-        Extent {
-            offset,
-            length,
-            flags,
-        }
-    }
-
     #[test]
     fn descriptors_become_extents() {
         assert_eq!(
             extents_from_descriptors(1000, 300, &[(100, 0), (50, 3), (150, 1)]).unwrap(),
             vec![
-                extent(1000, 100, 0),
-                extent(1100, 50, 3),
-                extent(1150, 150, 1)
+                Extent::new(1000, 100, 0),
+                Extent::new(1100, 50, 3),
+                Extent::new(1150, 150, 1)
             ]
         );
         // Partial answers are fine: the caller asks again from the end.
         assert_eq!(
             extents_from_descriptors(0, 300, &[(100, 0)]).unwrap(),
-            vec![extent(0, 100, 0)]
+            vec![Extent::new(0, 100, 0)]
         );
         // The last extent is clamped to the request.
         assert_eq!(
             extents_from_descriptors(0, 300, &[(100, 0), (u32::MAX, 1)]).unwrap(),
-            vec![extent(0, 100, 0), extent(100, 200, 1)]
+            vec![Extent::new(0, 100, 0), Extent::new(100, 200, 1)]
         );
     }
 

@@ -38,6 +38,72 @@ fn server_error(errno: u32) -> NbdError {
     }
 }
 
+/// What a command accepts as a simple reply once structured replies were negotiated.
+enum SimpleReply {
+    /// Only an error before any chunk (the command's answer needs chunks);
+    /// anything else is refused with this message.
+    ErrorOnly(&'static str),
+    /// A simple reply may answer the command in full, but not after a chunk.
+    Allowed,
+}
+
+/// Progress through the reply to one request.
+struct Reply {
+    cookie: u64,
+    /// The request's range, which error chunks must point into.
+    offset: u64,
+    length: u64,
+    simple_reply: SimpleReply,
+    chunks_seen: bool,
+    done: bool,
+    /// The first error chunk: reported once the whole reply is consumed, so
+    /// the stream stays in sync.
+    first_error: Option<NbdError>,
+}
+
+impl Reply {
+    fn new(cookie: u64, offset: u64, length: u32, simple_reply: SimpleReply) -> Self {
+        Reply {
+            cookie,
+            offset,
+            length: u64::from(length),
+            simple_reply,
+            chunks_seen: false,
+            done: false,
+            first_error: None,
+        }
+    }
+
+    /// Checks a simple reply with `errno` against what the command accepts.
+    fn simple(&self, errno: u32) -> Result<(), NbdError> {
+        match self.simple_reply {
+            SimpleReply::ErrorOnly(_) if errno != 0 && !self.chunks_seen => {
+                Err(server_error(errno))
+            }
+            SimpleReply::ErrorOnly(message) => Err(protocol(message)),
+            SimpleReply::Allowed if self.chunks_seen => {
+                Err(protocol("simple reply in the middle of a structured reply"))
+            }
+            SimpleReply::Allowed if errno == 0 => Ok(()),
+            SimpleReply::Allowed => Err(server_error(errno)),
+        }
+    }
+
+    /// The outcome of a reply read to its end: its first error chunk, if any.
+    fn finish(self) -> Result<(), NbdError> {
+        match self.first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn unexpected_chunk(chunk_type: u16, request: impl std::fmt::Display) -> NbdError {
+    protocol(format!(
+        "unexpected chunk type {chunk_type} in reply to {request}"
+    ))
+}
+
 impl Session {
     pub(crate) fn new(transport: Transport, structured_replies: bool) -> Self {
         Session {
@@ -137,6 +203,36 @@ impl Session {
         Ok(())
     }
 
+    /// Reads the next chunk of the structured reply to `reply.cookie` that
+    /// its caller must handle: NONE and error chunks are handled here, the
+    /// first error kept for [`Reply::finish`]. `None` once the reply is over
+    /// (after the chunk flagged DONE, or a simple reply the command allows).
+    async fn next_chunk(&mut self, reply: &mut Reply) -> Result<Option<ChunkHeader>, NbdError> {
+        while !reply.done {
+            let header = match self.read_reply_header(reply.cookie).await? {
+                ReplyHeader::Simple { errno } => {
+                    reply.done = true;
+                    reply.simple(errno)?;
+                    continue;
+                }
+                ReplyHeader::Chunk(header) => header,
+            };
+            reply.chunks_seen = true;
+            reply.done = header.is_done();
+            match header.chunk_type {
+                wire::CHUNK_NONE => Self::check_none_chunk(&header)?,
+                chunk_type if chunk_type & wire::CHUNK_ERROR_BIT != 0 => {
+                    let error = self
+                        .read_error_chunk(&header, reply.offset, reply.length)
+                        .await?;
+                    reply.first_error.get_or_insert(error);
+                }
+                _ => return Ok(Some(header)),
+            }
+        }
+        Ok(None)
+    }
+
     /// READ of `buf.len()` bytes (at most the negotiated maximum) at `offset`.
     pub(crate) async fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
         let length = u32::try_from(buf.len())
@@ -151,21 +247,15 @@ impl Session {
         }
         let request_length = u64::from(length);
         let mut coverage = Coverage::new(offset, request_length);
-        let mut first_error = None;
-        let mut chunks_seen = false;
-        loop {
-            let header = match self.read_reply_header(cookie).await? {
-                ReplyHeader::Simple { errno } if errno != 0 && !chunks_seen => {
-                    return Err(server_error(errno));
-                }
-                ReplyHeader::Simple { .. } => {
-                    return Err(protocol(
-                        "simple reply to NBD_CMD_READ after structured replies were negotiated",
-                    ));
-                }
-                ReplyHeader::Chunk(header) => header,
-            };
-            chunks_seen = true;
+        let mut reply = Reply::new(
+            cookie,
+            offset,
+            length,
+            SimpleReply::ErrorOnly(
+                "simple reply to NBD_CMD_READ after structured replies were negotiated",
+            ),
+        );
+        while let Some(header) = self.next_chunk(&mut reply).await? {
             match header.chunk_type {
                 wire::CHUNK_OFFSET_DATA => {
                     let data_length = u64::from(header.length)
@@ -198,26 +288,10 @@ impl Session {
                     let end = start + hole_length as usize;
                     buf[start..end].fill(0);
                 }
-                wire::CHUNK_NONE => Self::check_none_chunk(&header)?,
-                chunk_type if chunk_type & wire::CHUNK_ERROR_BIT != 0 => {
-                    let error = self
-                        .read_error_chunk(&header, offset, request_length)
-                        .await?;
-                    first_error.get_or_insert(error);
-                }
-                other => {
-                    return Err(protocol(format!(
-                        "unexpected chunk type {other} in reply to NBD_CMD_READ"
-                    )));
-                }
-            }
-            if header.is_done() {
-                break;
+                other => return Err(unexpected_chunk(other, "NBD_CMD_READ")),
             }
         }
-        if let Some(error) = first_error {
-            return Err(error);
-        }
+        reply.finish()?;
         coverage.finish()
     }
 
@@ -230,40 +304,14 @@ impl Session {
         payload: &[u8],
     ) -> Result<(), NbdError> {
         let cookie = self.send(command, offset, length, payload).await?;
-        let mut first_error = None;
-        let mut chunks_seen = false;
-        loop {
-            let header = match self.read_reply_header(cookie).await? {
-                ReplyHeader::Simple { .. } if chunks_seen => {
-                    return Err(protocol("simple reply in the middle of a structured reply"));
-                }
-                ReplyHeader::Simple { errno: 0 } => return Ok(()),
-                ReplyHeader::Simple { errno } => return Err(server_error(errno)),
-                ReplyHeader::Chunk(header) => header,
-            };
-            chunks_seen = true;
-            match header.chunk_type {
-                wire::CHUNK_NONE => Self::check_none_chunk(&header)?,
-                chunk_type if chunk_type & wire::CHUNK_ERROR_BIT != 0 => {
-                    let error = self
-                        .read_error_chunk(&header, offset, u64::from(length))
-                        .await?;
-                    first_error.get_or_insert(error);
-                }
-                other => {
-                    return Err(protocol(format!(
-                        "unexpected chunk type {other} in reply to command {command}"
-                    )));
-                }
-            }
-            if header.is_done() {
-                break;
-            }
+        let mut reply = Reply::new(cookie, offset, length, SimpleReply::Allowed);
+        if let Some(header) = self.next_chunk(&mut reply).await? {
+            return Err(unexpected_chunk(
+                header.chunk_type,
+                format_args!("command {command}"),
+            ));
         }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        reply.finish()
     }
 
     /// BLOCK_STATUS for `[offset, offset + length)`; returns the descriptors
@@ -281,64 +329,40 @@ impl Session {
             .await?;
         let mut wanted = None;
         let mut seen_ids: Vec<u32> = Vec::new();
-        let mut first_error = None;
-        let mut chunks_seen = false;
-        loop {
-            let header = match self.read_reply_header(cookie).await? {
-                ReplyHeader::Simple { errno } if errno != 0 && !chunks_seen => {
-                    return Err(server_error(errno));
-                }
-                ReplyHeader::Simple { .. } => {
-                    return Err(protocol("simple success reply to NBD_CMD_BLOCK_STATUS"));
-                }
-                ReplyHeader::Chunk(header) => header,
-            };
-            chunks_seen = true;
-            match header.chunk_type {
-                wire::CHUNK_BLOCK_STATUS => {
-                    if header.length > MAX_BLOCK_STATUS_CHUNK {
-                        return Err(protocol(format!(
-                            "block status chunk of {} bytes exceeds the limit of {MAX_BLOCK_STATUS_CHUNK}",
-                            header.length
-                        )));
-                    }
-                    let payload = self.transport.read_vec(header.length).await?;
-                    let (context_id, descriptors) = wire::decode_block_status(&payload)?;
-                    if !known_ids.contains(&context_id) {
-                        return Err(protocol(format!(
-                            "block status for context id {context_id}, which was never negotiated"
-                        )));
-                    }
-                    if seen_ids.contains(&context_id) {
-                        return Err(protocol(format!(
-                            "two block status chunks for context id {context_id}"
-                        )));
-                    }
-                    seen_ids.push(context_id);
-                    if context_id == wanted_id {
-                        wanted = Some(descriptors);
-                    }
-                }
-                wire::CHUNK_NONE => Self::check_none_chunk(&header)?,
-                chunk_type if chunk_type & wire::CHUNK_ERROR_BIT != 0 => {
-                    let error = self
-                        .read_error_chunk(&header, offset, u64::from(length))
-                        .await?;
-                    first_error.get_or_insert(error);
-                }
-                other => {
-                    return Err(protocol(format!(
-                        "unexpected chunk type {other} in reply to NBD_CMD_BLOCK_STATUS"
-                    )));
-                }
+        let mut reply = Reply::new(
+            cookie,
+            offset,
+            length,
+            SimpleReply::ErrorOnly("simple success reply to NBD_CMD_BLOCK_STATUS"),
+        );
+        while let Some(header) = self.next_chunk(&mut reply).await? {
+            if header.chunk_type != wire::CHUNK_BLOCK_STATUS {
+                return Err(unexpected_chunk(header.chunk_type, "NBD_CMD_BLOCK_STATUS"));
             }
-            if header.is_done() {
-                break;
+            if header.length > MAX_BLOCK_STATUS_CHUNK {
+                return Err(protocol(format!(
+                    "block status chunk of {} bytes exceeds the limit of {MAX_BLOCK_STATUS_CHUNK}",
+                    header.length
+                )));
+            }
+            let payload = self.transport.read_vec(header.length).await?;
+            let (context_id, descriptors) = wire::decode_block_status(&payload)?;
+            if !known_ids.contains(&context_id) {
+                return Err(protocol(format!(
+                    "block status for context id {context_id}, which was never negotiated"
+                )));
+            }
+            if seen_ids.contains(&context_id) {
+                return Err(protocol(format!(
+                    "two block status chunks for context id {context_id}"
+                )));
+            }
+            seen_ids.push(context_id);
+            if context_id == wanted_id {
+                wanted = Some(descriptors);
             }
         }
-        if let Some(error) = first_error {
-            return Err(error);
-        }
+        reply.finish()?;
         wanted.ok_or_else(|| protocol(format!("block status reply lacks context id {wanted_id}")))
     }
 

@@ -192,6 +192,22 @@ async fn chunk_header(
     stream.write_u32(length).await
 }
 
+/// The last chunk of a reply: flagged DONE.
+async fn last_chunk(
+    stream: &mut UnixStream,
+    chunk_type: u16,
+    cookie: u64,
+    payload: &[u8],
+) -> IoResult {
+    chunk(stream, DONE, chunk_type, cookie, payload).await
+}
+
+async fn simple_reply(stream: &mut UnixStream, errno: u32, cookie: u64) -> IoResult {
+    stream.write_u32(SIMPLE_REPLY_MAGIC).await?;
+    stream.write_u32(errno).await?;
+    stream.write_u64(cookie).await
+}
+
 fn offset_data(offset: u64, data: &[u8]) -> Vec<u8> {
     let mut payload = offset.to_be_bytes().to_vec();
     payload.extend_from_slice(data);
@@ -235,6 +251,22 @@ where
     });
     let client = Client::connect(&endpoint, &options()).await.unwrap();
     (dir, client)
+}
+
+/// Connects through a normal handshake to a server that answers the first
+/// request with one chunk of `chunk_type` flagged DONE, whose payload
+/// `payload` makes from the request, then stalls.
+async fn answered_once<P>(chunk_type: u16, payload: P) -> (tempfile::TempDir, Client)
+where
+    P: FnOnce(&Request) -> Vec<u8> + Send + 'static,
+{
+    connected(Handshake::default(), move |mut stream| async move {
+        let request = read_request(&mut stream).await?;
+        let payload = payload(&request);
+        last_chunk(&mut stream, chunk_type, request.cookie, &payload).await?;
+        stall(stream).await
+    })
+    .await
 }
 
 #[tokio::test]
@@ -328,9 +360,7 @@ async fn rejected_go_is_reported_with_its_message() {
 async fn reply_with_wrong_cookie() {
     let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
         let request = read_request(&mut stream).await?;
-        stream.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        stream.write_u32(0).await?;
-        stream.write_u64(request.cookie + 1).await?;
+        simple_reply(&mut stream, 0, request.cookie + 1).await?;
         stall(stream).await
     })
     .await;
@@ -357,18 +387,8 @@ async fn structured_chunk_longer_than_requested() {
 
 #[tokio::test]
 async fn offset_data_outside_the_request() {
-    let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
-        let request = read_request(&mut stream).await?;
-        let payload = offset_data(request.offset + 8192, &vec![7u8; request.length as usize]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_OFFSET_DATA,
-            request.cookie,
-            &payload,
-        )
-        .await?;
-        stall(stream).await
+    let (_dir, mut client) = answered_once(CHUNK_OFFSET_DATA, |request| {
+        offset_data(request.offset + 8192, &vec![7u8; request.length as usize])
     })
     .await;
     expect_protocol(client.read(4096, &mut [0u8; 4096]).await, "outside");
@@ -376,18 +396,8 @@ async fn offset_data_outside_the_request() {
 
 #[tokio::test]
 async fn read_reply_not_covering_the_range() {
-    let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
-        let request = read_request(&mut stream).await?;
-        let payload = offset_data(request.offset, &[9u8; 2048]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_OFFSET_DATA,
-            request.cookie,
-            &payload,
-        )
-        .await?;
-        stall(stream).await
+    let (_dir, mut client) = answered_once(CHUNK_OFFSET_DATA, |request| {
+        offset_data(request.offset, &[9u8; 2048])
     })
     .await;
     expect_protocol(
@@ -403,14 +413,7 @@ async fn overlapping_read_chunks() {
         let first = offset_data(0, &[1u8; 3000]);
         chunk(&mut stream, 0, CHUNK_OFFSET_DATA, request.cookie, &first).await?;
         let second = offset_data(2000, &[2u8; 2096]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_OFFSET_DATA,
-            request.cookie,
-            &second,
-        )
-        .await?;
+        last_chunk(&mut stream, CHUNK_OFFSET_DATA, request.cookie, &second).await?;
         stall(stream).await
     })
     .await;
@@ -429,7 +432,7 @@ async fn out_of_order_data_and_hole_chunks_assemble() {
         chunk(&mut stream, 0, CHUNK_OFFSET_HOLE, request.cookie, &hole).await?;
         let head = offset_data(request.offset, &[4u8; 1000]);
         chunk(&mut stream, 0, CHUNK_OFFSET_DATA, request.cookie, &head).await?;
-        chunk(&mut stream, DONE, CHUNK_NONE, request.cookie, &[]).await?;
+        last_chunk(&mut stream, CHUNK_NONE, request.cookie, &[]).await?;
         stall(stream).await
     })
     .await;
@@ -445,19 +448,9 @@ async fn out_of_order_data_and_hole_chunks_assemble() {
 
 #[tokio::test]
 async fn block_status_with_zero_length_extent() {
-    let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
-        let request = read_request(&mut stream).await?;
+    let (_dir, mut client) = answered_once(CHUNK_BLOCK_STATUS, |request| {
         assert_eq!(request.command, CMD_BLOCK_STATUS);
-        let payload = block_status(1, &[(4096, 0), (0, 1)]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_BLOCK_STATUS,
-            request.cookie,
-            &payload,
-        )
-        .await?;
-        stall(stream).await
+        block_status(1, &[(4096, 0), (0, 1)])
     })
     .await;
     expect_protocol(
@@ -468,20 +461,8 @@ async fn block_status_with_zero_length_extent() {
 
 #[tokio::test]
 async fn block_status_for_an_unknown_context_id() {
-    let (_dir, mut client) = connected(Handshake::default(), |mut stream| async move {
-        let request = read_request(&mut stream).await?;
-        let payload = block_status(99, &[(4096, 0)]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_BLOCK_STATUS,
-            request.cookie,
-            &payload,
-        )
-        .await?;
-        stall(stream).await
-    })
-    .await;
+    let (_dir, mut client) =
+        answered_once(CHUNK_BLOCK_STATUS, |_| block_status(99, &[(4096, 0)])).await;
     expect_protocol(
         client.block_status(CONTEXT_BASE_ALLOCATION, 0, 4096).await,
         "never negotiated",
@@ -494,25 +475,11 @@ async fn block_status_loops_over_partial_answers_and_clamps() {
         let first = read_request(&mut stream).await?;
         assert_eq!((first.offset, first.length), (0, 4096));
         let payload = block_status(1, &[(1000, 0)]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_BLOCK_STATUS,
-            first.cookie,
-            &payload,
-        )
-        .await?;
+        last_chunk(&mut stream, CHUNK_BLOCK_STATUS, first.cookie, &payload).await?;
         let second = read_request(&mut stream).await?;
         assert_eq!((second.offset, second.length), (1000, 3096));
         let payload = block_status(1, &[(100_000, 3)]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_BLOCK_STATUS,
-            second.cookie,
-            &payload,
-        )
-        .await?;
+        last_chunk(&mut stream, CHUNK_BLOCK_STATUS, second.cookie, &payload).await?;
         stall(stream).await
     })
     .await;
@@ -581,17 +548,10 @@ async fn error_chunk_with_message_keeps_the_connection_usable() {
         let mut payload = EIO.to_be_bytes().to_vec();
         payload.extend_from_slice(&12u16.to_be_bytes());
         payload.extend_from_slice(b"disk on fire");
-        chunk(&mut stream, DONE, CHUNK_ERROR, failing.cookie, &payload).await?;
+        last_chunk(&mut stream, CHUNK_ERROR, failing.cookie, &payload).await?;
         let working = read_request(&mut stream).await?;
         let payload = offset_data(working.offset, &vec![8u8; working.length as usize]);
-        chunk(
-            &mut stream,
-            DONE,
-            CHUNK_OFFSET_DATA,
-            working.cookie,
-            &payload,
-        )
-        .await?;
+        last_chunk(&mut stream, CHUNK_OFFSET_DATA, working.cookie, &payload).await?;
         stall(stream).await
     })
     .await;
@@ -615,15 +575,13 @@ async fn simple_replies_when_structured_replies_are_refused() {
     };
     let (_dir, mut client) = connected(config, |mut stream| async move {
         let request = read_request(&mut stream).await?;
-        stream.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        stream.write_u32(0).await?;
-        stream.write_u64(request.cookie).await?;
+        simple_reply(&mut stream, 0, request.cookie).await?;
         stream
             .write_all(&vec![6u8; request.length as usize])
             .await?;
         // A structured chunk is not allowed without negotiation.
         let request = read_request(&mut stream).await?;
-        chunk(&mut stream, DONE, CHUNK_NONE, request.cookie, &[]).await?;
+        last_chunk(&mut stream, CHUNK_NONE, request.cookie, &[]).await?;
         stall(stream).await
     })
     .await;
@@ -649,14 +607,7 @@ async fn reads_are_split_at_the_maximum_and_must_be_aligned() {
             assert_eq!((request.offset, request.length), expected);
             let data = vec![index as u8 + 1; request.length as usize];
             let payload = offset_data(request.offset, &data);
-            chunk(
-                &mut stream,
-                DONE,
-                CHUNK_OFFSET_DATA,
-                request.cookie,
-                &payload,
-            )
-            .await?;
+            last_chunk(&mut stream, CHUNK_OFFSET_DATA, request.cookie, &payload).await?;
         }
         stall(stream).await
     })
@@ -683,9 +634,7 @@ async fn write_zeroes_falls_back_to_writing_zeros() {
         let mut payload = vec![1u8; request.length as usize];
         stream.read_exact(&mut payload).await?;
         assert!(payload.iter().all(|byte| *byte == 0));
-        stream.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        stream.write_u32(0).await?;
-        stream.write_u64(request.cookie).await?;
+        simple_reply(&mut stream, 0, request.cookie).await?;
         stall(stream).await
     })
     .await;

@@ -7,11 +7,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use s3s::dto::StreamingBlob;
-use s3s::{S3Error, S3ErrorCode, s3_error};
+use s3s::dto::{Checksum, ChecksumAlgorithm, StreamingBlob};
+use s3s::{S3Error, S3ErrorCode, TrailingHeaders, s3_error};
 
+use super::convert;
 use crate::error::StoreError;
-use crate::object_file::{BLOCK_SIZE, ObjectReader, ObjectWriter};
+use crate::object_file::{BLOCK_SIZE, ObjectMeta, ObjectReader, ObjectWriter};
 use crate::store::Store;
 
 /// Reads that are verified before the response starts (so corruption there
@@ -145,6 +146,87 @@ pub async fn receive(body: StreamingBlob, sink: Sink, max_size: u64) -> Result<S
         feeder.push(piece).await?;
     }
     feeder.finish().await
+}
+
+/// A request body as PUT object or upload part gets it (built by
+/// [`incoming_body!`](super::fields::incoming_body)), with what the client
+/// declared about its bytes.
+pub struct IncomingBody<'a> {
+    /// The body; a request without one is refused.
+    pub body: Option<StreamingBlob>,
+    /// The `x-amz-checksum-*` values sent as headers.
+    pub declared: Checksum,
+    /// The checksum the client asks for without sending its value.
+    pub algorithm: Option<&'a ChecksumAlgorithm>,
+    /// Content-MD5.
+    pub content_md5: Option<&'a str>,
+    /// Trailers (aws-chunked bodies), which may carry the checksums.
+    pub trailers: Option<TrailingHeaders>,
+}
+
+/// A body in a temporary object file whose every declared digest matched.
+pub struct CheckedBody {
+    /// The temporary object file, still to be finished with its metadata.
+    pub writer: ObjectWriter,
+    /// The checksums computed over the bytes, to announce in the response.
+    pub checksum: Checksum,
+    /// What every stored body's metadata starts from: the ETag (MD5), the
+    /// time of arrival and the checksums.
+    pub meta: ObjectMeta,
+}
+
+/// Receives a body into the writer `new_writer` creates, at most `max_size`
+/// bytes, and checks it against Content-MD5 and every declared checksum:
+/// the one path of object bytes into the store for PUT object and upload part.
+pub async fn receive_checked(
+    incoming: IncomingBody<'_>,
+    new_writer: impl FnOnce() -> Result<ObjectWriter, StoreError>,
+    max_size: u64,
+) -> Result<CheckedBody, S3Error> {
+    let IncomingBody {
+        body,
+        mut declared,
+        algorithm,
+        content_md5,
+        trailers,
+    } = incoming;
+    let hasher = convert::checksum_hasher(&declared, algorithm)?;
+    let body = body.ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
+    let sink = Sink {
+        writer: new_writer()?,
+        md5: crate::md5::Md5::new(),
+        checksum: hasher,
+    };
+    let sink = receive(body, sink, max_size).await?;
+    let md5 = sink.md5.finalize();
+    convert::check_content_md5(content_md5, &md5)?;
+    convert::merge_trailers(&mut declared, trailers)?;
+    let checksum = sink.checksum.finalize();
+    convert::verify_checksums(&declared, &checksum)?;
+    let meta = ObjectMeta {
+        etag: hex::encode(md5),
+        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
+        checksums: convert::checksum_map(&checksum),
+        ..Default::default()
+    };
+    Ok(CheckedBody {
+        writer: sink.writer,
+        checksum,
+        meta,
+    })
+}
+
+/// Seals a received body with its metadata on a blocking thread; returns the
+/// temporary file to commit and the metadata as written.
+pub async fn finish(
+    writer: ObjectWriter,
+    meta: ObjectMeta,
+) -> Result<(std::path::PathBuf, ObjectMeta), S3Error> {
+    let finished = tokio::task::spawn_blocking(move || writer.finish(meta))
+        .await
+        .map_err(S3Error::internal_error)?
+        .map_err(StoreError::from)?;
+    Ok(finished)
 }
 
 async fn joined<A>(task: tokio::task::JoinHandle<Result<A, StoreError>>) -> Result<A, S3Error> {

@@ -80,6 +80,17 @@ pub async fn get_configuration(
     }))
 }
 
+/// Refuses per-object lock settings in a bucket created without Object Lock.
+async fn lockable_bucket(s3: &HavenS3, bucket: &str) -> S3Result<()> {
+    if !s3.store.bucket_config(bucket).await?.object_lock_enabled {
+        return Err(s3_error!(
+            InvalidRequest,
+            "bucket is missing Object Lock configuration"
+        ));
+    }
+    Ok(())
+}
+
 pub async fn put_retention(
     s3: &HavenS3,
     req: S3Request<PutObjectRetentionInput>,
@@ -87,13 +98,7 @@ pub async fn put_retention(
     let bypass =
         req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
     let input = req.input;
-    let bucket = s3.store.bucket_config(&input.bucket).await?;
-    if !bucket.object_lock_enabled {
-        return Err(s3_error!(
-            InvalidRequest,
-            "bucket is missing Object Lock configuration"
-        ));
-    }
+    lockable_bucket(s3, &input.bucket).await?;
     let retention = match input.retention {
         Some(ObjectLockRetention {
             mode: Some(mode),
@@ -140,13 +145,7 @@ pub async fn put_legal_hold(
     req: S3Request<PutObjectLegalHoldInput>,
 ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
     let input = req.input;
-    let bucket = s3.store.bucket_config(&input.bucket).await?;
-    if !bucket.object_lock_enabled {
-        return Err(s3_error!(
-            InvalidRequest,
-            "bucket is missing Object Lock configuration"
-        ));
-    }
+    lockable_bucket(s3, &input.bucket).await?;
     let on = input
         .legal_hold
         .and_then(|h| h.status)

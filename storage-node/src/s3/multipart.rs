@@ -1,12 +1,12 @@
 //! Multipart uploads.
 
 use s3s::dto::*;
-use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::HavenS3;
-use super::body::{self, Sink};
+use super::body;
 use super::convert;
-use crate::error::StoreError;
+use super::fields::{incoming_body, meta_with_content_headers, with_checksums};
 use crate::object_file::ObjectMeta;
 use crate::store::{UploadInfo, uploads_max_part_number};
 
@@ -23,17 +23,11 @@ pub async fn create(
         input.object_lock_retain_until_date.as_ref(),
         input.object_lock_legal_hold_status.as_ref(),
     )?;
-    let meta = ObjectMeta {
-        content_type: input.content_type,
-        content_encoding: input.content_encoding,
-        content_disposition: input.content_disposition,
-        content_language: input.content_language,
-        cache_control: input.cache_control,
+    let meta = meta_with_content_headers!(input, {
         user_metadata: convert::user_metadata(input.metadata)?,
         retention,
         legal_hold,
-        ..Default::default()
-    };
+    } ..ObjectMeta::default());
     let info = UploadInfo {
         bucket: input.bucket.clone(),
         key: input.key.clone(),
@@ -73,14 +67,8 @@ pub async fn upload_part(
     req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let trailers = req.trailing_headers.clone();
-    owned_upload(
-        s3,
-        &req,
-        &req.input.upload_id,
-        &req.input.bucket,
-        &req.input.key,
-    )
-    .await?;
+    let input = &req.input;
+    owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
     let input = req.input;
     if !(1..=uploads_max_part_number()).contains(&input.part_number) {
         return Err(s3_error!(
@@ -89,66 +77,27 @@ pub async fn upload_part(
         ));
     }
     let max_size = s3.config.limits.max_object_size;
-    let mut declared = Checksum {
-        checksum_crc32: input.checksum_crc32,
-        checksum_crc32c: input.checksum_crc32c,
-        checksum_sha1: input.checksum_sha1,
-        checksum_sha256: input.checksum_sha256,
-        checksum_crc64nvme: input.checksum_crc64nvme,
-        ..Default::default()
-    };
-    let hasher = convert::checksum_hasher(&declared, input.checksum_algorithm.as_ref())?;
-    let body_stream = input
-        .body
-        .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
-    let sink = Sink {
-        writer: s3.store.new_part_writer(&input.upload_id)?,
-        md5: crate::md5::Md5::new(),
-        checksum: hasher,
-    };
-    let sink = body::receive(body_stream, sink, max_size).await?;
-    let md5 = sink.md5.finalize();
-    convert::check_content_md5(input.content_md5.as_deref(), &md5)?;
-    convert::merge_trailers(&mut declared, trailers)?;
-    let computed = sink.checksum.finalize();
-    convert::verify_checksums(&declared, &computed)?;
-    let meta = ObjectMeta {
-        etag: hex::encode(md5),
-        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
-        checksums: convert::checksum_map(&computed),
-        ..Default::default()
-    };
-    let writer = sink.writer;
-    let (temp, meta) = tokio::task::spawn_blocking(move || writer.finish(meta))
-        .await
-        .map_err(S3Error::internal_error)?
-        .map_err(StoreError::from)?;
+    let received = body::receive_checked(
+        incoming_body!(input, trailers),
+        || s3.store.new_part_writer(&input.upload_id),
+        max_size,
+    )
+    .await?;
+    let (temp, meta) = body::finish(received.writer, received.meta).await?;
     s3.store
         .commit_part(&input.upload_id, input.part_number, temp)
         .await?;
-    Ok(S3Response::new(UploadPartOutput {
+    Ok(S3Response::new(with_checksums!(UploadPartOutput {
         e_tag: Some(convert::etag(&meta)),
-        checksum_crc32: computed.checksum_crc32,
-        checksum_crc32c: computed.checksum_crc32c,
-        checksum_sha1: computed.checksum_sha1,
-        checksum_sha256: computed.checksum_sha256,
-        checksum_crc64nvme: computed.checksum_crc64nvme,
-        ..Default::default()
-    }))
+    } from received.checksum)))
 }
 
 pub async fn complete(
     s3: &HavenS3,
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-    let info = owned_upload(
-        s3,
-        &req,
-        &req.input.upload_id,
-        &req.input.bucket,
-        &req.input.key,
-    )
-    .await?;
+    let input = &req.input;
+    let info = owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
     let input = req.input;
     let condition =
         convert::write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
@@ -181,15 +130,9 @@ pub async fn abort(
     s3: &HavenS3,
     req: S3Request<AbortMultipartUploadInput>,
 ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-    owned_upload(
-        s3,
-        &req,
-        &req.input.upload_id,
-        &req.input.bucket,
-        &req.input.key,
-    )
-    .await?;
-    s3.store.abort_upload(&req.input.upload_id).await?;
+    let input = &req.input;
+    owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
+    s3.store.abort_upload(&input.upload_id).await?;
     Ok(S3Response::new(AbortMultipartUploadOutput::default()))
 }
 
@@ -197,14 +140,8 @@ pub async fn list_parts(
     s3: &HavenS3,
     req: S3Request<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
-    owned_upload(
-        s3,
-        &req,
-        &req.input.upload_id,
-        &req.input.bucket,
-        &req.input.key,
-    )
-    .await?;
+    let input = &req.input;
+    owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
     let input = req.input;
     let marker = input.part_number_marker.unwrap_or(0);
     let max_parts = input.max_parts.unwrap_or(1000).clamp(1, 1000);

@@ -6,8 +6,12 @@ use s3s::dto::*;
 use s3s::{S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use super::HavenS3;
-use super::body::{self, Sink};
+use super::body;
 use super::convert;
+use super::fields::{
+    check_read_conditions, incoming_body, meta_with_content_headers, object_description,
+    with_checksums,
+};
 use crate::error::StoreError;
 use crate::object_file::{BLOCK_SIZE, ObjectMeta};
 
@@ -38,61 +42,25 @@ pub async fn put_object(
             "object is larger than {max_size} bytes"
         ));
     }
-    let mut declared = Checksum {
-        checksum_crc32: input.checksum_crc32,
-        checksum_crc32c: input.checksum_crc32c,
-        checksum_sha1: input.checksum_sha1,
-        checksum_sha256: input.checksum_sha256,
-        checksum_crc64nvme: input.checksum_crc64nvme,
-        ..Default::default()
-    };
-    let hasher = convert::checksum_hasher(&declared, input.checksum_algorithm.as_ref())?;
-    let body_stream = input
-        .body
-        .ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
-    let sink = Sink {
-        writer: s3.store.new_writer(&input.bucket, &input.key)?,
-        md5: crate::md5::Md5::new(),
-        checksum: hasher,
-    };
-    let sink = body::receive(body_stream, sink, max_size).await?;
-    let md5 = sink.md5.finalize();
-    convert::check_content_md5(input.content_md5.as_deref(), &md5)?;
-    convert::merge_trailers(&mut declared, trailers)?;
-    let computed = sink.checksum.finalize();
-    convert::verify_checksums(&declared, &computed)?;
-    let meta = ObjectMeta {
-        etag: hex::encode(md5),
-        last_modified_ns: time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
-        content_type: input.content_type,
-        content_encoding: input.content_encoding,
-        content_disposition: input.content_disposition,
-        content_language: input.content_language,
-        cache_control: input.cache_control,
+    let received = body::receive_checked(
+        incoming_body!(input, trailers),
+        || s3.store.new_writer(&input.bucket, &input.key),
+        max_size,
+    )
+    .await?;
+    let meta = meta_with_content_headers!(input, {
         user_metadata,
-        checksums: convert::checksum_map(&computed),
         retention,
         legal_hold,
-        ..Default::default()
-    };
-    let writer = sink.writer;
-    let (temp, meta) = tokio::task::spawn_blocking(move || writer.finish(meta))
-        .await
-        .map_err(S3Error::internal_error)?
-        .map_err(StoreError::from)?;
+    } ..received.meta);
+    let (temp, meta) = body::finish(received.writer, meta).await?;
     s3.store
         .commit(&input.bucket, &input.key, temp, &condition)
         .await?;
     tracing::debug!(bucket = %input.bucket, key = %input.key, size = meta.size, "object stored");
-    Ok(S3Response::new(PutObjectOutput {
+    Ok(S3Response::new(with_checksums!(PutObjectOutput {
         e_tag: Some(convert::etag(&meta)),
-        checksum_crc32: computed.checksum_crc32,
-        checksum_crc32c: computed.checksum_crc32c,
-        checksum_sha1: computed.checksum_sha1,
-        checksum_sha256: computed.checksum_sha256,
-        checksum_crc64nvme: computed.checksum_crc64nvme,
-        ..Default::default()
-    }))
+    } from received.checksum)))
 }
 
 pub async fn get_object(
@@ -102,13 +70,7 @@ pub async fn get_object(
     let input = req.input;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = reader.meta.clone();
-    convert::check_read_conditions(
-        &meta,
-        input.if_match.as_ref(),
-        input.if_none_match.as_ref(),
-        input.if_modified_since.as_ref(),
-        input.if_unmodified_since.as_ref(),
-    )?;
+    check_read_conditions!(&meta, input)?;
     let (start, end, content_range) = match input.range {
         None => (0, meta.size, None),
         Some(range) => {
@@ -130,42 +92,15 @@ pub async fn get_object(
         Checksum::default()
     };
     let length = i64::try_from(end - start).map_err(S3Error::internal_error)?;
-    Ok(S3Response::new(GetObjectOutput {
-        body: Some(blob),
-        content_length: Some(length),
-        content_range,
-        accept_ranges: Some("bytes".to_owned()),
-        e_tag: Some(convert::etag(&meta)),
-        last_modified: Some(convert::timestamp(meta.last_modified_ns)),
-        content_type: meta.content_type.clone(),
-        content_encoding: meta.content_encoding.clone(),
-        content_disposition: meta.content_disposition.clone(),
-        content_language: meta.content_language.clone(),
-        cache_control: meta.cache_control.clone(),
-        metadata: non_empty(&meta),
-        checksum_crc32: checksum.checksum_crc32,
-        checksum_crc32c: checksum.checksum_crc32c,
-        checksum_sha1: checksum.checksum_sha1,
-        checksum_sha256: checksum.checksum_sha256,
-        checksum_crc64nvme: checksum.checksum_crc64nvme,
-        parts_count: meta.parts_count.and_then(|n| i32::try_from(n).ok()),
-        object_lock_mode: meta
-            .retention
-            .as_ref()
-            .map(|r| ObjectLockMode::from(r.mode.clone())),
-        object_lock_retain_until_date: meta
-            .retention
-            .as_ref()
-            .map(|r| Timestamp::from(r.retain_until)),
-        object_lock_legal_hold_status: meta
-            .legal_hold
-            .then(|| ObjectLockLegalHoldStatus::from_static("ON")),
-        ..Default::default()
-    }))
-}
-
-fn non_empty(meta: &ObjectMeta) -> Option<Metadata> {
-    (!meta.user_metadata.is_empty()).then(|| meta.user_metadata.clone().into_iter().collect())
+    Ok(S3Response::new(object_description!(
+        GetObjectOutput {
+            body: Some(blob),
+            content_length: Some(length),
+            content_range,
+        },
+        &meta,
+        checksum
+    )))
 }
 
 pub async fn head_object(
@@ -175,44 +110,14 @@ pub async fn head_object(
     let input = req.input;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = &reader.meta;
-    convert::check_read_conditions(
+    check_read_conditions!(meta, input)?;
+    Ok(S3Response::new(object_description!(
+        HeadObjectOutput {
+            content_length: Some(i64::try_from(meta.size).map_err(S3Error::internal_error)?),
+        },
         meta,
-        input.if_match.as_ref(),
-        input.if_none_match.as_ref(),
-        input.if_modified_since.as_ref(),
-        input.if_unmodified_since.as_ref(),
-    )?;
-    let checksum = convert::checksum_dto(meta);
-    Ok(S3Response::new(HeadObjectOutput {
-        content_length: Some(i64::try_from(meta.size).map_err(S3Error::internal_error)?),
-        accept_ranges: Some("bytes".to_owned()),
-        e_tag: Some(convert::etag(meta)),
-        last_modified: Some(convert::timestamp(meta.last_modified_ns)),
-        content_type: meta.content_type.clone(),
-        content_encoding: meta.content_encoding.clone(),
-        content_disposition: meta.content_disposition.clone(),
-        content_language: meta.content_language.clone(),
-        cache_control: meta.cache_control.clone(),
-        metadata: non_empty(meta),
-        checksum_crc32: checksum.checksum_crc32,
-        checksum_crc32c: checksum.checksum_crc32c,
-        checksum_sha1: checksum.checksum_sha1,
-        checksum_sha256: checksum.checksum_sha256,
-        checksum_crc64nvme: checksum.checksum_crc64nvme,
-        parts_count: meta.parts_count.and_then(|n| i32::try_from(n).ok()),
-        object_lock_mode: meta
-            .retention
-            .as_ref()
-            .map(|r| ObjectLockMode::from(r.mode.clone())),
-        object_lock_retain_until_date: meta
-            .retention
-            .as_ref()
-            .map(|r| Timestamp::from(r.retain_until)),
-        object_lock_legal_hold_status: meta
-            .legal_hold
-            .then(|| ObjectLockLegalHoldStatus::from_static("ON")),
-        ..Default::default()
-    }))
+        convert::checksum_dto(meta)
+    )))
 }
 
 pub async fn delete_object(
@@ -322,18 +227,12 @@ pub async fn copy_object(
         .as_ref()
         .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
     let mut meta = if replace {
-        ObjectMeta {
+        meta_with_content_headers!(input, {
             etag: source.etag.clone(),
-            content_type: input.content_type,
-            content_encoding: input.content_encoding,
-            content_disposition: input.content_disposition,
-            content_language: input.content_language,
-            cache_control: input.cache_control,
             user_metadata: convert::user_metadata(input.metadata)?,
             checksums: source.checksums.clone(),
             parts_count: source.parts_count,
-            ..Default::default()
-        }
+        } ..ObjectMeta::default())
     } else {
         ObjectMeta {
             retention: None,

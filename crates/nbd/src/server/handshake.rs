@@ -124,11 +124,7 @@ where
                 };
                 if !export_matches(config, &name) {
                     let message = format!("no export named {name:?}");
-                    send(
-                        writer,
-                        &option_reply(option, REP_ERR_UNKNOWN, message.as_bytes()),
-                    )
-                    .await?;
+                    refuse(writer, option, REP_ERR_UNKNOWN, &message).await?;
                     continue;
                 }
                 send_infos(writer, option, &requests, source, config).await?;
@@ -167,11 +163,7 @@ where
                 }
                 if !export_matches(config, &name) {
                     let message = format!("no export named {name:?}");
-                    send(
-                        writer,
-                        &option_reply(option, REP_ERR_UNKNOWN, message.as_bytes()),
-                    )
-                    .await?;
+                    refuse(writer, option, REP_ERR_UNKNOWN, &message).await?;
                     continue;
                 }
                 let selected = if option == OPT_SET_META_CONTEXT {
@@ -195,11 +187,7 @@ where
             }
             _ => {
                 let message = format!("option {option} is not supported");
-                send(
-                    writer,
-                    &option_reply(option, REP_ERR_UNSUP, message.as_bytes()),
-                )
-                .await?;
+                refuse(writer, option, REP_ERR_UNSUP, &message).await?;
             }
         }
     }
@@ -255,11 +243,17 @@ async fn invalid<W: AsyncWrite + Unpin>(
     option: u32,
     message: &str,
 ) -> Result<(), NbdError> {
-    send(
-        writer,
-        &option_reply(option, REP_ERR_INVALID, message.as_bytes()),
-    )
-    .await
+    refuse(writer, option, REP_ERR_INVALID, message).await
+}
+
+/// Answers `option` with the error reply `error` and its `message`.
+async fn refuse<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    option: u32,
+    error: u32,
+    message: &str,
+) -> Result<(), NbdError> {
+    send(writer, &option_reply(option, error, message.as_bytes())).await
 }
 
 async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), NbdError> {
