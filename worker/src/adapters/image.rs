@@ -1,27 +1,30 @@
 //! The image adapter: back up disk image files that nothing is writing to.
 //!
 //! Covers offline KVM disks and VMware/Hyper-V disks copied off their hosts (vmdk,
-//! vhdx). A raw image is read in place ([`crate::raw_image`]); every other format is
+//! vhdx). A raw image is read in place ([`crate::pipeline::raw_image`]); every other format is
 //! exported read-only by `qemu-nbd`, which understands it, and read over NBD. Either way
-//! the image is locked as QEMU locks images ([`crate::image_lock`]), so a running VM's
+//! the image is locked as QEMU locks images ([`crate::adapters::image::lock`]), so a running VM's
 //! disk is refused and no VM starts on a disk being read. Without a dirty bitmap every
 //! allocated block is read; the previous snapshot's index still spares the upload (and
 //! the existence query) of every unchanged chunk.
 
+pub mod lock;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use haven_repo::{Consistency, Progress, Repository, SourceInfo};
 
-use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
+use super::HypervisorAdapter;
+use super::chain::{BaseFacts, ReadMode};
+use super::driver::{DriverOptions, back_up_vm};
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
-use crate::image_lock::LockedImage;
-use crate::raw_image::RawImage;
-use crate::snapshot::{
-    BackupReport, CommittedDisk, SnapshotMeta, base_index, commit_snapshot, plan_snapshot,
-};
+use crate::pipeline::backup::{ChangeSource, DiskSource};
+use crate::pipeline::raw_image::RawImage;
+use crate::pipeline::snapshot::{BackupReport, DirectPublisher, SnapshotPlan};
+use lock::LockedImage;
 
 /// One image file and the disk name it is stored under.
 #[derive(Debug, Clone)]
@@ -64,81 +67,137 @@ pub async fn backup_images(
     request: &ImageBackupRequest,
     progress: Arc<Progress>,
 ) -> Result<BackupReport> {
-    let started = Instant::now();
-    if request.disks.is_empty() {
-        return Err(WorkerError::Invalid("no disk to back up".into()));
-    }
-    for disk in &request.disks {
-        haven_repo::validate_name(&disk.name)?;
-    }
-    let mut names: Vec<&str> = request.disks.iter().map(|d| d.name.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.len() != request.disks.len() {
-        return Err(WorkerError::Invalid("disk names must be unique".into()));
+    let mut adapter = ImageAdapter {
+        request,
+        opened: Vec::new(),
+        export: None,
+    };
+    let options = DriverOptions {
+        vm: &request.vm,
+        connections: request.connections,
+        read_limit: None,
+        publisher: &DirectPublisher,
+    };
+    let backup = back_up_vm(
+        &repo,
+        &mut adapter,
+        &options,
+        progress,
+        std::future::pending(),
+    )
+    .await?;
+    Ok(backup.report)
+}
+
+/// Image files as a [`HypervisorAdapter`]: nothing tracks changes, the snapshot point
+/// is the moment every image is locked, and each image is exported (or read in place)
+/// only while the pipeline reads it.
+struct ImageAdapter<'a> {
+    request: &'a ImageBackupRequest,
+    /// Every image, locked, from the snapshot point until the adapter is dropped: a VM
+    /// started between two disks would otherwise leave a snapshot of disks from
+    /// different moments.
+    opened: Vec<OpenedImage>,
+    /// The `qemu-nbd` of the disk being read, if it is not read in place.
+    export: Option<ImageExport>,
+}
+
+#[async_trait::async_trait]
+impl HypervisorAdapter for ImageAdapter<'_> {
+    fn source(&self) -> SourceInfo {
+        let origins: Vec<String> = self
+            .request
+            .disks
+            .iter()
+            .map(|disk| disk.path.display().to_string())
+            .collect();
+        SourceInfo {
+            kind: "image".into(),
+            origin: origins.join(", "),
+        }
     }
 
-    let plan = plan_snapshot(&repo, &request.vm).await?;
-    // Every disk is locked before any is read, and stays locked until the snapshot is
-    // committed: a VM started between two disks would otherwise leave a snapshot of
-    // disks from different moments.
-    let mut opened = Vec::with_capacity(request.disks.len());
-    for disk in &request.disks {
-        opened.push(open_image(disk, request.reader).await?);
+    async fn prepare(&mut self) -> Result<()> {
+        let disks = &self.request.disks;
+        if disks.is_empty() {
+            return Err(WorkerError::InvalidInput("no disk to back up".into()));
+        }
+        for disk in disks {
+            haven_repo::validate_name(&disk.name)?;
+        }
+        let mut names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != disks.len() {
+            return Err(WorkerError::InvalidInput(
+                "disk names must be unique".into(),
+            ));
+        }
+        Ok(())
     }
-    let mut committed = Vec::with_capacity(request.disks.len());
-    let mut origins = Vec::new();
-    for (disk, image) in request.disks.iter().zip(&opened) {
-        let base = base_index(&repo, plan.previous.as_ref(), &disk.name).await;
-        let backup = match image {
-            OpenedImage::InPlace(image) => {
-                let source = DiskSource::RawImage(image.clone());
-                let input = image_input(source, request, base.as_ref());
-                backup_disk(repo.clone(), input, progress.clone()).await?
-            }
+
+    async fn disks(&mut self, _plan: &SnapshotPlan) -> Result<Vec<String>> {
+        Ok(self.request.disks.iter().map(|d| d.name.clone()).collect())
+    }
+
+    fn tracks_changes(&self) -> bool {
+        false
+    }
+
+    fn read_mode(
+        &self,
+        _position: usize,
+        _chain: Option<&BTreeMap<String, String>>,
+        _base: Option<BaseFacts>,
+        _chunk_size: u32,
+    ) -> ReadMode {
+        ReadMode::Full {
+            reason: "image files do not track changes".into(),
+        }
+    }
+
+    async fn snapshot_point(&mut self, _modes: &[ReadMode]) -> Result<Consistency> {
+        for disk in &self.request.disks {
+            self.opened
+                .push(open_image(disk, self.request.reader).await?);
+        }
+        Ok(Consistency::Offline)
+    }
+
+    async fn export(&mut self, position: usize) -> Result<(DiskSource, ChangeSource)> {
+        let source = match &self.opened[position] {
+            OpenedImage::InPlace(image) => DiskSource::RawImage(image.clone()),
             OpenedImage::ThroughNbd { format, .. } => {
                 let export = ImageExport::start(
-                    &disk.path,
+                    &self.request.disks[position].path,
                     format,
                     Access::ReadOnly,
-                    request.connections + 1,
+                    self.request.connections + 1,
                 )
                 .await?;
                 let source = DiskSource::Nbd {
                     endpoint: export.endpoint(),
                     export: EXPORT_NAME.into(),
                 };
-                let input = image_input(source, request, base.as_ref());
-                let backup = backup_disk(repo.clone(), input, progress.clone()).await;
-                export.stop().await?;
-                backup?
+                self.export = Some(export);
+                source
             }
         };
-        committed.push(CommittedDisk {
-            name: disk.name.clone(),
-            backup,
-            chain: Default::default(),
-        });
-        origins.push(disk.path.display().to_string());
+        Ok((source, ChangeSource::Full))
     }
-    let meta = SnapshotMeta {
-        source: SourceInfo {
-            kind: "image".into(),
-            origin: origins.join(", "),
-        },
-        consistency: Consistency::Offline,
-        parent: plan.previous.as_ref().map(|m| m.timestamp.clone()),
-        vm_config: None,
-    };
-    let manifest = commit_snapshot(
-        &repo,
-        &plan,
-        committed,
-        meta,
-        &crate::snapshot::DirectPublisher,
-    )
-    .await?;
-    Ok(BackupReport::new(&manifest, started.elapsed()))
+
+    async fn end_export(&mut self, _position: usize) -> Result<()> {
+        match self.export.take() {
+            Some(export) => export.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn teardown(&mut self, _committed: bool) -> Result<()> {
+        self.end_export(0).await?;
+        self.opened.clear();
+        Ok(())
+    }
 }
 
 /// An image locked for reading, and how it will be read.
@@ -166,19 +225,4 @@ async fn open_image(disk: &ImageDisk, reader: ImageReader) -> Result<OpenedImage
             format,
         }
     })
-}
-
-/// The pipeline's input for one image: a full read, deduplicated against `base`.
-fn image_input<'a>(
-    source: DiskSource,
-    request: &ImageBackupRequest,
-    base: Option<&'a haven_repo::FixedIndex>,
-) -> DiskBackupInput<'a> {
-    DiskBackupInput {
-        source,
-        parallel_reads: request.connections,
-        base,
-        changes: ChangeSource::Full,
-        read_limit: None,
-    }
 }

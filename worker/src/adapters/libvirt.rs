@@ -23,6 +23,7 @@ mod chain;
 mod job;
 mod virsh;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,16 +33,15 @@ use haven_nbd::{Endpoint, dirty_bitmap_context};
 use haven_repo::{Consistency, Progress, Repository, SourceInfo, VmConfig};
 use serde::Serialize;
 
-pub use chain::{
-    CHAIN_CHECKPOINT, CHAIN_SIZE, CHAIN_SOURCE, ReadMode, checkpoint_name, is_haven_checkpoint,
-};
+pub use chain::{CHAIN_CHECKPOINT, CHAIN_SIZE, CHAIN_SOURCE, checkpoint_name, is_haven_checkpoint};
 pub use virsh::{DomainDisk, Virsh};
 
-use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
+use super::HypervisorAdapter;
+use super::chain::{BaseFacts, ReadMode};
+use super::driver::{DriverOptions, back_up_vm, millis};
 use crate::error::{Result, WorkerError};
-use crate::snapshot::{
-    BackupReport, CommittedDisk, SnapshotMeta, base_index, commit_snapshot, plan_snapshot,
-};
+use crate::pipeline::backup::{ChangeSource, DiskSource};
+use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
 use job::{BackupJob, JobDisk};
 
 /// What to back up and how.
@@ -69,7 +69,7 @@ pub struct LibvirtBackupRequest {
     /// Timeout of each virsh call.
     pub virsh_timeout: Duration,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
-    pub publisher: Arc<dyn crate::snapshot::ManifestPublisher>,
+    pub publisher: Arc<dyn crate::pipeline::snapshot::ManifestPublisher>,
     /// Cap on bytes read per second (shared across a worker's jobs).
     pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
@@ -109,9 +109,6 @@ pub struct LibvirtBackupReport {
     pub modes: Vec<LibvirtDiskMode>,
 }
 
-/// Backs up the disks of a running libvirt domain as one snapshot; `shutdown`
-/// resolving (Ctrl-C) cancels it. The domain keeps the new checkpoint if and only if
-/// the snapshot was committed.
 /// The running domains of a libvirt connection with their disks (target, size in
 /// bytes): what a worker reports as the inventory of a libvirt host.
 pub async fn discover_domains(
@@ -132,6 +129,9 @@ pub async fn discover_domains(
     Ok(domains)
 }
 
+/// Backs up the disks of a running libvirt domain as one snapshot; `shutdown`
+/// resolving (Ctrl-C) cancels it. The domain keeps the new checkpoint if and only if
+/// the snapshot was committed.
 pub async fn backup_libvirt(
     repo: Arc<Repository>,
     request: &LibvirtBackupRequest,
@@ -139,7 +139,6 @@ pub async fn backup_libvirt(
     shutdown: impl Future<Output = ()>,
 ) -> Result<LibvirtBackupReport> {
     haven_repo::validate_name(&request.vm)?;
-    let virsh = Virsh::new(request.uri.clone(), request.virsh_timeout);
     let scratch = tempfile::Builder::new()
         .prefix("haven-libvirt-")
         .tempdir_in(&request.scratch_dir)
@@ -150,237 +149,258 @@ pub async fn backup_libvirt(
     if let Some(user) = &request.qemu_user {
         hand_over(scratch.path(), user)?;
     }
-    let mut job: Option<BackupJob> = None;
-    let outcome = tokio::select! {
-        result = run(&repo, request, &virsh, progress, scratch.path(), &mut job) => result,
-        () = shutdown => Err(WorkerError::Invalid("backup cancelled".into())),
+    let mut adapter = LibvirtAdapter {
+        request,
+        virsh: Virsh::new(request.uri.clone(), request.virsh_timeout),
+        scratch: scratch.path(),
+        new_checkpoint: String::new(),
+        checkpoints: Vec::new(),
+        selected: Vec::new(),
+        skipped: Vec::new(),
+        modes: Vec::new(),
+        job: None,
+        snapshot_point: Duration::ZERO,
     };
-    let cleanup = match &job {
-        Some(job) => job.teardown(&virsh).await,
-        None => Ok(()),
+    let options = DriverOptions {
+        vm: &request.vm,
+        connections: request.connections,
+        read_limit: request.read_limit.clone(),
+        publisher: request.publisher.as_ref(),
     };
-    let mut report = match (outcome, cleanup) {
-        (Ok(report), Ok(())) => report,
-        (Ok(report), Err(error)) => {
-            tracing::warn!(%error, "snapshot committed, but ending the libvirt job failed");
-            report
-        }
-        (Err(error), Err(cleanup)) => {
-            tracing::warn!(error = %cleanup, "cleanup after a failed backup failed too");
-            return Err(error);
-        }
-        (Err(error), Ok(())) => return Err(error),
-    };
+    let backup = back_up_vm(&repo, &mut adapter, &options, progress, shutdown).await?;
     // Only now, with the manifest committed and the job ended.
-    match job::delete_older_checkpoints(&virsh, &request.domain, &request.vm, &report.checkpoint)
-        .await
+    let deleted_checkpoints = match job::delete_older_checkpoints(
+        &adapter.virsh,
+        &request.domain,
+        &request.vm,
+        &adapter.new_checkpoint,
+    )
+    .await
     {
-        Ok(deleted) => report.deleted_checkpoints = deleted,
+        Ok(deleted) => deleted,
         Err(error) => {
-            tracing::warn!(%error, "old checkpoints kept; the next backup deletes them")
+            tracing::warn!(error = %error.chain(), "old checkpoints kept; the next backup deletes them");
+            Vec::new()
         }
-    }
-    Ok(report)
-}
-
-async fn run(
-    repo: &Arc<Repository>,
-    request: &LibvirtBackupRequest,
-    virsh: &Virsh,
-    progress: Arc<Progress>,
-    scratch: &Path,
-    job_slot: &mut Option<BackupJob>,
-) -> Result<LibvirtBackupReport> {
-    let started = Instant::now();
-    let domain = request.domain.as_str();
-    let plan = plan_snapshot(repo, &request.vm).await?;
-    let all_disks = virsh.disks(domain).await?;
-    for wanted in &request.disks {
-        if !all_disks.iter().any(|disk| disk.target == *wanted) {
-            return Err(WorkerError::Invalid(format!(
-                "domain {domain} has no disk {wanted}"
-            )));
-        }
-    }
-    let (selected, skipped): (Vec<DomainDisk>, Vec<DomainDisk>) = all_disks
-        .into_iter()
-        .partition(|disk| request.disks.is_empty() || request.disks.contains(&disk.target));
-    if selected.is_empty() {
-        return Err(WorkerError::Invalid(format!(
-            "domain {domain} has no disk to back up"
-        )));
-    }
-    job::abort_leftover_job(virsh, domain).await?;
-    let new_checkpoint = checkpoint_name(&request.vm, &plan.id.timestamp);
-    let mut checkpoints = virsh.checkpoints(domain).await?;
-    if checkpoints.contains(&new_checkpoint) {
-        // Left by a killed run at the same second; never committed (the plan's
-        // timestamp is after every committed snapshot). Deleting merges it into its parent.
-        virsh
-            .run(&["checkpoint-delete", domain, &new_checkpoint])
-            .await?;
-        checkpoints.retain(|name| *name != new_checkpoint);
-    }
-
-    let mut disks = Vec::with_capacity(selected.len());
-    let mut bases = Vec::with_capacity(selected.len());
-    for disk in selected {
-        let size = virsh.capacity(domain, &disk.target).await?;
-        let base = base_index(repo, plan.previous.as_ref(), &disk.target).await;
-        let facts = base.as_ref().map(|index| chain::BaseFacts {
-            size: index.disk_size(),
-            chunk_size: index.chunk_size(),
-        });
-        let previous_chain = plan
-            .previous
-            .as_ref()
-            .and_then(|manifest| {
-                manifest
-                    .disks
-                    .iter()
-                    .find(|entry| entry.name == disk.target)
-            })
-            .map(|entry| &entry.chain);
-        let now = chain::DiskFacts {
-            size,
-            source: &disk.source,
-        };
-        let mode = chain::decide(
-            &request.vm,
-            now,
-            previous_chain,
-            &checkpoints,
-            facts,
-            repo.chunk_size(),
-        );
-        match &mode {
-            ReadMode::Incremental { checkpoint } => {
-                tracing::info!(
-                    disk = disk.target,
-                    checkpoint,
-                    "incremental: reading changes since the checkpoint"
-                )
-            }
-            ReadMode::Full { reason } if plan.previous.is_none() => {
-                tracing::info!(disk = disk.target, reason, "full read")
-            }
-            ReadMode::Full { reason } => {
-                tracing::warn!(disk = disk.target, reason, "falling back to a full read")
-            }
-        }
-        disks.push(JobDisk { disk, size, mode });
-        bases.push(base);
-    }
-
-    let domain_xml = virsh.run(&["dumpxml", domain]).await?;
-    let job = job_slot.insert(BackupJob::new(domain, new_checkpoint.clone(), scratch));
-    let backup_xml = scratch.join("backup.xml");
-    let checkpoint_xml = scratch.join("checkpoint.xml");
-    write_file(&backup_xml, &job.backup_xml(&disks, &skipped, scratch))?;
-    write_file(&checkpoint_xml, &job.checkpoint_xml(&disks, &skipped))?;
-    let begin = Instant::now();
-    let mut consistency = Consistency::CrashConsistent;
-    if request.quiesce {
-        match job.begin(virsh, &backup_xml, &checkpoint_xml, true).await {
-            Ok(()) => consistency = Consistency::ApplicationConsistent,
-            Err(error) => {
-                // libvirt undoes a failed backup-begin completely: retry unfrozen.
-                tracing::warn!(%error, "guest freeze failed: the snapshot is only crash-consistent");
-                job.begin(virsh, &backup_xml, &checkpoint_xml, false)
-                    .await?;
-            }
-        }
-    } else {
-        job.begin(virsh, &backup_xml, &checkpoint_xml, false)
-            .await?;
-    }
-    let snapshot_point = begin.elapsed();
-    tracing::info!(
-        snapshot_point_ms = millis(snapshot_point),
-        checkpoint = new_checkpoint,
-        "point-in-time view taken"
-    );
-
-    let mut committed = Vec::with_capacity(disks.len());
-    for (disk, base) in disks.iter().zip(&bases) {
-        let changes = match &disk.mode {
-            ReadMode::Incremental { .. } => ChangeSource::DirtyBitmap(dirty_bitmap_context(
-                &format!("backup-{}", disk.disk.target),
-            )),
-            ReadMode::Full { .. } => ChangeSource::Full,
-        };
-        let input = DiskBackupInput {
-            read_limit: request.read_limit.clone(),
-            source: DiskSource::Nbd {
-                endpoint: Endpoint::Unix(job.socket.clone()),
-                export: disk.disk.target.clone(),
-            },
-            parallel_reads: request.connections,
-            base: base.as_ref(),
-            changes,
-        };
-        let backup = backup_disk(repo.clone(), input, progress.clone()).await?;
-        committed.push(CommittedDisk {
-            name: disk.disk.target.clone(),
-            backup,
-            chain: chain::chain_entry(
-                &new_checkpoint,
-                chain::DiskFacts {
-                    size: disk.size,
-                    source: &disk.disk.source,
-                },
-            ),
-        });
-    }
-    let meta = SnapshotMeta {
-        source: SourceInfo {
-            kind: "libvirt".into(),
-            origin: match &request.uri {
-                Some(uri) => format!("{uri} {domain}"),
-                None => domain.to_string(),
-            },
-        },
-        consistency,
-        parent: plan
-            .previous
-            .as_ref()
-            .map(|manifest| manifest.timestamp.clone()),
-        vm_config: Some(VmConfig {
-            kind: "libvirt-xml".into(),
-            data: domain_xml,
-        }),
     };
-    let manifest =
-        commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
-    job.committed = true;
-    let modes = disks
+    let modes = adapter
+        .selected
         .into_iter()
-        .map(|disk| LibvirtDiskMode {
-            name: disk.disk.target,
-            source: disk.disk.source,
-            mode: match disk.mode {
-                ReadMode::Incremental { .. } => "incremental",
-                ReadMode::Full { .. } => "full",
-            },
-            reason: match disk.mode {
-                ReadMode::Incremental { .. } => None,
-                ReadMode::Full { reason } => Some(reason),
-            },
+        .zip(backup.modes)
+        .map(|((disk, _), mode)| LibvirtDiskMode {
+            name: disk.target,
+            source: disk.source,
+            mode: mode.label(),
+            reason: mode.reason().map(str::to_string),
         })
         .collect();
     Ok(LibvirtBackupReport {
-        backup: BackupReport::new(&manifest, started.elapsed()),
-        domain: domain.to_string(),
-        consistency,
-        checkpoint: new_checkpoint,
-        snapshot_point_ms: millis(snapshot_point),
-        deleted_checkpoints: Vec::new(),
+        backup: backup.report,
+        domain: request.domain.clone(),
+        consistency: backup.consistency,
+        checkpoint: adapter.new_checkpoint,
+        snapshot_point_ms: millis(adapter.snapshot_point),
+        deleted_checkpoints,
         modes,
     })
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+/// A libvirt domain as a [`HypervisorAdapter`]: checkpoints mark snapshot points, one
+/// pull-mode `backup-begin` takes the point-in-time view of every disk and exports them
+/// over libvirt's NBD server.
+struct LibvirtAdapter<'a> {
+    request: &'a LibvirtBackupRequest,
+    virsh: Virsh,
+    scratch: &'a Path,
+    /// The checkpoint this snapshot creates (named after it).
+    new_checkpoint: String,
+    /// The domain's checkpoints before this backup.
+    checkpoints: Vec<String>,
+    /// The disks backed up, with their capacity in bytes.
+    selected: Vec<(DomainDisk, u64)>,
+    /// The domain's other disks (listed in the job's documents as not backed up).
+    skipped: Vec<DomainDisk>,
+    /// How each selected disk is read.
+    modes: Vec<ReadMode>,
+    /// The job, once its documents are written: what teardown ends.
+    job: Option<BackupJob>,
+    /// Round trip of `backup-begin`.
+    snapshot_point: Duration,
+}
+
+#[async_trait::async_trait]
+impl HypervisorAdapter for LibvirtAdapter<'_> {
+    fn source(&self) -> SourceInfo {
+        let domain = &self.request.domain;
+        SourceInfo {
+            kind: "libvirt".into(),
+            origin: match &self.request.uri {
+                Some(uri) => format!("{uri} {domain}"),
+                None => domain.to_string(),
+            },
+        }
+    }
+
+    async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
+        let domain = self.request.domain.as_str();
+        let wanted = &self.request.disks;
+        let all_disks = self.virsh.disks(domain).await?;
+        for want in wanted {
+            if !all_disks.iter().any(|disk| disk.target == *want) {
+                return Err(WorkerError::InvalidInput(format!(
+                    "domain {domain} has no disk {want}"
+                )));
+            }
+        }
+        let (selected, skipped): (Vec<DomainDisk>, Vec<DomainDisk>) = all_disks
+            .into_iter()
+            .partition(|disk| wanted.is_empty() || wanted.contains(&disk.target));
+        if selected.is_empty() {
+            return Err(WorkerError::InvalidInput(format!(
+                "domain {domain} has no disk to back up"
+            )));
+        }
+        job::abort_leftover_job(&self.virsh, domain).await?;
+        self.new_checkpoint = checkpoint_name(&self.request.vm, &plan.id.timestamp);
+        self.checkpoints = self.virsh.checkpoints(domain).await?;
+        if self.checkpoints.contains(&self.new_checkpoint) {
+            // Left by a killed run at the same second; never committed (the plan's
+            // timestamp is after every committed snapshot). Deleting merges it into its parent.
+            self.virsh
+                .run(&["checkpoint-delete", domain, &self.new_checkpoint])
+                .await?;
+            let new_checkpoint = &self.new_checkpoint;
+            self.checkpoints.retain(|name| name != new_checkpoint);
+        }
+        for disk in selected {
+            let size = self.virsh.capacity(domain, &disk.target).await?;
+            self.selected.push((disk, size));
+        }
+        self.skipped = skipped;
+        Ok(self
+            .selected
+            .iter()
+            .map(|(disk, _)| disk.target.clone())
+            .collect())
+    }
+
+    fn read_mode(
+        &self,
+        position: usize,
+        chain: Option<&BTreeMap<String, String>>,
+        base: Option<BaseFacts>,
+        chunk_size: u32,
+    ) -> ReadMode {
+        chain::decide(
+            &self.request.vm,
+            self.disk_facts(position),
+            chain,
+            &self.checkpoints,
+            base,
+            chunk_size,
+        )
+    }
+
+    async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
+        let domain_xml = self.virsh.run(&["dumpxml", &self.request.domain]).await?;
+        Ok(Some(VmConfig {
+            kind: "libvirt-xml".into(),
+            data: domain_xml,
+        }))
+    }
+
+    async fn snapshot_point(&mut self, modes: &[ReadMode]) -> Result<Consistency> {
+        let disks: Vec<JobDisk> = self
+            .selected
+            .iter()
+            .zip(modes)
+            .map(|((disk, _), mode)| JobDisk {
+                disk: disk.clone(),
+                mode: mode.clone(),
+            })
+            .collect();
+        self.modes = modes.to_vec();
+        let scratch = self.scratch;
+        let job = self.job.insert(BackupJob::new(
+            &self.request.domain,
+            self.new_checkpoint.clone(),
+            scratch,
+        ));
+        let backup_xml = scratch.join("backup.xml");
+        let checkpoint_xml = scratch.join("checkpoint.xml");
+        write_file(&backup_xml, &job.backup_xml(&disks, &self.skipped, scratch))?;
+        write_file(&checkpoint_xml, &job.checkpoint_xml(&disks, &self.skipped))?;
+        let virsh = &self.virsh;
+        let begin = Instant::now();
+        let mut consistency = Consistency::CrashConsistent;
+        if self.request.quiesce {
+            match job.begin(virsh, &backup_xml, &checkpoint_xml, true).await {
+                Ok(()) => consistency = Consistency::ApplicationConsistent,
+                Err(error) => {
+                    // libvirt undoes a failed backup-begin completely: retry unfrozen.
+                    tracing::warn!(error = %error.chain(), "guest freeze failed: the snapshot is only crash-consistent");
+                    job.begin(virsh, &backup_xml, &checkpoint_xml, false)
+                        .await?;
+                }
+            }
+        } else {
+            job.begin(virsh, &backup_xml, &checkpoint_xml, false)
+                .await?;
+        }
+        self.snapshot_point = begin.elapsed();
+        tracing::info!(
+            snapshot_point_ms = millis(self.snapshot_point),
+            checkpoint = self.new_checkpoint,
+            "point-in-time view taken"
+        );
+        Ok(consistency)
+    }
+
+    async fn export(&mut self, position: usize) -> Result<(DiskSource, ChangeSource)> {
+        let Some(job) = &self.job else {
+            return Err(WorkerError::Hypervisor {
+                hypervisor: "libvirt",
+                message: "no backup job runs: the snapshot point was not taken".into(),
+            });
+        };
+        let target = &self.selected[position].0.target;
+        let changes = match self.modes.get(position) {
+            Some(ReadMode::Incremental { .. }) => {
+                ChangeSource::DirtyBitmap(dirty_bitmap_context(&format!("backup-{target}")))
+            }
+            _ => ChangeSource::Full,
+        };
+        let source = DiskSource::Nbd {
+            endpoint: Endpoint::Unix(job.socket.clone()),
+            export: target.clone(),
+        };
+        Ok((source, changes))
+    }
+
+    fn chain_entry(&self, position: usize) -> BTreeMap<String, String> {
+        chain::chain_entry(&self.new_checkpoint, self.disk_facts(position))
+    }
+
+    async fn teardown(&mut self, committed: bool) -> Result<()> {
+        match &mut self.job {
+            Some(job) => {
+                job.committed = committed;
+                job.teardown(&self.virsh).await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl LibvirtAdapter<'_> {
+    /// Disk `position`'s capacity and source now.
+    fn disk_facts(&self, position: usize) -> chain::DiskFacts<'_> {
+        let (disk, size) = &self.selected[position];
+        chain::DiskFacts {
+            size: *size,
+            source: &disk.source,
+        }
+    }
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<()> {

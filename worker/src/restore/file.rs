@@ -10,7 +10,7 @@
 //! those clusters unallocated.
 //!
 //! Restoring into an existing disk exported over NBD (optionally writing only the slots
-//! that differ) lives in [`nbd`].
+//! that differ) lives in [`super::nbd`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,8 @@ use serde::Serialize;
 
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, create_qcow2};
-use crate::pool::ClientPool;
-use crate::raw_file::RawFileWriter;
-
-#[path = "restore_nbd.rs"]
-pub mod nbd;
+use crate::pipeline::pool::ClientPool;
+use crate::restore::raw_file::RawFileWriter;
 
 /// Slots grouped per pass, bounding the chunk-to-slots map.
 const WINDOW_SLOTS: usize = 8192;
@@ -97,7 +94,7 @@ impl Sink {
                     .map_err(WorkerError::join)?
                     .map_err(WorkerError::io("writing the restored disk"))
             }
-            Sink::Nbd(pool) => Ok(pool.checkout().await.write(offset, &data).await?),
+            Sink::Nbd(pool) => Ok(pool.checkout().await?.write(offset, &data).await?),
         }
     }
 }
@@ -113,12 +110,12 @@ pub async fn restore_disk(
     let manifest = repo.read_manifest(&id).await?;
     let disk = manifest
         .disk(request.disk.as_deref())
-        .map_err(WorkerError::Invalid)?
+        .map_err(WorkerError::InvalidInput)?
         .clone();
     let index = repo.read_index(&disk).await?;
 
     if request.to.exists() && !request.force {
-        return Err(WorkerError::Invalid(format!(
+        return Err(WorkerError::InvalidInput(format!(
             "{} exists (use --force to replace it)",
             request.to.display()
         )));
