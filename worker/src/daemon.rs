@@ -413,7 +413,7 @@ impl Worker {
             .iter()
             .find(|host| host.name == job.host)
             .ok_or_else(|| {
-                WorkerError::InvalidInput(format!("host {} is not reachable from here", job.host))
+                WorkerError::Unreachable(format!("host {} is not reachable from here", job.host))
             })?;
         let repo = self.repository(&job.repository).await?;
         let publisher = Arc::new(FencedCommit {
@@ -441,7 +441,7 @@ impl Worker {
             return Ok(report.backup.snapshot);
         }
         let Some(uri) = &host.libvirt else {
-            return Err(WorkerError::InvalidInput(format!(
+            return Err(WorkerError::Unreachable(format!(
                 "VM {} on host {} is not reachable from here",
                 job.vm, job.host
             )));

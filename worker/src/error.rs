@@ -44,6 +44,10 @@ pub enum WorkerError {
     /// image in use); asking again unchanged fails the same way.
     #[error("{0}")]
     InvalidInput(String),
+    /// This worker cannot reach the VM or its host now (the VM stopped, its socket
+    /// moved): another attempt, possibly on another worker, may.
+    #[error("{0}")]
+    Unreachable(String),
     /// The operation was cancelled (Ctrl-C, or the coordinator cancelled the job).
     #[error("{0} cancelled")]
     Cancelled(&'static str),
@@ -87,6 +91,7 @@ impl WorkerError {
             WorkerError::Qmp(_)
             | WorkerError::Hypervisor { .. }
             | WorkerError::Tool { .. }
+            | WorkerError::Unreachable(_)
             | WorkerError::Io { .. } => true,
             WorkerError::Refused { code, .. } => matches!(
                 code,
@@ -177,6 +182,7 @@ mod tests {
             (WorkerError::JobMoved("token".into()), false),
             (WorkerError::AlreadyCommitted("vm@t".into()), false),
             (WorkerError::qemu("node gone"), true),
+            (WorkerError::Unreachable("vm gone".into()), true),
             (
                 WorkerError::io("reading")(std::io::Error::other("eio")),
                 true,
