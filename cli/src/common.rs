@@ -192,7 +192,7 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
 
 /// What every backup command prints about one disk: its size, the bytes read, the new
 /// chunks and what they stored, the chunks reused from the base.
-pub fn disk_figures(disk: &haven_worker::snapshot::DiskReport) -> String {
+pub fn disk_figures(disk: &haven_worker::DiskReport) -> String {
     format!(
         "{} disk, {} read, {} new chunks ({} stored), {} reused",
         human_bytes(disk.size),

@@ -15,28 +15,30 @@
 //! reused by the next attempt through the existence check, swept by GC).
 
 pub mod config;
+mod fenced_commit;
+mod maintenance;
+mod pins;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use haven_proto::LeaderClient;
 use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
-use haven_repo::{
-    Backend, Manifest, PinSource, Pins, Progress, Repository, RepositoryLeases, SnapshotId,
-};
+use haven_repo::{Backend, Progress, Repository};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 pub use config::{HostConfig, WorkerConfig};
 
+use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
+use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
 use crate::error::{Result, WorkerError};
-use crate::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
-use crate::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
-use crate::snapshot::ManifestPublisher;
+use fenced_commit::FencedCommit;
+use maintenance::run_maintenance;
+use pins::ClusterPins;
 
 /// Runs the worker until `shutdown`.
 pub async fn run_worker(
@@ -47,7 +49,7 @@ pub async fn run_worker(
     let config_limit = config.read_limit_bytes_per_second;
     let client = Arc::new(
         LeaderClient::new(config.coordinators.clone(), Duration::from_secs(30))
-            .map_err(|error| WorkerError::Invalid(error.to_string()))?,
+            .map_err(|error| WorkerError::InvalidInput(error.to_string()))?,
     );
     let worker = Arc::new(Worker {
         config,
@@ -61,7 +63,7 @@ pub async fn run_worker(
     while !shutdown.is_cancelled() {
         match worker.clone().session(&shutdown).await {
             Ok(()) => {}
-            Err(error) => tracing::warn!(%error, "worker session ended"),
+            Err(error) => tracing::warn!(error = %error.chain(), "worker session ended"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -106,9 +108,7 @@ impl Worker {
                 |mut c, r| async move { c.register(r).await },
             )
             .await
-            .map_err(|status| {
-                WorkerError::Invalid(format!("cannot register: {}", status.message()))
-            })?;
+            .map_err(|status| WorkerError::from_coordinator("registration", &status))?;
         tracing::info!(
             worker = self.config.id,
             lease = registered.lease_id,
@@ -239,14 +239,16 @@ impl Worker {
                 match discover_disks(&socket, Duration::from_secs(5)).await {
                     Ok(disks) => found.push((name, disks)),
                     Err(error) => {
-                        tracing::warn!(vm = name, socket = %socket.display(), %error, "VM not reachable");
+                        tracing::warn!(vm = name, socket = %socket.display(), error = %error.chain(), "VM not reachable");
                     }
                 }
             }
             if let Some(uri) = &host.libvirt {
                 match discover_domains(Some(uri.clone()), Duration::from_secs(30)).await {
                     Ok(domains) => found.extend(domains),
-                    Err(error) => tracing::warn!(uri, %error, "libvirt host not reachable"),
+                    Err(error) => {
+                        tracing::warn!(uri, error = %error.chain(), "libvirt host not reachable")
+                    }
                 }
             }
             let vms = found
@@ -281,17 +283,16 @@ impl Worker {
         Ok(repo)
     }
 
-    /// Runs one job to its end: committed, failed (reported), or fenced (dropped).
+    /// Runs one job to its end: committed, failed (reported, retryable only when
+    /// [`WorkerError::is_retryable`] says so), or moved to another worker (dropped).
     async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
         let cancel = session.lease_lost.child_token();
-        let fenced = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::new());
         let reporter = tokio::spawn(self.clone().report_progress(
             session.clone(),
             job.clone(),
             progress.clone(),
             cancel.clone(),
-            fenced.clone(),
         ));
         tracing::info!(
             job = job.job_id,
@@ -305,30 +306,38 @@ impl Worker {
             .any(|kind| *kind as i32 == job.kind);
         let outcome = if maintenance {
             match self.maintenance(&session, &job, progress, &cancel).await {
-                Ok((summary, removed)) => {
-                    self.complete(&session, &job, summary, removed, &fenced)
-                        .await
-                }
+                Ok((summary, removed)) => self.complete(&session, &job, summary, removed).await,
                 Err(error) => Err(error),
             }
         } else {
-            self.backup(&session, &job, progress, &cancel, fenced.clone())
-                .await
+            self.backup(&session, &job, progress, &cancel).await
         };
-        reporter.abort();
+        let outcome = match outcome {
+            Ok(done) => {
+                reporter.abort();
+                Ok(done)
+            }
+            Err(error) => Err(why_it_ended(error, reporter, &session, &cancel).await),
+        };
         match outcome {
             Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
-            Err(_) if fenced.load(Ordering::SeqCst) || session.lease_lost.is_cancelled() => {
-                tracing::warn!(job = job.job_id, "job moved to another worker; dropped");
+            Err(WorkerError::JobMoved(reason)) => {
+                tracing::warn!(
+                    job = job.job_id,
+                    reason,
+                    "job moved to another worker; dropped"
+                );
             }
             Err(error) => {
-                tracing::warn!(job = job.job_id, %error, "job failed");
+                let message = error.chain();
+                let retryable = error.is_retryable();
+                tracing::warn!(job = job.job_id, error = %message, retryable, "job failed");
                 let request = v1::FailJobRequest {
                     worker: Some(session.identity.clone()),
                     job_id: job.job_id.clone(),
                     fencing_token: job.fencing_token,
-                    error: error.to_string(),
-                    retryable: true,
+                    error: message,
+                    retryable,
                 };
                 let _ = self
                     .client
@@ -342,8 +351,7 @@ impl Worker {
         }
     }
 
-    /// Runs a prune, GC or replication job; returns its summary and, for a prune, the
-    /// snapshots it removed.
+    /// Runs a prune, GC or replication job until it ends or `cancel` fires.
     async fn maintenance(
         &self,
         session: &Session,
@@ -357,81 +365,9 @@ impl Worker {
             identity: session.identity.clone(),
             repository: job.repository.clone(),
         };
-        let work = async {
-            if job.kind == v1::JobKind::Prune as i32 {
-                let rules = job.retention.unwrap_or_default();
-                let policy = haven_repo::RetentionPolicy::from_counts([
-                    rules.keep_last,
-                    rules.keep_hourly,
-                    rules.keep_daily,
-                    rules.keep_weekly,
-                    rules.keep_monthly,
-                    rules.keep_yearly,
-                ]);
-                let decisions =
-                    haven_repo::prune_snapshots(&repo, Some(&job.vm), &policy, &pins, false)
-                        .await?;
-                let removed: Vec<String> = decisions
-                    .iter()
-                    .filter(|d| !d.keep)
-                    .map(|d| d.id.to_string())
-                    .collect();
-                let summary = format!(
-                    "pruned {}: kept {}, removed {} ({})",
-                    job.vm,
-                    decisions.len() - removed.len(),
-                    removed.len(),
-                    policy.describe()
-                );
-                Ok((summary, removed))
-            } else if job.kind == v1::JobKind::Gc as i32 {
-                let options = haven_repo::GcOptions {
-                    margin: Duration::from_secs(job.gc_margin_seconds),
-                    ..haven_repo::GcOptions::default()
-                };
-                let report = haven_repo::collect_garbage(&repo, &pins, &options).await?;
-                Ok((
-                    format!(
-                        "gc: removed {} chunks ({} bytes) and {} indexes; {} referenced, {} too young, {} missing",
-                        report.chunks_removed,
-                        report.bytes_removed,
-                        report.indexes_removed,
-                        report.chunks_referenced,
-                        report.chunks_too_young,
-                        report.chunks_missing
-                    ),
-                    Vec::new(),
-                ))
-            } else {
-                // The secondary site may have keys of its own, as for `haven replicate`.
-                let secondary = haven_repo::S3Credentials::secondary_from_env()?;
-                let to = Backend::from_url_with_credentials(
-                    &job.replicate_to,
-                    true,
-                    secondary.as_ref(),
-                )?;
-                let report = haven_repo::replicate(
-                    repo.backend(),
-                    &to,
-                    &haven_repo::ReplicateOptions::default(),
-                    &progress,
-                )
-                .await?;
-                Ok((
-                    format!(
-                        "replicated to {}: {} chunks, {} indexes, {} manifests copied",
-                        job.replicate_to,
-                        report.chunks_copied,
-                        report.indexes_copied,
-                        report.manifests_copied
-                    ),
-                    Vec::new(),
-                ))
-            }
-        };
         tokio::select! {
-            result = work => result,
-            _ = cancel.cancelled() => Err(WorkerError::Invalid("job cancelled".into())),
+            result = run_maintenance(&repo, job, &pins, &progress) => result,
+            _ = cancel.cancelled() => Err(WorkerError::Cancelled("job")),
         }
     }
 
@@ -442,7 +378,6 @@ impl Worker {
         job: &v1::JobAssignment,
         summary: String,
         removed_snapshots: Vec<String>,
-        fenced: &AtomicBool,
     ) -> Result<String> {
         let request = v1::CompleteJobRequest {
             worker: Some(session.identity.clone()),
@@ -461,15 +396,7 @@ impl Worker {
             .await
         {
             Ok(_) => Ok(summary),
-            Err(status) => {
-                if status.code() == Code::FailedPrecondition {
-                    fenced.store(true, Ordering::SeqCst);
-                }
-                Err(WorkerError::Invalid(format!(
-                    "completion refused by the coordinator: {}",
-                    status.message()
-                )))
-            }
+            Err(status) => Err(WorkerError::from_coordinator("completion", &status)),
         }
     }
 
@@ -479,7 +406,6 @@ impl Worker {
         job: &v1::JobAssignment,
         progress: Arc<Progress>,
         cancel: &CancellationToken,
-        fenced: Arc<AtomicBool>,
     ) -> Result<String> {
         let host = self
             .config
@@ -487,7 +413,7 @@ impl Worker {
             .iter()
             .find(|host| host.name == job.host)
             .ok_or_else(|| {
-                WorkerError::Invalid(format!("host {} is not reachable from here", job.host))
+                WorkerError::Unreachable(format!("host {} is not reachable from here", job.host))
             })?;
         let repo = self.repository(&job.repository).await?;
         let publisher = Arc::new(FencedCommit {
@@ -496,7 +422,6 @@ impl Worker {
             job_id: job.job_id.clone(),
             token: job.fencing_token,
             repository: job.repository.clone(),
-            fenced,
         });
         if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
@@ -516,7 +441,7 @@ impl Worker {
             return Ok(report.backup.snapshot);
         }
         let Some(uri) = &host.libvirt else {
-            return Err(WorkerError::Invalid(format!(
+            return Err(WorkerError::Unreachable(format!(
                 "VM {} on host {} is not reachable from here",
                 job.vm, job.host
             )));
@@ -538,14 +463,16 @@ impl Worker {
         Ok(report.backup.snapshot)
     }
 
+    /// Reports the job's progress every second until the coordinator asks to cancel
+    /// it (returns `None`) or fences its token (cancels it and returns
+    /// [`WorkerError::JobMoved`], the reason the job then ends).
     async fn report_progress(
         self: Arc<Self>,
         session: Session,
         job: v1::JobAssignment,
         progress: Arc<Progress>,
         cancel: CancellationToken,
-        fenced: Arc<AtomicBool>,
-    ) {
+    ) -> Option<WorkerError> {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -573,14 +500,13 @@ impl Worker {
             match reply {
                 Ok(reply) if reply.cancel => {
                     cancel.cancel();
-                    return;
+                    return None;
                 }
                 Ok(_) => {}
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     tracing::warn!(job = job.job_id, "fenced: {}", status.message());
-                    fenced.store(true, Ordering::SeqCst);
                     cancel.cancel();
-                    return;
+                    return Some(WorkerError::from_coordinator("progress report", &status));
                 }
                 Err(status) => tracing::debug!("progress report failed: {}", status.message()),
             }
@@ -588,114 +514,32 @@ impl Worker {
     }
 }
 
-/// A GC or prune job's pins: the repository's own backup leases plus what the
-/// coordinator's job records say running backups build on (the etcd pins). Either
-/// alone keeps running backups safe; both together also cover a backup that has not
-/// written its lease yet.
-struct ClusterPins {
-    client: Arc<LeaderClient>,
-    identity: v1::WorkerIdentity,
-    repository: String,
-}
-
-impl PinSource for ClusterPins {
-    fn pins<'a>(&'a self, repo: &'a Repository) -> BoxFuture<'a, haven_repo::Result<Pins>> {
-        Box::pin(async move {
-            let mut pins = RepositoryLeases.pins(repo).await?;
-            let request = v1::ListPinsRequest {
-                worker: Some(self.identity.clone()),
-                repository: self.repository.clone(),
-            };
-            let reply = self
-                .client
-                .unary(
-                    WorkerServiceClient::new,
-                    request.clone(),
-                    |mut c, r| async move { c.list_pins(r).await },
-                )
-                .await
-                .map_err(|status| {
-                    haven_repo::RepoError::Busy(format!(
-                        "cannot learn the coordinator's pins: {}",
-                        status.message()
-                    ))
-                })?;
-            for base in &reply.bases {
-                if let Some((vm, timestamp)) = base.split_once('@')
-                    && let Ok(id) = SnapshotId::new(vm, timestamp)
-                {
-                    pins.bases.insert(id);
-                }
-            }
-            if reply.oldest_start_unix_ms > 0 {
-                let start = time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(reply.oldest_start_unix_ms) * 1_000_000,
-                )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                pins.oldest_start = Some(pins.oldest_start.map_or(start, |s| s.min(start)));
-            }
-            pins.holders.extend(reply.holders);
-            Ok(pins)
-        })
-    }
-}
-
-/// The cluster's [`ManifestPublisher`]: the coordinator's fenced commit.
-#[derive(Debug)]
-struct FencedCommit {
-    client: Arc<LeaderClient>,
-    identity: v1::WorkerIdentity,
-    job_id: String,
-    token: i64,
-    repository: String,
-    fenced: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl ManifestPublisher for FencedCommit {
-    async fn publish(&self, repo: &Repository, manifest: &Manifest) -> Result<()> {
-        let (id, blob) = repo.seal_manifest(manifest)?;
-        let request = v1::CommitSnapshotRequest {
-            worker: Some(self.identity.clone()),
-            job_id: self.job_id.clone(),
-            fencing_token: self.token,
-            manifest_key: id.manifest_key(),
-            manifest_blob: blob,
-            snapshot: Some(v1::SnapshotInfo {
-                vm: id.vm.clone(),
-                timestamp: id.timestamp.clone(),
-                repository: self.repository.clone(),
-                disks: manifest
-                    .disks
-                    .iter()
-                    .map(|disk| v1::Disk {
-                        name: disk.name.clone(),
-                        size_bytes: disk.size,
-                    })
-                    .collect(),
-                bytes_uploaded: manifest.disks.iter().map(|d| d.stats.uploaded_bytes).sum(),
-                job_id: self.job_id.clone(),
-            }),
+/// Why a job that failed with `error` really ended: it moved to another worker when
+/// the session lost its lease or the progress reporter was fenced (and cancelled the
+/// job); otherwise `error` itself. Stops the reporter either way.
+async fn why_it_ended(
+    error: WorkerError,
+    reporter: JoinHandle<Option<WorkerError>>,
+    session: &Session,
+    cancel: &CancellationToken,
+) -> WorkerError {
+    if session.lease_lost.is_cancelled() {
+        reporter.abort();
+        return match error {
+            WorkerError::JobMoved(_) => error,
+            _ => WorkerError::JobMoved("this worker's lease was lost".into()),
         };
-        let reply = self
-            .client
-            .unary(
-                WorkerServiceClient::new,
-                request.clone(),
-                |mut c, r| async move { c.commit_snapshot(r).await },
-            )
-            .await;
-        match reply {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                if status.code() == Code::FailedPrecondition {
-                    self.fenced.store(true, Ordering::SeqCst);
-                }
-                Err(WorkerError::Invalid(format!(
-                    "commit refused by the coordinator: {}",
-                    status.message()
-                )))
-            }
-        }
+    }
+    // Only the reporter cancels a job of a live session, and it returns right after.
+    let fenced = if cancel.is_cancelled() {
+        reporter.await.ok().flatten()
+    } else {
+        reporter.abort();
+        None
+    };
+    match (error, fenced) {
+        (error @ WorkerError::JobMoved(_), _) => error,
+        (_, Some(moved)) => moved,
+        (error, None) => error,
     }
 }

@@ -1,38 +1,34 @@
 //! Haven worker: moves disk data between hypervisors and repositories.
 //!
+//! The folders follow the data path:
+//!
+//! ```text
+//! adapters/ (image, qemu, libvirt) ──NBD or raw file──▶ pipeline/ ──▶ repository
+//!                                                          restore/ ◀──┘
+//! daemon/: the cluster worker that runs adapters for the coordinator
+//! ```
+//!
 //! Every hypervisor adapter ends in an NBD export (or, for a local raw image, the file
-//! itself), so there is one reader ([`backup::backup_disk`]) and one writer
-//! ([`restore::restore_disk`]) for all of them.
-//! Adapters only decide how a disk is exported and what the snapshot records:
-//! - [`image`]: offline image files: raw ones read in place ([`raw_image`]), others
-//!   through `qemu-nbd`; either way locked against running VMs ([`image_lock`]).
-//! - [`qemu`]: running QEMU / qemu-storage-daemon through [`qmp`] (fleecing, dirty bitmaps).
-//! - [`libvirt`]: libvirt domains through `virsh` (checkpoints, pull-mode backups).
-//!
-//! Restores go the other way: [`restore`] writes raw, qcow2 or into an NBD disk,
-//! [`snapshot_reader`] serves random reads (instant recovery, file-level restore), and
-//! `restore_vm` recreates a libvirt domain or prints how to attach disks to QEMU.
-//!
-//! Publishing follows the repository's one rule (chunks, then indexes, then the
-//! manifest as the commit point) in [`snapshot::commit_snapshot`].
+//! itself), so there is one reader ([`pipeline::backup::backup_disk`]) and one writer
+//! ([`restore::restore_disk`]) for all of them. Adapters only decide how a disk is
+//! exported and what the snapshot records. Publishing follows the repository's one
+//! rule (chunks, then indexes, then the manifest as the commit point) in
+//! [`pipeline::snapshot::commit_snapshot`].
 
-pub mod backup;
+#![warn(missing_docs)]
+
+pub mod adapters;
 pub mod daemon;
 mod error;
 pub mod export;
-pub mod image;
-pub mod image_lock;
-pub mod libvirt;
-mod marker;
-mod pool;
-pub mod qemu;
-pub mod qmp;
-mod raw_file;
-pub mod raw_image;
+pub mod pipeline;
 pub mod restore;
-pub mod restore_vm;
-pub mod snapshot;
-pub mod snapshot_reader;
 
+pub use adapters::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
+pub use adapters::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
+pub use adapters::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};
+pub use daemon::{HostConfig, WorkerConfig, run_worker};
 pub use error::{Result, WorkerError};
-pub use pool::{ClientPool, PooledClient};
+pub use pipeline::pool::{ClientPool, PooledClient};
+pub use pipeline::snapshot::{BackupReport, DirectPublisher, DiskReport, ManifestPublisher};
+pub use restore::snapshot_reader::{ReaderOptions, ReaderStats, SnapshotReader};

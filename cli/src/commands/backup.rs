@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use haven_repo::Progress;
-use haven_worker::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
-use haven_worker::snapshot::BackupReport;
+use haven_worker::BackupReport;
+use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
 use crate::progress::ProgressLine;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use haven_repo::Progress;
-use haven_worker::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};
+use haven_worker::{QemuBackupReport, QemuBackupRequest, backup_qemu};
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
 use crate::progress::ProgressLine;
@@ -60,7 +60,7 @@ pub async fn run(args: QemuArgs) -> Result<()> {
         connections: args.connections.clamp(1, 16),
         qmp_timeout: Duration::from_secs(args.qmp_timeout.max(1)),
         freeze_timeout: Duration::from_secs(args.freeze_timeout.max(1)),
-        publisher: Arc::new(haven_worker::snapshot::DirectPublisher),
+        publisher: Arc::new(haven_worker::DirectPublisher),
         read_limit: None,
     };
     let repo = args.repo.open().await?;

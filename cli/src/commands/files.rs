@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use haven_files::{BlockDevice, Entry, EntryKind, Partition, Volume, extract, partitions};
 use haven_repo::SnapshotRef;
-use haven_worker::snapshot_reader::{ReaderOptions, ReaderStats, SnapshotReader};
+use haven_worker::{ReaderOptions, ReaderStats, SnapshotReader};
 use serde::Serialize;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};

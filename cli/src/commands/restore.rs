@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 use haven_repo::{Progress, SnapshotRef};
 use haven_worker::restore::nbd::{NbdRestoreRequest, restore_to_nbd};
-use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
-use haven_worker::restore_vm::{
+use haven_worker::restore::vm::{
     LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
 };
+use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
 
 use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes, print_json};
 use crate::progress::ProgressLine;

@@ -12,7 +12,7 @@ use haven_nbd::{
     Endpoint, ExportSource, NbdServer, STATE_HOLE, STATE_ZERO, ServerConfig, ServerListener,
 };
 use haven_repo::SnapshotRef;
-use haven_worker::snapshot_reader::{ReaderOptions, SnapshotReader};
+use haven_worker::{ReaderOptions, SnapshotReader};
 use tokio::sync::watch;
 
 use crate::common::{RepoArgs, human_bytes};

@@ -20,8 +20,10 @@
 
 mod chain;
 mod graph;
+pub mod qmp;
 mod session;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,15 +34,16 @@ use haven_repo::{Consistency, Progress, Repository, SourceInfo, VmConfig};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub use chain::{CHAIN_BITMAP, CHAIN_NODE, CHAIN_SIZE, ReadMode, bitmap_name, is_haven_bitmap};
+pub use chain::{CHAIN_BITMAP, CHAIN_NODE, CHAIN_SIZE, bitmap_name, is_haven_bitmap};
 pub use graph::{LiveDisk, select_disks};
 
-use crate::backup::{ChangeSource, DiskBackupInput, DiskSource, backup_disk};
+use super::HypervisorAdapter;
+use super::chain::{BaseFacts, ReadMode};
+use super::driver::{DriverOptions, back_up_vm, millis};
+use crate::adapters::qemu::qmp::GuestAgent;
 use crate::error::{Result, WorkerError};
-use crate::qmp::GuestAgent;
-use crate::snapshot::{
-    BackupReport, CommittedDisk, SnapshotMeta, base_index, commit_snapshot, plan_snapshot,
-};
+use crate::pipeline::backup::{ChangeSource, DiskSource};
+use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
 use session::{DiskObjects, Session};
 
 /// What to back up and how.
@@ -66,7 +69,7 @@ pub struct QemuBackupRequest {
     /// Timeout of the guest agent's freeze and thaw.
     pub freeze_timeout: Duration,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
-    pub publisher: Arc<dyn crate::snapshot::ManifestPublisher>,
+    pub publisher: Arc<dyn crate::pipeline::snapshot::ManifestPublisher>,
     /// Cap on bytes read from QEMU per second (shared across a worker's jobs).
     pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
@@ -121,24 +124,45 @@ pub async fn backup_qemu(
             "cannot create a scratch folder in {}",
             request.scratch_dir.display()
         )))?;
-    let mut session = Session::connect(&request.qmp, request.qmp_timeout, &request.vm).await?;
-    let outcome = tokio::select! {
-        result = run(&repo, request, progress, &mut session, scratch.path().to_path_buf()) => result,
-        () = shutdown => Err(WorkerError::Invalid("backup cancelled".into())),
+    let session = Session::connect(&request.qmp, request.qmp_timeout, &request.vm).await?;
+    let mut adapter = QemuAdapter {
+        request,
+        session,
+        scratch: scratch.path().to_path_buf(),
+        new_bitmap: String::new(),
+        block: Value::Null,
+        nodes: Vec::new(),
+        disks: Vec::new(),
+        transaction: Duration::ZERO,
+        io_blocked: Duration::ZERO,
     };
-    let cleanup = session.teardown().await;
-    match (outcome, cleanup) {
-        (Ok(report), Ok(())) => Ok(report),
-        (Ok(report), Err(error)) => {
-            tracing::warn!(%error, "snapshot committed, but cleanup in qemu failed; the next backup retries it");
-            Ok(report)
-        }
-        (Err(error), Err(cleanup)) => {
-            tracing::warn!(error = %cleanup, "cleanup after a failed backup failed too");
-            Err(error)
-        }
-        (Err(error), Ok(())) => Err(error),
-    }
+    let options = DriverOptions {
+        vm: &request.vm,
+        connections: request.connections,
+        read_limit: request.read_limit.clone(),
+        publisher: request.publisher.as_ref(),
+    };
+    let backup = back_up_vm(&repo, &mut adapter, &options, progress, shutdown).await?;
+    let modes = adapter
+        .session
+        .disks
+        .iter()
+        .zip(backup.modes)
+        .map(|(objects, mode)| DiskMode {
+            name: objects.disk.name.clone(),
+            node: objects.disk.node.clone(),
+            mode: mode.label(),
+            reason: mode.reason().map(str::to_string),
+            bitmap: objects.new_bitmap.clone(),
+        })
+        .collect();
+    Ok(QemuBackupReport {
+        backup: backup.report,
+        consistency: backup.consistency,
+        transaction_ms: millis(adapter.transaction),
+        io_blocked_ms: millis(adapter.io_blocked),
+        modes,
+    })
 }
 
 /// The disks a running QEMU or qemu-storage-daemon would back up (name, size in
@@ -162,167 +186,148 @@ pub async fn discover_disks(
         .collect())
 }
 
-async fn run(
-    repo: &Arc<Repository>,
-    request: &QemuBackupRequest,
-    progress: Arc<Progress>,
-    session: &mut Session,
+/// A running QEMU as a [`HypervisorAdapter`]: persistent dirty bitmaps mark snapshot
+/// points, one QMP transaction takes the point-in-time view (fleecing), and QEMU's own
+/// NBD server exports each overlay.
+struct QemuAdapter<'a> {
+    request: &'a QemuBackupRequest,
+    session: Session,
     scratch: PathBuf,
-) -> Result<QemuBackupReport> {
-    let started = Instant::now();
-    session.clean_leftovers().await?;
-    let plan = plan_snapshot(repo, &request.vm).await?;
-    let previous_chain = |name: &str| {
-        plan.previous
-            .as_ref()
-            .and_then(|manifest| manifest.disks.iter().find(|disk| disk.name == name))
-            .map(|disk| disk.chain.clone())
-    };
+    /// The bitmap this snapshot starts (named after it).
+    new_bitmap: String,
+    /// `query-block` and the block graph, for the disks and the VM's configuration.
+    block: Value,
+    nodes: Vec<graph::NodeInfo>,
+    /// The disks to back up, as QEMU shows them after reconciling bitmaps.
+    disks: Vec<LiveDisk>,
+    /// Round trip of the snapshot point's transaction.
+    transaction: Duration,
+    /// How long guest I/O was held for it.
+    io_blocked: Duration,
+}
 
-    let block = session
-        .qmp
-        .execute("query-block", json!({}))
-        .await
-        .map_err(WorkerError::from)?;
-    let devices = graph::parse_devices(&block);
-    let disks = graph::select_disks(&devices, &session.nodes().await?, &request.disks)?;
-    for disk in &disks {
-        let chain = previous_chain(&disk.name);
-        let bitmap = chain
-            .as_ref()
-            .and_then(|chain| chain.get(CHAIN_BITMAP))
-            .cloned();
-        session.reconcile_bitmaps(disk, bitmap.as_deref()).await?;
+#[async_trait::async_trait]
+impl HypervisorAdapter for QemuAdapter<'_> {
+    fn source(&self) -> SourceInfo {
+        SourceInfo {
+            kind: "qemu".into(),
+            origin: self.request.qmp.display().to_string(),
+        }
     }
-    // Reconciling changed the bitmaps: decide on what QEMU shows now.
-    let nodes = session.nodes().await?;
-    let disks = graph::select_disks(&devices, &nodes, &request.disks)?;
 
-    let new_bitmap = bitmap_name(&request.vm, &plan.id.timestamp);
-    let mut bases = Vec::with_capacity(disks.len());
-    let mut modes = Vec::with_capacity(disks.len());
-    for (position, disk) in disks.into_iter().enumerate() {
-        let base = base_index(repo, plan.previous.as_ref(), &disk.name).await;
-        let facts = base.as_ref().map(|index| chain::BaseFacts {
-            size: index.disk_size(),
-            chunk_size: index.chunk_size(),
-        });
-        let chain = previous_chain(&disk.name);
-        let mode = chain::decide(&request.vm, &disk, chain.as_ref(), facts, repo.chunk_size());
-        let old_bitmap = match &mode {
-            ReadMode::Incremental { bitmap } => {
-                tracing::info!(
-                    disk = disk.name,
-                    bitmap,
-                    "incremental: reading blocks the bitmap marks dirty"
-                );
-                Some(bitmap.clone())
-            }
-            ReadMode::Full { reason } if plan.previous.is_none() => {
-                tracing::info!(disk = disk.name, reason, "full read");
-                None
-            }
-            ReadMode::Full { reason } => {
-                tracing::warn!(disk = disk.name, reason, "falling back to a full read");
-                None
-            }
-        };
-        modes.push(mode);
-        bases.push(base);
-        session.disks.push(DiskObjects::new(
-            position,
-            &request.vm,
-            disk,
-            &scratch,
-            new_bitmap.clone(),
-            old_bitmap,
-        ));
+    async fn prepare(&mut self) -> Result<()> {
+        self.session.clean_leftovers().await
     }
-    let vm_config = vm_config(session, &block, &nodes).await;
-    session.add_fleece_nodes().await?;
 
-    let (transaction, io_blocked, consistency) = snapshot_point(session, request).await?;
-    tracing::info!(
-        transaction_ms = millis(transaction),
-        io_blocked_ms = millis(io_blocked),
-        ?consistency,
-        "point-in-time view taken"
-    );
+    async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
+        let session = &mut self.session;
+        let block = session
+            .qmp
+            .execute("query-block", json!({}))
+            .await
+            .map_err(WorkerError::from)?;
+        let devices = graph::parse_devices(&block);
+        let disks = graph::select_disks(&devices, &session.nodes().await?, &self.request.disks)?;
+        for disk in &disks {
+            let bitmap = plan
+                .previous
+                .as_ref()
+                .and_then(|manifest| manifest.disks.iter().find(|entry| entry.name == disk.name))
+                .and_then(|entry| entry.chain.get(CHAIN_BITMAP));
+            session
+                .reconcile_bitmaps(disk, bitmap.map(String::as_str))
+                .await?;
+        }
+        // Reconciling changed the bitmaps: decide on what QEMU shows now.
+        self.nodes = session.nodes().await?;
+        self.disks = graph::select_disks(&devices, &self.nodes, &self.request.disks)?;
+        self.block = block;
+        self.new_bitmap = bitmap_name(&self.request.vm, &plan.id.timestamp);
+        Ok(self.disks.iter().map(|disk| disk.name.clone()).collect())
+    }
 
-    let (socket, existing) = match &request.nbd_server {
-        Some(socket) => (socket.clone(), true),
-        None => (scratch.join("nbd.sock"), false),
-    };
-    session.start_nbd_server(&socket, existing).await?;
-    let mut committed = Vec::with_capacity(session.disks.len());
-    for (position, base) in bases.iter().enumerate() {
-        session.export(position).await?;
-        let objects = &session.disks[position];
+    fn read_mode(
+        &self,
+        position: usize,
+        chain: Option<&BTreeMap<String, String>>,
+        base: Option<BaseFacts>,
+        chunk_size: u32,
+    ) -> ReadMode {
+        chain::decide(
+            &self.request.vm,
+            &self.disks[position],
+            chain,
+            base,
+            chunk_size,
+        )
+    }
+
+    async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
+        Ok(Some(
+            vm_config(&mut self.session, &self.block, &self.nodes).await,
+        ))
+    }
+
+    async fn snapshot_point(&mut self, modes: &[ReadMode]) -> Result<Consistency> {
+        for (position, (disk, mode)) in self.disks.iter().zip(modes).enumerate() {
+            self.session.disks.push(DiskObjects::new(
+                position,
+                &self.request.vm,
+                disk.clone(),
+                &self.scratch,
+                self.new_bitmap.clone(),
+                mode.marker().map(str::to_string),
+            ));
+        }
+        self.session.add_fleece_nodes().await?;
+        let (transaction, io_blocked, consistency) =
+            snapshot_point(&mut self.session, self.request).await?;
+        tracing::info!(
+            transaction_ms = millis(transaction),
+            io_blocked_ms = millis(io_blocked),
+            ?consistency,
+            "point-in-time view taken"
+        );
+        self.transaction = transaction;
+        self.io_blocked = io_blocked;
+        let (socket, existing) = self.nbd_socket();
+        self.session.start_nbd_server(&socket, existing).await?;
+        Ok(consistency)
+    }
+
+    async fn export(&mut self, position: usize) -> Result<(DiskSource, ChangeSource)> {
+        self.session.export(position).await?;
+        let objects = &self.session.disks[position];
         let changes = match &objects.old_bitmap {
             Some(old) => ChangeSource::DirtyBitmap(dirty_bitmap_context(old)),
             None => ChangeSource::Full,
         };
-        let input = DiskBackupInput {
-            read_limit: request.read_limit.clone(),
-            source: DiskSource::Nbd {
-                endpoint: Endpoint::Unix(socket.clone()),
-                export: objects.export_name.clone(),
-            },
-            parallel_reads: request.connections,
-            base: base.as_ref(),
-            changes,
+        let source = DiskSource::Nbd {
+            endpoint: Endpoint::Unix(self.nbd_socket().0),
+            export: objects.export_name.clone(),
         };
-        let backup = backup_disk(repo.clone(), input, progress.clone()).await?;
-        committed.push(CommittedDisk {
-            name: objects.disk.name.clone(),
-            backup,
-            chain: chain::chain_entry(&objects.new_bitmap, &objects.disk),
-        });
+        Ok((source, changes))
     }
-    let meta = SnapshotMeta {
-        source: SourceInfo {
-            kind: "qemu".into(),
-            origin: request.qmp.display().to_string(),
-        },
-        consistency,
-        parent: plan
-            .previous
-            .as_ref()
-            .map(|manifest| manifest.timestamp.clone()),
-        vm_config: Some(vm_config),
-    };
-    let manifest =
-        commit_snapshot(repo, &plan, committed, meta, request.publisher.as_ref()).await?;
-    session.committed = true;
-    let modes = session
-        .disks
-        .iter()
-        .zip(modes)
-        .map(|(objects, mode)| DiskMode {
-            name: objects.disk.name.clone(),
-            node: objects.disk.node.clone(),
-            mode: match mode {
-                ReadMode::Incremental { .. } => "incremental",
-                ReadMode::Full { .. } => "full",
-            },
-            reason: match mode {
-                ReadMode::Incremental { .. } => None,
-                ReadMode::Full { reason } => Some(reason),
-            },
-            bitmap: objects.new_bitmap.clone(),
-        })
-        .collect();
-    Ok(QemuBackupReport {
-        backup: BackupReport::new(&manifest, started.elapsed()),
-        consistency,
-        transaction_ms: millis(transaction),
-        io_blocked_ms: millis(io_blocked),
-        modes,
-    })
+
+    fn chain_entry(&self, position: usize) -> BTreeMap<String, String> {
+        let objects = &self.session.disks[position];
+        chain::chain_entry(&objects.new_bitmap, &objects.disk)
+    }
+
+    async fn teardown(&mut self, committed: bool) -> Result<()> {
+        self.session.committed = committed;
+        self.session.teardown().await
+    }
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+impl QemuAdapter<'_> {
+    /// The NBD server's socket, and whether QEMU already runs it.
+    fn nbd_socket(&self) -> (PathBuf, bool) {
+        match &self.request.nbd_server {
+            Some(socket) => (socket.clone(), true),
+            None => (self.scratch.join("nbd.sock"), false),
+        }
+    }
 }
 
 /// Freezes the guest's file systems if an agent is configured, runs the transaction,

@@ -16,8 +16,8 @@ use std::path::Path;
 
 use haven_nbd::{Extent, STATE_HOLE, STATE_ZERO};
 
+use crate::adapters::image::lock::LockedImage;
 use crate::error::{Result, WorkerError};
-use crate::image_lock::LockedImage;
 
 /// A raw image file or block device, open read-only and locked against writers.
 #[derive(Debug)]

@@ -67,7 +67,7 @@ impl LockedImage {
             .map_err(WorkerError::io(format!("cannot stat {}", path.display())))?
             .file_type();
         if !(kind.is_file() || kind.is_block_device()) {
-            return Err(WorkerError::Invalid(format!(
+            return Err(WorkerError::InvalidInput(format!(
                 "{} is neither a regular file nor a block device",
                 path.display()
             )));
@@ -128,7 +128,7 @@ impl LockedImage {
     }
 
     fn in_use(&self, what: &str) -> WorkerError {
-        WorkerError::Invalid(format!(
+        WorkerError::InvalidInput(format!(
             "{} {what} by another process (a running VM?): back up a running VM with \
              `haven backup qemu` or `haven backup libvirt`, or stop it first",
             self.path.display()

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::chain::{ReadMode, is_haven_checkpoint};
+use super::chain::is_haven_checkpoint;
 use super::virsh::{DomainDisk, Virsh, xml_escape};
+use crate::adapters::chain::ReadMode;
 use crate::error::{Result, WorkerError};
 
 /// One disk in the job.
@@ -12,8 +13,6 @@ use crate::error::{Result, WorkerError};
 pub struct JobDisk {
     /// The disk as libvirt shows it.
     pub disk: DomainDisk,
-    /// Capacity in bytes.
-    pub size: u64,
     /// How it is read.
     pub mode: ReadMode,
 }
@@ -53,7 +52,7 @@ impl BackupJob {
         let incremental: Vec<&str> = disks
             .iter()
             .filter_map(|disk| match &disk.mode {
-                ReadMode::Incremental { checkpoint } => Some(checkpoint.as_str()),
+                ReadMode::Incremental { marker: checkpoint } => Some(checkpoint.as_str()),
                 ReadMode::Full { .. } => None,
             })
             .collect();
@@ -75,7 +74,7 @@ impl BackupJob {
             let target = xml_escape(&disk.disk.target);
             let mode = match (&disk.mode, uniform) {
                 (_, true) => String::new(),
-                (ReadMode::Incremental { checkpoint }, false) => format!(
+                (ReadMode::Incremental { marker: checkpoint }, false) => format!(
                     " backupmode='incremental' incremental='{}'",
                     xml_escape(checkpoint)
                 ),
@@ -157,7 +156,7 @@ impl BackupJob {
             if still_running {
                 first_error = Some(error);
             } else {
-                tracing::debug!(%error, "no backup job left to abort");
+                tracing::debug!(error = %error.chain(), "no backup job left to abort");
             }
         }
         if !self.committed {
@@ -246,8 +245,9 @@ pub async fn delete_older_checkpoints(
         virsh
             .run(&["checkpoint-delete", domain, &name])
             .await
-            .map_err(|error| {
-                WorkerError::Invalid(format!("cannot delete old checkpoint {name}: {error}"))
+            .map_err(|error| WorkerError::Hypervisor {
+                hypervisor: "libvirt",
+                message: format!("cannot delete old checkpoint {name}: {}", error.chain()),
             })?;
         deleted.push(name);
     }
@@ -265,7 +265,6 @@ mod tests {
                 kind: "file".into(),
                 source: format!("/{target}.qcow2"),
             },
-            size: 1 << 20,
             mode,
         }
     }
@@ -282,7 +281,7 @@ mod tests {
     fn uniform_incremental_uses_one_incremental_element() {
         let job = BackupJob::new("dom", "haven-vm-20261125T173402Z".into(), Path::new("/s"));
         let inc = || ReadMode::Incremental {
-            checkpoint: "haven-vm-20261125T170000Z".into(),
+            marker: "haven-vm-20261125T170000Z".into(),
         };
         let xml = job.backup_xml(
             &[disk("vda", inc()), disk("vdb", inc())],
@@ -308,7 +307,7 @@ mod tests {
                 disk(
                     "vda",
                     ReadMode::Incremental {
-                        checkpoint: "old".into(),
+                        marker: "old".into(),
                     },
                 ),
                 disk(

@@ -24,7 +24,7 @@ use haven_repo::{ChunkId, FixedIndex, Progress, Repository, SnapshotRef};
 use serde::Serialize;
 
 use crate::error::{Result, WorkerError};
-use crate::pool::ClientPool;
+use crate::pipeline::pool::ClientPool;
 
 /// Slots grouped per pass, bounding the chunk-to-slots map.
 const WINDOW_SLOTS: usize = 8192;
@@ -105,7 +105,7 @@ pub async fn restore_to_nbd(
     let manifest = repo.read_manifest(&id).await?;
     let disk = manifest
         .disk(request.disk.as_deref())
-        .map_err(WorkerError::Invalid)?
+        .map_err(WorkerError::InvalidInput)?
         .clone();
     let index = repo.read_index(&disk).await?;
 
@@ -147,16 +147,16 @@ async fn open_target(
     let first = ClientPool::connect(endpoint, &options, 1).await?;
     let mut known_zero = vec![false; index.len()];
     let multi_conn = {
-        let mut probe = first.checkout().await;
+        let mut probe = first.checkout().await?;
         if probe.size() != index.disk_size() {
-            return Err(WorkerError::Invalid(format!(
+            return Err(WorkerError::InvalidInput(format!(
                 "target export {export:?} at {endpoint} is {} bytes but the snapshot's disk is {} bytes",
                 probe.size(),
                 index.disk_size()
             )));
         }
         if probe.is_read_only() {
-            return Err(WorkerError::Invalid(format!(
+            return Err(WorkerError::InvalidInput(format!(
                 "target export {export:?} at {endpoint} is read-only"
             )));
         }
@@ -299,7 +299,7 @@ async fn zero_slot(
         target
             .pool
             .checkout()
-            .await
+            .await?
             .read(start, &mut current)
             .await?;
         counters.compared.fetch_add(length, Ordering::Relaxed);
@@ -309,12 +309,13 @@ async fn zero_slot(
         }
     }
     // Slots are at most 16 MiB (format limit), so the length fits in u32.
-    let length32 = u32::try_from(length)
-        .map_err(|_| WorkerError::Invalid(format!("slot {slot} is too large: {length} bytes")))?;
+    let length32 = u32::try_from(length).map_err(|_| {
+        WorkerError::InvalidInput(format!("slot {slot} is too large: {length} bytes"))
+    })?;
     target
         .pool
         .checkout()
-        .await
+        .await?
         .write_zeroes(start, length32)
         .await?;
     counters.zeroed.fetch_add(length, Ordering::Relaxed);
@@ -335,7 +336,7 @@ async fn data_slot(
         target
             .pool
             .checkout()
-            .await
+            .await?
             .read(offset, &mut current)
             .await?;
         counters.compared.fetch_add(length, Ordering::Relaxed);
@@ -344,7 +345,7 @@ async fn data_slot(
             return Ok(());
         }
     }
-    target.pool.checkout().await.write(offset, data).await?;
+    target.pool.checkout().await?.write(offset, data).await?;
     counters.written.fetch_add(length, Ordering::Relaxed);
     Ok(())
 }

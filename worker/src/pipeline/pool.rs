@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use haven_nbd::{Client, ConnectOptions, Endpoint};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::error::Result;
+use crate::error::{Result, WorkerError};
 
 /// Connections to one export.
 pub struct ClientPool {
@@ -46,10 +46,19 @@ impl ClientPool {
         self.size
     }
 
-    /// Waits for an idle connection.
-    pub async fn checkout(&self) -> PooledClient<'_> {
-        let client = self.idle.lock().await.recv().await;
-        PooledClient { client, pool: self }
+    /// Waits for an idle connection. Fails only if the pool's channel is closed, which
+    /// cannot happen while the pool (the owner of a sender) is alive; an error rather
+    /// than a panic keeps it that way should the pool ever change.
+    pub async fn checkout(&self) -> Result<PooledClient<'_>> {
+        let client = self.idle.lock().await.recv().await.ok_or_else(|| {
+            WorkerError::io("the nbd connection pool is closed")(
+                std::io::ErrorKind::BrokenPipe.into(),
+            )
+        })?;
+        Ok(PooledClient {
+            client: Some(client),
+            pool: self,
+        })
     }
 
     /// Flushes and closes every connection.
@@ -70,6 +79,8 @@ impl ClientPool {
 
 /// A connection on loan; it goes back to the pool when dropped.
 pub struct PooledClient<'a> {
+    /// `Some` from [`ClientPool::checkout`] until `drop` hands it back: the only place
+    /// that takes it, so every `Deref` sees it.
     client: Option<Client>,
     pool: &'a ClientPool,
 }

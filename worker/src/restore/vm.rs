@@ -21,8 +21,8 @@ use haven_repo::{Manifest, Progress, Repository, SnapshotId, SnapshotRef};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::adapters::libvirt::Virsh;
 use crate::error::{Result, WorkerError};
-use crate::libvirt::Virsh;
 use crate::restore::{RestoreFormat, RestoreReport, RestoreRequest, restore_disk};
 use domain_xml::{RestoredDiskFile, rewrite_domain_xml};
 use qemu_attach::{QemuDisk, qemu_attach};
@@ -100,7 +100,7 @@ pub async fn restore_libvirt_domain(
     let virsh = Virsh::new(target.uri.clone(), target.virsh_timeout);
     let existing = virsh.run(&["list", "--all", "--name"]).await?;
     if existing.lines().any(|line| line.trim() == request.name) {
-        return Err(WorkerError::Invalid(format!(
+        return Err(WorkerError::InvalidInput(format!(
             "a libvirt domain called {} already exists: choose another name",
             request.name
         )));
@@ -120,7 +120,7 @@ pub async fn restore_libvirt_domain(
         })
         .collect();
     let rewritten = rewrite_domain_xml(xml, &request.name, &restored)
-        .map_err(|error| WorkerError::Invalid(error.to_string()))?;
+        .map_err(|error| WorkerError::InvalidInput(error.to_string()))?;
 
     let disks = restore_files(&repo, &id, &files, request, progress).await?;
     std::fs::write(&xml_path, &rewritten.xml).map_err(WorkerError::io(format!(
@@ -180,7 +180,7 @@ pub async fn restore_for_qemu(
         })
         .collect();
     let attach = qemu_attach(config, &qemu_disks)
-        .map_err(|error| WorkerError::Invalid(error.to_string()))?;
+        .map_err(|error| WorkerError::InvalidInput(error.to_string()))?;
     let disks = restore_files(&repo, &id, &files, request, progress).await?;
     Ok(QemuRestoreReport {
         snapshot: id.to_string(),
@@ -203,11 +203,11 @@ async fn read_manifest(
 fn stored_config<'m>(id: &SnapshotId, manifest: &'m Manifest, kind: &str) -> Result<&'m str> {
     match &manifest.vm_config {
         Some(config) if config.kind == kind => Ok(&config.data),
-        Some(config) => Err(WorkerError::Invalid(format!(
+        Some(config) => Err(WorkerError::InvalidInput(format!(
             "snapshot {id} holds a {} configuration, not {kind} (it was taken by the {} adapter)",
             config.kind, manifest.source.kind
         ))),
-        None => Err(WorkerError::Invalid(format!(
+        None => Err(WorkerError::InvalidInput(format!(
             "snapshot {id} holds no VM configuration ({kind} needed; it was taken by the {} \
              adapter): restore its disks one by one with --disk instead",
             manifest.source.kind
@@ -255,7 +255,7 @@ fn refuse_existing<'p>(paths: impl Iterator<Item = &'p PathBuf>) -> Result<()> {
     if existing.is_empty() {
         return Ok(());
     }
-    Err(WorkerError::Invalid(format!(
+    Err(WorkerError::InvalidInput(format!(
         "refusing to overwrite existing files: {} (remove them or choose another folder or name)",
         existing.join(", ")
     )))

@@ -222,7 +222,10 @@ impl SnapshotReader {
     ) -> Result<Self, WorkerError> {
         let snapshot = repo.resolve(reference).await?;
         let manifest = repo.read_manifest(&snapshot).await?;
-        let entry = manifest.disk(disk).map_err(WorkerError::Invalid)?.clone();
+        let entry = manifest
+            .disk(disk)
+            .map_err(WorkerError::InvalidInput)?
+            .clone();
         let index = repo.read_index(&entry).await?;
         Ok(Self::from_index(repo, snapshot, entry.name, index, options))
     }

@@ -19,8 +19,6 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::error::WorkerError;
-
 /// Longest line accepted from the peer: `query-named-block-nodes` of a big VM is a few
 /// hundred KiB; anything near this bound is an attack or a bug.
 pub const MAX_LINE: usize = 16 << 20;
@@ -87,15 +85,6 @@ impl QmpError {
         match self {
             QmpError::Command { description, .. } => Some(description),
             _ => None,
-        }
-    }
-}
-
-impl From<QmpError> for WorkerError {
-    fn from(error: QmpError) -> Self {
-        WorkerError::Tool {
-            program: "qmp".into(),
-            message: error.to_string(),
         }
     }
 }

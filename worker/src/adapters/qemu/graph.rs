@@ -109,7 +109,7 @@ fn text(value: &Value, key: &str) -> String {
 }
 
 fn invalid(message: &str) -> WorkerError {
-    WorkerError::Invalid(format!("qemu: {message}"))
+    WorkerError::qemu(message)
 }
 
 /// A guest device and the node attached to it, from `query-block`.
@@ -189,7 +189,7 @@ pub fn select_disks(
                 .ok_or_else(|| {
                     let names: Vec<&str> =
                         candidates.iter().map(|(name, _)| name.as_str()).collect();
-                    WorkerError::Invalid(format!(
+                    WorkerError::InvalidInput(format!(
                         "qemu has no disk or block node {want:?} (disks: {})",
                         names.join(", ")
                     ))
@@ -199,23 +199,24 @@ pub fn select_disks(
         chosen
     };
     if chosen.is_empty() {
-        return Err(WorkerError::Invalid(
+        return Err(WorkerError::InvalidInput(
             "qemu shows no disk to back up: name the block nodes with --disk".into(),
         ));
     }
     let mut disks = Vec::with_capacity(chosen.len());
     for (name, node_name) in chosen {
-        let info = node(&node_name).ok_or_else(|| {
-            WorkerError::Invalid(format!("qemu: block node {node_name:?} not found"))
-        })?;
+        let info = node(&node_name)
+            .ok_or_else(|| WorkerError::qemu(format!("block node {node_name:?} not found")))?;
         if disks
             .iter()
             .any(|disk: &LiveDisk| disk.node == node_name || disk.name == name)
         {
-            return Err(WorkerError::Invalid(format!("disk {name:?} chosen twice")));
+            return Err(WorkerError::InvalidInput(format!(
+                "disk {name:?} chosen twice"
+            )));
         }
         haven_repo::validate_name(&name).map_err(|_| {
-            WorkerError::Invalid(format!(
+            WorkerError::InvalidInput(format!(
                 "disk name {name:?} is not a valid snapshot disk name: choose the node with --disk"
             ))
         })?;

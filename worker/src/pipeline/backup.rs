@@ -24,8 +24,8 @@ use haven_repo::{ChunkId, DiskStats, FixedIndex, Progress, PutOutcome, Repositor
 use tokio::sync::mpsc;
 
 use crate::error::{Result, WorkerError};
-use crate::pool::{BufferPool, ClientPool, PooledBuffer};
-use crate::raw_image::RawImage;
+use crate::pipeline::pool::{BufferPool, ClientPool, PooledBuffer};
+use crate::pipeline::raw_image::RawImage;
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
 pub const MAX_DISK_SIZE: u64 = 16 << 40;
@@ -167,7 +167,7 @@ impl AllocationMap {
 }
 
 fn no_dirty_bitmap() -> WorkerError {
-    WorkerError::Invalid("a raw image read in place has no dirty bitmap".into())
+    WorkerError::InvalidInput("a raw image read in place has no dirty bitmap".into())
 }
 
 /// Backs up one disk and returns its index; nothing is committed here.
@@ -192,7 +192,7 @@ pub async fn backup_disk(
             if let ChangeSource::DirtyBitmap(context) = &input.changes
                 && !control.has_meta_context(context)
             {
-                return Err(WorkerError::Invalid(format!(
+                return Err(WorkerError::InvalidInput(format!(
                     "the export does not offer {context}"
                 )));
             }
@@ -219,7 +219,7 @@ pub async fn backup_disk(
         }
     };
     if disk_size > MAX_DISK_SIZE {
-        return Err(WorkerError::Invalid(format!(
+        return Err(WorkerError::InvalidInput(format!(
             "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
         )));
     }
@@ -228,7 +228,7 @@ pub async fn backup_disk(
             .base
             .is_some_and(|base| base.disk_size() == disk_size && base.chunk_size() == chunk_size);
         if !usable_base {
-            return Err(WorkerError::Invalid(
+            return Err(WorkerError::InvalidInput(
                 "an incremental needs a base index of the same disk size and chunk size".into(),
             ));
         }
@@ -439,7 +439,7 @@ async fn read_and_identify(
     let identify = move |data: &[u8]| (!is_all_zero(data)).then(|| repo.chunk_id(data));
     match &stages.reader {
         SlotReader::Nbd(pool) => {
-            pool.checkout().await.read(offset, &mut data).await?;
+            pool.checkout().await?.read(offset, &mut data).await?;
             tokio::task::spawn_blocking(move || {
                 let id = identify(&data);
                 (data, id)

@@ -1,47 +1,39 @@
-//! The libvirt incremental chain: which checkpoint belongs to which snapshot, and
-//! whether the next backup of a disk may be incremental.
+//! The libvirt side of the incremental chain ([`crate::adapters::chain`]): the marker
+//! is a checkpoint of the domain.
 //!
 //! A snapshot's manifest records, per disk, the checkpoint created at its point in time
-//! (`chain.checkpoint`) and the disk's capacity then. The next backup asks libvirt for
-//! what changed since that checkpoint, and only when everything still matches; any
-//! doubt means a full read (chunks are still deduplicated). Pure logic, tested by
-//! tables.
+//! (`chain.checkpoint`), the disk's capacity and its source then; the checkpoint is
+//! usable only while the domain still has it.
 
 use std::collections::BTreeMap;
 
+use crate::adapters::chain::{self, BaseFacts, DiskNow, MarkerKind, ReadMode, RecordedFact};
+
+pub use crate::adapters::chain::CHAIN_SIZE;
+
 /// Manifest `chain` key: the checkpoint that records changes since this snapshot.
 pub const CHAIN_CHECKPOINT: &str = "checkpoint";
-/// Manifest `chain` key: disk capacity in bytes at the snapshot point.
-pub const CHAIN_SIZE: &str = "size";
 /// Manifest `chain` key: the disk's source (file or block device) at the snapshot point.
 pub const CHAIN_SOURCE: &str = "source";
+
+/// Haven's checkpoints: `haven-VM-20261125T173402Z`.
+const CHECKPOINT: MarkerKind = MarkerKind {
+    chain_key: CHAIN_CHECKPOINT,
+    noun: "libvirt checkpoint",
+    separator: '-',
+};
 
 /// Haven's checkpoint of `vm` taken at snapshot `timestamp` (RFC 3339):
 /// `haven-VM-20261125T173402Z`. Other tools (virtnbdbackup's `virtnbdbackup.N`, a
 /// plain `backup-begin`'s timestamps) never produce this shape.
 pub fn checkpoint_name(vm: &str, timestamp: &str) -> String {
-    crate::marker::marker_name('-', vm, timestamp)
+    crate::adapters::marker::marker_name(CHECKPOINT.separator, vm, timestamp)
 }
 
 /// Whether `name` is a checkpoint Haven made for `vm`. The suffix has a fixed shape,
 /// so VM `a` never claims VM `a-b`'s checkpoints.
 pub fn is_haven_checkpoint(vm: &str, name: &str) -> bool {
-    crate::marker::is_marker('-', vm, name)
-}
-
-/// How one disk will be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadMode {
-    /// Only what changed since this checkpoint.
-    Incremental {
-        /// The checkpoint of the previous snapshot.
-        checkpoint: String,
-    },
-    /// Every allocated block.
-    Full {
-        /// Why, for the log and the report.
-        reason: String,
-    },
+    crate::adapters::marker::is_marker(CHECKPOINT.separator, vm, name)
 }
 
 /// What is known about one disk now.
@@ -53,20 +45,26 @@ pub struct DiskFacts<'a> {
     pub source: &'a str,
 }
 
-/// The base the previous snapshot offers for one disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BaseFacts {
-    /// Disk size of the previous index.
-    pub size: u64,
-    /// Chunk size of the previous index.
-    pub chunk_size: u32,
+fn source_changed(then: &str, now: &str) -> String {
+    format!("disk source changed from {then} to {now}")
 }
 
-/// Decides between incremental and full for one disk.
-///
-/// `chain` is the disk's chain in the previous manifest (`None`: no previous snapshot
-/// or no such disk in it), `checkpoints` the domain's checkpoints now, `base` the
-/// previous index if it read back intact.
+/// What the checkpoint depends on: the disk's capacity and source (manifests older
+/// than the source key are accepted without it).
+fn disk_now(disk: DiskFacts<'_>) -> DiskNow<'static> {
+    DiskNow {
+        size: disk.size,
+        facts: vec![RecordedFact {
+            key: CHAIN_SOURCE,
+            now: disk.source.to_string(),
+            required: false,
+            changed: &source_changed,
+        }],
+    }
+}
+
+/// Decides between incremental and full for one disk (see [`chain::decide`]);
+/// `checkpoints` are the domain's checkpoints now.
 pub fn decide(
     vm: &str,
     disk: DiskFacts<'_>,
@@ -75,56 +73,27 @@ pub fn decide(
     base: Option<BaseFacts>,
     chunk_size: u32,
 ) -> ReadMode {
-    let full = |reason: String| ReadMode::Full { reason };
-    let Some(chain) = chain else {
-        return full("no previous snapshot of this disk".into());
+    let unusable = |checkpoint: &str| {
+        (!checkpoints.iter().any(|name| name == checkpoint)).then(|| {
+            format!(
+                "checkpoint {checkpoint} is missing from the domain (deleted, or the domain was redefined)"
+            )
+        })
     };
-    let Some(checkpoint) = chain.get(CHAIN_CHECKPOINT) else {
-        return full("the previous snapshot records no libvirt checkpoint".into());
-    };
-    if !is_haven_checkpoint(vm, checkpoint) {
-        return full(format!(
-            "checkpoint {checkpoint:?} of the previous snapshot is not Haven's"
-        ));
-    }
-    if !checkpoints.iter().any(|name| name == checkpoint) {
-        return full(format!(
-            "checkpoint {checkpoint} is missing from the domain (deleted, or the domain was redefined)"
-        ));
-    }
-    if chain.get(CHAIN_SIZE) != Some(&disk.size.to_string()) {
-        return full(format!(
-            "disk size changed from {} to {}",
-            chain.get(CHAIN_SIZE).map(String::as_str).unwrap_or("?"),
-            disk.size
-        ));
-    }
-    if let Some(source) = chain.get(CHAIN_SOURCE)
-        && source != disk.source
-    {
-        return full(format!(
-            "disk source changed from {source} to {}",
-            disk.source
-        ));
-    }
-    let Some(base) = base else {
-        return full("the previous snapshot's index is unreadable".into());
-    };
-    if base.size != disk.size || base.chunk_size != chunk_size {
-        return full("the previous snapshot's index does not match the disk".into());
-    }
-    ReadMode::Incremental {
-        checkpoint: checkpoint.clone(),
-    }
+    chain::decide(
+        vm,
+        CHECKPOINT,
+        &disk_now(disk),
+        chain,
+        unusable,
+        base,
+        chunk_size,
+    )
 }
 
 /// The chain entry a new snapshot records for one disk.
 pub fn chain_entry(checkpoint: &str, disk: DiskFacts<'_>) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (CHAIN_CHECKPOINT.to_string(), checkpoint.to_string()),
-        (CHAIN_SIZE.to_string(), disk.size.to_string()),
-        (CHAIN_SOURCE.to_string(), disk.source.to_string()),
-    ])
+    chain::chain_entry(CHECKPOINT, checkpoint, &disk_now(disk))
 }
 
 #[cfg(test)]
@@ -163,9 +132,7 @@ mod tests {
         };
         assert_eq!(
             decide("vm", disk, Some(&chain), &present, base, 1 << 20),
-            ReadMode::Incremental {
-                checkpoint: CP.into()
-            }
+            ReadMode::Incremental { marker: CP.into() }
         );
         is_full(
             decide("vm", disk, None, &present, base, 1 << 20),

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use super::chain::is_haven_bitmap;
 use super::graph::{HAVEN_PREFIX, LiveDisk, NodeInfo, parse_nodes};
+use crate::adapters::qemu::qmp::{QmpClient, QmpError};
 use crate::error::{Result, WorkerError};
-use crate::qmp::{QmpClient, QmpError};
 
 /// How long teardown waits for QEMU to drop an export or finish cancelling a job.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -82,6 +82,12 @@ pub struct Session {
 
 fn qmp_error(error: QmpError) -> WorkerError {
     error.into()
+}
+
+/// Whether QEMU refused `nbd-server-start` because a server already runs.
+fn nbd_server_already_running(error: &WorkerError) -> bool {
+    matches!(error, WorkerError::Qmp(error)
+        if error.description().is_some_and(|text| text.contains("already running")))
 }
 
 impl Session {
@@ -269,8 +275,8 @@ impl Session {
         self.nbd_server_started = true;
         let start = json!({"addr": {"type": "unix", "data": {"path": socket}}});
         let mut result = self.execute("nbd-server-start", start.clone()).await;
-        if let Err(WorkerError::Tool { message, .. }) = &result
-            && message.contains("already running")
+        if let Err(error) = &result
+            && nbd_server_already_running(error)
             && self.nbd_server_is_leftover().await?
         {
             // A Haven killed mid-backup (another worker, in a cluster) left its
@@ -287,12 +293,9 @@ impl Session {
         }
         match result {
             Ok(_) => Ok(()),
-            Err(WorkerError::Tool { message, .. }) if message.contains("already running") => {
-                Err(WorkerError::Invalid(
-                    "qemu already runs an nbd server: pass its unix socket with --nbd-server"
-                        .into(),
-                ))
-            }
+            Err(error) if nbd_server_already_running(&error) => Err(WorkerError::InvalidInput(
+                "qemu already runs an nbd server: pass its unix socket with --nbd-server".into(),
+            )),
             Err(error) => Err(error),
         }
     }
@@ -348,8 +351,8 @@ impl Session {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(WorkerError::Invalid(format!(
-                    "qemu: {id} still present after {SETTLE_TIMEOUT:?}"
+                return Err(WorkerError::qemu(format!(
+                    "{id} still present after {SETTLE_TIMEOUT:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -365,7 +368,7 @@ impl Session {
             match QmpClient::connect(&self.socket, self.timeout).await {
                 Ok(qmp) => self.qmp = qmp,
                 Err(error) => {
-                    return Err(WorkerError::Invalid(format!(
+                    return Err(WorkerError::qemu(format!(
                         "cannot reconnect to qmp for cleanup ({error}); the next backup removes the leftovers"
                     )));
                 }
@@ -374,7 +377,7 @@ impl Session {
         let mut first_error: Option<WorkerError> = None;
         let mut note = |result: Result<()>, what: &str| {
             if let Err(error) = result {
-                tracing::warn!(%error, "cleanup: {what} failed");
+                tracing::warn!(error = %error.chain(), "cleanup: {what} failed");
                 first_error.get_or_insert(error);
             }
         };

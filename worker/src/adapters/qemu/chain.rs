@@ -1,63 +1,60 @@
-//! The incremental chain: which dirty bitmap belongs to which snapshot, and whether the
-//! next backup of a disk may be incremental.
+//! The QEMU side of the incremental chain ([`crate::adapters::chain`]): the marker is
+//! a persistent dirty bitmap on the disk's block node.
 //!
 //! A snapshot's manifest records, per disk, the bitmap started at its point in time
-//! (`chain.bitmap`), the node it lives on and the disk size. The next backup reads only
-//! what that bitmap marks dirty, and only when everything still matches; any doubt
-//! means a full read (chunks are still deduplicated), never an incremental on a wrong
-//! base. Pure logic, tested by tables.
+//! (`chain.bitmap`), the node it lives on and the disk size; the bitmap is usable only
+//! while QEMU shows it consistent and not busy.
 
 use std::collections::BTreeMap;
 
-use super::graph::{BitmapInfo, LiveDisk};
+use super::graph::LiveDisk;
+use crate::adapters::chain::{self, BaseFacts, DiskNow, MarkerKind, ReadMode, RecordedFact};
+
+pub use crate::adapters::chain::CHAIN_SIZE;
 
 /// Manifest `chain` key: the bitmap that records changes since this snapshot.
 pub const CHAIN_BITMAP: &str = "bitmap";
 /// Manifest `chain` key: the block node the bitmap lives on.
 pub const CHAIN_NODE: &str = "node";
-/// Manifest `chain` key: disk size in bytes when the bitmap was started.
-pub const CHAIN_SIZE: &str = "size";
+
+/// Haven's bitmaps: `haven.VM.20261125T173402Z`.
+const BITMAP: MarkerKind = MarkerKind {
+    chain_key: CHAIN_BITMAP,
+    noun: "dirty bitmap",
+    separator: '.',
+};
 
 /// Haven's bitmap for `vm` started at snapshot `timestamp` (RFC 3339):
 /// `haven.VM.20261125T173402Z`. VM names cannot contain the compact timestamp's form
 /// after a dot, so one VM's bitmaps are never taken for another's.
 pub fn bitmap_name(vm: &str, timestamp: &str) -> String {
-    crate::marker::marker_name('.', vm, timestamp)
+    crate::adapters::marker::marker_name(BITMAP.separator, vm, timestamp)
 }
 
 /// Whether `name` is a bitmap Haven made for `vm`.
 pub fn is_haven_bitmap(vm: &str, name: &str) -> bool {
-    crate::marker::is_marker('.', vm, name)
+    crate::adapters::marker::is_marker(BITMAP.separator, vm, name)
 }
 
-/// How one disk will be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadMode {
-    /// Only what this bitmap marks dirty.
-    Incremental {
-        /// The bitmap of the previous snapshot.
-        bitmap: String,
-    },
-    /// Every allocated block.
-    Full {
-        /// Why, for the log and the report.
-        reason: String,
-    },
+fn node_changed(then: &str, now: &str) -> String {
+    format!("the previous snapshot read node {then:?}, not {now:?}")
 }
 
-/// The base the previous snapshot offers for one disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BaseFacts {
-    /// Disk size of the previous index.
-    pub size: u64,
-    /// Chunk size of the previous index.
-    pub chunk_size: u32,
+/// What the bitmap depends on: the disk's size and block node.
+fn disk_now(disk: &LiveDisk) -> DiskNow<'static> {
+    DiskNow {
+        size: disk.size,
+        facts: vec![RecordedFact {
+            key: CHAIN_NODE,
+            now: disk.node.clone(),
+            required: true,
+            changed: &node_changed,
+        }],
+    }
 }
 
-/// Decides between incremental and full for one disk.
-///
-/// `chain` is the disk's chain in the previous manifest (`None`: no previous snapshot
-/// or no such disk in it); `base` the previous index if it read back intact.
+/// Decides between incremental and full for one disk (see [`chain::decide`]); the
+/// bitmap must be present, consistent and not busy on the disk's node.
 pub fn decide(
     vm: &str,
     disk: &LiveDisk,
@@ -65,68 +62,40 @@ pub fn decide(
     base: Option<BaseFacts>,
     chunk_size: u32,
 ) -> ReadMode {
-    let full = |reason: String| ReadMode::Full { reason };
-    let Some(chain) = chain else {
-        return full("no previous snapshot of this disk".into());
-    };
-    let Some(bitmap) = chain.get(CHAIN_BITMAP) else {
-        return full("the previous snapshot records no dirty bitmap".into());
-    };
-    if !is_haven_bitmap(vm, bitmap) {
-        return full(format!(
-            "bitmap {bitmap:?} of the previous snapshot is not Haven's"
-        ));
-    }
-    if chain.get(CHAIN_NODE) != Some(&disk.node) {
-        return full(format!(
-            "the previous snapshot read node {:?}, not {:?}",
-            chain.get(CHAIN_NODE).map(String::as_str).unwrap_or("?"),
-            disk.node
-        ));
-    }
-    if chain.get(CHAIN_SIZE) != Some(&disk.size.to_string()) {
-        return full(format!(
-            "disk size changed from {} to {}",
-            chain.get(CHAIN_SIZE).map(String::as_str).unwrap_or("?"),
-            disk.size
-        ));
-    }
-    let Some(info): Option<&BitmapInfo> = disk.bitmaps.iter().find(|b| b.name == *bitmap) else {
-        return full(format!(
-            "bitmap {bitmap} is missing (qemu restarted without saving it?)"
-        ));
-    };
-    if info.inconsistent {
-        return full(format!(
-            "bitmap {bitmap} is inconsistent (qemu stopped without saving it)"
-        ));
-    }
-    if info.busy {
-        return full(format!("bitmap {bitmap} is in use by another operation"));
-    }
-    match base {
-        None => full("the previous snapshot's index is missing or failed verification".into()),
-        Some(base) if base.size != disk.size || base.chunk_size != chunk_size => {
-            full("the previous snapshot's index has another disk or chunk size".into())
+    let unusable = |bitmap: &str| {
+        let Some(info) = disk.bitmaps.iter().find(|b| b.name == bitmap) else {
+            return Some(format!(
+                "bitmap {bitmap} is missing (qemu restarted without saving it?)"
+            ));
+        };
+        if info.inconsistent {
+            return Some(format!(
+                "bitmap {bitmap} is inconsistent (qemu stopped without saving it)"
+            ));
         }
-        Some(_) => ReadMode::Incremental {
-            bitmap: bitmap.clone(),
-        },
-    }
+        info.busy
+            .then(|| format!("bitmap {bitmap} is in use by another operation"))
+    };
+    chain::decide(
+        vm,
+        BITMAP,
+        &disk_now(disk),
+        chain,
+        unusable,
+        base,
+        chunk_size,
+    )
 }
 
 /// The chain to record for a disk in the new manifest.
 pub fn chain_entry(bitmap: &str, disk: &LiveDisk) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (CHAIN_BITMAP.to_string(), bitmap.to_string()),
-        (CHAIN_NODE.to_string(), disk.node.clone()),
-        (CHAIN_SIZE.to_string(), disk.size.to_string()),
-    ])
+    chain::chain_entry(BITMAP, bitmap, &disk_now(disk))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::qemu::graph::BitmapInfo;
 
     const GOOD: &str = "haven.web.20261125T173402Z";
 
@@ -269,7 +238,7 @@ mod tests {
         for (case, chain, disk, base, reason) in table {
             let mode = decide("web", &disk, chain, base, 64);
             match (reason, mode) {
-                (None, ReadMode::Incremental { bitmap }) => assert_eq!(bitmap, GOOD, "{case}"),
+                (None, ReadMode::Incremental { marker }) => assert_eq!(marker, GOOD, "{case}"),
                 (Some(expected), ReadMode::Full { reason }) => {
                     assert!(reason.contains(expected), "{case}: {reason}")
                 }

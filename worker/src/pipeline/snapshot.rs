@@ -14,8 +14,8 @@ use haven_repo::{
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::backup::DiskBackup;
-use crate::error::Result;
+use crate::error::{Result, WorkerError};
+use crate::pipeline::backup::DiskBackup;
 
 /// The name of the snapshot being taken and the snapshot it builds on.
 #[derive(Debug)]
@@ -146,9 +146,7 @@ impl ManifestPublisher for DirectPublisher {
     async fn publish(&self, repo: &Repository, manifest: &Manifest) -> Result<()> {
         match repo.commit_manifest(manifest).await {
             Ok(_) => Ok(()),
-            Err(RepoError::AlreadyExists(key)) => Err(crate::error::WorkerError::Invalid(format!(
-                "snapshot {key} was committed by someone else meanwhile"
-            ))),
+            Err(RepoError::AlreadyExists(key)) => Err(WorkerError::AlreadyCommitted(key)),
             Err(error) => Err(error.into()),
         }
     }

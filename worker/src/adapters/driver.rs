@@ -1,0 +1,169 @@
+//! The one backup driver: plan → base index → back up each disk → commit, the same for
+//! every [`HypervisorAdapter`].
+//!
+//! The adapter is torn down whatever happened (committed, failed, cancelled), and told
+//! which: a hypervisor keeps a snapshot's marker only if the snapshot was committed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use haven_repo::{Consistency, Manifest, Progress, RateLimiter, Repository};
+
+use super::HypervisorAdapter;
+use super::chain::{BaseFacts, ReadMode};
+use crate::error::{Result, WorkerError};
+use crate::pipeline::backup::{DiskBackupInput, backup_disk};
+use crate::pipeline::snapshot::{
+    BackupReport, CommittedDisk, ManifestPublisher, SnapshotMeta, base_index, commit_snapshot,
+    plan_snapshot,
+};
+
+/// How the pipeline reads the disks and where the snapshot goes.
+pub struct DriverOptions<'a> {
+    /// VM name the snapshot is filed under.
+    pub vm: &'a str,
+    /// Reads in flight per disk (NBD connections, or threads reading a raw image).
+    pub connections: usize,
+    /// Cap on bytes read per second (shared across a worker's jobs).
+    pub read_limit: Option<Arc<RateLimiter>>,
+    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
+    pub publisher: &'a dyn ManifestPublisher,
+}
+
+/// A committed snapshot and how its disks were read.
+pub struct VmBackup {
+    /// The common report.
+    pub report: BackupReport,
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// How each disk was read, in the adapter's order.
+    pub modes: Vec<ReadMode>,
+    /// Consistency recorded in the manifest.
+    pub consistency: Consistency,
+}
+
+/// Backs up the disks `adapter` exports as one snapshot and commits it; `shutdown`
+/// resolving (Ctrl-C, a cancelled job) cancels it. The adapter is torn down in every
+/// case; a failed teardown after a commit is logged (the next backup retries it), after
+/// a failure it is logged and the failure returned.
+pub async fn back_up_vm(
+    repo: &Arc<Repository>,
+    adapter: &mut dyn HypervisorAdapter,
+    options: &DriverOptions<'_>,
+    progress: Arc<Progress>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<VmBackup> {
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        result = run(repo, &mut *adapter, options, progress) => result,
+        () = shutdown => Err(WorkerError::Cancelled("backup")),
+    };
+    let cleanup = adapter.teardown(outcome.is_ok()).await;
+    let kind = adapter.source().kind;
+    match (outcome, cleanup) {
+        (Ok((manifest, modes, consistency)), cleanup) => {
+            if let Err(error) = cleanup {
+                tracing::warn!(kind, error = %error.chain(), "snapshot committed, but cleanup in the hypervisor failed; the next backup retries it");
+            }
+            Ok(VmBackup {
+                report: BackupReport::new(&manifest, started.elapsed()),
+                manifest,
+                modes,
+                consistency,
+            })
+        }
+        (Err(error), Err(cleanup)) => {
+            tracing::warn!(kind, error = %cleanup.chain(), "cleanup after a failed backup failed too");
+            Err(error)
+        }
+        (Err(error), Ok(())) => Err(error),
+    }
+}
+
+async fn run(
+    repo: &Arc<Repository>,
+    adapter: &mut dyn HypervisorAdapter,
+    options: &DriverOptions<'_>,
+    progress: Arc<Progress>,
+) -> Result<(Manifest, Vec<ReadMode>, Consistency)> {
+    adapter.prepare().await?;
+    let plan = plan_snapshot(repo, options.vm).await?;
+    let names = adapter.disks(&plan).await?;
+    let mut bases = Vec::with_capacity(names.len());
+    let mut modes = Vec::with_capacity(names.len());
+    for (position, name) in names.iter().enumerate() {
+        let base = base_index(repo, plan.previous.as_ref(), name).await;
+        let mode = if adapter.tracks_changes() {
+            let chain = plan
+                .previous
+                .as_ref()
+                .and_then(|manifest| manifest.disks.iter().find(|disk| disk.name == *name))
+                .map(|disk| &disk.chain);
+            let facts = base.as_ref().map(BaseFacts::of);
+            let mode = adapter.read_mode(position, chain, facts, repo.chunk_size());
+            log_read_mode(name, &mode, plan.previous.is_none());
+            mode
+        } else {
+            ReadMode::Full {
+                reason: "the source does not track changes".into(),
+            }
+        };
+        bases.push(base);
+        modes.push(mode);
+    }
+    let vm_config = adapter.vm_config().await?;
+    let consistency = adapter.snapshot_point(&modes).await?;
+    let mut committed = Vec::with_capacity(names.len());
+    for (position, (name, base)) in names.into_iter().zip(&bases).enumerate() {
+        let (source, changes) = adapter.export(position).await?;
+        let input = DiskBackupInput {
+            source,
+            parallel_reads: options.connections,
+            base: base.as_ref(),
+            changes,
+            read_limit: options.read_limit.clone(),
+        };
+        let backup = backup_disk(repo.clone(), input, progress.clone()).await;
+        adapter.end_export(position).await?;
+        committed.push(CommittedDisk {
+            name,
+            backup: backup?,
+            chain: adapter.chain_entry(position),
+        });
+    }
+    let meta = SnapshotMeta {
+        source: adapter.source(),
+        consistency,
+        parent: plan
+            .previous
+            .as_ref()
+            .map(|manifest| manifest.timestamp.clone()),
+        vm_config,
+    };
+    let manifest = commit_snapshot(repo, &plan, committed, meta, options.publisher).await?;
+    Ok((manifest, modes, consistency))
+}
+
+/// Says how a disk is read: a full read after a previous snapshot is a fallback,
+/// worth a warning with its reason.
+fn log_read_mode(disk: &str, mode: &ReadMode, first_backup: bool) {
+    match mode {
+        ReadMode::Incremental { marker } => {
+            tracing::info!(
+                disk,
+                marker,
+                "incremental: reading only what changed since the marker"
+            )
+        }
+        ReadMode::Full { reason } if first_backup => tracing::info!(disk, reason, "full read"),
+        ReadMode::Full { reason } => {
+            tracing::warn!(disk, reason, "falling back to a full read")
+        }
+    }
+}
+
+/// A duration in milliseconds, as reports print it.
+pub(crate) fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

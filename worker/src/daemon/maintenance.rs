@@ -1,0 +1,85 @@
+//! Prune, GC and replication jobs: the repository operations a coordinator schedules
+//! besides backups.
+
+use std::time::Duration;
+
+use haven_proto::v1;
+use haven_repo::{Backend, Progress, Repository};
+
+use super::pins::ClusterPins;
+use crate::error::Result;
+
+/// Runs a prune, GC or replication job; returns its summary and, for a prune, the
+/// snapshots it removed.
+pub(super) async fn run_maintenance(
+    repo: &Repository,
+    job: &v1::JobAssignment,
+    pins: &ClusterPins,
+    progress: &Progress,
+) -> Result<(String, Vec<String>)> {
+    if job.kind == v1::JobKind::Prune as i32 {
+        let rules = job.retention.unwrap_or_default();
+        let policy = haven_repo::RetentionPolicy::from_counts([
+            rules.keep_last,
+            rules.keep_hourly,
+            rules.keep_daily,
+            rules.keep_weekly,
+            rules.keep_monthly,
+            rules.keep_yearly,
+        ]);
+        let decisions =
+            haven_repo::prune_snapshots(repo, Some(&job.vm), &policy, pins, false).await?;
+        let removed: Vec<String> = decisions
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| d.id.to_string())
+            .collect();
+        let summary = format!(
+            "pruned {}: kept {}, removed {} ({})",
+            job.vm,
+            decisions.len() - removed.len(),
+            removed.len(),
+            policy.describe()
+        );
+        Ok((summary, removed))
+    } else if job.kind == v1::JobKind::Gc as i32 {
+        let options = haven_repo::GcOptions {
+            margin: Duration::from_secs(job.gc_margin_seconds),
+            ..haven_repo::GcOptions::default()
+        };
+        let report = haven_repo::collect_garbage(repo, pins, &options).await?;
+        Ok((
+            format!(
+                "gc: removed {} chunks ({} bytes) and {} indexes; {} referenced, {} too young, {} missing",
+                report.chunks_removed,
+                report.bytes_removed,
+                report.indexes_removed,
+                report.chunks_referenced,
+                report.chunks_too_young,
+                report.chunks_missing
+            ),
+            Vec::new(),
+        ))
+    } else {
+        // The secondary site may have keys of its own, as for `haven replicate`.
+        let secondary = haven_repo::S3Credentials::secondary_from_env()?;
+        let to = Backend::from_url_with_credentials(&job.replicate_to, true, secondary.as_ref())?;
+        let report = haven_repo::replicate(
+            repo.backend(),
+            &to,
+            &haven_repo::ReplicateOptions::default(),
+            progress,
+        )
+        .await?;
+        Ok((
+            format!(
+                "replicated to {}: {} chunks, {} indexes, {} manifests copied",
+                job.replicate_to,
+                report.chunks_copied,
+                report.indexes_copied,
+                report.manifests_copied
+            ),
+            Vec::new(),
+        ))
+    }
+}
