@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::state::State;
 use super::tick::TickReport;
 use super::workers::check_worker;
-use super::writes::{OPS_PER_TXN, put_json};
+use super::writes::{OPS_PER_TXN, job_puts};
 use super::{Leader, Mutating, Result};
 use crate::model::{self, Attempt, JobRecord, JobState};
 use crate::placement::{self, PendingJob, WorkerLoad};
@@ -154,11 +154,7 @@ impl Leader {
                         .map(|job| assigned(job, &worker, lease, token, now))
                         .collect()
                 };
-                let ops = records
-                    .iter()
-                    .map(|job| put_json(model::job_key(&job.id), job))
-                    .collect::<Result<Vec<_>>>()?;
-                self.write_batched(ops).await?;
+                self.write_batched(job_puts(&records)?).await?;
                 report.assigned += records.len();
                 self.state().insert_jobs(records);
             }

@@ -10,7 +10,7 @@ use super::jobs::{check_token, mark_succeeded};
 use super::writes::put_json;
 use super::{Leader, LeaderError, Result};
 use crate::model::{self, JobRecord, JobState, PendingCommit, SnapshotRecord, now_ms};
-use crate::store::{Compare, Op};
+use crate::store::Compare;
 
 /// Largest sealed manifest accepted (etcd values are limited to 1.5 MiB).
 const MAX_MANIFEST_BYTES: usize = 1 << 20;
@@ -203,15 +203,8 @@ impl Leader {
         let mut done = job;
         done.commit = None;
         mark_succeeded(&mut done, now_ms());
-        self.write(
-            vec![],
-            vec![
-                put_json(model::job_key(job_id), &done)?,
-                Op::Delete(model::owner_key(job_id)),
-            ],
-        )
-        .await?;
-        self.state().stopped(done.clone());
+        self.write_ended(&mutating, done.clone(), Vec::new(), Vec::new())
+            .await?;
         if let Err(error) = self.create_follow_ups(&mutating, &done).await {
             tracing::warn!(job = job_id, %error, "cannot create the prune/replication jobs");
         }

@@ -2,7 +2,7 @@
 //! attempt ends (failure, or completion of a prune, GC or replication job).
 
 use super::state::State;
-use super::writes::put_json;
+use super::writes::{job_puts, put_json};
 use super::{Leader, LeaderError, Mutating, Result};
 use crate::model::{self, JobKind, JobParams, JobRecord, JobState, VmRecord, now_ms};
 use crate::store::{Compare, Op};
@@ -308,9 +308,7 @@ impl Leader {
         for round in &rounds {
             ops.push(put_json(model::round_key(round), &now)?);
         }
-        for job in &jobs {
-            ops.push(put_json(model::job_key(&job.id), job)?);
-        }
+        ops.extend(job_puts(&jobs)?);
         self.write_batched(ops).await?;
         let mut state = self.state();
         for round in rounds {
@@ -350,7 +348,7 @@ impl Leader {
         error: &str,
         retryable: bool,
     ) -> Result<()> {
-        let _mutating = self.mutating().await;
+        let mutating = self.mutating().await;
         let mut updated = check_token(&self.state(), worker, job_id, token)?.clone();
         check_running(&updated)?;
         retry_or_fail(
@@ -360,15 +358,8 @@ impl Leader {
             retryable,
             error.to_string(),
         );
-        self.write(
-            vec![],
-            vec![
-                put_json(model::job_key(job_id), &updated)?,
-                Op::Delete(model::owner_key(job_id)),
-            ],
-        )
-        .await?;
-        self.state().stopped(updated);
+        self.write_ended(&mutating, updated, Vec::new(), Vec::new())
+            .await?;
         self.changed.notify_waiters();
         Ok(())
     }
@@ -382,18 +373,15 @@ impl Leader {
         summary: &str,
         removed: &[String],
     ) -> Result<()> {
-        let _mutating = self.mutating().await;
+        let mutating = self.mutating().await;
         let job = check_token(&self.state(), worker, job_id, token)?.clone();
         let (done, dropped) = completion(&job, now_ms(), summary, removed)?;
-        let mut ops = vec![
-            put_json(model::job_key(job_id), &done)?,
-            Op::Delete(model::owner_key(job_id)),
-        ];
-        ops.extend(dropped.iter().cloned().map(Op::Delete));
         let accepted = self
-            .write(
+            .write_ended(
+                &mutating,
+                done,
                 vec![Compare::ModRevision(model::owner_key(job_id), token)],
-                ops,
+                dropped.iter().cloned().map(Op::Delete).collect(),
             )
             .await?;
         if !accepted {
@@ -403,13 +391,34 @@ impl Leader {
         }
         {
             let mut state = self.state();
-            state.stopped(done);
             for key in dropped {
                 state.snapshots.remove(&key);
             }
         }
         self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Writes `job`, whose attempt ended, with `also`, and deletes its ownership key,
+    /// if `compares` hold; then puts it in the cache. `Ok(false)`: a compare other
+    /// than leadership failed and nothing changed.
+    pub(super) async fn write_ended(
+        &self,
+        _mutating: &Mutating<'_>,
+        job: JobRecord,
+        compares: Vec<Compare>,
+        also: Vec<Op>,
+    ) -> Result<bool> {
+        let mut ops = vec![
+            put_json(model::job_key(&job.id), &job)?,
+            Op::Delete(model::owner_key(&job.id)),
+        ];
+        ops.extend(also);
+        if !self.write(compares, ops).await? {
+            return Ok(false);
+        }
+        self.state().stopped(job);
+        Ok(true)
     }
 }
 

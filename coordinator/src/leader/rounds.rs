@@ -353,7 +353,7 @@ mod tests {
             (
                 "not due yet",
                 vec![with_gc("a", "file:///a")],
-                vec![("a#gc", now - MINUTE)],
+                vec![("a#gc", now)],
                 vec![],
                 vec![],
                 vec![],

@@ -34,38 +34,23 @@ impl State {
     /// decoded (each logged with its key and the reason, then skipped).
     pub(super) async fn load(store: &dyn MetaStore) -> Result<(Self, u64)> {
         let mut decoder = Decoder::default();
-        let mut state = State::default();
-        for kv in store.list(&model::prefix("workers/")).await? {
-            if let Some(record) = decoder.decode::<WorkerRecord>(&kv) {
-                state.workers.insert(record.id.clone(), record);
-            }
-        }
-        for kv in store.list(&model::prefix("vms/")).await? {
-            if let Some(record) = decoder.decode::<VmRecord>(&kv) {
-                state.vms.insert(record.name.clone(), record);
-            }
-        }
-        for kv in store.list(&model::prefix("policies/")).await? {
-            if let Some(policy) = decoder.decode::<Policy>(&kv) {
-                state.policies.insert(policy.name.clone(), policy);
-            }
-        }
-        for kv in store.list(&model::prefix("policy-rounds/")).await? {
-            let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
-            if let Some(ms) = decoder.decode::<u64>(&kv) {
-                state.rounds.insert(name, ms);
-            }
-        }
-        for kv in store.list(&model::prefix("jobs/")).await? {
-            if let Some(job) = decoder.decode::<JobRecord>(&kv) {
-                state.jobs.insert(job.id.clone(), job);
-            }
-        }
-        for kv in store.list(&model::prefix("snapshots/")).await? {
-            if let Some(record) = decoder.decode::<SnapshotRecord>(&kv) {
-                state.snapshots.insert(kv.key.clone(), record);
-            }
-        }
+        let state = State {
+            workers: decoder
+                .records(store, "workers/", |w: &WorkerRecord| w.id.clone())
+                .await?,
+            vms: decoder
+                .records(store, "vms/", |vm: &VmRecord| vm.name.clone())
+                .await?,
+            policies: decoder
+                .records(store, "policies/", |p: &Policy| p.name.clone())
+                .await?,
+            rounds: decoder.rounds(store).await?,
+            jobs: decoder
+                .records(store, "jobs/", |job: &JobRecord| job.id.clone())
+                .await?,
+            snapshots: decoder.snapshots(store).await?,
+            progress: HashMap::new(),
+        };
         Ok((state, decoder.unreadable))
     }
 
@@ -117,5 +102,56 @@ impl Decoder {
                 None
             }
         }
+    }
+
+    /// The readable records of a kind (`"jobs/"`, ...) with their store keys.
+    async fn listing<T: DeserializeOwned>(
+        &mut self,
+        store: &dyn MetaStore,
+        kind: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let listed = store.list(&model::prefix(kind)).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|kv| Some((kv.key.clone(), self.decode(&kv)?)))
+            .collect())
+    }
+
+    /// The readable records of a kind, by the id `id_of` reads from each.
+    async fn records<T: DeserializeOwned, M: FromIterator<(String, T)>>(
+        &mut self,
+        store: &dyn MetaStore,
+        kind: &str,
+        id_of: impl Fn(&T) -> String,
+    ) -> Result<M> {
+        let listed = self.listing::<T>(store, kind).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(_, record)| (id_of(&record), record))
+            .collect())
+    }
+
+    /// Last rounds by name, the last segment of their key.
+    async fn rounds(&mut self, store: &dyn MetaStore) -> Result<HashMap<String, u64>> {
+        let listed = self.listing::<u64>(store, "policy-rounds/").await?;
+        Ok(listed
+            .into_iter()
+            .map(|(key, ms)| {
+                let name = key.rsplit('/').next().unwrap_or_default().to_string();
+                (name, ms)
+            })
+            .collect())
+    }
+
+    /// The catalog by store key.
+    async fn snapshots(
+        &mut self,
+        store: &dyn MetaStore,
+    ) -> Result<BTreeMap<String, SnapshotRecord>> {
+        Ok(self
+            .listing::<SnapshotRecord>(store, "snapshots/")
+            .await?
+            .into_iter()
+            .collect())
     }
 }

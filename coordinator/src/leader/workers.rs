@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::jobs::retry_or_fail;
 use super::state::State;
 use super::tick::TickReport;
-use super::writes::{json, put_json};
+use super::writes::{job_puts, json, put_json};
 use super::{Leader, LeaderError, Result, check_name};
 use crate::model::{self, JobRecord, JobState, VmRecord, WorkerRecord, now_ms};
 use crate::store::{Compare, LeaseId, Op, StoreError};
@@ -204,11 +204,7 @@ impl Leader {
         if orphans.is_empty() {
             return Ok(());
         }
-        let ops = orphans
-            .iter()
-            .map(|job| put_json(model::job_key(&job.id), job))
-            .collect::<Result<Vec<_>>>()?;
-        self.write_batched(ops).await?;
+        self.write_batched(job_puts(&orphans)?).await?;
         report.requeued += orphans.len();
         let mut state = self.state();
         for job in orphans {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Leader, LeaderError, Result};
-use crate::model;
+use crate::model::{self, JobRecord};
 use crate::store::{Compare, Op, Revision};
 
 /// Ops per store transaction (etcd allows 128 by default).
@@ -59,4 +59,11 @@ pub(super) fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// A put of `value` as JSON under `key`, without lease.
 pub(super) fn put_json<T: Serialize>(key: String, value: &T) -> Result<Op> {
     Ok(Op::put(key, json(value)?))
+}
+
+/// Puts of job records under their keys.
+pub(super) fn job_puts<'a>(jobs: impl IntoIterator<Item = &'a JobRecord>) -> Result<Vec<Op>> {
+    jobs.into_iter()
+        .map(|job| put_json(model::job_key(&job.id), job))
+        .collect()
 }
