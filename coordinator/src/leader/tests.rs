@@ -44,6 +44,20 @@ fn vm(name: &str) -> VmRecord {
     }
 }
 
+/// Worker `w1` (instance `instance-1`) reaching `vm1` on `h1`, and a manual backup
+/// of `vm1`: the worker's record and the job's id.
+async fn one_backup(leader: &Leader) -> (crate::model::WorkerRecord, String) {
+    let worker = leader
+        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
+        .await
+        .unwrap();
+    let job = leader
+        .run_job("vm1", Some("file:///tmp/r".into()))
+        .await
+        .unwrap();
+    (worker, job)
+}
+
 #[tokio::test]
 async fn finished_jobs_are_forgotten_after_the_history_period() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,14 +103,7 @@ async fn finished_jobs_are_forgotten_after_the_history_period() {
 async fn a_pending_jobs_leftover_ownership_key_does_not_block_it_forever() {
     let dir = tempfile::tempdir().unwrap();
     let (store, leader) = leader(dir.path()).await;
-    let worker = leader
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
-        .await
-        .unwrap();
-    let job = leader
-        .run_job("vm1", Some("file:///tmp/r".into()))
-        .await
-        .unwrap();
+    let (worker, job) = one_backup(&leader).await;
     // The first of assignment's two writes went through, the second did not.
     store
         .txn(
@@ -129,14 +136,7 @@ async fn a_pending_jobs_leftover_ownership_key_does_not_block_it_forever() {
 async fn load_counts_and_skips_unreadable_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, first) = leader(dir.path()).await;
-    first
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
-        .await
-        .unwrap();
-    let job = first
-        .run_job("vm1", Some("file:///tmp/r".into()))
-        .await
-        .unwrap();
+    let (_, job) = one_backup(&first).await;
     assert_eq!(first.unreadable_records(), 0);
     store
         .txn(
