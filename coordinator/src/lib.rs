@@ -13,6 +13,8 @@
 //! Every replica serves gRPC; only the leader answers, the others point to it. See
 //! ARCHITECTURE.md ("The cluster") for the fencing argument.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod cron;
 pub mod http;

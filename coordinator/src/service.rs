@@ -61,7 +61,10 @@ fn status(error: LeaderError) -> Status {
         LeaderError::Invalid(m) => Status::invalid_argument(m),
         LeaderError::AlreadyExists(m) => Status::already_exists(m),
         LeaderError::Fenced(m) => Status::failed_precondition(m),
-        error @ LeaderError::Repository(_) => Status::internal(error.to_string()),
+        error @ (LeaderError::Repository(_)
+        | LeaderError::ManifestConflict { .. }
+        | LeaderError::StoredManifest(_)
+        | LeaderError::Encode(_)) => Status::internal(error.to_string()),
     }
 }
 

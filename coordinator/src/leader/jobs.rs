@@ -1,0 +1,521 @@
+//! Jobs: creating them (by hand, by rounds, as follow-ups), live progress, and how an
+//! attempt ends (failure, or completion of a prune, GC or replication job).
+
+use super::state::State;
+use super::writes::{job_puts, put_json};
+use super::{Leader, LeaderError, Mutating, Result};
+use crate::model::{self, JobKind, JobParams, JobRecord, JobState, VmRecord, now_ms};
+use crate::store::{Compare, Op};
+
+/// Attempts before a job is given up.
+pub(super) const MAX_ATTEMPTS: u32 = 5;
+
+/// Live progress of a job, from the worker's reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// `haven.v1.JobPhase` value.
+    pub phase: i32,
+    /// Bytes processed.
+    pub bytes_done: u64,
+    /// Bytes to process.
+    pub bytes_total: u64,
+    /// Current rate.
+    pub bytes_per_second: u64,
+    /// Bytes stored.
+    pub bytes_uploaded: u64,
+}
+
+/// A job a decision creates: everything but its id and creation time, so that deciding
+/// needs neither randomness nor the clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NewJob {
+    /// What it does.
+    pub(super) kind: JobKind,
+    /// VM backed up or pruned; empty for repository-wide jobs.
+    pub(super) vm: String,
+    /// The VM's host; empty lets any worker run it.
+    pub(super) host: String,
+    /// The policy that created it.
+    pub(super) policy: Option<String>,
+    /// Repository URL.
+    pub(super) repository: String,
+    /// Parameters of the non-backup kinds.
+    pub(super) params: JobParams,
+}
+
+impl NewJob {
+    /// A backup of `vm`.
+    pub(super) fn backup(vm: &VmRecord, policy: Option<String>, repository: String) -> Self {
+        Self {
+            kind: JobKind::Backup,
+            vm: vm.name.clone(),
+            host: vm.host.clone(),
+            policy,
+            repository,
+            params: JobParams::default(),
+        }
+    }
+
+    /// A job that needs only the repository (prune, GC, replication): any worker may
+    /// run it.
+    pub(super) fn repository_wide(
+        kind: JobKind,
+        vm: &str,
+        policy: Option<String>,
+        repository: String,
+        params: JobParams,
+    ) -> Self {
+        Self {
+            kind,
+            vm: vm.to_string(),
+            host: String::new(),
+            policy,
+            repository,
+            params,
+        }
+    }
+
+    /// The pending record, with a fresh id, created at `now`.
+    pub(super) fn into_record(self, now: u64) -> JobRecord {
+        JobRecord {
+            id: model::new_id("job"),
+            kind: self.kind,
+            params: self.params,
+            summary: None,
+            vm: self.vm,
+            host: self.host,
+            policy: self.policy,
+            repository: self.repository,
+            state: JobState::Pending,
+            attempts: Vec::new(),
+            created_unix_ms: now,
+            finished_unix_ms: 0,
+            snapshot: None,
+            error: None,
+            bytes_uploaded: 0,
+            commit: None,
+        }
+    }
+}
+
+/// New jobs a decision creates and the rounds it records with them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct JobPlan {
+    /// Rounds (`POLICY` or `POLICY#gc`) to record as run now.
+    pub(super) rounds: Vec<String>,
+    /// Jobs to create.
+    pub(super) jobs: Vec<NewJob>,
+}
+
+/// The backup `haven job run VM` asks for: refused while the VM has an active backup;
+/// the repository comes from the first policy that selects the VM unless given.
+pub(super) fn manual_backup(state: &State, vm: &str, repository: Option<String>) -> Result<NewJob> {
+    let record = state
+        .vms
+        .get(vm)
+        .ok_or_else(|| LeaderError::NotFound(format!("unknown VM {vm:?}: see `haven vm list`")))?;
+    if let Some(job) = state.active_job(|j| j.kind == JobKind::Backup && j.vm == vm) {
+        return Err(LeaderError::Fenced(format!(
+            "VM {vm:?} already has an active job {}",
+            job.id
+        )));
+    }
+    let policy = state
+        .policies
+        .values()
+        .find(|p| p.select.matches(&record.name, &record.host, &record.labels));
+    let repository = match (repository, policy) {
+        (Some(url), _) => url,
+        (None, Some(policy)) => policy.repository.clone(),
+        (None, None) => {
+            return Err(LeaderError::Invalid(format!(
+                "no policy selects VM {vm:?}; give a repository"
+            )));
+        }
+    };
+    Ok(NewJob::backup(
+        record,
+        policy.map(|p| p.name.clone()),
+        repository,
+    ))
+}
+
+/// The GC job `haven job run --gc` asks for: refused while the repository has an
+/// active one.
+pub(super) fn manual_gc(state: &State, repository: &str, margin_seconds: u64) -> Result<NewJob> {
+    if let Some(job) = state.active_job(|j| j.kind == JobKind::Gc && j.repository == repository) {
+        return Err(LeaderError::Fenced(format!(
+            "repository {repository} already has an active GC job {}",
+            job.id
+        )));
+    }
+    Ok(NewJob::repository_wide(
+        JobKind::Gc,
+        "",
+        None,
+        repository.to_string(),
+        JobParams {
+            gc_margin_seconds: margin_seconds,
+            ..JobParams::default()
+        },
+    ))
+}
+
+/// Checks that `token` is the live attempt of `job_id` run by `worker`.
+pub(super) fn check_token<'a>(
+    state: &'a State,
+    worker: &str,
+    job_id: &str,
+    token: i64,
+) -> Result<&'a JobRecord> {
+    let job = state
+        .jobs
+        .get(job_id)
+        .ok_or_else(|| LeaderError::NotFound(format!("unknown job {job_id:?}")))?;
+    let attempt = job
+        .current()
+        .ok_or_else(|| LeaderError::Fenced(format!("job {job_id} was never assigned")))?;
+    if attempt.worker != worker || attempt.token != token {
+        return Err(LeaderError::Fenced(format!(
+            "job {job_id} moved: fencing token {token} of {worker} is stale (now {} of {})",
+            attempt.token, attempt.worker
+        )));
+    }
+    Ok(job)
+}
+
+/// Refuses a report about a job that is not running.
+pub(super) fn check_running(job: &JobRecord) -> Result<()> {
+    if job.state != JobState::Assigned {
+        return Err(LeaderError::Fenced(format!(
+            "job {} is {:?}, not running",
+            job.id, job.state
+        )));
+    }
+    Ok(())
+}
+
+/// Ends the current attempt with `outcome`: the job goes back to pending while it may
+/// be retried and has attempts left, and fails with `error` otherwise.
+pub(super) fn retry_or_fail(
+    job: &mut JobRecord,
+    now: u64,
+    outcome: String,
+    retryable: bool,
+    error: String,
+) {
+    job.end_attempt(now, outcome);
+    if retryable && (job.attempts.len() as u32) < MAX_ATTEMPTS {
+        job.state = JobState::Pending;
+    } else {
+        job.state = JobState::Failed;
+        job.finished_unix_ms = now;
+        job.error = Some(error);
+    }
+}
+
+/// Ends the current attempt and the job as succeeded at `now`.
+pub(super) fn mark_succeeded(job: &mut JobRecord, now: u64) {
+    job.state = JobState::Succeeded;
+    job.finished_unix_ms = now;
+    job.end_attempt(now, "succeeded");
+}
+
+/// A prune, GC or replication job that ended well, and the catalog keys its
+/// completion removes (a prune's removed snapshots, only of its own VM).
+pub(super) fn completion(
+    job: &JobRecord,
+    now: u64,
+    summary: &str,
+    removed: &[String],
+) -> Result<(JobRecord, Vec<String>)> {
+    if job.kind == JobKind::Backup {
+        return Err(LeaderError::Invalid(format!(
+            "job {} is a backup: it ends with CommitSnapshot",
+            job.id
+        )));
+    }
+    check_running(job)?;
+    let mut done = job.clone();
+    mark_succeeded(&mut done, now);
+    done.summary = Some(summary.chars().take(1000).collect());
+    let mut dropped = Vec::new();
+    for snapshot in removed {
+        let (vm, timestamp) = snapshot
+            .split_once('@')
+            .ok_or_else(|| LeaderError::Invalid(format!("bad snapshot name {snapshot:?}")))?;
+        if done.kind != JobKind::Prune || vm != done.vm {
+            return Err(LeaderError::Invalid(format!(
+                "job {} cannot remove {snapshot} from the catalog",
+                job.id
+            )));
+        }
+        dropped.push(model::snapshot_key(vm, timestamp));
+    }
+    Ok((done, dropped))
+}
+
+impl Leader {
+    /// Creates a job for `vm` now; the repository comes from the first policy that
+    /// selects the VM unless given.
+    pub async fn run_job(&self, vm: &str, repository: Option<String>) -> Result<String> {
+        let mutating = self.mutating().await;
+        let job = manual_backup(&self.state(), vm, repository)?;
+        self.create_one(&mutating, job).await
+    }
+
+    /// Creates a GC job for `repository` now (none if one is already active there).
+    pub async fn run_gc(&self, repository: &str, margin_seconds: u64) -> Result<String> {
+        let mutating = self.mutating().await;
+        let job = manual_gc(&self.state(), repository, margin_seconds)?;
+        self.create_one(&mutating, job).await
+    }
+
+    /// Creates one job now; its id.
+    async fn create_one(&self, mutating: &Mutating<'_>, job: NewJob) -> Result<String> {
+        let now = now_ms();
+        let record = job.into_record(now);
+        let id = record.id.clone();
+        self.create_jobs(mutating, Vec::new(), vec![record], now)
+            .await?;
+        Ok(id)
+    }
+
+    /// Applies a plan at `now`: creates its jobs and records its rounds; the new jobs'
+    /// ids, in the plan's order.
+    pub(super) async fn apply_plan(
+        &self,
+        mutating: &Mutating<'_>,
+        plan: JobPlan,
+        now: u64,
+    ) -> Result<Vec<String>> {
+        let jobs: Vec<JobRecord> = plan.jobs.into_iter().map(|j| j.into_record(now)).collect();
+        let ids = jobs.iter().map(|job| job.id.clone()).collect();
+        self.create_jobs(mutating, plan.rounds, jobs, now).await?;
+        Ok(ids)
+    }
+
+    /// Writes new jobs and the rounds that created them (recorded at `now`), then puts
+    /// them in the cache.
+    async fn create_jobs(
+        &self,
+        _mutating: &Mutating<'_>,
+        rounds: Vec<String>,
+        jobs: Vec<JobRecord>,
+        now: u64,
+    ) -> Result<()> {
+        let mut ops = Vec::with_capacity(rounds.len() + jobs.len());
+        for round in &rounds {
+            ops.push(put_json(model::round_key(round), &now)?);
+        }
+        ops.extend(job_puts(&jobs)?);
+        self.write_batched(ops).await?;
+        let mut state = self.state();
+        for round in rounds {
+            state.rounds.insert(round, now);
+        }
+        state.insert_jobs(jobs);
+        Ok(())
+    }
+
+    /// Records progress; `Ok(true)` asks the worker to cancel.
+    pub async fn progress(
+        &self,
+        worker: &str,
+        job_id: &str,
+        token: i64,
+        progress: Progress,
+    ) -> Result<bool> {
+        {
+            let mut state = self.state();
+            let job = check_token(&state, worker, job_id, token)?;
+            if job.state != JobState::Assigned {
+                return Ok(!matches!(job.state, JobState::Committing));
+            }
+            state.progress.insert(job_id.to_string(), progress);
+        }
+        self.changed.notify_waiters();
+        Ok(false)
+    }
+
+    /// A job that ended without a snapshot: retried unless `retryable` is false or it
+    /// ran out of attempts.
+    pub async fn fail(
+        &self,
+        worker: &str,
+        job_id: &str,
+        token: i64,
+        error: &str,
+        retryable: bool,
+    ) -> Result<()> {
+        let mutating = self.mutating().await;
+        let mut updated = check_token(&self.state(), worker, job_id, token)?.clone();
+        check_running(&updated)?;
+        retry_or_fail(
+            &mut updated,
+            now_ms(),
+            format!("failed: {error}"),
+            retryable,
+            error.to_string(),
+        );
+        self.write_ended(&mutating, updated, Vec::new(), Vec::new())
+            .await?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// A prune, GC or replication job that ended well; fenced like a commit.
+    pub async fn complete(
+        &self,
+        worker: &str,
+        job_id: &str,
+        token: i64,
+        summary: &str,
+        removed: &[String],
+    ) -> Result<()> {
+        let mutating = self.mutating().await;
+        let job = check_token(&self.state(), worker, job_id, token)?.clone();
+        let (done, dropped) = completion(&job, now_ms(), summary, removed)?;
+        let accepted = self
+            .write_ended(
+                &mutating,
+                done,
+                vec![Compare::ModRevision(model::owner_key(job_id), token)],
+                dropped.iter().cloned().map(Op::Delete).collect(),
+            )
+            .await?;
+        if !accepted {
+            return Err(LeaderError::Fenced(format!(
+                "job {job_id} moved: its ownership no longer has revision {token}"
+            )));
+        }
+        {
+            let mut state = self.state();
+            for key in dropped {
+                state.snapshots.remove(&key);
+            }
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Writes `job`, whose attempt ended, with `also`, and deletes its ownership key,
+    /// if `compares` hold; then puts it in the cache. `Ok(false)`: a compare other
+    /// than leadership failed and nothing changed.
+    pub(super) async fn write_ended(
+        &self,
+        _mutating: &Mutating<'_>,
+        job: JobRecord,
+        compares: Vec<Compare>,
+        also: Vec<Op>,
+    ) -> Result<bool> {
+        let mut ops = vec![
+            put_json(model::job_key(&job.id), &job)?,
+            Op::Delete(model::owner_key(&job.id)),
+        ];
+        ops.extend(also);
+        if !self.write(compares, ops).await? {
+            return Ok(false);
+        }
+        self.state().stopped(job);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::fixtures::{assigned_job, policy, state_with, vm};
+
+    #[test]
+    fn manual_backups_are_refused_or_take_their_repository_in_order() {
+        let active = assigned_job("busy", JobKind::Backup, "vm2", "w1");
+        let state = state_with(
+            &[vm("vm1", "h1"), vm("vm2", "h1")],
+            &[policy("p")],
+            &[active],
+        );
+        // (VM, repository given, expected repository or error)
+        let cases: [(&str, Option<&str>, std::result::Result<&str, &str>); 4] = [
+            ("vm1", None, Ok("file:///p")),
+            ("vm1", Some("s3://b/r"), Ok("s3://b/r")),
+            ("vm2", None, Err("already has an active job busy")),
+            ("vm9", None, Err("unknown VM")),
+        ];
+        for (name, given, expected) in cases {
+            let decided = manual_backup(&state, name, given.map(String::from));
+            match (decided, expected) {
+                (Ok(job), Ok(repository)) => {
+                    assert_eq!(job.repository, repository, "{name}");
+                    assert_eq!((job.vm.as_str(), job.host.as_str()), (name, "h1"));
+                }
+                (Err(error), Err(message)) => {
+                    assert!(error.to_string().contains(message), "{name}: {error}");
+                }
+                (decided, _) => panic!("{name}: unexpected {decided:?}"),
+            }
+        }
+        let without_policy = state_with(&[vm("vm1", "h1")], &[], &[]);
+        assert!(matches!(
+            manual_backup(&without_policy, "vm1", None),
+            Err(LeaderError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn failures_are_retried_until_attempts_run_out() {
+        // (attempts so far, retryable, expected state)
+        let cases = [
+            (1, true, JobState::Pending),
+            (MAX_ATTEMPTS - 1, true, JobState::Pending),
+            (MAX_ATTEMPTS, true, JobState::Failed),
+            (1, false, JobState::Failed),
+        ];
+        for (attempts, retryable, expected) in cases {
+            let mut job = assigned_job("j", JobKind::Backup, "vm1", "w1");
+            let attempt = job.attempts[0].clone();
+            job.attempts = vec![attempt; attempts as usize];
+            retry_or_fail(&mut job, 7, "failed: x".into(), retryable, "x".into());
+            assert_eq!(
+                job.state, expected,
+                "{attempts} attempts, retryable {retryable}"
+            );
+            assert_eq!(job.current().map(|a| a.ended_unix_ms), Some(7));
+            let failed = expected == JobState::Failed;
+            assert_eq!(job.error.is_some(), failed);
+            assert_eq!(job.finished_unix_ms, if failed { 7 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn completion_drops_only_the_prunes_own_snapshots() {
+        let prune = assigned_job("p", JobKind::Prune, "vm1", "w1");
+        let gc = assigned_job("g", JobKind::Gc, "", "w1");
+        let backup = assigned_job("b", JobKind::Backup, "vm1", "w1");
+        let removed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let (done, dropped) = completion(&prune, 9, "ok", &removed(&["vm1@T1"])).unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.summary.as_deref(), Some("ok"));
+        assert_eq!(dropped, vec![model::snapshot_key("vm1", "T1")]);
+        // (job, removed) that must be refused
+        let refused = [
+            (&prune, removed(&["vm2@T1"])),
+            (&prune, removed(&["no-at-sign"])),
+            (&gc, removed(&["vm1@T1"])),
+            (&backup, removed(&[])),
+        ];
+        for (job, names) in refused {
+            assert!(
+                matches!(completion(job, 9, "", &names), Err(LeaderError::Invalid(_))),
+                "{} {names:?}",
+                job.id
+            );
+        }
+        let mut pending = prune.clone();
+        pending.state = JobState::Pending;
+        assert!(matches!(
+            completion(&pending, 9, "", &[]),
+            Err(LeaderError::Fenced(_))
+        ));
+    }
+}

@@ -1,0 +1,130 @@
+//! Read-only views of the cache for the API, `/metrics` and garbage collection's pins.
+//! They take the state lock only, never `mutations`, so they never wait for store I/O.
+
+use super::state::State;
+use super::{Leader, Progress};
+use crate::model::{JobKind, JobRecord, JobState, SnapshotRecord, VmRecord, WorkerRecord};
+
+/// What running backups into `repository` need a collection to keep: the newest
+/// catalogued snapshot of each such VM (the base its backup builds on), the start of
+/// the oldest of them (0: none), and who holds these pins.
+pub(super) fn pins(state: &State, repository: &str) -> (Vec<String>, u64, Vec<String>) {
+    let mut bases = Vec::new();
+    let mut oldest = 0u64;
+    let mut holders = Vec::new();
+    for job in state
+        .jobs
+        .values()
+        .filter(|j| j.kind == JobKind::Backup && j.repository == repository && j.state.is_active())
+    {
+        holders.push(format!("job {} ({})", job.id, job.vm));
+        let started = job
+            .attempts
+            .first()
+            .map(|a| a.assigned_unix_ms)
+            .unwrap_or(job.created_unix_ms);
+        oldest = if oldest == 0 {
+            started
+        } else {
+            oldest.min(started)
+        };
+        if let Some(base) = state
+            .snapshots
+            .values()
+            .filter(|s| s.vm == job.vm && s.repository == repository)
+            .map(|s| &s.timestamp)
+            .max()
+        {
+            bases.push(format!("{}@{base}", job.vm));
+        }
+    }
+    (bases, oldest, holders)
+}
+
+impl Leader {
+    /// What running backups into `repository` need a collection to keep: the newest
+    /// catalogued snapshot of each such VM (the base its backup builds on) and the
+    /// start of the oldest of them.
+    pub async fn pins(&self, repository: &str) -> (Vec<String>, u64, Vec<String>) {
+        pins(&self.state(), repository)
+    }
+
+    /// Every known VM with the workers that reach its host.
+    pub async fn vms(&self) -> Vec<(VmRecord, Vec<String>)> {
+        let state = self.state();
+        state
+            .vms
+            .values()
+            .map(|vm| {
+                let mut workers: Vec<String> = state
+                    .workers
+                    .values()
+                    .filter(|w| w.hosts.contains(&vm.host))
+                    .map(|w| w.id.clone())
+                    .collect();
+                workers.sort();
+                (vm.clone(), workers)
+            })
+            .collect()
+    }
+
+    /// Live workers with their running job counts.
+    pub async fn workers(&self) -> Vec<(WorkerRecord, u32)> {
+        let state = self.state();
+        let mut list: Vec<(WorkerRecord, u32)> = state
+            .workers
+            .values()
+            .map(|w| {
+                let running = state
+                    .jobs
+                    .values()
+                    .filter(|j| j.state == JobState::Assigned)
+                    .filter(|j| j.current().is_some_and(|a| a.worker == w.id))
+                    .count() as u32;
+                (w.clone(), running)
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        list
+    }
+
+    /// Jobs (newest first), optionally of one VM, with live progress; `limit` 0: all.
+    pub async fn jobs(&self, vm: Option<&str>, limit: usize) -> Vec<(JobRecord, Progress)> {
+        let state = self.state();
+        let mut list: Vec<(JobRecord, Progress)> = state
+            .jobs
+            .values()
+            .filter(|j| vm.is_none_or(|vm| j.vm == vm))
+            .map(|j| {
+                (
+                    j.clone(),
+                    state.progress.get(&j.id).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| (b.0.created_unix_ms, &b.0.id).cmp(&(a.0.created_unix_ms, &a.0.id)));
+        if limit > 0 {
+            list.truncate(limit);
+        }
+        list
+    }
+
+    /// One job with its live progress.
+    pub async fn job(&self, id: &str) -> Option<(JobRecord, Progress)> {
+        let state = self.state();
+        let job = state.jobs.get(id)?.clone();
+        let progress = state.progress.get(id).copied().unwrap_or_default();
+        Some((job, progress))
+    }
+
+    /// The snapshot catalog, optionally of one VM.
+    pub async fn snapshots(&self, vm: Option<&str>) -> Vec<SnapshotRecord> {
+        let state = self.state();
+        state
+            .snapshots
+            .values()
+            .filter(|s| vm.is_none_or(|vm| s.vm == vm))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,165 @@
+//! The leader end to end over an embedded store: the async methods that gather the
+//! state, decide and apply.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::model::{self, JobState, VmRecord, now_ms};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Compare, Op};
+
+/// A leader over an embedded store, leading at the revision of its leader key.
+async fn leader(dir: &std::path::Path) -> (Arc<dyn MetaStore>, Leader) {
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+    let won = store
+        .txn(
+            vec![Compare::Absent(model::leader_key())],
+            vec![Op::put(model::leader_key(), "http://127.0.0.1:1")],
+        )
+        .await
+        .unwrap();
+    let leader = Leader::load(store.clone(), won.revision, settings())
+        .await
+        .unwrap();
+    (store, leader)
+}
+
+fn settings() -> LeaderSettings {
+    LeaderSettings {
+        worker_lease: Duration::from_secs(30),
+        default_max_per_host: 2,
+        default_max_per_worker: 2,
+        job_history: Duration::from_secs(3600),
+    }
+}
+
+fn vm(name: &str) -> VmRecord {
+    VmRecord {
+        name: name.into(),
+        host: "h1".into(),
+        disks: vec![("vda".into(), 1 << 20)],
+        labels: BTreeMap::new(),
+    }
+}
+
+/// Worker `w1` (instance `instance-1`) reaching `vm1` on `h1`, and a manual backup
+/// of `vm1`: the worker's record and the job's id.
+async fn one_backup(leader: &Leader) -> (crate::model::WorkerRecord, String) {
+    let worker = leader
+        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
+        .await
+        .unwrap();
+    let job = leader
+        .run_job("vm1", Some("file:///tmp/r".into()))
+        .await
+        .unwrap();
+    (worker, job)
+}
+
+#[tokio::test]
+async fn finished_jobs_are_forgotten_after_the_history_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader) = leader(dir.path()).await;
+    leader
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("old"), vm("recent"), vm("running")])],
+            2,
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for name in ["old", "recent", "running"] {
+        ids.push(
+            leader
+                .run_job(name, Some("file:///tmp/r".into()))
+                .await
+                .unwrap(),
+        );
+    }
+    let now = now_ms();
+    {
+        let mut state = leader.state();
+        for (id, ended) in [(&ids[0], now - 2 * 3600 * 1000), (&ids[1], now - 1000)] {
+            let job = state.jobs.get_mut(id).unwrap();
+            job.state = JobState::Succeeded;
+            job.finished_unix_ms = ended;
+        }
+    }
+    let report = leader.tick().await.unwrap();
+    assert_eq!(report.expired, 1);
+    assert!(store.get(&model::job_key(&ids[0])).await.unwrap().is_none());
+    assert!(leader.job(&ids[0]).await.is_none());
+    for id in &ids[1..] {
+        assert!(leader.job(id).await.is_some(), "{id} must stay");
+        assert!(store.get(&model::job_key(id)).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_pending_jobs_leftover_ownership_key_does_not_block_it_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader) = leader(dir.path()).await;
+    let (worker, job) = one_backup(&leader).await;
+    // The first of assignment's two writes went through, the second did not.
+    store
+        .txn(
+            vec![],
+            vec![Op::put_leased(
+                model::owner_key(&job),
+                "w1".to_string(),
+                worker.lease,
+            )],
+        )
+        .await
+        .unwrap();
+
+    let blocked = leader.tick().await.unwrap();
+    assert_eq!(blocked.assigned, 0, "the stale key blocks this pass");
+    assert!(store.get(&model::owner_key(&job)).await.unwrap().is_none());
+
+    let retried = leader.tick().await.unwrap();
+    assert_eq!(retried.assigned, 1);
+    let owner = store.get(&model::owner_key(&job)).await.unwrap().unwrap();
+    let polled = leader
+        .poll("w1", "instance-1", worker.lease, &HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!(polled.len(), 1);
+    assert_eq!(polled[0].token, owner.mod_revision);
+}
+
+#[tokio::test]
+async fn load_counts_and_skips_unreadable_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, first) = leader(dir.path()).await;
+    let (_, job) = one_backup(&first).await;
+    assert_eq!(first.unreadable_records(), 0);
+    store
+        .txn(
+            vec![],
+            vec![
+                Op::put(model::job_key("job-broken"), "{not json"),
+                Op::put(model::vm_key("broken"), "[]"),
+                Op::put(model::round_key("p"), "\"soon\""),
+            ],
+        )
+        .await
+        .unwrap();
+    let revision = store
+        .get(&model::leader_key())
+        .await
+        .unwrap()
+        .unwrap()
+        .mod_revision;
+    let second = Leader::load(store.clone(), revision, settings())
+        .await
+        .unwrap();
+    assert_eq!(second.unreadable_records(), 3);
+    assert!(second.job(&job).await.is_some(), "readable records load");
+    assert!(second.job("job-broken").await.is_none());
+    assert_eq!(second.vms().await.len(), 1);
+}
