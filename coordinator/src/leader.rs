@@ -11,7 +11,7 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `state.rs` | the cache ([`State`](state::State)) and loading it, counting unreadable records |
+//! | `state.rs` | the cache (`State`) and loading it, counting unreadable records |
 //! | `writes.rs` | store writes, each fenced by the leader key's revision |
 //! | `workers.rs` | registration, heartbeats, inventory, reaping jobs of dead workers |
 //! | `jobs.rs` | jobs by hand, polls, progress, failure, completion of prune/GC/replication |
@@ -24,14 +24,14 @@
 //!
 //! # Decisions and effects
 //!
-//! Every scheduling decision is a pure function over [`State`](state::State) with the
-//! time passed in: which rounds are due ([`rounds::due_rounds`], [`rounds::gc_rounds`],
-//! [`rounds::round_jobs`]), which follow-up jobs a backup creates
-//! ([`rounds::follow_up_jobs`]), where pending jobs go ([`assignment::plan_assignment`],
-//! over [`crate::placement`]), which jobs of dead workers are requeued
-//! ([`workers::orphaned_jobs`]), which finished jobs expire ([`expiry::expired_jobs`]),
-//! whether a commit is accepted ([`commit::accept_commit`]). They are table-tested
-//! beside their code. New jobs are decided as [`jobs::NewJob`]s, so a decision needs
+//! Every scheduling decision is a pure function over `State` with the
+//! time passed in: which rounds are due (`rounds::due_rounds`, `rounds::gc_rounds`,
+//! `rounds::round_jobs`), which follow-up jobs a backup creates
+//! (`rounds::follow_up_jobs`), where pending jobs go (`assignment::plan_assignment`,
+//! over `crate::placement`), which jobs of dead workers are requeued
+//! (`workers::orphaned_jobs`), which finished jobs expire (`expiry::expired_jobs`),
+//! whether a commit is accepted (`commit::accept_commit`). They are table-tested
+//! beside their code. New jobs are decided as `jobs::NewJob`s, so a decision needs
 //! neither the clock nor randomness; ids are drawn when they are applied. The async
 //! methods only gather the state, call the decision, write the store and apply the
 //! result to the cache.
