@@ -32,22 +32,10 @@ mod writes;
 use bytes::Bytes;
 use haven_repo::{Backend, RepoError};
 
-/// How the suite names chunk-like objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkKeys {
-    /// `chunks/XX/<64 hex digits>`, as repositories name chunks.
-    Repository,
-    /// The same keys with a `-b` suffix: outside the alphabet (letters, digits, `/`)
-    /// for which `file://` writes and reads with `O_DIRECT`, so they take its
-    /// buffered path (see `crate::local`). Elsewhere just other keys.
-    NotPlain,
-}
-
 /// Runs every check of the suite against `backend`, which must be empty; panics at
-/// the first violation, naming it. `chunk_keys` names the chunk-like objects
-/// ([`ChunkKeys::Repository`] unless a fixture says otherwise).
-pub async fn run_suite(backend: &Backend, chunk_keys: ChunkKeys) {
-    let keys = Keys { chunk_keys };
+/// the first violation, naming it.
+pub async fn run_suite(backend: &Backend) {
+    let keys = Keys;
     let all = ok(backend.list("").await, "list of an empty prefix");
     assert!(
         all.is_empty(),
@@ -61,18 +49,12 @@ pub async fn run_suite(backend: &Backend, chunk_keys: ChunkKeys) {
 
 /// The suite's key names.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Keys {
-    chunk_keys: ChunkKeys,
-}
+pub(crate) struct Keys;
 
 impl Keys {
     /// The chunk key of `number` below `chunks/<group>/` (`group`: two hex digits).
     pub(crate) fn chunk_in(&self, group: u8, number: u64) -> String {
-        let key = format!("chunks/{group:02x}/{group:02x}{number:062x}");
-        match self.chunk_keys {
-            ChunkKeys::Repository => key,
-            ChunkKeys::NotPlain => format!("{key}-b"),
-        }
+        format!("chunks/{group:02x}/{group:02x}{number:062x}")
     }
 
     /// A chunk key of `number` in group `ab`.

@@ -1,54 +1,32 @@
-//! `file://` backends whose write path is chosen and checked, not assumed.
+//! `file://` backends whose chunk I/O path is chosen and checked, not assumed.
 //!
-//! On `file://`, `haven_repo::Backend` writes deferred objects whose keys are plain
-//! (letters, digits and `/`: chunk keys) with `O_DIRECT`, and reads them back with
-//! `O_DIRECT` in `get_once`; every other write, and every write after a file system
-//! once refused `O_DIRECT` (a process-wide switch), goes through `object_store`'s
-//! buffered `LocalFileSystem`. On main nothing else selects the path, and tmpfs
-//! accepts `O_DIRECT` since Linux 6.6, so the switch cannot be relied on to reach the
-//! buffered path. The fixture therefore reaches it per call: for
-//! [`WritePath::Buffered`] the suite names its chunk-like objects with a key outside
-//! that alphabet ([`ChunkKeys::NotPlain`]), which makes `put_if_absent(Deferred)` and
-//! `get_once` take exactly the calls the fallback takes. When `Backend` gets an
-//! explicit choice of path, [`LocalRepository::create`] is the one place to switch
-//! to it.
+//! `haven_repo::Backend` writes and reads chunks with `O_DIRECT` unless it is opened
+//! with [`LocalIo::Buffered`], or the file system refuses `O_DIRECT` — which would make
+//! a "direct" run silently test the buffered path, so the fixture checks for it.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use haven_repo::Backend;
+use haven_repo::{Backend, BackendKind, LocalIo, OpenOptions};
 
 use crate::FixtureError;
-use crate::backend::ChunkKeys;
-
-/// The write path of chunks on `file://`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WritePath {
-    /// `O_DIRECT` writes and reads (`local_direct`): needs a file system that
-    /// accepts them, which the fixture checks.
-    Direct,
-    /// `object_store`'s buffered writes and reads, with the same background fsyncs.
-    Buffered,
-}
 
 /// A fresh `file://` repository directory and its backend; removed on drop.
 #[derive(Debug)]
 pub struct LocalRepository {
     /// The backend, opened on [`Self::path`].
     pub backend: Backend,
-    path: WritePath,
     dir: tempfile::TempDir,
 }
 
 impl LocalRepository {
-    /// A new directory below `parent` and a backend on it that writes chunks by
-    /// `path`.
+    /// A new directory below `parent` and a backend on it whose chunk I/O is `io`.
     ///
-    /// For [`WritePath::Direct`], `parent` must be on a file system that accepts
+    /// For [`LocalIo::Direct`], `parent` must be on a file system that accepts
     /// `O_DIRECT` (an integration test's `CARGO_TARGET_TMPDIR` is on the build disk);
     /// otherwise the fixture refuses, since the suite would silently test the
     /// buffered path.
-    pub fn create(parent: &Path, path: WritePath) -> Result<Self, FixtureError> {
+    pub fn create(parent: &Path, io: LocalIo) -> Result<Self, FixtureError> {
         let dir = tempfile::Builder::new()
             .prefix("haven-repo-")
             .tempdir_in(parent)
@@ -56,30 +34,34 @@ impl LocalRepository {
                 "cannot create a directory below {}",
                 parent.display()
             )))?;
-        if path == WritePath::Direct && !accepts_direct_io(dir.path())? {
+        if io == LocalIo::Direct && !accepts_direct_io(dir.path())? {
             return Err(FixtureError::WrongFileSystem {
                 path: dir.path().to_path_buf(),
                 reason: "refuses O_DIRECT, so chunks would be written buffered".into(),
             });
         }
         let url = format!("file://{}", dir.path().display());
-        let backend = Backend::from_url(&url, false)
+        let options = OpenOptions {
+            local_io: io,
+            ..OpenOptions::default()
+        };
+        let backend = Backend::open(&url, &options)
             .map_err(|source| FixtureError::Backend { url, source })?;
-        Ok(Self { backend, path, dir })
+        let expected = match io {
+            LocalIo::Direct => BackendKind::LocalDirect,
+            LocalIo::Buffered => BackendKind::LocalBuffered,
+        };
+        assert_eq!(
+            backend.kind(),
+            expected,
+            "the backend must take the asked path"
+        );
+        Ok(Self { backend, dir })
     }
 
     /// The repository directory.
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
-    }
-
-    /// The chunk keys the backend suite must use to exercise this repository's write
-    /// path (see the module documentation).
-    pub fn chunk_keys(&self) -> ChunkKeys {
-        match self.path {
-            WritePath::Direct => ChunkKeys::Repository,
-            WritePath::Buffered => ChunkKeys::NotPlain,
-        }
     }
 }
 

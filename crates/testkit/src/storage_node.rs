@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use haven_repo::{Backend, S3Credentials};
+use haven_repo::{Backend, OpenOptions, S3Credentials};
 use tokio::sync::oneshot;
 
 use crate::FixtureError;
@@ -23,9 +23,6 @@ pub const ACCESS_KEY: &str = "haven-testkit-key";
 pub const SECRET_KEY: &str = "haven-testkit-secret-0123456789";
 /// The bucket created at start.
 pub const BUCKET: &str = "haven";
-/// The session token that makes `Backend` treat the node as plain S3 (see
-/// [`StorageNode::plain_s3_backend`]).
-const PLAIN_S3_SESSION_TOKEN: &str = "haven-testkit-plain-s3";
 
 /// How long the node may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,31 +145,23 @@ impl StorageNode {
     /// query), as Haven does with static keys, path-style addressing and an explicit
     /// endpoint.
     pub fn backend(&self, prefix: &str) -> Result<Backend, FixtureError> {
-        self.open_backend(prefix, &self.credentials())
+        self.open_backend(prefix, false)
     }
 
     /// A backend on `prefix` that treats the node as plain S3: no extension request
     /// is ever sent.
-    ///
-    /// On main, `Backend` turns the extensions off for credentials with a session
-    /// token (temporary AWS credentials mean AWS, which has none); the node checks the
-    /// signature, which covers the token header, and ignores the token itself.
     pub fn plain_s3_backend(&self, prefix: &str) -> Result<Backend, FixtureError> {
-        let credentials = S3Credentials {
-            session_token: Some(PLAIN_S3_SESSION_TOKEN.into()),
-            ..self.credentials()
-        };
-        self.open_backend(prefix, &credentials)
+        self.open_backend(prefix, true)
     }
 
-    fn open_backend(
-        &self,
-        prefix: &str,
-        credentials: &S3Credentials,
-    ) -> Result<Backend, FixtureError> {
+    fn open_backend(&self, prefix: &str, plain_s3: bool) -> Result<Backend, FixtureError> {
         let url = self.repository_url(prefix);
-        Backend::from_url_with_credentials(&url, false, Some(credentials))
-            .map_err(|source| FixtureError::Backend { url, source })
+        let options = OpenOptions {
+            credentials: Some(self.credentials()),
+            plain_s3,
+            ..OpenOptions::default()
+        };
+        Backend::open(&url, &options).map_err(|source| FixtureError::Backend { url, source })
     }
 
     /// Requests the node has answered for S3 or extension operation `operation`

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use haven_coordinator::store::embedded::EmbeddedStore;
 use haven_coordinator::store::etcd::EtcdStore;
-use haven_repo::Backend;
-use haven_testkit::backend::{self, ChunkKeys};
+use haven_repo::{Backend, LocalIo};
+use haven_testkit::backend;
 use haven_testkit::etcd::Etcd;
-use haven_testkit::local::{LocalRepository, WritePath};
+use haven_testkit::local::LocalRepository;
 use haven_testkit::metastore;
 use haven_testkit::storage_node::StorageNode;
 
@@ -35,25 +35,25 @@ async fn metastore_etcd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_memory() {
-    backend::run_suite(&Backend::memory(), ChunkKeys::Repository).await;
+    backend::run_suite(&Backend::memory()).await;
 }
 
 /// A repository below the build directory: on the build disk, which takes `O_DIRECT`.
-fn local_repository(path: WritePath) -> LocalRepository {
-    LocalRepository::create(Path::new(env!("CARGO_TARGET_TMPDIR")), path)
+fn local_repository(io: LocalIo) -> LocalRepository {
+    LocalRepository::create(Path::new(env!("CARGO_TARGET_TMPDIR")), io)
         .expect("create a file:// repository")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_file_direct() {
-    let repository = local_repository(WritePath::Direct);
-    backend::run_suite(&repository.backend, repository.chunk_keys()).await;
+    let repository = local_repository(LocalIo::Direct);
+    backend::run_suite(&repository.backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_file_buffered() {
-    let repository = local_repository(WritePath::Buffered);
-    backend::run_suite(&repository.backend, repository.chunk_keys()).await;
+    let repository = local_repository(LocalIo::Buffered);
+    backend::run_suite(&repository.backend).await;
 }
 
 async fn start_storage_node() -> StorageNode {
@@ -67,7 +67,7 @@ async fn start_storage_node() -> StorageNode {
 async fn backend_storage_node_with_extensions() {
     let node = start_storage_node().await;
     let backend = node.backend("repository").expect("open the backend");
-    backend::run_suite(&backend, ChunkKeys::Repository).await;
+    backend::run_suite(&backend).await;
     let queries = node.requests("HavenExists").expect("node metrics");
     assert!(
         queries > 0,
@@ -81,7 +81,7 @@ async fn backend_storage_node_as_plain_s3() {
     let backend = node
         .plain_s3_backend("repository")
         .expect("open the backend");
-    backend::run_suite(&backend, ChunkKeys::Repository).await;
+    backend::run_suite(&backend).await;
     let queries = node.requests("HavenExists").expect("node metrics");
     assert_eq!(queries, 0, "a plain S3 client sends no extension request");
     let heads = node.requests("HeadObject").expect("node metrics");
