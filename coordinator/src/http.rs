@@ -39,6 +39,8 @@ struct LeaderReading {
     jobs: [usize; JOB_STATES.len()],
     workers: usize,
     store: StoreStats,
+    /// Records the leader could not decode when it loaded the store.
+    unreadable_records: u64,
 }
 
 impl ReplicaReading {
@@ -54,6 +56,7 @@ impl ReplicaReading {
                 jobs: JOB_STATES.map(|(state, _)| count(state)),
                 workers: leader.workers().await.len(),
                 store: leader.store_stats(),
+                unreadable_records: leader.unreadable_records(),
             }),
         }
     }
@@ -126,6 +129,11 @@ impl ScrapeTimeMetrics for ReplicaMetrics {
             "Live workers",
             [(NO_LABELS, leader.workers as u64)],
         )?;
+        out.gauge(
+            "haven_store_unreadable_records",
+            "Records the leader skipped at load because it could not decode them",
+            [(NO_LABELS, leader.unreadable_records)],
+        )?;
         out.counter(
             "haven_store_requests",
             "Metadata store requests",
@@ -170,6 +178,7 @@ mod tests {
                     writes: 11,
                     lease_calls: 12,
                 },
+                unreadable_records: 2,
             }),
         });
         for line in [
@@ -181,6 +190,7 @@ mod tests {
             "haven_jobs{state=\"succeeded\"} 4\n",
             "haven_jobs{state=\"failed\"} 5\n",
             "haven_workers 3\n",
+            "haven_store_unreadable_records 2\n",
             "# TYPE haven_store_requests_total counter\n",
             "haven_store_requests_total{kind=\"read\"} 10\n",
             "haven_store_requests_total{kind=\"write\"} 11\n",
