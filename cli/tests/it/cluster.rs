@@ -149,7 +149,7 @@ impl Cluster {
 }
 
 fn start_cluster(dir: &Path) -> Cluster {
-    let etcd = Etcd::start(&dir.join("etcd"), 3);
+    let etcd = Etcd::start(3).expect("start a 3-member etcd");
     let repo = dir.join("repo");
     init_repo(&repo, &[]);
 
@@ -204,7 +204,7 @@ fn start_cluster(dir: &Path) -> Cluster {
                 "--config",
                 config.to_str().unwrap(),
                 "--etcd",
-                &etcd.endpoints(),
+                &etcd.endpoints().join(","),
             ])
             .env("HAVEN_LOG", "haven_coordinator=info"),
             &dir.join(format!("c{i}.log")),
@@ -513,8 +513,8 @@ fn cluster_schedules_fences_and_fails_over() {
             .success(),
         "no job may be accepted without quorum"
     );
-    cluster.etcd.restart(0);
-    cluster.etcd.restart(1);
+    cluster.etcd.restart(0).expect("restart etcd member 0");
+    cluster.etcd.restart(1).expect("restart etcd member 1");
     let id = {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -9,19 +9,36 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::FixtureError;
 
-/// A loopback port that was free a moment ago.
-///
-/// The port is released before the caller binds it, so another process could take it
-/// in between; fixtures that use it check that their server came up and retry.
+/// First port [`free_port`] tries: below Linux's ephemeral range (32768–60999), so a
+/// port handed out here is never also picked by the kernel for another test's
+/// `127.0.0.1:0` listener or outgoing connection between our check and the server's
+/// bind.
+const FIRST_TEST_PORT: u16 = 20_000;
+/// Ports [`free_port`] cycles through.
+const TEST_PORTS: u32 = 12_000;
+
+/// A loopback port nobody listens on now, for a server the test starts next with a
+/// fixed port. Every fixture in a test process shares one counter, so no two tests are
+/// handed the same port however they overlap; the bind check skips ports other
+/// processes hold.
 pub fn free_port() -> Result<u16, FixtureError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(FixtureError::io("cannot bind a loopback port"))?;
-    let address = listener
-        .local_addr()
-        .map_err(FixtureError::io("cannot read the bound address"))?;
-    Ok(address.port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes running at the same time start at different places.
+    let start = std::process::id() % TEST_PORTS;
+    for _ in 0..TEST_PORTS {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % TEST_PORTS) % TEST_PORTS;
+        let port = FIRST_TEST_PORT + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(FixtureError::io("no free loopback port")(
+        std::io::ErrorKind::AddrInUse.into(),
+    ))
 }
 
 /// Whether something accepts TCP connections on `127.0.0.1:port`.

@@ -43,7 +43,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let etcd = Etcd::start(&dir.join("etcd"), 1);
+    let etcd = Etcd::start(1).expect("start etcd");
     let repo = dir.join("repo");
     init_repo(&repo, &["--chunk-size", "262144"]);
 
@@ -76,7 +76,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     .unwrap();
     let _coordinator = spawn_logged(
         haven(&["coordinator", "--config", config.to_str().unwrap()])
-            .args(["--etcd", &etcd.endpoints()]),
+            .args(["--etcd", &etcd.endpoints().join(",")]),
         &dir.join("coordinator.log"),
     );
     let url = format!("http://127.0.0.1:{port}");

@@ -3,11 +3,9 @@
 
 use std::fmt::Debug;
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves
@@ -147,29 +145,10 @@ pub fn wait_for_socket(path: &Path, child: &mut Guard) {
     }
 }
 
-/// First port [`free_port`] tries: below Linux's ephemeral range (32768–60999), so a
-/// port handed out here is never also picked by the kernel for another test's
-/// `127.0.0.1:0` listener or outgoing connection between our check and the server's
-/// bind.
-const FIRST_TEST_PORT: u16 = 20_000;
-/// Ports [`free_port`] cycles through.
-const TEST_PORTS: u32 = 12_000;
-
-/// A loopback port nobody listens on now, for a server the test starts next with a
-/// fixed port. Every test in this binary shares one counter, so no two tests are
-/// handed the same port however they overlap; the bind check skips ports other
-/// processes hold.
+/// A loopback port nobody listens on now (`haven_testkit::process::free_port`: one
+/// counter below the kernel's ephemeral range for every fixture of this binary).
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Processes running at the same time start at different places.
-    let start = std::process::id() % TEST_PORTS;
-    loop {
-        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % TEST_PORTS) % TEST_PORTS;
-        let port = FIRST_TEST_PORT + offset as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    haven_testkit::process::free_port().expect("a free loopback port")
 }
 
 /// Runs `command` with its standard error piped and standard output discarded, killing
