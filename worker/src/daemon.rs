@@ -17,6 +17,7 @@
 pub mod config;
 mod fenced_commit;
 mod maintenance;
+mod metrics;
 mod pins;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
 use crate::error::{Result, WorkerError};
 use fenced_commit::FencedCommit;
 use maintenance::run_maintenance;
+use metrics::{JobResult, WorkerMetrics};
 use pins::ClusterPins;
 
 /// Runs the worker until `shutdown`.
@@ -47,6 +49,10 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let config_limit = config.read_limit_bytes_per_second;
+    let metrics = WorkerMetrics::new();
+    if let Some(address) = config.metrics_listen {
+        metrics.serve(address, shutdown.clone()).await?;
+    }
     let client = Arc::new(
         LeaderClient::new(config.coordinators.clone(), Duration::from_secs(30))
             .map_err(|error| WorkerError::InvalidInput(error.to_string()))?,
@@ -59,6 +65,7 @@ pub async fn run_worker(
         repos: Mutex::new(HashMap::new()),
         read_limit: (config_limit > 0)
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
+        metrics,
     });
     while !shutdown.is_cancelled() {
         match worker.clone().session(&shutdown).await {
@@ -80,6 +87,7 @@ struct Worker {
     instance: String,
     repos: Mutex<HashMap<String, Arc<Repository>>>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
+    metrics: WorkerMetrics,
 }
 
 /// Who this worker is in the current session.
@@ -288,6 +296,7 @@ impl Worker {
     async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
         let cancel = session.lease_lost.child_token();
         let progress = Arc::new(Progress::new());
+        self.metrics.job_started();
         let reporter = tokio::spawn(self.clone().report_progress(
             session.clone(),
             job.clone(),
@@ -305,13 +314,17 @@ impl Worker {
             .iter()
             .any(|kind| *kind as i32 == job.kind);
         let outcome = if maintenance {
-            match self.maintenance(&session, &job, progress, &cancel).await {
+            match self
+                .maintenance(&session, &job, progress.clone(), &cancel)
+                .await
+            {
                 Ok((summary, removed)) => self.complete(&session, &job, summary, removed).await,
                 Err(error) => Err(error),
             }
         } else {
-            self.backup(&session, &job, progress, &cancel).await
+            self.backup(&session, &job, progress.clone(), &cancel).await
         };
+        let (bytes_read, _) = progress.snapshot();
         let outcome = match outcome {
             Ok(done) => {
                 reporter.abort();
@@ -319,6 +332,12 @@ impl Worker {
             }
             Err(error) => Err(why_it_ended(error, reporter, &session, &cancel).await),
         };
+        let result = match &outcome {
+            Ok(_) => JobResult::Succeeded,
+            Err(WorkerError::JobMoved(_)) => JobResult::Moved,
+            Err(_) => JobResult::Failed,
+        };
+        self.metrics.job_ended(job.kind, result, bytes_read);
         match outcome {
             Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
             Err(WorkerError::JobMoved(reason)) => {

@@ -171,6 +171,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         connections: 4,
         read_limit_bytes_per_second: 0,
         inventory_interval_seconds: 10,
+        metrics_listen: None,
         hosts: vec![HostConfig {
             name: args.host.clone(),
             qmp_dir: args.qmp_dir.clone(),

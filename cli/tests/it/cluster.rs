@@ -23,6 +23,7 @@ use crate::support::{
     cluster::{Cli, init_repo, make_image, one_cluster_at_a_time, start_vm},
     etcd::Etcd,
     haven::{PASSWORD, haven},
+    metrics::scrape,
     process::{Guard, free_port, spawn_logged},
 };
 
@@ -32,6 +33,8 @@ struct Cluster {
     coordinators: Vec<Guard>,
     coordinator_urls: Vec<String>,
     workers: Vec<Guard>,
+    /// The `metrics_listen` port of every worker started, in start order.
+    worker_metrics_ports: std::cell::RefCell<Vec<u16>>,
     /// The VMs' qemu-storage-daemon processes, killed on drop.
     _vms: Vec<Guard>,
     repo: String,
@@ -219,6 +222,7 @@ fn start_cluster(dir: &Path) -> Cluster {
         coordinators,
         coordinator_urls,
         workers: Vec::new(),
+        worker_metrics_ports: std::cell::RefCell::new(Vec::new()),
         _vms: vms,
         repo: repo.to_str().unwrap().to_string(),
         images,
@@ -232,9 +236,12 @@ fn start_cluster(dir: &Path) -> Cluster {
 
 impl Cluster {
     fn spawn_worker(&self, i: usize, hosts: &[usize], id: &str) -> Guard {
+        let metrics_port = free_port();
+        self.worker_metrics_ports.borrow_mut().push(metrics_port);
         let mut config = format!(
             "id = \"{id}\"\ncoordinators = [{}]\nmax_jobs = 3\nconnections = 2\n\
-             read_limit_bytes_per_second = 16777216\ninventory_interval_seconds = 5\nscratch_dir = {:?}\n",
+             read_limit_bytes_per_second = 16777216\ninventory_interval_seconds = 5\nscratch_dir = {:?}\n\
+             metrics_listen = \"127.0.0.1:{metrics_port}\"\n",
             self.coordinator_urls
                 .iter()
                 .map(|u| format!("{u:?}"))
@@ -393,6 +400,25 @@ fn cluster_schedules_fences_and_fails_over() {
     }
     assert_eq!(cluster.snapshots_of("vm00").len(), 1);
     cluster.restore_matches("vm31");
+    // Every worker counts what it ran on its own /metrics: together, the round's 20.
+    let backups: u64 = cluster
+        .worker_metrics_ports
+        .borrow()
+        .iter()
+        .map(|port| {
+            let response = scrape(*port);
+            assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+            response
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(
+                        "haven_worker_jobs_total{kind=\"backup\",result=\"succeeded\"} ",
+                    )
+                })
+                .map_or(0, |count| count.parse().expect("a count"))
+        })
+        .sum();
+    assert_eq!(backups, 20, "backups the workers' metrics count");
 
     // --- kill -9 of a worker mid-backup: the job finishes elsewhere, resumes cheaply.
     let id = cluster.run_job("big0");

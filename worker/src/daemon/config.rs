@@ -8,6 +8,7 @@
 //! connections = 4                     # NBD connections per disk
 //! read_limit_bytes_per_second = 0     # cap on reads from the hypervisors (0: none)
 //! inventory_interval_seconds = 30
+//! metrics_listen = "127.0.0.1:9465"   # optional: /metrics and /healthz (loopback only)
 //!
 //! [[hosts]]
 //! name = "kvm-1"
@@ -55,6 +56,10 @@ pub struct WorkerConfig {
     /// Seconds between inventory reports.
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_seconds: u64,
+    /// Where `/metrics` and `/healthz` are served (loopback only until the worker's
+    /// listeners have TLS); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Hypervisor hosts this worker reaches.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
