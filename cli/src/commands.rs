@@ -12,6 +12,7 @@ pub mod prune;
 pub mod replicate;
 pub mod repo;
 pub mod restore;
+pub mod security;
 pub mod serve_nbd;
 pub mod snapshots;
 pub mod verify;

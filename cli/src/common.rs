@@ -39,7 +39,8 @@ impl RepoArgs {
 /// Where the coordinator is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorUrl {
-    /// Coordinator gRPC URLs, comma-separated (any replica; the leader is found).
+    /// Coordinator gRPC URLs, comma-separated (any replica; the leader is found):
+    /// `https://HOST:PORT`, or `http://` on loopback.
     #[arg(
         long,
         env = "HAVEN_COORDINATOR",
@@ -47,14 +48,44 @@ pub struct CoordinatorUrl {
         default_value = "http://127.0.0.1:7700"
     )]
     pub coordinator: Vec<String>,
+    #[command(flatten)]
+    pub credentials: CoordinatorCredentials,
+}
+
+/// How the CLI proves who it is to the coordinator.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CoordinatorCredentials {
+    /// The cluster's CA certificate (PEM), to check an https:// coordinator.
+    #[arg(long, env = "HAVEN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate naming haven://ROLE/NAME (`haven pki issue`).
+    #[arg(long, env = "HAVEN_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, env = "HAVEN_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// File whose first line is an API token (`haven token create`).
+    #[arg(long, env = "HAVEN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl CoordinatorUrl {
     /// A client that follows the leader among these URLs.
     pub fn client(&self) -> Result<LeaderClient> {
+        let credentials = &self.credentials;
+        let security = haven_proto::ClientSecurity::from_files(
+            credentials.ca_file.as_deref(),
+            credentials
+                .cert_file
+                .clone()
+                .zip(credentials.key_file.clone()),
+            credentials.token_file.as_deref(),
+            None,
+        )?;
         Ok(LeaderClient::new(
             self.coordinator.clone(),
             Duration::from_secs(20),
+            security,
         )?)
     }
 }
@@ -89,6 +120,8 @@ pub struct CatalogRepoArgs {
     /// Coordinator URLs (comma-separated): find the repository in the cluster's catalog.
     #[arg(long, value_delimiter = ',', conflicts_with = "repo")]
     pub coordinator: Vec<String>,
+    #[command(flatten)]
+    pub credentials: CoordinatorCredentials,
 }
 
 impl CatalogRepoArgs {
@@ -100,6 +133,7 @@ impl CatalogRepoArgs {
             None => {
                 let coordinator = CoordinatorUrl {
                     coordinator: self.coordinator.clone(),
+                    credentials: self.credentials.clone(),
                 };
                 let mut list = catalog(&coordinator, Some(snapshot.vm.clone())).await?;
                 list.retain(|s| {

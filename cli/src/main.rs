@@ -10,8 +10,8 @@ mod progress;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, protect, prune, replicate, repo, restore, serve_nbd,
-    snapshots, verify,
+    admin, backup, cluster, files, gc, protect, prune, replicate, repo, restore, security,
+    serve_nbd, snapshots, verify,
 };
 
 #[derive(Parser)]
@@ -71,6 +71,14 @@ enum Command {
     /// Backup jobs of the cluster.
     #[command(subcommand)]
     Job(admin::JobCommand),
+    /// A private CA and certificates for the cluster's components and people.
+    #[command(subcommand)]
+    Pki(security::PkiCommand),
+    /// API tokens of the cluster.
+    #[command(subcommand)]
+    Token(security::TokenCommand),
+    /// The audit log of mutating calls to the coordinator.
+    Audit(security::AuditArgs),
 }
 
 /// Prints help and version as clap does, and every other parse error as one line.
@@ -128,6 +136,9 @@ fn main() -> std::process::ExitCode {
             Command::StorageNode(args) => haven_storage_node::run(args).await,
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Worker(args) => cluster::worker(args).await,
+            Command::Pki(command) => security::pki(command),
+            Command::Token(command) => security::token(command).await,
+            Command::Audit(args) => security::audit(args).await,
             Command::Dev(args) => cluster::dev(args).await,
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,

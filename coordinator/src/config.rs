@@ -3,7 +3,7 @@
 //! ```toml
 //! id = "coord-1"
 //! listen = "127.0.0.1:7700"               # gRPC
-//! advertise_url = "http://10.0.0.1:7700"  # default: http://LISTEN
+//! advertise_url = "https://10.0.0.1:7700" # default: https://LISTEN (http:// without TLS)
 //! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional)
 //! etcd = ["http://10.0.0.2:2379"]         # absent or empty: embedded store
 //! state_path = "/var/lib/haven/coordinator.redb"   # the embedded store's file
@@ -13,6 +13,14 @@
 //! default_max_per_host = 2                # limits of `haven job run` jobs
 //! default_max_per_worker = 2
 //! job_history_hours = 168                 # finished jobs are forgotten after this
+//! allowed_repositories = ["s3://haven/*"]  # globs; policies and jobs may use only these
+//! audit_retention_days = 365
+//! insecure = false                        # true: allow plain gRPC off loopback (warns)
+//!
+//! [tls]                                   # required unless `listen` is loopback
+//! cert = "/etc/haven/coordinator.pem"
+//! key = "/etc/haven/coordinator-key.pem"
+//! client_ca = "/etc/haven/ca.pem"          # client certificates (workers, admins)
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +69,43 @@ pub struct CoordinatorConfig {
     /// memory.
     #[serde(default = "default_job_history")]
     pub job_history_hours: u64,
+    /// Repository URL globs policies and `haven job run` may name.
+    #[serde(default)]
+    pub allowed_repositories: Vec<String>,
+    /// How long audit records are kept.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention_days: u64,
+    /// Serve plain gRPC on a non-loopback address (logged as a warning at every start).
+    #[serde(default)]
+    pub insecure: bool,
+    /// TLS of the gRPC listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The coordinator's certificate and the CA of its clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// CA bundle of client certificates (workers, operators); without it callers
+    /// authenticate with API tokens only.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files as the TLS listener takes them.
+    pub fn files(&self) -> haven_tls::listener::ServerTlsFiles {
+        haven_tls::listener::ServerTlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
 }
 
 fn default_id() -> String {
@@ -81,6 +126,9 @@ fn default_tick() -> u64 {
 fn default_job_history() -> u64 {
     7 * 24
 }
+fn default_audit_retention() -> u64 {
+    365
+}
 fn default_limit() -> u32 {
     2
 }
@@ -98,13 +146,21 @@ impl CoordinatorConfig {
         if config.job_history_hours == 0 {
             return Err(format!("{file_name}: job_history_hours must be positive"));
         }
+        if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure {
+            return Err(format!(
+                "{file_name}: listen = {} is not loopback: add a [tls] table (see `haven pki`), \
+                 or set insecure = true to serve plain gRPC anyway",
+                config.listen
+            ));
+        }
         Ok(config)
     }
 
     /// The URL to advertise.
     pub fn advertise_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.listen))
     }
 }

@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod cron;
 pub mod http;
@@ -56,7 +57,17 @@ pub enum CoordinatorError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The TLS files could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] haven_tls::TlsError),
 }
+
+/// Longest a unary call may take (the longest is a worker's 30 s long poll).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Calls in flight per connection.
+const CONCURRENCY_PER_CONNECTION: usize = 64;
+/// HTTP/2 streams per connection (bounds `WatchJob` streams per client connection).
+const MAX_STREAMS: u32 = 128;
 
 /// Opens the store a configuration names: etcd when endpoints are given, the
 /// embedded file otherwise.
@@ -90,13 +101,26 @@ pub async fn run(
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
         },
     };
-    let replica = Replica::new(store, settings);
+    let replica = Replica::new(store.clone(), settings);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| CoordinatorError::Listen {
             address: config.listen.to_string(),
             source,
         })?;
+    let tls = match &config.tls {
+        Some(tls) => {
+            let reloading = tls.files().reloading("coordinator gRPC")?;
+            reloading.watch(shutdown.clone());
+            Some(reloading)
+        }
+        None => {
+            if config.insecure && !config.listen.ip().is_loopback() {
+                tracing::warn!(listen = %config.listen, "insecure = true: serving plain gRPC off loopback; anyone on the network can read the traffic and steal API tokens");
+            }
+            None
+        }
+    };
     if let Some(address) = config.http_listen {
         let http = haven_metrics::MetricsServer::bind(address)
             .await
@@ -108,9 +132,32 @@ pub async fn run(
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));
-    let service = CoordinatorService::new(replica);
-    let incoming = tokio_stream_listener(listener);
+    let tokens = Arc::new(auth::tokens::Tokens::new(store.clone()));
+    let audit = Arc::new(auth::audit::AuditLog::new(store));
+    let service = CoordinatorService::new(
+        replica,
+        policy::RepositoryAllowlist::new(config.allowed_repositories.clone()),
+        tokens.clone(),
+        audit.clone(),
+    );
+    tokio::spawn(expire_audit(
+        audit.clone(),
+        Duration::from_secs(config.audit_retention_days.saturating_mul(86_400)),
+        shutdown.clone(),
+    ));
+    let incoming = haven_tls::listener::incoming(
+        listener,
+        tls,
+        haven_tls::listener::ListenerSettings::default(),
+        shutdown.clone(),
+    );
     tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(auth::AuthLayer::new(tokens, audit))
         .add_service(WorkerServiceServer::new(service.clone()).max_decoding_message_size(4 << 20))
         .add_service(AdminServiceServer::new(service).max_decoding_message_size(4 << 20))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
@@ -119,15 +166,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepted connections of `listener` as the stream tonic serves.
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
+/// Removes audit records older than `retention`, hourly, on every replica (the
+/// deletes are idempotent).
+async fn expire_audit(
+    audit: Arc<auth::audit::AuditLog>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let before = model::now_ms()
+            .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        if let Err(error) = audit.expire(before).await {
+            tracing::warn!(%error, "cannot expire old audit records");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }

@@ -63,6 +63,16 @@ pub fn snapshot_key(vm: &str, timestamp: &str) -> String {
     format!("{ROOT}snapshots/{vm}/{timestamp}")
 }
 
+/// Key of an API token's record.
+pub fn token_key(name: &str) -> String {
+    format!("{ROOT}tokens/{name}")
+}
+
+/// Key of an audit record: the time first (zero-padded), so keys sort by time.
+pub fn audit_key(unix_ms: u64, unique: &str) -> String {
+    format!("{ROOT}audit/{unix_ms:015}-{unique}")
+}
+
 /// Prefix of a kind of record (`"jobs/"`, `"workers/"`, ...).
 pub fn prefix(kind: &str) -> String {
     format!("{ROOT}{kind}")

@@ -184,8 +184,55 @@ fn default_limit() -> Spanned<u32> {
     Spanned::new(0..0, 2)
 }
 
+/// The repositories a cluster may write to: `allowed_repositories` globs of
+/// `coordinator.toml`.
+///
+/// Whoever may apply a policy chooses where the workers copy VM disks and the
+/// repository's key files; without this list, a stolen admin credential (or a
+/// mistake) could send every backup to an outside endpoint. Empty refuses every URL.
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryAllowlist {
+    patterns: Vec<String>,
+    any: bool,
+}
+
+impl RepositoryAllowlist {
+    /// URLs matching one of `patterns` (`*` and `?` globs over the whole URL).
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self {
+            patterns,
+            any: false,
+        }
+    }
+
+    /// Every URL: for checking a file's syntax away from a coordinator.
+    pub fn any() -> Self {
+        Self {
+            patterns: Vec::new(),
+            any: true,
+        }
+    }
+
+    /// Whether `url` is syntactically a repository and on the list.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        check_repository(url)?;
+        if self.any || self.patterns.iter().any(|glob| glob_match(glob, url)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "repository {url:?} is not in the coordinator's allowed_repositories"
+            ))
+        }
+    }
+}
+
 /// Parses and validates a policy file; errors are `FILE:LINE: reason`, all of them.
-pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
+/// Repositories must be on `allowlist`.
+pub fn parse_policies(
+    file_name: &str,
+    text: &str,
+    allowlist: &RepositoryAllowlist,
+) -> Result<Vec<Policy>, Vec<String>> {
     let at = |span: std::ops::Range<usize>| format!("{file_name}:{}", line_of(text, span.start));
     let file: File = haven_config::parse(file_name, text).map_err(|error| vec![error])?;
     let mut errors = Vec::new();
@@ -214,7 +261,7 @@ pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<St
         if let Err(reason) = Schedule::parse(raw.schedule.get_ref()) {
             errors.push(format!("{}: {reason}", at(raw.schedule.span())));
         }
-        if let Err(reason) = check_repository(raw.repository.get_ref()) {
+        if let Err(reason) = allowlist.check(raw.repository.get_ref()) {
             errors.push(format!("{}: {reason}", at(raw.repository.span())));
         }
         if let Some(schedule) = &raw.gc_schedule
@@ -223,7 +270,7 @@ pub fn parse_policies(file_name: &str, text: &str) -> Result<Vec<Policy>, Vec<St
             errors.push(format!("{}: gc_schedule: {reason}", at(schedule.span())));
         }
         if let Some(target) = &raw.replicate_to {
-            if let Err(reason) = check_repository(target.get_ref()) {
+            if let Err(reason) = allowlist.check(target.get_ref()) {
                 errors.push(format!("{}: replicate_to: {reason}", at(target.span())));
             } else if target.get_ref() == raw.repository.get_ref() {
                 errors.push(format!(
@@ -296,7 +343,7 @@ repository = "/srv/other"
 
     #[test]
     fn parses_and_selects() {
-        let policies = parse_policies("p.toml", GOOD).unwrap();
+        let policies = parse_policies("p.toml", GOOD, &RepositoryAllowlist::any()).unwrap();
         assert_eq!(policies.len(), 2);
         let gold = &policies[0];
         assert_eq!(gold.max_per_host, 1);
@@ -327,7 +374,7 @@ name = "a"
 schedule = "* * * * *"
 repository = "/r"
 "#;
-        let errors = parse_policies("p.toml", bad).unwrap_err();
+        let errors = parse_policies("p.toml", bad, &RepositoryAllowlist::any()).unwrap_err();
         let joined = errors.join("\n");
         assert!(joined.contains("p.toml:4: minute: 61"), "{joined}");
         assert!(
@@ -346,13 +393,19 @@ repository = "/r"
 
     #[test]
     fn syntax_and_unknown_fields_report_lines() {
-        let errors = parse_policies("p.toml", "[[policy]]\nname = \"a\"\nbogus = 1\n").unwrap_err();
+        let errors = parse_policies(
+            "p.toml",
+            "[[policy]]\nname = \"a\"\nbogus = 1\n",
+            &RepositoryAllowlist::any(),
+        )
+        .unwrap_err();
         assert!(errors[0].starts_with("p.toml:"), "{errors:?}");
         assert!(
             errors[0].contains("bogus") || errors[0].contains("unknown"),
             "{errors:?}"
         );
-        let errors = parse_policies("p.toml", "[[policy]\n").unwrap_err();
+        let errors =
+            parse_policies("p.toml", "[[policy]\n", &RepositoryAllowlist::any()).unwrap_err();
         assert!(errors[0].starts_with("p.toml:1:"), "{errors:?}");
     }
 
@@ -364,5 +417,26 @@ repository = "/r"
         assert!(!glob_match("a?c", "ac"));
         assert!(glob_match("*-db-*", "eu-db-7"));
         assert!(!glob_match("web", "web-1"));
+    }
+
+    #[test]
+    fn repositories_off_the_allowlist_are_refused_with_their_line() {
+        let allowlist = RepositoryAllowlist::new(vec!["file:///srv/*".into(), "/srv/other".into()]);
+        assert!(parse_policies("p.toml", GOOD, &allowlist).is_ok());
+        let outside =
+            format!("{GOOD}replicate_to = \"s3://attacker/x?endpoint=http://evil:9000\"\n");
+        let errors = parse_policies("p.toml", &outside, &allowlist).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("p.toml:14: replicate_to: repository \"s3://attacker"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("allowed_repositories"));
+        let errors = parse_policies("p.toml", GOOD, &RepositoryAllowlist::default()).unwrap_err();
+        assert_eq!(
+            errors.len(),
+            2,
+            "an empty list refuses everything: {errors:?}"
+        );
     }
 }

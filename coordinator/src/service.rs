@@ -13,9 +13,13 @@ use haven_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth;
+use crate::auth::AuditDetail;
+use crate::auth::audit::AuditLog;
+use crate::auth::tokens::{TokenError, Tokens};
 use crate::leader::{CommitRequest, Leader, LeaderError, Progress, check_name};
 use crate::model::{JobKind, JobRecord, JobState, SnapshotRecord, VmRecord};
-use crate::policy::parse_policies;
+use crate::policy::{RepositoryAllowlist, parse_policies};
 use crate::replica::{Replica, Role};
 
 /// Longest long-poll a worker may ask for.
@@ -25,12 +29,25 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct CoordinatorService {
     replica: Arc<Replica>,
+    allowlist: Arc<RepositoryAllowlist>,
+    tokens: Arc<Tokens>,
+    audit: Arc<AuditLog>,
 }
 
 impl CoordinatorService {
-    /// Serves `replica`.
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+    /// Serves `replica`; policies and jobs may name only `allowlist`'s repositories.
+    pub fn new(
+        replica: Arc<Replica>,
+        allowlist: RepositoryAllowlist,
+        tokens: Arc<Tokens>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Self {
+            replica,
+            allowlist: Arc::new(allowlist),
+            tokens,
+            audit,
+        }
     }
 
     /// The leader state, or `UNAVAILABLE` naming the leader.
@@ -53,6 +70,22 @@ impl CoordinatorService {
     }
 }
 
+/// A reply carrying what the call did for its audit record.
+fn audited<T>(reply: T, detail: String) -> Response<T> {
+    let mut response = Response::new(reply);
+    response.extensions_mut().insert(AuditDetail(detail));
+    response
+}
+
+fn token_status(error: TokenError) -> Status {
+    match error {
+        TokenError::Store(error) => Status::unavailable(error.to_string()),
+        TokenError::Exists(_) => Status::already_exists(error.to_string()),
+        TokenError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        TokenError::Unreadable(_) => Status::internal(error.to_string()),
+    }
+}
+
 fn status(error: LeaderError) -> Status {
     match error {
         LeaderError::NotLeader => Status::unavailable("leadership lost; retry on the new leader"),
@@ -68,9 +101,14 @@ fn status(error: LeaderError) -> Status {
     }
 }
 
-fn identity(worker: Option<v1::WorkerIdentity>) -> Result<v1::WorkerIdentity, Status> {
+/// The worker a request names, which must be the caller itself.
+fn identity(
+    caller: &auth::Caller,
+    worker: Option<v1::WorkerIdentity>,
+) -> Result<v1::WorkerIdentity, Status> {
     let worker = worker.ok_or_else(|| Status::invalid_argument("missing worker identity"))?;
     check_name("worker id", &worker.worker_id).map_err(status)?;
+    auth::require_worker(caller, &worker.worker_id)?;
     Ok(worker)
 }
 
@@ -192,8 +230,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
+        auth::require_worker(&caller, &request.worker_id)?;
         let hosts = inventory(request.hosts)?;
         let record = leader
             .register(
@@ -219,7 +259,8 @@ impl WorkerService for CoordinatorService {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let leader = self.leader().await?;
-        let worker = identity(request.into_inner().worker)?;
+        let caller = auth::caller(&request)?.clone();
+        let worker = identity(&caller, request.into_inner().worker)?;
         leader
             .heartbeat(&worker.worker_id, &worker.instance_id, worker.lease_id)
             .await
@@ -231,9 +272,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::ReportInventoryRequest>,
     ) -> Result<Response<v1::ReportInventoryResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         let hosts = inventory(request.hosts)?;
         leader
             .report_inventory(
@@ -251,9 +293,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::PollJobsRequest>,
     ) -> Result<Response<v1::PollJobsResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_POLL_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let running: HashSet<String> = request.running_job_ids.into_iter().collect();
@@ -315,9 +358,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::ReportProgressRequest>,
     ) -> Result<Response<v1::ReportProgressResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         let cancel = leader
             .progress(
                 &worker.worker_id,
@@ -340,9 +384,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::CommitSnapshotRequest>,
     ) -> Result<Response<v1::CommitSnapshotResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         let snapshot = request
             .snapshot
             .ok_or_else(|| Status::invalid_argument("missing snapshot info"))?;
@@ -375,9 +420,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::CompleteJobRequest>,
     ) -> Result<Response<v1::CompleteJobResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         leader
             .complete(
                 &worker.worker_id,
@@ -396,8 +442,9 @@ impl WorkerService for CoordinatorService {
         request: Request<v1::ListPinsRequest>,
     ) -> Result<Response<v1::ListPinsResponse>, Status> {
         let leader = self.leader().await?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
-        identity(request.worker)?;
+        identity(&caller, request.worker)?;
         let (bases, oldest_start_unix_ms, holders) = leader.pins(&request.repository).await;
         Ok(Response::new(v1::ListPinsResponse {
             bases,
@@ -410,9 +457,10 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::FailJobRequest>,
     ) -> Result<Response<v1::FailJobResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
-        let worker = identity(request.worker)?;
+        let worker = identity(&caller, request.worker)?;
         leader
             .fail(
                 &worker.worker_id,
@@ -506,10 +554,11 @@ impl AdminService for CoordinatorService {
         } else {
             request.file_name.as_str()
         };
-        let policies = parse_policies(name, &request.policy_toml)
+        let policies = parse_policies(name, &request.policy_toml, &self.allowlist)
             .map_err(|errors| Status::invalid_argument(errors.join("\n")))?;
         let policies = leader.apply_policies(policies).await.map_err(status)?;
-        Ok(Response::new(v1::ApplyPoliciesResponse { policies }))
+        let detail = format!("{name}: {}", policies.join(", "));
+        Ok(audited(v1::ApplyPoliciesResponse { policies }, detail))
     }
 
     async fn run_job(
@@ -518,6 +567,11 @@ impl AdminService for CoordinatorService {
     ) -> Result<Response<v1::RunJobResponse>, Status> {
         let leader = self.leader().await?;
         let request = request.into_inner();
+        if !request.repository.is_empty() {
+            self.allowlist
+                .check(&request.repository)
+                .map_err(Status::invalid_argument)?;
+        }
         if request.kind == v1::JobKind::Gc as i32 {
             if request.repository.is_empty() {
                 return Err(Status::invalid_argument("a GC job needs a repository"));
@@ -526,7 +580,8 @@ impl AdminService for CoordinatorService {
                 .run_gc(&request.repository, request.gc_margin_seconds)
                 .await
                 .map_err(status)?;
-            return Ok(Response::new(v1::RunJobResponse { job_id }));
+            let detail = format!("GC job {job_id} of {}", request.repository);
+            return Ok(audited(v1::RunJobResponse { job_id }, detail));
         }
         check_name("VM name", &request.vm).map_err(status)?;
         let repository = (!request.repository.is_empty()).then_some(request.repository);
@@ -534,7 +589,8 @@ impl AdminService for CoordinatorService {
             .run_job(&request.vm, repository)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::RunJobResponse { job_id }))
+        let detail = format!("backup job {job_id} of VM {}", request.vm);
+        Ok(audited(v1::RunJobResponse { job_id }, detail))
     }
 
     async fn run_policy(
@@ -545,7 +601,8 @@ impl AdminService for CoordinatorService {
         let policy = request.into_inner().policy;
         check_name("policy name", &policy).map_err(status)?;
         let job_ids = leader.run_policy(&policy).await.map_err(status)?;
-        Ok(Response::new(v1::RunPolicyResponse { job_ids }))
+        let detail = format!("policy {policy}: {} jobs", job_ids.len());
+        Ok(audited(v1::RunPolicyResponse { job_ids }, detail))
     }
 
     async fn list_jobs(
@@ -619,5 +676,82 @@ impl AdminService for CoordinatorService {
             .map(snapshot_info)
             .collect();
         Ok(Response::new(v1::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let by = auth::caller(&request)?.identity.to_string();
+        let request = request.into_inner();
+        let role = request.role.parse().map_err(Status::invalid_argument)?;
+        let token = self
+            .tokens
+            .create(&request.name, role, &by)
+            .await
+            .map_err(token_status)?;
+        let detail = format!("token {:?} with role {role}", request.name);
+        Ok(audited(v1::CreateTokenResponse { token }, detail))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        let name = request.into_inner().name;
+        let existed = self.tokens.revoke(&name).await.map_err(token_status)?;
+        if !existed {
+            return Err(Status::not_found(format!("no token named {name:?}")));
+        }
+        let detail = format!("token {name:?}");
+        Ok(audited(v1::RevokeTokenResponse { existed }, detail))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::ListTokensResponse>, Status> {
+        let tokens = self
+            .tokens
+            .list()
+            .await
+            .map_err(token_status)?
+            .into_iter()
+            .map(|record| v1::TokenInfo {
+                name: record.name,
+                role: record.role,
+                created_unix_ms: record.created_unix_ms,
+                created_by: record.created_by,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTokensResponse { tokens }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 1000,
+            limit => limit.min(100_000) as usize,
+        };
+        let entries = self
+            .audit
+            .list(request.since_unix_ms, limit)
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?
+            .into_iter()
+            .map(|record| v1::AuditEntry {
+                unix_ms: record.unix_ms,
+                who: record.who,
+                credential: record.credential,
+                remote: record.remote,
+                method: record.method,
+                result: record.result,
+                detail: record.detail,
+            })
+            .collect();
+        Ok(Response::new(v1::ListAuditResponse { entries }))
     }
 }

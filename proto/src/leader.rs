@@ -8,10 +8,16 @@
 //! that takes a few seconds without the caller writing any retry logic.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use haven_tls::reload::Reloading;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::v1::GetLeaderRequest;
@@ -40,17 +46,111 @@ pub enum LeaderError {
     },
 }
 
+/// How a client proves who it is and checks the coordinator's certificate.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    /// TLS for `https://` URLs: the cluster's CA and, for certificate holders
+    /// (workers, admins), the client certificate; reloaded when the files change.
+    pub tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
+    /// An API token sent as `authorization: Bearer TOKEN` on every call.
+    pub token: Option<String>,
+}
+
+impl ClientSecurity {
+    /// Security from files: `ca` (the cluster's CA, for `https://` coordinators),
+    /// an optional client certificate and key, an optional file whose first line is
+    /// an API token. The certificate files are watched until `watch` is cancelled,
+    /// so a rotated certificate is used from the next connection on.
+    pub fn from_files(
+        ca: Option<&Path>,
+        identity: Option<(PathBuf, PathBuf)>,
+        token_file: Option<&Path>,
+        watch: Option<tokio_util::sync::CancellationToken>,
+    ) -> Result<Self, haven_tls::TlsError> {
+        let tls = match (ca, identity) {
+            (Some(ca), identity) => {
+                let files = haven_tls::connector::ClientTlsFiles {
+                    ca: ca.to_owned(),
+                    identity,
+                };
+                let reloading = files.reloading("coordinator client TLS")?;
+                if let Some(shutdown) = watch {
+                    reloading.watch(shutdown);
+                }
+                Some(reloading)
+            }
+            (None, Some((cert, _))) => {
+                return Err(haven_tls::TlsError::Pem {
+                    path: cert,
+                    reason: "a client certificate needs the CA file of the coordinator too".into(),
+                });
+            }
+            (None, None) => None,
+        };
+        let token = match token_file {
+            Some(path) => {
+                let bytes = haven_tls::files::read(path)?;
+                let text = String::from_utf8_lossy(&bytes);
+                let line = text.lines().next().unwrap_or_default().trim().to_owned();
+                if line.is_empty() {
+                    return Err(haven_tls::TlsError::Pem {
+                        path: path.to_owned(),
+                        reason: "the token file is empty".into(),
+                    });
+                }
+                Some(line)
+            }
+            None => None,
+        };
+        Ok(Self { tls, token })
+    }
+}
+
+/// A channel whose calls carry the client's token.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
+/// Adds the API token to every request.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A cached channel to the leader, re-resolved when a call says it moved.
-#[derive(Debug)]
 pub struct LeaderClient {
     urls: Vec<String>,
     retry_for: Duration,
-    current: Mutex<Option<Channel>>,
+    tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
+    token: BearerToken,
+    current: Mutex<Option<AuthChannel>>,
+}
+
+impl std::fmt::Debug for LeaderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderClient")
+            .field("urls", &self.urls)
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.0.is_some())
+            .finish()
+    }
 }
 
 impl LeaderClient {
-    /// A client over `urls` (each `http://HOST:PORT`) retrying failovers for `retry_for`.
-    pub fn new(urls: Vec<String>, retry_for: Duration) -> Result<Self, LeaderError> {
+    /// A client over `urls` (each `https://HOST:PORT`, or `http://` on loopback)
+    /// retrying failovers for `retry_for`.
+    pub fn new(
+        urls: Vec<String>,
+        retry_for: Duration,
+        security: ClientSecurity,
+    ) -> Result<Self, LeaderError> {
         if urls.is_empty() {
             return Err(LeaderError::BadUrl {
                 url: String::new(),
@@ -58,14 +158,33 @@ impl LeaderClient {
             });
         }
         for url in &urls {
-            Endpoint::from_shared(url.clone()).map_err(|error| LeaderError::BadUrl {
+            let bad = |reason: String| LeaderError::BadUrl {
                 url: url.clone(),
-                reason: error.to_string(),
-            })?;
+                reason,
+            };
+            let (_, tls) = haven_tls::connector::endpoint(url).map_err(bad)?;
+            if tls && security.tls.is_none() {
+                return Err(bad(
+                    "an https:// coordinator needs the cluster's CA certificate (--ca-file)".into(),
+                ));
+            }
         }
+        let token = match security.token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| LeaderError::BadUrl {
+                        url: String::new(),
+                        reason: "the API token has characters a header cannot carry".into(),
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             urls,
             retry_for,
+            tls: security.tls,
+            token: BearerToken(token),
             current: Mutex::new(None),
         })
     }
@@ -76,7 +195,7 @@ impl LeaderClient {
     /// Any other status is the call's answer and is returned as is.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.retry_for;
@@ -87,6 +206,7 @@ impl LeaderClient {
                     Err(status) if is_retryable(&status) => status,
                     other => return other,
                 },
+                Err(status) if is_refusal(&status) => return Err(status),
                 Err(status) => status,
             };
             *self.current.lock().await = None;
@@ -109,7 +229,7 @@ impl LeaderClient {
     /// `client.unary(AdminServiceClient::new, request, |mut c, r| async move { c.list_vms(r).await })`
     pub async fn unary<C, Req, Resp, Fut>(
         &self,
-        make: fn(Channel) -> C,
+        make: fn(AuthChannel) -> C,
         request: Req,
         call: impl Fn(C, Req) -> Fut,
     ) -> Result<Resp, Status>
@@ -123,29 +243,31 @@ impl LeaderClient {
     }
 
     /// The cached leader channel, or a fresh search for it.
-    async fn channel(&self) -> Result<Channel, Status> {
+    async fn channel(&self) -> Result<AuthChannel, Status> {
         let mut current = self.current.lock().await;
         if let Some(channel) = current.as_ref() {
             return Ok(channel.clone());
         }
         let mut last = Status::unavailable("no coordinator URL answered");
         for url in &self.urls {
-            match probe(url).await {
+            match self.probe(url).await {
                 Ok(Probe::Leader(channel)) => {
                     *current = Some(channel.clone());
                     return Ok(channel);
                 }
-                Ok(Probe::Follower(Some(leader))) => match probe(&leader).await {
+                Ok(Probe::Follower(Some(leader))) => match self.probe(&leader).await {
                     Ok(Probe::Leader(channel)) => {
                         *current = Some(channel.clone());
                         return Ok(channel);
                     }
                     Ok(_) => last = Status::unavailable(format!("{leader} no longer leads")),
+                    Err(status) if is_refusal(&status) => return Err(status),
                     Err(status) => last = status,
                 },
                 Ok(Probe::Follower(None)) => {
                     last = Status::unavailable(format!("{url} follows; no leader elected yet"));
                 }
+                Err(status) if is_refusal(&status) => return Err(status),
                 Err(status) => last = status,
             }
         }
@@ -154,30 +276,73 @@ impl LeaderClient {
 }
 
 enum Probe {
-    Leader(Channel),
+    Leader(AuthChannel),
     Follower(Option<String>),
 }
 
-/// Connects to one replica and asks who leads.
-async fn probe(url: &str) -> Result<Probe, Status> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|error| Status::invalid_argument(format!("bad URL {url}: {error}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(120));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| Status::unavailable(format!("cannot connect to {url}: {error}")))?;
-    let reply = AdminServiceClient::new(channel.clone())
-        .get_leader(GetLeaderRequest {})
-        .await?
-        .into_inner();
-    if reply.is_leader {
-        Ok(Probe::Leader(channel))
-    } else if reply.leader_url.is_empty() || reply.leader_url == url {
-        Ok(Probe::Follower(None))
-    } else {
-        Ok(Probe::Follower(Some(reply.leader_url)))
+impl LeaderClient {
+    /// Connects to one replica and asks who leads.
+    async fn probe(&self, url: &str) -> Result<Probe, Status> {
+        let (endpoint, tls) = haven_tls::connector::endpoint(url)
+            .map_err(|error| Status::invalid_argument(format!("bad URL {url}: {error}")))?;
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(120));
+        let tls = if tls { self.tls.clone() } else { None };
+        let channel = haven_tls::connector::connect(endpoint, tls)
+            .await
+            .map_err(|error| {
+                Status::unavailable(format!("cannot connect to {url}: {}", error_chain(&error)))
+            })?;
+        let channel = InterceptedService::new(channel, self.token.clone());
+        let reply = AdminServiceClient::new(channel.clone())
+            .get_leader(GetLeaderRequest {})
+            .await
+            .map_err(|status| explained(url, status))?
+            .into_inner();
+        if reply.is_leader {
+            Ok(Probe::Leader(channel))
+        } else if reply.leader_url.is_empty() || reply.leader_url == url {
+            Ok(Probe::Follower(None))
+        } else {
+            Ok(Probe::Follower(Some(reply.leader_url)))
+        }
+    }
+}
+
+/// An error and its causes, each once (tonic's transport error says only
+/// "transport error" at the top; the TLS reason is underneath).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The coordinator refused this client: no other replica will accept it either.
+fn is_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
+    )
+}
+
+/// A transport failure with its causes spelled out: a TLS refusal (an unknown CA, an
+/// expired certificate) is otherwise only "transport error".
+fn explained(url: &str, status: Status) -> Status {
+    use std::error::Error;
+    match status.source() {
+        Some(source) if !is_refusal(&status) => {
+            Status::new(status.code(), format!("{url}: {}", error_chain(source)))
+        }
+        _ => status,
     }
 }
 

@@ -13,7 +13,7 @@ pub mod v1 {
     tonic::include_proto!("haven.v1");
 }
 
-pub use leader::{LeaderClient, LeaderError};
+pub use leader::{AuthChannel, ClientSecurity, LeaderClient, LeaderError};
 
 /// Response metadata key in which a follower replica names the leader's URL.
 pub const LEADER_METADATA: &str = "haven-leader";

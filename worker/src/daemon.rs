@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-pub use config::{HostConfig, WorkerConfig};
+pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
 
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
@@ -54,8 +54,14 @@ pub async fn run_worker(
         metrics.serve(address, shutdown.clone()).await?;
     }
     let client = Arc::new(
-        LeaderClient::new(config.coordinators.clone(), Duration::from_secs(30))
-            .map_err(|error| WorkerError::InvalidInput(error.to_string()))?,
+        LeaderClient::new(
+            config.coordinators.clone(),
+            Duration::from_secs(30),
+            config
+                .security(&shutdown)
+                .map_err(|error| WorkerError::InvalidInput(error.to_string()))?,
+        )
+        .map_err(|error| WorkerError::InvalidInput(error.to_string()))?,
     );
     let worker = Arc::new(Worker {
         config,

@@ -272,7 +272,9 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
         .with_context(|| format!("cannot read {}", file.display()))?;
     if check {
         let name = file.display().to_string();
-        let policies = match haven_coordinator::policy::parse_policies(&name, &text) {
+        // The coordinator's allowlist is checked when the file is applied.
+        let allowlist = haven_coordinator::policy::RepositoryAllowlist::any();
+        let policies = match haven_coordinator::policy::parse_policies(&name, &text, &allowlist) {
             Ok(policies) => policies,
             Err(errors) => {
                 for line in errors {

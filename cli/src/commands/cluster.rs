@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use haven_coordinator::CoordinatorConfig;
-use haven_worker::daemon::{HostConfig, WorkerConfig, run_worker};
+use haven_worker::daemon::{ClientTlsConfig, HostConfig, WorkerConfig, run_worker};
 
 use crate::common::{read_password, shutdown_token};
 
@@ -132,13 +132,19 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let password = read_password(args.password_file.as_deref())?;
+    let pki = DevPki::ensure(&args.state_dir.join("pki"), args.listen)?;
     let config = CoordinatorConfig::parse(
         "haven dev",
         &format!(
-            "id = \"dev\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nstate_path = {:?}\n",
+            "id = \"dev\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nstate_path = {:?}\n\
+             allowed_repositories = [\"*\"]\n\
+             [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
             args.listen,
             args.http_listen,
-            args.state_dir.join("coordinator.redb")
+            args.state_dir.join("coordinator.redb"),
+            pki.file("coordinator.pem"),
+            pki.file("coordinator-key.pem"),
+            pki.file("ca.pem"),
         ),
     )
     .map_err(anyhow::Error::msg)?;
@@ -165,7 +171,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let coordinator = tokio::spawn(haven_coordinator::run(config, store, shutdown.clone()));
     let worker = WorkerConfig {
         id: "dev-worker".into(),
-        coordinators: vec![format!("http://{}", args.listen)],
+        coordinators: vec![format!("https://{}", args.listen)],
         max_jobs: 2,
         scratch_dir: std::env::temp_dir(),
         connections: 4,
@@ -180,14 +186,66 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             qemu_user: "libvirt-qemu".into(),
             labels: Default::default(),
         }],
+        tls: Some(ClientTlsConfig {
+            ca: pki.file("ca.pem"),
+            cert: Some(pki.file("dev-worker.pem")),
+            key: Some(pki.file("dev-worker-key.pem")),
+        }),
+        token_file: None,
     };
     eprintln!(
-        "haven dev: coordinator on http://{} (metrics http://{}/metrics), worker for host {:?}",
-        args.listen, args.http_listen, args.host
+        "haven dev: coordinator on https://{} (metrics http://{}/metrics), worker for host {:?}\n\
+         the CLI as admin: export HAVEN_COORDINATOR=https://{} HAVEN_CA_FILE={} \
+         HAVEN_CERT_FILE={} HAVEN_KEY_FILE={}",
+        args.listen,
+        args.http_listen,
+        args.host,
+        args.listen,
+        pki.file("ca.pem").display(),
+        pki.file("admin.pem").display(),
+        pki.file("admin-key.pem").display(),
     );
     let worker = run_worker(worker, password, shutdown.clone()).await;
     shutdown.cancel();
     coordinator.await.context("coordinator task")??;
     worker?;
     Ok(())
+}
+
+/// The certificates of `haven dev`, made at its first start in `STATE/pki`: a CA,
+/// the coordinator's server certificate for the listen address, the in-process
+/// worker's and an admin's client certificates. Even on one machine the coordinator
+/// is reached over TLS by authenticated callers only.
+struct DevPki {
+    dir: PathBuf,
+}
+
+impl DevPki {
+    fn ensure(dir: &std::path::Path, listen: SocketAddr) -> Result<Self> {
+        use haven_tls::pki::{CertificateAuthority, LeafRequest};
+        use haven_tls::{Identity, Role};
+        let pki = Self {
+            dir: dir.to_owned(),
+        };
+        if pki.file("ca.pem").exists() {
+            return Ok(pki);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let (authority, ca) = CertificateAuthority::generate("haven dev CA", 3650)?;
+        ca.write(dir, "ca", true)?;
+        let mut server = LeafRequest::new("coordinator", 3650);
+        server.ip_addresses.push(listen.ip());
+        server.dns_names.push("localhost".into());
+        authority.issue(&server)?.write(dir, "coordinator", true)?;
+        for (role, name) in [(Role::Worker, "dev-worker"), (Role::Admin, "admin")] {
+            let mut client = LeafRequest::new(name, 3650);
+            client.identity = Some(Identity::new(role, name)?);
+            authority.issue(&client)?.write(dir, name, true)?;
+        }
+        Ok(pki)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
 }

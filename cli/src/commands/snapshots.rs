@@ -41,6 +41,7 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
     let Some(repo) = args.repo.repo else {
         let coordinator = crate::common::CoordinatorUrl {
             coordinator: args.repo.coordinator,
+            credentials: args.repo.credentials,
         };
         return crate::commands::admin::snapshots(&coordinator, args.vm, args.output.json).await;
     };

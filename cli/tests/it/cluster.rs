@@ -8,6 +8,7 @@
 //! etcd member, then of quorum; bad input. The submodules cover `haven dev`, GC racing
 //! backups, and a worker on libvirt.
 
+mod auth;
 mod dev;
 mod gc;
 mod libvirt;
@@ -24,12 +25,15 @@ use crate::support::{
     etcd::Etcd,
     haven::{PASSWORD, haven},
     metrics::scrape,
+    pki::Pki,
     process::{Guard, free_port, spawn_logged},
 };
 
 struct Cluster {
     dir: PathBuf,
     etcd: Etcd,
+    /// The cluster's CA: coordinators, workers and the CLI use mutual TLS.
+    pki: Pki,
     coordinators: Vec<Guard>,
     coordinator_urls: Vec<String>,
     workers: Vec<Guard>,
@@ -56,7 +60,7 @@ impl Cluster {
     }
 
     fn cli(&self) -> Cli {
-        Cli::new(self.coordinator_urls.join(","))
+        self.pki.admin(&self.coordinator_urls.join(","))
     }
 
     fn wait_job(
@@ -153,6 +157,7 @@ impl Cluster {
 
 fn start_cluster(dir: &Path) -> Cluster {
     let etcd = Etcd::start(3).expect("start a 3-member etcd");
+    let pki = Pki::new(dir);
     let repo = dir.join("repo");
     init_repo(&repo, &[]);
 
@@ -197,7 +202,10 @@ fn start_cluster(dir: &Path) -> Cluster {
             &config,
             format!(
                 "id = \"c{i}\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-                 worker_lease_seconds = 3\nleader_lease_seconds = 3\ntick_ms = 200\n"
+                 worker_lease_seconds = 3\nleader_lease_seconds = 3\ntick_ms = 200\n\
+                 allowed_repositories = [{:?}]\n{}",
+                format!("{}*", dir.to_str().unwrap()),
+                pki.coordinator_toml()
             ),
         )
         .unwrap();
@@ -212,13 +220,14 @@ fn start_cluster(dir: &Path) -> Cluster {
             .env("HAVEN_LOG", "haven_coordinator=info"),
             &dir.join(format!("c{i}.log")),
         ));
-        coordinator_urls.push(format!("http://127.0.0.1:{port}"));
+        coordinator_urls.push(format!("https://127.0.0.1:{port}"));
     }
     // Every host is reached by two workers.
     let reach = [[0, 1, 2], [1, 2, 3], [2, 3, 0]];
     let mut cluster = Cluster {
         dir: dir.to_path_buf(),
         etcd,
+        pki,
         coordinators,
         coordinator_urls,
         workers: Vec::new(),
@@ -241,13 +250,14 @@ impl Cluster {
         let mut config = format!(
             "id = \"{id}\"\ncoordinators = [{}]\nmax_jobs = 3\nconnections = 2\n\
              read_limit_bytes_per_second = 16777216\ninventory_interval_seconds = 5\nscratch_dir = {:?}\n\
-             metrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+             metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
             self.coordinator_urls
                 .iter()
                 .map(|u| format!("{u:?}"))
                 .collect::<Vec<_>>()
                 .join(","),
-            self.dir.to_str().unwrap()
+            self.dir.to_str().unwrap(),
+            self.pki.worker_toml(id)
         );
         for host in hosts {
             config.push_str(&format!(

@@ -20,6 +20,7 @@ pub mod haven;
 pub mod image;
 pub mod libvirt;
 pub mod metrics;
+pub mod pki;
 pub mod process;
 pub mod qemu;
 pub mod report;

@@ -153,8 +153,8 @@ impl Leader {
             .await?;
         if !accepted {
             return Err(LeaderError::Fenced(format!(
-                "job {} moved: its ownership no longer has revision {} (the worker's lease expired)",
-                job.id, request.token
+                "job {} moved: {} no longer owns it (its lease expired)",
+                job.id, request.worker
             )));
         }
         {

@@ -177,8 +177,8 @@ pub(super) fn check_token<'a>(
         .ok_or_else(|| LeaderError::Fenced(format!("job {job_id} was never assigned")))?;
     if attempt.worker != worker || attempt.token != token {
         return Err(LeaderError::Fenced(format!(
-            "job {job_id} moved: fencing token {token} of {worker} is stale (now {} of {})",
-            attempt.token, attempt.worker
+            "job {job_id} moved: {worker} no longer owns it (its lease expired or it was \
+             reassigned)"
         )));
     }
     Ok(job)
@@ -386,7 +386,7 @@ impl Leader {
             .await?;
         if !accepted {
             return Err(LeaderError::Fenced(format!(
-                "job {job_id} moved: its ownership no longer has revision {token}"
+                "job {job_id} moved: {worker} no longer owns it (its lease expired)"
             )));
         }
         {

@@ -2,13 +2,19 @@
 //!
 //! ```toml
 //! id = "worker-1"
-//! coordinators = ["http://10.0.0.1:7700", "http://10.0.0.2:7700"]
+//! coordinators = ["https://10.0.0.1:7700", "https://10.0.0.2:7700"]
 //! max_jobs = 2
 //! scratch_dir = "/var/tmp"            # fleecing overlays; QEMU must be able to write here
 //! connections = 4                     # NBD connections per disk
 //! read_limit_bytes_per_second = 0     # cap on reads from the hypervisors (0: none)
 //! inventory_interval_seconds = 30
 //! metrics_listen = "127.0.0.1:9465"   # optional: /metrics and /healthz (loopback only)
+//! # token_file = "/etc/haven/worker.token"  # instead of a certificate: an API token
+//!
+//! [tls]                               # for https:// coordinators
+//! ca = "/etc/haven/ca.pem"
+//! cert = "/etc/haven/worker-1.pem"    # names haven://worker/worker-1 (`haven pki issue`)
+//! key = "/etc/haven/worker-1-key.pem"
 //!
 //! [[hosts]]
 //! name = "kvm-1"
@@ -63,6 +69,28 @@ pub struct WorkerConfig {
     /// Hypervisor hosts this worker reaches.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// The worker's certificate and the cluster's CA.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// File whose first line is a worker API token (for workers without a
+    /// certificate, on loopback).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A client's TLS files: the CA its coordinators' certificates chain to, and its own
+/// certificate (whose `haven://worker/ID` identity must be this worker's id).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// CA bundle (PEM).
+    pub ca: PathBuf,
+    /// Client certificate (PEM).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// A hypervisor host and how its VMs are reached.
@@ -129,7 +157,35 @@ impl WorkerConfig {
         if config.max_jobs == 0 {
             return Err(format!("{file_name}: max_jobs must be at least 1"));
         }
+        if let Some(tls) = &config.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(format!(
+                "{file_name}: [tls] needs both cert and key, or neither"
+            ));
+        }
         Ok(config)
+    }
+
+    /// How the worker authenticates to the coordinators; certificate files are
+    /// watched until `shutdown`.
+    pub fn security(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<haven_proto::ClientSecurity, haven_tls::TlsError> {
+        let (ca, identity) = match &self.tls {
+            Some(tls) => (
+                Some(tls.ca.as_path()),
+                tls.cert.clone().zip(tls.key.clone()),
+            ),
+            None => (None, None),
+        };
+        haven_proto::ClientSecurity::from_files(
+            ca,
+            identity,
+            self.token_file.as_deref(),
+            Some(shutdown.clone()),
+        )
     }
 }
 

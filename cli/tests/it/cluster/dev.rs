@@ -63,21 +63,21 @@ fn with_s3_keys(command: &mut Command) -> &mut Command {
         .env("HAVEN_STORAGE_SECRET_KEY", SECRET_KEY)
 }
 
-/// POSTs a gRPC-typed HTTP/2 request to `METHOD` on the coordinator; returns the
-/// response headers, lower-cased.
-fn grpc_post(port: u16, method: &str, extra: &[&str]) -> String {
+/// POSTs a gRPC-typed HTTP/2 request to `METHOD` on the coordinator over TLS as
+/// `identity` (a certificate of `haven dev`'s CA: `admin` or `dev-worker`); returns
+/// the response headers, lower-cased.
+fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]) -> String {
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "--http2-prior-knowledge",
-        ])
+        .args(["-s", "-o", "/dev/null", "-D", "-", "--http2"])
+        .arg("--cacert")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{identity}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{identity}-key.pem")))
         .args(["-X", "POST", "-H", "content-type: application/grpc"])
         .args(extra)
-        .arg(format!("http://127.0.0.1:{port}/{method}"))
+        .arg(format!("https://127.0.0.1:{port}/{method}"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_lowercase()
@@ -126,9 +126,17 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
 
     let port = free_port();
     let http = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
+    // `haven dev` makes its CA and certificates here at start.
+    let pki = dir.path().join("state").join("pki");
     let dev = Dev {
         cli: Cli::new(url.clone())
+            .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
+            .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
+            .with_env(
+                "HAVEN_KEY_FILE",
+                pki.join("admin-key.pem").to_str().unwrap(),
+            )
             .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .with_env("AWS_REGION", "us-east-1"),
@@ -252,7 +260,13 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _ = garbage.write_all(b"\x00\x01GET / HTTP/9.9\r\n\r\n\xff\xfe garbage");
     drop(garbage);
-    let headers = grpc_post(port, "haven.v1.AdminService/NoSuchMethod", &[]);
+    let headers = grpc_post(
+        port,
+        &pki,
+        "admin",
+        "haven.v1.AdminService/NoSuchMethod",
+        &[],
+    );
     assert!(
         headers.contains("grpc-status: 12"),
         "unknown method: {headers}"
@@ -260,6 +274,8 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     // Not a gRPC frame (curl sends the backslashes literally): a bad compression flag.
     let headers = grpc_post(
         port,
+        &pki,
+        "dev-worker",
         "haven.v1.WorkerService/Heartbeat",
         &["--data-binary", "\\x00\\x00\\x00\\x00\\x09garbage!!"],
     );

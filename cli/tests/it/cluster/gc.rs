@@ -15,6 +15,7 @@ use crate::support::{
     cluster::{Cli, guest_copy, guest_io, init_repo, one_cluster_at_a_time, start_vm_with_nbd},
     etcd::Etcd,
     haven::{PASSWORD, haven},
+    pki::Pki,
     process::{Guard, free_port, spawn_logged},
 };
 
@@ -68,10 +69,16 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     }
 
     let port = free_port();
+    let pki = Pki::new(dir);
     let config = dir.join("coordinator.toml");
     std::fs::write(
         &config,
-        format!("listen = \"127.0.0.1:{port}\"\nworker_lease_seconds = 4\ntick_ms = 200\n"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nworker_lease_seconds = 4\ntick_ms = 200\n\
+             allowed_repositories = [{:?}]\n{}",
+            format!("{}*", dir.to_str().unwrap()),
+            pki.coordinator_toml()
+        ),
     )
     .unwrap();
     let _coordinator = spawn_logged(
@@ -79,7 +86,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
             .args(["--etcd", &etcd.endpoints().join(",")]),
         &dir.join("coordinator.log"),
     );
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let mut workers = Vec::new();
     for w in 0..2 {
         let path = dir.join(format!("w{w}.toml"));
@@ -87,8 +94,9 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
             &path,
             format!(
                 "id = \"w{w}\"\ncoordinators = [{url:?}]\nmax_jobs = 3\nscratch_dir = {:?}\n\
-                 inventory_interval_seconds = 2\n[[hosts]]\nname = \"h0\"\nvms = [{vm_config}]\n",
-                dir.to_str().unwrap()
+                 inventory_interval_seconds = 2\n[[hosts]]\nname = \"h0\"\nvms = [{vm_config}]\n{}",
+                dir.to_str().unwrap(),
+                pki.worker_toml(&format!("w{w}"))
             ),
         )
         .unwrap();
@@ -98,7 +106,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         ));
     }
     let bed = Bed {
-        cli: Cli::new(url),
+        cli: pki.admin(&url),
         repo: repo.to_str().unwrap().to_string(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);

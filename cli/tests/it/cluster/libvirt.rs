@@ -12,6 +12,7 @@ use crate::support::{
     haven::{PASSWORD, haven},
     image::{MIB, assert_same_disk},
     libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
+    pki::Pki,
     process::{Guard, free_port, spawn_logged},
 };
 
@@ -31,13 +32,18 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
     let _domain = Domain::start(&libvirt, &name, &images, bed.dir.path());
 
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
+    let pki = Pki::new(bed.dir.path());
+    let cli = pki.admin(&url);
     let coordinator_config = bed.path("coordinator.toml");
     std::fs::write(
         &coordinator_config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n",
-            bed.path("state.redb").to_str().unwrap()
+            "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n\
+             allowed_repositories = [{:?}]\n{}",
+            bed.path("state.redb").to_str().unwrap(),
+            bed.repo_url(),
+            pki.coordinator_toml()
         ),
     )
     .unwrap();
@@ -46,9 +52,10 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
         &worker_config,
         format!(
             "id = \"w1\"\ncoordinators = [{url:?}]\nscratch_dir = {:?}\ninventory_interval_seconds = 2\n\
-             [[hosts]]\nname = \"kvm\"\nlibvirt = {:?}\n",
+             [[hosts]]\nname = \"kvm\"\nlibvirt = {:?}\n{}",
             bed.path("scratch").to_str().unwrap(),
-            libvirt.uri
+            libvirt.uri,
+            pki.worker_toml("w1")
         ),
     )
     .unwrap();
@@ -69,9 +76,7 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = haven(&["vm", "list", "--json", "--coordinator", &url])
-            .output()
-            .unwrap();
+        let out = cli.run(&["vm", "list", "--json"]);
         if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&name) {
             let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let vm = vms
@@ -92,10 +97,7 @@ fn worker_backs_up_a_libvirt_domain_through_the_coordinator() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    let run = haven(&["job", "run", &name, "--repo", &bed.repo_url(), "--watch"])
-        .args(["--coordinator", &url])
-        .output()
-        .unwrap();
+    let run = cli.run(&["job", "run", &name, "--repo", &bed.repo_url(), "--watch"]);
     assert!(
         run.status.success(),
         "job failed: {}{}\nworker log:\n{}",

@@ -1,0 +1,100 @@
+//! A private CA for the control plane's tests, made by `haven pki` itself, and the
+//! configuration snippets and CLI environments that use it.
+
+use std::path::{Path, PathBuf};
+
+use super::cluster::Cli;
+use super::haven::haven;
+
+/// A CA in a test folder with a coordinator server certificate for 127.0.0.1.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// `haven pki init` in `parent/pki`, and the coordinators' server certificate.
+    pub fn new(parent: &Path) -> Self {
+        let dir = parent.join("pki");
+        run(&["pki", "init", "--dir", dir.to_str().unwrap()]);
+        let pki = Self { dir };
+        pki.issue_with(
+            "server",
+            "coordinator",
+            &["--ip", "127.0.0.1", "--dns", "localhost"],
+        );
+        pki
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate of `kind` (worker, viewer, operator, admin, server) for `name`,
+    /// issued once; its certificate and key files.
+    pub fn issue(&self, kind: &str, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_with(kind, name, &[])
+    }
+
+    /// [`Pki::issue`] with more `haven pki issue` arguments (`--days -1`...).
+    pub fn issue_with(&self, kind: &str, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let files = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        if !files.0.exists() {
+            let mut args = vec![
+                "pki",
+                "issue",
+                kind,
+                name,
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            run(&args);
+        }
+        files
+    }
+
+    /// The `[tls]` table of a coordinator.toml (put it after the top-level keys).
+    pub fn coordinator_toml(&self) -> String {
+        let (cert, key) = self.issue("server", "coordinator");
+        format!(
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {:?}\n",
+            self.ca()
+        )
+    }
+
+    /// The `[tls]` table of worker `id`'s worker.toml, with its own certificate.
+    pub fn worker_toml(&self, id: &str) -> String {
+        let (cert, key) = self.issue("worker", id);
+        format!(
+            "[tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            self.ca()
+        )
+    }
+
+    /// The CLI against `urls` with a certificate of `kind` named `name`.
+    pub fn cli(&self, urls: &str, kind: &str, name: &str) -> Cli {
+        let (cert, key) = self.issue(kind, name);
+        Cli::new(urls)
+            .with_env("HAVEN_CA_FILE", self.ca().to_str().unwrap())
+            .with_env("HAVEN_CERT_FILE", cert.to_str().unwrap())
+            .with_env("HAVEN_KEY_FILE", key.to_str().unwrap())
+    }
+
+    /// The CLI as the cluster's administrator.
+    pub fn admin(&self, urls: &str) -> Cli {
+        self.cli(urls, "admin", "admin")
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = haven(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "haven {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

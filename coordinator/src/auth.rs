@@ -1,0 +1,75 @@
+//! Who may call what: authentication, authorization and the audit log of every RPC.
+//!
+//! One tower layer ([`AuthLayer`]) sits in front of both gRPC services:
+//!
+//! 1. **Authenticate.** An `authorization: Bearer TOKEN` header names an API token
+//!    ([`tokens`]); otherwise the client certificate's `haven://ROLE/NAME` identity,
+//!    verified by the TLS handshake against the configured client CA, is the caller.
+//!    Neither: `UNAUTHENTICATED`.
+//! 2. **Authorize.** [`rules::RULES`] gives every method one rule; a method without a
+//!    rule is refused, so a new RPC cannot ship unprotected (the table test fails).
+//!    Worker RPCs additionally check, in the service, that the worker named in the
+//!    request is the caller ([`require_worker`]).
+//! 3. **Audit.** Every call of a method the table marks as mutating — allowed or
+//!    refused — is logged (target `haven::audit`) and persisted ([`audit`]), once.
+//!
+//! The caller is put in the request's extensions as a [`Caller`].
+
+pub mod audit;
+mod layer;
+pub mod rules;
+pub mod tokens;
+
+use haven_tls::{Identity, Role};
+use tonic::{Request, Status};
+
+pub use layer::{AuditDetail, AuthLayer};
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A client certificate of the trusted CA.
+    Certificate,
+    /// An API token.
+    Token,
+}
+
+impl Credential {
+    /// Name in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::Certificate => "certificate",
+            Credential::Token => "token",
+        }
+    }
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Role and name.
+    pub identity: Identity,
+    /// How it was proven.
+    pub credential: Credential,
+}
+
+/// The caller the layer attached to `request`.
+pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// Refuses a worker RPC whose `worker_id` is not the calling worker: a worker acts
+/// only as itself.
+pub fn require_worker(caller: &Caller, worker_id: &str) -> Result<(), Status> {
+    if caller.identity.role == Role::Worker && caller.identity.name == worker_id {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{} may not act as worker {worker_id:?}",
+            caller.identity
+        )))
+    }
+}
