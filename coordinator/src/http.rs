@@ -94,11 +94,16 @@ impl Exporter for ReplicaEndpoints {
     }
 
     async fn health(&self) -> Option<String> {
-        Some(match self.replica.role().await {
+        let role = match self.replica.role().await {
             Role::Leader(_) => "ok: leader\n".to_string(),
             Role::Follower(Some(url)) => format!("ok: follower of {url}\n"),
             Role::Follower(None) => "ok: no leader elected yet\n".to_string(),
-        })
+        };
+        let store = match self.replica.store_reachable().await {
+            Ok(()) => "store: reachable\n".to_string(),
+            Err(error) => format!("store: unreachable: {error}\n"),
+        };
+        Some(role + &store)
     }
 }
 

@@ -64,6 +64,20 @@ impl Replica {
         self.role.read().await.clone()
     }
 
+    /// Whether the metadata store answers a read within two seconds, for `/healthz`.
+    pub async fn store_reachable(&self) -> Result<(), String> {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.store.get(&crate::model::leader_key()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 2 s".into()),
+        }
+    }
+
     /// This replica's settings.
     pub fn settings(&self) -> &ReplicaSettings {
         &self.settings

@@ -1,12 +1,12 @@
 //! The gRPC face of a replica: request validation, conversion between protobuf
 //! messages and stored records, and error codes. Decisions live in [`Leader`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use haven_proto::LEADER_METADATA;
 use haven_proto::v1::{
     self, admin_service_server::AdminService, worker_service_server::WorkerService,
@@ -24,6 +24,9 @@ use crate::replica::{Replica, Role};
 
 /// Longest long-poll a worker may ask for.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+/// `WatchJob` streams one caller may hold open at once: each costs a task on the
+/// leader until its job ends.
+const MAX_WATCHES_PER_CALLER: usize = 32;
 
 /// Both gRPC services of one replica.
 #[derive(Clone)]
@@ -32,6 +35,51 @@ pub struct CoordinatorService {
     allowlist: Arc<RepositoryAllowlist>,
     tokens: Arc<Tokens>,
     audit: Arc<AuditLog>,
+    watches: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One open `WatchJob` stream of a caller; gives its slot back when dropped.
+struct WatchSlot {
+    watches: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl WatchSlot {
+    /// A slot for `caller`, or `RESOURCE_EXHAUSTED` at the limit.
+    fn take(
+        watches: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        caller: String,
+    ) -> Result<Self, Status> {
+        let mut open = watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(caller.clone()).or_default();
+        if *count >= MAX_WATCHES_PER_CALLER {
+            return Err(Status::resource_exhausted(format!(
+                "{caller} already watches {MAX_WATCHES_PER_CALLER} jobs"
+            )));
+        }
+        *count += 1;
+        Ok(Self {
+            watches: watches.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl CoordinatorService {
@@ -47,6 +95,7 @@ impl CoordinatorService {
             allowlist: Arc::new(allowlist),
             tokens,
             audit,
+            watches: Arc::default(),
         }
     }
 
@@ -627,11 +676,13 @@ impl AdminService for CoordinatorService {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = auth::caller(&request)?.identity.to_string();
         let leader = self.leader().await?;
         let job_id = request.into_inner().job_id;
         if leader.job(&job_id).await.is_none() {
             return Err(Status::not_found(format!("unknown job {job_id:?}")));
         }
+        let slot = WatchSlot::take(&self.watches, caller)?;
         let stream = futures::stream::unfold(
             (leader, job_id, None::<v1::JobStatus>, false),
             |(leader, job_id, last, ended)| async move {
@@ -658,7 +709,11 @@ impl AdminService for CoordinatorService {
                     }
                 }
             },
-        );
+        )
+        .map(move |status| {
+            let _held = &slot;
+            status
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

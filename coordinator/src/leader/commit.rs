@@ -14,6 +14,10 @@ use crate::store::Compare;
 
 /// Largest sealed manifest accepted (etcd values are limited to 1.5 MiB).
 const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// How far a worker's clock may run ahead of the leader's: a snapshot stamped later
+/// than this in the future would sort after every real one, becoming `VM@latest`
+/// and keeping prune from ever removing it.
+const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
 
 /// Snapshot data a worker sends with its commit.
 #[derive(Debug, Clone)]
@@ -54,8 +58,13 @@ pub(super) struct Accepted {
 
 /// Decides a commit of `job` (whose token the request holds): a retry to finish, or a
 /// new manifest to accept once it is checked to belong to the job's VM, to fit in the
-/// store and to be a well-formed sealed blob; refused otherwise.
-pub(super) fn accept_commit(job: &JobRecord, request: &CommitRequest) -> Result<CommitDecision> {
+/// store, to be stamped no later than [`MAX_CLOCK_AHEAD_MS`] after `now_ms` and to
+/// be a well-formed sealed blob; refused otherwise.
+pub(super) fn accept_commit(
+    job: &JobRecord,
+    request: &CommitRequest,
+    now_ms: u64,
+) -> Result<CommitDecision> {
     let snapshot = format!("{}@{}", request.snapshot.vm, request.snapshot.timestamp);
     match job.state {
         JobState::Assigned => {}
@@ -82,6 +91,15 @@ pub(super) fn accept_commit(job: &JobRecord, request: &CommitRequest) -> Result<
         return Err(LeaderError::Invalid(format!(
             "manifest {} does not belong to job {} of VM {}",
             request.manifest_key, job.id, job.vm
+        )));
+    }
+    let stamped_ms = haven_repo::parse_timestamp(&id.timestamp)
+        .map(|time| u64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .map_err(|error| LeaderError::Invalid(format!("snapshot timestamp: {error}")))?;
+    if stamped_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(LeaderError::Invalid(format!(
+            "snapshot {}@{} is stamped in the future: check the worker's clock",
+            id.vm, id.timestamp
         )));
     }
     if request.manifest_blob.len() > MAX_MANIFEST_BYTES {
@@ -123,7 +141,7 @@ impl Leader {
             request.token,
         )?
         .clone();
-        let (updated, catalog_key, record) = match accept_commit(&job, &request)? {
+        let (updated, catalog_key, record) = match accept_commit(&job, &request, now_ms())? {
             CommitDecision::Finish => {
                 drop(mutating);
                 return self.finish_commit(&request.job_id).await;
@@ -294,6 +312,8 @@ mod tests {
     }
 
     const TS: &str = "2026-12-06T05:30:00Z";
+    /// A minute after `TS`.
+    const NOW_MS: u64 = 1_796_535_060_000;
 
     #[test]
     fn commits_of_other_vms_oversized_or_of_finished_jobs_are_refused() {
@@ -328,6 +348,17 @@ mod tests {
                 "does not belong",
             ),
             (
+                "far future",
+                &job,
+                request(
+                    "snapshots/vm1/2999-01-01T00:00:00Z",
+                    "vm1",
+                    "2999-01-01T00:00:00Z",
+                    vec![],
+                ),
+                "stamped in the future",
+            ),
+            (
                 "too large",
                 &job,
                 request(&key, "vm1", TS, vec![0; MAX_MANIFEST_BYTES + 1]),
@@ -347,7 +378,7 @@ mod tests {
             ),
         ];
         for (case, job, request, message) in cases {
-            match accept_commit(job, &request) {
+            match accept_commit(job, &request, NOW_MS) {
                 Err(error) => assert!(error.to_string().contains(message), "{case}: {error}"),
                 Ok(decision) => panic!("{case}: accepted as {decision:?}"),
             }
@@ -369,7 +400,7 @@ mod tests {
         succeeded.snapshot = Some(format!("vm1@{TS}"));
         for job in [&committing, &succeeded] {
             assert_eq!(
-                accept_commit(job, &request(&key, "vm1", TS, vec![])).ok(),
+                accept_commit(job, &request(&key, "vm1", TS, vec![]), NOW_MS).ok(),
                 Some(CommitDecision::Finish),
                 "{:?}",
                 job.state

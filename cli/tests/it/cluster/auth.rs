@@ -234,7 +234,10 @@ async fn every_rpc_refuses_callers_without_the_right_identity() {
                 // The handshake fails: the certificate never reaches a handler.
                 Caller::OtherCa | Caller::Expired => {
                     assert!(
-                        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+                        matches!(
+                            status.code(),
+                            Code::Unavailable | Code::Unknown | Code::Cancelled
+                        ),
                         "{path}: {status:?}"
                     );
                     continue;
