@@ -18,11 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use haven_proto::LeaderClient;
 use haven_proto::v1::{
     self, admin_service_client::AdminServiceClient, worker_service_client::WorkerServiceClient,
 };
+use haven_proto::{ClientSecurity, LeaderClient};
 use haven_repo::{Backend, Consistency, Manifest, Repository, SourceInfo};
+use haven_tls::connector::ClientTlsFiles;
+use haven_tls::pki::{CertificateAuthority, LeafRequest};
+use haven_tls::{Identity, Role};
 
 const PASSWORD: &[u8] = b"scale-bench";
 
@@ -100,6 +103,60 @@ async fn metrics(port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The bench cluster's CA: the coordinator serves mutual TLS, as deployed, and every
+/// simulated worker holds its own certificate.
+struct BenchPki {
+    dir: PathBuf,
+    authority: CertificateAuthority,
+}
+
+impl BenchPki {
+    fn new(parent: &std::path::Path) -> Self {
+        let dir = parent.join("pki");
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let (authority, ca) = CertificateAuthority::generate("bench CA", 1).expect("CA");
+        ca.write(&dir, "ca", true).expect("write CA");
+        let mut server = LeafRequest::new("coordinator", 1);
+        server.ip_addresses.push([127, 0, 0, 1].into());
+        authority
+            .issue(&server)
+            .and_then(|issued| issued.write(&dir, "coordinator", true))
+            .expect("server certificate");
+        Self { dir, authority }
+    }
+
+    fn coordinator_toml(&self) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            self.dir.join("coordinator.pem"),
+            self.dir.join("coordinator-key.pem"),
+            self.dir.join("ca.pem")
+        )
+    }
+
+    /// A leader-following client holding a certificate of `role` for `name`.
+    fn client(&self, url: &str, role: Role, name: &str) -> LeaderClient {
+        let mut request = LeafRequest::new(name, 1);
+        request.identity = Some(Identity::new(role, name).expect("identity"));
+        let (cert, key) = self
+            .authority
+            .issue(&request)
+            .and_then(|issued| issued.write(&self.dir, name, true))
+            .expect("client certificate");
+        let tls = ClientTlsFiles {
+            ca: self.dir.join("ca.pem"),
+            identity: Some((cert, key)),
+        }
+        .reloading(name)
+        .expect("client TLS");
+        let security = ClientSecurity {
+            tls: Some(tls),
+            token: None,
+        };
+        LeaderClient::new(vec![url.to_owned()], Duration::from_secs(60), security).expect("client")
+    }
+}
+
 struct Stats {
     assigned: AtomicU64,
     committed: AtomicU64,
@@ -130,13 +187,16 @@ async fn run(options: Options) {
     );
     let port = free_port();
     let http = free_port();
+    let pki = BenchPki::new(dir.path());
     let config = dir.path().join("coordinator.toml");
     std::fs::write(
         &config,
         format!(
             "id = \"bench\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             state_path = {:?}\nworker_lease_seconds = 20\ntick_ms = 100\n",
-            dir.path().join("state.redb").to_str().unwrap()
+             state_path = {:?}\nworker_lease_seconds = 20\ntick_ms = 100\n\
+             allowed_repositories = [\"*\"]\n{}",
+            dir.path().join("state.redb").to_str().unwrap(),
+            pki.coordinator_toml()
         ),
     )
     .unwrap();
@@ -156,8 +216,8 @@ async fn run(options: Options) {
         .spawn()
         .expect("haven coordinator");
     let pid = coordinator.id();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = Arc::new(LeaderClient::new(vec![url.clone()], Duration::from_secs(60)).unwrap());
+    let url = format!("https://127.0.0.1:{port}");
+    let client = Arc::new(pki.client(&url, Role::Admin, "bench-admin"));
 
     // Workers w0..wN; host hK holds VMs K*per_host..; worker i reaches hosts i and i+1.
     let hosts = options.workers;
@@ -194,7 +254,7 @@ async fn run(options: Options) {
         tasks.push(tokio::spawn(simulated_worker(
             i,
             hosts,
-            client.clone(),
+            Arc::new(pki.client(&url, Role::Worker, &format!("w{i}"))),
             repo.clone(),
             stats.clone(),
             started,

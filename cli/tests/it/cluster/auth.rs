@@ -152,7 +152,7 @@ async fn call(channel: Channel, path: &str, token: Option<&str>) -> Result<(), S
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let path = http::uri::PathAndQuery::from_maybe_shared(path.to_owned()).unwrap();
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
     grpc.server_streaming(request, path, Raw).await.map(drop)
 }
 
