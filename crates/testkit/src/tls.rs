@@ -176,8 +176,10 @@ pub struct Credentials {
     /// `ca-cert.pem`, `client-cert.pem`, `client-key.pem`, issued by [`Self::ca`] to
     /// `client`.
     pub client: PathBuf,
-    /// Like [`Self::client`] (it trusts [`Self::ca`]), but its certificate comes from
-    /// another CA: a client a verifying server must refuse.
+    /// A client whose certificate comes from another CA: one a verifying server must
+    /// refuse. Its `ca-cert.pem` holds both CAs, so the server's certificate and its
+    /// own validate on its side (QEMU checks its own certificate before connecting):
+    /// only the server can refuse it.
     pub stranger: PathBuf,
     /// Only `ca-cert.pem`: a client that trusts the server and has no certificate.
     pub anonymous: PathBuf,
@@ -196,9 +198,17 @@ impl Credentials {
             "cannot create {}",
             anonymous.display()
         )))?;
-        for trusting in [&stranger, &anonymous] {
+        let read = |path: PathBuf| {
+            std::fs::read(&path)
+                .map_err(FixtureError::io(format!("cannot read {}", path.display())))
+        };
+        let (ours, theirs) = (read(ca.cert())?, read(other.cert())?);
+        for (trusting, bundle) in [
+            (&stranger, [ours.clone(), theirs].concat()),
+            (&anonymous, ours),
+        ] {
             let copy = trusting.join("ca-cert.pem");
-            std::fs::copy(ca.cert(), &copy)
+            std::fs::write(&copy, bundle)
                 .map_err(FixtureError::io(format!("cannot write {}", copy.display())))?;
         }
         Ok(Self {
