@@ -74,6 +74,10 @@ mod tests {
         list.iter().map(|text| text.parse().unwrap()).collect()
     }
 
+    /// A case: endpoint, what it resolves to, `--tls-creds` given, `--insecure` given,
+    /// and the exposure expected (`None`: refused).
+    type Case<'a> = (&'a Endpoint, &'a [SocketAddr], bool, bool, Option<Exposure>);
+
     #[test]
     fn plain_nbd_only_where_only_this_machine_reaches_it() {
         let tcp = Endpoint::Tcp("host:10809".into());
@@ -81,8 +85,7 @@ mod tests {
         let loopback = addresses(&["127.0.0.1:10809", "[::1]:10809"]);
         let any = addresses(&["0.0.0.0:10809"]);
         let mixed = addresses(&["127.0.0.1:10809", "192.0.2.7:10809"]);
-        // (endpoint, resolved, tls, insecure) -> exposure, or None for refused
-        let cases: [(&Endpoint, &[SocketAddr], bool, bool, Option<Exposure>); 10] = [
+        let cases: [Case; 10] = [
             (&unix, &[], false, false, Some(Exposure::Local)),
             (&unix, &[], true, false, Some(Exposure::Encrypted)),
             (&tcp, &loopback, false, false, Some(Exposure::Local)),
