@@ -14,6 +14,8 @@ packages=(
   e2fsprogs
   # NBD peers used by tests (nbdinfo, nbdcopy)
   libnbd-bin
+  # TLS tests: CAs and certificates made with the openssl command line
+  openssl
   # cluster tests: a real etcd (3 members on loopback, started by the tests)
   etcd-server etcd-client
   # storage node tests: real S3 clients

@@ -3,13 +3,20 @@
 //! QEMU (or any NBD client) reads the disk while its chunks are fetched on demand; a
 //! qcow2 overlay backed by the export lets a VM run at once and `block-stream` pull the
 //! rest in the background.
+//!
+//! Over TCP the export is encrypted with NBD's STARTTLS and X.509 credentials in QEMU's
+//! directory layout (`--tls-creds`); plain TCP is allowed only on loopback, or with
+//! `--insecure` (see `listen`).
+
+mod listen;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_nbd::{
-    Endpoint, ExportSource, NbdServer, STATE_HOLE, STATE_ZERO, ServerConfig, ServerListener,
+    Endpoint, ExportSource, NbdServer, PeerVerification, STATE_HOLE, STATE_ZERO, ServerConfig,
+    ServerListener, ServerTls,
 };
 use haven_repo::SnapshotRef;
 use haven_worker::{ReaderOptions, SnapshotReader};
@@ -19,6 +26,14 @@ use crate::common::{RepoArgs, human_bytes};
 
 /// Arguments of `haven serve-nbd`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "TLS: with --tls-creds DIR every client must start TLS (NBD_OPT_STARTTLS) \
+before anything else, as with qemu-nbd --tls-creds. DIR is in QEMU's x509 layout: \
+ca-cert.pem, server-cert.pem, server-key.pem (and ca-crl.pem if present). Clients \
+connect with e.g. qemu-img --object tls-creds-x509,id=tls0,dir=CLIENTDIR,endpoint=client \
+--image-opts driver=nbd,host=HOST,port=PORT,export=DISK,tls-creds=tls0, or \
+nbdcopy 'nbds://HOST:PORT/DISK?tls-certificates=CLIENTDIR'."
+)]
 pub struct ServeNbdArgs {
     /// Snapshot: VM@TIMESTAMP, VM@latest or VM.
     snapshot: SnapshotRef,
@@ -27,9 +42,23 @@ pub struct ServeNbdArgs {
     /// Disk to export (may be left out when the snapshot has one disk).
     #[arg(long)]
     disk: Option<String>,
-    /// Where to listen: unix:PATH or tcp:HOST:PORT.
+    /// Where to listen: unix:PATH or tcp:HOST:PORT. Plain TCP is refused on an address
+    /// other machines can reach, unless --tls-creds or --insecure is given.
     #[arg(long)]
     listen: String,
+    /// Require TLS with the X.509 credentials in DIR (QEMU's layout: ca-cert.pem,
+    /// server-cert.pem, server-key.pem). Clients must present a certificate issued by
+    /// ca-cert.pem unless --tls-no-verify-peer is given.
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<PathBuf>,
+    /// With --tls-creds: accept clients without a certificate (still encrypted; like
+    /// QEMU's verify-peer=off). Anyone who can connect reads the disk.
+    #[arg(long, requires = "tls_creds")]
+    tls_no_verify_peer: bool,
+    /// Serve plain NBD on a network address: anyone who can connect reads the
+    /// decrypted disk. A warning is logged at every start.
+    #[arg(long, conflicts_with = "tls_creds")]
+    insecure: bool,
     /// Memory for decoded chunks, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mib: u64,
@@ -66,25 +95,35 @@ impl ExportSource for SnapshotExport {
     }
 }
 
-fn parse_listen(text: &str) -> Result<Endpoint> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
-            bail!("--listen unix: needs a socket path");
-        }
-        return Ok(Endpoint::Unix(PathBuf::from(path)));
-    }
-    if let Some(address) = text.strip_prefix("tcp:") {
-        if address.is_empty() {
-            bail!("--listen tcp: needs HOST:PORT");
-        }
-        return Ok(Endpoint::Tcp(address.to_string()));
-    }
-    bail!("--listen {text:?}: expected unix:PATH or tcp:HOST:PORT")
-}
-
 /// Serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeNbdArgs) -> Result<()> {
-    let endpoint = parse_listen(&args.listen)?;
+    let endpoint = listen::parse_listen(&args.listen)?;
+    let tls = match &args.tls_creds {
+        Some(dir) => {
+            let verification = if args.tls_no_verify_peer {
+                PeerVerification::Off
+            } else {
+                PeerVerification::Required
+            };
+            Some(ServerTls::from_x509_dir(dir, verification).context("--tls-creds")?)
+        }
+        None => None,
+    };
+    let addresses = match &endpoint {
+        Endpoint::Tcp(address) => tokio::net::lookup_host(address.as_str())
+            .await
+            .with_context(|| format!("cannot resolve --listen tcp:{address}"))?
+            .collect(),
+        Endpoint::Unix(_) => Vec::new(),
+    };
+    let exposure = listen::exposure(&endpoint, &addresses, tls.is_some(), args.insecure)?;
+    if exposure == listen::Exposure::InsecureNetwork {
+        tracing::warn!(
+            listen = %args.listen,
+            "--insecure: serving the decrypted disk without TLS on a network address; \
+             anyone who can connect reads it"
+        );
+    }
     let repo = args.repo.open().await?;
     let chunk_size = u64::from(repo.chunk_size());
     let options = ReaderOptions {
@@ -99,13 +138,20 @@ pub async fn run(args: ServeNbdArgs) -> Result<()> {
         reader.disk()
     );
     config.max_clients = args.max_clients.max(1);
+    config.tls = tls;
     let listener = ServerListener::bind(&endpoint)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let scheme = if config.tls.is_some() { "nbds" } else { "nbd" };
     let uri = match listener.endpoint() {
-        Endpoint::Unix(path) => format!("nbd+unix:///{}?socket={}", reader.disk(), path.display()),
-        Endpoint::Tcp(address) => format!("nbd://{address}/{}", reader.disk()),
+        Endpoint::Unix(path) => format!(
+            "{scheme}+unix:///{}?socket={}",
+            reader.disk(),
+            path.display()
+        ),
+        Endpoint::Tcp(address) => format!("{scheme}://{address}/{}", reader.disk()),
     };
+    let termination = termination_signal();
     println!(
         "serving {} disk {} ({}) read-only at {uri}",
         reader.snapshot(),
@@ -115,7 +161,7 @@ pub async fn run(args: ServeNbdArgs) -> Result<()> {
 
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        termination.await;
         let _ = stop.send(true);
     });
     let server = NbdServer::new(Arc::new(SnapshotExport(reader.clone())), config);
@@ -128,18 +174,24 @@ pub async fn run(args: ServeNbdArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGINT and SIGTERM handlers now, before "serving" is printed (a
+/// supervisor or test may stop the server as soon as it reads that line), and returns
+/// a future that ends at the first of them.
+fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process still dies on a signal, just not cleanly.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+    );
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+            // Without signal handlers the process still dies on a signal, just not cleanly.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 }

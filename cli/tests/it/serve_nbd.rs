@@ -1,5 +1,8 @@
 //! `haven serve-nbd` against real NBD clients: `qemu-img`, `nbdcopy`, `nbdinfo`,
-//! `qemu-io` and a `qemu-storage-daemon` running a qcow2 overlay with `block-stream`.
+//! `qemu-io` and a `qemu-storage-daemon` running a qcow2 overlay with `block-stream`;
+//! over TLS in `tls`.
+
+mod tls;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,19 +39,34 @@ fn backed_up_image(bed: &Bed) -> PathBuf {
 /// A running `haven serve-nbd`, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Served {
     child: Option<Child>,
-    socket: PathBuf,
+    /// The Unix socket, for a server listening on one.
+    socket: Option<PathBuf>,
     /// Collects the server's standard output until it exits.
     stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Served {
+    /// Serves `web1@latest` on the Unix socket `name` in the bed.
     fn start(bed: &Bed, name: &str) -> Self {
         let socket = bed.path(name);
         let spec = format!("unix:{}", socket.display());
+        Self::spawn(bed, &spec, &[], Stdio::inherit(), Some(socket))
+    }
+
+    /// Serves `web1@latest` at `listen` with `extra` arguments; `stderr` is inherited
+    /// unless the test reads it.
+    fn spawn(
+        bed: &Bed,
+        listen: &str,
+        extra: &[&str],
+        stderr: Stdio,
+        socket: Option<PathBuf>,
+    ) -> Self {
         let mut child = bed
-            .haven(&["serve-nbd", "web1@latest", "--listen", &spec])
+            .haven(&["serve-nbd", "web1@latest", "--listen", listen])
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = wait_for_line(&mut child, "serving ");
@@ -60,18 +78,30 @@ impl Served {
     }
 
     fn uri(&self) -> String {
-        format!("nbd+unix:///vda?socket={}", self.socket.display())
+        let socket = self.socket.as_ref().expect("a unix socket server");
+        format!("nbd+unix:///vda?socket={}", socket.display())
     }
 
     /// Stops with SIGTERM and returns stdout; the server must exit cleanly.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
+        self.stop_with_stderr().0
+    }
+
+    /// Stops with SIGTERM and returns stdout and (when piped) stderr.
+    fn stop_with_stderr(mut self) -> (String, String) {
         let mut child = self.child.take().unwrap();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().unwrap();
         let stdout = self.stdout.take().unwrap().join().unwrap();
-        assert!(status.success(), "serve-nbd exit: {status}");
-        assert!(!self.socket.exists(), "socket file left behind");
-        stdout
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
+        assert!(status.success(), "serve-nbd exit: {status}\n{stderr}");
+        if let Some(socket) = &self.socket {
+            assert!(!socket.exists(), "socket file left behind");
+        }
+        (stdout, stderr)
     }
 }
 
@@ -261,7 +291,7 @@ fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
         .enable_all()
         .build()
         .unwrap();
-    let endpoint = haven_nbd::Endpoint::Unix(served.socket.clone());
+    let endpoint = haven_nbd::Endpoint::Unix(bed.path("nbd.sock"));
     let original = std::fs::read(&raw).unwrap();
     let latency = runtime.block_on(async {
         let started = Instant::now();
@@ -292,7 +322,7 @@ fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
         flip_byte(&chunk, length / 2);
     }
     let served = Served::start(&bed, "nbd2.sock");
-    let endpoint = haven_nbd::Endpoint::Unix(served.socket.clone());
+    let endpoint = haven_nbd::Endpoint::Unix(bed.path("nbd2.sock"));
     runtime.block_on(async {
         let mut client =
             haven_nbd::Client::connect(&endpoint, &haven_nbd::ConnectOptions::new("vda"))

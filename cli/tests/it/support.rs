@@ -8,7 +8,8 @@
 //! - `qemu`: QMP, `qemu-storage-daemon` VMs and live `haven backup qemu` runs;
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
 //! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
-//! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`.
+//! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
+//! - `tls`: a CA and X.509 credentials in QEMU's directory layout.
 //!
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
 #![allow(dead_code)]
@@ -26,4 +27,5 @@ pub mod qemu;
 pub mod report;
 pub mod s3;
 pub mod storage_node;
+pub mod tls;
 pub mod tree;

@@ -16,6 +16,11 @@ pub enum NbdError {
     #[error("nbd i/o error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// The TLS handshake with a client failed (no certificate, one from another CA,
+    /// or bytes that are not TLS).
+    #[error("nbd tls handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
+
     /// The server closed the connection in the middle of a message.
     #[error("nbd server closed the connection")]
     Closed,
@@ -103,6 +108,7 @@ impl NbdError {
             }
             NbdError::OptionRejected { code, .. } => *code == wire::REP_ERR_SHUTDOWN,
             NbdError::Protocol(_)
+            | NbdError::TlsHandshake(_)
             | NbdError::UnknownExport { .. }
             | NbdError::Unsupported(_)
             | NbdError::InvalidUri(_)
@@ -120,6 +126,7 @@ impl NbdError {
                 | NbdError::Closed
                 | NbdError::Timeout { .. }
                 | NbdError::Protocol(_)
+                | NbdError::TlsHandshake(_)
                 | NbdError::ConnectionBroken
         )
     }

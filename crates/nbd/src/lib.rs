@@ -4,11 +4,13 @@
 //!
 //! It speaks the fixed newstyle handshake with `NBD_OPT_STRUCTURED_REPLY`,
 //! `NBD_OPT_SET_META_CONTEXT` and `NBD_OPT_GO`, then READ, WRITE, FLUSH,
-//! WRITE_ZEROES, BLOCK_STATUS and DISC. TLS and extended headers are not
-//! supported.
+//! WRITE_ZEROES, BLOCK_STATUS and DISC. The client supports neither TLS
+//! (workers reach QEMU over local Unix sockets) nor extended headers.
 //!
 //! The [`NbdServer`] is the other side: a read-only server over any
-//! [`ExportSource`], used to export snapshots for instant recovery.
+//! [`ExportSource`], used to export snapshots for instant recovery, with
+//! `NBD_OPT_STARTTLS` and X.509 credentials in QEMU's layout ([`ServerTls`]) so
+//! a decrypted disk never crosses a network in clear.
 //!
 //! # Invariants
 //!
@@ -54,4 +56,7 @@ pub use error::NbdError;
 pub use extent::{
     CONTEXT_BASE_ALLOCATION, Extent, STATE_DIRTY, STATE_HOLE, STATE_ZERO, dirty_bitmap_context,
 };
-pub use server::{ExportSource, NbdServer, ServerConfig, ServerListener};
+pub use server::{
+    ExportSource, NbdServer, PeerVerification, ServerConfig, ServerListener, ServerTls,
+    TlsCredentialsError,
+};

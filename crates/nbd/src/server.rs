@@ -4,8 +4,13 @@
 //! It speaks the fixed newstyle handshake with `NBD_OPT_GO`, `NBD_OPT_INFO`,
 //! `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_STRUCTURED_REPLY` and
 //! `NBD_OPT_SET_META_CONTEXT`/`NBD_OPT_LIST_META_CONTEXT` (`base:allocation`), then
-//! READ, BLOCK_STATUS, FLUSH, CACHE and DISC. Writes are refused with `EPERM`. TLS and
-//! extended headers are not offered.
+//! READ, BLOCK_STATUS, FLUSH, CACHE and DISC. Writes are refused with `EPERM`. Extended
+//! headers are not offered.
+//!
+//! With [`ServerConfig::tls`] set, every connection must start TLS with
+//! `NBD_OPT_STARTTLS` before anything else, as QEMU's server does with `--tls-creds`
+//! (X.509 credentials in QEMU's directory layout, [`ServerTls::from_x509_dir`]); QEMU,
+//! `qemu-img` and libnbd's `nbds://` clients connect unchanged.
 //!
 //! # Invariants
 //!
@@ -16,14 +21,21 @@
 //! - Memory per client is bounded: at most [`ServerConfig::max_requests_per_client`]
 //!   requests and [`ServerConfig::max_bytes_per_client`] bytes of replies in flight; the
 //!   server stops reading a client's requests until it has room again.
-//! - Each handshake and each reply write runs under a timeout, so a client that stalls
-//!   cannot pin a connection slot for ever (idle connections between requests are fine).
+//! - Each handshake (options, STARTTLS and the TLS handshake together) and each reply
+//!   write runs under a timeout, so a client that stalls cannot pin a connection slot
+//!   for ever (idle connections between requests are fine).
+//! - With TLS configured, no option but STARTTLS and ABORT is served and no byte of
+//!   the export leaves the server before the TLS handshake, including the client's
+//!   certificate check, has succeeded.
 //! - Shutdown stops accepting, lets in-flight replies finish for a grace period, then
 //!   closes every connection.
 
 mod handshake;
+mod tls;
 mod transmission;
 mod wire;
+
+pub use tls::{PeerVerification, ServerTls, TlsCredentialsError};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -37,6 +49,7 @@ use tokio::task::JoinSet;
 
 use crate::endpoint::Endpoint;
 use crate::error::NbdError;
+use handshake::{BeforeTls, Negotiated, Transport};
 
 /// A disk the server exports: its size, its bytes and which ranges are holes.
 pub trait ExportSource: Send + Sync + 'static {
@@ -78,6 +91,8 @@ pub struct ServerConfig {
     pub reply_timeout: Duration,
     /// How long in-flight requests may run on after shutdown was asked.
     pub shutdown_grace: Duration,
+    /// TLS every client must start before negotiating (`None`: plain connections).
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
@@ -93,6 +108,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -236,24 +252,21 @@ impl<S: ExportSource> NbdServer<S> {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let negotiated = match tokio::time::timeout(
-            self.config.handshake_timeout,
-            handshake::negotiate(&mut reader, &mut writer, &*self.source, &self.config),
-        )
-        .await
-        {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(NbdError::Timeout {
-                    operation: "handshake",
-                    after: self.config.handshake_timeout,
-                });
-            }
-        };
-        let Some(negotiated) = negotiated else {
+        let established =
+            match tokio::time::timeout(self.config.handshake_timeout, self.handshake(stream)).await
+            {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(NbdError::Timeout {
+                        operation: "handshake",
+                        after: self.config.handshake_timeout,
+                    });
+                }
+            };
+        let Some((stream, negotiated)) = established else {
             return Ok(());
         };
+        let (reader, writer) = tokio::io::split(stream);
         transmission::serve(
             reader,
             writer,
@@ -263,6 +276,42 @@ impl<S: ExportSource> NbdServer<S> {
             shutdown,
         )
         .await
+    }
+
+    /// Greets, runs STARTTLS and the TLS handshake when TLS is configured, and
+    /// negotiates; returns the stream transmission runs on (encrypted or not).
+    async fn handshake<T>(
+        &self,
+        mut stream: T,
+    ) -> Result<Option<(BoxedStream, Negotiated)>, NbdError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let greeted = handshake::greet(&mut stream).await?;
+        let Some(tls) = &self.config.tls else {
+            let negotiated = handshake::negotiate(
+                &mut stream,
+                &*self.source,
+                &self.config,
+                greeted,
+                Transport::Plain,
+            )
+            .await?;
+            return Ok(negotiated.map(|negotiated| (Box::new(stream) as BoxedStream, negotiated)));
+        };
+        if handshake::until_starttls(&mut stream).await? == BeforeTls::Abort {
+            return Ok(None);
+        }
+        let mut stream = tls.accept(stream).await.map_err(NbdError::TlsHandshake)?;
+        let negotiated = handshake::negotiate(
+            &mut stream,
+            &*self.source,
+            &self.config,
+            greeted,
+            Transport::Tls,
+        )
+        .await?;
+        Ok(negotiated.map(|negotiated| (Box::new(stream) as BoxedStream, negotiated)))
     }
 }
 

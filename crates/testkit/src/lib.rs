@@ -20,9 +20,10 @@
 //! and stop it on drop: [`etcd::Etcd`] (real `etcd` processes on free loopback ports
 //! with a temporary data directory), [`storage_node::StorageNode`] (the storage node
 //! library served in-process over real HTTP), [`local::LocalRepository`] (a `file://`
-//! backend whose write path is checked, not assumed), and the process helpers of
-//! [`process`]. They return [`FixtureError`] rather than panicking, so a missing tool
-//! is reported as such.
+//! backend whose write path is checked, not assumed), the process helpers of
+//! [`process`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in
+//! QEMU's directory layout). They return [`FixtureError`] rather than panicking, so a
+//! missing tool is reported as such.
 
 #![warn(missing_docs)]
 
@@ -33,5 +34,6 @@ pub mod local;
 pub mod metastore;
 pub mod process;
 pub mod storage_node;
+pub mod tls;
 
 pub use error::FixtureError;

@@ -325,3 +325,5 @@ async fn hostile_handshakes_are_bounded() {
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 }
+
+mod starttls;

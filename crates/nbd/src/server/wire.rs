@@ -6,12 +6,14 @@ pub(crate) use crate::wire::*;
 // Options only a server has to understand.
 pub(crate) const OPT_EXPORT_NAME: u32 = 1;
 pub(crate) const OPT_LIST: u32 = 3;
+pub(crate) const OPT_STARTTLS: u32 = 5;
 pub(crate) const OPT_INFO: u32 = 6;
 pub(crate) const OPT_LIST_META_CONTEXT: u32 = 9;
 
 // Option replies only a server sends.
 pub(crate) const REP_SERVER: u32 = 2;
 pub(crate) const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
+pub(crate) const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
 
 // Info types.
 pub(crate) const INFO_NAME: u16 = 1;
