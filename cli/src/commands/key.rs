@@ -152,11 +152,19 @@ fn slot_line(slot: &KeySlot) -> String {
     let cost = if slot.memory_kib == 0 {
         "-".to_string()
     } else {
+        let passes = if slot.iterations == 1 {
+            "pass"
+        } else {
+            "passes"
+        };
+        let lanes = if slot.parallelism == 1 {
+            "lane"
+        } else {
+            "lanes"
+        };
         format!(
-            "{} MiB, {} passes, {} lanes",
-            slot.memory_kib / 1024,
-            slot.iterations,
-            slot.parallelism
+            "{} KiB, {} {passes}, {} {lanes}",
+            slot.memory_kib, slot.iterations, slot.parallelism
         )
     };
     let mut line = format!("{marker} {:<32}  {created:<20}  {by:<24}  {cost}", slot.id);

@@ -88,7 +88,7 @@ fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
     // One slot, labelled, at Haven's cost, opened by the password.
     let list = bed.json(&["key", "list"]);
     let first = current(&list);
-    assert_eq!(slot_ids(&list), [first.clone()]);
+    assert_eq!(slot_ids(&list), std::slice::from_ref(&first));
     let slot = &list[0];
     assert_eq!(slot["memory_kib"].as_u64(), Some(64 * 1024), "{list}");
     assert_eq!(slot["iterations"].as_u64(), Some(3), "{list}");

@@ -71,11 +71,34 @@ fn host_name() -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
+/// The effective user's login name from the password database, else `$USER`, else
+/// the uid.
 fn user_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        // SAFETY: getuid has no preconditions and cannot fail.
-        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut strings = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the sizes given; on success `found` points to
+    // `entry`, whose strings live in `strings`, both alive while they are read below.
+    let result = unsafe {
+        libc::getpwuid_r(
+            uid,
+            entry.as_mut_ptr(),
+            strings.as_mut_ptr(),
+            strings.len(),
+            &mut found,
+        )
+    };
+    if result == 0 && !found.is_null() {
+        // SAFETY: `found` is non-null, so getpwuid_r filled `entry` and its `pw_name`
+        // is a NUL-terminated string inside `strings`.
+        let name = unsafe { std::ffi::CStr::from_ptr((*found).pw_name) };
+        if !name.is_empty() {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
 }
 
 /// What a password opened.
