@@ -7,6 +7,7 @@ pub mod backup_qemu;
 pub mod cluster;
 pub mod files;
 pub mod gc;
+pub mod key;
 pub mod protect;
 pub mod prune;
 pub mod replicate;

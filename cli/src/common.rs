@@ -171,6 +171,16 @@ fn describe(snapshot: &haven_repo::SnapshotRef) -> String {
 
 /// The repository password: the first line of `file`, else `$HAVEN_PASSWORD`.
 pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    read_secret(file, "HAVEN_PASSWORD", "--password-file")
+}
+
+/// A secret: the first line of `file`, else the environment variable `variable`;
+/// `option` names the file's option in the error when neither is given.
+pub fn read_secret(
+    file: Option<&std::path::Path>,
+    variable: &str,
+    option: &str,
+) -> Result<Vec<u8>> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read password file {}", path.display()))?;
@@ -180,9 +190,9 @@ pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
         }
         return Ok(line.as_bytes().to_vec());
     }
-    match std::env::var("HAVEN_PASSWORD") {
+    match std::env::var(variable) {
         Ok(password) if !password.is_empty() => Ok(password.into_bytes()),
-        _ => bail!("no password: set HAVEN_PASSWORD or pass --password-file"),
+        _ => bail!("no password: set {variable} or pass {option}"),
     }
 }
 

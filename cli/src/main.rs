@@ -10,7 +10,7 @@ mod progress;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, protect, prune, replicate, repo, restore, security,
+    admin, backup, cluster, files, gc, key, protect, prune, replicate, repo, restore, security,
     serve_nbd, snapshots, verify,
 };
 
@@ -30,6 +30,9 @@ enum Command {
     /// Create and manage repositories.
     #[command(subcommand)]
     Repo(repo::RepoCommand),
+    /// Manage the repository's passwords (one key slot each).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Back up a VM's disks into a repository.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -122,6 +125,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Repo(command) => repo::run(command).await,
+            Command::Key(command) => key::run(command).await,
             Command::Backup(command) => backup::run(command).await,
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Restore(args) => restore::run(args).await,

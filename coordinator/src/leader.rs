@@ -209,18 +209,10 @@ impl Leader {
     }
 }
 
-/// Checks an id or name from a request, so that keys built from it stay one path
-/// segment of printable characters.
+/// Checks an id or name from a request with Haven's one name rule
+/// (`haven_repo::validate_name`), so that keys built from it stay one path segment of
+/// printable characters and no name passes for `.`, `..` or an option.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(LeaderError::Invalid(format!(
-            "{what} {name:?} must be 1-128 letters, digits, '-', '_' or '.'"
-        )));
-    }
-    Ok(())
+    haven_repo::validate_name(name)
+        .map_err(|error| LeaderError::Invalid(format!("{what}: {error}")))
 }

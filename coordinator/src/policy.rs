@@ -242,15 +242,8 @@ pub fn parse_policies(
         let span = raw.span();
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            errors.push(format!(
-                "{}: policy name {name:?} must be non-empty letters, digits, '-', '_' or '.'",
-                at(raw.name.span())
-            ));
+        if let Err(error) = haven_repo::validate_name(&name) {
+            errors.push(format!("{}: policy {error}", at(raw.name.span())));
         }
         if let Some(first) = seen.insert(name.clone(), line_of(text, span.start)) {
             errors.push(format!(
@@ -358,6 +351,20 @@ repository = "/srv/other"
                 .select
                 .matches("anything", "h9", &BTreeMap::new())
         );
+    }
+
+    #[test]
+    fn names_that_pass_for_options_or_paths_are_refused() {
+        for name in ["-x", "--all", ".", ".."] {
+            let text = format!(
+                "[[policy]]\nname = {name:?}\nschedule = \"* * * * *\"\nrepository = \"/r\"\n"
+            );
+            let errors = parse_policies("p.toml", &text).unwrap_err().join("\n");
+            assert!(errors.contains("p.toml:2: policy invalid name"), "{errors}");
+        }
+        assert!(crate::leader::check_name("VM name", "-x").is_err());
+        assert!(crate::leader::check_name("VM name", "..").is_err());
+        assert!(crate::leader::check_name("VM name", "web-01").is_ok());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use haven_files::{BlockDevice, Entry, EntryKind, Partition, Volume, extract, partitions};
+use haven_files::{
+    BlockDevice, Entry, EntryKind, ExtractOptions, Partition, Volume, extract, partitions,
+};
 use haven_repo::SnapshotRef;
 use haven_worker::{ReaderOptions, ReaderStats, SnapshotReader};
 use serde::Serialize;
@@ -54,6 +56,10 @@ pub struct GetArgs {
     /// Destination: an existing directory to restore into, or a new path.
     #[arg(long)]
     to: PathBuf,
+    /// Give restored entries the guest's uid and gid (root only; otherwise they
+    /// belong to you). Setuid, setgid and sticky bits are never restored.
+    #[arg(long)]
+    same_owner: bool,
 }
 
 /// Arguments of `haven files find`.
@@ -284,8 +290,9 @@ fn long_line(entry: &Entry) -> String {
 
 async fn get(args: GetArgs) -> Result<()> {
     let to = args.to.clone();
+    let options = extract_options(args.same_owner);
     let output = on_volume(&args.target, move |volume, path| {
-        Ok(extract(volume, path, &to)?)
+        Ok(extract(volume, path, &to, options)?)
     })
     .await?;
     if args.target.output.json {
@@ -304,6 +311,19 @@ async fn get(args: GetArgs) -> Result<()> {
         output.stats.data_chunks
     );
     Ok(())
+}
+
+/// Guest owners only when asked for and possible: only root may give files away, so
+/// anyone else is told once that their files stay theirs.
+fn extract_options(same_owner: bool) -> ExtractOptions {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if same_owner && !root {
+        eprintln!("warning: --same-owner needs root: the restored files belong to you");
+    }
+    ExtractOptions {
+        same_owner: same_owner && root,
+    }
 }
 
 async fn find(args: FindArgs) -> Result<()> {

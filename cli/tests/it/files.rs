@@ -251,10 +251,11 @@ fn ext4_tree_is_listed_and_restored_exactly_fetching_few_chunks() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(std::fs::read(&out).unwrap(), noise(1, 5000));
+    // Without --same-owner the file is the restorer's, not the guest's uid 1000.
     let metadata = std::fs::metadata(&out).unwrap();
     assert_eq!(
         (metadata.mode() & 0o7777, metadata.uid(), metadata.gid()),
-        (0o600, 1000, 1000)
+        (0o600, restorer().0, restorer().1)
     );
     assert_eq!(metadata.mtime(), 1_650_000_000);
     let fetched = report["stats"]["chunks_fetched"].as_u64().unwrap();
@@ -275,6 +276,7 @@ fn ext4_tree_is_listed_and_restored_exactly_fetching_few_chunks() {
         "ext@latest:/",
         "--to",
         restored.to_str().unwrap(),
+        "--same-owner",
     ]);
     assert_eq!(report["files"].as_u64(), Some(7), "{report}");
     assert_eq!(report["symlinks"].as_u64(), Some(2), "{report}");
@@ -308,6 +310,74 @@ fn ext4_tree_is_listed_and_restored_exactly_fetching_few_chunks() {
         out.to_str().unwrap(),
     ]);
     assert!(error.contains("exists"), "{error}");
+}
+
+/// The uid and gid files restored without `--same-owner` get: this process's.
+fn restorer() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+#[test]
+fn files_get_never_restores_setuid_setgid_or_sticky_bits() {
+    let bed = Bed::new();
+    bed.init();
+    let source = bed.path("source");
+    let special = [
+        ("bin/rootshell", 0o4755),
+        ("bin/groupshell", 0o2755),
+        ("bin/both", 0o6711),
+        ("shared", 0o1777),
+        ("bin", 0o2755),
+    ];
+    std::fs::create_dir_all(source.join("shared")).unwrap();
+    std::fs::create_dir_all(source.join("bin")).unwrap();
+    for (name, _) in &special[..3] {
+        std::fs::write(source.join(name), b"#!/bin/sh\nexec /bin/sh\n").unwrap();
+    }
+    for (name, mode) in special {
+        // chown first: it clears the setuid and setgid bits.
+        let path = source.join(name);
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let image = bed.path("suid.img");
+    ext4_image(&source, &image, "8M");
+    // Owned by a guest user, so --same-owner has something to restore.
+    debugfs(&image, "sif /bin/groupshell uid 1000");
+    bed.backup("suid", &[&image]);
+
+    // The guest really holds the bits: the listing shows them.
+    let listing = bed.json(&["files", "ls", "suid:/bin/rootshell"]);
+    assert_eq!(
+        listing["entries"][0]["mode"].as_u64(),
+        Some(0o4755),
+        "{listing}"
+    );
+
+    for (name, same_owner) in [("plain", false), ("same-owner", true)] {
+        let into = bed.path(name);
+        std::fs::create_dir(&into).unwrap();
+        let mut args = vec!["files", "get", "suid:/", "--to", into.to_str().unwrap()];
+        if same_owner {
+            args.push("--same-owner");
+        }
+        bed.ok(&args);
+        for (path, mode) in special {
+            let restored = into.join("root").join(path);
+            let metadata = std::fs::metadata(&restored).unwrap();
+            assert_eq!(
+                metadata.mode() & 0o7777,
+                mode & 0o777,
+                "{name}: {path} keeps only its permission bits"
+            );
+        }
+        let owner = std::fs::metadata(into.join("root/bin/groupshell"))
+            .unwrap()
+            .uid();
+        let expected = if same_owner { 1000 } else { restorer().0 };
+        assert_eq!(owner, expected, "{name}: owner of bin/groupshell");
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod cluster;
 mod files;
 mod gc;
 mod integrity;
+mod keys;
 mod libvirt;
 mod prune;
 mod qemu;

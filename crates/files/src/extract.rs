@@ -1,4 +1,9 @@
 //! Copies files and directory trees out of a volume with their metadata.
+//!
+//! A guest's file system is not trusted: modes are restored without the setuid,
+//! setgid and sticky bits (a guest's setuid-root shell must not become one on the
+//! host), and the guest's owners only when the caller asks for them
+//! ([`ExtractOptions::same_owner`]); otherwise files belong to whoever restores them.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -25,9 +30,26 @@ pub struct ExtractReport {
     pub to: String,
 }
 
+/// Mode bits restored: permissions only, never setuid (0o4000), setgid (0o2000) or
+/// sticky (0o1000).
+const RESTORED_MODE_BITS: u32 = 0o777;
+
+/// How entries are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractOptions {
+    /// Give entries the guest's uid and gid (needs root); otherwise they keep the
+    /// restoring user's.
+    pub same_owner: bool,
+}
+
 /// Extracts `path` (a file, symlink or whole directory) to `dest`: into it when `dest`
 /// is an existing directory, else as `dest`. Existing files are never overwritten.
-pub fn extract(volume: &Volume, path: &str, dest: &Path) -> Result<ExtractReport> {
+pub fn extract(
+    volume: &Volume,
+    path: &str,
+    dest: &Path,
+    options: ExtractOptions,
+) -> Result<ExtractReport> {
     let top = volume.stat(path)?;
     let target = if dest.is_dir() {
         let name = if top.path == "/" { "root" } else { &top.name };
@@ -41,7 +63,7 @@ pub fn extract(volume: &Volume, path: &str, dest: &Path) -> Result<ExtractReport
         ..ExtractReport::default()
     };
     let mut visited = 0u64;
-    copy_entry(volume, &top, &target, 0, &mut visited, &mut report)?;
+    copy_entry(volume, options, &top, &target, 0, &mut visited, &mut report)?;
     Ok(report)
 }
 
@@ -56,6 +78,7 @@ fn check_name(name: &str, path: &str) -> Result<()> {
 
 fn copy_entry(
     volume: &Volume,
+    options: ExtractOptions,
     entry: &Entry,
     target: &Path,
     depth: usize,
@@ -111,7 +134,15 @@ fn copy_entry(
             for child in volume.list(&entry.path)? {
                 check_name(&child.name, &child.path)?;
                 let child_target = target.join(&child.name);
-                copy_entry(volume, &child, &child_target, depth + 1, visited, report)?;
+                copy_entry(
+                    volume,
+                    options,
+                    &child,
+                    &child_target,
+                    depth + 1,
+                    visited,
+                    report,
+                )?;
             }
         }
         EntryKind::Special => {
@@ -119,18 +150,22 @@ fn copy_entry(
             return Ok(());
         }
     }
-    apply_metadata(entry, target)
+    apply_metadata(entry, target, options)
 }
 
-/// Owner, then mode (not for symlinks), then times, without following symlinks.
-fn apply_metadata(entry: &Entry, target: &Path) -> Result<()> {
+/// Owner (only with `same_owner`), then mode without setuid, setgid and sticky bits
+/// (not for symlinks), then times, without following symlinks.
+fn apply_metadata(entry: &Entry, target: &Path, options: ExtractOptions) -> Result<()> {
     let failed =
         |what: &str| FilesError::output(format!("cannot set the {what} of {}", target.display()));
-    if let (Some(uid), Some(gid)) = (entry.uid, entry.gid) {
+    if options.same_owner
+        && let (Some(uid), Some(gid)) = (entry.uid, entry.gid)
+    {
         std::os::unix::fs::lchown(target, Some(uid), Some(gid)).map_err(failed("owner"))?;
     }
     if let Some(mode) = entry.mode.filter(|_| entry.kind != EntryKind::Symlink) {
         use std::os::unix::fs::PermissionsExt;
+        let mode = mode & RESTORED_MODE_BITS;
         std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
             .map_err(failed("mode"))?;
     }

@@ -38,6 +38,6 @@ mod volume;
 pub use device::{BlockDevice, DeviceSlice};
 pub use entry::{Entry, EntryKind, Limits};
 pub use error::{FilesError, Result};
-pub use extract::{ExtractReport, extract};
+pub use extract::{ExtractOptions, ExtractReport, extract};
 pub use partition::{Partition, PartitionScheme, partitions};
 pub use volume::{FsKind, Volume};

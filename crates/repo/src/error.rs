@@ -33,6 +33,26 @@ pub enum RepoError {
     /// The password does not open the repository key.
     #[error("wrong password: the repository key could not be decrypted")]
     WrongPassword,
+    /// A key file asks for less Argon2id work than Haven ever writes: it was not made
+    /// by Haven, and a password typed into it would be cheap to guess offline.
+    #[error(
+        "key slot {key_id} uses Argon2id with {memory_kib} KiB memory and {iterations} passes, below the minimum {min_memory_kib} KiB and {min_iterations} passes: a weak key file planted in the repository?"
+    )]
+    WeakKeyFile {
+        /// The key slot's id (`keys/ID`).
+        key_id: String,
+        /// Its memory cost.
+        memory_kib: u32,
+        /// Its number of passes.
+        iterations: u32,
+        /// The least memory accepted.
+        min_memory_kib: u32,
+        /// The fewest passes accepted.
+        min_iterations: u32,
+    },
+    /// A key management request that would lock the repository or its user out.
+    #[error("{0}")]
+    KeyRefused(String),
     /// An object is absent.
     #[error("object {0} is missing")]
     NotFound(String),

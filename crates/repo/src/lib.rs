@@ -18,7 +18,7 @@
 //! Each folder is one layer, and imports only go downwards:
 //!
 //! - `ops/`: operations over a whole repository (verify and repair, replication,
-//!   retention and prune, garbage collection, leases and locks, protection);
+//!   retention and prune, garbage collection, leases and locks, protection, key slots);
 //! - `repository.rs`: [`Repository`], the format applied to a backend — open with a
 //!   password, read and write checked chunks, indexes and manifests;
 //! - `format/`: what the bytes mean (framing, encryption, keys, config, ids, indexes,
@@ -50,6 +50,7 @@ pub use format::config::{
     DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RepoConfig,
 };
 pub use format::index::{FixedIndex, slot_count, slot_range};
+pub use format::keyfile::{KeyLabel, MIN_ITERATIONS, MIN_MEMORY_KIB};
 pub use format::manifest::{
     Consistency, DiskEntry, DiskStats, Manifest, SnapshotId, SnapshotRef, SourceInfo, VmConfig,
     format_timestamp, parse_timestamp, validate_name,
@@ -67,6 +68,7 @@ pub use storage::s3::S3Credentials;
 pub use ops::gc::{
     DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
 };
+pub use ops::keys::{KeySlot, PasswordChange, add_key, change_password, list_keys, remove_key};
 pub use ops::lease::{
     BackupLease, GcLock, LockRecord, PinSource, Pins, RepositoryLeases, STALE_AFTER, live_records,
 };

@@ -1,11 +1,13 @@
 //! Operations over whole repositories, built on [`crate::Repository`]: verify and
 //! repair, replication, retention and prune, garbage collection with the leases and
-//! locks that make it safe beside running backups, and protected snapshots.
+//! locks that make it safe beside running backups, protected snapshots, and the
+//! repository's key slots (one per password).
 //!
 //! Decisions that can be pure functions are (`retention::plan_retention`); the modules
 //! around them do the listing, reading and deleting.
 
 pub(crate) mod gc;
+pub(crate) mod keys;
 pub(crate) mod lease;
 pub(crate) mod protect;
 pub(crate) mod prune;

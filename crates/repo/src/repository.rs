@@ -1,5 +1,7 @@
 //! A repository: config, key, and typed access to chunks, indexes and manifests.
 
+pub(crate) mod key_slots;
+
 use bytes::Bytes;
 use time::OffsetDateTime;
 
@@ -12,6 +14,7 @@ use crate::format::index::FixedIndex;
 use crate::format::keyfile::KeyFile;
 use crate::format::manifest::{DiskEntry, Manifest, SnapshotId, SnapshotRef, format_timestamp};
 use crate::storage::backend::{Backend, Durability, PutOutcome};
+use key_slots::{label_here, slot_object, unlock};
 
 const CONFIG_KEY: &str = "config";
 const MAX_SMALL_OBJECT: u64 = 64 * 1024;
@@ -27,6 +30,7 @@ pub struct Repository {
     backend: Backend,
     config: RepoConfig,
     keys: RepoKeys,
+    key_slot: String,
 }
 
 impl std::fmt::Debug for Repository {
@@ -51,10 +55,13 @@ impl Repository {
         let master = MasterKey::generate()?;
         let keys = master.derive()?;
         let key_id = random_hex(16)?;
-        let key_file = KeyFile::wrap(&master, password, &key_id)?;
-        let key_json = serde_json::to_vec_pretty(&key_file).map_err(json_error)?;
+        let key_file = KeyFile::wrap(&master, password, &key_id, Some(label_here()))?;
         backend
-            .put_if_absent(&key_key(&key_id), key_json.into(), Durability::Immediate)
+            .put_if_absent(
+                &slot_object(&key_id),
+                key_file.to_json()?.into(),
+                Durability::Immediate,
+            )
             .await?;
 
         let mut config = RepoConfig {
@@ -62,7 +69,7 @@ impl Repository {
             version: FORMAT_VERSION,
             id: random_hex(16)?,
             chunk_size,
-            key_id,
+            key_id: key_id.clone(),
             created: format_timestamp(OffsetDateTime::now_utc()),
             mac: String::new(),
         };
@@ -78,37 +85,26 @@ impl Repository {
             backend,
             config,
             keys,
+            key_slot: key_id,
         })
     }
 
-    /// Opens an existing repository with its password.
+    /// Opens an existing repository with its password: with the key slot `config`
+    /// names, or any other slot the password opens (see `key_slots`).
     pub async fn open(backend: Backend, password: &[u8]) -> Result<Self> {
-        let config_bytes = match backend.get(CONFIG_KEY, MAX_SMALL_OBJECT).await {
-            Ok(bytes) => bytes,
-            Err(RepoError::NotFound(_)) => {
-                return Err(RepoError::NotARepository(backend.location().into()));
-            }
-            Err(error) => return Err(error),
-        };
-        let config = RepoConfig::parse(&config_bytes, backend.location())?;
-        let key_object = key_key(&config.key_id);
-        let key_bytes = backend.get(&key_object, MAX_SMALL_OBJECT).await?;
-        let key_file: KeyFile = serde_json::from_slice(&key_bytes)
-            .map_err(|error| RepoError::corrupt(&key_object, error.to_string()))?;
-        let password = password.to_vec();
-        let key_id = config.key_id.clone();
-        let master = tokio::task::spawn_blocking(move || {
-            key_file.unwrap_key(&password, &key_id, &key_object)
-        })
-        .await
-        .map_err(join_error)??;
-        let keys = master.derive()?;
-        config.check_mac(&keys)?;
+        let config = read_config(&backend).await?;
+        let unlocked = unlock(&backend, &config, password).await?;
         Ok(Self {
             backend,
             config,
-            keys,
+            keys: unlocked.keys,
+            key_slot: unlocked.slot,
         })
+    }
+
+    /// Id of the key slot the password opened (`keys/ID`).
+    pub fn key_slot(&self) -> &str {
+        &self.key_slot
     }
 
     /// Derived keys, for the modules that seal objects of their own (verify records).
@@ -411,11 +407,19 @@ impl Repository {
     }
 }
 
-fn key_key(key_id: &str) -> String {
-    format!("keys/{key_id}")
+/// Reads and parses `config` (not yet authenticated: that needs the key).
+pub(crate) async fn read_config(backend: &Backend) -> Result<RepoConfig> {
+    let config_bytes = match backend.get(CONFIG_KEY, MAX_SMALL_OBJECT).await {
+        Ok(bytes) => bytes,
+        Err(RepoError::NotFound(_)) => {
+            return Err(RepoError::NotARepository(backend.location().into()));
+        }
+        Err(error) => return Err(error),
+    };
+    RepoConfig::parse(&config_bytes, backend.location())
 }
 
-fn random_hex(len: usize) -> Result<String> {
+pub(crate) fn random_hex(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len];
     fill_random(&mut bytes)?;
     Ok(hex::encode(bytes))

@@ -116,7 +116,9 @@ pub async fn discover_domains(
     timeout: Duration,
 ) -> Result<Vec<(String, Vec<(String, u64)>)>> {
     let virsh = Virsh::new(uri, timeout);
-    let names = virsh.run(&["list", "--name", "--state-running"]).await?;
+    let names = virsh
+        .run("list", &["--name", "--state-running"], &[])
+        .await?;
     let mut domains = Vec::new();
     for name in names.lines().map(str::trim).filter(|name| !name.is_empty()) {
         let mut disks = Vec::new();
@@ -267,7 +269,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
             // Left by a killed run at the same second; never committed (the plan's
             // timestamp is after every committed snapshot). Deleting merges it into its parent.
             self.virsh
-                .run(&["checkpoint-delete", domain, &self.new_checkpoint])
+                .run("checkpoint-delete", &[], &[domain, &self.new_checkpoint])
                 .await?;
             let new_checkpoint = &self.new_checkpoint;
             self.checkpoints.retain(|name| name != new_checkpoint);
@@ -302,7 +304,10 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
     }
 
     async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
-        let domain_xml = self.virsh.run(&["dumpxml", &self.request.domain]).await?;
+        let domain_xml = self
+            .virsh
+            .run("dumpxml", &[], &[&self.request.domain])
+            .await?;
         Ok(Some(VmConfig {
             kind: "libvirt-xml".into(),
             data: domain_xml,

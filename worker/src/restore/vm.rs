@@ -98,7 +98,7 @@ pub async fn restore_libvirt_domain(
     let (id, manifest) = read_manifest(&repo, &request.snapshot).await?;
     let xml = stored_config(&id, &manifest, LIBVIRT_XML)?;
     let virsh = Virsh::new(target.uri.clone(), target.virsh_timeout);
-    let existing = virsh.run(&["list", "--all", "--name"]).await?;
+    let existing = virsh.run("list", &["--all", "--name"], &[]).await?;
     if existing.lines().any(|line| line.trim() == request.name) {
         return Err(WorkerError::InvalidInput(format!(
             "a libvirt domain called {} already exists: choose another name",
@@ -129,7 +129,7 @@ pub async fn restore_libvirt_domain(
     )))?;
     let xml_arg = xml_path.display().to_string();
     virsh
-        .run(&["define", &xml_arg])
+        .run("define", &[], &[&xml_arg])
         .await
         .map_err(|error| match error {
             WorkerError::Tool { program, message } => WorkerError::Tool {
@@ -142,7 +142,7 @@ pub async fn restore_libvirt_domain(
             other => other,
         })?;
     let uuid = virsh
-        .run(&["domuuid", &request.name])
+        .run("domuuid", &[], &[&request.name])
         .await?
         .trim()
         .to_string();

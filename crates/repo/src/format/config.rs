@@ -100,6 +100,7 @@ pub fn validate_chunk_size(chunk_size: u32) -> Result<()> {
     Ok(())
 }
 
-fn is_safe_id(id: &str) -> bool {
+/// Whether `id` can name a key slot: 1 to 64 hex digits, so `keys/ID` stays one plain path.
+pub(crate) fn is_safe_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

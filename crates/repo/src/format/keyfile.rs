@@ -3,6 +3,13 @@
 //! `keys/ID` holds the master key encrypted with a key-encryption key derived from the
 //! passphrase by Argon2id. Several key files may wrap the same master key (one per
 //! operator or per passphrase); changing a passphrase rewrites one small file, never data.
+//!
+//! Opening refuses a key file whose Argon2id cost is below [`MIN_MEMORY_KIB`] and
+//! [`MIN_ITERATIONS`] before deriving anything: Haven has only ever written its
+//! defaults, so a cheaper file was written by someone else, and a password typed into it
+//! would be cheap to guess offline. The optional label (when and where the key was
+//! made) is bound into the ciphertext's associated data, so it cannot be altered to
+//! make an operator remove the wrong key.
 
 mod kdf_memory;
 
@@ -22,6 +29,12 @@ pub const KEY_FILE_VERSION: u32 = 1;
 const DEFAULT_MEMORY_KIB: u32 = 64 * 1024;
 const DEFAULT_ITERATIONS: u32 = 3;
 const DEFAULT_PARALLELISM: u32 = 1;
+/// Least Argon2id memory (KiB) a key file may use to be opened: Haven's default, the
+/// only cost it has ever written.
+pub const MIN_MEMORY_KIB: u32 = DEFAULT_MEMORY_KIB;
+/// Least number of Argon2id passes a key file may use to be opened (Haven's default).
+pub const MIN_ITERATIONS: u32 = DEFAULT_ITERATIONS;
+const _: () = assert!(MIN_MEMORY_KIB <= DEFAULT_MEMORY_KIB && MIN_ITERATIONS <= DEFAULT_ITERATIONS);
 /// Upper bounds accepted when reading a key file, so a hostile file cannot make us
 /// allocate gigabytes or spin for hours.
 const MAX_MEMORY_KIB: u32 = 1024 * 1024;
@@ -43,6 +56,37 @@ pub struct KdfParams {
     pub salt: String,
 }
 
+impl KdfParams {
+    /// Refuses parameters below the minimum, naming the key slot: such a file was not
+    /// written by Haven and would make the password cheap to attack.
+    pub fn check_minimum(&self, key_id: &str) -> Result<()> {
+        if self.memory_kib < MIN_MEMORY_KIB || self.iterations < MIN_ITERATIONS {
+            return Err(RepoError::WeakKeyFile {
+                key_id: key_id.to_string(),
+                memory_kib: self.memory_kib,
+                iterations: self.iterations,
+                min_memory_kib: MIN_MEMORY_KIB,
+                min_iterations: MIN_ITERATIONS,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Who made a key and when, shown by `haven key list`. Informational, but
+/// authenticated: it is part of the wrapped key's associated data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLabel {
+    /// When the key was added, RFC 3339 UTC.
+    pub created: String,
+    /// Host name of the machine that added it.
+    #[serde(default)]
+    pub host: String,
+    /// User name of whoever added it.
+    #[serde(default)]
+    pub user: String,
+}
+
 /// The JSON document stored at `keys/ID`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyFile {
@@ -54,39 +98,109 @@ pub struct KeyFile {
     pub nonce: String,
     /// The master key encrypted with the key-encryption key, tag appended, hex.
     pub wrapped_key: String,
+    /// When and where the key was made; absent in key files of older Haven versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<KeyLabel>,
 }
 
 impl KeyFile {
-    /// Wraps `master` under `password`; `key_id` is bound into the ciphertext.
-    pub fn wrap(master: &MasterKey, password: &[u8], key_id: &str) -> Result<Self> {
+    /// Wraps `master` under `password`; `key_id` and `label` are bound into the
+    /// ciphertext.
+    pub fn wrap(
+        master: &MasterKey,
+        password: &[u8],
+        key_id: &str,
+        label: Option<KeyLabel>,
+    ) -> Result<Self> {
+        Self::wrap_with_cost(
+            master,
+            password,
+            key_id,
+            label,
+            DEFAULT_MEMORY_KIB,
+            DEFAULT_ITERATIONS,
+        )
+    }
+
+    /// [`Self::wrap`] at another Argon2id cost: only the crate's tests write key files
+    /// below the minimum, to check that opening refuses them.
+    pub(crate) fn wrap_with_cost(
+        master: &MasterKey,
+        password: &[u8],
+        key_id: &str,
+        label: Option<KeyLabel>,
+        memory_kib: u32,
+        iterations: u32,
+    ) -> Result<Self> {
         let mut salt = [0u8; 16];
         fill_random(&mut salt)?;
         let kdf = KdfParams {
             algorithm: "argon2id".into(),
-            memory_kib: DEFAULT_MEMORY_KIB,
-            iterations: DEFAULT_ITERATIONS,
+            memory_kib,
+            iterations,
             parallelism: DEFAULT_PARALLELISM,
             salt: hex::encode(salt),
         };
         let kek = derive_kek(&kdf, password)?;
         let mut nonce = [0u8; 12];
         fill_random(&mut nonce)?;
-        let mut wrapped = master.as_bytes().to_vec();
-        Aead::new(kek.as_ref())?.seal_with_nonce(nonce, key_id.as_bytes(), &mut wrapped)?;
-        Ok(Self {
+        let mut file = Self {
             version: KEY_FILE_VERSION,
             kdf,
             nonce: hex::encode(nonce),
-            wrapped_key: hex::encode(wrapped),
+            wrapped_key: String::new(),
+            label,
+        };
+        let mut wrapped = master.as_bytes().to_vec();
+        Aead::new(kek.as_ref())?.seal_with_nonce(
+            nonce,
+            &file.associated_data(key_id)?,
+            &mut wrapped,
+        )?;
+        file.wrapped_key = hex::encode(wrapped);
+        Ok(file)
+    }
+
+    /// Parses a stored key file.
+    pub fn parse(bytes: &[u8], object: &str) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|error| RepoError::corrupt(object, error.to_string()))
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|error| RepoError::Io {
+            context: "json encoding failed".into(),
+            source: std::io::Error::other(error),
         })
     }
 
-    /// Recovers the master key; a wrong password is [`RepoError::WrongPassword`].
+    /// What the wrapped key is bound to: the key id, then the label as compact JSON
+    /// when there is one (key files without a label keep the id alone).
+    fn associated_data(&self, key_id: &str) -> Result<Vec<u8>> {
+        let mut data = key_id.as_bytes().to_vec();
+        if let Some(label) = &self.label {
+            data.push(b'\n');
+            let json = serde_json::to_vec(label).map_err(|error| RepoError::Io {
+                context: "json encoding failed".into(),
+                source: std::io::Error::other(error),
+            })?;
+            data.extend_from_slice(&json);
+        }
+        Ok(data)
+    }
+
+    /// Recovers the master key; a wrong password is [`RepoError::WrongPassword`], a
+    /// key file below the minimum cost [`RepoError::WeakKeyFile`] (refused before any
+    /// derivation).
     pub fn unwrap_key(&self, password: &[u8], key_id: &str, object: &str) -> Result<MasterKey> {
         let corrupt = |reason: &str| RepoError::corrupt(object, reason);
         if self.version != KEY_FILE_VERSION {
             return Err(corrupt("unsupported key file version"));
         }
+        if self.kdf.algorithm != "argon2id" {
+            return Err(corrupt("unsupported key derivation"));
+        }
+        self.kdf.check_minimum(key_id)?;
         let kek = derive_kek(&self.kdf, password).map_err(|_| corrupt("bad kdf parameters"))?;
         let nonce: [u8; 12] = hex::decode(&self.nonce)
             .ok()
@@ -97,7 +211,7 @@ impl KeyFile {
             return Err(corrupt("wrapped key has the wrong length"));
         }
         let unwrapped = Aead::new(kek.as_ref())?
-            .open_to_vec(nonce, key_id.as_bytes(), &wrapped)
+            .open_to_vec(nonce, &self.associated_data(key_id)?, &wrapped)
             .map(Zeroizing::new)
             .ok_or(RepoError::WrongPassword)?;
         let bytes: [u8; KEY_LEN] = unwrapped[..]
@@ -140,10 +254,18 @@ fn derive_kek(kdf: &KdfParams, password: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN
 mod tests {
     use super::*;
 
+    fn label() -> KeyLabel {
+        KeyLabel {
+            created: "2026-12-06T08:00:00Z".into(),
+            host: "backup-1".into(),
+            user: "alice".into(),
+        }
+    }
+
     #[test]
     fn wrap_and_unwrap() {
         let master = MasterKey::generate().unwrap();
-        let file = KeyFile::wrap(&master, b"secret", "k1").unwrap();
+        let file = KeyFile::wrap(&master, b"secret", "k1", Some(label())).unwrap();
         let back = file.unwrap_key(b"secret", "k1", "keys/k1").unwrap();
         assert_eq!(back.as_bytes(), master.as_bytes());
         assert!(matches!(
@@ -175,11 +297,73 @@ mod tests {
     #[test]
     fn hostile_parameters_are_refused() {
         let master = MasterKey::generate().unwrap();
-        let mut file = KeyFile::wrap(&master, b"secret", "k1").unwrap();
+        let mut file = KeyFile::wrap(&master, b"secret", "k1", None).unwrap();
         file.kdf.memory_kib = u32::MAX;
         assert!(matches!(
             file.unwrap_key(b"secret", "k1", "keys/k1"),
             Err(RepoError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_without_label_still_opens_and_a_label_cannot_be_changed() {
+        let master = MasterKey::generate().unwrap();
+        let legacy = KeyFile::wrap(&master, b"secret", "k1", None).unwrap();
+        let json = String::from_utf8(legacy.to_json().unwrap()).unwrap();
+        assert!(!json.contains("label"), "{json}");
+        let parsed = KeyFile::parse(json.as_bytes(), "keys/k1").unwrap();
+        let back = parsed.unwrap_key(b"secret", "k1", "keys/k1").unwrap();
+        assert_eq!(back.as_bytes(), master.as_bytes());
+
+        let labelled = KeyFile::wrap(&master, b"secret", "k1", Some(label())).unwrap();
+        for tamper in [
+            |file: &mut KeyFile| file.label = None,
+            |file: &mut KeyFile| file.label.as_mut().unwrap().user = "mallory".into(),
+        ] {
+            let mut changed = labelled.clone();
+            tamper(&mut changed);
+            assert!(matches!(
+                changed.unwrap_key(b"secret", "k1", "keys/k1"),
+                Err(RepoError::WrongPassword)
+            ));
+        }
+        let mut added = legacy.clone();
+        added.label = Some(label());
+        assert!(added.unwrap_key(b"secret", "k1", "keys/k1").is_err());
+    }
+
+    #[test]
+    fn parameters_below_the_minimum_are_refused_before_any_derivation() {
+        let master = MasterKey::generate().unwrap();
+        let good = KeyFile::wrap(&master, b"secret", "k1", None).unwrap();
+        assert_eq!(good.kdf.memory_kib, MIN_MEMORY_KIB);
+        assert_eq!(good.kdf.iterations, MIN_ITERATIONS);
+        for (memory_kib, iterations) in [(8, 1), (MIN_MEMORY_KIB - 1, 3), (MIN_MEMORY_KIB, 2)] {
+            let mut weak = good.clone();
+            weak.kdf.memory_kib = memory_kib;
+            weak.kdf.iterations = iterations;
+            let error = weak.unwrap_key(b"secret", "k1", "keys/k1").unwrap_err();
+            assert!(
+                matches!(error, RepoError::WeakKeyFile { ref key_id, .. } if key_id == "k1"),
+                "{error:?}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("{memory_kib} KiB"))
+                    && text.contains("below the minimum")
+                    && text.contains("planted"),
+                "{text}"
+            );
+        }
+        // A genuine cheap file, which the password would open, is refused all the same.
+        let cheap = KeyFile::wrap_with_cost(&master, b"secret", "k1", None, 8, 1).unwrap();
+        assert!(matches!(
+            cheap.unwrap_key(b"secret", "k1", "keys/k1"),
+            Err(RepoError::WeakKeyFile {
+                memory_kib: 8,
+                iterations: 1,
+                ..
+            })
         ));
     }
 }

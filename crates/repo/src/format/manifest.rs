@@ -261,7 +261,11 @@ impl std::str::FromStr for SnapshotRef {
     }
 }
 
-/// Refuses names that would not make safe, unambiguous object keys.
+/// Refuses names that would not make safe, unambiguous object keys or command
+/// arguments: the one check of every name a user gives a VM, disk, policy, worker or
+/// host. The first character is a letter or digit, so `.`, `..` and hidden names
+/// cannot walk paths, and no name starting with `-` can pass for an option of a tool
+/// (`virsh`, `qemu-img`) it is handed to.
 pub fn validate_name(name: &str) -> Result<()> {
     let invalid = |reason| {
         Err(RepoError::InvalidName {
@@ -331,7 +335,19 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_name("vm-01.prod_a").is_ok());
-        for bad in ["", ".hidden", "a b", "a/b", "ä", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a b",
+            "a/b",
+            "ä",
+            &"x".repeat(129),
+            "-",
+            "-x",
+            "--force",
+            ".",
+            "..",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

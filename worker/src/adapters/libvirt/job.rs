@@ -130,11 +130,14 @@ impl BackupJob {
         self.begin_sent = true;
         let backup_xml = backup_xml.display().to_string();
         let checkpoint_xml = checkpoint_xml.display().to_string();
-        let mut args = vec!["backup-begin", &self.domain, &backup_xml, &checkpoint_xml];
-        if quiesce {
-            args.push("--quiesce");
-        }
-        virsh.run(&args).await?;
+        let options: &[&str] = if quiesce { &["--quiesce"] } else { &[] };
+        virsh
+            .run(
+                "backup-begin",
+                options,
+                &[&self.domain, &backup_xml, &checkpoint_xml],
+            )
+            .await?;
         Ok(())
     }
 
@@ -146,10 +149,10 @@ impl BackupJob {
             return Ok(());
         }
         let mut first_error = None;
-        if let Err(error) = virsh.run(&["domjobabort", &self.domain]).await {
+        if let Err(error) = virsh.run("domjobabort", &[], &[&self.domain]).await {
             // "no job is active" after a begin that failed is the expected case.
             let still_running = virsh
-                .run(&["domjobinfo", &self.domain])
+                .run("domjobinfo", &[], &[&self.domain])
                 .await
                 .map(|info| info.contains("Backup"))
                 .unwrap_or(false);
@@ -163,7 +166,7 @@ impl BackupJob {
             match virsh.checkpoints(&self.domain).await {
                 Ok(names) if names.contains(&self.checkpoint) => {
                     if let Err(error) = virsh
-                        .run(&["checkpoint-delete", &self.domain, &self.checkpoint])
+                        .run("checkpoint-delete", &[], &[&self.domain, &self.checkpoint])
                         .await
                     {
                         first_error.get_or_insert(error);
@@ -192,7 +195,7 @@ impl BackupJob {
 /// Haven's when its NBD socket lies in a `haven-libvirt-*` scratch folder; another
 /// tool's job is left alone (`backup-begin` then fails with libvirt's message).
 pub async fn abort_leftover_job(virsh: &Virsh, domain: &str) -> Result<bool> {
-    let Ok(xml) = virsh.run(&["backup-dumpxml", domain]).await else {
+    let Ok(xml) = virsh.run("backup-dumpxml", &[], &[domain]).await else {
         // No backup job on the domain.
         return Ok(false);
     };
@@ -200,7 +203,7 @@ pub async fn abort_leftover_job(virsh: &Virsh, domain: &str) -> Result<bool> {
         return Ok(false);
     }
     tracing::warn!(domain, "ending a backup job a killed haven left running");
-    virsh.run(&["domjobabort", domain]).await?;
+    virsh.run("domjobabort", &[], &[domain]).await?;
     // libvirt removed the scratch files; the killed run's folder is Haven's to remove.
     if let Some(folder) = job_folder(&xml)
         && let Err(error) = std::fs::remove_dir_all(&folder)
@@ -243,7 +246,7 @@ pub async fn delete_older_checkpoints(
     let mut deleted = Vec::with_capacity(stale.len());
     for name in stale {
         virsh
-            .run(&["checkpoint-delete", domain, &name])
+            .run("checkpoint-delete", &[], &[domain, &name])
             .await
             .map_err(|error| WorkerError::Hypervisor {
                 hypervisor: "libvirt",

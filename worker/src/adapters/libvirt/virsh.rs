@@ -32,26 +32,32 @@ impl Virsh {
         Self { uri, timeout }
     }
 
-    /// Runs `virsh ARGS` and returns its standard output; a non-zero exit or a timeout
-    /// is an error carrying virsh's message.
-    pub async fn run(&self, args: &[&str]) -> Result<String> {
-        let mut command = Command::new("virsh");
+    /// Runs `virsh COMMAND OPTIONS -- ARGUMENTS` and returns its standard output; a
+    /// non-zero exit or a timeout is an error carrying virsh's message.
+    ///
+    /// Positional arguments (domain, checkpoint and file names, which come from
+    /// requests and from libvirt itself) always follow `--`, so none of them can be
+    /// taken for an option, whatever it starts with; `options` are Haven's own.
+    pub async fn run(&self, command: &str, options: &[&str], arguments: &[&str]) -> Result<String> {
+        let mut process = Command::new("virsh");
         if let Some(uri) = &self.uri {
-            command.arg("--connect").arg(uri);
+            process.arg("--connect").arg(uri);
         }
-        command
+        process
             .arg("--quiet")
-            .args(args)
+            .arg(command)
+            .args(options)
+            .arg("--")
+            .args(arguments)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let what = args.first().copied().unwrap_or("virsh");
         let tool = |message: String| WorkerError::Tool {
-            program: format!("virsh {what}"),
+            program: format!("virsh {command}"),
             message,
         };
-        let child = command
+        let child = process
             .spawn()
             .map_err(|error| tool(format!("cannot run virsh: {error}")))?;
         let output = tokio::time::timeout(self.timeout, child.wait_with_output())
@@ -75,13 +81,13 @@ impl Virsh {
     /// The domain's disks (device `disk` with a source; CD-ROMs and empty drives are
     /// not backed up).
     pub async fn disks(&self, domain: &str) -> Result<Vec<DomainDisk>> {
-        let listing = self.run(&["domblklist", domain, "--details"]).await?;
+        let listing = self.run("domblklist", &["--details"], &[domain]).await?;
         Ok(parse_disks(&listing))
     }
 
     /// Capacity of one disk in bytes.
     pub async fn capacity(&self, domain: &str, target: &str) -> Result<u64> {
-        let info = self.run(&["domblkinfo", domain, target]).await?;
+        let info = self.run("domblkinfo", &[], &[domain, target]).await?;
         parse_capacity(&info).ok_or_else(|| WorkerError::Tool {
             program: "virsh domblkinfo".into(),
             message: format!("no capacity for disk {target} in {info:?}"),
@@ -90,7 +96,7 @@ impl Virsh {
 
     /// Names of the domain's checkpoints.
     pub async fn checkpoints(&self, domain: &str) -> Result<Vec<String>> {
-        let listing = self.run(&["checkpoint-list", domain, "--name"]).await?;
+        let listing = self.run("checkpoint-list", &["--name"], &[domain]).await?;
         Ok(listing
             .lines()
             .map(str::trim)
