@@ -359,7 +359,9 @@ repository = "/srv/other"
             let text = format!(
                 "[[policy]]\nname = {name:?}\nschedule = \"* * * * *\"\nrepository = \"/r\"\n"
             );
-            let errors = parse_policies("p.toml", &text).unwrap_err().join("\n");
+            let errors = parse_policies("p.toml", &text, &RepositoryAllowlist::any())
+                .unwrap_err()
+                .join("\n");
             assert!(errors.contains("p.toml:2: policy invalid name"), "{errors}");
         }
         assert!(crate::leader::check_name("VM name", "-x").is_err());
