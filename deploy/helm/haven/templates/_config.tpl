@@ -9,16 +9,22 @@ the pods that read it.
 {{- $name := printf "%s-coordinator" (include "haven.fullname" .) }}
 id = "${POD_NAME}"
 listen = "0.0.0.0:{{ .Values.coordinator.grpcPort }}"
-advertise_url = "http://${POD_NAME}.{{ $name }}:{{ .Values.coordinator.grpcPort }}"
+advertise_url = "https://${POD_NAME}.{{ $name }}:{{ .Values.coordinator.grpcPort }}"
 http_listen = "0.0.0.0:{{ .Values.coordinator.httpPort }}"
 etcd = {{ include "haven.etcdEndpoints" . }}
 worker_lease_seconds = {{ .Values.coordinator.workerLeaseSeconds }}
 leader_lease_seconds = {{ .Values.coordinator.leaderLeaseSeconds }}
 job_history_hours = {{ .Values.coordinator.jobHistoryHours }}
+allowed_repositories = {{ toJson .Values.coordinator.allowedRepositories }}
+
+[tls]
+cert = "/etc/haven/tls/tls.crt"
+key = "/etc/haven/tls/tls.key"
+client_ca = "/etc/haven/tls/ca.crt"
 {{- end }}
 
 {{- define "haven.workerToml" -}}
-id = "${NODE_NAME}"
+id = "${POD_NAME}"
 coordinators = {{ include "haven.coordinatorUrls" . }}
 max_jobs = {{ .Values.worker.maxJobs }}
 scratch_dir = {{ .Values.worker.scratchDir | quote }}
@@ -28,6 +34,11 @@ read_limit_bytes_per_second = {{ .Values.worker.readLimitBytesPerSecond | int64 
 [[hosts]]
 name = "${NODE_NAME}"
 qmp_dir = {{ .Values.worker.qmpDir | quote }}
+
+[tls]
+ca = "/etc/haven/tls/ca.crt"
+cert = "/etc/haven/tls/tls.crt"
+key = "/etc/haven/tls/tls.key"
 {{- end }}
 
 {{- define "haven.storageNodeToml" -}}

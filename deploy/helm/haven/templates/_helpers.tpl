@@ -44,7 +44,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "haven.coordinatorUrls" -}}
 {{- $service := printf "%s-coordinator" (include "haven.fullname" .) -}}
 {{- $port := int .Values.coordinator.grpcPort -}}
-[{{ range $i := until (int .Values.coordinator.replicas) }}{{ if $i }}, {{ end }}"http://{{ $service }}-{{ $i }}.{{ $service }}:{{ $port }}"{{ end }}]
+[{{ range $i := until (int .Values.coordinator.replicas) }}{{ if $i }}, {{ end }}"https://{{ $service }}-{{ $i }}.{{ $service }}:{{ $port }}"{{ end }}]
 {{- end }}
 
 {{/* S3 credentials of the processes that write to repositories: workers (chunks,
