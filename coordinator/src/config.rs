@@ -5,7 +5,7 @@
 //! listen = "127.0.0.1:7700"               # gRPC
 //! advertise_url = "http://10.0.0.1:7700"  # default: http://LISTEN
 //! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional)
-//! etcd = ["http://10.0.0.2:2379"]         # absent or empty: embedded store
+//! etcd = ["https://10.0.0.2:2379"]        # absent or empty: embedded store
 //! state_path = "/var/lib/haven/coordinator.redb"   # the embedded store's file
 //! worker_lease_seconds = 10
 //! leader_lease_seconds = 5
@@ -13,12 +13,23 @@
 //! default_max_per_host = 2                # limits of `haven job run` jobs
 //! default_max_per_worker = 2
 //! job_history_hours = 168                 # finished jobs are forgotten after this
+//!
+//! [etcd_security]                         # TLS and auth towards etcd (etcd_security.rs)
+//! ca_file = "/etc/haven/etcd-ca.pem"
+//! cert_file = "/etc/haven/etcd-client.pem"
+//! key_file = "/etc/haven/etcd-client-key.pem"
+//! user = "haven"
+//! password_file = "/etc/haven/etcd-password"
 //! ```
+
+mod etcd_security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+pub use etcd_security::{EtcdSecurity, EtcdTransport};
 
 /// A coordinator replica's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +72,9 @@ pub struct CoordinatorConfig {
     /// memory.
     #[serde(default = "default_job_history")]
     pub job_history_hours: u64,
+    /// TLS and credentials towards etcd: plain TCP only on loopback otherwise.
+    #[serde(default)]
+    pub etcd_security: EtcdSecurity,
 }
 
 fn default_id() -> String {
@@ -98,7 +112,16 @@ impl CoordinatorConfig {
         if config.job_history_hours == 0 {
             return Err(format!("{file_name}: job_history_hours must be positive"));
         }
+        config
+            .etcd_transport()
+            .map_err(|error| format!("{file_name}: {error}"))?;
         Ok(config)
+    }
+
+    /// Checks `[etcd_security]` against the etcd endpoints (call it again after
+    /// replacing them, as `--etcd` does).
+    pub fn etcd_transport(&self) -> Result<EtcdTransport, String> {
+        self.etcd_security.check(&self.etcd)
     }
 
     /// The URL to advertise.

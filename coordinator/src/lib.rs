@@ -67,7 +67,7 @@ pub async fn open_store(
         Ok(store::embedded::EmbeddedStore::open(&config.state_path).await?)
     } else {
         Ok(Arc::new(
-            store::etcd::EtcdStore::connect(&config.etcd).await?,
+            store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?,
         ))
     }
 }
