@@ -11,6 +11,7 @@
 mod dev;
 mod gc;
 mod libvirt;
+mod secured_etcd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
