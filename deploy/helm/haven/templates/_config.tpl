@@ -15,6 +15,13 @@ etcd = {{ include "haven.etcdEndpoints" . }}
 worker_lease_seconds = {{ .Values.coordinator.workerLeaseSeconds }}
 leader_lease_seconds = {{ .Values.coordinator.leaderLeaseSeconds }}
 job_history_hours = {{ .Values.coordinator.jobHistoryHours }}
+
+[etcd_security]
+ca_file = "/etc/haven/etcd-tls/ca.crt"
+cert_file = "/etc/haven/etcd-tls/tls.crt"
+key_file = "/etc/haven/etcd-tls/tls.key"
+user = {{ .Values.etcd.auth.user | quote }}
+password_file = "/etc/haven/etcd-auth/password"
 {{- end }}
 
 {{- define "haven.workerToml" -}}
