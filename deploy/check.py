@@ -258,8 +258,7 @@ def check_chart(haven, helm, workdir):
                 if container["args"][0] == "coordinator":
                     config = container["args"][container["args"].index("--config") + 1]
                     text = next(text for local, text in rendered if files[config] == local)
-                    provided = mounted_secret_files(container, volumes)
-                    check_etcd_security(text, provided, what)
+                    check_etcd_security(text, mounted_secret_files(container, volumes), what)
                     coordinators += 1
         if containers == 0 or coordinators == 0:
             sys.exit(f"FAILED: {variant}: no Haven container or no coordinator rendered")

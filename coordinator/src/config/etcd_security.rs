@@ -96,7 +96,9 @@ impl EtcdSecurity {
         }
         if https == endpoints.len() {
             if self.ca_file.is_none() {
-                return Err("etcd endpoints are https:// but etcd_security.ca_file is not set".into());
+                return Err(
+                    "etcd endpoints are https:// but etcd_security.ca_file is not set".into(),
+                );
             }
             return Ok(EtcdTransport::Tls);
         }
@@ -150,7 +152,9 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, &str), String> {
             .split_once(']')
             .map(|(host, _)| host)
             .ok_or_else(|| unusable("unclosed [ in the address"))?,
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
     };
     if host.is_empty() {
         return Err(unusable("no host"));
@@ -206,11 +210,23 @@ mod tests {
             (&plain, &["http://127.0.0.1:2379"], EtcdTransport::Loopback),
             (
                 &plain,
-                &["http://localhost:2379", "http://[::1]:2379", "http://127.0.0.2:1"],
+                &[
+                    "http://localhost:2379",
+                    "http://[::1]:2379",
+                    "http://127.0.0.2:1",
+                ],
                 EtcdTransport::Loopback,
             ),
-            (&password_over_loopback, &["http://127.0.0.1:2379"], EtcdTransport::Loopback),
-            (&tls(), &["https://etcd-0:2379", "https://10.0.0.2:2379"], EtcdTransport::Tls),
+            (
+                &password_over_loopback,
+                &["http://127.0.0.1:2379"],
+                EtcdTransport::Loopback,
+            ),
+            (
+                &tls(),
+                &["https://etcd-0:2379", "https://10.0.0.2:2379"],
+                EtcdTransport::Tls,
+            ),
             (&ca_only, &["https://etcd:2379/"], EtcdTransport::Tls),
             (
                 &insecure,
@@ -246,17 +262,57 @@ mod tests {
             ..tls()
         };
         let cases: &[(&EtcdSecurity, &[&str], &str)] = &[
-            (&EtcdSecurity::default(), &["http://etcd:2379"], "etcd endpoint http://etcd:2379 is plain http:// off loopback"),
-            (&EtcdSecurity::default(), &["http://10.0.0.2:2379"], "set etcd_security.insecure = true"),
-            (&EtcdSecurity::default(), &["etcd:2379"], "write it as http://HOST:PORT"),
-            (&EtcdSecurity::default(), &["unix://etcd.sock"], "the scheme must be http:// or https://"),
+            (
+                &EtcdSecurity::default(),
+                &["http://etcd:2379"],
+                "etcd endpoint http://etcd:2379 is plain http:// off loopback",
+            ),
+            (
+                &EtcdSecurity::default(),
+                &["http://10.0.0.2:2379"],
+                "set etcd_security.insecure = true",
+            ),
+            (
+                &EtcdSecurity::default(),
+                &["etcd:2379"],
+                "write it as http://HOST:PORT",
+            ),
+            (
+                &EtcdSecurity::default(),
+                &["unix://etcd.sock"],
+                "the scheme must be http:// or https://",
+            ),
             (&EtcdSecurity::default(), &["http://:2379"], "no host"),
-            (&EtcdSecurity::default(), &["https://etcd:2379"], "https:// but etcd_security.ca_file is not set"),
-            (&no_ca, &["https://etcd:2379"], "etcd_security.ca_file is not set"),
-            (&tls(), &["https://etcd:2379", "http://127.0.0.1:2379"], "mix http:// and https://"),
-            (&tls(), &["http://127.0.0.1:2379"], "etcd_security.ca_file is set but the etcd endpoints are http://"),
-            (&cert_without_key, &["https://etcd:2379"], "cert_file and key_file go together"),
-            (&user_without_password, &["https://etcd:2379"], "user and password_file go together"),
+            (
+                &EtcdSecurity::default(),
+                &["https://etcd:2379"],
+                "https:// but etcd_security.ca_file is not set",
+            ),
+            (
+                &no_ca,
+                &["https://etcd:2379"],
+                "etcd_security.ca_file is not set",
+            ),
+            (
+                &tls(),
+                &["https://etcd:2379", "http://127.0.0.1:2379"],
+                "mix http:// and https://",
+            ),
+            (
+                &tls(),
+                &["http://127.0.0.1:2379"],
+                "etcd_security.ca_file is set but the etcd endpoints are http://",
+            ),
+            (
+                &cert_without_key,
+                &["https://etcd:2379"],
+                "cert_file and key_file go together",
+            ),
+            (
+                &user_without_password,
+                &["https://etcd:2379"],
+                "user and password_file go together",
+            ),
             (&empty_user, &["https://etcd:2379"], "user is empty"),
             (&tls(), &[], "no etcd endpoints are (embedded store)"),
         ];
@@ -264,7 +320,10 @@ mod tests {
             let error = security
                 .check(&endpoints(list))
                 .expect_err(&format!("{security:?} with {list:?} must be refused"));
-            assert!(error.contains(expected), "{list:?}: {error:?} should say {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{list:?}: {error:?} should say {expected:?}"
+            );
         }
     }
 }

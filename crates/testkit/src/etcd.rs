@@ -12,9 +12,7 @@
 
 mod secured;
 
-pub use secured::{
-    CLIENT_COMMON_NAME, EtcdCredentialFiles, EtcdctlUser, HAVEN_PREFIX, HAVEN_USER,
-};
+pub use secured::{CLIENT_COMMON_NAME, EtcdCredentialFiles, EtcdctlUser, HAVEN_PREFIX, HAVEN_USER};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,7 +162,7 @@ impl Etcd {
             .arg("--listen-metrics-urls")
             .arg(format!("http://127.0.0.1:{}", member.metrics_port));
         if let Some(credentials) = &self.credentials {
-            command.args(credentials.server_args());
+            credentials.add_server_args(&mut command);
         }
         ChildGuard::spawn(&mut command, &self.log(index), INSTALL_HINT)
     }

@@ -38,8 +38,13 @@ async fn clients_without_full_credentials_cannot_read_havens_keys() {
         .await
         .expect("Haven writes its prefix");
     assert!(written.succeeded);
-    let found = read(&etcd, &haven, &key).await.expect("Haven reads its prefix");
-    assert_eq!(found.map(|kv| kv.value), Some(b"http://coordinator".to_vec()));
+    let found = read(&etcd, &haven, &key)
+        .await
+        .expect("Haven reads its prefix");
+    assert_eq!(
+        found.map(|kv| kv.value),
+        Some(b"http://coordinator".to_vec())
+    );
 
     // A certificate but no user: etcd takes the certificate's common name as the user,
     // and no such user exists.
@@ -91,12 +96,18 @@ async fn clients_without_full_credentials_cannot_read_havens_keys() {
         Ok(store) => store.get(&key).await,
         Err(error) => Err(error),
     };
-    assert!(refused.is_err(), "plain HTTP must not read {key}, got {refused:?}");
+    assert!(
+        refused.is_err(),
+        "plain HTTP must not read {key}, got {refused:?}"
+    );
 
     // etcdctl, as an operator would try it, with the certificate but as no user.
     let refused = etcd.etcdctl(EtcdctlUser::Nobody, &["get", &key]);
     let error = refused.expect_err("etcdctl without a user must not read Haven's keys");
-    assert!(error.to_string().contains("permission denied"), "etcdctl: {error}");
+    assert!(
+        error.to_string().contains("permission denied"),
+        "etcdctl: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +129,13 @@ async fn havens_user_stays_inside_its_prefix() {
         .txn(vec![], vec![Op::put(&inside, "1")])
         .await
         .expect("Haven writes its prefix");
-    assert!(store.get(&inside).await.expect("Haven reads its prefix").is_some());
+    assert!(
+        store
+            .get(&inside)
+            .await
+            .expect("Haven reads its prefix")
+            .is_some()
+    );
 
     let read = store.get(outside).await;
     assert!(
@@ -149,9 +166,17 @@ async fn havens_user_stays_inside_its_prefix() {
         )
         .await;
     assert!(matches!(mixed, Err(StoreError::Denied(_))), "got {mixed:?}");
-    let kept = store.get(&inside).await.expect("read back").expect("exists");
+    let kept = store
+        .get(&inside)
+        .await
+        .expect("read back")
+        .expect("exists");
     assert_eq!(kept.value, b"1", "the refused transaction changed nothing");
 
     assert_eq!(root(&["get", "--print-value-only", outside]).trim(), "kept");
-    assert_eq!(root(&["get", "/outside/new"]).trim(), "", "nothing was created");
+    assert_eq!(
+        root(&["get", "/outside/new"]).trim(),
+        "",
+        "nothing was created"
+    );
 }

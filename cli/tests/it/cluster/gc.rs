@@ -82,7 +82,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     )
     .unwrap();
     let _coordinator = spawn_logged(
-        haven(&["coordinator", "--config", config.to_str().unwrap()]),
+        &mut haven(&["coordinator", "--config", config.to_str().unwrap()]),
         &dir.join("coordinator.log"),
     );
     let url = format!("http://127.0.0.1:{port}");

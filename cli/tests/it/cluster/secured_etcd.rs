@@ -84,7 +84,10 @@ fn coordinator_leads_on_a_secured_etcd() {
     let keys: Vec<&str> = keys.lines().filter(|line| !line.is_empty()).collect();
     assert!(keys.contains(&"/haven/leader"), "keys: {keys:?}");
     assert!(keys.contains(&"/haven/policies/nightly"), "keys: {keys:?}");
-    assert!(keys.iter().all(|key| key.starts_with("/haven/")), "keys: {keys:?}");
+    assert!(
+        keys.iter().all(|key| key.starts_with("/haven/")),
+        "keys: {keys:?}"
+    );
 
     // Settings the coordinator cannot use stop it before it serves, naming the cause.
     let good = secured_config(&etcd, free_port(), free_port());
@@ -110,13 +113,19 @@ fn coordinator_leads_on_a_secured_etcd() {
             "etcd_security.ca_file is set but the etcd endpoints are http://".to_string(),
         ),
         (
-            format!("listen = \"127.0.0.1:{}\"\netcd = [\"http://192.0.2.1:2379\"]\n", free_port()),
+            format!(
+                "listen = \"127.0.0.1:{}\"\netcd = [\"http://192.0.2.1:2379\"]\n",
+                free_port()
+            ),
             "http://192.0.2.1:2379 is plain http:// off loopback".to_string(),
         ),
     ];
     let bad = dir.join("bad.toml");
     for (text, expected) in cases {
         let stderr = refused_at_start(&bad, &text);
-        assert!(stderr.contains(&expected), "{stderr:?} should say {expected:?}");
+        assert!(
+            stderr.contains(&expected),
+            "{stderr:?} should say {expected:?}"
+        );
     }
 }

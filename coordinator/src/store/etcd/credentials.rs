@@ -207,7 +207,10 @@ mod tests {
             let error = EtcdCredentials::load(&security, &endpoints())
                 .expect_err("must be refused")
                 .to_string();
-            assert!(error.starts_with(&expected), "{error:?} should start with {expected:?}");
+            assert!(
+                error.starts_with(&expected),
+                "{error:?} should start with {expected:?}"
+            );
         }
         let error = read_password("password_file", &empty).expect_err("empty password");
         assert_eq!(
@@ -223,6 +226,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("password");
         std::fs::write(&path, "s3cret\n").expect("write");
-        assert_eq!(read_password("password_file", &path).expect("read"), "s3cret");
+        assert_eq!(
+            read_password("password_file", &path).expect("read"),
+            "s3cret"
+        );
     }
 }

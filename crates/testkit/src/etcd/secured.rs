@@ -29,6 +29,15 @@ const ROOT_USER: &str = "root";
 const HAVEN_PASSWORD: &str = "haven-etcd-test-password";
 const ROOT_PASSWORD: &str = "root-etcd-test-password";
 
+/// Arguments of `openssl req` that make a new P-256 key, unencrypted.
+const NEW_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// How to install openssl, for the error when it is missing.
 const OPENSSL_HINT: &str = "apt-get install openssl";
 /// How to install etcdctl, for the error when it is missing.
@@ -78,32 +87,47 @@ impl EtcdCredentialFiles {
             root_password_file: dir.join("root-password"),
         };
         let ca_key = dir.join("ca-key.pem");
-        openssl(
-            dir,
-            &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-days", "2", "-subj", "/CN=haven test etcd CA", "-keyout",
-                path(&ca_key), "-out", path(&files.ca_file),
-            ],
-        )?;
+        let mut ca = openssl(dir);
+        ca.args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=haven test etcd CA",
+        ])
+        .args(NEW_KEY)
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&files.ca_file);
+        run(&mut ca, OPENSSL_HINT)?;
         let sign = |name: &str, subject: &str, extensions: &[&str], cert: &Path, key: &Path| {
             let request = dir.join(format!("{name}.csr"));
-            let mut args = vec![
-                "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-subj", subject, "-keyout", path(key), "-out", path(&request),
-            ];
+            let mut new = openssl(dir);
+            new.args(["req", "-new", "-subj", subject])
+                .args(NEW_KEY)
+                .arg("-keyout")
+                .arg(key)
+                .arg("-out")
+                .arg(&request);
             for extension in extensions {
-                args.extend(["-addext", extension]);
+                new.args(["-addext", extension]);
             }
-            openssl(dir, &args)?;
-            openssl(
-                dir,
-                &[
-                    "x509", "-req", "-days", "2", "-in", path(&request), "-CA",
-                    path(&files.ca_file), "-CAkey", path(&ca_key), "-CAcreateserial",
-                    "-copy_extensions", "copyall", "-out", path(cert),
-                ],
-            )
+            run(&mut new, OPENSSL_HINT)?;
+            let mut signed = openssl(dir);
+            signed
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .args(["-copy_extensions", "copyall"])
+                .arg("-in")
+                .arg(&request)
+                .arg("-CA")
+                .arg(&files.ca_file)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(cert);
+            run(&mut signed, OPENSSL_HINT).map(drop)
         };
         // The members also use it as a client certificate towards each other.
         sign(
@@ -133,18 +157,17 @@ impl EtcdCredentialFiles {
         Ok(files)
     }
 
-    /// The members' TLS arguments: https clients with a certificate of this CA only.
-    pub(crate) fn server_args(&self) -> Vec<String> {
-        [
-            "--client-cert-auth".to_string(),
-            "--trusted-ca-file".to_string(),
-            path(&self.ca_file).to_string(),
-            "--cert-file".to_string(),
-            path(&self.server_cert).to_string(),
-            "--key-file".to_string(),
-            path(&self.server_key).to_string(),
-        ]
-        .into()
+    /// Adds the members' TLS arguments to `command`: https clients with a certificate
+    /// of this CA only.
+    pub(crate) fn add_server_args(&self, command: &mut Command) {
+        command
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&self.ca_file)
+            .arg("--cert-file")
+            .arg(&self.server_cert)
+            .arg("--key-file")
+            .arg(&self.server_key);
     }
 
     /// Haven's full credentials: CA, client certificate, user and password.
@@ -211,13 +234,16 @@ impl EtcdCredentialFiles {
     }
 }
 
-/// The path as a `&str` (the fixture's temporary paths are UTF-8).
+/// The path as a `&str`, for the TOML text (the fixture's temporary paths are UTF-8).
 fn path(path: &Path) -> &str {
     path.to_str().unwrap_or_default()
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<String, FixtureError> {
-    run(Command::new("openssl").current_dir(dir).args(args), OPENSSL_HINT)
+/// `openssl` working in `dir`.
+fn openssl(dir: &Path) -> Command {
+    let mut command = Command::new("openssl");
+    command.current_dir(dir);
+    command
 }
 
 /// Runs `command` to completion; its standard output, or an error with its standard
@@ -236,7 +262,10 @@ pub(crate) fn run(command: &mut Command, hint: &'static str) -> Result<String, F
         },
     })?;
     if !output.status.success() {
-        let arguments: Vec<_> = command.get_args().map(|arg| arg.to_string_lossy()).collect();
+        let arguments: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy())
+            .collect();
         return Err(FixtureError::Io {
             context: format!("{program} {}", arguments.join(" ")),
             source: std::io::Error::other(format!(
