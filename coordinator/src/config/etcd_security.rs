@@ -78,11 +78,8 @@ impl EtcdSecurity {
             return Err("etcd_security: user is empty".into());
         }
         if endpoints.is_empty() {
-            return if *self == Self::default() {
-                Ok(EtcdTransport::Loopback)
-            } else {
-                Err("[etcd_security] is set but no etcd endpoints are (embedded store)".into())
-            };
+            // The embedded store, or endpoints still to come from `--etcd`.
+            return Ok(EtcdTransport::Loopback);
         }
         let mut https = 0;
         let mut off_loopback = Vec::new();
@@ -207,6 +204,8 @@ mod tests {
         };
         let cases: &[(&EtcdSecurity, &[&str], EtcdTransport)] = &[
             (&plain, &[], EtcdTransport::Loopback),
+            // Endpoints may still come from `--etcd`.
+            (&tls(), &[], EtcdTransport::Loopback),
             (&plain, &["http://127.0.0.1:2379"], EtcdTransport::Loopback),
             (
                 &plain,
@@ -314,7 +313,6 @@ mod tests {
                 "user and password_file go together",
             ),
             (&empty_user, &["https://etcd:2379"], "user is empty"),
-            (&tls(), &[], "no etcd endpoints are (embedded store)"),
         ];
         for (security, list, expected) in cases {
             let error = security
