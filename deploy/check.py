@@ -13,6 +13,12 @@
   Kubernetes 1.30 schemas (`kubernetes-validate --strict`), and every Haven container's
   arguments are run the same way against the ConfigMap it mounts, with the pod's
   environment (POD_NAME, NODE_NAME, secrets) filled in.
+- etcd is secured everywhere: every coordinator configuration (compose and chart) has
+  `[etcd_security]` with a CA, a client certificate and key, a user and a password
+  file, its etcd endpoints are https://, and every file it names is provided to the
+  coordinator (a compose secret, or a Secret mounted in the pod). The one-shot
+  etcd-auth-init.sh that creates the user and its role is run by compose and the chart
+  and passes `sh -n`.
 
 Exits non-zero with the failing command's output on the first problem.
 """
@@ -22,11 +28,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import yaml
 
 DEPLOY = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(DEPLOY, "helm", "haven")
+ETCD_INIT = os.path.join(CHART, "files", "etcd-auth-init.sh")
+ETCD_SECURITY_FIELDS = ("ca_file", "cert_file", "key_file", "user", "password_file")
 # Values for the variables the compose file and the chart take from the environment.
 DUMMY_ENV = {
     "HAVEN_PASSWORD": "example-password",
@@ -57,10 +66,43 @@ def check_haven(haven, args, env_extra, what):
     print(f"ok  {what}: haven {' '.join(args)}")
 
 
+def check_etcd_security(text, provided, what):
+    """A coordinator.toml's etcd settings: TLS with a client certificate and a user,
+    https:// endpoints, and every file it names among `provided` (the paths the
+    coordinator's container receives)."""
+    config = tomllib.loads(text)
+    security = config.get("etcd_security")
+    if security is None:
+        sys.exit(f"FAILED: {what}: coordinator.toml has no [etcd_security]")
+    missing = [field for field in ETCD_SECURITY_FIELDS if not security.get(field)]
+    if missing:
+        sys.exit(f"FAILED: {what}: [etcd_security] lacks {', '.join(missing)}")
+    if security.get("insecure"):
+        sys.exit(f"FAILED: {what}: [etcd_security] sets insecure")
+    plain = [url for url in config.get("etcd", []) if not url.startswith("https://")]
+    if plain or not config.get("etcd"):
+        sys.exit(f"FAILED: {what}: etcd endpoints must be https://, got {config.get('etcd')}")
+    for field in ETCD_SECURITY_FIELDS:
+        if field != "user" and security[field] not in provided:
+            sys.exit(f"FAILED: {what}: etcd_security.{field} {security[field]} is not provided "
+                     f"to the coordinator (it has {sorted(provided)})")
+    print(f"ok  {what}: etcd over https:// with a client certificate and user {security['user']}")
+
+
+def check_etcd_init_script(users):
+    """The script the one-shot etcd-init runs: valid sh, and run by `users`."""
+    run(["sh", "-n", ETCD_INIT])
+    if not users:
+        sys.exit("FAILED: nothing runs etcd-auth-init.sh")
+    print(f"ok  etcd-auth-init.sh (sh -n), run by {', '.join(users)}")
+
+
 def check_compose(haven):
     with open(os.path.join(DEPLOY, "compose.yaml")) as file:
         compose = yaml.safe_load(file)
     checked = 0
+    coordinators = 0
+    etcd_init = []
     for name, service in compose["services"].items():
         if not str(service.get("image", "")).startswith("${HAVEN_IMAGE"):
             continue
@@ -69,6 +111,16 @@ def check_compose(haven):
             source, target = volume.split(":")[:2]
             if source.startswith("./"):
                 mounts[target] = os.path.join(DEPLOY, source[2:])
+        secrets = service.get("secrets", [])
+        undefined = [secret for secret in secrets if secret not in compose.get("secrets", {})]
+        if undefined:
+            sys.exit(f"FAILED: compose service {name}: secrets {undefined} are not defined")
+        if "entrypoint" in service:
+            # Not a Haven command line: the one-shot etcd-init.
+            if mounts.get(service["entrypoint"][-1]) != ETCD_INIT:
+                sys.exit(f"FAILED: compose service {name}: unknown entrypoint {service['entrypoint']}")
+            etcd_init.append(f"compose service {name}")
+            continue
         args = [mounts.get(arg, arg) for arg in service["command"]]
         missing = [arg for arg in args if arg.startswith("/etc/haven/")]
         if missing:
@@ -77,8 +129,16 @@ def check_compose(haven):
         env = {k: DUMMY_ENV.get(k, str(v)) for k, v in environment.items()}
         check_haven(haven, args, env, f"compose service {name}")
         checked += 1
-    if checked < 5:
-        sys.exit(f"FAILED: only {checked} Haven services found in compose.yaml")
+        if service["command"][0] == "coordinator":
+            config = mounts[service["command"][service["command"].index("--config") + 1]]
+            with open(config) as file:
+                provided = {f"/run/secrets/{secret}" for secret in secrets}
+                check_etcd_security(file.read(), provided, f"compose service {name}")
+            coordinators += 1
+    if checked < 5 or coordinators == 0:
+        sys.exit(f"FAILED: only {checked} Haven services ({coordinators} coordinators) "
+                 "found in compose.yaml")
+    check_etcd_init_script(etcd_init)
     policy = os.path.join(DEPLOY, "compose", "policy.toml")
     out = run([haven, "policy", "apply", policy, "--check"])
     print(f"ok  compose policy.toml: {out.strip()}")
@@ -106,6 +166,20 @@ def make_tls_files(workdir):
     return {"tls.crt": cert, "tls.key": key, "ca.crt": cert}
 
 
+def mounted_secret_files(container, volumes):
+    """The paths of the files a container's Secret volumes give it: the listed items, or
+    the keys of a TLS Secret (cert-manager's tls.crt, tls.key, ca.crt)."""
+    paths = set()
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        items = [item["path"] for item in secret.get("items", [])]
+        for name in items or ["tls.crt", "tls.key", "ca.crt"]:
+            paths.add(f"{mount['mountPath']}/{name}")
+    return paths
+
+
 def check_chart(haven, helm, workdir):
     env = {"HELM_CACHE_HOME": workdir, "HELM_CONFIG_HOME": workdir, "HELM_DATA_HOME": workdir}
     os.environ.update(env)
@@ -115,7 +189,7 @@ def check_chart(haven, helm, workdir):
         "default values": {},
         "external etcd, no storage node": {
             "etcd.enabled": "false",
-            "etcd.externalEndpoints[0]": "http://etcd-a:2379",
+            "etcd.externalEndpoints[0]": "https://etcd-a:2379",
             "storageNode.enabled": "false",
         },
         "secondary site": {
@@ -136,6 +210,11 @@ def check_chart(haven, helm, workdir):
             doc["metadata"]["name"]: doc["data"] for doc in docs if doc["kind"] == "ConfigMap"
         }
         containers = 0
+        coordinators = 0
+        etcd_init = [f"{doc['kind']} {doc['metadata']['name']}" for doc in docs
+                     if doc["kind"] == "Job" and "etcd-init" in doc["metadata"]["name"]]
+        if values.get("etcd.enabled", "true") == "true":
+            check_etcd_init_script(etcd_init)
         for doc in docs:
             if doc["kind"] not in ("StatefulSet", "DaemonSet", "Deployment"):
                 continue
@@ -173,10 +252,16 @@ def check_chart(haven, helm, workdir):
                     elif "secretKeyRef" in item.get("valueFrom", {}):
                         pod_env[item["name"]] = DUMMY_ENV.get(item["name"], "from-a-secret")
                 args = [files.get(arg, arg) for arg in container["args"]]
-                check_haven(haven, args, pod_env, f"{variant}: {doc['kind']} {doc['metadata']['name']}")
+                what = f"{variant}: {doc['kind']} {doc['metadata']['name']}"
+                check_haven(haven, args, pod_env, what)
                 containers += 1
-        if containers == 0:
-            sys.exit(f"FAILED: {variant}: no Haven container rendered")
+                if container["args"][0] == "coordinator":
+                    config = container["args"][container["args"].index("--config") + 1]
+                    text = next(text for local, text in rendered if files[config] == local)
+                    check_etcd_security(text, mounted_secret_files(container, volumes), what)
+                    coordinators += 1
+        if containers == 0 or coordinators == 0:
+            sys.exit(f"FAILED: {variant}: no Haven container or no coordinator rendered")
 
 
 def main():

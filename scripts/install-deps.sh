@@ -18,6 +18,8 @@ packages=(
   openssl
   # cluster tests: a real etcd (3 members on loopback, started by the tests)
   etcd-server etcd-client
+  # secured etcd in tests: a private CA and certificates (crates/testkit/src/etcd/secured.rs)
+  openssl
   # storage node tests: real S3 clients
   awscli rclone restic python3 python3-boto3
 )

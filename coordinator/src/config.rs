@@ -5,7 +5,7 @@
 //! listen = "127.0.0.1:7700"               # gRPC
 //! advertise_url = "https://10.0.0.1:7700" # default: https://LISTEN (http:// without TLS)
 //! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional)
-//! etcd = ["http://10.0.0.2:2379"]         # absent or empty: embedded store
+//! etcd = ["https://10.0.0.2:2379"]        # absent or empty: embedded store
 //! state_path = "/var/lib/haven/coordinator.redb"   # the embedded store's file
 //! worker_lease_seconds = 10
 //! leader_lease_seconds = 5
@@ -21,12 +21,23 @@
 //! cert = "/etc/haven/coordinator.pem"
 //! key = "/etc/haven/coordinator-key.pem"
 //! client_ca = "/etc/haven/ca.pem"          # client certificates (workers, admins)
+//!
+//! [etcd_security]                         # TLS and auth towards etcd (etcd_security.rs)
+//! ca_file = "/etc/haven/etcd-ca.pem"
+//! cert_file = "/etc/haven/etcd-client.pem"
+//! key_file = "/etc/haven/etcd-client-key.pem"
+//! user = "haven"
+//! password_file = "/etc/haven/etcd-password"
 //! ```
+
+mod etcd_security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+pub use etcd_security::{EtcdSecurity, EtcdTransport};
 
 /// A coordinator replica's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +92,9 @@ pub struct CoordinatorConfig {
     /// TLS of the gRPC listener.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// TLS and credentials towards etcd: plain TCP only on loopback otherwise.
+    #[serde(default)]
+    pub etcd_security: EtcdSecurity,
 }
 
 /// The coordinator's certificate and the CA of its clients.
@@ -153,7 +167,16 @@ impl CoordinatorConfig {
                 config.listen
             ));
         }
+        config
+            .etcd_transport()
+            .map_err(|error| format!("{file_name}: {error}"))?;
         Ok(config)
+    }
+
+    /// Checks `[etcd_security]` against the etcd endpoints (call it again after
+    /// replacing them, as `--etcd` does).
+    pub fn etcd_transport(&self) -> Result<EtcdTransport, String> {
+        self.etcd_security.check(&self.etcd)
     }
 
     /// The URL to advertise.

@@ -75,10 +75,15 @@ pub async fn open_store(
     config: &CoordinatorConfig,
 ) -> Result<Arc<dyn MetaStore>, store::StoreError> {
     if config.etcd.is_empty() {
+        if config.etcd_security != config::EtcdSecurity::default() {
+            tracing::warn!(
+                "[etcd_security] is ignored: no etcd endpoints, the embedded store is used"
+            );
+        }
         Ok(store::embedded::EmbeddedStore::open(&config.state_path).await?)
     } else {
         Ok(Arc::new(
-            store::etcd::EtcdStore::connect(&config.etcd).await?,
+            store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?,
         ))
     }
 }

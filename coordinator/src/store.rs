@@ -30,6 +30,12 @@ pub enum StoreError {
     /// The lease does not exist (expired or revoked).
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
+    /// etcd refused Haven's credentials, or its role does not cover the key.
+    #[error("etcd refused access (check [etcd_security] and the user's role): {0}")]
+    Denied(String),
+    /// The TLS settings or credentials of `[etcd_security]` cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] etcd::CredentialsError),
     /// A request the store refused (too large, bad key).
     #[error("metadata store refused the request: {0}")]
     Invalid(String),

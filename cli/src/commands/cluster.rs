@@ -105,6 +105,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let mut config = read_config(&args.config, &args.file, CoordinatorConfig::parse)?;
     if !args.etcd.is_empty() {
         config.etcd = args.etcd;
+        config
+            .etcd_transport()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", args.config.display()))?;
     }
     if args.file.check_config {
         println!("{}: ok", args.config.display());

@@ -1,6 +1,6 @@
-//! The cluster with real processes: a 3-member etcd, 2 coordinator replicas, 3 workers
-//! and `qemu-storage-daemon` "hypervisors" (one process per VM, grouped in host
-//! folders), all started here and killed by `Drop`.
+//! The cluster with real processes: a 3-member etcd (TLS, client certificates and auth),
+//! 2 coordinator replicas, 3 workers and `qemu-storage-daemon` "hypervisors" (one
+//! process per VM, grouped in host folders), all started here and killed by `Drop`.
 //!
 //! One cluster serves every scenario in sequence (set-up dominates the cost): a policy
 //! over 20 VMs on 4 hosts with a per-host limit; kill -9 of a worker mid-backup;
@@ -12,6 +12,7 @@ mod auth;
 mod dev;
 mod gc;
 mod libvirt;
+mod secured_etcd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,11 @@ impl Cluster {
 }
 
 fn start_cluster(dir: &Path) -> Cluster {
-    let etcd = Etcd::start(3).expect("start a 3-member etcd");
+    // etcd as production runs it: TLS with client certificates, and auth with a user
+    // whose role covers only /haven/ (so the member losses below also cover logging in
+    // again to a restarted member).
+    let etcd = Etcd::start_secured(3).expect("start a secured 3-member etcd");
+    let etcd_security = etcd.credentials().expect("secured etcd").coordinator_toml();
     let pki = Pki::new(dir);
     let repo = dir.join("repo");
     init_repo(&repo, &[]);
@@ -203,7 +208,7 @@ fn start_cluster(dir: &Path) -> Cluster {
             format!(
                 "id = \"c{i}\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
                  worker_lease_seconds = 3\nleader_lease_seconds = 3\ntick_ms = 200\n\
-                 allowed_repositories = [{:?}]\n{}",
+                 allowed_repositories = [{:?}]\n{etcd_security}{}",
                 format!("{}*", dir.to_str().unwrap()),
                 pki.coordinator_toml()
             ),

@@ -3,6 +3,14 @@
 //! Every call has a deadline: without quorum etcd blocks linearizable requests instead
 //! of failing them, and the coordinator must see "unavailable" (and stop scheduling)
 //! rather than hang.
+//!
+//! With `[etcd_security]` the connection uses TLS (with a client certificate when one
+//! is configured) and etcd auth ([`credentials`]); a request etcd refuses for lack of
+//! permission is [`StoreError::Denied`], never "unavailable".
+
+mod credentials;
+
+pub use credentials::{CredentialsError, EtcdCredentials};
 
 use std::time::Duration;
 
@@ -10,6 +18,8 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
 };
+
+use crate::config::{EtcdSecurity, EtcdTransport};
 
 use super::{
     Compare, Counters, KeyValue, LeaseId, MetaStore, Op, Result, StoreError, StoreStats, TxnOutcome,
@@ -25,13 +35,25 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the cluster at `endpoints` (`http://HOST:PORT`, comma-separated
-    /// lists split by the caller).
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    /// Connects to the cluster at `endpoints` (`http://HOST:PORT` or
+    /// `https://HOST:PORT`, comma-separated lists split by the caller) with the TLS
+    /// settings and credentials of `security`. Plain endpoints off loopback are refused
+    /// unless `security.insecure`, and then logged as a warning.
+    pub async fn connect(endpoints: &[String], security: &EtcdSecurity) -> Result<Self> {
+        let credentials = EtcdCredentials::load(security, endpoints)?;
+        if let EtcdTransport::Insecure(plain) = credentials.transport() {
+            tracing::warn!(
+                endpoints = %plain.join(","),
+                "etcd is reached over plain http:// off loopback (etcd_security.insecure = \
+                 true): anyone on that network can read and rewrite Haven's state"
+            );
+        }
+        let options = credentials.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(3))
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
+        );
         let client =
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
                 .await
@@ -50,6 +72,9 @@ fn unavailable(reason: impl Into<String>) -> StoreError {
 
 fn etcd_error(error: etcd_client::Error) -> StoreError {
     match error {
+        etcd_client::Error::GRpcStatus(status) if is_refusal(&status) => {
+            StoreError::Denied(status.message().to_string())
+        }
         etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument => {
             StoreError::Invalid(status.message().to_string())
         }
@@ -60,6 +85,20 @@ fn etcd_error(error: etcd_client::Error) -> StoreError {
             StoreError::Invalid(status.message().to_string())
         }
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Whether etcd refused the request for its credentials: a role without permission,
+/// an unknown user (a client certificate's common name is taken as the user when no
+/// token is sent), a wrong password, or no credentials at all on a cluster with auth.
+fn is_refusal(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => true,
+        tonic::Code::InvalidArgument => {
+            let message = status.message();
+            message.contains("authentication failed") || message.contains("user name is empty")
+        }
+        _ => false,
     }
 }
 

@@ -4,6 +4,15 @@
 //! The members are killed (SIGKILL) and the data removed when the [`Etcd`] is dropped.
 //! [`Etcd::kill`] and [`Etcd::restart`] take one member down and bring it back on the
 //! same ports and data, for tests of lost quorum and failover.
+//!
+//! [`Etcd::start_secured`] starts the cluster the way production runs it: clients on
+//! `https://` with a client certificate required, and etcd auth on, with a `haven` user
+//! whose role covers only Haven's prefix ([`secured`]). Peers stay on plain loopback.
+//! Health is read from a separate plain metrics listener either way.
+
+mod secured;
+
+pub use secured::{CLIENT_COMMON_NAME, EtcdCredentialFiles, EtcdctlUser, HAVEN_PREFIX, HAVEN_USER};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,13 +31,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 struct Member {
     name: String,
+    /// `http` or `https`.
+    client_scheme: &'static str,
     client_port: u16,
     peer_port: u16,
+    /// Plain `/health` and `/metrics`.
+    metrics_port: u16,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -43,6 +56,8 @@ pub struct Etcd {
     /// so the processes die before their data is removed.
     guards: Vec<Option<ChildGuard>>,
     members: Vec<Member>,
+    /// Certificates and password of a secured cluster.
+    credentials: Option<EtcdCredentialFiles>,
     /// The temporary directory holding every member's data and log.
     dir: tempfile::TempDir,
 }
@@ -51,22 +66,40 @@ impl Etcd {
     /// Starts a cluster of `members` members (1 for a plain store, 3 to lose one) and
     /// waits until every member reports itself healthy. Blocking.
     pub fn start(members: usize) -> Result<Self, FixtureError> {
+        Self::start_with(members, false)
+    }
+
+    /// Like [`Self::start`], secured: `https://` client URLs requiring a client
+    /// certificate of the fixture's CA, and etcd auth enabled with the user
+    /// [`HAVEN_USER`], whose role may read and write [`HAVEN_PREFIX`] only.
+    /// [`Self::credentials`] has the files a client needs. Blocking.
+    pub fn start_secured(members: usize) -> Result<Self, FixtureError> {
+        Self::start_with(members, true)
+    }
+
+    fn start_with(members: usize, secured: bool) -> Result<Self, FixtureError> {
         let dir = tempfile::Builder::new()
             .prefix("haven-etcd-")
             .tempdir()
             .map_err(FixtureError::io("cannot create a directory for etcd"))?;
+        let credentials = secured
+            .then(|| EtcdCredentialFiles::create(&dir.path().join("certs")))
+            .transpose()?;
         let members = (0..members)
             .map(|index| {
                 Ok(Member {
                     name: format!("member{index}"),
+                    client_scheme: if secured { "https" } else { "http" },
                     client_port: free_port()?,
                     peer_port: free_port()?,
+                    metrics_port: free_port()?,
                 })
             })
             .collect::<Result<Vec<_>, FixtureError>>()?;
         let mut etcd = Self {
             guards: Vec::new(),
             members,
+            credentials,
             dir,
         };
         for index in 0..etcd.members.len() {
@@ -74,7 +107,31 @@ impl Etcd {
             etcd.guards.push(Some(guard));
         }
         etcd.wait_ready(READY_TIMEOUT)?;
+        if let Some(credentials) = &etcd.credentials {
+            credentials.enable_auth(&etcd.endpoints())?;
+        }
         Ok(etcd)
+    }
+
+    /// The certificates and password of a cluster started by [`Self::start_secured`].
+    pub fn credentials(&self) -> Option<&EtcdCredentialFiles> {
+        self.credentials.as_ref()
+    }
+
+    /// Runs `etcdctl ARGS` (with the client certificate on a secured cluster) as `user`;
+    /// returns its standard output, or an error holding its standard error. Tests use
+    /// it to plant or inspect keys outside Haven's reach, and to try a client that has
+    /// a certificate but no etcd user. Blocking.
+    pub fn etcdctl(&self, user: EtcdctlUser, args: &[&str]) -> Result<String, FixtureError> {
+        let mut command = match &self.credentials {
+            Some(credentials) => credentials.etcdctl(&self.endpoints(), user),
+            None => {
+                let mut command = Command::new("etcdctl");
+                command.arg("--endpoints").arg(self.endpoints().join(","));
+                command
+            }
+        };
+        secured::run(command.args(args), secured::ETCDCTL_HINT)
     }
 
     fn spawn_member(&self, index: usize) -> Result<ChildGuard, FixtureError> {
@@ -101,7 +158,12 @@ impl Etcd {
             .arg("--initial-cluster")
             .arg(cluster.join(","))
             .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "haven-test"]);
+            .args(["--initial-cluster-token", "haven-test"])
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", member.metrics_port));
+        if let Some(credentials) = &self.credentials {
+            credentials.add_server_args(&mut command);
+        }
         ChildGuard::spawn(&mut command, &self.log(index), INSTALL_HINT)
     }
 
@@ -115,7 +177,8 @@ impl Etcd {
         self.dir.path()
     }
 
-    /// The client URLs of every member (`http://127.0.0.1:PORT`), killed ones included.
+    /// The client URLs of every member (`http://127.0.0.1:PORT`, `https://` when
+    /// secured), killed ones included.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
     }
@@ -141,7 +204,7 @@ impl Etcd {
     /// (it has joined a cluster with a leader). Blocking.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), FixtureError> {
         for index in 0..self.members.len() {
-            let port = self.members[index].client_port;
+            let port = self.members[index].metrics_port;
             let what = format!("etcd member {index} (log {})", self.log(index).display());
             let Some(guard) = self.guards.get_mut(index).and_then(Option::as_mut) else {
                 continue;

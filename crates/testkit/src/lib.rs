@@ -18,7 +18,8 @@
 //!
 //! The fixtures start what the suites (and later the integration tests) run against
 //! and stop it on drop: [`etcd::Etcd`] (real `etcd` processes on free loopback ports
-//! with a temporary data directory), [`storage_node::StorageNode`] (the storage node
+//! with a temporary data directory; plain, or secured as production runs it: TLS with
+//! client certificates and auth confined to Haven's prefix), [`storage_node::StorageNode`] (the storage node
 //! library served in-process over real HTTP), [`local::LocalRepository`] (a `file://`
 //! backend whose write path is checked, not assumed), the process helpers of
 //! [`process`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in

@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
+use haven_coordinator::config::EtcdSecurity;
 use haven_coordinator::store::embedded::EmbeddedStore;
 use haven_coordinator::store::etcd::EtcdStore;
 use haven_repo::{Backend, LocalIo};
 use haven_testkit::backend;
-use haven_testkit::etcd::Etcd;
+use haven_testkit::etcd::{Etcd, HAVEN_PREFIX};
 use haven_testkit::local::LocalRepository;
 use haven_testkit::metastore;
 use haven_testkit::storage_node::StorageNode;
@@ -27,10 +28,25 @@ async fn metastore_etcd() {
         .await
         .expect("etcd start-up task")
         .expect("start etcd");
-    let store = EtcdStore::connect(&etcd.endpoints())
+    let store = EtcdStore::connect(&etcd.endpoints(), &EtcdSecurity::default())
         .await
         .expect("connect to etcd");
     metastore::run_suite(&store).await;
+}
+
+/// etcd as production runs it: TLS with a client certificate, and a user whose role
+/// covers only Haven's prefix, so the suite's keys live below that prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metastore_etcd_secured() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start_secured(1))
+        .await
+        .expect("etcd start-up task")
+        .expect("start a secured etcd");
+    let security = etcd.credentials().expect("secured").haven_security();
+    let store = EtcdStore::connect(&etcd.endpoints(), &security)
+        .await
+        .expect("connect to the secured etcd");
+    metastore::run_suite_below(&store, &format!("{HAVEN_PREFIX}conformance/")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
-//! Garbage collection racing backups in cluster mode: a real etcd, a coordinator and
-//! two workers; VMs whose disks change between rounds; GC jobs (with the coordinator's
-//! pins from etcd plus the repository's leases, margin 0) started again and again
-//! while policy rounds back up, prune and replicate nothing else. Afterwards every
-//! snapshot verifies and restores byte-identical to the disk at its round, and no
-//! unreferenced chunk or index is left.
+//! Garbage collection racing backups in cluster mode: a real etcd (with TLS and auth,
+//! `Etcd::start_secured`), a coordinator and two workers; VMs whose disks change
+//! between rounds; GC jobs (with the coordinator's pins from etcd plus the
+//! repository's leases, margin 0) started again and again while policy rounds back up,
+//! prune and replicate nothing else. Afterwards every snapshot verifies and restores
+//! byte-identical to the disk at its round, and no unreferenced chunk or index is left.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +44,9 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let etcd = Etcd::start(1).expect("start etcd");
+    // etcd as production runs it (TLS, auth, a role on /haven/ only): the whole
+    // workload's jobs, leases, ownerships and catalog go through the secured store.
+    let etcd = Etcd::start_secured(1).expect("start a secured etcd");
     let repo = dir.join("repo");
     init_repo(&repo, &["--chunk-size", "262144"]);
 
@@ -75,15 +77,16 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\nworker_lease_seconds = 4\ntick_ms = 200\n\
-             allowed_repositories = [{:?}]\n{}",
+             allowed_repositories = [{:?}]\netcd = {:?}\n{}{}",
             format!("{}*", dir.to_str().unwrap()),
+            etcd.endpoints(),
+            etcd.credentials().expect("secured etcd").coordinator_toml(),
             pki.coordinator_toml()
         ),
     )
     .unwrap();
     let _coordinator = spawn_logged(
-        haven(&["coordinator", "--config", config.to_str().unwrap()])
-            .args(["--etcd", &etcd.endpoints().join(",")]),
+        &mut haven(&["coordinator", "--config", config.to_str().unwrap()]),
         &dir.join("coordinator.log"),
     );
     let url = format!("https://127.0.0.1:{port}");

@@ -21,6 +21,13 @@ allowed_repositories = {{ toJson .Values.coordinator.allowedRepositories }}
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
 client_ca = "/etc/haven/tls/ca.crt"
+
+[etcd_security]
+ca_file = "/etc/haven/etcd-tls/ca.crt"
+cert_file = "/etc/haven/etcd-tls/tls.crt"
+key_file = "/etc/haven/etcd-tls/tls.key"
+user = {{ .Values.etcd.auth.user | quote }}
+password_file = "/etc/haven/etcd-auth/password"
 {{- end }}
 
 {{- define "haven.workerToml" -}}

@@ -29,7 +29,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.etcd.enabled -}}
 {{- $service := printf "%s-etcd" (include "haven.fullname" .) -}}
 {{- range $i := until (int .Values.etcd.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s:2379" $service $i $service) -}}
+{{- $urls = append $urls (printf "https://%s-%d.%s:2379" $service $i $service) -}}
 {{- end -}}
 {{- else -}}
 {{- $urls = .Values.etcd.externalEndpoints -}}
@@ -78,4 +78,28 @@ indexes) and coordinators (each backup's manifest, the commit point). */}}
   configMap:
     name: {{ . }}
 {{- end }}
+{{- end }}
+
+{{/* etcd's client certificate and Haven's etcd password, as mounts and volumes: the
+files `[etcd_security]` of coordinator.toml names. */}}
+{{- define "haven.etcdClientMounts" -}}
+- name: etcd-tls
+  mountPath: /etc/haven/etcd-tls
+  readOnly: true
+- name: etcd-auth
+  mountPath: /etc/haven/etcd-auth
+  readOnly: true
+{{- end }}
+{{- define "haven.etcdClientVolumes" -}}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.clientSecret }}
+    defaultMode: 0440
+- name: etcd-auth
+  secret:
+    secretName: {{ .Values.etcd.auth.passwordSecret }}
+    defaultMode: 0440
+    items:
+      - key: haven
+        path: password
 {{- end }}
