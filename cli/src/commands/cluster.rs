@@ -152,6 +152,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             access_key: args.storage_access_key.clone(),
             secret_key: args.storage_secret_key.clone(),
             create_buckets: vec!["haven".into()],
+            object_lock: false,
+            default_retention: None,
             pull_sources: Vec::new(),
             check_config: false,
         };
@@ -180,6 +182,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             qemu_user: "libvirt-qemu".into(),
             labels: Default::default(),
         }],
+        storage: Default::default(),
     };
     eprintln!(
         "haven dev: coordinator on http://{} (metrics http://{}/metrics), worker for host {:?}",

@@ -23,6 +23,11 @@
 //! name = "kvm-3"
 //! libvirt = "qemu+ssh://root@kvm-3/system"   # every running domain is a VM
 //! qemu_user = "libvirt-qemu"                 # owns the scratch files there
+//!
+//! [storage]                                   # optional: a storage key per job kind
+//! append_key_file = "/etc/haven/storage-append.toml"   # backup, replicate
+//! delete_key_file = "/etc/haven/storage-delete.toml"   # prune, gc
+//! secondary_key_file = "/etc/haven/dr-append.toml"     # replication's destination
 //! ```
 //!
 //! The repository password comes from `HAVEN_PASSWORD` or `--password-file`, not from
@@ -63,6 +68,10 @@ pub struct WorkerConfig {
     /// Hypervisor hosts this worker reaches.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// Storage key files per job kind (`super::storage_keys`); without them jobs
+    /// use the `AWS_*` environment.
+    #[serde(default)]
+    pub storage: super::storage_keys::StorageKeysConfig,
 }
 
 /// A hypervisor host and how its VMs are reached.
