@@ -73,9 +73,10 @@ pub enum RepoError {
     NotPermitted {
         /// Key of the object relative to the repository root.
         key: String,
-        /// The backend's error, with the storage's own explanation.
+        /// The backend's error, with the storage's own explanation (boxed: it is
+        /// large and rare).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A request to a storage node's extensions (a batch transfer) failed.
     #[error("storage node at {location}")]

@@ -454,7 +454,7 @@ fn storage_error(key: &str, error: object_store::Error) -> RepoError {
         {
             RepoError::NotPermitted {
                 key: key.to_string(),
-                source,
+                source: Box::new(source),
             }
         }
         source => RepoError::Storage {
