@@ -9,7 +9,10 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
 use s3s::{S3Result, s3_error};
 
-use crate::config::Config;
+use haven_node_protocol::PERMISSION_REFUSAL;
+
+use crate::config::{AccessKeyConfig, Config};
+use crate::permission::{self, Requirement};
 
 /// Resolves access keys to their secrets.
 pub struct ConfigAuth(pub Arc<Config>);
@@ -66,12 +69,8 @@ fn intern(name: &str) -> &'static str {
     leaked
 }
 
-/// Operations a read-only key may use.
-fn is_read_operation(name: &str) -> bool {
-    name.starts_with("Get") || name.starts_with("Head") || name.starts_with("List")
-}
-
-/// Per-key permissions: which buckets, and whether writes are allowed.
+/// Per-key permissions: which buckets, and what the key's kind and grants allow
+/// ([`crate::permission`]).
 pub struct KeyAccess(pub Arc<Config>);
 
 #[async_trait::async_trait]
@@ -102,9 +101,25 @@ impl S3Access for KeyAccess {
                 "access key may not use this bucket"
             ));
         }
-        if key.read_only && !is_read_operation(&op) {
-            return Err(s3_error!(AccessDenied, "access key is read-only"));
-        }
-        Ok(())
+        check_permission(key, &op)
+    }
+}
+
+/// Refuses `operation` unless `key` may perform it, naming what is missing.
+pub fn check_permission(key: &AccessKeyConfig, operation: &str) -> S3Result<()> {
+    match permission::requirement(operation) {
+        requirement if key.allows(requirement) => Ok(()),
+        Requirement::LegalHold => Err(s3_error!(
+            AccessDenied,
+            "access key {} may not set legal holds",
+            key.access_key
+        )),
+        Requirement::Kind(kind) => Err(s3_error!(
+            AccessDenied,
+            "access key {} has access = \"{}\"; {operation} {PERMISSION_REFUSAL}\"{}\" or more",
+            key.access_key,
+            key.kind().name(),
+            kind.name()
+        )),
     }
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::permission::{AccessKind, Requirement};
+
 /// Default largest object accepted by a single PUT (5 GiB, as on AWS S3).
 const DEFAULT_MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Default largest set of request headers (hyper buffer size) in bytes.
@@ -14,6 +16,12 @@ const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_MAX_EXISTS_KEYS: usize = 100_000;
 /// Default largest number of objects in one batch read or write.
 const DEFAULT_MAX_BATCH_OBJECTS: usize = 1000;
+/// Default time a client has to send its request headers, in seconds.
+const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default time a connection may stay open with no request in progress, in seconds.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Default largest number of open connections.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Everything a storage node needs to start.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,11 +135,20 @@ pub struct AccessKeyConfig {
     /// Buckets this key may use: exact names, `prefix*` patterns or `*`.
     #[serde(default = "default_buckets")]
     pub buckets: Vec<String>,
-    /// Whether the key may only read (GET/HEAD/LIST and the existence query).
+    /// What the key may do: `read`, `append` (create only: no delete, no
+    /// overwrite), `delete` or `admin` (see [`crate::permission`]). Without it
+    /// (and without `read_only`) the key keeps the full rights keys had before
+    /// kinds existed, so old configuration files work unchanged.
+    #[serde(default)]
+    pub access: Option<AccessKind>,
+    /// The older spelling of `access = "read"`.
     #[serde(default)]
     pub read_only: bool,
+    /// Whether the key may set and clear legal holds (no kind implies it).
+    #[serde(default)]
+    pub legal_hold: bool,
     /// Whether the key may bypass GOVERNANCE-mode retention; COMPLIANCE can
-    /// never be bypassed.
+    /// never be bypassed (no kind implies it).
     #[serde(default)]
     pub bypass_governance: bool,
 }
@@ -142,13 +159,57 @@ impl std::fmt::Debug for AccessKeyConfig {
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
             .field("buckets", &self.buckets)
-            .field("read_only", &self.read_only)
+            .field("access", &self.kind())
+            .field("legal_hold", &self.may_set_legal_hold())
             .field("bypass_governance", &self.bypass_governance)
             .finish()
     }
 }
 
 impl AccessKeyConfig {
+    /// A key of `kind` for every bucket, with no separate grants.
+    pub fn new(access_key: String, secret_key: String, kind: AccessKind) -> Self {
+        Self {
+            access_key,
+            secret_key,
+            buckets: default_buckets(),
+            access: Some(kind),
+            read_only: false,
+            legal_hold: false,
+            bypass_governance: false,
+        }
+    }
+
+    /// The kind of this key: `access`, else `read` for `read_only`, else the
+    /// full rights of a key written before kinds existed.
+    pub fn kind(&self) -> AccessKind {
+        match (self.access, self.read_only) {
+            (Some(kind), _) => kind,
+            (None, true) => AccessKind::Read,
+            (None, false) => AccessKind::Admin,
+        }
+    }
+
+    /// Whether the key is of the form written before kinds existed (neither
+    /// `access` nor `read_only`), which keeps every right it had, legal holds
+    /// included.
+    fn is_legacy_full_key(&self) -> bool {
+        self.access.is_none() && !self.read_only
+    }
+
+    /// Whether the key may set or clear a legal hold.
+    pub fn may_set_legal_hold(&self) -> bool {
+        self.legal_hold || self.is_legacy_full_key()
+    }
+
+    /// Whether the key satisfies `requirement`.
+    pub fn allows(&self, requirement: Requirement) -> bool {
+        match requirement {
+            Requirement::Kind(kind) => self.kind() >= kind,
+            Requirement::LegalHold => self.may_set_legal_hold(),
+        }
+    }
+
     /// Whether this key may use `bucket` at all.
     pub fn allows_bucket(&self, bucket: &str) -> bool {
         self.buckets
@@ -183,6 +244,16 @@ pub struct Limits {
     /// Largest number of objects in one batch read or write
     /// (`?haven-batch-get=`, `?haven-batch-put=`).
     pub max_batch_objects: usize,
+    /// Seconds a client has to send a request's headers (HTTP/1; also how long
+    /// a keep-alive connection may wait for its next request): a client
+    /// trickling headers is dropped after it.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress (any HTTP
+    /// version) before the node closes it.
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once. When full, a new connection takes the
+    /// place of the one idle the longest; only when all are busy does it wait.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -192,6 +263,9 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_exists_keys: DEFAULT_MAX_EXISTS_KEYS,
             max_batch_objects: DEFAULT_MAX_BATCH_OBJECTS,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -286,12 +360,29 @@ impl Config {
                     "access and secret keys must not be empty".to_owned(),
                 ));
             }
+            if key.read_only && key.access.is_some_and(|kind| kind != AccessKind::Read) {
+                return Err(ConfigError::Invalid(format!(
+                    "access key {}: read_only = true contradicts access = \"{}\"",
+                    key.access_key,
+                    key.kind().name()
+                )));
+            }
             if !seen.insert(key.access_key.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "access key {} is listed twice",
                     key.access_key
                 )));
             }
+        }
+        let limits = &self.limits;
+        if limits.header_read_timeout_secs == 0
+            || limits.idle_timeout_secs == 0
+            || limits.max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "limits.header_read_timeout_secs, idle_timeout_secs and max_connections must be positive"
+                    .to_owned(),
+            ));
         }
         self.replication.validate()
     }
@@ -348,6 +439,69 @@ mod tests {
     }
 
     #[test]
+    fn keys_have_kinds_and_old_forms_keep_their_meaning() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/srv/haven"
+            [[keys]]
+            access_key = "old-full"
+            secret_key = "x"
+            [[keys]]
+            access_key = "old-reader"
+            secret_key = "x"
+            read_only = true
+            [[keys]]
+            access_key = "backup"
+            secret_key = "x"
+            access = "append"
+            [[keys]]
+            access_key = "prune"
+            secret_key = "x"
+            access = "delete"
+            bypass_governance = true
+            [[keys]]
+            access_key = "root"
+            secret_key = "x"
+            access = "admin"
+            [[keys]]
+            access_key = "holds"
+            secret_key = "x"
+            access = "read"
+            legal_hold = true
+        "#;
+        let config: Config = toml::from_str(text).expect("valid config");
+        config.validate().expect("valid keys");
+        let key = |name| config.key(name).expect("key exists");
+        let table = [
+            ("old-full", AccessKind::Admin, true, false),
+            ("old-reader", AccessKind::Read, false, false),
+            ("backup", AccessKind::Append, false, false),
+            ("prune", AccessKind::Delete, false, true),
+            ("root", AccessKind::Admin, false, false),
+            ("holds", AccessKind::Read, true, false),
+        ];
+        for (name, kind, legal_hold, bypass) in table {
+            assert_eq!(key(name).kind(), kind, "{name}");
+            assert_eq!(key(name).may_set_legal_hold(), legal_hold, "{name}");
+            assert_eq!(key(name).bypass_governance, bypass, "{name}");
+        }
+        assert!(key("backup").allows(Requirement::Kind(AccessKind::Append)));
+        assert!(!key("backup").allows(Requirement::Kind(AccessKind::Delete)));
+        assert!(!key("backup").allows(Requirement::LegalHold));
+    }
+
+    #[test]
+    fn read_only_contradicting_access_is_refused() {
+        let config: Config = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n[[keys]]\naccess_key = \"a\"\nsecret_key = \"b\"\nread_only = true\naccess = \"append\"\n",
+        )
+        .expect("parses");
+        let error = config.validate().expect_err("contradiction refused");
+        assert!(error.to_string().contains("read_only"), "{error}");
+        assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n[[keys]]\naccess_key = \"a\"\nsecret_key = \"b\"\naccess = \"write\"\n").is_err());
+    }
+
+    #[test]
     fn pull_sources_must_be_plain_node_urls() {
         let parse = |sources: &str| -> Config {
             toml::from_str(&format!(
@@ -397,13 +551,7 @@ mod tests {
             toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"").expect("parses");
         assert!(config.data_dirs.is_empty());
         assert!(config.validate().is_err());
-        let key = AccessKeyConfig {
-            access_key: "a".into(),
-            secret_key: "b".into(),
-            buckets: default_buckets(),
-            read_only: false,
-            bypass_governance: false,
-        };
+        let key = AccessKeyConfig::new("a".into(), "b".into(), AccessKind::Append);
         config.keys = vec![key.clone(), key];
         assert!(config.validate().is_err());
     }

@@ -30,6 +30,12 @@ pub enum StoreError {
     /// A conditional request's condition does not hold.
     #[error("precondition failed: {0}")]
     PreconditionFailed(&'static str),
+    /// The access key may create objects but not replace them (an `append` key).
+    #[error(
+        "the object exists and this access key may not overwrite it; overwriting {}\"delete\"",
+        haven_node_protocol::PERMISSION_REFUSAL
+    )]
+    OverwriteDenied,
     /// Object Lock forbids the change.
     #[error("object is locked: {0}")]
     Locked(String),
@@ -86,7 +92,7 @@ impl StoreError {
             Self::InvalidKey(KeyError::TooLong) => S3ErrorCode::KeyTooLongError,
             Self::InvalidKey(_) => S3ErrorCode::InvalidArgument,
             Self::PreconditionFailed(_) => S3ErrorCode::PreconditionFailed,
-            Self::Locked(_) => S3ErrorCode::AccessDenied,
+            Self::Locked(_) | Self::OverwriteDenied => S3ErrorCode::AccessDenied,
             Self::InvalidLock(_) => S3ErrorCode::InvalidRequest,
             Self::Corrupt(_) | Self::Io(_) | Self::Layout(_) => S3ErrorCode::InternalError,
             Self::NoSuchUpload => S3ErrorCode::NoSuchUpload,

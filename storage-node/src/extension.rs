@@ -68,11 +68,6 @@ impl Extension {
             Self::BatchPull => "HavenBatchPull",
         }
     }
-
-    /// Whether the extension writes objects (refused to read-only keys).
-    fn writes(self) -> bool {
-        matches!(self, Self::BatchPut | Self::BatchPull)
-    }
 }
 
 fn has_parameter(query: &str, name: &str) -> bool {
@@ -134,7 +129,8 @@ impl ExtensionRoute {
     }
 
     /// The bucket of the request, if its access key may use it for
-    /// `extension` (a read-only key may only read).
+    /// `extension` (batch writes and pulls are create-only, so `append` is
+    /// enough; the others only read).
     fn authorized_bucket(&self, req: &S3Request<Body>, extension: Extension) -> S3Result<String> {
         let credentials = req
             .credentials
@@ -151,9 +147,7 @@ impl ExtensionRoute {
                 "access key may not use this bucket"
             ));
         }
-        if key.read_only && extension.writes() {
-            return Err(s3_error!(AccessDenied, "access key is read-only"));
-        }
+        crate::access::check_permission(key, extension.operation())?;
         Ok(bucket.to_owned())
     }
 }

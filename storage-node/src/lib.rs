@@ -22,6 +22,7 @@
 
 mod access;
 mod aligned_block;
+mod bucket_setup;
 pub mod config;
 mod error;
 pub mod extension;
@@ -29,6 +30,7 @@ mod keypath;
 mod md5;
 mod metrics;
 mod object_file;
+pub mod permission;
 mod s3;
 mod server;
 pub mod store;
@@ -57,7 +59,8 @@ pub struct StorageNodeArgs {
     /// store exists).
     #[arg(long)]
     pub data: Vec<PathBuf>,
-    /// Access key for a single-key quick start (all buckets, read-write).
+    /// Access key for a single-key quick start (all buckets, `access = "admin"`
+    /// with legal holds; give least-privilege keys in a `--config` file).
     #[arg(long, env = "HAVEN_STORAGE_ACCESS_KEY", requires = "secret_key")]
     pub access_key: Option<String>,
     /// Secret key for the quick-start access key.
@@ -71,6 +74,14 @@ pub struct StorageNodeArgs {
     /// Buckets to create at start when missing (a quick start needs no S3 client).
     #[arg(long = "create-bucket", value_name = "NAME")]
     pub create_buckets: Vec<String>,
+    /// Create the `--create-bucket` buckets with Object Lock enabled (it cannot
+    /// be enabled later; an existing bucket without it is an error).
+    #[arg(long, requires = "create_buckets")]
+    pub object_lock: bool,
+    /// Default retention of new objects in the `--create-bucket` buckets, as
+    /// `GOVERNANCE:30d` or `COMPLIANCE:1y` (needs `--object-lock`).
+    #[arg(long, value_name = "MODE:PERIOD", requires = "object_lock")]
+    pub default_retention: Option<String>,
     /// A node this one may pull replication batches from
     /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
     #[arg(long = "pull-source", value_name = "URL")]
@@ -111,13 +122,10 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
     }
     if let (Some(access_key), Some(secret_key)) = (args.access_key, args.secret_key) {
         config.keys.retain(|k| k.access_key != access_key);
-        config.keys.push(config::AccessKeyConfig {
-            access_key,
-            secret_key,
-            buckets: vec!["*".to_owned()],
-            read_only: false,
-            bypass_governance: false,
-        });
+        let mut key =
+            config::AccessKeyConfig::new(access_key, secret_key, permission::AccessKind::Admin);
+        key.legal_hold = true;
+        config.keys.push(key);
     }
     config.validate()?;
     Ok(config)
@@ -136,6 +144,8 @@ fn init_tracing() {
 pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     init_tracing();
     let create_buckets = args.create_buckets.clone();
+    let bucket_setup =
+        bucket_setup::BucketSetup::from_flags(args.object_lock, args.default_retention.as_deref())?;
     let check_only = args.check_config;
     let config = Arc::new(build_config(args)?);
     if check_only {
@@ -144,6 +154,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
         println!("storage node configuration: ok");
         return Ok(());
     }
+    raise_open_file_limit(config.limits.max_connections);
     let metrics = Arc::new(metrics::Metrics::default());
     let directories = config.directories();
     for dir in &directories {
@@ -152,12 +163,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     }
     let store = Arc::new(store::Store::open(&directories, Arc::clone(&metrics))?);
     for bucket in &create_buckets {
-        match store.create_bucket(bucket, false).await {
-            Ok(()) | Err(error::StoreError::BucketExists) => {}
-            Err(error) => {
-                return Err(error).with_context(|| format!("cannot create bucket {bucket}"));
-            }
-        }
+        bucket_setup.apply(&store, bucket).await?;
     }
 
     let mut builder = s3s::service::S3ServiceBuilder::new(s3::HavenS3::new(
@@ -187,16 +193,44 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("haven storage-node listening on {scheme}://{local}");
     tracing::info!(address = %local, data_dirs = ?directories, keys = config.keys.len(), "storage node started");
-    server::serve(
-        listener,
-        tls,
-        shared,
-        config.limits.max_header_bytes,
-        shutdown_signal(),
-    )
-    .await;
+    server::serve(listener, tls, shared, &config.limits, shutdown_signal()).await;
     tracing::info!("storage node stopped");
     Ok(())
+}
+
+/// File descriptors kept beside connections (data files, listeners, clients).
+const SPARE_FILE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit of open files towards the hard limit, so that
+/// `limits.max_connections` connections fit (the usual soft limit, 1024, would
+/// not); warns when even the hard limit is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = (max_connections as u64).saturating_add(SPARE_FILE_DESCRIPTORS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections,
+            "the open-file limit is below limits.max_connections plus spare descriptors; raise it (ulimit -n) or lower max_connections"
+        );
+    }
 }
 
 async fn shutdown_signal() {

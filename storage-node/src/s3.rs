@@ -15,7 +15,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use crate::config::{AccessKeyConfig, Config};
-use crate::store::Store;
+use crate::store::{Store, WriteCondition};
 
 /// The S3 service of a storage node.
 #[derive(Clone)]
@@ -37,6 +37,58 @@ impl HavenS3 {
             .as_ref()
             .and_then(|c| self.config.key(&c.access_key))
             .ok_or_else(|| s3_error!(AccessDenied, "signature required"))
+    }
+
+    /// Whether the request bypasses GOVERNANCE retention: only when it asks to
+    /// (`x-amz-bypass-governance-retention`), and refused outright when its key
+    /// lacks `bypass_governance`, so a client learns why instead of hitting the
+    /// lock.
+    fn bypasses_governance<T>(
+        &self,
+        req: &S3Request<T>,
+        requested: Option<bool>,
+    ) -> S3Result<bool> {
+        if !requested.unwrap_or(false) {
+            return Ok(false);
+        }
+        if self.key(req)?.bypass_governance {
+            return Ok(true);
+        }
+        Err(s3_error!(
+            AccessDenied,
+            "this access key may not bypass governance retention"
+        ))
+    }
+
+    /// Refuses a new object's `x-amz-object-lock-legal-hold: ON` unless the key
+    /// may set legal holds.
+    fn check_legal_hold_request<T>(
+        &self,
+        req: &S3Request<T>,
+        status: Option<&ObjectLockLegalHoldStatus>,
+    ) -> S3Result<()> {
+        if status.is_some_and(|s| s.as_str() == ObjectLockLegalHoldStatus::ON)
+            && !self.key(req)?.may_set_legal_hold()
+        {
+            return Err(s3_error!(
+                AccessDenied,
+                "this access key may not set legal holds"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The write condition of a request: the client's `If-None-Match` and
+    /// `If-Match`, made create-only when its key may not overwrite.
+    fn write_condition<T>(
+        &self,
+        req: &S3Request<T>,
+        if_none_match: Option<&ETagCondition>,
+        if_match: Option<&ETagCondition>,
+    ) -> S3Result<WriteCondition> {
+        let mut condition = convert::write_condition(if_none_match, if_match)?;
+        condition.create_only_for_key = !self.key(req)?.kind().may_overwrite();
+        Ok(condition)
     }
 }
 

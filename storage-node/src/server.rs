@@ -4,29 +4,39 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use tokio::net::TcpListener;
 
+mod connections;
+mod in_flight_body;
+
+use connections::ConnectionTable;
+use in_flight_body::InFlightBody;
+
 use crate::access::OperationSlot;
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-type ResponseBody = UnsyncBoxBody<Bytes, s3s::StdError>;
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, s3s::StdError>;
 
 /// Bodies up to this size (with a Content-Length) are read before the
 /// request is handled.
 const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 
+/// Pause after a failed `accept`.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// Longest time a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection shares.
 pub struct Shared {
@@ -140,15 +150,28 @@ pub async fn handle(
 }
 
 /// Accepts connections until `shutdown` resolves, then drains for up to 10 s.
+///
+/// Slow and idle clients are bounded by `limits`: request headers must arrive
+/// within `header_read_timeout_secs` (HTTP/1; hyper runs the same timer while a
+/// keep-alive connection waits for its next request), a connection with no
+/// request in progress for `idle_timeout_secs` is closed, and at most
+/// `max_connections` are open, the longest idle giving way to a new one
+/// ([`connections`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
-    max_header_bytes: usize,
+    limits: &Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut builder = ConnectionBuilder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http1()
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+    let table = ConnectionTable::new(limits.max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -157,14 +180,31 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors, say: do not spin while it lasts.
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let slot = tokio::select! {
+            slot = table.admit() => Arc::new(slot),
+            () = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
-        let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+        let service = {
+            let (shared, slot) = (Arc::clone(&shared), Arc::clone(&slot));
+            hyper::service::service_fn(move |req| {
+                let in_flight = slot.request();
+                let response = handle(Arc::clone(&shared), req);
+                async move {
+                    let response = response.await?;
+                    Ok::<_, Infallible>(
+                        response.map(|body| InFlightBody::new(body, in_flight).boxed_unsync()),
+                    )
+                }
+            })
+        };
         match &tls {
             None => {
                 let connection = builder
@@ -172,8 +212,13 @@ pub async fn serve(
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    tokio::select! {
+                        result = connection => if let Err(error) = result {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        },
+                        reason = slot.closing(idle_timeout) => {
+                            tracing::debug!(%peer, ?reason, "connection closed by the node");
+                        }
                     }
                 });
             }
@@ -196,11 +241,15 @@ pub async fn serve(
                             return;
                         }
                     };
-                    if let Err(error) = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    tokio::select! {
+                        result = builder.serve_connection(TokioIo::new(stream), service) => {
+                            if let Err(error) = result {
+                                tracing::debug!(%peer, %error, "connection ended with an error");
+                            }
+                        }
+                        reason = slot.closing(idle_timeout) => {
+                            tracing::debug!(%peer, ?reason, "connection closed by the node");
+                        }
                     }
                 });
             }

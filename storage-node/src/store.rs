@@ -55,6 +55,11 @@ pub struct WriteCondition {
     pub if_none_match_any: bool,
     /// `If-Match`: `Some(None)` for `*`, `Some(Some(etag))` for one ETag.
     pub if_match: Option<Option<String>>,
+    /// The writing key may not overwrite (an `append` key): like
+    /// `if_none_match_any`, checked under the key's lock with the publication,
+    /// but refused as [`StoreError::OverwriteDenied`] rather than a failed
+    /// precondition, since the client did not ask for it.
+    pub create_only_for_key: bool,
 }
 
 /// Used and available bytes of one data directory's file system.
@@ -453,6 +458,9 @@ fn check_write_condition(
 ) -> Result<(), StoreError> {
     if condition.if_none_match_any && existing.is_some() {
         return Err(StoreError::PreconditionFailed("object already exists"));
+    }
+    if condition.create_only_for_key && existing.is_some() {
+        return Err(StoreError::OverwriteDenied);
     }
     match (&condition.if_match, existing) {
         (None, _) => Ok(()),

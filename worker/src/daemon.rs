@@ -19,6 +19,7 @@ mod fenced_commit;
 mod maintenance;
 mod metrics;
 mod pins;
+mod storage_keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use fenced_commit::FencedCommit;
 use maintenance::run_maintenance;
 use metrics::{JobResult, WorkerMetrics};
 use pins::ClusterPins;
+use storage_keys::{KeyUse, StorageKeys};
 
 /// Runs the worker until `shutdown`.
 pub async fn run_worker(
@@ -49,6 +51,7 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let config_limit = config.read_limit_bytes_per_second;
+    let storage_keys = StorageKeys::load(&config.storage).map_err(WorkerError::InvalidInput)?;
     let metrics = WorkerMetrics::new();
     if let Some(address) = config.metrics_listen {
         metrics.serve(address, shutdown.clone()).await?;
@@ -69,6 +72,7 @@ pub async fn run_worker(
         client,
         instance: format!("{:016x}", rand::random::<u64>()),
         repos: Mutex::new(HashMap::new()),
+        storage_keys,
         read_limit: (config_limit > 0)
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
         metrics,
@@ -91,7 +95,9 @@ struct Worker {
     password: Vec<u8>,
     client: Arc<LeaderClient>,
     instance: String,
-    repos: Mutex<HashMap<String, Arc<Repository>>>,
+    /// Open repositories by URL and the key they were opened with.
+    repos: Mutex<HashMap<(String, KeyUse), Arc<Repository>>>,
+    storage_keys: StorageKeys,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
     metrics: WorkerMetrics,
 }
@@ -286,14 +292,18 @@ impl Worker {
         hosts
     }
 
-    async fn repository(&self, url: &str) -> Result<Arc<Repository>> {
+    /// The repository at `url`, opened with the storage key of `key_use` (the
+    /// `append` key for backups and replication, the `delete` key for prune and GC).
+    async fn repository(&self, url: &str, key_use: KeyUse) -> Result<Arc<Repository>> {
         let mut repos = self.repos.lock().await;
-        if let Some(repo) = repos.get(url) {
+        let cache_key = (url.to_string(), key_use);
+        if let Some(repo) = repos.get(&cache_key) {
             return Ok(repo.clone());
         }
-        let backend = Backend::from_url(url, false)?;
+        let credentials = self.storage_keys.for_use(key_use);
+        let backend = Backend::from_url_with_credentials(url, false, credentials)?;
         let repo = Arc::new(Repository::open(backend, &self.password).await?);
-        repos.insert(url.to_string(), repo.clone());
+        repos.insert(cache_key, repo.clone());
         Ok(repo)
     }
 
@@ -384,14 +394,16 @@ impl Worker {
         progress: Arc<Progress>,
         cancel: &CancellationToken,
     ) -> Result<(String, Vec<String>)> {
-        let repo = self.repository(&job.repository).await?;
+        let repo = self
+            .repository(&job.repository, KeyUse::of_job(job.kind))
+            .await?;
         let pins = ClusterPins {
             client: self.client.clone(),
             identity: session.identity.clone(),
             repository: job.repository.clone(),
         };
         tokio::select! {
-            result = run_maintenance(&repo, job, &pins, &progress) => result,
+            result = run_maintenance(&repo, job, &pins, &progress, self.storage_keys.secondary()) => result,
             _ = cancel.cancelled() => Err(WorkerError::Cancelled("job")),
         }
     }
@@ -440,7 +452,9 @@ impl Worker {
             .ok_or_else(|| {
                 WorkerError::Unreachable(format!("host {} is not reachable from here", job.host))
             })?;
-        let repo = self.repository(&job.repository).await?;
+        let repo = self
+            .repository(&job.repository, KeyUse::of_job(job.kind))
+            .await?;
         let publisher = Arc::new(FencedCommit {
             client: self.client.clone(),
             identity: session.identity.clone(),

@@ -161,6 +161,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             access_key: args.storage_access_key.clone(),
             secret_key: args.storage_secret_key.clone(),
             create_buckets: vec!["haven".into()],
+            object_lock: false,
+            default_retention: None,
             pull_sources: Vec::new(),
             check_config: false,
         };
@@ -195,6 +197,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             key: Some(pki.file("dev-worker-key.pem")),
         }),
         token_file: None,
+        storage: Default::default(),
     };
     eprintln!(
         "haven dev: coordinator on https://{} (metrics http://{}/metrics), worker for host {:?}\n\

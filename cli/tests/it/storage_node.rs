@@ -6,6 +6,8 @@ mod batch;
 mod clients;
 mod data_dirs;
 mod faults;
+mod least_privilege;
 mod protect;
 mod repository;
+mod slow_clients;
 mod tls;

@@ -13,6 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{CONTENT_TYPE, Registry};
@@ -23,6 +24,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time one connection (one scrape) may stay open, so a client that stops
 /// reading cannot hold a task forever.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most connections answered at once. Beyond it, accepting waits until one ends,
+/// which the two timeouts above bound: a flood of silent connections delays a
+/// scrape by at most [`HEADER_READ_TIMEOUT`] and cannot exhaust memory or tasks.
+const MAX_CONNECTIONS: usize = 64;
 
 /// How long shutdown waits for scrapes already being answered.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -85,7 +91,15 @@ impl MetricsServer {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -105,6 +119,7 @@ impl MetricsServer {
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {

@@ -53,6 +53,10 @@ pub const BATCH_GET_QUERY: &str = "haven-batch-get";
 pub const BATCH_PUT_QUERY: &str = "haven-batch-put";
 /// Longest key a record may carry (S3 keys are at most 1024 bytes).
 pub const MAX_KEY_LEN: usize = 1024;
+/// Words the message of every refusal for lack of permission carries
+/// (`… DeleteObject needs access = "delete"`), so that a client tells it apart from
+/// an Object Lock refusal, which has the same S3 code, `AccessDenied`.
+pub const PERMISSION_REFUSAL: &str = "needs access = ";
 /// Longest meta section a record may carry.
 pub const MAX_META_LEN: usize = 64 * 1024;
 

@@ -84,6 +84,20 @@ pub enum RepoError {
         #[source]
         source: object_store::Error,
     },
+    /// The storage refused the request because the access key lacks the permission
+    /// (a storage node's `append` key deleting or overwriting), as opposed to Object
+    /// Lock refusing a change to a protected object.
+    #[error(
+        "the storage access key may not change {key} (an append-only key creates objects but never deletes or overwrites them; prune, gc and repair need a key with access = \"delete\"): {source}"
+    )]
+    NotPermitted {
+        /// Key of the object relative to the repository root.
+        key: String,
+        /// The backend's error, with the storage's own explanation (boxed: it is
+        /// large and rare).
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// A request to a storage node's extensions (a batch transfer) failed.
     #[error("storage node at {location}")]
     Node {

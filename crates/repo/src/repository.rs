@@ -237,19 +237,49 @@ impl Repository {
             &plain,
         )?;
         // An index left by a crashed backup at the same key is never referenced by a
-        // manifest; replace it rather than fail.
+        // manifest. If it holds the same slots (a retried backup of an unchanged
+        // disk), it is kept: nothing needs replacing, which an append-only storage key
+        // could not do. Otherwise it is replaced, which needs a key that may delete.
         if self
             .backend
             .put_if_absent(&key, sealed.clone().into(), Durability::Immediate)
             .await?
             == PutOutcome::AlreadyExisted
         {
-            self.backend.delete(&key).await?;
+            if self.stored_index_is(&key, &plain).await {
+                return Ok((key, digest));
+            }
+            if let Err(error) = self.backend.delete(&key).await {
+                if matches!(error, RepoError::NotPermitted { .. }) {
+                    tracing::warn!(
+                        %key,
+                        "an index left by a crashed backup is in the way and this storage key may not replace it; `haven gc` with the delete key removes it once older than its margin"
+                    );
+                }
+                return Err(error);
+            }
             self.backend
                 .put_if_absent(&key, sealed.into(), Durability::Immediate)
                 .await?;
         }
         Ok((key, digest))
+    }
+
+    /// Whether the index stored at `key` opens to exactly `plain`.
+    async fn stored_index_is(&self, key: &str, plain: &[u8]) -> bool {
+        let limit = plain.len() as u64;
+        let Ok(stored) = self.backend.get(key, limit + BLOB_OVERHEAD).await else {
+            return false;
+        };
+        blob::open(
+            self.keys.blob_cipher(),
+            key,
+            BlobKind::Index,
+            key.as_bytes(),
+            &stored,
+            limit,
+        )
+        .is_ok_and(|stored_plain| stored_plain == plain)
     }
 
     /// Reads and checks the index of a disk named by a manifest.

@@ -61,6 +61,8 @@ impl StorageNode {
                 access_key: Some(ACCESS_KEY.into()),
                 secret_key: Some(SECRET_KEY.into()),
                 create_buckets: vec![BUCKET.into()],
+                object_lock: false,
+                default_retention: None,
                 pull_sources: Vec::new(),
                 check_config: false,
             };

@@ -220,6 +220,7 @@ pub fn write_condition(
     Ok(WriteCondition {
         if_none_match_any,
         if_match,
+        create_only_for_key: false,
     })
 }
 

@@ -95,8 +95,7 @@ pub async fn put_retention(
     s3: &HavenS3,
     req: S3Request<PutObjectRetentionInput>,
 ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
-    let bypass =
-        req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
+    let bypass = s3.bypasses_governance(&req, req.input.bypass_governance_retention)?;
     let input = req.input;
     lockable_bucket(s3, &input.bucket).await?;
     let retention = match input.retention {

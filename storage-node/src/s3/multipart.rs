@@ -15,6 +15,7 @@ pub async fn create(
     req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     let owner = s3.key(&req)?.access_key.clone();
+    s3.check_legal_hold_request(&req, req.input.object_lock_legal_hold_status.as_ref())?;
     let input = req.input;
     let bucket = s3.store.bucket_config(&input.bucket).await?;
     let (retention, legal_hold) = convert::new_object_retention(
@@ -98,9 +99,9 @@ pub async fn complete(
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
     let input = &req.input;
     let info = owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
-    let input = req.input;
     let condition =
-        convert::write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
+        s3.write_condition(&req, input.if_none_match.as_ref(), input.if_match.as_ref())?;
+    let input = req.input;
     let mut parts = Vec::new();
     for part in input
         .multipart_upload

@@ -20,6 +20,12 @@ pub async fn put_object(
     req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let trailers = req.trailing_headers.clone();
+    let condition = s3.write_condition(
+        &req,
+        req.input.if_none_match.as_ref(),
+        req.input.if_match.as_ref(),
+    )?;
+    s3.check_legal_hold_request(&req, req.input.object_lock_legal_hold_status.as_ref())?;
     let input = req.input;
     s3.store.object_path(&input.bucket, &input.key)?;
     let bucket = s3.store.bucket_config(&input.bucket).await?;
@@ -30,8 +36,6 @@ pub async fn put_object(
         input.object_lock_retain_until_date.as_ref(),
         input.object_lock_legal_hold_status.as_ref(),
     )?;
-    let condition =
-        convert::write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
     let max_size = s3.config.limits.max_object_size;
     if input
         .content_length
@@ -124,8 +128,7 @@ pub async fn delete_object(
     s3: &HavenS3,
     req: S3Request<DeleteObjectInput>,
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
-    let bypass =
-        req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
+    let bypass = s3.bypasses_governance(&req, req.input.bypass_governance_retention)?;
     let input = req.input;
     s3.store
         .delete_object(&input.bucket, &input.key, bypass)
@@ -137,8 +140,7 @@ pub async fn delete_objects(
     s3: &HavenS3,
     req: S3Request<DeleteObjectsInput>,
 ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-    let bypass =
-        req.input.bypass_governance_retention.unwrap_or(false) && s3.key(&req)?.bypass_governance;
+    let bypass = s3.bypasses_governance(&req, req.input.bypass_governance_retention)?;
     let input = req.input;
     s3.store.bucket_config(&input.bucket).await?;
     let quiet = input.delete.quiet.unwrap_or(false);
@@ -181,6 +183,8 @@ pub async fn copy_object(
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
     let key = s3.key(&req)?.clone();
+    let condition = s3.write_condition(&req, None, None)?;
+    s3.check_legal_hold_request(&req, req.input.object_lock_legal_hold_status.as_ref())?;
     let input = req.input;
     let CopySource::Bucket {
         bucket: source_bucket,
@@ -254,7 +258,6 @@ pub async fn copy_object(
     .await
     .map_err(S3Error::internal_error)?
     .map_err(|e| store.note(e))?;
-    let condition = crate::store::WriteCondition::default();
     s3.store
         .commit(&input.bucket, &input.key, temp, &condition)
         .await?;

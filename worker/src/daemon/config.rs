@@ -29,6 +29,11 @@
 //! name = "kvm-3"
 //! libvirt = "qemu+ssh://root@kvm-3/system"   # every running domain is a VM
 //! qemu_user = "libvirt-qemu"                 # owns the scratch files there
+//!
+//! [storage]                                   # optional: a storage key per job kind
+//! append_key_file = "/etc/haven/storage-append.toml"   # backup, replicate
+//! delete_key_file = "/etc/haven/storage-delete.toml"   # prune, gc
+//! secondary_key_file = "/etc/haven/dr-append.toml"     # replication's destination
 //! ```
 //!
 //! The repository password comes from `HAVEN_PASSWORD` or `--password-file`, not from
@@ -76,6 +81,10 @@ pub struct WorkerConfig {
     /// certificate, on loopback).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Storage key files per job kind (`super::storage_keys`); without them jobs
+    /// use the `AWS_*` environment.
+    #[serde(default)]
+    pub storage: super::storage_keys::StorageKeysConfig,
 }
 
 /// A client's TLS files: the CA its coordinators' certificates chain to, and its own

@@ -10,12 +10,13 @@ use super::pins::ClusterPins;
 use crate::error::Result;
 
 /// Runs a prune, GC or replication job; returns its summary and, for a prune, the
-/// snapshots it removed.
+/// snapshots it removed. `secondary_key` signs replication's writes at the other site.
 pub(super) async fn run_maintenance(
     repo: &Repository,
     job: &v1::JobAssignment,
     pins: &ClusterPins,
     progress: &Progress,
+    secondary_key: Option<&haven_repo::S3Credentials>,
 ) -> Result<(String, Vec<String>)> {
     if job.kind == v1::JobKind::Prune as i32 {
         let rules = job.retention.unwrap_or_default();
@@ -61,8 +62,12 @@ pub(super) async fn run_maintenance(
             Vec::new(),
         ))
     } else {
-        // The secondary site may have keys of its own, as for `haven replicate`.
-        let secondary = haven_repo::S3Credentials::secondary_from_env()?;
+        // The secondary site has keys of its own: `storage.secondary_key_file`, else
+        // the environment, as for `haven replicate`.
+        let secondary = match secondary_key {
+            Some(key) => Some(key.clone()),
+            None => haven_repo::S3Credentials::secondary_from_env()?,
+        };
         let to = Backend::from_url_with_credentials(&job.replicate_to, true, secondary.as_ref())?;
         let report = haven_repo::replicate(
             repo.backend(),

@@ -225,7 +225,7 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
     let error = runtime
         .block_on(reader.batch_put(pieces(&objects[1..2])))
         .expect_err("read-only");
-    assert!(status_of(error).contains("read-only"));
+    assert!(status_of(error).contains("HavenBatchPut needs access"));
     let forged = client(&node, "site-b", ACCESS_KEY, "wrong-secret");
     let error = runtime
         .block_on(forged.batch_put(pieces(&objects[1..2])))
@@ -586,7 +586,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     assert!(refused(&escape, &secondary).starts_with("400"));
     let reader = client(&target, "secondary", "reader", "reader-secret");
     let signed = primary.pull_request(one.clone()).expect("sign");
-    assert!(refused(&signed, &reader).contains("read-only"));
+    assert!(refused(&signed, &reader).contains("HavenBatchPull needs access"));
     let no_bucket = client(&target, "nosuchbucket", ACCESS_KEY, SECRET_KEY);
     assert!(refused(&signed, &no_bucket).contains("NoSuchBucket"));
     assert_eq!(listed(&target, "secondary"), before, "a refused pull wrote");

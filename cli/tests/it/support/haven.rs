@@ -51,6 +51,14 @@ impl HavenClient {
         }
     }
 
+    /// A client of a repository on a storage node, signing with `keys`.
+    pub fn on_node_as(url: impl Into<String>, keys: S3Keys) -> Self {
+        Self {
+            url: Some(url.into()),
+            keys: Some(keys),
+        }
+    }
+
     /// A client signing with the node's test key, for runs naming their repositories
     /// in the arguments.
     pub fn with_node_keys() -> Self {

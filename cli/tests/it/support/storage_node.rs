@@ -45,6 +45,10 @@ pub struct NodeOptions {
     pub pull_sources: Vec<String>,
     /// `replication.pull_ca_file`: CAs trusted for https pull sources.
     pub pull_ca_file: Option<PathBuf>,
+    /// Extra TOML tables appended to the config (`[limits]`, say).
+    pub extra_toml: String,
+    /// Extra command-line arguments after `--config FILE`.
+    pub args: Vec<String>,
 }
 
 /// Files of a TLS setup.
@@ -70,6 +74,7 @@ pub struct Node {
     /// Temporary directory holding data, config and scratch files.
     pub dir: tempfile::TempDir,
     config: PathBuf,
+    args: Vec<String>,
 }
 
 impl Node {
@@ -127,8 +132,8 @@ impl Node {
             sources.join(", ")
         );
         let text = format!(
-            "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}{replication}",
-            options.extra_keys
+            "listen = \"127.0.0.1:0\"\n{data}\n[[keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nbypass_governance = true\n{}\n{tls}{replication}\n{}",
+            options.extra_keys, options.extra_toml
         );
         std::fs::write(&config, text).expect("write config");
         // Sign everything, presigned URLs included, with SigV4.
@@ -141,6 +146,7 @@ impl Node {
             ca_bundle: options.tls.map(|files| files.ca_bundle),
             dir,
             config,
+            args: options.args,
         };
         node.launch();
         node
@@ -149,6 +155,7 @@ impl Node {
     fn launch(&mut self) {
         let mut child = haven(&["storage-node", "--config"])
             .arg(&self.config)
+            .args(&self.args)
             .env("HAVEN_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,14 +1,25 @@
 //! Who is working on a repository right now: backup leases, garbage-collection locks
-//! and the sweep generation. These are the only mutable objects of a repository; the
-//! protocol they implement is argued in `ARCHITECTURE.md` ("Garbage collection and
-//! concurrent backups").
+//! and the sweep generation. The protocol they implement is argued in
+//! `ARCHITECTURE.md` ("Garbage collection and concurrent backups").
 //!
 //! ```text
-//! locks/backup-ID   a running backup: start, last refresh, VM, base snapshot
-//! locks/gc-ID       a running garbage collection (several may be written; the oldest
-//!                   live one proceeds, the others back off)
-//! gc/generation     the id of the last collection that started deleting
+//! locks/backup-ID/0000000000   a running backup: start, last refresh, VM, base snapshot;
+//! locks/backup-ID/0000000001   each refresh is a new object, the newest one counts
+//! locks/backup-ID/released     written (create-only) when the backup ends
+//! locks/gc-ID/…                a running garbage collection, in the same form (several
+//!                              may be written; the oldest live one proceeds, the others
+//!                              back off)
+//! gc/generation                the id of the last collection that started deleting
+//! locks/backup-ID              the older single-object form (rewritten in place, deleted
+//!                              at release), still read so running older writers count
 //! ```
+//!
+//! Every write of a lease is create-only, so a backup needs a storage key that may
+//! create objects but neither overwrite nor delete them (a storage node's `append`
+//! key). Readers take the newest record of each lease and skip released ones; a
+//! garbage collection, which holds a key that may delete, removes the objects of
+//! released and dead leases (the `released` marker last, so a half-removed lease
+//! still reads as released).
 //!
 //! Records are refreshed every [`REFRESH_INTERVAL`]; one whose refresh is older than
 //! [`STALE_AFTER`], or that names a process on this host that no longer exists, is
@@ -31,7 +42,7 @@ use crate::format::chunk::ChunkId;
 use crate::format::index::FixedIndex;
 use crate::format::manifest::{format_timestamp, parse_timestamp};
 use crate::repository::Repository;
-use crate::storage::backend::Backend;
+use crate::storage::backend::{Backend, Durability, PutOutcome};
 
 pub use pins::{PinSource, Pins, RepositoryLeases};
 
@@ -51,6 +62,8 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 const RECHECK_CONCURRENCY: usize = 32;
 /// Largest lock record read.
 const MAX_RECORD: u64 = 64 * 1024;
+/// Last part of the key of the marker a holder writes when it lets go.
+const RELEASED: &str = "released";
 
 /// The content of a lease or lock object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +89,10 @@ pub struct LockRecord {
     /// Timestamp of the base snapshot (same VM) whose index the backup reuses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// Set in the `released` marker (readers go by the marker's key; the field
+    /// tells a human, or an older reader that takes every object for a record).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl LockRecord {
@@ -93,12 +110,24 @@ impl LockRecord {
             refreshed: now,
             vm: vm.map(str::to_string),
             base: base.map(str::to_string),
+            released: false,
         })
     }
 
-    /// The object key of this record.
+    /// The lease's name, `locks/KIND-ID`: the folder of its records (the key of the
+    /// single object in the older form).
     pub fn key(&self) -> String {
         format!("{LOCKS_PREFIX}/{}-{}", self.kind, self.id)
+    }
+
+    /// The key of the `sequence`-th record written by the holder (0 at creation).
+    fn record_key(&self, sequence: u64) -> String {
+        format!("{}/{sequence:010}", self.key())
+    }
+
+    /// The key of the marker written at release.
+    fn released_key(&self) -> String {
+        format!("{}/{RELEASED}", self.key())
     }
 
     /// Start time; unreadable times count as the epoch (oldest possible: conservative).
@@ -130,24 +159,83 @@ impl LockRecord {
     }
 }
 
-/// Every lease or lock record of `kind` in the repository, with the ones that could not
-/// be read (a live holder's record is never partial: writes are atomic).
-pub async fn read_records(backend: &Backend, kind: &str) -> Result<Vec<LockRecord>> {
+/// The objects of one lease or lock, as listed.
+#[derive(Debug, Default)]
+struct LeaseObjects {
+    /// Every object of the lease (records, marker, or the single older-form object).
+    keys: Vec<String>,
+    /// The record that counts: the highest sequence number, or the older-form object.
+    newest: Option<String>,
+    /// Whether the `released` marker exists.
+    released: bool,
+}
+
+impl LeaseObjects {
+    /// The keys in the order a removal must follow: the marker last, so that a
+    /// removal cut short leaves a lease that still reads as released.
+    fn removal_order(&self) -> impl Iterator<Item = &String> {
+        let is_marker = |key: &&String| key.ends_with(&format!("/{RELEASED}"));
+        let records = self.keys.iter().filter(move |key| !is_marker(key));
+        records.chain(self.keys.iter().filter(is_marker))
+    }
+}
+
+/// Every lease or lock of `kind`, by name (`locks/KIND-ID`), from one listing.
+async fn list_leases(
+    backend: &Backend,
+    kind: &str,
+) -> Result<std::collections::BTreeMap<String, LeaseObjects>> {
     let prefix = format!("{LOCKS_PREFIX}/{kind}-");
-    let mut records = Vec::new();
+    let mut leases = std::collections::BTreeMap::<String, LeaseObjects>::new();
     for key in backend.list(LOCKS_PREFIX).await? {
-        if !key.starts_with(&prefix) {
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let (id, part) = match rest.split_once('/') {
+            Some((id, part)) => (id, Some(part)),
+            None => (rest, None),
+        };
+        let lease = leases.entry(format!("{prefix}{id}")).or_default();
+        lease.keys.push(key.clone());
+        match part {
+            Some(RELEASED) => lease.released = true,
+            // Sequence numbers are zero-padded: the greatest key is the newest.
+            Some(_) | None => {
+                if lease.newest.as_ref().is_none_or(|newest| *newest < key) {
+                    lease.newest = Some(key);
+                }
+            }
+        }
+    }
+    Ok(leases)
+}
+
+async fn read_record(backend: &Backend, key: &str) -> Result<Option<LockRecord>> {
+    let bytes = match backend.get(key, MAX_RECORD).await {
+        Ok(bytes) => bytes,
+        // Removed between the listing and the read.
+        Err(RepoError::NotFound(_)) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| RepoError::corrupt(key, format!("bad lock record: {error}")))
+}
+
+/// The newest record of every lease or lock of `kind` not released (a live holder's
+/// record is never partial: writes are atomic).
+pub async fn read_records(backend: &Backend, kind: &str) -> Result<Vec<LockRecord>> {
+    let mut records = Vec::new();
+    for lease in list_leases(backend, kind).await?.into_values() {
+        if lease.released {
             continue;
         }
-        let bytes = match backend.get(&key, MAX_RECORD).await {
-            Ok(bytes) => bytes,
-            // Released between the listing and the read.
-            Err(RepoError::NotFound(_)) => continue,
-            Err(error) => return Err(error),
+        let Some(newest) = &lease.newest else {
+            continue;
         };
-        let record: LockRecord = serde_json::from_slice(&bytes)
-            .map_err(|error| RepoError::corrupt(&key, format!("bad lock record: {error}")))?;
-        records.push(record);
+        if let Some(record) = read_record(backend, newest).await? {
+            records.push(record);
+        }
     }
     Ok(records)
 }
@@ -170,23 +258,33 @@ async fn read_generation(backend: &Backend) -> Result<Option<String>> {
     }
 }
 
-/// A record this process holds: written at creation, rewritten every
-/// [`REFRESH_INTERVAL`] by a background task, deleted on release (or, best effort,
-/// on drop).
+/// A lease or lock this process holds: its first record written at creation, a new
+/// record every [`REFRESH_INTERVAL`] by a background task, the `released` marker at
+/// release (or, best effort, on drop). Every write is create-only.
 #[derive(Debug)]
 struct Held {
     backend: Backend,
     record: LockRecord,
-    /// When the last rewrite succeeded.
+    /// When the last refresh succeeded.
     last_refresh: Arc<Mutex<Instant>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Writes `key` only if absent, durably; an existing object is an error (the keys
+/// are random or sequence-numbered, so it means another writer used the same name).
+async fn create_record(backend: &Backend, key: &str, record: &LockRecord) -> Result<()> {
+    match backend
+        .put_if_absent(key, record.encode()?, Durability::Immediate)
+        .await?
+    {
+        PutOutcome::Created => Ok(()),
+        PutOutcome::AlreadyExisted => Err(RepoError::AlreadyExists(key.to_owned())),
+    }
+}
+
 impl Held {
     async fn create(backend: &Backend, record: LockRecord) -> Result<Self> {
-        backend
-            .put_lock_object(&record.key(), record.encode()?)
-            .await?;
+        create_record(backend, &record.record_key(0), &record).await?;
         let last_refresh = Arc::new(Mutex::new(Instant::now()));
         let refresher = tokio::spawn(refresh_loop(
             backend.clone(),
@@ -210,45 +308,90 @@ impl Held {
             .unwrap_or(false)
     }
 
-    async fn release(&self) -> Result<()> {
-        if let Ok(mut refresher) = self.refresher.lock()
-            && let Some(task) = refresher.take()
-        {
-            task.abort();
-        }
-        self.backend.delete(&self.record.key()).await
+    /// Whether the lease's first record is still stored: a collection that judged the
+    /// holder dead removed it.
+    async fn still_stored(&self) -> Result<bool> {
+        self.backend.exists(&self.record.record_key(0)).await
     }
+
+    fn stop_refreshing(&self) -> bool {
+        match self.refresher.lock() {
+            Ok(mut refresher) => match refresher.take() {
+                Some(task) => {
+                    task.abort();
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// Stops refreshing and writes the `released` marker.
+    async fn release(&self) -> Result<()> {
+        self.stop_refreshing();
+        write_released(&self.backend, &self.record).await
+    }
+
+    /// [`Self::release`], then removes every object of the lease (a holder whose key
+    /// may delete: garbage collection). The removal is best effort: objects Object
+    /// Lock keeps, say, are released all the same and removed by a later collection.
+    async fn release_and_remove(&self) -> Result<()> {
+        self.release().await?;
+        let removed = match list_leases(&self.backend, &self.record.kind)
+            .await?
+            .remove(&self.record.key())
+        {
+            Some(lease) => remove_lease(&self.backend, &lease).await,
+            None => Ok(()),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(lease = %self.record.key(), %error, "cannot remove a released lock");
+        }
+        Ok(())
+    }
+}
+
+async fn write_released(backend: &Backend, record: &LockRecord) -> Result<()> {
+    let mut marker = record.clone();
+    marker.released = true;
+    marker.refreshed = format_timestamp(OffsetDateTime::now_utc());
+    match create_record(backend, &record.released_key(), &marker).await {
+        // Released twice (an explicit release, then a retry): the same outcome.
+        Ok(()) | Err(RepoError::AlreadyExists(_)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+async fn remove_lease(backend: &Backend, lease: &LeaseObjects) -> Result<()> {
+    for key in lease.removal_order() {
+        backend.delete(key).await?;
+    }
+    Ok(())
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let Ok(mut refresher) = self.refresher.lock() else {
+        if !self.stop_refreshing() {
             return;
-        };
-        let Some(task) = refresher.take() else {
-            return;
-        };
-        task.abort();
-        // Not released explicitly (an error path): remove the record if a runtime is
-        // still there; otherwise it dies with this process (same-host check) or by age.
+        }
+        // Not released explicitly (an error path): mark the lease released if a runtime
+        // is still there; otherwise it dies with this process (same-host check) or by
+        // age.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let backend = self.backend.clone();
-            let key = self.record.key();
+            let record = self.record.clone();
             runtime.spawn(async move {
-                let _ = backend.delete(&key).await;
+                let _ = write_released(&backend, &record).await;
             });
         }
     }
 }
 
 async fn refresh_loop(backend: Backend, mut record: LockRecord, last: Arc<Mutex<Instant>>) {
-    loop {
+    for sequence in 1.. {
         tokio::time::sleep(REFRESH_INTERVAL).await;
-        record.refreshed = format_timestamp(OffsetDateTime::now_utc());
-        let Ok(bytes) = record.encode() else {
-            continue;
-        };
-        match backend.put_lock_object(&record.key(), bytes).await {
+        match refresh(&backend, &mut record, sequence).await {
             Ok(()) => {
                 if let Ok(mut last) = last.lock() {
                     *last = Instant::now();
@@ -257,6 +400,13 @@ async fn refresh_loop(backend: Backend, mut record: LockRecord, last: Arc<Mutex<
             Err(error) => tracing::warn!(key = %record.key(), %error, "cannot refresh lock record"),
         }
     }
+}
+
+/// Writes the `sequence`-th record of a lease, refreshed now. A failed write is not
+/// retried under the same number (it may have been stored after all).
+async fn refresh(backend: &Backend, record: &mut LockRecord, sequence: u64) -> Result<()> {
+    record.refreshed = format_timestamp(OffsetDateTime::now_utc());
+    create_record(backend, &record.record_key(sequence), record).await
 }
 
 /// The lease of one running backup.
@@ -317,7 +467,7 @@ impl BackupLease {
         if read_generation(backend).await? != self.generation_at_start {
             must_check = true;
         }
-        if !self.held.is_fresh() || !backend.exists(&self.held.record.key()).await? {
+        if !self.held.is_fresh() || !self.held.still_stored().await? {
             return Err(RepoError::Busy(format!(
                 "the backup's lease {} could not be kept fresh; not committing",
                 self.held.record.key()
@@ -357,7 +507,8 @@ impl BackupLease {
         }
     }
 
-    /// Removes the lease (after the manifest is written, or when giving up).
+    /// Marks the lease released (after the manifest is written, or when giving up);
+    /// its objects stay until a garbage collection removes them.
     pub async fn release(&self) -> Result<()> {
         self.held.release().await
     }
@@ -382,7 +533,7 @@ impl GcLock {
             if other.id == held.record.id || !other.is_live(now, STALE_AFTER) {
                 continue;
             }
-            held.release().await?;
+            held.release_and_remove().await?;
             return Err(RepoError::Busy(format!(
                 "another garbage collection is running ({} on {}, pid {}, since {})",
                 other.key(),
@@ -423,23 +574,37 @@ impl GcLock {
             .await
     }
 
-    /// Removes the lock.
+    /// Releases the lock and removes its objects.
     pub async fn release(&self) -> Result<()> {
-        self.held.release().await
+        self.held.release_and_remove().await
     }
 }
 
-/// Removes the records of dead holders (killed processes, hung ones): harmless, since
-/// a dead holder no longer acts and a hung one checks its own record before it does.
-/// Best effort: failures only leave records that are ignored anyway.
+/// Removes the objects of released leases and of dead holders (killed processes,
+/// hung ones): harmless, since a released or dead holder no longer acts and a hung one
+/// checks that its first record is still there before it commits. Best effort:
+/// failures only leave objects that are ignored anyway.
 async fn remove_dead_records(backend: &Backend, now: OffsetDateTime) {
     for kind in ["gc", "backup"] {
-        let Ok(records) = read_records(backend, kind).await else {
+        let Ok(leases) = list_leases(backend, kind).await else {
             continue;
         };
-        for record in records.iter().filter(|r| !r.is_live(now, STALE_AFTER)) {
-            tracing::info!(key = %record.key(), host = %record.host, pid = record.pid, "removing a dead lock record");
-            let _ = backend.delete(&record.key()).await;
+        for (name, lease) in leases {
+            if !lease.released {
+                let newest = match &lease.newest {
+                    Some(newest) => read_record(backend, newest).await,
+                    None => Ok(None),
+                };
+                match newest {
+                    Ok(Some(record)) if !record.is_live(now, STALE_AFTER) => {
+                        tracing::info!(lease = %name, host = %record.host, pid = record.pid, "removing a dead lock record");
+                    }
+                    _ => continue,
+                }
+            }
+            if let Err(error) = remove_lease(backend, &lease).await {
+                tracing::warn!(lease = %name, %error, "cannot remove an ended lease");
+            }
         }
     }
 }
@@ -514,5 +679,66 @@ mod tests {
         assert_eq!(records, vec![lease.record().clone()]);
         lease.release().await.unwrap();
         assert!(live_records(&backend, "backup").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn leases_are_written_create_only_and_a_collection_removes_released_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::from_url(dir.path().to_str().unwrap(), true).unwrap();
+        let lease = BackupLease::acquire(&backend, "web1", None).await.unwrap();
+        let mut record = lease.record().clone();
+        refresh(&backend, &mut record, 1).await.unwrap();
+        let error = refresh(&backend, &mut record, 1).await.unwrap_err();
+        assert!(matches!(error, RepoError::AlreadyExists(_)), "{error}");
+        assert_eq!(
+            live_records(&backend, "backup").await.unwrap(),
+            vec![record.clone()],
+            "the newest record counts"
+        );
+        lease.release().await.unwrap();
+        assert!(live_records(&backend, "backup").await.unwrap().is_empty());
+        let mut objects = backend.list(&record.key()).await.unwrap();
+        objects.sort();
+        assert_eq!(
+            objects,
+            [
+                record.record_key(0),
+                record.record_key(1),
+                record.released_key()
+            ]
+        );
+        let collection = GcLock::acquire(&backend).await.unwrap();
+        collection.release().await.unwrap();
+        assert!(backend.list(LOCKS_PREFIX).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn older_single_object_leases_count_until_dead_and_are_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::from_url(dir.path().to_str().unwrap(), true).unwrap();
+        let mut record = LockRecord::new("backup", Some("vm"), None).unwrap();
+        record.host = "elsewhere".into();
+        let write = |record: &LockRecord| {
+            let (backend, record) = (backend.clone(), record.clone());
+            async move {
+                backend
+                    .put_lock_object(&record.key(), record.encode().unwrap())
+                    .await
+                    .unwrap()
+            }
+        };
+        write(&record).await;
+        assert_eq!(
+            live_records(&backend, "backup").await.unwrap(),
+            vec![record.clone()]
+        );
+        let now = OffsetDateTime::now_utc();
+        record.refreshed = format_timestamp(now - STALE_AFTER - Duration::from_secs(1));
+        write(&record).await;
+        assert!(live_records(&backend, "backup").await.unwrap().is_empty());
+        assert_eq!(read_records(&backend, "backup").await.unwrap().len(), 1);
+        let collection = GcLock::acquire(&backend).await.unwrap();
+        collection.release().await.unwrap();
+        assert!(backend.list(LOCKS_PREFIX).await.unwrap().is_empty());
     }
 }

@@ -337,7 +337,9 @@ impl Copier {
     }
 
     /// Copies the indexes of snapshot `id`; an index already at the secondary with other
-    /// bytes (left by a backup that crashed before its manifest) is replaced.
+    /// bytes (left by a backup that crashed before its manifest) is replaced, which
+    /// needs a destination key that may delete: with an append-only key that case
+    /// fails (`RepoError::NotPermitted`) and everything else works.
     async fn indexes(&self, id: &SnapshotId) -> Result<u64> {
         let prefix = format!("indexes/{}/{}", id.vm, id.timestamp);
         let mut copied = 0;
@@ -346,7 +348,17 @@ impl Copier {
             check_frame_of_kind(&key, &data, BlobKind::Index)?;
             match self.to.get(&key, MAX_INDEX_OBJECT).await {
                 Ok(existing) if existing == data => continue,
-                Ok(_) => self.to.delete(&key).await?,
+                Ok(_) => {
+                    if let Err(error) = self.to.delete(&key).await {
+                        if matches!(error, RepoError::NotPermitted { .. }) {
+                            tracing::warn!(
+                                %key,
+                                "the secondary holds another index at this key and the destination key may not replace it (append-only); run `haven gc` at the secondary with its delete key, then replicate again"
+                            );
+                        }
+                        return Err(error);
+                    }
+                }
                 Err(RepoError::NotFound(_)) => {}
                 Err(error) => return Err(error),
             }

@@ -447,6 +447,16 @@ impl Backend {
 fn storage_error(key: &str, error: object_store::Error) -> RepoError {
     match error {
         object_store::Error::NotFound { .. } => RepoError::NotFound(key.to_string()),
+        source @ object_store::Error::PermissionDenied { .. }
+            if source
+                .to_string()
+                .contains(haven_node_protocol::PERMISSION_REFUSAL) =>
+        {
+            RepoError::NotPermitted {
+                key: key.to_string(),
+                source: Box::new(source),
+            }
+        }
         source => RepoError::Storage {
             key: key.to_string(),
             source,
