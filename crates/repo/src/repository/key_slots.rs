@@ -151,9 +151,9 @@ async fn try_slot(
         .await
         .map_err(join_error)??;
     let keys = master.derive()?;
-    config
-        .check_mac(&keys)
-        .map_err(|_| RepoError::corrupt(slot_object(id), "wraps the key of another repository"))?;
+    // The password opened the slot: a config that does not authenticate was altered,
+    // or the slot was copied from another repository (the error names both).
+    config.check_mac(&keys)?;
     Ok(Unlocked {
         master,
         keys,
