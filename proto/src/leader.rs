@@ -336,11 +336,22 @@ fn is_refusal(status: &Status) -> bool {
 
 /// A transport failure with its causes spelled out: a TLS refusal (an unknown CA, an
 /// expired certificate) is otherwise only "transport error".
+///
+/// A TLS alert or an untrusted server certificate is a refusal, not a failover
+/// symptom: retrying cannot help, so it ends the call at once as UNAUTHENTICATED.
 fn explained(url: &str, status: Status) -> Status {
     use std::error::Error;
     match status.source() {
         Some(source) if !is_refusal(&status) => {
-            Status::new(status.code(), format!("{url}: {}", error_chain(source)))
+            let chain = error_chain(source);
+            let refused = chain.contains("received fatal alert")
+                || chain.contains("invalid peer certificate");
+            let code = if refused {
+                Code::Unauthenticated
+            } else {
+                status.code()
+            };
+            Status::new(code, format!("{url}: {chain}"))
         }
         _ => status,
     }
