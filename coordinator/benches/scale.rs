@@ -136,8 +136,7 @@ impl BenchPki {
 
     /// A leader-following client holding a certificate of `role` for `name`.
     fn client(&self, url: &str, role: Role, name: &str) -> LeaderClient {
-        let mut request = LeafRequest::new(name, 1);
-        request.identity = Some(Identity::new(role, name).expect("identity"));
+        let request = LeafRequest::client(Identity::new(role, name).expect("identity"), 1);
         let (cert, key) = self
             .authority
             .issue(&request)

@@ -244,8 +244,7 @@ impl DevPki {
         server.dns_names.push("localhost".into());
         authority.issue(&server)?.write(dir, "coordinator", true)?;
         for (role, name) in [(Role::Worker, "dev-worker"), (Role::Admin, "admin")] {
-            let mut client = LeafRequest::new(name, 3650);
-            client.identity = Some(Identity::new(role, name)?);
+            let client = LeafRequest::client(Identity::new(role, name)?, 3650);
             authority.issue(&client)?.write(dir, name, true)?;
         }
         Ok(pki)

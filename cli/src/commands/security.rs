@@ -123,20 +123,21 @@ pub fn pki(command: PkiCommand) -> Result<()> {
         } => {
             let authority =
                 CertificateAuthority::load(&dir.join("ca.pem"), &dir.join("ca-key.pem"))?;
-            let mut request = LeafRequest::new(name.clone(), days);
-            if kind == "server" {
+            let request = if kind == "server" {
                 if dns_names.is_empty() && ip_addresses.is_empty() {
                     dns_names.push(name.clone());
                 }
+                let mut request = LeafRequest::new(name.clone(), days);
                 request.dns_names = dns_names;
                 request.ip_addresses = ip_addresses;
+                request
             } else {
                 let role: Role = kind.parse().map_err(anyhow::Error::msg)?;
                 if !dns_names.is_empty() || !ip_addresses.is_empty() {
                     bail!("--dns and --ip name servers; issue a `server` certificate for those");
                 }
-                request.identity = Some(Identity::new(role, name.clone())?);
-            }
+                LeafRequest::client(Identity::new(role, name.clone())?, days)
+            };
             let out = out.unwrap_or(dir);
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;

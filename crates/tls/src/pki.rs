@@ -62,6 +62,13 @@ impl LeafRequest {
         }
     }
 
+    /// A client certificate for `identity`, valid for `days` (see [`LeafRequest::new`]).
+    pub fn client(identity: Identity, days: i64) -> Self {
+        let mut request = Self::new(identity.name.clone(), days);
+        request.identity = Some(identity);
+        request
+    }
+
     /// Whether it names a server (DNS or IP names).
     pub fn is_server(&self) -> bool {
         !self.dns_names.is_empty() || !self.ip_addresses.is_empty()
@@ -228,8 +235,7 @@ mod tests {
         let (ca_cert, ca_key) = ca.write(dir.path(), "ca", false).unwrap();
         let loaded = CertificateAuthority::load(&ca_cert, &ca_key).unwrap();
         for issuer in [&authority, &loaded] {
-            let mut request = LeafRequest::new("kvm-01", 1);
-            request.identity = Some(Identity::new(Role::Worker, "kvm-01").unwrap());
+            let request = LeafRequest::client(Identity::new(Role::Worker, "kvm-01").unwrap(), 1);
             let issued = issuer.issue(&request).unwrap();
             let (cert, _) = issued.write(dir.path(), "kvm-01", true).unwrap();
             let der = &crate::files::certificates(&cert).unwrap()[0];
