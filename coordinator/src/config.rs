@@ -4,7 +4,8 @@
 //! id = "coord-1"
 //! listen = "127.0.0.1:7700"               # gRPC
 //! advertise_url = "https://10.0.0.1:7700" # default: https://LISTEN (http:// without TLS)
-//! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional)
+//! http_listen = "127.0.0.1:7701"          # /metrics and /healthz (optional; over [tls]
+//!                                         # when present: /metrics needs a viewer cert)
 //! etcd = ["https://10.0.0.2:2379"]        # absent or empty: embedded store
 //! state_path = "/var/lib/haven/coordinator.redb"   # the embedded store's file
 //! worker_lease_seconds = 10
@@ -15,7 +16,7 @@
 //! job_history_hours = 168                 # finished jobs are forgotten after this
 //! allowed_repositories = ["s3://haven/*"]  # globs; policies and jobs may use only these
 //! audit_retention_days = 365
-//! insecure = false                        # true: allow plain gRPC off loopback (warns)
+//! insecure = false                        # true: allow plain gRPC/HTTP off loopback (warns)
 //!
 //! [tls]                                   # required unless `listen` is loopback
 //! cert = "/etc/haven/coordinator.pem"
@@ -86,40 +87,16 @@ pub struct CoordinatorConfig {
     /// How long audit records are kept.
     #[serde(default = "default_audit_retention")]
     pub audit_retention_days: u64,
-    /// Serve plain gRPC on a non-loopback address (logged as a warning at every start).
+    /// Serve plain gRPC and HTTP on a non-loopback address (logged as a warning at
+    /// every start).
     #[serde(default)]
     pub insecure: bool,
-    /// TLS of the gRPC listener.
+    /// TLS of the gRPC listener and of `http_listen`.
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<haven_tls::listener::ServerTlsFiles>,
     /// TLS and credentials towards etcd: plain TCP only on loopback otherwise.
     #[serde(default)]
     pub etcd_security: EtcdSecurity,
-}
-
-/// The coordinator's certificate and the CA of its clients.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Its key (PEM).
-    pub key: PathBuf,
-    /// CA bundle of client certificates (workers, operators); without it callers
-    /// authenticate with API tokens only.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    /// The files as the TLS listener takes them.
-    pub fn files(&self) -> haven_tls::listener::ServerTlsFiles {
-        haven_tls::listener::ServerTlsFiles {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            client_ca: self.client_ca.clone(),
-        }
-    }
 }
 
 fn default_id() -> String {
@@ -166,6 +143,23 @@ impl CoordinatorConfig {
                  or set insecure = true to serve plain gRPC anyway",
                 config.listen
             ));
+        }
+        if let Some(http) = config.http_listen {
+            match &config.tls {
+                Some(tls) if tls.client_ca.is_none() => {
+                    return Err(format!(
+                        "{file_name}: http_listen is served over [tls], where /metrics is read \
+                         with a viewer certificate: add client_ca to [tls]"
+                    ));
+                }
+                None if !http.ip().is_loopback() && !config.insecure => {
+                    return Err(format!(
+                        "{file_name}: http_listen = {http} is not loopback: add a [tls] table \
+                         (see `haven pki`), or set insecure = true to serve plain HTTP anyway"
+                    ));
+                }
+                _ => {}
+            }
         }
         config
             .etcd_transport()

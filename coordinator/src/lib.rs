@@ -30,6 +30,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use haven_metrics::HttpSecurity;
 use haven_proto::v1::admin_service_server::AdminServiceServer;
 use haven_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ pub enum CoordinatorError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The HTTP listener (`/metrics`, `/healthz`) could not start.
+    #[error(transparent)]
+    Http(#[from] haven_metrics::BindError),
     /// The TLS files could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] haven_tls::TlsError),
@@ -115,7 +119,7 @@ pub async fn run(
         })?;
     let tls = match &config.tls {
         Some(tls) => {
-            let reloading = tls.files().reloading("coordinator gRPC")?;
+            let reloading = tls.reloading("coordinator gRPC")?;
             reloading.watch(shutdown.clone());
             Some(reloading)
         }
@@ -127,12 +131,13 @@ pub async fn run(
         }
     };
     if let Some(address) = config.http_listen {
-        let http = haven_metrics::MetricsServer::bind(address)
-            .await
-            .map_err(|source| CoordinatorError::Listen {
-                address: address.to_string(),
-                source,
-            })?;
+        let security = match &config.tls {
+            Some(tls) => HttpSecurity::tls(tls, "coordinator HTTP", &shutdown)?,
+            None => HttpSecurity::Plain {
+                insecure: config.insecure,
+            },
+        };
+        let http = haven_metrics::MetricsServer::bind(address, security).await?;
         let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone()));
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }

@@ -54,7 +54,9 @@ pub async fn run_worker(
     let storage_keys = StorageKeys::load(&config.storage).map_err(WorkerError::InvalidInput)?;
     let metrics = WorkerMetrics::new();
     if let Some(address) = config.metrics_listen {
-        metrics.serve(address, shutdown.clone()).await?;
+        metrics
+            .serve(address, config.metrics_tls.as_ref(), shutdown.clone())
+            .await?;
     }
     let client = Arc::new(
         LeaderClient::new(

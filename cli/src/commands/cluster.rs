@@ -183,6 +183,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         read_limit_bytes_per_second: 0,
         inventory_interval_seconds: 10,
         metrics_listen: None,
+        metrics_tls: None,
         hosts: vec![HostConfig {
             name: args.host.clone(),
             qmp_dir: args.qmp_dir.clone(),
@@ -200,7 +201,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         storage: Default::default(),
     };
     eprintln!(
-        "haven dev: coordinator on https://{} (metrics http://{}/metrics), worker for host {:?}\n\
+        "haven dev: coordinator on https://{} (metrics https://{}/metrics with the admin \
+         certificate), worker for host {:?}\n\
          the CLI as admin: export HAVEN_COORDINATOR=https://{} HAVEN_CA_FILE={} \
          HAVEN_CERT_FILE={} HAVEN_KEY_FILE={}",
         args.listen,

@@ -3,15 +3,17 @@
 
 mod metrics;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use haven_metrics::MetricsServer;
+use haven_metrics::{HttpSecurity, MetricsServer};
 use haven_repo::{
     Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate, replicate,
     replication_status,
 };
+use haven_tls::listener::ServerTlsFiles;
 use tokio_util::sync::CancellationToken;
 
 use metrics::ReplicationMetrics;
@@ -69,9 +71,19 @@ pub struct ReplicateArgs {
     /// Replicate continuously, one pass every INTERVAL (for example 30s, 5m, 1h).
     #[arg(long, value_name = "INTERVAL", value_parser = interval_value)]
     watch: Option<Duration>,
-    /// With --watch: serve Prometheus metrics on http://ADDR/metrics.
+    /// With --watch: serve Prometheus metrics on ADDR (/metrics): plain HTTP on a
+    /// loopback address, elsewhere HTTPS with the three --metrics-* files below.
     #[arg(long, value_name = "ADDR", requires = "watch")]
     metrics_listen: Option<String>,
+    /// Certificate of the metrics listener (PEM); makes it HTTPS.
+    #[arg(long, value_name = "FILE", requires_all = ["metrics_listen", "metrics_key", "metrics_client_ca"])]
+    metrics_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "metrics_cert")]
+    metrics_key: Option<PathBuf>,
+    /// CA of the scrapers' client certificates (role viewer or above).
+    #[arg(long, value_name = "FILE", requires = "metrics_cert")]
+    metrics_client_ca: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -126,12 +138,25 @@ pub async fn run(args: ReplicateArgs) -> Result<()> {
     };
     let metrics = Arc::new(ReplicationMetrics::new());
     if let Some(address) = &args.metrics_listen {
-        let server = MetricsServer::bind(address.as_str())
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        println!("metrics on http://{}/metrics", server.local_addr()?);
         // Served until the process ends: the watch loop below never returns.
-        tokio::spawn(server.serve(Arc::clone(&metrics), CancellationToken::new()));
+        let shutdown = CancellationToken::new();
+        let (security, scheme) = match (&args.metrics_cert, &args.metrics_key) {
+            (Some(cert), Some(key)) => {
+                let files = ServerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args.metrics_client_ca.clone(),
+                };
+                (
+                    HttpSecurity::tls(&files, "replication metrics", &shutdown)?,
+                    "https",
+                )
+            }
+            _ => (HttpSecurity::Plain { insecure: false }, "http"),
+        };
+        let server = MetricsServer::bind(address.as_str(), security).await?;
+        println!("metrics on {scheme}://{}/metrics", server.local_addr()?);
+        tokio::spawn(server.serve(Arc::clone(&metrics), shutdown));
     }
     refresh_metrics(&from, &to, args.vm.as_deref(), &metrics).await;
     loop {

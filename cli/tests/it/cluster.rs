@@ -25,7 +25,6 @@ use crate::support::{
     cluster::{Cli, init_repo, make_image, one_cluster_at_a_time, start_vm},
     etcd::Etcd,
     haven::{PASSWORD, haven},
-    metrics::scrape,
     pki::Pki,
     process::{Guard, free_port, spawn_logged},
 };
@@ -120,11 +119,11 @@ impl Cluster {
     fn leader_index(&self) -> usize {
         for i in 0..self.coordinator_urls.len() {
             let port = std::fs::read_to_string(self.dir.join(format!("c{i}.port"))).unwrap();
-            let body = Command::new("curl")
-                .args(["-s", &format!("http://127.0.0.1:{}/healthz", port.trim())])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&body.stdout).contains("ok: leader") {
+            // Probes carry no client certificate: /healthz answers them.
+            let (_, body) = self
+                .pki
+                .https_get(port.trim().parse().unwrap(), "/healthz", None);
+            if body.contains("ok: leader") {
                 return i;
             }
         }
@@ -255,14 +254,15 @@ impl Cluster {
         let mut config = format!(
             "id = \"{id}\"\ncoordinators = [{}]\nmax_jobs = 3\nconnections = 2\n\
              read_limit_bytes_per_second = 16777216\ninventory_interval_seconds = 5\nscratch_dir = {:?}\n\
-             metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
+             metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}{}",
             self.coordinator_urls
                 .iter()
                 .map(|u| format!("{u:?}"))
                 .collect::<Vec<_>>()
                 .join(","),
             self.dir.to_str().unwrap(),
-            self.pki.worker_toml(id)
+            self.pki.worker_toml(id),
+            self.pki.worker_metrics_toml(id),
         );
         for host in hosts {
             config.push_str(&format!(
@@ -421,8 +421,11 @@ fn cluster_schedules_fences_and_fails_over() {
         .borrow()
         .iter()
         .map(|port| {
-            let response = scrape(*port);
-            assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+            let (status, response) =
+                cluster
+                    .pki
+                    .https_get(*port, "/metrics", Some(("viewer", "prometheus")));
+            assert_eq!(status, 200, "{response}");
             response
                 .lines()
                 .find_map(|line| {
@@ -434,6 +437,30 @@ fn cluster_schedules_fences_and_fails_over() {
         })
         .sum();
     assert_eq!(backups, 20, "backups the workers' metrics count");
+    // Over TLS, /metrics needs a certificate whose role covers viewer; /healthz none.
+    let leader_http: u16 = std::fs::read_to_string(
+        cluster
+            .dir
+            .join(format!("c{}.port", cluster.leader_index())),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let worker_port = cluster.worker_metrics_ports.borrow()[0];
+    for port in [leader_http, worker_port] {
+        let (status, text) =
+            cluster
+                .pki
+                .https_get(port, "/metrics", Some(("viewer", "prometheus")));
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("haven_"), "{text}");
+        for client in [None, Some(("worker", "w0"))] {
+            let (status, text) = cluster.pki.https_get(port, "/metrics", client);
+            assert_eq!(status, 403, "{client:?} read /metrics: {text}");
+        }
+        assert_eq!(cluster.pki.https_get(port, "/healthz", None).0, 200);
+    }
 
     // --- kill -9 of a worker mid-backup: the job finishes elsewhere, resumes cheaply.
     let id = cluster.run_job("big0");

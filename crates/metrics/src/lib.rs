@@ -26,7 +26,9 @@
 //!   first.
 //! - **Server** ([`MetricsServer`]): HTTP/1.1, one request per connection, a time
 //!   limit on every connection, 404 for any other path, graceful shutdown on a
-//!   `CancellationToken`. A component with its own HTTP front (the storage node)
+//!   `CancellationToken`. Plain HTTP only on loopback unless the operator says
+//!   `insecure`; over TLS ([`HttpSecurity::Tls`]) `/metrics` needs a client
+//!   certificate whose role covers `viewer`, while `/healthz` stays open to probes. A component with its own HTTP front (the storage node)
 //!   answers its `/metrics` with [`exposition`] instead.
 #![warn(missing_docs)]
 
@@ -41,4 +43,4 @@ pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 pub use registry::{CONTENT_TYPE, EncodeError, Registry, ScrapeTimeMetrics};
 pub use sample_writer::{NO_LABELS, NoLabels, SampleWriter};
-pub use server::{Exporter, MetricsServer, exposition, respond};
+pub use server::{BindError, Exporter, HttpSecurity, MetricsServer, exposition, respond};

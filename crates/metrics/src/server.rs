@@ -1,4 +1,10 @@
 //! The one HTTP server for `/metrics` and `/healthz`.
+//!
+//! Plain HTTP only on loopback (or where the operator explicitly allows it); off
+//! loopback the listener speaks TLS and `/metrics` asks for a client certificate of the
+//! cluster's CA whose role covers `viewer`, the role that may read the cluster's state.
+//! `/healthz` answers without a certificate: liveness probes (Kubernetes, load
+//! balancers) carry none, and it tells nothing but whether the process serves.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,38 +13,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use haven_tls::listener::{ListenerSettings, PeerCertificate, PeerInfo};
+use haven_tls::reload::Reloading;
+use haven_tls::{Role, TlsError};
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE as CONTENT_TYPE_HEADER, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{CONTENT_TYPE, Registry};
 
-/// Longest time a client may take to send its request headers.
+/// Longest time a client may take to send its request headers (and, on TLS, to
+/// finish its handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest time one connection (one scrape) may stay open, so a client that stops
 /// reading cannot hold a task forever.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most connections answered at once. Beyond it, accepting waits until one ends,
-/// which the two timeouts above bound: a flood of silent connections delays a
+/// Most connections open at once; more are closed on accept. The two timeouts above
+/// bound how long a silent connection keeps its slot, so a flood of them delays a
 /// scrape by at most [`HEADER_READ_TIMEOUT`] and cannot exhaust memory or tasks.
 const MAX_CONNECTIONS: usize = 64;
 
 /// How long shutdown waits for scrapes already being answered.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Pause after a failed `accept` (out of file descriptors, say), so the loop does
-/// not spin while the condition lasts.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
-
 /// Content-Type of the plain text answers (`/healthz`, errors).
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
+/// The role a client certificate must cover to read `/metrics` over TLS.
+const METRICS_ROLE: Role = Role::Viewer;
 
 /// What one component serves: its registry, and `/healthz` where it has one.
 pub trait Exporter: Send + Sync + 'static {
@@ -58,20 +67,92 @@ pub trait Exporter: Send + Sync + 'static {
     }
 }
 
+/// How a metrics listener protects what it serves.
+#[derive(Clone)]
+pub enum HttpSecurity {
+    /// Plain HTTP: refused off loopback unless `insecure`, which warns at every start.
+    Plain {
+        /// The operator's explicit consent to plain HTTP off loopback.
+        insecure: bool,
+    },
+    /// TLS with a configuration that follows its files. `/metrics` needs a client
+    /// certificate naming a role that covers `viewer`, so the configuration must name
+    /// a client CA; without one every scrape is refused.
+    Tls(Arc<Reloading<rustls::ServerConfig>>),
+}
+
+impl HttpSecurity {
+    /// TLS from `files`, reloaded when they change until `shutdown`; `what` names the
+    /// listener in logs.
+    pub fn tls(
+        files: &haven_tls::listener::ServerTlsFiles,
+        what: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, TlsError> {
+        let reloading = files.reloading_with(what, |config| {
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        })?;
+        reloading.watch(shutdown.clone());
+        Ok(Self::Tls(reloading))
+    }
+}
+
+/// Why a metrics listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Plain HTTP was asked for off loopback without the operator's consent.
+    #[error(
+        "{address} is not a loopback address: serve metrics over TLS (certificate, key and \
+         client CA), or allow plain HTTP explicitly"
+    )]
+    PlainOffLoopback {
+        /// The address bound.
+        address: SocketAddr,
+    },
+}
+
 /// A bound listener for `/metrics` (and `/healthz`).
 ///
 /// Binding is separate from serving so the caller can report the address (port 0
-/// picks a free one) and fail at start-up when the address is taken.
+/// picks a free one) and fail at start-up when the address is taken or unsafe.
 pub struct MetricsServer {
     listener: TcpListener,
+    security: HttpSecurity,
 }
 
 impl MetricsServer {
-    /// Binds `address`.
-    pub async fn bind(address: impl ToSocketAddrs) -> std::io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(address).await?,
-        })
+    /// Binds `address`, refusing plain HTTP off loopback unless `security` allows it.
+    pub async fn bind(
+        address: impl ToSocketAddrs + std::fmt::Display,
+        security: HttpSecurity,
+    ) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| BindError::Listen {
+                address: address.to_string(),
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| BindError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+        if let HttpSecurity::Plain { insecure } = security
+            && !bound.ip().is_loopback()
+        {
+            if !insecure {
+                return Err(BindError::PlainOffLoopback { address: bound });
+            }
+            tracing::warn!(address = %bound, "serving metrics over plain HTTP off loopback: anyone on the network can read them");
+        }
+        Ok(Self { listener, security })
     }
 
     /// The address actually bound.
@@ -91,41 +172,55 @@ impl MetricsServer {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let tls = match self.security {
+            HttpSecurity::Plain { .. } => None,
+            HttpSecurity::Tls(config) => Some(config),
+        };
+        let needs_certificate = tls.is_some();
+        let settings = ListenerSettings {
+            max_connections: MAX_CONNECTIONS,
+            handshake_timeout: HEADER_READ_TIMEOUT,
+        };
+        let incoming =
+            haven_tls::listener::incoming(self.listener, tls, settings, shutdown.clone());
+        futures::pin_mut!(incoming);
         loop {
-            let permit = tokio::select! {
+            let connection = tokio::select! {
                 () = shutdown.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
+                connection = incoming.next() => match connection {
+                    Some(Ok(connection)) => connection,
+                    Some(Err(error)) => {
                         tracing::warn!(%error, "metrics listener cannot accept");
-                        tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                         continue;
                     }
+                    None => break,
                 },
             };
+            let peer = connection.peer().clone();
+            let may_read_metrics = !needs_certificate || covers_metrics_role(&peer);
             let exporter = Arc::clone(&exporter);
             let service = hyper::service::service_fn(move |request: Request<_>| {
                 let exporter = Arc::clone(&exporter);
                 let path = request.uri().path().to_owned();
-                async move { Ok::<_, Infallible>(respond(exporter.as_ref(), &path).await) }
+                async move {
+                    let response = if path == "/metrics" && !may_read_metrics {
+                        forbidden()
+                    } else {
+                        respond(exporter.as_ref(), &path).await
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(connection), service));
             tokio::spawn(async move {
-                let _permit = permit;
+                let remote = peer.remote;
                 match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "metrics connection ended with an error");
+                        tracing::debug!(?remote, %error, "metrics connection ended with an error");
                     }
-                    Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
+                    Err(_) => tracing::debug!(?remote, "metrics connection timed out"),
                 }
             });
         }
@@ -136,6 +231,21 @@ impl MetricsServer {
             }
         }
     }
+}
+
+/// Whether `peer` presented a certificate of the trusted CA whose role may read metrics.
+fn covers_metrics_role(peer: &PeerInfo) -> bool {
+    matches!(&peer.certificate, PeerCertificate::Identity(identity) if identity.role.covers(METRICS_ROLE))
+}
+
+fn forbidden() -> Response<Full<Bytes>> {
+    text_response(
+        StatusCode::FORBIDDEN,
+        PLAIN_TEXT,
+        format!(
+            "/metrics needs a client certificate of the cluster's CA with role {METRICS_ROLE} or above\n"
+        ),
+    )
 }
 
 /// The answer to a request for `path`: `/metrics`, `/healthz` where the exporter
@@ -288,7 +398,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_scrape_over_tcp_is_answered_and_the_connection_closed() {
-        let server = MetricsServer::bind("127.0.0.1:0").await.unwrap();
+        let server = MetricsServer::bind("127.0.0.1:0", HttpSecurity::Plain { insecure: false })
+            .await
+            .unwrap();
         let address = server.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(server.serve(Arc::new(Fixture::new(None)), shutdown.clone()));
@@ -320,5 +432,129 @@ mod tests {
             tokio::net::TcpStream::connect(address).await.is_err(),
             "still listening after shutdown"
         );
+    }
+    #[tokio::test]
+    async fn plain_http_off_loopback_needs_the_operators_consent() {
+        let refused =
+            MetricsServer::bind("0.0.0.0:0", HttpSecurity::Plain { insecure: false }).await;
+        assert!(
+            matches!(refused, Err(BindError::PlainOffLoopback { .. })),
+            "plain HTTP on 0.0.0.0 was accepted"
+        );
+        let allowed =
+            MetricsServer::bind("0.0.0.0:0", HttpSecurity::Plain { insecure: true }).await;
+        assert!(allowed.is_ok(), "insecure = true was not honoured");
+    }
+
+    /// A CA, the server's certificate and clients of several roles, in a temp dir.
+    struct Pki {
+        dir: tempfile::TempDir,
+        authority: haven_tls::pki::CertificateAuthority,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (authority, ca) =
+                haven_tls::pki::CertificateAuthority::generate("test CA", 1).unwrap();
+            ca.write(dir.path(), "ca", false).unwrap();
+            let mut server = haven_tls::pki::LeafRequest::new("metrics", 1);
+            server.ip_addresses.push("127.0.0.1".parse().unwrap());
+            authority
+                .issue(&server)
+                .unwrap()
+                .write(dir.path(), "server", false)
+                .unwrap();
+            Self { dir, authority }
+        }
+
+        fn server_files(&self) -> haven_tls::listener::ServerTlsFiles {
+            haven_tls::listener::ServerTlsFiles {
+                cert: self.dir.path().join("server.pem"),
+                key: self.dir.path().join("server-key.pem"),
+                client_ca: Some(self.dir.path().join("ca.pem")),
+            }
+        }
+
+        /// A client configuration presenting a certificate of `role`, or none.
+        fn client(&self, role: Option<Role>) -> tokio_rustls::TlsConnector {
+            let identity = role.map(|role| {
+                let identity = haven_tls::Identity::new(role, "scraper").unwrap();
+                let stem = format!("client-{role}");
+                self.authority
+                    .issue(&haven_tls::pki::LeafRequest::client(identity, 1))
+                    .unwrap()
+                    .write(self.dir.path(), &stem, true)
+                    .unwrap()
+            });
+            let files = haven_tls::connector::ClientTlsFiles {
+                ca: self.dir.path().join("ca.pem"),
+                identity,
+            };
+            let mut config = files.build().unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        }
+    }
+
+    /// `GET path` over TLS; the status line of the answer.
+    async fn tls_status(
+        address: SocketAddr,
+        client: &tokio_rustls::TlsConnector,
+        path: &str,
+    ) -> String {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut stream = client.connect(name, tcp).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        // The server closes without close_notify after answering; what was read counts.
+        let _ = stream.read_to_string(&mut answer).await;
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn over_tls_metrics_need_a_viewer_certificate_and_health_needs_none() {
+        let pki = Pki::new();
+        let shutdown = CancellationToken::new();
+        let security = HttpSecurity::tls(&pki.server_files(), "test metrics", &shutdown).unwrap();
+        let server = MetricsServer::bind("127.0.0.1:0", security).await.unwrap();
+        let address = server.local_addr().unwrap();
+        let serving =
+            tokio::spawn(server.serve(Arc::new(Fixture::new(Some("ok\n"))), shutdown.clone()));
+        for role in [Role::Viewer, Role::Operator, Role::Admin] {
+            let status = tls_status(address, &pki.client(Some(role)), "/metrics").await;
+            assert_eq!(status, "HTTP/1.1 200 OK", "{role}");
+        }
+        let status = tls_status(address, &pki.client(Some(Role::Worker)), "/metrics").await;
+        assert_eq!(
+            status, "HTTP/1.1 403 Forbidden",
+            "a worker certificate read metrics"
+        );
+        let anonymous = pki.client(None);
+        assert_eq!(
+            tls_status(address, &anonymous, "/metrics").await,
+            "HTTP/1.1 403 Forbidden"
+        );
+        assert_eq!(
+            tls_status(address, &anonymous, "/healthz").await,
+            "HTTP/1.1 200 OK"
+        );
+        // Plain HTTP to the TLS port gets no answer.
+        let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
+        plain
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.contains("haven_test"), "{answer}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

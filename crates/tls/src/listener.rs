@@ -26,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::reload::Reloading;
 use crate::{Identity, TlsError, files};
 
-/// The files of a server's TLS configuration.
-#[derive(Debug, Clone)]
+/// The files of a server's TLS configuration; also the `[tls]` table of the
+/// configuration files that have one (`cert`, `key`, optional `client_ca`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerTlsFiles {
     /// Certificate chain, leaf first.
     pub cert: PathBuf,
@@ -35,6 +37,7 @@ pub struct ServerTlsFiles {
     pub key: PathBuf,
     /// CA bundle that client certificates must chain to; without it, no client
     /// certificate is asked for (callers then authenticate with tokens).
+    #[serde(default)]
     pub client_ca: Option<PathBuf>,
 }
 
@@ -85,13 +88,27 @@ impl ServerTlsFiles {
 
     /// The configuration, rebuilt when a file changes.
     pub fn reloading(&self, what: &str) -> Result<Arc<Reloading<rustls::ServerConfig>>, TlsError> {
+        self.reloading_with(what, |_| {})
+    }
+
+    /// Like [`ServerTlsFiles::reloading`], with `adjust` applied to every configuration
+    /// built: an HTTP/1.1-only server, say, offers only `http/1.1` in ALPN.
+    pub fn reloading_with(
+        &self,
+        what: &str,
+        adjust: impl Fn(&mut rustls::ServerConfig) + Send + Sync + 'static,
+    ) -> Result<Arc<Reloading<rustls::ServerConfig>>, TlsError> {
         let files = [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
         let this = self.clone();
-        Reloading::new(what, files, move || this.build())
+        Reloading::new(what, files, move || {
+            let mut config = this.build()?;
+            adjust(&mut config);
+            Ok(config)
+        })
     }
 }
 
@@ -239,6 +256,14 @@ fn peer_certificate(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Peer
             Ok(identity) => PeerCertificate::Identity(identity),
             Err(error) => PeerCertificate::Unusable(error.to_string()),
         },
+    }
+}
+
+impl Connection {
+    /// Who is on the other end, for servers other than tonic's (which reads it through
+    /// [`tonic::transport::server::Connected`]).
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
     }
 }
 

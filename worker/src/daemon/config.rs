@@ -8,13 +8,19 @@
 //! connections = 4                     # NBD connections per disk
 //! read_limit_bytes_per_second = 0     # cap on reads from the hypervisors (0: none)
 //! inventory_interval_seconds = 30
-//! metrics_listen = "127.0.0.1:9465"   # optional: /metrics and /healthz (loopback only)
+//! metrics_listen = "127.0.0.1:9465"   # optional: /metrics and /healthz; off loopback
+//!                                     # only with [metrics_tls] (/metrics: viewer certs)
 //! # token_file = "/etc/haven/worker.token"  # instead of a certificate: an API token
 //!
 //! [tls]                               # for https:// coordinators
 //! ca = "/etc/haven/ca.pem"
 //! cert = "/etc/haven/worker-1.pem"    # names haven://worker/worker-1 (`haven pki issue`)
 //! key = "/etc/haven/worker-1-key.pem"
+//!
+//! [metrics_tls]                       # TLS of metrics_listen (`haven pki issue worker
+//! cert = "/etc/haven/worker-1.pem"    #   worker-1 --dns HOST` serves both uses)
+//! key = "/etc/haven/worker-1-key.pem"
+//! client_ca = "/etc/haven/ca.pem"     # scrapers' viewer certificates
 //!
 //! [[hosts]]
 //! name = "kvm-1"
@@ -67,10 +73,13 @@ pub struct WorkerConfig {
     /// Seconds between inventory reports.
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_seconds: u64,
-    /// Where `/metrics` and `/healthz` are served (loopback only until the worker's
-    /// listeners have TLS); none when absent.
+    /// Where `/metrics` and `/healthz` are served; none when absent. Plain HTTP only
+    /// on loopback: elsewhere `[metrics_tls]` is required.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TLS of `metrics_listen`; its `client_ca` signs the scrapers' viewer certificates.
+    #[serde(default)]
+    pub metrics_tls: Option<haven_tls::listener::ServerTlsFiles>,
     /// Hypervisor hosts this worker reaches.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
@@ -165,6 +174,14 @@ impl WorkerConfig {
         }
         if config.max_jobs == 0 {
             return Err(format!("{file_name}: max_jobs must be at least 1"));
+        }
+        if let Some(tls) = &config.metrics_tls
+            && tls.client_ca.is_none()
+        {
+            return Err(format!(
+                "{file_name}: [metrics_tls] needs client_ca: /metrics over TLS is read with \
+                 viewer certificates of that CA"
+            ));
         }
         if let Some(tls) = &config.tls
             && tls.cert.is_some() != tls.key.is_some()

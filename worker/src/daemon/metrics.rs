@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use haven_metrics::{Counter, Exporter, Family, Gauge, MetricsServer, Registry};
+use haven_metrics::{Counter, Exporter, Family, Gauge, HttpSecurity, MetricsServer, Registry};
 use haven_proto::v1;
+use haven_tls::listener::ServerTlsFiles;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, WorkerError};
@@ -78,23 +79,23 @@ impl WorkerMetrics {
             .inc();
     }
 
-    /// Serves `/metrics` and `/healthz` on `address` until `shutdown`. Only loopback
-    /// addresses are accepted until the worker's listeners have TLS.
+    /// Serves `/metrics` and `/healthz` on `address` until `shutdown`: over TLS with
+    /// `tls`, else plain HTTP, which only a loopback address accepts.
     pub(crate) async fn serve(
         &self,
         address: std::net::SocketAddr,
+        tls: Option<&ServerTlsFiles>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        if !address.ip().is_loopback() {
-            return Err(WorkerError::InvalidInput(format!(
-                "metrics_listen {address} is not a loopback address; the worker serves \
-                 metrics without TLS, so only on loopback"
-            )));
-        }
-        let server = MetricsServer::bind(address)
+        let security = match tls {
+            Some(files) => HttpSecurity::tls(files, "worker metrics", &shutdown)
+                .map_err(|error| WorkerError::InvalidInput(format!("[metrics_tls]: {error}")))?,
+            None => HttpSecurity::Plain { insecure: false },
+        };
+        let server = MetricsServer::bind(address, security)
             .await
-            .map_err(WorkerError::io(format!("cannot listen on {address}")))?;
-        tracing::info!(%address, "worker metrics listening");
+            .map_err(|error| WorkerError::InvalidInput(format!("metrics_listen: {error}")))?;
+        tracing::info!(%address, tls = tls.is_some(), "worker metrics listening");
         tokio::spawn(server.serve(Arc::new(self.clone()), shutdown));
         Ok(())
     }

@@ -74,7 +74,7 @@ fn coordinator_leads_on_a_secured_etcd() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let health = haven_testkit::process::http_get(http, "/healthz").expect("/healthz");
+    let (_, health) = pki.https_get(http, "/healthz", None);
     assert!(health.contains("ok: leader"), "/healthz: {health}");
     let policy = dir.join("policy.toml");
     std::fs::write(

@@ -75,6 +75,36 @@ impl Pki {
         )
     }
 
+    /// The `[metrics_tls]` table of worker `id`'s worker.toml: a server certificate
+    /// for 127.0.0.1, scrapers' certificates checked against the CA.
+    pub fn worker_metrics_toml(&self, id: &str) -> String {
+        let (cert, key) =
+            self.issue_with("server", &format!("{id}-metrics"), &["--ip", "127.0.0.1"]);
+        format!(
+            "[metrics_tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {:?}\n",
+            self.ca()
+        )
+    }
+
+    /// `GET https://127.0.0.1:PORT/PATH` with curl trusting the CA and presenting the
+    /// certificate of `client` (kind, name) when given: the HTTP status and body.
+    pub fn https_get(&self, port: u16, path: &str, client: Option<(&str, &str)>) -> (u16, String) {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+            .arg(self.ca());
+        if let Some((kind, name)) = client {
+            let (cert, key) = self.issue(kind, name);
+            curl.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = curl
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// The CLI against `urls` with a certificate of `kind` named `name`.
     pub fn cli(&self, urls: &str, kind: &str, name: &str) -> Cli {
         let (cert, key) = self.issue(kind, name);
