@@ -2,7 +2,8 @@
 # Control-plane scale simulation (issue 5): one `haven coordinator` process and N
 # simulated workers (gRPC clients in the bench process) over 10,000 VMs, on a
 # throw-away single-member etcd (STORE=etcd, the default) or the embedded store
-# (STORE=embedded). Usage: bench/cluster-scale.sh [VMS] [WORKERS]
+# (STORE=embedded). The control plane runs on mutual TLS; PLAIN=1 runs it on plain TCP
+# with API tokens, the baseline for TLS's cost. Usage: bench/cluster-scale.sh [VMS] [WORKERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
@@ -32,5 +33,8 @@ if [ "$store" = etcd ]; then
     sleep 0.2
   done
   args+=(--etcd "http://127.0.0.1:$port")
+fi
+if [ -n "${PLAIN:-}" ]; then
+  args+=(--plain)
 fi
 "$bench" "${args[@]}"

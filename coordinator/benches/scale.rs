@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! cargo bench -p haven-coordinator --bench scale -- --haven target/release/haven \
-//!     [--etcd http://127.0.0.1:2379] [--vms 10000] [--workers 500]
+//!     [--etcd http://127.0.0.1:2379] [--vms 10000] [--workers 500] [--plain]
 //! ```
+//! The control plane runs on mutual TLS, as deployed; `--plain` runs it on plain TCP
+//! with an API token per client instead, the baseline that measures what TLS costs.
 //! (`bench/cluster-scale.sh` starts a throw-away etcd and runs this.) It prints the time
 //! to dispatch a full round, decisions per second, the time until every job committed,
 //! the coordinator's CPU seconds and peak RSS, and store requests per job.
@@ -18,6 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use haven_coordinator::auth::tokens::Tokens;
+use haven_coordinator::config::CoordinatorConfig;
+use haven_coordinator::open_store;
 use haven_proto::v1::{
     self, admin_service_client::AdminServiceClient, worker_service_client::WorkerServiceClient,
 };
@@ -34,6 +39,8 @@ struct Options {
     etcd: Option<String>,
     vms: usize,
     workers: usize,
+    /// Plain TCP and API tokens instead of mutual TLS.
+    plain: bool,
 }
 
 fn options() -> Options {
@@ -42,12 +49,14 @@ fn options() -> Options {
         etcd: None,
         vms: 10_000,
         workers: 500,
+        plain: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--haven" => options.haven = args.next().expect("--haven PATH").into(),
             "--etcd" => options.etcd = args.next(),
+            "--plain" => options.plain = true,
             "--vms" => options.vms = args.next().and_then(|v| v.parse().ok()).expect("--vms N"),
             "--workers" => {
                 options.workers = args
@@ -94,13 +103,84 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics(port: u16) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .await
-        .expect("curl");
+/// The coordinator's `/metrics`: over TLS with a viewer certificate, or plain HTTP on
+/// loopback.
+async fn metrics(port: u16, auth: &BenchAuth) -> String {
+    let mut curl = tokio::process::Command::new("curl");
+    curl.arg("-s");
+    match auth {
+        BenchAuth::MutualTls(pki) => {
+            let (cert, key) = pki.issue_client(Role::Viewer, "scraper");
+            curl.arg("--cacert")
+                .arg(pki.dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                .arg(format!("https://127.0.0.1:{port}/metrics"));
+        }
+        BenchAuth::Tokens(_) => {
+            curl.arg(format!("http://127.0.0.1:{port}/metrics"));
+        }
+    }
+    let out = curl.output().await.expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How the bench's clients authenticate.
+enum BenchAuth {
+    /// Certificates over TLS, as deployed.
+    MutualTls(Box<BenchPki>),
+    /// `--plain`: an API token per client name over plain TCP.
+    Tokens(std::collections::HashMap<String, String>),
+}
+
+impl BenchAuth {
+    /// The coordinator.toml lines this mode needs.
+    fn coordinator_toml(&self) -> String {
+        match self {
+            Self::MutualTls(pki) => pki.coordinator_toml(),
+            Self::Tokens(_) => String::new(),
+        }
+    }
+
+    fn url(&self, port: u16) -> String {
+        match self {
+            Self::MutualTls(_) => format!("https://127.0.0.1:{port}"),
+            Self::Tokens(_) => format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A leader-following client acting as `name` with `role`.
+    fn client(&self, url: &str, role: Role, name: &str) -> LeaderClient {
+        match self {
+            Self::MutualTls(pki) => pki.client(url, role, name),
+            Self::Tokens(tokens) => {
+                let security = ClientSecurity {
+                    tls: None,
+                    token: Some(tokens[name].clone()),
+                };
+                LeaderClient::new(vec![url.to_owned()], Duration::from_secs(60), security)
+                    .expect("client")
+            }
+        }
+    }
+}
+
+/// Makes the admin's and every worker's API token in the coordinator's store before
+/// the coordinator starts.
+async fn make_tokens(config: &std::path::Path, workers: usize) -> BenchAuth {
+    let text = std::fs::read_to_string(config).expect("coordinator.toml");
+    let config = CoordinatorConfig::parse("coordinator.toml", &text).expect("config");
+    let tokens = Tokens::new(open_store(&config).await.expect("store"));
+    let mut made = std::collections::HashMap::new();
+    let names = std::iter::once(("bench-admin".to_owned(), Role::Admin))
+        .chain((0..workers).map(|i| (format!("w{i}"), Role::Worker)));
+    for (name, role) in names {
+        let token = tokens.create(&name, role, "bench").await.expect("token");
+        made.insert(name, token);
+    }
+    BenchAuth::Tokens(made)
 }
 
 /// The bench cluster's CA: the coordinator serves mutual TLS, as deployed, and every
@@ -134,14 +214,18 @@ impl BenchPki {
         )
     }
 
-    /// A leader-following client holding a certificate of `role` for `name`.
-    fn client(&self, url: &str, role: Role, name: &str) -> LeaderClient {
+    /// A client certificate of `role` for `name`: its certificate and key files.
+    fn issue_client(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
         let request = LeafRequest::client(Identity::new(role, name).expect("identity"), 1);
-        let (cert, key) = self
-            .authority
+        self.authority
             .issue(&request)
             .and_then(|issued| issued.write(&self.dir, name, true))
-            .expect("client certificate");
+            .expect("client certificate")
+    }
+
+    /// A leader-following client holding a certificate of `role` for `name`.
+    fn client(&self, url: &str, role: Role, name: &str) -> LeaderClient {
+        let (cert, key) = self.issue_client(role, name);
         let tls = ClientTlsFiles {
             ca: self.dir.join("ca.pem"),
             identity: Some((cert, key)),
@@ -186,24 +270,33 @@ async fn run(options: Options) {
     );
     let port = free_port();
     let http = free_port();
-    let pki = BenchPki::new(dir.path());
     let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "id = \"bench\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             state_path = {:?}\nworker_lease_seconds = 20\ntick_ms = 100\n\
-             allowed_repositories = [\"*\"]\n{}",
-            dir.path().join("state.redb").to_str().unwrap(),
-            pki.coordinator_toml()
-        ),
-    )
-    .unwrap();
+    let write_config = |tls_toml: &str| {
+        let etcd = match &options.etcd {
+            Some(url) => format!("etcd = [{url:?}]\n"),
+            None => String::new(),
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"bench\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                 state_path = {:?}\nworker_lease_seconds = 20\ntick_ms = 100\n\
+                 allowed_repositories = [\"*\"]\n{etcd}{tls_toml}",
+                dir.path().join("state.redb").to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+    };
+    let auth = if options.plain {
+        write_config("");
+        make_tokens(&config, options.workers).await
+    } else {
+        let auth = BenchAuth::MutualTls(Box::new(BenchPki::new(dir.path())));
+        write_config(&auth.coordinator_toml());
+        auth
+    };
     let mut command = Command::new(&options.haven);
     command.args(["coordinator", "--config", config.to_str().unwrap()]);
-    if let Some(etcd) = &options.etcd {
-        command.args(["--etcd", etcd]);
-    }
     let log = std::fs::File::create(dir.path().join("coordinator.log")).expect("log");
     let mut coordinator: Child = command
         .env(
@@ -215,8 +308,8 @@ async fn run(options: Options) {
         .spawn()
         .expect("haven coordinator");
     let pid = coordinator.id();
-    let url = format!("https://127.0.0.1:{port}");
-    let client = Arc::new(pki.client(&url, Role::Admin, "bench-admin"));
+    let url = auth.url(port);
+    let client = Arc::new(auth.client(&url, Role::Admin, "bench-admin"));
 
     // Workers w0..wN; host hK holds VMs K*per_host..; worker i reaches hosts i and i+1.
     let hosts = options.workers;
@@ -253,7 +346,7 @@ async fn run(options: Options) {
         tasks.push(tokio::spawn(simulated_worker(
             i,
             hosts,
-            Arc::new(pki.client(&url, Role::Worker, &format!("w{i}"))),
+            Arc::new(auth.client(&url, Role::Worker, &format!("w{i}"))),
             repo.clone(),
             stats.clone(),
             started,
@@ -292,7 +385,7 @@ async fn run(options: Options) {
         })
         .await
         .expect("apply policy");
-    let before = metrics(http).await;
+    let before = metrics(http, &auth).await;
     let (cpu_before, _) = usage(pid);
     let round = Instant::now();
     let round_ms = round.duration_since(started).as_millis() as u64;
@@ -320,15 +413,20 @@ async fn run(options: Options) {
     }
     let completed = round.elapsed();
     let (cpu_after, rss_kib) = usage(pid);
-    let after = metrics(http).await;
+    let after = metrics(http, &auth).await;
     let per_job = |kind: &str| {
         let name = format!("haven_store_requests_total{{kind=\"{kind}\"}}");
         (metric(&after, &name) - metric(&before, &name)) / created as f64
     };
     println!(
-        "scale simulation: {} VMs, {} simulated workers, store: {}",
+        "scale simulation: {} VMs, {} simulated workers, control plane on {}, store: {}",
         options.vms,
         options.workers,
+        if options.plain {
+            "plain TCP with API tokens"
+        } else {
+            "mutual TLS"
+        },
         options
             .etcd
             .as_deref()
