@@ -150,7 +150,11 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     let config = Arc::new(build_config(args)?);
     if check_only {
         // The certificate and key must load too, as they will at start.
-        config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+        let never = tokio_util::sync::CancellationToken::new();
+        if let Some(tls) = &config.tls {
+            server::tls_config(tls, &never)?;
+        }
+        never.cancel();
         println!("storage node configuration: ok");
         return Ok(());
     }
@@ -185,7 +189,11 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
         metrics,
     });
 
-    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let stop_reloading = tokio_util::sync::CancellationToken::new();
+    let tls = match &config.tls {
+        Some(files) => Some(server::tls_config(files, &stop_reloading)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -194,6 +202,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     println!("haven storage-node listening on {scheme}://{local}");
     tracing::info!(address = %local, data_dirs = ?directories, keys = config.keys.len(), "storage node started");
     server::serve(listener, tls, shared, &config.limits, shutdown_signal()).await;
+    stop_reloading.cancel();
     tracing::info!("storage node stopped");
     Ok(())
 }
