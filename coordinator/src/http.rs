@@ -74,6 +74,7 @@ impl ReplicaEndpoints {
     pub fn new(replica: Arc<Replica>) -> Self {
         let latest = Arc::new(Mutex::new(ReplicaReading::default()));
         let mut registry = Registry::new();
+        registry.register_process_metrics("coordinator");
         registry.register_scrape_time(ReplicaMetrics(Arc::clone(&latest)));
         Self {
             replica,

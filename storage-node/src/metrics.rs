@@ -41,6 +41,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::new();
+        registry.register_process_metrics("storage-node");
         let requests = registry.register(
             "haven_storage_requests",
             "S3 requests by operation and HTTP status",

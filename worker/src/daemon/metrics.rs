@@ -36,6 +36,7 @@ impl WorkerMetrics {
     /// Registers every metric of the worker.
     pub(crate) fn new() -> Self {
         let mut registry = Registry::new();
+        registry.register_process_metrics("worker");
         let jobs = registry.register(
             "haven_worker_jobs",
             "Jobs this worker ended, by kind and result",
