@@ -139,8 +139,23 @@ impl ScrapeTimeMetrics for DiskUsageMetrics {
             "haven_storage_disk_available_bytes",
             "Bytes available on the file system of each data directory",
             disk.iter().map(|usage| (dir(usage), usage.available)),
+        )?;
+        out.gauge(
+            "haven_storage_disk_used_ratio",
+            "Used over used plus available bytes on the file system of each data directory (df's Use%)",
+            disk.iter().map(|usage| (dir(usage), used_ratio(usage))),
         )
     }
+}
+
+/// `used / (used + available)`, as `df` computes its Use%: space reserved for root
+/// counts as neither, so the node's own full disk reads 1. 0 for an empty file system.
+fn used_ratio(usage: &DiskUsage) -> f64 {
+    let total = usage.used.saturating_add(usage.available);
+    if total == 0 {
+        return 0.0;
+    }
+    usage.used as f64 / total as f64
 }
 
 #[cfg(test)]
@@ -177,6 +192,8 @@ mod tests {
         assert!(text.contains("haven_storage_disk_used_bytes{dir=\"/srv/a\"} 1"));
         assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/a\"} 2"));
         assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/\\\"b\\\"\"} 4"));
+        assert!(text.contains("haven_storage_disk_used_ratio{dir=\"/srv/a\"} 0.333"));
+        assert!(text.contains("haven_storage_disk_used_ratio{dir=\"/srv/\\\"b\\\"\"} 0.42857"));
         assert_eq!(
             text.matches("# TYPE haven_storage_disk_used_bytes").count(),
             1
