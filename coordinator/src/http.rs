@@ -154,7 +154,8 @@ fn write_summary(out: &mut SampleWriter<'_>, summary: &MetricsSummary) -> std::f
         "Live workers",
         [(NO_LABELS, summary.workers)],
     )?;
-    let vm_labels = |vm: &crate::leader::VmSummary| [("vm", vm.vm.clone()), ("policy", vm.policy.clone())];
+    let vm_labels =
+        |vm: &crate::leader::VmSummary| [("vm", vm.vm.clone()), ("policy", vm.policy.clone())];
     out.gauge(
         "haven_vm_last_success_timestamp_seconds",
         "Unix time of the VM's newest snapshot in the catalog",
@@ -166,9 +167,10 @@ fn write_summary(out: &mut SampleWriter<'_>, summary: &MetricsSummary) -> std::f
     out.gauge(
         "haven_vm_last_attempt_success",
         "1 if the VM's most recently ended backup job succeeded, 0 if it failed",
-        summary.vms.iter().filter_map(|vm| {
-            Some((vm_labels(vm), u64::from(vm.last_attempt_succeeded?)))
-        }),
+        summary
+            .vms
+            .iter()
+            .filter_map(|vm| Some((vm_labels(vm), u64::from(vm.last_attempt_succeeded?)))),
     )?;
     out.gauge(
         "haven_vm_rpo_age_seconds",
@@ -201,17 +203,26 @@ fn write_summary(out: &mut SampleWriter<'_>, summary: &MetricsSummary) -> std::f
     out.gauge(
         "haven_repository_snapshots",
         "Snapshots in the catalog per repository",
-        summary.repositories.iter().map(|r| (repository(r), r.snapshots)),
+        summary
+            .repositories
+            .iter()
+            .map(|r| (repository(r), r.snapshots)),
     )?;
     out.gauge(
         "haven_repository_logical_bytes",
         "Sum of the disk sizes of the catalog's snapshots per repository",
-        summary.repositories.iter().map(|r| (repository(r), r.logical_bytes)),
+        summary
+            .repositories
+            .iter()
+            .map(|r| (repository(r), r.logical_bytes)),
     )?;
     out.gauge(
         "haven_repository_uploaded_bytes",
         "Bytes the backups of the catalog's snapshots uploaded, per repository",
-        summary.repositories.iter().map(|r| (repository(r), r.uploaded_bytes)),
+        summary
+            .repositories
+            .iter()
+            .map(|r| (repository(r), r.uploaded_bytes)),
     )?;
     out.gauge(
         "haven_repository_dedup_ratio",

@@ -272,7 +272,10 @@ pub fn parse_policies(
         };
         let rpo_seconds = match &raw.rpo_seconds {
             Some(rpo) if *rpo.get_ref() == 0 => {
-                errors.push(format!("{}: rpo_seconds must be at least 1", at(rpo.span())));
+                errors.push(format!(
+                    "{}: rpo_seconds must be at least 1",
+                    at(rpo.span())
+                ));
                 0
             }
             Some(rpo) => *rpo.get_ref(),

@@ -152,9 +152,7 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
             }
             JobKind::Replicate if job.state == JobState::Succeeded => {
                 if let Some(site) = &job.params.replicate_to {
-                    let mark = watermarks
-                        .entry((&job.repository, site))
-                        .or_insert(0);
+                    let mark = watermarks.entry((&job.repository, site)).or_insert(0);
                     *mark = (*mark).max(successful_attempt_start(job));
                 }
             }
@@ -180,12 +178,13 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
         if snapshot.timestamp > entry.timestamp {
             *entry = snapshot;
         }
-        let repository = repositories
-            .entry(&snapshot.repository)
-            .or_insert_with(|| RepositorySummary {
-                repository: snapshot.repository.clone(),
-                ..RepositorySummary::default()
-            });
+        let repository =
+            repositories
+                .entry(&snapshot.repository)
+                .or_insert_with(|| RepositorySummary {
+                    repository: snapshot.repository.clone(),
+                    ..RepositorySummary::default()
+                });
         repository.snapshots += 1;
         repository.logical_bytes += snapshot.disks.iter().map(|(_, size)| size).sum::<u64>();
         repository.uploaded_bytes += snapshot.bytes_uploaded;
@@ -204,8 +203,7 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
             replicated
                 .entry((&snapshot.vm, repository, site))
                 .and_modify(|(newest_done, oldest)| {
-                    if done.is_some_and(|s| newest_done.is_none_or(|n| s.timestamp > n.timestamp))
-                    {
+                    if done.is_some_and(|s| newest_done.is_none_or(|n| s.timestamp > n.timestamp)) {
                         *newest_done = done;
                     }
                     if snapshot.timestamp < oldest.timestamp {

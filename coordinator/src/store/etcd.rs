@@ -64,7 +64,6 @@ impl EtcdStore {
         }
     }
 
-
     /// Connects to the cluster at `endpoints` (`http://HOST:PORT` or
     /// `https://HOST:PORT`, comma-separated lists split by the caller) with the TLS
     /// settings and credentials of `security`. Plain endpoints off loopback are refused
@@ -219,15 +218,13 @@ fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 impl MetaStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.counters.read();
-        let response = self
-            .counters
-            .outcome(
-                bounded(|| {
-                    let mut kv = self.client.kv_client();
-                    async move { kv.get(key, None).await }
-                })
-                .await,
-            )?;
+        let response = self.counters.outcome(
+            bounded(|| {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(key, None).await }
+            })
+            .await,
+        )?;
         response.kvs().first().map(convert).transpose()
     }
 

@@ -42,10 +42,7 @@ impl ScrapeTimeMetrics for ProcessMetrics {
         out.gauge(
             "haven_build_info",
             "Always 1; the labels say which Haven component and version runs",
-            [(
-                [("component", self.component), ("version", VERSION)],
-                1u64,
-            )],
+            [([("component", self.component), ("version", VERSION)], 1u64)],
         )?;
         let Some(reading) = read_proc(Path::new("/proc")) else {
             return Ok(());
@@ -182,7 +179,9 @@ mod tests {
                       Max open files            1024                 524288               files\n";
         assert_eq!(max_open_files(limits), Some(1024));
         assert_eq!(
-            max_open_files("Max open files            unlimited            unlimited            files\n"),
+            max_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
             None
         );
     }

@@ -90,7 +90,11 @@ impl WorkerMetrics {
 
     /// A job failed with `error`.
     pub(crate) fn job_error(&self, error: &WorkerError) {
-        let retryable = if error.is_retryable() { "true" } else { "false" };
+        let retryable = if error.is_retryable() {
+            "true"
+        } else {
+            "false"
+        };
         self.errors
             .get_or_create(&[("source", error_source(error)), ("retryable", retryable)])
             .inc();
