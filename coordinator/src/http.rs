@@ -6,10 +6,11 @@
 //! shared with every leader term, see `leader/job_metrics.rs`) and, on the leader
 //! only, the summary of its cache (`leader/summary.rs`: jobs by state, workers, each
 //! VM's last success, last attempt and RPO age, each policy's RPO, replication lag
-//! per VM and site, the catalog per repository) and the metadata store's request
-//! counters. A follower exports only what it knows (whether it leads, its own
-//! counters, its process), so a dashboard summing jobs over the replicas counts
-//! them once.
+//! per VM and site, the catalog per repository). Every replica exports its metadata
+//! store's request and error counters: a follower's campaign sees a failing store
+//! too, and there is no leader while it is down. A follower exports only what it
+//! knows (whether it leads, its own counters, its store, its process), so a
+//! dashboard summing jobs over the replicas counts them once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -27,6 +28,8 @@ const JOB_STATES: [&str; 5] = ["pending", "assigned", "committing", "succeeded",
 #[derive(Debug, Default)]
 struct ReplicaReading {
     is_leader: bool,
+    /// The replica's metadata store requests.
+    store: StoreStats,
     /// `None` on a follower.
     leader: Option<LeaderReading>,
 }
@@ -35,21 +38,24 @@ struct ReplicaReading {
 #[derive(Debug)]
 struct LeaderReading {
     summary: MetricsSummary,
-    store: StoreStats,
     /// Records the leader could not decode when it loaded the store.
     unreadable_records: u64,
 }
 
 impl ReplicaReading {
     async fn read(replica: &Replica) -> Self {
+        let store = replica.store_stats();
         let Role::Leader(leader) = replica.role().await else {
-            return Self::default();
+            return Self {
+                store,
+                ..Self::default()
+            };
         };
         Self {
             is_leader: true,
+            store,
             leader: Some(LeaderReading {
                 summary: leader.metrics_summary(now_ms()),
-                store: leader.store_stats(),
                 unreadable_records: leader.unreadable_records(),
             }),
         }
@@ -113,6 +119,20 @@ impl ScrapeTimeMetrics for ReplicaMetrics {
             "1 if this replica leads",
             [(NO_LABELS, u64::from(reading.is_leader))],
         )?;
+        out.counter(
+            "haven_store_requests",
+            "Metadata store requests of this replica",
+            [
+                ([("kind", "read")], reading.store.reads),
+                ([("kind", "write")], reading.store.writes),
+                ([("kind", "lease")], reading.store.lease_calls),
+            ],
+        )?;
+        out.counter(
+            "haven_store_errors",
+            "Metadata store requests of this replica that failed",
+            [(NO_LABELS, reading.store.errors)],
+        )?;
         let Some(leader) = &reading.leader else {
             return Ok(());
         };
@@ -121,20 +141,6 @@ impl ScrapeTimeMetrics for ReplicaMetrics {
             "haven_store_unreadable_records",
             "Records the leader skipped at load because it could not decode them",
             [(NO_LABELS, leader.unreadable_records)],
-        )?;
-        out.counter(
-            "haven_store_requests",
-            "Metadata store requests",
-            [
-                ([("kind", "read")], leader.store.reads),
-                ([("kind", "write")], leader.store.writes),
-                ([("kind", "lease")], leader.store.lease_calls),
-            ],
-        )?;
-        out.counter(
-            "haven_store_errors",
-            "Metadata store requests that failed",
-            [(NO_LABELS, leader.store.errors)],
         )
     }
 }
@@ -245,12 +251,28 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_exports_only_whether_it_leads() {
+    fn a_follower_exports_whether_it_leads_and_its_store_requests_only() {
+        let text = render(ReplicaReading {
+            is_leader: false,
+            store: StoreStats {
+                reads: 3,
+                writes: 0,
+                lease_calls: 9,
+                errors: 4,
+            },
+            leader: None,
+        });
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
-            render(ReplicaReading::default()),
-            "# HELP haven_coordinator_is_leader 1 if this replica leads.\n\
-             # TYPE haven_coordinator_is_leader gauge\n\
-             haven_coordinator_is_leader 0\n"
+            samples,
+            [
+                "haven_coordinator_is_leader 0",
+                "haven_store_requests_total{kind=\"read\"} 3",
+                "haven_store_requests_total{kind=\"write\"} 0",
+                "haven_store_requests_total{kind=\"lease\"} 9",
+                "haven_store_errors_total 4",
+            ],
+            "{text}"
         );
     }
 
@@ -290,14 +312,14 @@ mod tests {
                         dedup_ratio: Some(2.5),
                     }],
                 },
-                store: StoreStats {
-                    reads: 10,
-                    writes: 11,
-                    lease_calls: 12,
-                    errors: 1,
-                },
                 unreadable_records: 2,
             }),
+            store: StoreStats {
+                reads: 10,
+                writes: 11,
+                lease_calls: 12,
+                errors: 1,
+            },
         });
         for line in [
             "haven_coordinator_is_leader 1\n",
