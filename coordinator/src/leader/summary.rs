@@ -19,7 +19,8 @@
 //!   newest of its snapshots in the repository committed before the watermark; when
 //!   none is (no successful replication yet, or all its snapshots are newer), now −
 //!   its oldest snapshot there, a lower bound that keeps growing while nothing
-//!   reaches the site.
+//!   reaches the site. A VM whose snapshots go to two repositories replicated to
+//!   the same site gets the larger of the two lags.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -247,15 +248,20 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
             }
         })
         .collect();
-    let replication = replicated
+    // A VM in two repositories replicated to one site is one series: the larger lag.
+    let mut lags: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ((vm, _, site), (newest_done, oldest)) in replicated {
+        if let Some(reference) = snapshot_seconds(newest_done.unwrap_or(oldest)) {
+            let lag = lags.entry((vm, site)).or_insert(0);
+            *lag = (*lag).max(age(now_ms, reference));
+        }
+    }
+    let replication = lags
         .into_iter()
-        .filter_map(|((vm, _, site), (newest_done, oldest))| {
-            let reference = snapshot_seconds(newest_done.unwrap_or(oldest))?;
-            Some(VmReplication {
-                vm: vm.to_string(),
-                site: site.to_string(),
-                lag_seconds: age(now_ms, reference),
-            })
+        .map(|((vm, site), lag_seconds)| VmReplication {
+            vm: vm.to_string(),
+            site: site.to_string(),
+            lag_seconds,
         })
         .collect();
     MetricsSummary {
@@ -413,13 +419,30 @@ mod tests {
             ),
         ];
         for (name, jobs, lag_minutes) in cases {
-            let mut state = state_with(&[vm("web-1", "h1")], &[replicated.clone()], &jobs);
+            // A second repository replicated to the same site, fully replicated at
+            // minute 59: the VM's lag at the site is the larger one, of `REPOSITORY`.
+            let mut other = replicated.clone();
+            other.name = "other".into();
+            other.repository = "file:///other".into();
+            let mut other_done = replication("r-other", 59);
+            other_done.repository = other.repository.clone();
+            let jobs: Vec<JobRecord> = jobs.into_iter().chain([other_done]).collect();
+            let mut state = state_with(&[vm("web-1", "h1")], &[replicated.clone(), other], &jobs);
+            let (key, mut elsewhere) = snapshot("web-1", 30, 31);
+            elsewhere.repository = "file:///other".into();
             state.snapshots = [
                 snapshot("web-1", 0, 1),
                 snapshot("web-1", 10, 11),
                 snapshot("web-1", 20, 26),
             ]
             .into();
+            state.snapshots.insert(key, elsewhere);
+            let to_dr = summarize(&state, at(60))
+                .replication
+                .iter()
+                .filter(|r| r.site == "file:///dr")
+                .count();
+            assert_eq!(to_dr, 1, "{name}");
             let summary = summarize(&state, at(60));
             let lag = summary
                 .replication
