@@ -98,6 +98,8 @@ pub async fn run(
     store: Arc<dyn MetaStore>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    let mut registry = haven_metrics::Registry::new();
+    let job_metrics = leader::JobMetrics::register(&mut registry);
     let settings = ReplicaSettings {
         id: config.id.clone(),
         advertise_url: config.advertise_url(),
@@ -108,6 +110,7 @@ pub async fn run(
             default_max_per_host: config.default_max_per_host.max(1),
             default_max_per_worker: config.default_max_per_worker.max(1),
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
+            job_metrics,
         },
     };
     let replica = Replica::new(store.clone(), settings);
@@ -138,7 +141,7 @@ pub async fn run(
             },
         };
         let http = haven_metrics::MetricsServer::bind(address, security).await?;
-        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone()));
+        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone(), registry));
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));

@@ -263,6 +263,16 @@ pub struct SnapshotRecord {
     pub bytes_uploaded: u64,
     /// The job.
     pub job_id: String,
+    /// Bytes the job read from the disks (0 in records of older versions).
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Plaintext bytes of the chunks the job uploaded (0 in older records).
+    #[serde(default)]
+    pub bytes_new: u64,
+    /// When the leader accepted the commit (0 in older records): a replication that
+    /// started later copied this snapshot, which the replication lag relies on.
+    #[serde(default)]
+    pub committed_unix_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -155,6 +155,9 @@ pub struct StoreStats {
     pub writes: u64,
     /// Lease grants, keep-alives and revokes.
     pub lease_calls: u64,
+    /// Requests that failed: the store unreachable, timed out or refusing (etcd;
+    /// the embedded store counts none). A missing lease is an answer, not an error.
+    pub errors: u64,
 }
 
 /// Counts requests for [`MetaStore::stats`] without locking.
@@ -163,6 +166,7 @@ pub(crate) struct Counters {
     reads: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
     lease_calls: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -181,12 +185,24 @@ impl Counters {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts `result` if it is an error other than a missing lease, and returns it.
+    pub(crate) fn outcome<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result
+            && !matches!(error, StoreError::LeaseNotFound(_))
+        {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     pub(crate) fn snapshot(&self) -> StoreStats {
         use std::sync::atomic::Ordering::Relaxed;
         StoreStats {
             reads: self.reads.load(Relaxed),
             writes: self.writes.load(Relaxed),
             lease_calls: self.lease_calls.load(Relaxed),
+            errors: self.errors.load(Relaxed),
         }
     }
 }

@@ -81,6 +81,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" && !is_signed(&req) {
+        shared.metrics.refresh_bucket_usage(&shared.store);
         let registry = shared.metrics.with_disk_usage(shared.store.disk_usage());
         return Ok(haven_metrics::exposition(registry).map(boxed));
     }

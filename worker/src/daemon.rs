@@ -23,6 +23,7 @@ mod storage_keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use haven_proto::LeaderClient;
@@ -314,11 +315,14 @@ impl Worker {
     async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
         let cancel = session.lease_lost.child_token();
         let progress = Arc::new(Progress::new());
+        // Bytes read already counted in the worker's metrics (by the reporter, live).
+        let counted = Arc::new(AtomicU64::new(0));
         self.metrics.job_started();
         let reporter = tokio::spawn(self.clone().report_progress(
             session.clone(),
             job.clone(),
             progress.clone(),
+            counted.clone(),
             cancel.clone(),
         ));
         tracing::info!(
@@ -342,7 +346,7 @@ impl Worker {
         } else {
             self.backup(&session, &job, progress.clone(), &cancel).await
         };
-        let (bytes_read, _) = progress.snapshot();
+        self.metrics.read_progress(progress.snapshot().0, &counted);
         let outcome = match outcome {
             Ok(done) => {
                 reporter.abort();
@@ -355,7 +359,7 @@ impl Worker {
             Err(WorkerError::JobMoved(_)) => JobResult::Moved,
             Err(_) => JobResult::Failed,
         };
-        self.metrics.job_ended(job.kind, result, bytes_read);
+        self.metrics.job_ended(job.kind, result);
         match outcome {
             Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
             Err(WorkerError::JobMoved(reason)) => {
@@ -366,6 +370,7 @@ impl Worker {
                 );
             }
             Err(error) => {
+                self.metrics.job_error(&error);
                 let message = error.chain();
                 let retryable = error.is_retryable();
                 tracing::warn!(job = job.job_id, error = %message, retryable, "job failed");
@@ -463,6 +468,7 @@ impl Worker {
             job_id: job.job_id.clone(),
             token: job.fencing_token,
             repository: job.repository.clone(),
+            metrics: self.metrics.clone(),
         });
         if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
@@ -512,6 +518,7 @@ impl Worker {
         session: Session,
         job: v1::JobAssignment,
         progress: Arc<Progress>,
+        counted: Arc<AtomicU64>,
         cancel: CancellationToken,
     ) -> Option<WorkerError> {
         let started = Instant::now();
@@ -519,6 +526,7 @@ impl Worker {
         loop {
             tick.tick().await;
             let (done, total) = progress.snapshot();
+            self.metrics.read_progress(done, &counted);
             let elapsed = started.elapsed().as_secs_f64().max(0.001);
             let request = v1::ReportProgressRequest {
                 worker: Some(session.identity.clone()),

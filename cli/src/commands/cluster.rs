@@ -61,6 +61,9 @@ pub struct DevArgs {
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "127.0.0.1:7701")]
     http_listen: SocketAddr,
+    /// Address of the worker's `/metrics` (loopback only); none: not served.
+    #[arg(long)]
+    worker_metrics_listen: Option<SocketAddr>,
     /// Folder of `NAME.qmp` sockets: the local host's VMs.
     #[arg(long)]
     qmp_dir: Option<PathBuf>,
@@ -182,7 +185,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         connections: 4,
         read_limit_bytes_per_second: 0,
         inventory_interval_seconds: 10,
-        metrics_listen: None,
+        metrics_listen: args.worker_metrics_listen,
         metrics_tls: None,
         hosts: vec![HostConfig {
             name: args.host.clone(),

@@ -14,6 +14,7 @@ mod gc;
 mod integrity;
 mod keys;
 mod libvirt;
+mod prometheus;
 mod prune;
 mod qemu;
 mod replicate;

@@ -17,15 +17,74 @@ use crate::support::{
     s3::{S3Keys, with_keys},
 };
 
-struct Dev {
-    url: String,
-    cli: Cli,
+/// A `haven dev` process (coordinator, worker and storage node) on free loopback
+/// ports, killed on drop.
+pub(super) struct Dev {
+    pub(super) url: String,
+    pub(super) cli: Cli,
+    /// The coordinator's gRPC port.
+    pub(super) port: u16,
+    /// The coordinator's `/metrics` port.
+    pub(super) http: u16,
+    /// The storage node's port.
+    pub(super) storage_port: u16,
+    /// Where `haven dev` makes its CA and certificates.
+    pub(super) pki: std::path::PathBuf,
     _process: Guard,
 }
 
 impl Dev {
+    /// Starts `haven dev` with its state in `dir`, the VMs of `vms` and a storage node
+    /// on `dir/storage`, plus `extra` arguments; returns once it lists a VM.
+    pub(super) fn start(dir: &Path, vms: &Path, extra: &[&str]) -> Self {
+        let storage_port = free_port();
+        let port = free_port();
+        let http = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        // `haven dev` makes its CA and certificates here at start.
+        let pki = dir.join("state").join("pki");
+        let dev = Dev {
+            cli: Cli::new(url.clone())
+                .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
+                .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
+                .with_env(
+                    "HAVEN_KEY_FILE",
+                    pki.join("admin-key.pem").to_str().unwrap(),
+                )
+                .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .with_env("AWS_REGION", "us-east-1"),
+            url,
+            port,
+            http,
+            storage_port,
+            pki,
+            _process: spawn_logged(
+                with_s3_keys(
+                    haven(&["dev", "--state-dir"])
+                        .arg(dir.join("state"))
+                        .arg("--qmp-dir")
+                        .arg(vms)
+                        .args(["--listen", &format!("127.0.0.1:{port}")])
+                        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                        .arg("--storage-dir")
+                        .arg(dir.join("storage"))
+                        .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")])
+                        .args(extra),
+                ),
+                &dir.join("dev.log"),
+            ),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&dev.cli.run(&["vm", "list"]).stdout).contains("web") {
+            assert!(Instant::now() < deadline, "haven dev did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dev
+    }
+
     /// Waits until every job is finished and `count` jobs of `kind` succeeded.
-    fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    pub(super) fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.cli.jobs();
@@ -83,7 +142,8 @@ fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]
     String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
-fn make_image(path: &Path) {
+/// A 32 MiB qcow2 image with 3 MiB and 64 KiB of data.
+pub(super) fn make_image(path: &Path) {
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)
@@ -119,50 +179,14 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let _qsd = start_vm(&qmp, &image, &dir.path().join("web.log"));
 
     let primary = dir.path().join("primary");
-    let storage_port = free_port();
-    // The replica lives on the storage node `haven dev` runs in-process.
-    let replica = format!("s3://haven/replica?endpoint=http://127.0.0.1:{storage_port}");
     init_repo(&primary, &[]);
-
-    let port = free_port();
-    let http = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    // `haven dev` makes its CA and certificates here at start.
-    let pki = dir.path().join("state").join("pki");
-    let dev = Dev {
-        cli: Cli::new(url.clone())
-            .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
-            .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
-            .with_env(
-                "HAVEN_KEY_FILE",
-                pki.join("admin-key.pem").to_str().unwrap(),
-            )
-            .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .with_env("AWS_REGION", "us-east-1"),
-        url,
-        _process: spawn_logged(
-            with_s3_keys(
-                haven(&["dev", "--state-dir"])
-                    .arg(dir.path().join("state"))
-                    .arg("--qmp-dir")
-                    .arg(&vms)
-                    .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--http-listen", &format!("127.0.0.1:{http}")])
-                    .arg("--storage-dir")
-                    .arg(dir.path().join("storage"))
-                    .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")]),
-            ),
-            &dir.path().join("dev.log"),
-        ),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dev.cli.run(&["vm", "list"]).status.success()
-        || !String::from_utf8_lossy(&dev.cli.run(&["vm", "list"]).stdout).contains("web")
-    {
-        assert!(Instant::now() < deadline, "haven dev did not come up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let dev = Dev::start(dir.path(), &vms, &[]);
+    let (port, pki) = (dev.port, dev.pki.clone());
+    // The replica lives on the storage node `haven dev` runs in-process.
+    let replica = format!(
+        "s3://haven/replica?endpoint=http://127.0.0.1:{}",
+        dev.storage_port
+    );
 
     let policy = dir.path().join("policy.toml");
     std::fs::write(
