@@ -12,6 +12,8 @@ mod auth;
 mod dev;
 mod gc;
 mod libvirt;
+mod one_worker;
+mod rotation;
 mod secured_etcd;
 
 use std::collections::HashMap;
