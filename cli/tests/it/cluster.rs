@@ -15,6 +15,7 @@ mod libvirt;
 mod one_worker;
 mod rotation;
 mod secured_etcd;
+mod storage_keys;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -31,9 +31,10 @@ pub struct OneWorker {
 }
 
 impl OneWorker {
-    /// Starts the coordinator (allowing repositories under `dir` and `extra_allowed`)
-    /// and one VM per name in `dir/h0`, and waits until the coordinator answers.
-    pub fn start(dir: &Path, vms: &[&str], extra_allowed: &[&str]) -> Self {
+    /// Starts the coordinator (allowing repositories under `dir` and `extra_allowed`,
+    /// with `env` added to its environment: the storage key it publishes manifests
+    /// with) and one VM per name in `dir/h0`, and waits until the coordinator answers.
+    pub fn start(dir: &Path, vms: &[&str], extra_allowed: &[&str], env: &[(&str, &str)]) -> Self {
         let pki = Pki::new(dir);
         let hosts = dir.join("h0");
         std::fs::create_dir_all(&hosts).unwrap();
@@ -63,10 +64,12 @@ impl OneWorker {
             ),
         )
         .unwrap();
-        let coordinator = spawn_logged(
-            haven(&["coordinator", "--config", config.to_str().unwrap()]).env("HAVEN_LOG", LOG),
-            &dir.join("coordinator.log"),
-        );
+        let mut command = haven(&["coordinator", "--config", config.to_str().unwrap()]);
+        command.env("HAVEN_LOG", LOG);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let coordinator = spawn_logged(&mut command, &dir.join("coordinator.log"));
         let url = format!("https://127.0.0.1:{port}");
         let admin = pki.admin(&url);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -85,10 +88,11 @@ impl OneWorker {
         }
     }
 
-    /// Starts worker `w0` presenting `cert` and `key`, with `extra` appended to its
-    /// `worker.toml` (tables only) and `env` added to its environment, and waits until
-    /// it reported every VM.
+    /// Starts worker `w0` (stopping the one running) presenting `cert` and `key`, with
+    /// `extra` appended to its `worker.toml` (tables only) and `env` added to its
+    /// environment, which holds no storage key; waits until it reported every VM.
     pub fn start_worker(&mut self, cert: &Path, key: &Path, extra: &str, env: &[(&str, &str)]) {
+        self.worker = None;
         let path = self.dir.join("w0.toml");
         std::fs::write(
             &path,
@@ -151,14 +155,15 @@ impl OneWorker {
         }
     }
 
-    /// Every job once none is pending or running.
-    pub fn wait_idle(&self, timeout: Duration) -> Vec<Value> {
+    /// Every job once none is pending or running and `until` holds for them.
+    pub fn wait_idle(&self, timeout: Duration, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.admin.jobs();
             if jobs
                 .iter()
                 .all(|job| job["state"] == "succeeded" || job["state"] == "failed")
+                && until(&jobs)
             {
                 return jobs;
             }

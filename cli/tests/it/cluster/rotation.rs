@@ -20,7 +20,7 @@ fn a_worker_certificate_rotated_mid_run_is_used_by_new_connections_and_no_job_fa
     let _alone = crate::support::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let mut bed = OneWorker::start(dir, &["vm0", "vm1"], &[]);
+    let mut bed = OneWorker::start(dir, &["vm0", "vm1"], &[], &[]);
     let repo = dir.join("repo");
     init_repo(&repo, &[]);
     let repo = repo.to_str().unwrap().to_owned();
@@ -82,7 +82,7 @@ fn a_worker_certificate_rotated_mid_run_is_used_by_new_connections_and_no_job_fa
     jobs.push(last);
 
     // No job failed, none was even retried: each ran once, on w0.
-    for job in bed.wait_idle(Duration::from_secs(60)) {
+    for job in bed.wait_idle(Duration::from_secs(60), |_| true) {
         assert_eq!(job["state"], "succeeded", "{job:#}");
         assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{job:#}");
         assert_eq!(job["worker"], "w0", "{job:#}");
