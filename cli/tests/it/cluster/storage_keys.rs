@@ -138,9 +138,6 @@ fn cluster_jobs_use_the_append_key_for_backups_and_the_delete_key_for_prune_and_
     let job = bed.wait_ended(&refused, Duration::from_secs(180));
     assert_eq!(job["state"], "failed", "{job:#}");
     let error = job["error"].as_str().unwrap();
-    assert!(
-        error.contains("access key reader has access"),
-        "{error}"
-    );
+    assert!(error.contains("access key reader has access"), "{error}");
     assert_eq!(object_keys(&node, "r/snapshots/").len(), 1);
 }
