@@ -130,6 +130,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
 
+    /// Reads the keys from `start` (included) to `end` (excluded), in key order, at
+    /// most `limit` (the first ones): a bounded read of a time-ordered log such as
+    /// the audit trail, where `list` would read every record.
+    async fn range(&self, start: &str, end: &str, limit: usize) -> Result<Vec<KeyValue>>;
+
     /// Applies `ops` atomically if every compare holds; nothing otherwise.
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnOutcome>;
 
@@ -149,7 +154,7 @@ pub trait MetaStore: Send + Sync + 'static {
 /// Requests a store has served since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Reads (get and list).
+    /// Reads (get, list and range).
     pub reads: u64,
     /// Write transactions, successful or not.
     pub writes: u64,

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
+pub use storage_keys::StorageKeysConfig;
 
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};

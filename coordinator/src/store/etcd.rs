@@ -240,6 +240,21 @@ impl MetaStore for EtcdStore {
         response.kvs().iter().map(convert).collect()
     }
 
+    async fn range(&self, start: &str, end: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        self.counters.read();
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let response = bounded(|| {
+            let mut kv = self.client.kv_client();
+            let options = GetOptions::new().with_range(end).with_limit(limit);
+            async move { kv.get(start, Some(options)).await }
+        })
+        .await?;
+        response.kvs().iter().map(convert).collect()
+    }
+
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnOutcome> {
         self.counters.write();
         let compares: Vec<EtcdCompare> = compares

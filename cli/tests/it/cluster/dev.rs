@@ -114,9 +114,14 @@ impl Dev {
 const ACCESS_KEY: &str = "dev-access";
 const SECRET_KEY: &str = "dev-secret-key";
 
-/// The password and the storage node's keys, for the `haven dev` process.
+/// The password and the storage node's admin key, for the `haven dev` process, and
+/// no `AWS_*` key: its jobs can reach the node only with the least-privilege keys
+/// `haven dev` makes (the primary repository is a folder, so the coordinator, which
+/// publishes manifests there, needs none).
 fn with_s3_keys(command: &mut Command) -> &mut Command {
     with_keys(command, &S3Keys::new(ACCESS_KEY, SECRET_KEY))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("HAVEN_PASSWORD", PASSWORD)
         .env("HAVEN_STORAGE_ACCESS_KEY", ACCESS_KEY)
         .env("HAVEN_STORAGE_SECRET_KEY", SECRET_KEY)
@@ -272,6 +277,54 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         std::fs::read(&through).unwrap(),
         std::fs::read(&restored).unwrap()
     );
+    // Replication wrote the replica with the append key `haven dev` made, which can
+    // neither delete nor overwrite what it wrote.
+    let append =
+        std::fs::read_to_string(dir.path().join("state/storage-keys/append.toml")).unwrap();
+    let secret = append
+        .lines()
+        .find_map(|line| line.strip_prefix("secret_access_key = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let manifest = Command::new("aws")
+        .args(["s3api", "list-objects-v2", "--bucket", "haven", "--prefix"])
+        .arg("replica/snapshots/")
+        .args(["--query", "Contents[0].Key", "--output", "text"])
+        .args([
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{storage_port}"),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "dev-append")
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout).trim().to_owned();
+    assert!(manifest.starts_with("replica/snapshots/web/"), "{manifest}");
+    let delete = Command::new("aws")
+        .args([
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "haven",
+            "--key",
+            &manifest,
+        ])
+        .args([
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{storage_port}"),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "dev-append")
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&delete.stderr).contains("AccessDenied"),
+        "{delete:?}"
+    );
+
     let catalog = dev.cli.ok(&["snapshots", "--coordinator", &dev.url]);
     assert_eq!(
         catalog.lines().filter(|l| l.starts_with("web@")).count(),

@@ -46,6 +46,13 @@ qmp_dir = {{ .Values.worker.qmpDir | quote }}
 ca = "/etc/haven/tls/ca.crt"
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
+
+[storage]
+append_key_file = "/etc/haven/storage-keys/append/key.toml"
+delete_key_file = "/etc/haven/storage-keys/delete/key.toml"
+{{- if .Values.storageKeys.secondaryAppend }}
+secondary_key_file = "/etc/haven/storage-keys/secondary/key.toml"
+{{- end }}
 {{- end }}
 
 {{- define "haven.storageNodeToml" -}}
@@ -58,6 +65,15 @@ data_dir = "/var/lib/haven/data"
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
 {{- end }}
+
+# Least-privilege keys from their Secrets; the admin key comes from the environment.
+[[keys]]
+key_file = "/etc/haven/storage-keys/append/key.toml"
+access = "append"
+
+[[keys]]
+key_file = "/etc/haven/storage-keys/delete/key.toml"
+access = "delete"
 
 [replication]
 pull_sources = [{{ range $i, $url := .Values.storageNode.pullSources }}{{ if $i }}, {{ end }}{{ $url | quote }}{{ end }}]
