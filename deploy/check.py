@@ -25,6 +25,7 @@ Exits non-zero with the failing command's output on the first problem.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,12 @@ def check_etcd_init_script(users):
     print(f"ok  etcd-auth-init.sh (sh -n), run by {', '.join(users)}")
 
 
+def interpolate(value):
+    """A compose value with each `${NAME:-DEFAULT}` replaced by its default, as compose
+    does when NAME is unset (the default must then be valid for haven too)."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
 def check_compose(haven):
     with open(os.path.join(DEPLOY, "compose.yaml")) as file:
         compose = yaml.safe_load(file)
@@ -126,7 +133,7 @@ def check_compose(haven):
         if missing:
             sys.exit(f"FAILED: compose service {name}: {missing} not mounted")
         environment = service.get("environment") or {}
-        env = {k: DUMMY_ENV.get(k, str(v)) for k, v in environment.items()}
+        env = {k: DUMMY_ENV.get(k, interpolate(str(v))) for k, v in environment.items()}
         check_haven(haven, args, env, f"compose service {name}")
         checked += 1
         if service["command"][0] == "coordinator":
@@ -192,6 +199,7 @@ def check_chart(haven, helm, workdir):
             "etcd.externalEndpoints[0]": "https://etcd-a:2379",
             "storageNode.enabled": "false",
         },
+        "json logs at debug": {"logFormat": "json", "logLevel": "debug"},
         "secondary site": {
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",

@@ -5,6 +5,7 @@
 
 mod commands;
 mod common;
+mod logging;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,15 @@ use commands::{
     about = "Haven: VM backup and disaster recovery"
 )]
 struct Cli {
+    /// How log lines on standard error are written: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "HAVEN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +94,20 @@ enum Command {
     Audit(security::AuditArgs),
 }
 
+impl Command {
+    /// Servers log what they do; one-shot commands print their results and stay quiet.
+    fn log_role(&self) -> logging::Role {
+        match self {
+            Command::StorageNode(_)
+            | Command::Coordinator(_)
+            | Command::Worker(_)
+            | Command::Dev(_)
+            | Command::ServeNbd(_) => logging::Role::Daemon,
+            _ => logging::Role::OneShot,
+        }
+    }
+}
+
 /// Prints help and version as clap does, and every other parse error as one line.
 fn usage_error(error: clap::Error) -> std::process::ExitCode {
     use clap::error::ErrorKind;
@@ -105,13 +129,7 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(cli.command.log_role(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -83,7 +83,8 @@ fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]
     String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
-fn make_image(path: &Path) {
+/// A 32 MiB qcow2 image with two patterns written in it.
+pub(super) fn make_image(path: &Path) {
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)
@@ -130,13 +131,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     // `haven dev` makes its CA and certificates here at start.
     let pki = dir.path().join("state").join("pki");
     let dev = Dev {
-        cli: Cli::new(url.clone())
-            .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
-            .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
-            .with_env(
-                "HAVEN_KEY_FILE",
-                pki.join("admin-key.pem").to_str().unwrap(),
-            )
+        cli: Cli::dev_admin(url.clone(), &dir.path().join("state"))
             .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .with_env("AWS_REGION", "us-east-1"),
