@@ -5,8 +5,10 @@
 
 mod commands;
 mod common;
+mod exit;
 mod logging;
 mod progress;
+mod usage;
 
 use clap::{Parser, Subcommand};
 
@@ -108,26 +110,10 @@ impl Command {
     }
 }
 
-/// Prints help and version as clap does, and every other parse error as one line.
-fn usage_error(error: clap::Error) -> std::process::ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-        _ => {
-            let text = error.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("error: {}", first.trim_start_matches("error: "));
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(error),
+        Err(error) => return usage::report(error),
     };
     logging::init(cli.command.log_role(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -168,10 +154,10 @@ fn main() -> std::process::ExitCode {
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => exit::Exit::Success.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            exit::Exit::of(&error).into()
         }
     }
 }

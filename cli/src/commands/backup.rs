@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use haven_repo::Progress;
 use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
+use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// Sources a backup can read from.
@@ -68,11 +69,12 @@ pub async fn run(command: BackupCommand) -> Result<()> {
 
 async fn backup_image(args: ImageArgs) -> Result<()> {
     if !args.disks.is_empty() && args.disks.len() != args.paths.len() {
-        bail!(
+        return Err(CliError::Usage(format!(
             "{} --disk names for {} images: give one per image or none",
             args.disks.len(),
             args.paths.len()
-        );
+        ))
+        .into());
     }
     let disks = args
         .paths

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use haven_repo::{LockMode, SnapshotRef, parse_timestamp, protect_snapshot, unprotect_snapshot};
 use time::OffsetDateTime;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
+use crate::exit::CliError;
 
 /// Object-lock modes on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -58,11 +59,13 @@ pub async fn protect(args: ProtectArgs) -> Result<()> {
         (None, None) => None,
     };
     if until.is_some_and(|until| until <= now) {
-        bail!("--until must be in the future");
+        return Err(CliError::Usage("--until must be in the future".into()).into());
     }
     let lock = match args.lock {
         None => None,
-        Some(_) if until.is_none() => bail!("--lock needs --until or --days"),
+        Some(_) if until.is_none() => {
+            return Err(CliError::Usage("--lock needs --until or --days".into()).into());
+        }
         Some(LockArg::Governance) => Some(LockMode::Governance),
         Some(LockArg::Compliance) => Some(LockMode::Compliance),
     };

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use metrics::ReplicationMetrics;
 
 use crate::common::{OutputArgs, human_bytes, print_json};
+use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// The two sites.
@@ -38,7 +39,7 @@ impl Sites {
             bail!("--from and --to are required");
         };
         if from == to {
-            bail!("--from and --to name the same repository");
+            return Err(CliError::Usage("--from and --to name the same repository".into()).into());
         }
         let secondary = S3Credentials::secondary_from_env()?;
         Ok((

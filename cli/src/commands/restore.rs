@@ -13,6 +13,7 @@ use haven_worker::restore::vm::{
 use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
 
 use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes, print_json};
+use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven restore`.
@@ -73,7 +74,10 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         return run_nbd(args).await;
     }
     if args.only_changed {
-        anyhow::bail!("--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)");
+        return Err(CliError::Usage(
+            "--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)".into(),
+        )
+        .into());
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = RestoreRequest {
@@ -114,7 +118,10 @@ fn restore_format(format: FormatArg) -> RestoreFormat {
 /// arguments.
 async fn run_vm(args: RestoreArgs) -> Result<()> {
     if is_nbd_uri(&args.to) {
-        anyhow::bail!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
+        return Err(CliError::Usage(
+            "--libvirt-define and --print-qemu restore into a folder, not an NBD export".into(),
+        )
+        .into());
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = VmRestoreRequest {
@@ -219,7 +226,10 @@ fn is_nbd_uri(to: &str) -> bool {
 /// Restores into an existing disk exported over NBD.
 async fn run_nbd(args: RestoreArgs) -> Result<()> {
     if !matches!(args.format, FormatArg::Raw) || args.force {
-        anyhow::bail!("--format and --force apply to file targets only, not to an NBD export");
+        return Err(CliError::Usage(
+            "--format and --force apply to file targets only, not to an NBD export".into(),
+        )
+        .into());
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = NbdRestoreRequest {

@@ -9,6 +9,7 @@ mod support;
 
 mod backup_restore;
 mod cluster;
+mod command_line;
 mod files;
 mod gc;
 mod integrity;
