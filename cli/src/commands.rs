@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod files;
 pub mod gc;
 pub mod key;
+pub mod manual;
 pub mod protect;
 pub mod prune;
 pub mod replicate;

@@ -13,8 +13,8 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, key, protect, prune, replicate, repo, restore, security,
-    serve_nbd, snapshots, verify,
+    admin, backup, cluster, files, gc, key, manual, protect, prune, replicate, repo, restore,
+    security, serve_nbd, snapshots, verify,
 };
 
 #[derive(Parser)]
@@ -94,6 +94,10 @@ enum Command {
     Token(security::TokenCommand),
     /// The audit log of mutating calls to the coordinator.
     Audit(security::AuditArgs),
+    /// Print a shell completion script: `source <(haven completions bash)`.
+    Completions(manual::CompletionsArgs),
+    /// Write manual pages, one per command and subcommand.
+    Man(manual::ManArgs),
 }
 
 impl Command {
@@ -151,6 +155,8 @@ fn main() -> std::process::ExitCode {
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
             Command::Job(command) => admin::job(command).await,
+            Command::Completions(args) => manual::completions(args),
+            Command::Man(args) => manual::man(args),
         }
     });
     match result {

@@ -1,13 +1,16 @@
 //! The `haven` command as scripts and people meet it, with the real binary on a
 //! `file://` repository: argument errors that name what is wrong, the documented exit
-//! codes (`docs/cli.md`), and the repository password from `HAVEN_PASSWORD_COMMAND`.
+//! codes (`docs/cli.md`), the repository password from `HAVEN_PASSWORD_COMMAND`, and
+//! shell completions and manual pages checked with real bash and groff.
 
-use std::process::Output;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use crate::support::{
     bed::Bed,
     haven::{PASSWORD, haven},
     image::{MIB, raw_image},
+    process::ok,
 };
 
 /// The exit codes of `docs/cli.md` these tests meet.
@@ -176,4 +179,82 @@ fn the_password_can_come_from_a_command() {
         .unwrap();
     let (code, stderr) = failure(both);
     assert_eq!(code, USAGE, "{stderr}");
+}
+
+#[test]
+fn bash_completes_subcommands_from_the_generated_script() {
+    let script = ok(
+        haven(&["completions", "bash"]).output().unwrap(),
+        "completions",
+    );
+    assert!(script.contains("complete -F _haven"), "{script}");
+    // Load it into a real bash and ask it to complete `haven rest` and `haven backup i`.
+    let completion = |words: &str| {
+        let probe = format!(
+            "source /dev/stdin\nCOMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             COMP_LINE=\"{words}\"; COMP_POINT=${{#COMP_LINE}}\n\
+             _haven haven \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let mut bash = Command::new("bash")
+            .args(["-c", &probe])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        bash.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let output = bash.wait_with_output().unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(completion("haven rest").trim(), "restore");
+    assert_eq!(completion("haven backup i").trim(), "image");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let script = ok(haven(&["completions", shell]).output().unwrap(), shell);
+        assert!(script.contains("restore"), "{shell}: {script}");
+    }
+}
+
+#[test]
+fn man_writes_a_page_per_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    ok(
+        haven(&["man", "--dir", pages.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "man",
+    );
+    // Every command `haven --help` lists, and nested ones, has its page.
+    let help = ok(haven(&["--help"]).output().unwrap(), "--help");
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    assert!(commands.len() > 20, "{help}");
+    for name in commands.iter().map(|c| format!("haven-{c}.1")).chain([
+        "haven.1".to_string(),
+        "haven-backup-image.1".to_string(),
+        "haven-job-run.1".to_string(),
+    ]) {
+        assert!(pages.join(&name).is_file(), "no page {name}");
+    }
+    // A page is valid roff that man's formatter renders with the command's options.
+    let rendered = ok(
+        Command::new("groff")
+            .args(["-man", "-Tutf8", "-P", "-c"])
+            .arg(pages.join("haven-restore.1"))
+            .output()
+            .unwrap(),
+        "groff",
+    );
+    assert!(rendered.contains("haven-restore"), "{rendered}");
+    assert!(rendered.contains("--to"), "{rendered}");
 }
