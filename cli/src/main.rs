@@ -13,8 +13,8 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, key, manual, protect, prune, replicate, repo, restore,
-    security, serve_nbd, snapshots, verify,
+    admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
+    restore, security, serve_nbd, snapshots, verify,
 };
 
 #[derive(Parser)]
@@ -56,6 +56,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
     Prune(prune::PruneArgs),
+    /// Remove one snapshot, VM@TIME (refused if protected; chunks stay until GC).
+    Forget(forget::ForgetArgs),
     /// Remove chunks and indexes no snapshot needs (safe while backups run).
     Gc(gc::GcArgs),
     /// Keep a snapshot whatever prune's rules say, optionally locked in storage.
@@ -139,6 +141,7 @@ fn main() -> std::process::ExitCode {
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Forget(args) => forget::run(args).await,
             Command::Gc(args) => gc::run(args).await,
             Command::Protect(args) => protect::protect(args).await,
             Command::Unprotect(args) => protect::unprotect(args).await,

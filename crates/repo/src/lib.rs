@@ -75,7 +75,7 @@ pub use ops::lease::{
 pub use ops::protect::{
     LockMode, ProtectReport, Protection, protect_snapshot, protected_snapshots, unprotect_snapshot,
 };
-pub use ops::prune::prune_snapshots;
+pub use ops::prune::{forget_snapshot, prune_snapshots};
 pub use ops::repair::check_same_repository;
 pub use ops::replicate::{
     ChunkTransfer, RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus,
