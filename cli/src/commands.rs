@@ -18,4 +18,5 @@ pub mod restore;
 pub mod security;
 pub mod serve_nbd;
 pub mod snapshots;
+pub mod stats;
 pub mod verify;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use commands::{
     admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
-    restore, security, serve_nbd, snapshots, verify,
+    restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -50,6 +50,8 @@ enum Command {
     Backup(backup::BackupCommand),
     /// List committed snapshots.
     Snapshots(snapshots::SnapshotsArgs),
+    /// Repository size, deduplication and compression, in total and per VM.
+    Stats(stats::StatsArgs),
     /// Restore a disk of a snapshot to a file.
     Restore(restore::RestoreArgs),
     /// Re-read and check snapshots end to end.
@@ -138,6 +140,7 @@ fn main() -> std::process::ExitCode {
             Command::Key(command) => key::run(command).await,
             Command::Backup(command) => backup::run(command).await,
             Command::Snapshots(args) => snapshots::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,

@@ -20,5 +20,6 @@ mod qemu;
 mod replicate;
 mod restore_nbd;
 mod serve_nbd;
+mod stats;
 mod storage_node;
 mod verify_repair;

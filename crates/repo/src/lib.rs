@@ -82,6 +82,7 @@ pub use ops::replicate::{
     compare_snapshots, list_snapshot_ids, parse_rate, replicate, replication_status,
 };
 pub use ops::retention::{Decision, RetentionPolicy, plan_retention};
+pub use ops::stats::{RepositoryStats, StatsBuilder, VmStats, repository_stats};
 pub use ops::verify::{
     SnapshotVerdict, VerifyFailure, VerifyOptions, VerifyReport, verify_snapshots,
 };
