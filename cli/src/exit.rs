@@ -70,6 +70,14 @@ pub enum CliError {
     Partial(String),
 }
 
+/// Returns early from a command with a [`CliError::Usage`] built like `format!`: for
+/// options that do not go together, which clap cannot check.
+macro_rules! usage {
+    ($($message:tt)*) => {
+        return Err($crate::exit::CliError::Usage(format!($($message)*)).into())
+    };
+}
+
 /// The kind of one error of a chain, if it is one Haven knows.
 fn kind_of(cause: &(dyn Error + 'static)) -> Option<Exit> {
     if let Some(error) = cause.downcast_ref::<CliError>() {

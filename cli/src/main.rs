@@ -3,9 +3,11 @@
 //! Thin by design: argument parsing and printing live here, everything else in the
 //! library crates, so the coordinator and workers run exactly the code the CLI tests.
 
+// First: its `usage!` macro is used by the modules below.
+#[macro_use]
+mod exit;
 mod commands;
 mod common;
-mod exit;
 mod logging;
 mod progress;
 mod usage;

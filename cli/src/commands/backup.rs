@@ -9,7 +9,6 @@ use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
-use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// Sources a backup can read from.
@@ -69,12 +68,11 @@ pub async fn run(command: BackupCommand) -> Result<()> {
 
 async fn backup_image(args: ImageArgs) -> Result<()> {
     if !args.disks.is_empty() && args.disks.len() != args.paths.len() {
-        return Err(CliError::Usage(format!(
+        usage!(
             "{} --disk names for {} images: give one per image or none",
             args.disks.len(),
             args.paths.len()
-        ))
-        .into());
+        );
     }
     let disks = args
         .paths

@@ -11,7 +11,6 @@ use haven_repo::{RepositoryLeases, SnapshotId, SnapshotRef, forget_snapshot};
 use serde_json::json;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
-use crate::exit::CliError;
 
 /// Arguments of `haven forget`.
 #[derive(Debug, clap::Args)]
@@ -27,12 +26,11 @@ pub struct ForgetArgs {
 /// Removes the snapshot.
 pub async fn run(args: ForgetArgs) -> Result<()> {
     let Some(timestamp) = &args.snapshot.timestamp else {
-        return Err(CliError::Usage(format!(
+        usage!(
             "name the snapshot by its time, {}@TIME as `haven snapshots` lists it: forget \
              does not pick the latest for you",
             args.snapshot.vm
-        ))
-        .into());
+        );
     };
     let id = SnapshotId::new(&args.snapshot.vm, timestamp)?;
     let repo = args.repo.open().await?;

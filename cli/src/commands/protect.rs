@@ -9,7 +9,6 @@ use haven_repo::{LockMode, SnapshotRef, parse_timestamp, protect_snapshot, unpro
 use time::OffsetDateTime;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
-use crate::exit::CliError;
 
 /// Object-lock modes on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -59,13 +58,11 @@ pub async fn protect(args: ProtectArgs) -> Result<()> {
         (None, None) => None,
     };
     if until.is_some_and(|until| until <= now) {
-        return Err(CliError::Usage("--until must be in the future".into()).into());
+        usage!("--until must be in the future");
     }
     let lock = match args.lock {
         None => None,
-        Some(_) if until.is_none() => {
-            return Err(CliError::Usage("--lock needs --until or --days".into()).into());
-        }
+        Some(_) if until.is_none() => usage!("--lock needs --until or --days"),
         Some(LockArg::Governance) => Some(LockMode::Governance),
         Some(LockArg::Compliance) => Some(LockMode::Compliance),
     };

@@ -6,7 +6,7 @@ mod metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_metrics::MetricsServer;
 use haven_repo::{
     Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate, replicate,
@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use metrics::ReplicationMetrics;
 
 use crate::common::{OutputArgs, human_bytes, print_json};
-use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// The two sites.
@@ -36,10 +35,10 @@ impl Sites {
     /// Opens both; a missing local secondary directory is created.
     fn open(&self) -> Result<(Backend, Backend)> {
         let (Some(from), Some(to)) = (&self.from, &self.to) else {
-            bail!("--from and --to are required");
+            usage!("--from and --to are required");
         };
         if from == to {
-            return Err(CliError::Usage("--from and --to name the same repository".into()).into());
+            usage!("--from and --to name the same repository");
         }
         let secondary = S3Credentials::secondary_from_env()?;
         Ok((

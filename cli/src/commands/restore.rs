@@ -13,7 +13,6 @@ use haven_worker::restore::vm::{
 use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
 
 use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes, print_json};
-use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven restore`.
@@ -74,10 +73,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         return run_nbd(args).await;
     }
     if args.only_changed {
-        return Err(CliError::Usage(
-            "--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)".into(),
-        )
-        .into());
+        usage!("--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = RestoreRequest {
@@ -118,10 +114,7 @@ fn restore_format(format: FormatArg) -> RestoreFormat {
 /// arguments.
 async fn run_vm(args: RestoreArgs) -> Result<()> {
     if is_nbd_uri(&args.to) {
-        return Err(CliError::Usage(
-            "--libvirt-define and --print-qemu restore into a folder, not an NBD export".into(),
-        )
-        .into());
+        usage!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = VmRestoreRequest {
@@ -226,10 +219,7 @@ fn is_nbd_uri(to: &str) -> bool {
 /// Restores into an existing disk exported over NBD.
 async fn run_nbd(args: RestoreArgs) -> Result<()> {
     if !matches!(args.format, FormatArg::Raw) || args.force {
-        return Err(CliError::Usage(
-            "--format and --force apply to file targets only, not to an NBD export".into(),
-        )
-        .into());
+        usage!("--format and --force apply to file targets only, not to an NBD export");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = NbdRestoreRequest {
