@@ -1,9 +1,9 @@
 //! Logging for every role of the `haven` binary, set up in this one place.
 //!
-//! Daemons (coordinator, worker, storage node, `haven dev`, `serve-nbd`) report what
-//! they do at `info`: an operator reads their logs. One-shot commands (backup,
-//! restore, ...) print their own results and stay at `warn`, so a person or a script
-//! sees only their output. `HAVEN_LOG` (an `EnvFilter` directive such as `debug` or
+//! Daemons (coordinator, worker, storage node, `haven dev`, `serve-nbd`, `replicate
+//! --watch`) report what they do at `info`: an operator reads their logs. One-shot
+//! commands (backup, restore, ...) print their own results and stay at `warn`, so a
+//! person or a script sees only their output. `HAVEN_LOG` (an `EnvFilter` directive such as `debug` or
 //! `haven_worker=debug`) overrides either default.
 //!
 //! `--log-format json` (or `HAVEN_LOG_FORMAT=json`) writes one JSON object per line

@@ -115,6 +115,7 @@ impl Command {
             | Command::Worker(_)
             | Command::Dev(_)
             | Command::ServeNbd(_) => logging::Role::Daemon,
+            Command::Replicate(args) if args.runs_continuously() => logging::Role::Daemon,
             _ => logging::Role::OneShot,
         }
     }

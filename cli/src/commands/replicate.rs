@@ -110,6 +110,13 @@ fn interval_value(text: &str) -> Result<Duration, String> {
     }
 }
 
+impl ReplicateArgs {
+    /// Whether this run is a service (`--watch`), which logs like the daemons.
+    pub fn runs_continuously(&self) -> bool {
+        self.watch.is_some()
+    }
+}
+
 /// Runs `haven replicate` or `haven replicate status`.
 pub async fn run(args: ReplicateArgs) -> Result<()> {
     if let Some(ReplicateCommand::Status(status)) = args.command {
