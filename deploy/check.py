@@ -29,6 +29,7 @@ Exits non-zero with the failing command's output on the first problem.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,12 @@ def check_storage_keys(text, role, what):
     print(f"ok  {what}: keys {', '.join(found)} from files")
 
 
+def interpolate(value):
+    """A compose value with each `${NAME:-DEFAULT}` replaced by its default, as compose
+    does when NAME is unset (the default must then be valid for haven too)."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
 def check_compose(haven, workdir):
     with open(os.path.join(DEPLOY, "compose.yaml")) as file:
         compose = yaml.safe_load(file)
@@ -192,7 +199,7 @@ def check_compose(haven, workdir):
         environment = service.get("environment") or {}
         if "HAVEN_STORAGE_ACCESS_KEY" in str(environment.get("AWS_ACCESS_KEY_ID", "")):
             sys.exit(f"FAILED: compose service {name} signs with the storage nodes' admin key")
-        env = {k: DUMMY_ENV.get(k, str(v)) for k, v in environment.items()}
+        env = {k: DUMMY_ENV.get(k, interpolate(str(v))) for k, v in environment.items()}
         check_haven(haven, args, env, f"compose service {name}")
         checked += 1
         if service["command"][0] == "coordinator":
@@ -258,6 +265,7 @@ def check_chart(haven, helm, workdir):
             "etcd.externalEndpoints[0]": "https://etcd-a:2379",
             "storageNode.enabled": "false",
         },
+        "json logs at debug": {"logFormat": "json", "logLevel": "debug"},
         "secondary site": {
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",

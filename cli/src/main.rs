@@ -3,15 +3,20 @@
 //! Thin by design: argument parsing and printing live here, everything else in the
 //! library crates, so the coordinator and workers run exactly the code the CLI tests.
 
+// First: its `usage!` macro is used by the modules below.
+#[macro_use]
+mod exit;
 mod commands;
 mod common;
+mod logging;
 mod progress;
+mod usage;
 
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, key, protect, prune, replicate, repo, restore, security,
-    serve_nbd, snapshots, verify,
+    admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
+    restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -21,6 +26,15 @@ use commands::{
     about = "Haven: VM backup and disaster recovery"
 )]
 struct Cli {
+    /// How log lines on standard error are written: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "HAVEN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,12 +52,16 @@ enum Command {
     Backup(backup::BackupCommand),
     /// List committed snapshots.
     Snapshots(snapshots::SnapshotsArgs),
+    /// Repository size, deduplication and compression, in total and per VM.
+    Stats(stats::StatsArgs),
     /// Restore a disk of a snapshot to a file.
     Restore(restore::RestoreArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
     Prune(prune::PruneArgs),
+    /// Remove one snapshot, VM@TIME (refused if protected; chunks stay until GC).
+    Forget(forget::ForgetArgs),
     /// Remove chunks and indexes no snapshot needs (safe while backups run).
     Gc(gc::GcArgs),
     /// Keep a snapshot whatever prune's rules say, optionally locked in storage.
@@ -82,20 +100,23 @@ enum Command {
     Token(security::TokenCommand),
     /// The audit log of mutating calls to the coordinator.
     Audit(security::AuditArgs),
+    /// Print a shell completion script: `source <(haven completions bash)`.
+    Completions(manual::CompletionsArgs),
+    /// Write manual pages, one per command and subcommand.
+    Man(manual::ManArgs),
 }
 
-/// Prints help and version as clap does, and every other parse error as one line.
-fn usage_error(error: clap::Error) -> std::process::ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-        _ => {
-            let text = error.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("error: {}", first.trim_start_matches("error: "));
-            std::process::ExitCode::from(2)
+impl Command {
+    /// Servers log what they do; one-shot commands print their results and stay quiet.
+    fn log_role(&self) -> logging::Role {
+        match self {
+            Command::StorageNode(_)
+            | Command::Coordinator(_)
+            | Command::Worker(_)
+            | Command::Dev(_)
+            | Command::ServeNbd(_) => logging::Role::Daemon,
+            Command::Replicate(args) if args.runs_continuously() => logging::Role::Daemon,
+            _ => logging::Role::OneShot,
         }
     }
 }
@@ -103,15 +124,9 @@ fn usage_error(error: clap::Error) -> std::process::ExitCode {
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(error),
+        Err(error) => return usage::report(error),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(cli.command.log_role(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,9 +143,11 @@ fn main() -> std::process::ExitCode {
             Command::Key(command) => key::run(command).await,
             Command::Backup(command) => backup::run(command).await,
             Command::Snapshots(args) => snapshots::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Forget(args) => forget::run(args).await,
             Command::Gc(args) => gc::run(args).await,
             Command::Protect(args) => protect::protect(args).await,
             Command::Unprotect(args) => protect::unprotect(args).await,
@@ -147,13 +164,15 @@ fn main() -> std::process::ExitCode {
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
             Command::Job(command) => admin::job(command).await,
+            Command::Completions(args) => manual::completions(args),
+            Command::Man(args) => manual::man(args),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => exit::Exit::Success.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            exit::Exit::of(&error).into()
         }
     }
 }

@@ -131,18 +131,10 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM).
+/// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM). Logs go to
+/// whatever subscriber the process installed (the `haven` binary sets up logging for
+/// every role in one place).
 pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
-    init_tracing();
     let create_buckets = args.create_buckets.clone();
     let bucket_setup =
         bucket_setup::BucketSetup::from_flags(args.object_lock, args.default_retention.as_deref())?;

@@ -33,6 +33,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tracing::Instrument;
 
 pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
 pub use storage_keys::StorageKeysConfig;
@@ -175,7 +176,10 @@ impl Worker {
                             continue;
                         }
                         let id = job.job_id.clone();
-                        let task = tokio::spawn(self.clone().run_job(session.clone(), job));
+                        let span = job_span(&job);
+                        let task = tokio::spawn(
+                            self.clone().run_job(session.clone(), job).instrument(span),
+                        );
                         running.insert(id, task);
                     }
                 }
@@ -319,20 +323,18 @@ impl Worker {
         // Bytes read already counted in the worker's metrics (by the reporter, live).
         let counted = Arc::new(AtomicU64::new(0));
         self.metrics.job_started();
-        let reporter = tokio::spawn(self.clone().report_progress(
-            session.clone(),
-            job.clone(),
-            progress.clone(),
-            counted.clone(),
-            cancel.clone(),
-        ));
-        tracing::info!(
-            job = job.job_id,
-            vm = job.vm,
-            attempt = job.attempt,
-            kind = job.kind,
-            "job started"
+        let reporter = tokio::spawn(
+            self.clone()
+                .report_progress(
+                    session.clone(),
+                    job.clone(),
+                    progress.clone(),
+                    counted.clone(),
+                    cancel.clone(),
+                )
+                .instrument(tracing::Span::current()),
         );
+        tracing::info!("job started");
         let maintenance = [v1::JobKind::Prune, v1::JobKind::Gc, v1::JobKind::Replicate]
             .iter()
             .any(|kind| *kind as i32 == job.kind);
@@ -362,19 +364,15 @@ impl Worker {
         };
         self.metrics.job_ended(job.kind, result);
         match outcome {
-            Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
+            Ok(done) => tracing::info!(done, "job finished"),
             Err(WorkerError::JobMoved(reason)) => {
-                tracing::warn!(
-                    job = job.job_id,
-                    reason,
-                    "job moved to another worker; dropped"
-                );
+                tracing::warn!(reason, "job moved to another worker; dropped");
             }
             Err(error) => {
                 self.metrics.job_error(&error);
                 let message = error.chain();
                 let retryable = error.is_retryable();
-                tracing::warn!(job = job.job_id, error = %message, retryable, "job failed");
+                tracing::warn!(error = %message, retryable, "job failed");
                 let request = v1::FailJobRequest {
                     worker: Some(session.identity.clone()),
                     job_id: job.job_id.clone(),
@@ -554,7 +552,7 @@ impl Worker {
                 }
                 Ok(_) => {}
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    tracing::warn!(job = job.job_id, "fenced: {}", status.message());
+                    tracing::warn!("fenced: {}", status.message());
                     cancel.cancel();
                     return Some(WorkerError::from_coordinator("progress report", &status));
                 }
@@ -562,6 +560,18 @@ impl Worker {
             }
         }
     }
+}
+
+/// The span every line logged for a job runs in: its id, VM, kind and attempt are
+/// fields of each of them (top-level keys of `--log-format json` lines).
+fn job_span(job: &v1::JobAssignment) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        job = job.job_id,
+        vm = job.vm,
+        kind = metrics::kind_name(job.kind),
+        attempt = job.attempt,
+    )
 }
 
 /// Why a job that failed with `error` really ended: it moved to another worker when

@@ -32,7 +32,8 @@ pub struct WorkerArgs {
     /// worker.toml.
     #[arg(long)]
     config: PathBuf,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     #[command(flatten)]
@@ -72,7 +73,8 @@ pub struct DevArgs {
     /// Name of the local host.
     #[arg(long, default_value = "localhost")]
     host: String,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     /// Also run a storage node (S3) in this process on this data directory, with a

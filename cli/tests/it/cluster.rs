@@ -12,6 +12,7 @@ mod auth;
 mod dev;
 mod gc;
 mod libvirt;
+mod logs;
 mod one_worker;
 mod prometheus;
 mod rotation;

@@ -9,6 +9,7 @@ mod support;
 
 mod backup_restore;
 mod cluster;
+mod command_line;
 mod files;
 mod gc;
 mod integrity;
@@ -20,5 +21,6 @@ mod qemu;
 mod replicate;
 mod restore_nbd;
 mod serve_nbd;
+mod stats;
 mod storage_node;
 mod verify_repair;

@@ -77,6 +77,16 @@ volume name and the Secret. */}}
         path: key.toml
 {{- end }}
 
+{{/* How Haven's daemons log: `logFormat` and, when set, `logLevel` (HAVEN_LOG). */}}
+{{- define "haven.logEnv" -}}
+- name: HAVEN_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- with .Values.logLevel }}
+- name: HAVEN_LOG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The private CA of storage nodes (`caConfigMap`), as a mount and a volume. */}}
 {{- define "haven.caMount" -}}
 {{- if .Values.caConfigMap }}
