@@ -293,7 +293,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         .args(["--query", "Contents[0].Key", "--output", "text"])
         .args([
             "--endpoint-url",
-            &format!("http://127.0.0.1:{storage_port}"),
+            &format!("http://127.0.0.1:{}", dev.storage_port),
         ])
         .env("AWS_ACCESS_KEY_ID", "dev-append")
         .env("AWS_SECRET_ACCESS_KEY", &secret)
@@ -313,7 +313,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         ])
         .args([
             "--endpoint-url",
-            &format!("http://127.0.0.1:{storage_port}"),
+            &format!("http://127.0.0.1:{}", dev.storage_port),
         ])
         .env("AWS_ACCESS_KEY_ID", "dev-append")
         .env("AWS_SECRET_ACCESS_KEY", &secret)

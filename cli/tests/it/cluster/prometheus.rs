@@ -235,7 +235,10 @@ fn a_real_prometheus_scrapes_every_component() {
         .output()
         .unwrap();
     let responses = [
-        (dev.http, String::from_utf8_lossy(&coordinator.stdout).into_owned()),
+        (
+            dev.http,
+            String::from_utf8_lossy(&coordinator.stdout).into_owned(),
+        ),
         (worker_metrics, scrape(worker_metrics)),
         (dev.storage_port, scrape(dev.storage_port)),
     ];
