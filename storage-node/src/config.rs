@@ -44,9 +44,15 @@ pub struct Config {
     /// Access keys allowed to talk to this node.
     #[serde(default)]
     pub keys: Vec<AccessKeyConfig>,
-    /// Optional TLS; without it the node speaks plain HTTP.
+    /// Optional TLS; without it the node speaks plain HTTP, which only a loopback
+    /// `listen` accepts unless `insecure` is set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP off loopback anyway (logged as a warning at every start):
+    /// keys are never sent (requests are signed), but object bytes and names travel
+    /// in clear.
+    #[serde(default)]
+    pub insecure: bool,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
@@ -394,6 +400,13 @@ impl Config {
                 )));
             }
         }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {} is not loopback: add a [tls] table (certificate and key), \
+                 or set insecure = true (--insecure) to serve plain HTTP anyway",
+                self.listen
+            )));
+        }
         if self.keys.is_empty() {
             return Err(ConfigError::Invalid(
                 "at least one access key is required: the node never serves anonymous requests"
@@ -443,6 +456,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_needs_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("node.toml");
+        let parse = |listen: &str, extra: &str| {
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{listen}\"\ndata_dir = \"/srv\"\n{extra}[[keys]]\n\
+                     access_key = \"k\"\nsecret_key = \"s3cret-0123\"\n"
+                ),
+            )
+            .unwrap();
+            Config::from_file(&config).and_then(|config| {
+                config.validate()?;
+                Ok(config)
+            })
+        };
+        assert!(parse("127.0.0.1:9000", "").is_ok());
+        let refused = parse("0.0.0.0:9000", "").unwrap_err().to_string();
+        assert!(refused.contains("not loopback"), "{refused}");
+        assert!(parse("0.0.0.0:9000", "insecure = true\n").is_ok());
+    }
 
     #[test]
     fn a_key_file_gives_the_key_and_a_bad_one_is_refused_without_its_text() {

@@ -86,6 +86,10 @@ pub struct StorageNodeArgs {
     /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
     #[arg(long = "pull-source", value_name = "URL")]
     pub pull_sources: Vec<String>,
+    /// Serve plain HTTP on a non-loopback `--listen` (warned at every start); without
+    /// it such an address needs TLS.
+    #[arg(long)]
+    pub insecure: bool,
     /// Read and check the configuration (file, flags, TLS certificate and key, pull
     /// CA file), print `ok`, and exit.
     #[arg(long)]
@@ -111,10 +115,12 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
         region: "us-east-1".to_owned(),
         keys: Vec::new(),
         tls: None,
+        insecure: false,
         limits: config::Limits::default(),
         replication: config::ReplicationConfig::default(),
     });
     config.listen = listen;
+    config.insecure |= args.insecure;
     config.replication.pull_sources.extend(args.pull_sources);
     if !args.data.is_empty() {
         config.data_dir = None;
@@ -191,6 +197,9 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(address = %local, "insecure = true: serving plain HTTP off loopback; object bytes and names cross the network in clear");
+    }
     println!("haven storage-node listening on {scheme}://{local}");
     tracing::info!(address = %local, data_dirs = ?directories, keys = config.keys.len(), "storage node started");
     server::serve(listener, tls, shared, &config.limits, shutdown_signal()).await;

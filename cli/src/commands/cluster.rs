@@ -178,6 +178,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             object_lock: false,
             default_retention: None,
             pull_sources: Vec::new(),
+            insecure: false,
             check_config: false,
         };
         // Stops on the same signals as the rest of the process.

@@ -64,6 +64,7 @@ impl StorageNode {
                 object_lock: false,
                 default_retention: None,
                 pull_sources: Vec::new(),
+                insecure: false,
                 check_config: false,
             };
             let (stop, stopped) = oneshot::channel();

@@ -59,11 +59,14 @@ secondary_key_file = "/etc/haven/storage-keys/secondary/key.toml"
 listen = "0.0.0.0:{{ .Values.storageNode.port }}"
 data_dir = "/var/lib/haven/data"
 
-{{- with .Values.storageNode.tlsSecret }}
+{{- if .Values.storageNode.tlsSecret }}
 
 [tls]
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
+{{- else }}
+# No storageNode.tlsSecret: plain HTTP on the pod network, warned at every start.
+insecure = true
 {{- end }}
 
 # Least-privilege keys from their Secrets; the admin key comes from the environment.
