@@ -138,6 +138,10 @@ pub async fn run(args: ServeNbdArgs) -> Result<()> {
         reader.disk()
     );
     config.max_clients = args.max_clients.max(1);
+    // Renewed credentials apply to new connections; the watch ends with the process.
+    if let Some(tls) = &tls {
+        tls.watch(tokio_util::sync::CancellationToken::new());
+    }
     config.tls = tls;
     let listener = ServerListener::bind(&endpoint)
         .await

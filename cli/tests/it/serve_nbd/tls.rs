@@ -153,6 +153,55 @@ fn qemu_img_and_nbdcopy_read_over_tls_and_other_clients_are_refused() {
 }
 
 #[test]
+fn a_new_ca_bundle_applies_to_new_connections_without_a_restart() {
+    let bed = Bed::new();
+    let raw = backed_up_image(&bed);
+    let credentials = Credentials::new(&bed.path("pki")).unwrap();
+    let port = free_port();
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let served = Served::spawn(
+        &bed,
+        &listen,
+        &["--tls-creds", credentials.server.to_str().unwrap()],
+        Stdio::inherit(),
+        None,
+    );
+    let target = bed.path("stranger.raw");
+    refused(
+        &mut qemu_img_convert(port, &credentials.stranger, &target),
+        "a certificate from another CA",
+    );
+
+    // The operator adds the other CA to the bundle: renamed over, as tools do.
+    let bundle = [
+        std::fs::read(credentials.server.join("ca-cert.pem")).unwrap(),
+        std::fs::read(credentials.stranger.join("ca-cert.pem")).unwrap(),
+    ]
+    .concat();
+    let staged = bed.path("ca-cert.pem.new");
+    std::fs::write(&staged, bundle).unwrap();
+    std::fs::rename(&staged, credentials.server.join("ca-cert.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = std::fs::remove_file(&target);
+        let (status, stderr) = stderr_within(
+            &mut qemu_img_convert(port, &credentials.stranger, &target),
+            CLIENT_LIMIT,
+        );
+        if status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new CA bundle was not taken up: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_same_disk(&raw, &target);
+    drop(served);
+}
+
+#[test]
 fn plain_tcp_off_loopback_needs_insecure_and_warns_at_every_start() {
     let bed = Bed::new();
     let raw = backed_up_image(&bed);

@@ -17,6 +17,9 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use haven_tls::reload::Reloading;
 
 /// CA certificates clients must chain to (QEMU's file name).
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
@@ -79,7 +82,8 @@ pub enum PeerVerification {
 /// `NBD_OPT_STARTTLS` on every connection.
 #[derive(Clone)]
 pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    /// The configuration, rebuilt when a credential file changes (see [`ServerTls::watch`]).
+    config: Arc<Reloading<rustls::ServerConfig>>,
     verification: PeerVerification,
 }
 
@@ -99,42 +103,75 @@ impl ServerTls {
         dir: &Path,
         verification: PeerVerification,
     ) -> Result<Self, TlsCredentialsError> {
-        let cert_path = dir.join(SERVER_CERT_FILE);
-        let key_path = dir.join(SERVER_KEY_FILE);
-        let chain = read_certificates(&cert_path)?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| {
-            TlsCredentialsError::Read {
-                path: key_path.clone(),
-                source,
-            }
-        })?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|source| TlsCredentialsError::Identity {
-                cert: cert_path.clone(),
-                key: key_path.clone(),
-                source,
-            })?;
-        let builder = match verification {
-            PeerVerification::Off => builder.with_no_client_auth(),
-            PeerVerification::Required => {
-                builder.with_client_cert_verifier(client_verifier(dir, provider)?)
-            }
-        };
-        let config = builder.with_single_cert(chain, key).map_err(|source| {
-            TlsCredentialsError::Identity {
-                cert: cert_path,
-                key: key_path,
-                source,
-            }
+        // The first build reports what is wrong with the files in their own terms;
+        // later rebuilds (after a change) keep the previous configuration on error.
+        build_config(dir, verification)?;
+        let mut files = vec![dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE)];
+        if verification == PeerVerification::Required {
+            files.extend([dir.join(CA_CERT_FILE), dir.join(CA_CRL_FILE)]);
+        }
+        let owned = dir.to_path_buf();
+        let config = Reloading::new("serve-nbd TLS credentials", files, move || {
+            build_config(&owned, verification).map_err(|error| haven_tls::TlsError::Pem {
+                path: owned.clone(),
+                reason: error.to_string(),
+            })
+        })
+        .map_err(|error| TlsCredentialsError::Verifier {
+            path: dir.to_path_buf(),
+            reason: error.to_string(),
         })?;
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            config,
             verification,
         })
     }
 
+    /// Rebuilds the configuration when a credential file changes (checked every 2 s)
+    /// or on SIGHUP, until `shutdown`: renewed certificates, a new CA bundle or CRL
+    /// apply to new connections without a restart.
+    pub fn watch(&self, shutdown: CancellationToken) {
+        self.config.watch(shutdown);
+    }
+}
+
+/// A rustls configuration from the credentials in `dir`.
+fn build_config(
+    dir: &Path,
+    verification: PeerVerification,
+) -> Result<rustls::ServerConfig, TlsCredentialsError> {
+    let cert_path = dir.join(SERVER_CERT_FILE);
+    let key_path = dir.join(SERVER_KEY_FILE);
+    let chain = read_certificates(&cert_path)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsCredentialsError::Read {
+            path: key_path.clone(),
+            source,
+        })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsCredentialsError::Identity {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+            source,
+        })?;
+    let builder = match verification {
+        PeerVerification::Off => builder.with_no_client_auth(),
+        PeerVerification::Required => {
+            builder.with_client_cert_verifier(client_verifier(dir, provider)?)
+        }
+    };
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsCredentialsError::Identity {
+            cert: cert_path,
+            key: key_path,
+            source,
+        })
+}
+
+impl ServerTls {
     /// Whether clients must present a certificate from the CA.
     pub fn verification(&self) -> PeerVerification {
         self.verification
@@ -145,7 +182,9 @@ impl ServerTls {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        self.acceptor.accept(stream).await
+        tokio_rustls::TlsAcceptor::from(self.config.current())
+            .accept(stream)
+            .await
     }
 }
 
