@@ -21,6 +21,10 @@ use commands::{
     about = "Haven: VM backup and disaster recovery"
 )]
 struct Cli {
+    /// Export traces over OTLP/gRPC to this collector (`http://HOST:4317`); otherwise
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` decides, and without either nothing is exported.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +88,18 @@ enum Command {
     Audit(security::AuditArgs),
 }
 
+impl Command {
+    /// The `service.name` of this process's traces.
+    fn telemetry_service(&self) -> haven_telemetry::Service {
+        match self {
+            Command::Coordinator(_) => haven_telemetry::Service::Coordinator,
+            Command::Worker(_) => haven_telemetry::Service::Worker,
+            Command::StorageNode(_) => haven_telemetry::Service::StorageNode,
+            _ => haven_telemetry::Service::Cli,
+        }
+    }
+}
+
 /// Prints help and version as clap does, and every other parse error as one line.
 fn usage_error(error: clap::Error) -> std::process::ExitCode {
     use clap::error::ErrorKind;
@@ -105,13 +121,6 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,6 +131,34 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Export runs on the runtime; the exporter is dropped (and flushed) before it.
+    let telemetry = match haven_telemetry::Telemetry::start(
+        cli.command.telemetry_service(),
+        cli.otlp_endpoint.as_deref(),
+        runtime.handle(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // Each output has its own filter: the log level does not decide what is traced.
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            );
+        tracing_subscriber::registry()
+            .with(log)
+            .with(telemetry.as_ref().map(haven_telemetry::Telemetry::layer))
+            .init();
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Repo(command) => repo::run(command).await,
@@ -149,6 +186,8 @@ fn main() -> std::process::ExitCode {
             Command::Job(command) => admin::job(command).await,
         }
     });
+    // The last spans leave while the runtime still runs.
+    drop(telemetry);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
