@@ -32,6 +32,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tracing::Instrument;
 
 pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
 
@@ -173,7 +174,10 @@ impl Worker {
                             continue;
                         }
                         let id = job.job_id.clone();
-                        let task = tokio::spawn(self.clone().run_job(session.clone(), job));
+                        let span = job_span(&job);
+                        let task = tokio::spawn(
+                            self.clone().run_job(session.clone(), job).instrument(span),
+                        );
                         running.insert(id, task);
                     }
                 }
@@ -343,6 +347,7 @@ impl Worker {
             self.backup(&session, &job, progress.clone(), &cancel).await
         };
         let (bytes_read, _) = progress.snapshot();
+        tracing::Span::current().record("bytes_read", bytes_read);
         let outcome = match outcome {
             Ok(done) => {
                 reporter.abort();
@@ -368,6 +373,7 @@ impl Worker {
             Err(error) => {
                 let message = error.chain();
                 let retryable = error.is_retryable();
+                tracing::Span::current().record("otel.status_code", "error");
                 tracing::warn!(job = job.job_id, error = %message, retryable, "job failed");
                 let request = v1::FailJobRequest {
                     worker: Some(session.identity.clone()),
@@ -553,6 +559,24 @@ impl Worker {
             }
         }
     }
+}
+
+/// The span a job runs in: its id, VM, kind and attempt are fields of every line
+/// logged for it, and it continues the trace the coordinator's assignment began
+/// (`traceparent`), with the bytes read recorded when it ends.
+fn job_span(job: &v1::JobAssignment) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "job",
+        job = job.job_id,
+        vm = job.vm,
+        kind = metrics::kind_name(job.kind),
+        attempt = job.attempt,
+        bytes_read = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    haven_telemetry::set_parent_from_traceparent(&span, &job.traceparent);
+    span
 }
 
 /// Why a job that failed with `error` really ended: it moved to another worker when

@@ -112,7 +112,7 @@ impl Exporter for WorkerMetrics {
 }
 
 /// The `kind` label of a job kind from the wire.
-fn kind_name(kind: i32) -> &'static str {
+pub(crate) fn kind_name(kind: i32) -> &'static str {
     match v1::JobKind::try_from(kind) {
         Ok(v1::JobKind::Backup) => "backup",
         Ok(v1::JobKind::Prune) => "prune",
