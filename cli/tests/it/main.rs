@@ -20,4 +20,5 @@ mod replicate;
 mod restore_nbd;
 mod serve_nbd;
 mod storage_node;
+mod trace;
 mod verify_repair;
