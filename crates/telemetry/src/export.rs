@@ -212,8 +212,7 @@ pub(crate) mod tests {
         let subscriber = tracing_subscriber::registry().with(build_layer(&provider));
         tracing::subscriber::with_default(subscriber, body);
         provider.shutdown().unwrap();
-        let spans = recorder.0.lock().unwrap().clone();
-        spans
+        recorder.0.lock().unwrap().clone()
     }
 
     #[test]
