@@ -13,6 +13,10 @@
   Kubernetes 1.30 schemas (`kubernetes-validate --strict`), and every Haven container's
   arguments are run the same way against the ConfigMap it mounts, with the pod's
   environment (POD_NAME, NODE_NAME, secrets) filled in.
+- Storage keys are least-privilege everywhere: every worker.toml names an append and a
+  delete key file in [storage], every storage node declares an append and a delete key
+  from key files (compose secrets, or Secrets mounted in the pod), and no Haven process
+  gets the node's admin key.
 - etcd is secured everywhere: every coordinator configuration (compose and chart) has
   `[etcd_security]` with a CA, a client certificate and key, a user and a password
   file, its etcd endpoints are https://, and every file it names is provided to the
@@ -25,6 +29,7 @@ Exits non-zero with the failing command's output on the first problem.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -97,7 +102,65 @@ def check_etcd_init_script(users):
     print(f"ok  etcd-auth-init.sh (sh -n), run by {', '.join(users)}")
 
 
-def check_compose(haven):
+def key_file_stand_in(name, workdir):
+    """A local storage key file (access_key_id, secret_access_key) with a dummy key
+    named `name`, so a node declaring several keys sees distinct ones."""
+    local = os.path.join(workdir, f"{name}.toml")
+    with open(local, "w") as file:
+        file.write(f'access_key_id = "{name}"\nsecret_access_key = "example-{name}"\n')
+    return local
+
+
+def storage_key_stand_ins(secrets, workdir):
+    """Stand-ins for the storage key files among a compose service's secrets (the
+    secrets named storage-*): container path -> local key file."""
+    return {f"/run/secrets/{secret}": key_file_stand_in(secret, workdir)
+            for secret in secrets if secret.startswith("storage-")}
+
+
+def with_stand_ins(path, stand_ins, workdir):
+    """`path`, or a copy of it whose secret paths point at their stand-ins."""
+    with open(path) as file:
+        text = file.read()
+    replaced = text
+    for container_path, local in stand_ins.items():
+        replaced = replaced.replace(f'"{container_path}"', f'"{local}"')
+    if replaced == text:
+        return path
+    copy = os.path.join(workdir, "compose-" + os.path.basename(path))
+    with open(copy, "w") as file:
+        file.write(replaced)
+    return copy
+
+
+def check_storage_keys(text, role, what):
+    """Least-privilege storage keys, named only by file: a worker.toml has an append and
+    a delete key file in [storage]; a storage node declares exactly an append and a
+    delete key, each from a `key_file` (its admin key comes from the environment)."""
+    config = tomllib.loads(text)
+    if role == "worker":
+        storage = config.get("storage", {})
+        missing = [f for f in ("append_key_file", "delete_key_file") if not storage.get(f)]
+        if missing:
+            sys.exit(f"FAILED: {what}: worker.toml [storage] lacks {', '.join(missing)}")
+        print(f"ok  {what}: one storage key per job kind")
+        return
+    keys = config.get("keys", [])
+    found = sorted(key.get("access", "") for key in keys)
+    if any("secret_key" in key or not key.get("key_file") for key in keys) \
+            or found != ["append", "delete"]:
+        sys.exit(f"FAILED: {what}: storage node keys must be an append and a delete key "
+                 f"from key_file, got {found}")
+    print(f"ok  {what}: keys {', '.join(found)} from files")
+
+
+def interpolate(value):
+    """A compose value with each `${NAME:-DEFAULT}` replaced by its default, as compose
+    does when NAME is unset (the default must then be valid for haven too)."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
+def check_compose(haven, workdir):
     with open(os.path.join(DEPLOY, "compose.yaml")) as file:
         compose = yaml.safe_load(file)
     checked = 0
@@ -121,12 +184,22 @@ def check_compose(haven):
                 sys.exit(f"FAILED: compose service {name}: unknown entrypoint {service['entrypoint']}")
             etcd_init.append(f"compose service {name}")
             continue
+        stand_ins = storage_key_stand_ins(secrets, workdir)
         args = [mounts.get(arg, arg) for arg in service["command"]]
         missing = [arg for arg in args if arg.startswith("/etc/haven/")]
         if missing:
             sys.exit(f"FAILED: compose service {name}: {missing} not mounted")
+        role = service["command"][0]
+        if role in ("worker", "storage-node"):
+            config = args[args.index("--config") + 1]
+            with open(config) as file:
+                check_storage_keys(file.read(), role, f"compose service {name}")
+            args = [with_stand_ins(arg, stand_ins, workdir) if arg == config else arg
+                    for arg in args]
         environment = service.get("environment") or {}
-        env = {k: DUMMY_ENV.get(k, str(v)) for k, v in environment.items()}
+        if "HAVEN_STORAGE_ACCESS_KEY" in str(environment.get("AWS_ACCESS_KEY_ID", "")):
+            sys.exit(f"FAILED: compose service {name} signs with the storage nodes' admin key")
+        env = {k: DUMMY_ENV.get(k, interpolate(str(v))) for k, v in environment.items()}
         check_haven(haven, args, env, f"compose service {name}")
         checked += 1
         if service["command"][0] == "coordinator":
@@ -192,6 +265,7 @@ def check_chart(haven, helm, workdir):
             "etcd.externalEndpoints[0]": "https://etcd-a:2379",
             "storageNode.enabled": "false",
         },
+        "json logs at debug": {"logFormat": "json", "logLevel": "debug"},
         "secondary site": {
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",
@@ -234,6 +308,10 @@ def check_chart(haven, helm, workdir):
                             local = os.path.join(workdir, f"{config_map}-{key}")
                             rendered.append((local, text))
                             files[f"{mount['mountPath']}/{key}"] = local
+                    elif any(item.get("path") == "key.toml"
+                             for item in volume.get("secret", {}).get("items", [])):
+                        files[f"{mount['mountPath']}/key.toml"] = key_file_stand_in(
+                            mount["name"], workdir)
                     elif config_map or "secret" in volume:
                         for key, local in provided.items():
                             files[f"{mount['mountPath']}/{key}"] = local
@@ -251,8 +329,17 @@ def check_chart(haven, helm, workdir):
                         pod_env[item["name"]] = item["value"]
                     elif "secretKeyRef" in item.get("valueFrom", {}):
                         pod_env[item["name"]] = DUMMY_ENV.get(item["name"], "from-a-secret")
+                        if item["name"] == "AWS_ACCESS_KEY_ID" and \
+                                item["valueFrom"]["secretKeyRef"]["name"] == "haven-storage":
+                            sys.exit(f"FAILED: {doc['metadata']['name']} signs with the "
+                                     "storage nodes' admin key")
                 args = [files.get(arg, arg) for arg in container["args"]]
                 what = f"{variant}: {doc['kind']} {doc['metadata']['name']}"
+                role = container["args"][0]
+                if role in ("worker", "storage-node"):
+                    config = container["args"][container["args"].index("--config") + 1]
+                    text = next(text for local, text in rendered if files[config] == local)
+                    check_storage_keys(text, role, what)
                 check_haven(haven, args, pod_env, what)
                 containers += 1
                 if container["args"][0] == "coordinator":
@@ -270,7 +357,7 @@ def main():
     parser.add_argument("--helm", default="helm")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="haven-deploy-check-") as workdir:
-        check_compose(os.path.abspath(args.haven))
+        check_compose(os.path.abspath(args.haven), workdir)
         check_chart(os.path.abspath(args.haven), args.helm, workdir)
     print("deploy/: all checks passed")
 

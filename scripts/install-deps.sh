@@ -20,6 +20,8 @@ packages=(
   etcd-server etcd-client
   # secured etcd in tests: a private CA and certificates (crates/testkit/src/etcd/secured.rs)
   openssl
+  # metrics tests: promtool test rules, and a real Prometheus scraping a cluster
+  prometheus
   # storage node tests: real S3 clients
   awscli rclone restic python3 python3-boto3
 )

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use haven_proto::LeaderClient;
 use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
 use haven_repo::{Backend, Repository};
+
+use crate::exit::CliError;
 
 /// How to reach and open a repository.
 #[derive(Debug, clap::Args)]
@@ -17,7 +19,8 @@ pub struct RepoArgs {
     /// Repository URL: file:///path, s3://bucket/prefix?endpoint=http://host:port
     #[arg(long, env = "HAVEN_REPO")]
     pub repo: String,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -114,7 +117,8 @@ pub struct CatalogRepoArgs {
     /// Repository URL: file:///path, s3://bucket/prefix?endpoint=http://host:port
     #[arg(long, env = "HAVEN_REPO", required_unless_present = "coordinator")]
     pub repo: Option<String>,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
     /// Coordinator URLs (comma-separated): find the repository in the cluster's catalog.
@@ -145,10 +149,13 @@ impl CatalogRepoArgs {
                 list.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
                 match list.pop() {
                     Some(entry) => entry.repository,
-                    None => bail!(
-                        "the coordinator's catalog has no snapshot {}",
-                        describe(snapshot)
-                    ),
+                    None => {
+                        return Err(CliError::NotFound(format!(
+                            "the coordinator's catalog has no snapshot {}",
+                            describe(snapshot)
+                        ))
+                        .into());
+                    }
                 }
             }
         };
@@ -169,30 +176,80 @@ fn describe(snapshot: &haven_repo::SnapshotRef) -> String {
     )
 }
 
-/// The repository password: the first line of `file`, else `$HAVEN_PASSWORD`.
+/// The environment variable naming a command whose output is the repository password.
+const PASSWORD_COMMAND: &str = "HAVEN_PASSWORD_COMMAND";
+
+/// The repository password: the first line of `file`, else the output of
+/// `$HAVEN_PASSWORD_COMMAND`, else `$HAVEN_PASSWORD`. A file and a command both given
+/// is refused rather than one of them silently ignored.
 pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    read_secret(file, "HAVEN_PASSWORD", "--password-file")
+    let command = std::env::var(PASSWORD_COMMAND)
+        .ok()
+        .filter(|command| !command.trim().is_empty());
+    match (file, command) {
+        (Some(path), Some(_)) => Err(CliError::Usage(format!(
+            "both a password file ({}) and {PASSWORD_COMMAND} are given: keep one",
+            path.display()
+        ))
+        .into()),
+        (None, Some(command)) => password_from_command(&command),
+        (file, None) => read_secret(
+            file,
+            "HAVEN_PASSWORD",
+            "set HAVEN_PASSWORD or HAVEN_PASSWORD_COMMAND, or pass --password-file",
+        ),
+    }
+}
+
+/// Runs `command` with `sh -c` (so a pipeline works: `pass show haven | head -n1`) and
+/// returns its standard output less one trailing newline. Its standard input and error
+/// stay the terminal's, so it can prompt and its own errors are seen.
+fn password_from_command(command: &str) -> Result<Vec<u8>> {
+    let failed = |why: String| CliError::Password(format!("{PASSWORD_COMMAND} {command:?} {why}"));
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| failed(format!("could not be run: {error}")))?;
+    if !output.status.success() {
+        return Err(failed(format!("failed ({})", output.status)).into());
+    }
+    let mut password = output.stdout;
+    if password.last() == Some(&b'\n') {
+        password.pop();
+        if password.last() == Some(&b'\r') {
+            password.pop();
+        }
+    }
+    if password.is_empty() {
+        return Err(failed("printed no password".into()).into());
+    }
+    Ok(password)
 }
 
 /// A secret: the first line of `file`, else the environment variable `variable`;
-/// `option` names the file's option in the error when neither is given.
-pub fn read_secret(
-    file: Option<&std::path::Path>,
-    variable: &str,
-    option: &str,
-) -> Result<Vec<u8>> {
+/// `hint` says how to give one in the error when neither is given.
+pub fn read_secret(file: Option<&std::path::Path>, variable: &str, hint: &str) -> Result<Vec<u8>> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            CliError::Password(format!(
+                "cannot read password file {}: {error}",
+                path.display()
+            ))
+        })?;
         let line = text.lines().next().unwrap_or_default();
         if line.is_empty() {
-            bail!("password file {} is empty", path.display());
+            return Err(
+                CliError::Password(format!("password file {} is empty", path.display())).into(),
+            );
         }
         return Ok(line.as_bytes().to_vec());
     }
     match std::env::var(variable) {
         Ok(password) if !password.is_empty() => Ok(password.into_bytes()),
-        _ => bail!("no password: set {variable} or pass {option}"),
+        _ => Err(CliError::Password(format!("no password: {hint}")).into()),
     }
 }
 

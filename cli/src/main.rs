@@ -3,15 +3,20 @@
 //! Thin by design: argument parsing and printing live here, everything else in the
 //! library crates, so the coordinator and workers run exactly the code the CLI tests.
 
+// First: its `usage!` macro is used by the modules below.
+#[macro_use]
+mod exit;
 mod commands;
 mod common;
+mod logging;
 mod progress;
+mod usage;
 
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, gc, key, protect, prune, replicate, repo, restore, security,
-    serve_nbd, snapshots, verify,
+    admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
+    restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -25,6 +30,15 @@ struct Cli {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` decides, and without either nothing is exported.
     #[arg(long, global = true, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// How log lines on standard error are written: text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "HAVEN_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,12 +56,16 @@ enum Command {
     Backup(backup::BackupCommand),
     /// List committed snapshots.
     Snapshots(snapshots::SnapshotsArgs),
+    /// Repository size, deduplication and compression, in total and per VM.
+    Stats(stats::StatsArgs),
     /// Restore a disk of a snapshot to a file.
     Restore(restore::RestoreArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
     Prune(prune::PruneArgs),
+    /// Remove one snapshot, VM@TIME (refused if protected; chunks stay until GC).
+    Forget(forget::ForgetArgs),
     /// Remove chunks and indexes no snapshot needs (safe while backups run).
     Gc(gc::GcArgs),
     /// Keep a snapshot whatever prune's rules say, optionally locked in storage.
@@ -86,6 +104,10 @@ enum Command {
     Token(security::TokenCommand),
     /// The audit log of mutating calls to the coordinator.
     Audit(security::AuditArgs),
+    /// Print a shell completion script: `source <(haven completions bash)`.
+    Completions(manual::CompletionsArgs),
+    /// Write manual pages, one per command and subcommand.
+    Man(manual::ManArgs),
 }
 
 impl Command {
@@ -98,20 +120,17 @@ impl Command {
             _ => haven_telemetry::Service::Cli,
         }
     }
-}
 
-/// Prints help and version as clap does, and every other parse error as one line.
-fn usage_error(error: clap::Error) -> std::process::ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
-        _ => {
-            let text = error.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("error: {}", first.trim_start_matches("error: "));
-            std::process::ExitCode::from(2)
+    /// Servers log what they do; one-shot commands print their results and stay quiet.
+    fn log_role(&self) -> logging::Role {
+        match self {
+            Command::StorageNode(_)
+            | Command::Coordinator(_)
+            | Command::Worker(_)
+            | Command::Dev(_)
+            | Command::ServeNbd(_) => logging::Role::Daemon,
+            Command::Replicate(args) if args.runs_continuously() => logging::Role::Daemon,
+            _ => logging::Role::OneShot,
         }
     }
 }
@@ -119,7 +138,7 @@ fn usage_error(error: clap::Error) -> std::process::ExitCode {
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(error),
+        Err(error) => return usage::report(error),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,31 +162,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    {
-        use tracing_subscriber::Layer;
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        // Each output has its own filter: the log level does not decide what is traced.
-        let log = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(
-                tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            );
-        tracing_subscriber::registry()
-            .with(log)
-            .with(telemetry.as_ref().map(haven_telemetry::Telemetry::layer))
-            .init();
-    }
+    logging::init(cli.command.log_role(), cli.log_format, telemetry.as_ref());
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Repo(command) => repo::run(command).await,
             Command::Key(command) => key::run(command).await,
             Command::Backup(command) => backup::run(command).await,
             Command::Snapshots(args) => snapshots::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Forget(args) => forget::run(args).await,
             Command::Gc(args) => gc::run(args).await,
             Command::Protect(args) => protect::protect(args).await,
             Command::Unprotect(args) => protect::unprotect(args).await,
@@ -184,15 +190,17 @@ fn main() -> std::process::ExitCode {
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
             Command::Job(command) => admin::job(command).await,
+            Command::Completions(args) => manual::completions(args),
+            Command::Man(args) => manual::man(args),
         }
     });
     // The last spans leave while the runtime still runs.
     drop(telemetry);
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => exit::Exit::Success.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            exit::Exit::of(&error).into()
         }
     }
 }

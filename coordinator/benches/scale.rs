@@ -589,8 +589,8 @@ async fn simulated_worker(
                     timestamp: id.timestamp.clone(),
                     repository: job.repository.clone(),
                     disks: Vec::new(),
-                    bytes_uploaded: 0,
                     job_id: job.job_id.clone(),
+                    ..Default::default()
                 }),
             };
             match client

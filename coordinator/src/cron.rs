@@ -8,6 +8,10 @@
 
 use time::{Duration, OffsetDateTime, Time};
 
+/// Firings [`Schedule::longest_gap`] looks at, at most: enough for a week of a
+/// schedule that fires every five minutes.
+const GAP_SAMPLE_FIRINGS: usize = 2100;
+
 /// A parsed schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -76,6 +80,28 @@ impl Schedule {
             at += Duration::MINUTE;
         }
         None
+    }
+
+    /// The longest time between two consecutive firings, over a year of firings (at
+    /// most [`GAP_SAMPLE_FIRINGS`]) from a fixed Monday, so the answer does not depend
+    /// on when it is asked; `None` if the schedule fires fewer than twice in a year.
+    /// Policies derive their default RPO from it.
+    pub fn longest_gap(&self) -> Option<Duration> {
+        let start = time::macros::datetime!(2024-01-01 00:00 UTC);
+        let end = start + Duration::days(366);
+        let mut previous = self.next_after(start - Duration::MINUTE)?;
+        let mut longest: Option<Duration> = None;
+        for _ in 0..GAP_SAMPLE_FIRINGS {
+            let Some(next) = self.next_after(previous) else {
+                break;
+            };
+            longest = Some(longest.map_or(next - previous, |gap| gap.max(next - previous)));
+            if next > end {
+                break;
+            }
+            previous = next;
+        }
+        longest
     }
 
     fn day_allowed(&self, at: OffsetDateTime) -> bool {
@@ -151,6 +177,26 @@ mod tests {
             .unwrap()
             .next_after(after)
             .unwrap()
+    }
+
+    #[test]
+    fn the_longest_gap_spans_weekends_months_and_uneven_steps() {
+        let gap = |expression: &str| {
+            Schedule::parse(expression)
+                .unwrap()
+                .longest_gap()
+                .map(|gap| gap.whole_minutes())
+        };
+        assert_eq!(gap("* * * * *"), Some(1));
+        assert_eq!(gap("*/5 * * * *"), Some(5));
+        assert_eq!(gap("0 */6 * * *"), Some(6 * 60));
+        // 00:00 and 20:00: the gap from 20:00 to midnight is 4 h, the other 20 h.
+        assert_eq!(gap("0 0,20 * * *"), Some(20 * 60));
+        // Weekdays at 03:00: Friday to Monday.
+        assert_eq!(gap("0 3 * * 1-5"), Some(3 * 24 * 60));
+        // The 1st of each month: 31 days at most.
+        assert_eq!(gap("0 0 1 * *"), Some(31 * 24 * 60));
+        assert_eq!(gap("0 0 31 2 *"), None);
     }
 
     #[test]

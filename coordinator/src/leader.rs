@@ -20,6 +20,8 @@
 //! | `rounds.rs` | policies, due rounds (backup and GC), follow-ups after a backup |
 //! | `expiry.rs` | forgetting finished jobs after the history period |
 //! | `queries.rs` | read-only views for the API, `/metrics` and GC pins |
+//! | `summary.rs` | what `/metrics` exports per VM, policy, site and repository, without cloning |
+//! | `job_metrics.rs` | counters of ended jobs, updated where the cache learns a job stopped |
 //! | `tick.rs` | one scheduling pass, in order |
 //!
 //! # Decisions and effects
@@ -76,10 +78,12 @@ mod error;
 mod expiry;
 #[cfg(test)]
 mod fixtures;
+mod job_metrics;
 mod jobs;
 mod queries;
 mod rounds;
 mod state;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod tick;
@@ -98,7 +102,9 @@ use crate::store::MetaStore;
 pub use assignment::Assignment;
 pub use commit::CommitRequest;
 pub use error::LeaderError;
+pub use job_metrics::JobMetrics;
 pub use jobs::Progress;
+pub use summary::{MetricsSummary, RepositorySummary, VmReplication, VmSummary};
 pub use tick::TickReport;
 
 use state::State;
@@ -116,6 +122,9 @@ pub struct LeaderSettings {
     pub default_max_per_worker: u32,
     /// How long a finished job is kept after it ended, so operators can read it.
     pub job_history: Duration,
+    /// Counters of ended jobs, shared by every term of the replica so `/metrics`
+    /// keeps serving the same handles across elections.
+    pub job_metrics: JobMetrics,
 }
 
 /// The leader: state plus the store it mirrors, fenced by the leader key's revision.
@@ -156,7 +165,8 @@ impl Leader {
         leader_revision: i64,
         settings: LeaderSettings,
     ) -> Result<Self> {
-        let (state, unreadable_records) = State::load(store.as_ref()).await?;
+        let (state, unreadable_records) =
+            State::load(store.as_ref(), settings.job_metrics.clone()).await?;
         Ok(Self {
             store,
             leader_revision,

@@ -98,6 +98,8 @@ pub async fn run(
     store: Arc<dyn MetaStore>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    let mut registry = haven_metrics::Registry::new();
+    let job_metrics = leader::JobMetrics::register(&mut registry);
     let settings = ReplicaSettings {
         id: config.id.clone(),
         advertise_url: config.advertise_url(),
@@ -108,6 +110,7 @@ pub async fn run(
             default_max_per_host: config.default_max_per_host.max(1),
             default_max_per_worker: config.default_max_per_worker.max(1),
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
+            job_metrics,
         },
     };
     let replica = Replica::new(store.clone(), settings);
@@ -138,20 +141,21 @@ pub async fn run(
             },
         };
         let http = haven_metrics::MetricsServer::bind(address, security).await?;
-        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone()));
+        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone(), registry));
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));
     let tokens = Arc::new(auth::tokens::Tokens::new(store.clone()));
     let audit = Arc::new(auth::audit::AuditLog::new(store));
     let service = CoordinatorService::new(
-        replica,
+        replica.clone(),
         policy::RepositoryAllowlist::new(config.allowed_repositories.clone()),
         tokens.clone(),
         audit.clone(),
     );
     tokio::spawn(expire_audit(
         audit.clone(),
+        replica.clone(),
         Duration::from_secs(config.audit_retention_days.saturating_mul(86_400)),
         shutdown.clone(),
     ));
@@ -176,22 +180,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Removes audit records older than `retention`, hourly, on every replica (the
-/// deletes are idempotent).
+/// Removes audit records older than `retention`, every five minutes, on the leading
+/// replica only (every replica reading the oldest records to delete the same ones
+/// would multiply the store's load for nothing). A pass with nothing to expire is one
+/// ranged read that returns no key.
 async fn expire_audit(
     audit: Arc<auth::audit::AuditLog>,
+    replica: Arc<replica::Replica>,
     retention: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
         let before = model::now_ms()
             .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-        if let Err(error) = audit.expire(before).await {
-            tracing::warn!(%error, "cannot expire old audit records");
+        if matches!(replica.role().await, replica::Role::Leader(..)) {
+            match audit.expire(before).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "expired old audit records"),
+                Err(error) => tracing::warn!(%error, "cannot expire old audit records"),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
         }
     }
 }

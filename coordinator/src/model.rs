@@ -68,9 +68,32 @@ pub fn token_key(name: &str) -> String {
     format!("{ROOT}tokens/{name}")
 }
 
-/// Key of an audit record: the time first (zero-padded), so keys sort by time.
+/// Largest time an audit key can hold (milliseconds, 15 digits: the year 33658).
+const AUDIT_MAX_MS: u64 = 999_999_999_999_999;
+
+/// Key of an audit record: the time counted back from [`AUDIT_MAX_MS`] (zero-padded),
+/// so keys sort **newest first**. `haven audit` wants the newest records, and a store
+/// serves the first keys of a range cheaply (etcd sorts a descending read in memory
+/// over the whole range); expiry reads the oldest from the other end.
 pub fn audit_key(unix_ms: u64, unique: &str) -> String {
-    format!("{ROOT}audit/{unix_ms:015}-{unique}")
+    format!(
+        "{ROOT}audit/{:015}-{unique}",
+        AUDIT_MAX_MS - unix_ms.min(AUDIT_MAX_MS)
+    )
+}
+
+/// The audit keys of records at `unix_ms` and later sort before this bound (`.`
+/// sorts after the `-` that follows the time); those before `unix_ms` sort after it.
+pub fn audit_bound(unix_ms: u64) -> String {
+    format!(
+        "{ROOT}audit/{:015}.",
+        AUDIT_MAX_MS - unix_ms.min(AUDIT_MAX_MS)
+    )
+}
+
+/// The first key after every audit key.
+pub fn audit_end() -> String {
+    format!("{ROOT}audit0")
 }
 
 /// Prefix of a kind of record (`"jobs/"`, `"workers/"`, ...).
@@ -268,6 +291,16 @@ pub struct SnapshotRecord {
     pub bytes_uploaded: u64,
     /// The job.
     pub job_id: String,
+    /// Bytes the job read from the disks (0 in records of older versions).
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Plaintext bytes of the chunks the job uploaded (0 in older records).
+    #[serde(default)]
+    pub bytes_new: u64,
+    /// When the leader accepted the commit (0 in older records): a replication that
+    /// started later copied this snapshot, which the replication lag relies on.
+    #[serde(default)]
+    pub committed_unix_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

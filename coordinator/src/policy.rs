@@ -12,7 +12,12 @@
 //! replicate_to = "s3://dr-site/gold?endpoint=http://10.1.0.5:9000" # copy after backups
 //! gc_schedule = "0 3 * * 0"         # garbage collection of `repository`
 //! gc_margin_seconds = 3600
+//! rpo_seconds = 43200               # at risk after 12 h without a good backup
 //! ```
+//!
+//! `rpo_seconds` defaults to twice the longest gap between two firings of the
+//! schedule: one missed round is tolerated, two are an alert
+//! (`haven_policy_rpo_seconds`, `deploy/prometheus/haven-rules.yaml`).
 //!
 //! A file is applied whole or not at all: every error is reported with its line and
 //! reason, and nothing changes if there is one.
@@ -51,6 +56,11 @@ pub struct Policy {
     /// GC safety margin: unreferenced objects younger than this are kept.
     #[serde(default = "default_gc_margin")]
     pub gc_margin_seconds: u64,
+    /// Recovery point objective: how long a VM of this policy may go without a
+    /// successful backup before it is at risk. Stored resolved (explicit, or twice the
+    /// schedule's longest gap); 0 in policies applied by older versions: unknown.
+    #[serde(default)]
+    pub rpo_seconds: u64,
 }
 
 fn default_gc_margin() -> u64 {
@@ -178,6 +188,8 @@ struct RawPolicy {
     gc_schedule: Option<Spanned<String>>,
     #[serde(default = "default_gc_margin")]
     gc_margin_seconds: u64,
+    #[serde(default)]
+    rpo_seconds: Option<Spanned<u64>>,
 }
 
 fn default_limit() -> Spanned<u32> {
@@ -251,9 +263,27 @@ pub fn parse_policies(
                 at(raw.name.span())
             ));
         }
-        if let Err(reason) = Schedule::parse(raw.schedule.get_ref()) {
-            errors.push(format!("{}: {reason}", at(raw.schedule.span())));
-        }
+        let schedule = match Schedule::parse(raw.schedule.get_ref()) {
+            Ok(schedule) => Some(schedule),
+            Err(reason) => {
+                errors.push(format!("{}: {reason}", at(raw.schedule.span())));
+                None
+            }
+        };
+        let rpo_seconds = match &raw.rpo_seconds {
+            Some(rpo) if *rpo.get_ref() == 0 => {
+                errors.push(format!(
+                    "{}: rpo_seconds must be at least 1",
+                    at(rpo.span())
+                ));
+                0
+            }
+            Some(rpo) => *rpo.get_ref(),
+            None => schedule
+                .as_ref()
+                .and_then(Schedule::longest_gap)
+                .map_or(0, |gap| 2 * gap.whole_seconds().unsigned_abs()),
+        };
         if let Err(reason) = allowlist.check(raw.repository.get_ref()) {
             errors.push(format!("{}: {reason}", at(raw.repository.span())));
         }
@@ -291,6 +321,7 @@ pub fn parse_policies(
             replicate_to: raw.replicate_to.map(Spanned::into_inner),
             gc_schedule: raw.gc_schedule.map(Spanned::into_inner),
             gc_margin_seconds: raw.gc_margin_seconds,
+            rpo_seconds,
         });
     }
     if errors.is_empty() {
@@ -350,6 +381,25 @@ repository = "/srv/other"
             policies[1]
                 .select
                 .matches("anything", "h9", &BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn the_rpo_is_explicit_or_twice_the_schedules_longest_gap() {
+        let text = |rpo: &str| {
+            format!(
+                "[[policy]]\nname = \"p\"\nschedule = \"0 */6 * * *\"\nrepository = \"/r\"\n{rpo}"
+            )
+        };
+        let rpo = |extra: &str| {
+            parse_policies("p.toml", &text(extra), &RepositoryAllowlist::any())
+                .map(|policies| policies[0].rpo_seconds)
+        };
+        assert_eq!(rpo(""), Ok(12 * 3600));
+        assert_eq!(rpo("rpo_seconds = 600\n"), Ok(600));
+        assert_eq!(
+            rpo("rpo_seconds = 0\n"),
+            Err(vec!["p.toml:5: rpo_seconds must be at least 1".to_string()])
         );
     }
 

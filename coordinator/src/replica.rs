@@ -78,6 +78,13 @@ impl Replica {
         }
     }
 
+    /// Requests this replica's metadata store served and failed, for `/metrics`: on
+    /// every replica, since a follower's campaign sees the store fail too (and there
+    /// is no leader when the store is down).
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.store.stats()
+    }
+
     /// This replica's settings.
     pub fn settings(&self) -> &ReplicaSettings {
         &self.settings

@@ -271,6 +271,8 @@ fn snapshot_info(record: &SnapshotRecord) -> v1::SnapshotInfo {
             .collect(),
         bytes_uploaded: record.bytes_uploaded,
         job_id: record.job_id.clone(),
+        bytes_read: record.bytes_read,
+        bytes_new: record.bytes_new,
     }
 }
 
@@ -477,6 +479,9 @@ impl WorkerService for CoordinatorService {
                         .collect(),
                     bytes_uploaded: snapshot.bytes_uploaded,
                     job_id: snapshot.job_id,
+                    bytes_read: snapshot.bytes_read,
+                    bytes_new: snapshot.bytes_new,
+                    committed_unix_ms: 0,
                 },
             })
             .instrument(span)

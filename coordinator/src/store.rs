@@ -130,6 +130,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Reads every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
 
+    /// Reads the keys from `start` (included) to `end` (excluded), in key order, at
+    /// most `limit` (the first ones): a bounded read of a time-ordered log such as
+    /// the audit trail, where `list` would read every record.
+    async fn range(&self, start: &str, end: &str, limit: usize) -> Result<Vec<KeyValue>>;
+
     /// Applies `ops` atomically if every compare holds; nothing otherwise.
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnOutcome>;
 
@@ -149,12 +154,15 @@ pub trait MetaStore: Send + Sync + 'static {
 /// Requests a store has served since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Reads (get and list).
+    /// Reads (get, list and range).
     pub reads: u64,
     /// Write transactions, successful or not.
     pub writes: u64,
     /// Lease grants, keep-alives and revokes.
     pub lease_calls: u64,
+    /// Requests that failed: the store unreachable, timed out or refusing (etcd;
+    /// the embedded store counts none). A missing lease is an answer, not an error.
+    pub errors: u64,
 }
 
 /// Counts requests for [`MetaStore::stats`] without locking.
@@ -163,6 +171,7 @@ pub(crate) struct Counters {
     reads: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
     lease_calls: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
@@ -181,12 +190,24 @@ impl Counters {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts `result` if it is an error other than a missing lease, and returns it.
+    pub(crate) fn outcome<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result
+            && !matches!(error, StoreError::LeaseNotFound(_))
+        {
+            self.errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     pub(crate) fn snapshot(&self) -> StoreStats {
         use std::sync::atomic::Ordering::Relaxed;
         StoreStats {
             reads: self.reads.load(Relaxed),
             writes: self.writes.load(Relaxed),
             lease_calls: self.lease_calls.load(Relaxed),
+            errors: self.errors.load(Relaxed),
         }
     }
 }

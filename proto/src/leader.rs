@@ -132,13 +132,25 @@ impl Interceptor for CallMetadata {
     }
 }
 
-/// A cached channel to the leader, re-resolved when a call says it moved.
+/// A cached channel to the leader, re-resolved when a call says it moved or when the
+/// client's certificate files were reloaded.
 pub struct LeaderClient {
     urls: Vec<String>,
     retry_for: Duration,
     tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
     token: CallMetadata,
-    current: Mutex<Option<AuthChannel>>,
+    current: Mutex<Option<Cached>>,
+}
+
+/// The leader's channel and the TLS configuration current when it was found.
+///
+/// An HTTP/2 channel lives as long as the coordinator keeps it open, so a rotated
+/// certificate would otherwise reach the coordinator only after a failover; comparing
+/// the configuration makes the next call after a reload connect with the new one
+/// (calls in flight finish on the old connection).
+struct Cached {
+    channel: AuthChannel,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for LeaderClient {
@@ -253,21 +265,33 @@ impl LeaderClient {
     /// The cached leader channel, or a fresh search for it.
     async fn channel(&self) -> Result<AuthChannel, Status> {
         let mut current = self.current.lock().await;
-        if let Some(channel) = current.as_ref() {
-            return Ok(channel.clone());
+        let tls = self.tls.as_ref().map(|tls| tls.current());
+        if let Some(cached) = current.as_ref() {
+            let same_tls = match (&cached.tls, &tls) {
+                (Some(then), Some(now)) => Arc::ptr_eq(then, now),
+                _ => true,
+            };
+            if same_tls {
+                return Ok(cached.channel.clone());
+            }
+            tracing::info!("client certificate reloaded; connecting to the coordinator again");
         }
+        let found = self.find_leader().await?;
+        *current = Some(Cached {
+            channel: found.clone(),
+            tls,
+        });
+        Ok(found)
+    }
+
+    /// Asks each URL in turn who leads; the first leader's channel.
+    async fn find_leader(&self) -> Result<AuthChannel, Status> {
         let mut last = Status::unavailable("no coordinator URL answered");
         for url in &self.urls {
             match self.probe(url).await {
-                Ok(Probe::Leader(channel)) => {
-                    *current = Some(channel.clone());
-                    return Ok(channel);
-                }
+                Ok(Probe::Leader(channel)) => return Ok(channel),
                 Ok(Probe::Follower(Some(leader))) => match self.probe(&leader).await {
-                    Ok(Probe::Leader(channel)) => {
-                        *current = Some(channel.clone());
-                        return Ok(channel);
-                    }
+                    Ok(Probe::Leader(channel)) => return Ok(channel),
                     Ok(_) => last = Status::unavailable(format!("{leader} no longer leads")),
                     Err(status) if is_refusal(&status) => return Err(status),
                     Err(status) => last = status,

@@ -44,9 +44,15 @@ pub struct Config {
     /// Access keys allowed to talk to this node.
     #[serde(default)]
     pub keys: Vec<AccessKeyConfig>,
-    /// Optional TLS; without it the node speaks plain HTTP.
+    /// Optional TLS; without it the node speaks plain HTTP, which only a loopback
+    /// `listen` accepts unless `insecure` is set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP off loopback anyway (logged as a warning at every start):
+    /// keys are never sent (requests are signed), but object bytes and names travel
+    /// in clear.
+    #[serde(default)]
+    pub insecure: bool,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
@@ -129,9 +135,16 @@ impl ReplicationConfig {
 #[serde(deny_unknown_fields)]
 pub struct AccessKeyConfig {
     /// The access key id clients put in their signatures.
+    #[serde(default)]
     pub access_key: String,
     /// The shared secret used to verify SigV4 signatures.
+    #[serde(default)]
     pub secret_key: String,
+    /// A file holding `access_key_id` and `secret_access_key` instead of the two
+    /// fields above: the same file the worker's `[storage]` names, so a key's secret
+    /// lives in one file (a mounted Secret) and never in this configuration.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Buckets this key may use: exact names, `prefix*` patterns or `*`.
     #[serde(default = "default_buckets")]
     pub buckets: Vec<String>,
@@ -172,12 +185,48 @@ impl AccessKeyConfig {
         Self {
             access_key,
             secret_key,
+            key_file: None,
             buckets: default_buckets(),
             access: Some(kind),
             read_only: false,
             legal_hold: false,
             bypass_governance: false,
         }
+    }
+
+    /// Fills `access_key` and `secret_key` from `key_file`, when one is named (and
+    /// refuses a key that also sets them: one source for a secret).
+    fn read_key_file(&mut self) -> Result<(), ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct KeyFile {
+            access_key_id: String,
+            secret_access_key: String,
+        }
+        let Some(path) = &self.key_file else {
+            return Ok(());
+        };
+        if !self.access_key.is_empty() || !self.secret_key.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "a key with key_file {} sets access_key or secret_key too",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        // Only the parser's message: its snippet of the file could show the secret.
+        let file: KeyFile = toml::from_str(&text).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "{} is not a key file (access_key_id and secret_access_key): {}",
+                path.display(),
+                error.message()
+            ))
+        })?;
+        self.access_key = file.access_key_id;
+        self.secret_key = file.secret_access_key;
+        Ok(())
     }
 
     /// The kind of this key: `access`, else `read` for `read_only`, else the
@@ -312,10 +361,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        for key in &mut config.keys {
+            key.read_key_file()?;
+        }
+        Ok(config)
     }
 
     /// The data directories in placement order (`data_dir` or `data_dirs`).
@@ -346,6 +399,13 @@ impl Config {
                     dir.display()
                 )));
             }
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {} is not loopback: add a [tls] table (certificate and key), \
+                 or set insecure = true (--insecure) to serve plain HTTP anyway",
+                self.listen
+            )));
         }
         if self.keys.is_empty() {
             return Err(ConfigError::Invalid(
@@ -396,6 +456,73 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_needs_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("node.toml");
+        let parse = |listen: &str, extra: &str| {
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{listen}\"\ndata_dir = \"/srv\"\n{extra}[[keys]]\n\
+                     access_key = \"k\"\nsecret_key = \"s3cret-0123\"\n"
+                ),
+            )
+            .unwrap();
+            Config::from_file(&config).and_then(|config| {
+                config.validate()?;
+                Ok(config)
+            })
+        };
+        assert!(parse("127.0.0.1:9000", "").is_ok());
+        let refused = parse("0.0.0.0:9000", "").unwrap_err().to_string();
+        assert!(refused.contains("not loopback"), "{refused}");
+        assert!(parse("0.0.0.0:9000", "insecure = true\n").is_ok());
+    }
+
+    #[test]
+    fn a_key_file_gives_the_key_and_a_bad_one_is_refused_without_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("append.toml");
+        std::fs::write(
+            &key,
+            "access_key_id = \"backup\"\nsecret_access_key = \"s3cret-0123\"\n",
+        )
+        .unwrap();
+        let config = dir.path().join("node.toml");
+        let write = |extra: &str| {
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv\"\n[[keys]]\n\
+                     key_file = {key:?}\naccess = \"append\"\n{extra}"
+                ),
+            )
+            .unwrap();
+        };
+        write("");
+        let parsed = Config::from_file(&config).unwrap();
+        assert_eq!(parsed.keys[0].access_key, "backup");
+        assert_eq!(parsed.keys[0].secret_key, "s3cret-0123");
+        assert_eq!(parsed.keys[0].kind(), AccessKind::Append);
+
+        write("secret_key = \"other\"\n");
+        assert!(
+            Config::from_file(&config).is_err(),
+            "two sources of a secret"
+        );
+
+        std::fs::write(
+            &key,
+            "access_key_id = \"backup\"\nsecret = \"s3cret-0123\"\n",
+        )
+        .unwrap();
+        write("");
+        let error = Config::from_file(&config).unwrap_err().to_string();
+        assert!(error.contains("is not a key file"), "{error}");
+        assert!(!error.contains("s3cret-0123"), "{error}");
+    }
 
     #[test]
     fn parses_a_full_file() {

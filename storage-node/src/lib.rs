@@ -86,6 +86,10 @@ pub struct StorageNodeArgs {
     /// (`http(s)://host[:port]`; adds to `replication.pull_sources`).
     #[arg(long = "pull-source", value_name = "URL")]
     pub pull_sources: Vec<String>,
+    /// Serve plain HTTP on a non-loopback `--listen` (warned at every start); without
+    /// it such an address needs TLS.
+    #[arg(long)]
+    pub insecure: bool,
     /// Read and check the configuration (file, flags, TLS certificate and key, pull
     /// CA file), print `ok`, and exit.
     #[arg(long)]
@@ -111,10 +115,12 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
         region: "us-east-1".to_owned(),
         keys: Vec::new(),
         tls: None,
+        insecure: false,
         limits: config::Limits::default(),
         replication: config::ReplicationConfig::default(),
     });
     config.listen = listen;
+    config.insecure |= args.insecure;
     config.replication.pull_sources.extend(args.pull_sources);
     if !args.data.is_empty() {
         config.data_dir = None;
@@ -131,18 +137,10 @@ fn build_config(args: StorageNodeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM).
+/// Runs the storage node until it is asked to stop (Ctrl-C or SIGTERM). Logs go to
+/// whatever subscriber the process installed (the `haven` binary sets up logging for
+/// every role in one place).
 pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
-    init_tracing();
     let create_buckets = args.create_buckets.clone();
     let bucket_setup =
         bucket_setup::BucketSetup::from_flags(args.object_lock, args.default_retention.as_deref())?;
@@ -150,7 +148,11 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
     let config = Arc::new(build_config(args)?);
     if check_only {
         // The certificate and key must load too, as they will at start.
-        config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+        let never = tokio_util::sync::CancellationToken::new();
+        if let Some(tls) = &config.tls {
+            server::tls_config(tls, &never)?;
+        }
+        never.cancel();
         println!("storage node configuration: ok");
         return Ok(());
     }
@@ -185,15 +187,23 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
         metrics,
     });
 
-    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let stop_reloading = tokio_util::sync::CancellationToken::new();
+    let tls = match &config.tls {
+        Some(files) => Some(server::tls_config(files, &stop_reloading)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(address = %local, "insecure = true: serving plain HTTP off loopback; object bytes and names cross the network in clear");
+    }
     println!("haven storage-node listening on {scheme}://{local}");
     tracing::info!(address = %local, data_dirs = ?directories, keys = config.keys.len(), "storage node started");
     server::serve(listener, tls, shared, &config.limits, shutdown_signal()).await;
+    stop_reloading.cancel();
     tracing::info!("storage node stopped");
     Ok(())
 }

@@ -3,14 +3,33 @@
 //! The hot path is a few atomic adds plus a read lock on each labelled family; the
 //! disk usage is measured per scrape by the server and written by a scrape-time
 //! writer, so a data directory whose file system cannot be read is left out
-//! instead of showing an old value.
+//! instead of showing an old value. Objects and bytes per bucket cost a walk of the
+//! whole tree, so a scrape starts one in the background when the last is older than
+//! [`BUCKET_USAGE_INTERVAL`] and exports the last result with the time it was taken
+//! (`haven_storage_objects_counted_timestamp_seconds`); a walk that fails drops the
+//! values rather than keeping old ones.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use haven_metrics::{Counter, Family, Histogram, Registry, SampleWriter, ScrapeTimeMetrics};
+use haven_metrics::{
+    Counter, Family, Histogram, NO_LABELS, Registry, SampleWriter, ScrapeTimeMetrics,
+};
 
-use crate::store::DiskUsage;
+use crate::store::{BucketUsage, DiskUsage, Store};
+
+/// Least time between two walks counting the objects of every bucket.
+pub const BUCKET_USAGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The last count of objects per bucket, and whether one runs now.
+#[derive(Debug, Default)]
+struct BucketCount {
+    /// When the last walk started (monotonic), to space them.
+    started: Option<Instant>,
+    running: bool,
+    /// Unix seconds of the last successful walk, and what it found.
+    counted: Option<(f64, Vec<BucketUsage>)>,
+}
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -36,11 +55,13 @@ pub struct Metrics {
     bytes_out: Counter,
     checksum_failures: Counter,
     disk: Arc<Mutex<Vec<DiskUsage>>>,
+    buckets: Arc<Mutex<BucketCount>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::new();
+        registry.register_process_metrics("storage-node");
         let requests = registry.register(
             "haven_storage_requests",
             "S3 requests by operation and HTTP status",
@@ -68,6 +89,8 @@ impl Default for Metrics {
         );
         let disk = Arc::new(Mutex::new(Vec::new()));
         registry.register_scrape_time(DiskUsageMetrics(Arc::clone(&disk)));
+        let buckets = Arc::new(Mutex::new(BucketCount::default()));
+        registry.register_scrape_time(BucketUsageMetrics(Arc::clone(&buckets)));
         Self {
             registry,
             requests,
@@ -76,6 +99,7 @@ impl Default for Metrics {
             bytes_out,
             checksum_failures,
             disk,
+            buckets,
         }
     }
 }
@@ -111,6 +135,37 @@ impl Metrics {
         self.checksum_failures.get()
     }
 
+    /// Starts a background count of the objects of every bucket in `store` unless
+    /// one runs or the last started less than [`BUCKET_USAGE_INTERVAL`] ago.
+    pub fn refresh_bucket_usage(&self, store: &Arc<Store>) {
+        {
+            let mut count = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+            if count.running
+                || count
+                    .started
+                    .is_some_and(|started| started.elapsed() < BUCKET_USAGE_INTERVAL)
+            {
+                return;
+            }
+            count.running = true;
+            count.started = Some(Instant::now());
+        }
+        let store = Arc::clone(store);
+        let buckets = Arc::clone(&self.buckets);
+        tokio::task::spawn_blocking(move || {
+            let result = store.bucket_usage();
+            let mut count = buckets.lock().unwrap_or_else(PoisonError::into_inner);
+            count.running = false;
+            count.counted = match result {
+                Ok(usage) => Some((unix_seconds_now(), usage)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot count the objects of the buckets");
+                    None
+                }
+            };
+        });
+    }
+
     /// Takes the disk usage of each data directory measured for this scrape and
     /// returns the registry to encode.
     pub fn with_disk_usage(&self, disk: Vec<DiskUsage>) -> &Registry {
@@ -138,8 +193,58 @@ impl ScrapeTimeMetrics for DiskUsageMetrics {
             "haven_storage_disk_available_bytes",
             "Bytes available on the file system of each data directory",
             disk.iter().map(|usage| (dir(usage), usage.available)),
+        )?;
+        out.gauge(
+            "haven_storage_disk_used_ratio",
+            "Used over used plus available bytes on the file system of each data directory (df's Use%)",
+            disk.iter().map(|usage| (dir(usage), used_ratio(usage))),
         )
     }
+}
+
+/// Writes the last count of objects per bucket.
+struct BucketUsageMetrics(Arc<Mutex<BucketCount>>);
+
+impl ScrapeTimeMetrics for BucketUsageMetrics {
+    fn write(&self, out: &mut SampleWriter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((counted_at, buckets)) = &count.counted else {
+            return Ok(());
+        };
+        let bucket = |usage: &BucketUsage| [("bucket", usage.bucket.clone())];
+        out.gauge(
+            "haven_storage_objects",
+            "Objects stored per bucket, at the last count",
+            buckets.iter().map(|usage| (bucket(usage), usage.objects)),
+        )?;
+        out.gauge(
+            "haven_storage_object_bytes",
+            "Bytes of the object files per bucket on disk (data and headers), at the last count",
+            buckets.iter().map(|usage| (bucket(usage), usage.bytes)),
+        )?;
+        out.gauge(
+            "haven_storage_objects_counted_timestamp_seconds",
+            "Unix time of the last count of objects per bucket",
+            [(NO_LABELS, *counted_at)],
+        )
+    }
+}
+
+/// Unix seconds now.
+fn unix_seconds_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// `used / (used + available)`, as `df` computes its Use%: space reserved for root
+/// counts as neither, so the node's own full disk reads 1. 0 for an empty file system.
+fn used_ratio(usage: &DiskUsage) -> f64 {
+    let total = usage.used.saturating_add(usage.available);
+    if total == 0 {
+        return 0.0;
+    }
+    usage.used as f64 / total as f64
 }
 
 #[cfg(test)]
@@ -176,6 +281,8 @@ mod tests {
         assert!(text.contains("haven_storage_disk_used_bytes{dir=\"/srv/a\"} 1"));
         assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/a\"} 2"));
         assert!(text.contains("haven_storage_disk_available_bytes{dir=\"/srv/\\\"b\\\"\"} 4"));
+        assert!(text.contains("haven_storage_disk_used_ratio{dir=\"/srv/a\"} 0.333"));
+        assert!(text.contains("haven_storage_disk_used_ratio{dir=\"/srv/\\\"b\\\"\"} 0.42857"));
         assert_eq!(
             text.matches("# TYPE haven_storage_disk_used_bytes").count(),
             1

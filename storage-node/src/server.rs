@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use haven_tls::reload::Reloading;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
 use tracing::Instrument;
 
 mod connections;
@@ -106,6 +108,7 @@ async fn handle_request(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" && !is_signed(&req) {
+        shared.metrics.refresh_bucket_usage(&shared.store);
         let registry = shared.metrics.with_disk_usage(shared.store.disk_usage());
         return Ok(haven_metrics::exposition(registry).map(boxed));
     }
@@ -191,7 +194,7 @@ async fn handle_request(
 /// ([`connections`]).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
     shared: Arc<Shared>,
     limits: &Limits,
     shutdown: impl std::future::Future<Output = ()>,
@@ -254,8 +257,8 @@ pub async fn serve(
                     }
                 });
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
                 let builder = builder.clone();
                 tokio::spawn(async move {
                     // A peer that never finishes the handshake (or speaks
@@ -295,28 +298,19 @@ pub async fn serve(
     }
 }
 
-/// Builds a TLS acceptor from PEM files (aws-lc-rs provider).
-pub fn tls_acceptor(
+/// The node's TLS configuration from its PEM files, rebuilt when they change (checked
+/// every 2 s, or on SIGHUP) until `shutdown`: a renewed certificate is served to new
+/// connections without a restart, and a broken renewal keeps the previous one.
+pub fn tls_config(
     config: &crate::config::TlsConfig,
-) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-
-    let certs = CertificateDer::pem_file_iter(&config.cert)
-        .with_context(|| format!("cannot read certificate {}", config.cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid certificate {}", config.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&config.key)
-        .with_context(|| format!("cannot read private key {}", config.key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("tls protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("tls certificate and key do not match")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Arc<Reloading<rustls::ServerConfig>>, haven_tls::TlsError> {
+    let files = haven_tls::listener::ServerTlsFiles {
+        cert: config.cert.clone(),
+        key: config.key.clone(),
+        client_ca: None,
+    };
+    let reloading = files.reloading("storage node TLS")?;
+    reloading.watch(shutdown.clone());
+    Ok(reloading)
 }

@@ -28,10 +28,12 @@ mod durable;
 mod listing;
 pub mod placement;
 mod uploads;
+mod usage;
 
 pub use buckets::{BucketConfig, DefaultRetention};
 pub use listing::{ListEntry, ListPage, ListRequest};
 pub use uploads::{PartInfo, UploadInfo, uploads_max_part_number};
+pub use usage::BucketUsage;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

@@ -23,6 +23,7 @@ mod storage_keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use haven_proto::LeaderClient;
@@ -35,6 +36,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
+pub use storage_keys::StorageKeysConfig;
 
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
@@ -318,20 +320,21 @@ impl Worker {
     async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
         let cancel = session.lease_lost.child_token();
         let progress = Arc::new(Progress::new());
+        // Bytes read already counted in the worker's metrics (by the reporter, live).
+        let counted = Arc::new(AtomicU64::new(0));
         self.metrics.job_started();
-        let reporter = tokio::spawn(self.clone().report_progress(
-            session.clone(),
-            job.clone(),
-            progress.clone(),
-            cancel.clone(),
-        ));
-        tracing::info!(
-            job = job.job_id,
-            vm = job.vm,
-            attempt = job.attempt,
-            kind = job.kind,
-            "job started"
+        let reporter = tokio::spawn(
+            self.clone()
+                .report_progress(
+                    session.clone(),
+                    job.clone(),
+                    progress.clone(),
+                    counted.clone(),
+                    cancel.clone(),
+                )
+                .instrument(tracing::Span::current()),
         );
+        tracing::info!("job started");
         let maintenance = [v1::JobKind::Prune, v1::JobKind::Gc, v1::JobKind::Replicate]
             .iter()
             .any(|kind| *kind as i32 == job.kind);
@@ -347,6 +350,7 @@ impl Worker {
             self.backup(&session, &job, progress.clone(), &cancel).await
         };
         let (bytes_read, _) = progress.snapshot();
+        self.metrics.read_progress(bytes_read, &counted);
         tracing::Span::current().record("bytes_read", bytes_read);
         let outcome = match outcome {
             Ok(done) => {
@@ -360,21 +364,18 @@ impl Worker {
             Err(WorkerError::JobMoved(_)) => JobResult::Moved,
             Err(_) => JobResult::Failed,
         };
-        self.metrics.job_ended(job.kind, result, bytes_read);
+        self.metrics.job_ended(job.kind, result);
         match outcome {
-            Ok(done) => tracing::info!(job = job.job_id, done, "job finished"),
+            Ok(done) => tracing::info!(done, "job finished"),
             Err(WorkerError::JobMoved(reason)) => {
-                tracing::warn!(
-                    job = job.job_id,
-                    reason,
-                    "job moved to another worker; dropped"
-                );
+                tracing::warn!(reason, "job moved to another worker; dropped");
             }
             Err(error) => {
+                self.metrics.job_error(&error);
                 let message = error.chain();
                 let retryable = error.is_retryable();
                 tracing::Span::current().record("otel.status_code", "error");
-                tracing::warn!(job = job.job_id, error = %message, retryable, "job failed");
+                tracing::warn!(error = %message, retryable, "job failed");
                 let request = v1::FailJobRequest {
                     worker: Some(session.identity.clone()),
                     job_id: job.job_id.clone(),
@@ -469,6 +470,7 @@ impl Worker {
             job_id: job.job_id.clone(),
             token: job.fencing_token,
             repository: job.repository.clone(),
+            metrics: self.metrics.clone(),
         });
         if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
@@ -518,6 +520,7 @@ impl Worker {
         session: Session,
         job: v1::JobAssignment,
         progress: Arc<Progress>,
+        counted: Arc<AtomicU64>,
         cancel: CancellationToken,
     ) -> Option<WorkerError> {
         let started = Instant::now();
@@ -525,6 +528,7 @@ impl Worker {
         loop {
             tick.tick().await;
             let (done, total) = progress.snapshot();
+            self.metrics.read_progress(done, &counted);
             let elapsed = started.elapsed().as_secs_f64().max(0.001);
             let request = v1::ReportProgressRequest {
                 worker: Some(session.identity.clone()),
@@ -551,7 +555,7 @@ impl Worker {
                 }
                 Ok(_) => {}
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    tracing::warn!(job = job.job_id, "fenced: {}", status.message());
+                    tracing::warn!("fenced: {}", status.message());
                     cancel.cancel();
                     return Some(WorkerError::from_coordinator("progress report", &status));
                 }
@@ -562,8 +566,9 @@ impl Worker {
 }
 
 /// The span a job runs in: its id, VM, kind and attempt are fields of every line
-/// logged for it, and it continues the trace the coordinator's assignment began
-/// (`traceparent`), with the bytes read recorded when it ends.
+/// logged for it (top-level keys of `--log-format json` lines), and it continues the
+/// trace the coordinator's assignment began (`traceparent`), with the bytes read
+/// recorded when it ends.
 fn job_span(job: &v1::JobAssignment) -> tracing::Span {
     let span = tracing::info_span!(
         parent: None,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use haven_repo::Progress;
 use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
@@ -80,7 +80,7 @@ pub async fn run(command: BackupCommand) -> Result<()> {
 
 async fn backup_image(args: ImageArgs) -> Result<()> {
     if !args.disks.is_empty() && args.disks.len() != args.paths.len() {
-        bail!(
+        usage!(
             "{} --disk names for {} images: give one per image or none",
             args.disks.len(),
             args.paths.len()

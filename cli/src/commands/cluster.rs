@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use haven_coordinator::CoordinatorConfig;
-use haven_worker::daemon::{ClientTlsConfig, HostConfig, WorkerConfig, run_worker};
+use haven_worker::daemon::{
+    ClientTlsConfig, HostConfig, StorageKeysConfig, WorkerConfig, run_worker,
+};
 
 use crate::common::{read_password, shutdown_token};
 
@@ -30,7 +32,8 @@ pub struct WorkerArgs {
     /// worker.toml.
     #[arg(long)]
     config: PathBuf,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     #[command(flatten)]
@@ -61,19 +64,26 @@ pub struct DevArgs {
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "127.0.0.1:7701")]
     http_listen: SocketAddr,
+    /// Address of the worker's `/metrics` (loopback only); none: not served.
+    #[arg(long)]
+    worker_metrics_listen: Option<SocketAddr>,
     /// Folder of `NAME.qmp` sockets: the local host's VMs.
     #[arg(long)]
     qmp_dir: Option<PathBuf>,
     /// Name of the local host.
     #[arg(long, default_value = "localhost")]
     host: String,
-    /// File whose first line is the repository password (otherwise $HAVEN_PASSWORD).
+    /// File whose first line is the repository password (otherwise the output of
+    /// $HAVEN_PASSWORD_COMMAND, or $HAVEN_PASSWORD).
     #[arg(long, env = "HAVEN_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     /// Also run a storage node (S3) in this process on this data directory, with a
     /// bucket `haven`; repositories then go to
-    /// `s3://haven/NAME?endpoint=http://STORAGE_LISTEN` with the keys below (give the
-    /// worker the same as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    /// `s3://haven/NAME?endpoint=http://STORAGE_LISTEN`. The keys below are its admin
+    /// key (for you, and for the coordinator's manifests as AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY); the worker's jobs get least-privilege keys made at first
+    /// start in STATE/storage-keys: `append` for backups and replication, `delete` for
+    /// prune and GC.
     #[arg(long, requires_all = ["storage_access_key", "storage_secret_key"])]
     storage_dir: Option<PathBuf>,
     /// Address of the storage node.
@@ -153,9 +163,13 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     let store = haven_coordinator::open_store(&config).await?;
     let shutdown = shutdown_token();
+    let mut storage = StorageKeysConfig::default();
     if let Some(dir) = &args.storage_dir {
+        let keys =
+            DevStorageKeys::ensure(&args.state_dir.join("storage-keys"), args.storage_listen)?;
+        storage = keys.worker_config();
         let node = haven_storage_node::StorageNodeArgs {
-            config: None,
+            config: Some(keys.node_config()),
             listen: Some(args.storage_listen),
             data: vec![dir.clone()],
             access_key: args.storage_access_key.clone(),
@@ -164,6 +178,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             object_lock: false,
             default_retention: None,
             pull_sources: Vec::new(),
+            insecure: false,
             check_config: false,
         };
         // Stops on the same signals as the rest of the process.
@@ -182,7 +197,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         connections: 4,
         read_limit_bytes_per_second: 0,
         inventory_interval_seconds: 10,
-        metrics_listen: None,
+        metrics_listen: args.worker_metrics_listen,
         metrics_tls: None,
         hosts: vec![HostConfig {
             name: args.host.clone(),
@@ -198,7 +213,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             key: Some(pki.file("dev-worker-key.pem")),
         }),
         token_file: None,
-        storage: Default::default(),
+        storage,
     };
     eprintln!(
         "haven dev: coordinator on https://{} (metrics https://{}/metrics with the admin \
@@ -218,6 +233,80 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     coordinator.await.context("coordinator task")??;
     worker?;
     Ok(())
+}
+
+/// The least-privilege keys of `haven dev`'s storage node, made at its first start in
+/// `STATE/storage-keys`: `append.toml` and `delete.toml` in the worker's key-file
+/// format, and `storage-node.toml`, the node's configuration declaring them. Backups
+/// and replication (to the same node, so it is also the destination's key) sign with
+/// `append`, which can neither delete nor overwrite; only prune and GC hold `delete`.
+struct DevStorageKeys {
+    dir: PathBuf,
+}
+
+impl DevStorageKeys {
+    const KINDS: [&str; 2] = ["append", "delete"];
+
+    fn ensure(dir: &std::path::Path, listen: SocketAddr) -> Result<Self> {
+        let keys = Self {
+            dir: dir.to_owned(),
+        };
+        if keys.node_config().exists() {
+            return Ok(keys);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut node = format!("listen = \"{listen}\"\n");
+        for kind in Self::KINDS {
+            let secret = random_hex(20)?;
+            let access = format!("dev-{kind}");
+            node.push_str(&format!(
+                "[[keys]]\naccess_key = {access:?}\nsecret_key = {secret:?}\naccess = {kind:?}\n"
+            ));
+            let file = format!("access_key_id = {access:?}\nsecret_access_key = {secret:?}\n");
+            keys.write(&format!("{kind}.toml"), &file)?;
+        }
+        // Written last: its presence says the set is complete.
+        keys.write("storage-node.toml", &node)?;
+        Ok(keys)
+    }
+
+    /// Writes `name` readable by its owner only (it holds a secret).
+    fn write(&self, name: &str, text: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn node_config(&self) -> PathBuf {
+        self.dir.join("storage-node.toml")
+    }
+
+    /// `[storage]` of the in-process worker.
+    fn worker_config(&self) -> StorageKeysConfig {
+        StorageKeysConfig {
+            append_key_file: Some(self.dir.join("append.toml")),
+            delete_key_file: Some(self.dir.join("delete.toml")),
+            secondary_key_file: Some(self.dir.join("append.toml")),
+        }
+    }
+}
+
+/// `bytes` random bytes in hex, for secrets.
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut buffer))
+        .context("cannot read /dev/urandom")?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// The certificates of `haven dev`, made at its first start in `STATE/pki`: a CA,

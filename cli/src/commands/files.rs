@@ -15,6 +15,7 @@ use haven_worker::{ReaderOptions, ReaderStats, SnapshotReader};
 use serde::Serialize;
 
 use crate::common::{OutputArgs, RepoArgs, print_json};
+use crate::exit::CliError;
 
 /// `haven files …`.
 #[derive(Debug, clap::Subcommand)]
@@ -82,7 +83,7 @@ fn parse_spec(spec: &str) -> Result<(SnapshotRef, Option<String>, String)> {
         return Ok((reference, None, path));
     }
     let Some((reference, disk)) = snapshot.rsplit_once(':') else {
-        bail!("{spec:?}: expected VM@TIME[:DISK]:/path");
+        usage!("{spec:?}: expected VM@TIME[:DISK]:/path");
     };
     let reference = reference
         .parse::<SnapshotRef>()
@@ -145,10 +146,11 @@ fn choose_volume(device: Arc<dyn BlockDevice>, wanted: Option<u32>) -> Result<(P
     if let Some(number) = wanted {
         let Some(partition) = table.iter().find(|p| p.number == number) else {
             let numbers: Vec<String> = table.iter().map(|p| p.number.to_string()).collect();
-            bail!(
+            return Err(CliError::NotFound(format!(
                 "no partition {number} (the disk has {})",
                 numbers.join(", ")
-            );
+            ))
+            .into());
         };
         let volume = Volume::open(device, partition)?;
         return Ok((partition.clone(), volume));
@@ -172,7 +174,7 @@ fn choose_volume(device: Arc<dyn BlockDevice>, wanted: Option<u32>) -> Result<(P
                 .iter()
                 .map(|(p, v)| format!("{} ({:?})", p.number, v.kind()).to_lowercase())
                 .collect();
-            bail!(
+            usage!(
                 "the disk holds several file systems, on partitions {}: choose one with --partition",
                 numbers.join(", ")
             )

@@ -67,7 +67,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs a collection and prints what it freed.
 pub async fn run(args: GcArgs) -> Result<()> {
     if args.sort_memory == 0 {
-        bail!("--sort-memory must be at least 1 MiB");
+        usage!("--sort-memory must be at least 1 MiB");
     }
     let repo = args.repo.open().await?;
     let options = GcOptions {

@@ -67,7 +67,7 @@ impl NewPasswordArgs {
         let new = read_secret(
             self.new_password_file.as_deref(),
             "HAVEN_NEW_PASSWORD",
-            "--new-password-file",
+            "set HAVEN_NEW_PASSWORD or pass --new-password-file",
         )?;
         if new == current {
             bail!("the new password is the current one");

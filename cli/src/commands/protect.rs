@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use haven_repo::{LockMode, SnapshotRef, parse_timestamp, protect_snapshot, unprotect_snapshot};
 use time::OffsetDateTime;
 
@@ -58,11 +58,11 @@ pub async fn protect(args: ProtectArgs) -> Result<()> {
         (None, None) => None,
     };
     if until.is_some_and(|until| until <= now) {
-        bail!("--until must be in the future");
+        usage!("--until must be in the future");
     }
     let lock = match args.lock {
         None => None,
-        Some(_) if until.is_none() => bail!("--lock needs --until or --days"),
+        Some(_) if until.is_none() => usage!("--lock needs --until or --days"),
         Some(LockArg::Governance) => Some(LockMode::Governance),
         Some(LockArg::Compliance) => Some(LockMode::Compliance),
     };

@@ -9,7 +9,7 @@
 //! (`haven protect`), or when a running backup builds on it (its lease names it as
 //! base).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_repo::{RepositoryLeases, RetentionPolicy, prune_snapshots};
 use serde::Serialize;
 
@@ -82,7 +82,7 @@ pub async fn run(args: PruneArgs) -> Result<()> {
         keep_yearly: args.keep_yearly,
     };
     if !policy.keeps_something() {
-        bail!(
+        usage!(
             "refusing to prune without a retention rule: give at least one --keep-* option above zero"
         );
     }

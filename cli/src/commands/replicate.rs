@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_metrics::{HttpSecurity, MetricsServer};
 use haven_repo::{
     Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate, replicate,
@@ -37,10 +37,10 @@ impl Sites {
     /// Opens both; a missing local secondary directory is created.
     fn open(&self) -> Result<(Backend, Backend)> {
         let (Some(from), Some(to)) = (&self.from, &self.to) else {
-            bail!("--from and --to are required");
+            usage!("--from and --to are required");
         };
         if from == to {
-            bail!("--from and --to name the same repository");
+            usage!("--from and --to name the same repository");
         }
         let secondary = S3Credentials::secondary_from_env()?;
         Ok((
@@ -119,6 +119,13 @@ fn interval_value(text: &str) -> Result<Duration, String> {
     match number.parse::<u64>() {
         Ok(value) if value > 0 => Ok(Duration::from_secs(value * unit)),
         _ => Err(format!("{text:?} is not an interval such as 30s, 5m or 1h")),
+    }
+}
+
+impl ReplicateArgs {
+    /// Whether this run is a service (`--watch`), which logs like the daemons.
+    pub fn runs_continuously(&self) -> bool {
+        self.watch.is_some()
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         return run_nbd(args).await;
     }
     if args.only_changed {
-        anyhow::bail!("--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)");
+        usage!("--only-changed needs an NBD target (--to nbd+unix://... or nbd://...)");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = RestoreRequest {
@@ -114,7 +114,7 @@ fn restore_format(format: FormatArg) -> RestoreFormat {
 /// arguments.
 async fn run_vm(args: RestoreArgs) -> Result<()> {
     if is_nbd_uri(&args.to) {
-        anyhow::bail!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
+        usage!("--libvirt-define and --print-qemu restore into a folder, not an NBD export");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = VmRestoreRequest {
@@ -219,7 +219,7 @@ fn is_nbd_uri(to: &str) -> bool {
 /// Restores into an existing disk exported over NBD.
 async fn run_nbd(args: RestoreArgs) -> Result<()> {
     if !matches!(args.format, FormatArg::Raw) || args.force {
-        anyhow::bail!("--format and --force apply to file targets only, not to an NBD export");
+        usage!("--format and --force apply to file targets only, not to an NBD export");
     }
     let repo = args.repo.open_for(&args.snapshot).await?;
     let request = NbdRestoreRequest {

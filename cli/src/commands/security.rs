@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
 use haven_tls::pki::{CertificateAuthority, LeafRequest};
 use haven_tls::{Identity, Role};
@@ -134,7 +134,7 @@ pub fn pki(command: PkiCommand) -> Result<()> {
             } else {
                 let role: Role = kind.parse().map_err(anyhow::Error::msg)?;
                 if !dns_names.is_empty() || !ip_addresses.is_empty() {
-                    bail!("--dns and --ip name servers; issue a `server` certificate for those");
+                    usage!("--dns and --ip name servers; issue a `server` certificate for those");
                 }
                 LeafRequest::client(Identity::new(role, name.clone())?, days)
             };

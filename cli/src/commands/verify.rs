@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use haven_repo::{
     Backend, Progress, Repository, SnapshotRef, VerifyOptions, VerifyOutcome,
     check_same_repository, verify_snapshots,
 };
 
 use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
+use crate::exit::CliError;
 use crate::progress::ProgressLine;
 
 /// Arguments of `haven verify`.
@@ -96,12 +97,13 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
     }
     if !report.is_ok() {
         let first = &report.failures[0];
-        bail!(
+        return Err(CliError::Partial(format!(
             "verification failed: {} object(s) bad, first {} ({})",
             report.failures.len(),
             first.object,
             first.reason
-        );
+        ))
+        .into());
     }
     Ok(())
 }

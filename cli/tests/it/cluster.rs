@@ -12,7 +12,12 @@ mod auth;
 mod dev;
 mod gc;
 mod libvirt;
+mod logs;
+mod one_worker;
+mod prometheus;
+mod rotation;
 mod secured_etcd;
+mod storage_keys;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `haven prune` through the real binary. Backups are stamped "now", one second apart,
+//! `haven prune` and `haven forget` through the real binary. Backups are stamped "now", one second apart,
 //! so the calendar rules are covered by the table tests of the pure function
 //! (`crates/repo/tests/retention.rs`); here `--keep-last` drives the end-to-end path.
 
@@ -133,4 +133,74 @@ fn prune_without_a_rule_is_refused_and_removes_nothing() {
         assert!(error.contains("refusing to prune"), "{error}");
     }
     assert_eq!(snapshot_names(&bed.json(&["snapshots"])).len(), 1);
+}
+
+/// The exit code of a failed `haven ARGS` on the bed, and its one-line error.
+fn exit_code(bed: &Bed, args: &[&str]) -> (i32, String) {
+    let output = bed.haven(args).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    (output.status.code().unwrap(), stderr)
+}
+
+#[test]
+fn forget_removes_one_named_snapshot_unless_it_is_protected() {
+    let bed = Bed::new();
+    bed.init();
+    let image = bed.path("disk.raw");
+    raw_image(&image, 4 * MIB, &[(0, MIB as usize)]);
+    let first = bed.backup("web", &[&image])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_copy = bed.path("first.raw");
+    std::fs::copy(&image, &first_copy).unwrap();
+    write_at(&image, 2 * MIB, &noise(7, 4096));
+    let second = bed.backup("web", &[&image])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = bed.backup("db", &[&image])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunks_before = bed.chunk_files();
+    let all = || -> BTreeSet<String> {
+        snapshot_names(&bed.json(&["snapshots"]))
+            .into_iter()
+            .collect()
+    };
+
+    // `latest` is never picked for a removal; a name that is not there is not found.
+    let (code, error) = exit_code(&bed, &["forget", "web@latest"]);
+    assert_eq!(code, 2, "{error}");
+    assert!(error.contains("web@TIME"), "{error}");
+    let (code, error) = exit_code(&bed, &["forget", "web@2001-01-01T00:00:00Z"]);
+    assert_eq!(code, 4, "{error}");
+
+    // A protected snapshot stays (exit code 5, locked) until unprotected.
+    bed.ok(&["protect", &first]);
+    let (code, error) = exit_code(&bed, &["forget", &first]);
+    assert_eq!(code, 5, "{error}");
+    assert!(error.contains("protected"), "{error}");
+
+    let done = bed.json(&["forget", &second]);
+    assert_eq!(done["forgotten"], second.as_str());
+    let expected: BTreeSet<String> = [first.clone(), other.clone()].into();
+    assert_eq!(all(), expected);
+    let timestamp = second.split_once('@').unwrap().1;
+    let repo = bed.repo_dir();
+    assert!(files_below(&repo.join("indexes/web").join(timestamp)).is_empty());
+    assert_eq!(bed.chunk_files(), chunks_before, "chunks wait for gc");
+    let (code, error) = exit_code(&bed, &["forget", &second]);
+    assert_eq!(code, 4, "forgotten twice: {error}");
+
+    // The protected one still restores; once unprotected it can be forgotten.
+    let out = bed.path("restored.raw");
+    bed.ok(&["restore", &first, "--to", out.to_str().unwrap()]);
+    assert_same_disk(&first_copy, &out);
+    bed.ok(&["unprotect", &first]);
+    bed.ok(&["forget", &first]);
+    assert_eq!(all(), [other].into());
 }

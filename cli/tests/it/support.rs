@@ -9,6 +9,7 @@
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
 //! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
 //! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
+//! - `prometheus`: a real Prometheus server scraping given targets, and its query API;
 //! - `tls`: a CA and X.509 credentials in QEMU's directory layout.
 //!
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod qemu;
 pub mod report;
 pub mod s3;

@@ -122,6 +122,7 @@ pub(super) fn accept_commit(
     let mut record = request.snapshot.clone();
     record.repository = job.repository.clone();
     record.job_id = job.id.clone();
+    record.committed_unix_ms = now_ms;
     Ok(CommitDecision::Accept(Box::new(Accepted {
         job: updated,
         catalog_key: model::snapshot_key(&id.vm, &id.timestamp),
@@ -307,6 +308,9 @@ mod tests {
                 disks: Vec::new(),
                 bytes_uploaded: 5,
                 job_id: "other".into(),
+                bytes_read: 7,
+                bytes_new: 6,
+                committed_unix_ms: 0,
             },
         }
     }

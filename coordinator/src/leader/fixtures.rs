@@ -31,6 +31,7 @@ pub(super) fn policy(name: &str) -> Policy {
         replicate_to: None,
         gc_schedule: None,
         gc_margin_seconds: 3600,
+        rpo_seconds: 7200,
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::de::DeserializeOwned;
 
 use super::Result;
+use super::job_metrics::JobMetrics;
 use super::jobs::Progress;
 use crate::model::{self, JobRecord, SnapshotRecord, VmRecord, WorkerRecord};
 use crate::policy::Policy;
@@ -27,12 +28,14 @@ pub(super) struct State {
     pub(super) snapshots: BTreeMap<String, SnapshotRecord>,
     /// Live progress of running jobs: memory only.
     pub(super) progress: HashMap<String, Progress>,
+    /// Counters of ended jobs, updated by [`State::stopped`].
+    pub(super) metrics: JobMetrics,
 }
 
 impl State {
     /// Reads every record from the store: the state and how many records could not be
     /// decoded (each logged with its key and the reason, then skipped).
-    pub(super) async fn load(store: &dyn MetaStore) -> Result<(Self, u64)> {
+    pub(super) async fn load(store: &dyn MetaStore, metrics: JobMetrics) -> Result<(Self, u64)> {
         let mut decoder = Decoder::default();
         let state = State {
             workers: decoder
@@ -50,6 +53,7 @@ impl State {
                 .await?,
             snapshots: decoder.snapshots(store).await?,
             progress: HashMap::new(),
+            metrics,
         };
         Ok((state, decoder.unreadable))
     }
@@ -78,9 +82,16 @@ impl State {
         }
     }
 
-    /// Puts a job that stopped running in the cache, dropping its live progress.
+    /// Puts a job that stopped running in the cache, dropping its live progress, and
+    /// counts how it ended.
     pub(super) fn stopped(&mut self, job: JobRecord) {
         self.progress.remove(&job.id);
+        let snapshot = job
+            .snapshot
+            .as_deref()
+            .and_then(|name| name.split_once('@'))
+            .and_then(|(vm, timestamp)| self.snapshots.get(&model::snapshot_key(vm, timestamp)));
+        self.metrics.attempt_ended(&job, snapshot);
         self.jobs.insert(job.id.clone(), job);
     }
 }

@@ -282,6 +282,23 @@ impl MetaStore for EmbeddedStore {
             .collect())
     }
 
+    async fn range(&self, start: &str, end: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        self.counters.read();
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        Ok(inner
+            .keys
+            .range(start.to_string()..end.to_string())
+            .take(limit)
+            .map(|(_, kv)| kv.clone())
+            .collect())
+    }
+
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnOutcome> {
         self.counters.write();
         self.blocking(move |inner| {

@@ -35,6 +35,35 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
+    /// One keep-alive of lease `id`: its first reply says whether the lease lives.
+    async fn keep_alive_once(&self, id: LeaseId) -> Result<()> {
+        // etcd-client reads the first reply itself and reports a lease that is gone
+        // (TTL 0) as this error: that is `LeaseNotFound`, not an unavailable store.
+        let opened = bounded(|| {
+            let mut lease = self.client.lease_client();
+            async move {
+                match lease.keep_alive(id).await {
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message == "lease not found" =>
+                    {
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            }
+        })
+        .await?;
+        let Some((mut keeper, mut stream)) = opened else {
+            return Err(StoreError::LeaseNotFound(id));
+        };
+        // On the open stream: no reconnecting here.
+        bounded_once(keeper.keep_alive()).await?;
+        match bounded_once(stream.message()).await? {
+            Some(reply) if reply.ttl() > 0 => Ok(()),
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
     /// Connects to the cluster at `endpoints` (`http://HOST:PORT` or
     /// `https://HOST:PORT`, comma-separated lists split by the caller) with the TLS
     /// settings and credentials of `security`. Plain endpoints off loopback are refused
@@ -189,19 +218,38 @@ fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 impl MetaStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.counters.read();
-        let response = bounded(|| {
-            let mut kv = self.client.kv_client();
-            async move { kv.get(key, None).await }
-        })
-        .await?;
+        let response = self.counters.outcome(
+            bounded(|| {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(key, None).await }
+            })
+            .await,
+        )?;
         response.kvs().first().map(convert).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         self.counters.read();
+        let response = self.counters.outcome(
+            bounded(|| {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await,
+        )?;
+        response.kvs().iter().map(convert).collect()
+    }
+
+    async fn range(&self, start: &str, end: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        self.counters.read();
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let response = bounded(|| {
             let mut kv = self.client.kv_client();
-            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            let options = GetOptions::new().with_range(end).with_limit(limit);
+            async move { kv.get(start, Some(options)).await }
         })
         .await?;
         response.kvs().iter().map(convert).collect()
@@ -234,12 +282,14 @@ impl MetaStore for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let response = bounded(|| {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await?;
+        let response = self.counters.outcome(
+            bounded(|| {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await,
+        )?;
         let revision = response
             .header()
             .map(|header| header.revision())
@@ -253,41 +303,19 @@ impl MetaStore for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         self.counters.lease();
         let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let granted = bounded(|| {
-            let mut lease = self.client.lease_client();
-            async move { lease.grant(seconds, None).await }
-        })
-        .await?;
+        let granted = self.counters.outcome(
+            bounded(|| {
+                let mut lease = self.client.lease_client();
+                async move { lease.grant(seconds, None).await }
+            })
+            .await,
+        )?;
         Ok(granted.id())
     }
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        // etcd-client reads the first reply itself and reports a lease that is gone
-        // (TTL 0) as this error: that is `LeaseNotFound`, not an unavailable store.
-        let opened = bounded(|| {
-            let mut lease = self.client.lease_client();
-            async move {
-                match lease.keep_alive(id).await {
-                    Err(etcd_client::Error::LeaseKeepAliveError(message))
-                        if message == "lease not found" =>
-                    {
-                        Ok(None)
-                    }
-                    other => other.map(Some),
-                }
-            }
-        })
-        .await?;
-        let Some((mut keeper, mut stream)) = opened else {
-            return Err(StoreError::LeaseNotFound(id));
-        };
-        // On the open stream: no reconnecting here.
-        bounded_once(keeper.keep_alive()).await?;
-        match bounded_once(stream.message()).await? {
-            Some(reply) if reply.ttl() > 0 => Ok(()),
-            _ => Err(StoreError::LeaseNotFound(id)),
-        }
+        self.counters.outcome(self.keep_alive_once(id).await)
     }
 
     async fn revoke(&self, id: LeaseId) -> Result<()> {
@@ -300,7 +328,7 @@ impl MetaStore for EtcdStore {
         match revoked {
             Ok(_) => Ok(()),
             Err(StoreError::Invalid(message)) if message.contains("not found") => Ok(()),
-            Err(error) => Err(error),
+            Err(error) => self.counters.outcome(Err(error)),
         }
     }
 

@@ -24,6 +24,9 @@
 //!   when the registry is encoded, never cached as gauges that could go stale.
 //!   Values that need async I/O are brought up to date by [`Exporter::refresh`]
 //!   first.
+//! - **Every component** calls [`Registry::register_process_metrics`], so each
+//!   exports `haven_build_info` and the `process_*` metrics Prometheus's own clients
+//!   export, read from `/proc/self`.
 //! - **Server** ([`MetricsServer`]): HTTP/1.1, one request per connection, a time
 //!   limit on every connection, 404 for any other path, graceful shutdown on a
 //!   `CancellationToken`. Plain HTTP only on loopback unless the operator says
@@ -32,6 +35,7 @@
 //!   answers its `/metrics` with [`exposition`] instead.
 #![warn(missing_docs)]
 
+mod process;
 mod registry;
 mod sample_writer;
 mod server;

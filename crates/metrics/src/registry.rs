@@ -56,6 +56,14 @@ impl Registry {
             .register_collector(Box::new(ScrapeTimeCollector(metrics)));
     }
 
+    /// Adds `haven_build_info{component,version}` and the standard `process_*`
+    /// metrics (CPU seconds, resident and virtual memory, open and maximum file
+    /// descriptors, start time), read from `/proc/self` at each scrape: every
+    /// component calls it once so each exports the same set.
+    pub fn register_process_metrics(&mut self, component: &'static str) {
+        self.register_scrape_time(crate::process::ProcessMetrics::new(component));
+    }
+
     /// Encodes every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> Result<String, EncodeError> {
         let mut text = String::new();

@@ -1,7 +1,7 @@
 //! Writing samples at scrape time, for [`crate::ScrapeTimeMetrics`].
 
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -42,13 +42,18 @@ impl<'a> SampleWriter<'a> {
     }
 
     /// Writes a counter family (`name` without `_total`, which is appended): one
-    /// sample per `(labels, count)`.
-    pub fn counter<L: EncodeLabelSet>(
+    /// sample per `(labels, count)`; counts are integers or, for measured totals like
+    /// CPU seconds, `f64`.
+    pub fn counter<L, V>(
         &mut self,
         name: &str,
         help: &str,
-        samples: impl IntoIterator<Item = (L, u64)>,
-    ) -> std::fmt::Result {
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) -> std::fmt::Result
+    where
+        L: EncodeLabelSet,
+        V: EncodeCounterValue,
+    {
         self.family(name, help, MetricType::Counter, samples, ConstCounter::new)
     }
 

@@ -56,6 +56,11 @@ pub enum RepoError {
     /// An object is absent.
     #[error("object {0} is missing")]
     NotFound(String),
+    /// No committed snapshot matches `VM@TIME` or `VM@latest` (named as given): a
+    /// question about the catalog, unlike [`RepoError::NotFound`], an object that
+    /// should be there and is not.
+    #[error("no snapshot {0} in the repository")]
+    NoSuchSnapshot(String),
     /// An object exists but its content is not what it must be.
     #[error("object {key} is corrupt: {reason}")]
     Corrupt {

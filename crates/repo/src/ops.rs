@@ -1,5 +1,5 @@
 //! Operations over whole repositories, built on [`crate::Repository`]: verify and
-//! repair, replication, retention and prune, garbage collection with the leases and
+//! repair, replication, retention, prune and forget, statistics, garbage collection with the leases and
 //! locks that make it safe beside running backups, protected snapshots, and the
 //! repository's key slots (one per password).
 //!
@@ -14,5 +14,6 @@ pub(crate) mod prune;
 pub(crate) mod repair;
 pub(crate) mod replicate;
 pub(crate) mod retention;
+pub(crate) mod stats;
 pub(crate) mod verify;
 pub(crate) mod verify_record;

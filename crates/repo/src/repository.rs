@@ -410,10 +410,11 @@ impl Repository {
             Some(timestamp) => snapshots.iter().find(|id| &id.timestamp == timestamp),
         };
         found.cloned().ok_or_else(|| {
-            RepoError::NotFound(match &reference.timestamp {
-                None => format!("any snapshot of VM {}", reference.vm),
-                Some(timestamp) => format!("snapshot {}@{timestamp}", reference.vm),
-            })
+            RepoError::NoSuchSnapshot(format!(
+                "{}@{}",
+                reference.vm,
+                reference.timestamp.as_deref().unwrap_or("latest")
+            ))
         })
     }
 

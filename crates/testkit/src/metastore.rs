@@ -6,7 +6,8 @@
 //!
 //! - reads: `get` of a missing key is `None`; a put is read back with its value, no
 //!   lease and the transaction's revision; `list` returns exactly the keys under a
-//!   prefix, in byte order ([`keys`]);
+//!   prefix, in byte order; `range` returns the first keys of `[start, end)` up to its
+//!   limit, in byte order ([`keys`]);
 //! - transactions: every key a transaction writes gets the transaction's revision,
 //!   and revisions only grow (an ownership token is never issued twice); `Absent`
 //!   holds exactly while a key is missing; `ModRevision` holds exactly at the key's

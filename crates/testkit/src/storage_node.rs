@@ -64,6 +64,7 @@ impl StorageNode {
                 object_lock: false,
                 default_retention: None,
                 pull_sources: Vec::new(),
+                insecure: false,
                 check_config: false,
             };
             let (stop, stopped) = oneshot::channel();
@@ -212,7 +213,7 @@ fn serve(
 }
 
 /// Sends the node's logs through the test harness (shown only for failing tests), at
-/// `HAVEN_LOG` or `warn`; the node's own set-up then keeps this subscriber.
+/// `HAVEN_LOG` or `warn` (the node installs no subscriber of its own).
 fn quiet_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));

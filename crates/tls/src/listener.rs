@@ -8,14 +8,21 @@
 //! [`ListenerSettings::max_connections`] new connections are closed at once: a flood
 //! of idle sockets cannot use up the process's file descriptors, and established
 //! clients keep being served.
+//!
+//! A connection lives no longer than its client certificate: at the certificate's
+//! `notAfter` the server reads end of file and closes it. The handshake checks
+//! validity only once, so without this a client could keep an expired (or rotated
+//! out) certificate in use for as long as it kept its HTTP/2 connection open; with
+//! it, the client has to connect again and present a certificate valid now.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -162,6 +169,10 @@ enum Transport {
 pub struct Connection {
     transport: Transport,
     peer: PeerInfo,
+    /// When the client certificate expires; reads end there (see the module doc).
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the expiry was logged.
+    expired: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -205,6 +216,8 @@ pub fn incoming(
                             tls: false,
                             certificate: PeerCertificate::None,
                         },
+                        expires: None,
+                        expired: false,
                         _slot: slot,
                     },
                     Some(config) => {
@@ -225,6 +238,10 @@ pub fn incoming(
                             }
                         };
                         let certificate = peer_certificate(&stream);
+                        let expires = certificate_expiry(&stream).map(|at| {
+                            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                            Box::pin(tokio::time::sleep(left))
+                        });
                         Connection {
                             transport: Transport::Tls(Box::new(stream)),
                             peer: PeerInfo {
@@ -232,6 +249,8 @@ pub fn incoming(
                                 tls: true,
                                 certificate,
                             },
+                            expires,
+                            expired: false,
                             _slot: slot,
                         }
                     }
@@ -267,6 +286,16 @@ impl Connection {
     }
 }
 
+/// When the client's certificate stops being valid; none without one.
+fn certificate_expiry(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<SystemTime> {
+    let (_, session) = stream.get_ref();
+    let leaf = session.peer_certificates()?.first()?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let seconds = certificate.validity().not_after.timestamp();
+    let seconds = u64::try_from(seconds).unwrap_or(0);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
 impl tonic::transport::server::Connected for Connection {
     type ConnectInfo = PeerInfo;
 
@@ -281,7 +310,18 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
+        let this = self.get_mut();
+        if let Some(expires) = this.expires.as_mut()
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            if !this.expired {
+                this.expired = true;
+                tracing::info!(remote = ?this.peer.remote, "client certificate expired; closing its connection");
+            }
+            // End of file: the HTTP server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.transport {
             Transport::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }

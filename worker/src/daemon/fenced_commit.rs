@@ -6,6 +6,7 @@ use haven_proto::LeaderClient;
 use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
 use haven_repo::{Manifest, Repository};
 
+use super::metrics::WorkerMetrics;
 use crate::error::{Result, WorkerError};
 use crate::pipeline::snapshot::ManifestPublisher;
 
@@ -18,6 +19,8 @@ pub(super) struct FencedCommit {
     pub(super) job_id: String,
     pub(super) token: i64,
     pub(super) repository: String,
+    /// Counts the bytes of the snapshots it commits.
+    pub(super) metrics: WorkerMetrics,
 }
 
 #[async_trait::async_trait]
@@ -44,6 +47,8 @@ impl ManifestPublisher for FencedCommit {
                     .collect(),
                 bytes_uploaded: manifest.disks.iter().map(|d| d.stats.uploaded_bytes).sum(),
                 job_id: self.job_id.clone(),
+                bytes_read: manifest.disks.iter().map(|d| d.stats.bytes_read).sum(),
+                bytes_new: manifest.disks.iter().map(|d| d.stats.new_bytes).sum(),
             }),
         };
         let reply = self
@@ -54,8 +59,9 @@ impl ManifestPublisher for FencedCommit {
                 |mut c, r| async move { c.commit_snapshot(r).await },
             )
             .await;
-        reply
-            .map(drop)
-            .map_err(|status| WorkerError::from_coordinator("commit", &status))
+        reply.map_err(|status| WorkerError::from_coordinator("commit", &status))?;
+        self.metrics
+            .uploaded(manifest.disks.iter().map(|d| d.stats.uploaded_bytes).sum());
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ impl ReplicationMetrics {
     /// No status yet and no failed pass.
     pub fn new() -> Self {
         let mut registry = Registry::new();
+        registry.register_process_metrics("replicate");
         let failed_passes = registry.register(
             "haven_replication_failed_passes",
             "Replication passes that ended in an error",

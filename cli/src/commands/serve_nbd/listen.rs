@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use haven_nbd::Endpoint;
 
 /// How exposed a listener is, once the rules have allowed it.
@@ -25,17 +25,17 @@ pub(super) enum Exposure {
 pub(super) fn parse_listen(text: &str) -> Result<Endpoint> {
     if let Some(path) = text.strip_prefix("unix:") {
         if path.is_empty() {
-            bail!("--listen unix: needs a socket path");
+            usage!("--listen unix: needs a socket path");
         }
         return Ok(Endpoint::Unix(PathBuf::from(path)));
     }
     if let Some(address) = text.strip_prefix("tcp:") {
         if address.is_empty() {
-            bail!("--listen tcp: needs HOST:PORT");
+            usage!("--listen tcp: needs HOST:PORT");
         }
         return Ok(Endpoint::Tcp(address.to_string()));
     }
-    bail!("--listen {text:?}: expected unix:PATH or tcp:HOST:PORT")
+    usage!("--listen {text:?}: expected unix:PATH or tcp:HOST:PORT")
 }
 
 /// Applies the rules to a listener: `addresses` are what a TCP endpoint's host
@@ -59,7 +59,7 @@ pub(super) fn exposure(
     if insecure {
         return Ok(Exposure::InsecureNetwork);
     }
-    bail!(
+    usage!(
         "--listen tcp:{address} is reachable from the network, and serve-nbd would send \
          the decrypted disk in clear: give --tls-creds DIR (or --insecure to accept that \
          anyone who can connect reads the disk)"

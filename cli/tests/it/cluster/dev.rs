@@ -17,15 +17,74 @@ use crate::support::{
     s3::{S3Keys, with_keys},
 };
 
-struct Dev {
-    url: String,
-    cli: Cli,
+/// A `haven dev` process (coordinator, worker and storage node) on free loopback
+/// ports, killed on drop.
+pub(super) struct Dev {
+    pub(super) url: String,
+    pub(super) cli: Cli,
+    /// The coordinator's gRPC port.
+    pub(super) port: u16,
+    /// The coordinator's `/metrics` port.
+    pub(super) http: u16,
+    /// The storage node's port.
+    pub(super) storage_port: u16,
+    /// Where `haven dev` makes its CA and certificates.
+    pub(super) pki: std::path::PathBuf,
     _process: Guard,
 }
 
 impl Dev {
+    /// Starts `haven dev` with its state in `dir`, the VMs of `vms` and a storage node
+    /// on `dir/storage`, plus `extra` arguments; returns once it lists a VM.
+    pub(super) fn start(dir: &Path, vms: &Path, extra: &[&str]) -> Self {
+        let storage_port = free_port();
+        let port = free_port();
+        let http = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        // `haven dev` makes its CA and certificates here at start.
+        let pki = dir.join("state").join("pki");
+        let dev = Dev {
+            cli: Cli::new(url.clone())
+                .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
+                .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
+                .with_env(
+                    "HAVEN_KEY_FILE",
+                    pki.join("admin-key.pem").to_str().unwrap(),
+                )
+                .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .with_env("AWS_REGION", "us-east-1"),
+            url,
+            port,
+            http,
+            storage_port,
+            pki,
+            _process: spawn_logged(
+                with_s3_keys(
+                    haven(&["dev", "--state-dir"])
+                        .arg(dir.join("state"))
+                        .arg("--qmp-dir")
+                        .arg(vms)
+                        .args(["--listen", &format!("127.0.0.1:{port}")])
+                        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                        .arg("--storage-dir")
+                        .arg(dir.join("storage"))
+                        .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")])
+                        .args(extra),
+                ),
+                &dir.join("dev.log"),
+            ),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&dev.cli.run(&["vm", "list"]).stdout).contains("web") {
+            assert!(Instant::now() < deadline, "haven dev did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dev
+    }
+
     /// Waits until every job is finished and `count` jobs of `kind` succeeded.
-    fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    pub(super) fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.cli.jobs();
@@ -55,9 +114,14 @@ impl Dev {
 const ACCESS_KEY: &str = "dev-access";
 const SECRET_KEY: &str = "dev-secret-key";
 
-/// The password and the storage node's keys, for the `haven dev` process.
+/// The password and the storage node's admin key, for the `haven dev` process, and
+/// no `AWS_*` key: its jobs can reach the node only with the least-privilege keys
+/// `haven dev` makes (the primary repository is a folder, so the coordinator, which
+/// publishes manifests there, needs none).
 fn with_s3_keys(command: &mut Command) -> &mut Command {
     with_keys(command, &S3Keys::new(ACCESS_KEY, SECRET_KEY))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("HAVEN_PASSWORD", PASSWORD)
         .env("HAVEN_STORAGE_ACCESS_KEY", ACCESS_KEY)
         .env("HAVEN_STORAGE_SECRET_KEY", SECRET_KEY)
@@ -83,7 +147,8 @@ fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]
     String::from_utf8_lossy(&out.stdout).to_lowercase()
 }
 
-fn make_image(path: &Path) {
+/// A 32 MiB qcow2 image with 3 MiB and 64 KiB of data.
+pub(super) fn make_image(path: &Path) {
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(path)
@@ -119,50 +184,14 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let _qsd = start_vm(&qmp, &image, &dir.path().join("web.log"));
 
     let primary = dir.path().join("primary");
-    let storage_port = free_port();
-    // The replica lives on the storage node `haven dev` runs in-process.
-    let replica = format!("s3://haven/replica?endpoint=http://127.0.0.1:{storage_port}");
     init_repo(&primary, &[]);
-
-    let port = free_port();
-    let http = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    // `haven dev` makes its CA and certificates here at start.
-    let pki = dir.path().join("state").join("pki");
-    let dev = Dev {
-        cli: Cli::new(url.clone())
-            .with_env("HAVEN_CA_FILE", pki.join("ca.pem").to_str().unwrap())
-            .with_env("HAVEN_CERT_FILE", pki.join("admin.pem").to_str().unwrap())
-            .with_env(
-                "HAVEN_KEY_FILE",
-                pki.join("admin-key.pem").to_str().unwrap(),
-            )
-            .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .with_env("AWS_REGION", "us-east-1"),
-        url,
-        _process: spawn_logged(
-            with_s3_keys(
-                haven(&["dev", "--state-dir"])
-                    .arg(dir.path().join("state"))
-                    .arg("--qmp-dir")
-                    .arg(&vms)
-                    .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--http-listen", &format!("127.0.0.1:{http}")])
-                    .arg("--storage-dir")
-                    .arg(dir.path().join("storage"))
-                    .args(["--storage-listen", &format!("127.0.0.1:{storage_port}")]),
-            ),
-            &dir.path().join("dev.log"),
-        ),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dev.cli.run(&["vm", "list"]).status.success()
-        || !String::from_utf8_lossy(&dev.cli.run(&["vm", "list"]).stdout).contains("web")
-    {
-        assert!(Instant::now() < deadline, "haven dev did not come up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let dev = Dev::start(dir.path(), &vms, &[]);
+    let (port, pki) = (dev.port, dev.pki.clone());
+    // The replica lives on the storage node `haven dev` runs in-process.
+    let replica = format!(
+        "s3://haven/replica?endpoint=http://127.0.0.1:{}",
+        dev.storage_port
+    );
 
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -248,6 +277,54 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         std::fs::read(&through).unwrap(),
         std::fs::read(&restored).unwrap()
     );
+    // Replication wrote the replica with the append key `haven dev` made, which can
+    // neither delete nor overwrite what it wrote.
+    let append =
+        std::fs::read_to_string(dir.path().join("state/storage-keys/append.toml")).unwrap();
+    let secret = append
+        .lines()
+        .find_map(|line| line.strip_prefix("secret_access_key = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let manifest = Command::new("aws")
+        .args(["s3api", "list-objects-v2", "--bucket", "haven", "--prefix"])
+        .arg("replica/snapshots/")
+        .args(["--query", "Contents[0].Key", "--output", "text"])
+        .args([
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{}", dev.storage_port),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "dev-append")
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout).trim().to_owned();
+    assert!(manifest.starts_with("replica/snapshots/web/"), "{manifest}");
+    let delete = Command::new("aws")
+        .args([
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "haven",
+            "--key",
+            &manifest,
+        ])
+        .args([
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{}", dev.storage_port),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "dev-append")
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&delete.stderr).contains("AccessDenied"),
+        "{delete:?}"
+    );
+
     let catalog = dev.cli.ok(&["snapshots", "--coordinator", &dev.url]);
     assert_eq!(
         catalog.lines().filter(|l| l.starts_with("web@")).count(),

@@ -8,7 +8,7 @@ use crate::support::{
     image::{MIB, assert_same_disk, raw_image},
     process::{assert_success, ok},
     s3::S3Keys,
-    storage_node::{Node, NodeOptions, fails_with},
+    storage_node::{Node, NodeOptions, fails_with, object_keys},
 };
 
 const APPEND: (&str, &str) = ("backup", "backup-secret-0123456789");
@@ -23,33 +23,6 @@ const KEYS: &str = "[[keys]]\naccess_key = \"backup\"\nsecret_key = \"backup-sec
 
 fn keys((access, secret): (&str, &str)) -> S3Keys {
     S3Keys::new(access, secret)
-}
-
-/// Keys of the objects below `prefix` in bucket `haven`, listed with the fixture's key.
-fn object_keys(node: &Node, prefix: &str) -> Vec<String> {
-    let listing = node.aws_ok(&[
-        "s3api",
-        "list-objects-v2",
-        "--bucket",
-        "haven",
-        "--prefix",
-        prefix,
-        "--output",
-        "json",
-    ]);
-    if listing.trim().is_empty() {
-        return Vec::new();
-    }
-    let listing: serde_json::Value = serde_json::from_str(&listing).expect("listing json");
-    listing["Contents"]
-        .as_array()
-        .map(|objects| {
-            objects
-                .iter()
-                .map(|object| object["Key"].as_str().expect("key").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn object_bytes(node: &Node, key: &str) -> Vec<u8> {

@@ -83,11 +83,24 @@ fn make_ca(dir: &Path, config: &Path, name: &str) -> (PathBuf, PathBuf) {
 fn make_certificates(dir: &Path) -> (TlsFiles, PathBuf) {
     let config = dir.join("openssl.cnf");
     std::fs::write(&config, OPENSSL_CONFIG).expect("write openssl config");
-    let (ca_cert, ca_key) = make_ca(dir, &config, "ca");
+    let (ca_cert, _) = make_ca(dir, &config, "ca");
     let (other_ca, _) = make_ca(dir, &config, "other-ca");
-    let key = dir.join("node.key");
-    let request = dir.join("node.csr");
-    let cert = dir.join("node.pem");
+    let (cert, key) = issue_server_certificate(dir, "ca", "node");
+    let files = TlsFiles {
+        cert,
+        key,
+        ca_bundle: ca_cert,
+    };
+    (files, other_ca)
+}
+
+/// A server certificate for IP 127.0.0.1 signed by the CA `ca` of
+/// [`make_certificates`]'s `dir`, in `STEM.pem` and `STEM.key`.
+fn issue_server_certificate(dir: &Path, ca: &str, stem: &str) -> (PathBuf, PathBuf) {
+    let config = dir.join("openssl.cnf");
+    let key = dir.join(format!("{stem}.key"));
+    let request = dir.join(format!("{stem}.csr"));
+    let cert = dir.join(format!("{stem}.pem"));
     openssl(&[
         "req",
         "-new",
@@ -111,9 +124,9 @@ fn make_certificates(dir: &Path) -> (TlsFiles, PathBuf) {
         "-in",
         path_str(&request),
         "-CA",
-        path_str(&ca_cert),
+        path_str(&dir.join(format!("{ca}.pem"))),
         "-CAkey",
-        path_str(&ca_key),
+        path_str(&dir.join(format!("{ca}.key"))),
         "-set_serial",
         "2",
         "-days",
@@ -125,12 +138,7 @@ fn make_certificates(dir: &Path) -> (TlsFiles, PathBuf) {
         "-out",
         path_str(&cert),
     ]);
-    let files = TlsFiles {
-        cert,
-        key,
-        ca_bundle: ca_cert,
-    };
-    (files, other_ca)
+    (cert, key)
 }
 
 fn curl(args: &[&str]) -> std::process::Output {
@@ -246,6 +254,30 @@ fn tls_node() -> (Node, PathBuf, PathBuf) {
         },
     );
     (node, ca, other_ca)
+}
+
+#[test]
+fn a_renewed_certificate_is_served_to_new_connections_without_a_restart() {
+    let (node, ca, other_ca) = tls_node();
+    let metrics = format!("{}/metrics", node.endpoint());
+    let trusts = |ca: &Path| curl(&["--cacert", path_str(ca), &metrics]).status.success();
+    assert!(trusts(&ca) && !trusts(&other_ca));
+
+    // Renew as cert-manager or a script would: new files renamed over the old, the
+    // key first (in between, the pair does not match and the old one stays served).
+    let dir = node.path("");
+    let (cert, key) = issue_server_certificate(&dir, "other-ca", "renewed");
+    std::fs::rename(&key, node.path("node.key")).expect("rename key");
+    std::fs::rename(&cert, node.path("node.pem")).expect("rename cert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !trusts(&other_ca) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still serves the old certificate"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!trusts(&ca), "the old certificate is still served");
 }
 
 #[test]

@@ -141,6 +141,17 @@ impl Cli {
         }
     }
 
+    /// The CLI as the admin of a `haven dev` listening at `url`, with the certificates
+    /// it made in `STATE_DIR/pki`.
+    pub fn dev_admin(url: impl Into<String>, state_dir: &Path) -> Self {
+        let pki = state_dir.join("pki");
+        let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
+        Self::new(url)
+            .with_env("HAVEN_CA_FILE", file("ca.pem"))
+            .with_env("HAVEN_CERT_FILE", file("admin.pem"))
+            .with_env("HAVEN_KEY_FILE", file("admin-key.pem"))
+    }
+
     /// Adds a variable to every run's environment.
     pub fn with_env(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.env.push((key, value.into()));

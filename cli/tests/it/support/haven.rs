@@ -17,12 +17,14 @@ pub const HAVEN: &str = env!("CARGO_BIN_EXE_haven");
 /// The repository password every test uses.
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// `haven ARGS` without a password file or default repository from the environment.
+/// `haven ARGS` without a password file, password command or default repository from
+/// the environment.
 pub fn haven(args: &[&str]) -> Command {
     let mut command = Command::new(HAVEN);
     command
         .args(args)
         .env_remove("HAVEN_PASSWORD_FILE")
+        .env_remove("HAVEN_PASSWORD_COMMAND")
         .env_remove("HAVEN_REPO");
     command
 }

@@ -2,6 +2,10 @@
 //! configuration snippets and CLI environments that use it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use haven_tls::pki::{CertificateAuthority, LeafRequest};
+use haven_tls::{Identity, Role};
 
 use super::cluster::Cli;
 use super::haven::haven;
@@ -57,6 +61,33 @@ impl Pki {
         files
     }
 
+    /// A client certificate for `role`/`name` that expires `valid_for` from now,
+    /// written as `dir/STEM.pem` and `dir/STEM-key.pem` (replacing them); its files and
+    /// its expiry (whole seconds, as the certificate says). `haven pki` counts in days,
+    /// so this is made with the library behind it.
+    pub fn issue_expiring(
+        &self,
+        role: Role,
+        name: &str,
+        valid_for: Duration,
+        dir: &Path,
+        stem: &str,
+    ) -> (PathBuf, PathBuf, SystemTime) {
+        let authority =
+            CertificateAuthority::load(&self.ca(), &self.dir.join("ca-key.pem")).unwrap();
+        let mut request = LeafRequest::client(Identity::new(role, name).unwrap(), 1);
+        let now = time::OffsetDateTime::now_utc();
+        request.not_after = now + valid_for;
+        let (cert, key) = authority
+            .issue(&request)
+            .unwrap()
+            .write(dir, stem, true)
+            .unwrap();
+        let expiry = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(request.not_after.unix_timestamp().try_into().unwrap());
+        (cert, key, expiry)
+    }
+
     /// The `[tls]` table of a coordinator.toml (put it after the top-level keys).
     pub fn coordinator_toml(&self) -> String {
         let (cert, key) = self.issue("server", "coordinator");
@@ -108,6 +139,11 @@ impl Pki {
     /// The CLI against `urls` with a certificate of `kind` named `name`.
     pub fn cli(&self, urls: &str, kind: &str, name: &str) -> Cli {
         let (cert, key) = self.issue(kind, name);
+        self.cli_with_files(urls, &cert, &key)
+    }
+
+    /// The CLI against `urls` presenting the certificate and key in these files.
+    pub fn cli_with_files(&self, urls: &str, cert: &Path, key: &Path) -> Cli {
         Cli::new(urls)
             .with_env("HAVEN_CA_FILE", self.ca().to_str().unwrap())
             .with_env("HAVEN_CERT_FILE", cert.to_str().unwrap())

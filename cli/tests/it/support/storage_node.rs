@@ -472,3 +472,30 @@ for key in listed:
 print(f"acked {len(acked)}, listed {len(listed)}")
 print("ALL OK")
 "#;
+
+/// Keys of the objects below `prefix` in bucket `haven`, listed with the fixture's key.
+pub fn object_keys(node: &Node, prefix: &str) -> Vec<String> {
+    let listing = node.aws_ok(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "haven",
+        "--prefix",
+        prefix,
+        "--output",
+        "json",
+    ]);
+    if listing.trim().is_empty() {
+        return Vec::new();
+    }
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("listing json");
+    listing["Contents"]
+        .as_array()
+        .map(|objects| {
+            objects
+                .iter()
+                .map(|object| object["Key"].as_str().expect("key").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -36,6 +36,16 @@ impl ChunkId {
         let hex = self.to_hex();
         format!("chunks/{}/{}", &hex[..2], hex)
     }
+
+    /// The id of the object at `key` when it is a chunk: `chunks/XX/ID` with a
+    /// well-formed id whose first byte is `XX`. Anything else under `chunks/` is not a
+    /// chunk (garbage collection never touches it).
+    pub(crate) fn from_object_key(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix("chunks/")?;
+        let (folder, name) = rest.split_once('/')?;
+        let id = ChunkId::from_hex(name)?;
+        (id.object_key() == key && folder.len() == 2).then_some(id)
+    }
 }
 
 impl fmt::Debug for ChunkId {

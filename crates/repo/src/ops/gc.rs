@@ -270,7 +270,7 @@ async fn collect_locked(
     let mut listing = repo.backend().list_meta("chunks");
     while let Some(meta) = listing.next().await {
         let meta = meta?;
-        let Some(id) = chunk_id_of(meta.location.as_ref()) else {
+        let Some(id) = ChunkId::from_object_key(meta.location.as_ref()) else {
             continue;
         };
         batch.push(listed_record(
@@ -410,15 +410,6 @@ async fn push_batch(
     .await
     .map_err(join_error)?
     .map_err(sort_error)
-}
-
-/// `chunks/XX/ID` with a well-formed id whose first byte is `XX`; anything else under
-/// `chunks/` is not a chunk and is never touched.
-fn chunk_id_of(key: &str) -> Option<ChunkId> {
-    let rest = key.strip_prefix("chunks/")?;
-    let (folder, name) = rest.split_once('/')?;
-    let id = ChunkId::from_hex(name)?;
-    (id.object_key() == key && folder.len() == 2).then_some(id)
 }
 
 /// Whether a delete was refused by the storage (object lock): a 403 on a single

@@ -8,10 +8,12 @@
 //! `protected=true`, when it has an active protection record, or when a running backup
 //! builds on it (`pins`).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::error::{RepoError, Result};
 use crate::format::manifest::SnapshotId;
 use crate::ops::lease::PinSource;
-use crate::ops::protect::protected_snapshots;
+use crate::ops::protect::{Protection, protected_snapshots};
 use crate::ops::retention::{Decision, RetentionPolicy, plan_retention};
 use crate::repository::Repository;
 use crate::storage::backend::Backend;
@@ -31,17 +33,10 @@ pub async fn prune_snapshots(
         ));
     }
     let ids = repo.list_snapshots(vm).await?;
-    let protections = protected_snapshots(repo.backend()).await?;
-    let pinned = pins.pins(repo).await?.bases;
+    let guards = Guards::load(repo, pins).await?;
     let mut input: Vec<(SnapshotId, bool)> = Vec::with_capacity(ids.len());
     for id in ids {
-        let manifest = repo.read_manifest(&id).await?;
-        let protected = manifest
-            .labels
-            .get("protected")
-            .is_some_and(|value| value == "true")
-            || protections.contains_key(&id)
-            || pinned.contains(&id);
+        let protected = guards.why_kept(repo, &id).await?.is_some();
         input.push((id, protected));
     }
     let decisions = plan_retention(&input, policy);
@@ -51,6 +46,70 @@ pub async fn prune_snapshots(
         }
     }
     Ok(decisions)
+}
+
+/// Removes one committed snapshot (`haven forget VM@TIME`), as prune removes those
+/// its policy does not keep, and under the same guards: a snapshot labelled
+/// protected or with an active protection record is refused
+/// ([`RepoError::Protected`]), one a running backup builds on too
+/// ([`RepoError::Busy`]); an object lock or legal hold in storage refuses the delete
+/// itself. Chunks stay until garbage collection.
+pub async fn forget_snapshot(
+    repo: &Repository,
+    id: &SnapshotId,
+    pins: &dyn PinSource,
+) -> Result<()> {
+    if !repo.list_snapshots(Some(&id.vm)).await?.contains(id) {
+        return Err(RepoError::NoSuchSnapshot(id.to_string()));
+    }
+    let guards = Guards::load(repo, pins).await?;
+    match guards.why_kept(repo, id).await? {
+        None => remove_snapshot(repo.backend(), id).await,
+        Some(Kept::Pinned) => Err(RepoError::Busy(format!(
+            "a running backup builds on {id}; forget it once that backup ends"
+        ))),
+        Some(Kept::Protected) => Err(RepoError::Protected(id.to_string())),
+    }
+}
+
+/// Why a snapshot must stay.
+enum Kept {
+    /// Its manifest is labelled `protected=true`, or it has an active protection record.
+    Protected,
+    /// A running backup builds on it (its lease names it as base).
+    Pinned,
+}
+
+/// What keeps snapshots whatever is asked: protection records and running backups'
+/// bases, read once per run.
+struct Guards {
+    protections: BTreeMap<SnapshotId, Protection>,
+    pinned: BTreeSet<SnapshotId>,
+}
+
+impl Guards {
+    async fn load(repo: &Repository, pins: &dyn PinSource) -> Result<Self> {
+        Ok(Self {
+            protections: protected_snapshots(repo.backend()).await?,
+            pinned: pins.pins(repo).await?.bases,
+        })
+    }
+
+    /// Why `id` must stay, if it must (reads its manifest for the label).
+    async fn why_kept(&self, repo: &Repository, id: &SnapshotId) -> Result<Option<Kept>> {
+        if self.pinned.contains(id) {
+            return Ok(Some(Kept::Pinned));
+        }
+        if self.protections.contains_key(id) {
+            return Ok(Some(Kept::Protected));
+        }
+        let manifest = repo.read_manifest(id).await?;
+        let labelled = manifest
+            .labels
+            .get("protected")
+            .is_some_and(|value| value == "true");
+        Ok(labelled.then_some(Kept::Protected))
+    }
 }
 
 /// Manifest first (the commit point), then the snapshot's indexes.

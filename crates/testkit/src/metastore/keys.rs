@@ -1,4 +1,4 @@
-//! Reads and plain writes: get, put, delete, list.
+//! Reads and plain writes: get, put, delete, list, range.
 
 use haven_coordinator::store::{MetaStore, Op};
 
@@ -8,6 +8,7 @@ use super::{KeySpace, announce, assert_missing, get_existing, ok, put, try_txn};
 pub(crate) async fn run(store: &dyn MetaStore, space: &KeySpace) {
     get_put_delete(store, &space.sub("get-put-delete")).await;
     list_by_prefix(store, &space.sub("list")).await;
+    ranges(store, &space.sub("range")).await;
 }
 
 /// A missing key reads as `None`; a put reads back with its value, no lease and the
@@ -86,4 +87,51 @@ async fn list_by_prefix(store: &dyn MetaStore, space: &KeySpace) {
     );
     let none = ok(store.list(&space.key("nothing/")).await, "list");
     assert!(none.is_empty(), "a prefix without keys lists nothing");
+}
+
+/// `range` returns the keys from `start` (included) to `end` (excluded), in byte
+/// order, the first `limit` of them, each as `get` returns it; an empty or inverted
+/// range is empty.
+async fn ranges(store: &dyn MetaStore, space: &KeySpace) {
+    announce("range with a limit");
+    for name in ["t03", "t01", "t05", "t02", "t04", "u00"] {
+        put(store, &space.key(name), name.as_bytes()).await;
+    }
+    let names = |listed: Vec<haven_coordinator::store::KeyValue>| -> Vec<String> {
+        listed
+            .iter()
+            .map(|kv| kv.key.trim_start_matches(space.prefix()).to_string())
+            .collect()
+    };
+    let range = |start: &str, end: &str, limit: usize| {
+        let (start, end) = (space.key(start), space.key(end));
+        async move { names(ok(store.range(&start, &end, limit).await, "range")) }
+    };
+    assert_eq!(
+        range("t02", "t05", 10).await,
+        ["t02", "t03", "t04"],
+        "start is included, end excluded, in key order"
+    );
+    assert_eq!(
+        range("t", "u", 2).await,
+        ["t01", "t02"],
+        "a limit keeps the first keys"
+    );
+    assert_eq!(range("t", "u", 0).await, Vec::<String>::new(), "limit 0");
+    assert_eq!(range("t03", "t03", 10).await, Vec::<String>::new(), "empty");
+    assert_eq!(
+        range("t04", "t02", 10).await,
+        Vec::<String>::new(),
+        "inverted"
+    );
+    let read = ok(
+        store.range(&space.key("t05"), &space.key("t06"), 1).await,
+        "range",
+    );
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        read[0],
+        get_existing(store, &space.key("t05")).await,
+        "range returns each key as get does"
+    );
 }

@@ -46,18 +46,37 @@ qmp_dir = {{ .Values.worker.qmpDir | quote }}
 ca = "/etc/haven/tls/ca.crt"
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
+
+[storage]
+append_key_file = "/etc/haven/storage-keys/append/key.toml"
+delete_key_file = "/etc/haven/storage-keys/delete/key.toml"
+{{- if .Values.storageKeys.secondaryAppend }}
+secondary_key_file = "/etc/haven/storage-keys/secondary/key.toml"
+{{- end }}
 {{- end }}
 
 {{- define "haven.storageNodeToml" -}}
 listen = "0.0.0.0:{{ .Values.storageNode.port }}"
 data_dir = "/var/lib/haven/data"
 
-{{- with .Values.storageNode.tlsSecret }}
+{{- if .Values.storageNode.tlsSecret }}
 
 [tls]
 cert = "/etc/haven/tls/tls.crt"
 key = "/etc/haven/tls/tls.key"
+{{- else }}
+# No storageNode.tlsSecret: plain HTTP on the pod network, warned at every start.
+insecure = true
 {{- end }}
+
+# Least-privilege keys from their Secrets; the admin key comes from the environment.
+[[keys]]
+key_file = "/etc/haven/storage-keys/append/key.toml"
+access = "append"
+
+[[keys]]
+key_file = "/etc/haven/storage-keys/delete/key.toml"
+access = "delete"
 
 [replication]
 pull_sources = [{{ range $i, $url := .Values.storageNode.pullSources }}{{ if $i }}, {{ end }}{{ $url | quote }}{{ end }}]

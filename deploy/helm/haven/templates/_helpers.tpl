@@ -47,21 +47,44 @@ app.kubernetes.io/component: {{ .component }}
 [{{ range $i := until (int .Values.coordinator.replicas) }}{{ if $i }}, {{ end }}"https://{{ $service }}-{{ $i }}.{{ $service }}:{{ $port }}"{{ end }}]
 {{- end }}
 
-{{/* S3 credentials of the processes that write to repositories: workers (chunks,
-indexes) and coordinators (each backup's manifest, the commit point). */}}
-{{- define "haven.repositoryEnv" -}}
+{{/* The coordinators' S3 credentials: they publish each backup's manifest (the commit
+point) create-only, so they get the append key (its Secret's access-key and
+secret-key items), never the admin or delete key. */}}
+{{- define "haven.manifestEnv" -}}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.storageCredentialsSecret.name }}
-      key: {{ .Values.storageCredentialsSecret.accessKeyKey }}
+      name: {{ .Values.storageKeys.append }}
+      key: access-key
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.storageCredentialsSecret.name }}
-      key: {{ .Values.storageCredentialsSecret.secretKeyKey }}
+      name: {{ .Values.storageKeys.append }}
+      key: secret-key
 - name: AWS_REGION
   value: us-east-1
+{{- end }}
+
+{{/* A least-privilege storage key as a volume: its Secret's key.toml (access_key_id,
+secret_access_key), mounted at /etc/haven/storage-keys/NAME/key.toml. Arguments: the
+volume name and the Secret. */}}
+{{- define "haven.storageKeyVolume" -}}
+- name: {{ index . 0 }}
+  secret:
+    secretName: {{ index . 1 }}
+    items:
+      - key: key.toml
+        path: key.toml
+{{- end }}
+
+{{/* How Haven's daemons log: `logFormat` and, when set, `logLevel` (HAVEN_LOG). */}}
+{{- define "haven.logEnv" -}}
+- name: HAVEN_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- with .Values.logLevel }}
+- name: HAVEN_LOG
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The private CA of storage nodes (`caConfigMap`), as a mount and a volume. */}}

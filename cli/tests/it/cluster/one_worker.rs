@@ -1,0 +1,179 @@
+//! The smallest secured cluster, shared by the tests that need one worker whose files
+//! they control: a coordinator on the embedded store with mutual TLS (`haven pki`),
+//! `qemu-storage-daemon` VMs on one host folder, and one worker `w0` started with the
+//! certificate files and extra `worker.toml` tables each test chooses.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{
+    cluster::{Cli, make_image, start_vm},
+    haven::{PASSWORD, haven},
+    pki::Pki,
+    process::{Guard, free_port, spawn_logged},
+};
+
+/// Log filter of every process here: Haven's own crates at `info`, so the tests can
+/// read reloads and closed connections in the logs.
+const LOG: &str = "haven_worker=info,haven_coordinator=info,haven_tls=info,haven_proto=info";
+
+/// A coordinator, its CA, an admin CLI, VMs and (once started) the worker.
+pub struct OneWorker {
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub url: String,
+    pub admin: Cli,
+    worker: Option<Guard>,
+    _coordinator: Guard,
+    _vms: Vec<Guard>,
+}
+
+impl OneWorker {
+    /// Starts the coordinator (allowing repositories under `dir` and `extra_allowed`,
+    /// with `env` added to its environment: the storage key it publishes manifests
+    /// with) and one VM per name in `dir/h0`, and waits until the coordinator answers.
+    pub fn start(dir: &Path, vms: &[&str], extra_allowed: &[&str], env: &[(&str, &str)]) -> Self {
+        let pki = Pki::new(dir);
+        let hosts = dir.join("h0");
+        std::fs::create_dir_all(&hosts).unwrap();
+        let vms = vms
+            .iter()
+            .map(|name| {
+                let image = dir.join(format!("{name}.qcow2"));
+                make_image(&image, 16, 2);
+                start_vm(
+                    &hosts.join(format!("{name}.qmp")),
+                    &image,
+                    &dir.join(format!("{name}.log")),
+                )
+            })
+            .collect();
+        let mut allowed = vec![format!("{}*", dir.to_str().unwrap())];
+        allowed.extend(extra_allowed.iter().map(|url| url.to_string()));
+        let port = free_port();
+        let config = dir.join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n\
+                 tick_ms = 200\nallowed_repositories = {allowed:?}\n{}",
+                dir.join("state.redb"),
+                pki.coordinator_toml()
+            ),
+        )
+        .unwrap();
+        let mut command = haven(&["coordinator", "--config", config.to_str().unwrap()]);
+        command.env("HAVEN_LOG", LOG);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let coordinator = spawn_logged(&mut command, &dir.join("coordinator.log"));
+        let url = format!("https://127.0.0.1:{port}");
+        let admin = pki.admin(&url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !admin.run(&["vm", "list"]).status.success() {
+            assert!(Instant::now() < deadline, "the coordinator did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Self {
+            dir: dir.to_path_buf(),
+            pki,
+            url,
+            admin,
+            worker: None,
+            _coordinator: coordinator,
+            _vms: vms,
+        }
+    }
+
+    /// Starts worker `w0` (stopping the one running) presenting `cert` and `key`, with
+    /// `extra` appended to its `worker.toml` (tables only) and `env` added to its
+    /// environment, which holds no storage key; waits until it reported every VM.
+    pub fn start_worker(&mut self, cert: &Path, key: &Path, extra: &str, env: &[(&str, &str)]) {
+        self.worker = None;
+        let path = self.dir.join("w0.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "id = \"w0\"\ncoordinators = [{:?}]\nmax_jobs = 2\nscratch_dir = {:?}\n\
+                 inventory_interval_seconds = 2\n[[hosts]]\nname = \"h0\"\nqmp_dir = {:?}\n\
+                 [tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n{extra}",
+                self.url,
+                self.dir,
+                self.dir.join("h0"),
+                self.pki.ca(),
+            ),
+        )
+        .unwrap();
+        let mut command = haven(&["worker", "--config", path.to_str().unwrap()]);
+        command
+            .env("HAVEN_PASSWORD", PASSWORD)
+            .env("HAVEN_LOG", LOG);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.worker = Some(spawn_logged(&mut command, &self.dir.join("w0.log")));
+        let count = self._vms.len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.admin.run(&["vm", "list", "--json"]);
+            if out.status.success() {
+                let vms: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+                if vms.len() == count {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not report the VMs"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The job `id` once it has ended (succeeded or failed).
+    pub fn wait_ended(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self
+                .admin
+                .jobs()
+                .into_iter()
+                .find(|job| job["job_id"] == id);
+            if let Some(job) = &job
+                && (job["state"] == "succeeded" || job["state"] == "failed")
+            {
+                return job.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not end; last seen: {job:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Every job once none is pending or running and `until` holds for them.
+    pub fn wait_idle(&self, timeout: Duration, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let jobs = self.admin.jobs();
+            if jobs
+                .iter()
+                .all(|job| job["state"] == "succeeded" || job["state"] == "failed")
+                && until(&jobs)
+            {
+                return jobs;
+            }
+            assert!(Instant::now() < deadline, "jobs did not end: {jobs:#?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// A log file of this bed (`coordinator.log`, `w0.log`) as text.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+}
