@@ -20,10 +20,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The environment variable holding the log filter.
 const FILTER_VARIABLE: &str = "HAVEN_LOG";
@@ -59,10 +61,11 @@ impl Role {
     }
 }
 
-/// Installs the process's one subscriber, writing to standard error. A `HAVEN_LOG`
-/// that does not parse is reported and the default is used, so a typo cannot stop a
-/// daemon from starting.
-pub fn init(role: Role, format: LogFormat) {
+/// Installs the process's one subscriber: log lines on standard error and, when
+/// traces are exported, `telemetry`'s layer beside them, each with its own filter (the
+/// log level does not decide what is traced). A `HAVEN_LOG` that does not parse is
+/// reported and the default is used, so a typo cannot stop a daemon from starting.
+pub fn init(role: Role, format: LogFormat, telemetry: Option<&haven_telemetry::Telemetry>) {
     let filter = match std::env::var(FILTER_VARIABLE) {
         // Compose passes an unset variable on as an empty one: the default too.
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
@@ -76,19 +79,22 @@ pub fn init(role: Role, format: LogFormat) {
             }),
         _ => EnvFilter::new(role.default_filter()),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes belong on a terminal, not in a log file or a journal.
         .with_ansi(std::io::stderr().is_terminal());
-    // Another subscriber (a test harness's) may already be installed: keep it.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let log = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
-            .try_init(),
+            .boxed(),
     };
+    // Another subscriber (a test harness's) may already be installed: keep it.
+    let _ = tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(telemetry.map(haven_telemetry::Telemetry::layer))
+        .try_init();
 }
 
 /// Writes an event as one flat JSON object: `timestamp`, `level` and `target` first,

@@ -26,6 +26,10 @@ use commands::{
     about = "Haven: VM backup and disaster recovery"
 )]
 struct Cli {
+    /// Export traces over OTLP/gRPC to this collector (`http://HOST:4317`); otherwise
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` decides, and without either nothing is exported.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// How log lines on standard error are written: text, or one JSON object per line.
     #[arg(
         long,
@@ -107,6 +111,16 @@ enum Command {
 }
 
 impl Command {
+    /// The `service.name` of this process's traces.
+    fn telemetry_service(&self) -> haven_telemetry::Service {
+        match self {
+            Command::Coordinator(_) => haven_telemetry::Service::Coordinator,
+            Command::Worker(_) => haven_telemetry::Service::Worker,
+            Command::StorageNode(_) => haven_telemetry::Service::StorageNode,
+            _ => haven_telemetry::Service::Cli,
+        }
+    }
+
     /// Servers log what they do; one-shot commands print their results and stay quiet.
     fn log_role(&self) -> logging::Role {
         match self {
@@ -126,7 +140,6 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage::report(error),
     };
-    logging::init(cli.command.log_role(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,6 +150,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Export runs on the runtime; the exporter is dropped (and flushed) before it.
+    let telemetry = match haven_telemetry::Telemetry::start(
+        cli.command.telemetry_service(),
+        cli.otlp_endpoint.as_deref(),
+        runtime.handle(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    logging::init(cli.command.log_role(), cli.log_format, telemetry.as_ref());
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Repo(command) => repo::run(command).await,
@@ -168,6 +194,8 @@ fn main() -> std::process::ExitCode {
             Command::Man(args) => manual::man(args),
         }
     });
+    // The last spans leave while the runtime still runs.
+    drop(telemetry);
     match result {
         Ok(()) => exit::Exit::Success.into(),
         Err(error) => {

@@ -201,6 +201,11 @@ pub struct Attempt {
     pub ended_unix_ms: u64,
     /// How it ended.
     pub outcome: String,
+    /// W3C trace context of the span that assigned it, handed to the worker with the
+    /// job so the attempt is one trace; kept in the record because a worker may poll
+    /// a later leader than the one that assigned it. Empty when traces are off.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 /// A manifest accepted by the fenced commit, waiting to be published.

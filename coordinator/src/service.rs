@@ -12,6 +12,7 @@ use haven_proto::v1::{
     self, admin_service_server::AdminService, worker_service_server::WorkerService,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth;
 use crate::auth::AuditDetail;
@@ -385,6 +386,11 @@ impl WorkerService for CoordinatorService {
                             retention,
                             replicate_to: a.job.params.replicate_to.clone().unwrap_or_default(),
                             gc_margin_seconds: a.job.params.gc_margin_seconds,
+                            traceparent: a
+                                .job
+                                .current()
+                                .map(|attempt| attempt.traceparent.clone())
+                                .unwrap_or_default(),
                         }
                     })
                     .collect();
@@ -435,6 +441,19 @@ impl WorkerService for CoordinatorService {
         &self,
         request: Request<v1::CommitSnapshotRequest>,
     ) -> Result<Response<v1::CommitSnapshotResponse>, Status> {
+        // The fenced commit, inside the job's trace when the worker sent its context.
+        let span = tracing::info_span!(
+            parent: None,
+            "commit",
+            job = request.get_ref().job_id,
+            vm = request
+                .get_ref()
+                .snapshot
+                .as_ref()
+                .map(|s| s.vm.as_str())
+                .unwrap_or_default(),
+        );
+        continue_trace(&span, &request);
         let caller = auth::caller(&request)?.clone();
         let leader = self.leader().await?;
         let request = request.into_inner();
@@ -465,6 +484,7 @@ impl WorkerService for CoordinatorService {
                     committed_unix_ms: 0,
                 },
             })
+            .instrument(span)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::CommitSnapshotResponse { snapshot }))
@@ -526,6 +546,18 @@ impl WorkerService for CoordinatorService {
             .await
             .map_err(status)?;
         Ok(Response::new(v1::FailJobResponse {}))
+    }
+}
+
+/// Makes `span` a child of the caller's span when the call carries a `traceparent`
+/// (a worker exporting traces sends it with every call).
+fn continue_trace<T>(span: &tracing::Span, request: &Request<T>) {
+    if let Some(traceparent) = request
+        .metadata()
+        .get(haven_telemetry::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+    {
+        haven_telemetry::set_parent_from_traceparent(span, traceparent);
     }
 }
 

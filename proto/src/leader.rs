@@ -106,19 +106,27 @@ impl ClientSecurity {
     }
 }
 
-/// A channel whose calls carry the client's token.
-pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+/// A channel whose calls carry the client's token and trace context.
+pub type AuthChannel = InterceptedService<Channel, CallMetadata>;
 
-/// Adds the API token to every request.
+/// Adds the API token to every request, and the caller's `traceparent` when traces
+/// are exported: a worker's commit then shows in its job's trace on the coordinator.
 #[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct CallMetadata(Option<MetadataValue<Ascii>>);
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(token) = &self.0 {
             request
                 .metadata_mut()
                 .insert("authorization", token.clone());
+        }
+        if let Some(value) =
+            haven_telemetry::current_traceparent().and_then(|value| value.parse().ok())
+        {
+            request
+                .metadata_mut()
+                .insert(haven_telemetry::TRACEPARENT, value);
         }
         Ok(request)
     }
@@ -130,7 +138,7 @@ pub struct LeaderClient {
     urls: Vec<String>,
     retry_for: Duration,
     tls: Option<Arc<Reloading<rustls::ClientConfig>>>,
-    token: BearerToken,
+    token: CallMetadata,
     current: Mutex<Option<Cached>>,
 }
 
@@ -196,7 +204,7 @@ impl LeaderClient {
             urls,
             retry_for,
             tls: security.tls,
-            token: BearerToken(token),
+            token: CallMetadata(token),
             current: Mutex::new(None),
         })
     }

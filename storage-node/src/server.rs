@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tracing::Instrument;
 
 mod connections;
 mod in_flight_body;
@@ -76,7 +77,33 @@ fn full(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 /// Handles one request. An unsigned `GET /metrics` is the Prometheus
 /// endpoint; a signed one is an ordinary ListObjects on a bucket `metrics`.
+///
+/// While traces are exported, the request runs in a `request` span, the child of
+/// the client's span when it sent a `traceparent` (Haven's workers do): a backup's
+/// uploads show in its job's trace.
 pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    if !haven_telemetry::is_enabled() {
+        return handle_request(shared, req).await;
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        op = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        bytes_in = tracing::field::Empty,
+    );
+    haven_telemetry::set_parent_from_headers(&span, req.headers());
+    handle_request(shared, req).instrument(span).await
+}
+
+/// [`handle`] without its span.
+async fn handle_request(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -134,6 +161,11 @@ pub async fn handle(
     let status = response.status().as_u16();
     let op = slot.get();
     shared.metrics.request(op, status, started.elapsed());
+    // Fields of the request span, if there is one.
+    let span = tracing::Span::current();
+    span.record("op", op);
+    span.record("http.response.status_code", status);
+    span.record("bytes_in", length);
     tracing::debug!(
         op,
         status,

@@ -349,7 +349,9 @@ impl Worker {
         } else {
             self.backup(&session, &job, progress.clone(), &cancel).await
         };
-        self.metrics.read_progress(progress.snapshot().0, &counted);
+        let (bytes_read, _) = progress.snapshot();
+        self.metrics.read_progress(bytes_read, &counted);
+        tracing::Span::current().record("bytes_read", bytes_read);
         let outcome = match outcome {
             Ok(done) => {
                 reporter.abort();
@@ -372,6 +374,7 @@ impl Worker {
                 self.metrics.job_error(&error);
                 let message = error.chain();
                 let retryable = error.is_retryable();
+                tracing::Span::current().record("otel.status_code", "error");
                 tracing::warn!(error = %message, retryable, "job failed");
                 let request = v1::FailJobRequest {
                     worker: Some(session.identity.clone()),
@@ -562,16 +565,23 @@ impl Worker {
     }
 }
 
-/// The span every line logged for a job runs in: its id, VM, kind and attempt are
-/// fields of each of them (top-level keys of `--log-format json` lines).
+/// The span a job runs in: its id, VM, kind and attempt are fields of every line
+/// logged for it (top-level keys of `--log-format json` lines), and it continues the
+/// trace the coordinator's assignment began (`traceparent`), with the bytes read
+/// recorded when it ends.
 fn job_span(job: &v1::JobAssignment) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
+        parent: None,
         "job",
         job = job.job_id,
         vm = job.vm,
         kind = metrics::kind_name(job.kind),
         attempt = job.attempt,
-    )
+        bytes_read = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    haven_telemetry::set_parent_from_traceparent(&span, &job.traceparent);
+    span
 }
 
 /// Why a job that failed with `error` really ended: it moved to another worker when

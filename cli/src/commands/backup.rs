@@ -7,6 +7,7 @@ use anyhow::Result;
 use haven_repo::Progress;
 use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
+use tracing::Instrument;
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
 use crate::progress::ProgressLine;
@@ -58,11 +59,22 @@ enum ReaderArg {
 }
 
 /// Runs a `haven backup` subcommand.
+///
+/// It runs in a `backup` span, the root of its trace when traces are exported (the
+/// cluster's equivalent is the coordinator's `assign`), so its phases and the storage
+/// node's requests form one trace.
 pub async fn run(command: BackupCommand) -> Result<()> {
+    let span = tracing::info_span!("backup", vm = tracing::field::Empty);
     match command {
-        BackupCommand::Image(args) => backup_image(args).await,
-        BackupCommand::Qemu(args) => super::backup_qemu::run(args).await,
-        BackupCommand::Libvirt(args) => super::backup_libvirt::run(args).await,
+        BackupCommand::Image(args) => {
+            span.record("vm", args.vm.as_str());
+            backup_image(args).instrument(span).await
+        }
+        BackupCommand::Qemu(args) => {
+            span.record("vm", args.vm.as_str());
+            super::backup_qemu::run(args).instrument(span).await
+        }
+        BackupCommand::Libvirt(args) => super::backup_libvirt::run(args).instrument(span).await,
     }
 }
 

@@ -19,7 +19,7 @@ pub struct QemuArgs {
     qmp: PathBuf,
     /// VM name the snapshot is filed under.
     #[arg(long)]
-    vm: String,
+    pub(super) vm: String,
     /// Disks to back up, by device id (vda) or block node name (default: all).
     #[arg(long = "disk")]
     disks: Vec<String>,

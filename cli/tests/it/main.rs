@@ -23,4 +23,5 @@ mod restore_nbd;
 mod serve_nbd;
 mod stats;
 mod storage_node;
+mod trace;
 mod verify_repair;

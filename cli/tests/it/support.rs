@@ -22,6 +22,7 @@ pub mod haven;
 pub mod image;
 pub mod libvirt;
 pub mod metrics;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod prometheus;

@@ -93,8 +93,31 @@ pub(super) fn plan_assignment(
     plan
 }
 
-/// `job` as assigned to `worker` under `lease`, with fencing token `token`, at `now`.
-fn assigned(job: &JobRecord, worker: &str, lease: LeaseId, token: i64, now: u64) -> JobRecord {
+/// The span of one job's assignment: the root of the job's trace (whatever span the
+/// leader's tick runs in), which the worker's job span continues. Its `traceparent`
+/// goes into the attempt.
+fn assignment_span(job: &JobRecord, worker: &str) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "assign",
+        job = job.id,
+        vm = job.vm,
+        kind = ?job.kind,
+        worker,
+        attempt = job.attempts.len() + 1,
+    )
+}
+
+/// `job` as assigned to `worker` under `lease`, with fencing token `token`, at `now`,
+/// by the span whose context is `traceparent`.
+fn assigned(
+    job: &JobRecord,
+    worker: &str,
+    lease: LeaseId,
+    token: i64,
+    now: u64,
+    traceparent: String,
+) -> JobRecord {
     let mut job = job.clone();
     job.state = JobState::Assigned;
     job.attempts.push(Attempt {
@@ -105,6 +128,7 @@ fn assigned(job: &JobRecord, worker: &str, lease: LeaseId, token: i64, now: u64)
         assigned_unix_ms: now,
         ended_unix_ms: 0,
         outcome: String::new(),
+        traceparent,
     });
     job
 }
@@ -127,6 +151,15 @@ impl Leader {
                 continue;
             };
             for chunk in jobs.chunks(OPS_PER_TXN / 2) {
+                // One span per job, open over the two writes that assign it.
+                let spans: HashMap<&str, tracing::Span> = {
+                    let state = self.state();
+                    chunk
+                        .iter()
+                        .filter_map(|id| Some((id.as_str(), state.jobs.get(id)?)))
+                        .map(|(id, job)| (id, assignment_span(job, &worker)))
+                        .collect()
+                };
                 let compares = chunk
                     .iter()
                     .map(|id| Compare::Absent(model::owner_key(id)))
@@ -151,7 +184,13 @@ impl Leader {
                     chunk
                         .iter()
                         .filter_map(|id| state.jobs.get(id))
-                        .map(|job| assigned(job, &worker, lease, token, now))
+                        .map(|job| {
+                            let traceparent = spans
+                                .get(job.id.as_str())
+                                .and_then(haven_telemetry::traceparent_of)
+                                .unwrap_or_default();
+                            assigned(job, &worker, lease, token, now, traceparent)
+                        })
                         .collect()
                 };
                 self.write_batched(job_puts(&records)?).await?;
@@ -293,12 +332,19 @@ mod tests {
     #[test]
     fn an_assignment_is_a_new_attempt_with_its_token() {
         let job = pending_job("a", JobKind::Backup, "h1", 1);
-        let given = assigned(&job, "w1", 9, 77, 1000);
+        let given = assigned(&job, "w1", 9, 77, 1000, "00-trace".into());
         assert_eq!(given.state, JobState::Assigned);
         let attempt = given.current().cloned();
         assert_eq!(
-            attempt.map(|a| (a.number, a.worker, a.lease, a.token, a.assigned_unix_ms)),
-            Some((1, "w1".to_string(), 9, 77, 1000))
+            attempt.map(|a| (
+                a.number,
+                a.worker,
+                a.lease,
+                a.token,
+                a.assigned_unix_ms,
+                a.traceparent
+            )),
+            Some((1, "w1".to_string(), 9, 77, 1000, "00-trace".to_string()))
         );
     }
 }

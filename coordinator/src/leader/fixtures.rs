@@ -87,6 +87,7 @@ pub(super) fn assigned_job(id: &str, kind: JobKind, vm: &str, worker: &str) -> J
         assigned_unix_ms: 1,
         ended_unix_ms: 0,
         outcome: String::new(),
+        traceparent: String::new(),
     });
     job
 }

@@ -168,6 +168,7 @@ mod tests {
             assigned_unix_ms: 1_000,
             ended_unix_ms: 91_000,
             outcome: "succeeded".into(),
+            traceparent: String::new(),
         });
         metrics.attempt_ended(&committed, Some(&snapshot()));
         let mut failed = finished_job("b", JobState::Failed, 2_000);

@@ -5,7 +5,8 @@
 //! picks one implementation when its URL is opened; local disks (`local`) get `O_DIRECT`
 //! chunk I/O (`local_direct`) and background fsyncs with a barrier (`local_sync`); S3
 //! URLs (`s3`) that may name a storage node get the client of its extensions
-//! (`node_client`) and batched existence checks (`exists_batcher`).
+//! (`node_client`) and batched existence checks (`exists_batcher`); both carry the
+//! caller's trace context (`trace_context`).
 
 pub(crate) mod backend;
 pub(crate) mod exists_batcher;
@@ -14,3 +15,4 @@ pub(crate) mod local_direct;
 pub(crate) mod local_sync;
 pub(crate) mod node_client;
 pub(crate) mod s3;
+pub(crate) mod trace_context;

@@ -8,12 +8,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use haven_repo::{Consistency, Manifest, Progress, RateLimiter, Repository};
+use haven_repo::{Consistency, FixedIndex, Manifest, Progress, RateLimiter, Repository};
+use tracing::Instrument;
 
 use super::HypervisorAdapter;
 use super::chain::{BaseFacts, ReadMode};
 use crate::error::{Result, WorkerError};
-use crate::pipeline::backup::{DiskBackupInput, backup_disk};
+use crate::pipeline::backup::{DiskBackup, DiskBackupInput, backup_disk};
 use crate::pipeline::snapshot::{
     BackupReport, CommittedDisk, ManifestPublisher, SnapshotMeta, base_index, commit_snapshot,
     plan_snapshot,
@@ -112,23 +113,41 @@ async fn run(
         bases.push(base);
         modes.push(mode);
     }
-    let vm_config = adapter.vm_config().await?;
-    let consistency = adapter.snapshot_point(&modes).await?;
+    let snapshot = tracing::info_span!("snapshot", consistency = tracing::field::Empty);
+    let (vm_config, consistency) = async {
+        let vm_config = adapter.vm_config().await?;
+        let consistency = adapter.snapshot_point(&modes).await?;
+        Ok::<_, WorkerError>((vm_config, consistency))
+    }
+    .instrument(snapshot.clone())
+    .await?;
+    snapshot.record("consistency", tracing::field::debug(consistency));
+    drop(snapshot);
     let mut committed = Vec::with_capacity(names.len());
     for (position, (name, base)) in names.into_iter().zip(&bases).enumerate() {
-        let (source, changes) = adapter.export(position).await?;
-        let input = DiskBackupInput {
-            source,
-            parallel_reads: options.connections,
-            base: base.as_ref(),
-            changes,
-            read_limit: options.read_limit.clone(),
-        };
-        let backup = backup_disk(repo.clone(), input, progress.clone()).await;
-        adapter.end_export(position).await?;
+        let read = tracing::info_span!(
+            "read",
+            disk = name,
+            bytes_read = tracing::field::Empty,
+            bytes_new = tracing::field::Empty,
+            bytes_uploaded = tracing::field::Empty,
+        );
+        let backup = read_disk(
+            &mut *adapter,
+            position,
+            base.as_ref(),
+            repo,
+            options,
+            &progress,
+        )
+        .instrument(read.clone())
+        .await?;
+        read.record("bytes_read", backup.stats.bytes_read);
+        read.record("bytes_new", backup.stats.new_bytes);
+        read.record("bytes_uploaded", backup.stats.uploaded_bytes);
         committed.push(CommittedDisk {
             name,
-            backup: backup?,
+            backup,
             chain: adapter.chain_entry(position),
         });
     }
@@ -141,8 +160,33 @@ async fn run(
             .map(|manifest| manifest.timestamp.clone()),
         vm_config,
     };
-    let manifest = commit_snapshot(repo, &plan, committed, meta, options.publisher).await?;
+    let manifest = commit_snapshot(repo, &plan, committed, meta, options.publisher)
+        .instrument(tracing::info_span!("commit"))
+        .await?;
     Ok((manifest, modes, consistency))
+}
+
+/// Backs up the disk at `position`: exported, read through the pipeline, and the
+/// export ended whether the pipeline succeeded or not.
+async fn read_disk(
+    adapter: &mut dyn HypervisorAdapter,
+    position: usize,
+    base: Option<&FixedIndex>,
+    repo: &Arc<Repository>,
+    options: &DriverOptions<'_>,
+    progress: &Arc<Progress>,
+) -> Result<DiskBackup> {
+    let (source, changes) = adapter.export(position).await?;
+    let input = DiskBackupInput {
+        source,
+        parallel_reads: options.connections,
+        base,
+        changes,
+        read_limit: options.read_limit.clone(),
+    };
+    let backup = backup_disk(repo.clone(), input, progress.clone()).await;
+    adapter.end_export(position).await?;
+    backup
 }
 
 /// Says how a disk is read: a full read after a previous snapshot is a fallback,

@@ -14,7 +14,7 @@
 //! whatever the disk size.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
 use haven_nbd::{
@@ -22,6 +22,7 @@ use haven_nbd::{
 };
 use haven_repo::{ChunkId, DiskStats, FixedIndex, Progress, PutOutcome, Repository, is_all_zero};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::error::{Result, WorkerError};
 use crate::pipeline::pool::{BufferPool, ClientPool, PooledBuffer};
@@ -121,6 +122,27 @@ struct Stages {
     known: Mutex<HashSet<ChunkId>>,
     progress: Arc<Progress>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
+    /// The disk's `upload` span, from its first upload to the end of the pipeline;
+    /// only while traces are exported (it costs an enter and exit per upload).
+    upload_span: OnceLock<tracing::Span>,
+}
+
+impl Stages {
+    /// The span uploads run in, opened by the first (under the disk's span), or
+    /// `None` when traces are off.
+    fn upload_span(&self) -> Option<tracing::Span> {
+        if !haven_telemetry::is_enabled() {
+            return None;
+        }
+        let span = self.upload_span.get_or_init(|| {
+            tracing::info_span!(
+                "upload",
+                chunks = tracing::field::Empty,
+                bytes = tracing::field::Empty,
+            )
+        });
+        Some(span.clone())
+    }
 }
 
 /// Where the read stage gets a slot's bytes.
@@ -253,6 +275,7 @@ pub async fn backup_disk(
         known: Mutex::new(known),
         progress,
         read_limit: input.read_limit.clone(),
+        upload_span: OnceLock::new(),
     });
 
     let (job_sender, mut jobs) = mpsc::channel::<SlotJob>(in_flight * 4);
@@ -292,6 +315,10 @@ pub async fn backup_disk(
         }
     }
     drop(results);
+    if let Some(upload) = stages.upload_span.get() {
+        upload.record("chunks", stats.new_chunks);
+        upload.record("bytes", stats.uploaded_bytes);
+    }
     planner.await.map_err(WorkerError::join)??;
     if let Ok(Stages {
         reader: SlotReader::Nbd(pool),
@@ -417,7 +444,12 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
             .await
             .map_err(WorkerError::join)??;
         let stored_bytes = sealed.len() as u64;
-        match stages.repo.put_chunk(&id, sealed).await? {
+        let put = stages.repo.put_chunk(&id, sealed);
+        let put = match stages.upload_span() {
+            Some(span) => put.instrument(span).await,
+            None => put.await,
+        };
+        match put? {
             PutOutcome::Created => Outcome::New { stored_bytes },
             PutOutcome::AlreadyExisted => Outcome::Existing,
         }

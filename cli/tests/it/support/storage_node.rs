@@ -49,6 +49,8 @@ pub struct NodeOptions {
     pub extra_toml: String,
     /// Extra command-line arguments after `--config FILE`.
     pub args: Vec<String>,
+    /// Extra environment variables of the node process.
+    pub env: Vec<(String, String)>,
 }
 
 /// Files of a TLS setup.
@@ -75,6 +77,7 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     config: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -147,6 +150,7 @@ impl Node {
             dir,
             config,
             args: options.args,
+            env: options.env,
         };
         node.launch();
         node
@@ -157,6 +161,7 @@ impl Node {
             .arg(&self.config)
             .args(&self.args)
             .env("HAVEN_LOG", "warn")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -207,6 +212,15 @@ impl Node {
     /// A scratch path inside the test's directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Stops the node with SIGTERM, as an operator does, and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if self.process.0.is_some() {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(self.process.pid() as libc::pid_t, libc::SIGTERM) };
+            self.process.wait();
+        }
     }
 
     /// Kills the node with SIGKILL (no cleanup, no flush).

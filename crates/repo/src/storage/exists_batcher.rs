@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::storage::node_client::{NodeClient, NodeClientError};
 
@@ -109,20 +110,28 @@ impl ExistsBatcher {
             }
         };
         // The batch is sent from a task of its own, so a caller that gives up
-        // (its future dropped) never strands the others.
+        // (its future dropped) never strands the others. Its query belongs to the
+        // trace of the caller that fills the batch or opens it.
         if let Some(batch) = full {
-            tokio::spawn(Arc::clone(&self.inner).send(batch));
+            tokio::spawn(
+                Arc::clone(&self.inner)
+                    .send(batch)
+                    .instrument(tracing::Span::current()),
+            );
         } else if first {
             let inner = Arc::clone(&self.inner);
-            tokio::spawn(async move {
-                tokio::time::sleep(inner.window).await;
-                // May take a newer batch if this one left full: it is then
-                // merely sent a little early.
-                let batch = std::mem::take(&mut *lock(&inner.pending));
-                if !batch.is_empty() {
-                    inner.send(batch).await;
+            tokio::spawn(
+                async move {
+                    tokio::time::sleep(inner.window).await;
+                    // May take a newer batch if this one left full: it is then
+                    // merely sent a little early.
+                    let batch = std::mem::take(&mut *lock(&inner.pending));
+                    if !batch.is_empty() {
+                        inner.send(batch).await;
+                    }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
         }
         answer.await.ok().flatten()
     }

@@ -157,11 +157,16 @@ impl NodeClient {
     /// `payload`.
     fn post(&self, query: &str, payload: Payload<'_>) -> reqwest::RequestBuilder {
         let (url, headers) = self.signed_post(query, payload);
-        headers
+        let request = headers
             .into_iter()
             .fold(self.http.post(url), |request, (name, value)| {
                 request.header(name, value)
-            })
+            });
+        // The caller's trace context (unsigned, like any header SigV4 does not list).
+        match haven_telemetry::current_traceparent() {
+            Some(traceparent) => request.header(haven_telemetry::TRACEPARENT, traceparent),
+            None => request,
+        }
     }
 
     /// The URL and SigV4 headers of a POST to this bucket with extension

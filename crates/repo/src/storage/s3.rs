@@ -11,6 +11,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::prefix::PrefixStore;
 
 use super::node_client::{Credentials, NodeClient, NodeClientError};
+use super::trace_context::TraceContextConnector;
 use crate::error::{RepoError, Result};
 
 /// Static S3 credentials for one backend (see [`crate::Backend::from_url_with_credentials`]).
@@ -82,7 +83,9 @@ pub(crate) fn open(
         .host_str()
         .filter(|b| !b.is_empty())
         .ok_or_else(|| invalid("missing bucket: s3://bucket/prefix".into()))?;
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_http_connector(TraceContextConnector);
     if let Some(credentials) = credentials {
         // The provider signs the S3 requests; the config values feed the existence
         // query's own signer (an empty token there means "none").
