@@ -48,6 +48,14 @@ struct Lease {
     deadline: Instant,
 }
 
+/// Locks the store's state; a poisoned lock (a panic while it was held) is an error,
+/// never a panic of every later caller.
+fn lock_inner(inner: &Mutex<Inner>) -> Result<std::sync::MutexGuard<'_, Inner>> {
+    inner
+        .lock()
+        .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path`, dropping keys of leases from a
     /// previous run, and starts the task that expires leases.
@@ -98,9 +106,7 @@ impl EmbeddedStore {
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = inner
-                .lock()
-                .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+            let mut guard = lock_inner(&inner)?;
             work(&mut guard)
         })
         .await
@@ -261,19 +267,13 @@ fn decode(key: &str, bytes: &[u8]) -> Option<KeyValue> {
 impl MetaStore for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.counters.read();
-        let inner = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        let inner = lock_inner(&self.inner)?;
         Ok(inner.keys.get(key).cloned())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         self.counters.read();
-        let inner = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        let inner = lock_inner(&self.inner)?;
         Ok(inner
             .keys
             .range(prefix.to_string()..)
@@ -287,10 +287,7 @@ impl MetaStore for EmbeddedStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        let inner = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        let inner = lock_inner(&self.inner)?;
         Ok(inner
             .keys
             .range(start.to_string()..end.to_string())
@@ -333,10 +330,7 @@ impl MetaStore for EmbeddedStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         self.counters.lease();
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        let mut inner = lock_inner(&self.inner)?;
         let id = inner.next_lease;
         inner.next_lease += 1;
         inner.leases.insert(
@@ -351,10 +345,7 @@ impl MetaStore for EmbeddedStore {
 
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Invalid("embedded store lock poisoned".into()))?;
+        let mut inner = lock_inner(&self.inner)?;
         let now = Instant::now();
         match inner.leases.get_mut(&id) {
             Some(lease) if lease.deadline > now => {
