@@ -86,9 +86,10 @@ pub async fn open_store(
         }
         Ok(store::embedded::EmbeddedStore::open(&config.state_path).await?)
     } else {
-        Ok(Arc::new(
-            store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?,
-        ))
+        let store =
+            Arc::new(store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?);
+        store.follow_credentials(&config.etcd, &config.etcd_security);
+        Ok(store)
     }
 }
 

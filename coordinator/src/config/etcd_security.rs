@@ -65,6 +65,21 @@ pub enum EtcdTransport {
 }
 
 impl EtcdSecurity {
+    /// The files the settings name: what a rotation changes, and what the store
+    /// watches to reconnect with the new contents.
+    pub fn files(&self) -> Vec<PathBuf> {
+        [
+            &self.ca_file,
+            &self.cert_file,
+            &self.key_file,
+            &self.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     /// Checks the settings against the endpoints they are used with; the error names
     /// the field or endpoint at fault (the caller adds the file name).
     pub fn check(&self, endpoints: &[String]) -> Result<EtcdTransport, String> {
