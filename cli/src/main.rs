@@ -15,8 +15,8 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
-    restore, security, serve_nbd, snapshots, stats, verify,
+    admin, backup, cluster, dev, files, forget, gc, key, manual, protect, prune, replicate,
+    repo, restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -86,7 +86,7 @@ enum Command {
     /// Run a worker that takes backup jobs from the coordinator.
     Worker(cluster::WorkerArgs),
     /// Run a coordinator and a worker in one process on the embedded store.
-    Dev(cluster::DevArgs),
+    Dev(dev::DevArgs),
     /// VMs known to the coordinator.
     #[command(subcommand)]
     Vm(admin::VmCommand),
@@ -186,7 +186,7 @@ fn main() -> std::process::ExitCode {
             Command::Pki(command) => security::pki(command),
             Command::Token(command) => security::token(command).await,
             Command::Audit(args) => security::audit(args).await,
-            Command::Dev(args) => cluster::dev(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
             Command::Job(command) => admin::job(command).await,

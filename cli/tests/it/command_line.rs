@@ -47,9 +47,9 @@ fn argument_errors_name_every_missing_argument() {
         (&["restore", "web1@latest"], &["--to <", "--repo <"]),
         (&["backup", "image"], &["<PATHS>", "--vm <", "--repo <"]),
         (
-            // As the README showed it, without the storage node's keys.
-            &["dev", "--qmp-dir", "D", "--storage-dir", "D"],
-            &["--storage-access-key <", "--storage-secret-key <"],
+            // An admin key without its secret (`haven dev` makes both when neither is given).
+            &["dev", "--storage-dir", "D", "--storage-access-key", "K"],
+            &["--storage-secret-key <"],
         ),
     ];
     for (args, named) in cases {
