@@ -40,7 +40,7 @@ mod repository;
 mod storage;
 
 pub use error::{RepoError, Result};
-pub use progress::Progress;
+pub use progress::{Phase, Progress};
 pub use repository::Repository;
 
 // The format.
