@@ -15,7 +15,7 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, dev, files, forget, gc, key, manual, protect, prune, replicate,
+    admin, backup, cluster, dev, diff, files, forget, gc, key, manual, protect, prune, replicate,
     repo, restore, security, serve_nbd, snapshots, stats, verify,
 };
 
@@ -60,6 +60,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Restore a disk of a snapshot to a file.
     Restore(restore::RestoreArgs),
+    /// What changed between two snapshots of a VM: byte ranges per disk, and files.
+    Diff(diff::DiffArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
@@ -171,6 +173,7 @@ fn main() -> std::process::ExitCode {
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Stats(args) => stats::run(args).await,
             Command::Restore(args) => restore::run(args).await,
+            Command::Diff(args) => diff::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
             Command::Forget(args) => forget::run(args).await,

@@ -65,6 +65,7 @@ pub use storage::node_client::{
 pub use storage::s3::S3Credentials;
 
 // Operations.
+pub use ops::diff::{ChangedRange, changed_ranges};
 pub use ops::gc::{
     DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
 };
