@@ -87,7 +87,8 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker that takes backup jobs from the coordinator.
     Worker(cluster::WorkerArgs),
-    /// Run a coordinator and a worker in one process on the embedded store.
+    /// Run a coordinator, a worker and optionally a storage node in one process, with
+    /// no configuration (a default repository and policy are made at the first start).
     Dev(dev::DevArgs),
     /// VMs known to the coordinator.
     #[command(subcommand)]

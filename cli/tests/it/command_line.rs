@@ -1,7 +1,8 @@
 //! The `haven` command as scripts and people meet it, with the real binary on a
 //! `file://` repository: argument errors that name what is wrong, the documented exit
-//! codes (`docs/cli.md`), the repository password from `HAVEN_PASSWORD_COMMAND`, and
-//! shell completions and manual pages checked with real bash and groff.
+//! codes (`docs/cli.md`), the repository password from `HAVEN_PASSWORD_COMMAND`,
+//! shell completions and manual pages checked with real bash and groff, and the JSON
+//! progress lines of long commands.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
