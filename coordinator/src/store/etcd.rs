@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+    Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions,
+    PutOptions, Txn, TxnOp,
 };
 
 use haven_tls::reload::{FileStamps, WatchTicks};
@@ -30,7 +31,8 @@ use haven_tls::reload::{FileStamps, WatchTicks};
 use crate::config::{EtcdSecurity, EtcdTransport};
 
 use super::{
-    Compare, Counters, KeyValue, LeaseId, MetaStore, Op, Result, StoreError, StoreStats, TxnOutcome,
+    Compare, Counters, KeyValue, LeaseId, MetaStore, Op, Result, Revision, StoreError, StoreStats,
+    TxnOutcome,
 };
 
 /// Deadline of one etcd request.
@@ -421,6 +423,44 @@ impl MetaStore for EtcdStore {
     async fn keep_alive(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
         self.counters.outcome(self.keep_alive_once(id).await)
+    }
+
+    async fn compact_history(&self, keep: u64) -> Result<Option<Revision>> {
+        self.counters.write();
+        // The current revision is in every reply's header; a count-only read of one
+        // key costs etcd nothing.
+        let current = self
+            .counters
+            .outcome(
+                bounded(|| {
+                    let mut kv = self.client().kv_client();
+                    async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+                })
+                .await,
+            )?
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| unavailable("etcd reply without header"))?;
+        let keep = Revision::try_from(keep).unwrap_or(Revision::MAX);
+        let target = current.saturating_sub(keep);
+        if target <= 1 {
+            return Ok(None);
+        }
+        let compacted = bounded(|| {
+            let mut kv = self.client().kv_client();
+            async move { kv.compact(target, Some(CompactionOptions::new())).await }
+        })
+        .await;
+        match compacted {
+            Ok(_) => Ok(Some(target)),
+            // Another replica (or an earlier term) compacted at least this far.
+            Err(StoreError::Unavailable(message) | StoreError::Invalid(message))
+                if message.contains("compacted") =>
+            {
+                Ok(None)
+            }
+            Err(error) => self.counters.outcome(Err(error)),
+        }
     }
 
     async fn revoke(&self, id: LeaseId) -> Result<()> {
