@@ -270,6 +270,12 @@ def check_chart(haven, helm, workdir):
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",
         },
+        "webhook notifications": {
+            "coordinator.notify.webhooks[0].url": "https://hooks.example/haven",
+            "coordinator.notify.webhooks[0].events[0]": "job_failed",
+            "coordinator.notify.webhooks[0].secretName": "haven-webhook",
+            "coordinator.notify.webhooks[1].url": "https://alerts.example/rpo",
+        },
         "https storage node with a private CA": {
             "storageNode.tlsSecret": "haven-tls",
             "caConfigMap": "haven-ca",
