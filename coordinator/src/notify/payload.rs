@@ -38,8 +38,9 @@ pub struct Notification {
     pub vm: Option<String>,
     /// The VM's hypervisor host, when known.
     pub host: Option<String>,
-    /// The job's policy (`null` for `haven job run`), or the VM's policy for RPO
-    /// events.
+    /// The job's policy (a backup's is the first policy selecting its VM, also when
+    /// started by `haven job run`), or the VM's policy for RPO events; `null` for
+    /// none.
     pub policy: Option<String>,
     /// The repository URL of the job or of the VM's policy.
     pub repository: Option<String>,

@@ -93,8 +93,14 @@ mod tests {
     use super::*;
     use crate::leader::VmSummary;
 
-    /// A summary of one policy `gold` (RPO 60 s) and VMs `(name, policy, age)`.
-    fn summary(vms: &[(&str, &str, Option<u64>)]) -> MetricsSummary {
+    /// A VM as a check sees it: `(name, policy, RPO age)`.
+    type Seen<'a> = (&'a str, &'a str, Option<u64>);
+
+    /// What one check sees, and the `(event, VM)`s expected from it.
+    type Step<'a> = (&'a [Seen<'a>], &'a [(Event, &'a str)]);
+
+    /// A summary of one policy `gold` (RPO 60 s) and `vms`.
+    fn summary(vms: &[Seen<'_>]) -> MetricsSummary {
         MetricsSummary {
             policy_rpo_seconds: vec![("gold".into(), 60), ("old".into(), 0)],
             vms: vms
@@ -111,7 +117,7 @@ mod tests {
     }
 
     /// The events of one observation, as `(event, vm)`.
-    fn edges(watch: &mut RpoWatch, vms: &[(&str, &str, Option<u64>)]) -> Vec<(Event, String)> {
+    fn edges(watch: &mut RpoWatch, vms: &[Seen<'_>]) -> Vec<(Event, String)> {
         watch
             .observe(&summary(vms))
             .into_iter()
@@ -124,7 +130,7 @@ mod tests {
         use Event::{RpoBreach, RpoRecovered};
         let mut watch = RpoWatch::default();
         // (what the checks see in turn, the events expected from each)
-        let steps: [(&[(&str, &str, Option<u64>)], &[(Event, &str)]); 7] = [
+        let steps: [Step<'_>; 7] = [
             // At the RPO is not past it; no age, no policy or an RPO of 0: nothing.
             (
                 &[
