@@ -270,3 +270,54 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::fixtures::assigned_job;
+    use crate::model::{JobKind, JobState};
+
+    /// The value of the sample `haven_notifications_total{LABELS}` in `text`, if any.
+    fn sample(text: &str, labels: &str) -> Option<u64> {
+        let prefix = format!("haven_notifications_total{{{labels}}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting_for_the_receiver() {
+        let mut registry = haven_metrics::Registry::new();
+        let metrics = NotifyMetrics::register(&mut registry);
+        let config: NotifyConfig = haven_config::parse(
+            "coordinator.toml",
+            "queue = 1\n[[webhook]]\nurl = \"http://127.0.0.1:9/\"\nevents = [\"job_failed\"]\n",
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let notifier = Notifier::start(&config, "c1", metrics, &shutdown).unwrap();
+        assert!(notifier.wants(Event::JobFailed));
+        assert!(!notifier.wants(Event::RpoBreach));
+        for id in ["a", "b", "c"] {
+            let mut job = assigned_job(id, JobKind::Backup, "web1", "w1");
+            job.state = JobState::Failed;
+            notifier.job_failed(&job);
+        }
+        let text = registry.encode().unwrap();
+        // The test's runtime runs one task at a time, so the sender has not taken
+        // any while they were offered: the queue of one kept the first, and `send`
+        // dropped the two others instead of waiting.
+        assert_eq!(
+            sample(&text, "event=\"job_failed\",result=\"dropped\""),
+            Some(2),
+            "{text}"
+        );
+        // Every result of a subscribed event is exported from 0; others not at all.
+        assert_eq!(
+            sample(&text, "event=\"job_failed\",result=\"delivered\""),
+            Some(0)
+        );
+        assert!(!text.contains("rpo_breach"), "{text}");
+        shutdown.cancel();
+    }
+}
