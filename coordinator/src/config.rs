@@ -31,16 +31,24 @@
 //! key_file = "/etc/haven/etcd-client-key.pem"
 //! user = "haven"
 //! password_file = "/etc/haven/etcd-password"
+//!
+//! [notify]                                # webhooks on job failure and RPO breach
+//! cluster = "prod-eu"                      # (notify.rs)
+//! [[notify.webhook]]
+//! url = "https://hooks.example.com/haven"
+//! secret_file = "/etc/haven/webhook-secret"
 //! ```
 
 mod etcd_security;
+mod notify;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 pub use etcd_security::{EtcdSecurity, EtcdTransport};
+pub use notify::{NotifyConfig, WebhookConfig};
 
 /// A coordinator replica's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +115,17 @@ pub struct CoordinatorConfig {
     /// TLS and credentials towards etcd: plain TCP only on loopback otherwise.
     #[serde(default)]
     pub etcd_security: EtcdSecurity,
+    /// Webhooks called on job failures and RPO breaches.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// Whether `host` names this machine only: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 fn default_id() -> String {
@@ -182,6 +201,10 @@ impl CoordinatorConfig {
         }
         config
             .etcd_transport()
+            .map_err(|error| format!("{file_name}: {error}"))?;
+        config
+            .notify
+            .check()
             .map_err(|error| format!("{file_name}: {error}"))?;
         Ok(config)
     }

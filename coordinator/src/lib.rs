@@ -21,6 +21,7 @@ pub mod cron;
 pub mod http;
 pub mod leader;
 pub mod model;
+pub mod notify;
 pub mod placement;
 pub mod policy;
 pub mod replica;
@@ -64,6 +65,9 @@ pub enum CoordinatorError {
     /// The TLS files could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] haven_tls::TlsError),
+    /// A webhook's files could not be used.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
 }
 
 /// Longest a unary call may take (the longest is a worker's 30 s long poll).
@@ -101,6 +105,12 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let mut registry = haven_metrics::Registry::new();
     let job_metrics = leader::JobMetrics::register(&mut registry);
+    let notifier = notify::Notifier::start(
+        &config.notify,
+        &config.id,
+        notify::NotifyMetrics::register(&mut registry),
+        &shutdown,
+    )?;
     let settings = ReplicaSettings {
         id: config.id.clone(),
         advertise_url: config.advertise_url(),
@@ -112,6 +122,7 @@ pub async fn run(
             default_max_per_worker: config.default_max_per_worker.max(1),
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
             job_metrics,
+            notifier,
         },
     };
     let replica = Replica::new(store.clone(), settings);

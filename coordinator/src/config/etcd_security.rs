@@ -20,10 +20,11 @@
 //! ([`crate::store::etcd::EtcdCredentials`]), so `--check-config` works on a machine
 //! that does not hold the secrets.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::is_loopback;
 
 /// The `[etcd_security]` table; every field is optional and absent means plain,
 /// unauthenticated etcd.
@@ -172,14 +173,6 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, &str), String> {
         return Err(unusable("no host"));
     }
     Ok((scheme, host))
-}
-
-/// Whether `host` names this machine only: `localhost` or a loopback address.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
 }
 
 #[cfg(test)]
