@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    cluster::{make_image, one_cluster_at_a_time, start_vm},
+    cluster::{WebVm, make_image, one_cluster_at_a_time},
     haven::{HavenClient, PASSWORD, haven},
     otlp::{Collector, ReceivedSpan},
     pki::Pki,
@@ -45,11 +45,8 @@ fn a_backup_job_is_one_trace_from_assignment_to_storage_node() {
     let repo = format!("s3://haven/traced?endpoint={}", node.endpoint());
     HavenClient::on_node(repo.clone()).ok(&["repo", "init"]);
 
-    let vms = dir.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let image = dir.path().join("web.qcow2");
-    make_image(&image, 16, 2);
-    let _vm = start_vm(&vms.join("web.qmp"), &image, &dir.path().join("web.log"));
+    let vm = WebVm::start(dir.path(), |image| make_image(image, 16, 2));
+    let vms = &vm.vms;
 
     let pki = Pki::new(dir.path());
     let port = free_port();

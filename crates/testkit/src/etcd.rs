@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use haven_coordinator::store::etcd::EtcdStore;
+
 use crate::FixtureError;
 use crate::process::{ChildGuard, free_port, http_get, wait_until};
 
@@ -116,6 +118,33 @@ impl Etcd {
     /// The certificates and password of a cluster started by [`Self::start_secured`].
     pub fn credentials(&self) -> Option<&EtcdCredentialFiles> {
         self.credentials.as_ref()
+    }
+
+    /// [`Self::start`] (or [`Self::start_secured`]) from an async test, whose
+    /// runtime must not block while the members start; panics naming what failed.
+    pub async fn start_in_test(members: usize, secured: bool) -> Self {
+        let started = tokio::task::spawn_blocking(move || {
+            if secured {
+                Self::start_secured(members)
+            } else {
+                Self::start(members)
+            }
+        })
+        .await
+        .expect("etcd start-up task");
+        started.unwrap_or_else(|error| panic!("cannot start etcd: {error}"))
+    }
+
+    /// A store on this cluster with a coordinator's credentials (Haven's full ones on
+    /// a secured cluster, none on a plain one); panics naming what failed.
+    pub async fn store(&self) -> EtcdStore {
+        let security = self
+            .credentials()
+            .map(EtcdCredentialFiles::haven_security)
+            .unwrap_or_default();
+        EtcdStore::connect(&self.endpoints(), &security)
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to etcd: {error}"))
     }
 
     /// Runs `etcdctl ARGS` (with the client certificate on a secured cluster) as `user`;

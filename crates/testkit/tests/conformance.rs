@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use haven_coordinator::config::EtcdSecurity;
 use haven_coordinator::store::embedded::EmbeddedStore;
-use haven_coordinator::store::etcd::EtcdStore;
 use haven_repo::{Backend, LocalIo};
 use haven_testkit::backend;
 use haven_testkit::etcd::{Etcd, HAVEN_PREFIX};
@@ -24,13 +22,8 @@ async fn metastore_embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metastore_etcd() {
-    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
-        .await
-        .expect("etcd start-up task")
-        .expect("start etcd");
-    let store = EtcdStore::connect(&etcd.endpoints(), &EtcdSecurity::default())
-        .await
-        .expect("connect to etcd");
+    let etcd = Etcd::start_in_test(1, false).await;
+    let store = etcd.store().await;
     metastore::run_suite(&store).await;
 }
 
@@ -38,14 +31,8 @@ async fn metastore_etcd() {
 /// covers only Haven's prefix, so the suite's keys live below that prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metastore_etcd_secured() {
-    let etcd = tokio::task::spawn_blocking(|| Etcd::start_secured(1))
-        .await
-        .expect("etcd start-up task")
-        .expect("start a secured etcd");
-    let security = etcd.credentials().expect("secured").haven_security();
-    let store = EtcdStore::connect(&etcd.endpoints(), &security)
-        .await
-        .expect("connect to the secured etcd");
+    let etcd = Etcd::start_in_test(1, true).await;
+    let store = etcd.store().await;
     metastore::run_suite_below(&store, &format!("{HAVEN_PREFIX}conformance/")).await;
 }
 

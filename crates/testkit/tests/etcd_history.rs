@@ -3,9 +3,7 @@
 //! secured etcd keeps compaction to root and compacts itself:
 //! `cli/tests/it/cluster/secured_etcd.rs`.)
 
-use haven_coordinator::config::EtcdSecurity;
 use haven_coordinator::store::embedded::EmbeddedStore;
-use haven_coordinator::store::etcd::EtcdStore;
 use haven_coordinator::store::{MetaStore, Op};
 use haven_testkit::etcd::Etcd;
 
@@ -14,13 +12,8 @@ const KEEP: u64 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_the_newest_revisions_only() {
-    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
-        .await
-        .expect("etcd start-up task")
-        .expect("start etcd");
-    let store = EtcdStore::connect(&etcd.endpoints(), &EtcdSecurity::default())
-        .await
-        .expect("connect to etcd");
+    let etcd = Etcd::start_in_test(1, false).await;
+    let store = etcd.store().await;
     let mut revision = 0;
     for generation in 0..3 * KEEP {
         revision = store
@@ -47,14 +40,16 @@ async fn compaction_keeps_the_newest_revisions_only() {
         "the current value survives compaction"
     );
     // A store younger than what it keeps has nothing to compact.
-    let young = tokio::task::spawn_blocking(|| Etcd::start(1))
-        .await
-        .expect("etcd start-up task")
-        .expect("start etcd");
-    let young = EtcdStore::connect(&young.endpoints(), &EtcdSecurity::default())
-        .await
-        .expect("connect to etcd");
-    assert_eq!(young.compact_history(KEEP).await.expect("compact"), None);
+    let young = Etcd::start_in_test(1, false).await;
+    assert_eq!(
+        young
+            .store()
+            .await
+            .compact_history(KEEP)
+            .await
+            .expect("compact"),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,7 @@ use haven_coordinator::store::{KeyValue, MetaStore, Op, StoreError};
 use haven_testkit::etcd::{Etcd, EtcdctlUser, HAVEN_PREFIX, HAVEN_USER};
 
 async fn start_secured() -> Etcd {
-    tokio::task::spawn_blocking(|| Etcd::start_secured(1))
-        .await
-        .expect("etcd start-up task")
-        .expect("start a secured etcd")
+    Etcd::start_in_test(1, true).await
 }
 
 /// Connects with `security` and reads `key`: the first error of either step.

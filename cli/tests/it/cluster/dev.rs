@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    cluster::{Cli, init_repo, one_cluster_at_a_time, start_vm},
+    cluster::{Cli, WebVm, init_repo, one_cluster_at_a_time},
     haven::{HAVEN, PASSWORD, haven},
     process::{Guard, free_port, spawn_logged},
     s3::{S3Keys, with_keys},
@@ -270,16 +270,12 @@ pub(super) fn make_image(path: &Path) {
 fn dev_runs_policies_with_prune_replication_and_gc() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let vms = dir.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let image = dir.path().join("web.qcow2");
-    make_image(&image);
-    let qmp = vms.join("web.qmp");
-    let _qsd = start_vm(&qmp, &image, &dir.path().join("web.log"));
+    let vm = WebVm::start(dir.path(), make_image);
+    let (vms, image) = (&vm.vms, &vm.image);
 
     let primary = dir.path().join("primary");
     init_repo(&primary, &[]);
-    let dev = Dev::start(dir.path(), &vms, &[]);
+    let dev = Dev::start(dir.path(), vms, &[]);
     let (port, pki) = (dev.port, dev.pki.clone());
     // The replica lives on the storage node `haven dev` runs in-process.
     let replica = format!(
@@ -348,7 +344,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let compare = Command::new("qemu-img")
         .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
         .arg(&restored)
-        .arg(&image)
+        .arg(image)
         .output()
         .unwrap();
     assert!(
@@ -451,18 +447,15 @@ fn mode(path: &Path) -> u32 {
 fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let vms = dir.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let image = dir.path().join("web.qcow2");
-    make_image(&image);
-    let _qsd = start_vm(&vms.join("web.qmp"), &image, &dir.path().join("web.log"));
+    let vm = WebVm::start(dir.path(), make_image);
+    let vms = &vm.vms;
     // As the README shows it: no password, no keys, no repository, no policy.
     let zero = || Setup {
         storage: Storage::MadeKey,
         password: false,
         args: &[],
     };
-    let dev = Dev::launch(dir.path(), &vms, zero());
+    let dev = Dev::launch(dir.path(), vms, zero());
     let state = dev.state.clone();
     let banner = dev.log_text();
     for said in [
@@ -555,7 +548,7 @@ fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts(
     .map(|file| (file, std::fs::read(state.join(file)).unwrap()));
     drop(dev);
 
-    let dev = Dev::launch(dir.path(), &vms, zero());
+    let dev = Dev::launch(dir.path(), vms, zero());
     for (file, before) in &kept {
         assert_eq!(&std::fs::read(state.join(file)).unwrap(), before, "{file}");
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::dev::{Dev, Setup, Storage, make_image};
-use crate::support::cluster::{init_repo, one_cluster_at_a_time, start_vm};
+use crate::support::cluster::{WebVm, init_repo, one_cluster_at_a_time};
 
 /// How the lines `haven dev` prints for people begin.
 const BANNER: &str = "haven dev: ";
@@ -16,17 +16,14 @@ const BANNER: &str = "haven dev: ";
 fn daemon_logs_json_lines_with_the_job_and_vm_of_each_job_line() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let vms = dir.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let image = dir.path().join("web.qcow2");
-    make_image(&image);
-    let _vm = start_vm(&vms.join("web.qmp"), &image, &dir.path().join("web.log"));
+    let vm = WebVm::start(dir.path(), make_image);
+    let vms = &vm.vms;
     let repo = dir.path().join("repo");
     init_repo(&repo, &[]);
 
     let dev = Dev::launch(
         dir.path(),
-        &vms,
+        vms,
         Setup {
             storage: Storage::None,
             args: &["--log-format", "json"],

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::dev::{Dev, make_image};
 use crate::support::{
-    cluster::{init_repo, one_cluster_at_a_time, start_vm},
+    cluster::{WebVm, init_repo, one_cluster_at_a_time},
     metrics::scrape,
     process::free_port,
     prometheus::{Prometheus, Target, sample_value},
@@ -40,17 +40,14 @@ fn exported_names(response: &str) -> Vec<String> {
 fn a_real_prometheus_scrapes_every_component() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let vms = dir.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    let image = dir.path().join("web.qcow2");
-    make_image(&image);
-    let _qsd = start_vm(&vms.join("web.qmp"), &image, &dir.path().join("web.log"));
+    let vm = WebVm::start(dir.path(), make_image);
+    let vms = &vm.vms;
     let primary = dir.path().join("primary");
     init_repo(&primary, &[]);
     let worker_metrics = free_port();
     let dev = Dev::start(
         dir.path(),
-        &vms,
+        vms,
         &[
             "--worker-metrics-listen",
             &format!("127.0.0.1:{worker_metrics}"),

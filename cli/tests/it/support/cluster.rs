@@ -2,7 +2,7 @@
 //! disks, repositories, and the `haven` CLI pointed at a coordinator; every process is
 //! killed by `Drop` ([`Guard`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -78,6 +78,33 @@ pub fn start_vm(qmp: &Path, image: &Path, log: &Path) -> Guard {
     let mut guard = spawn_logged(&mut vm_command(qmp, image), log);
     wait_for_socket(qmp, &mut guard);
     guard
+}
+
+/// One VM `web` in `DIR/vms`, the folder of QMP sockets that `haven dev --qmp-dir`
+/// and a worker's `qmp_dir` read: its qcow2 disk `DIR/web.qcow2`, made by `make`,
+/// served by qemu-storage-daemon until dropped.
+pub struct WebVm {
+    /// The folder of QMP sockets.
+    pub vms: PathBuf,
+    /// The disk.
+    pub image: PathBuf,
+    _daemon: Guard,
+}
+
+impl WebVm {
+    /// Makes the disk with `make` and starts the VM.
+    pub fn start(dir: &Path, make: impl FnOnce(&Path)) -> Self {
+        let vms = dir.join("vms");
+        std::fs::create_dir_all(&vms).unwrap();
+        let image = dir.join("web.qcow2");
+        make(&image);
+        let daemon = start_vm(&vms.join("web.qmp"), &image, &dir.join("web.log"));
+        Self {
+            vms,
+            image,
+            _daemon: daemon,
+        }
+    }
 }
 
 /// A VM like [`start_vm`] whose daemon also runs an NBD server at `nbd` with a
