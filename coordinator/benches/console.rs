@@ -65,29 +65,30 @@ const POLICIES: &str = r#"
 name = "gold"
 schedule = "0 * * * *"
 repository = "s3://haven/gold"
-select = { names = ["vm-0*", "vm-1*", "vm-2*", "vm-3*"] }
+select = { names = ["vm-00*", "vm-01*", "vm-02*", "vm-03*"] }
 replicate_to = "s3://dr/gold"
 
 [[policy]]
 name = "silver"
 schedule = "0 2 * * *"
 repository = "s3://haven/silver"
-select = { names = ["vm-4*", "vm-5*", "vm-6*", "vm-7*"] }
+select = { names = ["vm-04*", "vm-05*", "vm-06*", "vm-07*"] }
 
 [[policy]]
 name = "tight"
 schedule = "0 2 * * *"
 repository = "s3://haven/tight"
 rpo_seconds = 600
-select = { names = ["vm-8*", "vm-9*"] }
+select = { names = ["vm-08*", "vm-09*"] }
 "#;
 
 fn name(index: usize) -> String {
     format!("vm-{index:05}")
 }
 
+/// The repository of the policy selecting VM `index` (by its thousands digit).
 fn repository(index: usize) -> &'static str {
-    match name(index).as_bytes()[3] {
+    match name(index).as_bytes()[4] {
         b'0'..=b'3' => "s3://haven/gold",
         b'4'..=b'7' => "s3://haven/silver",
         _ => "s3://haven/tight",
@@ -241,6 +242,12 @@ async fn run(options: Options) {
     };
     let vm = name(options.vms / 2);
     let results = [
+        (
+            "(the summary /metrics computes)",
+            measure(options.runs, || {
+                format!("{:?}", leader.metrics_summary(now_ms).jobs_by_state)
+            }),
+        ),
         (
             "overview /",
             measure(options.runs, || pages::overview(&context, &leader)),
