@@ -64,6 +64,9 @@ pub struct DevArgs {
     /// Address of `/metrics` and `/healthz`.
     #[arg(long, default_value = "127.0.0.1:7701")]
     http_listen: SocketAddr,
+    /// Cap on the worker's reads from the VMs' disks, bytes per second (0: none).
+    #[arg(long, default_value_t = 0, value_name = "BYTES_PER_SECOND")]
+    read_limit: u64,
     /// Address of the worker's `/metrics` (loopback only); none: not served.
     #[arg(long)]
     worker_metrics_listen: Option<SocketAddr>,
@@ -195,7 +198,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         max_jobs: 2,
         scratch_dir: std::env::temp_dir(),
         connections: 4,
-        read_limit_bytes_per_second: 0,
+        read_limit_bytes_per_second: args.read_limit,
         inventory_interval_seconds: 10,
         metrics_listen: args.worker_metrics_listen,
         metrics_tls: None,
@@ -218,11 +221,14 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     eprintln!(
         "haven dev: coordinator on https://{} (metrics https://{}/metrics with the admin \
          certificate), worker for host {:?}\n\
+         web console: https://{}/ (log in with a token from `haven token create NAME --role \
+         operator`, run as admin)\n\
          the CLI as admin: export HAVEN_COORDINATOR=https://{} HAVEN_CA_FILE={} \
          HAVEN_CERT_FILE={} HAVEN_KEY_FILE={}",
         args.listen,
         args.http_listen,
         args.host,
+        args.http_listen,
         args.listen,
         pki.file("ca.pem").display(),
         pki.file("admin.pem").display(),

@@ -9,6 +9,7 @@
 //! backups, and a worker on libvirt.
 
 mod auth;
+mod console;
 mod dev;
 mod gc;
 mod libvirt;

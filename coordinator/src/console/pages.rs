@@ -337,6 +337,20 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_names_the_leader() {
+        let context = PageContext {
+            who: "viewer v".into(),
+            csrf: String::new(),
+            can_act: false,
+            can_audit: false,
+            now_ms: 0,
+        };
+        let page = follower(&context, Some("https://10.0.0.1:7700/<x>"));
+        assert!(page.contains("https://10.0.0.1:7700/&lt;x&gt;"), "{page}");
+        assert!(follower(&context, None).contains("No leader is elected yet"));
+    }
+
+    #[test]
     fn login_and_message_pages_escape_too() {
         assert!(!login(Some("<x>")).contains("<x>"));
         assert!(!message("t", "<x>").contains("<x>"));
