@@ -25,7 +25,8 @@
 //!   `Console/...`, allowed or refused.
 //! - **Reads come from the leader's cache** (`leader/queries.rs`, `leader/summary.rs`),
 //!   never the store, in time linear in the VMs, snapshots and jobs at most; a
-//!   follower says so and names the leader. The audit log is read from the store by
+//!   follower says so, names the leader and links to its console (the leader's host
+//!   on this replica's console port). The audit log is read from the store by
 //!   any replica, as `haven audit` does.
 //! - **Every text that is not a literal is escaped** (`html.rs`): VM names, errors and
 //!   audit details are external input. The content security policy allows only this
@@ -64,6 +65,9 @@ pub struct Console {
     tokens: Arc<Tokens>,
     audit: Arc<AuditLog>,
     csrf: session::Csrf,
+    /// The port this console listens on, for the link a follower shows to the
+    /// leader's.
+    port: u16,
 }
 
 /// What a request asks for, once its path is parsed.
@@ -152,14 +156,20 @@ fn allowed(caller: &Caller, method: &str) -> bool {
 }
 
 impl Console {
-    /// The console of `replica`, checking tokens in `tokens` and auditing actions
-    /// into `audit`.
-    pub fn new(replica: Arc<Replica>, tokens: Arc<Tokens>, audit: Arc<AuditLog>) -> Self {
+    /// The console of `replica` listening on `port`, checking tokens in `tokens`
+    /// and auditing actions into `audit`.
+    pub fn new(
+        replica: Arc<Replica>,
+        tokens: Arc<Tokens>,
+        audit: Arc<AuditLog>,
+        port: u16,
+    ) -> Self {
         Self {
             replica,
             tokens,
             audit,
             csrf: session::Csrf::new(),
+            port,
         }
     }
 
@@ -251,7 +261,7 @@ impl Console {
                 } else {
                     html(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        pages::follower(context, url.as_deref()),
+                        pages::follower(context, url.as_deref(), self.port),
                     )
                 };
             }

@@ -145,7 +145,10 @@ pub async fn run(
             },
         };
         let http = haven_metrics::MetricsServer::bind(address, security).await?;
-        let console = console::Console::new(replica.clone(), tokens.clone(), audit.clone());
+        let port = http
+            .local_addr()
+            .map_or(address.port(), |bound| bound.port());
+        let console = console::Console::new(replica.clone(), tokens.clone(), audit.clone(), port);
         let endpoints = Arc::new(http::ReplicaEndpoints::new(
             replica.clone(),
             registry,

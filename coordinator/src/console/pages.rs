@@ -162,29 +162,65 @@ pub fn login(error: Option<&str>) -> String {
     )
 }
 
-/// What a follower answers: where the leader is.
-pub fn follower(context: &PageContext, leader: Option<&str>) -> String {
+/// What a follower answers: where the leader is, and a link to its console on
+/// `console_port` (the port this replica's console listens on: replicas of one
+/// cluster normally share their configuration).
+pub fn follower(context: &PageContext, leader: Option<&str>, console_port: u16) -> String {
     layout(
         Some(context),
         "This replica follows",
         "",
         Box::new(move |out: &mut String| {
-            match leader {
-                Some(url) => write!(
-                    out,
-                    "<p class=\"message\" id=\"follower\">This coordinator replica is a follower: the \
-                     cluster's state is on the leader, <code>{}</code> (its gRPC address). Open \
-                     the console on the leader's <code>http_listen</code> address.</p>",
-                    Esc(url)
-                )?,
-                None => out.push_str(
+            let Some(url) = leader else {
+                out.push_str(
                     "<p class=\"message\" id=\"follower\">No leader is elected yet; this page \
                      shows the cluster once one is. Reload in a few seconds.</p>",
+                );
+                return Ok(());
+            };
+            write!(
+                out,
+                "<p class=\"message\" id=\"follower\">This coordinator replica is a follower: the \
+                 cluster's state is on the leader, <code>{}</code> (its gRPC address).",
+                Esc(url)
+            )?;
+            match leader_console(url, console_port) {
+                Some(console) => write!(
+                    out,
+                    " Its console is probably <a id=\"leader\" href=\"{}\">{}</a> (the leader's \
+                     host on this replica's console port).</p>",
+                    Esc(&console),
+                    Esc(&console)
+                ),
+                None => out.write_str(
+                    " Open the console on the leader's <code>http_listen</code> address.</p>",
                 ),
             }
-            Ok(())
         }),
     )
+}
+
+/// `SCHEME://HOST:PORT/` of the leader's console, from its advertised gRPC URL
+/// (`https://HOST:PORT[/...]`, the scheme being the same for both listeners) and the
+/// console port; `None` when the URL does not parse.
+fn leader_console(leader: &str, port: u16) -> Option<String> {
+    let (scheme, rest) = leader.split_once("://")?;
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    let authority = rest.split('/').next()?;
+    let host = if authority.starts_with('[') {
+        &authority[..=authority.find(']')?]
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    valid.then(|| format!("{scheme}://{host}:{port}/"))
 }
 
 /// A `<span>` badge of a protection.
@@ -345,9 +381,24 @@ mod tests {
             can_audit: false,
             now_ms: 0,
         };
-        let page = follower(&context, Some("https://10.0.0.1:7700/<x>"));
+        let page = follower(&context, Some("https://10.0.0.1:7700"), 7701);
+        assert!(page.contains("href=\"https://10.0.0.1:7701/\""), "{page}");
+        let page = follower(&context, Some("https://10.0.0.1:7700/<x>"), 7701);
         assert!(page.contains("https://10.0.0.1:7700/&lt;x&gt;"), "{page}");
-        assert!(follower(&context, None).contains("No leader is elected yet"));
+        assert!(follower(&context, None, 7701).contains("No leader is elected yet"));
+        for (url, console) in [
+            (
+                "http://coord-0.haven:7700",
+                Some("http://coord-0.haven:9000/"),
+            ),
+            ("https://[fd00::1]:7700/", Some("https://[fd00::1]:9000/")),
+            ("https://host", Some("https://host:9000/")),
+            ("https://ho<st:1", None),
+            ("ftp://host:1", None),
+            ("nonsense", None),
+        ] {
+            assert_eq!(leader_console(url, 9000).as_deref(), console, "{url}");
+        }
     }
 
     #[test]
