@@ -13,8 +13,8 @@ use crate::support::{
     process::{free_port, spawn_logged},
 };
 
-/// The two lines `haven dev` prints for people before it logs anything.
-const BANNER: [&str; 2] = ["haven dev: ", "the CLI as admin: "];
+/// The lines `haven dev` prints for people before it logs anything.
+const BANNER: [&str; 3] = ["haven dev: ", "web console: ", "the CLI as admin: "];
 
 #[test]
 fn daemon_logs_json_lines_with_the_job_and_vm_of_each_job_line() {
