@@ -20,7 +20,8 @@
 - etcd is secured everywhere: every coordinator configuration (compose and chart) has
   `[etcd_security]` with a CA, a client certificate and key, a user and a password
   file, its etcd endpoints are https://, and every file it names is provided to the
-  coordinator (a compose secret, or a Secret mounted in the pod). The one-shot
+  coordinator (a compose secret, or a Secret mounted in the pod), and so is every
+  file a webhook of `[notify]` names (its signing secret). The one-shot
   etcd-auth-init.sh that creates the user and its role is run by compose and the chart
   and passes `sh -n`.
 
@@ -92,6 +93,14 @@ def check_etcd_security(text, provided, what):
             sys.exit(f"FAILED: {what}: etcd_security.{field} {security[field]} is not provided "
                      f"to the coordinator (it has {sorted(provided)})")
     print(f"ok  {what}: etcd over https:// with a client certificate and user {security['user']}")
+    webhooks = config.get("notify", {}).get("webhook", [])
+    for index, webhook in enumerate(webhooks):
+        for field in ("secret_file", "ca_file"):
+            if field in webhook and webhook[field] not in provided:
+                sys.exit(f"FAILED: {what}: notify.webhook[{index}].{field} {webhook[field]} is not "
+                         f"provided to the coordinator (it has {sorted(provided)})")
+    if webhooks:
+        print(f"ok  {what}: {len(webhooks)} webhook(s), their files provided")
 
 
 def check_etcd_init_script(users):
@@ -269,6 +278,12 @@ def check_chart(haven, helm, workdir):
         "secondary site": {
             "worker.enabled": "false",
             "storageNode.pullSources[0]": "http://primary.example:9000",
+        },
+        "webhook notifications": {
+            "coordinator.notify.webhooks[0].url": "https://hooks.example/haven",
+            "coordinator.notify.webhooks[0].events[0]": "job_failed",
+            "coordinator.notify.webhooks[0].secretName": "haven-webhook",
+            "coordinator.notify.webhooks[1].url": "https://alerts.example/rpo",
         },
         "https storage node with a private CA": {
             "storageNode.tlsSecret": "haven-tls",

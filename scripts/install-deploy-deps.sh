@@ -11,6 +11,12 @@ set -euo pipefail
 source "$(dirname "$0")/install-common.sh"
 
 # For the python3 the checks run with (the first on PATH).
+# debootstrap: the local Debian base of the images (deploy/images/build.sh); the
+# Docker engine and Compose come with the machine, docker-compose from Debian if not.
+install_missing_packages debootstrap
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 ||
+  install_missing_packages docker-compose
+
 ensure_pip
 
 python3 -c 'import yaml' 2>/dev/null || pip_install PyYAML

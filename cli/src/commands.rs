@@ -5,6 +5,8 @@ pub mod backup;
 pub mod backup_libvirt;
 pub mod backup_qemu;
 pub mod cluster;
+pub mod dev;
+pub mod diff;
 pub mod files;
 pub mod forget;
 pub mod gc;

@@ -201,6 +201,15 @@ pub fn read_password(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
     }
 }
 
+/// Whether a password is given at all (a file, `$HAVEN_PASSWORD_COMMAND` or
+/// `$HAVEN_PASSWORD`), for `haven dev`, which makes one when none is.
+pub fn password_given(file: Option<&std::path::Path>) -> bool {
+    // The same tests as `read_password`'s.
+    let command = std::env::var(PASSWORD_COMMAND).is_ok_and(|command| !command.trim().is_empty());
+    let variable = std::env::var("HAVEN_PASSWORD").is_ok_and(|password| !password.is_empty());
+    file.is_some() || command || variable
+}
+
 /// Runs `command` with `sh -c` (so a pipeline works: `pass show haven | head -n1`) and
 /// returns its standard output less one trailing newline. Its standard input and error
 /// stay the terminal's, so it can prompt and its own errors are seen.

@@ -15,8 +15,8 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, files, forget, gc, key, manual, protect, prune, replicate, repo,
-    restore, security, serve_nbd, snapshots, stats, verify,
+    admin, backup, cluster, dev, diff, files, forget, gc, key, manual, protect, prune, replicate,
+    repo, restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -60,6 +60,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Restore a disk of a snapshot to a file.
     Restore(restore::RestoreArgs),
+    /// What changed between two snapshots of a VM: byte ranges per disk, and files.
+    Diff(diff::DiffArgs),
     /// Re-read and check snapshots end to end.
     Verify(verify::VerifyArgs),
     /// Remove snapshots a retention policy does not keep (chunks stay until GC).
@@ -85,8 +87,9 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker that takes backup jobs from the coordinator.
     Worker(cluster::WorkerArgs),
-    /// Run a coordinator and a worker in one process on the embedded store.
-    Dev(cluster::DevArgs),
+    /// Run a coordinator, a worker and optionally a storage node in one process, with
+    /// no configuration (a default repository and policy are made at the first start).
+    Dev(dev::DevArgs),
     /// VMs known to the coordinator.
     #[command(subcommand)]
     Vm(admin::VmCommand),
@@ -171,6 +174,7 @@ fn main() -> std::process::ExitCode {
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Stats(args) => stats::run(args).await,
             Command::Restore(args) => restore::run(args).await,
+            Command::Diff(args) => diff::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Prune(args) => prune::run(args).await,
             Command::Forget(args) => forget::run(args).await,
@@ -186,7 +190,7 @@ fn main() -> std::process::ExitCode {
             Command::Pki(command) => security::pki(command),
             Command::Token(command) => security::token(command).await,
             Command::Audit(args) => security::audit(args).await,
-            Command::Dev(args) => cluster::dev(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
             Command::Job(command) => admin::job(command).await,

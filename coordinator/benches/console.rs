@@ -223,6 +223,7 @@ async fn run(options: Options) {
         default_max_per_worker: 2,
         job_history: Duration::from_secs(7 * 86_400),
         job_metrics: JobMetrics::register(&mut registry),
+        notifier: Default::default(),
     };
     let store: Arc<dyn MetaStore> = store;
     let leader = Leader::load(store, 1, settings).await.unwrap();

@@ -16,6 +16,8 @@
 //! job_history_hours = 168                 # finished jobs are forgotten after this
 //! allowed_repositories = ["s3://haven/*"]  # globs; policies and jobs may use only these
 //! audit_retention_days = 365
+//! history_revisions = 10000               # etcd: revisions of history kept, older compacted
+//! compaction_seconds = 300                # etcd: how often the leader compacts
 //! insecure = false                        # true: allow plain gRPC/HTTP off loopback (warns)
 //!
 //! [tls]                                   # required unless `listen` is loopback
@@ -29,16 +31,24 @@
 //! key_file = "/etc/haven/etcd-client-key.pem"
 //! user = "haven"
 //! password_file = "/etc/haven/etcd-password"
+//!
+//! [notify]                                # webhooks on job failure and RPO breach
+//! cluster = "prod-eu"                      # (notify.rs)
+//! [[notify.webhook]]
+//! url = "https://hooks.example.com/haven"
+//! secret_file = "/etc/haven/webhook-secret"
 //! ```
 
 mod etcd_security;
+mod notify;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 pub use etcd_security::{EtcdSecurity, EtcdTransport};
+pub use notify::{NotifyConfig, WebhookConfig};
 
 /// A coordinator replica's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +97,14 @@ pub struct CoordinatorConfig {
     /// How long audit records are kept.
     #[serde(default = "default_audit_retention")]
     pub audit_retention_days: u64,
+    /// Revisions of etcd's history the leader keeps when it compacts: every job
+    /// update, heartbeat record and policy write is a revision, and etcd keeps each
+    /// until compacted, so without compaction its database only grows.
+    #[serde(default = "default_history_revisions")]
+    pub history_revisions: u64,
+    /// How often the leader compacts etcd's history.
+    #[serde(default = "default_compaction_seconds")]
+    pub compaction_seconds: u64,
     /// Serve plain gRPC and HTTP on a non-loopback address (logged as a warning at
     /// every start).
     #[serde(default)]
@@ -97,6 +115,17 @@ pub struct CoordinatorConfig {
     /// TLS and credentials towards etcd: plain TCP only on loopback otherwise.
     #[serde(default)]
     pub etcd_security: EtcdSecurity,
+    /// Webhooks called on job failures and RPO breaches.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// Whether `host` names this machine only: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 fn default_id() -> String {
@@ -120,6 +149,12 @@ fn default_job_history() -> u64 {
 fn default_audit_retention() -> u64 {
     365
 }
+fn default_history_revisions() -> u64 {
+    10_000
+}
+fn default_compaction_seconds() -> u64 {
+    300
+}
 fn default_limit() -> u32 {
     2
 }
@@ -133,6 +168,9 @@ impl CoordinatorConfig {
         }
         if config.tick_ms == 0 {
             return Err(format!("{file_name}: tick_ms must be positive"));
+        }
+        if config.compaction_seconds == 0 {
+            return Err(format!("{file_name}: compaction_seconds must be positive"));
         }
         if config.job_history_hours == 0 {
             return Err(format!("{file_name}: job_history_hours must be positive"));
@@ -163,6 +201,10 @@ impl CoordinatorConfig {
         }
         config
             .etcd_transport()
+            .map_err(|error| format!("{file_name}: {error}"))?;
+        config
+            .notify
+            .check()
             .map_err(|error| format!("{file_name}: {error}"))?;
         Ok(config)
     }

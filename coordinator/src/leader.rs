@@ -22,6 +22,7 @@
 //! | `queries.rs` | read-only views for the API, `/metrics` and GC pins |
 //! | `summary.rs` | what `/metrics` exports per VM, policy, site and repository, without cloning |
 //! | `job_metrics.rs` | counters of ended jobs, updated where the cache learns a job stopped |
+//! | `notices.rs` | RPO breaches checked in the tick, failures replayed by a new leader (`crate::notify`) |
 //! | `tick.rs` | one scheduling pass, in order |
 //!
 //! # Decisions and effects
@@ -46,9 +47,12 @@
 //! | `state` (sync) | the cache | never: its guard is not `Send`, so the compiler refuses one held across an `.await` |
 //! | `publishing` (sync) | ids of manifests being published now | never |
 //! | `backends` (async) | opened repository clients | never (opening a client does no I/O) |
+//! | `rpo_watch` (sync) | the RPO breaches announced in this term | never |
 //!
 //! Order: `mutations`, then `state`, then `publishing`; `state` is never held while
-//! waiting for `mutations`.
+//! waiting for `mutations`; `rpo_watch` is taken before `state` and never with
+//! `mutations`. Notifications are only offered to bounded queues (`try_send`) under
+//! these locks, never awaited.
 //!
 //! | operation | `mutations` | `state` | store / repository I/O |
 //! |---|---|---|---|
@@ -77,9 +81,10 @@ mod commit;
 mod error;
 mod expiry;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod job_metrics;
 mod jobs;
+mod notices;
 mod queries;
 mod rounds;
 mod state;
@@ -97,6 +102,8 @@ use std::time::Duration;
 use haven_repo::Backend;
 use tokio::sync::{Mutex, Notify};
 
+use crate::model;
+use crate::notify::Notifier;
 use crate::store::MetaStore;
 
 pub use assignment::Assignment;
@@ -125,6 +132,9 @@ pub struct LeaderSettings {
     /// Counters of ended jobs, shared by every term of the replica so `/metrics`
     /// keeps serving the same handles across elections.
     pub job_metrics: JobMetrics,
+    /// Webhooks told of failed jobs and RPO breaches; shared by every term, so
+    /// notifications queued in one are still delivered after it.
+    pub notifier: Notifier,
 }
 
 /// The leader: state plus the store it mirrors, fenced by the leader key's revision.
@@ -140,6 +150,9 @@ pub struct Leader {
     /// Jobs whose manifest is being published now: the tick resumes only the others
     /// (commits interrupted by a crash or an error), never one in flight.
     publishing: std::sync::Mutex<HashSet<String>>,
+    /// The RPO breaches announced in this term and when to look again
+    /// (`notices.rs`).
+    rpo_watch: std::sync::Mutex<notices::RpoCheck>,
     /// Records `load` could not decode (and skipped).
     unreadable_records: u64,
     /// Woken when jobs change state or progress (watches).
@@ -165,8 +178,13 @@ impl Leader {
         leader_revision: i64,
         settings: LeaderSettings,
     ) -> Result<Self> {
-        let (state, unreadable_records) =
-            State::load(store.as_ref(), settings.job_metrics.clone()).await?;
+        let (state, unreadable_records) = State::load(
+            store.as_ref(),
+            settings.job_metrics.clone(),
+            settings.notifier.clone(),
+        )
+        .await?;
+        notices::replay_failures(&state, &settings.notifier, model::now_ms());
         Ok(Self {
             store,
             leader_revision,
@@ -175,6 +193,7 @@ impl Leader {
             state: std::sync::Mutex::new(state),
             backends: Mutex::new(HashMap::new()),
             publishing: std::sync::Mutex::new(HashSet::new()),
+            rpo_watch: Default::default(),
             unreadable_records,
             changed: Notify::new(),
             assigned: Notify::new(),

@@ -22,6 +22,7 @@ pub mod cron;
 pub mod http;
 pub mod leader;
 pub mod model;
+pub mod notify;
 pub mod placement;
 pub mod policy;
 pub mod replica;
@@ -65,6 +66,9 @@ pub enum CoordinatorError {
     /// The TLS files could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] haven_tls::TlsError),
+    /// A webhook's files could not be used.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
 }
 
 /// Longest a unary call may take (the longest is a worker's 30 s long poll).
@@ -87,9 +91,10 @@ pub async fn open_store(
         }
         Ok(store::embedded::EmbeddedStore::open(&config.state_path).await?)
     } else {
-        Ok(Arc::new(
-            store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?,
-        ))
+        let store =
+            Arc::new(store::etcd::EtcdStore::connect(&config.etcd, &config.etcd_security).await?);
+        store.follow_credentials(&config.etcd, &config.etcd_security);
+        Ok(store)
     }
 }
 
@@ -102,6 +107,12 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let mut registry = haven_metrics::Registry::new();
     let job_metrics = leader::JobMetrics::register(&mut registry);
+    let notifier = notify::Notifier::start(
+        &config.notify,
+        &config.id,
+        notify::NotifyMetrics::register(&mut registry),
+        &shutdown,
+    )?;
     let settings = ReplicaSettings {
         id: config.id.clone(),
         advertise_url: config.advertise_url(),
@@ -113,6 +124,7 @@ pub async fn run(
             default_max_per_worker: config.default_max_per_worker.max(1),
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
             job_metrics,
+            notifier,
         },
     };
     let replica = Replica::new(store.clone(), settings);
@@ -136,7 +148,7 @@ pub async fn run(
         }
     };
     let tokens = Arc::new(auth::tokens::Tokens::new(store.clone()));
-    let audit = Arc::new(auth::audit::AuditLog::new(store));
+    let audit = Arc::new(auth::audit::AuditLog::new(store.clone()));
     if let Some(address) = config.http_listen {
         let security = match &config.tls {
             Some(tls) => HttpSecurity::tls(tls, "coordinator HTTP", &shutdown)?,
@@ -157,6 +169,13 @@ pub async fn run(
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));
+    tokio::spawn(compact_history(
+        store.clone(),
+        replica.clone(),
+        config.history_revisions,
+        Duration::from_secs(config.compaction_seconds),
+        shutdown.clone(),
+    ));
     let service = CoordinatorService::new(
         replica.clone(),
         policy::RepositoryAllowlist::new(config.allowed_repositories.clone()),
@@ -190,29 +209,82 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs `pass` every `period` on the leading replica only, until `shutdown`: the
+/// upkeep every replica would otherwise repeat for nothing (expiring the same audit
+/// records, compacting the same history).
+async fn on_leader_every<F, Fut>(
+    replica: Arc<replica::Replica>,
+    period: Duration,
+    shutdown: CancellationToken,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        if matches!(replica.role().await, replica::Role::Leader(..)) {
+            pass().await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
 /// Removes audit records older than `retention`, every five minutes, on the leading
-/// replica only (every replica reading the oldest records to delete the same ones
-/// would multiply the store's load for nothing). A pass with nothing to expire is one
-/// ranged read that returns no key.
+/// replica only. A pass with nothing to expire is one ranged read that returns no key.
 async fn expire_audit(
     audit: Arc<auth::audit::AuditLog>,
     replica: Arc<replica::Replica>,
     retention: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
+    on_leader_every(replica, Duration::from_secs(300), shutdown, || async {
         let before = model::now_ms()
             .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-        if matches!(replica.role().await, replica::Role::Leader(..)) {
-            match audit.expire(before).await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "expired old audit records"),
-                Err(error) => tracing::warn!(%error, "cannot expire old audit records"),
+        match audit.expire(before).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "expired old audit records"),
+            Err(error) => tracing::warn!(%error, "cannot expire old audit records"),
+        }
+    })
+    .await;
+}
+
+/// Compacts the metadata store's history to its newest `keep` revisions every
+/// `period`, on the leading replica only, so etcd's database stays bounded however
+/// many job generations pass (a no-op on the embedded store). etcd lets only its root
+/// user compact: a coordinator confined to Haven's prefix is refused, says once that
+/// etcd's own `--auto-compaction` must do it (as compose and the chart configure),
+/// and stops asking.
+async fn compact_history(
+    store: Arc<dyn MetaStore>,
+    replica: Arc<replica::Replica>,
+    keep: u64,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    on_leader_every(replica, period, shutdown, || async {
+        use std::sync::atomic::Ordering::Relaxed;
+        if refused.load(Relaxed) {
+            return;
+        }
+        match store.compact_history(keep).await {
+            Ok(Some(revision)) => {
+                tracing::debug!(revision, "compacted the metadata store's history")
             }
+            Ok(None) => {}
+            Err(store::StoreError::Denied(_)) => {
+                refused.store(true, Relaxed);
+                tracing::info!(
+                    "etcd does not let Haven's user compact; etcd's own --auto-compaction \
+                     must bound its history"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "cannot compact the metadata store's history"),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
-        }
-    }
+    })
+    .await;
 }

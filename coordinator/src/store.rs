@@ -147,6 +147,16 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Ends a lease now, deleting its keys.
     async fn revoke(&self, lease: LeaseId) -> Result<()>;
 
+    /// Forgets the versions of keys older than the newest `keep` revisions and
+    /// returns the revision compacted to, or `None` when there was nothing to do. A
+    /// store that keeps every version (etcd) grows without bound otherwise; one that
+    /// keeps only the current values (the embedded store) has nothing to forget.
+    /// Compares see current values only, so fencing is unaffected.
+    async fn compact_history(&self, keep: u64) -> Result<Option<Revision>> {
+        let _ = keep;
+        Ok(None)
+    }
+
     /// Counters of requests made, for the scale benchmark and `/metrics`.
     fn stats(&self) -> StoreStats;
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use haven_repo::Progress;
+use haven_repo::{Phase, Progress};
 use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 use tracing::Instrument;
@@ -111,9 +111,14 @@ async fn backup_image(args: ImageArgs) -> Result<()> {
     };
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("backup", progress.clone(), args.output.json);
+    let line = ProgressLine::start(
+        "backup",
+        Phase::Starting,
+        progress.clone(),
+        args.output.json,
+    );
     let report = backup_images(repo, &request, progress).await?;
-    drop(line);
+    line.finish(true);
     print_backup_report(&report, args.output.json)
 }
 

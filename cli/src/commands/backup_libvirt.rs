@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::Progress;
+use haven_repo::{Phase, Progress};
 use haven_worker::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 
 use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
@@ -65,10 +65,15 @@ pub async fn run(args: LibvirtArgs) -> Result<()> {
     };
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("backup", progress.clone(), args.output.json);
+    let line = ProgressLine::start(
+        "backup",
+        Phase::Starting,
+        progress.clone(),
+        args.output.json,
+    );
     let shutdown = crate::common::ctrl_c();
     let report = backup_libvirt(repo, &request, progress, shutdown).await?;
-    drop(line);
+    line.finish(true);
     print_report(&report, args.output.json)
 }
 

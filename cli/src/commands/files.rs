@@ -92,10 +92,18 @@ fn parse_spec(spec: &str) -> Result<(SnapshotRef, Option<String>, String)> {
     Ok((reference, Some(disk.to_string()), path))
 }
 
-/// The snapshot reader as a synchronous block device for the file system drivers.
-struct SnapshotDevice {
+/// The snapshot reader as a synchronous block device for the file system drivers
+/// (also `haven diff`'s).
+pub(crate) struct SnapshotDevice {
     reader: SnapshotReader,
     handle: tokio::runtime::Handle,
+}
+
+impl SnapshotDevice {
+    /// The device of `reader`, read from blocking threads through `handle`.
+    pub(crate) fn new(reader: SnapshotReader, handle: tokio::runtime::Handle) -> Self {
+        Self { reader, handle }
+    }
 }
 
 impl BlockDevice for SnapshotDevice {
@@ -134,10 +142,10 @@ async fn open(target: &Target) -> Result<(SnapshotReader, Arc<dyn BlockDevice>, 
         read_ahead: 0,
     };
     let reader = SnapshotReader::open(repo, &reference, disk.as_deref(), options).await?;
-    let device: Arc<dyn BlockDevice> = Arc::new(SnapshotDevice {
-        reader: reader.clone(),
-        handle: tokio::runtime::Handle::current(),
-    });
+    let device: Arc<dyn BlockDevice> = Arc::new(SnapshotDevice::new(
+        reader.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     Ok((reader, device, path))
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use haven_metrics::{HttpSecurity, MetricsServer};
 use haven_repo::{
-    Backend, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate, replicate,
-    replication_status,
+    Backend, Phase, Progress, ReplicateOptions, S3Credentials, VmReplicationStatus, parse_rate,
+    replicate, replication_status,
 };
 use haven_tls::listener::ServerTlsFiles;
 use tokio_util::sync::CancellationToken;
@@ -196,9 +196,9 @@ async fn replicate_once(
     json: bool,
 ) -> Result<()> {
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("replicate", progress.clone(), json);
+    let line = ProgressLine::start("replicate", Phase::Copy, progress.clone(), json);
     let report = replicate(from, to, options, &progress).await;
-    drop(line);
+    line.finish(report.is_ok());
     let report = report.with_context(|| {
         format!(
             "replication from {} to {} failed (rerun to continue)",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::{Progress, SnapshotRef};
+use haven_repo::{Phase, Progress, SnapshotRef};
 use haven_worker::restore::nbd::{NbdRestoreRequest, restore_to_nbd};
 use haven_worker::restore::vm::{
     LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
@@ -85,9 +85,9 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         in_flight: args.parallel.clamp(1, 64),
     };
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", progress.clone(), args.output.json);
+    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
     let report = restore_disk(repo, &request, progress).await?;
-    drop(line);
+    line.finish(true);
     if args.output.json {
         return print_json(&report);
     }
@@ -128,14 +128,14 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
         in_flight: args.parallel.clamp(1, 64),
     };
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", progress.clone(), args.output.json);
+    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
     if args.libvirt_define.is_some() {
         let target = LibvirtTarget {
             uri: args.uri.clone(),
             virsh_timeout: Duration::from_secs(60),
         };
         let report = restore_libvirt_domain(repo, &request, &target, progress).await?;
-        drop(line);
+        line.finish(true);
         if args.output.json {
             return print_json(&report);
         }
@@ -158,7 +158,7 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     let report = restore_for_qemu(repo, &request, progress).await?;
-    drop(line);
+    line.finish(true);
     if args.output.json {
         return print_json(&report);
     }
@@ -230,9 +230,9 @@ async fn run_nbd(args: RestoreArgs) -> Result<()> {
         in_flight: args.parallel.clamp(1, 64),
     };
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", progress.clone(), args.output.json);
+    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
     let report = restore_to_nbd(repo, &request, progress).await?;
-    drop(line);
+    line.finish(true);
     if args.output.json {
         return print_json(&report);
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use haven_repo::{
-    Backend, Progress, Repository, SnapshotRef, VerifyOptions, VerifyOutcome,
+    Backend, Phase, Progress, Repository, SnapshotRef, VerifyOptions, VerifyOutcome,
     check_same_repository, verify_snapshots,
 };
 
@@ -66,9 +66,9 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
         record: true,
     };
     let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("verify", progress.clone(), args.output.json);
+    let line = ProgressLine::start("verify", Phase::Verify, progress.clone(), args.output.json);
     let report = verify_snapshots(repo, &snapshots, &options, &progress).await?;
-    drop(line);
+    line.finish(report.is_ok());
     if args.output.json {
         print_json(&report)?;
     } else {

@@ -6,7 +6,7 @@
 //! over 20 VMs on 4 hosts with a per-host limit; kill -9 of a worker mid-backup;
 //! SIGSTOP of a worker past its lease (fencing); kill -9 of the leader; loss of one
 //! etcd member, then of quorum; bad input. The submodules cover `haven dev`, GC racing
-//! backups, and a worker on libvirt.
+//! backups, a worker on libvirt, and webhook notifications.
 
 mod auth;
 mod console;
@@ -14,6 +14,7 @@ mod dev;
 mod gc;
 mod libvirt;
 mod logs;
+mod notify;
 mod one_worker;
 mod prometheus;
 mod rotation;

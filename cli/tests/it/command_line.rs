@@ -1,7 +1,8 @@
 //! The `haven` command as scripts and people meet it, with the real binary on a
 //! `file://` repository: argument errors that name what is wrong, the documented exit
-//! codes (`docs/cli.md`), the repository password from `HAVEN_PASSWORD_COMMAND`, and
-//! shell completions and manual pages checked with real bash and groff.
+//! codes (`docs/cli.md`), the repository password from `HAVEN_PASSWORD_COMMAND`,
+//! shell completions and manual pages checked with real bash and groff, and the JSON
+//! progress lines of long commands.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -47,9 +48,9 @@ fn argument_errors_name_every_missing_argument() {
         (&["restore", "web1@latest"], &["--to <", "--repo <"]),
         (&["backup", "image"], &["<PATHS>", "--vm <", "--repo <"]),
         (
-            // As the README showed it, without the storage node's keys.
-            &["dev", "--qmp-dir", "D", "--storage-dir", "D"],
-            &["--storage-access-key <", "--storage-secret-key <"],
+            // An admin key without its secret (`haven dev` makes both when neither is given).
+            &["dev", "--storage-dir", "D", "--storage-access-key", "K"],
+            &["--storage-secret-key <"],
         ),
     ];
     for (args, named) in cases {
@@ -257,4 +258,108 @@ fn man_writes_a_page_per_subcommand() {
     );
     assert!(rendered.contains("haven-restore"), "{rendered}");
     assert!(rendered.contains("--to"), "{rendered}");
+}
+
+/// Every line of a `--json` long command's standard error as a JSON object, but for a
+/// final `error: ` line, which it returns apart.
+fn progress_lines(stderr: &[u8]) -> (Vec<serde_json::Value>, Option<String>) {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let error = lines
+        .last()
+        .filter(|line| line.starts_with("error: "))
+        .map(|line| line.to_string());
+    if error.is_some() {
+        lines.pop();
+    }
+    let objects = lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| panic!("not a JSON object: {line:?}\n{text}"))
+        })
+        .collect();
+    (objects, error)
+}
+
+/// Checks the shape of every line and that only the last is the summary; returns it.
+fn summary_of(command: &str, lines: &[serde_json::Value]) -> serde_json::Value {
+    let (summary, progress) = lines.split_last().expect("no progress line at all");
+    assert!(!progress.is_empty(), "no progress line before the summary");
+    for line in lines {
+        assert_eq!(line["command"], command, "{line}");
+        for number in [
+            "bytes_done",
+            "bytes_total",
+            "bytes_per_second",
+            "elapsed_seconds",
+        ] {
+            assert!(line[number].is_number(), "no {number}: {line}");
+        }
+        assert!(line["phase"].is_string(), "{line}");
+    }
+    assert!(progress.iter().all(|line| line["type"] == "progress"));
+    assert_eq!(summary["type"], "summary", "{summary}");
+    summary.clone()
+}
+
+#[test]
+fn json_progress_lines_on_stderr_end_with_a_summary() {
+    let bed = Bed::new();
+    bed.init();
+    let image = bed.path("web.raw");
+    raw_image(&image, 8 * MIB, &[(0, 3 * MIB as usize)]);
+    let backup = bed
+        .haven(&[
+            "backup",
+            "image",
+            image.to_str().unwrap(),
+            "--vm",
+            "web",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{backup:?}");
+    // Standard output stays the one result document.
+    let report: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    assert!(report["snapshot"].is_string());
+    let (lines, error) = progress_lines(&backup.stderr);
+    assert_eq!(error, None);
+    let summary = summary_of("backup", &lines);
+    assert_eq!(summary["ok"], true);
+    assert_eq!(summary["phase"], "done");
+    assert_eq!(summary["bytes_total"], 8 * MIB, "{summary}");
+    assert_eq!(summary["bytes_done"], summary["bytes_total"], "{summary}");
+
+    let restored = bed.path("restored.raw");
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "web@latest", "--to", restored.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        bed.haven(&args).output().unwrap()
+    };
+    let output = restore(&[]);
+    assert!(output.status.success(), "{output:?}");
+    let summary = summary_of("restore", &progress_lines(&output.stderr).0);
+    assert_eq!(summary["ok"], true);
+    assert!(summary["bytes_done"].as_u64().unwrap() > 0, "{summary}");
+
+    let output = bed.haven(&["verify", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = progress_lines(&output.stderr).0;
+    assert!(lines.iter().any(|l| l["phase"] == "verify"), "{lines:#?}");
+    assert_eq!(summary_of("verify", &lines)["ok"], true);
+
+    // A failure: the summary says so, and the error line follows it.
+    let output = restore(&[]);
+    let (lines, error) = progress_lines(&output.stderr);
+    assert!(error.unwrap().contains("exists"), "{output:?}");
+    let summary = summary_of("restore", &lines);
+    assert_eq!(
+        (summary["ok"].clone(), summary["phase"].clone()),
+        (false.into(), "failed".into())
+    );
 }

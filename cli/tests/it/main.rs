@@ -10,6 +10,7 @@ mod support;
 mod backup_restore;
 mod cluster;
 mod command_line;
+mod diff;
 mod files;
 mod gc;
 mod integrity;

@@ -11,6 +11,7 @@
 //! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
 //! - `prometheus`: a real Prometheus server scraping given targets, and its query API;
 //! - `tls`: a CA and X.509 credentials in QEMU's directory layout;
+//! - `webhook`: an HTTP(S) receiver of notifications that fails its first requests;
 //! - `browser`: headless Chromium driven over WebDriver (`chromedriver`).
 //!
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
@@ -34,3 +35,4 @@ pub mod s3;
 pub mod storage_node;
 pub mod tls;
 pub mod tree;
+pub mod webhook;

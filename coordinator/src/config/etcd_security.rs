@@ -20,10 +20,11 @@
 //! ([`crate::store::etcd::EtcdCredentials`]), so `--check-config` works on a machine
 //! that does not hold the secrets.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::is_loopback;
 
 /// The `[etcd_security]` table; every field is optional and absent means plain,
 /// unauthenticated etcd.
@@ -65,6 +66,21 @@ pub enum EtcdTransport {
 }
 
 impl EtcdSecurity {
+    /// The files the settings name: what a rotation changes, and what the store
+    /// watches to reconnect with the new contents.
+    pub fn files(&self) -> Vec<PathBuf> {
+        [
+            &self.ca_file,
+            &self.cert_file,
+            &self.key_file,
+            &self.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     /// Checks the settings against the endpoints they are used with; the error names
     /// the field or endpoint at fault (the caller adds the file name).
     pub fn check(&self, endpoints: &[String]) -> Result<EtcdTransport, String> {
@@ -157,14 +173,6 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, &str), String> {
         return Err(unusable("no host"));
     }
     Ok((scheme, host))
-}
-
-/// Whether `host` names this machine only: `localhost` or a loopback address.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
 }
 
 #[cfg(test)]

@@ -308,6 +308,7 @@ mod tests {
             default_max_per_worker: 1,
             job_history: Duration::from_secs(3600),
             job_metrics: JobMetrics::register(&mut registry),
+            notifier: Default::default(),
         };
         let store: Arc<dyn MetaStore> = store;
         Leader::load(store, 1, settings).await.unwrap()

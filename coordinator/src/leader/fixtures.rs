@@ -5,7 +5,7 @@ use crate::model::{Attempt, JobKind, JobParams, JobRecord, JobState, VmRecord, W
 use crate::policy::{Policy, Retention, Selector};
 
 /// Repository of every fixture job.
-pub(super) const REPOSITORY: &str = "file:///p";
+pub(crate) const REPOSITORY: &str = "file:///p";
 
 /// A VM with one disk and no labels.
 pub(super) fn vm(name: &str, host: &str) -> VmRecord {
@@ -48,7 +48,7 @@ pub(super) fn worker(id: &str, hosts: &[&str], max_jobs: u32) -> WorkerRecord {
 }
 
 /// A manual pending job on `host` ("" for any worker) created at `created`.
-pub(super) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> JobRecord {
+pub(crate) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> JobRecord {
     JobRecord {
         id: id.into(),
         kind,
@@ -75,7 +75,7 @@ pub(super) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> 
 
 /// A manual job of `vm` (on host `h1`; "" for a repository job) in its first attempt
 /// on `worker`, under lease 1 with token 1.
-pub(super) fn assigned_job(id: &str, kind: JobKind, vm: &str, worker: &str) -> JobRecord {
+pub(crate) fn assigned_job(id: &str, kind: JobKind, vm: &str, worker: &str) -> JobRecord {
     let mut job = pending_job(id, kind, if vm.is_empty() { "" } else { "h1" }, 1);
     job.vm = vm.into();
     job.state = JobState::Assigned;

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use super::Result;
 use super::job_metrics::JobMetrics;
 use super::jobs::Progress;
-use crate::model::{self, JobRecord, SnapshotRecord, VmRecord, WorkerRecord};
+use crate::model::{self, JobRecord, JobState, SnapshotRecord, VmRecord, WorkerRecord};
+use crate::notify::Notifier;
 use crate::policy::Policy;
 use crate::store::{KeyValue, MetaStore};
 
@@ -30,12 +31,18 @@ pub(super) struct State {
     pub(super) progress: HashMap<String, Progress>,
     /// Counters of ended jobs, updated by [`State::stopped`].
     pub(super) metrics: JobMetrics,
+    /// Told by [`State::stopped`] of jobs that failed for good.
+    pub(super) notifier: Notifier,
 }
 
 impl State {
     /// Reads every record from the store: the state and how many records could not be
     /// decoded (each logged with its key and the reason, then skipped).
-    pub(super) async fn load(store: &dyn MetaStore, metrics: JobMetrics) -> Result<(Self, u64)> {
+    pub(super) async fn load(
+        store: &dyn MetaStore,
+        metrics: JobMetrics,
+        notifier: Notifier,
+    ) -> Result<(Self, u64)> {
         let mut decoder = Decoder::default();
         let state = State {
             workers: decoder
@@ -54,6 +61,7 @@ impl State {
             snapshots: decoder.snapshots(store).await?,
             progress: HashMap::new(),
             metrics,
+            notifier,
         };
         Ok((state, decoder.unreadable))
     }
@@ -82,8 +90,9 @@ impl State {
         }
     }
 
-    /// Puts a job that stopped running in the cache, dropping its live progress, and
-    /// counts how it ended.
+    /// Puts a job that stopped running in the cache, dropping its live progress,
+    /// counts how it ended, and notifies a job that failed for good (an attempt after
+    /// which the job went back to pending is not a failure to notify).
     pub(super) fn stopped(&mut self, job: JobRecord) {
         self.progress.remove(&job.id);
         let snapshot = job
@@ -92,6 +101,9 @@ impl State {
             .and_then(|name| name.split_once('@'))
             .and_then(|(vm, timestamp)| self.snapshots.get(&model::snapshot_key(vm, timestamp)));
         self.metrics.attempt_ended(&job, snapshot);
+        if job.state == JobState::Failed {
+            self.notifier.job_failed(&job);
+        }
         self.jobs.insert(job.id.clone(), job);
     }
 }

@@ -33,6 +33,7 @@ fn settings() -> LeaderSettings {
         default_max_per_worker: 2,
         job_history: Duration::from_secs(3600),
         job_metrics: Default::default(),
+        notifier: Default::default(),
     }
 }
 

@@ -17,8 +17,8 @@ pub struct TickReport {
 
 impl Leader {
     /// One scheduling pass: drop dead workers (their jobs go back to pending), start
-    /// due policy rounds, finish interrupted commits, place pending jobs, and forget
-    /// jobs past their history period.
+    /// due policy rounds, finish interrupted commits, place pending jobs, forget
+    /// jobs past their history period, and notify RPO breaches.
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         self.reap_workers(&mut report).await?;
@@ -26,6 +26,7 @@ impl Leader {
         self.resume_commits().await?;
         self.assign(&mut report).await?;
         self.expire_jobs(&mut report).await?;
+        self.watch_rpo(crate::model::now_ms());
         if report.assigned > 0 {
             self.assigned.notify_waiters();
         }

@@ -7,22 +7,32 @@
 //! With `[etcd_security]` the connection uses TLS (with a client certificate when one
 //! is configured) and etcd auth ([`credentials`]); a request etcd refuses for lack of
 //! permission is [`StoreError::Denied`], never "unavailable".
+//!
+//! Those files rotate without a restart ([`EtcdStore::follow_credentials`]): etcd-client
+//! fixes its certificate when it builds its channel, so a rotation builds a new
+//! client, checks it reaches etcd, and swaps it in for the requests that follow.
 
 mod credentials;
 
 pub use credentials::{CredentialsError, EtcdCredentials};
 
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+    Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions,
+    PutOptions, Txn, TxnOp,
 };
+
+use haven_tls::reload::{FileStamps, WatchTicks};
 
 use crate::config::{EtcdSecurity, EtcdTransport};
 
 use super::{
-    Compare, Counters, KeyValue, LeaseId, MetaStore, Op, Result, StoreError, StoreStats, TxnOutcome,
+    Compare, Counters, KeyValue, LeaseId, MetaStore, Op, Result, Revision, StoreError, StoreStats,
+    TxnOutcome,
 };
 
 /// Deadline of one etcd request.
@@ -30,17 +40,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to an etcd cluster.
 pub struct EtcdStore {
-    client: Client,
+    /// Replaced when the credential files rotate; each request clones the current one.
+    client: RwLock<Client>,
     counters: Counters,
 }
 
 impl EtcdStore {
+    /// The client for one request.
+    fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
     /// One keep-alive of lease `id`: its first reply says whether the lease lives.
     async fn keep_alive_once(&self, id: LeaseId) -> Result<()> {
         // etcd-client reads the first reply itself and reports a lease that is gone
         // (TTL 0) as this error: that is `LeaseNotFound`, not an unavailable store.
         let opened = bounded(|| {
-            let mut lease = self.client.lease_client();
+            let mut lease = self.client().lease_client();
             async move {
                 match lease.keep_alive(id).await {
                     Err(etcd_client::Error::LeaseKeepAliveError(message))
@@ -77,22 +95,111 @@ impl EtcdStore {
                  true): anyone on that network can read and rewrite Haven's state"
             );
         }
-        let options = credentials.apply(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(3))
-                .with_timeout(REQUEST_TIMEOUT)
-                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
-        );
-        let client =
-            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
-                .await
-                .map_err(|_| unavailable("timed out connecting to etcd"))?
-                .map_err(etcd_error)?;
         Ok(Self {
-            client,
+            client: RwLock::new(open_client(endpoints, credentials).await?),
             counters: Counters::default(),
         })
     }
+
+    /// Follows the files of `security` for as long as the store lives: when one
+    /// changes (or on SIGHUP), connects again with what they now hold and, once that
+    /// client has answered etcd, sends every new request through it. Until then —
+    /// a key written before its certificate, an unreachable cluster — the previous
+    /// client stays and the new files are tried again at the next look.
+    /// Requests in flight finish on the client they started with.
+    pub fn follow_credentials(self: &Arc<Self>, endpoints: &[String], security: &EtcdSecurity) {
+        let files = security.files();
+        if files.is_empty() {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        let endpoints = endpoints.to_vec();
+        let security = security.clone();
+        tokio::spawn(async move {
+            let mut stamps = FileStamps::new(files);
+            let mut ticks = WatchTicks::new();
+            let mut rotation = Rotation::default();
+            loop {
+                let forced = ticks.next().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                if stamps.changed() || forced {
+                    rotation = Rotation::Pending { warned: false };
+                }
+                let Rotation::Pending { warned } = rotation else {
+                    continue;
+                };
+                match reconnect(&endpoints, &security).await {
+                    Ok(client) => {
+                        *store.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+                        rotation = Rotation::Done;
+                        tracing::info!("etcd credentials reloaded; new requests use them");
+                    }
+                    Err(error) => {
+                        if !warned {
+                            tracing::warn!(
+                                %error,
+                                files = %display_paths(&security.files()),
+                                "etcd credentials changed but cannot be used yet; keeping \
+                                 the previous connection and trying again"
+                            );
+                        }
+                        rotation = Rotation::Pending { warned: true };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Where a rotation of the credential files stands.
+#[derive(Debug, Clone, Copy, Default)]
+enum Rotation {
+    /// The current client uses the files as they are.
+    #[default]
+    Done,
+    /// The files changed and no client has been built from them yet.
+    Pending {
+        /// Whether the failure to use them was logged (once per change).
+        warned: bool,
+    },
+}
+
+/// A client for `endpoints` with `credentials`, within [`REQUEST_TIMEOUT`].
+async fn open_client(endpoints: &[String], credentials: EtcdCredentials) -> Result<Client> {
+    let options = credentials.apply(
+        ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
+    );
+    tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+        .await
+        .map_err(|_| unavailable("timed out connecting to etcd"))?
+        .map_err(etcd_error)
+}
+
+/// A client built from the files of `security` as they are now, once etcd answered
+/// it: building one does not contact etcd without a user, and a certificate etcd
+/// refuses must not replace one it accepts.
+async fn reconnect(endpoints: &[String], security: &EtcdSecurity) -> Result<Client> {
+    let credentials = EtcdCredentials::load(security, endpoints)?;
+    let client = open_client(endpoints, credentials).await?;
+    let mut maintenance = client.maintenance_client();
+    tokio::time::timeout(REQUEST_TIMEOUT, maintenance.status())
+        .await
+        .map_err(|_| unavailable("timed out asking etcd for its status"))?
+        .map_err(etcd_error)?;
+    Ok(client)
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -220,7 +327,7 @@ impl MetaStore for EtcdStore {
         self.counters.read();
         let response = self.counters.outcome(
             bounded(|| {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 async move { kv.get(key, None).await }
             })
             .await,
@@ -232,7 +339,7 @@ impl MetaStore for EtcdStore {
         self.counters.read();
         let response = self.counters.outcome(
             bounded(|| {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await,
@@ -247,7 +354,7 @@ impl MetaStore for EtcdStore {
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let response = bounded(|| {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.client().kv_client();
             let options = GetOptions::new().with_range(end).with_limit(limit);
             async move { kv.get(start, Some(options)).await }
         })
@@ -284,7 +391,7 @@ impl MetaStore for EtcdStore {
         let txn = Txn::new().when(compares).and_then(ops);
         let response = self.counters.outcome(
             bounded(|| {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -305,7 +412,7 @@ impl MetaStore for EtcdStore {
         let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let granted = self.counters.outcome(
             bounded(|| {
-                let mut lease = self.client.lease_client();
+                let mut lease = self.client().lease_client();
                 async move { lease.grant(seconds, None).await }
             })
             .await,
@@ -318,10 +425,48 @@ impl MetaStore for EtcdStore {
         self.counters.outcome(self.keep_alive_once(id).await)
     }
 
+    async fn compact_history(&self, keep: u64) -> Result<Option<Revision>> {
+        self.counters.write();
+        // The current revision is in every reply's header; a count-only read of one
+        // key costs etcd nothing.
+        let current = self
+            .counters
+            .outcome(
+                bounded(|| {
+                    let mut kv = self.client().kv_client();
+                    async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+                })
+                .await,
+            )?
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| unavailable("etcd reply without header"))?;
+        let keep = Revision::try_from(keep).unwrap_or(Revision::MAX);
+        let target = current.saturating_sub(keep);
+        if target <= 1 {
+            return Ok(None);
+        }
+        let compacted = bounded(|| {
+            let mut kv = self.client().kv_client();
+            async move { kv.compact(target, Some(CompactionOptions::new())).await }
+        })
+        .await;
+        match compacted {
+            Ok(_) => Ok(Some(target)),
+            // Another replica (or an earlier term) compacted at least this far.
+            Err(StoreError::Unavailable(message) | StoreError::Invalid(message))
+                if message.contains("compacted") =>
+            {
+                Ok(None)
+            }
+            Err(error) => self.counters.outcome(Err(error)),
+        }
+    }
+
     async fn revoke(&self, id: LeaseId) -> Result<()> {
         self.counters.lease();
         let revoked = bounded(|| {
-            let mut lease = self.client.lease_client();
+            let mut lease = self.client().lease_client();
             async move { lease.revoke(id).await }
         })
         .await;

@@ -23,11 +23,12 @@
 //! A [`BlockDevice`] is cut into partitions (`partition.rs`, giving [`DeviceSlice`]s);
 //! each slice is read by a driver in `filesystem/` (ext, FAT, NTFS), which answers in
 //! the types of `entry.rs`; [`Volume`] detects the file system and dispatches to its
-//! driver; `extract.rs` copies entries out. Each layer imports only those below it.
+//! driver; `extract.rs` copies entries out; `diff.rs` compares two listings. Each layer imports only those below it.
 
 #![warn(missing_docs)]
 
 mod device;
+mod diff;
 mod entry;
 mod error;
 mod extract;
@@ -36,6 +37,7 @@ mod partition;
 mod volume;
 
 pub use device::{BlockDevice, DeviceSlice};
+pub use diff::{Change, Content, FileChange, diff_entries};
 pub use entry::{Entry, EntryKind, Limits};
 pub use error::{FilesError, Result};
 pub use extract::{ExtractOptions, ExtractReport, extract};

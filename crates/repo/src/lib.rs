@@ -40,7 +40,7 @@ mod repository;
 mod storage;
 
 pub use error::{RepoError, Result};
-pub use progress::Progress;
+pub use progress::{Phase, Progress};
 pub use repository::Repository;
 
 // The format.
@@ -65,6 +65,7 @@ pub use storage::node_client::{
 pub use storage::s3::S3Credentials;
 
 // Operations.
+pub use ops::diff::{ChangedRange, changed_ranges};
 pub use ops::gc::{
     DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,
 };

@@ -1,11 +1,12 @@
-//! Operations over whole repositories, built on [`crate::Repository`]: verify and
-//! repair, replication, retention, prune and forget, statistics, garbage collection with the leases and
+//! Operations over whole repositories, built on [`crate::Repository`]: the changed
+//! ranges of two snapshots, verify and repair, replication, retention, prune and forget, statistics, garbage collection with the leases and
 //! locks that make it safe beside running backups, protected snapshots, and the
 //! repository's key slots (one per password).
 //!
 //! Decisions that can be pure functions are (`retention::plan_retention`); the modules
 //! around them do the listing, reading and deleting.
 
+pub(crate) mod diff;
 pub(crate) mod gc;
 pub(crate) mod keys;
 pub(crate) mod lease;

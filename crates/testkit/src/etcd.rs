@@ -163,6 +163,11 @@ impl Etcd {
             .arg(format!("http://127.0.0.1:{}", member.metrics_port));
         if let Some(credentials) = &self.credentials {
             credentials.add_server_args(&mut command);
+            // As compose and the chart run it: Haven's user may not compact (etcd
+            // keeps that to root), so etcd bounds its own history; every few seconds
+            // here rather than hourly.
+            command.args(["--auto-compaction-mode", "periodic"]);
+            command.args(["--auto-compaction-retention", "2s"]);
         }
         ChildGuard::spawn(&mut command, &self.log(index), INSTALL_HINT)
     }

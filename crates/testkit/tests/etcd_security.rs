@@ -6,7 +6,7 @@
 use haven_coordinator::config::EtcdSecurity;
 use haven_coordinator::store::etcd::EtcdStore;
 use haven_coordinator::store::{KeyValue, MetaStore, Op, StoreError};
-use haven_testkit::etcd::{Etcd, EtcdctlUser, HAVEN_PREFIX};
+use haven_testkit::etcd::{Etcd, EtcdctlUser, HAVEN_PREFIX, HAVEN_USER};
 
 async fn start_secured() -> Etcd {
     tokio::task::spawn_blocking(|| Etcd::start_secured(1))
@@ -178,5 +178,65 @@ async fn havens_user_stays_inside_its_prefix() {
         root(&["get", "/outside/new"]).trim(),
         "",
         "nothing was created"
+    );
+}
+
+/// The client certificate rotates without a restart: the store starts with a
+/// certificate etcd takes as no user (every read refused), the files are replaced by
+/// one named after Haven's user, and reads succeed once the store has followed them.
+/// Only a new TLS connection with the new certificate can turn the refusal around.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_certificate_is_used_without_a_restart() {
+    let etcd = start_secured().await;
+    let files = etcd.credentials().expect("secured");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cert = dir.path().join("client.pem");
+    let key = dir.path().join("client-key.pem");
+    std::fs::copy(&files.client_cert, &cert).expect("copy the certificate");
+    std::fs::copy(&files.client_key, &key).expect("copy the key");
+    // The certificate is the credential: no user and password.
+    let security = EtcdSecurity {
+        ca_file: Some(files.ca_file.clone()),
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        ..EtcdSecurity::default()
+    };
+    let key_name = format!("{HAVEN_PREFIX}leader");
+    let store = std::sync::Arc::new(
+        EtcdStore::connect(&etcd.endpoints(), &security)
+            .await
+            .expect("the certificate passes TLS"),
+    );
+    store.follow_credentials(&etcd.endpoints(), &security);
+    let refused = store.get(&key_name).await;
+    assert!(
+        matches!(refused, Err(StoreError::Denied(_))),
+        "a certificate named after no user must be refused, got {refused:?}"
+    );
+
+    // Rotate as cert-manager does: new files renamed over the old ones.
+    let staged = tempfile::tempdir_in(dir.path()).expect("staging directory");
+    let (new_cert, new_key) = (
+        staged.path().join("client.pem"),
+        staged.path().join("client-key.pem"),
+    );
+    files
+        .issue_client(HAVEN_USER, &new_cert, &new_key)
+        .expect("issue a certificate named after Haven's user");
+    std::fs::rename(&new_key, &key).expect("replace the key");
+    std::fs::rename(&new_cert, &cert).expect("replace the certificate");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let read = loop {
+        match store.get(&key_name).await {
+            Err(StoreError::Denied(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        read.is_ok(),
+        "the rotated certificate must be used by the running store, got {read:?}"
     );
 }

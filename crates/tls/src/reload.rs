@@ -6,6 +6,10 @@
 //! SIGHUP. A rebuild that fails — a key written before its certificate, a typo — is
 //! logged and the previous value kept, so a bad rotation never takes a node down.
 //! New connections take [`Reloading::current`]; established ones keep what they had.
+//!
+//! What cannot be rebuilt synchronously (a client that must connect, such as the
+//! coordinator's etcd client) uses the parts directly: [`FileStamps`] to see a
+//! rotation and [`WatchTicks`] for when to look.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,13 +27,72 @@ type Build<T> = Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>;
 /// What identifies one version of a file.
 type Stamp = Option<(SystemTime, u64, u64)>;
 
+/// The versions of a set of files last seen: what tells a rotation happened.
+///
+/// A file counts as changed when its modification time, size or inode differs; a
+/// missing file has no version, so its reappearance is a change too.
+#[derive(Debug)]
+pub struct FileStamps {
+    files: Vec<PathBuf>,
+    stamps: Vec<Stamp>,
+}
+
+impl FileStamps {
+    /// Remembers the current versions of `files`.
+    pub fn new(files: Vec<PathBuf>) -> Self {
+        let stamps = files.iter().map(stamp).collect();
+        Self { files, stamps }
+    }
+
+    /// Whether any file changed since the last call (or [`Self::new`]); remembers
+    /// the versions seen now.
+    pub fn changed(&mut self) -> bool {
+        let now: Vec<Stamp> = self.files.iter().map(stamp).collect();
+        let changed = now != self.stamps;
+        self.stamps = now;
+        changed
+    }
+}
+
+/// The moments to look at watched files: every [`WATCH_INTERVAL`], and at once on
+/// SIGHUP (the operator's "reload now").
+pub struct WatchTicks {
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl WatchTicks {
+    /// Listens for SIGHUP (without it, only the interval ticks). Needs a Tokio runtime.
+    pub fn new() -> Self {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        Self { hangup }
+    }
+
+    /// Waits for the next look: `true` when SIGHUP forced it.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_INTERVAL) => false,
+            Some(()) = async {
+                match self.hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        }
+    }
+}
+
+impl Default for WatchTicks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A value rebuilt from files when they change.
 pub struct Reloading<T> {
     what: String,
-    files: Vec<PathBuf>,
     build: Build<T>,
     current: RwLock<Arc<T>>,
-    stamps: Mutex<Vec<Stamp>>,
+    stamps: Mutex<FileStamps>,
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
@@ -40,11 +103,10 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         files: Vec<PathBuf>,
         build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, TlsError> {
-        let stamps = files.iter().map(stamp).collect();
+        let stamps = FileStamps::new(files);
         let first = build()?;
         Ok(Arc::new(Self {
             what: what.into(),
-            files,
             build: Box::new(build),
             current: RwLock::new(Arc::new(first)),
             stamps: Mutex::new(stamps),
@@ -62,15 +124,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     /// Rebuilds if a file changed (or always, with `force`); returns whether the
     /// value was replaced.
     pub fn reload(&self, force: bool) -> bool {
-        let now: Vec<Stamp> = self.files.iter().map(stamp).collect();
         {
             let Ok(mut stamps) = self.stamps.lock() else {
                 return false;
             };
-            if !force && *stamps == now {
+            if !stamps.changed() && !force {
                 return false;
             }
-            *stamps = now;
         }
         match (self.build)() {
             Ok(value) => {
@@ -91,18 +151,11 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     pub fn watch(self: &Arc<Self>, shutdown: CancellationToken) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut ticks = WatchTicks::new();
             loop {
                 let forced = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(WATCH_INTERVAL) => false,
-                    Some(()) = async {
-                        match hangup.as_mut() {
-                            Some(signal) => signal.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
+                    forced = ticks.next() => forced,
                 };
                 this.reload(forced);
             }

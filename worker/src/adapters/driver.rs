@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use haven_repo::{Consistency, FixedIndex, Manifest, Progress, RateLimiter, Repository};
+use haven_repo::{Consistency, FixedIndex, Manifest, Phase, Progress, RateLimiter, Repository};
 use tracing::Instrument;
 
 use super::HypervisorAdapter;
@@ -113,6 +113,7 @@ async fn run(
         bases.push(base);
         modes.push(mode);
     }
+    progress.set_phase(Phase::Snapshot);
     let snapshot = tracing::info_span!("snapshot", consistency = tracing::field::Empty);
     let (vm_config, consistency) = async {
         let vm_config = adapter.vm_config().await?;
@@ -123,6 +124,7 @@ async fn run(
     .await?;
     snapshot.record("consistency", tracing::field::debug(consistency));
     drop(snapshot);
+    progress.set_phase(Phase::Read);
     let mut committed = Vec::with_capacity(names.len());
     for (position, (name, base)) in names.into_iter().zip(&bases).enumerate() {
         let read = tracing::info_span!(
@@ -160,6 +162,7 @@ async fn run(
             .map(|manifest| manifest.timestamp.clone()),
         vm_config,
     };
+    progress.set_phase(Phase::Commit);
     let manifest = commit_snapshot(repo, &plan, committed, meta, options.publisher)
         .instrument(tracing::info_span!("commit"))
         .await?;

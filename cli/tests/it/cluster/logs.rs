@@ -6,15 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::dev::make_image;
-use crate::support::{
-    cluster::{Cli, init_repo, one_cluster_at_a_time, start_vm},
-    haven::{PASSWORD, haven},
-    process::{free_port, spawn_logged},
-};
+use super::dev::{Dev, Setup, Storage, make_image};
+use crate::support::cluster::{init_repo, one_cluster_at_a_time, start_vm};
 
-/// The lines `haven dev` prints for people before it logs anything.
-const BANNER: [&str; 3] = ["haven dev: ", "web console: ", "the CLI as admin: "];
+/// How the lines `haven dev` prints for people begin.
+const BANNER: &str = "haven dev: ";
 
 #[test]
 fn daemon_logs_json_lines_with_the_job_and_vm_of_each_job_line() {
@@ -28,32 +24,16 @@ fn daemon_logs_json_lines_with_the_job_and_vm_of_each_job_line() {
     let repo = dir.path().join("repo");
     init_repo(&repo, &[]);
 
-    let port = free_port();
-    let url = format!("https://127.0.0.1:{port}");
-    let state = dir.path().join("state");
-    let log = dir.path().join("dev.log");
-    let _dev = spawn_logged(
-        haven(&["dev", "--log-format", "json", "--state-dir"])
-            .arg(&state)
-            .arg("--qmp-dir")
-            .arg(&vms)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-            .env("HAVEN_PASSWORD", PASSWORD)
-            .env_remove("HAVEN_LOG")
-            .env_remove("HAVEN_LOG_FORMAT"),
-        &log,
+    let dev = Dev::launch(
+        dir.path(),
+        &vms,
+        Setup {
+            storage: Storage::None,
+            args: &["--log-format", "json"],
+            ..Setup::default()
+        },
     );
-    let cli = Cli::dev_admin(url, &state);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cli.run(&["vm", "list"]);
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("web") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "haven dev did not come up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (cli, log) = (&dev.cli, &dev.log);
     let job: Value = serde_json::from_str(&cli.ok(&[
         "job",
         "run",
@@ -68,7 +48,7 @@ fn daemon_logs_json_lines_with_the_job_and_vm_of_each_job_line() {
     // The worker logs the job's end after reporting it: wait for that line.
     let deadline = Instant::now() + Duration::from_secs(60);
     let lines = loop {
-        let lines = json_lines(&std::fs::read_to_string(&log).unwrap());
+        let lines = json_lines(&std::fs::read_to_string(log).unwrap());
         if lines.iter().any(|line| line["message"] == "job finished") {
             break lines;
         }
@@ -111,7 +91,7 @@ fn json_lines(text: &str) -> Vec<Value> {
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     complete
         .lines()
-        .filter(|line| !BANNER.iter().any(|banner| line.starts_with(banner)))
+        .filter(|line| !line.starts_with(BANNER))
         .map(|line| {
             serde_json::from_str::<Value>(line)
                 .ok()

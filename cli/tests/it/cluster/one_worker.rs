@@ -35,6 +35,18 @@ impl OneWorker {
     /// with `env` added to its environment: the storage key it publishes manifests
     /// with) and one VM per name in `dir/h0`, and waits until the coordinator answers.
     pub fn start(dir: &Path, vms: &[&str], extra_allowed: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_tables(dir, vms, extra_allowed, env, "")
+    }
+
+    /// [`OneWorker::start`] with `tables` appended to `coordinator.toml` (tables
+    /// only, such as `[notify]`).
+    pub fn start_with_tables(
+        dir: &Path,
+        vms: &[&str],
+        extra_allowed: &[&str],
+        env: &[(&str, &str)],
+        tables: &str,
+    ) -> Self {
         let pki = Pki::new(dir);
         let hosts = dir.join("h0");
         std::fs::create_dir_all(&hosts).unwrap();
@@ -58,7 +70,7 @@ impl OneWorker {
             &config,
             format!(
                 "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n\
-                 tick_ms = 200\nallowed_repositories = {allowed:?}\n{}",
+                 tick_ms = 200\nallowed_repositories = {allowed:?}\n{}{tables}",
                 dir.join("state.redb"),
                 pki.coordinator_toml()
             ),
@@ -128,6 +140,26 @@ impl OneWorker {
             assert!(
                 Instant::now() < deadline,
                 "the worker did not report the VMs"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Waits until the coordinator lists VM `name` (a VM started after the worker,
+    /// found at its next inventory report).
+    pub fn wait_for_vm(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.admin.run(&["vm", "list", "--json"]);
+            if out.status.success() {
+                let vms: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+                if vms.iter().any(|vm| vm["name"] == name) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not report {name}"
             );
             std::thread::sleep(Duration::from_millis(300));
         }

@@ -1,7 +1,11 @@
 //! A coordinator on a secured etcd (client-certificate TLS, auth with a user whose role
 //! covers only `/haven/`), configured through `[etcd_security]` of `coordinator.toml`
 //! alone: it elects itself, serves the CLI, and everything it writes lands in Haven's
-//! prefix. Settings it cannot use stop it at start with the file and field named.
+//! prefix. Its history stays bounded: Haven's user may not compact, so etcd's own
+//! auto-compaction does, as compose and the chart configure it (the coordinator's
+//! compaction of an etcd that lets it is `crates/testkit/tests/etcd_history.rs`).
+//! Settings it cannot use stop it at start with the
+//! file and field named.
 //! (`cluster/gc.rs` runs a whole workload on the same kind of etcd.)
 
 use std::path::Path;
@@ -15,12 +19,16 @@ use crate::support::{
     process::{free_port, spawn_logged, stderr_within},
 };
 
+/// Generations of the policy the test writes.
+const GENERATIONS: i64 = 40;
+
 /// `coordinator.toml` for `etcd` on these ports, with the fixture's `[etcd_security]`.
 fn secured_config(etcd: &Etcd, port: u16, http: u16) -> String {
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     format!(
         "id = \"secured\"\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-         etcd = [{}]\nleader_lease_seconds = 3\ntick_ms = 200\n{}",
+         etcd = [{}]\nleader_lease_seconds = 3\ntick_ms = 200\n\
+         compaction_seconds = 1\n{}",
         endpoints.join(","),
         etcd.credentials().expect("secured etcd").coordinator_toml()
     )
@@ -100,6 +108,47 @@ fn coordinator_leads_on_a_secured_etcd() {
         "keys: {keys:?}"
     );
 
+    // Many generations of the policy: etcd keeps every version until compacted.
+    // Auto-compaction makes an old version unreadable while the current one stays.
+    let first = revision_of(&etcd, "/haven/policies/nightly").1;
+    for minute in 0..GENERATIONS {
+        std::fs::write(
+            &policy,
+            format!(
+                "[[policy]]\nname = \"nightly\"\nschedule = \"{} 3 * * *\"\nrepository = {:?}\n",
+                minute % 60,
+                dir.join("repo").to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    }
+    let (current, _) = revision_of(&etcd, "/haven/policies/nightly");
+    assert!(current - first >= GENERATIONS, "{first} .. {current}");
+    let read_at = |revision: i64| {
+        etcd.etcdctl(
+            EtcdctlUser::Root,
+            &[
+                "get",
+                "/haven/policies/nightly",
+                &format!("--rev={revision}"),
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match read_at(first) {
+            Err(error) if error.to_string().contains("compacted") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "revision {first} of {current} was never compacted: {other:?}\nlog:\n{}",
+                std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    read_at(current).expect("the current revision stays readable");
+
     // Settings the coordinator cannot use stop it before it serves, naming the cause.
     let good = secured_config(&etcd, free_port(), free_port());
     let missing = dir.join("missing-password");
@@ -139,4 +188,19 @@ fn coordinator_leads_on_a_secured_etcd() {
             "{stderr:?} should say {expected:?}"
         );
     }
+}
+
+/// The cluster's current revision and `key`'s modification revision, read as root.
+fn revision_of(etcd: &Etcd, key: &str) -> (i64, i64) {
+    let text = etcd
+        .etcdctl(EtcdctlUser::Root, &["get", key, "-w", "json"])
+        .expect("read as root");
+    let reply: serde_json::Value = serde_json::from_str(&text).expect("etcdctl JSON");
+    let current = reply["header"]["revision"]
+        .as_i64()
+        .expect("header revision");
+    let modified = reply["kvs"][0]["mod_revision"]
+        .as_i64()
+        .expect("mod_revision");
+    (current, modified)
 }

@@ -70,6 +70,8 @@ pub struct EtcdCredentialFiles {
     pub password_file: PathBuf,
     /// File holding etcd's `root` password.
     root_password_file: PathBuf,
+    /// The CA's key, to issue more certificates.
+    ca_key: PathBuf,
 }
 
 impl EtcdCredentialFiles {
@@ -85,8 +87,8 @@ impl EtcdCredentialFiles {
             client_key: dir.join("client-key.pem"),
             password_file: dir.join("haven-password"),
             root_password_file: dir.join("root-password"),
+            ca_key: dir.join("ca-key.pem"),
         };
-        let ca_key = dir.join("ca-key.pem");
         let mut ca = openssl(dir);
         ca.args([
             "req",
@@ -98,40 +100,12 @@ impl EtcdCredentialFiles {
         ])
         .args(NEW_KEY)
         .arg("-keyout")
-        .arg(&ca_key)
+        .arg(&files.ca_key)
         .arg("-out")
         .arg(&files.ca_file);
         run(&mut ca, OPENSSL_HINT)?;
-        let sign = |name: &str, subject: &str, extensions: &[&str], cert: &Path, key: &Path| {
-            let request = dir.join(format!("{name}.csr"));
-            let mut new = openssl(dir);
-            new.args(["req", "-new", "-subj", subject])
-                .args(NEW_KEY)
-                .arg("-keyout")
-                .arg(key)
-                .arg("-out")
-                .arg(&request);
-            for extension in extensions {
-                new.args(["-addext", extension]);
-            }
-            run(&mut new, OPENSSL_HINT)?;
-            let mut signed = openssl(dir);
-            signed
-                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-                .args(["-copy_extensions", "copyall"])
-                .arg("-in")
-                .arg(&request)
-                .arg("-CA")
-                .arg(&files.ca_file)
-                .arg("-CAkey")
-                .arg(&ca_key)
-                .arg("-out")
-                .arg(cert);
-            run(&mut signed, OPENSSL_HINT).map(drop)
-        };
         // The members also use it as a client certificate towards each other.
-        sign(
-            "server",
+        files.sign(
             "/CN=etcd",
             &[
                 "subjectAltName=IP:127.0.0.1,DNS:localhost",
@@ -140,13 +114,7 @@ impl EtcdCredentialFiles {
             &files.server_cert,
             &files.server_key,
         )?;
-        sign(
-            "client",
-            &format!("/CN={CLIENT_COMMON_NAME}"),
-            &["extendedKeyUsage=clientAuth"],
-            &files.client_cert,
-            &files.client_key,
-        )?;
+        files.issue_client(CLIENT_COMMON_NAME, &files.client_cert, &files.client_key)?;
         for (file, password) in [
             (&files.password_file, HAVEN_PASSWORD),
             (&files.root_password_file, ROOT_PASSWORD),
@@ -155,6 +123,58 @@ impl EtcdCredentialFiles {
                 .map_err(FixtureError::io(format!("cannot write {}", file.display())))?;
         }
         Ok(files)
+    }
+
+    /// Issues a client certificate of this CA named `common_name` (etcd takes it as
+    /// the user of a request without a token) to `cert` and `key`.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), FixtureError> {
+        self.sign(
+            &format!("/CN={common_name}"),
+            &["extendedKeyUsage=clientAuth"],
+            cert,
+            key,
+        )
+    }
+
+    /// Signs a new P-256 key for `subject` with `extensions` by this CA.
+    fn sign(
+        &self,
+        subject: &str,
+        extensions: &[&str],
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), FixtureError> {
+        let dir = cert.parent().unwrap_or(Path::new("."));
+        let request = cert.with_extension("csr");
+        let mut new = openssl(dir);
+        new.args(["req", "-new", "-subj", subject])
+            .args(NEW_KEY)
+            .arg("-keyout")
+            .arg(key)
+            .arg("-out")
+            .arg(&request);
+        for extension in extensions {
+            new.args(["-addext", extension]);
+        }
+        run(&mut new, OPENSSL_HINT)?;
+        let mut signed = openssl(dir);
+        signed
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .args(["-copy_extensions", "copyall"])
+            .arg("-in")
+            .arg(&request)
+            .arg("-CA")
+            .arg(&self.ca_file)
+            .arg("-CAkey")
+            .arg(&self.ca_key)
+            .arg("-out")
+            .arg(cert);
+        run(&mut signed, OPENSSL_HINT).map(drop)
     }
 
     /// Adds the members' TLS arguments to `command`: https clients with a certificate

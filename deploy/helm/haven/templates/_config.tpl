@@ -28,6 +28,24 @@ cert_file = "/etc/haven/etcd-tls/tls.crt"
 key_file = "/etc/haven/etcd-tls/tls.key"
 user = {{ .Values.etcd.auth.user | quote }}
 password_file = "/etc/haven/etcd-auth/password"
+{{- with .Values.coordinator.notify }}
+{{- if .webhooks }}
+
+[notify]
+cluster = {{ .cluster | quote }}
+{{- range $index, $webhook := .webhooks }}
+
+[[notify.webhook]]
+url = {{ required "coordinator.notify.webhooks[].url" $webhook.url | quote }}
+{{- with $webhook.events }}
+events = {{ toJson . }}
+{{- end }}
+{{- if $webhook.secretName }}
+secret_file = "/etc/haven/notify/{{ $index }}/secret"
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "haven.workerToml" -}}
