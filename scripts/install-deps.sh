@@ -22,6 +22,8 @@ packages=(
   openssl
   # metrics tests: promtool test rules, and a real Prometheus scraping a cluster
   prometheus
+  # web console tests: headless Chromium driven over WebDriver
+  chromium chromium-driver
   # storage node tests: real S3 clients
   awscli rclone restic python3 python3-boto3
 )

@@ -20,6 +20,7 @@ mod layer;
 pub mod rules;
 pub mod tokens;
 
+use haven_tls::listener::PeerCertificate;
 use haven_tls::{Identity, Role};
 use tonic::{Request, Status};
 
@@ -51,6 +52,49 @@ pub struct Caller {
     pub identity: Identity,
     /// How it was proven.
     pub credential: Credential,
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, or why the header is unusable.
+pub fn bearer_token(value: &http::HeaderValue) -> Result<&str, String> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| "the authorization header must be `Bearer TOKEN`".to_owned())
+}
+
+/// Who is calling, the one rule for the gRPC API and the web console: an API token
+/// if one is presented (it names the caller even on a connection with a client
+/// certificate), else the client certificate's identity, verified by the TLS
+/// handshake against the client CA. The error says why in the caller's terms and
+/// never repeats a token.
+pub async fn authenticate(
+    tokens: &tokens::Tokens,
+    token: Option<&str>,
+    certificate: Option<&PeerCertificate>,
+) -> Result<Caller, String> {
+    if let Some(token) = token {
+        let identity = tokens.verify(token).await?;
+        return Ok(Caller {
+            identity,
+            credential: Credential::Token,
+        });
+    }
+    match certificate {
+        Some(PeerCertificate::Identity(identity)) => Ok(Caller {
+            identity: identity.clone(),
+            credential: Credential::Certificate,
+        }),
+        Some(PeerCertificate::Unusable(reason)) => Err(format!(
+            "the client certificate is not a Haven identity: {reason}"
+        )),
+        _ => Err(
+            "no credentials: present a client certificate of the cluster's CA \
+                  or an API token"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The caller the layer attached to `request`.

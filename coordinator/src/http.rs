@@ -1,5 +1,5 @@
 //! `/healthz` and `/metrics` of a replica, served by the shared `haven-metrics`
-//! server.
+//! server, which hands every other path to the web console (`console.rs`).
 //!
 //! Everything exported is read from the replica when scraped: whether this replica
 //! leads, the counters of jobs that ended while it led (registered by `lib.rs` and
@@ -14,7 +14,12 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use haven_metrics::{Exporter, NO_LABELS, Registry, SampleWriter, ScrapeTimeMetrics};
+use haven_metrics::{
+    Exporter, NO_LABELS, Registry, RouteRequest, RouteResponse, SampleWriter, ScrapeTimeMetrics,
+};
+use haven_tls::listener::PeerInfo;
+
+use crate::console::Console;
 
 use crate::leader::MetricsSummary;
 use crate::model::now_ms;
@@ -62,17 +67,19 @@ impl ReplicaReading {
     }
 }
 
-/// The replica's HTTP endpoints: its metrics registry and its health.
+/// The replica's HTTP endpoints: its metrics registry, its health and its console.
 pub struct ReplicaEndpoints {
     replica: Arc<Replica>,
     registry: Registry,
     latest: Arc<Mutex<ReplicaReading>>,
+    console: Console,
 }
 
 impl ReplicaEndpoints {
     /// Endpoints reading `replica` at every scrape, serving `registry` (which holds
-    /// the replica's job counters) with the process metrics and the replica's own.
-    pub fn new(replica: Arc<Replica>, mut registry: Registry) -> Self {
+    /// the replica's job counters) with the process metrics and the replica's own,
+    /// and `console` on every other path.
+    pub fn new(replica: Arc<Replica>, mut registry: Registry, console: Console) -> Self {
         let latest = Arc::new(Mutex::new(ReplicaReading::default()));
         registry.register_process_metrics("coordinator");
         registry.register_scrape_time(ReplicaMetrics(Arc::clone(&latest)));
@@ -80,6 +87,7 @@ impl ReplicaEndpoints {
             replica,
             registry,
             latest,
+            console,
         }
     }
 }
@@ -105,6 +113,10 @@ impl Exporter for ReplicaEndpoints {
             Err(error) => format!("store: unreachable: {error}\n"),
         };
         Some(role + &store)
+    }
+
+    async fn route(&self, request: RouteRequest, peer: &PeerInfo) -> RouteResponse {
+        self.console.handle(request, peer).await
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod cron;
 pub mod http;
 pub mod leader;
@@ -97,7 +98,8 @@ pub async fn open_store(
     }
 }
 
-/// Runs one replica until `shutdown`: gRPC, the HTTP endpoints and the election.
+/// Runs one replica until `shutdown`: gRPC, the HTTP endpoints (with the web
+/// console) and the election.
 pub async fn run(
     config: CoordinatorConfig,
     store: Arc<dyn MetaStore>,
@@ -145,6 +147,8 @@ pub async fn run(
             None
         }
     };
+    let tokens = Arc::new(auth::tokens::Tokens::new(store.clone()));
+    let audit = Arc::new(auth::audit::AuditLog::new(store.clone()));
     if let Some(address) = config.http_listen {
         let security = match &config.tls {
             Some(tls) => HttpSecurity::tls(tls, "coordinator HTTP", &shutdown)?,
@@ -153,7 +157,15 @@ pub async fn run(
             },
         };
         let http = haven_metrics::MetricsServer::bind(address, security).await?;
-        let endpoints = Arc::new(http::ReplicaEndpoints::new(replica.clone(), registry));
+        let port = http
+            .local_addr()
+            .map_or(address.port(), |bound| bound.port());
+        let console = console::Console::new(replica.clone(), tokens.clone(), audit.clone(), port);
+        let endpoints = Arc::new(http::ReplicaEndpoints::new(
+            replica.clone(),
+            registry,
+            console,
+        ));
         tokio::spawn(http.serve(endpoints, shutdown.clone()));
     }
     let election = tokio::spawn(replica.clone().run(shutdown.clone()));
@@ -164,8 +176,6 @@ pub async fn run(
         Duration::from_secs(config.compaction_seconds),
         shutdown.clone(),
     ));
-    let tokens = Arc::new(auth::tokens::Tokens::new(store.clone()));
-    let audit = Arc::new(auth::audit::AuditLog::new(store));
     let service = CoordinatorService::new(
         replica.clone(),
         policy::RepositoryAllowlist::new(config.allowed_repositories.clone()),

@@ -149,6 +149,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Its name in records and the web console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Assigned => "assigned",
+            Self::Committing => "committing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Pending, assigned or committing: the VM has a job in progress.
     pub fn is_active(self) -> bool {
         matches!(self, Self::Pending | Self::Assigned | Self::Committing)
@@ -168,6 +179,18 @@ pub enum JobKind {
     Gc,
     /// Copy the repository to the policy's secondary site.
     Replicate,
+}
+
+impl JobKind {
+    /// Its name in records and the web console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Prune => "prune",
+            Self::Gc => "gc",
+            Self::Replicate => "replicate",
+        }
+    }
 }
 
 /// Parameters of the non-backup kinds.

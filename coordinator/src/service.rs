@@ -136,7 +136,8 @@ fn token_status(error: TokenError) -> Status {
     }
 }
 
-fn status(error: LeaderError) -> Status {
+/// The gRPC status of a leader error; also the result the console audits for an action.
+pub(crate) fn status(error: LeaderError) -> Status {
     match error {
         LeaderError::NotLeader => Status::unavailable("leadership lost; retry on the new leader"),
         LeaderError::Store(error) => Status::unavailable(error.to_string()),

@@ -45,9 +45,12 @@ pub struct DevArgs {
     /// gRPC address of the coordinator.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
-    /// Address of `/metrics` and `/healthz`.
+    /// Address of `/metrics`, `/healthz` and the web console.
     #[arg(long, default_value = "127.0.0.1:7701")]
     http_listen: SocketAddr,
+    /// Cap on the worker's reads from the VMs' disks, bytes per second (0: none).
+    #[arg(long, default_value_t = 0, value_name = "BYTES_PER_SECOND")]
+    read_limit: u64,
     /// Address of the worker's `/metrics` (loopback only); none: not served.
     #[arg(long)]
     worker_metrics_listen: Option<SocketAddr>,
@@ -146,7 +149,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         max_jobs: 2,
         scratch_dir: std::env::temp_dir(),
         connections: 4,
-        read_limit_bytes_per_second: 0,
+        read_limit_bytes_per_second: args.read_limit,
         inventory_interval_seconds: 10,
         metrics_listen: args.worker_metrics_listen,
         metrics_tls: None,
@@ -297,6 +300,11 @@ impl Banner {
             "haven dev: coordinator on https://{} (metrics https://{}/metrics with the admin \
              certificate), worker for host {:?}",
             args.listen, args.http_listen, args.host
+        );
+        eprintln!(
+            "haven dev: web console on https://{}/ (log in with a token from `haven token \
+             create NAME --role operator`, run as admin)",
+            args.http_listen
         );
         for line in &self.lines {
             eprintln!("haven dev: {line}");

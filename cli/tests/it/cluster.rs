@@ -9,6 +9,7 @@
 //! backups, a worker on libvirt, and webhook notifications.
 
 mod auth;
+mod console;
 mod dev;
 mod gc;
 mod libvirt;
@@ -467,6 +468,28 @@ fn cluster_schedules_fences_and_fails_over() {
         }
         assert_eq!(cluster.pki.https_get(port, "/healthz", None).0, 200);
     }
+    // The web console on the same listeners: the leader shows the cluster to a viewer's
+    // certificate; the follower says it follows and names the leader.
+    let (status, page) = cluster
+        .pki
+        .https_get(leader_http, "/", Some(("viewer", "prometheus")));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"count-protected\""), "{page}");
+    let follower = 1 - cluster.leader_index();
+    let follower_http: u16 = std::fs::read_to_string(cluster.dir.join(format!("c{follower}.port")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, page) = cluster
+        .pki
+        .https_get(follower_http, "/", Some(("viewer", "prometheus")));
+    assert_eq!(status, 503, "{page}");
+    let leader_url = &cluster.coordinator_urls[1 - follower];
+    assert!(
+        page.contains("id=\"follower\"") && page.contains(leader_url.as_str()),
+        "{page}"
+    );
 
     // --- kill -9 of a worker mid-backup: the job finishes elsewhere, resumes cheaply.
     let id = cluster.run_job("big0");

@@ -11,12 +11,14 @@
 //! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
 //! - `prometheus`: a real Prometheus server scraping given targets, and its query API;
 //! - `tls`: a CA and X.509 credentials in QEMU's directory layout;
-//! - `webhook`: an HTTP(S) receiver of notifications that fails its first requests.
+//! - `webhook`: an HTTP(S) receiver of notifications that fails its first requests;
+//! - `browser`: headless Chromium driven over WebDriver (`chromedriver`).
 //!
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
 #![allow(dead_code)]
 
 pub mod bed;
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod haven;

@@ -11,7 +11,7 @@ use tonic::body::Body;
 
 use super::audit::{AuditLog, AuditRecord};
 use super::tokens::Tokens;
-use super::{Caller, Credential, rules};
+use super::{Caller, rules};
 use crate::model;
 
 /// Extension a handler may put in its response: what the call did, for the audit
@@ -155,37 +155,13 @@ impl State {
         authorization: Option<&http::HeaderValue>,
         certificate: Option<&PeerCertificate>,
     ) -> Result<Caller, Status> {
-        if let Some(value) = authorization {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|text| text.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
-                })?;
-            let identity = self
-                .tokens
-                .verify(token.trim())
-                .await
-                .map_err(Status::unauthenticated)?;
-            return Ok(Caller {
-                identity,
-                credential: Credential::Token,
-            });
-        }
-        match certificate {
-            Some(PeerCertificate::Identity(identity)) => Ok(Caller {
-                identity: identity.clone(),
-                credential: Credential::Certificate,
-            }),
-            Some(PeerCertificate::Unusable(reason)) => Err(Status::unauthenticated(format!(
-                "the client certificate is not a Haven identity: {reason}"
-            ))),
-            _ => Err(Status::unauthenticated(
-                "no credentials: present a client certificate of the cluster's CA \
-                 or an API token",
-            )),
-        }
+        let token = authorization
+            .map(super::bearer_token)
+            .transpose()
+            .map_err(Status::unauthenticated)?;
+        super::authenticate(&self.tokens, token, certificate)
+            .await
+            .map_err(Status::unauthenticated)
     }
 }
 

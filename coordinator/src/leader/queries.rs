@@ -1,9 +1,11 @@
-//! Read-only views of the cache for the API, `/metrics` and garbage collection's pins.
+//! Read-only views of the cache for the API, `/metrics`, the web console and garbage
+//! collection's pins.
 //! They take the state lock only, never `mutations`, so they never wait for store I/O.
 
 use super::state::State;
 use super::{Leader, Progress};
-use crate::model::{JobKind, JobRecord, JobState, SnapshotRecord, VmRecord, WorkerRecord};
+use crate::model::{self, JobKind, JobRecord, JobState, SnapshotRecord, VmRecord, WorkerRecord};
+use crate::policy::Policy;
 
 /// What running backups into `repository` need a collection to keep: the newest
 /// catalogued snapshot of each such VM (the base its backup builds on), the start of
@@ -89,24 +91,46 @@ impl Leader {
     }
 
     /// Jobs (newest first), optionally of one VM, with live progress; `limit` 0: all.
+    /// Only the jobs returned are cloned.
     pub async fn jobs(&self, vm: Option<&str>, limit: usize) -> Vec<(JobRecord, Progress)> {
         let state = self.state();
-        let mut list: Vec<(JobRecord, Progress)> = state
+        newest_first(&state, |j| vm.is_none_or(|vm| j.vm == vm), limit)
+    }
+
+    /// The jobs pending, running or committing, newest first, with live progress.
+    pub fn active_jobs(&self) -> Vec<(JobRecord, Progress)> {
+        newest_first(&self.state(), |j| j.state.is_active(), 0)
+    }
+
+    /// The `limit` failed jobs that ended last, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Vec<JobRecord> {
+        let state = self.state();
+        let mut failed: Vec<&JobRecord> = state
             .jobs
             .values()
-            .filter(|j| vm.is_none_or(|vm| j.vm == vm))
-            .map(|j| {
-                (
-                    j.clone(),
-                    state.progress.get(&j.id).copied().unwrap_or_default(),
-                )
-            })
+            .filter(|j| j.state == JobState::Failed)
             .collect();
-        list.sort_by(|a, b| (b.0.created_unix_ms, &b.0.id).cmp(&(a.0.created_unix_ms, &a.0.id)));
-        if limit > 0 {
-            list.truncate(limit);
-        }
-        list
+        failed.sort_by(|a, b| (b.finished_unix_ms, &b.id).cmp(&(a.finished_unix_ms, &a.id)));
+        failed.into_iter().take(limit).cloned().collect()
+    }
+
+    /// The policy named `name`.
+    pub fn policy(&self, name: &str) -> Option<Policy> {
+        self.state().policies.get(name).cloned()
+    }
+
+    /// A VM of the inventory with the workers that reach its host.
+    pub fn vm(&self, name: &str) -> Option<(VmRecord, Vec<String>)> {
+        let state = self.state();
+        let vm = state.vms.get(name)?;
+        let mut workers: Vec<String> = state
+            .workers
+            .values()
+            .filter(|w| w.hosts.contains(&vm.host))
+            .map(|w| w.id.clone())
+            .collect();
+        workers.sort();
+        Some((vm.clone(), workers))
     }
 
     /// One job with its live progress.
@@ -117,14 +141,48 @@ impl Leader {
         Some((job, progress))
     }
 
-    /// The snapshot catalog, optionally of one VM.
+    /// The snapshot catalog, optionally of one VM (a range of the catalog, oldest
+    /// first).
     pub async fn snapshots(&self, vm: Option<&str>) -> Vec<SnapshotRecord> {
         let state = self.state();
-        state
-            .snapshots
-            .values()
-            .filter(|s| vm.is_none_or(|vm| s.vm == vm))
-            .cloned()
-            .collect()
+        match vm {
+            Some(vm) => vm_snapshots(&state, vm).cloned().collect(),
+            None => state.snapshots.values().cloned().collect(),
+        }
     }
+}
+
+/// The jobs `keep` accepts, newest first, at most `limit` (0: all), with live
+/// progress; only those returned are cloned.
+fn newest_first(
+    state: &State,
+    keep: impl Fn(&JobRecord) -> bool,
+    limit: usize,
+) -> Vec<(JobRecord, Progress)> {
+    let mut list: Vec<&JobRecord> = state.jobs.values().filter(|j| keep(j)).collect();
+    list.sort_by(|a, b| (b.created_unix_ms, &b.id).cmp(&(a.created_unix_ms, &a.id)));
+    if limit > 0 {
+        list.truncate(limit);
+    }
+    list.into_iter()
+        .map(|j| {
+            let progress = state.progress.get(&j.id).copied().unwrap_or_default();
+            (j.clone(), progress)
+        })
+        .collect()
+}
+
+/// One VM's snapshots, oldest first: the catalog is keyed `snapshots/VM/TIMESTAMP`,
+/// so they are one range of it (a VM name holds no `/`), found in O(log n).
+pub(super) fn vm_snapshots<'a>(
+    state: &'a State,
+    vm: &str,
+) -> impl Iterator<Item = &'a SnapshotRecord> + 'a {
+    let start = model::snapshot_key(vm, "");
+    // `0` is the character after `/`: the end of the VM's range.
+    let end = format!("{}0", start.trim_end_matches('/'));
+    state
+        .snapshots
+        .range(start..end)
+        .map(|(_, snapshot)| snapshot)
 }

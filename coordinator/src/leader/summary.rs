@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::Leader;
 use super::state::State;
 use crate::model::{JobKind, JobRecord, JobState, SnapshotRecord};
+use crate::policy::Policy;
 
 /// Everything `/metrics` exports from the leader's state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,6 +125,73 @@ fn committed_before(snapshot: &SnapshotRecord, watermark_ms: u64) -> bool {
 fn successful_attempt_start(job: &JobRecord) -> u64 {
     job.current()
         .map_or(job.created_unix_ms, |attempt| attempt.assigned_unix_ms)
+}
+
+/// What one VM's row is computed from; gathered for every VM in one pass by
+/// [`summarize`], or for one VM by [`vm_summary`].
+#[derive(Default)]
+struct VmHistory<'a> {
+    /// Its newest snapshot in the catalog.
+    newest: Option<&'a SnapshotRecord>,
+    /// (finished, succeeded) of its newest ended backup job.
+    last_ended: Option<(u64, bool)>,
+    /// Creation of its oldest backup job.
+    oldest_job: Option<u64>,
+}
+
+/// The policy that selects `vm`: the first by name (see the module documentation).
+fn policy_of<'a>(state: &'a State, vm: &str) -> Option<&'a Policy> {
+    let record = state.vms.get(vm)?;
+    state
+        .policies
+        .values()
+        .find(|p| p.select.matches(&record.name, &record.host, &record.labels))
+}
+
+/// One VM's row, the definitions of the module documentation written once.
+fn vm_row(state: &State, vm: &str, history: &VmHistory<'_>, now_ms: u64) -> VmSummary {
+    let last_success_seconds = history.newest.and_then(snapshot_seconds);
+    let rpo_age_seconds = match last_success_seconds {
+        Some(seconds) => Some(age(now_ms, seconds)),
+        None => history
+            .oldest_job
+            .map(|created| now_ms.saturating_sub(created) / 1000),
+    };
+    VmSummary {
+        vm: vm.to_string(),
+        policy: policy_of(state, vm)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        last_success_seconds,
+        last_attempt_succeeded: history.last_ended.map(|(_, succeeded)| succeeded),
+        rpo_age_seconds,
+    }
+}
+
+/// The row of one VM, as [`summarize`] computes it, from its own snapshots (a range
+/// of the catalog) and one pass over the jobs without cloning any: what a page about
+/// one VM needs, without summarizing every other.
+pub(super) fn vm_summary(state: &State, vm: &str, now_ms: u64) -> VmSummary {
+    let mut history = VmHistory {
+        newest: super::queries::vm_snapshots(state, vm)
+            .max_by(|a, b| a.timestamp.cmp(&b.timestamp)),
+        ..VmHistory::default()
+    };
+    for job in state
+        .jobs
+        .values()
+        .filter(|job| job.kind == JobKind::Backup && job.vm == vm)
+    {
+        let oldest = history.oldest_job.get_or_insert(job.created_unix_ms);
+        *oldest = (*oldest).min(job.created_unix_ms);
+        if matches!(job.state, JobState::Succeeded | JobState::Failed) {
+            let ended = (job.finished_unix_ms, job.state == JobState::Succeeded);
+            if history.last_ended.is_none_or(|newest| ended.0 > newest.0) {
+                history.last_ended = Some(ended);
+            }
+        }
+    }
+    vm_row(state, vm, &history, now_ms)
 }
 
 /// The summary of `state` at `now_ms`.
@@ -226,26 +294,12 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
     let vms = names
         .into_iter()
         .map(|vm| {
-            let policy = state.vms.get(vm).and_then(|record| {
-                state
-                    .policies
-                    .values()
-                    .find(|p| p.select.matches(&record.name, &record.host, &record.labels))
-            });
-            let last_success_seconds = newest.get(vm).and_then(|s| snapshot_seconds(s));
-            let rpo_age_seconds = match last_success_seconds {
-                Some(seconds) => Some(age(now_ms, seconds)),
-                None => oldest_job
-                    .get(vm)
-                    .map(|created| now_ms.saturating_sub(*created) / 1000),
+            let history = VmHistory {
+                newest: newest.get(vm).copied(),
+                last_ended: last_ended.get(vm).copied(),
+                oldest_job: oldest_job.get(vm).copied(),
             };
-            VmSummary {
-                vm: vm.to_string(),
-                policy: policy.map(|p| p.name.clone()).unwrap_or_default(),
-                last_success_seconds,
-                last_attempt_succeeded: last_ended.get(vm).map(|(_, succeeded)| *succeeded),
-                rpo_age_seconds,
-            }
+            vm_row(state, vm, &history, now_ms)
         })
         .collect();
     // A VM in two repositories replicated to one site is one series: the larger lag.
@@ -283,6 +337,15 @@ impl Leader {
     /// lock without cloning records (see the module documentation).
     pub fn metrics_summary(&self, now_ms: u64) -> MetricsSummary {
         summarize(&self.state(), now_ms)
+    }
+
+    /// One VM's row of [`MetricsSummary::vms`] at `now_ms`, computed from that VM's
+    /// records only; `None` for a VM neither the inventory nor the catalog knows.
+    pub fn vm_summary(&self, vm: &str, now_ms: u64) -> Option<VmSummary> {
+        let state = self.state();
+        let known =
+            state.vms.contains_key(vm) || super::queries::vm_snapshots(&state, vm).next().is_some();
+        known.then(|| vm_summary(&state, vm, now_ms))
     }
 }
 
@@ -376,6 +439,10 @@ mod tests {
         );
         assert_eq!(row("gone").policy, "");
         assert_eq!(row("gone").rpo_age_seconds, Some(30 * 60));
+        // One VM's row, computed alone, is the same row.
+        for row in &summary.vms {
+            assert_eq!(&vm_summary(&state, &row.vm, at(60)), row);
+        }
         assert_eq!(summary.policy_rpo_seconds, vec![("gold".into(), 7200)]);
         assert_eq!(summary.jobs_by_state, [0, 0, 0, 1, 2]);
         assert_eq!(

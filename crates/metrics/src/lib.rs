@@ -1,4 +1,5 @@
-//! One metrics registry and one HTTP server for Haven's `/metrics` and `/healthz`.
+//! One metrics registry and one HTTP server for Haven's `/metrics`, `/healthz` and
+//! a component's own pages.
 //!
 //! Every Haven component that exports metrics (the coordinator, the storage node,
 //! `haven replicate --watch`, and the worker when it gets some) registers them in a
@@ -31,8 +32,11 @@
 //!   limit on every connection, 404 for any other path, graceful shutdown on a
 //!   `CancellationToken`. Plain HTTP only on loopback unless the operator says
 //!   `insecure`; over TLS ([`HttpSecurity::Tls`]) `/metrics` needs a client
-//!   certificate whose role covers `viewer`, while `/healthz` stays open to probes. A component with its own HTTP front (the storage node)
-//!   answers its `/metrics` with [`exposition`] instead.
+//!   certificate whose role covers `viewer`, while `/healthz` stays open to probes.
+//!   Every other path goes to [`Exporter::route`] with the peer's verified identity
+//!   (the coordinator's web console), so a component's pages share the listener, its
+//!   TLS and its limits instead of starting a second server. A component with its own
+//!   HTTP front (the storage node) answers its `/metrics` with [`exposition`] instead.
 #![warn(missing_docs)]
 
 mod process;
@@ -47,4 +51,7 @@ pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 pub use registry::{CONTENT_TYPE, EncodeError, Registry, ScrapeTimeMetrics};
 pub use sample_writer::{NO_LABELS, NoLabels, SampleWriter};
-pub use server::{BindError, Exporter, HttpSecurity, MetricsServer, exposition, respond};
+pub use server::{
+    BindError, Exporter, HttpSecurity, MAX_BODY, MetricsServer, RouteRequest, RouteResponse,
+    exposition, respond,
+};

@@ -1,10 +1,14 @@
-//! The one HTTP server for `/metrics` and `/healthz`.
+//! The one HTTP server for `/metrics`, `/healthz` and a component's own pages.
 //!
 //! Plain HTTP only on loopback (or where the operator explicitly allows it); off
 //! loopback the listener speaks TLS and `/metrics` asks for a client certificate of the
 //! cluster's CA whose role covers `viewer`, the role that may read the cluster's state.
 //! `/healthz` answers without a certificate: liveness probes (Kubernetes, load
 //! balancers) carry none, and it tells nothing but whether the process serves.
+//! Every other path goes to [`Exporter::route`] with the request (its body read, at
+//! most [`MAX_BODY`]) and the peer (address, TLS, verified certificate identity): the
+//! coordinator's web console lives there, on the same listener, and decides itself
+//! who may read what.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +21,8 @@ use futures::StreamExt;
 use haven_tls::listener::{ListenerSettings, PeerCertificate, PeerInfo};
 use haven_tls::reload::Reloading;
 use haven_tls::{Role, TlsError};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE as CONTENT_TYPE_HEADER, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -49,6 +54,15 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 /// The role a client certificate must cover to read `/metrics` over TLS.
 const METRICS_ROLE: Role = Role::Viewer;
 
+/// Largest request body [`Exporter::route`] is given (a login or an action form is a
+/// few hundred bytes); a larger one is answered 413 without calling it.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A request for a path other than `/metrics` and `/healthz`, its body read.
+pub type RouteRequest = Request<Bytes>;
+/// The answer to a [`RouteRequest`].
+pub type RouteResponse = Response<Bytes>;
+
 /// What one component serves: its registry, and `/healthz` where it has one.
 pub trait Exporter: Send + Sync + 'static {
     /// The component's metrics.
@@ -64,6 +78,19 @@ pub trait Exporter: Send + Sync + 'static {
     /// has no such endpoint (answered with 404, like any unknown path).
     fn health(&self) -> impl Future<Output = Option<String>> + Send {
         async { None }
+    }
+
+    /// The answer to any other path: a component's own pages, given who is on the
+    /// other end of the connection (`peer.certificate` is verified against the
+    /// listener's client CA). The component authenticates and authorizes itself:
+    /// nothing is checked before this call. 404 by default.
+    fn route(
+        &self,
+        request: RouteRequest,
+        peer: &PeerInfo,
+    ) -> impl Future<Output = RouteResponse> + Send {
+        let _ = (request, peer);
+        async { text_response(StatusCode::NOT_FOUND, PLAIN_TEXT, "not found\n".to_owned()) }
     }
 }
 
@@ -196,17 +223,22 @@ impl MetricsServer {
                     None => break,
                 },
             };
-            let peer = connection.peer().clone();
+            let peer = Arc::new(connection.peer().clone());
             let may_read_metrics = !needs_certificate || covers_metrics_role(&peer);
             let exporter = Arc::clone(&exporter);
-            let service = hyper::service::service_fn(move |request: Request<_>| {
+            let remote = peer.remote;
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let exporter = Arc::clone(&exporter);
-                let path = request.uri().path().to_owned();
+                let peer = Arc::clone(&peer);
                 async move {
-                    let response = if path == "/metrics" && !may_read_metrics {
-                        forbidden()
-                    } else {
-                        respond(exporter.as_ref(), &path).await
+                    let path = request.uri().path().to_owned();
+                    let response = match path.as_str() {
+                        "/metrics" if !may_read_metrics => forbidden(),
+                        "/metrics" | "/healthz" => respond(exporter.as_ref(), &path).await,
+                        _ => match read_body(request).await {
+                            Ok(request) => exporter.route(request, &peer).await.map(Full::new),
+                            Err(response) => response,
+                        },
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -214,7 +246,6 @@ impl MetricsServer {
             let connection =
                 graceful.watch(http.serve_connection(TokioIo::new(connection), service));
             tokio::spawn(async move {
-                let remote = peer.remote;
                 match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
@@ -233,19 +264,40 @@ impl MetricsServer {
     }
 }
 
+/// `request` with its body read, or the error answer: 413 beyond [`MAX_BODY`], 400
+/// when the client stops sending it.
+async fn read_body(request: Request<Incoming>) -> Result<RouteRequest, Response<Full<Bytes>>> {
+    let (parts, body) = request.into_parts();
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
+        Err(error) if error.is::<LengthLimitError>() => Err(text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            PLAIN_TEXT,
+            format!("the request body is larger than {MAX_BODY} bytes\n"),
+        )
+        .map(Full::new)),
+        Err(error) => Err(text_response(
+            StatusCode::BAD_REQUEST,
+            PLAIN_TEXT,
+            format!("cannot read the request body: {error}\n"),
+        )
+        .map(Full::new)),
+    }
+}
+
 /// Whether `peer` presented a certificate of the trusted CA whose role may read metrics.
 fn covers_metrics_role(peer: &PeerInfo) -> bool {
     matches!(&peer.certificate, PeerCertificate::Identity(identity) if identity.role.covers(METRICS_ROLE))
 }
 
 fn forbidden() -> Response<Full<Bytes>> {
-    text_response(
+    full(text_response(
         StatusCode::FORBIDDEN,
         PLAIN_TEXT,
         format!(
             "/metrics needs a client certificate of the cluster's CA with role {METRICS_ROLE} or above\n"
         ),
-    )
+    ))
 }
 
 /// The answer to a request for `path`: `/metrics`, `/healthz` where the exporter
@@ -257,7 +309,7 @@ pub async fn respond<E: Exporter>(exporter: &E, path: &str) -> Response<Full<Byt
             exposition(exporter.registry())
         }
         "/healthz" => match exporter.health().await {
-            Some(text) => text_response(StatusCode::OK, PLAIN_TEXT, text),
+            Some(text) => full(text_response(StatusCode::OK, PLAIN_TEXT, text)),
             None => not_found(),
         },
         _ => not_found(),
@@ -267,7 +319,7 @@ pub async fn respond<E: Exporter>(exporter: &E, path: &str) -> Response<Full<Byt
 /// The `/metrics` answer for `registry`, with the [`CONTENT_TYPE`] scrapers require;
 /// for components with their own HTTP front.
 pub fn exposition(registry: &Registry) -> Response<Full<Bytes>> {
-    match registry.encode() {
+    full(match registry.encode() {
         Ok(text) => text_response(StatusCode::OK, CONTENT_TYPE, text),
         Err(error) => {
             tracing::warn!(%error, "metrics scrape failed");
@@ -277,19 +329,23 @@ pub fn exposition(registry: &Registry) -> Response<Full<Bytes>> {
                 format!("{error}\n"),
             )
         }
-    }
+    })
 }
 
 fn not_found() -> Response<Full<Bytes>> {
-    text_response(StatusCode::NOT_FOUND, PLAIN_TEXT, "not found\n".to_owned())
+    full(text_response(
+        StatusCode::NOT_FOUND,
+        PLAIN_TEXT,
+        "not found\n".to_owned(),
+    ))
 }
 
-fn text_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn full(response: Response<Bytes>) -> Response<Full<Bytes>> {
+    response.map(Full::new)
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -351,6 +407,21 @@ mod tests {
 
         async fn health(&self) -> Option<String> {
             self.health.map(str::to_owned)
+        }
+
+        /// `/page...` echoes the method, path, body and whether the peer used TLS.
+        async fn route(&self, request: RouteRequest, peer: &PeerInfo) -> RouteResponse {
+            if !request.uri().path().starts_with("/page") {
+                return text_response(StatusCode::NOT_FOUND, PLAIN_TEXT, String::new());
+            }
+            let body = String::from_utf8_lossy(request.body()).into_owned();
+            let text = format!(
+                "{} {} tls={} body={body}",
+                request.method(),
+                request.uri().path(),
+                peer.tls
+            );
+            text_response(StatusCode::OK, PLAIN_TEXT, text)
         }
     }
 
@@ -417,6 +488,27 @@ mod tests {
         assert!(answer.contains("haven_test_refreshes 1\n"), "{answer}");
         let answer = exchange(address, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        // Other paths go to the component's routes, with the body read.
+        let answer = exchange(
+            address,
+            b"POST /page/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("POST /page/1 tls=false body=hello"),
+            "{answer}"
+        );
+        let too_large = format!(
+            "POST /page HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+            MAX_BODY + 1,
+            "x".repeat(MAX_BODY + 1)
+        );
+        let answer = exchange(address, too_large.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{answer}"
+        );
         // Garbage instead of a request gets an error status, not a crash.
         let answer = exchange(address, b"\x00\x01 not http\r\n\r\n").await;
         assert!(
