@@ -35,7 +35,7 @@ import time
 DEPLOY = os.path.dirname(os.path.abspath(__file__))
 PROJECT = "haven-compose-test"
 TAG = "composetest"
-ADMIN_PORT = 7700
+ADMIN_PORTS = (7700, 7710)
 HTTP_PORT = 7701
 PRIMARY = "http://127.0.0.1:9000"
 SECONDARY = "http://127.0.0.1:9010"
@@ -225,7 +225,10 @@ def main():
 def check_cluster(haven, env, pki, disk, work, keys):
     admin = {
         **env,
-        "HAVEN_COORDINATOR": f"https://127.0.0.1:{ADMIN_PORT}",
+        # Both replicas' published ports: the leader's advertised URL
+        # (https://coordinator-N:7700) resolves only inside the compose network, so a
+        # client on the host finds the leader among the URLs it was given.
+        "HAVEN_COORDINATOR": ",".join(f"https://127.0.0.1:{port}" for port in ADMIN_PORTS),
         "HAVEN_CA_FILE": os.path.join(pki, "ca.pem"),
         "HAVEN_CERT_FILE": os.path.join(pki, "admin.pem"),
         "HAVEN_KEY_FILE": os.path.join(pki, "admin-key.pem"),
