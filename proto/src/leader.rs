@@ -7,6 +7,7 @@
 //! with backoff, until a deadline: so a worker or the CLI rides through a failover
 //! that takes a few seconds without the caller writing any retry logic.
 
+use crate::error_chain::error_chain;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -340,22 +341,6 @@ impl LeaderClient {
             Ok(Probe::Follower(Some(reply.leader_url)))
         }
     }
-}
-
-/// An error and its causes, each once (tonic's transport error says only
-/// "transport error" at the top; the TLS reason is underneath).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The coordinator refused this client: no other replica will accept it either.

@@ -5,6 +5,7 @@
 //! piece of client logic every caller needs: finding the leading coordinator replica
 //! and following it when leadership moves.
 
+mod error_chain;
 pub mod leader;
 
 /// Generated messages and services of `haven.v1`.
@@ -13,6 +14,7 @@ pub mod v1 {
     tonic::include_proto!("haven.v1");
 }
 
+pub use error_chain::error_chain;
 pub use leader::{AuthChannel, ClientSecurity, LeaderClient, LeaderError};
 
 /// Response metadata key in which a follower replica names the leader's URL.

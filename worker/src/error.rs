@@ -112,17 +112,7 @@ impl WorkerError {
     /// The message with every source after it, each said once (`a: b: c`): for logs
     /// and job records, which print one line and have no `anyhow` to walk the chain.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.ends_with(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        text
+        haven_proto::error_chain(self)
     }
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {

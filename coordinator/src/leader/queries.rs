@@ -57,16 +57,7 @@ impl Leader {
         state
             .vms
             .values()
-            .map(|vm| {
-                let mut workers: Vec<String> = state
-                    .workers
-                    .values()
-                    .filter(|w| w.hosts.contains(&vm.host))
-                    .map(|w| w.id.clone())
-                    .collect();
-                workers.sort();
-                (vm.clone(), workers)
-            })
+            .map(|vm| (vm.clone(), state.workers_reaching(&vm.host)))
             .collect()
     }
 
@@ -123,14 +114,7 @@ impl Leader {
     pub fn vm(&self, name: &str) -> Option<(VmRecord, Vec<String>)> {
         let state = self.state();
         let vm = state.vms.get(name)?;
-        let mut workers: Vec<String> = state
-            .workers
-            .values()
-            .filter(|w| w.hosts.contains(&vm.host))
-            .map(|w| w.id.clone())
-            .collect();
-        workers.sort();
-        Some((vm.clone(), workers))
+        Some((vm.clone(), state.workers_reaching(&vm.host)))
     }
 
     /// One job with its live progress.

@@ -36,6 +36,18 @@ pub(super) struct State {
 }
 
 impl State {
+    /// The ids of the live workers that reach `host`, sorted.
+    pub(super) fn workers_reaching(&self, host: &str) -> Vec<String> {
+        let mut workers: Vec<String> = self
+            .workers
+            .values()
+            .filter(|worker| worker.hosts.iter().any(|reached| reached == host))
+            .map(|worker| worker.id.clone())
+            .collect();
+        workers.sort();
+        workers
+    }
+
     /// Reads every record from the store: the state and how many records could not be
     /// decoded (each logged with its key and the reason, then skipped).
     pub(super) async fn load(

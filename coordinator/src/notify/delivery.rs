@@ -228,18 +228,7 @@ fn describe(error: reqwest::Error) -> String {
     if error.is_timeout() {
         return "no answer in time".into();
     }
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    haven_proto::error_chain(&error.without_url())
 }
 
 /// The secret of `secret_file`: its bytes without a trailing newline, never empty.
