@@ -111,7 +111,12 @@ struct Worker {
 #[derive(Clone)]
 struct Session {
     identity: v1::WorkerIdentity,
+    /// Cancelled when the lease is gone (or the session ends): its jobs belong to
+    /// other attempts now, and heartbeats stop.
     lease_lost: CancellationToken,
+    /// Cancelled when a drain ends with jobs still running (a child of `lease_lost`):
+    /// they stop and are handed back while the lease still stands.
+    stop_jobs: CancellationToken,
 }
 
 impl Worker {
@@ -139,13 +144,17 @@ impl Worker {
             lease = registered.lease_id,
             "registered"
         );
+        // Not a child of `shutdown`: on SIGTERM the session drains, keeping its lease
+        // and heartbeats while running jobs finish.
+        let lease_lost = CancellationToken::new();
         let session = Session {
             identity: v1::WorkerIdentity {
                 worker_id: self.config.id.clone(),
                 instance_id: self.instance.clone(),
                 lease_id: registered.lease_id,
             },
-            lease_lost: shutdown.child_token(),
+            stop_jobs: lease_lost.child_token(),
+            lease_lost,
         };
         let heartbeat = tokio::spawn(self.clone().heartbeats(
             session.clone(),
@@ -167,6 +176,7 @@ impl Worker {
                     });
             let reply = tokio::select! {
                 _ = session.lease_lost.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 reply = poll => reply,
             };
             match reply {
@@ -193,13 +203,41 @@ impl Worker {
                 }
             }
         }
+        running.retain(|_, task| !task.is_finished());
+        if shutdown.is_cancelled() && !session.lease_lost.is_cancelled() {
+            self.drain(&session, running.into_values().collect()).await;
+        } else {
+            session.lease_lost.cancel();
+            for task in running.into_values() {
+                let _ = task.await;
+            }
+        }
         session.lease_lost.cancel();
         heartbeat.abort();
         inventory.abort();
-        for (_, task) in running {
-            let _ = task.await;
-        }
         Ok(())
+    }
+
+    /// Shutdown with the lease still standing: lets `running` jobs finish for up to
+    /// `drain_seconds` while heartbeats go on, then stops the rest, which report
+    /// themselves failed as retryable ([`WorkerError::ShuttingDown`]) so the
+    /// coordinator hands them out again at once instead of after the lease's expiry.
+    async fn drain(&self, session: &Session, running: Vec<tokio::task::JoinHandle<()>>) {
+        if running.is_empty() {
+            return;
+        }
+        let grace = Duration::from_secs(self.config.drain_seconds);
+        tracing::info!(
+            jobs = running.len(),
+            grace_seconds = grace.as_secs(),
+            "shutting down: taking no new job, waiting for the running ones"
+        );
+        let mut all = futures::future::join_all(running);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            tracing::warn!("drain period over: handing the running jobs back");
+            session.stop_jobs.cancel();
+            all.await;
+        }
     }
 
     /// Keeps the lease alive; cancels the session when the coordinator says it is gone.
@@ -318,7 +356,7 @@ impl Worker {
     /// Runs one job to its end: committed, failed (reported, retryable only when
     /// [`WorkerError::is_retryable`] says so), or moved to another worker (dropped).
     async fn run_job(self: Arc<Self>, session: Session, job: v1::JobAssignment) {
-        let cancel = session.lease_lost.child_token();
+        let cancel = session.stop_jobs.child_token();
         let progress = Arc::new(Progress::new());
         // Bytes read already counted in the worker's metrics (by the reporter, live).
         let counted = Arc::new(AtomicU64::new(0));
@@ -599,6 +637,10 @@ async fn why_it_ended(
             WorkerError::JobMoved(_) => error,
             _ => WorkerError::JobMoved("this worker's lease was lost".into()),
         };
+    }
+    if session.stop_jobs.is_cancelled() {
+        reporter.abort();
+        return WorkerError::ShuttingDown;
     }
     // Only the reporter cancels a job of a live session, and it returns right after.
     let fenced = if cancel.is_cancelled() {

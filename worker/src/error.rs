@@ -51,6 +51,10 @@ pub enum WorkerError {
     /// The operation was cancelled (Ctrl-C, or the coordinator cancelled the job).
     #[error("{0} cancelled")]
     Cancelled(&'static str),
+    /// The worker is stopping and its drain period ended before the job did: the job
+    /// is handed back for another attempt, here or on another worker.
+    #[error("this worker is shutting down; the job is handed back")]
+    ShuttingDown,
     /// The coordinator refused a request.
     #[error("{request} refused by the coordinator ({code:?}): {message}")]
     Refused {
@@ -92,6 +96,7 @@ impl WorkerError {
             | WorkerError::Hypervisor { .. }
             | WorkerError::Tool { .. }
             | WorkerError::Unreachable(_)
+            | WorkerError::ShuttingDown
             | WorkerError::Io { .. } => true,
             WorkerError::Refused { code, .. } => matches!(
                 code,
@@ -169,6 +174,7 @@ mod tests {
             (refused(tonic::Code::InvalidArgument), false),
             (WorkerError::InvalidInput("no disk".into()), false),
             (WorkerError::Cancelled("job"), false),
+            (WorkerError::ShuttingDown, true),
             (WorkerError::JobMoved("token".into()), false),
             (WorkerError::AlreadyCommitted("vm@t".into()), false),
             (WorkerError::qemu("node gone"), true),

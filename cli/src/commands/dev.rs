@@ -151,6 +151,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         connections: 4,
         read_limit_bytes_per_second: args.read_limit,
         inventory_interval_seconds: 10,
+        // The coordinator stops with the worker, in the same process: nothing to
+        // drain towards.
+        drain_seconds: 0,
         metrics_listen: args.worker_metrics_listen,
         metrics_tls: None,
         hosts: vec![HostConfig {

@@ -8,6 +8,7 @@
 //! connections = 4                     # NBD connections per disk
 //! read_limit_bytes_per_second = 0     # cap on reads from the hypervisors (0: none)
 //! inventory_interval_seconds = 30
+//! drain_seconds = 120                  # on SIGTERM: time running jobs get to finish
 //! metrics_listen = "127.0.0.1:9465"   # optional: /metrics and /healthz; off loopback
 //!                                     # only with [metrics_tls] (/metrics: viewer certs)
 //! # token_file = "/etc/haven/worker.token"  # instead of a certificate: an API token
@@ -73,6 +74,12 @@ pub struct WorkerConfig {
     /// Seconds between inventory reports.
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_seconds: u64,
+    /// On SIGTERM the worker takes no new job and gives its running jobs this long to
+    /// finish; those still running then are handed back (failed as retryable) rather
+    /// than left to the lease's expiry. The orchestrator's grace period
+    /// (`stop_grace_period`, `terminationGracePeriodSeconds`) must be longer.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
     /// Where `/metrics` and `/healthz` are served; none when absent. Plain HTTP only
     /// on loopback: elsewhere `[metrics_tls]` is required.
     #[serde(default)]
@@ -161,6 +168,10 @@ fn default_connections() -> usize {
 }
 fn default_inventory_interval() -> u64 {
     30
+}
+
+fn default_drain_seconds() -> u64 {
+    120
 }
 
 impl WorkerConfig {

@@ -163,7 +163,7 @@ fn error_source(error: &WorkerError) -> &'static str {
         WorkerError::Refused { .. } | WorkerError::JobMoved(_) => "coordinator",
         WorkerError::InvalidInput(_) => "input",
         WorkerError::Io { .. } => "io",
-        WorkerError::Cancelled(_) => "cancelled",
+        WorkerError::Cancelled(_) | WorkerError::ShuttingDown => "cancelled",
     }
 }
 

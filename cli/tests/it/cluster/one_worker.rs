@@ -104,13 +104,26 @@ impl OneWorker {
     /// `extra` appended to its `worker.toml` (tables only) and `env` added to its
     /// environment, which holds no storage key; waits until it reported every VM.
     pub fn start_worker(&mut self, cert: &Path, key: &Path, extra: &str, env: &[(&str, &str)]) {
+        self.start_worker_with(cert, key, "", extra, env);
+    }
+
+    /// [`OneWorker::start_worker`] with top-level `settings` in its `worker.toml`
+    /// (`drain_seconds = 1\n`...).
+    pub fn start_worker_with(
+        &mut self,
+        cert: &Path,
+        key: &Path,
+        settings: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) {
         self.worker = None;
         let path = self.dir.join("w0.toml");
         std::fs::write(
             &path,
             format!(
                 "id = \"w0\"\ncoordinators = [{:?}]\nmax_jobs = 2\nscratch_dir = {:?}\n\
-                 inventory_interval_seconds = 2\n[[hosts]]\nname = \"h0\"\nqmp_dir = {:?}\n\
+                 inventory_interval_seconds = 2\n{settings}[[hosts]]\nname = \"h0\"\nqmp_dir = {:?}\n\
                  [tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n{extra}",
                 self.url,
                 self.dir,
@@ -143,6 +156,18 @@ impl OneWorker {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Sends the worker SIGTERM (as `docker stop` and Kubernetes do) and hands its
+    /// process to the caller, to watch it drain and exit.
+    pub fn terminate_worker(&mut self) -> Guard {
+        let worker = self.worker.take().expect("a worker was started");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &worker.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM");
+        worker
     }
 
     /// Waits until the coordinator lists VM `name` (a VM started after the worker,

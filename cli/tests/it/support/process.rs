@@ -31,6 +31,13 @@ impl Guard {
         }
     }
 
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// Waits for a clean exit.
     pub fn wait(&mut self) {
         if let Some(mut child) = self.0.take() {

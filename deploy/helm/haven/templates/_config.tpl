@@ -55,6 +55,7 @@ max_jobs = {{ .Values.worker.maxJobs }}
 scratch_dir = {{ .Values.worker.scratchDir | quote }}
 connections = {{ .Values.worker.connections }}
 read_limit_bytes_per_second = {{ .Values.worker.readLimitBytesPerSecond | int64 }}
+drain_seconds = {{ .Values.worker.drainSeconds | int64 }}
 
 [[hosts]]
 name = "${NODE_NAME}"
