@@ -287,7 +287,14 @@ impl Console {
             Route::Failures => pages::failures(context, &leader),
             Route::Replication => pages::replication(context, &leader),
             Route::Storage => pages::storage(context, &leader),
-            Route::Backup(_) | Route::Audit => unreachable!("handled by the caller"),
+            // Answered by `authenticated` before it reads a page; a request routed
+            // here anyway gets a 404, never a panic.
+            Route::Backup(_) | Route::Audit => {
+                return html(
+                    StatusCode::NOT_FOUND,
+                    pages::message("Not found", "This page is not served here."),
+                );
+            }
         };
         html(StatusCode::OK, page)
     }
