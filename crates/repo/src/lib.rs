@@ -76,11 +76,12 @@ pub use ops::lease::{
 pub use ops::protect::{
     LockMode, ProtectReport, Protection, protect_snapshot, protected_snapshots, unprotect_snapshot,
 };
-pub use ops::prune::{forget_snapshot, prune_snapshots};
+pub use ops::prune::{ReplicaPruneReport, forget_snapshot, prune_replica, prune_snapshots};
 pub use ops::repair::check_same_repository;
 pub use ops::replicate::{
     ChunkTransfer, RateLimiter, ReplicateOptions, ReplicateReport, VmReplicationStatus,
-    compare_snapshots, list_snapshot_ids, parse_rate, replicate, replication_status,
+    compare_snapshots, list_snapshot_ids, list_tombstone_ids, parse_rate, replicate,
+    replication_status,
 };
 pub use ops::retention::{Decision, RetentionPolicy, plan_retention};
 pub use ops::stats::{RepositoryStats, StatsBuilder, VmStats, repository_stats};

@@ -220,7 +220,23 @@ impl SnapshotId {
 
     /// Parses a manifest key back into an id; `None` for anything else.
     pub fn from_manifest_key(key: &str) -> Option<Self> {
-        let rest = key.strip_prefix("snapshots/")?;
+        Self::under("snapshots/", key)
+    }
+
+    /// `pruned/VM/TIMESTAMP`: left by a replica's prune so that replication never
+    /// copies the snapshot there again while the primary still keeps it.
+    pub fn tombstone_key(&self) -> String {
+        format!("pruned/{}/{}", self.vm, self.timestamp)
+    }
+
+    /// Parses a tombstone key back into an id; `None` for anything else.
+    pub fn from_tombstone_key(key: &str) -> Option<Self> {
+        Self::under("pruned/", key)
+    }
+
+    /// The id in `PREFIX/VM/TIMESTAMP`.
+    fn under(prefix: &str, key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(prefix)?;
         let (vm, timestamp) = rest.split_once('/')?;
         Self::new(vm, timestamp).ok()
     }

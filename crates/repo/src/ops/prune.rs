@@ -14,9 +14,10 @@ use crate::error::{RepoError, Result};
 use crate::format::manifest::SnapshotId;
 use crate::ops::lease::PinSource;
 use crate::ops::protect::{Protection, protected_snapshots};
+use crate::ops::replicate::{list_snapshot_ids, list_tombstone_ids};
 use crate::ops::retention::{Decision, RetentionPolicy, plan_retention};
 use crate::repository::Repository;
-use crate::storage::backend::Backend;
+use crate::storage::backend::{Backend, Durability};
 
 /// Plans `policy` per VM (only `vm`'s snapshots when given) and, unless `dry_run`,
 /// removes what it does not keep. Returns every decision, kept and removed.
@@ -46,6 +47,59 @@ pub async fn prune_snapshots(
         }
     }
     Ok(decisions)
+}
+
+/// What [`prune_replica`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaPruneReport {
+    /// Every decision of the replica's retention, kept and removed.
+    pub decisions: Vec<Decision>,
+    /// Tombstones deleted because the primary no longer has their snapshot.
+    pub tombstones_cleared: usize,
+}
+
+/// Prunes `vm`'s snapshots at a replication secondary by `policy`, its own retention.
+///
+/// Replication copies every snapshot the primary has and the secondary lacks, so a
+/// snapshot removed here would come back with the next replication while the primary
+/// keeps it. Each removal therefore leaves a tombstone first (`pruned/VM/TIMESTAMP`,
+/// create-only), which replication and its lag leave out. Tombstones of snapshots the
+/// primary no longer has can never matter again; they are deleted, so their number
+/// stays that of the snapshots the primary keeps longer than the replica.
+pub async fn prune_replica(
+    replica: &Repository,
+    primary: &Backend,
+    vm: &str,
+    policy: &RetentionPolicy,
+    pins: &dyn PinSource,
+) -> Result<ReplicaPruneReport> {
+    let decisions = prune_snapshots(replica, Some(vm), policy, pins, true).await?;
+    let backend = replica.backend();
+    for decision in decisions.iter().filter(|decision| !decision.keep) {
+        backend
+            .put_if_absent(
+                &decision.id.tombstone_key(),
+                bytes::Bytes::new(),
+                Durability::Immediate,
+            )
+            .await?;
+        remove_snapshot(backend, &decision.id).await?;
+    }
+    let at_primary: BTreeSet<SnapshotId> = list_snapshot_ids(primary, Some(vm))
+        .await?
+        .into_iter()
+        .collect();
+    let mut tombstones_cleared = 0;
+    for id in list_tombstone_ids(backend, Some(vm)).await? {
+        if !at_primary.contains(&id) {
+            backend.delete(&id.tombstone_key()).await?;
+            tombstones_cleared += 1;
+        }
+    }
+    Ok(ReplicaPruneReport {
+        decisions,
+        tombstones_cleared,
+    })
 }
 
 /// Removes one committed snapshot (`haven forget VM@TIME`), as prune removes those

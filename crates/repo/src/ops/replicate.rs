@@ -7,7 +7,8 @@
 //!
 //! 1. `keys/*`, then `config` (when the secondary has none): the replica opens with the
 //!    same password, and a `config` is never present without its key;
-//! 2. the manifests to copy are listed (primary minus secondary);
+//! 2. the manifests to copy are listed (primary minus secondary, minus the snapshots
+//!    the secondary's own prune removed: its tombstones, `pruned/VM/TIMESTAMP`);
 //! 3. every chunk the primary has and the secondary lacks is copied. A manifest is
 //!    written only after all of its chunks are durable, so every chunk a manifest listed
 //!    in step 2 names is in a chunk listing taken after it;
@@ -37,8 +38,10 @@ use futures::StreamExt;
 use serde::Serialize;
 
 pub use rate::{RateLimiter, parse_rate};
+use status::settled_at_secondary;
 pub use status::{
-    VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, replication_status,
+    VmReplicationStatus, compare as compare_snapshots, list_snapshot_ids, list_tombstone_ids,
+    replication_status,
 };
 
 use crate::error::{RepoError, Result};
@@ -154,7 +157,7 @@ pub async fn replicate(
     report.keys_copied = keys;
 
     let primary = list_snapshot_ids(from, options.vm.as_deref()).await?;
-    let secondary: BTreeSet<SnapshotId> = list_snapshot_ids(to, options.vm.as_deref())
+    let secondary: BTreeSet<SnapshotId> = settled_at_secondary(to, options.vm.as_deref())
         .await?
         .into_iter()
         .collect();

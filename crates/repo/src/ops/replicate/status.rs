@@ -16,7 +16,8 @@ pub struct VmReplicationStatus {
     pub vm: String,
     /// Snapshots committed at the primary.
     pub primary_snapshots: usize,
-    /// Snapshots of the primary also present at the secondary.
+    /// Snapshots of the primary also present at the secondary, or removed there on
+    /// purpose by the replica's own retention (tombstones).
     pub replicated_snapshots: usize,
     /// Snapshots at the primary not yet at the secondary.
     pub missing_snapshots: usize,
@@ -36,20 +37,45 @@ pub struct VmReplicationStatus {
 
 /// Committed snapshots of a site read from the manifest keys alone (no key needed).
 pub async fn list_snapshot_ids(backend: &Backend, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
+    list_ids(backend, "snapshots", vm, SnapshotId::from_manifest_key).await
+}
+
+/// Snapshots a replica's prune removed and replication must not bring back, read from
+/// the tombstone keys (`pruned/VM/TIMESTAMP`).
+pub async fn list_tombstone_ids(backend: &Backend, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
+    list_ids(backend, "pruned", vm, SnapshotId::from_tombstone_key).await
+}
+
+/// The ids under `top/` (only `vm`'s when given), oldest first per VM.
+async fn list_ids(
+    backend: &Backend,
+    top: &str,
+    vm: Option<&str>,
+    parse: fn(&str) -> Option<SnapshotId>,
+) -> Result<Vec<SnapshotId>> {
     let prefix = match vm {
         Some(vm) => {
             crate::format::manifest::validate_name(vm)?;
-            format!("snapshots/{vm}")
+            format!("{top}/{vm}")
         }
-        None => "snapshots".to_string(),
+        None => top.to_string(),
     };
     let mut ids: Vec<SnapshotId> = backend
         .list(&prefix)
         .await?
         .iter()
-        .filter_map(|key| SnapshotId::from_manifest_key(key))
+        .filter_map(|key| parse(key))
         .collect();
     ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
+    Ok(ids)
+}
+
+/// What the secondary holds of the primary's snapshots: those it has, and those its
+/// own prune removed on purpose (tombstones), which replication leaves out and the lag
+/// does not count.
+pub async fn settled_at_secondary(to: &Backend, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
+    let mut ids = list_snapshot_ids(to, vm).await?;
+    ids.extend(list_tombstone_ids(to, vm).await?);
     Ok(ids)
 }
 
@@ -60,7 +86,7 @@ pub async fn replication_status(
     vm: Option<&str>,
 ) -> Result<Vec<VmReplicationStatus>> {
     let primary = list_snapshot_ids(from, vm).await?;
-    let secondary = list_snapshot_ids(to, vm).await?;
+    let secondary = settled_at_secondary(to, vm).await?;
     Ok(compare(&primary, &secondary, OffsetDateTime::now_utc()))
 }
 
