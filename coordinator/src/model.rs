@@ -205,6 +205,11 @@ pub struct JobParams {
     /// GC: the safety margin in seconds.
     #[serde(default)]
     pub gc_margin_seconds: u64,
+    /// Prune and GC of a replication secondary: the primary repository it copies.
+    /// The job uses the secondary site's keys, and a prune leaves tombstones so the
+    /// next replication does not bring back what it removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
 }
 
 /// One try of a job.

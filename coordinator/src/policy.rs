@@ -10,7 +10,8 @@
 //! max_per_worker = 4                # and per worker
 //! retention = { keep_last = 3, keep_daily = 7, keep_weekly = 4 }  # prune after backups
 //! replicate_to = "s3://dr-site/gold?endpoint=http://10.1.0.5:9000" # copy after backups
-//! gc_schedule = "0 3 * * 0"         # garbage collection of `repository`
+//! replica_retention = { keep_last = 3, keep_daily = 30 }  # the copy's own (default: retention)
+//! gc_schedule = "0 3 * * 0"         # garbage collection of `repository` (and the copy)
 //! gc_margin_seconds = 3600
 //! rpo_seconds = 43200               # at risk after 12 h without a good backup
 //! ```
@@ -50,6 +51,11 @@ pub struct Policy {
     /// Secondary repository the policy's repository is replicated to after backups.
     #[serde(default)]
     pub replicate_to: Option<String>,
+    /// Retention of the VMs' snapshots at `replicate_to`; `None`: the same as
+    /// `retention`. A disaster-recovery site often keeps more history than the
+    /// primary, and never keeps it forever by accident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_retention: Option<Retention>,
     /// When garbage collection of the repository runs (cron, UTC); none: never.
     #[serde(default)]
     pub gc_schedule: Option<String>,
@@ -104,6 +110,15 @@ pub struct Retention {
     /// Newest of each of N years.
     #[serde(default)]
     pub keep_yearly: u32,
+}
+
+impl Policy {
+    /// The replication secondary and the retention its copies of this policy's VMs
+    /// follow there; `None` without `replicate_to`.
+    pub fn replica(&self) -> Option<(&str, Retention)> {
+        let to = self.replicate_to.as_deref()?;
+        Some((to, self.replica_retention.unwrap_or(self.retention)))
+    }
 }
 
 impl Retention {
@@ -184,6 +199,8 @@ struct RawPolicy {
     retention: Retention,
     #[serde(default)]
     replicate_to: Option<Spanned<String>>,
+    #[serde(default)]
+    replica_retention: Option<Spanned<Retention>>,
     #[serde(default)]
     gc_schedule: Option<Spanned<String>>,
     #[serde(default = "default_gc_margin")]
@@ -302,6 +319,14 @@ pub fn parse_policies(
                 ));
             }
         }
+        if let Some(rules) = &raw.replica_retention
+            && raw.replicate_to.is_none()
+        {
+            errors.push(format!(
+                "{}: replica_retention needs replicate_to",
+                at(rules.span())
+            ));
+        }
         for (limit, field) in [
             (&raw.max_per_host, "max_per_host"),
             (&raw.max_per_worker, "max_per_worker"),
@@ -319,6 +344,7 @@ pub fn parse_policies(
             max_per_worker: raw.max_per_worker.into_inner(),
             retention: raw.retention,
             replicate_to: raw.replicate_to.map(Spanned::into_inner),
+            replica_retention: raw.replica_retention.map(Spanned::into_inner),
             gc_schedule: raw.gc_schedule.map(Spanned::into_inner),
             gc_margin_seconds: raw.gc_margin_seconds,
             rpo_seconds,

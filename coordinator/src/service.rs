@@ -277,6 +277,25 @@ fn snapshot_info(record: &SnapshotRecord) -> v1::SnapshotInfo {
     }
 }
 
+/// A catalog entry from what `haven catalog rebuild` read in a manifest.
+fn snapshot_record(info: v1::SnapshotInfo) -> SnapshotRecord {
+    SnapshotRecord {
+        vm: info.vm,
+        timestamp: info.timestamp,
+        repository: info.repository,
+        disks: info
+            .disks
+            .into_iter()
+            .map(|disk| (disk.name, disk.size_bytes))
+            .collect(),
+        bytes_uploaded: info.bytes_uploaded,
+        job_id: info.job_id,
+        bytes_read: info.bytes_read,
+        bytes_new: info.bytes_new,
+        committed_unix_ms: 0,
+    }
+}
+
 #[tonic::async_trait]
 impl WorkerService for CoordinatorService {
     async fn register(
@@ -387,6 +406,7 @@ impl WorkerService for CoordinatorService {
                             retention,
                             replicate_to: a.job.params.replicate_to.clone().unwrap_or_default(),
                             gc_margin_seconds: a.job.params.gc_margin_seconds,
+                            replica_of: a.job.params.replica_of.clone().unwrap_or_default(),
                             traceparent: a
                                 .job
                                 .current()
@@ -769,6 +789,29 @@ impl AdminService for CoordinatorService {
             .map(snapshot_info)
             .collect();
         Ok(Response::new(v1::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn import_snapshots(
+        &self,
+        request: Request<v1::ImportSnapshotsRequest>,
+    ) -> Result<Response<v1::ImportSnapshotsResponse>, Status> {
+        let leader = self.leader().await?;
+        let snapshots = request.into_inner().snapshots;
+        for snapshot in &snapshots {
+            self.allowlist
+                .check(&snapshot.repository)
+                .map_err(Status::invalid_argument)?;
+        }
+        let records = snapshots.into_iter().map(snapshot_record).collect();
+        let report = leader.import_snapshots(records).await.map_err(status)?;
+        let detail = format!("{} added, {} present", report.added, report.present);
+        Ok(audited(
+            v1::ImportSnapshotsResponse {
+                added: report.added as u64,
+                present: report.present as u64,
+            },
+            detail,
+        ))
     }
 
     async fn create_token(

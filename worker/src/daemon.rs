@@ -42,10 +42,10 @@ use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_do
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
 use crate::error::{Result, WorkerError};
 use fenced_commit::FencedCommit;
-use maintenance::run_maintenance;
+use maintenance::{Sites, run_maintenance};
 use metrics::{JobResult, WorkerMetrics};
 use pins::ClusterPins;
-use storage_keys::{KeyUse, StorageKeys};
+use storage_keys::{KeyUse, Site, StorageKeys};
 
 /// Runs the worker until `shutdown`.
 pub async fn run_worker(
@@ -101,7 +101,7 @@ struct Worker {
     client: Arc<LeaderClient>,
     instance: String,
     /// Open repositories by URL and the key they were opened with.
-    repos: Mutex<HashMap<(String, KeyUse), Arc<Repository>>>,
+    repos: Mutex<HashMap<(String, KeyUse, Site), Arc<Repository>>>,
     storage_keys: StorageKeys,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
     metrics: WorkerMetrics,
@@ -339,15 +339,22 @@ impl Worker {
     }
 
     /// The repository at `url`, opened with the storage key of `key_use` (the
-    /// `append` key for backups and replication, the `delete` key for prune and GC).
-    async fn repository(&self, url: &str, key_use: KeyUse) -> Result<Arc<Repository>> {
+    /// `append` key for backups and replication, the `delete` key for prune and GC)
+    /// of its site: the secondary's keys for a job at a replica.
+    async fn repository(&self, url: &str, key_use: KeyUse, site: Site) -> Result<Arc<Repository>> {
         let mut repos = self.repos.lock().await;
-        let cache_key = (url.to_string(), key_use);
+        let cache_key = (url.to_string(), key_use, site);
         if let Some(repo) = repos.get(&cache_key) {
             return Ok(repo.clone());
         }
-        let credentials = self.storage_keys.for_use(key_use);
-        let backend = Backend::from_url_with_credentials(url, false, credentials)?;
+        let credentials = match site {
+            Site::Primary => self.storage_keys.for_use(key_use).cloned(),
+            Site::Secondary => self
+                .storage_keys
+                .at_secondary(key_use)
+                .map_err(WorkerError::InvalidInput)?,
+        };
+        let backend = Backend::from_url_with_credentials(url, false, credentials.as_ref())?;
         let repo = Arc::new(Repository::open(backend, &self.password).await?);
         repos.insert(cache_key, repo.clone());
         Ok(repo)
@@ -441,16 +448,42 @@ impl Worker {
         progress: Arc<Progress>,
         cancel: &CancellationToken,
     ) -> Result<(String, Vec<String>)> {
-        let repo = self
-            .repository(&job.repository, KeyUse::of_job(job.kind))
-            .await?;
+        let site = Site::of_job(job);
+        let repo = match self
+            .repository(&job.repository, KeyUse::of_job(job.kind), site)
+            .await
+        {
+            Ok(repo) => repo,
+            // A replica's prune or GC may come before the first replication made it.
+            Err(WorkerError::Repo(haven_repo::RepoError::NotARepository(_)))
+                if site == Site::Secondary =>
+            {
+                let summary = "nothing to do at the replica: replication has not created it yet";
+                return Ok((summary.to_string(), Vec::new()));
+            }
+            Err(error) => return Err(error),
+        };
         let pins = ClusterPins {
             client: self.client.clone(),
             identity: session.identity.clone(),
             repository: job.repository.clone(),
         };
+        // A replica's prune reads which snapshots the primary still has, with the
+        // primary's read-only use of the append key.
+        let primary = match site {
+            Site::Secondary => Some(Backend::from_url_with_credentials(
+                &job.replica_of,
+                false,
+                self.storage_keys.for_use(KeyUse::Append),
+            )?),
+            Site::Primary => None,
+        };
+        let sites = Sites {
+            primary: primary.as_ref(),
+            secondary_key: self.storage_keys.secondary(),
+        };
         tokio::select! {
-            result = run_maintenance(&repo, job, &pins, &progress, self.storage_keys.secondary()) => result,
+            result = run_maintenance(&repo, job, &pins, &progress, sites) => result,
             _ = cancel.cancelled() => Err(WorkerError::Cancelled("job")),
         }
     }
@@ -500,7 +533,7 @@ impl Worker {
                 WorkerError::Unreachable(format!("host {} is not reachable from here", job.host))
             })?;
         let repo = self
-            .repository(&job.repository, KeyUse::of_job(job.kind))
+            .repository(&job.repository, KeyUse::of_job(job.kind), Site::of_job(job))
             .await?;
         let publisher = Arc::new(FencedCommit {
             client: self.client.clone(),

@@ -29,6 +29,7 @@ pub(super) fn policy(name: &str) -> Policy {
         max_per_worker: 10,
         retention: Retention::default(),
         replicate_to: None,
+        replica_retention: None,
         gc_schedule: None,
         gc_margin_seconds: 3600,
         rpo_seconds: 7200,

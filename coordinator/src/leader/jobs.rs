@@ -222,7 +222,7 @@ pub(super) fn mark_succeeded(job: &mut JobRecord, now: u64) {
 }
 
 /// A prune, GC or replication job that ended well, and the catalog keys its
-/// completion removes (a prune's removed snapshots, only of its own VM).
+/// completion removes (a primary prune's removed snapshots, only of its own VM).
 pub(super) fn completion(
     job: &JobRecord,
     now: u64,
@@ -250,7 +250,10 @@ pub(super) fn completion(
                 job.id
             )));
         }
-        dropped.push(model::snapshot_key(vm, timestamp));
+        // The catalog lists the primary's snapshots; a replica's prune leaves it alone.
+        if done.params.replica_of.is_none() {
+            dropped.push(model::snapshot_key(vm, timestamp));
+        }
     }
     Ok((done, dropped))
 }
@@ -497,6 +500,14 @@ mod tests {
         assert_eq!(done.state, JobState::Succeeded);
         assert_eq!(done.summary.as_deref(), Some("ok"));
         assert_eq!(dropped, vec![model::snapshot_key("vm1", "T1")]);
+        let mut at_replica = prune.clone();
+        at_replica.params.replica_of = Some("file:///primary".into());
+        let (done, dropped) = completion(&at_replica, 9, "ok", &removed(&["vm1@T1"])).unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert!(
+            dropped.is_empty(),
+            "the catalog lists the primary's snapshots"
+        );
         // (job, removed) that must be refused
         let refused = [
             (&prune, removed(&["vm2@T1"])),

@@ -76,9 +76,10 @@ fn gc_round(policy: &Policy) -> String {
     format!("{}#gc", policy.name)
 }
 
-/// GC rounds at `now`: one GC job per repository whose policy's `gc_schedule` is due,
-/// unless one is already active there; a GC round seen for the first time is recorded
-/// as run now, so it first fires at its next time.
+/// GC rounds at `now`: one GC job per repository whose policy's `gc_schedule` is due
+/// (the policy's repository and its replication secondary), unless one is already
+/// active there; a GC round seen for the first time is recorded as run now, so it
+/// first fires at its next time.
 pub(super) fn gc_rounds(state: &State, now: u64) -> JobPlan {
     let mut plan = JobPlan::default();
     for policy in state.policies.values() {
@@ -97,69 +98,86 @@ pub(super) fn gc_rounds(state: &State, now: u64) -> JobPlan {
             continue;
         }
         plan.rounds.push(round);
-        let busy = state
-            .active_job(|j| j.kind == JobKind::Gc && j.repository == policy.repository)
-            .is_some()
-            || plan.jobs.iter().any(|j| j.repository == policy.repository);
-        if !busy {
-            plan.jobs.push(NewJob::repository_wide(
-                JobKind::Gc,
-                "",
-                Some(policy.name.clone()),
-                policy.repository.clone(),
-                JobParams {
-                    gc_margin_seconds: policy.gc_margin_seconds,
-                    ..JobParams::default()
-                },
-            ));
+        let primary = (policy.repository.as_str(), None);
+        let secondary = policy
+            .replicate_to
+            .as_deref()
+            .map(|to| (to, Some(policy.repository.clone())));
+        for (repository, replica_of) in std::iter::once(primary).chain(secondary) {
+            let busy = state
+                .active_job(|j| j.kind == JobKind::Gc && j.repository == repository)
+                .is_some()
+                || plan.jobs.iter().any(|j| j.repository == repository);
+            if !busy {
+                plan.jobs.push(NewJob::repository_wide(
+                    JobKind::Gc,
+                    "",
+                    Some(policy.name.clone()),
+                    repository.to_string(),
+                    JobParams {
+                        gc_margin_seconds: policy.gc_margin_seconds,
+                        replica_of,
+                        ..JobParams::default()
+                    },
+                ));
+            }
         }
     }
     plan
 }
 
 /// The follow-up jobs of a committed backup: prune of the VM by its policy's
-/// retention, and replication of the repository to the policy's secondary, each
-/// unless one is already active.
+/// retention, replication of the repository to the policy's secondary, and prune of
+/// the VM's copies there by the replica's retention, each unless one is already
+/// active. The replica's prune sees what earlier replications copied, so it trails
+/// the primary's by one backup.
 pub(super) fn follow_up_jobs(state: &State, backup: &JobRecord) -> Vec<NewJob> {
     let Some(policy) = backup.policy.as_ref().and_then(|p| state.policies.get(p)) else {
         return Vec::new();
     };
-    let active = |kind: JobKind, vm: &str, to: Option<&String>| {
+    let active = |kind: JobKind, repository: &str, vm: &str, to: Option<&String>| {
         state
             .active_job(|j| {
                 j.kind == kind
-                    && j.repository == backup.repository
+                    && j.repository == repository
                     && j.vm == vm
                     && j.params.replicate_to.as_ref() == to
             })
             .is_some()
     };
+    let prune = |repository: &str, rules: crate::policy::Retention, replica_of: Option<String>| {
+        (rules.to_repo().keeps_something() && !active(JobKind::Prune, repository, &backup.vm, None))
+            .then(|| {
+                NewJob::repository_wide(
+                    JobKind::Prune,
+                    &backup.vm,
+                    Some(policy.name.clone()),
+                    repository.to_string(),
+                    JobParams {
+                        retention: Some(rules),
+                        replica_of,
+                        ..JobParams::default()
+                    },
+                )
+            })
+    };
     let mut jobs = Vec::new();
-    if policy.retention.to_repo().keeps_something() && !active(JobKind::Prune, &backup.vm, None) {
-        jobs.push(NewJob::repository_wide(
-            JobKind::Prune,
-            &backup.vm,
-            Some(policy.name.clone()),
-            backup.repository.clone(),
-            JobParams {
-                retention: Some(policy.retention),
-                ..JobParams::default()
-            },
-        ));
-    }
-    if let Some(to) = &policy.replicate_to
-        && !active(JobKind::Replicate, "", Some(to))
-    {
-        jobs.push(NewJob::repository_wide(
-            JobKind::Replicate,
-            "",
-            Some(policy.name.clone()),
-            backup.repository.clone(),
-            JobParams {
-                replicate_to: Some(to.clone()),
-                ..JobParams::default()
-            },
-        ));
+    jobs.extend(prune(&backup.repository, policy.retention, None));
+    if let Some((to, rules)) = policy.replica() {
+        let to = to.to_string();
+        if !active(JobKind::Replicate, &backup.repository, "", Some(&to)) {
+            jobs.push(NewJob::repository_wide(
+                JobKind::Replicate,
+                "",
+                Some(policy.name.clone()),
+                backup.repository.clone(),
+                JobParams {
+                    replicate_to: Some(to.clone()),
+                    ..JobParams::default()
+                },
+            ));
+        }
+        jobs.extend(prune(&to, rules, Some(backup.repository.clone())));
     }
     jobs
 }
@@ -375,6 +393,18 @@ mod tests {
                 vec![],
             ),
             (
+                "due, with a replica: both sites collected",
+                vec![{
+                    let mut p = with_gc("a", "file:///a");
+                    p.replicate_to = Some("file:///copy".into());
+                    p
+                }],
+                vec![("a#gc", last)],
+                vec![],
+                names(&["a#gc"]),
+                vec!["file:///a", "file:///copy"],
+            ),
+            (
                 "two policies, one repository",
                 vec![with_gc("a", "file:///r"), with_gc("b", "file:///r")],
                 vec![("a#gc", last), ("b#gc", last)],
@@ -395,7 +425,8 @@ mod tests {
             assert!(
                 plan.jobs.iter().all(|j| j.kind == JobKind::Gc
                     && j.host.is_empty()
-                    && j.params.gc_margin_seconds == 60),
+                    && j.params.gc_margin_seconds == 60
+                    && (j.params.replica_of.is_some() == (j.repository == "file:///copy"))),
                 "{case}"
             );
         }
@@ -403,23 +434,33 @@ mod tests {
 
     #[test]
     fn a_backup_is_followed_by_its_policys_prune_and_replication() {
+        const COPY: &str = "file:///copy";
         let mut keeping = policy("p");
         keeping.repository = REPOSITORY.into();
         keeping.retention.keep_last = 3;
         let mut replicating = keeping.clone();
         replicating.retention.keep_last = 0;
-        replicating.replicate_to = Some("file:///copy".into());
+        replicating.replicate_to = Some(COPY.into());
         let mut both = keeping.clone();
-        both.replicate_to = Some("file:///copy".into());
+        both.replicate_to = Some(COPY.into());
+        let mut replica_only = replicating.clone();
+        replica_only.replica_retention = Some(crate::policy::Retention {
+            keep_daily: 30,
+            ..Default::default()
+        });
         let mut backup = assigned_job("b", JobKind::Backup, "vm1", "w1");
         backup.policy = Some("p".into());
         let manual = assigned_job("m", JobKind::Backup, "vm1", "w1");
-        let active_prune = {
+        let active_prune = |repository: &str| {
             let mut job = assigned_job("prune", JobKind::Prune, "vm1", "w1");
             job.policy = Some("p".into());
+            job.repository = repository.into();
             job
         };
-        // (case, policy, backup, other jobs, expected follow-up kinds)
+        let primary_prune = (JobKind::Prune, REPOSITORY, "vm1");
+        let replication = (JobKind::Replicate, REPOSITORY, "");
+        let replica_prune = (JobKind::Prune, COPY, "vm1");
+        // (case, policy, backup, other jobs, expected follow-ups: kind, repository, VM)
         let cases = [
             ("manual backup", keeping.clone(), &manual, vec![], vec![]),
             (
@@ -427,43 +468,59 @@ mod tests {
                 keeping.clone(),
                 &backup,
                 vec![],
-                vec![JobKind::Prune],
+                vec![primary_prune],
             ),
             (
-                "replication",
+                "replication, nothing kept: no prune anywhere",
                 replicating,
                 &backup,
                 vec![],
-                vec![JobKind::Replicate],
+                vec![replication],
             ),
             (
-                "both",
+                "both: the replica follows the policy's retention",
                 both.clone(),
                 &backup,
                 vec![],
-                vec![JobKind::Prune, JobKind::Replicate],
+                vec![primary_prune, replication, replica_prune],
             ),
             (
-                "prune already active",
+                "a retention of the replica's own",
+                replica_only,
+                &backup,
+                vec![],
+                vec![replication, replica_prune],
+            ),
+            (
+                "prune already active at the primary",
+                both.clone(),
+                &backup,
+                vec![active_prune(REPOSITORY)],
+                vec![replication, replica_prune],
+            ),
+            (
+                "prune already active at the replica",
                 both,
                 &backup,
-                vec![active_prune],
-                vec![JobKind::Replicate],
+                vec![active_prune(COPY)],
+                vec![primary_prune, replication],
             ),
         ];
-        for (case, policy, backup, jobs, kinds) in cases {
+        for (case, policy, backup, jobs, expected) in cases {
             let state = state_with(&[], &[policy], &jobs);
             let follow_ups = follow_up_jobs(&state, backup);
-            let made: Vec<JobKind> = follow_ups.iter().map(|j| j.kind).collect();
-            assert_eq!(made, kinds, "{case}");
-            for job in follow_ups {
-                assert_eq!(job.repository, REPOSITORY, "{case}");
-                let expected_vm = if job.kind == JobKind::Prune {
-                    "vm1"
-                } else {
-                    ""
-                };
-                assert_eq!(job.vm, expected_vm, "{case}");
+            let made: Vec<(JobKind, &str, &str)> = follow_ups
+                .iter()
+                .map(|j| (j.kind, j.repository.as_str(), j.vm.as_str()))
+                .collect();
+            assert_eq!(made, expected, "{case}");
+            for job in &follow_ups {
+                let at_replica = job.repository == COPY;
+                assert_eq!(
+                    job.params.replica_of.as_deref(),
+                    at_replica.then_some(REPOSITORY),
+                    "{case}"
+                );
             }
         }
     }

@@ -9,14 +9,23 @@ use haven_repo::{Backend, Progress, Repository};
 use super::pins::ClusterPins;
 use crate::error::Result;
 
+/// What a job needs of the other site.
+#[derive(Clone, Copy)]
+pub(super) struct Sites<'a> {
+    /// The primary a replica's prune compares with (`None` for jobs at the primary).
+    pub primary: Option<&'a Backend>,
+    /// The key that signs replication's writes at the secondary.
+    pub secondary_key: Option<&'a haven_repo::S3Credentials>,
+}
+
 /// Runs a prune, GC or replication job; returns its summary and, for a prune, the
-/// snapshots it removed. `secondary_key` signs replication's writes at the other site.
+/// snapshots it removed.
 pub(super) async fn run_maintenance(
     repo: &Repository,
     job: &v1::JobAssignment,
     pins: &ClusterPins,
     progress: &Progress,
-    secondary_key: Option<&haven_repo::S3Credentials>,
+    sites: Sites<'_>,
 ) -> Result<(String, Vec<String>)> {
     if job.kind == v1::JobKind::Prune as i32 {
         let rules = job.retention.unwrap_or_default();
@@ -28,15 +37,28 @@ pub(super) async fn run_maintenance(
             rules.keep_monthly,
             rules.keep_yearly,
         ]);
-        let decisions =
-            haven_repo::prune_snapshots(repo, Some(&job.vm), &policy, pins, false).await?;
+        let (decisions, at) = match sites.primary {
+            None => (
+                haven_repo::prune_snapshots(repo, Some(&job.vm), &policy, pins, false).await?,
+                String::new(),
+            ),
+            Some(primary) => {
+                let report =
+                    haven_repo::prune_replica(repo, primary, &job.vm, &policy, pins).await?;
+                let at = format!(
+                    " at the replica ({} tombstones of snapshots gone from the primary cleared)",
+                    report.tombstones_cleared
+                );
+                (report.decisions, at)
+            }
+        };
         let removed: Vec<String> = decisions
             .iter()
             .filter(|d| !d.keep)
             .map(|d| d.id.to_string())
             .collect();
         let summary = format!(
-            "pruned {}: kept {}, removed {} ({})",
+            "pruned {}{at}: kept {}, removed {} ({})",
             job.vm,
             decisions.len() - removed.len(),
             removed.len(),
@@ -64,7 +86,7 @@ pub(super) async fn run_maintenance(
     } else {
         // The secondary site has keys of its own: `storage.secondary_key_file`, else
         // the environment, as for `haven replicate`.
-        let secondary = match secondary_key {
+        let secondary = match sites.secondary_key {
             Some(key) => Some(key.clone()),
             None => haven_repo::S3Credentials::secondary_from_env()?,
         };

@@ -1,13 +1,15 @@
 //! Which storage key each job kind gets: backups, replication and verification only
 //! create and read, so they get the `append` key; prune and GC delete, so only they
 //! get the `delete` key. A worker whose backup is compromised then cannot destroy the
-//! history it was writing.
+//! history it was writing. The secondary site has keys of its own: its append key
+//! for replication's writes, its delete key for the replica's prune and GC.
 //!
 //! ```toml
 //! [storage]
 //! append_key_file = "/etc/haven/storage-append.toml"   # backup, replicate, verify
 //! delete_key_file = "/etc/haven/storage-delete.toml"   # prune, gc
 //! secondary_key_file = "/etc/haven/dr-append.toml"     # replication's destination
+//! secondary_delete_key_file = "/etc/haven/dr-delete.toml"  # the replica's prune, gc
 //! ```
 //!
 //! Each file holds one key, readable only by the worker:
@@ -18,7 +20,8 @@
 //! ```
 //!
 //! Without `[storage]` (or a field of it) every job uses `AWS_ACCESS_KEY_ID` /
-//! `AWS_SECRET_ACCESS_KEY` (and `HAVEN_SECONDARY_AWS_*` for the destination), as before.
+//! `AWS_SECRET_ACCESS_KEY` (and `HAVEN_SECONDARY_AWS_*` at the secondary site), as
+//! before.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,9 @@ pub struct StorageKeysConfig {
     /// Key file for replication's destination (the other site's append key).
     #[serde(default)]
     pub secondary_key_file: Option<PathBuf>,
+    /// Key file for prune and GC at the secondary site (its delete key).
+    #[serde(default)]
+    pub secondary_delete_key_file: Option<PathBuf>,
 }
 
 /// What a job does to its repository, which decides its key.
@@ -62,12 +68,33 @@ impl KeyUse {
     }
 }
 
+/// Which site's keys a job uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The job's repository is the policy's own.
+    Primary,
+    /// The job's repository is a replication secondary (the replica's prune and GC).
+    Secondary,
+}
+
+impl Site {
+    /// The site of `job`: a job that names the primary it copies runs at a replica.
+    pub fn of_job(job: &v1::JobAssignment) -> Self {
+        if job.replica_of.is_empty() {
+            Self::Primary
+        } else {
+            Self::Secondary
+        }
+    }
+}
+
 /// The keys read from the files named in `[storage]`.
 #[derive(Debug, Clone, Default)]
 pub struct StorageKeys {
     append: Option<S3Credentials>,
     delete: Option<S3Credentials>,
     secondary: Option<S3Credentials>,
+    secondary_delete: Option<S3Credentials>,
 }
 
 /// One key file.
@@ -91,6 +118,10 @@ impl StorageKeys {
             append: read("storage.append_key_file", &config.append_key_file)?,
             delete: read("storage.delete_key_file", &config.delete_key_file)?,
             secondary: read("storage.secondary_key_file", &config.secondary_key_file)?,
+            secondary_delete: read(
+                "storage.secondary_delete_key_file",
+                &config.secondary_delete_key_file,
+            )?,
         })
     }
 
@@ -106,6 +137,19 @@ impl StorageKeys {
     /// `AWS_*`).
     pub fn secondary(&self) -> Option<&S3Credentials> {
         self.secondary.as_ref()
+    }
+
+    /// The key for a job run at the secondary site itself (the replica's prune and
+    /// GC): its file, else `HAVEN_SECONDARY_AWS_*`, else (`None`) `AWS_*`.
+    pub fn at_secondary(&self, key_use: KeyUse) -> Result<Option<S3Credentials>, String> {
+        let file = match key_use {
+            KeyUse::Append => &self.secondary,
+            KeyUse::Delete => &self.secondary_delete,
+        };
+        match file {
+            Some(key) => Ok(Some(key.clone())),
+            None => S3Credentials::secondary_from_env().map_err(|error| error.to_string()),
+        }
     }
 }
 
@@ -175,7 +219,7 @@ mod tests {
         let error = StorageKeys::load(&StorageKeysConfig {
             append_key_file: Some(good),
             delete_key_file: Some(bad),
-            secondary_key_file: None,
+            ..StorageKeysConfig::default()
         })
         .unwrap_err();
         assert!(error.contains("storage.delete_key_file"), "{error}");

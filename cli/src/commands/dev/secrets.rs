@@ -152,12 +152,14 @@ impl DevStorageKeys {
         self.dir.join("storage-node.toml")
     }
 
-    /// `[storage]` of the in-process worker.
+    /// `[storage]` of the in-process worker: a replica on the same node is reached
+    /// with the same keys.
     pub fn worker_config(&self) -> StorageKeysConfig {
         StorageKeysConfig {
             append_key_file: Some(self.dir.join("append.toml")),
             delete_key_file: Some(self.dir.join("delete.toml")),
             secondary_key_file: Some(self.dir.join("append.toml")),
+            secondary_delete_key_file: Some(self.dir.join("delete.toml")),
         }
     }
 }

@@ -72,6 +72,9 @@ delete_key_file = "/etc/haven/storage-keys/delete/key.toml"
 {{- if .Values.storageKeys.secondaryAppend }}
 secondary_key_file = "/etc/haven/storage-keys/secondary/key.toml"
 {{- end }}
+{{- if .Values.storageKeys.secondaryDelete }}
+secondary_delete_key_file = "/etc/haven/storage-keys/secondary-delete/key.toml"
+{{- end }}
 {{- end }}
 
 {{- define "haven.storageNodeToml" -}}
