@@ -15,8 +15,8 @@ mod usage;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    admin, backup, cluster, dev, diff, files, forget, gc, key, manual, protect, prune, replicate,
-    repo, restore, security, serve_nbd, snapshots, stats, verify,
+    admin, backup, catalog, cluster, dev, diff, files, forget, gc, key, manual, protect, prune,
+    replicate, repo, restore, security, serve_nbd, snapshots, stats, verify,
 };
 
 #[derive(Parser)]
@@ -96,6 +96,9 @@ enum Command {
     /// Backup policies of the cluster.
     #[command(subcommand)]
     Policy(admin::PolicyCommand),
+    /// The coordinator's snapshot catalog (rebuilt from a repository at a DR site).
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
     /// Backup jobs of the cluster.
     #[command(subcommand)]
     Job(admin::JobCommand),
@@ -193,6 +196,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Vm(command) => admin::vm(command).await,
             Command::Policy(command) => admin::policy(command).await,
+            Command::Catalog(command) => catalog::run(command).await,
             Command::Job(command) => admin::job(command).await,
             Command::Completions(args) => manual::completions(args),
             Command::Man(args) => manual::man(args),

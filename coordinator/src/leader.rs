@@ -17,6 +17,7 @@
 //! | `jobs.rs` | jobs by hand, polls, progress, failure, completion of prune/GC/replication |
 //! | `assignment.rs` | the assignment plan and its two-write application |
 //! | `commit.rs` | the fenced commit and the manifest's publication |
+//! | `catalog.rs` | the catalog rebuilt from a repository's manifests (the DR site) |
 //! | `rounds.rs` | policies, due rounds (backup and GC), follow-ups after a backup |
 //! | `expiry.rs` | forgetting finished jobs after the history period |
 //! | `queries.rs` | read-only views for the API, `/metrics` and GC pins |
@@ -77,6 +78,7 @@
 //! identical copy counts as success), so it runs outside every lock.
 
 mod assignment;
+mod catalog;
 mod commit;
 mod error;
 mod expiry;
@@ -107,6 +109,7 @@ use crate::notify::Notifier;
 use crate::store::MetaStore;
 
 pub use assignment::Assignment;
+pub use catalog::{ImportReport, MAX_IMPORT};
 pub use commit::CommitRequest;
 pub use error::LeaderError;
 pub use job_metrics::JobMetrics;

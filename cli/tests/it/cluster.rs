@@ -11,6 +11,7 @@
 mod auth;
 mod console;
 mod dev;
+mod dr;
 mod drain;
 mod gc;
 mod libvirt;

@@ -71,6 +71,7 @@ pub const RULES: &[MethodRule] = &[
     method("/haven.v1.AdminService/RunJob", OPERATOR, true),
     method("/haven.v1.AdminService/RunPolicy", OPERATOR, true),
     method("/haven.v1.AdminService/ApplyPolicies", ADMIN, true),
+    method("/haven.v1.AdminService/ImportSnapshots", ADMIN, true),
     method("/haven.v1.AdminService/CreateToken", ADMIN, true),
     method("/haven.v1.AdminService/RevokeToken", ADMIN, true),
     method("/haven.v1.AdminService/ListTokens", ADMIN, false),

@@ -23,7 +23,7 @@ const KEYS: &str = "[[keys]]\naccess_key = \"backup\"\nsecret_key = \"backup-sec
      [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret-0123456789\"\naccess = \"read\"\n";
 
 /// A worker's key file for `access`/`secret` in `dir`.
-fn key_file(dir: &std::path::Path, access: &str, secret: &str) -> std::path::PathBuf {
+pub(super) fn key_file(dir: &std::path::Path, access: &str, secret: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{access}.toml"));
     std::fs::write(
         &path,
@@ -39,7 +39,7 @@ fn storage_table(append: &std::path::Path, delete: &std::path::Path) -> String {
 }
 
 /// The job of `kind` among `jobs`, which must all have succeeded; how many there are.
-fn succeeded(jobs: &[Value], kind: &str) -> usize {
+pub(super) fn succeeded(jobs: &[Value], kind: &str) -> usize {
     for job in jobs {
         assert_eq!(job["state"], "succeeded", "{job:#}");
     }

@@ -154,6 +154,7 @@ pub fn guest_copy(nbd: &Path, to: &Path) {
 
 /// The `haven` CLI pointed at a coordinator (`HAVEN_COORDINATOR`), with the test
 /// password and any extra environment.
+#[derive(Clone)]
 pub struct Cli {
     coordinators: String,
     env: Vec<(&'static str, String)>,
