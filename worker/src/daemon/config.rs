@@ -25,7 +25,8 @@
 //!
 //! [[hosts]]
 //! name = "kvm-1"
-//! qmp_dir = "/run/haven/kvm-1"        # every NAME.qmp socket in it is VM NAME
+//! qmp_dir = "/run/haven/kvm-1"        # every NAME.qmp socket in it is VM NAME (and a
+//!                                     # NAME.nbd beside it, that QEMU's own NBD server)
 //! labels = { rack = "a" }             # labels of every VM on this host
 //!
 //! [[hosts]]
@@ -124,7 +125,8 @@ pub struct ClientTlsConfig {
 pub struct HostConfig {
     /// Host name (shared by every worker that reaches it).
     pub name: String,
-    /// Folder of `NAME.qmp` sockets, one per VM.
+    /// Folder of `NAME.qmp` sockets, one per VM, each with `NAME.nbd` beside it when
+    /// that QEMU already runs an NBD server.
     #[serde(default)]
     pub qmp_dir: Option<PathBuf>,
     /// VMs listed one by one.
@@ -248,15 +250,45 @@ impl HostConfig {
                     && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
                     && !list.iter().any(|vm| vm.name == stem)
                 {
+                    // A QEMU runs one NBD server: when it already runs its own, its
+                    // socket beside the monitor's is where Haven adds its exports.
+                    let nbd = path.with_extension("nbd");
                     list.push(VmConfig {
                         name: stem.to_string(),
                         qmp: path.clone(),
-                        nbd_server: None,
+                        nbd_server: nbd.exists().then_some(nbd),
                     });
                 }
             }
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+}
+
+#[cfg(test)]
+mod qmp_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_qmp_dir_lists_each_socket_as_a_vm_with_its_nbd_server_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["web.qmp", "db.qmp", "db.nbd", "notes.txt"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let host: HostConfig =
+            toml::from_str(&format!("name = \"h\"\nqmp_dir = {:?}\n", dir.path())).unwrap();
+        let found: Vec<(String, Option<PathBuf>)> = host
+            .vm_endpoints()
+            .into_iter()
+            .map(|vm| (vm.name, vm.nbd_server))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("db".to_string(), Some(dir.path().join("db.nbd"))),
+                ("web".to_string(), None),
+            ]
+        );
     }
 }
