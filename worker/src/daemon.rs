@@ -36,6 +36,7 @@ use tonic::Code;
 use tracing::Instrument;
 
 pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
+pub use fenced_commit::snapshot_info;
 pub use storage_keys::StorageKeysConfig;
 
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};

@@ -9,6 +9,7 @@
 use anyhow::Result;
 use futures::{StreamExt, TryStreamExt};
 use haven_proto::v1::{self, admin_service_client::AdminServiceClient};
+use haven_worker::daemon::snapshot_info;
 
 use crate::common::{CoordinatorUrl, OutputArgs, RepoArgs, print_json};
 
@@ -52,26 +53,7 @@ pub async fn run(command: CatalogCommand) -> Result<()> {
             let repository = repo_args.repo.clone();
             async move {
                 let manifest = repo.read_manifest(&id).await?;
-                let sum = |field: fn(&haven_repo::DiskStats) -> u64| {
-                    manifest.disks.iter().map(|d| field(&d.stats)).sum()
-                };
-                anyhow::Ok(v1::SnapshotInfo {
-                    vm: id.vm.clone(),
-                    timestamp: id.timestamp.clone(),
-                    repository,
-                    disks: manifest
-                        .disks
-                        .iter()
-                        .map(|disk| v1::Disk {
-                            name: disk.name.clone(),
-                            size_bytes: disk.size,
-                        })
-                        .collect(),
-                    bytes_uploaded: sum(|s| s.uploaded_bytes),
-                    job_id: String::new(),
-                    bytes_read: sum(|s| s.bytes_read),
-                    bytes_new: sum(|s| s.new_bytes),
-                })
+                anyhow::Ok(snapshot_info(&id, &manifest, &repository, ""))
             }
         })
         .buffered(READS_AHEAD)

@@ -14,8 +14,6 @@
 //! 4. Failback: the replica is copied to a rebuilt site A, whose new coordinator
 //!    rebuilds its catalog and restores the VM as it was last backed up at B.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -25,7 +23,7 @@ use super::storage_keys::{key_file, succeeded};
 use crate::support::{
     cluster::{Cli, init_repo, one_cluster_at_a_time},
     haven::HavenClient,
-    image::convert,
+    image::{assert_same_disk, convert},
     qemu::{qemu_system, start_qemu_system},
     s3::{ACCESS_KEY, SECRET_KEY},
     storage_node::{Node, object_keys},
@@ -41,23 +39,6 @@ fn with_site_b_reader(cli: Cli) -> Cli {
     cli.with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .with_env("AWS_REGION", "us-east-1")
-}
-
-/// Whether two disk images hold the same bytes (`qemu-img compare`, formats probed).
-fn assert_same_disk(a: &Path, b: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-U"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} and {} differ: {}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 /// The snapshots in the catalog of the coordinator at `url`.
