@@ -1,31 +1,43 @@
 #!/usr/bin/env python3
-"""Runs `deploy/compose.yaml` as shipped on the local Docker engine and backs a VM up
-through it, the way deploy/README.md tells an operator to.
+"""Runs `deploy/compose.yaml` as shipped on the local Docker engine: two sites, faults,
+and the disaster-recovery drill, the way deploy/README.md and docs/dr.md tell an
+operator to.
 
 What it does, in order:
 1. builds the images from local files (`deploy/images/build.sh`: no registry);
 2. makes the installation's secrets as deploy/README.md says: etcd's CA, certificates
    and passwords (openssl), the control plane's certificates (`haven pki`), one file
    per storage key;
-3. starts a "VM" on this host: `qemu-storage-daemon` with a qcow2 disk and its QMP
-   socket in the folder the worker container mounts (`HAVEN_QMP_DIR`);
+3. starts two "VMs" on this host: `qemu-storage-daemon`s with a qcow2 disk each and
+   their QMP sockets in the folder the workers mount (`HAVEN_QMP_DIR`);
 4. `docker-compose up` with only environment variables set (image names among them:
-   the compose file is not changed);
-5. as an admin, over the coordinators' mutual TLS: initialises the repository on the
-   primary storage node, applies `deploy/compose/policy.toml` and runs a backup job;
-6. restores the snapshot from the primary storage node on the host and compares it
-   byte for byte with the VM's disk; waits for the coordinator's follow-up replicate
-   job to put the snapshot on the secondary storage node (read with the DR site's key).
+   the compose file is not changed): site A (3 etcd members, 2 coordinators, 2
+   workers, the primary storage node) and site B's storage node;
+5. as an admin, over the coordinators' mutual TLS: initialises the repository, applies
+   `deploy/compose/policy.toml` and runs a round, restored byte-identical from the
+   primary and found replicated at site B;
+6. a round each with `docker kill` of a worker, of the leading coordinator, of an etcd
+   member and of the primary storage node mid-round: every VM still gets its snapshot;
+7. site B cut off the WAN (`docker network disconnect`) during a round: backups go on,
+   the replication lag grows on the coordinator's /metrics, and after reconnection
+   replication converges with nothing missing;
+8. a rolling restart of every coordinator and worker mid-round, with no failed job;
+9. every snapshot verifies, and each VM's newest restores byte-identical;
+10. site A destroyed (containers, volumes and VMs): site B's coordinator and worker
+   (profile `dr`) rebuild the catalog from the replica, restore each VM by name,
+   start it under `qemu-system-x86_64` (TCG) and back it up again into site B.
 
-Everything it started (containers, volumes, network, qemu-storage-daemon, files) is
-removed at the end, passed or failed. Usage: `deploy/compose_test.py [HAVEN_BINARY]`.
-Needs docker with docker-compose (v1 or the v2 plugin), debootstrap, openssl,
-qemu-img, qemu-storage-daemon.
+Each step prints its figures (time to recover, replication lag, DR restore time).
+Everything it started (containers, volumes, networks, QEMUs, files) is removed at the
+end, passed or failed; on a failure the containers' logs are printed first. Usage:
+`deploy/compose_test.py [HAVEN_BINARY]`. Needs docker with docker-compose (v1 or the
+v2 plugin), debootstrap, openssl, qemu-img, qemu-storage-daemon, qemu-system-x86_64.
 """
 
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -36,12 +48,21 @@ DEPLOY = os.path.dirname(os.path.abspath(__file__))
 PROJECT = "haven-compose-test"
 TAG = "composetest"
 ADMIN_PORTS = (7700, 7710)
-HTTP_PORT = 7701
+# The coordinators' /metrics and /healthz, published per replica.
+HTTP_PORTS = {"coordinator-1": 7701, "coordinator-2": 7711}
+DR_PORT = 7720
 PRIMARY = "http://127.0.0.1:9000"
 SECONDARY = "http://127.0.0.1:9010"
 REPOSITORY = "s3://haven/cluster?endpoint=" + PRIMARY
 DR_REPOSITORY = "s3://haven/cluster?endpoint=" + SECONDARY
-VM = "vm1"
+VMS = ("vm1", "vm2")
+DISK_MIB = 512
+# What the guests write before each round with a fault: enough that the round's
+# backups are still reading when the fault strikes.
+WRITE_MIB = 320
+# Site A's services: what a lost site A takes with it (docs/dr.md).
+SITE_A = ["etcd-1", "etcd-2", "etcd-3", "etcd-init", "coordinator-1", "coordinator-2",
+          "worker-1", "worker-2", "storage-primary"]
 # The uid Haven's image runs coordinators and storage nodes as (deploy/Dockerfile).
 HAVEN_UID = 10001
 
@@ -78,7 +99,8 @@ def make_etcd_secrets(folder):
     openssl("req", "-x509", *key, "-days", "2", "-subj", "/CN=haven etcd CA",
             "-keyout", "ca-key.pem", "-out", "ca.pem")
     for name, subject, extensions in [
-        ("server", "/CN=etcd", ["subjectAltName=DNS:etcd,DNS:localhost,IP:127.0.0.1",
+        ("server", "/CN=etcd", ["subjectAltName=DNS:etcd-1,DNS:etcd-2,DNS:etcd-3,"
+                                "DNS:localhost,IP:127.0.0.1",
                                 "extendedKeyUsage=serverAuth,clientAuth"]),
         ("client", "/CN=haven-coordinator", ["extendedKeyUsage=clientAuth"]),
     ]:
@@ -101,9 +123,10 @@ def make_pki(haven, folder):
     """deploy/README.md, "The control plane's certificates"."""
     run([haven, "pki", "init", "--dir", folder])
     run([haven, "pki", "issue", "server", "coordinator", "--dir", folder,
-         "--dns", "coordinator-1", "--dns", "coordinator-2", "--dns", "localhost",
-         "--ip", "127.0.0.1"])
-    run([haven, "pki", "issue", "worker", "worker-1", "--dir", folder])
+         "--dns", "coordinator-1", "--dns", "coordinator-2", "--dns", "coordinator-dr",
+         "--dns", "localhost", "--ip", "127.0.0.1"])
+    for worker in ["worker-1", "worker-2", "worker-dr"]:
+        run([haven, "pki", "issue", "worker", worker, "--dir", folder])
     run([haven, "pki", "issue", "admin", "admin", "--dir", folder])
     # The coordinators run as uid 10001 and read their key from the mounted folder.
     os.chown(os.path.join(folder, "coordinator-key.pem"), HAVEN_UID, -1)
@@ -123,26 +146,60 @@ def make_storage_secrets(folder):
     return keys
 
 
-def start_vm(folder, qmp_dir):
-    """A qcow2 disk with distinct data served by qemu-storage-daemon, QMP at VM.qmp."""
-    disk = os.path.join(folder, f"{VM}.qcow2")
-    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"])
-    for offset, pattern in [(0, "0x11"), (5 << 20, "0x22"), (40 << 20, "0x33")]:
-        run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} 3M", disk])
-    qmp = os.path.join(qmp_dir, f"{VM}.qmp")
+def start_vm(folder, qmp_dir, vm, seed):
+    """A qcow2 disk with distinct data served by qemu-storage-daemon, QMP at VM.qmp, and
+    a writable NBD export `guest` through which the "guest" writes (`guest_write`)."""
+    disk = os.path.join(folder, f"{vm}.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, f"{DISK_MIB}M"])
+    for offset, pattern in [(0, 0x11), (5 << 20, 0x22), (40 << 20, 0x33)]:
+        run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern + seed} {offset} 3M", disk])
+    qmp = os.path.join(qmp_dir, f"{vm}.qmp")
+    # Beside the QMP socket: a QEMU runs one NBD server, and the workers add their
+    # exports to it (worker.toml's qmp_dir finds NAME.nbd there).
+    nbd = os.path.join(qmp_dir, f"{vm}.nbd")
     daemon = subprocess.Popen(
         ["qemu-storage-daemon",
          "--chardev", f"socket,path={qmp},server=on,wait=off,id=m",
          "--monitor", "chardev=m",
          "--blockdev", f"driver=file,filename={disk},node-name=file0",
-         "--blockdev", "driver=qcow2,file=file0,node-name=vda"],
+         "--blockdev", "driver=qcow2,file=file0,node-name=vda",
+         "--nbd-server", f"addr.type=unix,addr.path={nbd}",
+         "--export", "type=nbd,id=guest,node-name=vda,name=guest,writable=on"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    wait_for("the VM's QMP socket", lambda: os.path.exists(qmp), 20)
+    wait_for(f"{vm}'s QMP socket", lambda: os.path.exists(qmp) and os.path.exists(nbd), 20)
     return daemon, disk
 
 
-def wait_for(what, ready, seconds):
+def guest_write(qmp_dir, vm):
+    """The guest of `vm` writes `WRITE_MIB` of fresh random data at a random place, so
+    the next backup has that much to read."""
+    data = os.path.join(qmp_dir, "..", "guest-write.bin")
+    with open(data, "wb") as file:
+        file.write(os.urandom(WRITE_MIB << 20))
+    offset = random.randrange(0, DISK_MIB - WRITE_MIB) << 20
+    run(["qemu-io", "-f", "raw", "-c", f"write -s {data} {offset} {WRITE_MIB}M",
+         f"nbd+unix:///guest?socket={os.path.join(qmp_dir, f'{vm}.nbd')}"])
+    os.remove(data)
+
+
+def boot_vm(qmp_dir, vm, disk):
+    """The restored `disk` attached to a paused qemu-system-x86_64 (TCG) as a virtio
+    disk, its QMP at VM.qmp: site B's hypervisor after a failover."""
+    qmp = os.path.join(qmp_dir, f"{vm}.qmp")
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-display", "none",
+         "-S", "-m", "64", "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-blockdev", f"driver=file,filename={disk},node-name=file0",
+         "-blockdev", "driver=qcow2,file=file0,node-name=vda",
+         "-device", "virtio-blk-pci,drive=vda,id=vda"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    wait_for(f"{vm}'s QEMU at site B", lambda: os.path.exists(qmp), 20)
+    return process
+
+
+def wait_for(what, ready, seconds, poll=1.0):
     """Polls `ready` until it returns a true value (returned) or `seconds` pass."""
     deadline = time.monotonic() + seconds
     last = None
@@ -153,7 +210,7 @@ def wait_for(what, ready, seconds):
                 return value
         except (subprocess.SubprocessError, SystemExit, OSError, ValueError) as error:
             last = error
-        time.sleep(1)
+        time.sleep(poll)
     raise SystemExit(f"FAILED: {what} not within {seconds} s" + (f": {last}" if last else ""))
 
 
@@ -186,7 +243,7 @@ def main():
     pki = os.path.join(work, "pki")
     make_pki(haven, pki)
     keys = make_storage_secrets(os.path.join(work, "storage-secrets"))
-    daemon, disk = start_vm(work, qmp_dir)
+    vms = {vm: start_vm(work, qmp_dir, vm, seed) for seed, vm in enumerate(VMS)}
 
     env = {
         **os.environ,
@@ -197,82 +254,364 @@ def main():
         "HAVEN_STORAGE_SECRET_KEY": admin_key[1],
         "HAVEN_APPEND_ACCESS_KEY": "primary-append",
         "HAVEN_APPEND_SECRET_KEY": keys["primary-append"],
+        "HAVEN_DR_APPEND_ACCESS_KEY": "dr-append",
+        "HAVEN_DR_APPEND_SECRET_KEY": keys["dr-append"],
         "HAVEN_STORAGE_SECRETS": os.path.join(work, "storage-secrets"),
         "HAVEN_ETCD_SECRETS": os.path.join(work, "etcd-secrets"),
         "HAVEN_PKI_DIR": pki,
         "HAVEN_QMP_DIR": qmp_dir,
     }
     project = [*compose, "-p", PROJECT, "-f", os.path.join(DEPLOY, "compose.yaml")]
+    cluster = Cluster(haven, project, env, pki, keys, work)
     try:
         run([*project, "up", "-d", "--no-build"], env=env, timeout=300)
-        check_cluster(haven, env, pki, disk, work, keys)
+        check_site_a(cluster, vms)
+        check_disaster_recovery(cluster, vms, qmp_dir)
         print("compose_test: PASSED")
     except BaseException:
-        logs = subprocess.run([*project, "logs", "--no-color", "--tail", "40"], env=env,
-                              capture_output=True, text=True)
-        print(logs.stdout[-12000:], file=sys.stderr)
+        logs = subprocess.run([*project, "--profile", "dr", "logs", "--no-color", "--tail", "40"],
+                              env=env, capture_output=True, text=True)
+        print(logs.stdout[-20000:], file=sys.stderr)
         raise
     finally:
-        subprocess.run([*project, "down", "-v", "--remove-orphans", "--timeout", "5"],
-                       env=env, capture_output=True)
-        daemon.kill()
-        daemon.wait()
+        subprocess.run([*project, "--profile", "dr", "down", "-v", "--remove-orphans",
+                        "--timeout", "5"], env=env, capture_output=True)
+        for process, _ in vms.values():
+            process.kill()
+            process.wait()
+        for process in cluster.processes:
+            process.kill()
+            process.wait()
         for image in [f"haven:{TAG}", f"haven-etcd:{TAG}"]:
             subprocess.run(["docker", "image", "rm", image], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def check_cluster(haven, env, pki, disk, work, keys):
-    admin = {
-        **env,
+class Cluster:
+    """The compose project and the `haven` CLI as its admin and as storage clients."""
+
+    def __init__(self, haven, project, env, pki, keys, work):
+        self.haven = haven
+        self.project = project
+        self.env = env
+        self.pki = pki
+        self.work = work
+        self.processes = []
+        tls = {
+            "HAVEN_CA_FILE": os.path.join(pki, "ca.pem"),
+            "HAVEN_CERT_FILE": os.path.join(pki, "admin.pem"),
+            "HAVEN_KEY_FILE": os.path.join(pki, "admin-key.pem"),
+        }
         # Both replicas' published ports: the leader's advertised URL
         # (https://coordinator-N:7700) resolves only inside the compose network, so a
         # client on the host finds the leader among the URLs it was given.
-        "HAVEN_COORDINATOR": ",".join(f"https://127.0.0.1:{port}" for port in ADMIN_PORTS),
-        "HAVEN_CA_FILE": os.path.join(pki, "ca.pem"),
-        "HAVEN_CERT_FILE": os.path.join(pki, "admin.pem"),
-        "HAVEN_KEY_FILE": os.path.join(pki, "admin-key.pem"),
-    }
-    # A leader elected through etcd (TLS, auth) answers the admin over mutual TLS.
-    wait_for("a coordinator leader", lambda: run([haven, "vm", "list"], env=admin) is not None, 120)
-    health = run(["curl", "-sS", "--fail", "--cacert", admin["HAVEN_CA_FILE"],
-                  f"https://127.0.0.1:{HTTP_PORT}/healthz"])
-    print(f"coordinator /healthz: {health.strip()}")
-    # The admin key of the storage nodes initialises the repository.
-    storage_admin = {**env, "AWS_ACCESS_KEY_ID": env["HAVEN_STORAGE_ACCESS_KEY"],
-                     "AWS_SECRET_ACCESS_KEY": env["HAVEN_STORAGE_SECRET_KEY"],
-                     "AWS_REGION": "us-east-1"}
-    wait_for("the primary storage node",
-             lambda: run([haven, "repo", "init", "--repo", REPOSITORY], env=storage_admin), 60)
-    run([haven, "policy", "apply", os.path.join(DEPLOY, "compose", "policy.toml")], env=admin)
-    wait_for(f"the worker reporting {VM}",
-             lambda: VM in run([haven, "vm", "list"], env=admin), 120)
-    started = time.monotonic()
-    job = run([haven, "job", "run", VM, "--watch"], env=admin, timeout=600)
-    print(f"backup job through compose: {time.monotonic() - started:.1f} s\n{job.strip()}")
+        self.admin = {**env, **tls, "HAVEN_COORDINATOR": ",".join(
+            f"https://127.0.0.1:{port}" for port in ADMIN_PORTS)}
+        self.dr_admin = {**env, **tls, "HAVEN_COORDINATOR": f"https://127.0.0.1:{DR_PORT}"}
 
-    # Restore on the host from the primary, with the append key (reads are allowed).
-    reader = {**env, "AWS_ACCESS_KEY_ID": "primary-append",
-              "AWS_SECRET_ACCESS_KEY": keys["primary-append"], "AWS_REGION": "us-east-1"}
-    restored = os.path.join(work, "restored.raw")
-    run([haven, "restore", f"{VM}@latest", "--repo", REPOSITORY, "--to", restored], env=reader)
-    original = os.path.join(work, "original.raw")
+        def signing(access, secret):
+            return {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+                    "AWS_REGION": "us-east-1"}
+
+        self.storage_admin = {**env, **signing(*admin_key_of(env))}
+        # Reads are allowed to the append keys: restores and verification use them.
+        self.primary_reader = {**env, **signing("primary-append", keys["primary-append"])}
+        self.dr_reader = {**env, **signing("dr-append", keys["dr-append"])}
+
+    def haven_run(self, args, env, timeout=600):
+        return run([self.haven, *args], env=env, timeout=timeout)
+
+    def compose(self, *args, timeout=300):
+        return run([*self.project, *args], env=self.env, timeout=timeout)
+
+    def container(self, service):
+        return self.compose("ps", "-q", service).strip()
+
+    def docker(self, *args):
+        return run(["docker", *args], timeout=300)
+
+    def jobs(self, env=None):
+        return json.loads(self.haven_run(["job", "list", "--limit", "0", "--json"],
+                                         env or self.admin, timeout=60))
+
+    def leader(self):
+        """The coordinator service whose /metrics says it leads."""
+        for service, port in HTTP_PORTS.items():
+            metrics = subprocess.run(
+                ["curl", "-sS", "--fail", "--cacert", self.admin["HAVEN_CA_FILE"],
+                 "--cert", self.admin["HAVEN_CERT_FILE"], "--key", self.admin["HAVEN_KEY_FILE"],
+                 f"https://127.0.0.1:{port}/metrics"],
+                capture_output=True, text=True, timeout=30)
+            if "haven_coordinator_is_leader 1" in metrics.stdout:
+                return service
+        return None
+
+    def metric(self, name, vm):
+        """`name{vm="VM",...}` on the leading coordinator's /metrics, or None (the
+        lines naming `name` are printed then)."""
+        port = HTTP_PORTS[self.leader()]
+        metrics = run(["curl", "-sS", "--fail", "--cacert", self.admin["HAVEN_CA_FILE"],
+                       "--cert", self.admin["HAVEN_CERT_FILE"],
+                       "--key", self.admin["HAVEN_KEY_FILE"],
+                       f"https://127.0.0.1:{port}/metrics"])
+        for line in metrics.splitlines():
+            if line.startswith(name + "{") and f'vm="{vm}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        print("\n".join(line for line in metrics.splitlines() if name in line), file=sys.stderr)
+        return None
+
+
+def admin_key_of(env):
+    return env["HAVEN_STORAGE_ACCESS_KEY"], env["HAVEN_STORAGE_SECRET_KEY"]
+
+
+def policy_round(cluster, fault=None, env=None, policy="default"):
+    """Runs a round of `policy`; `fault` (if any) is called once a backup of the round
+    runs. Waits until every job has ended; returns (this round's jobs, seconds from
+    the fault to the last backup's end)."""
+    env = env or cluster.admin
+    if fault:
+        for vm in VMS:
+            guest_write(os.path.join(cluster.work, "qmp"), vm)
+    before = {job["job_id"] for job in cluster.jobs(env)}
+    cluster.haven_run(["policy", "run", policy], env)
+
+    def ours():
+        return [job for job in cluster.jobs(env) if job["job_id"] not in before]
+
+    faulted = None
+    if fault:
+        running = wait_for("a backup of the round running",
+                           lambda: [job for job in ours()
+                                    if job["kind"] == "backup" and job["state"] == "running"],
+                           120, poll=0.1)
+        fault(running)
+        faulted = time.monotonic()
+
+    def ended():
+        jobs = ours()
+        backups = [job for job in jobs if job["kind"] == "backup"]
+        done = all(job["state"] in ("succeeded", "failed") for job in jobs)
+        return jobs if backups and done else None
+
+    jobs = wait_for("the round's jobs to end", ended, 600)
+    recovered = time.monotonic() - faulted if faulted else 0.0
+    return jobs, recovered
+
+
+def assert_backed_up(jobs, vms, what):
+    """Every VM of `vms` has a succeeded backup among `jobs`."""
+    done = {job["vm"] for job in jobs if job["kind"] == "backup" and job["state"] == "succeeded"}
+    missing = [vm for vm in vms if vm not in done]
+    if missing:
+        raise SystemExit(f"FAILED: {what}: no snapshot of {missing}: {json.dumps(jobs, indent=1)}")
+
+
+def assert_restores(cluster, env, repository, vm, disk, coordinator=None):
+    """VM@latest restored from `repository` (or by name through `coordinator`) equals
+    `disk` byte for byte; returns the restore's seconds."""
+    restored = os.path.join(cluster.work, f"restored-{vm}.raw")
+    source = ["--coordinator", coordinator] if coordinator else ["--repo", repository]
+    started = time.monotonic()
+    cluster.haven_run(["restore", f"{vm}@latest", *source, "--to", restored, "--force"], env)
+    seconds = time.monotonic() - started
+    original = os.path.join(cluster.work, f"original-{vm}.raw")
     run(["qemu-img", "convert", "-U", "-O", "raw", disk, original])
     if sha256(restored) != sha256(original):
-        raise SystemExit("FAILED: the restored disk differs from the VM's")
+        raise SystemExit(f"FAILED: {vm} restored from {repository} differs from its disk")
+    os.remove(restored)
+    os.remove(original)
+    return seconds
+
+
+def check_site_a(cluster, vms):
+    admin = cluster.admin
+    # A leader elected through etcd (TLS, auth, 3 members) answers over mutual TLS.
+    wait_for("a coordinator leader", lambda: cluster.haven_run(["vm", "list"], admin), 180)
+    health = run(["curl", "-sS", "--fail", "--cacert", admin["HAVEN_CA_FILE"],
+                  f"https://127.0.0.1:{HTTP_PORTS['coordinator-1']}/healthz"])
+    print(f"coordinator /healthz: {health.strip()}")
+    wait_for("the primary storage node",
+             lambda: cluster.haven_run(["repo", "init", "--repo", REPOSITORY],
+                                       cluster.storage_admin), 60)
+    cluster.haven_run(["policy", "apply", os.path.join(DEPLOY, "compose", "policy.toml")], admin)
+    wait_for("the workers reporting every VM",
+             lambda: all(vm in cluster.haven_run(["vm", "list"], admin) for vm in VMS), 120)
+
+    started = time.monotonic()
+    jobs, _ = policy_round(cluster)
+    assert_backed_up(jobs, VMS, "the first round")
+    print(f"round of {len(VMS)} VMs through compose: {time.monotonic() - started:.1f} s")
+    for vm, (_, disk) in vms.items():
+        assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
     print("restore from the primary storage node: byte-identical")
 
-    # The policy's replicate_to: the coordinator's follow-up job copies the snapshot to
-    # the secondary node, which the DR site's key reads.
-    dr = {**env, "AWS_ACCESS_KEY_ID": "dr-append", "AWS_SECRET_ACCESS_KEY": keys["dr-append"],
-          "AWS_REGION": "us-east-1"}
-
     def replicated():
-        listing = json.loads(run([haven, "snapshots", "--repo", DR_REPOSITORY, "--json"], env=dr))
-        return any(VM in json.dumps(snapshot) for snapshot in listing)
+        listing = json.loads(cluster.haven_run(["snapshots", "--repo", DR_REPOSITORY, "--json"],
+                                               cluster.dr_reader))
+        return all(any(vm == snapshot["vm"] for snapshot in listing) for vm in VMS)
 
-    wait_for("the snapshot on the secondary storage node", replicated, 180)
-    print("replicated to the secondary storage node: listed with the DR key")
+    wait_for("the snapshots on the secondary storage node", replicated, 180)
+    lag = cluster.metric("haven_vm_replication_lag_seconds", VMS[0])
+    print(f"replicated to site B: listed with the DR site's key; coordinator's lag {lag} s")
+
+    # docker kill of each role mid-round: every VM still gets its snapshot.
+    killed = []
+
+    def kill(choose, back_after=None):
+        def fault(running):
+            service = choose(running)
+            killed.append(service)
+            cluster.docker("kill", cluster.container(service))
+            if back_after is not None:
+                time.sleep(back_after)
+                cluster.compose("start", service)
+        return fault
+
+    for what, fault in [
+        ("the worker running a backup", kill(lambda running: running[0]["worker"])),
+        ("the leading coordinator", kill(lambda _: cluster.leader())),
+        ("etcd member etcd-2", kill(lambda _: "etcd-2")),
+        ("the primary storage node (back after 5 s)", kill(lambda _: "storage-primary", 5)),
+    ]:
+        jobs, recovered = policy_round(cluster, fault)
+        assert_backed_up(jobs, VMS, f"docker kill of {what}")
+        retried = sum(1 for job in jobs if len(job["attempts"]) > 1)
+        print(f"docker kill of {what} ({killed[-1]}) mid-round: every VM backed up, "
+              f"{retried} job(s) retried, {recovered:.1f} s from the kill to the round's end")
+        cluster.compose("start", killed[-1])
+
+    check_wan_cut(cluster)
+
+    # A rolling restart of every coordinator and worker mid-round: no failed job.
+    def rolling_restart(_running):
+        for service in ["coordinator-1", "coordinator-2", "worker-1", "worker-2"]:
+            cluster.compose("restart", "-t", "150", service, timeout=400)
+            wait_for("a leader after the restart",
+                     lambda: cluster.haven_run(["vm", "list"], admin), 120)
+
+    jobs, recovered = policy_round(cluster, rolling_restart)
+    failed = [job for job in jobs if job["state"] == "failed"]
+    if failed:
+        raise SystemExit(f"FAILED: a rolling restart failed jobs: {json.dumps(failed, indent=1)}")
+    assert_backed_up(jobs, VMS, "the rolling restart")
+    print(f"rolling restart of 2 coordinators and 2 workers mid-round: no failed job "
+          f"({recovered:.1f} s)")
+
+    # Nothing lost: every snapshot verifies, each VM's newest restores exactly.
+    cluster.haven_run(["verify", "--repo", REPOSITORY], cluster.primary_reader, timeout=900)
+    for vm, (_, disk) in vms.items():
+        assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
+    print("after the faults: every snapshot verifies, each VM restores byte-identical")
+
+
+def check_wan_cut(cluster):
+    """Site B off the WAN during a round: backups go on, the lag grows and is
+    reported, and replication converges after reconnection."""
+    secondary = cluster.container("storage-secondary")
+    attached = run(["docker", "inspect", "--format",
+                    "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}",
+                    secondary]).split()
+    network = next(name for name in attached if name.endswith("_wan"))
+    cluster.docker("network", "disconnect", network, secondary)
+    try:
+        cut = time.monotonic()
+        jobs, _ = policy_round(cluster)
+        assert_backed_up(jobs, VMS, "the round with site B cut off")
+        def status():
+            return json.loads(cluster.haven_run(
+                ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
+                cluster.storage_admin))
+
+        first = status()
+        time.sleep(2)
+        second = status()
+        missing = sum(vm["missing_snapshots"] for vm in second)
+        stuck = [vm["oldest_missing_age_seconds"] for vm in second]
+        if missing == 0 or not all(
+                b["oldest_missing_age_seconds"] > a["oldest_missing_age_seconds"]
+                for a, b in zip(first, second) if b["missing_snapshots"]):
+            raise SystemExit(f"FAILED: site B cut off, yet the lag does not grow: "
+                             f"{first} then {second}")
+        # The coordinator exports the lag too (seconds since the newest snapshot at B).
+        later = cluster.metric("haven_vm_replication_lag_seconds", VMS[0])
+        exported = f"{later:.0f} s" if later is not None else "not exported"
+        print(f"site B cut off: backups went on, {missing} snapshots not yet at B, oldest "
+              f"missing {max(stuck)} s old and growing; coordinator's lag (RPO at B): "
+              f"{exported}")
+    finally:
+        cluster.docker("network", "connect", network, secondary)
+    # Reconnected: the next round's replication brings B up to date.
+    jobs, _ = policy_round(cluster)
+    assert_backed_up(jobs, VMS, "the round after reconnection")
+
+    def converged():
+        status = json.loads(cluster.haven_run(
+            ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
+            cluster.storage_admin))
+        return all(vm["missing_snapshots"] == 0 for vm in status)
+
+    wait_for("replication to converge after reconnection", converged, 300)
+    print(f"site B reconnected: replication converged, nothing missing "
+          f"({time.monotonic() - cut:.1f} s after the cut)")
+
+
+def check_disaster_recovery(cluster, vms, qmp_dir):
+    """docs/dr.md, "Failover", step by step."""
+    # Site A is lost: its containers, volumes and hypervisor.
+    cluster.compose("rm", "-f", "-s", "-v", *SITE_A)
+    for name in ["etcd-1", "etcd-2", "etcd-3", "storage-primary"]:
+        cluster.docker("volume", "rm", f"{PROJECT}_{name}")
+    expected = {}
+    for vm, (process, disk) in vms.items():
+        process.kill()
+        process.wait()
+        expected[vm] = os.path.join(cluster.work, f"{vm}-as-lost.qcow2")
+        os.rename(disk, expected[vm])
+        for socket in [f"{vm}.qmp", f"{vm}.nbd"]:
+            os.remove(os.path.join(qmp_dir, socket))
+    print("site A destroyed: containers, volumes and VMs")
+
+    # Site B takes over: a coordinator whose catalog comes from the replica.
+    started = time.monotonic()
+    cluster.compose("--profile", "dr", "up", "-d", "--no-build", "coordinator-dr")
+    dr_url = f"https://127.0.0.1:{DR_PORT}"
+    wait_for("site B's coordinator", lambda: cluster.haven_run(["vm", "list"],
+                                                               cluster.dr_admin), 120)
+    rebuilt = cluster.haven_run(["catalog", "rebuild", "--repo", DR_REPOSITORY,
+                                 "--coordinator", dr_url], {**cluster.dr_admin, **cluster.dr_reader})
+    print(f"site B: {rebuilt.strip()}")
+    restored = {}
+    for vm in VMS:
+        restored[vm] = os.path.join(cluster.work, f"{vm}-site-b.qcow2")
+        cluster.haven_run(["restore", f"{vm}@latest", "--coordinator", dr_url,
+                           "--format", "qcow2", "--to", restored[vm]],
+                          {**cluster.dr_admin, **cluster.dr_reader})
+        run(["qemu-img", "compare", "-U", restored[vm], expected[vm]])
+    print(f"site B: every VM restored by name, byte-identical, "
+          f"{time.monotonic() - started:.1f} s from site B's coordinator start")
+
+    # The restored VMs run at B under QEMU (TCG), and B's worker backs them up there.
+    for vm in VMS:
+        cluster.processes.append(boot_vm(qmp_dir, vm, restored[vm]))
+    cluster.compose("--profile", "dr", "up", "-d", "--no-build", "worker-dr")
+    cluster.haven_run(["policy", "apply", os.path.join(DEPLOY, "compose", "policy-dr.toml")],
+                      cluster.dr_admin)
+    wait_for("site B's worker reporting every VM",
+             lambda: all(vm in cluster.haven_run(["vm", "list"], cluster.dr_admin)
+                         for vm in VMS), 120)
+    before = len(json.loads(cluster.haven_run(["snapshots", "--repo", DR_REPOSITORY, "--json"],
+                                              cluster.dr_reader)))
+    jobs, _ = policy_round(cluster, env=cluster.dr_admin)
+    assert_backed_up(jobs, VMS, "site B's first round")
+    after = len(json.loads(cluster.haven_run(["snapshots", "--repo", DR_REPOSITORY, "--json"],
+                                             cluster.dr_reader)))
+    if after < before + len(VMS):
+        raise SystemExit(f"FAILED: site B's round added {after - before} snapshots")
+    for vm in VMS:
+        assert_restores(cluster, cluster.dr_reader, DR_REPOSITORY, vm, restored[vm])
+    print(f"site B: VMs booted under QEMU (TCG) from the restored disks and backed up into "
+          f"site B ({after} snapshots there)")
 
 
 if __name__ == "__main__":
