@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, ext4_image, noise, raw_image, write_at},
+    image::{MIB, ext4_image, noise, write_at},
 };
 
 /// Runs `debugfs -w` with `commands` (one per line) on the ext4 image `image`, from
@@ -46,8 +46,7 @@ fn file_changes(report: &Value, name: &str) -> Vec<Value> {
 
 #[test]
 fn diff_names_changed_ranges_and_files_between_two_snapshots() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let tree = bed.path("tree");
     for (path, data) in [
         ("etc/hosts", b"127.0.0.1 localhost\n".to_vec()),
@@ -61,8 +60,7 @@ fn diff_names_changed_ranges_and_files_between_two_snapshots() {
     }
     let root = bed.path("root.img");
     ext4_image(&tree, &root, "32M");
-    let data = bed.path("data.raw");
-    raw_image(&data, 8 * MIB, &[(0, MIB as usize)]);
+    let data = bed.raw_image("data.raw", 8 * MIB, &[(0, MIB as usize)]);
     let first = bed.backup("web", &[&root, &data])["snapshot"]
         .as_str()
         .unwrap()

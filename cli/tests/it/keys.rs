@@ -8,7 +8,7 @@ use std::process::Output;
 use crate::support::{
     bed::Bed,
     haven::PASSWORD,
-    image::{MIB, assert_same_disk, raw_image},
+    image::{MIB, assert_same_disk},
 };
 
 const SECOND: &str = "second password, added";
@@ -79,10 +79,12 @@ fn current(list: &serde_json::Value) -> String {
 
 #[test]
 fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
-    let bed = Bed::new();
-    bed.init();
-    let disk = bed.path("disk.raw");
-    raw_image(&disk, 8 * MIB, &[(0, 3 * MIB as usize), (6 * MIB, 100_000)]);
+    let bed = Bed::initialised();
+    let disk = bed.raw_image(
+        "disk.raw",
+        8 * MIB,
+        &[(0, 3 * MIB as usize), (6 * MIB, 100_000)],
+    );
     bed.backup("vm1", &[&disk]);
 
     // One slot, labelled, at Haven's cost, opened by the password.
@@ -175,8 +177,7 @@ fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
 
 #[test]
 fn a_planted_weak_key_file_is_refused_by_name() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let planted = "00112233445566778899aabbccddeeff";
     let weak = serde_json::json!({
         "version": 1,

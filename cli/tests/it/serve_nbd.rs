@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haven_testkit::image::create_overlay;
+
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, convert, flip_byte, raw_image, write_at},
+    image::{MIB, assert_same_disk, convert, flip_byte, uneven_image, write_at},
     process::{Guard, run, wait_for_line},
     qemu::{Qmp, qemu_storage_daemon},
 };
@@ -22,15 +24,7 @@ const SIZE: u64 = 24 * MIB + 3 * 512;
 fn backed_up_image(bed: &Bed) -> PathBuf {
     bed.init();
     let raw = bed.path("source.raw");
-    raw_image(
-        &raw,
-        SIZE,
-        &[
-            (0, 3 * MIB as usize),
-            (12 * MIB + 777, 2 * MIB as usize),
-            (SIZE - 5000, 5000),
-        ],
-    );
+    uneven_image(&raw, SIZE, 3 * MIB, (12 * MIB + 777, 2 * MIB), 5000);
     let report = bed.backup("web1", &[&raw]);
     assert_eq!(report["disks"][0]["name"].as_str(), Some("vda"), "{report}");
     raw
@@ -193,20 +187,7 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
     let served = Served::start(&bed, "nbd.sock");
 
     let overlay = bed.path("overlay.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &served.uri(),
-            "-F",
-            "raw",
-            overlay.to_str().unwrap(),
-        ],
-    );
+    create_overlay(&overlay, &served.uri(), "raw").unwrap();
     let qmp_socket = bed.path("qmp.sock");
     let guest_socket = bed.path("guest.sock");
     let daemon = Guard::new(

@@ -70,6 +70,14 @@ pub(super) struct Dev {
 }
 
 impl Dev {
+    /// The URL of a repository `replica` on the storage node `haven dev` runs.
+    pub(super) fn replica_url(&self) -> String {
+        format!(
+            "s3://haven/replica?endpoint=http://127.0.0.1:{}",
+            self.storage_port
+        )
+    }
+
     /// Starts `haven dev` with a storage node and the test password, plus `extra`
     /// arguments; see [`Dev::launch`].
     pub(super) fn start(dir: &Path, vms: &Path, extra: &[&str]) -> Self {
@@ -278,24 +286,18 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let dev = Dev::start(dir.path(), vms, &[]);
     let (port, pki) = (dev.port, dev.pki.clone());
     // The replica lives on the storage node `haven dev` runs in-process.
-    let replica = format!(
-        "s3://haven/replica?endpoint=http://127.0.0.1:{}",
-        dev.storage_port
-    );
+    let replica = dev.replica_url();
 
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    dev.cli.apply_policy(
+        &dir.path().join("policy.toml"),
+        &format!(
             "[[policy]]\nname = \"web\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n\
-             retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
-             gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
+         retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
+         gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
             primary.to_str().unwrap(),
             replica
         ),
-    )
-    .unwrap();
-    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
 
     // Two rounds: each backup is followed by a prune (keep 1) and a replication.
     dev.cli.ok(&["policy", "run", "web"]);
@@ -311,13 +313,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "{prunes:#?}"
     );
     dev.wait_for("replicate", 1, Duration::from_secs(60));
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
-        "snapshots",
-        "--repo",
-        primary.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let snapshots: Vec<Value> = dev.cli.snapshots(&primary);
     assert_eq!(snapshots.len(), 1, "retention keeps 1: {snapshots:#?}");
 
     // The GC schedule fires within a minute; the collection runs with the pins.
@@ -506,13 +502,7 @@ fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts(
         "{backups:#?}"
     );
     let repository = state.join("repository");
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
-        "snapshots",
-        "--repo",
-        repository.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let snapshots: Vec<Value> = dev.cli.snapshots(&repository);
     assert_eq!(snapshots.len(), 1, "{snapshots:#?}");
     // The storage node takes the admin key it made.
     let admin = key_file_secret(&state.join("storage-keys/admin.toml"));
@@ -527,16 +517,13 @@ fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts(
     let other = dir.path().join("other");
     dev.cli
         .ok(&["repo", "init", "--repo", other.to_str().unwrap()]);
-    let policy = dir.path().join("mine.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    dev.cli.apply_policy(
+        &dir.path().join("mine.toml"),
+        &format!(
             "[[policy]]\nname = \"mine\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n",
             other.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
     let kept = [
         "password",
         "default-policy.toml",
