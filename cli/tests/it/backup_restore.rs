@@ -1,5 +1,6 @@
 //! Backup then restore through the real binary, `qemu-nbd` and `qemu-img`.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -281,6 +282,20 @@ fn sparse_64_gib_image_reads_only_its_data() {
     assert_same_disk(&qcow2, &out_raw);
 }
 
+/// Backs up `image` as `vm` when the repository already holds all its data: no new
+/// chunk, and the stored chunk bytes do not grow. Returns the report.
+fn backup_storing_nothing(bed: &Bed, vm: &str, image: &Path) -> serde_json::Value {
+    let stored = bed.stored_chunk_bytes();
+    let report = bed.backup(vm, &[image]);
+    assert_eq!(disk_stat(&report, "new_chunks"), 0, "{report}");
+    assert_eq!(
+        bed.stored_chunk_bytes(),
+        stored,
+        "chunk bytes grew for data already stored"
+    );
+    report
+}
+
 #[test]
 fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() {
     let bed = Bed::initialised();
@@ -290,15 +305,9 @@ fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() 
     assert_eq!(disk_stat(&first, "new_chunks"), 256);
     let stored = bed.stored_chunk_bytes();
 
-    let second = bed.backup("vm", &[&raw]);
-    assert_eq!(disk_stat(&second, "new_chunks"), 0);
+    let second = backup_storing_nothing(&bed, "vm", &raw);
     assert_eq!(disk_stat(&second, "uploaded_bytes"), 0);
     assert_eq!(disk_stat(&second, "reused_chunks"), 256);
-    assert_eq!(
-        bed.stored_chunk_bytes(),
-        stored,
-        "chunk bytes grew on an unchanged disk"
-    );
 
     // About 1% of the disk in three contiguous extents, not chunk aligned.
     let extents = [
@@ -348,10 +357,7 @@ fn vms_cloned_from_one_template_share_chunks() {
     to_qcow2(&template, &clone);
     let first = bed.backup("web1", &[&template]);
     assert_eq!(disk_stat(&first, "new_chunks"), 20);
-    let stored = bed.stored_chunk_bytes();
-    let second = bed.backup("web2", &[&clone]);
-    assert_eq!(disk_stat(&second, "new_chunks"), 0);
+    let second = backup_storing_nothing(&bed, "web2", &clone);
     assert_eq!(disk_stat(&second, "existing_chunks"), 20);
-    assert_eq!(bed.stored_chunk_bytes(), stored);
     bed.ok(&["verify"]);
 }
