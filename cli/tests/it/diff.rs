@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::support::{
     bed::Bed,
     image::{MIB, ext4_image, noise, write_at},
+    report::disk,
 };
 
 /// Runs `debugfs -w` with `commands` (one per line) on the ext4 image `image`, from
@@ -32,12 +33,7 @@ fn debugfs(image: &Path, cwd: &Path, commands: &str) {
 
 /// The changes of the one file system of disk `name` in a `diff --json` report.
 fn file_changes(report: &Value, name: &str) -> Vec<Value> {
-    let disk = report["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|disk| disk["name"] == name)
-        .unwrap_or_else(|| panic!("no disk {name}: {report:#}"));
+    let disk = disk(report, name);
     let systems = disk["file_systems"].as_array().unwrap();
     assert_eq!(systems.len(), 1, "{disk:#}");
     assert_eq!(systems[0]["filesystem"], "ext", "{disk:#}");

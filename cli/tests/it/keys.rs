@@ -9,6 +9,7 @@ use crate::support::{
     bed::Bed,
     haven::PASSWORD,
     image::{MIB, assert_same_disk},
+    report::entry,
 };
 
 const SECOND: &str = "second password, added";
@@ -195,12 +196,7 @@ fn a_planted_weak_key_file_is_refused_by_name() {
     // The real password still opens; the list shows the planted slot refused.
     assert!(opens(&bed, PASSWORD));
     let list = bed.json(&["key", "list"]);
-    let slot = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|slot| slot["id"] == planted)
-        .unwrap_or_else(|| panic!("{list}"));
+    let slot = entry(&list, "id", planted);
     assert!(
         slot["refused"]
             .as_str()

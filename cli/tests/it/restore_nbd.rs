@@ -67,37 +67,36 @@ impl Export {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-nbd must be installed (qemu-utils)");
-        let mut export = Self {
+        let export = Self {
             child: Some(child),
             socket: PathBuf::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let child = export.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("qemu-nbd exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "qemu-nbd did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        export
+        export.wait_until("qemu-nbd", |_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
     }
 
     fn wait(child: Child, socket: PathBuf) -> Self {
-        let mut export = Self {
+        let export = Self {
             child: Some(child),
             socket,
         };
+        export.wait_until("nbd server", |export| export.socket.exists())
+    }
+
+    /// Waits (10 s at most) until `listening` says the server `name` accepts clients;
+    /// fails the test if it exits first.
+    fn wait_until(mut self, name: &str, listening: impl Fn(&Self) -> bool) -> Self {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !export.socket.exists() {
-            let child = export.child.as_mut().unwrap();
+        while !listening(&self) {
+            let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("nbd server exited early: {status}");
+                panic!("{name} exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "nbd server did not listen");
+            assert!(Instant::now() < deadline, "{name} did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
-        export
+        self
     }
 
     fn uri(&self) -> String {

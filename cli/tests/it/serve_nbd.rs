@@ -21,13 +21,13 @@ use crate::support::{
 /// short last chunk.
 const SIZE: u64 = 24 * MIB + 3 * 512;
 
-fn backed_up_image(bed: &Bed) -> PathBuf {
-    bed.init();
+fn backed_up_image() -> (Bed, PathBuf) {
+    let bed = Bed::initialised();
     let raw = bed.path("source.raw");
     uneven_image(&raw, SIZE, 3 * MIB, (12 * MIB + 777, 2 * MIB), 5000);
     let report = bed.backup("web1", &[&raw]);
     assert_eq!(report["disks"][0]["name"].as_str(), Some("vda"), "{report}");
-    raw
+    (bed, raw)
 }
 
 /// A running `haven serve-nbd`, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -118,8 +118,7 @@ impl Drop for Served {
 
 #[test]
 fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
 
     let converted = bed.path("converted.raw");
@@ -182,8 +181,7 @@ fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
 
 #[test]
 fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_image() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
 
     let overlay = bed.path("overlay.qcow2");
@@ -265,8 +263,7 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
 
 #[test]
 fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -12,7 +12,7 @@ use crate::support::{
     image::{MIB, assert_same_disk, flip_byte, noise, write_at},
     metrics::scrape,
     process::assert_success,
-    report::disk_stat,
+    report::{disk_stat, entry},
 };
 
 fn replica_url(bed: &Bed) -> String {
@@ -38,13 +38,7 @@ fn replicate_json(bed: &Bed, args: &[&str]) -> serde_json::Value {
 }
 
 fn lag(status: &serde_json::Value, vm: &str) -> u64 {
-    let entry = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|entry| entry["vm"] == vm)
-        .unwrap_or_else(|| panic!("no {vm} in {status}"));
-    entry["lag_seconds"].as_u64().unwrap()
+    entry(status, "vm", vm)["lag_seconds"].as_u64().unwrap()
 }
 
 #[test]
