@@ -107,24 +107,17 @@ fn multi_disk_snapshot_needs_a_disk_name_to_restore() {
     ]);
     assert_same_disk(&b, &out);
     // An existing output is never overwritten by accident.
-    let error = bed.fails(&[
+    let restore_sys = [
         "restore",
         "db@latest",
         "--disk",
         "sys",
         "--to",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let error = bed.fails(&restore_sys);
     assert!(error.contains("exists"), "{error}");
-    bed.ok(&[
-        "restore",
-        "db@latest",
-        "--disk",
-        "sys",
-        "--to",
-        out.to_str().unwrap(),
-        "--force",
-    ]);
+    bed.ok(&[&restore_sys[..], &["--force"]].concat());
     assert_same_disk(&a, &out);
 }
 

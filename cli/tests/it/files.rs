@@ -6,7 +6,6 @@ mod ntfs;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
@@ -445,16 +444,7 @@ fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
 }
 
 fn debugfs(image: &Path, request: &str) {
-    let output = Command::new("debugfs")
-        .args(["-w", "-R", request])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "debugfs {request}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run("debugfs", &["-w", "-R", request, image.to_str().unwrap()]);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use crate::support::{
     bed::Bed,
     haven::PASSWORD,
     image::{MIB, assert_same_disk},
+    process::ok,
     report::entry,
 };
 
@@ -25,13 +26,7 @@ fn with_password(bed: &Bed, password: &str, args: &[&str]) -> Output {
 
 /// Stdout of a run that must succeed.
 fn ok_with(bed: &Bed, password: &str, args: &[&str]) -> String {
-    let output = with_password(bed, password, args);
-    assert!(
-        output.status.success(),
-        "haven {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    ok(with_password(bed, password, args), args)
 }
 
 /// Stderr of a run that must fail.
@@ -107,12 +102,7 @@ fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
         .env("HAVEN_NEW_PASSWORD", SECOND)
         .output()
         .unwrap();
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    let added: serde_json::Value = serde_json::from_str(&ok(added, "key add")).unwrap();
     let second = added["added"].as_str().unwrap().to_string();
     assert!(opens(&bed, PASSWORD) && opens(&bed, SECOND));
     let list = json_with(&bed, SECOND, &["key", "list"]);

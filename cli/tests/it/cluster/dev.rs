@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::support::{
     cluster::{Cli, WebVm, init_repo, one_cluster_at_a_time},
     haven::{HAVEN, PASSWORD, haven},
-    process::{Guard, free_port, spawn_logged},
+    image::assert_raw_same_as_qcow2,
+    process::{Guard, free_port, run, spawn_logged},
     s3::{S3Keys, with_keys},
 };
 
@@ -251,27 +252,19 @@ fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]
 
 /// A 32 MiB qcow2 image with 3 MiB and 64 KiB of data.
 pub(super) fn make_image(path: &Path) {
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg("32M")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("qemu-io")
-        .args([
+    haven_testkit::image::create_qcow2(path, 32 << 20).unwrap();
+    run(
+        "qemu-io",
+        &[
             "-f",
             "qcow2",
             "-c",
             "write -P 0x5a 1M 3M",
             "-c",
             "write -P 0x11 20M 64k",
-        ])
-        .arg(path)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+            path.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
@@ -337,17 +330,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "--to",
         restored.to_str().unwrap(),
     ]);
-    let compare = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
-        .arg(&restored)
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        compare.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compare.stdout)
-    );
+    assert_raw_same_as_qcow2(&restored, image);
 
     // Restore through the coordinator: the catalog names the repository.
     let through = dir.path().join("through-coordinator.raw");

@@ -155,11 +155,13 @@ pub fn flip_byte(path: &Path, offset: u64) {
 }
 
 /// `qemu-img compare` of a raw file with a qcow2 image: the same guest-visible bytes.
+/// The qcow2 image may be a running VM's disk (`-U`: read without taking its lock).
 pub fn assert_raw_same_as_qcow2(raw: &Path, qcow2: &Path) {
     run(
         "qemu-img",
         &[
             "compare",
+            "-U",
             "-f",
             "raw",
             "-F",
