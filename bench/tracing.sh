@@ -17,10 +17,6 @@ cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 rounds=${2:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
-work=$(mktemp -d /var/tmp/haven-tracing-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 if [ -z "${HAVEN_BIN:-}" ]; then
   cargo build --release --locked -p haven-cli >/dev/null 2>&1
   HAVEN_BIN="$CARGO_TARGET_DIR/release/haven"
@@ -29,11 +25,8 @@ if [ -z "${SINK_BIN:-}" ]; then
   cargo build --release --locked -p haven-telemetry --example otlp_sink >/dev/null 2>&1
   SINK_BIN="$CARGO_TARGET_DIR/release/examples/otlp_sink"
 fi
-# A private copy, so a concurrent build cannot swap the binary mid-run.
-cp "$HAVEN_BIN" "$work/haven"
-haven="$work/haven"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$1))" 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/lib.sh
+bench_setup tracing-bench "$HAVEN_BIN"
 
 python3 bench/make-image.py "$work/disk.img" "$size_mib"
 export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0123456789
@@ -45,44 +38,20 @@ sink_pid=$!
 pids+=("$sink_pid")
 wait_port "$sink_port"
 endpoint="http://127.0.0.1:$sink_port"
-start_node() { # NAME PORT [ENV...]
-  local name=$1 port=$2
-  shift 2
-  mkdir -p "$work/$name"
-  printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s"\n[[keys]]\naccess_key = "%s"\nsecret_key = "%s"\n' \
-    "$port" "$work/$name/data" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$work/$name/node.toml"
-  env "$@" HAVEN_LOG=warn "$haven" storage-node --config "$work/$name/node.toml" --create-bucket haven >/dev/null 2>&1 &
-  pids+=($!)
-  wait_port "$port"
-}
 off_port=$(free_port)
-start_node off "$off_port"
+start_node off "$off_port" ""
 on_port=$(free_port)
-start_node on "$on_port" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint"
-# backup URL [ENV...]: prints the seconds one full backup to a fresh repository took.
-backup() {
-  local url=$1
-  shift
-  "$haven" repo init --repo "$url" >/dev/null
-  local start end
-  start=$(date +%s.%N)
-  env "$@" "$haven" backup image "$work/disk.img" --format raw --repo "$url" --vm bench >/dev/null
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc
-}
+start_node on "$on_port" "" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint"
 declare -a off_s on_s
 for round in $(seq "$rounds"); do
-  off_s+=("$(backup "s3://haven/off$round?endpoint=http://127.0.0.1:$off_port")")
-  on_s+=("$(backup "s3://haven/on$round?endpoint=http://127.0.0.1:$on_port" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint")")
+  off_s+=("$(timed_backup "s3://haven/off$round?endpoint=http://127.0.0.1:$off_port")")
+  on_s+=("$(timed_backup "s3://haven/on$round?endpoint=http://127.0.0.1:$on_port" OTEL_EXPORTER_OTLP_ENDPOINT="$endpoint")")
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 off_median=$(median "${off_s[@]}")
 on_median=$(median "${on_s[@]}")
-echo "image: $size_mib MiB; rounds: $rounds (alternating); full backups to fresh repositories"
-echo "| tracing | seconds (each) | median s | MiB/s |"
-echo "|---|---|---|---|"
-echo "| off | ${off_s[*]} | $off_median | $(echo "$size_mib / $off_median" | bc -l | xargs printf '%.0f') |"
-echo "| on  | ${on_s[*]} | $on_median | $(echo "$size_mib / $on_median" | bc -l | xargs printf '%.0f') |"
+table_header tracing
+table_row off "${off_s[@]}"
+table_row "on " "${on_s[@]}"
 # The nodes first (the 'on' one sends its last spans as it stops), then the sink.
 for p in "${pids[@]:1}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 kill "$sink_pid" 2>/dev/null || true

@@ -313,15 +313,6 @@ pub fn disk_figures(disk: &haven_worker::DiskReport) -> String {
     )
 }
 
-/// How a live disk was read: `incremental`, or `full (why)` when an incremental was
-/// not possible.
-pub fn read_mode(mode: &str, reason: Option<&str>) -> String {
-    match reason {
-        Some(reason) => format!("full ({reason})"),
-        None => mode.to_string(),
-    }
-}
-
 /// Formats a byte count with binary units.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

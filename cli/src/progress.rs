@@ -6,6 +6,7 @@
 //!   (`docs/cli.md`, "Progress"), for scripts and GUIs;
 //! - otherwise nothing, so logs see nothing but results.
 
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,32 @@ use std::time::{Duration, Instant};
 use haven_repo::{Phase, Progress};
 use serde_json::json;
 
-use crate::common::human_bytes;
+use crate::common::{human_bytes, print_json};
+
+/// Runs `work` (a backup or a restore) under a progress line for `command` that begins
+/// in `phase`, then prints the report it returns: as JSON with `--json`, else as `text`
+/// writes it. A failed `work` ends the line as failed and returns its error.
+pub async fn run_and_report<T, E, F>(
+    command: &'static str,
+    phase: Phase,
+    json: bool,
+    work: impl FnOnce(Arc<Progress>) -> F,
+    text: impl FnOnce(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    T: serde::Serialize,
+    F: Future<Output = Result<T, E>>,
+    anyhow::Error: From<E>,
+{
+    let progress = Arc::new(Progress::new());
+    let line = ProgressLine::start(command, phase, progress.clone(), json);
+    let report = work(progress).await?;
+    line.finish(true);
+    if json {
+        return print_json(&report);
+    }
+    text(&report)
+}
 
 /// A display task bound to a [`Progress`]. [`ProgressLine::finish`] ends it after the
 /// work; dropped without it (the command failed), it ends as failed.

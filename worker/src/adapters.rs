@@ -17,7 +17,7 @@ use haven_repo::{Consistency, SourceInfo, VmConfig};
 use crate::error::Result;
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::snapshot::SnapshotPlan;
-use chain::{BaseFacts, ReadMode};
+use chain::{Previous, ReadMode};
 
 pub mod chain;
 pub mod driver;
@@ -52,22 +52,12 @@ pub trait HypervisorAdapter: Send {
     /// hypervisor first.
     async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>>;
 
-    /// Whether the hypervisor can say what changed since the previous snapshot; when
-    /// not, every disk is read in full (deduplicated against its base) without asking
-    /// [`read_mode`](Self::read_mode).
-    fn tracks_changes(&self) -> bool {
-        true
+    /// How disk `position` is read, given what the previous snapshot offers it (usually
+    /// [`chain::MarkerKind::decide`]); `None` when the hypervisor cannot say what
+    /// changed, so every disk is read in full (deduplicated against its base).
+    fn read_mode(&self, _position: usize, _previous: &Previous<'_>) -> Option<ReadMode> {
+        None
     }
-
-    /// How disk `position` is read, given its chain in the previous snapshot and the
-    /// previous index's facts (usually [`chain::decide`]).
-    fn read_mode(
-        &self,
-        position: usize,
-        chain: Option<&BTreeMap<String, String>>,
-        base: Option<BaseFacts>,
-        chunk_size: u32,
-    ) -> ReadMode;
 
     /// The VM's configuration to store with the snapshot, so a restore can recreate it.
     async fn vm_config(&mut self) -> Result<Option<VmConfig>> {

@@ -57,13 +57,8 @@ pub enum JobCommand {
         /// Repository URL (default: that of the first policy selecting the VM).
         #[arg(long)]
         repo: Option<String>,
-        /// Follow the job until it ends.
-        #[arg(long)]
-        watch: bool,
         #[command(flatten)]
-        coordinator: CoordinatorUrl,
-        #[command(flatten)]
-        output: OutputArgs,
+        start: JobStart,
     },
     /// Collect garbage in a repository now, on a worker, with the cluster's pins.
     Gc {
@@ -73,13 +68,8 @@ pub enum JobCommand {
         /// Unreferenced objects younger than this many seconds are kept.
         #[arg(long, default_value_t = 3600)]
         margin_seconds: u64,
-        /// Follow the job until it ends.
-        #[arg(long)]
-        watch: bool,
         #[command(flatten)]
-        coordinator: CoordinatorUrl,
-        #[command(flatten)]
-        output: OutputArgs,
+        start: JobStart,
     },
     /// List jobs, newest first.
     List {
@@ -103,6 +93,40 @@ pub enum JobCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+/// Where `haven job run` and `haven job gc` start their job, and whether they follow it.
+#[derive(Debug, clap::Args)]
+pub struct JobStart {
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    coordinator: CoordinatorUrl,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+impl JobStart {
+    /// Starts the job, then prints its id or follows it.
+    async fn run(&self, request: v1::RunJobRequest) -> Result<()> {
+        let client = self.coordinator.client()?;
+        let id = client
+            .unary(AdminServiceClient::new, request, |mut c, r| async move {
+                c.run_job(r).await
+            })
+            .await?
+            .job_id;
+        if self.watch {
+            return watch_job(&client, &id, self.output.json).await;
+        }
+        if self.output.json {
+            print_json(&json!({ "job_id": id }))
+        } else {
+            println!("{id}");
+            Ok(())
+        }
+    }
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -315,27 +339,19 @@ pub async fn policy(command: PolicyCommand) -> Result<()> {
 /// Runs `haven job`.
 pub async fn job(command: JobCommand) -> Result<()> {
     match command {
-        JobCommand::Run {
-            vm,
-            repo,
-            watch,
-            coordinator,
-            output,
-        } => {
+        JobCommand::Run { vm, repo, start } => {
             let request = v1::RunJobRequest {
                 vm,
                 repository: repo.unwrap_or_default(),
                 kind: v1::JobKind::Backup as i32,
                 gc_margin_seconds: 0,
             };
-            start_job(&coordinator, request, watch, output.json).await
+            start.run(request).await
         }
         JobCommand::Gc {
             repo,
             margin_seconds,
-            watch,
-            coordinator,
-            output,
+            start,
         } => {
             let request = v1::RunJobRequest {
                 vm: String::new(),
@@ -343,7 +359,7 @@ pub async fn job(command: JobCommand) -> Result<()> {
                 kind: v1::JobKind::Gc as i32,
                 gc_margin_seconds: margin_seconds,
             };
-            start_job(&coordinator, request, watch, output.json).await
+            start.run(request).await
         }
         JobCommand::List {
             vm,
@@ -375,31 +391,6 @@ pub async fn job(command: JobCommand) -> Result<()> {
             coordinator,
             output,
         } => watch_job(&coordinator.client()?, &id, output.json).await,
-    }
-}
-
-/// Starts a job, then prints its id or follows it.
-async fn start_job(
-    coordinator: &CoordinatorUrl,
-    request: v1::RunJobRequest,
-    watch: bool,
-    json_out: bool,
-) -> Result<()> {
-    let client = coordinator.client()?;
-    let id = client
-        .unary(AdminServiceClient::new, request, |mut c, r| async move {
-            c.run_job(r).await
-        })
-        .await?
-        .job_id;
-    if watch {
-        return watch_job(&client, &id, json_out).await;
-    }
-    if json_out {
-        print_json(&json!({ "job_id": id }))
-    } else {
-        println!("{id}");
-        Ok(())
     }
 }
 

@@ -1,16 +1,15 @@
 //! `haven backup image`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
-use haven_repo::{Phase, Progress};
+use haven_repo::Phase;
 use haven_worker::BackupReport;
 use haven_worker::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 use tracing::Instrument;
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes, print_json};
-use crate::progress::ProgressLine;
+use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes};
+use crate::progress::run_and_report;
 
 /// Sources a backup can read from.
 #[derive(Debug, clap::Subcommand)]
@@ -110,16 +109,14 @@ async fn backup_image(args: ImageArgs) -> Result<()> {
         },
     };
     let repo = args.repo.open().await?;
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start(
+    run_and_report(
         "backup",
         Phase::Starting,
-        progress.clone(),
         args.output.json,
-    );
-    let report = backup_images(repo, &request, progress).await?;
-    line.finish(true);
-    print_backup_report(&report, args.output.json)
+        |progress| backup_images(repo, &request, progress),
+        print_backup_report,
+    )
+    .await
 }
 
 /// `vda`, `vdb`, ... as virtio disks are named.
@@ -128,10 +125,7 @@ fn default_disk_name(position: usize) -> String {
     format!("vd{letter}")
 }
 
-fn print_backup_report(report: &BackupReport, json: bool) -> Result<()> {
-    if json {
-        return print_json(report);
-    }
+fn print_backup_report(report: &BackupReport) -> Result<()> {
     println!("snapshot {} committed", report.snapshot);
     for disk in &report.disks {
         let rate = disk.size as f64 / report.elapsed_seconds.max(0.001);

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::{Phase, Progress};
+use haven_repo::Phase;
 use haven_worker::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
-use crate::progress::ProgressLine;
+use crate::common::{OutputArgs, RepoArgs, disk_figures};
+use crate::progress::run_and_report;
 
 /// Arguments of `haven backup libvirt`.
 #[derive(Debug, clap::Args)]
@@ -64,34 +64,24 @@ pub async fn run(args: LibvirtArgs) -> Result<()> {
         read_limit: None,
     };
     let repo = args.repo.open().await?;
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start(
+    let shutdown = crate::common::ctrl_c();
+    run_and_report(
         "backup",
         Phase::Starting,
-        progress.clone(),
         args.output.json,
-    );
-    let shutdown = crate::common::ctrl_c();
-    let report = backup_libvirt(repo, &request, progress, shutdown).await?;
-    line.finish(true);
-    print_report(&report, args.output.json)
+        |progress| backup_libvirt(repo, &request, progress, shutdown),
+        print_report,
+    )
+    .await
 }
 
-fn print_report(report: &LibvirtBackupReport, json: bool) -> Result<()> {
-    if json {
-        return print_json(report);
-    }
+fn print_report(report: &LibvirtBackupReport) -> Result<()> {
     println!(
         "snapshot {} committed (domain {}, checkpoint {}, backup-begin {:.1} ms)",
         report.backup.snapshot, report.domain, report.checkpoint, report.snapshot_point_ms
     );
     for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
-        println!(
-            "  {}: {}; {}",
-            disk.name,
-            disk_figures(disk),
-            read_mode(mode.mode, mode.reason.as_deref())
-        );
+        println!("  {}: {}; {}", disk.name, disk_figures(disk), mode.read);
     }
     if !report.deleted_checkpoints.is_empty() {
         println!(

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::{Phase, Progress};
+use haven_repo::Phase;
 use haven_worker::{QemuBackupReport, QemuBackupRequest, backup_qemu};
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures, print_json, read_mode};
-use crate::progress::ProgressLine;
+use crate::common::{OutputArgs, RepoArgs, disk_figures};
+use crate::progress::run_and_report;
 
 /// Arguments of `haven backup qemu`.
 #[derive(Debug, clap::Args)]
@@ -64,23 +64,18 @@ pub async fn run(args: QemuArgs) -> Result<()> {
         read_limit: None,
     };
     let repo = args.repo.open().await?;
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start(
+    let shutdown = crate::common::ctrl_c();
+    run_and_report(
         "backup",
         Phase::Starting,
-        progress.clone(),
         args.output.json,
-    );
-    let shutdown = crate::common::ctrl_c();
-    let report = backup_qemu(repo, &request, progress, shutdown).await?;
-    line.finish(true);
-    print_report(&report, args.output.json)
+        |progress| backup_qemu(repo, &request, progress, shutdown),
+        print_report,
+    )
+    .await
 }
 
-fn print_report(report: &QemuBackupReport, json: bool) -> Result<()> {
-    if json {
-        return print_json(report);
-    }
+fn print_report(report: &QemuBackupReport) -> Result<()> {
     println!(
         "snapshot {} committed ({}; snapshot point {:.1} ms, guest i/o held {:.1} ms)",
         report.backup.snapshot,
@@ -96,7 +91,7 @@ fn print_report(report: &QemuBackupReport, json: bool) -> Result<()> {
             disk.name,
             mode.node,
             disk_figures(disk),
-            read_mode(mode.mode, mode.reason.as_deref())
+            mode.read
         );
     }
     Ok(())

@@ -1,19 +1,18 @@
 //! `haven restore`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::{Phase, Progress, SnapshotRef};
+use haven_repo::{Phase, SnapshotRef};
 use haven_worker::restore::nbd::{NbdRestoreRequest, restore_to_nbd};
 use haven_worker::restore::vm::{
     LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
 };
-use haven_worker::restore::{RestoreFormat, RestoreRequest, restore_disk};
+use haven_worker::restore::{RestoreFormat, RestoreReport, RestoreRequest, restore_disk};
 
-use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes, print_json};
-use crate::progress::ProgressLine;
+use crate::common::{CatalogRepoArgs, OutputArgs, human_bytes};
+use crate::progress::run_and_report;
 
 /// Arguments of `haven restore`.
 #[derive(Debug, clap::Args)]
@@ -84,23 +83,25 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         force: args.force,
         in_flight: args.parallel.clamp(1, 64),
     };
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
-    let report = restore_disk(repo, &request, progress).await?;
-    line.finish(true);
-    if args.output.json {
-        return print_json(&report);
-    }
-    println!(
-        "restored {} disk {} to {} ({}, {} written, {}/s)",
-        report.snapshot,
-        report.disk,
-        report.to,
-        human_bytes(report.size),
-        human_bytes(report.bytes_written),
-        human_bytes((report.size as f64 / report.elapsed_seconds.max(0.001)) as u64)
-    );
-    Ok(())
+    run_and_report(
+        "restore",
+        Phase::Write,
+        args.output.json,
+        |progress| restore_disk(repo, &request, progress),
+        |report| {
+            println!(
+                "restored {} disk {} to {} ({}, {} written, {}/s)",
+                report.snapshot,
+                report.disk,
+                report.to,
+                human_bytes(report.size),
+                human_bytes(report.bytes_written),
+                human_bytes((report.size as f64 / report.elapsed_seconds.max(0.001)) as u64)
+            );
+            Ok(())
+        },
+    )
+    .await
 }
 
 fn restore_format(format: FormatArg) -> RestoreFormat {
@@ -127,61 +128,64 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
         format: restore_format(args.format),
         in_flight: args.parallel.clamp(1, 64),
     };
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
     if args.libvirt_define.is_some() {
         let target = LibvirtTarget {
             uri: args.uri.clone(),
             virsh_timeout: Duration::from_secs(60),
         };
-        let report = restore_libvirt_domain(repo, &request, &target, progress).await?;
-        line.finish(true);
-        if args.output.json {
-            return print_json(&report);
-        }
-        for disk in &report.disks {
-            println!(
-                "restored {} disk {} to {} ({})",
-                report.snapshot,
-                disk.disk,
-                disk.to,
-                human_bytes(disk.size)
-            );
-        }
-        for dropped in &report.dropped_disks {
-            println!("left out disk {dropped}: the snapshot has no data for it");
-        }
-        println!(
-            "defined libvirt domain {} (uuid {}) from {}",
-            report.domain, report.uuid, report.xml_path
-        );
-        return Ok(());
+        return run_and_report(
+            "restore",
+            Phase::Write,
+            args.output.json,
+            |progress| restore_libvirt_domain(repo, &request, &target, progress),
+            |report| {
+                print_restored_disks(&report.snapshot, &report.disks, |line| println!("{line}"));
+                for dropped in &report.dropped_disks {
+                    println!("left out disk {dropped}: the snapshot has no data for it");
+                }
+                println!(
+                    "defined libvirt domain {} (uuid {}) from {}",
+                    report.domain, report.uuid, report.xml_path
+                );
+                Ok(())
+            },
+        )
+        .await;
     }
-    let report = restore_for_qemu(repo, &request, progress).await?;
-    line.finish(true);
-    if args.output.json {
-        return print_json(&report);
-    }
-    for disk in &report.disks {
-        eprintln!(
-            "restored {} disk {} to {} ({})",
-            report.snapshot,
+    run_and_report(
+        "restore",
+        Phase::Write,
+        args.output.json,
+        |progress| restore_for_qemu(repo, &request, progress),
+        |report| {
+            // Standard output keeps only the arguments, for scripts.
+            print_restored_disks(&report.snapshot, &report.disks, |line| eprintln!("{line}"));
+            println!("# QEMU arguments attaching the restored disks:");
+            let mut pairs = report.args.chunks(2).peekable();
+            while let Some(pair) = pairs.next() {
+                let end = if pairs.peek().is_some() { " \\" } else { "" };
+                println!("{}{end}", shell_words(pair));
+            }
+            println!("# or, on a running QEMU, these QMP commands:");
+            for command in &report.qmp {
+                println!("{command}");
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Says where each disk of a VM restore went, one line each through `say`.
+fn print_restored_disks(snapshot: &str, disks: &[RestoreReport], say: impl Fn(String)) {
+    for disk in disks {
+        say(format!(
+            "restored {snapshot} disk {} to {} ({})",
             disk.disk,
             disk.to,
             human_bytes(disk.size)
-        );
+        ));
     }
-    println!("# QEMU arguments attaching the restored disks:");
-    let mut pairs = report.args.chunks(2).peekable();
-    while let Some(pair) = pairs.next() {
-        let end = if pairs.peek().is_some() { " \\" } else { "" };
-        println!("{}{end}", shell_words(pair));
-    }
-    println!("# or, on a running QEMU, these QMP commands:");
-    for command in &report.qmp {
-        println!("{command}");
-    }
-    Ok(())
 }
 
 /// Quotes arguments for a POSIX shell when they need it.
@@ -229,23 +233,25 @@ async fn run_nbd(args: RestoreArgs) -> Result<()> {
         only_changed: args.only_changed,
         in_flight: args.parallel.clamp(1, 64),
     };
-    let progress = Arc::new(Progress::new());
-    let line = ProgressLine::start("restore", Phase::Write, progress.clone(), args.output.json);
-    let report = restore_to_nbd(repo, &request, progress).await?;
-    line.finish(true);
-    if args.output.json {
-        return print_json(&report);
-    }
-    println!(
-        "restored {} disk {} into {} ({}, {} written, {} zeroed, {} compared, {} unchanged)",
-        report.snapshot,
-        report.disk,
-        report.to,
-        human_bytes(report.size),
-        human_bytes(report.bytes_written),
-        human_bytes(report.bytes_zeroed),
-        human_bytes(report.bytes_compared),
-        human_bytes(report.bytes_unchanged)
-    );
-    Ok(())
+    run_and_report(
+        "restore",
+        Phase::Write,
+        args.output.json,
+        |progress| restore_to_nbd(repo, &request, progress),
+        |report| {
+            println!(
+                "restored {} disk {} into {} ({}, {} written, {} zeroed, {} compared, {} unchanged)",
+                report.snapshot,
+                report.disk,
+                report.to,
+                human_bytes(report.size),
+                human_bytes(report.bytes_written),
+                human_bytes(report.bytes_zeroed),
+                human_bytes(report.bytes_compared),
+                human_bytes(report.bytes_unchanged)
+            );
+            Ok(())
+        },
+    )
+    .await
 }

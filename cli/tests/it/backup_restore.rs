@@ -1,32 +1,24 @@
 //! Backup then restore through the real binary, `qemu-nbd` and `qemu-img`.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, convert, noise, raw_image, to_qcow2, write_at},
+    image::{MIB, assert_same_disk, convert, noise, raw_image, to_qcow2, uneven_image, write_at},
     process::{Guard, assert_success},
     report::disk_stat,
 };
 
 #[test]
 fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let raw = bed.path("source.raw");
     // Data at unaligned offsets, a partial last chunk and a hole in between.
     // QEMU sizes disks in 512-byte sectors; the last chunk is still partial.
     let size = 40 * MIB + 25 * 512;
-    raw_image(
-        &raw,
-        size,
-        &[
-            (0, 3 * MIB as usize),
-            (5 * MIB + 777, 2 * MIB as usize),
-            (size - 5000, 5000),
-        ],
-    );
+    uneven_image(&raw, size, 3 * MIB, (5 * MIB + 777, 2 * MIB), 5000);
     let qcow2 = bed.path("source.qcow2");
     to_qcow2(&raw, &qcow2);
 
@@ -85,8 +77,7 @@ fn raw_and_qcow2_sources_restore_identically_to_both_formats() {
 
 #[test]
 fn multi_disk_snapshot_needs_a_disk_name_to_restore() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let a = bed.path("a.raw");
     let b = bed.path("b.raw");
     raw_image(&a, 8 * MIB, &[(0, MIB as usize)]);
@@ -116,24 +107,17 @@ fn multi_disk_snapshot_needs_a_disk_name_to_restore() {
     ]);
     assert_same_disk(&b, &out);
     // An existing output is never overwritten by accident.
-    let error = bed.fails(&[
+    let restore_sys = [
         "restore",
         "db@latest",
         "--disk",
         "sys",
         "--to",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let error = bed.fails(&restore_sys);
     assert!(error.contains("exists"), "{error}");
-    bed.ok(&[
-        "restore",
-        "db@latest",
-        "--disk",
-        "sys",
-        "--to",
-        out.to_str().unwrap(),
-        "--force",
-    ]);
+    bed.ok(&[&restore_sys[..], &["--force"]].concat());
     assert_same_disk(&a, &out);
 }
 
@@ -170,8 +154,7 @@ fn writer_of(bed: &Bed, image: &std::path::Path, format: &str, name: &str) -> Gu
 
 #[test]
 fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let raw = bed.path("disk.raw");
     // Not a whole number of sectors: read in place, the disk is exactly the file.
     let size = 24 * MIB + 1000;
@@ -234,8 +217,7 @@ fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
         assert!(error.contains("is open for writing"), "{error}");
     }
     // A multi-disk backup is refused as a whole when one disk is in use.
-    let other = bed.path("other.raw");
-    raw_image(&other, 4 * MIB, &[(0, MIB as usize)]);
+    let other = bed.raw_image("other.raw", 4 * MIB, &[(0, MIB as usize)]);
     let other_arg = other.to_str().unwrap();
     let error = bed.fails(&["backup", "image", other_arg, qcow2_arg, "--vm", "two"]);
     assert!(error.contains("is open for writing"), "{error}");
@@ -250,8 +232,7 @@ fn raw_images_are_read_in_place_and_images_in_use_are_refused() {
 
 #[test]
 fn sparse_64_gib_image_reads_only_its_data() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let raw = bed.path("small.raw");
     let size = 64 * 1024 * MIB;
     raw_image(
@@ -294,26 +275,32 @@ fn sparse_64_gib_image_reads_only_its_data() {
     assert_same_disk(&qcow2, &out_raw);
 }
 
+/// Backs up `image` as `vm` when the repository already holds all its data: no new
+/// chunk, and the stored chunk bytes do not grow. Returns the report.
+fn backup_storing_nothing(bed: &Bed, vm: &str, image: &Path) -> serde_json::Value {
+    let stored = bed.stored_chunk_bytes();
+    let report = bed.backup(vm, &[image]);
+    assert_eq!(disk_stat(&report, "new_chunks"), 0, "{report}");
+    assert_eq!(
+        bed.stored_chunk_bytes(),
+        stored,
+        "chunk bytes grew for data already stored"
+    );
+    report
+}
+
 #[test]
 fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() {
-    let bed = Bed::new();
-    bed.init();
-    let raw = bed.path("disk.raw");
+    let bed = Bed::initialised();
     let size = 256 * MIB;
-    raw_image(&raw, size, &[(0, size as usize)]);
+    let raw = bed.raw_image("disk.raw", size, &[(0, size as usize)]);
     let first = bed.backup("vm", &[&raw]);
     assert_eq!(disk_stat(&first, "new_chunks"), 256);
     let stored = bed.stored_chunk_bytes();
 
-    let second = bed.backup("vm", &[&raw]);
-    assert_eq!(disk_stat(&second, "new_chunks"), 0);
+    let second = backup_storing_nothing(&bed, "vm", &raw);
     assert_eq!(disk_stat(&second, "uploaded_bytes"), 0);
     assert_eq!(disk_stat(&second, "reused_chunks"), 256);
-    assert_eq!(
-        bed.stored_chunk_bytes(),
-        stored,
-        "chunk bytes grew on an unchanged disk"
-    );
 
     // About 1% of the disk in three contiguous extents, not chunk aligned.
     let extents = [
@@ -357,18 +344,13 @@ fn unchanged_image_uploads_nothing_and_a_small_change_uploads_only_its_chunks() 
 
 #[test]
 fn vms_cloned_from_one_template_share_chunks() {
-    let bed = Bed::new();
-    bed.init();
-    let template = bed.path("template.raw");
-    raw_image(&template, 32 * MIB, &[(0, 20 * MIB as usize)]);
+    let bed = Bed::initialised();
+    let template = bed.raw_image("template.raw", 32 * MIB, &[(0, 20 * MIB as usize)]);
     let clone = bed.path("clone.qcow2");
     to_qcow2(&template, &clone);
     let first = bed.backup("web1", &[&template]);
     assert_eq!(disk_stat(&first, "new_chunks"), 20);
-    let stored = bed.stored_chunk_bytes();
-    let second = bed.backup("web2", &[&clone]);
-    assert_eq!(disk_stat(&second, "new_chunks"), 0);
+    let second = backup_storing_nothing(&bed, "web2", &clone);
     assert_eq!(disk_stat(&second, "existing_chunks"), 20);
-    assert_eq!(bed.stored_chunk_bytes(), stored);
     bed.ok(&["verify"]);
 }

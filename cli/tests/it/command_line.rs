@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use crate::support::{
     bed::Bed,
     haven::{PASSWORD, haven},
-    image::{MIB, raw_image},
+    image::MIB,
     process::ok,
 };
 
@@ -34,10 +34,8 @@ fn failure(output: Output) -> (i32, String) {
 
 /// A bed whose repository holds one snapshot of VM `web`.
 fn bed_with_a_snapshot() -> Bed {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("web.raw");
-    raw_image(&image, 4 * MIB, &[(0, MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("web.raw", 4 * MIB, &[(0, MIB as usize)]);
     bed.backup("web", &[&image]);
     bed
 }
@@ -307,21 +305,9 @@ fn summary_of(command: &str, lines: &[serde_json::Value]) -> serde_json::Value {
 
 #[test]
 fn json_progress_lines_on_stderr_end_with_a_summary() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("web.raw");
-    raw_image(&image, 8 * MIB, &[(0, 3 * MIB as usize)]);
-    let backup = bed
-        .haven(&[
-            "backup",
-            "image",
-            image.to_str().unwrap(),
-            "--vm",
-            "web",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let bed = Bed::initialised();
+    let image = bed.raw_image("web.raw", 8 * MIB, &[(0, 3 * MIB as usize)]);
+    let backup = bed.backup_output("web", &[&image]);
     assert!(backup.status.success(), "{backup:?}");
     // Standard output stays the one result document.
     let report: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, ext4_image, noise, raw_image, write_at},
+    image::{MIB, ext4_image, noise, write_at},
+    report::disk,
 };
 
 /// Runs `debugfs -w` with `commands` (one per line) on the ext4 image `image`, from
@@ -32,12 +33,7 @@ fn debugfs(image: &Path, cwd: &Path, commands: &str) {
 
 /// The changes of the one file system of disk `name` in a `diff --json` report.
 fn file_changes(report: &Value, name: &str) -> Vec<Value> {
-    let disk = report["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|disk| disk["name"] == name)
-        .unwrap_or_else(|| panic!("no disk {name}: {report:#}"));
+    let disk = disk(report, name);
     let systems = disk["file_systems"].as_array().unwrap();
     assert_eq!(systems.len(), 1, "{disk:#}");
     assert_eq!(systems[0]["filesystem"], "ext", "{disk:#}");
@@ -46,8 +42,7 @@ fn file_changes(report: &Value, name: &str) -> Vec<Value> {
 
 #[test]
 fn diff_names_changed_ranges_and_files_between_two_snapshots() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let tree = bed.path("tree");
     for (path, data) in [
         ("etc/hosts", b"127.0.0.1 localhost\n".to_vec()),
@@ -61,8 +56,7 @@ fn diff_names_changed_ranges_and_files_between_two_snapshots() {
     }
     let root = bed.path("root.img");
     ext4_image(&tree, &root, "32M");
-    let data = bed.path("data.raw");
-    raw_image(&data, 8 * MIB, &[(0, MIB as usize)]);
+    let data = bed.raw_image("data.raw", 8 * MIB, &[(0, MIB as usize)]);
     let first = bed.backup("web", &[&root, &data])["snapshot"]
         .as_str()
         .unwrap()

@@ -6,13 +6,13 @@ mod ntfs;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, ext4_image, noise, write_at},
+    image::{MIB, blank_image, ext4_image, gpt_disk, noise, write_at},
     process::{run, stderr_within},
+    tree::set_mtime,
 };
 
 /// A source tree with files of several sizes, modes, owners, times, symlinks and depth.
@@ -72,30 +72,6 @@ fn source_tree(root: &Path) {
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
     for dir in ["etc", "home", "home/alice", "deep/a/b"] {
         set_mtime(&root.join(dir), 1_500_000_000);
-    }
-}
-
-fn set_mtime(path: &Path, seconds: i64) {
-    let time = std::time::UNIX_EPOCH + Duration::from_secs(seconds as u64);
-    let file = std::fs::File::options().write(true).open(path);
-    match file {
-        Ok(file) => file
-            .set_times(
-                std::fs::FileTimes::new()
-                    .set_modified(time)
-                    .set_accessed(time),
-            )
-            .unwrap(),
-        Err(_) => {
-            // Directories: open read-only.
-            let dir = std::fs::File::open(path).unwrap();
-            dir.set_times(
-                std::fs::FileTimes::new()
-                    .set_modified(time)
-                    .set_accessed(time),
-            )
-            .unwrap();
-        }
     }
 }
 
@@ -178,9 +154,7 @@ fn snapshot_tree(bed: &Bed, spec: &str, extra: &[&str]) -> BTreeMap<String, Node
 }
 
 fn fat_image(source: &Path, image: &Path, size: u64) {
-    let file = std::fs::File::create(image).unwrap();
-    file.set_len(size).unwrap();
-    drop(file);
+    blank_image(image, size);
     run("mformat", &["-i", image.to_str().unwrap(), "-F", "::"]);
     let mut args = vec![
         "-i".to_string(),
@@ -231,8 +205,7 @@ fn assert_same_metadata(source: &Path, restored: &Path) {
 
 #[test]
 fn ext4_tree_is_listed_and_restored_exactly_fetching_few_chunks() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let source = bed.path("source");
     source_tree(&source);
     let image = bed.path("ext4.img");
@@ -320,8 +293,7 @@ fn restorer() -> (u32, u32) {
 
 #[test]
 fn files_get_never_restores_setuid_setgid_or_sticky_bits() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let source = bed.path("source");
     let special = [
         ("bin/rootshell", 0o4755),
@@ -382,8 +354,7 @@ fn files_get_never_restores_setuid_setgid_or_sticky_bits() {
 
 #[test]
 fn gpt_and_mbr_disks_with_ext4_and_fat_partitions() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let source = bed.path("source");
     source_tree(&source);
     let fat_source = bed.path("fat-source");
@@ -398,27 +369,14 @@ fn gpt_and_mbr_disks_with_ext4_and_fat_partitions() {
     fat_image(&fat_source, &fat, 40 * MIB);
 
     let disk = bed.path("gpt.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(96 * MIB)
-        .unwrap();
-    run(
-        "sgdisk",
+    gpt_disk(
+        &disk,
+        96 * MIB,
         &[
-            "-o",
-            "-n",
-            "1:2048:+40M",
-            "-t",
-            "1:8300",
-            "-n",
-            "2:83968:+40M",
-            "-t",
-            "2:ef00",
-            disk.to_str().unwrap(),
+            (2048, 40, "8300", Some(&ext4)),
+            (83968, 40, "ef00", Some(&fat)),
         ],
     );
-    place(&disk, &ext4, 2048 * 512);
-    place(&disk, &fat, 83968 * 512);
     bed.backup("gpt", &[&disk]);
 
     let error = bed.fails(&["files", "ls", "gpt:/"]);
@@ -457,10 +415,7 @@ fn gpt_and_mbr_disks_with_ext4_and_fat_partitions() {
 
     // An MBR disk with one ext4 partition at 1 MiB.
     let mbr = bed.path("mbr.img");
-    std::fs::File::create(&mbr)
-        .unwrap()
-        .set_len(48 * MIB)
-        .unwrap();
+    blank_image(&mbr, 48 * MIB);
     place(&mbr, &ext4, MIB);
     let mut entry = [0u8; 16];
     entry[4] = 0x83;
@@ -489,22 +444,12 @@ fn bounded(bed: &Bed, args: &[&str]) -> (bool, String) {
 }
 
 fn debugfs(image: &Path, request: &str) {
-    let output = Command::new("debugfs")
-        .args(["-w", "-R", request])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "debugfs {request}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run("debugfs", &["-w", "-R", request, image.to_str().unwrap()]);
 }
 
 #[test]
 fn hostile_structures_give_clear_errors_without_panic_or_hang() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let source = bed.path("source");
     std::fs::create_dir_all(source.join("a/b")).unwrap();
     std::fs::write(source.join("a/file"), b"data").unwrap();
@@ -606,14 +551,7 @@ fn hostile_structures_give_clear_errors_without_panic_or_hang() {
 
     // A GPT header with an absurd entry count.
     let disk = bed.path("gpt.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(16 * MIB)
-        .unwrap();
-    run(
-        "sgdisk",
-        &["-o", "-n", "1:2048:+8M", disk.to_str().unwrap()],
-    );
+    gpt_disk(&disk, 16 * MIB, &[(2048, 8, "8300", None)]);
     write_at(&disk, 512 + 80, &u32::MAX.to_le_bytes());
     bed.backup("badgpt", &[&disk]);
     let (ok, error) = bounded(&bed, &["files", "ls", "badgpt:/"]);
@@ -621,10 +559,7 @@ fn hostile_structures_give_clear_errors_without_panic_or_hang() {
 
     // Unsupported file systems are named.
     let raw = bed.path("xfs-like.img");
-    std::fs::File::create(&raw)
-        .unwrap()
-        .set_len(4 * MIB)
-        .unwrap();
+    blank_image(&raw, 4 * MIB);
     write_at(&raw, 0, b"XFSB");
     bed.backup("xfs", &[&raw]);
     let (ok, error) = bounded(&bed, &["files", "ls", "xfs:/"]);

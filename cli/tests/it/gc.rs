@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, noise, raw_image, write_at},
+    image::{MIB, assert_same_disk, noise, write_at},
 };
 
 /// Runs `haven backup image` until it commits; a backup may be refused because a
@@ -20,17 +20,7 @@ use crate::support::{
 fn backup_retrying(bed: &Bed, vm: &str, image: &Path) -> (String, u64) {
     let mut refused = 0;
     loop {
-        let output = bed
-            .haven(&[
-                "backup",
-                "image",
-                image.to_str().unwrap(),
-                "--vm",
-                vm,
-                "--json",
-            ])
-            .output()
-            .unwrap();
+        let output = bed.backup_output(vm, &[image]);
         if output.status.success() {
             let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             return (report["snapshot"].as_str().unwrap().to_string(), refused);
@@ -102,8 +92,7 @@ fn gc_racing_backups_and_prune_keeps_every_snapshot_and_frees_garbage() {
         let bed = bed.clone();
         writers.push(std::thread::spawn(move || {
             let name = format!("vm{vm}");
-            let image = bed.path(&format!("{name}.raw"));
-            raw_image(&image, 6 * MIB, &[(0, 2 * MIB as usize)]);
+            let image = bed.raw_image(&format!("{name}.raw"), 6 * MIB, &[(0, 2 * MIB as usize)]);
             let mut kept = Vec::new();
             let mut refused = 0;
             for round in 0..ROUNDS {
@@ -234,10 +223,8 @@ fn gc_racing_backups_and_prune_keeps_every_snapshot_and_frees_garbage() {
 
 #[test]
 fn a_margin_keeps_young_garbage_and_in_flight_indexes_then_both_go() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, 4 * MIB, &[(0, 2 * MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", 4 * MIB, &[(0, 2 * MIB as usize)]);
     let first = bed.backup("vm", &[&image]);
     write_at(&image, 0, &noise(5, MIB as usize));
     bed.backup("vm", &[&image]);
@@ -322,10 +309,8 @@ fn gc_killed_at(bed: &Bed, phase: &str) {
 /// chunk anew.
 #[test]
 fn a_backup_relying_on_a_chunk_being_collected_is_refused_and_its_retry_is_whole() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, 4 * MIB, &[(0, MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", 4 * MIB, &[(0, MIB as usize)]);
     write_at(&image, 2 * MIB, &noise(31, MIB as usize));
     let old_copy = bed.path("old.raw");
     std::fs::copy(&image, &old_copy).unwrap();
@@ -368,10 +353,8 @@ fn a_backup_relying_on_a_chunk_being_collected_is_refused_and_its_retry_is_whole
 
 #[test]
 fn gc_killed_at_any_point_loses_nothing_and_the_next_one_completes() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, 8 * MIB, &[(0, MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", 8 * MIB, &[(0, MIB as usize)]);
     let mut versions = Vec::new();
     for round in 0..4u64 {
         // Four fresh 1 MiB chunks per round: three rounds of garbage after the prune.

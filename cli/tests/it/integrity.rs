@@ -12,8 +12,7 @@ use crate::support::{
 };
 
 fn backed_up_bed() -> (Bed, std::path::PathBuf) {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let raw = bed.path("disk.raw");
     raw_image(
         &raw,
@@ -160,10 +159,8 @@ fn bad_arguments_are_one_line_errors() {
 
 #[test]
 fn kill_during_backup_leaves_a_consistent_repository() {
-    let bed = Bed::new();
-    bed.init();
-    let raw = bed.path("disk.raw");
-    raw_image(&raw, 512 * MIB, &[(0, 512 * MIB as usize)]);
+    let bed = Bed::initialised();
+    let raw = bed.raw_image("disk.raw", 512 * MIB, &[(0, 512 * MIB as usize)]);
     // Kill at several points: early, mid-way, late. A run that finishes before its kill
     // commits a snapshot; a killed one leaves none, unless the kill landed after its
     // commit point (the manifest written, the process not yet gone): then the snapshot

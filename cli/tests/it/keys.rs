@@ -8,7 +8,9 @@ use std::process::Output;
 use crate::support::{
     bed::Bed,
     haven::PASSWORD,
-    image::{MIB, assert_same_disk, raw_image},
+    image::{MIB, assert_same_disk},
+    process::ok,
+    report::entry,
 };
 
 const SECOND: &str = "second password, added";
@@ -24,13 +26,7 @@ fn with_password(bed: &Bed, password: &str, args: &[&str]) -> Output {
 
 /// Stdout of a run that must succeed.
 fn ok_with(bed: &Bed, password: &str, args: &[&str]) -> String {
-    let output = with_password(bed, password, args);
-    assert!(
-        output.status.success(),
-        "haven {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    ok(with_password(bed, password, args), args)
 }
 
 /// Stderr of a run that must fail.
@@ -79,10 +75,12 @@ fn current(list: &serde_json::Value) -> String {
 
 #[test]
 fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
-    let bed = Bed::new();
-    bed.init();
-    let disk = bed.path("disk.raw");
-    raw_image(&disk, 8 * MIB, &[(0, 3 * MIB as usize), (6 * MIB, 100_000)]);
+    let bed = Bed::initialised();
+    let disk = bed.raw_image(
+        "disk.raw",
+        8 * MIB,
+        &[(0, 3 * MIB as usize), (6 * MIB, 100_000)],
+    );
     bed.backup("vm1", &[&disk]);
 
     // One slot, labelled, at Haven's cost, opened by the password.
@@ -104,12 +102,7 @@ fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
         .env("HAVEN_NEW_PASSWORD", SECOND)
         .output()
         .unwrap();
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    let added: serde_json::Value = serde_json::from_str(&ok(added, "key add")).unwrap();
     let second = added["added"].as_str().unwrap().to_string();
     assert!(opens(&bed, PASSWORD) && opens(&bed, SECOND));
     let list = json_with(&bed, SECOND, &["key", "list"]);
@@ -175,8 +168,7 @@ fn add_remove_and_passwd_change_which_passwords_open_and_keep_every_snapshot() {
 
 #[test]
 fn a_planted_weak_key_file_is_refused_by_name() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let planted = "00112233445566778899aabbccddeeff";
     let weak = serde_json::json!({
         "version": 1,
@@ -194,12 +186,7 @@ fn a_planted_weak_key_file_is_refused_by_name() {
     // The real password still opens; the list shows the planted slot refused.
     assert!(opens(&bed, PASSWORD));
     let list = bed.json(&["key", "list"]);
-    let slot = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|slot| slot["id"] == planted)
-        .unwrap_or_else(|| panic!("{list}"));
+    let slot = entry(&list, "id", planted);
     assert!(
         slot["refused"]
             .as_str()

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, noise, raw_image, write_at},
+    image::{MIB, assert_same_disk, noise, write_at},
     tree::files_below,
 };
 
@@ -31,10 +31,8 @@ fn with_keep(report: &serde_json::Value, keep: bool) -> BTreeSet<String> {
 
 #[test]
 fn dry_run_lists_exactly_what_prune_removes_and_the_rest_restores() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, 4 * MIB, &[(0, MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", 4 * MIB, &[(0, MIB as usize)]);
     // Five snapshots of vm-a, each of a different version of the disk, and two of vm-b.
     let mut versions = Vec::new();
     for round in 0..5u64 {
@@ -119,10 +117,8 @@ fn dry_run_lists_exactly_what_prune_removes_and_the_rest_restores() {
 
 #[test]
 fn prune_without_a_rule_is_refused_and_removes_nothing() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, MIB, &[(0, 4096)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", MIB, &[(0, 4096)]);
     bed.backup("vm", &[&image]);
     for args in [
         &["prune"][..],
@@ -146,10 +142,8 @@ fn exit_code(bed: &Bed, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn forget_removes_one_named_snapshot_unless_it_is_protected() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("disk.raw");
-    raw_image(&image, 4 * MIB, &[(0, MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("disk.raw", 4 * MIB, &[(0, MIB as usize)]);
     let first = bed.backup("web", &[&image])["snapshot"]
         .as_str()
         .unwrap()

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haven_testkit::image::create_qcow2;
+
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, noise, raw_image, to_qcow2, write_at},
-    process::run,
+    image::{MIB, assert_same_disk, blank_image, noise, raw_image, to_qcow2, write_at},
+    process::free_port,
 };
 
 const SIZE: u64 = 64 * MIB;
@@ -65,37 +67,36 @@ impl Export {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-nbd must be installed (qemu-utils)");
-        let mut export = Self {
+        let export = Self {
             child: Some(child),
             socket: PathBuf::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let child = export.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("qemu-nbd exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "qemu-nbd did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        export
+        export.wait_until("qemu-nbd", |_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
     }
 
     fn wait(child: Child, socket: PathBuf) -> Self {
-        let mut export = Self {
+        let export = Self {
             child: Some(child),
             socket,
         };
+        export.wait_until("nbd server", |export| export.socket.exists())
+    }
+
+    /// Waits (10 s at most) until `listening` says the server `name` accepts clients;
+    /// fails the test if it exits first.
+    fn wait_until(mut self, name: &str, listening: impl Fn(&Self) -> bool) -> Self {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !export.socket.exists() {
-            let child = export.child.as_mut().unwrap();
+        while !listening(&self) {
+            let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("nbd server exited early: {status}");
+                panic!("{name} exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "nbd server did not listen");
+            assert!(Instant::now() < deadline, "{name} did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
-        export
+        self
     }
 
     fn uri(&self) -> String {
@@ -159,8 +160,7 @@ fn field(report: &serde_json::Value, name: &str) -> u64 {
 
 #[test]
 fn only_changed_writes_just_the_differing_slots() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let (old, new) = two_versions(&bed);
     bed.backup("web1", &[&new]);
     let target = bed.path("target.qcow2");
@@ -197,8 +197,7 @@ fn only_changed_writes_just_the_differing_slots() {
 
 #[test]
 fn full_restore_into_qemu_nbd_and_clear_errors() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let (old, new) = two_versions(&bed);
     bed.backup("web1", &[&new]);
 
@@ -219,15 +218,8 @@ fn full_restore_into_qemu_nbd_and_clear_errors() {
 
     // The same over TCP (nbd://host:port/export) into an empty disk.
     let blank = bed.path("blank.raw");
-    std::fs::File::create(&blank)
-        .unwrap()
-        .set_len(SIZE)
-        .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    blank_image(&blank, SIZE);
+    let port = free_port();
     let mut export = Export::qemu_nbd_tcp(&blank, port);
     let uri = format!("nbd://127.0.0.1:{port}/vm");
     let report = bed.json(&["restore", "web1@latest", "--to", &uri, "--only-changed"]);
@@ -239,17 +231,7 @@ fn full_restore_into_qemu_nbd_and_clear_errors() {
 
     // A target of another size is refused before anything is written.
     let small = bed.path("small.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            &small.display().to_string(),
-            "32M",
-        ],
-    );
+    create_qcow2(&small, 32 * MIB).unwrap();
     let mut export = Export::qemu_nbd(&bed, &small, "qcow2");
     let error = bed.fails(&["restore", "web1@latest", "--to", &export.uri()]);
     export.stop();

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haven_testkit::image::create_overlay;
+
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_same_disk, convert, flip_byte, raw_image, write_at},
+    image::{MIB, assert_same_disk, convert, flip_byte, uneven_image, write_at},
     process::{Guard, run, wait_for_line},
     qemu::{Qmp, qemu_storage_daemon},
 };
@@ -19,21 +21,13 @@ use crate::support::{
 /// short last chunk.
 const SIZE: u64 = 24 * MIB + 3 * 512;
 
-fn backed_up_image(bed: &Bed) -> PathBuf {
-    bed.init();
+fn backed_up_image() -> (Bed, PathBuf) {
+    let bed = Bed::initialised();
     let raw = bed.path("source.raw");
-    raw_image(
-        &raw,
-        SIZE,
-        &[
-            (0, 3 * MIB as usize),
-            (12 * MIB + 777, 2 * MIB as usize),
-            (SIZE - 5000, 5000),
-        ],
-    );
+    uneven_image(&raw, SIZE, 3 * MIB, (12 * MIB + 777, 2 * MIB), 5000);
     let report = bed.backup("web1", &[&raw]);
     assert_eq!(report["disks"][0]["name"].as_str(), Some("vda"), "{report}");
-    raw
+    (bed, raw)
 }
 
 /// A running `haven serve-nbd`, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -124,8 +118,7 @@ impl Drop for Served {
 
 #[test]
 fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
 
     let converted = bed.path("converted.raw");
@@ -188,25 +181,11 @@ fn qemu_img_and_nbdcopy_read_the_snapshot_identically_and_nbdinfo_sees_holes() {
 
 #[test]
 fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_image() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
 
     let overlay = bed.path("overlay.qcow2");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            &served.uri(),
-            "-F",
-            "raw",
-            overlay.to_str().unwrap(),
-        ],
-    );
+    create_overlay(&overlay, &served.uri(), "raw").unwrap();
     let qmp_socket = bed.path("qmp.sock");
     let guest_socket = bed.path("guest.sock");
     let daemon = Guard::new(
@@ -284,8 +263,7 @@ fn qcow2_overlay_on_the_export_is_written_and_block_streamed_to_a_standalone_ima
 
 #[test]
 fn first_read_from_a_cold_cache_is_fast_and_corrupt_chunks_are_never_served() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let served = Served::start(&bed, "nbd.sock");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

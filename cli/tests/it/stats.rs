@@ -8,8 +8,7 @@ use crate::support::{
 
 #[test]
 fn stats_count_dedup_shared_and_exclusive_chunks_against_the_files_on_disk() {
-    let bed = Bed::new();
-    bed.init(); // 1 MiB chunks
+    let bed = Bed::initialised(); // 1 MiB chunks
     // 4 MiB disks, two data slots and two zero slots each.
     let shared = bed.path("shared.raw");
     raw_image(
@@ -17,8 +16,7 @@ fn stats_count_dedup_shared_and_exclusive_chunks_against_the_files_on_disk() {
         4 * MIB,
         &[(0, MIB as usize), (2 * MIB, MIB as usize)],
     );
-    let solo = bed.path("solo.raw");
-    raw_image(&solo, 4 * MIB, &[(MIB, MIB as usize)]);
+    let solo = bed.raw_image("solo.raw", 4 * MIB, &[(MIB, MIB as usize)]);
     bed.backup("web", &[&shared]);
     bed.backup("web", &[&shared]);
     bed.backup("db", &[&shared]);

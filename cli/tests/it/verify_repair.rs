@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::support::{
     bed::Bed,
     haven::haven,
-    image::{MIB, assert_same_disk, flip_byte, noise, raw_image, write_at},
+    image::{MIB, assert_same_disk, flip_byte, noise, write_at},
     metrics::scrape,
     process::assert_success,
-    report::disk_stat,
+    report::{disk_stat, entry},
 };
 
 fn replica_url(bed: &Bed) -> String {
@@ -38,21 +38,13 @@ fn replicate_json(bed: &Bed, args: &[&str]) -> serde_json::Value {
 }
 
 fn lag(status: &serde_json::Value, vm: &str) -> u64 {
-    let entry = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|entry| entry["vm"] == vm)
-        .unwrap_or_else(|| panic!("no {vm} in {status}"));
-    entry["lag_seconds"].as_u64().unwrap()
+    entry(status, "vm", vm)["lag_seconds"].as_u64().unwrap()
 }
 
 #[test]
 fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("web1.raw");
-    raw_image(&image, 24 * MIB, &[(0, 20 * MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("web1.raw", 24 * MIB, &[(0, 20 * MIB as usize)]);
     let first = bed.backup("web1", &[&image]);
     let first_name = first["snapshot"].as_str().unwrap().to_string();
     let first_copy = bed.path("web1-1.raw");
@@ -95,8 +87,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     std::fs::copy(&image, &second_copy).unwrap();
 
     // --vm limits the run to one VM's snapshots.
-    let other_vm = bed.path("db.raw");
-    raw_image(&other_vm, 4 * MIB, &[(MIB, MIB as usize)]);
+    let other_vm = bed.raw_image("db.raw", 4 * MIB, &[(MIB, MIB as usize)]);
     bed.backup("db", &[&other_vm]);
     let only_db = bed.json(&["verify", "--vm", "db"]);
     assert_eq!(
@@ -135,17 +126,7 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     );
 
     // The next backup does not build on the failed snapshot: a full read, reason logged.
-    let output = bed
-        .haven(&[
-            "backup",
-            "image",
-            image.to_str().unwrap(),
-            "--vm",
-            "web1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let output = bed.backup_output("web1", &[&image]);
     assert_success(&output, ["backup"]);
     let third: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(third["parent"].is_null(), "{third}");
@@ -179,18 +160,15 @@ fn a_flipped_chunk_fails_verify_blocks_the_base_and_is_repaired_from_the_replica
     assert!(disk_stat(&fourth, "reused_chunks") >= 15, "{fourth}");
 
     // A replica of another repository is refused for repair.
-    let other = Bed::new();
-    other.init();
+    let other = Bed::initialised();
     let error = bed.fails(&["verify", "--repair-from", &other.repo_url()]);
     assert!(error.contains("holds repository"), "{error}");
 }
 
 #[test]
 fn replicate_watch_serves_the_lag_as_a_prometheus_metric() {
-    let bed = Bed::new();
-    bed.init();
-    let image = bed.path("db.raw");
-    raw_image(&image, 8 * MIB, &[(0, 4 * MIB as usize)]);
+    let bed = Bed::initialised();
+    let image = bed.raw_image("db.raw", 8 * MIB, &[(0, 4 * MIB as usize)]);
     bed.backup("db", &[&image]);
     let mut child = haven(&[
         "replicate",

@@ -153,34 +153,22 @@ impl Webhook {
     /// Attempts `outgoing` until it is delivered, refused, or out of attempts.
     async fn deliver(&self, outgoing: &Outgoing) -> Outcome {
         let mut attempt = 1;
-        loop {
+        let (outcome, said) = loop {
             match self.attempt(outgoing).await {
                 Verdict::Delivered => {
-                    tracing::info!(
-                        webhook = self.origin,
-                        id = outgoing.id,
-                        attempt,
-                        "notification delivered"
-                    );
-                    return Outcome::Delivered;
+                    break (Outcome::Delivered, "notification delivered".to_string());
                 }
                 Verdict::Final(reason) => {
-                    tracing::warn!(
-                        webhook = self.origin,
-                        id = outgoing.id,
-                        attempt,
-                        "notification refused, not retried: {reason}"
+                    break (
+                        Outcome::Failed,
+                        format!("notification refused, not retried: {reason}"),
                     );
-                    return Outcome::Failed;
                 }
                 Verdict::Retry(reason) if attempt >= self.max_attempts => {
-                    tracing::warn!(
-                        webhook = self.origin,
-                        id = outgoing.id,
-                        attempt,
-                        "notification not delivered, out of attempts: {reason}"
+                    break (
+                        Outcome::Failed,
+                        format!("notification not delivered, out of attempts: {reason}"),
                     );
-                    return Outcome::Failed;
                 }
                 Verdict::Retry(reason) => {
                     let pause = backoff::delay(attempt, rand::random());
@@ -195,7 +183,14 @@ impl Webhook {
                     attempt += 1;
                 }
             }
+        };
+        let (webhook, id) = (&self.origin, &outgoing.id);
+        if matches!(outcome, Outcome::Delivered) {
+            tracing::info!(webhook, id, attempt, "{said}");
+        } else {
+            tracing::warn!(webhook, id, attempt, "{said}");
         }
+        outcome
     }
 
     /// One POST of `outgoing`.

@@ -64,6 +64,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses one more entry of the directory `path` once it has listed `listed`
+    /// ([`Limits::max_dir_entries`]).
+    pub(crate) fn admit_dir_entry(&self, path: &str, listed: usize) -> crate::error::Result<()> {
+        if listed >= self.max_dir_entries {
+            return Err(crate::error::FilesError::Limit(format!(
+                "{path}: more than {} entries",
+                self.max_dir_entries
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Joins a directory path and a name.
 pub(crate) fn join(directory: &str, name: &str) -> String {
     if directory == "/" {

@@ -52,6 +52,22 @@ pub enum FilesError {
 }
 
 impl FilesError {
+    /// A file system driver's complaint about `path`.
+    pub(crate) fn driver(fs: &'static str, path: &str, complaint: impl std::fmt::Display) -> Self {
+        FilesError::Driver {
+            fs,
+            message: format!("{path}: {complaint}"),
+        }
+    }
+
+    /// `path` was used as a directory but is something else.
+    pub(crate) fn not_a_directory(path: &str) -> Self {
+        FilesError::WrongType {
+            path: path.to_string(),
+            message: "not a directory",
+        }
+    }
+
     pub(crate) fn output(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| FilesError::Output { context, source }

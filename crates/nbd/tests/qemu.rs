@@ -13,6 +13,7 @@ use haven_nbd::{
     CONTEXT_BASE_ALLOCATION, Client, ConnectOptions, Endpoint, Extent, NbdError, STATE_DIRTY,
     STATE_HOLE, STATE_ZERO, dirty_bitmap_context,
 };
+use haven_testkit::image::create_qcow2;
 use serde_json::{Value, json};
 
 const KIB: u64 = 1024;
@@ -49,17 +50,10 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Runs a program that must succeed.
 fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    haven_testkit::process::run(Command::new(program).args(args), "the qemu-utils package")
+        .unwrap_or_else(|error| panic!("{error}"));
 }
 
 fn path_str(path: &Path) -> &str {
@@ -75,17 +69,7 @@ struct Image {
 impl Image {
     fn create(dir: &Path, name: &str, size: u64) -> Image {
         let path = dir.join(name);
-        run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                path_str(&path),
-                &size.to_string(),
-            ],
-        );
+        create_qcow2(&path, size).unwrap();
         Image {
             path,
             expected: vec![0; size as usize],

@@ -53,6 +53,26 @@ pub enum FixtureError {
 }
 
 impl FixtureError {
+    /// The error of starting `program`, for `map_err`: [`FixtureError::MissingProgram`]
+    /// with `hint` when it is not installed.
+    pub(crate) fn starting(
+        program: &str,
+        hint: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let program = program.to_string();
+        move |source| match source.kind() {
+            std::io::ErrorKind::NotFound => Self::MissingProgram {
+                program,
+                hint,
+                source,
+            },
+            _ => Self::Io {
+                context: format!("cannot start {program}"),
+                source,
+            },
+        }
+    }
+
     /// An [`FixtureError::Io`] with its context, for `map_err`.
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();

@@ -21,7 +21,7 @@ use std::time::Duration;
 use haven_coordinator::store::etcd::EtcdStore;
 
 use crate::FixtureError;
-use crate::process::{ChildGuard, free_port, http_get, wait_until};
+use crate::process::{ChildGuard, free_port, http_get, run, wait_until};
 
 /// How to install etcd, for the error when it is missing.
 const INSTALL_HINT: &str = "apt-get install etcd-server";
@@ -160,7 +160,7 @@ impl Etcd {
                 command
             }
         };
-        secured::run(command.args(args), secured::ETCDCTL_HINT)
+        run(command.args(args), secured::ETCDCTL_HINT)
     }
 
     fn spawn_member(&self, index: usize) -> Result<ChildGuard, FixtureError> {

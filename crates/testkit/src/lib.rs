@@ -22,7 +22,7 @@
 //! client certificates and auth confined to Haven's prefix), [`storage_node::StorageNode`] (the storage node
 //! library served in-process over real HTTP), [`local::LocalRepository`] (a `file://`
 //! backend whose write path is checked, not assumed), the process helpers of
-//! [`process`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in
+//! [`process`], the `qemu-img` images of [`image`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in
 //! QEMU's directory layout). They return [`FixtureError`] rather than panicking, so a
 //! missing tool is reported as such.
 
@@ -31,6 +31,7 @@
 pub mod backend;
 mod error;
 pub mod etcd;
+pub mod image;
 pub mod local;
 pub mod metastore;
 pub mod process;

@@ -76,17 +76,7 @@ impl ChildGuard {
             .stdout(log_file)
             .stderr(stderr)
             .spawn()
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => FixtureError::MissingProgram {
-                    program: program.clone(),
-                    hint,
-                    source,
-                },
-                _ => FixtureError::Io {
-                    context: format!("cannot start {program}"),
-                    source,
-                },
-            })?;
+            .map_err(FixtureError::starting(&program, hint))?;
         Ok(Self {
             child: Some(child),
             program,
@@ -121,6 +111,30 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `command` to completion; its standard output, or an error with its standard
+/// error. `hint` says how to install the program if it is missing.
+pub fn run(command: &mut Command, hint: &'static str) -> Result<String, FixtureError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .output()
+        .map_err(FixtureError::starting(&program, hint))?;
+    if !output.status.success() {
+        let arguments: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy())
+            .collect();
+        return Err(FixtureError::Io {
+            context: format!("{program} {}", arguments.join(" ")),
+            source: std::io::Error::other(format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Polls `ready` every 50 ms until it returns `Ok(true)`, at most `timeout`.

@@ -5,6 +5,7 @@
 //! which: a hypervisor keeps a snapshot's marker only if the snapshot was committed.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use haven_repo::{Consistency, FixedIndex, Manifest, Phase, Progress, RateLimiter
 use tracing::Instrument;
 
 use super::HypervisorAdapter;
-use super::chain::{BaseFacts, ReadMode};
+use super::chain::{BaseFacts, Previous, ReadMode};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{DiskBackup, DiskBackupInput, backup_disk};
 use crate::pipeline::snapshot::{
@@ -95,20 +96,24 @@ async fn run(
     let mut modes = Vec::with_capacity(names.len());
     for (position, name) in names.iter().enumerate() {
         let base = base_index(repo, plan.previous.as_ref(), name).await;
-        let mode = if adapter.tracks_changes() {
-            let chain = plan
-                .previous
-                .as_ref()
-                .and_then(|manifest| manifest.disks.iter().find(|disk| disk.name == *name))
-                .map(|disk| &disk.chain);
-            let facts = base.as_ref().map(BaseFacts::of);
-            let mode = adapter.read_mode(position, chain, facts, repo.chunk_size());
-            log_read_mode(name, &mode, plan.previous.is_none());
-            mode
-        } else {
-            ReadMode::Full {
-                reason: "the source does not track changes".into(),
+        let chain = plan
+            .previous
+            .as_ref()
+            .and_then(|manifest| manifest.disks.iter().find(|disk| disk.name == *name))
+            .map(|disk| &disk.chain);
+        let previous = Previous {
+            chain,
+            base: base.as_ref().map(BaseFacts::of),
+            chunk_size: repo.chunk_size(),
+        };
+        let mode = match adapter.read_mode(position, &previous) {
+            Some(mode) => {
+                log_read_mode(name, &mode, plan.previous.is_none());
+                mode
             }
+            None => ReadMode::Full {
+                reason: "the source does not track changes".into(),
+            },
         };
         bases.push(base);
         modes.push(mode);
@@ -208,6 +213,18 @@ fn log_read_mode(disk: &str, mode: &ReadMode, first_backup: bool) {
             tracing::warn!(disk, reason, "falling back to a full read")
         }
     }
+}
+
+/// A private folder in `dir` for what one backup creates beside the hypervisor
+/// (overlays, scratch files, sockets), removed when dropped.
+pub(crate) fn scratch_folder(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .map_err(WorkerError::io(format!(
+            "cannot create a scratch folder in {}",
+            dir.display()
+        )))
 }
 
 /// A duration in milliseconds, as reports print it.

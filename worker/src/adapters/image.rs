@@ -10,14 +10,13 @@
 
 pub mod lock;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use haven_repo::{Consistency, Progress, Repository, SourceInfo};
 
 use super::HypervisorAdapter;
-use super::chain::{BaseFacts, ReadMode};
+use super::chain::ReadMode;
 use super::driver::{DriverOptions, back_up_vm};
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
@@ -138,22 +137,6 @@ impl HypervisorAdapter for ImageAdapter<'_> {
 
     async fn disks(&mut self, _plan: &SnapshotPlan) -> Result<Vec<String>> {
         Ok(self.request.disks.iter().map(|d| d.name.clone()).collect())
-    }
-
-    fn tracks_changes(&self) -> bool {
-        false
-    }
-
-    fn read_mode(
-        &self,
-        _position: usize,
-        _chain: Option<&BTreeMap<String, String>>,
-        _base: Option<BaseFacts>,
-        _chunk_size: u32,
-    ) -> ReadMode {
-        ReadMode::Full {
-            reason: "image files do not track changes".into(),
-        }
     }
 
     async fn snapshot_point(&mut self, _modes: &[ReadMode]) -> Result<Consistency> {

@@ -33,12 +33,12 @@ use haven_nbd::{Endpoint, dirty_bitmap_context};
 use haven_repo::{Consistency, Progress, Repository, SourceInfo, VmConfig};
 use serde::Serialize;
 
-pub use chain::{CHAIN_CHECKPOINT, CHAIN_SIZE, CHAIN_SOURCE, checkpoint_name, is_haven_checkpoint};
+pub use chain::{CHAIN_CHECKPOINT, CHAIN_SIZE, CHAIN_SOURCE, CHECKPOINT};
 pub use virsh::{DomainDisk, Virsh};
 
 use super::HypervisorAdapter;
-use super::chain::{BaseFacts, ReadMode};
-use super::driver::{DriverOptions, back_up_vm, millis};
+use super::chain::{DiskNow, Previous, ReadMode, ReadSummary};
+use super::driver::{DriverOptions, back_up_vm, millis, scratch_folder};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
@@ -81,11 +81,9 @@ pub struct LibvirtDiskMode {
     pub name: String,
     /// Source file or device.
     pub source: String,
-    /// `incremental` or `full`.
-    pub mode: &'static str,
-    /// Why it was a full read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// Incremental or full, and why.
+    #[serde(flatten)]
+    pub read: ReadSummary,
 }
 
 /// The report of a libvirt backup.
@@ -141,13 +139,7 @@ pub async fn backup_libvirt(
     shutdown: impl Future<Output = ()>,
 ) -> Result<LibvirtBackupReport> {
     haven_repo::validate_name(&request.vm)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("haven-libvirt-")
-        .tempdir_in(&request.scratch_dir)
-        .map_err(WorkerError::io(format!(
-            "cannot create a scratch folder in {}",
-            request.scratch_dir.display()
-        )))?;
+    let scratch = scratch_folder(&request.scratch_dir, "haven-libvirt-")?;
     if let Some(user) = &request.qemu_user {
         hand_over(scratch.path(), user)?;
     }
@@ -192,8 +184,7 @@ pub async fn backup_libvirt(
         .map(|((disk, _), mode)| LibvirtDiskMode {
             name: disk.target,
             source: disk.source,
-            mode: mode.label(),
-            reason: mode.reason().map(str::to_string),
+            read: ReadSummary::from(&mode),
         })
         .collect();
     Ok(LibvirtBackupReport {
@@ -263,7 +254,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
             )));
         }
         job::abort_leftover_job(&self.virsh, domain).await?;
-        self.new_checkpoint = checkpoint_name(&self.request.vm, &plan.id.timestamp);
+        self.new_checkpoint = CHECKPOINT.name(&self.request.vm, &plan.id.timestamp);
         self.checkpoints = self.virsh.checkpoints(domain).await?;
         if self.checkpoints.contains(&self.new_checkpoint) {
             // Left by a killed run at the same second; never committed (the plan's
@@ -286,21 +277,13 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
             .collect())
     }
 
-    fn read_mode(
-        &self,
-        position: usize,
-        chain: Option<&BTreeMap<String, String>>,
-        base: Option<BaseFacts>,
-        chunk_size: u32,
-    ) -> ReadMode {
-        chain::decide(
+    fn read_mode(&self, position: usize, previous: &Previous<'_>) -> Option<ReadMode> {
+        Some(chain::decide(
             &self.request.vm,
-            self.disk_facts(position),
-            chain,
+            &self.disk_now(position),
+            previous,
             &self.checkpoints,
-            base,
-            chunk_size,
-        )
+        ))
     }
 
     async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
@@ -383,7 +366,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
     }
 
     fn chain_entry(&self, position: usize) -> BTreeMap<String, String> {
-        chain::chain_entry(&self.new_checkpoint, self.disk_facts(position))
+        CHECKPOINT.chain_entry(&self.new_checkpoint, &self.disk_now(position))
     }
 
     async fn teardown(&mut self, committed: bool) -> Result<()> {
@@ -398,12 +381,12 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
 }
 
 impl LibvirtAdapter<'_> {
-    /// Disk `position`'s capacity and source now.
-    fn disk_facts(&self, position: usize) -> chain::DiskFacts<'_> {
+    /// Disk `position`'s capacity and source now: what its checkpoint depends on.
+    fn disk_now(&self, position: usize) -> DiskNow {
         let (disk, size) = &self.selected[position];
-        chain::DiskFacts {
+        DiskNow {
             size: *size,
-            source: &disk.source,
+            fact: disk.source.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! to read now. Invariants (see `session.rs`): the old bitmap goes only after the
 //! manifest is committed, a failed or cancelled backup merges the new bitmap back, and
 //! whatever a killed run leaves is found by name and cleaned by the next. Any doubt
-//! about the chain ([`chain::decide`]) means a full read, logged with its reason.
+//! about the chain ([`chain::decide`](super::chain::MarkerKind::decide)) means a full read, logged with its reason.
 
 mod chain;
 mod graph;
@@ -34,14 +34,14 @@ use haven_repo::{Consistency, Progress, Repository, SourceInfo, VmConfig};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub use chain::{CHAIN_BITMAP, CHAIN_NODE, CHAIN_SIZE, bitmap_name, is_haven_bitmap};
+pub use chain::{BITMAP, CHAIN_BITMAP, CHAIN_NODE, CHAIN_SIZE};
 pub use graph::{LiveDisk, select_disks};
 
 use super::HypervisorAdapter;
-use super::chain::{BaseFacts, ReadMode};
-use super::driver::{DriverOptions, back_up_vm, millis};
+use super::chain::{Previous, ReadMode, ReadSummary};
+use super::driver::{DriverOptions, back_up_vm, millis, scratch_folder};
 use crate::adapters::qemu::qmp::GuestAgent;
-use crate::error::{Result, WorkerError};
+use crate::error::Result;
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
 use session::{DiskObjects, Session};
@@ -81,11 +81,9 @@ pub struct DiskMode {
     pub name: String,
     /// Block node read.
     pub node: String,
-    /// `incremental` or `full`.
-    pub mode: &'static str,
-    /// Why it was a full read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// Incremental or full, and why.
+    #[serde(flatten)]
+    pub read: ReadSummary,
     /// The bitmap that now tracks changes since this snapshot.
     pub bitmap: String,
 }
@@ -117,13 +115,7 @@ pub async fn backup_qemu(
     shutdown: impl Future<Output = ()>,
 ) -> Result<QemuBackupReport> {
     haven_repo::validate_name(&request.vm)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("haven-fleece-")
-        .tempdir_in(&request.scratch_dir)
-        .map_err(WorkerError::io(format!(
-            "cannot create a scratch folder in {}",
-            request.scratch_dir.display()
-        )))?;
+    let scratch = scratch_folder(&request.scratch_dir, "haven-fleece-")?;
     let session = Session::connect(&request.qmp, request.qmp_timeout, &request.vm).await?;
     let mut adapter = QemuAdapter {
         request,
@@ -151,8 +143,7 @@ pub async fn backup_qemu(
         .map(|(objects, mode)| DiskMode {
             name: objects.disk.name.clone(),
             node: objects.disk.node.clone(),
-            mode: mode.label(),
-            reason: mode.reason().map(str::to_string),
+            read: ReadSummary::from(&mode),
             bitmap: objects.new_bitmap.clone(),
         })
         .collect();
@@ -172,12 +163,7 @@ pub async fn discover_disks(
     timeout: Duration,
 ) -> Result<Vec<(String, u64)>> {
     let mut session = Session::connect(qmp, timeout, "discovery").await?;
-    let block = session
-        .qmp
-        .execute("query-block", json!({}))
-        .await
-        .map_err(WorkerError::from)?;
-    let devices = graph::parse_devices(&block);
+    let (_, devices) = session.devices().await?;
     let disks = graph::select_disks(&devices, &session.nodes().await?, &[])?;
     Ok(disks
         .into_iter()
@@ -221,12 +207,7 @@ impl HypervisorAdapter for QemuAdapter<'_> {
 
     async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
         let session = &mut self.session;
-        let block = session
-            .qmp
-            .execute("query-block", json!({}))
-            .await
-            .map_err(WorkerError::from)?;
-        let devices = graph::parse_devices(&block);
+        let (block, devices) = session.devices().await?;
         let disks = graph::select_disks(&devices, &session.nodes().await?, &self.request.disks)?;
         for disk in &disks {
             let bitmap = plan
@@ -242,24 +223,16 @@ impl HypervisorAdapter for QemuAdapter<'_> {
         self.nodes = session.nodes().await?;
         self.disks = graph::select_disks(&devices, &self.nodes, &self.request.disks)?;
         self.block = block;
-        self.new_bitmap = bitmap_name(&self.request.vm, &plan.id.timestamp);
+        self.new_bitmap = BITMAP.name(&self.request.vm, &plan.id.timestamp);
         Ok(self.disks.iter().map(|disk| disk.name.clone()).collect())
     }
 
-    fn read_mode(
-        &self,
-        position: usize,
-        chain: Option<&BTreeMap<String, String>>,
-        base: Option<BaseFacts>,
-        chunk_size: u32,
-    ) -> ReadMode {
-        chain::decide(
+    fn read_mode(&self, position: usize, previous: &Previous<'_>) -> Option<ReadMode> {
+        Some(chain::decide(
             &self.request.vm,
             &self.disks[position],
-            chain,
-            base,
-            chunk_size,
-        )
+            previous,
+        ))
     }
 
     async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
@@ -311,7 +284,7 @@ impl HypervisorAdapter for QemuAdapter<'_> {
 
     fn chain_entry(&self, position: usize) -> BTreeMap<String, String> {
         let objects = &self.session.disks[position];
-        chain::chain_entry(&objects.new_bitmap, &objects.disk)
+        BITMAP.chain_entry(&objects.new_bitmap, &chain::disk_now(&objects.disk))
     }
 
     async fn teardown(&mut self, committed: bool) -> Result<()> {

@@ -12,23 +12,19 @@
 //! Restoring into an existing disk exported over NBD (optionally writing only the slots
 //! that differ) lives in [`super::nbd`].
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use haven_nbd::ConnectOptions;
-use haven_repo::{ChunkId, FixedIndex, Progress, Repository, SnapshotRef};
+use haven_repo::{FixedIndex, Progress, Repository, SnapshotRef};
 use serde::Serialize;
 
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, create_qcow2};
 use crate::pipeline::pool::ClientPool;
 use crate::restore::raw_file::RawFileWriter;
-
-/// Slots grouped per pass, bounding the chunk-to-slots map.
-const WINDOW_SLOTS: usize = 8192;
+use crate::restore::windows::{Written, windows, write_chunks};
 
 /// Output format of a restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,13 +102,8 @@ pub async fn restore_disk(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    let id = repo.resolve(&request.snapshot).await?;
-    let manifest = repo.read_manifest(&id).await?;
-    let disk = manifest
-        .disk(request.disk.as_deref())
-        .map_err(WorkerError::InvalidInput)?
-        .clone();
-    let index = repo.read_index(&disk).await?;
+    let (id, disk, index) =
+        super::open_disk(&repo, &request.snapshot, request.disk.as_deref()).await?;
 
     if request.to.exists() && !request.force {
         return Err(WorkerError::InvalidInput(format!(
@@ -205,7 +196,8 @@ async fn write_output(
     }
 }
 
-/// Fetches every non-zero slot's chunk once per window and writes it to all its slots.
+/// Fetches every non-zero slot's chunk once per window and writes it to all its slots;
+/// zero slots are left alone (the output is sparse).
 async fn restore_slots(
     repo: &Arc<Repository>,
     index: &FixedIndex,
@@ -214,50 +206,23 @@ async fn restore_slots(
     progress: Arc<Progress>,
 ) -> Result<(u64, u64)> {
     progress.add_total(index.disk_size());
-    let mut bytes_written = 0;
-    let mut chunks_fetched = 0;
-    for window_start in (0..index.len()).step_by(WINDOW_SLOTS) {
-        let window_end = (window_start + WINDOW_SLOTS).min(index.len());
-        let mut slots_of: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-        let mut order = Vec::new();
-        for slot in window_start..window_end {
+    let mut total = Written::default();
+    for window in windows(index) {
+        for slot in window.zero_slots {
             let (start, end) = index.slot_range(slot);
-            let id = index.slots()[slot];
-            if id.is_zero() {
-                progress.add_done(end - start);
-                continue;
-            }
-            slots_of
-                .entry(id)
-                .or_insert_with(|| {
-                    order.push(id);
-                    Vec::new()
-                })
-                .push(slot);
+            progress.add_done(end - start);
         }
-        let mut writes = futures::stream::iter(order)
-            .map(|id| {
-                let slots = slots_of.get(&id).cloned().unwrap_or_default();
-                let (start, end) = index.slot_range(slots[0]);
-                let repo = repo.clone();
-                let progress = progress.clone();
-                async move {
-                    let data = Arc::new(repo.read_chunk(id, Some(end - start)).await?);
-                    let mut written = 0;
-                    for slot in slots {
-                        let (offset, _) = index.slot_range(slot);
-                        sink.write(offset, data.clone()).await?;
-                        written += data.len() as u64;
-                        progress.add_done(data.len() as u64);
-                    }
-                    Ok::<u64, WorkerError>(written)
-                }
-            })
-            .buffer_unordered(in_flight.max(1));
-        while let Some(written) = writes.next().await {
-            bytes_written += written?;
-            chunks_fetched += 1;
-        }
+        let written = write_chunks(
+            repo,
+            index,
+            window.chunks,
+            in_flight,
+            &progress,
+            |_, offset, data| sink.write(offset, data),
+        )
+        .await?;
+        total.bytes += written.bytes;
+        total.chunks += written.chunks;
     }
-    Ok((bytes_written, chunks_fetched))
+    Ok((total.bytes, total.chunks))
 }

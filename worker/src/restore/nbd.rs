@@ -13,21 +13,19 @@
 //! Every chunk is fetched once per window of slots and verified by the repository
 //! before a single byte of it reaches the target.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use haven_nbd::{CONTEXT_BASE_ALLOCATION, ConnectOptions, Endpoint, STATE_ZERO};
-use haven_repo::{ChunkId, FixedIndex, Progress, Repository, SnapshotRef};
+use haven_repo::{FixedIndex, Progress, Repository, SnapshotRef};
 use serde::Serialize;
 
 use crate::error::{Result, WorkerError};
 use crate::pipeline::pool::ClientPool;
+use crate::restore::windows::{windows, write_chunks};
 
-/// Slots grouped per pass, bounding the chunk-to-slots map.
-const WINDOW_SLOTS: usize = 8192;
 /// Most connections opened to the target.
 const MAX_CONNECTIONS: usize = 8;
 
@@ -101,13 +99,8 @@ pub async fn restore_to_nbd(
 ) -> Result<NbdRestoreReport> {
     let started = Instant::now();
     let (endpoint, export) = Endpoint::parse_uri(&request.uri)?;
-    let id = repo.resolve(&request.snapshot).await?;
-    let manifest = repo.read_manifest(&id).await?;
-    let disk = manifest
-        .disk(request.disk.as_deref())
-        .map_err(WorkerError::InvalidInput)?
-        .clone();
-    let index = repo.read_index(&disk).await?;
+    let (id, disk, index) =
+        super::open_disk(&repo, &request.snapshot, request.disk.as_deref()).await?;
 
     let target = open_target(&endpoint, &export, &index, request).await?;
     let counters = Counters::default();
@@ -220,26 +213,8 @@ async fn restore_slots(
 ) -> Result<()> {
     progress.add_total(index.disk_size());
     let in_flight = request.in_flight.max(1);
-    for window_start in (0..index.len()).step_by(WINDOW_SLOTS) {
-        let window_end = (window_start + WINDOW_SLOTS).min(index.len());
-        let mut slots_of: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-        let mut order = Vec::new();
-        let mut zero_slots = Vec::new();
-        for slot in window_start..window_end {
-            let id = index.slots()[slot];
-            if id.is_zero() {
-                zero_slots.push(slot);
-                continue;
-            }
-            slots_of
-                .entry(id)
-                .or_insert_with(|| {
-                    order.push(id);
-                    Vec::new()
-                })
-                .push(slot);
-        }
-        let mut zeroes = futures::stream::iter(zero_slots)
+    for window in windows(index) {
+        let mut zeroes = futures::stream::iter(window.zero_slots)
             .map(|slot| {
                 let progress = progress.clone();
                 async move {
@@ -253,30 +228,21 @@ async fn restore_slots(
         while let Some(done) = zeroes.next().await {
             done?;
         }
-        let mut writes = futures::stream::iter(order)
-            .map(|id| {
-                let slots = slots_of.get(&id).cloned().unwrap_or_default();
-                let repo = repo.clone();
-                let progress = progress.clone();
-                async move {
-                    let Some(&first) = slots.first() else {
-                        return Ok(());
-                    };
-                    let (start, end) = index.slot_range(first);
-                    let data = repo.read_chunk(id, Some(end - start)).await?;
-                    counters.fetched.fetch_add(1, Ordering::Relaxed);
-                    for slot in slots {
-                        let (offset, _) = index.slot_range(slot);
-                        data_slot(target, counters, slot, offset, &data).await?;
-                        progress.add_done(data.len() as u64);
-                    }
-                    Ok::<(), WorkerError>(())
-                }
-            })
-            .buffer_unordered(in_flight);
-        while let Some(done) = writes.next().await {
-            done?;
-        }
+        let written =
+            write_chunks(
+                repo,
+                index,
+                window.chunks,
+                in_flight,
+                &progress,
+                |slot, offset, data| async move {
+                    data_slot(target, counters, slot, offset, &data).await
+                },
+            )
+            .await?;
+        counters
+            .fetched
+            .fetch_add(written.chunks, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -220,13 +220,7 @@ impl SnapshotReader {
         disk: Option<&str>,
         options: ReaderOptions,
     ) -> Result<Self, WorkerError> {
-        let snapshot = repo.resolve(reference).await?;
-        let manifest = repo.read_manifest(&snapshot).await?;
-        let entry = manifest
-            .disk(disk)
-            .map_err(WorkerError::InvalidInput)?
-            .clone();
-        let index = repo.read_index(&entry).await?;
+        let (snapshot, entry, index) = super::open_disk(&repo, reference, disk).await?;
         Ok(Self::from_index(repo, snapshot, entry.name, index, options))
     }
 

@@ -24,13 +24,26 @@ use serde_json::Value;
 use crate::adapters::libvirt::Virsh;
 use crate::error::{Result, WorkerError};
 use crate::restore::{RestoreFormat, RestoreReport, RestoreRequest, restore_disk};
-use domain_xml::{RestoredDiskFile, rewrite_domain_xml};
-use qemu_attach::{QemuDisk, qemu_attach};
+use domain_xml::rewrite_domain_xml;
+use qemu_attach::qemu_attach;
 
 /// `vm_config` kind the libvirt adapter stores.
 pub const LIBVIRT_XML: &str = "libvirt-xml";
 /// `vm_config` kind the qemu adapter stores.
 pub const QEMU_BLOCK_GRAPH: &str = "qemu-block-graph";
+
+/// One restored disk: its name in the snapshot (the libvirt `<target dev=…>`, the QEMU
+/// device id) and the file that now holds it, for the domain XML or the QEMU arguments
+/// that attach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredDiskFile {
+    /// The disk's name in the snapshot (`vda`).
+    pub name: String,
+    /// Absolute path of the restored image.
+    pub path: String,
+    /// Image format: `raw` or `qcow2`.
+    pub format: String,
+}
 
 /// Which snapshot, where its disks go and how.
 #[derive(Debug, Clone)]
@@ -110,16 +123,7 @@ pub async fn restore_libvirt_domain(
     let xml_path = dir.join(format!("{}.xml", request.name));
     refuse_existing(files.iter().map(|(_, path)| path).chain([&xml_path]))?;
     // Checked before any data moves, so a bad XML costs nothing.
-    let format = format_name(request.format);
-    let restored: Vec<RestoredDiskFile> = files
-        .iter()
-        .map(|(disk, path)| RestoredDiskFile {
-            target: disk.clone(),
-            path: path.display().to_string(),
-            format: format.into(),
-        })
-        .collect();
-    let rewritten = rewrite_domain_xml(xml, &request.name, &restored)
+    let rewritten = rewrite_domain_xml(xml, &request.name, &restored_files(&files, request))
         .map_err(|error| WorkerError::InvalidInput(error.to_string()))?;
 
     let disks = restore_files(&repo, &id, &files, request, progress).await?;
@@ -170,16 +174,7 @@ pub async fn restore_for_qemu(
     let dir = prepare_dir(&request.dir)?;
     let files = disk_files(&dir, request, &manifest);
     refuse_existing(files.iter().map(|(_, path)| path))?;
-    let format = format_name(request.format);
-    let qemu_disks: Vec<QemuDisk> = files
-        .iter()
-        .map(|(disk, path)| QemuDisk {
-            name: disk.clone(),
-            path: path.display().to_string(),
-            format: format.into(),
-        })
-        .collect();
-    let attach = qemu_attach(config, &qemu_disks)
+    let attach = qemu_attach(config, &restored_files(&files, request))
         .map_err(|error| WorkerError::InvalidInput(error.to_string()))?;
     let disks = restore_files(&repo, &id, &files, request, progress).await?;
     Ok(QemuRestoreReport {
@@ -213,6 +208,23 @@ fn stored_config<'m>(id: &SnapshotId, manifest: &'m Manifest, kind: &str) -> Res
             manifest.source.kind
         ))),
     }
+}
+
+/// The restored disk `files` (name, path) as the domain XML and the QEMU arguments
+/// name them.
+fn restored_files(
+    files: &[(String, PathBuf)],
+    request: &VmRestoreRequest,
+) -> Vec<RestoredDiskFile> {
+    let format = format_name(request.format);
+    files
+        .iter()
+        .map(|(disk, path)| RestoredDiskFile {
+            name: disk.clone(),
+            path: path.display().to_string(),
+            format: format.into(),
+        })
+        .collect()
 }
 
 fn format_name(format: RestoreFormat) -> &'static str {

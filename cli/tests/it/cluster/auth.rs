@@ -64,11 +64,7 @@ impl Coordinator {
         );
         let url = format!("https://127.0.0.1:{port}");
         let admin = pki.admin(&url);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !admin.run(&["vm", "list"]).status.success() {
-            assert!(Instant::now() < deadline, "the coordinator did not come up");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        admin.wait_until_answering();
         Self {
             url,
             pki,
@@ -313,11 +309,7 @@ async fn every_rpc_refuses_callers_without_the_right_identity() {
         lease_id: lease2,
     };
     let repository = format!("{}-repo", coordinator.allowed);
-    let job_id = coordinator
-        .admin
-        .ok(&["job", "run", "vm1", "--repo", &repository])
-        .trim()
-        .to_owned();
+    let job_id = coordinator.admin.start_backup("vm1", &repository);
     let jobs = WorkerServiceClient::new(w1.clone())
         .poll_jobs(v1::PollJobsRequest {
             worker: Some(w1_identity.clone()),

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::support::{
     cluster::{Cli, WebVm, init_repo, one_cluster_at_a_time},
     haven::{HAVEN, PASSWORD, haven},
-    process::{Guard, free_port, spawn_logged},
+    image::assert_raw_same_as_qcow2,
+    process::{Guard, free_port, run, spawn_logged},
     s3::{S3Keys, with_keys},
 };
 
@@ -70,6 +71,14 @@ pub(super) struct Dev {
 }
 
 impl Dev {
+    /// The URL of a repository `replica` on the storage node `haven dev` runs.
+    pub(super) fn replica_url(&self) -> String {
+        format!(
+            "s3://haven/replica?endpoint=http://127.0.0.1:{}",
+            self.storage_port
+        )
+    }
+
     /// Starts `haven dev` with a storage node and the test password, plus `extra`
     /// arguments; see [`Dev::launch`].
     pub(super) fn start(dir: &Path, vms: &Path, extra: &[&str]) -> Self {
@@ -243,27 +252,19 @@ fn grpc_post(port: u16, pki: &Path, identity: &str, method: &str, extra: &[&str]
 
 /// A 32 MiB qcow2 image with 3 MiB and 64 KiB of data.
 pub(super) fn make_image(path: &Path) {
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg("32M")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("qemu-io")
-        .args([
+    haven_testkit::image::create_qcow2(path, 32 << 20).unwrap();
+    run(
+        "qemu-io",
+        &[
             "-f",
             "qcow2",
             "-c",
             "write -P 0x5a 1M 3M",
             "-c",
             "write -P 0x11 20M 64k",
-        ])
-        .arg(path)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+            path.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
@@ -278,24 +279,18 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
     let dev = Dev::start(dir.path(), vms, &[]);
     let (port, pki) = (dev.port, dev.pki.clone());
     // The replica lives on the storage node `haven dev` runs in-process.
-    let replica = format!(
-        "s3://haven/replica?endpoint=http://127.0.0.1:{}",
-        dev.storage_port
-    );
+    let replica = dev.replica_url();
 
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    dev.cli.apply_policy(
+        &dir.path().join("policy.toml"),
+        &format!(
             "[[policy]]\nname = \"web\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n\
-             retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
-             gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
+         retention = {{ keep_last = 1 }}\nreplicate_to = {:?}\n\
+         gc_schedule = \"* * * * *\"\ngc_margin_seconds = 0\n",
             primary.to_str().unwrap(),
             replica
         ),
-    )
-    .unwrap();
-    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
 
     // Two rounds: each backup is followed by a prune (keep 1) and a replication.
     dev.cli.ok(&["policy", "run", "web"]);
@@ -311,13 +306,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "{prunes:#?}"
     );
     dev.wait_for("replicate", 1, Duration::from_secs(60));
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
-        "snapshots",
-        "--repo",
-        primary.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let snapshots: Vec<Value> = dev.cli.snapshots(&primary);
     assert_eq!(snapshots.len(), 1, "retention keeps 1: {snapshots:#?}");
 
     // The GC schedule fires within a minute; the collection runs with the pins.
@@ -341,17 +330,7 @@ fn dev_runs_policies_with_prune_replication_and_gc() {
         "--to",
         restored.to_str().unwrap(),
     ]);
-    let compare = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
-        .arg(&restored)
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        compare.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compare.stdout)
-    );
+    assert_raw_same_as_qcow2(&restored, image);
 
     // Restore through the coordinator: the catalog names the repository.
     let through = dir.path().join("through-coordinator.raw");
@@ -506,13 +485,7 @@ fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts(
         "{backups:#?}"
     );
     let repository = state.join("repository");
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
-        "snapshots",
-        "--repo",
-        repository.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let snapshots: Vec<Value> = dev.cli.snapshots(&repository);
     assert_eq!(snapshots.len(), 1, "{snapshots:#?}");
     // The storage node takes the admin key it made.
     let admin = key_file_secret(&state.join("storage-keys/admin.toml"));
@@ -527,16 +500,13 @@ fn dev_with_no_configuration_backs_up_at_once_and_keeps_its_state_across_starts(
     let other = dir.path().join("other");
     dev.cli
         .ok(&["repo", "init", "--repo", other.to_str().unwrap()]);
-    let policy = dir.path().join("mine.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    dev.cli.apply_policy(
+        &dir.path().join("mine.toml"),
+        &format!(
             "[[policy]]\nname = \"mine\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n",
             other.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
     let kept = [
         "password",
         "default-policy.toml",

@@ -6,7 +6,6 @@
 //! byte-identical to the disk at its round, and no unreferenced chunk or index is left.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,15 +26,31 @@ struct Bed {
     repo: String,
 }
 
+impl Bed {
+    /// Runs a garbage collection job on the repository, without a margin, and waits
+    /// for it to succeed.
+    fn collect_garbage(&self) {
+        let gc = self.cli.run(&[
+            "job",
+            "gc",
+            "--repo",
+            &self.repo,
+            "--margin-seconds",
+            "0",
+            "--watch",
+        ]);
+        assert!(
+            gc.status.success(),
+            "gc job: {}{}",
+            String::from_utf8_lossy(&gc.stdout),
+            String::from_utf8_lossy(&gc.stderr)
+        );
+    }
+}
+
 fn image(dir: &Path, vm: usize) -> PathBuf {
     let path = dir.join(format!("vm{vm}.qcow2"));
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&path)
-        .arg("48M")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    haven_testkit::image::create_qcow2(&path, 48 << 20).unwrap();
     path
 }
 
@@ -128,17 +143,14 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         assert!(Instant::now() < deadline, "workers did not report the VMs");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    bed.cli.apply_policy(
+        &dir.join("policy.toml"),
+        &format!(
             "[[policy]]\nname = \"all\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n\
-             max_per_host = 3\nretention = {{ keep_last = 2 }}\n",
+         max_per_host = 3\nretention = {{ keep_last = 2 }}\n",
             bed.repo
         ),
-    )
-    .unwrap();
-    bed.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
 
     // Each round: the guests write new data (some of it replacing the last round's,
     // so old chunks become garbage once pruned), a copy of every disk is kept, the
@@ -163,21 +175,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut collections = 0;
         loop {
-            let gc = bed.cli.run(&[
-                "job",
-                "gc",
-                "--repo",
-                &bed.repo,
-                "--margin-seconds",
-                "0",
-                "--watch",
-            ]);
-            assert!(
-                gc.status.success(),
-                "gc job: {}{}",
-                String::from_utf8_lossy(&gc.stdout),
-                String::from_utf8_lossy(&gc.stderr)
-            );
+            bed.collect_garbage();
             collections += 1;
             let jobs = bed.cli.jobs();
             let failed: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
@@ -232,15 +230,7 @@ fn gc_jobs_racing_cluster_backups_lose_nothing() {
     }
 
     // A last collection; then nothing unreferenced is left.
-    bed.cli.ok(&[
-        "job",
-        "gc",
-        "--repo",
-        &bed.repo,
-        "--margin-seconds",
-        "0",
-        "--watch",
-    ]);
+    bed.collect_garbage();
     let report: Value = serde_json::from_str(&bed.cli.ok(&[
         "gc",
         "--repo",

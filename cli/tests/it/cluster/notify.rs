@@ -75,24 +75,17 @@ fn webhooks_hear_of_a_failed_job_once_retried_and_signed_and_of_an_rpo_breach_an
     let qmp = dir.join("h0").join("lost.qmp");
     let mut vm = start_vm(&qmp, &image, &dir.join("lost.log"));
     bed.wait_for_vm("lost");
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    bed.admin.apply_policy(
+        &dir.join("policy.toml"),
+        &format!(
             "[[policy]]\nname = \"tight\"\nschedule = \"0 0 1 1 *\"\nrepository = {repo:?}\n\
-             select = {{ names = [\"lost\"] }}\nrpo_seconds = {RPO_SECONDS}\n"
+         select = {{ names = [\"lost\"] }}\nrpo_seconds = {RPO_SECONDS}\n"
         ),
-    )
-    .unwrap();
-    bed.admin.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
 
     // The hypervisor dies: every attempt of the backup fails to reach it.
     vm.kill9();
-    let id = bed
-        .admin
-        .ok(&["job", "run", "lost", "--repo", &repo])
-        .trim()
-        .to_owned();
+    let id = bed.admin.start_backup("lost", &repo);
     let job = bed.wait_ended(&id, Duration::from_secs(120));
     assert_eq!(job["state"], "failed", "{job:#}");
 
@@ -173,11 +166,7 @@ fn webhooks_hear_of_a_failed_job_once_retried_and_signed_and_of_an_rpo_breach_an
     // The hypervisor is back and a backup succeeds: within the RPO again, once.
     std::fs::remove_file(&qmp).unwrap();
     let _vm = start_vm(&qmp, &image, &dir.join("lost-again.log"));
-    let id = bed
-        .admin
-        .ok(&["job", "run", "lost", "--repo", &repo])
-        .trim()
-        .to_owned();
+    let id = bed.admin.start_backup("lost", &repo);
     let job = bed.wait_ended(&id, Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "{job:#}");
     let heard = rpo.wait_for("RPO recovery", Duration::from_secs(60), |r| {

@@ -84,11 +84,7 @@ impl OneWorker {
         let coordinator = spawn_logged(&mut command, &dir.join("coordinator.log"));
         let url = format!("https://127.0.0.1:{port}");
         let admin = pki.admin(&url);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !admin.run(&["vm", "list"]).status.success() {
-            assert!(Instant::now() < deadline, "the coordinator did not come up");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        admin.wait_until_answering();
         Self {
             dir: dir.to_path_buf(),
             pki,

@@ -53,21 +53,15 @@ fn a_real_prometheus_scrapes_every_component() {
             &format!("127.0.0.1:{worker_metrics}"),
         ],
     );
-    let replica = format!(
-        "s3://haven/replica?endpoint=http://127.0.0.1:{}",
-        dev.storage_port
-    );
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    let replica = dev.replica_url();
+    dev.cli.apply_policy(
+        &dir.path().join("policy.toml"),
+        &format!(
             "[[policy]]\nname = \"web\"\nschedule = \"0 0 1 1 *\"\nrepository = {:?}\n\
-             replicate_to = {replica:?}\nrpo_seconds = 3600\n",
+         replicate_to = {replica:?}\nrpo_seconds = 3600\n",
             primary.to_str().unwrap(),
         ),
-    )
-    .unwrap();
-    dev.cli.ok(&["policy", "apply", policy.to_str().unwrap()]);
+    );
 
     // The coordinator serves /metrics over its TLS, to viewer (or admin) certificates.
     let (ca, cert, key) = (
@@ -114,13 +108,7 @@ fn a_real_prometheus_scrapes_every_component() {
     dev.cli.ok(&["policy", "run", "web"]);
     dev.wait_for("backup", 2, Duration::from_secs(60));
     dev.wait_for("replicate", 2, Duration::from_secs(60));
-    let snapshots: Vec<Value> = serde_json::from_str(&dev.cli.ok(&[
-        "snapshots",
-        "--repo",
-        primary.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let snapshots: Vec<Value> = dev.cli.snapshots(&primary);
     let newest = snapshots
         .iter()
         .filter_map(|s| s["timestamp"].as_str())

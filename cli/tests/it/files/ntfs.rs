@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, noise, write_at},
+    image::{MIB, blank_image, gpt_disk, noise, write_at},
     process::{run, stderr_within},
+    tree::set_mtime,
 };
 
 /// Folder holding the unpacked ntfs-3g (`sbin/mkntfs`, `sbin/ntfscp`, `lib/…`).
@@ -55,23 +56,22 @@ fn files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// An empty NTFS file system of `size` bytes in the file `image`.
+fn blank_ntfs(image: &Path, size: u64) {
+    blank_image(image, size);
+    ntfs_tool("mkntfs", &["-q", "-F", "-f", image.to_str().unwrap()]);
+}
+
 /// An NTFS file system of `size` bytes holding `files()`, all with mtime 1_650_000_000.
 fn ntfs_image(bed: &Bed, image: &Path, size: u64) {
-    std::fs::File::create(image).unwrap().set_len(size).unwrap();
+    blank_ntfs(image, size);
     let image_arg = image.display().to_string();
-    ntfs_tool("mkntfs", &["-q", "-F", "-f", &image_arg]);
     let staging = bed.path("staging");
     std::fs::create_dir_all(&staging).unwrap();
     for (name, data) in files() {
         let local = staging.join(name);
         std::fs::write(&local, &data).unwrap();
-        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_650_000_000);
-        std::fs::File::options()
-            .write(true)
-            .open(&local)
-            .unwrap()
-            .set_modified(time)
-            .unwrap();
+        set_mtime(&local, 1_650_000_000);
         ntfs_tool(
             "ntfscp",
             &["-q", "-t", &image_arg, local.to_str().unwrap(), name],
@@ -110,8 +110,7 @@ fn expected_listing() -> BTreeMap<String, (String, u64)> {
 
 #[test]
 fn ntfs_files_are_listed_and_restored_fetching_few_chunks() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let image = bed.path("ntfs.img");
     ntfs_image(&bed, &image, 96 * MIB);
     bed.backup("win", &[&image]);
@@ -179,27 +178,11 @@ fn ntfs_files_are_listed_and_restored_fetching_few_chunks() {
 
 #[test]
 fn ntfs_partition_of_a_gpt_disk_and_corrupt_structures() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let ntfs = bed.path("part.img");
     ntfs_image(&bed, &ntfs, 40 * MIB);
     let disk = bed.path("gpt.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(48 * MIB)
-        .unwrap();
-    run(
-        "sgdisk",
-        &[
-            "-o",
-            "-n",
-            "1:2048:+40M",
-            "-t",
-            "1:0700",
-            disk.to_str().unwrap(),
-        ],
-    );
-    write_at(&disk, 2048 * 512, &std::fs::read(&ntfs).unwrap());
+    gpt_disk(&disk, 48 * MIB, &[(2048, 40, "0700", Some(&ntfs))]);
     bed.backup("gptwin", &[&disk]);
     // One partition: found without --partition.
     assert_eq!(listing(&bed, "gptwin@latest", &[]), expected_listing());
@@ -337,14 +320,9 @@ fn snapshot_tree(bed: &Bed, spec: &str) -> BTreeMap<String, (String, u64)> {
 
 #[test]
 fn ntfs_directory_tree_written_through_fuse() {
-    let bed = Bed::new();
-    bed.init();
+    let bed = Bed::initialised();
     let image = bed.path("tree.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(64 * MIB)
-        .unwrap();
-    ntfs_tool("mkntfs", &["-q", "-F", "-f", image.to_str().unwrap()]);
+    blank_ntfs(&image, 64 * MIB);
 
     // Nested directories, a directory large enough for an index allocation (B-tree
     // nodes outside the MFT record), non-ASCII names, sizes from 0 to 2 MiB.
@@ -390,13 +368,7 @@ fn ntfs_directory_tree_written_through_fuse() {
     for (path, data) in &contents {
         let local = mountpoint.join(path.trim_start_matches('/'));
         std::fs::write(&local, data).unwrap();
-        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        std::fs::File::options()
-            .write(true)
-            .open(&local)
-            .unwrap()
-            .set_modified(time)
-            .unwrap();
+        set_mtime(&local, 1_700_000_000);
         expected.insert(path.clone(), ("file".to_string(), data.len() as u64));
     }
     mount.unmount();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::support::{
-    image::{MIB, assert_raw_same_as_qcow2, assert_same_disk, raw_image},
+    image::{MIB, assert_raw_same_as_qcow2, assert_same_disk},
     libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
 };
 
@@ -156,8 +156,7 @@ fn libvirt_define_recreates_the_domain_from_a_snapshot() {
         !listed.lines().any(|line| line.trim() == "other"),
         "{listed}"
     );
-    let plain_image = bed.path("plain.raw");
-    raw_image(&plain_image, 4 * MIB, &[(0, MIB as usize)]);
+    let plain_image = bed.raw_image("plain.raw", 4 * MIB, &[(0, MIB as usize)]);
     let offline = bed.backup("offline", &[&plain_image]);
     let offline = offline["snapshot"].as_str().unwrap().to_string();
     let nope = bed.path("nope");

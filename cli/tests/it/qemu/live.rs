@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::support::{
     bed::Bed,
     haven::RunningBackup,
-    image::{MIB, assert_same_disk, raw_image, to_qcow2},
+    image::{MIB, assert_same_disk, to_qcow2},
     process::{Guard, run, wait_for_socket},
     qemu::{Qmp, StorageDaemon, qemu_system, start_qemu_system},
     report::{disk, mode},
@@ -29,8 +29,11 @@ fn setup(count: usize, size: u64) -> (Bed, Vec<PathBuf>) {
     std::fs::create_dir(bed.path("scratch")).unwrap();
     let images = (0..count)
         .map(|number| {
-            let raw = bed.path(&format!("seed{number}.raw"));
-            raw_image(&raw, size, &[(number as u64 * 4096, size as usize - 65536)]);
+            let raw = bed.raw_image(
+                &format!("seed{number}.raw"),
+                size,
+                &[(number as u64 * 4096, size as usize - 65536)],
+            );
             let qcow2 = bed.path(&format!("d{number}.qcow2"));
             to_qcow2(&raw, &qcow2);
             std::fs::remove_file(&raw).unwrap();
@@ -38,6 +41,19 @@ fn setup(count: usize, size: u64) -> (Bed, Vec<PathBuf>) {
         })
         .collect();
     (bed, images)
+}
+
+/// `haven backup qemu` of the daemon's disks through its NBD server, started.
+fn back_up(bed: &Bed, daemon: &StorageDaemon, extra: &[&str]) -> RunningBackup {
+    RunningBackup::start(backup_command(bed, &daemon.qmp, Some(&daemon.nbd), extra))
+}
+
+/// A backup of the daemon's disks through one NBD connection, past its snapshot point:
+/// still reading, to be interrupted.
+fn backup_reading(bed: &Bed, daemon: &StorageDaemon) -> RunningBackup {
+    let run = back_up(bed, daemon, &["--connections", "1"]);
+    run.wait_point_taken();
+    run
 }
 
 fn backup_command(bed: &Bed, qmp: &Path, nbd: Option<&Path>, extra: &[&str]) -> Command {
@@ -194,8 +210,7 @@ fn storage_daemon_full_then_incrementals_with_writes_during_the_backup() {
 fn storage_daemon_crash_leaves_an_inconsistent_bitmap_and_the_next_backup_is_a_correct_full() {
     let (bed, images) = setup(2, 16 * MIB);
     let daemon = StorageDaemon::start(bed.dir.path(), &images);
-    let first =
-        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    let first = back_up(&bed, &daemon, &[]).finish();
     assert_eq!(mode(&first, "disk0").0, "full");
     // A clean quit stores the chain's bitmap in the images; a restart finds it intact.
     daemon.quit();
@@ -215,8 +230,7 @@ fn storage_daemon_crash_leaves_an_inconsistent_bitmap_and_the_next_backup_is_a_c
     for (d, copy) in copies.iter().enumerate() {
         daemon.copy(d, copy);
     }
-    let report =
-        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    let report = back_up(&bed, &daemon, &[]).finish();
     for name in ["disk0", "disk1"] {
         let (how, reason) = mode(&report, name);
         assert_eq!(how, "full", "{name}");
@@ -230,8 +244,7 @@ fn storage_daemon_crash_leaves_an_inconsistent_bitmap_and_the_next_backup_is_a_c
     }
     // The chain starts again: the next backup is incremental.
     daemon.write(1, &[(0x56, 3 * MIB, 4096)]);
-    let next =
-        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    let next = back_up(&bed, &daemon, &[]).finish();
     assert_eq!(mode(&next, "disk1").0, "incremental");
     assert_eq!(disk(&next, "disk1")["bytes_read"].as_u64(), Some(CHUNK));
     let mut qmp = Qmp::connect(&daemon.qmp);
@@ -246,7 +259,7 @@ fn storage_daemon_crash_leaves_an_inconsistent_bitmap_and_the_next_backup_is_a_c
 fn haven_killed_half_way_loses_no_change() {
     let (bed, images) = setup(2, 32 * MIB);
     let daemon = StorageDaemon::start(bed.dir.path(), &images);
-    RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    back_up(&bed, &daemon, &[]).finish();
     assert_eq!(snapshot_count(&bed), 1);
 
     // Every block dirty, so the next backup has a lot to read; kill it after the
@@ -254,13 +267,7 @@ fn haven_killed_half_way_loses_no_change() {
     for d in 0..2 {
         daemon.write(d, &[(0x66, 0, 32 * MIB)]);
     }
-    let mut run = RunningBackup::start(backup_command(
-        &bed,
-        &daemon.qmp,
-        Some(&daemon.nbd),
-        &["--connections", "1"],
-    ));
-    run.wait_point_taken();
+    let mut run = backup_reading(&bed, &daemon);
     std::thread::sleep(Duration::from_millis(30));
     assert!(
         run.is_running(),
@@ -279,7 +286,7 @@ fn haven_killed_half_way_loses_no_change() {
     for (d, copy) in copies.iter().enumerate() {
         daemon.copy(d, copy);
     }
-    let recovery = RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[]));
+    let recovery = back_up(&bed, &daemon, &[]);
     recovery.wait_point_taken();
     let log = recovery.stderr();
     let report = recovery.finish();
@@ -468,15 +475,9 @@ fn qemu_system_full_then_incrementals_with_writes_during_the_backup() {
 fn ctrl_c_tears_everything_down_and_keeps_every_change() {
     let (bed, images) = setup(1, 32 * MIB);
     let daemon = StorageDaemon::start(bed.dir.path(), &images);
-    RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    back_up(&bed, &daemon, &[]).finish();
     daemon.write(0, &[(0x71, 0, 32 * MIB)]);
-    let mut run = RunningBackup::start(backup_command(
-        &bed,
-        &daemon.qmp,
-        Some(&daemon.nbd),
-        &["--connections", "1"],
-    ));
-    run.wait_point_taken();
+    let mut run = backup_reading(&bed, &daemon);
     assert!(run.is_running(), "the backup finished before Ctrl-C");
     // SAFETY: signal to a child this test started and has not reaped.
     unsafe { libc::kill(run.guard.pid() as libc::pid_t, libc::SIGINT) };
@@ -504,8 +505,7 @@ fn ctrl_c_tears_everything_down_and_keeps_every_change() {
     daemon.write(0, &[(0x72, 9 * MIB, 4096)]);
     let copy = bed.path("expected.raw");
     daemon.copy(0, &copy);
-    let report =
-        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &[])).finish();
+    let report = back_up(&bed, &daemon, &[]).finish();
     assert_eq!(mode(&report, "disk0").0, "incremental");
     assert_eq!(
         disk(&report, "disk0")["bytes_read"].as_u64(),

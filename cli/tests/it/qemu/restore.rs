@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::support::{
     bed::Bed,
-    image::{MIB, assert_raw_same_as_qcow2, raw_image, to_qcow2},
+    image::{MIB, assert_raw_same_as_qcow2, to_qcow2},
     process::Guard,
     qemu::{Qmp, qemu_system, start_qemu_system},
 };
@@ -52,8 +52,11 @@ fn print_qemu_attaches_the_restored_disks_to_a_new_qemu() {
     std::fs::create_dir(bed.path("scratch")).unwrap();
     let mut original_args = Vec::new();
     for (number, target) in TARGETS.iter().enumerate() {
-        let raw = bed.path(&format!("seed{number}.raw"));
-        raw_image(&raw, 16 * MIB, &[(number as u64 * 4096, 6 * MIB as usize)]);
+        let raw = bed.raw_image(
+            &format!("seed{number}.raw"),
+            16 * MIB,
+            &[(number as u64 * 4096, 6 * MIB as usize)],
+        );
         let qcow2 = bed.path(&format!("d{number}.qcow2"));
         to_qcow2(&raw, &qcow2);
         original_args.extend([

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::{Served, backed_up_image};
 use crate::support::{
-    bed::Bed,
     image::assert_same_disk,
     process::{free_port, run, stderr_within},
     tls::Credentials,
@@ -57,8 +56,7 @@ fn refused(command: &mut Command, what: &str) -> String {
 
 #[test]
 fn qemu_img_and_nbdcopy_read_over_tls_and_other_clients_are_refused() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let credentials = Credentials::new(&bed.path("pki")).unwrap();
     let port = free_port();
     let listen = format!("tcp:127.0.0.1:{port}");
@@ -154,8 +152,7 @@ fn qemu_img_and_nbdcopy_read_over_tls_and_other_clients_are_refused() {
 
 #[test]
 fn a_new_ca_bundle_applies_to_new_connections_without_a_restart() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let credentials = Credentials::new(&bed.path("pki")).unwrap();
     let port = free_port();
     let listen = format!("tcp:127.0.0.1:{port}");
@@ -203,8 +200,7 @@ fn a_new_ca_bundle_applies_to_new_connections_without_a_restart() {
 
 #[test]
 fn plain_tcp_off_loopback_needs_insecure_and_warns_at_every_start() {
-    let bed = Bed::new();
-    let raw = backed_up_image(&bed);
+    let (bed, raw) = backed_up_image();
     let port = free_port();
     let any = format!("tcp:0.0.0.0:{port}");
 

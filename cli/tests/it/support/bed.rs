@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::haven::HavenClient;
+use super::image::raw_image;
 use super::tree::{dir_size, files_below};
 
 /// A scratch directory with a repository URL and helpers to run commands in it.
@@ -22,6 +23,21 @@ impl Bed {
                 .tempdir()
                 .unwrap(),
         }
+    }
+
+    /// A fresh bed with its repository initialised ([`Bed::init`]).
+    pub fn initialised() -> Self {
+        let bed = Self::new();
+        bed.init();
+        bed
+    }
+
+    /// A sparse raw image `name` in the bed of `size` bytes with `extents` of noise
+    /// written into it ([`raw_image`]).
+    pub fn raw_image(&self, name: &str, size: u64, extents: &[(u64, usize)]) -> PathBuf {
+        let path = self.path(name);
+        raw_image(&path, size, extents);
+        path
     }
 
     /// A path inside the bed.
@@ -72,6 +88,11 @@ impl Bed {
     /// Backs up images as VM `vm`; returns the report.
     pub fn backup(&self, vm: &str, images: &[&Path]) -> serde_json::Value {
         self.repo().backup(vm, images)
+    }
+
+    /// `haven backup image IMAGES --vm VM --json` whatever its exit status.
+    pub fn backup_output(&self, vm: &str, images: &[&Path]) -> std::process::Output {
+        self.repo().backup_output(vm, images)
     }
 
     /// Sum of the sizes of all chunk objects.

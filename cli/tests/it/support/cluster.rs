@@ -209,6 +209,38 @@ impl Cli {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Waits (30 s at most) until a coordinator answers `haven vm list`: it has come up.
+    pub fn wait_until_answering(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.run(&["vm", "list"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the coordinator did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Writes the policy file `file` holding `toml` and applies it (`haven policy
+    /// apply`), which must succeed; returns what the command printed.
+    pub fn apply_policy(&self, file: &Path, toml: &str) -> String {
+        std::fs::write(file, toml).unwrap();
+        self.ok(&["policy", "apply", file.to_str().unwrap()])
+    }
+
+    /// Starts a backup of `vm` into `repo` now (`haven job run`); returns the job id.
+    pub fn start_backup(&self, vm: &str, repo: &str) -> String {
+        self.ok(&["job", "run", vm, "--repo", repo])
+            .trim()
+            .to_owned()
+    }
+
+    /// Every snapshot in the repository `repo`, as `haven snapshots --json` prints them.
+    pub fn snapshots(&self, repo: &Path) -> Vec<serde_json::Value> {
+        let list = self.ok(&["snapshots", "--repo", repo.to_str().unwrap(), "--json"]);
+        serde_json::from_str(&list).unwrap()
+    }
+
     /// Every job, newest first, as `haven job list --json` prints them.
     pub fn jobs(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()

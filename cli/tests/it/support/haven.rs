@@ -124,11 +124,19 @@ impl HavenClient {
 
     /// Backs up images as VM `vm`; returns the report.
     pub fn backup(&self, vm: &str, images: &[&Path]) -> serde_json::Value {
+        let output = self.backup_output(vm, images);
+        let stdout = ok(output, ("backup", vm));
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// Runs `haven backup image IMAGES --vm VM --json` and returns its output whatever
+    /// the exit status, for tests that read its standard error or expect a refusal.
+    pub fn backup_output(&self, vm: &str, images: &[&Path]) -> Output {
         let mut args = vec!["backup", "image"];
         let paths: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
         args.extend(paths.iter().map(String::as_str));
-        args.extend(["--vm", vm]);
-        self.json(&args)
+        args.extend(["--vm", vm, "--json"]);
+        self.run(&args)
     }
 }
 

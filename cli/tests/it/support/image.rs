@@ -48,14 +48,33 @@ pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
     file.write_all_at(data, offset).unwrap();
 }
 
+/// An empty sparse raw image of `size` bytes: all zeros, nothing allocated.
+pub fn blank_image(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
 /// A sparse raw image of `size` bytes with `extents` of noise written into it.
 pub fn raw_image(path: &Path, size: u64, extents: &[(u64, usize)]) {
-    let file = std::fs::File::create(path).unwrap();
-    file.set_len(size).unwrap();
-    drop(file);
+    blank_image(path, size);
     for (number, &(offset, len)) in extents.iter().enumerate() {
         write_at(path, offset, &noise(number as u64 + offset, len));
     }
+}
+
+/// A raw image of `size` bytes shaped to catch boundary errors: `head` bytes of noise
+/// from the start, a hole, the extent `middle` (offset, length) at an unaligned offset,
+/// and `tail` bytes ending the disk, a short last chunk when `size` is not a whole
+/// number of chunks.
+pub fn uneven_image(path: &Path, size: u64, head: u64, middle: (u64, u64), tail: u64) {
+    raw_image(
+        path,
+        size,
+        &[
+            (0, head as usize),
+            (middle.0, middle.1 as usize),
+            (size - tail, tail as usize),
+        ],
+    );
 }
 
 /// `qemu-img convert` of `source` (a file or an NBD URI) in `source_format` to the
@@ -96,6 +115,32 @@ pub fn ext4_image(source: &Path, image: &Path, size: &str) {
     );
 }
 
+/// One partition of [`gpt_disk`]: its first sector, its size in MiB, its sgdisk type
+/// code, and the file system image copied to its start, if any.
+pub type GptPartition<'a> = (u64, u64, &'a str, Option<&'a Path>);
+
+/// A GPT disk image of `size` bytes holding `partitions`, numbered from 1 (`sgdisk`).
+pub fn gpt_disk(path: &Path, size: u64, partitions: &[GptPartition<'_>]) {
+    blank_image(path, size);
+    let mut args = vec!["-o".to_string()];
+    for (number, (start, mib, type_code, _)) in (1..).zip(partitions) {
+        args.extend([
+            "-n".to_string(),
+            format!("{number}:{start}:+{mib}M"),
+            "-t".to_string(),
+            format!("{number}:{type_code}"),
+        ]);
+    }
+    args.push(path.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("sgdisk", &args);
+    for (start, _, _, content) in partitions {
+        if let Some(content) = content {
+            write_at(path, start * 512, &std::fs::read(content).unwrap());
+        }
+    }
+}
+
 /// Flips one bit of a file in place.
 pub fn flip_byte(path: &Path, offset: u64) {
     let file = std::fs::OpenOptions::new()
@@ -110,11 +155,13 @@ pub fn flip_byte(path: &Path, offset: u64) {
 }
 
 /// `qemu-img compare` of a raw file with a qcow2 image: the same guest-visible bytes.
+/// The qcow2 image may be a running VM's disk (`-U`: read without taking its lock).
 pub fn assert_raw_same_as_qcow2(raw: &Path, qcow2: &Path) {
     run(
         "qemu-img",
         &[
             "compare",
+            "-U",
             "-f",
             "raw",
             "-F",

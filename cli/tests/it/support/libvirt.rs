@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::bed::Bed;
-use super::image::{raw_image, to_qcow2};
+use super::image::to_qcow2;
 use super::process::run;
 
 /// Target names of the test domains' disks, in order.
@@ -286,8 +286,7 @@ pub fn two_disk_bed(
     let mut raws = Vec::new();
     let mut images = Vec::new();
     for disk in 0..2u64 {
-        let raw = bed.path(&format!("expected-{disk}.raw"));
-        raw_image(&raw, disk_size, &extents(disk));
+        let raw = bed.raw_image(&format!("expected-{disk}.raw"), disk_size, &extents(disk));
         let qcow2 = bed.path(&format!("d{disk}.qcow2"));
         to_qcow2(&raw, &qcow2);
         raws.push(raw);

@@ -90,11 +90,11 @@ pub fn ok(output: Output, what: impl Debug) -> String {
 
 /// Runs a program that must succeed (a missing tool fails the test); returns stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {program} (is it installed?): {error}"));
-    ok(output, (program, args))
+    haven_testkit::process::run(
+        Command::new(program).args(args),
+        "scripts/test.sh installs it",
+    )
+    .unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// Waits until `child` prints a line starting with `prefix` on its (piped) standard

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::image::convert;
 use super::process::{Guard, wait_for_socket};
+use super::report::entry;
 
 /// A blocking QMP connection; events that arrive while it waits for a reply are kept
 /// for [`Qmp::wait_event`].
@@ -95,12 +96,7 @@ impl Qmp {
     /// Bitmaps of a node: (name, recording, inconsistent).
     pub fn bitmaps(&mut self, node: &str) -> Vec<(String, bool, bool)> {
         let nodes = self.run("query-named-block-nodes", json!({"flat": true}));
-        let node = nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node-name"] == node)
-            .unwrap_or_else(|| panic!("no node {node}"));
+        let node = entry(&nodes, "node-name", node);
         node["dirty-bitmaps"]
             .as_array()
             .map(|list| {

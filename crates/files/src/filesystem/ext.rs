@@ -23,14 +23,8 @@ impl Ext4Read for Reader {
 fn driver(error: ext4_view::Ext4Error, path: &str) -> FilesError {
     match error {
         ext4_view::Ext4Error::NotFound => FilesError::NotFound(path.to_string()),
-        ext4_view::Ext4Error::NotADirectory => FilesError::WrongType {
-            path: path.to_string(),
-            message: "not a directory",
-        },
-        other => FilesError::Driver {
-            fs: "ext4",
-            message: format!("{path}: {other}"),
-        },
+        ext4_view::Ext4Error::NotADirectory => FilesError::not_a_directory(path),
+        other => FilesError::driver("ext4", path, other),
     }
 }
 
@@ -83,19 +77,13 @@ pub(crate) fn list(fs: &Ext4, path: &str, limits: Limits) -> Result<Vec<Entry>> 
     for item in fs.read_dir(path).map_err(|error| driver(error, path))? {
         let item = item.map_err(|error| driver(error, path))?;
         let name = item.file_name();
-        let name = name.as_str().map_err(|_| FilesError::Driver {
-            fs: "ext4",
-            message: format!("{path}: a name is not utf-8"),
-        })?;
+        let name = name
+            .as_str()
+            .map_err(|_| FilesError::driver("ext4", path, "a name is not utf-8"))?;
         if name == "." || name == ".." {
             continue;
         }
-        if entries.len() >= limits.max_dir_entries {
-            return Err(FilesError::Limit(format!(
-                "{path}: more than {} entries",
-                limits.max_dir_entries
-            )));
-        }
+        limits.admit_dir_entry(path, entries.len())?;
         let child = join(path, name);
         let metadata = item.metadata().map_err(|error| driver(error, &child))?;
         entries.push(entry(fs, &child, name.to_string(), &metadata)?);
@@ -105,17 +93,7 @@ pub(crate) fn list(fs: &Ext4, path: &str, limits: Limits) -> Result<Vec<Entry>> 
 
 pub(crate) fn copy(fs: &Ext4, path: &str, out: &mut dyn Write) -> Result<u64> {
     let mut file = fs.open(path).map_err(|error| driver(error, path))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let count = file
-            .read_bytes(&mut buf)
-            .map_err(|error| driver(error, path))?;
-        if count == 0 {
-            return Ok(copied);
-        }
-        out.write_all(&buf[..count])
-            .map_err(FilesError::output(format!("writing {path}")))?;
-        copied += count as u64;
-    }
+    super::copy_out(path, out, |buf| {
+        file.read_bytes(buf).map_err(|error| driver(error, path))
+    })
 }

@@ -13,10 +13,7 @@ type Fs = FileSystem<DeviceSlice>;
 fn driver(error: std::io::Error, path: &str) -> FilesError {
     match error.kind() {
         std::io::ErrorKind::NotFound => FilesError::NotFound(path.to_string()),
-        _ => FilesError::Driver {
-            fs: "fat",
-            message: format!("{path}: {error}"),
-        },
+        _ => FilesError::driver("fat", path, error),
     }
 }
 
@@ -121,12 +118,7 @@ pub(crate) fn list(fs: &Fs, path: &str, limits: Limits) -> Result<Vec<Entry>> {
         if name == "." || name == ".." {
             continue;
         }
-        if entries.len() >= limits.max_dir_entries {
-            return Err(FilesError::Limit(format!(
-                "{path}: more than {} entries",
-                limits.max_dir_entries
-            )));
-        }
+        limits.admit_dir_entry(path, entries.len())?;
         entries.push(entry(&item, join(path, &name)));
     }
     Ok(entries)
@@ -137,15 +129,7 @@ pub(crate) fn copy(fs: &Fs, path: &str, out: &mut dyn Write) -> Result<u64> {
         .root_dir()
         .open_file(path.trim_start_matches('/'))
         .map_err(|error| driver(error, path))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let count = file.read(&mut buf).map_err(|error| driver(error, path))?;
-        if count == 0 {
-            return Ok(copied);
-        }
-        out.write_all(&buf[..count])
-            .map_err(FilesError::output(format!("writing {path}")))?;
-        copied += count as u64;
-    }
+    super::copy_out(path, out, |buf| {
+        file.read(buf).map_err(|error| driver(error, path))
+    })
 }

@@ -75,14 +75,8 @@ pub(crate) struct NtfsVolume {
 
 fn driver(error: ntfs::NtfsError, path: &str) -> FilesError {
     match error {
-        ntfs::NtfsError::NotADirectory { .. } => FilesError::WrongType {
-            path: path.to_string(),
-            message: "not a directory",
-        },
-        other => FilesError::Driver {
-            fs: "ntfs",
-            message: format!("{path}: {other}"),
-        },
+        ntfs::NtfsError::NotADirectory { .. } => FilesError::not_a_directory(path),
+        other => FilesError::driver("ntfs", path, other),
     }
 }
 
@@ -222,12 +216,7 @@ pub(crate) fn list(volume: &NtfsVolume, path: &str, limits: Limits) -> Result<Ve
         if key.namespace() == NtfsFileNamespace::Dos || record < FIRST_USER_RECORD {
             continue;
         }
-        if children.len() >= limits.max_dir_entries {
-            return Err(FilesError::Limit(format!(
-                "{path}: more than {} entries",
-                limits.max_dir_entries
-            )));
-        }
+        limits.admit_dir_entry(path, children.len())?;
         children.push((record, key.name().to_string_lossy()));
     }
     let mut entries = Vec::with_capacity(children.len());
@@ -255,19 +244,11 @@ pub(crate) fn copy(volume: &NtfsVolume, path: &str, out: &mut dyn Write) -> Resu
     let mut value = attribute
         .value(&mut reader)
         .map_err(|error| driver(error, path))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    loop {
-        let count = value
-            .read(&mut reader, &mut buf)
-            .map_err(|error| driver(error, path))?;
-        if count == 0 {
-            return Ok(copied);
-        }
-        out.write_all(&buf[..count])
-            .map_err(FilesError::output(format!("writing {path}")))?;
-        copied += count as u64;
-    }
+    super::copy_out(path, out, |buf| {
+        value
+            .read(&mut reader, buf)
+            .map_err(|error| driver(error, path))
+    })
 }
 
 #[cfg(test)]

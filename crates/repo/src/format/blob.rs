@@ -344,36 +344,29 @@ mod tests {
     #[test]
     fn round_trip_compressible_and_incompressible() {
         let keys = cipher();
+        let open_chunk = |blob: &[u8]| {
+            open(
+                keys.blob_cipher(),
+                "k",
+                BlobKind::Chunk,
+                b"id",
+                blob,
+                1 << 20,
+            )
+            .unwrap()
+        };
         let compressible = vec![7u8; 100_000];
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &compressible).unwrap();
         assert!(blob.len() < 1000);
         assert_eq!(blob[6], Compression::Zstd as u8);
-        let plain = open(
-            keys.blob_cipher(),
-            "k",
-            BlobKind::Chunk,
-            b"id",
-            &blob,
-            1 << 20,
-        )
-        .unwrap();
-        assert_eq!(plain, compressible);
+        assert_eq!(open_chunk(&blob), compressible);
 
         let mut random = vec![0u8; 4096];
         crate::format::crypto::fill_random(&mut random).unwrap();
         let blob = seal(keys.blob_cipher(), BlobKind::Chunk, b"id", &random).unwrap();
         assert_eq!(blob[6], Compression::None as u8);
         assert_eq!(blob.len(), HEADER_LEN + 4096 + TAG_LEN + TRAILER_LEN);
-        let plain = open(
-            keys.blob_cipher(),
-            "k",
-            BlobKind::Chunk,
-            b"id",
-            &blob,
-            1 << 20,
-        )
-        .unwrap();
-        assert_eq!(plain, random);
+        assert_eq!(open_chunk(&blob), random);
     }
 
     #[test]

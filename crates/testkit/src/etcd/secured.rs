@@ -18,6 +18,7 @@ use std::process::Command;
 use haven_coordinator::config::EtcdSecurity;
 
 use crate::FixtureError;
+use crate::process::run;
 
 /// Haven's key prefix: the whole of the `haven` role's permission.
 pub const HAVEN_PREFIX: &str = haven_coordinator::model::ROOT;
@@ -264,36 +265,4 @@ fn openssl(dir: &Path) -> Command {
     let mut command = Command::new("openssl");
     command.current_dir(dir);
     command
-}
-
-/// Runs `command` to completion; its standard output, or an error with its standard
-/// error.
-pub(crate) fn run(command: &mut Command, hint: &'static str) -> Result<String, FixtureError> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let output = command.output().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => FixtureError::MissingProgram {
-            program: program.clone(),
-            hint,
-            source,
-        },
-        _ => FixtureError::Io {
-            context: format!("cannot run {program}"),
-            source,
-        },
-    })?;
-    if !output.status.success() {
-        let arguments: Vec<_> = command
-            .get_args()
-            .map(|arg| arg.to_string_lossy())
-            .collect();
-        return Err(FixtureError::Io {
-            context: format!("{program} {}", arguments.join(" ")),
-            source: std::io::Error::other(format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::chain::is_haven_checkpoint;
+use super::chain::CHECKPOINT;
 use super::virsh::{DomainDisk, Virsh, xml_escape};
 use crate::adapters::chain::ReadMode;
 use crate::error::{Result, WorkerError};
@@ -86,14 +86,7 @@ impl BackupJob {
                 xml_escape(&scratch_file.display().to_string())
             ));
         }
-        for disk in skipped {
-            xml.push_str(&format!(
-                "    <disk name='{}' backup='no'/>\n",
-                xml_escape(&disk.target)
-            ));
-        }
-        xml.push_str("  </disks>\n</domainbackup>\n");
-        xml
+        end_disks(xml, skipped, "backup", "domainbackup")
     }
 
     /// The `<domaincheckpoint>` document: a bitmap on every disk backed up.
@@ -108,14 +101,7 @@ impl BackupJob {
                 xml_escape(&disk.disk.target)
             ));
         }
-        for disk in skipped {
-            xml.push_str(&format!(
-                "    <disk name='{}' checkpoint='no'/>\n",
-                xml_escape(&disk.target)
-            ));
-        }
-        xml.push_str("  </disks>\n</domaincheckpoint>\n");
-        xml
+        end_disks(xml, skipped, "checkpoint", "domaincheckpoint")
     }
 
     /// Starts the job: the point in time of every disk at once, and the new checkpoint;
@@ -190,6 +176,19 @@ impl BackupJob {
     }
 }
 
+/// Ends a document's `<disks>`: the domain's `skipped` disks listed with `attribute`
+/// `no`, then the `root` element closed.
+fn end_disks(mut xml: String, skipped: &[DomainDisk], attribute: &str, root: &str) -> String {
+    for disk in skipped {
+        xml.push_str(&format!(
+            "    <disk name='{}' {attribute}='no'/>\n",
+            xml_escape(&disk.target)
+        ));
+    }
+    xml.push_str(&format!("  </disks>\n</{root}>\n"));
+    xml
+}
+
 /// Ends a pull-mode backup job that a killed Haven left running on the domain (libvirt
 /// runs one backup job per domain, so it would block every later backup). A job is
 /// Haven's when its NBD socket lies in a `haven-libvirt-*` scratch folder; another
@@ -239,7 +238,7 @@ pub async fn delete_older_checkpoints(
     let names = virsh.checkpoints(domain).await?;
     let mut stale: Vec<String> = names
         .into_iter()
-        .filter(|name| name != keep && is_haven_checkpoint(vm, name))
+        .filter(|name| name != keep && CHECKPOINT.is_haven(vm, name))
         .collect();
     // The compact timestamp sorts chronologically.
     stale.sort();

@@ -5,10 +5,8 @@
 //! (`chain.bitmap`), the node it lives on and the disk size; the bitmap is usable only
 //! while QEMU shows it consistent and not busy.
 
-use std::collections::BTreeMap;
-
 use super::graph::LiveDisk;
-use crate::adapters::chain::{self, BaseFacts, DiskNow, MarkerKind, ReadMode, RecordedFact};
+use crate::adapters::chain::{DiskNow, FactKind, MarkerKind, Previous, ReadMode};
 
 pub use crate::adapters::chain::CHAIN_SIZE;
 
@@ -17,51 +15,35 @@ pub const CHAIN_BITMAP: &str = "bitmap";
 /// Manifest `chain` key: the block node the bitmap lives on.
 pub const CHAIN_NODE: &str = "node";
 
-/// Haven's bitmaps: `haven.VM.20261125T173402Z`.
-const BITMAP: MarkerKind = MarkerKind {
+/// Haven's bitmaps, `haven.VM.20261125T173402Z` (VM names cannot contain the compact
+/// timestamp's form after a dot, so one VM's bitmaps are never taken for another's),
+/// valid only on the block node they were started on.
+pub const BITMAP: MarkerKind = MarkerKind {
     chain_key: CHAIN_BITMAP,
     noun: "dirty bitmap",
     separator: '.',
+    depends_on: FactKind {
+        key: CHAIN_NODE,
+        required: true,
+        changed: node_changed,
+    },
 };
-
-/// Haven's bitmap for `vm` started at snapshot `timestamp` (RFC 3339):
-/// `haven.VM.20261125T173402Z`. VM names cannot contain the compact timestamp's form
-/// after a dot, so one VM's bitmaps are never taken for another's.
-pub fn bitmap_name(vm: &str, timestamp: &str) -> String {
-    crate::adapters::marker::marker_name(BITMAP.separator, vm, timestamp)
-}
-
-/// Whether `name` is a bitmap Haven made for `vm`.
-pub fn is_haven_bitmap(vm: &str, name: &str) -> bool {
-    crate::adapters::marker::is_marker(BITMAP.separator, vm, name)
-}
 
 fn node_changed(then: &str, now: &str) -> String {
     format!("the previous snapshot read node {then:?}, not {now:?}")
 }
 
 /// What the bitmap depends on: the disk's size and block node.
-fn disk_now(disk: &LiveDisk) -> DiskNow<'static> {
+pub fn disk_now(disk: &LiveDisk) -> DiskNow {
     DiskNow {
         size: disk.size,
-        facts: vec![RecordedFact {
-            key: CHAIN_NODE,
-            now: disk.node.clone(),
-            required: true,
-            changed: &node_changed,
-        }],
+        fact: disk.node.clone(),
     }
 }
 
-/// Decides between incremental and full for one disk (see [`chain::decide`]); the
+/// Decides between incremental and full for one disk (see [`MarkerKind::decide`]); the
 /// bitmap must be present, consistent and not busy on the disk's node.
-pub fn decide(
-    vm: &str,
-    disk: &LiveDisk,
-    chain: Option<&BTreeMap<String, String>>,
-    base: Option<BaseFacts>,
-    chunk_size: u32,
-) -> ReadMode {
+pub fn decide(vm: &str, disk: &LiveDisk, previous: &Previous<'_>) -> ReadMode {
     let unusable = |bitmap: &str| {
         let Some(info) = disk.bitmaps.iter().find(|b| b.name == bitmap) else {
             return Some(format!(
@@ -76,26 +58,15 @@ pub fn decide(
         info.busy
             .then(|| format!("bitmap {bitmap} is in use by another operation"))
     };
-    chain::decide(
-        vm,
-        BITMAP,
-        &disk_now(disk),
-        chain,
-        unusable,
-        base,
-        chunk_size,
-    )
-}
-
-/// The chain to record for a disk in the new manifest.
-pub fn chain_entry(bitmap: &str, disk: &LiveDisk) -> BTreeMap<String, String> {
-    chain::chain_entry(BITMAP, bitmap, &disk_now(disk))
+    BITMAP.decide(vm, &disk_now(disk), previous, unusable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::chain::BaseFacts;
     use crate::adapters::qemu::graph::BitmapInfo;
+    use std::collections::BTreeMap;
 
     const GOOD: &str = "haven.web.20261125T173402Z";
 
@@ -120,9 +91,9 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_foreign_names_are_not_ours() {
-        let name = bitmap_name("web", "2026-11-25T17:34:02Z");
+        let name = BITMAP.name("web", "2026-11-25T17:34:02Z");
         assert_eq!(name, GOOD);
-        assert!(is_haven_bitmap("web", &name));
+        assert!(BITMAP.is_haven("web", &name));
         for foreign in [
             "bm0",
             "haven.web.2026",
@@ -131,23 +102,20 @@ mod tests {
             "haven.we.20261125T173402Z",
             "backup-vda",
         ] {
-            assert!(!is_haven_bitmap("web", foreign), "{foreign}");
+            assert!(!BITMAP.is_haven("web", foreign), "{foreign}");
         }
-        assert!(!is_haven_bitmap(
-            "web",
-            &bitmap_name("web.b", "2026-11-25T17:34:02Z")
-        ));
+        assert!(!BITMAP.is_haven("web", &BITMAP.name("web.b", "2026-11-25T17:34:02Z")));
     }
 
     #[test]
     fn every_doubt_means_a_full_read() {
-        let chain = chain_entry(GOOD, &disk(100, vec![]));
+        let chain = BITMAP.chain_entry(GOOD, &disk_now(&disk(100, vec![])));
         let base = Some(BaseFacts {
             size: 100,
             chunk_size: 64,
         });
         let ok = vec![bitmap(GOOD, false, false)];
-        let foreign = chain_entry("bm0", &disk(100, vec![]));
+        let foreign = BITMAP.chain_entry("bm0", &disk_now(&disk(100, vec![])));
         let other_node = {
             let mut chain = chain.clone();
             chain.insert(CHAIN_NODE.into(), "disk9".into());
@@ -236,7 +204,12 @@ mod tests {
             ),
         ];
         for (case, chain, disk, base, reason) in table {
-            let mode = decide("web", &disk, chain, base, 64);
+            let previous = Previous {
+                chain,
+                base,
+                chunk_size: 64,
+            };
+            let mode = decide("web", &disk, &previous);
             match (reason, mode) {
                 (None, ReadMode::Incremental { marker }) => assert_eq!(marker, GOOD, "{case}"),
                 (Some(expected), ReadMode::Full { reason }) => {

@@ -239,6 +239,37 @@ fn reply_result(
     })
 }
 
+/// A command object for QMP or the guest agent: `arguments` are sent only when there
+/// are any.
+fn command_request(mut request: Value, arguments: Value) -> Value {
+    if arguments
+        .as_object()
+        .is_some_and(|object| !object.is_empty())
+    {
+        request["arguments"] = arguments;
+    }
+    request
+}
+
+/// Runs `exchange` (a command and its reply on `socket`) under `timeout`: no complete
+/// reply in time is [`QmpError::Timeout`] for `command`.
+async fn within<T>(
+    socket: &str,
+    command: &str,
+    timeout: Duration,
+    exchange: impl std::future::Future<Output = Result<T, QmpError>>,
+) -> Result<T, QmpError> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QmpError::Timeout {
+                socket: socket.to_string(),
+                command: command.to_string(),
+                after: timeout,
+            })
+        })
+}
+
 /// A QMP session in command mode.
 #[derive(Debug)]
 pub struct QmpClient {
@@ -305,14 +336,8 @@ impl QmpClient {
     }
 
     async fn receive_within(&mut self, command: &str) -> Result<Map<String, Value>, QmpError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.lines.receive())
-            .await
-            .map_err(|_| QmpError::Timeout {
-                socket: self.lines.socket_name(),
-                command: command.to_string(),
-                after: timeout,
-            })?
+        let socket = self.lines.socket_name();
+        within(&socket, command, self.timeout, self.lines.receive()).await
     }
 
     /// Runs one command with the client's timeout.
@@ -330,13 +355,7 @@ impl QmpClient {
     ) -> Result<Value, QmpError> {
         let id = format!("haven-{}", self.next_id);
         self.next_id += 1;
-        let mut request = json!({"execute": command, "id": id});
-        if arguments
-            .as_object()
-            .is_some_and(|object| !object.is_empty())
-        {
-            request["arguments"] = arguments;
-        }
+        let request = command_request(json!({"execute": command, "id": id}), arguments);
         let socket = self.lines.socket_name();
         let exchange = async {
             self.lines.send(&request).await?;
@@ -362,14 +381,7 @@ impl QmpClient {
                 }
             }
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(QmpError::Timeout {
-                socket: self.lines.socket_name(),
-                command: command.to_string(),
-                after: timeout,
-            }),
-        }
+        within(&socket, command, timeout, exchange).await
     }
 }
 
@@ -403,51 +415,28 @@ impl GuestAgent {
                 }
             }
         };
-        tokio::time::timeout(timeout, sync)
-            .await
-            .map_err(|_| QmpError::Timeout {
-                socket: socket_name,
-                command: "guest-sync".into(),
-                after: timeout,
-            })??;
+        within(&socket_name, "guest-sync", timeout, sync).await?;
         Ok(agent)
     }
 
     /// Runs one agent command (after the sync, replies come in order).
     pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
-        let mut request = json!({"execute": command});
-        if arguments
-            .as_object()
-            .is_some_and(|object| !object.is_empty())
-        {
-            request["arguments"] = arguments;
-        }
+        let request = command_request(json!({"execute": command}), arguments);
         let socket = self.lines.socket_name();
         let exchange = async {
             self.lines.send(&request).await?;
             let reply = self.lines.receive().await?;
             reply_result(command, reply, &socket)
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => {
-                if result
-                    .as_ref()
-                    .is_err_and(|error| !error.is_command_error())
-                {
-                    // An agent that answered oddly is not trusted with the next command.
-                    self.lines.poisoned = true;
-                }
-                result
-            }
-            Err(_) => {
-                self.lines.poisoned = true;
-                Err(QmpError::Timeout {
-                    socket: self.lines.socket_name(),
-                    command: command.to_string(),
-                    after: self.timeout,
-                })
-            }
+        let result = within(&socket, command, self.timeout, exchange).await;
+        if result
+            .as_ref()
+            .is_err_and(|error| !error.is_command_error())
+        {
+            // An agent that answered oddly or late is not trusted with the next command.
+            self.lines.poisoned = true;
         }
+        result
     }
 }
 

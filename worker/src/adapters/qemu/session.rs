@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::chain::is_haven_bitmap;
-use super::graph::{HAVEN_PREFIX, LiveDisk, NodeInfo, parse_nodes};
+use super::chain::BITMAP;
+use super::graph::{Device, HAVEN_PREFIX, LiveDisk, NodeInfo, parse_devices, parse_nodes};
 use crate::adapters::qemu::qmp::{QmpClient, QmpError};
 use crate::error::{Result, WorkerError};
 
@@ -114,12 +114,29 @@ impl Session {
             .map_err(qmp_error)
     }
 
+    /// `query-block` as QEMU answers it (stored as part of the VM's configuration) and
+    /// the guest devices it lists.
+    pub async fn devices(&mut self) -> Result<(Value, Vec<Device>)> {
+        let block = self.execute("query-block", json!({})).await?;
+        let devices = parse_devices(&block);
+        Ok((block, devices))
+    }
+
     /// Reads the block graph.
     pub async fn nodes(&mut self) -> Result<Vec<NodeInfo>> {
         let reply = self
             .execute("query-named-block-nodes", json!({"flat": true}))
             .await?;
         parse_nodes(&reply)
+    }
+
+    /// Block node `name` as QEMU shows it now, if it still exists.
+    async fn node(&mut self, name: &str) -> Result<Option<NodeInfo>> {
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|info| info.name == name))
     }
 
     /// Removes exports, jobs and fleece nodes a killed Haven left behind.
@@ -172,7 +189,7 @@ impl Session {
         let ours: Vec<_> = disk
             .bitmaps
             .iter()
-            .filter(|bitmap| is_haven_bitmap(&self.vm, &bitmap.name))
+            .filter(|bitmap| BITMAP.is_haven(&self.vm, &bitmap.name))
             .collect();
         let anchor = ours.iter().find(|bitmap| {
             Some(bitmap.name.as_str()) == chain_bitmap && !bitmap.inconsistent && !bitmap.busy
@@ -410,17 +427,12 @@ impl Session {
     async fn rotate_bitmaps(&mut self, position: usize) -> Result<()> {
         let disk = &self.disks[position];
         let (node, keep) = (disk.disk.node.clone(), disk.new_bitmap.clone());
-        let Some(info) = self
-            .nodes()
-            .await?
-            .into_iter()
-            .find(|info| info.name == node)
-        else {
+        let Some(info) = self.node(&node).await? else {
             return Ok(());
         };
         let mut actions = Vec::new();
         for bitmap in info.bitmaps {
-            if bitmap.name != keep && is_haven_bitmap(&self.vm, &bitmap.name) {
+            if bitmap.name != keep && BITMAP.is_haven(&self.vm, &bitmap.name) {
                 actions.push(json!({"type": "block-dirty-bitmap-remove",
                     "data": {"node": node, "name": bitmap.name}}));
             }
@@ -443,12 +455,7 @@ impl Session {
             disk.old_bitmap.clone(),
         );
         // Judge by what QEMU shows: the transaction may or may not have happened.
-        let Some(info) = self
-            .nodes()
-            .await?
-            .into_iter()
-            .find(|info| info.name == node)
-        else {
+        let Some(info) = self.node(&node).await? else {
             return Ok(());
         };
         let find = |name: &str| info.bitmaps.iter().find(|bitmap| bitmap.name == name);

@@ -11,16 +11,7 @@ use std::collections::BTreeMap;
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer, XmlVersion};
 
-/// One restored disk: the `<target dev=…>` it replaces and the file that now holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoredDiskFile {
-    /// Target device name (`vda`), the disk's name in the snapshot.
-    pub target: String,
-    /// Absolute path of the restored image.
-    pub path: String,
-    /// Image format for `<driver type=…>`: `raw` or `qcow2`.
-    pub format: String,
-}
+use super::RestoredDiskFile;
 
 /// The rewritten document and what was left out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +185,7 @@ pub fn rewrite_domain_xml(
 
     let wanted: BTreeMap<&str, &RestoredDiskFile> = disks
         .iter()
-        .map(|disk| (disk.target.as_str(), disk))
+        .map(|disk| (disk.name.as_str(), disk))
         .collect();
     let mut found = Vec::new();
     let mut dropped_disks = Vec::new();
@@ -216,7 +207,7 @@ pub fn rewrite_domain_xml(
                     let restored = target.as_deref().and_then(|dev| wanted.get(dev));
                     if let Some(restored) = restored {
                         point_disk_at(&mut element, restored);
-                        found.push(restored.target.clone());
+                        found.push(restored.name.clone());
                     } else if matches!(
                         element.attribute("device").as_deref(),
                         None | Some("disk") | Some("lun")
@@ -233,8 +224,8 @@ pub fn rewrite_domain_xml(
         devices.children = kept;
     }
     for disk in disks {
-        if !found.contains(&disk.target) {
-            return Err(DomainXmlError::MissingDisk(disk.target.clone()));
+        if !found.contains(&disk.name) {
+            return Err(DomainXmlError::MissingDisk(disk.name.clone()));
         }
     }
     Ok(RewrittenDomain {

@@ -2,7 +2,7 @@ use super::*;
 
 fn disk(target: &str, path: &str, format: &str) -> RestoredDiskFile {
     RestoredDiskFile {
-        target: target.into(),
+        name: target.into(),
         path: path.into(),
         format: format.into(),
     }

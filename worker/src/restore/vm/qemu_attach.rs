@@ -8,16 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
-/// One restored disk for a QEMU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuDisk {
-    /// Disk name in the snapshot (the guest device id when QEMU had one).
-    pub name: String,
-    /// Path of the restored image.
-    pub path: String,
-    /// `raw` or `qcow2`.
-    pub format: String,
-}
+use super::RestoredDiskFile;
 
 /// How to attach the restored disks to a new QEMU.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +34,10 @@ pub fn node_name(disk: &str) -> String {
 
 /// Builds the `-blockdev`/`-device` arguments and the QMP sequence for `disks`, reusing
 /// the guest devices of the stored `qemu-block-graph` configuration `config`.
-pub fn qemu_attach(config: &str, disks: &[QemuDisk]) -> Result<QemuAttach, QemuAttachError> {
+pub fn qemu_attach(
+    config: &str,
+    disks: &[RestoredDiskFile],
+) -> Result<QemuAttach, QemuAttachError> {
     let config: Value =
         serde_json::from_str(config).map_err(|error| QemuAttachError::Config(error.to_string()))?;
     if !config.is_object() {
@@ -182,8 +176,8 @@ fn device_option(device: &Map<String, Value>) -> String {
 mod tests {
     use super::*;
 
-    fn disk(name: &str, path: &str, format: &str) -> QemuDisk {
-        QemuDisk {
+    fn disk(name: &str, path: &str, format: &str) -> RestoredDiskFile {
+        RestoredDiskFile {
             name: name.into(),
             path: path.into(),
             format: format.into(),
@@ -192,7 +186,7 @@ mod tests {
 
     #[test]
     fn attach_table() {
-        let cases: Vec<(&str, Value, Vec<QemuDisk>, Vec<&str>)> = vec![
+        let cases: Vec<(&str, Value, Vec<RestoredDiskFile>, Vec<&str>)> = vec![
             (
                 "the original device keeps its properties and gets the restored drive",
                 json!({"command_line": ["qemu-system-x86_64", "-blockdev",
