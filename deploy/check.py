@@ -7,12 +7,28 @@
   and `--check-config`, against the configuration file the service mounts, so a flag,
   a file path or a setting that drifted from the code fails here. The example
   policy.toml is checked with `haven policy apply --check`.
-- The Helm chart: `helm lint --strict`, then `helm template` with the default values,
-  an external etcd, a secondary site and an https storage node with a private CA
-  (stand-in certificates made with `openssl`); every rendered manifest is validated against the
-  Kubernetes 1.30 schemas (`kubernetes-validate --strict`), and every Haven container's
-  arguments are run the same way against the ConfigMap it mounts, with the pod's
-  environment (POD_NAME, NODE_NAME, secrets) filled in.
+- The Helm chart: `helm lint --strict`; values.schema.json refuses bad values (each
+  of BAD_VALUES, by `helm lint` and `helm template`); then `helm template` with every
+  set of values of `variants()` (default, external etcd, secondary site, https
+  storage node with a private CA (stand-in certificates made with `openssl`),
+  libvirt workers, the repo-init and policies hooks, monitoring and NetworkPolicy
+  peers, single replicas); every rendered manifest of a Kubernetes kind is validated
+  against the Kubernetes 1.30 schemas (`kubernetes-validate --strict`), the
+  Prometheus Operator's kinds field by field (check_cluster_objects.py), and every
+  Haven container's arguments are run the same way against the ConfigMap it mounts,
+  with the pod's environment (POD_NAME, NODE_NAME, secrets) filled in; the policies
+  hook's policy.toml with `haven policy apply --check`.
+- Pod security (check_pod_security.py): every pod but the worker meets the Pod
+  Security Standards' "restricted" level; the worker differs only by root and its
+  host folders (and CHOWN, DAC_OVERRIDE in libvirt mode), and keeps no privilege
+  escalation, no capabilities, seccomp and a read-only root file system.
+- Cluster objects (check_cluster_objects.py): PodDisruptionBudgets where a component
+  has several replicas, NetworkPolicies letting in exactly the peers meant for each
+  port, hook Jobs in order (etcd-init, repo-init, policies), etcd's auto-compaction,
+  quota and probes, ServiceMonitors and the PrometheusRule.
+- The chart's scripts run for real (check_scripts.py): etcd-snapshot.sh against a
+  real etcd with auth on (its snapshot restored into a second etcd), repo-init.sh
+  twice against a real repository.
 - Storage keys are least-privilege everywhere: every worker.toml names an append and a
   delete key file in [storage], every storage node declares an append and a delete key
   from key files (compose secrets, or Secrets mounted in the pod), and no Haven process
@@ -38,9 +54,17 @@ import tomllib
 
 import yaml
 
+import check_cluster_objects as objects
+import check_pod_security as pod_security
+import check_scripts as scripts
+
 DEPLOY = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(DEPLOY, "helm", "haven")
 ETCD_INIT = os.path.join(CHART, "files", "etcd-auth-init.sh")
+ETCD_SNAPSHOT = os.path.join(CHART, "files", "etcd-snapshot.sh")
+REPO_INIT = os.path.join(CHART, "files", "repo-init.sh")
+RULES = os.path.join(CHART, "files", "haven-rules.yaml")
+HAVEN_ROLES = ("coordinator", "worker", "storage-node")
 ETCD_SECURITY_FIELDS = ("ca_file", "cert_file", "key_file", "user", "password_file")
 # Values for the variables the compose file and the chart take from the environment.
 DUMMY_ENV = {
@@ -229,16 +253,63 @@ def check_compose(haven, workdir):
         print(f"ok  compose {name}: {out.strip()}")
 
 
-def render(helm, values, workdir):
-    command = [helm, "template", "demo", CHART, "--namespace", "backup"]
+def helm_values(values):
+    """`--set KEY=VALUE` for each value; `--set-file` where VALUE is `@FILE`."""
+    args = []
     for key, value in values.items():
-        command += ["--set", f"{key}={value}"]
-    rendered = run(command)
+        if value.startswith("@"):
+            args += ["--set-file", f"{key}={value[1:]}"]
+        else:
+            args += ["--set", f"{key}={value}"]
+    return args
+
+
+def render(helm, values, workdir):
+    """The chart rendered with `values`: every manifest of a Kubernetes kind validated
+    against the 1.30 schemas; the Prometheus Operator's kinds (no schema there) are
+    left to check_cluster_objects, which checks their fields."""
+    rendered = run([helm, "template", "demo", CHART, "--namespace", "backup", *helm_values(values)])
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
     path = os.path.join(workdir, "rendered.yaml")
     with open(path, "w") as file:
-        file.write(rendered)
+        yaml.safe_dump_all([doc for doc in docs if not objects.is_crd_kind(doc)], file)
     run(["kubernetes-validate", "--strict", "-k", "1.30.0", path])
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+    return docs
+
+
+# Values the schema (values.schema.json) must refuse, each with what helm must say.
+BAD_VALUES = {
+    "an unknown key (a typo)": ({"worker": {"maxjobs": 4}}, "maxjobs"),
+    "a string for a number": ({"coordinator": {"replicas": "two"}}, "/coordinator/replicas"),
+    "a mode not in the enum": ({"worker": {"mode": "kvm"}}, "/worker/mode"),
+    "a plain-http etcd endpoint": ({"etcd": {"externalEndpoints": ["http://etcd:2379"]}},
+                                   "/etcd/externalEndpoints/0"),
+    "a webhook without url": ({"coordinator": {"notify": {"webhooks": [{"events": ["job_failed"]}]}}},
+                              "url"),
+    "a NetworkPolicy peer of unknown shape": ({"networkPolicy": {"coordinatorFrom": [{"cidr": "10.0.0.0/8"}]}},
+                                              "/networkPolicy/coordinatorFrom/0"),
+}
+
+
+def check_schema_refuses(helm, workdir):
+    """`helm lint --strict` and `helm template` refuse each of BAD_VALUES, naming it."""
+    for what, (values, named) in BAD_VALUES.items():
+        path = os.path.join(workdir, "bad-values.yaml")
+        with open(path, "w") as file:
+            yaml.safe_dump(values, file)
+        for command in ([helm, "lint", "--strict", CHART, "-f", path],
+                        [helm, "template", "demo", CHART, "-f", path]):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            output = result.stdout + result.stderr
+            if result.returncode == 0 or "schema" not in output or named not in output:
+                sys.exit(f"FAILED: {' '.join(command[:2])} accepted {what} ({values}), or did not "
+                         f"name {named}:\n{output}")
+        print(f"ok  values.schema.json refuses {what} (helm lint --strict and helm template)")
+
+
+def fail_on(problems, what):
+    if problems:
+        sys.exit(f"FAILED: {what}:\n  " + "\n  ".join(problems))
 
 
 def make_tls_files(workdir):
@@ -265,12 +336,14 @@ def mounted_secret_files(container, volumes):
     return paths
 
 
-def check_chart(haven, helm, workdir):
-    env = {"HELM_CACHE_HOME": workdir, "HELM_CONFIG_HOME": workdir, "HELM_DATA_HOME": workdir}
-    os.environ.update(env)
-    run([helm, "lint", "--strict", CHART])
-    print("ok  helm lint --strict")
-    variants = {
+ADMINS = "networkPolicy.coordinatorFrom[0].namespaceSelector.matchLabels.team"
+METRICS = "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name"
+OTHER_SITE = "networkPolicy.storageNodeFrom[0].ipBlock.cidr"
+
+
+def variants():
+    """Name -> values of every rendering the chart is checked with."""
+    return {
         "default values": {},
         "external etcd, no storage node": {
             "etcd.enabled": "false",
@@ -293,11 +366,91 @@ def check_chart(haven, helm, workdir):
             "caConfigMap": "haven-ca",
             "storageNode.pullSources[0]": "https://primary.example:9000",
         },
+        "libvirt workers": {
+            "worker.mode": "libvirt",
+            "worker.libvirt.uri": "qemu:///system",
+        },
+        "libvirt workers over ssh": {
+            "worker.mode": "libvirt",
+            "worker.libvirt.uri": "qemu+ssh://root@kvm-1/system",
+            "worker.libvirt.sshSecret": "haven-ssh",
+        },
+        "hooks: repo init and policies from Git": {
+            "repoInit.enabled": "true",
+            "repoInit.repositories[0]": "s3://haven/cluster?endpoint=http://demo-storage:9000",
+            "policies.enabled": "true",
+            "policies.policyToml": "@" + os.path.join(DEPLOY, "compose", "policy.toml"),
+        },
+        "policies from an existing ConfigMap": {
+            "policies.enabled": "true",
+            "policies.existingConfigMap": "haven-policies-from-git",
+        },
+        "monitoring, admins, the other site": {
+            "serviceMonitor.enabled": "true",
+            "prometheusRule.enabled": "true",
+            ADMINS: "ops",
+            METRICS: "monitoring",
+            OTHER_SITE: "198.51.100.0/24",
+        },
+        "one replica each, no snapshots, no NetworkPolicies": {
+            "coordinator.replicas": "1",
+            "etcd.replicas": "1",
+            "etcd.snapshot.enabled": "false",
+            "networkPolicy.enabled": "false",
+        },
     }
+
+
+def check_objects(docs, values, variant):
+    """Pod security, budgets, NetworkPolicies, hooks, etcd and monitoring objects."""
+    libvirt = values.get("worker.mode") == "libvirt"
+    workers = 0
+    for what, pod in pod_security.pod_specs(docs):
+        if what.endswith("-worker"):
+            host_paths = ([values.get("worker.libvirt.socketDir", "/run/libvirt"), "/etc/passwd",
+                           "/etc/group"] if libvirt else [values.get("worker.qmpDir", "/run/haven/qmp")])
+            host_paths.append(values.get("worker.scratchDir", "/var/lib/haven/scratch"))
+            fail_on(pod_security.worker_exception(pod, libvirt, host_paths), f"{variant}: {what}")
+            workers += 1
+            continue
+        fail_on(pod_security.restricted(pod), f"{variant}: {what} breaks Pod Security \"restricted\"")
+    print(f"ok  {variant}: every pod but the worker meets Pod Security \"restricted\""
+          + ("; the worker only adds root, its host folders"
+             + (" and CHOWN, DAC_OVERRIDE" if libvirt else "") if workers else ""))
+    fail_on(objects.disruption_budgets(docs, values), f"{variant}: PodDisruptionBudgets")
+    if values.get("networkPolicy.enabled", "true") == "true":
+        admins = [{"namespaceSelector": {"matchLabels": {"team": values[ADMINS]}}}] \
+            if ADMINS in values else []
+        metrics = [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": values[METRICS]}}}] if METRICS in values else []
+        other_site = [{"ipBlock": {"cidr": values[OTHER_SITE]}}] if OTHER_SITE in values else []
+        fail_on(objects.network_policies(docs, values, admins, metrics, other_site),
+                f"{variant}: NetworkPolicies")
+    elif objects.by_kind(docs, "NetworkPolicy"):
+        sys.exit(f"FAILED: {variant}: NetworkPolicies rendered while disabled")
+    fail_on(objects.hooks(docs), f"{variant}: hook Jobs")
+    fail_on(objects.etcd_settings(docs), f"{variant}: etcd")
+    fail_on(objects.service_monitors(docs), f"{variant}: ServiceMonitors")
+    fail_on(objects.prometheus_rules(docs, RULES), f"{variant}: PrometheusRule")
+    crds = [f"{doc['kind']} {doc['metadata']['name']}" for doc in docs if objects.is_crd_kind(doc)]
+    counts = {kind: len(objects.by_kind(docs, kind))
+              for kind in ("PodDisruptionBudget", "NetworkPolicy", "CronJob", "Job")}
+    print(f"ok  {variant}: {counts}; checked field by field: {crds or 'no CRD kinds'}")
+
+
+def check_chart(haven, helm, workdir):
+    env = {"HELM_CACHE_HOME": workdir, "HELM_CONFIG_HOME": workdir, "HELM_DATA_HOME": workdir}
+    os.environ.update(env)
+    run([helm, "lint", "--strict", CHART])
+    print("ok  helm lint --strict")
+    check_schema_refuses(helm, workdir)
+    scripts.check_etcd_snapshot(ETCD_INIT, ETCD_SNAPSHOT, workdir)
+    scripts.check_repo_init(REPO_INIT, haven, workdir)
     provided = make_tls_files(workdir)
-    for variant, values in variants.items():
+    for variant, values in variants().items():
         docs = render(helm, values, workdir)
         print(f"ok  {variant}: {len(docs)} manifests valid for Kubernetes 1.30")
+        check_objects(docs, values, variant)
         configmaps = {
             doc["metadata"]["name"]: doc["data"] for doc in docs if doc["kind"] == "ConfigMap"
         }
@@ -307,13 +460,13 @@ def check_chart(haven, helm, workdir):
                      if doc["kind"] == "Job" and "etcd-init" in doc["metadata"]["name"]]
         if values.get("etcd.enabled", "true") == "true":
             check_etcd_init_script(etcd_init)
-        for doc in docs:
-            if doc["kind"] not in ("StatefulSet", "DaemonSet", "Deployment"):
-                continue
-            pod = doc["spec"]["template"]["spec"]
+        for what, pod in pod_security.pod_specs(docs):
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             for container in pod["containers"]:
                 if not container["image"].startswith("haven:"):
+                    continue
+                script = check_script_container(container, volumes, configmaps, f"{variant}: {what}")
+                if script:
                     continue
                 # Container paths -> local files: the chart's ConfigMaps are written
                 # out; Secrets and ConfigMaps the operator provides get stand-ins.
@@ -338,10 +491,8 @@ def check_chart(haven, helm, workdir):
                         text = text.replace(f'"{path}"', f'"{stand_in}"')
                     with open(local, "w") as file:
                         file.write(text)
-                pod_env = {
-                    "POD_NAME": f"{doc['metadata']['name']}-0",
-                    "NODE_NAME": "kvm-1",
-                }
+                name = what.split(" ", 1)[1]
+                pod_env = {"POD_NAME": f"{name}-0", "NODE_NAME": "kvm-1"}
                 for item in container.get("env", []):
                     if "value" in item:
                         pod_env[item["name"]] = item["value"]
@@ -349,24 +500,84 @@ def check_chart(haven, helm, workdir):
                         pod_env[item["name"]] = DUMMY_ENV.get(item["name"], "from-a-secret")
                         if item["name"] == "AWS_ACCESS_KEY_ID" and \
                                 item["valueFrom"]["secretKeyRef"]["name"] == "haven-storage":
-                            sys.exit(f"FAILED: {doc['metadata']['name']} signs with the "
-                                     "storage nodes' admin key")
-                args = [files.get(arg, arg) for arg in container["args"]]
-                what = f"{variant}: {doc['kind']} {doc['metadata']['name']}"
+                            sys.exit(f"FAILED: {name} signs with the storage nodes' admin key")
+                what_variant = f"{variant}: {what}"
                 role = container["args"][0]
+                if role == "policy":
+                    check_policy_container(haven, container, files, what_variant)
+                    continue
+                if role not in HAVEN_ROLES:
+                    sys.exit(f"FAILED: {what_variant}: unknown command line {container['args']}")
+                args = [files.get(arg, arg) for arg in container["args"]]
                 if role in ("worker", "storage-node"):
                     config = container["args"][container["args"].index("--config") + 1]
                     text = next(text for local, text in rendered if files[config] == local)
-                    check_storage_keys(text, role, what)
-                check_haven(haven, args, pod_env, what)
+                    check_storage_keys(text, role, what_variant)
+                    if role == "worker":
+                        check_worker_hosts(text, values, what_variant)
+                check_haven(haven, args, pod_env, what_variant)
                 containers += 1
-                if container["args"][0] == "coordinator":
+                if role == "coordinator":
                     config = container["args"][container["args"].index("--config") + 1]
                     text = next(text for local, text in rendered if files[config] == local)
-                    check_etcd_security(text, mounted_secret_files(container, volumes), what)
+                    check_etcd_security(text, mounted_secret_files(container, volumes), what_variant)
                     coordinators += 1
         if containers == 0 or coordinators == 0:
             sys.exit(f"FAILED: {variant}: no Haven container or no coordinator rendered")
+
+
+def check_script_container(container, volumes, configmaps, what):
+    """A container that runs one of the chart's scripts (etcd-init, etcd-snapshot,
+    repo-init): the script it runs is the chart's file, which check_scripts runs for
+    real. Returns whether the container is one."""
+    command = container.get("command")
+    if not command:
+        return False
+    scripts_by_name = {os.path.basename(path): path for path in (ETCD_INIT, ETCD_SNAPSHOT, REPO_INIT)}
+    script = os.path.basename(command[-1])
+    mount_dir = os.path.dirname(command[-1])
+    if command[0] != "/bin/sh" or script not in scripts_by_name:
+        sys.exit(f"FAILED: {what}: unknown command {command}")
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == mount_dir), None)
+    config_map = volumes.get(mount["name"], {}).get("configMap", {}).get("name") if mount else None
+    with open(scripts_by_name[script]) as file:
+        if configmaps.get(config_map, {}).get(script, "").strip() != file.read().strip():
+            sys.exit(f"FAILED: {what}: {command[-1]} is not files/{script}")
+    if script == "repo-init.sh" and not container.get("args"):
+        sys.exit(f"FAILED: {what}: repo-init.sh is given no repository")
+    print(f"ok  {what}: runs files/{script}")
+    return True
+
+
+def check_policy_container(haven, container, files, what):
+    """The policies hook: `haven policy apply FILE` of a policy.toml that `haven policy
+    apply --check` accepts (an existing ConfigMap gets the example policy.toml), as
+    an admin whose certificate is mounted."""
+    args = container["args"]
+    if args[:2] != ["policy", "apply"] or len(args) != 3:
+        sys.exit(f"FAILED: {what}: unexpected command line {args}")
+    policy = files.get(args[2], os.path.join(DEPLOY, "compose", "policy.toml"))
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    for variable in ("HAVEN_CA_FILE", "HAVEN_CERT_FILE", "HAVEN_KEY_FILE"):
+        if env.get(variable) not in files:
+            sys.exit(f"FAILED: {what}: {variable} {env.get(variable)} is not mounted")
+    if not env.get("HAVEN_COORDINATOR", "").startswith("https://"):
+        sys.exit(f"FAILED: {what}: HAVEN_COORDINATOR is {env.get('HAVEN_COORDINATOR')}")
+    out = run([haven, "policy", "apply", policy, "--check"])
+    print(f"ok  {what}: haven policy apply --check: {out.strip()}")
+
+
+def check_worker_hosts(text, values, what):
+    """worker.toml's host: the node's libvirt in libvirt mode, its QMP folder otherwise."""
+    hosts = tomllib.loads(text)["hosts"]
+    if values.get("worker.mode") == "libvirt":
+        want = {"name": "${NODE_NAME}", "libvirt": values["worker.libvirt.uri"],
+                "qemu_user": "libvirt-qemu"}
+    else:
+        want = {"name": "${NODE_NAME}", "qmp_dir": values.get("worker.qmpDir", "/run/haven/qmp")}
+    if hosts != [want]:
+        sys.exit(f"FAILED: {what}: worker.toml hosts {hosts}, expected [{want}]")
+    print(f"ok  {what}: worker.toml host {want}")
 
 
 def main():

@@ -59,7 +59,12 @@ drain_seconds = {{ .Values.worker.drainSeconds | int64 }}
 
 [[hosts]]
 name = "${NODE_NAME}"
+{{- if eq .Values.worker.mode "libvirt" }}
+libvirt = {{ .Values.worker.libvirt.uri | quote }}
+qemu_user = {{ .Values.worker.libvirt.qemuUser | quote }}
+{{- else }}
 qmp_dir = {{ .Values.worker.qmpDir | quote }}
+{{- end }}
 
 [tls]
 ca = "/etc/haven/tls/ca.crt"

@@ -126,3 +126,50 @@ files `[etcd_security]` of coordinator.toml names. */}}
       - key: haven
         path: password
 {{- end }}
+
+{{/* The pod security context of every pod but the worker's: the Pod Security
+"restricted" level (deploy/check.py checks it). uid 10001 is the image's `haven`
+user; fsGroup makes mounted Secrets (mode 0440) and volumes readable by it. */}}
+{{- define "haven.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The security context of every container: no privilege escalation, no
+capabilities, a read-only root file system (writable paths are volumes). */}}
+{{- define "haven.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* /tmp as an emptyDir, for containers whose root file system is read-only. */}}
+{{- define "haven.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+{{- define "haven.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+
+{{/* etcd client URLs of the chart's etcd, comma-separated (for etcdctl). */}}
+{{- define "haven.etcdctlEndpoints" -}}
+{{- $etcd := printf "%s-etcd" (include "haven.fullname" .) -}}
+{{- $endpoints := list -}}
+{{- range $i := until (int .Values.etcd.replicas) -}}
+{{- $endpoints = append $endpoints (printf "https://%s-%d.%s:2379" $etcd $i $etcd) -}}
+{{- end -}}
+{{- join "," $endpoints -}}
+{{- end }}
+
+{{/* Coordinator gRPC URLs, comma-separated (HAVEN_COORDINATOR of the CLI). */}}
+{{- define "haven.coordinatorList" -}}
+{{- include "haven.coordinatorUrls" . | fromJsonArray | join "," -}}
+{{- end }}
