@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use haven_proto::LeaderClient;
 use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use haven_proto::{Backoff, LeaderClient};
 use haven_repo::{Backend, Progress, Repository};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -82,18 +82,38 @@ pub async fn run_worker(
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
         metrics,
     });
+    // Sessions that ended in a row without registering: the backoff's attempt number.
+    let mut failures = 0;
     while !shutdown.is_cancelled() {
         match worker.clone().session(&shutdown).await {
-            Ok(()) => {}
-            Err(error) => tracing::warn!(error = %error.chain(), "worker session ended"),
+            Ok(()) => failures = 1,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(error = %error.chain(), "worker session ended");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(SESSION_BACKOFF.pause(failures)) => {}
         }
     }
     Ok(())
 }
+
+/// Pauses before registering again: up to 1 s after a session ended, doubling to at
+/// most 30 s while registrations keep failing, with full jitter, so the workers that
+/// one failover or lease loss cut off do not all register again at once.
+const SESSION_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// Pauses between failed polls: up to 500 ms after the first, doubling to at most 5 s,
+/// with full jitter.
+const POLL_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(5),
+};
 
 struct Worker {
     config: WorkerConfig,
@@ -162,6 +182,7 @@ impl Worker {
         ));
         let inventory = tokio::spawn(self.clone().inventory_reports(session.clone()));
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut failed_polls = 0;
         while !session.lease_lost.is_cancelled() {
             running.retain(|_, task| !task.is_finished());
             let request = v1::PollJobsRequest {
@@ -181,6 +202,7 @@ impl Worker {
             };
             match reply {
                 Ok(reply) => {
+                    failed_polls = 0;
                     for job in reply.jobs {
                         if running.contains_key(&job.job_id) {
                             continue;
@@ -199,7 +221,11 @@ impl Worker {
                 }
                 Err(status) => {
                     tracing::warn!("poll failed: {}", status.message());
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    failed_polls += 1;
+                    tokio::select! {
+                        _ = session.lease_lost.cancelled() => break,
+                        _ = tokio::time::sleep(POLL_BACKOFF.pause(failed_polls)) => {}
+                    }
                 }
             }
         }

@@ -70,6 +70,7 @@ pub(crate) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> 
         error: None,
         bytes_uploaded: 0,
         commit: None,
+        not_before_unix_ms: 0,
     }
 }
 

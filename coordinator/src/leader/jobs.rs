@@ -1,6 +1,10 @@
 //! Jobs: creating them (by hand, by rounds, as follow-ups), live progress, and how an
 //! attempt ends (failure, or completion of a prune, GC or replication job).
 
+use std::time::Duration;
+
+use haven_proto::Backoff;
+
 use super::state::State;
 use super::writes::{job_puts, put_json};
 use super::{Leader, LeaderError, Mutating, Result};
@@ -9,6 +13,16 @@ use crate::store::{Compare, Op};
 
 /// Attempts before a job is given up.
 pub(super) const MAX_ATTEMPTS: u32 = 5;
+
+/// The wait before a job's next attempt: up to 5 s after its first failed attempt,
+/// doubling to at most 5 minutes, with full jitter. With [`MAX_ATTEMPTS`] the four
+/// retries wait 37 s in all on average and 75 s at most, so an outage of the
+/// repository or the store shorter than that does not fail the job at once, and jobs
+/// that failed together do not come back together.
+pub(super) const RETRY_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(5),
+    max: Duration::from_secs(300),
+};
 
 /// Live progress of a job, from the worker's reports.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,6 +108,7 @@ impl NewJob {
             error: None,
             bytes_uploaded: 0,
             commit: None,
+            not_before_unix_ms: 0,
         }
     }
 }
@@ -195,18 +210,24 @@ pub(super) fn check_running(job: &JobRecord) -> Result<()> {
     Ok(())
 }
 
-/// Ends the current attempt with `outcome`: the job goes back to pending while it may
-/// be retried and has attempts left, and fails with `error` otherwise.
+/// Ends the current attempt with `outcome` at `now`: the job goes back to pending
+/// while it may be retried and has attempts left, not to be assigned before the
+/// [`RETRY_BACKOFF`] pause that `jitter` (drawn uniformly from [0, 1)) picks; it fails
+/// with `error` otherwise.
 pub(super) fn retry_or_fail(
     job: &mut JobRecord,
     now: u64,
     outcome: String,
     retryable: bool,
     error: String,
+    jitter: f64,
 ) {
     job.end_attempt(now, outcome);
-    if retryable && (job.attempts.len() as u32) < MAX_ATTEMPTS {
+    let attempts = u32::try_from(job.attempts.len()).unwrap_or(u32::MAX);
+    if retryable && attempts < MAX_ATTEMPTS {
         job.state = JobState::Pending;
+        let pause = RETRY_BACKOFF.delay(attempts, jitter);
+        job.not_before_unix_ms = now.saturating_add(u64::try_from(pause.as_millis()).unwrap_or(0));
     } else {
         job.state = JobState::Failed;
         job.finished_unix_ms = now;
@@ -357,6 +378,7 @@ impl Leader {
             format!("failed: {error}"),
             retryable,
             error.to_string(),
+            rand::random(),
         );
         self.write_ended(&mutating, updated, Vec::new(), Vec::new())
             .await?;
@@ -463,27 +485,36 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_retried_until_attempts_run_out() {
-        // (attempts so far, retryable, expected state)
+    fn failures_are_retried_after_a_growing_jittered_pause_until_attempts_run_out() {
+        const NOW: u64 = 1_000_000;
+        // (attempts so far, retryable, jitter, expected state, expected not-before)
         let cases = [
-            (1, true, JobState::Pending),
-            (MAX_ATTEMPTS - 1, true, JobState::Pending),
-            (MAX_ATTEMPTS, true, JobState::Failed),
-            (1, false, JobState::Failed),
+            (1, true, 1.0, JobState::Pending, NOW + 5_000),
+            (1, true, 0.5, JobState::Pending, NOW + 2_500),
+            (2, true, 1.0, JobState::Pending, NOW + 10_000),
+            (MAX_ATTEMPTS - 1, true, 0.5, JobState::Pending, NOW + 20_000),
+            (MAX_ATTEMPTS, true, 1.0, JobState::Failed, 0),
+            (1, false, 1.0, JobState::Failed, 0),
         ];
-        for (attempts, retryable, expected) in cases {
+        for (attempts, retryable, jitter, expected, not_before) in cases {
             let mut job = assigned_job("j", JobKind::Backup, "vm1", "w1");
             let attempt = job.attempts[0].clone();
             job.attempts = vec![attempt; attempts as usize];
-            retry_or_fail(&mut job, 7, "failed: x".into(), retryable, "x".into());
-            assert_eq!(
-                job.state, expected,
-                "{attempts} attempts, retryable {retryable}"
+            retry_or_fail(
+                &mut job,
+                NOW,
+                "failed: x".into(),
+                retryable,
+                "x".into(),
+                jitter,
             );
-            assert_eq!(job.current().map(|a| a.ended_unix_ms), Some(7));
+            let case = format!("{attempts} attempts, retryable {retryable}, jitter {jitter}");
+            assert_eq!(job.state, expected, "{case}");
+            assert_eq!(job.not_before_unix_ms, not_before, "{case}");
+            assert_eq!(job.current().map(|a| a.ended_unix_ms), Some(NOW));
             let failed = expected == JobState::Failed;
             assert_eq!(job.error.is_some(), failed);
-            assert_eq!(job.finished_unix_ms, if failed { 7 } else { 0 });
+            assert_eq!(job.finished_unix_ms, if failed { NOW } else { 0 });
         }
     }
 
