@@ -1,8 +1,9 @@
 //! `haven worker`: the long-running worker of a cluster.
 //!
 //! ```text
-//! discover VMs (QMP sockets) ─▶ Register (lease) ─┬─ Heartbeat every ttl/4 ── NOT_FOUND: lease
-//!                                                 │                           lost ─▶ cancel all
+//! discover VMs (QMP sockets) ─▶ Register (lease) ─┬─ Heartbeat every ttl/4 ── NOT_FOUND, or none
+//!                                                 │     succeeded for a whole ttl: lease
+//!                                                 │     lost ─▶ cancel all
 //!                                                 ├─ PollJobs (long-poll) ─▶ run each job:
 //!                                                 │     backup_qemu ─ progress every second
 //!                                                 │     └─ manifest ─▶ CommitSnapshot (fenced)
@@ -150,6 +151,9 @@ impl Worker {
             max_jobs: self.config.max_jobs,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
+        // The lease is renewed when the coordinator handles the call, after this: a
+        // lease period counted from here ends no later than the lease itself.
+        let asked = Instant::now();
         let registered = self
             .client
             .unary(
@@ -179,6 +183,8 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeats(
             session.clone(),
             Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100))),
+            Duration::from_secs(u64::from(registered.lease_ttl_seconds.max(1))),
+            asked,
         ));
         let inventory = tokio::spawn(self.clone().inventory_reports(session.clone()));
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -266,8 +272,18 @@ impl Worker {
         }
     }
 
-    /// Keeps the lease alive; cancels the session when the coordinator says it is gone.
-    async fn heartbeats(self: Arc<Self>, session: Session, every: Duration) {
+    /// Keeps the lease alive every `every`; cancels the session (its jobs stop) when
+    /// the coordinator says the lease is gone, or when no heartbeat succeeded for one
+    /// `lease` period since `renewed` (when the last successful renewal was asked):
+    /// by then the lease may have expired and the jobs been handed to other workers,
+    /// so carrying on would only race them.
+    async fn heartbeats(
+        self: Arc<Self>,
+        session: Session,
+        every: Duration,
+        lease: Duration,
+        mut renewed: Instant,
+    ) {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -277,17 +293,25 @@ impl Worker {
             let request = v1::HeartbeatRequest {
                 worker: Some(session.identity.clone()),
             };
-            let reply = self
-                .client
-                .unary(
+            let asked = Instant::now();
+            // The client retries while no leader answers; the lease does not wait.
+            let reply = tokio::time::timeout_at(
+                (renewed + lease).into(),
+                self.client.unary(
                     WorkerServiceClient::new,
                     request.clone(),
                     |mut c, r| async move { c.heartbeat(r).await },
-                )
-                .await;
-            match reply {
-                Ok(_) => {}
-                Err(status) if matches!(status.code(), Code::NotFound | Code::AlreadyExists) => {
+                ),
+            )
+            .await;
+            let error = match reply {
+                Ok(Ok(_)) => {
+                    renewed = asked;
+                    continue;
+                }
+                Ok(Err(status))
+                    if matches!(status.code(), Code::NotFound | Code::AlreadyExists) =>
+                {
                     tracing::warn!(
                         "lease lost, stopping this session's jobs: {}",
                         status.message()
@@ -295,8 +319,20 @@ impl Worker {
                     session.lease_lost.cancel();
                     return;
                 }
-                Err(status) => tracing::warn!("heartbeat failed: {}", status.message()),
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => "no coordinator answered".to_string(),
+            };
+            if renewed.elapsed() < lease {
+                tracing::warn!("heartbeat failed: {error}");
+                continue;
             }
+            tracing::warn!(
+                lease_seconds = lease.as_secs(),
+                "no heartbeat reached a coordinator for a whole lease period ({error}): \
+                 stopping this session's jobs, which the coordinator hands to other workers"
+            );
+            session.lease_lost.cancel();
+            return;
         }
     }
 
@@ -661,7 +697,7 @@ async fn why_it_ended(
         reporter.abort();
         return match error {
             WorkerError::JobMoved(_) => error,
-            _ => WorkerError::JobMoved("this worker's lease was lost".into()),
+            _ => WorkerError::JobMoved("this worker's lease lost or not renewed in time".into()),
         };
     }
     if session.stop_jobs.is_cancelled() {

@@ -10,6 +10,7 @@
 
 mod auth;
 mod console;
+mod cut_off;
 mod dev;
 mod drain;
 mod gc;
