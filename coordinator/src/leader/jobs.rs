@@ -235,6 +235,17 @@ pub(super) fn retry_or_fail(
     }
 }
 
+/// Whether `job` already succeeded in the attempt `worker` runs under `token`: a
+/// retried completion whose first try was applied (its reply lost) finds this, in the
+/// cache or, after the ownership compare failed, in the store, and counts as success
+/// instead of a moved job.
+pub(super) fn already_succeeded(job: &JobRecord, worker: &str, token: i64) -> bool {
+    job.state == JobState::Succeeded
+        && job
+            .current()
+            .is_some_and(|attempt| attempt.worker == worker && attempt.token == token)
+}
+
 /// Ends the current attempt and the job as succeeded at `now`.
 pub(super) fn mark_succeeded(job: &mut JobRecord, now: u64) {
     job.state = JobState::Succeeded;
@@ -397,6 +408,10 @@ impl Leader {
     ) -> Result<()> {
         let mutating = self.mutating().await;
         let job = check_token(&self.state(), worker, job_id, token)?.clone();
+        if already_succeeded(&job, worker, token) {
+            // A retry whose first try succeeded and whose reply was lost.
+            return Ok(());
+        }
         let (done, dropped) = completion(&job, now_ms(), summary, removed)?;
         let accepted = self
             .write_ended(
@@ -405,25 +420,87 @@ impl Leader {
                 vec![Compare::ModRevision(model::owner_key(job_id), token)],
                 dropped.iter().cloned().map(Op::Delete).collect(),
             )
-            .await?;
-        if !accepted {
-            return Err(LeaderError::Fenced(format!(
-                "job {job_id} moved: {worker} no longer owns it (its lease expired)"
-            )));
-        }
-        {
-            let mut state = self.state();
-            for key in dropped {
-                state.snapshots.remove(&key);
+            .await;
+        let succeeded = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // `write_ended` read the record back: if the write was applied after
+                // all, its catalog deletions were too.
+                let applied = self
+                    .state()
+                    .jobs
+                    .get(job_id)
+                    .is_some_and(|job| already_succeeded(job, worker, token));
+                if applied {
+                    self.forget_snapshots(&dropped);
+                }
+                return Err(error);
+            }
+        };
+        if !succeeded {
+            // The ownership key is gone: the job moved, or an earlier try of this
+            // completion was applied and its reply lost. The stored record tells.
+            let stored = self.resync_job(job_id).await?;
+            if !stored.is_some_and(|stored| already_succeeded(&stored, worker, token)) {
+                return Err(LeaderError::Fenced(format!(
+                    "job {job_id} moved: {worker} no longer owns it (its lease expired)"
+                )));
             }
         }
+        self.forget_snapshots(&dropped);
         self.changed.notify_waiters();
         Ok(())
     }
 
+    /// Drops catalog entries a completion removed from the store.
+    fn forget_snapshots(&self, keys: &[String]) {
+        let mut state = self.state();
+        for key in keys {
+            state.snapshots.remove(key);
+        }
+    }
+
+    /// Brings the cache's copy of job `id` in line with the store, after a write whose
+    /// outcome is unknown (its reply was lost) or whose compare failed: the stored
+    /// record (`None`: deleted, or unreadable and left alone in the cache).
+    pub(super) async fn resync_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let Some(kv) = self.store.get(&model::job_key(id)).await? else {
+            let mut state = self.state();
+            state.jobs.remove(id);
+            state.progress.remove(id);
+            return Ok(None);
+        };
+        let stored: JobRecord = match serde_json::from_slice(&kv.value) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(key = kv.key, %error, "cannot read a job record back");
+                return Ok(None);
+            }
+        };
+        let mut state = self.state();
+        let cached = state.jobs.get(id);
+        if cached != Some(&stored) {
+            let ended =
+                cached.is_some_and(|job| job.state.is_active()) && !stored.state.is_active();
+            tracing::info!(
+                job = id,
+                state = stored.state.as_str(),
+                "job record read back from the store"
+            );
+            if ended {
+                state.stopped(stored.clone());
+            } else {
+                state.insert_jobs([stored.clone()]);
+            }
+        }
+        Ok(Some(stored))
+    }
+
     /// Writes `job`, whose attempt ended, with `also`, and deletes its ownership key,
     /// if `compares` hold; then puts it in the cache. `Ok(false)`: a compare other
-    /// than leadership failed and nothing changed.
+    /// than leadership failed and nothing changed. After a store error (the write may
+    /// have been applied, its reply lost) the cache holds the record read back from
+    /// the store when it can be read ([`Leader::resync_job`]).
     pub(super) async fn write_ended(
         &self,
         _mutating: &Mutating<'_>,
@@ -436,8 +513,18 @@ impl Leader {
             Op::Delete(model::owner_key(&job.id)),
         ];
         ops.extend(also);
-        if !self.write(compares, ops).await? {
-            return Ok(false);
+        match self.write(compares, ops).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(error @ LeaderError::Store(_)) => {
+                // Applied or not, the store knows: the cache follows it, so a lost
+                // reply cannot leave the job assigned, to be handed out again.
+                if let Err(unread) = self.resync_job(&job.id).await {
+                    tracing::warn!(job = job.id, error = %unread, "cannot read a job record back");
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
         }
         self.state().stopped(job);
         Ok(true)
