@@ -171,6 +171,7 @@ fn records(options: &Options, now_ms: u64) -> Vec<Op> {
                 error: failed.then(|| "NBD read of vda at 4096: connection reset".to_owned()),
                 bytes_uploaded: 300 << 20,
                 commit: None,
+                not_before_unix_ms: 0,
             };
             ops.push(Op::put(model::job_key(&job.id), json(&job)));
         }

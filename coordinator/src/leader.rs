@@ -20,6 +20,7 @@
 //! | `catalog.rs` | the catalog rebuilt from a repository's manifests (the DR site) |
 //! | `rounds.rs` | policies, due rounds (backup and GC), follow-ups after a backup |
 //! | `expiry.rs` | forgetting finished jobs after the history period |
+//! | `deadline.rs` | failing jobs past their deadline, and cancelling jobs by hand |
 //! | `queries.rs` | read-only views for the API, `/metrics` and GC pins |
 //! | `summary.rs` | what `/metrics` exports per VM, policy, site and repository, without cloning |
 //! | `job_metrics.rs` | counters of ended jobs, updated where the cache learns a job stopped |
@@ -34,6 +35,8 @@
 //! (`rounds::follow_up_jobs`), where pending jobs go (`assignment::plan_assignment`,
 //! over `crate::placement`), which jobs of dead workers are requeued
 //! (`workers::orphaned_jobs`), which finished jobs expire (`expiry::expired_jobs`),
+//! which jobs are past their deadline (`deadline::overdue_jobs`), what a cancellation
+//! does (`deadline::cancellation`),
 //! whether a commit is accepted (`commit::accept_commit`). They are table-tested
 //! beside their code. New jobs are decided as `jobs::NewJob`s, so a decision needs
 //! neither the clock nor randomness; ids are drawn when they are applied. The async
@@ -64,7 +67,8 @@
 //! | commit: accept | held | briefly | the fenced write under `mutations` |
 //! | commit: publish the manifest | – | briefly | repository write outside every lock |
 //! | commit: mark succeeded, fail, complete | held | briefly | the fenced write under `mutations` |
-//! | tick: reap, assign, expire | held | briefly | worker listing before `mutations`; writes under it |
+//! | tick: reap, deadlines, assign, expire | held | briefly | worker listing before `mutations`; writes under it |
+//! | cancel | held | briefly | the write under `mutations` |
 //!
 //! Why writes stay under `mutations`: a decision checks the cache (the VM has no active
 //! backup, the job is still `Assigned`, the ownership key is absent), and the store's
@@ -80,6 +84,7 @@
 mod assignment;
 mod catalog;
 mod commit;
+mod deadline;
 mod error;
 mod expiry;
 #[cfg(test)]

@@ -285,6 +285,16 @@ pub struct JobRecord {
     pub bytes_uploaded: u64,
     /// Set while committing.
     pub commit: Option<PendingCommit>,
+    /// A pending job is not assigned before this time (Unix ms; 0: at once): the
+    /// backoff after a retryable failure, so a short outage does not use up every
+    /// attempt in seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_before_unix_ms: u64,
+}
+
+/// Whether a number field holds its default and need not be stored.
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl JobRecord {

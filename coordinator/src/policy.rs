@@ -14,11 +14,15 @@
 //! gc_schedule = "0 3 * * 0"         # garbage collection of `repository` (and the copy)
 //! gc_margin_seconds = 3600
 //! rpo_seconds = 43200               # at risk after 12 h without a good backup
+//! job_timeout_seconds = 7200        # a job not done 2 h after its creation fails
 //! ```
 //!
 //! `rpo_seconds` defaults to twice the longest gap between two firings of the
 //! schedule: one missed round is tolerated, two are an alert
 //! (`haven_policy_rpo_seconds`, `deploy/prometheus/haven-rules.yaml`).
+//! `job_timeout_seconds` (default a day, [`DEFAULT_JOB_TIMEOUT_SECONDS`]) bounds each
+//! job of the policy from its creation: the leader fails a job still pending or running
+//! then, and its worker stops it.
 //!
 //! A file is applied whole or not at all: every error is reported with its line and
 //! reason, and nothing changes if there is one.
@@ -67,10 +71,23 @@ pub struct Policy {
     /// schedule's longest gap); 0 in policies applied by older versions: unknown.
     #[serde(default)]
     pub rpo_seconds: u64,
+    /// How long a job of this policy may take from its creation before the leader
+    /// fails it (a hung backup would otherwise hold its VM's rounds forever).
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_seconds: u64,
 }
 
 fn default_gc_margin() -> u64 {
     3600
+}
+
+/// The deadline of a job, from its creation, when no policy says otherwise (manual
+/// jobs, policies that do not set `job_timeout_seconds`): a day, longer than any sane
+/// backup yet short enough that a hung job does not hold its VM's rounds for long.
+pub const DEFAULT_JOB_TIMEOUT_SECONDS: u64 = 24 * 3600;
+
+fn default_job_timeout() -> u64 {
+    DEFAULT_JOB_TIMEOUT_SECONDS
 }
 
 /// VM selection: every non-empty criterion must match.
@@ -207,6 +224,8 @@ struct RawPolicy {
     gc_margin_seconds: u64,
     #[serde(default)]
     rpo_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    job_timeout_seconds: Option<Spanned<u64>>,
 }
 
 fn default_limit() -> Spanned<u32> {
@@ -301,6 +320,17 @@ pub fn parse_policies(
                 .and_then(Schedule::longest_gap)
                 .map_or(0, |gap| 2 * gap.whole_seconds().unsigned_abs()),
         };
+        let job_timeout_seconds = match &raw.job_timeout_seconds {
+            Some(timeout) if *timeout.get_ref() == 0 => {
+                errors.push(format!(
+                    "{}: job_timeout_seconds must be at least 1",
+                    at(timeout.span())
+                ));
+                0
+            }
+            Some(timeout) => *timeout.get_ref(),
+            None => DEFAULT_JOB_TIMEOUT_SECONDS,
+        };
         if let Err(reason) = allowlist.check(raw.repository.get_ref()) {
             errors.push(format!("{}: {reason}", at(raw.repository.span())));
         }
@@ -348,6 +378,7 @@ pub fn parse_policies(
             gc_schedule: raw.gc_schedule.map(Spanned::into_inner),
             gc_margin_seconds: raw.gc_margin_seconds,
             rpo_seconds,
+            job_timeout_seconds,
         });
     }
     if errors.is_empty() {
@@ -427,6 +458,30 @@ repository = "/srv/other"
             rpo("rpo_seconds = 0\n"),
             Err(vec!["p.toml:5: rpo_seconds must be at least 1".to_string()])
         );
+    }
+
+    #[test]
+    fn the_job_timeout_is_explicit_or_a_day() {
+        let parse = |extra: &str| {
+            let text = format!(
+                "[[policy]]\nname = \"p\"\nschedule = \"0 2 * * *\"\nrepository = \"/r\"\n{extra}"
+            );
+            parse_policies("p.toml", &text, &RepositoryAllowlist::any())
+        };
+        let timeout = |extra: &str| parse(extra).map(|policies| policies[0].job_timeout_seconds);
+        assert_eq!(timeout(""), Ok(DEFAULT_JOB_TIMEOUT_SECONDS));
+        assert_eq!(timeout("job_timeout_seconds = 7200\n"), Ok(7200));
+        assert_eq!(
+            timeout("job_timeout_seconds = 0\n"),
+            Err(vec![
+                "p.toml:5: job_timeout_seconds must be at least 1".to_string()
+            ])
+        );
+        // A policy stored by an older version, without the field, gets the default.
+        let mut older = serde_json::to_value(&parse("").unwrap()[0]).unwrap();
+        older.as_object_mut().unwrap().remove("job_timeout_seconds");
+        let read: Policy = serde_json::from_value(older).unwrap();
+        assert_eq!(read.job_timeout_seconds, DEFAULT_JOB_TIMEOUT_SECONDS);
     }
 
     #[test]

@@ -712,6 +712,20 @@ impl AdminService for CoordinatorService {
         Ok(audited(v1::RunPolicyResponse { job_ids }, detail))
     }
 
+    async fn cancel_job(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let by = auth::caller(&request)?.identity.to_string();
+        let leader = self.leader().await?;
+        let job_id = request.into_inner().job_id;
+        check_name("job id", &job_id).map_err(status)?;
+        let job = leader.cancel(&job_id, &by).await.map_err(status)?;
+        let detail = format!("job {job_id} ({} of {:?})", job.kind.as_str(), job.vm);
+        let job = Some(job_status(&job, Progress::default()));
+        Ok(audited(v1::CancelJobResponse { job }, detail))
+    }
+
     async fn list_jobs(
         &self,
         request: Request<v1::ListJobsRequest>,

@@ -4,9 +4,10 @@
 //! Followers answer `UNAVAILABLE` (with the leader's URL in [`crate::LEADER_METADATA`]
 //! metadata when they know it); a dead replica fails to connect. Both make
 //! [`LeaderClient::call`] drop its cached channel, find the leader again and retry,
-//! with backoff, until a deadline: so a worker or the CLI rides through a failover
+//! with jittered backoff, until a deadline: so a worker or the CLI rides through a failover
 //! that takes a few seconds without the caller writing any retry logic.
 
+use crate::backoff::Backoff;
 use crate::error_chain::error_chain;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,14 @@ impl Interceptor for CallMetadata {
     }
 }
 
+/// Pauses between tries of a call while no leader answers: up to 100 ms after the
+/// first failure, doubling to at most 1 s, with full jitter so the workers a failover
+/// cut off together do not all ask the new leader at the same instant.
+const CALL_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+};
+
 /// A cached channel to the leader, re-resolved when a call says it moved or when the
 /// client's certificate files were reloaded.
 pub struct LeaderClient {
@@ -220,7 +229,7 @@ impl LeaderClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.retry_for;
-        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0;
         loop {
             let status = match self.channel().await {
                 Ok(channel) => match call(channel).await {
@@ -231,7 +240,9 @@ impl LeaderClient {
                 Err(status) => status,
             };
             *self.current.lock().await = None;
-            if Instant::now() + backoff > deadline {
+            failures += 1;
+            let pause = CALL_BACKOFF.pause(failures);
+            if Instant::now() + pause > deadline {
                 return Err(Status::unavailable(format!(
                     "no coordinator leader reachable at {} within {} s: {}",
                     self.urls.join(","),
@@ -239,8 +250,7 @@ impl LeaderClient {
                     status.message()
                 )));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(pause).await;
         }
     }
 

@@ -1,8 +1,9 @@
 //! `haven worker`: the long-running worker of a cluster.
 //!
 //! ```text
-//! discover VMs (QMP sockets) ─▶ Register (lease) ─┬─ Heartbeat every ttl/4 ── NOT_FOUND: lease
-//!                                                 │                           lost ─▶ cancel all
+//! discover VMs (QMP sockets) ─▶ Register (lease) ─┬─ Heartbeat every ttl/4 ── NOT_FOUND, or none
+//!                                                 │     succeeded for a whole ttl: lease
+//!                                                 │     lost ─▶ cancel all
 //!                                                 ├─ PollJobs (long-poll) ─▶ run each job:
 //!                                                 │     backup_qemu ─ progress every second
 //!                                                 │     └─ manifest ─▶ CommitSnapshot (fenced)
@@ -26,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use haven_proto::LeaderClient;
 use haven_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use haven_proto::{Backoff, LeaderClient};
 use haven_repo::{Backend, Progress, Repository};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -83,18 +84,38 @@ pub async fn run_worker(
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
         metrics,
     });
+    // Sessions that ended in a row without registering: the backoff's attempt number.
+    let mut failures = 0;
     while !shutdown.is_cancelled() {
         match worker.clone().session(&shutdown).await {
-            Ok(()) => {}
-            Err(error) => tracing::warn!(error = %error.chain(), "worker session ended"),
+            Ok(()) => failures = 1,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(error = %error.chain(), "worker session ended");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(SESSION_BACKOFF.pause(failures)) => {}
         }
     }
     Ok(())
 }
+
+/// Pauses before registering again: up to 1 s after a session ended, doubling to at
+/// most 30 s while registrations keep failing, with full jitter, so the workers that
+/// one failover or lease loss cut off do not all register again at once.
+const SESSION_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// Pauses between failed polls: up to 500 ms after the first, doubling to at most 5 s,
+/// with full jitter.
+const POLL_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(5),
+};
 
 struct Worker {
     config: WorkerConfig,
@@ -131,6 +152,9 @@ impl Worker {
             max_jobs: self.config.max_jobs,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
+        // The lease is renewed when the coordinator handles the call, after this: a
+        // lease period counted from here ends no later than the lease itself.
+        let asked = Instant::now();
         let registered = self
             .client
             .unary(
@@ -160,9 +184,12 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeats(
             session.clone(),
             Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100))),
+            Duration::from_secs(u64::from(registered.lease_ttl_seconds.max(1))),
+            asked,
         ));
         let inventory = tokio::spawn(self.clone().inventory_reports(session.clone()));
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut failed_polls = 0;
         while !session.lease_lost.is_cancelled() {
             running.retain(|_, task| !task.is_finished());
             let request = v1::PollJobsRequest {
@@ -182,6 +209,7 @@ impl Worker {
             };
             match reply {
                 Ok(reply) => {
+                    failed_polls = 0;
                     for job in reply.jobs {
                         if running.contains_key(&job.job_id) {
                             continue;
@@ -200,7 +228,11 @@ impl Worker {
                 }
                 Err(status) => {
                     tracing::warn!("poll failed: {}", status.message());
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    failed_polls += 1;
+                    tokio::select! {
+                        _ = session.lease_lost.cancelled() => break,
+                        _ = tokio::time::sleep(POLL_BACKOFF.pause(failed_polls)) => {}
+                    }
                 }
             }
         }
@@ -241,8 +273,18 @@ impl Worker {
         }
     }
 
-    /// Keeps the lease alive; cancels the session when the coordinator says it is gone.
-    async fn heartbeats(self: Arc<Self>, session: Session, every: Duration) {
+    /// Keeps the lease alive every `every`; cancels the session (its jobs stop) when
+    /// the coordinator says the lease is gone, or when no heartbeat succeeded for one
+    /// `lease` period since `renewed` (when the last successful renewal was asked):
+    /// by then the lease may have expired and the jobs been handed to other workers,
+    /// so carrying on would only race them.
+    async fn heartbeats(
+        self: Arc<Self>,
+        session: Session,
+        every: Duration,
+        lease: Duration,
+        mut renewed: Instant,
+    ) {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -252,17 +294,25 @@ impl Worker {
             let request = v1::HeartbeatRequest {
                 worker: Some(session.identity.clone()),
             };
-            let reply = self
-                .client
-                .unary(
+            let asked = Instant::now();
+            // The client retries while no leader answers; the lease does not wait.
+            let reply = tokio::time::timeout_at(
+                (renewed + lease).into(),
+                self.client.unary(
                     WorkerServiceClient::new,
                     request.clone(),
                     |mut c, r| async move { c.heartbeat(r).await },
-                )
-                .await;
-            match reply {
-                Ok(_) => {}
-                Err(status) if matches!(status.code(), Code::NotFound | Code::AlreadyExists) => {
+                ),
+            )
+            .await;
+            let error = match reply {
+                Ok(Ok(_)) => {
+                    renewed = asked;
+                    continue;
+                }
+                Ok(Err(status))
+                    if matches!(status.code(), Code::NotFound | Code::AlreadyExists) =>
+                {
                     tracing::warn!(
                         "lease lost, stopping this session's jobs: {}",
                         status.message()
@@ -270,8 +320,20 @@ impl Worker {
                     session.lease_lost.cancel();
                     return;
                 }
-                Err(status) => tracing::warn!("heartbeat failed: {}", status.message()),
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => "no coordinator answered".to_string(),
+            };
+            if renewed.elapsed() < lease {
+                tracing::warn!("heartbeat failed: {error}");
+                continue;
             }
+            tracing::warn!(
+                lease_seconds = lease.as_secs(),
+                "no heartbeat reached a coordinator for a whole lease period ({error}): \
+                 stopping this session's jobs, which the coordinator hands to other workers"
+            );
+            session.lease_lost.cancel();
+            return;
         }
     }
 
@@ -669,7 +731,7 @@ async fn why_it_ended(
         reporter.abort();
         return match error {
             WorkerError::JobMoved(_) => error,
-            _ => WorkerError::JobMoved("this worker's lease was lost".into()),
+            _ => WorkerError::JobMoved("this worker's lease lost or not renewed in time".into()),
         };
     }
     if session.stop_jobs.is_cancelled() {

@@ -93,6 +93,15 @@ pub enum JobCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Cancel a pending or running job: it fails at once, and its worker stops it.
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        coordinator: CoordinatorUrl,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// Where `haven job run` and `haven job gc` start their job, and whether they follow it.
@@ -391,6 +400,26 @@ pub async fn job(command: JobCommand) -> Result<()> {
             coordinator,
             output,
         } => watch_job(&coordinator.client()?, &id, output.json).await,
+        JobCommand::Cancel {
+            id,
+            coordinator,
+            output,
+        } => {
+            let request = v1::CancelJobRequest { job_id: id };
+            let job = coordinator
+                .client()?
+                .unary(AdminServiceClient::new, request, |mut c, r| async move {
+                    c.cancel_job(r).await
+                })
+                .await?
+                .job
+                .context("the coordinator did not return the cancelled job")?;
+            if output.json {
+                return print_json(&job_json(&job));
+            }
+            println!("{}", job_line(&job));
+            Ok(())
+        }
     }
 }
 

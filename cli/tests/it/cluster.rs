@@ -9,7 +9,9 @@
 //! backups, a worker on libvirt, and webhook notifications.
 
 mod auth;
+mod cancel;
 mod console;
+mod cut_off;
 mod dev;
 mod dr;
 mod drain;

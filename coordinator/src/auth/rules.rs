@@ -70,6 +70,7 @@ pub const RULES: &[MethodRule] = &[
     method("/haven.v1.AdminService/ListSnapshots", VIEWER, false),
     method("/haven.v1.AdminService/RunJob", OPERATOR, true),
     method("/haven.v1.AdminService/RunPolicy", OPERATOR, true),
+    method("/haven.v1.AdminService/CancelJob", OPERATOR, true),
     method("/haven.v1.AdminService/ApplyPolicies", ADMIN, true),
     method("/haven.v1.AdminService/ImportSnapshots", ADMIN, true),
     method("/haven.v1.AdminService/CreateToken", ADMIN, true),

@@ -8,7 +8,7 @@
 //! revoked token keeps working.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use haven_tls::identity::check_name;
@@ -68,6 +68,13 @@ impl Tokens {
             store,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The cache of checked tokens. A map of copies stays whole whatever panicked
+    /// while it was locked, so a poisoned lock is taken over: a poisoned cache must not
+    /// stop `forget` from dropping a revoked token.
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, (Option<TokenRecord>, Instant)>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes a token; returns its text, shown once.
@@ -140,8 +147,7 @@ impl Tokens {
     }
 
     async fn record(&self, name: &str) -> Result<Option<TokenRecord>, String> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((record, at)) = cache.get(name)
+        if let Some((record, at)) = self.cache().get(name)
             && at.elapsed() < CACHE_FOR
         {
             return Ok(record.clone());
@@ -158,7 +164,8 @@ impl Tokens {
             ),
             None => None,
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        {
+            let mut cache = self.cache();
             if cache.len() > 10_000 {
                 cache.clear();
             }
@@ -168,9 +175,7 @@ impl Tokens {
     }
 
     fn forget(&self, name: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(name);
-        }
+        self.cache().remove(name);
     }
 }
 

@@ -286,6 +286,7 @@ mod tests {
             error: Some("</td><script>alert(2)</script>".into()),
             bytes_uploaded: 0,
             commit: None,
+            not_before_unix_ms: 0,
         };
         store
             .txn(

@@ -21,10 +21,12 @@ pub struct Assignment {
     pub token: i64,
 }
 
-/// Where pending jobs go now: job ids per worker id, oldest job first. Manual jobs
-/// take the default limits; policy jobs their policy's.
+/// Where pending jobs go at `now`: job ids per worker id, oldest job first, skipping
+/// jobs still in their retry backoff. Manual jobs take the default limits; policy jobs
+/// their policy's.
 pub(super) fn plan_assignment(
     state: &State,
+    now: u64,
     default_max_per_host: u32,
     default_max_per_worker: u32,
 ) -> BTreeMap<String, Vec<String>> {
@@ -32,7 +34,7 @@ pub(super) fn plan_assignment(
     let mut pending: Vec<&JobRecord> = state
         .jobs
         .values()
-        .filter(|j| j.state == JobState::Pending)
+        .filter(|j| j.state == JobState::Pending && j.not_before_unix_ms <= now)
         .collect();
     if pending.is_empty() || state.workers.is_empty() {
         return plan;
@@ -140,12 +142,13 @@ impl Leader {
     /// records.
     pub(super) async fn assign(&self, report: &mut TickReport) -> Result<()> {
         let mutating = self.mutating().await;
+        let now = model::now_ms();
         let plan = plan_assignment(
             &self.state(),
+            now,
             self.settings.default_max_per_host,
             self.settings.default_max_per_worker,
         );
-        let now = model::now_ms();
         for (worker, jobs) in plan {
             let Some(lease) = self.state().workers.get(&worker).map(|w| w.lease) else {
                 continue;
@@ -266,12 +269,22 @@ mod tests {
     /// A plan as `(worker, [jobs])` pairs.
     type Plan = Vec<(String, Vec<String>)>;
 
-    /// The plan for `jobs` (created in this order) and `workers`, with default limits
-    /// of 2 per host and 2 per worker, as `(worker, [jobs])`.
+    /// When the plans are made.
+    const NOW: u64 = 1_000;
+
+    /// The plan at [`NOW`] for `jobs` (created in this order) and `workers`, with
+    /// default limits of 2 per host and 2 per worker, as `(worker, [jobs])`.
     fn plan(jobs: Vec<JobRecord>, workers: &[WorkerRecord]) -> Plan {
         let mut state = state_with(&[vm("vm1", "h1")], &[policy("p")], &jobs);
         state.workers = workers.iter().map(|w| (w.id.clone(), w.clone())).collect();
-        plan_assignment(&state, 2, 2).into_iter().collect()
+        plan_assignment(&state, NOW, 2, 2).into_iter().collect()
+    }
+
+    /// A pending job on `h1` whose retry backoff ends at `not_before`.
+    fn backing_off(id: &str, created: u64, not_before: u64) -> JobRecord {
+        let mut job = pending_job(id, JobKind::Backup, "h1", created);
+        job.not_before_unix_ms = not_before;
+        job
     }
 
     fn ids(ids: &[&str]) -> Vec<String> {
@@ -316,6 +329,16 @@ mod tests {
                 ],
                 vec![w1.clone()],
                 vec![],
+            ),
+            (
+                "a job in its retry backoff waits; its backoff over, it goes",
+                vec![
+                    backing_off("early", 1, NOW + 1),
+                    backing_off("due", 2, NOW),
+                    on("new", "h1", 3),
+                ],
+                vec![w1.clone()],
+                vec![("w1".into(), ids(&["due", "new"]))],
             ),
             (
                 "repository jobs go to any worker",

@@ -232,21 +232,26 @@ impl Leader {
         Ok(snapshot)
     }
 
+    /// The ids of manifests being published now. A set of ids stays whole whatever
+    /// panicked while it was locked, so a poisoned lock is taken over: forgetting a
+    /// publication in flight would let the tick publish it a second time.
+    fn publishing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn set_publishing(&self, job_id: &str, on: bool) {
-        if let Ok(mut publishing) = self.publishing.lock() {
-            if on {
-                publishing.insert(job_id.to_string());
-            } else {
-                publishing.remove(job_id);
-            }
+        let mut publishing = self.publishing();
+        if on {
+            publishing.insert(job_id.to_string());
+        } else {
+            publishing.remove(job_id);
         }
     }
 
     fn is_publishing(&self, job_id: &str) -> bool {
-        self.publishing
-            .lock()
-            .map(|publishing| publishing.contains(job_id))
-            .unwrap_or(false)
+        self.publishing().contains(job_id)
     }
 
     /// Finishes commits that were accepted but not published (a crash or an error

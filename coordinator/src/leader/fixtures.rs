@@ -33,6 +33,7 @@ pub(super) fn policy(name: &str) -> Policy {
         gc_schedule: None,
         gc_margin_seconds: 3600,
         rpo_seconds: 7200,
+        job_timeout_seconds: crate::policy::DEFAULT_JOB_TIMEOUT_SECONDS,
     }
 }
 
@@ -71,6 +72,7 @@ pub(crate) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> 
         error: None,
         bytes_uploaded: 0,
         commit: None,
+        not_before_unix_ms: 0,
     }
 }
 

@@ -1,6 +1,10 @@
 //! Jobs: creating them (by hand, by rounds, as follow-ups), live progress, and how an
 //! attempt ends (failure, or completion of a prune, GC or replication job).
 
+use std::time::Duration;
+
+use haven_proto::Backoff;
+
 use super::state::State;
 use super::writes::{job_puts, put_json};
 use super::{Leader, LeaderError, Mutating, Result};
@@ -9,6 +13,16 @@ use crate::store::{Compare, Op};
 
 /// Attempts before a job is given up.
 pub(super) const MAX_ATTEMPTS: u32 = 5;
+
+/// The wait before a job's next attempt: up to 5 s after its first failed attempt,
+/// doubling to at most 5 minutes, with full jitter. With [`MAX_ATTEMPTS`] the four
+/// retries wait 37 s in all on average and 75 s at most, so an outage of the
+/// repository or the store shorter than that does not fail the job at once, and jobs
+/// that failed together do not come back together.
+pub(super) const RETRY_BACKOFF: Backoff = Backoff {
+    first: Duration::from_secs(5),
+    max: Duration::from_secs(300),
+};
 
 /// Live progress of a job, from the worker's reports.
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,6 +108,7 @@ impl NewJob {
             error: None,
             bytes_uploaded: 0,
             commit: None,
+            not_before_unix_ms: 0,
         }
     }
 }
@@ -195,23 +210,40 @@ pub(super) fn check_running(job: &JobRecord) -> Result<()> {
     Ok(())
 }
 
-/// Ends the current attempt with `outcome`: the job goes back to pending while it may
-/// be retried and has attempts left, and fails with `error` otherwise.
+/// Ends the current attempt with `outcome` at `now`: the job goes back to pending
+/// while it may be retried and has attempts left, not to be assigned before the
+/// [`RETRY_BACKOFF`] pause that `jitter` (drawn uniformly from [0, 1)) picks; it fails
+/// with `error` otherwise.
 pub(super) fn retry_or_fail(
     job: &mut JobRecord,
     now: u64,
     outcome: String,
     retryable: bool,
     error: String,
+    jitter: f64,
 ) {
     job.end_attempt(now, outcome);
-    if retryable && (job.attempts.len() as u32) < MAX_ATTEMPTS {
+    let attempts = u32::try_from(job.attempts.len()).unwrap_or(u32::MAX);
+    if retryable && attempts < MAX_ATTEMPTS {
         job.state = JobState::Pending;
+        let pause = RETRY_BACKOFF.delay(attempts, jitter);
+        job.not_before_unix_ms = now.saturating_add(u64::try_from(pause.as_millis()).unwrap_or(0));
     } else {
         job.state = JobState::Failed;
         job.finished_unix_ms = now;
         job.error = Some(error);
     }
+}
+
+/// Whether `job` already succeeded in the attempt `worker` runs under `token`: a
+/// retried completion whose first try was applied (its reply lost) finds this, in the
+/// cache or, after the ownership compare failed, in the store, and counts as success
+/// instead of a moved job.
+pub(super) fn already_succeeded(job: &JobRecord, worker: &str, token: i64) -> bool {
+    job.state == JobState::Succeeded
+        && job
+            .current()
+            .is_some_and(|attempt| attempt.worker == worker && attempt.token == token)
 }
 
 /// Ends the current attempt and the job as succeeded at `now`.
@@ -360,6 +392,7 @@ impl Leader {
             format!("failed: {error}"),
             retryable,
             error.to_string(),
+            rand::random(),
         );
         self.write_ended(&mutating, updated, Vec::new(), Vec::new())
             .await?;
@@ -378,6 +411,10 @@ impl Leader {
     ) -> Result<()> {
         let mutating = self.mutating().await;
         let job = check_token(&self.state(), worker, job_id, token)?.clone();
+        if already_succeeded(&job, worker, token) {
+            // A retry whose first try succeeded and whose reply was lost.
+            return Ok(());
+        }
         let (done, dropped) = completion(&job, now_ms(), summary, removed)?;
         let accepted = self
             .write_ended(
@@ -386,25 +423,87 @@ impl Leader {
                 vec![Compare::ModRevision(model::owner_key(job_id), token)],
                 dropped.iter().cloned().map(Op::Delete).collect(),
             )
-            .await?;
-        if !accepted {
-            return Err(LeaderError::Fenced(format!(
-                "job {job_id} moved: {worker} no longer owns it (its lease expired)"
-            )));
-        }
-        {
-            let mut state = self.state();
-            for key in dropped {
-                state.snapshots.remove(&key);
+            .await;
+        let succeeded = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // `write_ended` read the record back: if the write was applied after
+                // all, its catalog deletions were too.
+                let applied = self
+                    .state()
+                    .jobs
+                    .get(job_id)
+                    .is_some_and(|job| already_succeeded(job, worker, token));
+                if applied {
+                    self.forget_snapshots(&dropped);
+                }
+                return Err(error);
+            }
+        };
+        if !succeeded {
+            // The ownership key is gone: the job moved, or an earlier try of this
+            // completion was applied and its reply lost. The stored record tells.
+            let stored = self.resync_job(job_id).await?;
+            if !stored.is_some_and(|stored| already_succeeded(&stored, worker, token)) {
+                return Err(LeaderError::Fenced(format!(
+                    "job {job_id} moved: {worker} no longer owns it (its lease expired)"
+                )));
             }
         }
+        self.forget_snapshots(&dropped);
         self.changed.notify_waiters();
         Ok(())
     }
 
+    /// Drops catalog entries a completion removed from the store.
+    fn forget_snapshots(&self, keys: &[String]) {
+        let mut state = self.state();
+        for key in keys {
+            state.snapshots.remove(key);
+        }
+    }
+
+    /// Brings the cache's copy of job `id` in line with the store, after a write whose
+    /// outcome is unknown (its reply was lost) or whose compare failed: the stored
+    /// record (`None`: deleted, or unreadable and left alone in the cache).
+    pub(super) async fn resync_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let Some(kv) = self.store.get(&model::job_key(id)).await? else {
+            let mut state = self.state();
+            state.jobs.remove(id);
+            state.progress.remove(id);
+            return Ok(None);
+        };
+        let stored: JobRecord = match serde_json::from_slice(&kv.value) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(key = kv.key, %error, "cannot read a job record back");
+                return Ok(None);
+            }
+        };
+        let mut state = self.state();
+        let cached = state.jobs.get(id);
+        if cached != Some(&stored) {
+            let ended =
+                cached.is_some_and(|job| job.state.is_active()) && !stored.state.is_active();
+            tracing::info!(
+                job = id,
+                state = stored.state.as_str(),
+                "job record read back from the store"
+            );
+            if ended {
+                state.stopped(stored.clone());
+            } else {
+                state.insert_jobs([stored.clone()]);
+            }
+        }
+        Ok(Some(stored))
+    }
+
     /// Writes `job`, whose attempt ended, with `also`, and deletes its ownership key,
     /// if `compares` hold; then puts it in the cache. `Ok(false)`: a compare other
-    /// than leadership failed and nothing changed.
+    /// than leadership failed and nothing changed. After a store error (the write may
+    /// have been applied, its reply lost) the cache holds the record read back from
+    /// the store when it can be read ([`Leader::resync_job`]).
     pub(super) async fn write_ended(
         &self,
         _mutating: &Mutating<'_>,
@@ -417,8 +516,18 @@ impl Leader {
             Op::Delete(model::owner_key(&job.id)),
         ];
         ops.extend(also);
-        if !self.write(compares, ops).await? {
-            return Ok(false);
+        match self.write(compares, ops).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(error @ LeaderError::Store(_)) => {
+                // Applied or not, the store knows: the cache follows it, so a lost
+                // reply cannot leave the job assigned, to be handed out again.
+                if let Err(unread) = self.resync_job(&job.id).await {
+                    tracing::warn!(job = job.id, error = %unread, "cannot read a job record back");
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
         }
         self.state().stopped(job);
         Ok(true)
@@ -466,27 +575,36 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_retried_until_attempts_run_out() {
-        // (attempts so far, retryable, expected state)
+    fn failures_are_retried_after_a_growing_jittered_pause_until_attempts_run_out() {
+        const NOW: u64 = 1_000_000;
+        // (attempts so far, retryable, jitter, expected state, expected not-before)
         let cases = [
-            (1, true, JobState::Pending),
-            (MAX_ATTEMPTS - 1, true, JobState::Pending),
-            (MAX_ATTEMPTS, true, JobState::Failed),
-            (1, false, JobState::Failed),
+            (1, true, 1.0, JobState::Pending, NOW + 5_000),
+            (1, true, 0.5, JobState::Pending, NOW + 2_500),
+            (2, true, 1.0, JobState::Pending, NOW + 10_000),
+            (MAX_ATTEMPTS - 1, true, 0.5, JobState::Pending, NOW + 20_000),
+            (MAX_ATTEMPTS, true, 1.0, JobState::Failed, 0),
+            (1, false, 1.0, JobState::Failed, 0),
         ];
-        for (attempts, retryable, expected) in cases {
+        for (attempts, retryable, jitter, expected, not_before) in cases {
             let mut job = assigned_job("j", JobKind::Backup, "vm1", "w1");
             let attempt = job.attempts[0].clone();
             job.attempts = vec![attempt; attempts as usize];
-            retry_or_fail(&mut job, 7, "failed: x".into(), retryable, "x".into());
-            assert_eq!(
-                job.state, expected,
-                "{attempts} attempts, retryable {retryable}"
+            retry_or_fail(
+                &mut job,
+                NOW,
+                "failed: x".into(),
+                retryable,
+                "x".into(),
+                jitter,
             );
-            assert_eq!(job.current().map(|a| a.ended_unix_ms), Some(7));
+            let case = format!("{attempts} attempts, retryable {retryable}, jitter {jitter}");
+            assert_eq!(job.state, expected, "{case}");
+            assert_eq!(job.not_before_unix_ms, not_before, "{case}");
+            assert_eq!(job.current().map(|a| a.ended_unix_ms), Some(NOW));
             let failed = expected == JobState::Failed;
             assert_eq!(job.error.is_some(), failed);
-            assert_eq!(job.finished_unix_ms, if failed { 7 } else { 0 });
+            assert_eq!(job.finished_unix_ms, if failed { NOW } else { 0 });
         }
     }
 

@@ -3,16 +3,22 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::*;
 use crate::model::{self, JobState, VmRecord, now_ms};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{Compare, Op};
+use crate::store::{Compare, KeyValue, LeaseId, Op, StoreError, TxnOutcome};
 
 /// A leader over an embedded store, leading at the revision of its leader key.
 async fn leader(dir: &std::path::Path) -> (Arc<dyn MetaStore>, Leader) {
     let store: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+    leader_over(store).await
+}
+
+/// A leader over `store`, leading at the revision of its leader key.
+async fn leader_over(store: Arc<dyn MetaStore>) -> (Arc<dyn MetaStore>, Leader) {
     let won = store
         .txn(
             vec![Compare::Absent(model::leader_key())],
@@ -164,4 +170,164 @@ async fn load_counts_and_skips_unreadable_records() {
     assert!(second.job(&job).await.is_some(), "readable records load");
     assert!(second.job("job-broken").await.is_none());
     assert_eq!(second.vms().await.len(), 1);
+}
+
+/// A store whose armed transactions are applied but answered with an error, as when
+/// the reply of an applied etcd write is lost; and which can be made unreachable.
+struct LosesReplies {
+    inner: Arc<dyn MetaStore>,
+    /// The next transaction is applied, then reported failed.
+    lose_next_reply: AtomicBool,
+    /// Once a reply was lost, every call fails until cleared.
+    then_down: AtomicBool,
+    down: AtomicBool,
+}
+
+impl LosesReplies {
+    fn over(inner: Arc<dyn MetaStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            lose_next_reply: AtomicBool::new(false),
+            then_down: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn check(&self) -> crate::store::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("store down (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for LosesReplies {
+    async fn get(&self, key: &str) -> crate::store::Result<Option<KeyValue>> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> crate::store::Result<Vec<KeyValue>> {
+        self.check()?;
+        self.inner.list(prefix).await
+    }
+
+    async fn range(
+        &self,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> crate::store::Result<Vec<KeyValue>> {
+        self.check()?;
+        self.inner.range(start, end, limit).await
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> crate::store::Result<TxnOutcome> {
+        self.check()?;
+        let outcome = self.inner.txn(compares, ops).await?;
+        if self.lose_next_reply.swap(false, Ordering::SeqCst) {
+            self.down
+                .store(self.then_down.load(Ordering::SeqCst), Ordering::SeqCst);
+            return Err(StoreError::Unavailable("reply lost (test)".into()));
+        }
+        Ok(outcome)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> crate::store::Result<LeaseId> {
+        self.check()?;
+        self.inner.grant_lease(ttl).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> crate::store::Result<()> {
+        self.check()?;
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> crate::store::Result<()> {
+        self.check()?;
+        self.inner.revoke(lease).await
+    }
+
+    fn stats(&self) -> crate::store::StoreStats {
+        self.inner.stats()
+    }
+}
+
+/// A GC job assigned to worker `w1` of a leader over a [`LosesReplies`] store: the
+/// store, the leader, the worker's lease, the job and its token.
+async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, LeaseId, String, i64) {
+    let embedded: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+    let store = LosesReplies::over(embedded);
+    let (_, leader) = leader_over(store.clone()).await;
+    let worker = leader
+        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
+        .await
+        .unwrap();
+    let job = leader.run_gc("file:///tmp/r", 0).await.unwrap();
+    assert_eq!(leader.tick().await.unwrap().assigned, 1);
+    let polled = leader
+        .poll("w1", "instance-1", worker.lease, &HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!(polled.len(), 1);
+    (store, leader, worker.lease, job, polled[0].token)
+}
+
+/// The job is succeeded in the cache and no poll hands it out again.
+async fn settled(leader: &Leader, job: &str, lease: LeaseId) {
+    let (record, _) = leader.job(job).await.unwrap();
+    assert_eq!(record.state, JobState::Succeeded, "{record:?}");
+    leader.tick().await.unwrap();
+    let again = leader
+        .poll("w1", "instance-1", lease, &HashSet::new())
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "handed out again: {again:?}");
+}
+
+#[tokio::test]
+async fn a_completion_applied_but_unanswered_is_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader, lease, job, token) = assigned_gc(dir.path()).await;
+    store.lose_next_reply.store(true, Ordering::SeqCst);
+    let lost = leader.complete("w1", &job, token, "gc: done", &[]).await;
+    assert!(matches!(lost, Err(LeaderError::Store(_))), "{lost:?}");
+    // The leader read the record back: its memory follows the store.
+    settled(&leader, &job, lease).await;
+    // The worker's client retries the call: the same completion counts as success.
+    leader
+        .complete("w1", &job, token, "gc: done", &[])
+        .await
+        .unwrap();
+    settled(&leader, &job, lease).await;
+}
+
+#[tokio::test]
+async fn a_retried_completion_finds_its_applied_write_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader, lease, job, token) = assigned_gc(dir.path()).await;
+    // The reply is lost and the store stays unreachable for the read-back.
+    store.then_down.store(true, Ordering::SeqCst);
+    store.lose_next_reply.store(true, Ordering::SeqCst);
+    let lost = leader.complete("w1", &job, token, "gc: done", &[]).await;
+    assert!(matches!(lost, Err(LeaderError::Store(_))), "{lost:?}");
+    assert_eq!(
+        leader.job(&job).await.map(|(job, _)| job.state),
+        Some(JobState::Assigned),
+        "nothing could be read back"
+    );
+    store.down.store(false, Ordering::SeqCst);
+    // The retry fails the ownership compare (the first try deleted the key) and
+    // reads the record: succeeded with this token, so it is a success.
+    leader
+        .complete("w1", &job, token, "gc: done", &[])
+        .await
+        .unwrap();
+    settled(&leader, &job, lease).await;
+    // Another token is still a moved job.
+    let other = leader
+        .complete("w1", &job, token + 1, "gc: done", &[])
+        .await;
+    assert!(matches!(other, Err(LeaderError::Fenced(_))), "{other:?}");
 }

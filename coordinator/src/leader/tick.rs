@@ -11,17 +11,21 @@ pub struct TickReport {
     pub assigned: usize,
     /// Jobs whose worker lost its lease.
     pub requeued: usize,
+    /// Jobs failed because they were past their deadline.
+    pub timed_out: usize,
     /// Finished jobs forgotten after the history period.
     pub expired: usize,
 }
 
 impl Leader {
-    /// One scheduling pass: drop dead workers (their jobs go back to pending), start
-    /// due policy rounds, finish interrupted commits, place pending jobs, forget
-    /// jobs past their history period, and notify RPO breaches.
+    /// One scheduling pass: drop dead workers (their jobs go back to pending), fail
+    /// jobs past their deadline, start due policy rounds, finish interrupted commits,
+    /// place pending jobs, forget jobs past their history period, and notify RPO
+    /// breaches.
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         self.reap_workers(&mut report).await?;
+        self.enforce_deadlines(&mut report).await?;
         self.start_rounds(&mut report).await?;
         self.resume_commits().await?;
         self.assign(&mut report).await?;
@@ -30,7 +34,7 @@ impl Leader {
         if report.assigned > 0 {
             self.assigned.notify_waiters();
         }
-        if report.assigned > 0 || report.requeued > 0 {
+        if report.assigned > 0 || report.requeued > 0 || report.timed_out > 0 {
             self.changed.notify_waiters();
         }
         Ok(report)

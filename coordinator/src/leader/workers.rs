@@ -35,11 +35,13 @@ pub(super) fn check_worker(state: &State, id: &str, instance: &str, lease: Lease
 }
 
 /// The assigned jobs whose worker no longer holds the lease they were assigned under,
-/// as they become at `now`: pending again, or failed once out of attempts.
+/// as they become at `now`: pending again after a backoff (each with its own draw of
+/// `jitter`, see [`retry_or_fail`]), or failed once out of attempts.
 pub(super) fn orphaned_jobs(
     jobs: &HashMap<String, JobRecord>,
     workers: &HashMap<String, WorkerRecord>,
     now: u64,
+    mut jitter: impl FnMut() -> f64,
 ) -> Vec<JobRecord> {
     jobs.values()
         .filter(|job| job.state == JobState::Assigned)
@@ -58,6 +60,7 @@ pub(super) fn orphaned_jobs(
                 "lease lost".into(),
                 true,
                 "worker lease lost too many times".into(),
+                jitter(),
             );
             moved
         })
@@ -199,7 +202,7 @@ impl Leader {
         let orphans = {
             let mut state = self.state();
             state.workers = live;
-            orphaned_jobs(&state.jobs, &state.workers, now_ms())
+            orphaned_jobs(&state.jobs, &state.workers, now_ms(), rand::random)
         };
         if orphans.is_empty() {
             return Ok(());
@@ -262,13 +265,16 @@ mod tests {
         for (job, workers, expected) in cases {
             let id = job.id.clone();
             let jobs: HashMap<String, JobRecord> = [(id.clone(), job)].into();
-            let reaped = orphaned_jobs(&jobs, workers, 42);
+            let reaped = orphaned_jobs(&jobs, workers, 42, || 0.5);
             assert_eq!(reaped.first().map(|j| j.state), expected, "{id}");
             if let Some(job) = reaped.first() {
                 assert_eq!(
                     job.current().map(|a| a.outcome.as_str()),
                     Some("lease lost")
                 );
+                if job.state == JobState::Pending {
+                    assert_eq!(job.not_before_unix_ms, 42 + 2_500, "{id}: backoff");
+                }
             }
         }
     }

@@ -1,9 +1,13 @@
 //! The pause between two attempts of a delivery: exponential, capped, with jitter.
 //!
 //! A pure function of the attempt number and a random draw, so the schedule is
-//! table-tested; the sender draws the randomness.
+//! table-tested; the sender draws the randomness. The exponential part is
+//! [`haven_proto::Backoff`]'s; a delivery keeps half of it ("equal jitter") so a
+//! receiver that is down is not hit again at once.
 
 use std::time::Duration;
+
+use haven_proto::Backoff;
 
 /// Pause after the first failed attempt, before jitter; doubled after each further
 /// one.
@@ -17,10 +21,15 @@ pub(super) const MAX_DELAY: Duration = Duration::from_secs(300);
 /// again at once; the random half spreads the retries of several coordinators and
 /// webhooks that failed together.
 pub(super) fn delay(attempt: u32, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(31);
-    let full = FIRST_DELAY.saturating_mul(1u32 << exponent).min(MAX_DELAY);
+    let full = SCHEDULE.ceiling(attempt);
     full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
+
+/// The control plane's one exponential schedule, with this module's bounds.
+const SCHEDULE: Backoff = Backoff {
+    first: FIRST_DELAY,
+    max: MAX_DELAY,
+};
 
 #[cfg(test)]
 mod tests {

@@ -238,8 +238,13 @@ fn is_refusal(status: &tonic::Status) -> bool {
     }
 }
 
-/// Longest pause between retries of a request that could not connect to its endpoint.
-const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pauses between retries of a request that could not connect to its endpoint: up to
+/// 10 ms after the first, doubling to at most 200 ms, jittered so the replicas' and
+/// requests' retries do not line up.
+const RETRY_BACKOFF: haven_proto::Backoff = haven_proto::Backoff {
+    first: Duration::from_millis(10),
+    max: Duration::from_millis(200),
+};
 
 /// Runs one etcd request under [`REQUEST_TIMEOUT`], retrying it (until that deadline)
 /// while it never reached a member.
@@ -263,7 +268,7 @@ where
             Ok(Ok(reply)) => return Ok(reply),
             Ok(Err(error)) if never_sent(&error) => {
                 retries += 1;
-                let pause = (Duration::from_millis(10) * retries).min(MAX_RETRY_PAUSE);
+                let pause = RETRY_BACKOFF.pause(retries);
                 if tokio::time::Instant::now() + pause >= deadline {
                     return Err(etcd_error(error));
                 }

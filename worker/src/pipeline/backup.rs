@@ -14,7 +14,7 @@
 //! whatever the disk size.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use futures::StreamExt;
 use haven_nbd::{
@@ -428,11 +428,13 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
         return Ok(result(ChunkId::ZERO, read, Outcome::Zero));
     };
 
+    // The set of ids seen stays whole whatever panicked while it was locked: a
+    // poisoned lock is taken over, not a reason to upload again.
     if stages
         .known
         .lock()
-        .map(|known| known.contains(&id))
-        .unwrap_or(false)
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&id)
     {
         return Ok(result(id, read, Outcome::Reused));
     }
@@ -454,9 +456,11 @@ async fn process_slot(stages: &Stages, job: SlotJob) -> Result<SlotResult> {
             PutOutcome::AlreadyExisted => Outcome::Existing,
         }
     };
-    if let Ok(mut known) = stages.known.lock() {
-        known.insert(id);
-    }
+    stages
+        .known
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id);
     Ok(result(id, read, outcome))
 }
 

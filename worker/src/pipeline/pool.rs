@@ -5,16 +5,22 @@
 //! owning a connection for longer than one request.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::PoisonError;
 
 use haven_nbd::{Client, ConnectOptions, Endpoint};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
 
 use crate::error::{Result, WorkerError};
 
 /// Connections to one export.
+///
+/// Each connection sits in its own slot, and the channel carries the numbers of the
+/// idle slots: a loan holds its slot's lock and sends the number back when dropped.
+/// Nothing is ever moved out of a loan, so no step can find it empty.
 pub struct ClientPool {
-    idle_sender: mpsc::Sender<Client>,
-    idle: Mutex<mpsc::Receiver<Client>>,
+    clients: Vec<Mutex<Client>>,
+    idle_sender: mpsc::Sender<usize>,
+    idle: Mutex<mpsc::Receiver<usize>>,
     size: u64,
 }
 
@@ -27,14 +33,17 @@ impl ClientPool {
     ) -> Result<Self> {
         let count = count.max(1);
         let (idle_sender, idle) = mpsc::channel(count);
+        let mut clients = Vec::with_capacity(count);
         let mut size = 0;
-        for _ in 0..count {
+        for slot in 0..count {
             let client = Client::connect(endpoint, options).await?;
             size = client.size();
-            // The channel has room for exactly `count` clients.
-            let _ = idle_sender.try_send(client);
+            clients.push(Mutex::new(client));
+            // The channel has room for exactly `count` slot numbers.
+            let _ = idle_sender.try_send(slot);
         }
         Ok(Self {
+            clients,
             idle_sender,
             idle: Mutex::new(idle),
             size,
@@ -46,30 +55,34 @@ impl ClientPool {
         self.size
     }
 
-    /// Waits for an idle connection. Fails only if the pool's channel is closed, which
-    /// cannot happen while the pool (the owner of a sender) is alive; an error rather
+    /// Waits for an idle connection. Fails only if the pool's channel is closed or
+    /// names a slot the pool does not have, neither of which can happen while the pool
+    /// (the owner of a sender, and of every slot it numbered) is alive; an error rather
     /// than a panic keeps it that way should the pool ever change.
     pub async fn checkout(&self) -> Result<PooledClient<'_>> {
-        let client = self.idle.lock().await.recv().await.ok_or_else(|| {
+        let closed = || {
             WorkerError::io("the nbd connection pool is closed")(
                 std::io::ErrorKind::BrokenPipe.into(),
             )
-        })?;
+        };
+        let slot = self.idle.lock().await.recv().await.ok_or_else(closed)?;
+        let client = self.clients.get(slot).ok_or_else(closed)?;
+        // Uncontended: only the holder of the slot's number locks it, and the previous
+        // holder's guard is released right after it sent the number back.
+        let client = client.lock().await;
         Ok(PooledClient {
-            client: Some(client),
+            client,
+            slot,
             pool: self,
         })
     }
 
     /// Flushes and closes every connection.
     pub async fn close(self, flush: bool) -> Result<()> {
-        drop(self.idle_sender);
-        let mut idle = self.idle.into_inner();
-        let mut first = true;
-        while let Some(mut client) = idle.recv().await {
-            if flush && first {
+        for (slot, client) in self.clients.into_iter().enumerate() {
+            let mut client = client.into_inner();
+            if flush && slot == 0 {
                 client.flush().await?;
-                first = false;
             }
             client.disconnect().await?;
         }
@@ -79,9 +92,8 @@ impl ClientPool {
 
 /// A connection on loan; it goes back to the pool when dropped.
 pub struct PooledClient<'a> {
-    /// `Some` from [`ClientPool::checkout`] until `drop` hands it back: the only place
-    /// that takes it, so every `Deref` sees it.
-    client: Option<Client>,
+    client: MutexGuard<'a, Client>,
+    slot: usize,
     pool: &'a ClientPool,
 }
 
@@ -89,25 +101,19 @@ impl Deref for PooledClient<'_> {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.client
-            .as_ref()
-            .expect("a pooled client holds its connection until dropped")
+        &self.client
     }
 }
 
 impl DerefMut for PooledClient<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .expect("a pooled client holds its connection until dropped")
+        &mut self.client
     }
 }
 
 impl Drop for PooledClient<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            let _ = self.pool.idle_sender.try_send(client);
-        }
+        let _ = self.pool.idle_sender.try_send(self.slot);
     }
 }
 
@@ -135,7 +141,13 @@ impl BufferPool {
 
     /// A buffer of `len` bytes (at most the pool's capacity); contents unspecified.
     pub fn take(self: &std::sync::Arc<Self>, len: usize) -> PooledBuffer {
-        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        // A list of idle buffers stays whole whatever panicked while it was locked, so
+        // a poisoned lock is taken over.
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(self.capacity.max(len)));
         // Only bytes never handed out before are zeroed (once per buffer).
         buf.resize(len, 0);
@@ -172,9 +184,12 @@ impl Drop for PooledBuffer {
         if buf.capacity() != self.pool.capacity {
             return;
         }
-        if let Ok(mut free) = self.pool.free.lock()
-            && free.len() < self.pool.keep
-        {
+        let mut free = self
+            .pool
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if free.len() < self.pool.keep {
             free.push(buf);
         }
     }
@@ -182,7 +197,93 @@ impl Drop for PooledBuffer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use haven_nbd::{ExportSource, NbdServer, ServerConfig, ServerListener};
+
     use super::*;
+
+    /// An export whose every byte is its offset modulo 251.
+    struct Counting;
+
+    impl ExportSource for Counting {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn read<'a>(
+            &'a self,
+            offset: u64,
+            buf: &'a mut [u8],
+        ) -> impl Future<Output = std::io::Result<()>> + Send + 'a {
+            for (at, byte) in (offset..).zip(buf.iter_mut()) {
+                *byte = (at % 251) as u8;
+            }
+            std::future::ready(Ok(()))
+        }
+
+        fn allocation(&self, _offset: u64, length: u32) -> Vec<(u32, u32)> {
+            vec![(length, 0)]
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_lent_one_holder_at_a_time_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("nbd.sock"));
+        let listener = ServerListener::bind(&endpoint).await.unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = NbdServer::new(Arc::new(Counting), ServerConfig::new("disk"));
+        let serving = tokio::spawn(async move { server.serve(listener, stopped).await });
+
+        let pool = ClientPool::connect(&endpoint, &ConnectOptions::new("disk"), 2)
+            .await
+            .unwrap();
+        assert_eq!(pool.export_size(), 1 << 20);
+        let mut first = pool.checkout().await.unwrap();
+        let mut second = pool.checkout().await.unwrap();
+        assert_ne!(first.slot, second.slot);
+        let mut buf = [0u8; 4];
+        first.read(251 * 3 + 1, &mut buf).await.unwrap();
+        assert_eq!(buf, [1, 2, 3, 4]);
+        second.read(10, &mut buf).await.unwrap();
+        assert_eq!(buf, [10, 11, 12, 13]);
+        let waited = tokio::time::timeout(Duration::from_millis(100), pool.checkout())
+            .await
+            .is_err();
+        assert!(waited, "a third loan of two connections must wait");
+        let slot = first.slot;
+        drop(first);
+        let mut third = tokio::time::timeout(Duration::from_secs(5), pool.checkout())
+            .await
+            .expect("a returned connection is lent again")
+            .unwrap();
+        assert_eq!(third.slot, slot);
+        third.read(0, &mut buf).await.unwrap();
+        assert_eq!(buf, [0, 1, 2, 3]);
+        drop((second, third));
+        pool.close(false).await.unwrap();
+        stop.send(true).unwrap();
+        serving.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_poisoned_buffer_pool_keeps_lending_its_buffers() {
+        let pool = BufferPool::new(16, 2);
+        let pointer = pool.take(16).as_ptr();
+        let poisoner = pool.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.free.lock().unwrap();
+            panic!("poisons the free list");
+        })
+        .join();
+        assert!(panicked.is_err() && pool.free.is_poisoned());
+        let again = pool.take(16);
+        assert_eq!(again.as_ptr(), pointer, "the idle buffer is reused");
+        drop(again);
+        assert_eq!(pool.take(16).as_ptr(), pointer, "and handed back");
+    }
 
     #[test]
     fn buffers_are_reused_and_sized() {
@@ -203,6 +304,6 @@ mod tests {
         // At most `keep` idle buffers are kept.
         let (a, b, c) = (pool.take(16), pool.take(16), pool.take(16));
         drop((a, b, c, full));
-        assert_eq!(pool.free.lock().unwrap().len(), 2);
+        assert_eq!(pool.free.lock().map(|free| free.len()).ok(), Some(2));
     }
 }

@@ -181,10 +181,9 @@ async fn write_output(
                 let sink = Sink::Nbd(pool);
                 let figures =
                     restore_slots(repo, index, &sink, request.in_flight, progress).await?;
-                let Sink::Nbd(pool) = sink else {
-                    unreachable!("the sink was built as NBD just above")
-                };
-                pool.close(true).await?;
+                if let Sink::Nbd(pool) = sink {
+                    pool.close(true).await?;
+                }
                 Ok::<_, WorkerError>(figures)
             }
             .await;

@@ -3,51 +3,20 @@
 //! it exits. A job still running when `drain_seconds` runs out is handed back at once
 //! (failed as retryable), not left to the lease's expiry.
 
-use std::time::{Duration, Instant};
-
-use serde_json::Value;
+use std::time::Duration;
 
 use super::one_worker::OneWorker;
-use crate::support::cluster::{init_repo, one_cluster_at_a_time};
+use crate::support::cluster::one_cluster_at_a_time;
 
 /// The VM's 2 MiB of data read at this rate: a backup of about 8 s.
 const SLOW: &str = "read_limit_bytes_per_second = 262144\n";
-
-/// Starts a bed with one VM and a worker with `settings`; returns it, the repository
-/// and the id of a backup job of the VM once that job runs.
-fn running_backup(dir: &std::path::Path, settings: &str) -> (OneWorker, String, String) {
-    let mut bed = OneWorker::start(dir, &["vm0"], &[], &[]);
-    let repo = dir.join("repo");
-    init_repo(&repo, &[]);
-    let repo = repo.to_str().unwrap().to_owned();
-    let (cert, key) = bed.pki.issue("worker", "w0");
-    bed.start_worker_with(&cert, &key, settings, "", &[]);
-    let id = bed
-        .admin
-        .ok(&["job", "run", "vm0", "--repo", &repo])
-        .trim()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while job(&bed, &id)["state"] != "running" {
-        assert!(Instant::now() < deadline, "job {id} never ran");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (bed, repo, id)
-}
-
-fn job(bed: &OneWorker, id: &str) -> Value {
-    bed.admin
-        .jobs()
-        .into_iter()
-        .find(|job| job["job_id"] == id)
-        .unwrap_or(Value::Null)
-}
 
 #[test]
 fn a_terminated_worker_finishes_its_running_job_then_exits() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let (mut bed, _repo, id) = running_backup(dir.path(), &format!("{SLOW}drain_seconds = 120\n"));
+    let (mut bed, _repo, id) =
+        OneWorker::with_running_backup(dir.path(), &format!("{SLOW}drain_seconds = 120\n"));
     let mut worker = bed.terminate_worker();
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -68,12 +37,13 @@ fn a_terminated_worker_finishes_its_running_job_then_exits() {
 fn a_job_still_running_when_the_drain_ends_is_handed_back_at_once() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let (mut bed, _repo, id) = running_backup(dir.path(), &format!("{SLOW}drain_seconds = 1\n"));
+    let (mut bed, _repo, id) =
+        OneWorker::with_running_backup(dir.path(), &format!("{SLOW}drain_seconds = 1\n"));
     let mut worker = bed.terminate_worker();
     worker.wait();
     // Handed back by the worker itself, with its reason, the moment the drain ended:
     // no lease had to expire for the attempt to end.
-    let handed_back = job(&bed, &id);
+    let handed_back = bed.job(&id);
     let first = &handed_back["attempts"][0];
     assert!(
         first["outcome"]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    cluster::{Cli, make_image, start_vm},
+    cluster::{Cli, init_repo, make_image, start_vm},
     haven::{PASSWORD, haven},
     pki::Pki,
     process::{Guard, free_port, spawn_logged},
@@ -26,7 +26,12 @@ pub struct OneWorker {
     pub url: String,
     pub admin: Cli,
     worker: Option<Guard>,
-    _coordinator: Guard,
+    coordinator: Option<Guard>,
+    /// `coordinator.toml` and the coordinator's extra environment, to start it again.
+    coordinator_config: PathBuf,
+    coordinator_env: Vec<(String, String)>,
+    /// Coordinator processes started so far, which name their logs.
+    coordinator_starts: usize,
     _vms: Vec<Guard>,
 }
 
@@ -76,23 +81,51 @@ impl OneWorker {
             ),
         )
         .unwrap();
-        let mut command = haven(&["coordinator", "--config", config.to_str().unwrap()]);
-        command.env("HAVEN_LOG", LOG);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let coordinator = spawn_logged(&mut command, &dir.join("coordinator.log"));
         let url = format!("https://127.0.0.1:{port}");
         let admin = pki.admin(&url);
-        admin.wait_until_answering();
-        Self {
+        let mut bed = Self {
             dir: dir.to_path_buf(),
             pki,
             url,
             admin,
             worker: None,
-            _coordinator: coordinator,
+            coordinator: None,
+            coordinator_config: config,
+            coordinator_env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            coordinator_starts: 0,
             _vms: vms,
+        };
+        bed.start_coordinator();
+        bed
+    }
+
+    /// Starts the coordinator (again) on the same configuration and store, logging to
+    /// `coordinator.log` the first time and `coordinator-N.log` after, and waits until
+    /// it answers.
+    pub fn start_coordinator(&mut self) {
+        let config = self.coordinator_config.to_str().unwrap();
+        let mut command = haven(&["coordinator", "--config", config]);
+        command.env("HAVEN_LOG", LOG);
+        for (key, value) in &self.coordinator_env {
+            command.env(key, value);
+        }
+        self.coordinator_starts += 1;
+        let log = match self.coordinator_starts {
+            1 => "coordinator.log".to_string(),
+            n => format!("coordinator-{n}.log"),
+        };
+        self.coordinator = Some(spawn_logged(&mut command, &self.dir.join(log)));
+        self.admin.wait_until_answering();
+    }
+
+    /// kill -9 of the coordinator: the worker can reach none until
+    /// [`OneWorker::start_coordinator`].
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut coordinator) = self.coordinator.take() {
+            coordinator.kill9();
         }
     }
 
@@ -222,6 +255,61 @@ impl OneWorker {
             }
             assert!(Instant::now() < deadline, "jobs did not end: {jobs:#?}");
             std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// A bed with one VM `vm0`, a repository `DIR/repo` and worker `w0` with top-level
+    /// `settings` in its `worker.toml`; returns it, the repository and the id of a
+    /// backup job of the VM once that job runs.
+    pub fn with_running_backup(dir: &Path, settings: &str) -> (Self, String, String) {
+        let mut bed = Self::start(dir, &["vm0"], &[], &[]);
+        let repo = dir.join("repo");
+        init_repo(&repo, &[]);
+        let repo = repo.to_str().unwrap().to_owned();
+        let (cert, key) = bed.pki.issue("worker", "w0");
+        bed.start_worker_with(&cert, &key, settings, "", &[]);
+        let id = bed
+            .admin
+            .ok(&["job", "run", "vm0", "--repo", &repo])
+            .trim()
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bed.job(&id)["state"] != "running" {
+            assert!(Instant::now() < deadline, "job {id} never ran");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (bed, repo, id)
+    }
+
+    /// Job `id` as `haven job list --json` shows it (`null` if not listed).
+    pub fn job(&self, id: &str) -> Value {
+        self.admin
+            .jobs()
+            .into_iter()
+            .find(|job| job["job_id"] == id)
+            .unwrap_or(Value::Null)
+    }
+
+    /// The lines of log `name` that contain `needle`, once there is at least one,
+    /// waiting up to `timeout`.
+    pub fn wait_for_log(&self, name: &str, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines: Vec<String> = self
+                .log(name)
+                .lines()
+                .filter(|line| line.contains(needle))
+                .map(str::to_owned)
+                .collect();
+            if !lines.is_empty() {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not say {needle:?} within {timeout:?}:\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
