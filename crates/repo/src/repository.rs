@@ -384,22 +384,13 @@ impl Repository {
 
     /// Committed snapshots, oldest first; all VMs when `vm` is `None`.
     pub async fn list_snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
-        let prefix = match vm {
-            Some(vm) => {
-                crate::format::manifest::validate_name(vm)?;
-                format!("snapshots/{vm}")
-            }
-            None => "snapshots".to_string(),
-        };
-        let mut ids: Vec<SnapshotId> = self
-            .backend
-            .list(&prefix)
-            .await?
-            .iter()
-            .filter_map(|key| SnapshotId::from_manifest_key(key))
-            .collect();
-        ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
-        Ok(ids)
+        list_ids(
+            &self.backend,
+            "snapshots",
+            vm,
+            SnapshotId::from_manifest_key,
+        )
+        .await
     }
 
     /// Turns `VM@TIME` or `VM@latest` into a committed snapshot.
@@ -461,4 +452,30 @@ fn json_error(error: serde_json::Error) -> RepoError {
         context: "json encoding failed".into(),
         source: std::io::Error::other(error),
     }
+}
+
+/// The snapshot ids of the keys under `top/` (only `vm`'s when given), parsed by
+/// `parse`, oldest first per VM: manifests (`snapshots/`) and a replica's tombstones
+/// (`pruned/`) are listed the same way.
+pub(crate) async fn list_ids(
+    backend: &Backend,
+    top: &str,
+    vm: Option<&str>,
+    parse: fn(&str) -> Option<SnapshotId>,
+) -> Result<Vec<SnapshotId>> {
+    let prefix = match vm {
+        Some(vm) => {
+            crate::format::manifest::validate_name(vm)?;
+            format!("{top}/{vm}")
+        }
+        None => top.to_string(),
+    };
+    let mut ids: Vec<SnapshotId> = backend
+        .list(&prefix)
+        .await?
+        .iter()
+        .filter_map(|key| parse(key))
+        .collect();
+    ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
+    Ok(ids)
 }

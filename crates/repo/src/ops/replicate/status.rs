@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use crate::error::Result;
 use crate::format::manifest::SnapshotId;
+use crate::repository::list_ids;
 use crate::storage::backend::Backend;
 
 /// Where one VM's snapshots stand at the two sites.
@@ -44,30 +45,6 @@ pub async fn list_snapshot_ids(backend: &Backend, vm: Option<&str>) -> Result<Ve
 /// the tombstone keys (`pruned/VM/TIMESTAMP`).
 pub async fn list_tombstone_ids(backend: &Backend, vm: Option<&str>) -> Result<Vec<SnapshotId>> {
     list_ids(backend, "pruned", vm, SnapshotId::from_tombstone_key).await
-}
-
-/// The ids under `top/` (only `vm`'s when given), oldest first per VM.
-async fn list_ids(
-    backend: &Backend,
-    top: &str,
-    vm: Option<&str>,
-    parse: fn(&str) -> Option<SnapshotId>,
-) -> Result<Vec<SnapshotId>> {
-    let prefix = match vm {
-        Some(vm) => {
-            crate::format::manifest::validate_name(vm)?;
-            format!("{top}/{vm}")
-        }
-        None => top.to_string(),
-    };
-    let mut ids: Vec<SnapshotId> = backend
-        .list(&prefix)
-        .await?
-        .iter()
-        .filter_map(|key| parse(key))
-        .collect();
-    ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
-    Ok(ids)
 }
 
 /// What the secondary holds of the primary's snapshots: those it has, and those its
