@@ -9,5 +9,6 @@ mod faults;
 mod least_privilege;
 mod protect;
 mod repository;
+mod s3_api;
 mod slow_clients;
 mod tls;
