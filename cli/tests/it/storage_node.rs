@@ -3,6 +3,7 @@
 
 mod awscli;
 mod batch;
+mod client_errors;
 mod clients;
 mod data_dirs;
 mod faults;
