@@ -546,7 +546,8 @@ fn check_write_condition(
     }
     match (&condition.if_match, existing) {
         (None, _) => Ok(()),
-        (Some(_), None) => Err(StoreError::PreconditionFailed("object does not exist")),
+        // S3 answers an If-Match on a missing key 404 NoSuchKey, not 412.
+        (Some(_), None) => Err(StoreError::NoSuchKey),
         (Some(None), Some(_)) => Ok(()),
         (Some(Some(etag)), Some(meta)) if *etag == meta.etag => Ok(()),
         (Some(Some(_)), Some(_)) => Err(StoreError::PreconditionFailed("etag does not match")),

@@ -104,6 +104,9 @@ expect(404, "404", lambda: s3.head_object(Bucket="tags", Key="copy"), "deleted")
 expect(404, "NoSuchKey", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatch=etag), "absent, etag")
 expect(404, "NoSuchKey", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatch="*"), "absent, *")
 s3.delete_object(Bucket="tags", Key="copy")  # unconditional: a missing key is deleted
+# The same for writes: If-Match on a missing key is 404 NoSuchKey, and writes nothing.
+expect(404, "NoSuchKey", lambda: s3.put_object(Bucket="tags", Key="copy", Body=b"x", IfMatch=etag), "put, absent")
+expect(404, "404", lambda: s3.head_object(Bucket="tags", Key="copy"), "conditional put stored")
 s3.delete_object(Bucket="tags", Key="copy2", IfMatch="*", IfMatchSize=6)
 r = s3.delete_objects(Bucket="tags", Delete={"Objects": [
     {"Key": "tagged", "ETag": '"0123"'}, {"Key": "untag", "ETag": s3.head_object(Bucket="tags", Key="untag")["ETag"]}]})
