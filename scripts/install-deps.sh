@@ -24,8 +24,8 @@ packages=(
   prometheus
   # web console tests: headless Chromium driven over WebDriver
   chromium chromium-driver
-  # storage node tests: real S3 clients
-  awscli rclone restic python3 python3-boto3
+  # storage node tests: real S3 clients; faketime shifts a client's clock (clock skew errors)
+  awscli rclone restic python3 python3-boto3 faketime
 )
 
 install_missing_packages "${packages[@]}"

@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::process::ExitCode;
 
-use haven_repo::RepoError;
+use haven_repo::{RepoError, S3Refusal};
 use haven_worker::WorkerError;
 
 /// How `haven` ended, as its exit status.
@@ -115,6 +115,14 @@ fn of_repository(error: &RepoError) -> Option<Exit> {
         RepoError::Corrupt { .. } => Some(Exit::Damaged),
         RepoError::NotPermitted { .. } => Some(Exit::Denied),
         RepoError::InvalidUrl { .. } | RepoError::InvalidArgument(_) => Some(Exit::Usage),
+        RepoError::Storage { .. } => match error.s3_refusal()? {
+            S3Refusal::NoSuchBucket { .. } => Some(Exit::NotFound),
+            S3Refusal::InvalidBucketName { .. } => Some(Exit::Usage),
+            S3Refusal::UnknownAccessKey
+            | S3Refusal::WrongSecretKey
+            | S3Refusal::AccessDenied { .. } => Some(Exit::Denied),
+            S3Refusal::ClockSkew => None,
+        },
         _ => None,
     }
 }

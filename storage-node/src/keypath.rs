@@ -5,9 +5,10 @@
 //! `%XX`. An empty segment (as in `a//b` or the folder marker `dir/`) is
 //! written `%` alone, which no escaped segment can produce. Object files get
 //! the suffix `@` (never literal in an escaped segment), so the object `a` and
-//! the folder of `a/b` cannot collide. Keys that start with `/`, contain a `.`
-//! or `..` segment, or contain NUL are refused outright: they are what path
-//! traversal attacks look like, and no backup tool writes them.
+//! the folder of `a/b` cannot collide. A segment of dots only (`.`, `..`, as
+//! S3 allows in keys) is escaped whole (`%2E%2E`), so no path component is
+//! ever `.` or `..` and a key cannot climb out of its bucket. Keys that start
+//! with `/` or contain NUL are refused outright.
 
 use std::path::PathBuf;
 
@@ -30,9 +31,6 @@ pub enum KeyError {
     /// The key starts with `/` (an absolute path).
     #[error("object key must not start with '/'")]
     Absolute,
-    /// The key has a `.` or `..` segment.
-    #[error("object key must not contain '.' or '..' segments")]
-    DotSegment,
     /// The key contains a NUL byte.
     #[error("object key must not contain NUL")]
     Nul,
@@ -57,9 +55,6 @@ pub fn key_to_path(key: &str) -> Result<PathBuf, KeyError> {
     let mut path = PathBuf::new();
     let last = segments.len() - 1;
     for (index, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." {
-            return Err(KeyError::DotSegment);
-        }
         let mut name = escape_segment(segment);
         if index == last {
             name.push(OBJECT_SUFFIX);
@@ -72,10 +67,14 @@ pub fn key_to_path(key: &str) -> Result<PathBuf, KeyError> {
     Ok(path)
 }
 
-/// Escapes one key segment into a file name.
+/// Escapes one key segment into a file name. A segment of dots only is
+/// escaped whole: `.` and `..` must never reach the file system as names.
 pub fn escape_segment(segment: &str) -> String {
     if segment.is_empty() {
         return "%".to_owned();
+    }
+    if segment.bytes().all(|b| b == b'.') {
+        return "%2E".repeat(segment.len());
     }
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
@@ -124,6 +123,11 @@ mod tests {
             ("x y/ü", "x%20y/%C3%BC@"),
             ("file@1", "file%401@"),
             ("..a/b..", "..a/b..@"),
+            ("../x", "%2E%2E/x@"),
+            ("a/../../x", "a/%2E%2E/%2E%2E/x@"),
+            ("a/./b", "a/%2E/b@"),
+            ("..", "%2E%2E@"),
+            ("...", "%2E%2E%2E@"),
         ];
         for (key, want) in table {
             let path = key_to_path(key).expect("valid key");
@@ -145,10 +149,6 @@ mod tests {
         let table = [
             ("", KeyError::Empty),
             ("/etc/passwd", KeyError::Absolute),
-            ("../x", KeyError::DotSegment),
-            ("a/../../x", KeyError::DotSegment),
-            ("a/./b", KeyError::DotSegment),
-            ("..", KeyError::DotSegment),
             ("a\0b", KeyError::Nul),
         ];
         for (key, want) in table {

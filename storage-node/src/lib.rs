@@ -14,7 +14,9 @@
 //! - every request is SigV4-signed by a configured key (header or presigned
 //!   URL) and limited to that key's buckets; the only unsigned endpoint is
 //!   `GET /metrics`;
-//! - keys that look like path traversal (`../`, leading `/`, NUL) are refused.
+//! - no key reaches outside its bucket's directory: `.` and `..` segments are
+//!   escaped like any other name (S3 allows them in keys), keys with a leading
+//!   `/` or NUL are refused.
 //!
 //! Besides S3 it answers a batch existence query for deduplication
 //! ([`exists`]); its client lives in `haven-repo` (`haven_repo::NodeClient`),

@@ -67,6 +67,10 @@ pub struct ObjectMeta {
     pub retention: Option<Retention>,
     /// Object Lock legal hold.
     pub legal_hold: bool,
+    /// Object tags (S3 tagging), at most 10; absent in files written before
+    /// tagging existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// CRC-32 (IEEE) of each [`BLOCK_SIZE`] block of data.
     pub block_crc32: Vec<u32>,
 }

@@ -8,7 +8,7 @@
 //! | `read`   | GET, HEAD, LIST, the existence query, batch reads                  |
 //! | `append` | read + create objects that do not exist yet (PUT, multipart, COPY, |
 //! |          | batch writes and pulls); never delete, never overwrite             |
-//! | `delete` | append + DeleteObject(s) + overwrite                               |
+//! | `delete` | append + DeleteObject(s) + overwrite + object tagging changes      |
 //! | `admin`  | everything: buckets, bucket configuration, object retention        |
 //!
 //! `legal_hold` (set or clear a legal hold) and `bypass_governance` (use
@@ -75,7 +75,10 @@ pub fn requirement(operation: &str) -> Requirement {
         | "AbortMultipartUpload"
         | "HavenBatchPut"
         | "HavenBatchPull" => Requirement::Kind(Append),
-        "DeleteObject" | "DeleteObjects" => Requirement::Kind(Delete),
+        // Tagging changes an existing object's metadata: as an overwrite.
+        "DeleteObject" | "DeleteObjects" | "PutObjectTagging" | "DeleteObjectTagging" => {
+            Requirement::Kind(Delete)
+        }
         "HavenExists" | "HavenBatchGet" => Requirement::Kind(Read),
         _ if operation.starts_with("Get")
             || operation.starts_with("Head")
@@ -111,6 +114,10 @@ mod tests {
             ("HavenBatchPull", Requirement::Kind(Append)),
             ("DeleteObject", Requirement::Kind(Delete)),
             ("DeleteObjects", Requirement::Kind(Delete)),
+            ("PutObjectTagging", Requirement::Kind(Delete)),
+            ("DeleteObjectTagging", Requirement::Kind(Delete)),
+            ("GetObjectTagging", Requirement::Kind(Read)),
+            ("GetObjectAttributes", Requirement::Kind(Read)),
             ("PutObjectRetention", Requirement::Kind(Admin)),
             ("PutObjectLockConfiguration", Requirement::Kind(Admin)),
             ("CreateBucket", Requirement::Kind(Admin)),

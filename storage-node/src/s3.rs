@@ -1,13 +1,16 @@
 //! The S3 API over the [`Store`]: one thin trait implementation that
 //! delegates each operation to a module by theme.
 
+mod attributes;
 pub(crate) mod body;
 mod buckets;
 pub(crate) mod convert;
 mod fields;
+mod listing;
 mod lock;
 mod multipart;
 mod objects;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -113,8 +116,7 @@ impl S3 for HavenS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.store.bucket_config(&req.input.bucket).await?;
-        Ok(S3Response::new(GetBucketLocationOutput::default()))
+        buckets::get_bucket_location(self, req).await
     }
 
     async fn get_bucket_versioning(
@@ -186,14 +188,14 @@ impl S3 for HavenS3 {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        buckets::list_objects_v2(self, req).await
+        listing::list_objects_v2(self, req).await
     }
 
     async fn list_objects(
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        buckets::list_objects(self, req).await
+        listing::list_objects(self, req).await
     }
 
     async fn create_multipart_upload(
@@ -236,6 +238,34 @@ impl S3 for HavenS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         multipart::list_uploads(self, req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        tagging::put(self, req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        tagging::get(self, req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        tagging::delete(self, req).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        attributes::get_object_attributes(self, req).await
     }
 
     async fn put_object_lock_configuration(

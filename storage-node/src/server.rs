@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 mod connections;
 mod in_flight_body;
+mod request_id;
 
 use connections::ConnectionTable;
 use in_flight_body::InFlightBody;
@@ -65,13 +66,21 @@ fn boxed(body: Full<Bytes>) -> ResponseBody {
     body.map_err(|never| match never {}).boxed_unsync()
 }
 
-fn full(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
+fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+    id: &str,
+) -> Response<ResponseBody> {
     let mut response = Response::new(boxed(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
     response
 }
 
@@ -113,6 +122,7 @@ async fn handle_request(
         return Ok(haven_metrics::exposition(registry).map(boxed));
     }
     let started = Instant::now();
+    let id = request_id::new_id();
     let slot = OperationSlot::default();
     req.extensions_mut().insert(slot.clone());
     // Counted from Content-Length: wrapping the body would hide its exact
@@ -140,24 +150,27 @@ async fn handle_request(
                     StatusCode::BAD_REQUEST,
                     "text/plain",
                     "incomplete body\n".to_owned(),
+                    &id,
                 ));
             }
         }
     } else {
         req.map(s3s::Body::from)
     };
-    let response = match shared.s3.call(req).await {
+    let mut response = match shared.s3.call(req).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::error!(?error, "request failed");
+            tracing::error!(request_id = %id, ?error, "request failed");
             shared.metrics.request(slot.get(), 500, started.elapsed());
             return Ok(full(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 "internal error\n".to_owned(),
+                &id,
             ));
         }
     };
+    request_id::stamp(&mut response, &id);
     let status = response.status().as_u16();
     let op = slot.get();
     shared.metrics.request(op, status, started.elapsed());
@@ -167,6 +180,7 @@ async fn handle_request(
     span.record("http.response.status_code", status);
     span.record("bytes_in", length);
     tracing::debug!(
+        request_id = %id,
         op,
         status,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -64,6 +64,58 @@ pub struct WriteCondition {
     pub create_only_for_key: bool,
 }
 
+/// Conditions of a conditional delete: `If-Match` and the size and
+/// modification-time checks of DeleteObject(s) (`x-amz-if-match-size`,
+/// `x-amz-if-match-last-modified-time`). With any of them, a missing object
+/// is `NoSuchKey` instead of the silent success of a plain delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteCondition {
+    /// `Some(None)` for `If-Match: *`, `Some(Some(etag))` for one ETag.
+    pub if_match: Option<Option<String>>,
+    /// The object's size must be this.
+    pub size: Option<u64>,
+    /// The object's modification time must be this (to the second, as S3
+    /// reports it).
+    pub last_modified: Option<time::OffsetDateTime>,
+}
+
+impl DeleteCondition {
+    fn is_empty(&self) -> bool {
+        self.if_match.is_none() && self.size.is_none() && self.last_modified.is_none()
+    }
+
+    /// Checks the condition against the current object (`None`: missing).
+    fn check(&self, meta: Option<&ObjectMeta>) -> Result<(), StoreError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let Some(meta) = meta else {
+            return Err(StoreError::NoSuchKey);
+        };
+        if let Some(Some(etag)) = &self.if_match
+            && *etag != meta.etag
+        {
+            return Err(StoreError::PreconditionFailed("If-Match does not match"));
+        }
+        if self.size.is_some_and(|size| size != meta.size) {
+            return Err(StoreError::PreconditionFailed(
+                "x-amz-if-match-size does not match",
+            ));
+        }
+        if let Some(expected) = self.last_modified {
+            let seconds = |t: time::OffsetDateTime| t.unix_timestamp();
+            let modified = time::OffsetDateTime::from_unix_timestamp_nanos(meta.last_modified_ns)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            if seconds(modified) != seconds(expected) {
+                return Err(StoreError::PreconditionFailed(
+                    "x-amz-if-match-last-modified-time does not match",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Used and available bytes of one data directory's file system.
 #[derive(Debug, Clone)]
 pub struct DiskUsage {
@@ -287,13 +339,14 @@ impl Store {
         Ok(dir)
     }
 
-    /// Deletes an object unless Object Lock forbids it. Deleting a missing
-    /// key succeeds, as in S3.
+    /// Deletes an object unless Object Lock or `condition` forbids it.
+    /// Deleting a missing key succeeds, as in S3, unless a condition is set.
     pub async fn delete_object(
         &self,
         bucket: &str,
         key: &str,
         bypass_governance: bool,
+        condition: &DeleteCondition,
     ) -> Result<(), StoreError> {
         let path = self.object_path(bucket, key)?;
         if !self.objects_dir(bucket)?.exists() {
@@ -302,9 +355,17 @@ impl Store {
         let objects = self.objects_dir_in(self.placed(bucket, key), bucket)?;
         let _lock = self.key_lock(bucket, key).lock().await;
         match self.open_object(bucket, key).await {
-            Ok(reader) => check_not_locked(&reader.meta, bypass_governance)?,
-            Err(StoreError::NoSuchKey) => return Ok(()),
-            // A corrupt object may be deleted so it can be rewritten.
+            Ok(reader) => {
+                condition.check(Some(&reader.meta))?;
+                check_not_locked(&reader.meta, bypass_governance)?;
+            }
+            Err(StoreError::NoSuchKey) => {
+                condition.check(None)?;
+                return Ok(());
+            }
+            // A corrupt object may be deleted so it can be rewritten, but
+            // not on a condition its metadata can no longer answer.
+            Err(error @ StoreError::Corrupt(_)) if !condition.is_empty() => return Err(error),
             Err(StoreError::Corrupt(_)) => {}
             Err(error) => return Err(error),
         }
@@ -341,25 +402,44 @@ impl Store {
         legal_hold: Option<bool>,
         bypass_governance: bool,
     ) -> Result<(), StoreError> {
+        self.update_meta(bucket, key, |meta| {
+            if let Some(new) = retention {
+                check_retention_change(meta.retention.as_ref(), new.as_ref(), bypass_governance)?;
+                meta.retention = new;
+            }
+            if let Some(hold) = legal_hold {
+                meta.legal_hold = hold;
+            }
+            Ok(())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Changes the metadata of an object with `change` under its key's lock,
+    /// rewriting its file (a copy of the verified data with the new
+    /// metadata, renamed into place and fsynced like any write); returns the
+    /// new metadata.
+    pub async fn update_meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        change: impl FnOnce(&mut ObjectMeta) -> Result<(), StoreError> + Send,
+    ) -> Result<ObjectMeta, StoreError> {
         let index = self.placed(bucket, key);
         let objects = self.objects_dir_in(index, bucket)?;
         let relative = key_to_path(key)?;
         let _lock = self.key_lock(bucket, key).lock().await;
         let reader = self.open_object(bucket, key).await?;
         let mut meta = reader.meta.clone();
-        if let Some(new) = retention {
-            check_retention_change(meta.retention.as_ref(), new.as_ref(), bypass_governance)?;
-            meta.retention = new;
-        }
-        if let Some(hold) = legal_hold {
-            meta.legal_hold = hold;
-        }
+        change(&mut meta)?;
         let temp = self.temp_path_in(index);
-        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let (temp, _) = crate::object_file::rewrite_meta(&reader, temp, meta)?;
+        let result = tokio::task::spawn_blocking(move || -> Result<ObjectMeta, StoreError> {
+            let (temp, meta) = crate::object_file::rewrite_meta(&reader, temp, meta)?;
             publish(&objects, &relative, &temp)?;
             let target = objects.join(&relative);
-            Ok(durable::sync_dir(target.parent().unwrap_or(&objects))?)
+            durable::sync_dir(target.parent().unwrap_or(&objects))?;
+            Ok(meta)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
@@ -466,7 +546,8 @@ fn check_write_condition(
     }
     match (&condition.if_match, existing) {
         (None, _) => Ok(()),
-        (Some(_), None) => Err(StoreError::PreconditionFailed("object does not exist")),
+        // S3 answers an If-Match on a missing key 404 NoSuchKey, not 412.
+        (Some(_), None) => Err(StoreError::NoSuchKey),
         (Some(None), Some(_)) => Ok(()),
         (Some(Some(etag)), Some(meta)) if *etag == meta.etag => Ok(()),
         (Some(Some(_)), Some(_)) => Err(StoreError::PreconditionFailed("etag does not match")),

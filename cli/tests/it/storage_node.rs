@@ -3,11 +3,13 @@
 
 mod awscli;
 mod batch;
+mod client_errors;
 mod clients;
 mod data_dirs;
 mod faults;
 mod least_privilege;
 mod protect;
 mod repository;
+mod s3_api;
 mod slow_clients;
 mod tls;

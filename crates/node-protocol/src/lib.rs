@@ -60,6 +60,19 @@ pub const PERMISSION_REFUSAL: &str = "needs access = ";
 /// Longest meta section a record may carry.
 pub const MAX_META_LEN: usize = 64 * 1024;
 
+/// S3's rules for bucket names, which the node enforces (they also make names safe
+/// as directory names) and Haven's client uses to explain a bare `400` refusal.
+pub fn is_valid_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+}
+
 const KIND_MISSING: u8 = 0;
 const KIND_OBJECT: u8 = 1;
 const KIND_FAILED: u8 = 2;
@@ -321,6 +334,26 @@ pub fn combine_crc32(pieces: impl IntoIterator<Item = (u32, u64)>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_names() {
+        for good in ["abc", "haven-site1", "a.b.c", "123"] {
+            assert!(is_valid_bucket_name(good), "{good}");
+        }
+        for bad in [
+            "ab",
+            "ABC",
+            "-abc",
+            "abc-",
+            "a..b",
+            "../x",
+            "a/b",
+            "a_b",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_valid_bucket_name(bad), "{bad}");
+        }
+    }
 
     fn object(key: &str, data: &[u8]) -> (Record, Bytes) {
         let record = Record::Object {

@@ -3,6 +3,8 @@
 //! Callers branch on these: a missing object is not the same as a corrupt one, and a
 //! wrong password is not the same as a repository of another version.
 
+pub use crate::storage::s3_refusal::S3Refusal;
+
 /// Everything that can go wrong while reading or writing a repository.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -80,14 +82,19 @@ pub enum RepoError {
     /// An object that must be written only once already exists.
     #[error("object {0} already exists")]
     AlreadyExists(String),
-    /// The storage backend failed.
-    #[error("storage error on {key}: {source}")]
+    /// The storage backend failed. Said in one line: a refusal by an S3 server that
+    /// the user must fix in their terms ([`S3Refusal`]), anything else with the
+    /// backend's own text, which already holds every cause (so it is not a source
+    /// to be printed again after it).
+    #[error("{}", storage_message(key, bucket.as_deref(), error))]
     Storage {
         /// Key of the object relative to the repository root.
         key: String,
-        /// The backend's error.
-        #[source]
-        source: object_store::Error,
+        /// The bucket of an `s3://` repository, named in refusals.
+        bucket: Option<String>,
+        /// The backend's error (boxed: it is large, and this error is returned
+        /// everywhere).
+        error: Box<object_store::Error>,
     },
     /// The storage refused the request because the access key lacks the permission
     /// (a storage node's `append` key deleting or overwriting), as opposed to Object
@@ -146,8 +153,8 @@ impl RepoError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RepoError::Node { source, .. } => source.is_retryable(),
-            RepoError::Storage { source, .. } => !matches!(
-                source,
+            RepoError::Storage { error, .. } => !matches!(
+                **error,
                 object_store::Error::NotFound { .. }
                     | object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. }
@@ -161,11 +168,32 @@ impl RepoError {
         }
     }
 
+    /// The refusal by an S3 server behind a storage error, if it is one the user
+    /// must fix (a missing bucket, refused credentials, ...).
+    pub fn s3_refusal(&self) -> Option<S3Refusal> {
+        match self {
+            RepoError::Storage {
+                key,
+                bucket: Some(bucket),
+                error,
+            } => S3Refusal::of(error, bucket, key),
+            _ => None,
+        }
+    }
+
     pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
         RepoError::Corrupt {
             key: key.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// The one line of a [`RepoError::Storage`].
+fn storage_message(key: &str, bucket: Option<&str>, error: &object_store::Error) -> String {
+    match bucket.and_then(|bucket| S3Refusal::of(error, bucket, key)) {
+        Some(refusal) => refusal.to_string(),
+        None => format!("storage error on {key}: {error}"),
     }
 }
 

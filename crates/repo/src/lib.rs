@@ -39,7 +39,7 @@ mod progress;
 mod repository;
 mod storage;
 
-pub use error::{RepoError, Result};
+pub use error::{RepoError, Result, S3Refusal};
 pub use progress::{Phase, Progress};
 pub use repository::Repository;
 

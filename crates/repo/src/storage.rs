@@ -15,4 +15,5 @@ pub(crate) mod local_direct;
 pub(crate) mod local_sync;
 pub(crate) mod node_client;
 pub(crate) mod s3;
+pub(crate) mod s3_refusal;
 pub(crate) mod trace_context;

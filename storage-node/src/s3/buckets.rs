@@ -1,24 +1,64 @@
-//! Bucket operations and listings.
+//! Bucket operations (listings of objects are in `listing.rs`).
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::HavenS3;
-use super::convert;
-use crate::store::{ListEntry, ListPage, ListRequest};
+use crate::error::StoreError;
 
-/// Largest page a listing returns (the S3 limit).
-const MAX_KEYS: i32 = 1000;
+/// The region AWS leaves out of `LocationConstraint` (its historical default).
+const DEFAULT_REGION: &str = "us-east-1";
 
+/// CreateBucket. A bucket the node already has is `BucketAlreadyOwnedByYou`
+/// (409): every key of a node belongs to its one account, so the bucket is
+/// always the caller's own. AWS answers so in every region but us-east-1,
+/// where for legacy reasons it answers 200; a client cannot then tell a new
+/// bucket from an old one, so the node never does. A location constraint
+/// other than the node's region is refused as AWS refuses it.
 pub async fn create_bucket(
     s3: &HavenS3,
     req: S3Request<CreateBucketInput>,
 ) -> S3Result<S3Response<CreateBucketOutput>> {
     let input = req.input;
+    let region = s3.config.region.as_str();
+    if let Some(constraint) = input
+        .create_bucket_configuration
+        .as_ref()
+        .and_then(|c| c.location_constraint.as_ref())
+        .map(BucketLocationConstraint::as_str)
+        .filter(|c| *c != region)
+    {
+        return Err(s3_error!(
+            IllegalLocationConstraintException,
+            "the location constraint {constraint:?} is incompatible with this node's region {region:?}"
+        ));
+    }
     let lock = input.object_lock_enabled_for_bucket.unwrap_or(false);
-    s3.store.create_bucket(&input.bucket, lock).await?;
+    match s3.store.create_bucket(&input.bucket, lock).await {
+        Ok(()) => {}
+        Err(StoreError::BucketExists) => {
+            return Err(s3_error!(
+                BucketAlreadyOwnedByYou,
+                "Your previous request to create the named bucket succeeded and you already own it."
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
     Ok(S3Response::new(CreateBucketOutput {
         location: Some(format!("/{}", input.bucket)),
+    }))
+}
+
+/// GetBucketLocation: the node's region, empty for us-east-1 as AWS answers.
+pub async fn get_bucket_location(
+    s3: &HavenS3,
+    req: S3Request<GetBucketLocationInput>,
+) -> S3Result<S3Response<GetBucketLocationOutput>> {
+    s3.store.bucket_config(&req.input.bucket).await?;
+    let region = &s3.config.region;
+    Ok(S3Response::new(GetBucketLocationOutput {
+        location_constraint: (region != DEFAULT_REGION)
+            .then(|| BucketLocationConstraint::from(region.clone())),
     }))
 }
 
@@ -45,101 +85,6 @@ pub async fn list_buckets(
             display_name: Some(key.access_key.clone()),
             id: Some(key.access_key.clone()),
         }),
-        ..Default::default()
-    }))
-}
-
-fn page_size(max_keys: Option<i32>) -> i32 {
-    max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS)
-}
-
-fn split(page: ListPage) -> (Vec<Object>, Vec<CommonPrefix>, Option<String>) {
-    let last = page.entries.last().map(|e| e.name().to_owned());
-    let mut objects = Vec::new();
-    let mut prefixes = Vec::new();
-    for entry in page.entries {
-        match entry {
-            ListEntry::Object(key, meta) => objects.push(Object {
-                key: Some(key),
-                size: i64::try_from(meta.size).ok(),
-                e_tag: Some(convert::etag(&meta)),
-                last_modified: Some(convert::timestamp(meta.last_modified_ns)),
-                storage_class: Some(ObjectStorageClass::from_static(
-                    ObjectStorageClass::STANDARD,
-                )),
-                ..Default::default()
-            }),
-            ListEntry::Prefix(prefix) => prefixes.push(CommonPrefix {
-                prefix: Some(prefix),
-            }),
-        }
-    }
-    (objects, prefixes, last)
-}
-
-pub async fn list_objects_v2(
-    s3: &HavenS3,
-    req: S3Request<ListObjectsV2Input>,
-) -> S3Result<S3Response<ListObjectsV2Output>> {
-    let input = req.input;
-    let max_keys = page_size(input.max_keys);
-    let after = match (input.start_after.clone(), input.continuation_token.clone()) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    let request = ListRequest {
-        prefix: input.prefix.clone().unwrap_or_default(),
-        delimiter: input.delimiter.clone(),
-        after,
-        max_keys: usize::try_from(max_keys).unwrap_or(0),
-    };
-    let page = s3.store.list(&input.bucket, request).await?;
-    let truncated = page.truncated;
-    let count = page.entries.len();
-    let (objects, prefixes, last) = split(page);
-    Ok(S3Response::new(ListObjectsV2Output {
-        name: Some(input.bucket),
-        prefix: input.prefix,
-        delimiter: input.delimiter,
-        max_keys: Some(max_keys),
-        key_count: i32::try_from(count).ok(),
-        is_truncated: Some(truncated),
-        contents: Some(objects),
-        common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        continuation_token: input.continuation_token,
-        next_continuation_token: if truncated { last } else { None },
-        start_after: input.start_after,
-        encoding_type: input.encoding_type,
-        ..Default::default()
-    }))
-}
-
-pub async fn list_objects(
-    s3: &HavenS3,
-    req: S3Request<ListObjectsInput>,
-) -> S3Result<S3Response<ListObjectsOutput>> {
-    let input = req.input;
-    let max_keys = page_size(input.max_keys);
-    let request = ListRequest {
-        prefix: input.prefix.clone().unwrap_or_default(),
-        delimiter: input.delimiter.clone(),
-        after: input.marker.clone().filter(|m| !m.is_empty()),
-        max_keys: usize::try_from(max_keys).unwrap_or(0),
-    };
-    let page = s3.store.list(&input.bucket, request).await?;
-    let truncated = page.truncated;
-    let (objects, prefixes, last) = split(page);
-    Ok(S3Response::new(ListObjectsOutput {
-        name: Some(input.bucket),
-        prefix: input.prefix,
-        delimiter: input.delimiter,
-        marker: input.marker,
-        max_keys: Some(max_keys),
-        is_truncated: Some(truncated),
-        contents: Some(objects),
-        common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        next_marker: if truncated { last } else { None },
-        encoding_type: input.encoding_type,
         ..Default::default()
     }))
 }

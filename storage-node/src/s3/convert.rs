@@ -6,7 +6,7 @@ use s3s::dto::{Checksum, ETag, ETagCondition, Timestamp};
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
 use crate::object_file::{ObjectMeta, Retention};
-use crate::store::{BucketConfig, WriteCondition};
+use crate::store::{BucketConfig, DeleteCondition, WriteCondition};
 
 /// Largest total size of `x-amz-meta-*` names and values (the AWS limit).
 const MAX_USER_METADATA_BYTES: usize = 2048;
@@ -222,6 +222,54 @@ pub fn write_condition(
         if_match,
         create_only_for_key: false,
     })
+}
+
+/// Refuses a `versionId` other than `null` (the version id S3 gives objects of
+/// unversioned buckets): the node keeps no versions, so it cannot answer for one.
+pub fn unversioned(version_id: Option<&str>) -> Result<(), S3Error> {
+    match version_id {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(s3_error!(
+            NotImplemented,
+            "this node keeps no object versions; only versionId=null (the current object) is supported"
+        )),
+    }
+}
+
+/// The condition of a DeleteObject: `If-Match`, `x-amz-if-match-size` and
+/// `x-amz-if-match-last-modified-time`.
+pub fn delete_condition(
+    if_match: Option<&ETagCondition>,
+    size: Option<i64>,
+    last_modified: Option<&Timestamp>,
+) -> Result<DeleteCondition, S3Error> {
+    let size = size
+        .map(|size| {
+            u64::try_from(size)
+                .map_err(|_| s3_error!(InvalidArgument, "x-amz-if-match-size must not be negative"))
+        })
+        .transpose()?;
+    Ok(DeleteCondition {
+        if_match: if_match.map(|condition| match condition {
+            ETagCondition::Any => None,
+            ETagCondition::ETag(etag) => Some(etag.value().to_owned()),
+        }),
+        size,
+        last_modified: last_modified.map(|t| time::OffsetDateTime::from(t.clone())),
+    })
+}
+
+/// The condition of one object of a DeleteObjects request (its `ETag`,
+/// `Size` and `LastModifiedTime`).
+pub fn delete_condition_of(
+    object: &s3s::dto::ObjectIdentifier,
+) -> Result<DeleteCondition, S3Error> {
+    let if_match = object.e_tag.clone().map(ETagCondition::ETag);
+    delete_condition(
+        if_match.as_ref(),
+        object.size,
+        object.last_modified_time.as_ref(),
+    )
 }
 
 /// Checks the read conditions of GET and HEAD.

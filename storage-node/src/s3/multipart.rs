@@ -7,6 +7,7 @@ use super::HavenS3;
 use super::body;
 use super::convert;
 use super::fields::{incoming_body, meta_with_content_headers, with_checksums};
+use super::tagging;
 use crate::object_file::ObjectMeta;
 use crate::store::{UploadInfo, uploads_max_part_number};
 
@@ -28,6 +29,7 @@ pub async fn create(
         user_metadata: convert::user_metadata(input.metadata)?,
         retention,
         legal_hold,
+        tags: tagging::from_header(input.tagging.as_deref())?,
     } ..ObjectMeta::default());
     let info = UploadInfo {
         bucket: input.bucket.clone(),

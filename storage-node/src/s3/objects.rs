@@ -12,6 +12,7 @@ use super::fields::{
     check_read_conditions, incoming_body, meta_with_content_headers, object_description,
     with_checksums,
 };
+use super::tagging;
 use crate::error::StoreError;
 use crate::object_file::{BLOCK_SIZE, ObjectMeta};
 
@@ -30,6 +31,7 @@ pub async fn put_object(
     s3.store.object_path(&input.bucket, &input.key)?;
     let bucket = s3.store.bucket_config(&input.bucket).await?;
     let user_metadata = convert::user_metadata(input.metadata)?;
+    let tags = tagging::from_header(input.tagging.as_deref())?;
     let (retention, legal_hold) = convert::new_object_retention(
         &bucket,
         input.object_lock_mode.as_ref(),
@@ -56,6 +58,7 @@ pub async fn put_object(
         user_metadata,
         retention,
         legal_hold,
+        tags,
     } ..received.meta);
     let (temp, meta) = body::finish(received.writer, meta).await?;
     s3.store
@@ -67,11 +70,25 @@ pub async fn put_object(
     } from received.checksum)))
 }
 
+/// GET and HEAD by part number need each part's place in the object, which the
+/// node does not keep: refused rather than answered with the whole object.
+fn refuse_part_number(part_number: Option<i32>) -> S3Result<()> {
+    match part_number {
+        None => Ok(()),
+        Some(_) => Err(s3_error!(
+            NotImplemented,
+            "partNumber is not supported by this node; read ranges instead"
+        )),
+    }
+}
+
 pub async fn get_object(
     s3: &HavenS3,
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
+    convert::unversioned(input.version_id.as_deref())?;
+    refuse_part_number(input.part_number)?;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = reader.meta.clone();
     check_read_conditions!(&meta, input)?;
@@ -101,6 +118,7 @@ pub async fn get_object(
             body: Some(blob),
             content_length: Some(length),
             content_range,
+            tag_count: tagging::count(&meta.tags),
         },
         &meta,
         checksum
@@ -112,6 +130,8 @@ pub async fn head_object(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
+    convert::unversioned(input.version_id.as_deref())?;
+    refuse_part_number(input.part_number)?;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = &reader.meta;
     check_read_conditions!(meta, input)?;
@@ -130,8 +150,14 @@ pub async fn delete_object(
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let bypass = s3.bypasses_governance(&req, req.input.bypass_governance_retention)?;
     let input = req.input;
+    convert::unversioned(input.version_id.as_deref())?;
+    let condition = convert::delete_condition(
+        input.if_match.as_ref(),
+        input.if_match_size,
+        input.if_match_last_modified_time.as_ref(),
+    )?;
     s3.store
-        .delete_object(&input.bucket, &input.key, bypass)
+        .delete_object(&input.bucket, &input.key, bypass, &condition)
         .await?;
     Ok(S3Response::new(DeleteObjectOutput::default()))
 }
@@ -147,11 +173,15 @@ pub async fn delete_objects(
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     for object in input.delete.objects {
-        match s3
-            .store
-            .delete_object(&input.bucket, &object.key, bypass)
-            .await
-        {
+        let outcome = match convert::delete_condition_of(&object) {
+            Ok(condition) => s3
+                .store
+                .delete_object(&input.bucket, &object.key, bypass, &condition)
+                .await
+                .map_err(|error| error.to_s3()),
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(()) => {
                 if !quiet {
                     deleted.push(DeletedObject {
@@ -160,8 +190,7 @@ pub async fn delete_objects(
                     });
                 }
             }
-            Err(error) => {
-                let s3_error = error.to_s3();
+            Err(s3_error) => {
                 errors.push(Error {
                     code: Some(s3_error.code().as_str().to_owned()),
                     key: Some(object.key),
@@ -226,6 +255,15 @@ pub async fn copy_object(
         input.object_lock_retain_until_date.as_ref(),
         input.object_lock_legal_hold_status.as_ref(),
     )?;
+    let replace_tags = input
+        .tagging_directive
+        .as_ref()
+        .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
+    let tags = if replace_tags {
+        tagging::from_header(input.tagging.as_deref())?
+    } else {
+        source.tags.clone()
+    };
     let replace = input
         .metadata_directive
         .as_ref()
@@ -246,6 +284,7 @@ pub async fn copy_object(
     };
     meta.retention = retention;
     meta.legal_hold = legal_hold;
+    meta.tags = tags;
     meta.last_modified_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
     let mut writer = s3.store.new_writer(&input.bucket, &input.key)?;
     let store = Arc::clone(&s3.store);

@@ -39,16 +39,7 @@ pub struct BucketConfig {
 }
 
 /// S3 bucket naming rules, which also make names safe as directory names.
-pub fn is_valid_bucket_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (3..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && !name.contains("..")
-}
+pub use haven_node_protocol::is_valid_bucket_name;
 
 impl Store {
     /// Creates a bucket atomically: a prepared directory is renamed into place.
@@ -220,29 +211,4 @@ fn has_files(dir: &Path) -> std::io::Result<bool> {
         }
     }
     Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_names() {
-        for good in ["abc", "haven-site1", "a.b.c", "123"] {
-            assert!(is_valid_bucket_name(good), "{good}");
-        }
-        for bad in [
-            "ab",
-            "ABC",
-            "-abc",
-            "abc-",
-            "a..b",
-            "../x",
-            "a/b",
-            "a_b",
-            &"x".repeat(64),
-        ] {
-            assert!(!is_valid_bucket_name(bad), "{bad}");
-        }
-    }
 }

@@ -28,11 +28,15 @@ fn hostile_requests_get_s3_errors_and_leave_nothing_behind() {
     node.aws_ok(&["s3", "mb", "s3://target"]);
     let stdout = ok(python(&node, HOSTILE_SCRIPT, &[]), "hostile script");
     assert!(stdout.contains("ALL OK"), "{stdout}");
-    // Nothing escaped the bucket, nothing was stored, no temp files remain.
+    // Nothing escaped the bucket, nothing refused was stored, no temp files remain:
+    // the four dot-segment keys are the only objects, all below the bucket.
     assert!(!node.dir.path().join("escape").exists());
     assert!(!node.data().join("escape").exists());
     assert!(!node.data().join("buckets").join("escape").exists());
-    assert_eq!(node.object_files(), Vec::<std::path::PathBuf>::new());
+    let objects = node.data().join("buckets").join("target").join("objects");
+    let files = node.object_files();
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files.iter().all(|f| f.starts_with(&objects)), "{files:?}");
     std::thread::sleep(Duration::from_millis(200));
     assert!(tmp_is_empty(&node), "temporary files left behind");
 
@@ -157,9 +161,16 @@ def code_of(fn):
     except ClientError as e:
         return e.response["Error"]["Code"]
     return None
-for key in ["../escape", "a/../../escape", "../../buckets/escape@", "./x", "a\x00b"]:
-    code = code_of(lambda: s3.put_object(Bucket="target", Key=key, Body=b"evil"))
-    assert code in ("InvalidArgument", "InvalidURI", "InvalidRequest"), (key, code)
+# Dot segments are ordinary S3 key characters (AWS stores such keys): each is
+# stored under its own name, inside the bucket (the test then checks the disk).
+dotted = ["../escape", "a/../../escape", "../../buckets/escape@", "./x"]
+for key in dotted:
+    s3.put_object(Bucket="target", Key=key, Body=key.encode())
+    assert s3.get_object(Bucket="target", Key=key)["Body"].read() == key.encode(), key
+listed = [o["Key"] for o in s3.list_objects_v2(Bucket="target")["Contents"]]
+assert listed == sorted(dotted), listed
+code = code_of(lambda: s3.put_object(Bucket="target", Key="a\x00b", Body=b"evil"))
+assert code in ("InvalidArgument", "InvalidURI", "InvalidRequest"), code
 code = code_of(lambda: s3.put_object(Bucket="target", Key="/abs", Body=b"evil"))
 assert code is not None, "absolute key accepted"
 code = code_of(lambda: s3.put_object(Bucket="target", Key="md5", Body=b"data", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA=="))
@@ -188,6 +199,6 @@ conn.close()
 import time; time.sleep(0.3)
 code = code_of(lambda: s3.head_object(Bucket="target", Key="truncated"))
 assert code == "404", code
-assert s3.list_objects_v2(Bucket="target").get("KeyCount") == 0
+assert s3.list_objects_v2(Bucket="target").get("KeyCount") == len(dotted)
 print("ALL OK")
 "#;

@@ -416,15 +416,14 @@ async fn push_batch(
 /// DELETE, or an `AccessDenied` entry in a DeleteObjects answer, which `object_store`
 /// reports as a generic error carrying the S3 code.
 fn is_locked(error: &RepoError) -> bool {
-    match error {
-        RepoError::Storage {
-            source: object_store::Error::PermissionDenied { .. },
-            ..
-        } => true,
-        RepoError::Storage {
-            source: source @ object_store::Error::Generic { .. },
-            ..
-        } => source.to_string().contains("(code: AccessDenied)"),
+    let RepoError::Storage { error, .. } = error else {
+        return false;
+    };
+    match error.as_ref() {
+        object_store::Error::PermissionDenied { .. } => true,
+        error @ object_store::Error::Generic { .. } => {
+            error.to_string().contains("(code: AccessDenied)")
+        }
         _ => false,
     }
 }

@@ -136,10 +136,9 @@ pub async fn protect_snapshot(
     {
         Ok(()) => {}
         // Locked by an earlier `protect --lock`: it stays, the retention below extends.
-        Err(RepoError::Storage {
-            source: object_store::Error::PermissionDenied { .. },
-            ..
-        }) if lock.is_some() => {}
+        Err(RepoError::Storage { error, .. })
+            if lock.is_some() && matches!(*error, object_store::Error::PermissionDenied { .. }) => {
+        }
         Err(error) => return Err(error),
     }
     let mut objects_locked = 0;

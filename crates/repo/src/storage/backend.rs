@@ -28,6 +28,7 @@ use super::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
 use super::local::{DirectOutcome, LocalIo, LocalStore};
 use super::node_client::NodeClient;
 use super::s3::{S3Credentials, S3Store};
+use super::s3_refusal::S3Refusal;
 use crate::error::{RepoError, Result};
 
 /// Whether a create-only write stored the object or found it already there.
@@ -289,7 +290,7 @@ impl Backend {
             .store()
             .get(&Path::from(key))
             .await
-            .map_err(|error| storage_error(key, error))?;
+            .map_err(|error| self.storage_error(key, error))?;
         if result.meta.size > max_len {
             return Err(RepoError::corrupt(
                 key,
@@ -302,7 +303,7 @@ impl Backend {
         result
             .bytes()
             .await
-            .map_err(|error| storage_error(key, error))
+            .map_err(|error| self.storage_error(key, error))
     }
 
     /// Whether an object exists. Concurrent calls on a storage node share one
@@ -313,11 +314,25 @@ impl Backend {
         {
             return Ok(found);
         }
-        match self.store().head(&Path::from(key)).await {
+        let path = Path::from(key);
+        match self.store().head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(error) => Err(storage_error(key, error)),
+            Err(error) => Err(self.head_error(key, &path, error).await),
         }
+    }
+
+    /// The error of a refused HEAD. Its answer has no body to say why, so on S3 a GET
+    /// of the same key asks again: its S3 error code tells an unknown access key from
+    /// a wrong secret or an invalid bucket name.
+    async fn head_error(&self, key: &str, path: &Path, error: object_store::Error) -> RepoError {
+        if let Some(bucket) = self.s3_bucket()
+            && let Err(why) = self.store().get(path).await
+            && S3Refusal::of(&why, &bucket, key).is_some()
+        {
+            return self.storage_error(key, why);
+        }
+        self.storage_error(key, error)
     }
 
     /// Writes an object only if no object has this key (`If-None-Match: *` on S3).
@@ -360,7 +375,7 @@ impl Backend {
             }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExisted),
-            Err(error) => Err(storage_error(key, error)),
+            Err(error) => Err(self.storage_error(key, error)),
         }
     }
 
@@ -378,7 +393,7 @@ impl Backend {
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store().delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(storage_error(key, error)),
+            Err(error) => Err(self.storage_error(key, error)),
         }
     }
 
@@ -426,7 +441,7 @@ impl Backend {
             .put_opts(&Path::from(key), PutPayload::from(data), options)
             .await
             .map(|_| ())
-            .map_err(|error| storage_error(key, error))
+            .map_err(|error| self.storage_error(key, error))
     }
 
     /// Objects under `prefix` with size and modification time, as a stream: garbage
@@ -436,17 +451,38 @@ impl Backend {
         prefix: &str,
     ) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta>> {
         let owned_prefix = prefix.to_string();
+        let bucket = self.s3_bucket();
         Box::pin(
             self.store()
                 .list(Some(&Path::from(prefix)))
-                .map_err(move |error| storage_error(&owned_prefix, error)),
+                .map_err(move |error| storage_error(&owned_prefix, bucket.as_deref(), error)),
         )
+    }
+
+    /// The bucket of an `s3://` repository.
+    fn s3_bucket(&self) -> Option<String> {
+        match &self.implementation {
+            Implementation::S3(_) | Implementation::StorageNode(_) => {
+                url::Url::parse(&self.location)
+                    .ok()
+                    .and_then(|url| url.host_str().map(str::to_owned))
+            }
+            Implementation::Memory(_) | Implementation::Local(_) => None,
+        }
+    }
+
+    fn storage_error(&self, key: &str, error: object_store::Error) -> RepoError {
+        storage_error(key, self.s3_bucket().as_deref(), error)
     }
 }
 
-fn storage_error(key: &str, error: object_store::Error) -> RepoError {
+/// The repository error of a storage error about `key`; `bucket` is that of an
+/// `s3://` repository, so that a refusal the user must fix names it (a missing
+/// bucket is a 404 too, but not a missing object).
+fn storage_error(key: &str, bucket: Option<&str>, error: object_store::Error) -> RepoError {
+    let refused = bucket.is_some_and(|bucket| S3Refusal::of(&error, bucket, key).is_some());
     match error {
-        object_store::Error::NotFound { .. } => RepoError::NotFound(key.to_string()),
+        object_store::Error::NotFound { .. } if !refused => RepoError::NotFound(key.to_string()),
         source @ object_store::Error::PermissionDenied { .. }
             if source
                 .to_string()
@@ -457,9 +493,10 @@ fn storage_error(key: &str, error: object_store::Error) -> RepoError {
                 source: Box::new(source),
             }
         }
-        source => RepoError::Storage {
+        error => RepoError::Storage {
             key: key.to_string(),
-            source,
+            bucket: bucket.map(str::to_owned),
+            error: Box::new(error),
         },
     }
 }

@@ -1,0 +1,116 @@
+# Object tagging with AWS's limits, GetObjectAttributes, and conditional deletes.
+# Run twice around a restart of the node: "write" stores, "check" reads back.
+phase = sys.argv[2]
+appender = client("appender", "appender-secret")
+reader = client("reader", "reader-secret")
+
+
+def tags_of(key):
+    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="tags", Key=key)["TagSet"]}
+
+
+def part(n, seed):
+    return hashlib.sha256(str(seed).encode()).digest() * (n // 32)
+
+
+if phase == "write":
+    s3.create_bucket(Bucket="tags")
+    # x-amz-tagging on PutObject, even by a key that may only create.
+    appender.put_object(Bucket="tags", Key="tagged", Body=b"tagged", Tagging="project=haven&owner=ops%20team")
+    assert tags_of("tagged") == {"project": "haven", "owner": "ops team"}
+    assert s3.get_object(Bucket="tags", Key="tagged")["TagCount"] == 2
+    s3.put_object(Bucket="tags", Key="plain", Body=b"plain")
+    assert "TagCount" not in s3.get_object(Bucket="tags", Key="plain")
+    assert s3.get_object_tagging(Bucket="tags", Key="plain")["TagSet"] == []
+    # The limits: 10 tags, keys of 128 characters, values of 256, keys unique.
+    ten = [{"Key": f"k{i}", "Value": "v" * 256 if i == 0 else "x"} for i in range(9)] + [{"Key": "\u00e9" * 128, "Value": ""}]
+    s3.put_object_tagging(Bucket="tags", Key="plain", Tagging={"TagSet": ten})
+    assert len(tags_of("plain")) == 10
+    for bad, what in [(ten + [{"Key": "k10", "Value": "x"}], "11 tags"),
+                      ([{"Key": "k" * 129, "Value": "x"}], "129-character key"),
+                      ([{"Key": "k", "Value": "v" * 257}], "257-character value"),
+                      ([{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}], "duplicate key")]:
+        expect(400, "InvalidTag", lambda: s3.put_object_tagging(Bucket="tags", Key="plain", Tagging={"TagSet": bad}), what)
+        assert len(tags_of("plain")) == 10, what
+    expect(400, "InvalidTag", lambda: s3.put_object(Bucket="tags", Key="refused", Body=b"x", Tagging="a=1&a=2"), "header")
+    expect(404, "404", lambda: s3.head_object(Bucket="tags", Key="refused"), "refused object stored")
+    expect(404, "NoSuchKey", lambda: s3.put_object_tagging(Bucket="tags", Key="missing", Tagging={"TagSet": []}), "missing")
+    expect(404, "NoSuchKey", lambda: s3.get_object_tagging(Bucket="tags", Key="missing"), "missing")
+    # Changing tags changes an existing object: not for read or append keys.
+    for other in (reader, appender):
+        expect(403, "AccessDenied", lambda: other.put_object_tagging(Bucket="tags", Key="tagged", Tagging={"TagSet": []}), "tagging")
+        expect(403, "AccessDenied", lambda: other.delete_object_tagging(Bucket="tags", Key="tagged"), "untagging")
+    assert reader.get_object_tagging(Bucket="tags", Key="tagged")["TagSet"]
+    # Copies keep the tags, or take new ones with TaggingDirective=REPLACE.
+    s3.copy_object(Bucket="tags", Key="copy", CopySource="tags/tagged")
+    assert tags_of("copy") == {"project": "haven", "owner": "ops team"}
+    s3.copy_object(Bucket="tags", Key="copy2", CopySource="tags/tagged", TaggingDirective="REPLACE", Tagging="new=1")
+    assert tags_of("copy2") == {"new": "1"}
+    # Multipart uploads take them at creation.
+    up = s3.create_multipart_upload(Bucket="tags", Key="multi", Tagging="kind=multipart")
+    parts = [s3.upload_part(Bucket="tags", Key="multi", UploadId=up["UploadId"], PartNumber=n, Body=part(size, n))
+             for n, size in [(1, 5 << 20), (2, 1 << 20)]]
+    s3.complete_multipart_upload(Bucket="tags", Key="multi", UploadId=up["UploadId"], MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": p["ETag"]} for n, p in enumerate(parts, 1)]})
+    assert tags_of("multi") == {"kind": "multipart"}
+    s3.put_object(Bucket="tags", Key="untag", Body=b"x", Tagging="gone=soon")
+    s3.delete_object_tagging(Bucket="tags", Key="untag")
+    print("WRITTEN")
+    sys.exit(0)
+
+# After the restart: tags were durable.
+assert tags_of("tagged") == {"project": "haven", "owner": "ops team"}
+assert len(tags_of("plain")) == 10 and tags_of("multi") == {"kind": "multipart"}
+assert tags_of("untag") == {} and tags_of("copy2") == {"new": "1"}
+# Tagging does not change the object: data, ETag and Last-Modified stay.
+head = s3.head_object(Bucket="tags", Key="plain")
+assert head["ETag"] == '"%s"' % hashlib.md5(b"plain").hexdigest(), head
+
+# GetObjectAttributes: what is asked for, nothing else.
+body = b"checksummed"
+s3.put_object(Bucket="tags", Key="attrs", Body=body, ChecksumAlgorithm="SHA256")
+everything = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+a = s3.get_object_attributes(Bucket="tags", Key="attrs", ObjectAttributes=everything)
+assert a["ETag"].strip('"') == hashlib.md5(body).hexdigest(), a
+assert a["ObjectSize"] == len(body) and a["StorageClass"] == "STANDARD", a
+assert a["Checksum"]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode(), a
+assert "ObjectParts" not in a and "LastModified" in a, a
+only = s3.get_object_attributes(Bucket="tags", Key="attrs", ObjectAttributes=["ObjectSize"])
+assert only["ObjectSize"] == len(body) and "ETag" not in only and "Checksum" not in only, only
+m = s3.get_object_attributes(Bucket="tags", Key="multi", ObjectAttributes=everything)
+assert m["ObjectParts"]["TotalPartsCount"] == 2 and m["ETag"].strip('"').endswith("-2"), m
+assert m["ObjectSize"] == (5 << 20) + (1 << 20) and "Checksum" not in m, m
+expect(404, "NoSuchKey", lambda: s3.get_object_attributes(Bucket="tags", Key="missing", ObjectAttributes=["ETag"]), "attributes")
+# What the node does not do is refused, never answered as if done.
+expect(501, "NotImplemented", lambda: s3.get_object(Bucket="tags", Key="multi", PartNumber=1), "GET by part")
+expect(501, "NotImplemented", lambda: s3.list_object_versions(Bucket="tags"), "versions")
+expect(501, "NotImplemented", lambda: s3.get_object_tagging(Bucket="tags", Key="tagged", VersionId="v1"), "version")
+expect(501, "NotImplemented", lambda: s3.get_object(Bucket="tags", Key="tagged", VersionId="v1"), "GET of a version")
+expect(501, "NotImplemented", lambda: s3.delete_object(Bucket="tags", Key="tagged", VersionId="v1"), "delete of a version")
+# "null" is the version id of every object of an unversioned bucket.
+assert s3.get_object(Bucket="tags", Key="tagged", VersionId="null")["Body"].read() == b"tagged"
+up = s3.create_multipart_upload(Bucket="tags", Key="partcopy")
+expect(501, "NotImplemented", lambda: s3.upload_part_copy(Bucket="tags", Key="partcopy", UploadId=up["UploadId"],
+       PartNumber=1, CopySource="tags/tagged"), "UploadPartCopy")
+s3.abort_multipart_upload(Bucket="tags", Key="partcopy", UploadId=up["UploadId"])
+
+# Conditional deletes: If-Match (an ETag or *), size and modification time.
+etag = s3.head_object(Bucket="tags", Key="copy")["ETag"]
+expect(412, "PreconditionFailed", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatch='"0123"'), "wrong etag")
+expect(412, "PreconditionFailed", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatchSize=99), "wrong size")
+s3.head_object(Bucket="tags", Key="copy")
+s3.delete_object(Bucket="tags", Key="copy", IfMatch=etag)
+expect(404, "404", lambda: s3.head_object(Bucket="tags", Key="copy"), "deleted")
+expect(404, "NoSuchKey", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatch=etag), "absent, etag")
+expect(404, "NoSuchKey", lambda: s3.delete_object(Bucket="tags", Key="copy", IfMatch="*"), "absent, *")
+s3.delete_object(Bucket="tags", Key="copy")  # unconditional: a missing key is deleted
+# The same for writes: If-Match on a missing key is 404 NoSuchKey, and writes nothing.
+expect(404, "NoSuchKey", lambda: s3.put_object(Bucket="tags", Key="copy", Body=b"x", IfMatch=etag), "put, absent")
+expect(404, "404", lambda: s3.head_object(Bucket="tags", Key="copy"), "conditional put stored")
+s3.delete_object(Bucket="tags", Key="copy2", IfMatch="*", IfMatchSize=6)
+r = s3.delete_objects(Bucket="tags", Delete={"Objects": [
+    {"Key": "tagged", "ETag": '"0123"'}, {"Key": "untag", "ETag": s3.head_object(Bucket="tags", Key="untag")["ETag"]}]})
+assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("tagged", "PreconditionFailed")], r
+assert [d["Key"] for d in r["Deleted"]] == ["untag"], r
+s3.head_object(Bucket="tags", Key="tagged")
+print("ALL OK")
