@@ -385,8 +385,8 @@ def policy_round(cluster, fault=None, env=None, policy="default"):
                            lambda: [job for job in ours()
                                     if job["kind"] == "backup" and job["state"] == "running"],
                            120, poll=0.1)
-        fault(running)
         faulted = time.monotonic()
+        fault(running)
 
     def ended():
         jobs = ours()
@@ -427,7 +427,7 @@ def assert_restores(cluster, env, repository, vm, disk, coordinator=None):
 def check_site_a(cluster, vms):
     admin = cluster.admin
     # A leader elected through etcd (TLS, auth, 3 members) answers over mutual TLS.
-    wait_for("a coordinator leader", lambda: cluster.haven_run(["vm", "list"], admin), 180)
+    wait_for("a coordinator leader", lambda: cluster.haven_run(["vm", "list"], admin) is not None, 180)
     health = run(["curl", "-sS", "--fail", "--cacert", admin["HAVEN_CA_FILE"],
                   f"https://127.0.0.1:{HTTP_PORTS['coordinator-1']}/healthz"])
     print(f"coordinator /healthz: {health.strip()}")
@@ -488,7 +488,7 @@ def check_site_a(cluster, vms):
         for service in ["coordinator-1", "coordinator-2", "worker-1", "worker-2"]:
             cluster.compose("restart", "-t", "150", service, timeout=400)
             wait_for("a leader after the restart",
-                     lambda: cluster.haven_run(["vm", "list"], admin), 120)
+                     lambda: cluster.haven_run(["vm", "list"], admin) is not None, 120)
 
     jobs, recovered = policy_round(cluster, rolling_restart)
     failed = [job for job in jobs if job["state"] == "failed"]
@@ -496,7 +496,7 @@ def check_site_a(cluster, vms):
         raise SystemExit(f"FAILED: a rolling restart failed jobs: {json.dumps(failed, indent=1)}")
     assert_backed_up(jobs, VMS, "the rolling restart")
     print(f"rolling restart of 2 coordinators and 2 workers mid-round: no failed job "
-          f"({recovered:.1f} s)")
+          f"({recovered:.1f} s from the first restart to the round's end)")
 
     # Nothing lost: every snapshot verifies, each VM's newest restores exactly.
     cluster.haven_run(["verify", "--repo", REPOSITORY], cluster.primary_reader, timeout=900)
@@ -540,7 +540,8 @@ def check_wan_cut(cluster):
               f"missing {max(stuck)} s old and growing; coordinator's lag (RPO at B): "
               f"{exported}")
     finally:
-        cluster.docker("network", "connect", network, secondary)
+        # Back under its service name, as compose attached it.
+        cluster.docker("network", "connect", "--alias", "storage-secondary", network, secondary)
     # Reconnected: the next round's replication brings B up to date.
     jobs, _ = policy_round(cluster)
     assert_backed_up(jobs, VMS, "the round after reconnection")
@@ -576,8 +577,9 @@ def check_disaster_recovery(cluster, vms, qmp_dir):
     started = time.monotonic()
     cluster.compose("--profile", "dr", "up", "-d", "--no-build", "coordinator-dr")
     dr_url = f"https://127.0.0.1:{DR_PORT}"
-    wait_for("site B's coordinator", lambda: cluster.haven_run(["vm", "list"],
-                                                               cluster.dr_admin), 120)
+    # No VM is known there yet: an empty list (and exit 0) is the answer.
+    wait_for("site B's coordinator",
+             lambda: cluster.haven_run(["vm", "list"], cluster.dr_admin) is not None, 120)
     rebuilt = cluster.haven_run(["catalog", "rebuild", "--repo", DR_REPOSITORY,
                                  "--coordinator", dr_url], {**cluster.dr_admin, **cluster.dr_reader})
     print(f"site B: {rebuilt.strip()}")
