@@ -25,7 +25,11 @@
 - Cluster objects (check_cluster_objects.py): PodDisruptionBudgets where a component
   has several replicas, NetworkPolicies letting in exactly the peers meant for each
   port, hook Jobs in order (etcd-init, repo-init, policies), etcd's auto-compaction,
-  quota and probes, ServiceMonitors and the PrometheusRule.
+  quota and probes, the coordinators' /healthz and /readyz probes, ServiceMonitors
+  and the PrometheusRule.
+- The worker's privileges are enough (check_worker_privileges.py): `haven backup qemu`
+  of a running qemu-storage-daemon, as root with only the capabilities the rendered
+  worker keeps (none) and no new privileges.
 - The chart's scripts run for real (check_scripts.py): etcd-snapshot.sh against a
   real etcd with auth on (its snapshot restored into a second etcd), repo-init.sh
   twice against a real repository.
@@ -57,6 +61,7 @@ import yaml
 import check_cluster_objects as objects
 import check_pod_security as pod_security
 import check_scripts as scripts
+import check_worker_privileges as worker_privileges
 
 DEPLOY = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(DEPLOY, "helm", "haven")
@@ -430,6 +435,7 @@ def check_objects(docs, values, variant):
         sys.exit(f"FAILED: {variant}: NetworkPolicies rendered while disabled")
     fail_on(objects.hooks(docs), f"{variant}: hook Jobs")
     fail_on(objects.etcd_settings(docs), f"{variant}: etcd")
+    fail_on(objects.probes(docs), f"{variant}: probes")
     fail_on(objects.service_monitors(docs), f"{variant}: ServiceMonitors")
     fail_on(objects.prometheus_rules(docs, RULES), f"{variant}: PrometheusRule")
     crds = [f"{doc['kind']} {doc['metadata']['name']}" for doc in docs if objects.is_crd_kind(doc)]
@@ -460,6 +466,11 @@ def check_chart(haven, helm, workdir):
                      if doc["kind"] == "Job" and "etcd-init" in doc["metadata"]["name"]]
         if values.get("etcd.enabled", "true") == "true":
             check_etcd_init_script(etcd_init)
+        if not values:
+            # The qmp-mode worker as rendered: its capabilities are enough.
+            worker = next(pod for what, pod in pod_security.pod_specs(docs) if what.endswith("-worker"))
+            capabilities = worker["containers"][0]["securityContext"]["capabilities"].get("add", [])
+            worker_privileges.check_backup_with(haven, capabilities, workdir)
         for what, pod in pod_security.pod_specs(docs):
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             for container in pod["containers"]:

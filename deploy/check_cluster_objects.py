@@ -5,6 +5,8 @@ which `kubernetes-validate` has no schema for and which are checked field by fie
 here instead. Each function returns its list of problems.
 """
 
+import yaml
+
 from check_pod_security import pod_specs
 
 # Kinds of CustomResourceDefinitions the chart renders: not in Kubernetes' schemas.
@@ -23,7 +25,7 @@ def pod_labels(docs):
     """{component: pod template labels} of every workload."""
     found = {}
     for doc in docs:
-        for what, _ in pod_specs([doc]):
+        for _ in pod_specs([doc]):
             template = (doc["spec"]["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob"
                         else doc["spec"]["template"])
             labels = template["metadata"]["labels"]
@@ -158,6 +160,25 @@ def etcd_settings(docs):
     return problems
 
 
+def probes(docs):
+    """Coordinators: alive on /healthz, ready on /readyz (its store answers and a
+    leader is known), both over https; the storage node has a readiness probe."""
+    problems = []
+    for doc in docs:
+        if doc["kind"] != "StatefulSet":
+            continue
+        component = doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        if component == "coordinator":
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                get = container.get(probe, {}).get("httpGet", {})
+                if get.get("path") != path or get.get("scheme") != "HTTPS":
+                    problems.append(f"coordinator {probe} is not HTTPS {path}: {get}")
+        elif "readinessProbe" not in container:
+            problems.append(f"{component} has no readiness probe")
+    return problems
+
+
 def service_monitors(docs):
     """Each ServiceMonitor selects a Service of the chart whose ports include every
     endpoint's port; a coordinator's scrape is https with a client certificate."""
@@ -193,7 +214,6 @@ def service_monitors(docs):
 def prometheus_rules(docs, rules_file):
     """The PrometheusRule carries the rules of `rules_file`, each group named with
     alerts or recordings that have an expression."""
-    import yaml
     problems = []
     with open(rules_file) as file:
         want = yaml.safe_load(file)

@@ -1,5 +1,7 @@
 //! `/healthz` and `/metrics` of a replica, served by the shared `haven-metrics`
-//! server, which hands every other path to the web console (`console.rs`).
+//! server, which hands every other path to this module: `/readyz` (Kubernetes'
+//! readiness probe, like `/healthz` open without a certificate) is answered here, the
+//! rest by the web console (`console.rs`).
 //!
 //! Everything exported is read from the replica when scraped: whether this replica
 //! leads, the counters of jobs that ended while it led (registered by `lib.rs` and
@@ -116,8 +118,45 @@ impl Exporter for ReplicaEndpoints {
     }
 
     async fn route(&self, request: RouteRequest, peer: &PeerInfo) -> RouteResponse {
+        if request.uri().path() == READY_PATH {
+            let store = self.replica.store_reachable().await;
+            let leader = match self.replica.role().await {
+                Role::Leader(_) => Some("this replica".to_string()),
+                Role::Follower(leader) => leader,
+            };
+            return readiness(store, leader);
+        }
         self.console.handle(request, peer).await
     }
+}
+
+/// The readiness probe's path.
+const READY_PATH: &str = "/readyz";
+
+/// `/readyz`: 200 once the replica's metadata store answers and a leader is known
+/// (this replica or another), 503 saying what is missing otherwise. Unlike
+/// `/healthz` (alive, whatever the cluster's state), it is what a rolling update and a
+/// PodDisruptionBudget wait for: a replica that cannot reach the store or has seen no
+/// election could neither take over nor name the leader to clients.
+fn readiness(store: Result<(), String>, leader: Option<String>) -> RouteResponse {
+    let (status, text) = match (store, leader) {
+        (Ok(()), Some(leader)) => (http::StatusCode::OK, format!("ready: leader is {leader}\n")),
+        (Ok(()), None) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no leader elected yet\n".to_string(),
+        ),
+        (Err(error), _) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: store unreachable: {error}\n"),
+        ),
+    };
+    let mut response = RouteResponse::new(bytes::Bytes::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Writes the latest [`ReplicaReading`].
@@ -255,6 +294,36 @@ fn write_summary(out: &mut SampleWriter<'_>, summary: &MetricsSummary) -> std::f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_only_with_a_reachable_store_and_a_known_leader() {
+        let cases = [
+            (
+                Ok(()),
+                Some("this replica"),
+                200,
+                "ready: leader is this replica\n",
+            ),
+            (
+                Ok(()),
+                Some("https://c-1:7700"),
+                200,
+                "ready: leader is https://c-1:7700\n",
+            ),
+            (Ok(()), None, 503, "not ready: no leader elected yet\n"),
+            (
+                Err("no answer within 2 s".to_string()),
+                Some("https://c-1:7700"),
+                503,
+                "not ready: store unreachable: no answer within 2 s\n",
+            ),
+        ];
+        for (store, leader, status, text) in cases {
+            let response = readiness(store, leader.map(str::to_string));
+            assert_eq!(response.status().as_u16(), status, "{text}");
+            assert_eq!(response.body().as_ref(), text.as_bytes());
+        }
+    }
 
     fn render(reading: ReplicaReading) -> String {
         let mut registry = Registry::new();

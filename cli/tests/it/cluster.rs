@@ -126,14 +126,17 @@ impl Cluster {
         worker.trim_start_matches('w').parse().unwrap()
     }
 
+    /// The HTTP port (`/metrics`, `/healthz`, `/readyz`) of coordinator `i`.
+    fn http_port(&self, i: usize) -> u16 {
+        let port = std::fs::read_to_string(self.dir.join(format!("c{i}.port"))).unwrap();
+        port.trim().parse().unwrap()
+    }
+
     /// Which replica leads, from their `/healthz`.
     fn leader_index(&self) -> usize {
         for i in 0..self.coordinator_urls.len() {
-            let port = std::fs::read_to_string(self.dir.join(format!("c{i}.port"))).unwrap();
             // Probes carry no client certificate: /healthz answers them.
-            let (_, body) = self
-                .pki
-                .https_get(port.trim().parse().unwrap(), "/healthz", None);
+            let (_, body) = self.pki.https_get(self.http_port(i), "/healthz", None);
             if body.contains("ok: leader") {
                 return i;
             }
@@ -472,6 +475,13 @@ fn cluster_schedules_fences_and_fails_over() {
         }
         assert_eq!(cluster.pki.https_get(port, "/healthz", None).0, 200);
     }
+    // Both replicas are ready (Kubernetes' probe, no certificate): the store answers
+    // and they know the leader.
+    for i in 0..cluster.coordinator_urls.len() {
+        let (status, text) = cluster.pki.https_get(cluster.http_port(i), "/readyz", None);
+        assert_eq!(status, 200, "coordinator {i} /readyz: {text}");
+        assert!(text.starts_with("ready: leader is "), "{text}");
+    }
     // The web console on the same listeners: the leader shows the cluster to a viewer's
     // certificate; the follower says it follows and names the leader.
     let (status, page) = cluster
@@ -607,6 +617,25 @@ fn cluster_schedules_fences_and_fails_over() {
     let before: Vec<Value> = cluster.jobs().iter().map(|j| j["job_id"].clone()).collect();
     cluster.etcd.kill(1);
     std::thread::sleep(Duration::from_secs(4));
+    // Without quorum no replica is ready, and every one is still alive.
+    for i in 0..cluster.coordinator_urls.len() {
+        if cluster.coordinators[i].0.is_none() {
+            continue;
+        }
+        let (status, text) = cluster.pki.https_get(cluster.http_port(i), "/readyz", None);
+        assert_eq!(
+            status, 503,
+            "coordinator {i} /readyz without quorum: {text}"
+        );
+        assert!(text.starts_with("not ready: store unreachable"), "{text}");
+        assert_eq!(
+            cluster
+                .pki
+                .https_get(cluster.http_port(i), "/healthz", None)
+                .0,
+            200
+        );
+    }
     assert!(
         !cluster
             .haven(&["job", "run", "vm11", "--repo", &cluster.repo])

@@ -84,6 +84,11 @@ fn coordinator_leads_on_a_secured_etcd() {
     }
     let (_, health) = pki.https_get(http, "/healthz", None);
     assert!(health.contains("ok: leader"), "/healthz: {health}");
+    let (status, ready) = pki.https_get(http, "/readyz", None);
+    assert_eq!(
+        (status, ready.as_str()),
+        (200, "ready: leader is this replica\n")
+    );
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
