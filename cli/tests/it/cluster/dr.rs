@@ -171,7 +171,17 @@ fn site_a_lost_site_b_rebuilds_its_catalog_restores_boots_and_backs_up_then_fail
     );
     assert_same_disk(&restored, &expected);
 
-    // The restored disk attached to a QEMU at B, whose worker backs it up again.
+    // B's worker (no VM there yet), then the restored disk attached to a QEMU at B,
+    // which the worker finds at its next inventory and backs up again.
+    let append = key_file(&site_b, "dr-append", "dr-append-secret-0123");
+    let delete = key_file(&site_b, "dr-delete", "dr-delete-secret-0123");
+    let (cert, key) = bed.pki.issue("worker", "w0");
+    bed.start_worker(
+        &cert,
+        &key,
+        &format!("[storage]\nappend_key_file = {append:?}\ndelete_key_file = {delete:?}\n"),
+        &[("AWS_REGION", "us-east-1")],
+    );
     let qmp = site_b.join("h0").join("web.qmp");
     std::fs::create_dir_all(qmp.parent().unwrap()).unwrap();
     let _vm = start_qemu_system(
@@ -184,15 +194,6 @@ fn site_a_lost_site_b_rebuilds_its_catalog_restores_boots_and_backs_up_then_fail
             .args(["-blockdev", "driver=qcow2,file=file0,node-name=disk0"])
             .args(["-device", "virtio-blk-pci,drive=disk0,id=vda"]),
         &qmp,
-    );
-    let append = key_file(&site_b, "dr-append", "dr-append-secret-0123");
-    let delete = key_file(&site_b, "dr-delete", "dr-delete-secret-0123");
-    let (cert, key) = bed.pki.issue("worker", "w0");
-    bed.start_worker(
-        &cert,
-        &key,
-        &format!("[storage]\nappend_key_file = {append:?}\ndelete_key_file = {delete:?}\n"),
-        &[("AWS_REGION", "us-east-1")],
     );
     bed.wait_for_vm("web");
     let policy = site_b.join("policy.toml");
