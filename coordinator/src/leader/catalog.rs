@@ -43,9 +43,11 @@ pub(super) fn new_records(
     }
     let mut report = ImportReport::default();
     let mut fresh: Vec<SnapshotRecord> = Vec::new();
-    for record in records {
+    let mut seen = std::collections::HashSet::new();
+    for mut record in records {
         let name = format!("{}@{}", record.vm, record.timestamp);
-        haven_repo::SnapshotId::new(&record.vm, &record.timestamp)
+        // The canonical id names the catalog entry, as a commit would write it.
+        let id = haven_repo::SnapshotId::new(&record.vm, &record.timestamp)
             .map_err(|error| LeaderError::Invalid(format!("snapshot {name:?}: {error}")))?;
         if record.repository.is_empty() {
             return Err(LeaderError::Invalid(format!(
@@ -58,12 +60,9 @@ pub(super) fn new_records(
                 record.disks.len()
             )));
         }
+        record.timestamp = id.timestamp;
         let key = model::snapshot_key(&record.vm, &record.timestamp);
-        if state.snapshots.contains_key(&key)
-            || fresh
-                .iter()
-                .any(|r| r.vm == record.vm && r.timestamp == record.timestamp)
-        {
+        if state.snapshots.contains_key(&key) || !seen.insert(key) {
             report.present += 1;
         } else {
             report.added += 1;
