@@ -12,6 +12,7 @@ pub mod files;
 pub mod forget;
 pub mod gc;
 pub mod key;
+pub mod live_backup;
 pub mod manual;
 pub mod protect;
 pub mod prune;

@@ -1,5 +1,9 @@
 //! The gRPC face of a replica: request validation, conversion between protobuf
 //! messages and stored records, and error codes. Decisions live in [`Leader`].
+//!
+//! One file because it is one `impl` per tonic service trait: tonic requires every RPC
+//! of a service in a single `impl` block, and the conversions beside them are the ones
+//! those RPCs use.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;

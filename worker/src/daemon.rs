@@ -14,6 +14,10 @@
 //! coordinator, which accepts it only while this worker's attempt still owns the job.
 //! Chunks and indexes written by an attempt that loses its job are harmless (unlisted,
 //! reused by the next attempt through the existence check, swept by GC).
+//!
+//! One file because it is the job loop's state machine (register, heartbeat, poll, run,
+//! report) over one shared `Daemon`; its parts with a job of their own (configuration,
+//! fenced commit, maintenance jobs, metrics, pins, storage keys) are the submodules.
 
 pub mod config;
 mod fenced_commit;
@@ -40,6 +44,7 @@ pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
 pub use fenced_commit::snapshot_info;
 pub use storage_keys::StorageKeysConfig;
 
+use crate::adapters::driver::LiveBackupOptions;
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
 use crate::error::{Result, WorkerError};
@@ -606,19 +611,22 @@ impl Worker {
             repository: job.repository.clone(),
             metrics: self.metrics.clone(),
         });
+        let live = LiveBackupOptions {
+            vm: job.vm.clone(),
+            disks: Vec::new(),
+            scratch_dir: self.config.scratch_dir.clone(),
+            connections: self.config.connections.clamp(1, 16),
+            publisher,
+            read_limit: self.read_limit.clone(),
+        };
         if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
-                vm: job.vm.clone(),
+                live,
                 qmp: vm.qmp,
-                disks: Vec::new(),
                 guest_agent: None,
                 nbd_server: vm.nbd_server,
-                scratch_dir: self.config.scratch_dir.clone(),
-                connections: self.config.connections.clamp(1, 16),
                 qmp_timeout: Duration::from_secs(30),
                 freeze_timeout: Duration::from_secs(10),
-                publisher,
-                read_limit: self.read_limit.clone(),
             };
             let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
             return Ok(report.backup.snapshot);
@@ -630,17 +638,12 @@ impl Worker {
             )));
         };
         let request = LibvirtBackupRequest {
-            vm: job.vm.clone(),
+            live,
             domain: job.vm.clone(),
             uri: Some(uri.clone()),
-            disks: Vec::new(),
-            scratch_dir: self.config.scratch_dir.clone(),
             qemu_user: Some(host.qemu_user.clone()).filter(|user| !user.is_empty()),
             quiesce: false,
-            connections: self.config.connections.clamp(1, 16),
             virsh_timeout: Duration::from_secs(60),
-            publisher,
-            read_limit: self.read_limit.clone(),
         };
         let report = backup_libvirt(repo, &request, progress, cancel.cancelled()).await?;
         Ok(report.backup.snapshot)

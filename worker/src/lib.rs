@@ -24,6 +24,7 @@ pub mod export;
 pub mod pipeline;
 pub mod restore;
 
+pub use adapters::driver::LiveBackupOptions;
 pub use adapters::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 pub use adapters::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 pub use adapters::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};

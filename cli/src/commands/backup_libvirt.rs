@@ -1,15 +1,12 @@
 //! `haven backup libvirt`: a running libvirt domain, through `virsh` pull-mode backups.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::Phase;
 use haven_worker::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures};
-use crate::progress::run_and_report;
+use super::live_backup::LiveArgs;
+use crate::common::disk_figures;
 
 /// Arguments of `haven backup libvirt`.
 #[derive(Debug, clap::Args)]
@@ -23,12 +20,6 @@ pub struct LibvirtArgs {
     /// VM name the snapshot is filed under (default: the domain name).
     #[arg(long)]
     vm: Option<String>,
-    /// Disks to back up, by target name (vda; default: all).
-    #[arg(long = "disk")]
-    disks: Vec<String>,
-    /// Folder for the scratch files and the NBD socket.
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    scratch_dir: PathBuf,
     /// User QEMU runs as; it gets the scratch folder.
     #[arg(long, default_value = "libvirt-qemu")]
     qemu_user: String,
@@ -36,43 +27,30 @@ pub struct LibvirtArgs {
     /// point (falls back to crash-consistent when the agent does not answer).
     #[arg(long)]
     quiesce: bool,
-    /// Parallel NBD connections per disk.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
     /// Seconds allowed for each virsh call.
     #[arg(long, default_value_t = 60)]
     virsh_timeout: u64,
     #[command(flatten)]
-    repo: RepoArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    live: LiveArgs,
 }
 
 /// Runs the backup; Ctrl-C cancels it, ends the libvirt job and drops its checkpoint.
 pub async fn run(args: LibvirtArgs) -> Result<()> {
+    let vm = args.vm.clone().unwrap_or_else(|| args.domain.clone());
     let request = LibvirtBackupRequest {
-        vm: args.vm.clone().unwrap_or_else(|| args.domain.clone()),
+        live: args.live.options(vm),
         domain: args.domain.clone(),
         uri: args.uri.clone(),
-        disks: args.disks.clone(),
-        scratch_dir: args.scratch_dir.clone(),
         qemu_user: Some(args.qemu_user.clone()).filter(|user| !user.is_empty()),
         quiesce: args.quiesce,
-        connections: args.connections.clamp(1, 16),
         virsh_timeout: Duration::from_secs(args.virsh_timeout.max(1)),
-        publisher: Arc::new(haven_worker::DirectPublisher),
-        read_limit: None,
     };
-    let repo = args.repo.open().await?;
-    let shutdown = crate::common::ctrl_c();
-    run_and_report(
-        "backup",
-        Phase::Starting,
-        args.output.json,
-        |progress| backup_libvirt(repo, &request, progress, shutdown),
-        print_report,
-    )
-    .await
+    args.live
+        .run(
+            |repo, progress, shutdown| backup_libvirt(repo, &request, progress, shutdown),
+            print_report,
+        )
+        .await
 }
 
 fn print_report(report: &LibvirtBackupReport) -> Result<()> {

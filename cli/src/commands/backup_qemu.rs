@@ -1,15 +1,13 @@
 //! `haven backup qemu`: a running QEMU or qemu-storage-daemon, through QMP.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use haven_repo::Phase;
 use haven_worker::{QemuBackupReport, QemuBackupRequest, backup_qemu};
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures};
-use crate::progress::run_and_report;
+use super::live_backup::LiveArgs;
+use crate::common::disk_figures;
 
 /// Arguments of `haven backup qemu`.
 #[derive(Debug, clap::Args)]
@@ -20,9 +18,6 @@ pub struct QemuArgs {
     /// VM name the snapshot is filed under.
     #[arg(long)]
     pub(super) vm: String,
-    /// Disks to back up, by device id (vda) or block node name (default: all).
-    #[arg(long = "disk")]
-    disks: Vec<String>,
     /// QEMU guest agent socket: freeze file systems at the snapshot point.
     #[arg(long)]
     guest_agent: Option<PathBuf>,
@@ -30,12 +25,6 @@ pub struct QemuArgs {
     /// without it Haven starts its own on a private socket.
     #[arg(long)]
     nbd_server: Option<PathBuf>,
-    /// Folder for the temporary overlays; QEMU must be able to write there.
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    scratch_dir: PathBuf,
-    /// Parallel NBD connections per disk.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
     /// Seconds allowed for each QMP command.
     #[arg(long, default_value_t = 30)]
     qmp_timeout: u64,
@@ -43,36 +32,25 @@ pub struct QemuArgs {
     #[arg(long, default_value_t = 10)]
     freeze_timeout: u64,
     #[command(flatten)]
-    repo: RepoArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    live: LiveArgs,
 }
 
 /// Runs the backup; Ctrl-C cancels it and leaves QEMU as it was.
 pub async fn run(args: QemuArgs) -> Result<()> {
     let request = QemuBackupRequest {
-        vm: args.vm.clone(),
+        live: args.live.options(args.vm.clone()),
         qmp: args.qmp.clone(),
-        disks: args.disks.clone(),
         guest_agent: args.guest_agent.clone(),
         nbd_server: args.nbd_server.clone(),
-        scratch_dir: args.scratch_dir.clone(),
-        connections: args.connections.clamp(1, 16),
         qmp_timeout: Duration::from_secs(args.qmp_timeout.max(1)),
         freeze_timeout: Duration::from_secs(args.freeze_timeout.max(1)),
-        publisher: Arc::new(haven_worker::DirectPublisher),
-        read_limit: None,
     };
-    let repo = args.repo.open().await?;
-    let shutdown = crate::common::ctrl_c();
-    run_and_report(
-        "backup",
-        Phase::Starting,
-        args.output.json,
-        |progress| backup_qemu(repo, &request, progress, shutdown),
-        print_report,
-    )
-    .await
+    args.live
+        .run(
+            |repo, progress, shutdown| backup_qemu(repo, &request, progress, shutdown),
+            print_report,
+        )
+        .await
 }
 
 fn print_report(report: &QemuBackupReport) -> Result<()> {

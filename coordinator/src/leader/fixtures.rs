@@ -1,5 +1,6 @@
 //! Records for the leader's table tests, built with the fewest fields that matter.
 
+use super::jobs::NewJob;
 use super::state::State;
 use crate::model::{Attempt, JobKind, JobParams, JobRecord, JobState, VmRecord, WorkerRecord};
 use crate::policy::{Policy, Retention, Selector};
@@ -51,11 +52,8 @@ pub(super) fn worker(id: &str, hosts: &[&str], max_jobs: u32) -> WorkerRecord {
 
 /// A manual pending job on `host` ("" for any worker) created at `created`.
 pub(crate) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> JobRecord {
-    JobRecord {
-        id: id.into(),
+    let new = NewJob {
         kind,
-        params: JobParams::default(),
-        summary: None,
         vm: if host.is_empty() {
             String::new()
         } else {
@@ -64,15 +62,11 @@ pub(crate) fn pending_job(id: &str, kind: JobKind, host: &str, created: u64) -> 
         host: host.into(),
         policy: None,
         repository: REPOSITORY.into(),
-        state: JobState::Pending,
-        attempts: Vec::new(),
-        created_unix_ms: created,
-        finished_unix_ms: 0,
-        snapshot: None,
-        error: None,
-        bytes_uploaded: 0,
-        commit: None,
-        not_before_unix_ms: 0,
+        params: JobParams::default(),
+    };
+    JobRecord {
+        id: id.into(),
+        ..new.into_record(created)
     }
 }
 

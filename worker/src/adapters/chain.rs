@@ -116,6 +116,26 @@ pub struct FactKind {
     pub changed: fn(&str, &str) -> String,
 }
 
+impl FactKind {
+    /// A fact every chain records: a chain without it is a doubt.
+    pub const fn required(key: &'static str, changed: fn(&str, &str) -> String) -> Self {
+        Self {
+            key,
+            required: true,
+            changed,
+        }
+    }
+
+    /// A fact added to the chain later: older manifests without it are accepted.
+    pub const fn optional(key: &'static str, changed: fn(&str, &str) -> String) -> Self {
+        Self {
+            key,
+            required: false,
+            changed,
+        }
+    }
+}
+
 /// The disk's size now and the value now of the fact its marker depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskNow {

@@ -5,7 +5,7 @@
 //! which: a hypervisor keeps a snapshot's marker only if the snapshot was committed.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,45 @@ pub struct DriverOptions<'a> {
     pub read_limit: Option<Arc<RateLimiter>>,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
     pub publisher: &'a dyn ManifestPublisher,
+}
+
+/// What a backup of a running VM takes whatever its hypervisor: the QEMU and libvirt
+/// requests embed it, so the CLI and the worker daemon fill it in one place and the
+/// driver's options come from one conversion.
+#[derive(Debug, Clone)]
+pub struct LiveBackupOptions {
+    /// VM name the snapshot is filed under.
+    pub vm: String,
+    /// Disks to back up, by the hypervisor's names for them; empty: every disk.
+    pub disks: Vec<String>,
+    /// Where the scratch files, overlays and sockets go (the hypervisor must be able
+    /// to use them there).
+    pub scratch_dir: PathBuf,
+    /// Parallel NBD connections per disk.
+    pub connections: usize,
+    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
+    pub publisher: Arc<dyn ManifestPublisher>,
+    /// Cap on bytes read per second (shared across a worker's jobs).
+    pub read_limit: Option<Arc<RateLimiter>>,
+}
+
+impl LiveBackupOptions {
+    /// Checks the VM name and makes the backup's private scratch folder (named
+    /// `prefix…`), removed when dropped: the first step of every live backup.
+    pub(crate) fn start(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        haven_repo::validate_name(&self.vm)?;
+        scratch_folder(&self.scratch_dir, prefix)
+    }
+
+    /// The driver's view of these options.
+    pub(crate) fn driver(&self) -> DriverOptions<'_> {
+        DriverOptions {
+            vm: &self.vm,
+            connections: self.connections,
+            read_limit: self.read_limit.clone(),
+            publisher: self.publisher.as_ref(),
+        }
+    }
 }
 
 /// A committed snapshot and how its disks were read.
@@ -217,7 +256,7 @@ fn log_read_mode(disk: &str, mode: &ReadMode, first_backup: bool) {
 
 /// A private folder in `dir` for what one backup creates beside the hypervisor
 /// (overlays, scratch files, sockets), removed when dropped.
-pub(crate) fn scratch_folder(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+fn scratch_folder(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(dir)

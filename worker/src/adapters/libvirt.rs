@@ -25,7 +25,7 @@ mod virsh;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub use virsh::{DomainDisk, Virsh};
 
 use super::HypervisorAdapter;
 use super::chain::{DiskNow, Previous, ReadMode, ReadSummary};
-use super::driver::{DriverOptions, back_up_vm, millis, scratch_folder};
+use super::driver::{LiveBackupOptions, back_up_vm, millis};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
@@ -47,16 +47,12 @@ use job::{BackupJob, JobDisk};
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct LibvirtBackupRequest {
-    /// VM name the snapshot is filed under.
-    pub vm: String,
+    /// The VM, its disks (by target name, `vda`) and where the backup goes.
+    pub live: LiveBackupOptions,
     /// libvirt domain name.
     pub domain: String,
     /// Connection URI (`None`: virsh's default).
     pub uri: Option<String>,
-    /// Disks by target name (`vda`); empty: every disk of the domain.
-    pub disks: Vec<String>,
-    /// Where the scratch files and the NBD socket go.
-    pub scratch_dir: PathBuf,
     /// The user QEMU runs as (`libvirt-qemu` on Debian): it must own the folder with
     /// the scratch files and the NBD socket. `None` or an unknown user: left to root.
     pub qemu_user: Option<String>,
@@ -64,14 +60,8 @@ pub struct LibvirtBackupRequest {
     /// point (`backup-begin --quiesce`); without a reachable agent the snapshot is
     /// crash-consistent, recorded as such.
     pub quiesce: bool,
-    /// Parallel NBD connections per disk.
-    pub connections: usize,
     /// Timeout of each virsh call.
     pub virsh_timeout: Duration,
-    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
-    pub publisher: Arc<dyn crate::pipeline::snapshot::ManifestPublisher>,
-    /// Cap on bytes read per second (shared across a worker's jobs).
-    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// How one disk was read.
@@ -138,8 +128,8 @@ pub async fn backup_libvirt(
     progress: Arc<Progress>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<LibvirtBackupReport> {
-    haven_repo::validate_name(&request.vm)?;
-    let scratch = scratch_folder(&request.scratch_dir, "haven-libvirt-")?;
+    let live = &request.live;
+    let scratch = live.start("haven-libvirt-")?;
     if let Some(user) = &request.qemu_user {
         hand_over(scratch.path(), user)?;
     }
@@ -155,18 +145,12 @@ pub async fn backup_libvirt(
         job: None,
         snapshot_point: Duration::ZERO,
     };
-    let options = DriverOptions {
-        vm: &request.vm,
-        connections: request.connections,
-        read_limit: request.read_limit.clone(),
-        publisher: request.publisher.as_ref(),
-    };
-    let backup = back_up_vm(&repo, &mut adapter, &options, progress, shutdown).await?;
+    let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     // Only now, with the manifest committed and the job ended.
     let deleted_checkpoints = match job::delete_older_checkpoints(
         &adapter.virsh,
         &request.domain,
-        &request.vm,
+        &live.vm,
         &adapter.new_checkpoint,
     )
     .await
@@ -236,7 +220,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
 
     async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
         let domain = self.request.domain.as_str();
-        let wanted = &self.request.disks;
+        let wanted = &self.request.live.disks;
         let all_disks = self.virsh.disks(domain).await?;
         for want in wanted {
             if !all_disks.iter().any(|disk| disk.target == *want) {
@@ -254,7 +238,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
             )));
         }
         job::abort_leftover_job(&self.virsh, domain).await?;
-        self.new_checkpoint = CHECKPOINT.name(&self.request.vm, &plan.id.timestamp);
+        self.new_checkpoint = CHECKPOINT.name(&self.request.live.vm, &plan.id.timestamp);
         self.checkpoints = self.virsh.checkpoints(domain).await?;
         if self.checkpoints.contains(&self.new_checkpoint) {
             // Left by a killed run at the same second; never committed (the plan's
@@ -279,7 +263,7 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
 
     fn read_mode(&self, position: usize, previous: &Previous<'_>) -> Option<ReadMode> {
         Some(chain::decide(
-            &self.request.vm,
+            &self.request.live.vm,
             &self.disk_now(position),
             previous,
             &self.checkpoints,

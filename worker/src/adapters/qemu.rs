@@ -39,7 +39,7 @@ pub use graph::{LiveDisk, select_disks};
 
 use super::HypervisorAdapter;
 use super::chain::{Previous, ReadMode, ReadSummary};
-use super::driver::{DriverOptions, back_up_vm, millis, scratch_folder};
+use super::driver::{LiveBackupOptions, back_up_vm, millis};
 use crate::adapters::qemu::qmp::GuestAgent;
 use crate::error::Result;
 use crate::pipeline::backup::{ChangeSource, DiskSource};
@@ -49,29 +49,19 @@ use session::{DiskObjects, Session};
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct QemuBackupRequest {
-    /// VM name the snapshot is filed under.
-    pub vm: String,
+    /// The VM, its disks (by device or node name) and where the backup goes.
+    pub live: LiveBackupOptions,
     /// QMP socket of the running QEMU or qemu-storage-daemon.
     pub qmp: PathBuf,
-    /// Disks by device or node name; empty: every disk QEMU shows.
-    pub disks: Vec<String>,
     /// Guest agent socket: freeze file systems around the snapshot point.
     pub guest_agent: Option<PathBuf>,
     /// Unix socket of an NBD server QEMU already runs (QEMU has only one); when `None`
     /// Haven starts one on a private socket and stops it afterwards.
     pub nbd_server: Option<PathBuf>,
-    /// Where the temporary overlays go (QEMU must be able to write there).
-    pub scratch_dir: PathBuf,
-    /// Parallel NBD connections per disk.
-    pub connections: usize,
     /// Timeout of each QMP command.
     pub qmp_timeout: Duration,
     /// Timeout of the guest agent's freeze and thaw.
     pub freeze_timeout: Duration,
-    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
-    pub publisher: Arc<dyn crate::pipeline::snapshot::ManifestPublisher>,
-    /// Cap on bytes read from QEMU per second (shared across a worker's jobs).
-    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
 }
 
 /// How one disk was read.
@@ -114,9 +104,9 @@ pub async fn backup_qemu(
     progress: Arc<Progress>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<QemuBackupReport> {
-    haven_repo::validate_name(&request.vm)?;
-    let scratch = scratch_folder(&request.scratch_dir, "haven-fleece-")?;
-    let session = Session::connect(&request.qmp, request.qmp_timeout, &request.vm).await?;
+    let live = &request.live;
+    let scratch = live.start("haven-fleece-")?;
+    let session = Session::connect(&request.qmp, request.qmp_timeout, &live.vm).await?;
     let mut adapter = QemuAdapter {
         request,
         session,
@@ -128,13 +118,7 @@ pub async fn backup_qemu(
         transaction: Duration::ZERO,
         io_blocked: Duration::ZERO,
     };
-    let options = DriverOptions {
-        vm: &request.vm,
-        connections: request.connections,
-        read_limit: request.read_limit.clone(),
-        publisher: request.publisher.as_ref(),
-    };
-    let backup = back_up_vm(&repo, &mut adapter, &options, progress, shutdown).await?;
+    let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     let modes = adapter
         .session
         .disks
@@ -208,7 +192,8 @@ impl HypervisorAdapter for QemuAdapter<'_> {
     async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
         let session = &mut self.session;
         let (block, devices) = session.devices().await?;
-        let disks = graph::select_disks(&devices, &session.nodes().await?, &self.request.disks)?;
+        let disks =
+            graph::select_disks(&devices, &session.nodes().await?, &self.request.live.disks)?;
         for disk in &disks {
             let bitmap = plan
                 .previous
@@ -221,15 +206,15 @@ impl HypervisorAdapter for QemuAdapter<'_> {
         }
         // Reconciling changed the bitmaps: decide on what QEMU shows now.
         self.nodes = session.nodes().await?;
-        self.disks = graph::select_disks(&devices, &self.nodes, &self.request.disks)?;
+        self.disks = graph::select_disks(&devices, &self.nodes, &self.request.live.disks)?;
         self.block = block;
-        self.new_bitmap = BITMAP.name(&self.request.vm, &plan.id.timestamp);
+        self.new_bitmap = BITMAP.name(&self.request.live.vm, &plan.id.timestamp);
         Ok(self.disks.iter().map(|disk| disk.name.clone()).collect())
     }
 
     fn read_mode(&self, position: usize, previous: &Previous<'_>) -> Option<ReadMode> {
         Some(chain::decide(
-            &self.request.vm,
+            &self.request.live.vm,
             &self.disks[position],
             previous,
         ))
@@ -245,7 +230,7 @@ impl HypervisorAdapter for QemuAdapter<'_> {
         for (position, (disk, mode)) in self.disks.iter().zip(modes).enumerate() {
             self.session.disks.push(DiskObjects::new(
                 position,
-                &self.request.vm,
+                &self.request.live.vm,
                 disk.clone(),
                 &self.scratch,
                 self.new_bitmap.clone(),

@@ -144,7 +144,7 @@ fn boto3_multipart_ranges_conditions_and_object_lock() {
          [[keys]]\naccess_key = \"reader\"\nsecret_key = \"reader-secret\"\nbuckets = [\"data\"]\nread_only = true\n",
     );
     let output = node
-        .python(BOTO3_SCRIPT, &[])
+        .boto3(BOTO3_SCRIPT, &[])
         .output()
         .expect("python3 with boto3 must be installed (apt-get install python3-boto3)");
     let stdout = ok(output, "boto3 script");
@@ -231,28 +231,13 @@ fn batch_existence_query_answers_thousands_of_keys() {
 }
 
 const BOTO3_SCRIPT: &str = r#"
-import sys, hashlib, datetime, time, urllib.request, urllib.error, os
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
+import hashlib, datetime, time, urllib.request, urllib.error
 
-endpoint = sys.argv[1]
-def client(key, secret):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-                        region_name="us-east-1", config=Config(signature_version="s3v4", retries={"max_attempts": 1},
-                        s3={"addressing_style": "path"}))
-admin = client(os.environ["KEY"], os.environ["SECRET"])
+admin = client()
 plain = client("plain", "plain-secret")
 reader = client("reader", "reader-secret")
 
-def code_of(fn):
-    try:
-        fn()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
-
-def expect(code, fn, what):
+def expect_code(code, fn, what):
     got = code_of(fn)
     assert got == code, f"{what}: expected {code}, got {got}"
 
@@ -275,7 +260,7 @@ for i, d in enumerate(parts_data, 1):
 listed = admin.list_parts(Bucket="data", Key="mp/object", UploadId=up["UploadId"])
 assert [p["PartNumber"] for p in listed["Parts"]] == [1, 2, 3], listed
 assert len(admin.list_multipart_uploads(Bucket="data")["Uploads"]) == 1
-expect("InvalidPart", lambda: admin.complete_multipart_upload(Bucket="data", Key="mp/object", UploadId=up["UploadId"],
+expect_code("InvalidPart", lambda: admin.complete_multipart_upload(Bucket="data", Key="mp/object", UploadId=up["UploadId"],
        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]}), "wrong part etag")
 r = admin.complete_multipart_upload(Bucket="data", Key="mp/object", UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
 md5s = b"".join(hashlib.md5(d).digest() for d in parts_data)
@@ -287,41 +272,41 @@ assert got["Body"].read() == whole and got["ContentType"] == "application/x-have
 for rng, sl in [("bytes=100-199", slice(100, 200)), ("bytes=5242870-5242890", slice(5242870, 5242891)),
                 ("bytes=-10", slice(len(whole) - 10, None)), ("bytes=11534330-", slice(11534330, None))]:
     assert admin.get_object(Bucket="data", Key="mp/object", Range=rng)["Body"].read() == whole[sl], rng
-expect("InvalidRange", lambda: admin.get_object(Bucket="data", Key="mp/object", Range="bytes=99999999-"), "range")
+expect_code("InvalidRange", lambda: admin.get_object(Bucket="data", Key="mp/object", Range="bytes=99999999-"), "range")
 # Aborted uploads leave nothing.
 up2 = admin.create_multipart_upload(Bucket="data", Key="mp/aborted")
 admin.upload_part(Bucket="data", Key="mp/aborted", UploadId=up2["UploadId"], PartNumber=1, Body=b"x")
 admin.abort_multipart_upload(Bucket="data", Key="mp/aborted", UploadId=up2["UploadId"])
-expect("NoSuchUpload", lambda: admin.list_parts(Bucket="data", Key="mp/aborted", UploadId=up2["UploadId"]), "aborted")
-expect("404", lambda: admin.head_object(Bucket="data", Key="mp/aborted"), "aborted object")
+expect_code("NoSuchUpload", lambda: admin.list_parts(Bucket="data", Key="mp/aborted", UploadId=up2["UploadId"]), "aborted")
+expect_code("404", lambda: admin.head_object(Bucket="data", Key="mp/aborted"), "aborted object")
 
 # Conditional PUT and checksums.
 admin.put_object(Bucket="data", Key="chunk", Body=b"first", IfNoneMatch="*")
-expect("PreconditionFailed", lambda: admin.put_object(Bucket="data", Key="chunk", Body=b"second", IfNoneMatch="*"), "if-none-match")
+expect_code("PreconditionFailed", lambda: admin.put_object(Bucket="data", Key="chunk", Body=b"second", IfNoneMatch="*"), "if-none-match")
 assert admin.get_object(Bucket="data", Key="chunk")["Body"].read() == b"first"
 etag = admin.head_object(Bucket="data", Key="chunk")["ETag"]
 admin.put_object(Bucket="data", Key="chunk", Body=b"third", IfMatch=etag)
-expect("PreconditionFailed", lambda: admin.put_object(Bucket="data", Key="chunk", Body=b"fourth", IfMatch=etag), "if-match")
+expect_code("PreconditionFailed", lambda: admin.put_object(Bucket="data", Key="chunk", Body=b"fourth", IfMatch=etag), "if-match")
 for alg in ["SHA256", "CRC32", "SHA1"]:
     admin.put_object(Bucket="data", Key="sum/" + alg, Body=b"checksummed", ChecksumAlgorithm=alg)
     h = admin.head_object(Bucket="data", Key="sum/" + alg, ChecksumMode="ENABLED")
     assert ("Checksum" + alg) in h, h
-expect("BadDigest", lambda: admin.put_object(Bucket="data", Key="sum/bad", Body=b"x",
+expect_code("BadDigest", lambda: admin.put_object(Bucket="data", Key="sum/bad", Body=b"x",
        ChecksumSHA256="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="), "bad sha256")
-expect("404", lambda: admin.head_object(Bucket="data", Key="sum/bad"), "bad checksum object")
+expect_code("404", lambda: admin.head_object(Bucket="data", Key="sum/bad"), "bad checksum object")
 
 # Per-key permissions.
 assert reader.get_object(Bucket="data", Key="chunk")["Body"].read() == b"third"
-expect("AccessDenied", lambda: reader.put_object(Bucket="data", Key="r", Body=b"x"), "read-only put")
-expect("AccessDenied", lambda: reader.delete_object(Bucket="data", Key="chunk"), "read-only delete")
+expect_code("AccessDenied", lambda: reader.put_object(Bucket="data", Key="r", Body=b"x"), "read-only put")
+expect_code("AccessDenied", lambda: reader.delete_object(Bucket="data", Key="chunk"), "read-only delete")
 admin.create_bucket(Bucket="private")
-expect("AccessDenied", lambda: reader.list_objects_v2(Bucket="private"), "foreign bucket")
+expect_code("AccessDenied", lambda: reader.list_objects_v2(Bucket="private"), "foreign bucket")
 names = [b["Name"] for b in reader.list_buckets()["Buckets"]]
 assert names == ["data"], names
 
 # Object Lock.
 admin.create_bucket(Bucket="locked", ObjectLockEnabledForBucket=True)
-expect("InvalidBucketState", lambda: admin.put_object_lock_configuration(Bucket="data",
+expect_code("InvalidBucketState", lambda: admin.put_object_lock_configuration(Bucket="data",
        ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}}), "lock on plain bucket")
 admin.put_object_lock_configuration(Bucket="locked",
     ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
@@ -330,24 +315,24 @@ assert conf["Rule"]["DefaultRetention"] == {"Mode": "GOVERNANCE", "Days": 1}, co
 plain.put_object(Bucket="locked", Key="gov", Body=b"governed")
 ret = plain.get_object_retention(Bucket="locked", Key="gov")["Retention"]
 assert ret["Mode"] == "GOVERNANCE", ret
-expect("AccessDenied", lambda: plain.delete_object(Bucket="locked", Key="gov"), "delete governed")
-expect("AccessDenied", lambda: plain.put_object(Bucket="locked", Key="gov", Body=b"overwrite"), "overwrite governed")
-expect("AccessDenied", lambda: plain.delete_object(Bucket="locked", Key="gov", BypassGovernanceRetention=True), "bypass without right")
+expect_code("AccessDenied", lambda: plain.delete_object(Bucket="locked", Key="gov"), "delete governed")
+expect_code("AccessDenied", lambda: plain.put_object(Bucket="locked", Key="gov", Body=b"overwrite"), "overwrite governed")
+expect_code("AccessDenied", lambda: plain.delete_object(Bucket="locked", Key="gov", BypassGovernanceRetention=True), "bypass without right")
 admin.delete_object(Bucket="locked", Key="gov", BypassGovernanceRetention=True)
 until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
 plain.put_object(Bucket="locked", Key="comp", Body=b"compliance", ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
 h = plain.head_object(Bucket="locked", Key="comp")
 assert h["ObjectLockMode"] == "COMPLIANCE", h
 for c in (plain, admin):
-    expect("AccessDenied", lambda: c.delete_object(Bucket="locked", Key="comp", BypassGovernanceRetention=True), "delete compliance")
-    expect("AccessDenied", lambda: c.put_object(Bucket="locked", Key="comp", Body=b"x"), "overwrite compliance")
-expect("AccessDenied", lambda: admin.put_object_retention(Bucket="locked", Key="comp", BypassGovernanceRetention=True,
+    expect_code("AccessDenied", lambda: c.delete_object(Bucket="locked", Key="comp", BypassGovernanceRetention=True), "delete compliance")
+    expect_code("AccessDenied", lambda: c.put_object(Bucket="locked", Key="comp", Body=b"x"), "overwrite compliance")
+expect_code("AccessDenied", lambda: admin.put_object_retention(Bucket="locked", Key="comp", BypassGovernanceRetention=True,
        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until - datetime.timedelta(days=1)}), "shorten compliance")
 admin.put_object_retention(Bucket="locked", Key="comp", Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until + datetime.timedelta(days=1)})
 r = admin.delete_objects(Bucket="locked", Delete={"Objects": [{"Key": "comp"}]})
 assert r.get("Errors") and r["Errors"][0]["Code"] == "AccessDenied", r
 assert admin.get_object(Bucket="locked", Key="comp")["Body"].read() == b"compliance"
-expect("InvalidRequest", lambda: admin.put_object(Bucket="data", Key="x", Body=b"x", ObjectLockMode="COMPLIANCE",
+expect_code("InvalidRequest", lambda: admin.put_object(Bucket="data", Key="x", Body=b"x", ObjectLockMode="COMPLIANCE",
        ObjectLockRetainUntilDate=until), "lock headers on plain bucket")
 
 # Presigned SigV4 URLs: valid, expired.

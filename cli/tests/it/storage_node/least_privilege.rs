@@ -5,7 +5,7 @@
 
 use crate::support::{
     haven::{HavenClient, haven},
-    image::{MIB, assert_same_disk, raw_image},
+    image::{MIB, raw_image},
     process::{assert_success, ok},
     s3::S3Keys,
     storage_node::{Node, NodeOptions, fails_with, object_keys},
@@ -119,13 +119,7 @@ fn an_append_key_backs_up_but_cannot_delete_or_overwrite_what_backups_wrote() {
 
     // The append key reads: a restore works.
     let restored = node.path("restored.raw");
-    append.ok(&[
-        "restore",
-        "vm@latest",
-        "--to",
-        &restored.display().to_string(),
-    ]);
-    assert_same_disk(&image, &restored);
+    append.restore_same("vm@latest", &restored, &image);
 
     // Prune and gc delete, so they fail with the append key and nothing is removed.
     let snapshots = object_keys(&node, "r/snapshots/");
@@ -147,13 +141,7 @@ fn an_append_key_backs_up_but_cannot_delete_or_overwrite_what_backups_wrote() {
     // The collection removed the records of every released lease, its own too.
     assert_eq!(object_keys(&node, "r/locks/"), Vec::<String>::new());
     let restored = node.path("restored-after-gc.raw");
-    append.ok(&[
-        "restore",
-        "vm@latest",
-        "--to",
-        &restored.display().to_string(),
-    ]);
-    assert_same_disk(&image, &restored);
+    append.restore_same("vm@latest", &restored, &image);
 }
 
 #[test]
@@ -185,13 +173,7 @@ fn replication_works_with_append_keys_at_both_sites() {
     }
     let at_secondary = HavenClient::on_node_as(&to, keys(APPEND));
     let restored = primary.path("restored.raw");
-    at_secondary.ok(&[
-        "restore",
-        "vm@latest",
-        "--to",
-        &restored.display().to_string(),
-    ]);
-    assert_same_disk(&image, &restored);
+    at_secondary.restore_same("vm@latest", &restored, &image);
 }
 
 #[test]

@@ -122,6 +122,13 @@ impl HavenClient {
         stderr
     }
 
+    /// Restores `snapshot` (`VM@TIME`) to the file `to` and asserts it holds the same
+    /// bytes as the disk image `expected`.
+    pub fn restore_same(&self, snapshot: &str, to: &Path, expected: &Path) {
+        self.ok(&["restore", snapshot, "--to", &to.display().to_string()]);
+        crate::support::image::assert_same_disk(expected, to);
+    }
+
     /// Backs up images as VM `vm`; returns the report.
     pub fn backup(&self, vm: &str, images: &[&Path]) -> serde_json::Value {
         let output = self.backup_output(vm, images);

@@ -297,6 +297,12 @@ impl Node {
         command
     }
 
+    /// [`Node::python`] with the shared boto3 prelude (`storage_node/s3_api/common.py`:
+    /// `client()`, `s3`, `refusal`, `code_of`, `expect`) before `script`.
+    pub fn boto3(&self, script: &str, args: &[&str]) -> Command {
+        self.python(&format!("{BOTO3_PRELUDE}\n{script}"), args)
+    }
+
     /// The node's `/metrics`.
     pub fn metrics(&self) -> String {
         metrics::scrape(self.port)
@@ -473,6 +479,9 @@ print(f"acked {len(acked)}, listed {len(listed)}")
 print("ALL OK")
 "#;
 
+/// Clients of the node and checks of S3 errors, shared by the boto3 scripts.
+pub const BOTO3_PRELUDE: &str = include_str!("../storage_node/s3_api/common.py");
+
 /// Keys of the objects below `prefix` in bucket `haven`, listed with the fixture's key.
 pub fn object_keys(node: &Node, prefix: &str) -> Vec<String> {
     let listing = node.aws_ok(&[
@@ -485,10 +494,16 @@ pub fn object_keys(node: &Node, prefix: &str) -> Vec<String> {
         "--output",
         "json",
     ]);
+    listed_keys(&listing)
+}
+
+/// The keys of an awscli `list-objects(-v2)` JSON reply, in its order (an empty reply
+/// or one without `Contents`: none).
+pub fn listed_keys(listing: &str) -> Vec<String> {
     if listing.trim().is_empty() {
         return Vec::new();
     }
-    let listing: serde_json::Value = serde_json::from_str(&listing).expect("listing json");
+    let listing: serde_json::Value = serde_json::from_str(listing).expect("listing json");
     listing["Contents"]
         .as_array()
         .map(|objects| {

@@ -26,6 +26,9 @@
 //! dead. A backup takes its lease before it reads its base or asks whether any chunk
 //! exists, and before its manifest it calls [`BackupLease::confirm_chunks`], which
 //! re-checks its chunks whenever a collection may have deleted concurrently.
+//!
+//! One file because backup leases and GC locks are one protocol: each side's reads and
+//! writes are only correct against the other's, and reviewing them apart would hide that.
 
 mod pins;
 

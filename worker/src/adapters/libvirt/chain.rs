@@ -22,11 +22,7 @@ pub const CHECKPOINT: MarkerKind = MarkerKind {
     chain_key: CHAIN_CHECKPOINT,
     noun: "libvirt checkpoint",
     separator: '-',
-    depends_on: FactKind {
-        key: CHAIN_SOURCE,
-        required: false,
-        changed: source_changed,
-    },
+    depends_on: FactKind::optional(CHAIN_SOURCE, source_changed),
 };
 
 fn source_changed(then: &str, now: &str) -> String {

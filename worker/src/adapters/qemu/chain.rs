@@ -22,11 +22,7 @@ pub const BITMAP: MarkerKind = MarkerKind {
     chain_key: CHAIN_BITMAP,
     noun: "dirty bitmap",
     separator: '.',
-    depends_on: FactKind {
-        key: CHAIN_NODE,
-        required: true,
-        changed: node_changed,
-    },
+    depends_on: FactKind::required(CHAIN_NODE, node_changed),
 };
 
 fn node_changed(then: &str, now: &str) -> String {

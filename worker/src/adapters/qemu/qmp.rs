@@ -95,6 +95,8 @@ struct JsonLines {
     stream: UnixStream,
     socket: PathBuf,
     buffer: Vec<u8>,
+    /// Leading bytes of `buffer` already known to hold no newline.
+    scanned: usize,
     poisoned: bool,
 }
 
@@ -121,6 +123,7 @@ impl JsonLines {
             stream,
             socket: socket.to_path_buf(),
             buffer: Vec::new(),
+            scanned: 0,
             poisoned: false,
         })
     }
@@ -167,7 +170,10 @@ impl JsonLines {
     async fn receive(&mut self) -> Result<Map<String, Value>, QmpError> {
         self.check_usable()?;
         loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+            let unscanned = &self.buffer[self.scanned..];
+            if let Some(offset) = unscanned.iter().position(|&byte| byte == b'\n') {
+                let end = self.scanned + offset;
+                self.scanned = 0;
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 let text = line.trim_ascii();
                 if text.is_empty() {
@@ -180,6 +186,8 @@ impl JsonLines {
                     _ => Err(self.protocol("a message that is not a json object")),
                 };
             }
+            // Only what arrives next needs scanning: a long line costs linear time.
+            self.scanned = self.buffer.len();
             if self.buffer.len() > MAX_LINE {
                 self.poisoned = true;
                 return Err(self.protocol(format!("a line longer than {MAX_LINE} bytes")));

@@ -29,6 +29,15 @@ def refusal(fn):
     raise AssertionError("the call succeeded")
 
 
+def code_of(fn):
+    """The S3 error code of a call, or None when it succeeds."""
+    try:
+        fn()
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    return None
+
+
 def expect(status, code, fn, what):
     got = refusal(fn)
     assert got == (status, code), f"{what}: expected {(status, code)}, got {got}"

@@ -1,0 +1,75 @@
+//! What `haven backup qemu` and `haven backup libvirt` share: which disks to read,
+//! the scratch folder, the NBD connections, the repository and the output, and the
+//! one way a backup of a running VM is run and reported.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use haven_repo::{Phase, Progress, Repository};
+use haven_worker::{DirectPublisher, LiveBackupOptions};
+
+use crate::common::{OutputArgs, RepoArgs};
+use crate::progress::run_and_report;
+
+/// Arguments every backup of a running VM takes.
+#[derive(Debug, clap::Args)]
+pub struct LiveArgs {
+    /// Disks to back up (default: all): for QEMU a device id (vda) or block node
+    /// name, for libvirt a target name (vda).
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// Folder for the temporary overlays, scratch files and the NBD socket; the
+    /// hypervisor must be able to use it.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    scratch_dir: PathBuf,
+    /// Parallel NBD connections per disk.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+impl LiveArgs {
+    /// The adapters' shared options for a backup of `vm`, committed straight to the
+    /// repository (no coordinator in between).
+    pub fn options(&self, vm: String) -> LiveBackupOptions {
+        LiveBackupOptions {
+            vm,
+            disks: self.disks.clone(),
+            scratch_dir: self.scratch_dir.clone(),
+            connections: self.connections.clamp(1, 16),
+            publisher: Arc::new(DirectPublisher),
+            read_limit: None,
+        }
+    }
+
+    /// Opens the repository and runs `backup` with a progress line; Ctrl-C resolves
+    /// the future `backup` gets, which cancels it. `text` prints the report unless
+    /// JSON was asked for.
+    pub async fn run<T, F>(
+        &self,
+        backup: impl FnOnce(Arc<Repository>, Arc<Progress>, BoxFuture<'static, ()>) -> F,
+        text: impl FnOnce(&T) -> Result<()>,
+    ) -> Result<()>
+    where
+        T: serde::Serialize,
+        F: Future<Output = haven_worker::Result<T>>,
+    {
+        let repo = self.repo.open().await?;
+        let shutdown = crate::common::ctrl_c().boxed();
+        run_and_report(
+            "backup",
+            Phase::Starting,
+            self.output.json,
+            |progress| backup(repo, progress, shutdown),
+            text,
+        )
+        .await
+    }
+}
