@@ -171,45 +171,22 @@ fn awscli_bucket_and_object_round_trip() {
         "*",
     ]);
     let scratch = node.path("scratch").display().to_string();
-    node.aws_ok(&[
-        "s3api",
-        "get-object",
-        "--bucket",
-        "backups",
-        "--key",
-        "small",
-        "--if-match",
-        &etag,
-        &scratch,
-    ]);
-    fails_with(
-        node.aws(&[
+    let get_small = |condition: &[&str]| {
+        let mut args = vec![
             "s3api",
             "get-object",
             "--bucket",
             "backups",
             "--key",
             "small",
-            "--if-match",
-            "\"0000\"",
-            &scratch,
-        ]),
-        "PreconditionFailed",
-    );
-    fails_with(
-        node.aws(&[
-            "s3api",
-            "get-object",
-            "--bucket",
-            "backups",
-            "--key",
-            "small",
-            "--if-none-match",
-            &etag,
-            &scratch,
-        ]),
-        "304",
-    );
+        ];
+        args.extend_from_slice(condition);
+        args.push(&scratch);
+        node.aws(&args)
+    };
+    ok(get_small(&["--if-match", &etag]), "get-object --if-match");
+    fails_with(get_small(&["--if-match", "\"0000\""]), "PreconditionFailed");
+    fails_with(get_small(&["--if-none-match", &etag]), "304");
 
     // Copy, batch delete, delete bucket.
     node.aws_ok(&[

@@ -106,7 +106,7 @@ fn an_append_key_backs_up_but_cannot_delete_or_overwrite_what_backups_wrote() {
         );
     }
     let output = node
-        .python(BOTO3_APPEND_KEY, &[&targets.join(",")])
+        .boto3(BOTO3_APPEND_KEY, &[&targets.join(",")])
         .env("KEY", access)
         .env("SECRET", secret)
         .output()
@@ -192,7 +192,7 @@ fn legal_holds_and_governance_bypass_need_their_own_grants() {
         ..NodeOptions::default()
     });
     let output = node
-        .python(BOTO3_GRANTS, &[])
+        .boto3(BOTO3_GRANTS, &[])
         .output()
         .expect("python3 with boto3 must be installed");
     let stdout = ok(output, "boto3 grants");
@@ -265,29 +265,16 @@ fn create_bucket_refuses_a_retention_without_object_lock_and_an_unlocked_existin
 /// Tries every way boto3 has to delete or replace the objects named in `argv[2]` with
 /// the append key of `KEY`/`SECRET`; each must be refused with AccessDenied.
 const BOTO3_APPEND_KEY: &str = r#"
-import sys, os, boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
-                  region_name="us-east-1", config=Config(signature_version="s3v4", retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
-def refused(fn, what):
-    try:
-        fn()
-    except ClientError as e:
-        code = e.response["Error"]["Code"]
-        assert code == "AccessDenied", f"{what}: {code}"
-        return
-    raise AssertionError(f"{what}: accepted")
 keys = sys.argv[2].split(",")
 for key in keys:
-    refused(lambda: s3.delete_object(Bucket="haven", Key=key), "delete " + key)
-    refused(lambda: s3.put_object(Bucket="haven", Key=key, Body=b"x"), "put " + key)
+    denied(lambda: s3.delete_object(Bucket="haven", Key=key), "delete " + key)
+    denied(lambda: s3.put_object(Bucket="haven", Key=key, Body=b"x"), "put " + key)
     source = keys[0] if key != keys[0] else keys[1]
-    refused(lambda: s3.copy_object(Bucket="haven", Key=key, CopySource={"Bucket": "haven", "Key": source}), "copy onto " + key)
-    refused(lambda: s3.delete_objects(Bucket="haven", Delete={"Objects": [{"Key": key}]}), "delete_objects " + key)
+    denied(lambda: s3.copy_object(Bucket="haven", Key=key, CopySource={"Bucket": "haven", "Key": source}), "copy onto " + key)
+    denied(lambda: s3.delete_objects(Bucket="haven", Delete={"Objects": [{"Key": key}]}), "delete_objects " + key)
     upload = s3.create_multipart_upload(Bucket="haven", Key=key)["UploadId"]
     part = s3.upload_part(Bucket="haven", Key=key, UploadId=upload, PartNumber=1, Body=b"x")
-    refused(lambda: s3.complete_multipart_upload(Bucket="haven", Key=key, UploadId=upload,
+    denied(lambda: s3.complete_multipart_upload(Bucket="haven", Key=key, UploadId=upload,
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}), "multipart onto " + key)
     s3.abort_multipart_upload(Bucket="haven", Key=key, UploadId=upload)
 # Creating is what the key is for, and the create-only conditions keep their meaning.
@@ -298,28 +285,16 @@ try:
 except ClientError as e:
     assert e.response["Error"]["Code"] == "PreconditionFailed", e.response["Error"]["Code"]
 s3.copy_object(Bucket="haven", Key="scratch/new-copy", CopySource={"Bucket": "haven", "Key": "scratch/new-object"})
-refused(lambda: s3.create_bucket(Bucket="another"), "create bucket")
+denied(lambda: s3.create_bucket(Bucket="another"), "create bucket")
 print("ALL OK")
 "#;
 
 /// Legal hold and governance bypass with and without their grants, in bucket `locked`
 /// made by `--create-bucket locked --object-lock --default-retention GOVERNANCE:1d`.
 const BOTO3_GRANTS: &str = r#"
-import sys, boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
-def client(key):
-    return boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=key, aws_secret_access_key=key + "-secret-0123456789",
-                        region_name="us-east-1", config=Config(signature_version="s3v4", retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
-backup, holder, pruner, bypasser = client("backup"), client("holder"), client("pruner"), client("bypasser")
-def refused(fn, what):
-    try:
-        fn()
-    except ClientError as e:
-        code = e.response["Error"]["Code"]
-        assert code == "AccessDenied", f"{what}: {code}"
-        return
-    raise AssertionError(f"{what}: accepted")
+def of(key):
+    return client(key, key + "-secret-0123456789")
+backup, holder, pruner, bypasser = of("backup"), of("holder"), of("pruner"), of("bypasser")
 rule = backup.get_object_lock_configuration(Bucket="locked")["ObjectLockConfiguration"]
 assert rule["ObjectLockEnabled"] == "Enabled", rule
 assert rule["Rule"]["DefaultRetention"] == {"Mode": "GOVERNANCE", "Days": 1}, rule
@@ -327,18 +302,18 @@ backup.put_object(Bucket="locked", Key="o", Body=b"kept")
 assert backup.head_object(Bucket="locked", Key="o")["ObjectLockMode"] == "GOVERNANCE"
 # Legal hold: only with the grant.
 on, off = {"Status": "ON"}, {"Status": "OFF"}
-refused(lambda: backup.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=on), "legal hold without grant")
-refused(lambda: bypasser.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=on), "legal hold by a delete key")
-refused(lambda: backup.put_object(Bucket="locked", Key="held", Body=b"x", ObjectLockLegalHoldStatus="ON"), "new object on hold without grant")
+denied(lambda: backup.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=on), "legal hold without grant")
+denied(lambda: bypasser.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=on), "legal hold by a delete key")
+denied(lambda: backup.put_object(Bucket="locked", Key="held", Body=b"x", ObjectLockLegalHoldStatus="ON"), "new object on hold without grant")
 holder.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=on)
 assert backup.get_object_legal_hold(Bucket="locked", Key="o")["LegalHold"]["Status"] == "ON"
-refused(lambda: bypasser.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "delete under legal hold")
+denied(lambda: bypasser.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "delete under legal hold")
 holder.put_object_legal_hold(Bucket="locked", Key="o", LegalHold=off)
 holder.put_object(Bucket="locked", Key="held", Body=b"x", ObjectLockLegalHoldStatus="ON")
 # Governance bypass: only with the grant.
-refused(lambda: pruner.delete_object(Bucket="locked", Key="o"), "delete under governance")
-refused(lambda: pruner.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "bypass without grant")
-refused(lambda: backup.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "bypass by an append key")
+denied(lambda: pruner.delete_object(Bucket="locked", Key="o"), "delete under governance")
+denied(lambda: pruner.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "bypass without grant")
+denied(lambda: backup.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True), "bypass by an append key")
 assert backup.head_object(Bucket="locked", Key="o")["ContentLength"] == 4
 bypasser.delete_object(Bucket="locked", Key="o", BypassGovernanceRetention=True)
 try:
@@ -347,10 +322,10 @@ try:
 except ClientError as e:
     assert e.response["Error"]["Code"] in ("404", "NoSuchKey"), e.response["Error"]
 # Retention and bucket configuration belong to admin keys.
-refused(lambda: bypasser.put_object_retention(Bucket="locked", Key="held", BypassGovernanceRetention=True,
+denied(lambda: bypasser.put_object_retention(Bucket="locked", Key="held", BypassGovernanceRetention=True,
         Retention={"Mode": "GOVERNANCE", "RetainUntilDate": "2030-01-01T00:00:00Z"}), "retention by a delete key")
-refused(lambda: pruner.put_object_lock_configuration(Bucket="locked",
+denied(lambda: pruner.put_object_lock_configuration(Bucket="locked",
         ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 2}}}), "lock configuration by a delete key")
-refused(lambda: pruner.delete_bucket(Bucket="locked"), "delete bucket by a delete key")
+denied(lambda: pruner.delete_bucket(Bucket="locked"), "delete bucket by a delete key")
 print("ALL OK")
 "#;

@@ -38,6 +38,12 @@ def code_of(fn):
     return None
 
 
+def denied(fn, what):
+    """Asserts that the call is refused with AccessDenied."""
+    code = code_of(fn)
+    assert code == "AccessDenied", f"{what}: {code or 'accepted'}"
+
+
 def expect(status, code, fn, what):
     got = refusal(fn)
     assert got == (status, code), f"{what}: expected {(status, code)}, got {got}"
