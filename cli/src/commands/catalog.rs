@@ -47,7 +47,8 @@ pub async fn run(command: CatalogCommand) -> Result<()> {
     let repo = repo_args.open().await?;
     let ids = repo.list_snapshots(vm.as_deref()).await?;
     let found = ids.len();
-    let snapshots: Vec<v1::SnapshotInfo> = futures::stream::iter(ids)
+    // Streamed by batch: memory holds one batch of records, whatever the history.
+    let mut batches = futures::stream::iter(ids)
         .map(|id| {
             let repo = repo.clone();
             let repository = repo_args.repo.clone();
@@ -57,14 +58,11 @@ pub async fn run(command: CatalogCommand) -> Result<()> {
             }
         })
         .buffered(READS_AHEAD)
-        .try_collect()
-        .await?;
+        .try_chunks(PER_REQUEST);
     let client = coordinator.client()?;
     let (mut added, mut present) = (0, 0);
-    for batch in snapshots.chunks(PER_REQUEST) {
-        let request = v1::ImportSnapshotsRequest {
-            snapshots: batch.to_vec(),
-        };
+    while let Some(snapshots) = batches.try_next().await.map_err(|error| error.1)? {
+        let request = v1::ImportSnapshotsRequest { snapshots };
         let reply = client
             .unary(AdminServiceClient::new, request, |mut c, r| async move {
                 c.import_snapshots(r).await
