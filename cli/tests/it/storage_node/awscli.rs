@@ -57,17 +57,18 @@ fn awscli_bucket_and_object_round_trip() {
     );
 
     // Pagination with continuation tokens and start-after.
-    let page = node.aws_ok(&[
-        "s3api",
-        "list-objects-v2",
-        "--bucket",
-        "backups",
-        "--prefix",
-        "chunks/",
-        "--max-keys",
-        "2",
-        "--no-paginate",
-    ]);
+    let list = |args: &[&str]| {
+        let mut all = vec![
+            "s3api",
+            "list-objects-v2",
+            "--bucket",
+            "backups",
+            "--no-paginate",
+        ];
+        all.extend_from_slice(args);
+        node.aws_ok(&all)
+    };
+    let page = list(&["--prefix", "chunks/", "--max-keys", "2"]);
     let json: serde_json::Value = serde_json::from_str(&page).expect("json");
     assert_eq!(json["KeyCount"], 2);
     assert_eq!(json["IsTruncated"], true);
@@ -75,30 +76,10 @@ fn awscli_bucket_and_object_round_trip() {
         .as_str()
         .expect("token")
         .to_owned();
-    let rest = node.aws_ok(&[
-        "s3api",
-        "list-objects-v2",
-        "--bucket",
-        "backups",
-        "--prefix",
-        "chunks/",
-        "--continuation-token",
-        &token,
-        "--no-paginate",
-    ]);
-    let keys = listed_keys(&rest);
-    assert_eq!(keys, ["chunks/02", "chunks/03", "chunks/04"]);
-    let after = node.aws_ok(&[
-        "s3api",
-        "list-objects-v2",
-        "--bucket",
-        "backups",
-        "--start-after",
-        "chunks/03",
-        "--no-paginate",
-    ]);
-    let keys = listed_keys(&after);
-    assert_eq!(keys, ["chunks/04", "disks/vm1/big", "small"]);
+    let rest = list(&["--prefix", "chunks/", "--continuation-token", &token]);
+    assert_eq!(listed_keys(&rest), ["chunks/02", "chunks/03", "chunks/04"]);
+    let after = list(&["--start-after", "chunks/03"]);
+    assert_eq!(listed_keys(&after), ["chunks/04", "disks/vm1/big", "small"]);
 
     // Whole and ranged reads.
     let back = node.path("back").display().to_string();
