@@ -223,6 +223,7 @@ async fn run(options: Options) {
         default_max_per_host: 2,
         default_max_per_worker: 2,
         job_history: Duration::from_secs(7 * 86_400),
+        inventory_grace: Duration::from_secs(3600),
         job_metrics: JobMetrics::register(&mut registry),
         notifier: Default::default(),
     };

@@ -14,6 +14,7 @@
 //! default_max_per_host = 2                # limits of `haven job run` jobs
 //! default_max_per_worker = 2
 //! job_history_hours = 168                 # finished jobs are forgotten after this
+//! inventory_grace_minutes = 60            # a VM its host no longer reports is forgotten after this
 //! allowed_repositories = ["s3://haven/*"]  # globs; policies and jobs may use only these
 //! audit_retention_days = 365
 //! history_revisions = 10000               # etcd: revisions of history kept, older compacted
@@ -91,6 +92,13 @@ pub struct CoordinatorConfig {
     /// memory.
     #[serde(default = "default_job_history")]
     pub job_history_hours: u64,
+    /// How long a VM may be missing from its host's inventory before its record is
+    /// deleted: a VM deleted on its host would otherwise get a failing job every
+    /// round. The grace keeps a VM that misses a report or two (its QMP socket busy,
+    /// libvirt restarting) from being forgotten; 0 forgets at the first report
+    /// without it.
+    #[serde(default = "default_inventory_grace")]
+    pub inventory_grace_minutes: u64,
     /// Repository URL globs policies and `haven job run` may name.
     #[serde(default)]
     pub allowed_repositories: Vec<String>,
@@ -145,6 +153,9 @@ fn default_tick() -> u64 {
 }
 fn default_job_history() -> u64 {
     7 * 24
+}
+fn default_inventory_grace() -> u64 {
+    60
 }
 fn default_audit_retention() -> u64 {
     365

@@ -253,3 +253,68 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use time::{Duration, OffsetDateTime};
+
+    use super::Schedule;
+
+    /// One field: `*`, a number, a range, a step or a list of those, within `min..=max`.
+    fn field(min: u32, max: u32) -> impl Strategy<Value = String> {
+        let item = prop_oneof![
+            (min..=max).prop_map(|n| n.to_string()),
+            (min..=max, min..=max).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+            (1..=max.max(2)).prop_map(|n| format!("*/{n}")),
+            (min..=max, min..=max, 1..=5u32).prop_map(|(a, b, n)| format!(
+                "{}-{}/{n}",
+                a.min(b),
+                a.max(b)
+            )),
+        ];
+        prop_oneof![
+            1 => Just("*".to_string()),
+            3 => proptest::collection::vec(item, 1..3).prop_map(|items| items.join(",")),
+        ]
+    }
+
+    fn schedule() -> impl Strategy<Value = String> {
+        (
+            field(0, 59),
+            field(0, 23),
+            field(1, 31),
+            field(1, 12),
+            field(0, 7),
+        )
+            .prop_map(|(m, h, d, mo, w)| format!("{m} {h} {d} {mo} {w}"))
+    }
+
+    proptest! {
+        /// The next firing is a minute after `after` that matches, and no minute
+        /// between them matches (checked over the first three days).
+        #[test]
+        fn next_after_is_the_first_match(expression in schedule(), minutes in 0i64..4_000_000) {
+            let schedule = Schedule::parse(&expression).unwrap();
+            let after = OffsetDateTime::from_unix_timestamp(1_700_000_000 + minutes * 60 + 17).unwrap();
+            let next = schedule.next_after(after);
+            if let Some(next) = next {
+                prop_assert!(next > after);
+                prop_assert_eq!(next.second(), 0);
+                prop_assert!(schedule.matches(next), "{} does not match {}", next, expression);
+            }
+            let mut at = after.replace_second(0).unwrap().replace_nanosecond(0).unwrap() + Duration::MINUTE;
+            let horizon = after + Duration::days(3);
+            while at < horizon && next.is_none_or(|next| at < next) {
+                prop_assert!(!schedule.matches(at), "{} matches {} before {:?}", at, expression, next);
+                at += Duration::MINUTE;
+            }
+        }
+
+        /// Any text is parsed or refused with a message, never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused(text in "[0-9*/,\\- a-z]{0,40}") {
+            let _ = Schedule::parse(&text);
+        }
+    }
+}

@@ -89,6 +89,7 @@ mod error;
 mod expiry;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod inventory;
 mod job_metrics;
 mod jobs;
 mod notices;
@@ -137,6 +138,9 @@ pub struct LeaderSettings {
     pub default_max_per_worker: u32,
     /// How long a finished job is kept after it ended, so operators can read it.
     pub job_history: Duration,
+    /// How long a VM may be missing from the inventory of its host before its
+    /// record is deleted (see [`Leader::forget_missing_vms`]).
+    pub inventory_grace: Duration,
     /// Counters of ended jobs, shared by every term of the replica so `/metrics`
     /// keeps serving the same handles across elections.
     pub job_metrics: JobMetrics,

@@ -123,6 +123,7 @@ pub async fn run(
             default_max_per_host: config.default_max_per_host.max(1),
             default_max_per_worker: config.default_max_per_worker.max(1),
             job_history: Duration::from_secs(config.job_history_hours.saturating_mul(3600)),
+            inventory_grace: Duration::from_secs(config.inventory_grace_minutes.saturating_mul(60)),
             job_metrics,
             notifier,
         },

@@ -157,3 +157,107 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::{BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn jobs() -> impl Strategy<Value = Vec<PendingJob>> {
+        proptest::collection::vec((0usize..4, 1u32..3, 1u32..3, 0usize..2), 0..20).prop_map(
+            |rows| {
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(n, (host, per_host, per_worker, policy))| PendingJob {
+                        id: format!("j{n}"),
+                        // Host 3 stands for jobs without a host (prune, GC).
+                        host: if host == 3 {
+                            String::new()
+                        } else {
+                            format!("h{host}")
+                        },
+                        max_per_host: per_host,
+                        max_per_worker: per_worker,
+                        policy: format!("p{policy}"),
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    fn workers() -> impl Strategy<Value = Vec<WorkerLoad>> {
+        proptest::collection::vec(
+            (
+                proptest::collection::btree_set(0usize..3, 0..3),
+                0u32..4,
+                0u32..3,
+            ),
+            0..5,
+        )
+        .prop_map(|rows| {
+            rows.into_iter()
+                .enumerate()
+                .map(|(n, (hosts, max_jobs, running))| WorkerLoad {
+                    id: format!("w{n}"),
+                    hosts: hosts.into_iter().map(|h| format!("h{h}")).collect(),
+                    max_jobs,
+                    running,
+                    running_by_policy: HashMap::new(),
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Each job placed at most once, on a worker that reaches its host, with no
+        /// worker past its own limit, no host past its limit, no worker past a
+        /// policy's per-worker limit; and a job is left pending only if no worker
+        /// could take it once the others were placed.
+        #[test]
+        fn placements_respect_every_limit(
+            pending in jobs(),
+            workers in workers(),
+            host_load in proptest::array::uniform3(0u32..3),
+        ) {
+            let host_running: HashMap<String, u32> =
+                (0..3).map(|h| (format!("h{h}"), host_load[h])).collect();
+            let placed = place(&pending, &workers, &host_running);
+            let ids: BTreeSet<&String> = placed.iter().map(|(job, _)| job).collect();
+            prop_assert_eq!(ids.len(), placed.len());
+            let mut per_worker: HashMap<&str, u32> = HashMap::new();
+            let mut per_host = host_running.clone();
+            let mut per_policy: HashMap<(&str, &str), u32> = HashMap::new();
+            for (job_id, worker_id) in &placed {
+                let job = pending.iter().find(|j| &j.id == job_id).unwrap();
+                let worker = workers.iter().find(|w| &w.id == worker_id).unwrap();
+                prop_assert!(job.host.is_empty() || worker.hosts.contains(&job.host));
+                let load = per_worker.entry(worker_id).or_insert(worker.running);
+                *load += 1;
+                prop_assert!(*load <= worker.max_jobs, "{} over its limit", worker_id);
+                let of_policy = per_policy.entry((worker_id, &job.policy)).or_default();
+                *of_policy += 1;
+                prop_assert!(*of_policy <= job.max_per_worker);
+                if !job.host.is_empty() {
+                    let on_host = per_host.entry(job.host.clone()).or_default();
+                    *on_host += 1;
+                    prop_assert!(*on_host <= job.max_per_host, "{} over the host limit", job.host);
+                }
+            }
+            // Nothing left that fits: every unplaced job is blocked by a limit or reach.
+            for job in pending.iter().filter(|j| !ids.contains(&j.id)) {
+                let host_full = !job.host.is_empty()
+                    && per_host.get(&job.host).copied().unwrap_or(0) >= job.max_per_host;
+                let some_worker_fits = workers.iter().any(|w| {
+                    (job.host.is_empty() || w.hosts.contains(&job.host))
+                        && per_worker.get(w.id.as_str()).copied().unwrap_or(w.running) < w.max_jobs
+                        && per_policy.get(&(w.id.as_str(), job.policy.as_str())).copied().unwrap_or(0)
+                            < job.max_per_worker
+                });
+                prop_assert!(host_full || !some_worker_fits, "{} left pending", job.id);
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod unreliable;
 
 use std::time::Duration;
 

@@ -165,3 +165,62 @@ mod tests {
         assert_eq!(unescape_segment("%FF"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+    use std::path::Component;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys of the characters that matter: separators, dots, `%`, `@`, spaces and
+    /// non-ASCII, plus plain letters.
+    fn key() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just('/'),
+                Just('.'),
+                Just('%'),
+                Just('@'),
+                Just(' '),
+                Just('ü'),
+                Just('\\'),
+                proptest::char::range('a', 'c'),
+                any::<char>(),
+            ],
+            0..40,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        /// Escaping is reversible and leaves only the characters it promises.
+        #[test]
+        fn segments_round_trip(segment in key()) {
+            let segment = segment.replace('/', "");
+            let escaped = escape_segment(&segment);
+            prop_assert!(escaped.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-%".contains(&b)));
+            prop_assert!(escaped != "." && escaped != "..");
+            prop_assert_eq!(unescape_segment(&escaped), Some(segment));
+        }
+
+        /// A stored key's path stays inside the bucket (only normal components, the
+        /// last one an object file) and two keys never share a path.
+        #[test]
+        fn paths_stay_inside_and_never_collide(a in key(), b in key()) {
+            let mut seen = BTreeMap::new();
+            for key in [a, b] {
+                let Ok(path) = key_to_path(&key) else { continue };
+                for component in path.components() {
+                    prop_assert!(matches!(component, Component::Normal(_)), "{:?} in {:?}", component, path);
+                }
+                prop_assert!(path.to_string_lossy().ends_with(OBJECT_SUFFIX));
+                if let Some(other) = seen.insert(path.clone(), key.clone()) {
+                    prop_assert_eq!(other, key);
+                }
+            }
+        }
+    }
+}

@@ -308,6 +308,7 @@ mod tests {
             default_max_per_host: 1,
             default_max_per_worker: 1,
             job_history: Duration::from_secs(3600),
+            inventory_grace: Duration::from_secs(3600),
             job_metrics: JobMetrics::register(&mut registry),
             notifier: Default::default(),
         };

@@ -19,6 +19,9 @@ pub(super) struct State {
     pub(super) workers: HashMap<String, WorkerRecord>,
     /// Last reported inventory by VM name.
     pub(super) vms: BTreeMap<String, VmRecord>,
+    /// VMs a report of their host left out, and since when (Unix ms): memory only, so
+    /// a new leader's grace starts at the first report it receives without them.
+    pub(super) missing_since: HashMap<String, u64>,
     /// Policies by name.
     pub(super) policies: BTreeMap<String, Policy>,
     /// Last round by name (`POLICY` for backups, `POLICY#gc` for GC), Unix ms.
@@ -72,6 +75,7 @@ impl State {
                 .await?,
             snapshots: decoder.snapshots(store).await?,
             progress: HashMap::new(),
+            missing_since: HashMap::new(),
             metrics,
             notifier,
         };
@@ -86,10 +90,20 @@ impl State {
             .find(|job| job.state.is_active() && matches(job))
     }
 
-    /// Records the VMs a worker reported.
-    pub(super) fn record_inventory(&mut self, hosts: Vec<(String, Vec<VmRecord>)>) {
-        for (_, vms) in hosts {
+    /// Records the VMs a worker reported at `now`: each reported VM is current, each
+    /// known VM of a reported host that the report leaves out is missing from now on
+    /// (unless it already was).
+    pub(super) fn record_inventory(&mut self, hosts: Vec<(String, Vec<VmRecord>)>, now: u64) {
+        for (host, vms) in hosts {
+            let reported: std::collections::HashSet<&str> =
+                vms.iter().map(|vm| vm.name.as_str()).collect();
+            for vm in self.vms.values() {
+                if vm.host == host && !reported.contains(vm.name.as_str()) {
+                    self.missing_since.entry(vm.name.clone()).or_insert(now);
+                }
+            }
             for vm in vms {
+                self.missing_since.remove(&vm.name);
                 self.vms.insert(vm.name.clone(), vm);
             }
         }

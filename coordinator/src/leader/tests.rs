@@ -19,6 +19,14 @@ async fn leader(dir: &std::path::Path) -> (Arc<dyn MetaStore>, Leader) {
 
 /// A leader over `store`, leading at the revision of its leader key.
 async fn leader_over(store: Arc<dyn MetaStore>) -> (Arc<dyn MetaStore>, Leader) {
+    leader_with(store, settings()).await
+}
+
+/// [`leader_over`] with other settings.
+async fn leader_with(
+    store: Arc<dyn MetaStore>,
+    settings: LeaderSettings,
+) -> (Arc<dyn MetaStore>, Leader) {
     let won = store
         .txn(
             vec![Compare::Absent(model::leader_key())],
@@ -26,7 +34,7 @@ async fn leader_over(store: Arc<dyn MetaStore>) -> (Arc<dyn MetaStore>, Leader) 
         )
         .await
         .unwrap();
-    let leader = Leader::load(store.clone(), won.revision, settings())
+    let leader = Leader::load(store.clone(), won.revision, settings)
         .await
         .unwrap();
     (store, leader)
@@ -38,6 +46,7 @@ fn settings() -> LeaderSettings {
         default_max_per_host: 2,
         default_max_per_worker: 2,
         job_history: Duration::from_secs(3600),
+        inventory_grace: Duration::from_secs(3600),
         job_metrics: Default::default(),
         notifier: Default::default(),
     }
@@ -330,4 +339,227 @@ async fn a_retried_completion_finds_its_applied_write_in_the_store() {
         .complete("w1", &job, token + 1, "gc: done", &[])
         .await;
     assert!(matches!(other, Err(LeaderError::Fenced(_))), "{other:?}");
+}
+
+/// A leader whose VMs are forgotten as soon as a report of their host leaves them
+/// out (`grace`: 0) or only after an hour, with worker `w1` registered reaching `vm1`
+/// and `vm2` on `h1`, and worker `w2` reaching `vm3` on `h2`.
+async fn inventory_bed(
+    dir: &std::path::Path,
+    grace: Duration,
+) -> (Arc<dyn MetaStore>, Leader, LeaseId) {
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+    let settings = LeaderSettings {
+        inventory_grace: grace,
+        ..settings()
+    };
+    let (store, leader) = leader_with(store, settings).await;
+    let w1 = leader
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1"), vm("vm2")])],
+            2,
+        )
+        .await
+        .unwrap();
+    let mut on_h2 = vm("vm3");
+    on_h2.host = "h2".into();
+    leader
+        .register("w2", "instance-2", vec![("h2".into(), vec![on_h2])], 2)
+        .await
+        .unwrap();
+    (store, leader, w1.lease)
+}
+
+#[tokio::test]
+async fn a_vm_its_host_no_longer_reports_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader, lease) = inventory_bed(dir.path(), Duration::ZERO).await;
+    // A backup of vm2 is pending: the record stays while the job is active.
+    let job = leader
+        .run_job("vm2", Some("file:///tmp/r".into()))
+        .await
+        .unwrap();
+    leader
+        .report_inventory(
+            "w1",
+            "instance-1",
+            lease,
+            vec![("h1".into(), vec![vm("vm1")])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader.tick().await.unwrap().forgotten_vms, 0);
+    assert!(leader.vm("vm2").is_some());
+    leader.cancel(&job, "test").await.unwrap();
+    let report = leader.tick().await.unwrap();
+    assert_eq!(report.forgotten_vms, 1, "{report:?}");
+    assert!(leader.vm("vm2").is_none());
+    assert!(store.get(&model::vm_key("vm2")).await.unwrap().is_none());
+    // vm1 is reported; vm3's host h2 sent no report without it.
+    assert!(leader.vm("vm1").is_some());
+    assert!(leader.vm("vm3").is_some());
+    // A new leader loads the state without vm2.
+    let reloaded = Leader::load(store.clone(), 0, settings()).await.unwrap();
+    assert!(reloaded.vm("vm2").is_none());
+    assert!(reloaded.vm("vm1").is_some());
+}
+
+#[tokio::test]
+async fn a_vm_missing_from_one_report_is_kept_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, leader, lease) = inventory_bed(dir.path(), Duration::from_secs(3600)).await;
+    leader
+        .report_inventory(
+            "w1",
+            "instance-1",
+            lease,
+            vec![("h1".into(), vec![vm("vm1")])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader.tick().await.unwrap().forgotten_vms, 0);
+    assert!(leader.vm("vm2").is_some());
+    // Reported again: no longer missing, even with no grace left.
+    leader
+        .report_inventory(
+            "w1",
+            "instance-1",
+            lease,
+            vec![("h1".into(), vec![vm("vm1"), vm("vm2")])],
+        )
+        .await
+        .unwrap();
+    assert!(leader.state().missing_since.is_empty());
+}
+
+/// GC jobs (one per repository) driven through a store that fails, delays and loses
+/// the replies of applied transactions, with the worker's retries of failed calls;
+/// then, with faults off, until every job has ended. Each job ends exactly once
+/// (succeeded, or failed for good), is never handed out again after its success was
+/// answered, and the leader's memory agrees with a new leader loaded from the store.
+#[tokio::test]
+async fn jobs_settle_exactly_once_under_store_faults() {
+    use crate::store::unreliable::{StoreFaultRates, UnreliableMetaStore};
+    use rand::{Rng, SeedableRng};
+
+    for seed in 0..4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.path().join("state.redb"))
+            .await
+            .unwrap();
+        let rates = StoreFaultRates {
+            error: 0.08,
+            lost_reply: 0.08,
+            delay: 0.1,
+            max_delay: Duration::from_millis(2),
+        };
+        let store = UnreliableMetaStore::new(embedded.clone(), rates, seed);
+        store.set_enabled(false);
+        let (_, leader) = leader_over(store.clone()).await;
+        let worker = leader
+            .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 64)
+            .await
+            .unwrap();
+        let mut jobs = Vec::new();
+        for repository in 0..12 {
+            jobs.push(
+                leader
+                    .run_gc(&format!("file:///tmp/r{repository}"), 0)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Successes the leader answered, and completions whose answer was an error
+        // (retried on the next round, as the worker's client does).
+        let mut succeeded: HashSet<String> = HashSet::new();
+        let mut unanswered: Vec<(String, i64, bool)> = Vec::new();
+        store.set_enabled(true);
+        for round in 0..300 {
+            if round == 200 {
+                store.set_enabled(false);
+            }
+            let _ = leader.tick().await;
+            let _ = leader.heartbeat("w1", "instance-1", worker.lease).await;
+            let mut calls = std::mem::take(&mut unanswered);
+            if let Ok(assigned) = leader
+                .poll("w1", "instance-1", worker.lease, &HashSet::new())
+                .await
+            {
+                for assignment in assigned {
+                    assert!(
+                        !succeeded.contains(&assignment.job.id),
+                        "seed {seed}: {} handed out again after it succeeded",
+                        assignment.job.id
+                    );
+                    if !calls.iter().any(|(job, token, _)| {
+                        *job == assignment.job.id && *token == assignment.token
+                    }) {
+                        calls.push((
+                            assignment.job.id.clone(),
+                            assignment.token,
+                            rng.random_bool(0.7),
+                        ));
+                    }
+                }
+            }
+            for (job, token, succeeds) in calls {
+                let answer = if succeeds {
+                    leader.complete("w1", &job, token, "gc: done", &[]).await
+                } else {
+                    // Not retryable: a retry waits a backoff of seconds.
+                    leader
+                        .fail("w1", &job, token, "injected failure", false)
+                        .await
+                };
+                match answer {
+                    Ok(()) if succeeds => {
+                        succeeded.insert(job);
+                    }
+                    Ok(()) => {}
+                    // Moved or ended: the worker drops the job.
+                    Err(LeaderError::NotFound(_) | LeaderError::Fenced(_)) => {}
+                    Err(_) => unanswered.push((job, token, succeeds)),
+                }
+            }
+            let ended = jobs.iter().all(|id| {
+                leader
+                    .state()
+                    .jobs
+                    .get(id)
+                    .is_some_and(|job| !job.state.is_active())
+            });
+            if round >= 200 && ended && unanswered.is_empty() {
+                break;
+            }
+        }
+        let counts = store.counts();
+        assert!(
+            counts.errors > 0 && counts.lost_replies > 0,
+            "seed {seed}: {counts:?}"
+        );
+        let reloaded = Leader::load(embedded.clone(), 0, settings()).await.unwrap();
+        for id in &jobs {
+            let (cached, _) = leader.job(id).await.unwrap();
+            assert!(
+                !cached.state.is_active(),
+                "seed {seed}: {id} never ended: {cached:?}"
+            );
+            let (stored, _) = reloaded.job(id).await.unwrap();
+            assert_eq!(
+                cached.state, stored.state,
+                "seed {seed}: {id}: memory and store differ"
+            );
+            if succeeded.contains(id) {
+                assert_eq!(stored.state, JobState::Succeeded, "seed {seed}: {id}");
+            }
+        }
+        eprintln!(
+            "seed {seed}: store faults injected: {counts:?}; {} of {} jobs succeeded",
+            succeeded.len(),
+            jobs.len()
+        );
+    }
 }

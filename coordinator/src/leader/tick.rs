@@ -15,13 +15,15 @@ pub struct TickReport {
     pub timed_out: usize,
     /// Finished jobs forgotten after the history period.
     pub expired: usize,
+    /// VMs forgotten after their host stopped reporting them.
+    pub forgotten_vms: usize,
 }
 
 impl Leader {
     /// One scheduling pass: drop dead workers (their jobs go back to pending), fail
     /// jobs past their deadline, start due policy rounds, finish interrupted commits,
-    /// place pending jobs, forget jobs past their history period, and notify RPO
-    /// breaches.
+    /// place pending jobs, forget jobs past their history period and VMs their host
+    /// no longer reports, and notify RPO breaches.
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         self.reap_workers(&mut report).await?;
@@ -30,6 +32,7 @@ impl Leader {
         self.resume_commits().await?;
         self.assign(&mut report).await?;
         self.expire_jobs(&mut report).await?;
+        self.forget_missing_vms(&mut report).await?;
         self.watch_rpo(crate::model::now_ms());
         if report.assigned > 0 {
             self.assigned.notify_waiters();

@@ -125,7 +125,7 @@ impl Leader {
         }
         let replaced = {
             let mut state = self.state();
-            state.record_inventory(hosts);
+            state.record_inventory(hosts, now_ms());
             state.workers.insert(id.to_string(), record.clone())
         };
         if let Some(old) = replaced
@@ -176,12 +176,14 @@ impl Leader {
             (record, ops)
         };
         if ops.is_empty() {
+            // Nothing to write, but a VM the report leaves out is missing from now.
+            self.state().record_inventory(hosts, now_ms());
             return Ok(());
         }
         self.write_batched(ops).await?;
         let mut state = self.state();
         state.workers.insert(id.to_string(), record);
-        state.record_inventory(hosts);
+        state.record_inventory(hosts, now_ms());
         Ok(())
     }
 

@@ -323,7 +323,9 @@ impl Repository {
         Ok(index)
     }
 
-    /// Publishes a manifest: the commit point of a snapshot. Fails if it exists.
+    /// Publishes a manifest: the commit point of a snapshot. Fails if another manifest
+    /// exists under its name; finding this very manifest there (a duplicated delivery
+    /// of the write, or a retry after its reply was lost) is success.
     pub async fn commit_manifest(&self, manifest: &Manifest) -> Result<SnapshotId> {
         let (id, sealed) = self.seal_manifest(manifest)?;
         let key = id.manifest_key();
@@ -333,7 +335,10 @@ impl Repository {
             .await?
         {
             PutOutcome::Created => Ok(id),
-            PutOutcome::AlreadyExisted => Err(RepoError::AlreadyExists(key)),
+            PutOutcome::AlreadyExisted => match self.read_manifest(&id).await {
+                Ok(stored) if stored == *manifest => Ok(id),
+                _ => Err(RepoError::AlreadyExists(key)),
+            },
         }
     }
 

@@ -70,8 +70,13 @@ async fn init_open_commit_list_verify() {
     };
     let manifest = manifest_for(&snapshot, disk.clone());
     repo.commit_manifest(&manifest).await.unwrap();
+    // The same manifest again (a duplicated delivery, a retry after a lost reply) is
+    // the same commit; another manifest under the same name is refused.
+    assert_eq!(repo.commit_manifest(&manifest).await.unwrap(), snapshot);
+    let mut other = manifest.clone();
+    other.created_by = "another backup".into();
     assert!(matches!(
-        repo.commit_manifest(&manifest).await,
+        repo.commit_manifest(&other).await,
         Err(RepoError::AlreadyExists(_))
     ));
 

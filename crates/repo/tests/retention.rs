@@ -448,3 +448,112 @@ fn each_vm_is_planned_on_its_own_newest_first() {
     assert_eq!(got, want);
     assert!(plan_retention(&[], &policy).is_empty());
 }
+
+/// Properties of [`plan_retention`] over generated snapshot lists: random times over
+/// three years (several per hour, day and week), random protection, random counts.
+mod properties {
+    use std::collections::BTreeSet;
+
+    use haven_repo::{RetentionPolicy, SnapshotId, plan_retention};
+    use proptest::prelude::*;
+
+    fn snapshots() -> impl Strategy<Value = Vec<(SnapshotId, bool)>> {
+        let start = 1_700_000_000i64;
+        proptest::collection::btree_set(
+            (0usize..2, 0i64..3 * 366 * 24 * 60, any::<bool>(), 0u8..8),
+            0..60,
+        )
+        .prop_map(move |rows| {
+            let mut seen = BTreeSet::new();
+            rows.into_iter()
+                .filter(|(vm, minute, _, _)| seen.insert((*vm, *minute)))
+                .map(|(vm, minute, protected, roll)| {
+                    let time =
+                        time::OffsetDateTime::from_unix_timestamp(start + minute * 60).unwrap();
+                    // One snapshot in eight is protected.
+                    (
+                        SnapshotId::at(["vm-a", "vm-b"][vm], time).unwrap(),
+                        protected && roll == 0,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn policy() -> impl Strategy<Value = RetentionPolicy> {
+        proptest::array::uniform6(0u32..5).prop_map(RetentionPolicy::from_counts)
+    }
+
+    fn kept(list: &[(SnapshotId, bool)], policy: &RetentionPolicy) -> BTreeSet<SnapshotId> {
+        plan_retention(list, policy)
+            .into_iter()
+            .filter(|decision| decision.keep)
+            .map(|decision| decision.id)
+            .collect()
+    }
+
+    proptest! {
+        /// One decision per snapshot; protected ones and, when any rule keeps
+        /// something, each VM's newest are kept; with no rule everything is kept.
+        #[test]
+        fn every_snapshot_decided_once_and_the_newest_kept(
+            list in snapshots(), policy in policy(),
+        ) {
+            let decisions = plan_retention(&list, &policy);
+            prop_assert_eq!(decisions.len(), list.len());
+            let decided: BTreeSet<&SnapshotId> = decisions.iter().map(|d| &d.id).collect();
+            prop_assert_eq!(decided.len(), list.len());
+            let kept = kept(&list, &policy);
+            for (id, protected) in &list {
+                if *protected || !policy.keeps_something() {
+                    prop_assert!(kept.contains(id), "{} dropped", id);
+                }
+            }
+            if policy.keeps_something() {
+                for vm in ["vm-a", "vm-b"] {
+                    let newest = list.iter().filter(|(id, _)| id.vm == vm).map(|(id, _)| id).max_by_key(|id| id.time());
+                    if let Some(newest) = newest {
+                        prop_assert!(kept.contains(newest), "newest {} dropped", newest);
+                    }
+                }
+            }
+        }
+
+        /// `keep_last N` alone keeps exactly the N newest unprotected snapshots of each
+        /// VM, and the protected ones.
+        #[test]
+        fn keep_last_keeps_exactly_the_newest(list in snapshots(), n in 1u32..6) {
+            let policy = RetentionPolicy { keep_last: Some(n), ..RetentionPolicy::default() };
+            let kept = kept(&list, &policy);
+            for vm in ["vm-a", "vm-b"] {
+                let mut unprotected: Vec<&SnapshotId> = list
+                    .iter()
+                    .filter(|(id, protected)| id.vm == vm && !protected)
+                    .map(|(id, _)| id)
+                    .collect();
+                unprotected.sort_by_key(|id| std::cmp::Reverse(id.time()));
+                for (rank, id) in unprotected.iter().enumerate() {
+                    prop_assert_eq!(kept.contains(*id), rank < n as usize, "{} at rank {}", id, rank);
+                }
+            }
+        }
+
+        /// A snapshot kept by `keep_last` stays kept when other rules are added, and
+        /// the VMs are planned independently.
+        #[test]
+        fn adding_rules_never_drops_what_keep_last_keeps(
+            list in snapshots(), n in 1u32..6, extra in policy(),
+        ) {
+            let last = RetentionPolicy { keep_last: Some(n), ..RetentionPolicy::default() };
+            let more = RetentionPolicy { keep_last: Some(n), ..extra };
+            let with_more = kept(&list, &more);
+            prop_assert!(kept(&list, &last).is_subset(&with_more));
+            let only_a: Vec<(SnapshotId, bool)> =
+                list.iter().filter(|(id, _)| id.vm == "vm-a").cloned().collect();
+            let a_alone = kept(&only_a, &more);
+            let a_together: BTreeSet<SnapshotId> =
+                with_more.into_iter().filter(|id| id.vm == "vm-a").collect();
+            prop_assert_eq!(a_alone, a_together);
+        }
+    }
+}

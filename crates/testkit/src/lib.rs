@@ -11,6 +11,10 @@
 //! - [`metastore::run_suite`] over a `haven_coordinator::store::MetaStore`;
 //! - [`backend::run_suite`] over a `haven_repo::Backend`.
 //!
+//! [`unreliable::UnreliableStore`] breaks the second seam on purpose: an object store
+//! that fails, delays, truncates, duplicates and loses the replies of requests, drawn
+//! from a seeded generator, for tests that check what survives.
+//!
 //! A suite is an assertion: it panics, naming the behaviour that broke, at the first
 //! violation, so it is called from a `#[tokio::test]` per implementation and the
 //! failing test names the implementation. Each suite prints the check it is running
@@ -37,5 +41,6 @@ pub mod metastore;
 pub mod process;
 pub mod storage_node;
 pub mod tls;
+pub mod unreliable;
 
 pub use error::FixtureError;

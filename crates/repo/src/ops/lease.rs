@@ -57,6 +57,10 @@ pub const GC_GENERATION_KEY: &str = "gc/generation";
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// A record not refreshed for this long is dead (its holder hung or lost the storage).
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Tries of a lock's `released` marker before the lock is left to expire by age.
+const RELEASE_ATTEMPTS: u32 = 4;
+/// Wait before the first retry of a `released` marker (then twice, three times...).
+const RELEASE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// How often a backup waiting for a collection to finish looks again.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 /// How long a backup waits for a running collection before giving up.
@@ -287,7 +291,27 @@ async fn create_record(backend: &Backend, key: &str, record: &LockRecord) -> Res
 
 impl Held {
     async fn create(backend: &Backend, record: LockRecord) -> Result<Self> {
-        create_record(backend, &record.record_key(0), &record).await?;
+        let key = record.record_key(0);
+        match create_record(backend, &key, &record).await {
+            Ok(()) => {}
+            // The key holds a random id: what is stored there is this very record
+            // when a delivery of the write was duplicated; anything else is another
+            // writer's, not ours to release.
+            Err(error @ RepoError::AlreadyExists(_)) => {
+                if backend.get(&key, MAX_RECORD).await.ok() != Some(record.encode()?) {
+                    return Err(error);
+                }
+            }
+            Err(error) => {
+                // The write may have been stored with its reply lost: a record nobody
+                // holds would stay live until it goes stale (a collection's lock
+                // stops every backup's commit meanwhile), so release it now.
+                if let Err(release) = write_released(backend, &record).await {
+                    tracing::warn!(lease = %record.key(), error = %release, "cannot release a lock record whose creation failed; it expires by age");
+                }
+                return Err(error);
+            }
+        }
         let last_refresh = Arc::new(Mutex::new(Instant::now()));
         let refresher = tokio::spawn(refresh_loop(
             backend.clone(),
@@ -355,14 +379,25 @@ impl Held {
     }
 }
 
+/// Writes the `released` marker of `record`, retrying storage errors a few times: a
+/// lock left unreleased by one failed request blocks others until it goes stale, and
+/// the marker is create-only, so a retry after a lost reply is harmless.
 async fn write_released(backend: &Backend, record: &LockRecord) -> Result<()> {
     let mut marker = record.clone();
     marker.released = true;
-    marker.refreshed = format_timestamp(OffsetDateTime::now_utc());
-    match create_record(backend, &record.released_key(), &marker).await {
-        // Released twice (an explicit release, then a retry): the same outcome.
-        Ok(()) | Err(RepoError::AlreadyExists(_)) => Ok(()),
-        Err(error) => Err(error),
+    let mut attempt = 1;
+    loop {
+        marker.refreshed = format_timestamp(OffsetDateTime::now_utc());
+        match create_record(backend, &record.released_key(), &marker).await {
+            // Released twice (an explicit release, then a retry): the same outcome.
+            Ok(()) | Err(RepoError::AlreadyExists(_)) => return Ok(()),
+            Err(error) if attempt >= RELEASE_ATTEMPTS => return Err(error),
+            Err(error) => {
+                tracing::debug!(lease = %record.key(), %error, attempt, "releasing a lock record failed; retrying");
+                tokio::time::sleep(RELEASE_RETRY_DELAY * attempt).await;
+                attempt += 1;
+            }
+        }
     }
 }
 

@@ -64,6 +64,9 @@ pub enum BackendKind {
     /// `s3://` on an endpoint that may be a Haven storage node: its extensions are used,
     /// and plain S3 requests where the server turns out not to serve them.
     StorageNode,
+    /// An `object_store` implementation handed in by the caller
+    /// ([`Backend::over_object_store`]): fault-injecting wrappers in tests.
+    ObjectStore,
 }
 
 /// How [`Backend::open`] opens a URL; the default is what `haven` itself uses.
@@ -92,6 +95,9 @@ pub struct Backend {
 #[derive(Debug, Clone)]
 enum Implementation {
     Memory(Arc<dyn ObjectStore>),
+    /// A caller's store, used exactly as `Memory` is (no local durability, no S3
+    /// extensions).
+    Given(Arc<dyn ObjectStore>),
     Local(Arc<LocalStore>),
     S3(Arc<S3Store>),
     StorageNode(Arc<StorageNode>),
@@ -196,6 +202,15 @@ impl Backend {
         )
     }
 
+    /// A backend over any `object_store` implementation, used as `memory://` is: no
+    /// local fsyncs, no storage node extensions. For stores that wrap another to
+    /// change its behaviour, such as the fault-injecting store of
+    /// `haven_testkit::unreliable`, which drives the whole repository through errors,
+    /// lost replies and short reads.
+    pub fn over_object_store(location: &str, store: Arc<dyn ObjectStore>) -> Self {
+        Self::with(location, Implementation::Given(store))
+    }
+
     fn with(location: &str, implementation: Implementation) -> Self {
         Self {
             location: location.to_string(),
@@ -207,6 +222,7 @@ impl Backend {
     pub fn kind(&self) -> BackendKind {
         match &self.implementation {
             Implementation::Memory(_) => BackendKind::Memory,
+            Implementation::Given(_) => BackendKind::ObjectStore,
             Implementation::Local(local) => match local.chosen_io() {
                 LocalIo::Direct => BackendKind::LocalDirect,
                 LocalIo::Buffered => BackendKind::LocalBuffered,
@@ -235,7 +251,7 @@ impl Backend {
         let prefix = match &self.implementation {
             Implementation::S3(s3) => s3.key_prefix.as_str(),
             Implementation::StorageNode(node) => node.s3.key_prefix.as_str(),
-            Implementation::Memory(_) | Implementation::Local(_) => "",
+            Implementation::Memory(_) | Implementation::Given(_) | Implementation::Local(_) => "",
         };
         format!("{prefix}{key}")
     }
@@ -255,7 +271,7 @@ impl Backend {
     /// Where reads, and writes whose durability is deferred or not needed, go.
     fn store(&self) -> &Arc<dyn ObjectStore> {
         match &self.implementation {
-            Implementation::Memory(store) => store,
+            Implementation::Memory(store) | Implementation::Given(store) => store,
             Implementation::Local(local) => &local.store,
             Implementation::S3(s3) => &s3.store,
             Implementation::StorageNode(node) => &node.s3.store,
@@ -467,7 +483,7 @@ impl Backend {
                     .ok()
                     .and_then(|url| url.host_str().map(str::to_owned))
             }
-            Implementation::Memory(_) | Implementation::Local(_) => None,
+            Implementation::Memory(_) | Implementation::Given(_) | Implementation::Local(_) => None,
         }
     }
 
