@@ -278,7 +278,12 @@ async fn verify_one(
             let repo = repo.clone();
             let replica = replica.cloned();
             async move {
-                let checked = repo.check_chunk(chunk).await;
+                // A second read before a chunk is called bad: a reply cut short in
+                // transit must not mark an intact chunk (and force full backups).
+                let checked = match repo.check_chunk(chunk).await {
+                    Ok(len) => Ok(len),
+                    Err(_) => repo.check_chunk(chunk).await,
+                };
                 let outcome = match (checked, replica) {
                     (Ok(len), _) => ChunkOutcome::Good(len),
                     (Err(error), None) => ChunkOutcome::Bad(failure(&chunk.object_key(), error)),
