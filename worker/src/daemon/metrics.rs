@@ -156,7 +156,10 @@ fn error_source(error: &WorkerError) -> &'static str {
     match error {
         WorkerError::Nbd(_) => "nbd",
         WorkerError::Repo(_) | WorkerError::AlreadyCommitted(_) => "storage",
-        WorkerError::Qmp(_) | WorkerError::Hypervisor { .. } | WorkerError::Unreachable(_) => {
+        WorkerError::Qmp(_)
+        | WorkerError::Vsphere(_)
+        | WorkerError::Hypervisor { .. }
+        | WorkerError::Unreachable(_) => {
             "hypervisor"
         }
         WorkerError::Tool { .. } => "tool",
