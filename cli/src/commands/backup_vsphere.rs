@@ -84,14 +84,20 @@ fn credentials(file: Option<&Path>) -> Result<(String, String)> {
         let password = std::env::var(PASSWORD_ENV).ok();
         return match (user, password) {
             (Some(user), Some(password)) => Ok((user, password)),
-            _ => bail!("vSphere credentials: set {USER_ENV} and {PASSWORD_ENV}, or pass --credentials FILE"),
+            _ => bail!(
+                "vSphere credentials: set {USER_ENV} and {PASSWORD_ENV}, or pass --credentials FILE"
+            ),
         };
     };
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the credentials file {}", file.display()))?;
     let mut user = None;
     let mut password = None;
-    for line in text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+    {
         match line.split_once('=') {
             Some(("user", value)) => user = Some(value.trim().to_string()),
             Some(("password", value)) => password = Some(value.to_string()),

@@ -11,7 +11,10 @@ const DISK_MIB: u64 = 16;
 
 /// Restores `snapshot`'s only disk and checks it against `expected`.
 fn assert_restores(bed: &Bed, snapshot: &str, expected: &std::path::Path) {
-    let out = bed.path(&format!("restored-{}.raw", snapshot.replace([':', '@'], "_")));
+    let out = bed.path(&format!(
+        "restored-{}.raw",
+        snapshot.replace([':', '@'], "_")
+    ));
     bed.ok(&["restore", snapshot, "--to", out.to_str().unwrap()]);
     assert_same_disk(expected, &out);
 }
@@ -33,7 +36,10 @@ fn full_then_incrementals_read_only_changed_areas_and_restore_byte_identical() {
     // Only the allocated areas are read: slots 0, 5 and 12, never the zeros between.
     assert_eq!(disk_stat(&full, "size"), DISK_MIB * MIB);
     assert_eq!(disk_stat(&full, "bytes_read"), 3 * MIB);
-    assert!(vsphere.snapshot_names().is_empty(), "the snapshot must be removed");
+    assert!(
+        vsphere.snapshot_names().is_empty(),
+        "the snapshot must be removed"
+    );
     let first = keep_copy(&flat, &bed.path("first.raw"));
 
     // Two writes, each inside one chunk.
@@ -41,9 +47,7 @@ fn full_then_incrementals_read_only_changed_areas_and_restore_byte_identical() {
     write_at(&flat, 9 * MIB, &noise(5, 70 << 10));
     let second_report = vsphere.backup(&bed);
     assert_eq!(mode(&second_report, "disk1").0, "incremental");
-    assert_eq!(
-        disk_stat(&second_report, "bytes_read"), 2 * MIB
-    );
+    assert_eq!(disk_stat(&second_report, "bytes_read"), 2 * MIB);
     assert!(vsphere.snapshot_names().is_empty());
     let second = keep_copy(&flat, &bed.path("second.raw"));
 
@@ -51,13 +55,15 @@ fn full_then_incrementals_read_only_changed_areas_and_restore_byte_identical() {
     write_at(&flat, 6 * MIB - (4 << 10), &noise(6, 8 << 10));
     let third_report = vsphere.backup(&bed);
     assert_eq!(mode(&third_report, "disk1").0, "incremental");
-    assert_eq!(
-        disk_stat(&third_report, "bytes_read"), 2 * MIB
-    );
+    assert_eq!(disk_stat(&third_report, "bytes_read"), 2 * MIB);
     assert!(vsphere.snapshot_names().is_empty());
     let third = keep_copy(&flat, &bed.path("third.raw"));
 
-    for (report, expected) in [(&full, &first), (&second_report, &second), (&third_report, &third)] {
+    for (report, expected) in [
+        (&full, &first),
+        (&second_report, &second),
+        (&third_report, &third),
+    ] {
         assert_restores(&bed, report["snapshot"].as_str().unwrap(), expected);
     }
     // The hardware and the changeIds are in the manifests.
@@ -68,7 +74,10 @@ fn full_then_incrementals_read_only_changed_areas_and_restore_byte_identical() {
     let hardware: serde_json::Value = serde_json::from_str(&config.data).unwrap();
     assert_eq!(hardware["name"], VM);
     assert_eq!(hardware["disks"][0]["capacity"], DISK_MIB * MIB);
-    assert!(hardware["cpus"].as_u64().is_some_and(|cpus| cpus > 0), "{hardware}");
+    assert!(
+        hardware["cpus"].as_u64().is_some_and(|cpus| cpus > 0),
+        "{hardware}"
+    );
     assert_eq!(third_manifest.source.kind, "vsphere");
     let change_id = |manifest: &haven_repo::Manifest| manifest.disks[0].chain["change-id"].clone();
     assert_ne!(change_id(&first_manifest), change_id(&third_manifest));
@@ -87,7 +96,10 @@ fn leftover_and_failed_snapshots_are_removed_and_a_rejected_change_id_reads_in_f
     vsphere.session(async |client, vm| {
         let name = format!("haven-{VM}-20200101T000000Z");
         client.create_snapshot(&vm, &name, "", false).await.unwrap();
-        client.create_snapshot(&vm, "nightly", "", false).await.unwrap();
+        client
+            .create_snapshot(&vm, "nightly", "", false)
+            .await
+            .unwrap();
     });
     let report = vsphere.backup(&bed);
     assert_eq!(

@@ -120,10 +120,8 @@ fn build() -> Result<PathBuf, FixtureError> {
     if binary.exists() {
         return Ok(binary);
     }
-    std::fs::create_dir_all(&dir).map_err(FixtureError::io(format!(
-        "cannot create {}",
-        dir.display()
-    )))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(FixtureError::io(format!("cannot create {}", dir.display())))?;
     let _lock = FileLock::take(&dir.join("lock"))?;
     if binary.exists() {
         return Ok(binary);
@@ -163,7 +161,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// An exclusive `flock` on a file, released when dropped (the file is closed).
-struct FileLock(std::fs::File);
+struct FileLock {
+    _file: std::fs::File,
+}
 
 impl FileLock {
     fn take(path: &Path) -> Result<Self, FixtureError> {
@@ -175,6 +175,6 @@ impl FileLock {
                 std::io::Error::last_os_error(),
             ));
         }
-        Ok(Self(file))
+        Ok(Self { _file: file })
     }
 }

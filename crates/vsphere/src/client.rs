@@ -49,7 +49,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("url", &self.url.as_str()).finish()
+        f.debug_struct("Client")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
@@ -228,8 +230,7 @@ impl Client {
             disks: model::disks(&devices).map_err(reply)?,
             nics: model::nics(&devices),
             change_tracking: text("config.changeTrackingEnabled").as_deref() == Some("true"),
-            tools_running: text("guest.toolsRunningStatus").as_deref()
-                == Some("guestToolsRunning"),
+            tools_running: text("guest.toolsRunningStatus").as_deref() == Some("guestToolsRunning"),
             snapshots,
         })
     }
@@ -296,7 +297,9 @@ impl Client {
             .await?;
         let result = self.wait(&task, "CreateSnapshot_Task").await?;
         result
-            .ok_or_else(|| VsphereError::reply("CreateSnapshot_Task", "the task returned no snapshot"))?
+            .ok_or_else(|| {
+                VsphereError::reply("CreateSnapshot_Task", "the task returned no snapshot")
+            })?
             .moref()
             .map_err(|reason| VsphereError::reply("CreateSnapshot_Task", reason))
     }
@@ -332,7 +335,8 @@ impl Client {
                 }
             })
             .collect();
-        model::disks(&devices).map_err(|reason| VsphereError::reply("RetrieveProperties (snapshot)", reason))
+        model::disks(&devices)
+            .map_err(|reason| VsphereError::reply("RetrieveProperties (snapshot)", reason))
     }
 
     /// The areas of disk `device_key` that changed between `change_id` and `snapshot`
@@ -423,7 +427,12 @@ impl Client {
     }
 
     /// A datastore file's URL: `https://HOST/folder/PATH?dcPath=DC&dsName=DS`.
-    pub fn datastore_url(&self, datacenter: &str, datastore: &str, path: &str) -> Result<reqwest::Url> {
+    pub fn datastore_url(
+        &self,
+        datacenter: &str,
+        datastore: &str,
+        path: &str,
+    ) -> Result<reqwest::Url> {
         let mut url = self.url.clone();
         url.set_query(None);
         {
@@ -467,17 +476,34 @@ impl Client {
                     format!("bytes {offset}..={last} are past the end of the file"),
                 ));
             }
-            200 => return Err(VsphereError::reply(&call(), "the server ignored the byte range")),
-            status => return Err(VsphereError::Status { call: call(), status }),
+            200 => {
+                return Err(VsphereError::reply(
+                    &call(),
+                    "the server ignored the byte range",
+                ));
+            }
+            status => {
+                return Err(VsphereError::Status {
+                    call: call(),
+                    status,
+                });
+            }
         }
         let mut filled = 0;
-        while let Some(chunk) = response.chunk().await.map_err(|source| VsphereError::Http {
-            call: call(),
-            source,
-        })? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| VsphereError::Http {
+                call: call(),
+                source,
+            })?
+        {
             let end = filled + chunk.len();
             if end > buf.len() {
-                return Err(VsphereError::reply(&call(), "more bytes than the range asked for"));
+                return Err(VsphereError::reply(
+                    &call(),
+                    "more bytes than the range asked for",
+                ));
             }
             buf[filled..end].copy_from_slice(&chunk);
             filled = end;
@@ -514,7 +540,12 @@ impl Client {
     }
 
     /// `RetrieveProperties` of `paths` on objects of type `kind` that `object_set` reaches.
-    async fn retrieve(&self, kind: &str, paths: &[&str], object_set: &str) -> Result<Vec<ObjectContent>> {
+    async fn retrieve(
+        &self,
+        kind: &str,
+        paths: &[&str],
+        object_set: &str,
+    ) -> Result<Vec<ObjectContent>> {
         let call = "RetrieveProperties";
         let path_set: String = paths
             .iter()
@@ -594,7 +625,10 @@ impl Client {
                 other => {
                     return Err(VsphereError::reply(
                         name,
-                        format!("unknown task state {:?}", other.chars().take(40).collect::<String>()),
+                        format!(
+                            "unknown task state {:?}",
+                            other.chars().take(40).collect::<String>()
+                        ),
                     ));
                 }
             }
@@ -670,10 +704,17 @@ pub(crate) fn parse_reply(method: &str, status: u16, body: &[u8]) -> Result<Elem
     };
     let envelope = match Element::parse(body) {
         Ok(envelope) => envelope,
-        Err(reason) => return Err(not_soap().unwrap_or_else(|| VsphereError::reply(method, reason))),
+        Err(reason) => {
+            return Err(not_soap().unwrap_or_else(|| VsphereError::reply(method, reason)));
+        }
     };
-    let Some(soap_body) = envelope.child("Body").filter(|_| envelope.name == "Envelope") else {
-        return Err(not_soap().unwrap_or_else(|| VsphereError::reply(method, "not a SOAP envelope")));
+    let Some(soap_body) = envelope
+        .child("Body")
+        .filter(|_| envelope.name == "Envelope")
+    else {
+        return Err(
+            not_soap().unwrap_or_else(|| VsphereError::reply(method, "not a SOAP envelope"))
+        );
     };
     if let Some(fault) = soap_body.child("Fault") {
         let detail = fault
@@ -753,12 +794,19 @@ mod tests {
         let error = parse_reply("Login", 200, truncated).unwrap_err();
         assert!(matches!(error, VsphereError::Reply { .. }), "{error}");
         let error = parse_reply("Login", 502, b"<html>bad gateway").unwrap_err();
-        assert!(matches!(error, VsphereError::Status { status: 502, .. }), "{error}");
+        assert!(
+            matches!(error, VsphereError::Status { status: 502, .. }),
+            "{error}"
+        );
         let error = parse_reply("Login", 200, &reply("<LogoutResponse/>")).unwrap_err();
         assert!(error.to_string().contains("no <LoginResponse>"), "{error}");
         let error = parse_reply("Login", 200, b"<a/>").unwrap_err();
         assert!(error.to_string().contains("not a SOAP envelope"), "{error}");
-        let ok = parse_reply("Login", 200, &reply("<LoginResponse><returnval/></LoginResponse>"));
+        let ok = parse_reply(
+            "Login",
+            200,
+            &reply("<LoginResponse><returnval/></LoginResponse>"),
+        );
         assert!(ok.is_ok());
     }
 }

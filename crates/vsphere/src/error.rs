@@ -79,10 +79,13 @@ impl VsphereError {
     /// and failed tasks may; a refused login, a missing VM or a bad request do not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Fault { fault, .. } => {
-                !matches!(fault.as_str(), "InvalidLogin" | "NoPermission" | "NotAuthenticated")
+            Self::Fault { fault, .. } => !matches!(
+                fault.as_str(),
+                "InvalidLogin" | "NoPermission" | "NotAuthenticated"
+            ),
+            Self::Http { .. } | Self::Status { .. } | Self::Task { .. } | Self::Reply { .. } => {
+                true
             }
-            Self::Http { .. } | Self::Status { .. } | Self::Task { .. } | Self::Reply { .. } => true,
             Self::CaFile { .. } | Self::NotFound(_) | Self::InvalidInput(_) => false,
         }
     }

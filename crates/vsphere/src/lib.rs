@@ -22,8 +22,6 @@ pub mod xml;
 
 pub use client::{Client, ConnectOptions, MAX_REPLY_BYTES};
 pub use error::{Result, VsphereError};
+pub use model::{Area, MoRef, Nic, SnapshotEntry, VirtualDisk, VmInfo, datastore_path, flat_file};
 /// URLs of datastore files ([`Client::datastore_url`]).
 pub use reqwest::Url;
-pub use model::{
-    Area, MoRef, Nic, SnapshotEntry, VirtualDisk, VmInfo, datastore_path, flat_file,
-};

@@ -218,7 +218,8 @@ pub fn datastore_path(file_name: &str) -> Option<(&str, &str)> {
 /// The raw data file of a flat disk: `name.vmdk`'s `name-flat.vmdk`, where ESXi keeps
 /// the disk's bytes as they are.
 pub fn flat_file(path: &str) -> Option<String> {
-    path.strip_suffix(".vmdk").map(|stem| format!("{stem}-flat.vmdk"))
+    path.strip_suffix(".vmdk")
+        .map(|stem| format!("{stem}-flat.vmdk"))
 }
 
 #[cfg(test)]
@@ -233,6 +234,9 @@ mod tests {
         );
         assert_eq!(datastore_path("vm/disk1.vmdk"), None);
         assert_eq!(datastore_path("[] x"), None);
-        assert_eq!(flat_file("vm/disk1.vmdk").as_deref(), Some("vm/disk1-flat.vmdk"));
+        assert_eq!(
+            flat_file("vm/disk1.vmdk").as_deref(),
+            Some("vm/disk1-flat.vmdk")
+        );
     }
 }

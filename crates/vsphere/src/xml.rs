@@ -41,9 +41,12 @@ impl Element {
         let mut elements = 0usize;
         let mut root = None;
         loop {
-            let event = reader
-                .read_event()
-                .map_err(|error| format!("malformed XML at byte {}: {error}", reader.buffer_position()))?;
+            let event = reader.read_event().map_err(|error| {
+                format!(
+                    "malformed XML at byte {}: {error}",
+                    reader.buffer_position()
+                )
+            })?;
             match event {
                 Event::Start(start) | Event::Empty(start) if root.is_some() => {
                     let _ = start;
@@ -146,7 +149,8 @@ impl Element {
 
     /// The descendant at `path` (child names separated by `/`), or an error naming it.
     pub fn path(&self, path: &str) -> XmlResult<&Element> {
-        path.split('/').try_fold(self, |element, name| element.require(name))
+        path.split('/')
+            .try_fold(self, |element, name| element.require(name))
     }
 
     /// The text of child `name`, or an error.
@@ -198,7 +202,10 @@ impl Element {
             .ok_or_else(|| format!("<{}> is not a managed object reference", self.name))?;
         let value = self.text.trim();
         if value.is_empty() {
-            return Err(format!("<{}> is an empty managed object reference", self.name));
+            return Err(format!(
+                "<{}> is an empty managed object reference",
+                self.name
+            ));
         }
         Ok(crate::MoRef::new(kind, value))
     }
@@ -257,8 +264,14 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(root.number::<i64>("b"), Ok(42));
-        assert_eq!(root.require("b").map(|b| b.xsi_type.clone()), Ok(Some("long".into())));
-        assert_eq!(root.require("c").and_then(Element::moref).map(|m| m.value), Ok("vm-1".into()));
+        assert_eq!(
+            root.require("b").map(|b| b.xsi_type.clone()),
+            Ok(Some("long".into()))
+        );
+        assert_eq!(
+            root.require("c").and_then(Element::moref).map(|m| m.value),
+            Ok("vm-1".into())
+        );
         assert_eq!(root.text_of("d"), Ok("x & A<z>"));
         assert!(root.child("e").is_some());
     }
@@ -268,17 +281,37 @@ mod tests {
         let truncated = Element::parse(b"<a><b>1</b><c>").unwrap_err();
         assert!(truncated.contains("truncated"), "{truncated}");
         let deep = "<a>".repeat(MAX_DEPTH + 1);
-        assert!(Element::parse(deep.as_bytes()).unwrap_err().contains("deeper"));
+        assert!(
+            Element::parse(deep.as_bytes())
+                .unwrap_err()
+                .contains("deeper")
+        );
         let doctype = br#"<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>"#;
         assert!(Element::parse(doctype).unwrap_err().contains("DOCTYPE"));
-        assert!(Element::parse(b"<a>&bogus;</a>").unwrap_err().contains("unknown entity"));
+        assert!(
+            Element::parse(b"<a>&bogus;</a>")
+                .unwrap_err()
+                .contains("unknown entity")
+        );
         assert!(Element::parse(b"<a></b>").is_err());
         assert!(Element::parse(b"").unwrap_err().contains("empty"));
-        assert!(Element::parse(b"<a/><b/>").unwrap_err().contains("after the root"));
+        assert!(
+            Element::parse(b"<a/><b/>")
+                .unwrap_err()
+                .contains("after the root")
+        );
         let root = Element::parse(b"<a><n>12x</n><t>maybe</t><m>vm-1</m></a>").expect("parses");
         assert!(root.number::<u64>("n").unwrap_err().contains("not a u64"));
-        assert!(root.number::<u64>("missing").unwrap_err().contains("has no <missing>"));
-        assert!(root.optional_bool("t").unwrap_err().contains("not a boolean"));
+        assert!(
+            root.number::<u64>("missing")
+                .unwrap_err()
+                .contains("has no <missing>")
+        );
+        assert!(
+            root.optional_bool("t")
+                .unwrap_err()
+                .contains("not a boolean")
+        );
         assert!(root.require("m").and_then(Element::moref).is_err());
     }
 }

@@ -290,7 +290,10 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
                     disk.file_name, disk.backing
                 )));
             }
-            if selected.iter().any(|other: &SelectedDisk| other.name == name) {
+            if selected
+                .iter()
+                .any(|other: &SelectedDisk| other.name == name)
+            {
                 return Err(WorkerError::InvalidInput(format!(
                     "two disks of the VM are named {name}"
                 )));
@@ -323,11 +326,7 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
 
     fn read_mode(&self, position: usize, previous: &Previous<'_>) -> Option<ReadMode> {
         let disk = &self.selected[position].disk;
-        Some(decide(
-            disk,
-            previous,
-            self.enabled_change_tracking,
-        ))
+        Some(decide(disk, previous, self.enabled_change_tracking))
     }
 
     async fn vm_config(&mut self) -> Result<Option<VmConfig>> {
@@ -374,11 +373,9 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
                 })?;
             let mut mode = mode.clone();
             let tracked = disk.change_id.is_some();
-            let areas = self
-                .areas(&vm, &snapshot, disk, tracked, &mut mode)
-                .await?;
-            let (datastore, path) = haven_vsphere::datastore_path(&disk.file_name)
-                .ok_or_else(|| {
+            let areas = self.areas(&vm, &snapshot, disk, tracked, &mut mode).await?;
+            let (datastore, path) =
+                haven_vsphere::datastore_path(&disk.file_name).ok_or_else(|| {
                     WorkerError::InvalidInput(format!(
                         "disk {} has no datastore path: {:?}",
                         selected.name, disk.file_name
@@ -429,7 +426,11 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
             (CHAIN_SIZE.to_string(), disk.capacity.to_string()),
             (CHAIN_DEVICE_KEY.to_string(), disk.key.to_string()),
         ]);
-        if let Some(change_id) = self.reads.get(position).and_then(|read| read.change_id.clone()) {
+        if let Some(change_id) = self
+            .reads
+            .get(position)
+            .and_then(|read| read.change_id.clone())
+        {
             chain.insert(CHAIN_CHANGE_ID.to_string(), change_id);
         }
         chain
@@ -448,7 +449,11 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
 /// The disk's name in the snapshot: its descriptor's file name without `.vmdk`
 /// (`disk1` for `[ds] vm/disk1.vmdk`).
 fn disk_name(disk: &VirtualDisk) -> Result<String> {
-    let file = disk.file_name.rsplit(['/', ']', ' ']).next().unwrap_or_default();
+    let file = disk
+        .file_name
+        .rsplit(['/', ']', ' '])
+        .next()
+        .unwrap_or_default();
     let name = file.strip_suffix(".vmdk").unwrap_or(file).to_string();
     haven_repo::validate_name(&name).map_err(|_| {
         WorkerError::InvalidInput(format!(
@@ -505,7 +510,9 @@ struct FlatDisk {
 
 impl std::fmt::Debug for FlatDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlatDisk").field("url", &self.url.path()).finish()
+        f.debug_struct("FlatDisk")
+            .field("url", &self.url.path())
+            .finish()
     }
 }
 

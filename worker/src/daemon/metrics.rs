@@ -159,9 +159,7 @@ fn error_source(error: &WorkerError) -> &'static str {
         WorkerError::Qmp(_)
         | WorkerError::Vsphere(_)
         | WorkerError::Hypervisor { .. }
-        | WorkerError::Unreachable(_) => {
-            "hypervisor"
-        }
+        | WorkerError::Unreachable(_) => "hypervisor",
         WorkerError::Tool { .. } => "tool",
         WorkerError::Refused { .. } | WorkerError::JobMoved(_) => "coordinator",
         WorkerError::InvalidInput(_) => "input",

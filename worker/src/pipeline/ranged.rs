@@ -88,7 +88,10 @@ mod tests {
             .into_iter()
             .map(|e| (e.offset, e.length, e.flags))
             .collect();
-        assert_eq!(got, [(0, 10, 2), (10, 10, 1), (20, 10, 2), (30, 5, 1), (35, 5, 2)]);
+        assert_eq!(
+            got,
+            [(0, 10, 2), (10, 10, 1), (20, 10, 2), (30, 5, 1), (35, 5, 2)]
+        );
         let got: Vec<(u64, u64, u32)> = extents(&areas, 120, 200, 1, 2)
             .into_iter()
             .map(|e| (e.offset, e.length, e.flags))

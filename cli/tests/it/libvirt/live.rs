@@ -111,7 +111,6 @@ fn kill_during_job(bed: &Bed, libvirt: &Libvirt, domain: &str) {
     );
 }
 
-
 fn bytes_read(report: &Value, name: &str) -> u64 {
     disk(report, name)["bytes_read"].as_u64().unwrap()
 }
