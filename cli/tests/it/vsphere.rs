@@ -69,7 +69,10 @@ fn full_then_incrementals_read_only_changed_areas_and_restore_byte_identical() {
     // The hardware and the changeIds are in the manifests.
     let first_manifest = bed.manifest(full["snapshot"].as_str().unwrap());
     let third_manifest = bed.manifest(third_report["snapshot"].as_str().unwrap());
-    let config = third_manifest.vm_config.expect("the hardware is recorded");
+    let config = third_manifest
+        .vm_config
+        .as_ref()
+        .expect("the hardware is recorded");
     assert_eq!(config.kind, "vsphere-hardware");
     let hardware: serde_json::Value = serde_json::from_str(&config.data).unwrap();
     assert_eq!(hardware["name"], VM);

@@ -32,12 +32,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"encoding/xml"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -49,8 +51,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/methods"
-	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -140,87 +140,151 @@ func backing(disk *types.VirtualDisk) *types.VirtualDiskFlatVer2BackingInfo {
 	return b
 }
 
-// CbtVM adds change tracking to simulator.VirtualMachine.
-type CbtVM struct {
-	*simulator.VirtualMachine
+// soapRequest is the part of a SOAP request the extension reads.
+type soapRequest struct {
+	Body struct {
+		Query *struct {
+			This        string `xml:"_this"`
+			Snapshot    string `xml:"snapshot"`
+			DeviceKey   int32  `xml:"deviceKey"`
+			StartOffset int64  `xml:"startOffset"`
+			ChangeId    string `xml:"changeId"`
+		} `xml:"QueryChangedDiskAreas"`
+		Snapshot *struct {
+			This string `xml:"_this"`
+		} `xml:"CreateSnapshot_Task"`
+	} `xml:"Body"`
 }
 
-// CreateSnapshotTask gives each disk a new changeId holding its blocks now, then takes
-// the simulator's snapshot (whose configuration carries the new changeIds).
-func (vm *CbtVM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
-	ids := map[int32]string{}
-	tracking := vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
-	if tracking {
-		cbt.Lock()
-		for _, disk := range disks(vm.VirtualMachine) {
-			b := backing(disk)
-			if b == nil {
-				continue
-			}
-			file, err := flatPath(b.FileName)
-			if err != nil {
-				cbt.Unlock()
-				return &methods.CreateSnapshot_TaskBody{Fault_: simulator.Fault(err.Error(), &types.InvalidArgument{})}
-			}
-			state, err := scan(file)
-			if err != nil {
-				cbt.Unlock()
-				return &methods.CreateSnapshot_TaskBody{Fault_: simulator.Fault(err.Error(), &types.FileFault{File: file})}
-			}
-			cbt.next++
-			id := fmt.Sprintf("52 %02x %02x 8e 61 5f 3a c4-b7 %04x/%d", disk.Key&0xff, cbt.next&0xff, cbt.next, cbt.next)
-			cbt.states[id] = state
-			ids[disk.Key] = id
-			b.ChangeId = id
+// extend serves QueryChangedDiskAreas itself and gives disks new changeIds before the
+// simulator takes a snapshot; everything else goes to the simulator unchanged. (The
+// simulator's own extension point, wrapping its objects in the registry, breaks its
+// type assertions on VirtualMachine.)
+func extend(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/sdk") {
+			next.ServeHTTP(w, r)
+			return
 		}
-		cbt.Unlock()
-	}
-	body := vm.VirtualMachine.CreateSnapshotTask(req)
-	if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
-		cbt.Lock()
-		cbt.snapshots[vm.Snapshot.CurrentSnapshot.Value] = ids
-		cbt.Unlock()
-	}
-	return body
+		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var req soapRequest
+		_ = xml.Unmarshal(body, &req)
+		if q := req.Body.Query; q != nil {
+			queryChangedDiskAreas(w, q.Snapshot, q.DeviceKey, q.StartOffset, q.ChangeId)
+			return
+		}
+		var vm *simulator.VirtualMachine
+		ids := map[int32]string{}
+		if c := req.Body.Snapshot; c != nil {
+			ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: strings.TrimSpace(c.This)}
+			vm, _ = simulator.Map.Get(ref).(*simulator.VirtualMachine)
+			if vm != nil {
+				var fault error
+				simulator.Map.WithLock(vm, func() { ids, fault = newChangeIds(vm) })
+				if fault != nil {
+					soapFault(w, fault.Error(), "FileFault", "")
+					return
+				}
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+		if vm != nil {
+			simulator.Map.WithLock(vm, func() {
+				if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
+					cbt.Lock()
+					cbt.snapshots[vm.Snapshot.CurrentSnapshot.Value] = ids
+					cbt.Unlock()
+				}
+			})
+		}
+	})
 }
 
-// QueryChangedDiskAreas answers from the block hashes kept per changeId.
-func (vm *CbtVM) QueryChangedDiskAreas(req *types.QueryChangedDiskAreas) soap.HasFault {
-	body := &methods.QueryChangedDiskAreasBody{}
-	fail := func(msg string, fault types.BaseMethodFault) soap.HasFault {
-		body.Fault_ = simulator.Fault(msg, fault)
-		return body
-	}
-	if req.Snapshot == nil {
-		return fail("a snapshot is required", &types.InvalidArgument{InvalidProperty: "snapshot"})
+// newChangeIds gives each disk of a VM with change tracking on a new changeId holding
+// its blocks now.
+func newChangeIds(vm *simulator.VirtualMachine) (map[int32]string, error) {
+	ids := map[int32]string{}
+	if vm.Config.ChangeTrackingEnabled == nil || !*vm.Config.ChangeTrackingEnabled {
+		return ids, nil
 	}
 	cbt.Lock()
 	defer cbt.Unlock()
-	ids, ok := cbt.snapshots[req.Snapshot.Value]
-	if !ok {
-		return fail("no such snapshot", &types.ManagedObjectNotFound{Obj: *req.Snapshot})
+	for _, disk := range disks(vm) {
+		b := backing(disk)
+		if b == nil {
+			continue
+		}
+		file, err := flatPath(b.FileName)
+		if err != nil {
+			return nil, err
+		}
+		state, err := scan(file)
+		if err != nil {
+			return nil, err
+		}
+		cbt.next++
+		id := fmt.Sprintf("52 %02x %02x 8e 61 5f 3a c4-b7 %04x/%d", disk.Key&0xff, cbt.next&0xff, cbt.next, cbt.next)
+		cbt.states[id] = state
+		ids[disk.Key] = id
+		b.ChangeId = id
 	}
-	id, ok := ids[req.DeviceKey]
+	return ids, nil
+}
+
+func soapFault(w http.ResponseWriter, msg, fault, property string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	var detail strings.Builder
+	_ = xml.EscapeText(&detail, []byte(msg))
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail><%sFault xmlns="urn:vim25" xsi:type="%s"><invalidProperty>%s</invalidProperty></%sFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`,
+		detail.String(), fault, fault, property, fault)
+}
+
+// queryChangedDiskAreas answers from the block hashes kept per changeId.
+func queryChangedDiskAreas(w http.ResponseWriter, snapshot string, deviceKey int32, startOffset int64, changeId string) {
+	cbt.Lock()
+	defer cbt.Unlock()
+	ids, ok := cbt.snapshots[strings.TrimSpace(snapshot)]
 	if !ok {
-		return fail("change tracking was off for this disk at the snapshot", &types.FileFault{})
+		soapFault(w, "no such snapshot", "ManagedObjectNotFound", "")
+		return
+	}
+	id, ok := ids[deviceKey]
+	if !ok {
+		soapFault(w, "change tracking was off for this disk at the snapshot", "FileFault", "")
+		return
 	}
 	now := cbt.states[id]
-	if req.StartOffset < 0 || req.StartOffset > now.size {
-		return fail("startOffset out of range", &types.InvalidArgument{InvalidProperty: "startOffset"})
+	if startOffset < 0 || startOffset > now.size {
+		soapFault(w, "startOffset out of range", "InvalidArgument", "startOffset")
+		return
 	}
 	var then *blockState
-	if req.ChangeId != "*" {
-		then, ok = cbt.states[req.ChangeId]
+	if changeId != "*" {
+		then, ok = cbt.states[changeId]
 		if !ok {
-			return fail("unknown changeId", &types.InvalidArgument{InvalidProperty: "changeId"})
+			soapFault(w, "unknown changeId", "InvalidArgument", "changeId")
+			return
 		}
 	}
-	end := req.StartOffset + replyWindow
+	end := startOffset + replyWindow
 	if end > now.size {
 		end = now.size
 	}
-	info := types.DiskChangeInfo{StartOffset: req.StartOffset, Length: end - req.StartOffset}
-	for block := req.StartOffset / blockSize; block*blockSize < end; block++ {
+	var areas strings.Builder
+	var areaStart, areaLength int64 = -1, 0
+	flush := func() {
+		if areaStart >= 0 {
+			fmt.Fprintf(&areas, "<changedArea><start>%d</start><length>%d</length></changedArea>", areaStart, areaLength)
+		}
+		areaStart, areaLength = -1, 0
+	}
+	for block := startOffset / blockSize; block*blockSize < end; block++ {
 		var changed bool
 		if then == nil {
 			changed = !now.zero[block]
@@ -228,6 +292,7 @@ func (vm *CbtVM) QueryChangedDiskAreas(req *types.QueryChangedDiskAreas) soap.Ha
 			changed = block >= int64(len(then.hashes)) || then.hashes[block] != now.hashes[block]
 		}
 		if !changed {
+			flush()
 			continue
 		}
 		start := block * blockSize
@@ -235,15 +300,15 @@ func (vm *CbtVM) QueryChangedDiskAreas(req *types.QueryChangedDiskAreas) soap.Ha
 		if start+length > now.size {
 			length = now.size - start
 		}
-		areas := info.ChangedArea
-		if n := len(areas); n > 0 && areas[n-1].Start+areas[n-1].Length == start {
-			areas[n-1].Length += length
-		} else {
-			info.ChangedArea = append(areas, types.DiskChangeExtent{Start: start, Length: length})
+		if areaStart < 0 {
+			areaStart = start
 		}
+		areaLength = start + length - areaStart
 	}
-	body.Res = &types.QueryChangedDiskAreasResponse{Returnval: info}
-	return body
+	flush()
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>%s</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>`,
+		startOffset, end-startOffset, areas.String())
 }
 
 // certificates makes a CA and a certificate for 127.0.0.1 it signs (ECDSA P-256:
@@ -343,14 +408,24 @@ func main() {
 				log.Fatal(err)
 			}
 		}
-		simulator.Map.Put(&CbtVM{vm})
 		vms = append(vms, vm.Name)
 	}
 
 	server := model.Service.NewServer()
 	defer server.Close()
+	// A front server of our own, with the extension in front of the simulator's handler.
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	front := &http.Server{
+		Handler:   extend(server.Config.Handler),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+	}
+	go func() { _ = front.ServeTLS(listener, "", "") }()
 	sdk := *server.URL
 	sdk.User = nil
+	sdk.Host = listener.Addr().String()
 	info := map[string]interface{}{
 		"url":        sdk.String(),
 		"ca_file":    *caFile,

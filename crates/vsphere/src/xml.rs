@@ -225,10 +225,10 @@ fn element(start: &BytesStart<'_>) -> XmlResult<Element> {
     for attribute in start.attributes() {
         let attribute = attribute.map_err(|error| format!("malformed attribute: {error}"))?;
         let key = attribute.key.local_name();
-        let is_xsi = attribute
-            .key
-            .prefix()
-            .is_some_and(|prefix| prefix.as_ref() == b"xsi");
+        // A prefixed `type` is the schema-instance type, whatever the prefix (`xsi` from
+        // vSphere, `XMLSchema-instance` from Go's encoder); an unprefixed one names a
+        // managed object's type.
+        let is_xsi = attribute.key.prefix().is_some();
         let value = || {
             attribute
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
