@@ -13,6 +13,12 @@
 // Replies cover at most 8 MiB of the disk each, so clients must page through
 // startOffset as they must with ESXi.
 //
+// Both are served by a front HTTPS server of our own in front of the simulator's
+// handler (which gets every other request unchanged): the simulator's extension point,
+// wrapping its VM objects in its registry, breaks its own type assertions on
+// *VirtualMachine (snapshots, container views). The front does not check the session
+// cookie for QueryChangedDiskAreas.
+//
 // Once serving it writes a JSON description of itself (URL, credentials, datastore
 // folders, VM names) to the file -info names (written aside and renamed, so a reader
 // never sees half of it), and serves until SIGTERM or SIGINT. Datastore folders are
