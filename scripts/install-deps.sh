@@ -26,6 +26,9 @@ packages=(
   chromium chromium-driver
   # storage node tests: real S3 clients; faketime shifts a client's clock (clock skew errors)
   awscli rclone restic python3 python3-boto3 faketime
+  # vSphere tests: govmomi's vCenter simulator built from Go source (crates/testkit/vcsim)
+  golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev
+  golang-github-kr-pretty-dev golang-github-davecgh-go-xdr-dev golang-github-vmware-vmw-guestinfo-dev
 )
 
 install_missing_packages "${packages[@]}"

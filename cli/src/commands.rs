@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backup;
 pub mod backup_libvirt;
 pub mod backup_qemu;
+pub mod backup_vsphere;
 pub mod catalog;
 pub mod cluster;
 pub mod dev;

@@ -1,8 +1,8 @@
 //! Hypervisor adapters: the first stage of the data path (hypervisor → NBD → pipeline →
 //! repository).
 //!
-//! An adapter knows one kind of source (image files, a running QEMU, a libvirt domain;
-//! VMware next) and implements [`HypervisorAdapter`]: it finds the disks, decides how
+//! An adapter knows one kind of source (image files, a running QEMU, a libvirt domain,
+//! a vSphere VM) and implements [`HypervisorAdapter`]: it finds the disks, decides how
 //! each is read (full, or only what a dirty bitmap or checkpoint marks changed:
 //! [`chain`]), takes the point-in-time view, exports each disk over NBD (or, for a raw
 //! image, hands over the file itself), records the VM's configuration, and tears down
@@ -25,6 +25,7 @@ pub mod image;
 pub mod libvirt;
 mod marker;
 pub mod qemu;
+pub mod vsphere;
 
 /// One kind of hypervisor, as the backup driver sees it.
 ///

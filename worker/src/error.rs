@@ -24,6 +24,9 @@ pub enum WorkerError {
     /// A QMP or guest-agent exchange with QEMU failed, or QEMU refused a command.
     #[error("qmp")]
     Qmp(#[from] QmpError),
+    /// vSphere refused a call, failed a task or answered something unusable.
+    #[error("vSphere")]
+    Vsphere(#[from] haven_vsphere::VsphereError),
     /// The hypervisor (QEMU, libvirt) answered something Haven cannot use.
     #[error("{hypervisor}: {message}")]
     Hypervisor {
@@ -92,6 +95,7 @@ impl WorkerError {
         match self {
             WorkerError::Repo(error) => error.is_retryable(),
             WorkerError::Nbd(error) => error.is_retryable(),
+            WorkerError::Vsphere(error) => error.is_retryable(),
             WorkerError::Qmp(_)
             | WorkerError::Hypervisor { .. }
             | WorkerError::Tool { .. }

@@ -28,6 +28,9 @@ pub use adapters::driver::LiveBackupOptions;
 pub use adapters::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 pub use adapters::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 pub use adapters::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};
+pub use adapters::vsphere::{
+    VsphereBackupReport, VsphereBackupRequest, VsphereDiskMode, backup_vsphere,
+};
 pub use daemon::{HostConfig, WorkerConfig, run_worker};
 pub use error::{Result, WorkerError};
 pub use pipeline::pool::{ClientPool, PooledClient};

@@ -8,5 +8,6 @@
 
 pub mod backup;
 pub mod pool;
+pub mod ranged;
 pub mod raw_image;
 pub mod snapshot;

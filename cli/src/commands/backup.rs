@@ -20,6 +20,8 @@ pub enum BackupCommand {
     Qemu(super::backup_qemu::QemuArgs),
     /// Back up a running libvirt domain (pull-mode backup-begin, checkpoints, incremental).
     Libvirt(super::backup_libvirt::LibvirtArgs),
+    /// Back up a VMware VM through the vSphere API (snapshot, changed block tracking).
+    Vsphere(super::backup_vsphere::VsphereArgs),
 }
 
 /// Arguments of `haven backup image`.
@@ -74,6 +76,7 @@ pub async fn run(command: BackupCommand) -> Result<()> {
             super::backup_qemu::run(args).instrument(span).await
         }
         BackupCommand::Libvirt(args) => super::backup_libvirt::run(args).instrument(span).await,
+        BackupCommand::Vsphere(args) => super::backup_vsphere::run(args).instrument(span).await,
     }
 }
 

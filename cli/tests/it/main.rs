@@ -26,3 +26,4 @@ mod stats;
 mod storage_node;
 mod trace;
 mod verify_repair;
+mod vsphere;

@@ -12,7 +12,8 @@
 //! - `prometheus`: a real Prometheus server scraping given targets, and its query API;
 //! - `tls`: a CA and X.509 credentials in QEMU's directory layout;
 //! - `webhook`: an HTTP(S) receiver of notifications that fails its first requests;
-//! - `browser`: headless Chromium driven over WebDriver (`chromedriver`).
+//! - `browser`: headless Chromium driven over WebDriver (`chromedriver`);
+//! - `vsphere`: a vCenter simulator with change tracking, and `haven backup vsphere`.
 //!
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
 #![allow(dead_code)]
@@ -35,4 +36,5 @@ pub mod s3;
 pub mod storage_node;
 pub mod tls;
 pub mod tree;
+pub mod vsphere;
 pub mod webhook;

@@ -27,7 +27,8 @@
 //! library served in-process over real HTTP), [`local::LocalRepository`] (a `file://`
 //! backend whose write path is checked, not assumed), the process helpers of
 //! [`process`], the `qemu-img` images of [`image`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in
-//! QEMU's directory layout). They return [`FixtureError`] rather than panicking, so a
+//! QEMU's directory layout), and [`vcsim::Vcsim`] (govmomi's vCenter simulator with change
+//! tracking, built from Debian's Go packages). They return [`FixtureError`] rather than panicking, so a
 //! missing tool is reported as such.
 
 #![warn(missing_docs)]
@@ -42,5 +43,6 @@ pub mod process;
 pub mod storage_node;
 pub mod tls;
 pub mod unreliable;
+pub mod vcsim;
 
 pub use error::FixtureError;

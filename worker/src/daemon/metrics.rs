@@ -156,9 +156,10 @@ fn error_source(error: &WorkerError) -> &'static str {
     match error {
         WorkerError::Nbd(_) => "nbd",
         WorkerError::Repo(_) | WorkerError::AlreadyCommitted(_) => "storage",
-        WorkerError::Qmp(_) | WorkerError::Hypervisor { .. } | WorkerError::Unreachable(_) => {
-            "hypervisor"
-        }
+        WorkerError::Qmp(_)
+        | WorkerError::Vsphere(_)
+        | WorkerError::Hypervisor { .. }
+        | WorkerError::Unreachable(_) => "hypervisor",
         WorkerError::Tool { .. } => "tool",
         WorkerError::Refused { .. } | WorkerError::JobMoved(_) => "coordinator",
         WorkerError::InvalidInput(_) => "input",

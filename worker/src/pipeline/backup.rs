@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::error::{Result, WorkerError};
 use crate::pipeline::pool::{BufferPool, ClientPool, PooledBuffer};
+use crate::pipeline::ranged::{self, ByteArea, RangeRead};
 use crate::pipeline::raw_image::RawImage;
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
@@ -41,6 +42,17 @@ pub enum ChangeSource {
     /// Read only slots this NBD meta context (`qemu:dirty-bitmap:NAME`) marks dirty;
     /// every other slot keeps its id from the base index.
     DirtyBitmap(String),
+    /// Read only slots overlapping these areas (sorted, not overlapping), which the
+    /// hypervisor says changed since the base snapshot (vSphere's changed block
+    /// tracking); every other slot keeps its id from the base index.
+    ChangedAreas(Arc<[ByteArea]>),
+}
+
+impl ChangeSource {
+    /// Whether slots outside the changes keep their base ids (an incremental).
+    fn is_incremental(&self) -> bool {
+        !matches!(self, ChangeSource::Full)
+    }
 }
 
 /// Where a disk's bytes come from.
@@ -55,6 +67,14 @@ pub enum DiskSource {
     },
     /// A local raw image read in place: nothing to translate, so no server either.
     RawImage(Arc<RawImage>),
+    /// A disk read by byte ranges (a vSphere flat disk over HTTPS), of which only
+    /// `allocated` (sorted, not overlapping) holds data: everything else reads as zeros.
+    Ranged {
+        /// The reader.
+        reader: Arc<dyn RangeRead>,
+        /// The areas that may hold data.
+        allocated: Arc<[ByteArea]>,
+    },
 }
 
 /// What to back up and against what.
@@ -149,12 +169,14 @@ impl Stages {
 enum SlotReader {
     Nbd(ClientPool),
     RawImage(Arc<RawImage>),
+    Ranged(Arc<dyn RangeRead>),
 }
 
 /// Where the planner learns which slots hold data (and, for NBD, which are dirty).
 enum AllocationMap {
     Nbd(Client),
     RawImage(Arc<RawImage>),
+    Areas(Arc<[ByteArea]>),
 }
 
 impl AllocationMap {
@@ -170,6 +192,10 @@ impl AllocationMap {
                     .await
                     .map_err(WorkerError::join)?
             }
+            Self::Areas(areas) => {
+                let (inside, outside) = ranged::ALLOCATION;
+                Ok(ranged::extents(areas, start, end, inside, outside))
+            }
         }
     }
 
@@ -177,7 +203,7 @@ impl AllocationMap {
     async fn dirty(&mut self, context: &str, start: u64, end: u64) -> Result<Vec<Extent>> {
         match self {
             Self::Nbd(control) => Ok(control.block_status(context, start, end - start).await?),
-            Self::RawImage(_) => Err(no_dirty_bitmap()),
+            Self::RawImage(_) | Self::Areas(_) => Err(no_dirty_bitmap()),
         }
     }
 
@@ -189,7 +215,7 @@ impl AllocationMap {
 }
 
 fn no_dirty_bitmap() -> WorkerError {
-    WorkerError::InvalidInput("a raw image read in place has no dirty bitmap".into())
+    WorkerError::InvalidInput("only an NBD export offers a dirty bitmap".into())
 }
 
 /// Backs up one disk and returns its index; nothing is committed here.
@@ -239,13 +265,24 @@ pub async fn backup_disk(
                 disk_size,
             )
         }
+        DiskSource::Ranged { reader, allocated } => {
+            if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
+                return Err(no_dirty_bitmap());
+            }
+            let disk_size = reader.size();
+            (
+                AllocationMap::Areas(allocated),
+                SlotReader::Ranged(reader),
+                disk_size,
+            )
+        }
     };
     if disk_size > MAX_DISK_SIZE {
         return Err(WorkerError::InvalidInput(format!(
             "disk of {disk_size} bytes is larger than the supported {MAX_DISK_SIZE}"
         )));
     }
-    if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
+    if input.changes.is_incremental() {
         let usable_base = input
             .base
             .is_some_and(|base| base.disk_size() == disk_size && base.chunk_size() == chunk_size);
@@ -350,6 +387,10 @@ async fn plan_slots(
         let dirty = match &changes {
             ChangeSource::Full => None,
             ChangeSource::DirtyBitmap(context) => Some(map.dirty(context, start, end).await?),
+            ChangeSource::ChangedAreas(areas) => {
+                let (inside, outside) = ranged::DIRTY;
+                Some(ranged::extents(areas, start, end, inside, outside))
+            }
         };
         for slot in first..last {
             let (offset, slot_end) = haven_repo::slot_range(disk_size, chunk_size, slot);
@@ -492,6 +533,15 @@ async fn read_and_identify(
             })
             .await
             .map_err(WorkerError::join)?
+        }
+        SlotReader::Ranged(reader) => {
+            reader.read_at(offset, &mut data).await?;
+            tokio::task::spawn_blocking(move || {
+                let id = identify(&data);
+                (data, id)
+            })
+            .await
+            .map_err(WorkerError::join)
         }
     }
 }

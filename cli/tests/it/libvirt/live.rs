@@ -15,7 +15,6 @@ use serde_json::Value;
 
 use crate::support::{
     bed::Bed,
-    haven::PASSWORD,
     haven::RunningBackup,
     image::{MIB, assert_same_disk, write_at},
     libvirt::{Domain, Libvirt, TARGETS, two_disk_bed},
@@ -112,28 +111,6 @@ fn kill_during_job(bed: &Bed, libvirt: &Libvirt, domain: &str) {
     );
 }
 
-/// The manifest of `snapshot` (`VM@TIME`), read through the repository library.
-fn manifest(bed: &Bed, snapshot: &str) -> haven_repo::Manifest {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let backend = haven_repo::Backend::from_url(&bed.repo_url(), false).unwrap();
-        let repo = haven_repo::Repository::open(backend, PASSWORD.as_bytes())
-            .await
-            .unwrap();
-        let id = repo
-            .list_snapshots(Some("vm"))
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|id| format!("{}@{}", id.vm, id.timestamp) == snapshot)
-            .unwrap();
-        repo.read_manifest(&id).await.unwrap()
-    })
-}
-
 fn bytes_read(report: &Value, name: &str) -> u64 {
     disk(report, name)["bytes_read"].as_u64().unwrap()
 }
@@ -199,7 +176,7 @@ fn domain_full_then_two_incrementals_restore_identical() {
     }
     let first_checkpoint = full["checkpoint"].as_str().unwrap().to_string();
     // The domain XML travels with the snapshot, and the chain names the checkpoint.
-    let recorded = manifest(&bed, full["snapshot"].as_str().unwrap());
+    let recorded = bed.manifest(full["snapshot"].as_str().unwrap());
     let config = recorded.vm_config.expect("vm_config recorded");
     assert_eq!(config.kind, "libvirt-xml");
     assert!(config.data.contains(&format!("<name>{name}</name>")));

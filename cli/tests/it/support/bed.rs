@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::haven::HavenClient;
+use super::haven::{HavenClient, PASSWORD};
 use super::image::raw_image;
 use super::tree::{dir_size, files_below};
 
@@ -93,6 +93,29 @@ impl Bed {
     /// `haven backup image IMAGES --vm VM --json` whatever its exit status.
     pub fn backup_output(&self, vm: &str, images: &[&Path]) -> std::process::Output {
         self.repo().backup_output(vm, images)
+    }
+
+    /// The manifest of `snapshot` (`VM@TIME`), read through the repository library.
+    pub fn manifest(&self, snapshot: &str) -> haven_repo::Manifest {
+        let (vm, _) = snapshot.split_once('@').expect("VM@TIME");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let backend = haven_repo::Backend::from_url(&self.repo_url(), false).unwrap();
+            let repo = haven_repo::Repository::open(backend, PASSWORD.as_bytes())
+                .await
+                .unwrap();
+            let id = repo
+                .list_snapshots(Some(vm))
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|id| format!("{}@{}", id.vm, id.timestamp) == snapshot)
+                .unwrap();
+            repo.read_manifest(&id).await.unwrap()
+        })
     }
 
     /// Sum of the sizes of all chunk objects.
