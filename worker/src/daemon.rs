@@ -614,7 +614,6 @@ impl Worker {
         let live = LiveBackupOptions {
             vm: job.vm.clone(),
             disks: Vec::new(),
-            scratch_dir: self.config.scratch_dir.clone(),
             connections: self.config.connections.clamp(1, 16),
             publisher,
             read_limit: self.read_limit.clone(),
@@ -625,6 +624,7 @@ impl Worker {
                 qmp: vm.qmp,
                 guest_agent: None,
                 nbd_server: vm.nbd_server,
+                scratch_dir: self.config.scratch_dir.clone(),
                 qmp_timeout: Duration::from_secs(30),
                 freeze_timeout: Duration::from_secs(10),
             };
@@ -641,6 +641,7 @@ impl Worker {
             live,
             domain: job.vm.clone(),
             uri: Some(uri.clone()),
+            scratch_dir: self.config.scratch_dir.clone(),
             qemu_user: Some(host.qemu_user.clone()).filter(|user| !user.is_empty()),
             quiesce: false,
             virsh_timeout: Duration::from_secs(60),

@@ -1,5 +1,6 @@
 //! `haven backup libvirt`: a running libvirt domain, through `virsh` pull-mode backups.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -30,6 +31,9 @@ pub struct LibvirtArgs {
     /// Seconds allowed for each virsh call.
     #[arg(long, default_value_t = 60)]
     virsh_timeout: u64,
+    /// Folder for the scratch files and the NBD socket.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    scratch_dir: PathBuf,
     #[command(flatten)]
     live: LiveArgs,
 }
@@ -41,6 +45,7 @@ pub async fn run(args: LibvirtArgs) -> Result<()> {
         live: args.live.options(vm),
         domain: args.domain.clone(),
         uri: args.uri.clone(),
+        scratch_dir: args.scratch_dir.clone(),
         qemu_user: Some(args.qemu_user.clone()).filter(|user| !user.is_empty()),
         quiesce: args.quiesce,
         virsh_timeout: Duration::from_secs(args.virsh_timeout.max(1)),

@@ -31,6 +31,9 @@ pub struct QemuArgs {
     /// Seconds allowed for the guest agent's freeze and thaw.
     #[arg(long, default_value_t = 10)]
     freeze_timeout: u64,
+    /// Folder for the temporary overlays; QEMU must be able to write there.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    scratch_dir: PathBuf,
     #[command(flatten)]
     live: LiveArgs,
 }
@@ -42,6 +45,7 @@ pub async fn run(args: QemuArgs) -> Result<()> {
         qmp: args.qmp.clone(),
         guest_agent: args.guest_agent.clone(),
         nbd_server: args.nbd_server.clone(),
+        scratch_dir: args.scratch_dir.clone(),
         qmp_timeout: Duration::from_secs(args.qmp_timeout.max(1)),
         freeze_timeout: Duration::from_secs(args.freeze_timeout.max(1)),
     };

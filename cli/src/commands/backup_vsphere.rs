@@ -2,15 +2,13 @@
 //! tracking, ranged reads of its flat disks over HTTPS).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use haven_repo::Phase;
 use haven_vsphere::ConnectOptions;
 use haven_worker::{VsphereBackupReport, VsphereBackupRequest, backup_vsphere};
 
-use crate::common::{OutputArgs, RepoArgs, disk_figures, human_bytes};
-use crate::progress::run_and_report;
+use super::live_backup::LiveArgs;
+use crate::common::{disk_figures, human_bytes};
 
 /// Environment variable holding the vSphere user name.
 const USER_ENV: &str = "HAVEN_VSPHERE_USER";
@@ -29,9 +27,6 @@ pub struct VsphereArgs {
     /// VM name the snapshot is filed under (default: the vSphere name).
     #[arg(long = "name")]
     name: Option<String>,
-    /// Disks to back up, by descriptor name (`disk1` for `[ds] vm/disk1.vmdk`; default: all).
-    #[arg(long = "disk")]
-    disks: Vec<String>,
     /// File with `user=` and `password=` lines (default: HAVEN_VSPHERE_USER and
     /// HAVEN_VSPHERE_PASSWORD from the environment).
     #[arg(long)]
@@ -39,13 +34,8 @@ pub struct VsphereArgs {
     /// PEM file of the CA(s) to trust for vSphere's certificate instead of the system's.
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    /// Ranged reads in flight per disk.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
     #[command(flatten)]
-    repo: RepoArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    live: LiveArgs,
 }
 
 /// Runs the backup; Ctrl-C cancels it and removes the vSphere snapshot.
@@ -58,23 +48,17 @@ pub async fn run(args: VsphereArgs) -> Result<()> {
             password,
             ca_file: args.ca_file.clone(),
         },
-        vm: args.name.clone().unwrap_or_else(|| args.vm_name.clone()),
+        live: args
+            .live
+            .options(args.name.clone().unwrap_or_else(|| args.vm_name.clone())),
         vm_name: args.vm_name.clone(),
-        disks: args.disks.clone(),
-        connections: args.connections.clamp(1, 16),
-        publisher: Arc::new(haven_worker::DirectPublisher),
-        read_limit: None,
     };
-    let repo = args.repo.open().await?;
-    let shutdown = crate::common::ctrl_c();
-    run_and_report(
-        "backup",
-        Phase::Starting,
-        args.output.json,
-        |progress| backup_vsphere(repo, &request, progress, shutdown),
-        print_report,
-    )
-    .await
+    args.live
+        .run(
+            |repo, progress, shutdown| backup_vsphere(repo, &request, progress, shutdown),
+            print_report,
+        )
+        .await
 }
 
 /// The user name and password, from `file` or the environment.

@@ -1,9 +1,8 @@
-//! What `haven backup qemu` and `haven backup libvirt` share: which disks to read,
-//! the scratch folder, the NBD connections, the repository and the output, and the
+//! What `haven backup qemu`, `haven backup libvirt` and `haven backup vsphere` share:
+//! which disks to read, the reads in flight, the repository and the output, and the
 //! one way a backup of a running VM is run and reported.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -19,14 +18,11 @@ use crate::progress::run_and_report;
 #[derive(Debug, clap::Args)]
 pub struct LiveArgs {
     /// Disks to back up (default: all): for QEMU a device id (vda) or block node
-    /// name, for libvirt a target name (vda).
+    /// name, for libvirt a target name (vda), for vSphere a descriptor name (`disk1`
+    /// for `[ds] vm/disk1.vmdk`).
     #[arg(long = "disk")]
     disks: Vec<String>,
-    /// Folder for the temporary overlays, scratch files and the NBD socket; the
-    /// hypervisor must be able to use it.
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    scratch_dir: PathBuf,
-    /// Parallel NBD connections per disk.
+    /// Reads in flight per disk (NBD connections, or ranged HTTPS reads for vSphere).
     #[arg(long, default_value_t = 4)]
     connections: usize,
     #[command(flatten)]
@@ -36,13 +32,12 @@ pub struct LiveArgs {
 }
 
 impl LiveArgs {
-    /// The adapters' shared options for a backup of `vm`, committed straight to the
-    /// repository (no coordinator in between).
+    /// The adapters' shared options for a backup filed under `vm`, committed straight
+    /// to the repository (no coordinator in between).
     pub fn options(&self, vm: String) -> LiveBackupOptions {
         LiveBackupOptions {
             vm,
             disks: self.disks.clone(),
-            scratch_dir: self.scratch_dir.clone(),
             connections: self.connections.clamp(1, 16),
             publisher: Arc::new(DirectPublisher),
             read_limit: None,

@@ -5,7 +5,7 @@
 //! which: a hypervisor keeps a snapshot's marker only if the snapshot was committed.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,19 +33,16 @@ pub struct DriverOptions<'a> {
     pub publisher: &'a dyn ManifestPublisher,
 }
 
-/// What a backup of a running VM takes whatever its hypervisor: the QEMU and libvirt
-/// requests embed it, so the CLI and the worker daemon fill it in one place and the
-/// driver's options come from one conversion.
+/// What a backup of a running VM takes whatever its hypervisor: the QEMU, libvirt and
+/// vSphere requests embed it, so the CLI and the worker daemon fill it in one place and
+/// the driver's options come from one conversion.
 #[derive(Debug, Clone)]
 pub struct LiveBackupOptions {
     /// VM name the snapshot is filed under.
     pub vm: String,
     /// Disks to back up, by the hypervisor's names for them; empty: every disk.
     pub disks: Vec<String>,
-    /// Where the scratch files, overlays and sockets go (the hypervisor must be able
-    /// to use them there).
-    pub scratch_dir: PathBuf,
-    /// Parallel NBD connections per disk.
+    /// Reads in flight per disk (NBD connections, or ranged HTTPS reads).
     pub connections: usize,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
     pub publisher: Arc<dyn ManifestPublisher>,
@@ -54,11 +51,12 @@ pub struct LiveBackupOptions {
 }
 
 impl LiveBackupOptions {
-    /// Checks the VM name and makes the backup's private scratch folder (named
-    /// `prefix…`), removed when dropped: the first step of every live backup.
-    pub(crate) fn start(&self, prefix: &str) -> Result<tempfile::TempDir> {
+    /// Checks the VM name and makes the backup's private scratch folder in `dir`
+    /// (named `prefix…`), removed when dropped: the first step of a backup that leaves
+    /// files beside the hypervisor.
+    pub(crate) fn start(&self, dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
         haven_repo::validate_name(&self.vm)?;
-        scratch_folder(&self.scratch_dir, prefix)
+        scratch_folder(dir, prefix)
     }
 
     /// The driver's view of these options.

@@ -25,7 +25,7 @@ mod virsh;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct LibvirtBackupRequest {
     pub domain: String,
     /// Connection URI (`None`: virsh's default).
     pub uri: Option<String>,
+    /// Where the scratch files and the NBD socket go.
+    pub scratch_dir: PathBuf,
     /// The user QEMU runs as (`libvirt-qemu` on Debian): it must own the folder with
     /// the scratch files and the NBD socket. `None` or an unknown user: left to root.
     pub qemu_user: Option<String>,
@@ -129,7 +131,7 @@ pub async fn backup_libvirt(
     shutdown: impl Future<Output = ()>,
 ) -> Result<LibvirtBackupReport> {
     let live = &request.live;
-    let scratch = live.start("haven-libvirt-")?;
+    let scratch = live.start(&request.scratch_dir, "haven-libvirt-")?;
     if let Some(user) = &request.qemu_user {
         hand_over(scratch.path(), user)?;
     }

@@ -58,6 +58,8 @@ pub struct QemuBackupRequest {
     /// Unix socket of an NBD server QEMU already runs (QEMU has only one); when `None`
     /// Haven starts one on a private socket and stops it afterwards.
     pub nbd_server: Option<PathBuf>,
+    /// Where the temporary overlays go (QEMU must be able to write there).
+    pub scratch_dir: PathBuf,
     /// Timeout of each QMP command.
     pub qmp_timeout: Duration,
     /// Timeout of the guest agent's freeze and thaw.
@@ -105,7 +107,7 @@ pub async fn backup_qemu(
     shutdown: impl Future<Output = ()>,
 ) -> Result<QemuBackupReport> {
     let live = &request.live;
-    let scratch = live.start("haven-fleece-")?;
+    let scratch = live.start(&request.scratch_dir, "haven-fleece-")?;
     let session = Session::connect(&request.qmp, request.qmp_timeout, &live.vm).await?;
     let mut adapter = QemuAdapter {
         request,

@@ -26,12 +26,12 @@ use serde::Serialize;
 
 use super::HypervisorAdapter;
 use super::chain::{CHAIN_SIZE, Previous, ReadMode, ReadSummary};
-use super::driver::{DriverOptions, back_up_vm};
+use super::driver::{LiveBackupOptions, back_up_vm};
 use super::marker::{is_marker, marker_name};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::ranged::{ByteArea, RangeRead};
-use crate::pipeline::snapshot::{BackupReport, ManifestPublisher, SnapshotPlan};
+use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
 
 /// Manifest `chain` key: the disk's changeId at the snapshot point.
 pub const CHAIN_CHANGE_ID: &str = "change-id";
@@ -48,17 +48,9 @@ pub struct VsphereBackupRequest {
     pub connect: ConnectOptions,
     /// The VM's name in vSphere.
     pub vm_name: String,
-    /// VM name the snapshot is filed under (default: the vSphere name).
-    pub vm: String,
-    /// Disks to back up by name (the descriptor's file name without `.vmdk`); empty:
-    /// every disk.
-    pub disks: Vec<String>,
-    /// Ranged reads in flight per disk.
-    pub connections: usize,
-    /// Where the manifest goes (the repository, or the coordinator's fenced commit).
-    pub publisher: Arc<dyn ManifestPublisher>,
-    /// Cap on bytes read per second (shared across a worker's jobs).
-    pub read_limit: Option<Arc<haven_repo::RateLimiter>>,
+    /// The name the snapshot is filed under, the disks (by descriptor file name without
+    /// `.vmdk`) and where the backup goes.
+    pub live: LiveBackupOptions,
 }
 
 /// How one disk was read.
@@ -101,7 +93,7 @@ pub async fn backup_vsphere(
     progress: Arc<Progress>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<VsphereBackupReport> {
-    haven_repo::validate_name(&request.vm)?;
+    haven_repo::validate_name(&request.live.vm)?;
     let client = Arc::new(Client::connect(&request.connect).await?);
     let mut adapter = VsphereAdapter {
         request,
@@ -115,12 +107,7 @@ pub async fn backup_vsphere(
         modes: Vec::new(),
         reads: Vec::new(),
     };
-    let options = DriverOptions {
-        vm: &request.vm,
-        connections: request.connections,
-        read_limit: request.read_limit.clone(),
-        publisher: request.publisher.as_ref(),
-    };
+    let options = request.live.driver();
     let backup = back_up_vm(&repo, &mut adapter, &options, progress, shutdown).await;
     if let Err(error) = client.logout().await {
         tracing::debug!(%error, "vSphere logout failed");
@@ -256,7 +243,7 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
         let client = &self.client;
         let vm = client.find_vm(&self.request.vm_name).await?;
         let mut info = client.vm_info(&vm).await?;
-        let vm_name = &self.request.vm;
+        let vm_name = &self.request.live.vm;
         let leftovers = client
             .remove_snapshots(&info.snapshots, |name| is_marker(SEPARATOR, vm_name, name))
             .await?;
@@ -276,12 +263,12 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
     }
 
     async fn disks(&mut self, plan: &SnapshotPlan) -> Result<Vec<String>> {
-        self.snapshot_name = marker_name(SEPARATOR, &self.request.vm, &plan.id.timestamp);
+        self.snapshot_name = marker_name(SEPARATOR, &self.request.live.vm, &plan.id.timestamp);
         let state = self.state()?;
         let mut selected = Vec::new();
         for disk in &state.info.disks {
             let name = disk_name(disk)?;
-            if !self.request.disks.is_empty() && !self.request.disks.contains(&name) {
+            if !self.request.live.disks.is_empty() && !self.request.live.disks.contains(&name) {
                 continue;
             }
             if disk.backing != "VirtualDiskFlatVer2BackingInfo" {
@@ -303,7 +290,7 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
                 disk: disk.clone(),
             });
         }
-        for wanted in &self.request.disks {
+        for wanted in &self.request.live.disks {
             if !selected.iter().any(|disk| &disk.name == wanted) {
                 let names: Vec<String> = state
                     .info
