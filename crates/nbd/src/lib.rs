@@ -57,6 +57,6 @@ pub use extent::{
     CONTEXT_BASE_ALLOCATION, Extent, STATE_DIRTY, STATE_HOLE, STATE_ZERO, dirty_bitmap_context,
 };
 pub use server::{
-    ExportSource, NbdServer, PeerVerification, ServerConfig, ServerListener, ServerTls,
-    TlsCredentialsError,
+    ExportSource, NbdServer, PATTERN_BLOCK, PatternExport, PeerVerification, ServerConfig,
+    ServerListener, ServerTls, TlsCredentialsError,
 };

@@ -31,10 +31,12 @@
 //!   closes every connection.
 
 mod handshake;
+mod pattern;
 mod tls;
 mod transmission;
 mod wire;
 
+pub use pattern::{PATTERN_BLOCK, PatternExport};
 pub use tls::{PeerVerification, ServerTls, TlsCredentialsError};
 
 use std::future::Future;

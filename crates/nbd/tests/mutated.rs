@@ -16,53 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haven_nbd::{
-    CONTEXT_BASE_ALLOCATION, Client, ConnectOptions, Endpoint, ExportSource, NbdServer, STATE_HOLE,
-    STATE_ZERO, ServerConfig,
+    CONTEXT_BASE_ALLOCATION, Client, ConnectOptions, Endpoint, NbdServer, PATTERN_BLOCK,
+    PatternExport, ServerConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-const BLOCK: u64 = 64 * 1024;
+const BLOCK: u64 = PATTERN_BLOCK;
 
 /// 512 KiB: data in even blocks, holes in odd ones.
-struct Pattern;
-
-impl ExportSource for Pattern {
-    fn size(&self) -> u64 {
-        8 * BLOCK
-    }
-
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        for (index, byte) in buf.iter_mut().enumerate() {
-            let position = offset + index as u64;
-            *byte = if (position / BLOCK).is_multiple_of(2) {
-                (position % 251) as u8
-            } else {
-                0
-            };
-        }
-        Ok(())
-    }
-
-    fn allocation(&self, offset: u64, length: u32) -> Vec<(u32, u32)> {
-        let end = offset + u64::from(length);
-        let mut runs = Vec::new();
-        let mut position = offset;
-        while position < end {
-            let block_end = (position / BLOCK + 1) * BLOCK;
-            let piece = block_end.min(end) - position;
-            let flags = if (position / BLOCK).is_multiple_of(2) {
-                0
-            } else {
-                STATE_HOLE | STATE_ZERO
-            };
-            runs.push((piece as u32, flags));
-            position += piece;
-        }
-        runs
-    }
-}
+const PATTERN: PatternExport = PatternExport {
+    blocks: 8,
+    corrupt: None,
+};
 
 /// SplitMix64: a seeded generator with no dependency.
 struct Rng(u64);
@@ -151,7 +118,7 @@ fn serve_mutated(dir: &std::path::Path, mutation: Mutation) -> Endpoint {
             return;
         };
         let (server_end, proxy_end) = tokio::io::duplex(1 << 20);
-        let server = NbdServer::new(Arc::new(Pattern), ServerConfig::new("disk"));
+        let server = NbdServer::new(Arc::new(PATTERN), ServerConfig::new("disk"));
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             let _ = server.serve_stream(server_end, stopped).await;

@@ -9,51 +9,15 @@ use tokio::sync::watch;
 
 use super::wire::*;
 use super::*;
-use crate::{CONTEXT_BASE_ALLOCATION, Client, ConnectOptions, STATE_HOLE, STATE_ZERO};
+use crate::{CONTEXT_BASE_ALLOCATION, Client, ConnectOptions};
 
-const BLOCK: u64 = 64 * 1024;
+const BLOCK: u64 = PATTERN_BLOCK;
 
-/// 1 MiB: data in even 64 KiB blocks, holes in odd ones.
-struct Pattern;
-
-impl ExportSource for Pattern {
-    fn size(&self) -> u64 {
-        16 * BLOCK
-    }
-
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        if offset == 15 * BLOCK {
-            return Err(std::io::Error::other("chunk 15 is corrupt"));
-        }
-        for (index, byte) in buf.iter_mut().enumerate() {
-            let position = offset + index as u64;
-            *byte = if (position / BLOCK).is_multiple_of(2) {
-                (position % 251) as u8
-            } else {
-                0
-            };
-        }
-        Ok(())
-    }
-
-    fn allocation(&self, offset: u64, length: u32) -> Vec<(u32, u32)> {
-        let end = offset + u64::from(length);
-        let mut runs = Vec::new();
-        let mut position = offset;
-        while position < end {
-            let block_end = (position / BLOCK + 1) * BLOCK;
-            let piece = block_end.min(end) - position;
-            let flags = if (position / BLOCK).is_multiple_of(2) {
-                0
-            } else {
-                STATE_HOLE | STATE_ZERO
-            };
-            runs.push((piece as u32, flags));
-            position += piece;
-        }
-        runs
-    }
-}
+/// 1 MiB: data in even 64 KiB blocks, holes in odd ones, block 15 unreadable.
+const PATTERN: PatternExport = PatternExport {
+    blocks: 16,
+    corrupt: Some(15),
+};
 
 struct Running {
     dir: tempfile::TempDir,
@@ -77,20 +41,13 @@ async fn start(config: ServerConfig) -> Running {
         .await
         .unwrap();
     let (stop, shutdown) = watch::channel(false);
-    let server = NbdServer::new(Arc::new(Pattern), config);
+    let server = NbdServer::new(Arc::new(PATTERN), config);
     let task = tokio::spawn(async move { server.serve(listener, shutdown).await });
     Running { dir, stop, task }
 }
 
 fn expected(offset: u64, length: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; length];
-    for (index, byte) in buf.iter_mut().enumerate() {
-        let position = offset + index as u64;
-        if (position / BLOCK).is_multiple_of(2) {
-            *byte = (position % 251) as u8;
-        }
-    }
-    buf
+    PatternExport::expected(offset, length)
 }
 
 #[tokio::test]
