@@ -58,7 +58,7 @@ pub fn checksums_if_asked(
     meta: &ObjectMeta,
     mode: Option<&s3s::dto::ChecksumMode>,
 ) -> (Checksum, Option<s3s::dto::ChecksumType>) {
-    if !mode.is_some_and(|m| m.as_str() == s3s::dto::ChecksumMode::ENABLED)
+    if mode.is_none_or(|m| m.as_str() != s3s::dto::ChecksumMode::ENABLED)
         || meta.checksums.is_empty()
     {
         return (Checksum::default(), None);

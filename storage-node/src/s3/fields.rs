@@ -9,8 +9,10 @@
 /// ..Default::default() }`. `$source` is any value with those fields (a
 /// [`s3s::dto::Checksum`], or a request input whose fields are moved out).
 macro_rules! with_checksums {
-    ($target:ident { $($field:ident $(: $value:expr)?),* $(,)? } from $source:expr) => {
-        $target {
+    ($target:ident { $($field:ident $(: $value:expr)?),* $(,)? } from $source:expr) => {{
+        // Some targets have no fields besides these (CopyPartResult, Part).
+        #[allow(clippy::needless_update)]
+        let value = $target {
             $($field $(: $value)?,)*
             checksum_crc32: $source.checksum_crc32,
             checksum_crc32c: $source.checksum_crc32c,
@@ -18,8 +20,9 @@ macro_rules! with_checksums {
             checksum_sha256: $source.checksum_sha256,
             checksum_crc64nvme: $source.checksum_crc64nvme,
             ..Default::default()
-        }
-    };
+        };
+        value
+    }};
 }
 pub(super) use with_checksums;
 

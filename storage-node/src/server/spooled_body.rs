@@ -92,15 +92,18 @@ pub async fn spool(
     Ok(Request::from_parts(parts, s3s::Body::from(body)))
 }
 
+/// The spool file and the piece just read from it.
+type ReadPiece = (std::fs::File, Vec<u8>);
+
 /// The spooled bytes, read back in pieces on a blocking thread, with an exact
 /// length.
 struct SpooledStream {
     file: Option<std::fs::File>,
     remaining: u64,
-    pending: Option<tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>>,
+    pending: Option<tokio::task::JoinHandle<std::io::Result<ReadPiece>>>,
 }
 
-fn read_piece(mut file: std::fs::File, want: usize) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+fn read_piece(mut file: std::fs::File, want: usize) -> std::io::Result<ReadPiece> {
     use std::io::Read;
     let mut buffer = vec![0; want];
     file.read_exact(&mut buffer)?;
