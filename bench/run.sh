@@ -3,6 +3,9 @@
 # generated image, same machine, same run.
 #
 #   bench/run.sh [SIZE_MIB=4096] [TOOLS="haven restic borg"]
+#   bench/run.sh 2048 "haven haven-node restic-node"   # the S3 path: Haven into file://,
+#                                    # into a storage node on this machine, and restic into
+#                                    # the same node; prints backup and restore ratios
 #   DROP_CACHES=0 bench/run.sh ...   # keep the page cache warm between steps, as the
 #                                    # peer figures in shared/TESTBED.md were measured
 #
@@ -18,19 +21,34 @@ tools=${2:-"haven restic borg"}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/haven-target}"
 command -v restic >/dev/null || apt-get install -y -qq restic borgbackup >/dev/null
 command -v borg >/dev/null || apt-get install -y -qq borgbackup >/dev/null
-cargo build --release --locked -p haven-cli >/dev/null 2>&1
+# HAVEN_BIN=path uses an already built binary (say an optimized dev build) instead.
+[ -n "${HAVEN_BIN:-}" ] || cargo build --release --locked -p haven-cli >/dev/null 2>&1
 
 work=${BENCH_DIR:-/var/tmp/haven-bench}
 rm -rf "$work"; mkdir -p "$work/src"
-trap 'rm -rf "$work"' EXIT
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 # A private copy, so a concurrent build cannot swap the binary mid-run.
-cp "$CARGO_TARGET_DIR/release/haven" "$work/haven-bin"
+cp "${HAVEN_BIN:-$CARGO_TARGET_DIR/release/haven}" "$work/haven-bin"
 haven="$work/haven-bin"
 image="$work/src/disk.img"
 python3 bench/make-image.py "$image" "$size_mib"
 sync
 
 export HAVEN_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
+export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0123456789
+# shellcheck source=lib.sh
+source bench/lib.sh   # free_port, start_node (the node serves bucket `haven` from $work/node)
+node_url=""
+# node_up: starts the storage node the -node tools share, once.
+node_up() {
+  if [ -z "$node_url" ]; then
+    local port
+    port=$(free_port)
+    start_node node "$port" ""
+    node_url="http://127.0.0.1:$port"
+  fi
+}
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 results="$work/results.tsv"
@@ -58,6 +76,24 @@ run_tool() {
       measure haven incremental "$haven" backup image "$image" --format raw --repo "$work/haven" --vm bench
       measure haven restore "$haven" restore bench@latest --repo "$work/haven" --to "$work/restored.img"
       ;;
+    haven-node)
+      node_up
+      local repo="s3://haven/haven-$RANDOM?endpoint=$node_url"
+      "$haven" repo init --repo "$repo" >/dev/null
+      measure haven-node full "$haven" backup image "$image" --format raw --repo "$repo" --vm bench
+      python3 bench/make-image.py --mutate "$image" 1
+      measure haven-node incremental "$haven" backup image "$image" --format raw --repo "$repo" --vm bench
+      measure haven-node restore "$haven" restore bench@latest --repo "$repo" --to "$work/restored.img"
+      ;;
+    restic-node)
+      node_up
+      local repo="s3:$node_url/haven/restic-$RANDOM"
+      restic -q -r "$repo" init >/dev/null
+      measure restic-node full restic -q -r "$repo" backup "$image"
+      python3 bench/make-image.py --mutate "$image" 1
+      measure restic-node incremental restic -q -r "$repo" backup "$image"
+      measure restic-node restore restic -q -r "$repo" restore latest --target "$work/restic-out"
+      ;;
     restic)
       restic -q -r "$work/restic" init >/dev/null
       measure restic full restic -q -r "$work/restic" backup "$image"
@@ -79,8 +115,8 @@ run_tool() {
 
 restored_path() {
   case $1 in
-    haven) echo "$work/restored.img" ;;
-    restic) echo "$work/restic-out$image" ;;
+    haven | haven-node) echo "$work/restored.img" ;;
+    restic | restic-node) echo "$work/restic-out$image" ;;
     borg) echo "$work/borg-out$image" ;;
   esac
 }
@@ -97,11 +133,20 @@ for tool, step, seconds, rss in rows:
     t[tool][step] = (float(seconds), int(rss))
 if "haven" in t:
     print("\nratios (peer time / haven time; higher is better for haven):")
-    for peer in [p for p in t if p != "haven"]:
+    for peer in [p for p in t if p not in ("haven", "haven-node")]:
         parts = []
         for step in ("full", "incremental", "restore"):
             if step in t[peer] and step in t["haven"]:
                 parts.append(f"{step} {t[peer][step][0] / t['haven'][step][0]:.2f}x")
         print(f"  vs {peer}: " + ", ".join(parts))
     print(f"  haven peak RSS: {max(r for _, r in t['haven'].values()) / 1024:.0f} MiB")
+if "haven" in t and "haven-node" in t:
+    # The S3 path against the local one (targets: backup >= 70%, restore >= 90%).
+    print("\nstorage node on this machine (file:// time / node time, as % of file:// speed):")
+    for step in ("full", "incremental", "restore"):
+        if step in t["haven-node"]:
+            print(f"  {step}: {100 * t['haven'][step][0] / t['haven-node'][step][0]:.0f}%")
+    if "restic-node" in t:
+        parts = [f"{s} {t['restic-node'][s][0] / t['haven-node'][s][0]:.2f}x" for s in ("full", "restore")]
+        print("  haven vs restic into the same node (restic time / haven time): " + ", ".join(parts))
 PY

@@ -2,6 +2,18 @@
 
 use s3s::{S3Error, S3ErrorCode};
 
+/// An S3 error whose code s3s does not know (AWS's `XAmzContentSHA256Mismatch`
+/// or `InvalidPartNumber`, Haven's `HavenSourceFailed`), with its status.
+pub fn custom_error(
+    code: &'static str,
+    status: http::StatusCode,
+    message: impl Into<String>,
+) -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom(code.into()), message.into());
+    error.set_status_code(status);
+    error
+}
+
 use crate::keypath::KeyError;
 use crate::object_file::ObjectFileError;
 
@@ -60,6 +72,9 @@ pub enum StoreError {
     /// A part other than the last is smaller than 5 MiB.
     #[error("part too small")]
     EntityTooSmall,
+    /// The bytes do not match a checksum the client gave.
+    #[error("{0}")]
+    BadDigest(String),
     /// An I/O error from the file system.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -99,6 +114,7 @@ impl StoreError {
             Self::InvalidPart(_) => S3ErrorCode::InvalidPart,
             Self::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
             Self::EntityTooSmall => S3ErrorCode::EntityTooSmall,
+            Self::BadDigest(_) => S3ErrorCode::BadDigest,
         };
         let message = match self {
             // Do not leak file system details to clients.

@@ -187,6 +187,7 @@ pub async fn run(args: StorageNodeArgs) -> anyhow::Result<()> {
         s3: builder.build(),
         store,
         metrics,
+        max_spooled_body: config.limits.max_object_size,
     });
 
     let stop_reloading = tokio_util::sync::CancellationToken::new();

@@ -38,6 +38,16 @@ pub struct Retention {
     pub retain_until: time::OffsetDateTime,
 }
 
+/// One part of a multipart object as completed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// Length of the part in bytes.
+    pub size: u64,
+    /// The part's checksum in the upload's algorithm, by algorithm name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+}
+
 /// Everything stored about an object besides its bytes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -63,6 +73,15 @@ pub struct ObjectMeta {
     pub checksums: BTreeMap<String, String>,
     /// Number of parts for a multipart object.
     pub parts_count: Option<u32>,
+    /// How the checksum in `checksums` covers a multipart object: `COMPOSITE`
+    /// (a checksum of the parts' checksums, `…-N`) or `FULL_OBJECT`; absent for
+    /// a single PUT, whose checksum is always of the whole object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
+    /// Each part of a multipart object in order (absent in objects completed
+    /// before part boundaries were kept), so a part can be read by number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartRecord>,
     /// Object Lock retention, if any.
     pub retention: Option<Retention>,
     /// Object Lock legal hold.

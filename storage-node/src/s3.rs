@@ -4,6 +4,7 @@
 mod attributes;
 pub(crate) mod body;
 mod buckets;
+pub(crate) mod checksums;
 pub(crate) mod convert;
 mod fields;
 mod listing;
@@ -210,6 +211,13 @@ impl S3 for HavenS3 {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         multipart::upload_part(self, req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        multipart::upload_part_copy(self, req).await
     }
 
     async fn complete_multipart_upload(

@@ -21,6 +21,7 @@ use tracing::Instrument;
 mod connections;
 mod in_flight_body;
 mod request_id;
+mod spooled_body;
 
 use connections::ConnectionTable;
 use in_flight_body::InFlightBody;
@@ -50,6 +51,9 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Metrics of this node.
     pub metrics: Arc<Metrics>,
+    /// Largest chunked body of unknown length that is spooled
+    /// (`limits.max_object_size`).
+    pub max_spooled_body: u64,
 }
 
 /// Whether a request carries any SigV4 or SigV2 authentication.
@@ -60,6 +64,12 @@ fn is_signed<B>(req: &Request<B>) -> bool {
             .query()
             .is_some_and(|q| q.contains("X-Amz-Credential") || q.contains("Signature="))
 }
+
+/// Marks a response whose status must be `206 Partial Content` though s3s
+/// answers its operation with `200` (HeadObject of a part or a range, as AWS
+/// answers it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PartialContent;
 
 /// A complete body as the boxed body every answer has.
 fn boxed(body: Full<Bytes>) -> ResponseBody {
@@ -82,6 +92,18 @@ fn full(
         response.headers_mut().insert(request_id::HEADER, value);
     }
     response
+}
+
+/// An S3 error document for a request refused before s3s saw it.
+fn s3_error(status: StatusCode, code: &str, message: &str, id: &str) -> Response<ResponseBody> {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{escaped}</Message><RequestId>{id}</RequestId></Error>"
+    );
+    full(status, "application/xml", body, id)
 }
 
 /// Handles one request. An unsigned `GET /metrics` is the Prometheus
@@ -154,6 +176,28 @@ async fn handle_request(
                 ));
             }
         }
+    } else if spooled_body::needs_spooling(&req) {
+        match spooled_body::spool(req, shared.store.spool_path(), shared.max_spooled_body).await {
+            Ok(req) => req,
+            Err(error) => {
+                tracing::debug!(%error, "chunked request body refused");
+                let (status, code) = match error {
+                    spooled_body::SpoolError::TooLarge(_) => {
+                        (StatusCode::BAD_REQUEST, "EntityTooLarge")
+                    }
+                    spooled_body::SpoolError::Incomplete(_) => {
+                        (StatusCode::BAD_REQUEST, "IncompleteBody")
+                    }
+                    spooled_body::SpoolError::Io(_) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+                    }
+                };
+                shared
+                    .metrics
+                    .request(slot.get(), status.as_u16(), started.elapsed());
+                return Ok(s3_error(status, code, &error.to_string(), &id));
+            }
+        }
     } else {
         req.map(s3s::Body::from)
     };
@@ -170,6 +214,9 @@ async fn handle_request(
             ));
         }
     };
+    if response.extensions().get::<PartialContent>().is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     request_id::stamp(&mut response, &id);
     let status = response.status().as_u16();
     let op = slot.get();

@@ -32,7 +32,7 @@ mod usage;
 
 pub use buckets::{BucketConfig, DefaultRetention};
 pub use listing::{ListEntry, ListPage, ListRequest};
-pub use uploads::{PartInfo, UploadInfo, uploads_max_part_number};
+pub use uploads::{Completion, PartInfo, UploadInfo, WholeDigest, uploads_max_part_number};
 pub use usage::BucketUsage;
 
 use std::collections::hash_map::DefaultHasher;
@@ -189,6 +189,12 @@ impl Store {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         self.dirs[index].join("tmp").join(hex::encode(id))
+    }
+
+    /// A fresh path in the first directory's `tmp/` for a request body that
+    /// must be read before it is handled (emptied at start like every temp file).
+    pub(crate) fn spool_path(&self) -> PathBuf {
+        self.temp_path()
     }
 
     /// A fresh, unused path in the first directory's `tmp/`.

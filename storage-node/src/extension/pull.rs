@@ -15,7 +15,7 @@ use bytes::Bytes;
 use haven_node_protocol::{PULL_HEADERS, PullKey, PullOutcome, PullRequest, Record};
 use hyper::StatusCode;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use s3s::{Body, S3Error, S3ErrorCode, S3Response, S3Result, s3_error};
+use s3s::{Body, S3Error, S3Response, S3Result, s3_error};
 
 use super::batch::{BatchWriter, StreamFailure};
 use crate::config::{Config, ReplicationConfig};
@@ -205,12 +205,7 @@ async fn error_text(mut response: reqwest::Response) -> String {
 /// A failure on the source's side: `502 HavenSourceFailed`, which a client
 /// may retry.
 fn source_error(message: impl Into<String>) -> S3Error {
-    let mut error = S3Error::with_message(
-        S3ErrorCode::Custom("HavenSourceFailed".into()),
-        message.into(),
-    );
-    error.set_status_code(StatusCode::BAD_GATEWAY);
-    error
+    crate::error::custom_error("HavenSourceFailed", StatusCode::BAD_GATEWAY, message)
 }
 
 fn json_response(outcomes: &[PullOutcome]) -> S3Response<Body> {

@@ -9,6 +9,9 @@ use crate::error::StoreError;
 /// The region AWS leaves out of `LocationConstraint` (its historical default).
 const DEFAULT_REGION: &str = "us-east-1";
 
+/// Largest `max-buckets` AWS accepts.
+const MAX_BUCKETS: i32 = 10_000;
+
 /// CreateBucket. A bucket the node already has is `BucketAlreadyOwnedByYou`
 /// (409): every key of a node belongs to its one account, so the bucket is
 /// always the caller's own. AWS answers so in every region but us-east-1,
@@ -62,29 +65,65 @@ pub async fn get_bucket_location(
     }))
 }
 
+/// ListBuckets, paginated as AWS documents it: `max-buckets` (1 to 10 000,
+/// else `400 InvalidArgument`) pages the listing and names each bucket's region,
+/// `continuation-token` resumes it (opaque; a token of another kind is `400
+/// InvalidArgument`), `prefix` and `bucket-region` filter it. Without
+/// `max-buckets` every bucket the key may see is listed at once.
 pub async fn list_buckets(
     s3: &HavenS3,
     req: S3Request<ListBucketsInput>,
 ) -> S3Result<S3Response<ListBucketsOutput>> {
     let key = s3.key(&req)?;
-    let buckets = s3
+    let input = &req.input;
+    let page = match input.max_buckets {
+        None => None,
+        Some(n @ 1..=MAX_BUCKETS) => Some(n as usize),
+        Some(_) => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "max-buckets must be between 1 and {MAX_BUCKETS}"
+            ));
+        }
+    };
+    let after = input
+        .continuation_token
+        .as_deref()
+        .map(super::listing::key_of_token)
+        .transpose()?;
+    let region = s3.config.region.as_str();
+    let prefix = input.prefix.as_deref().unwrap_or_default();
+    let in_region = input.bucket_region.as_deref().is_none_or(|r| r == region);
+    let mut buckets: Vec<Bucket> = s3
         .store
         .list_buckets()
         .await?
         .into_iter()
-        .filter(|(name, _)| key.allows_bucket(name))
+        .filter(|(name, _)| in_region && key.allows_bucket(name) && name.starts_with(prefix))
+        .filter(|(name, _)| after.as_ref().is_none_or(|after| name > after))
         .map(|(name, config)| Bucket {
             name: Some(name),
             creation_date: Some(Timestamp::from(config.created)),
-            bucket_region: None,
+            bucket_region: page.map(|_| region.to_owned()),
         })
         .collect();
+    let mut next = None;
+    if let Some(page) = page
+        && buckets.len() > page
+    {
+        buckets.truncate(page);
+        next = buckets
+            .last()
+            .and_then(|b| b.name.as_deref())
+            .map(super::listing::token_for);
+    }
     Ok(S3Response::new(ListBucketsOutput {
         buckets: Some(buckets),
+        continuation_token: next,
         owner: Some(Owner {
             display_name: Some(key.access_key.clone()),
             id: Some(key.access_key.clone()),
         }),
-        ..Default::default()
+        prefix: input.prefix.clone(),
     }))
 }

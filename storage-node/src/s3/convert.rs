@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use s3s::dto::{Checksum, ETag, ETagCondition, Timestamp};
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
+use super::checksums::{self, Algorithm};
 use crate::object_file::{ObjectMeta, Retention};
 use crate::store::{BucketConfig, DeleteCondition, WriteCondition};
 
@@ -23,6 +24,19 @@ pub fn etag(meta: &ObjectMeta) -> ETag {
     ETag::Strong(meta.etag.clone())
 }
 
+/// A Content-Encoding without `aws-chunked`, which describes how the request
+/// body was sent, not the object: AWS keeps only the other encodings, and none
+/// when that was the only one.
+pub fn without_aws_chunked(encoding: Option<String>) -> Option<String> {
+    let encoding = encoding?;
+    let kept: Vec<&str> = encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
 /// Checks user metadata against the size limit.
 pub fn user_metadata(
     metadata: Option<s3s::dto::Metadata>,
@@ -36,6 +50,30 @@ pub fn user_metadata(
         ));
     }
     Ok(map)
+}
+
+/// The checksums of an object to announce in a GET or HEAD: only when the
+/// client asked with `x-amz-checksum-mode: ENABLED`, as AWS does.
+pub fn checksums_if_asked(
+    meta: &ObjectMeta,
+    mode: Option<&s3s::dto::ChecksumMode>,
+) -> (Checksum, Option<s3s::dto::ChecksumType>) {
+    if mode.is_none_or(|m| m.as_str() != s3s::dto::ChecksumMode::ENABLED)
+        || meta.checksums.is_empty()
+    {
+        return (Checksum::default(), None);
+    }
+    (checksum_dto(meta), Some(checksum_type(meta)))
+}
+
+/// The `x-amz-checksum-type` of an object with checksums: a single PUT's
+/// covers the whole object.
+pub fn checksum_type(meta: &ObjectMeta) -> s3s::dto::ChecksumType {
+    s3s::dto::ChecksumType::from(
+        meta.checksum_type
+            .clone()
+            .unwrap_or_else(|| checksums::FULL_OBJECT.to_owned()),
+    )
 }
 
 /// The checksums of an object as s3s DTO fields.
@@ -81,7 +119,8 @@ pub fn check_content_md5(content_md5: Option<&str>, md5: &[u8]) -> Result<(), S3
     Ok(())
 }
 
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+/// Standard base64 (padding optional) to bytes; `None` if it is not base64.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let text = text.trim().trim_end_matches('=');
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
@@ -99,43 +138,47 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Which checksum algorithms to compute for a request.
+/// Which checksum algorithms to compute for a request: those whose values it
+/// declares in headers, the one it names (`x-amz-sdk-checksum-algorithm`), those
+/// it announces as trailers (`x-amz-trailer`), and `required` (a multipart
+/// upload's algorithm, computed for every part).
 pub fn checksum_hasher(
     declared: &Checksum,
     algorithm: Option<&s3s::dto::ChecksumAlgorithm>,
+    announced_trailer: Option<&str>,
+    required: Option<Algorithm>,
 ) -> Result<s3s::checksum::ChecksumHasher, S3Error> {
     let mut hasher = s3s::checksum::ChecksumHasher::default();
-    if declared.checksum_crc32.is_some() {
-        hasher.crc32 = Some(Default::default());
-    }
-    if declared.checksum_crc32c.is_some() {
-        hasher.crc32c = Some(Default::default());
-    }
-    if declared.checksum_sha1.is_some() {
-        hasher.sha1 = Some(Default::default());
-    }
-    if declared.checksum_sha256.is_some() {
-        hasher.sha256 = Some(Default::default());
-    }
-    if declared.checksum_crc64nvme.is_some() {
-        hasher.crc64nvme = Some(Default::default());
-    }
+    let mut wanted = checksums::declared(declared);
     if let Some(algorithm) = algorithm {
-        match algorithm.as_str() {
-            "CRC32" => hasher.crc32 = Some(Default::default()),
-            "CRC32C" => hasher.crc32c = Some(Default::default()),
-            "SHA1" => hasher.sha1 = Some(Default::default()),
-            "SHA256" => hasher.sha256 = Some(Default::default()),
-            "CRC64NVME" => hasher.crc64nvme = Some(Default::default()),
-            other => {
-                return Err(s3_error!(
-                    InvalidArgument,
-                    "unsupported checksum algorithm {other}"
-                ));
-            }
+        wanted.push(Algorithm::parse(algorithm.as_str())?);
+    }
+    wanted.extend(trailer_algorithms(announced_trailer));
+    if let Some(required) = required {
+        if let Some(other) = wanted.iter().find(|a| **a != required) {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                required.key(),
+                other.key()
+            ));
         }
+        wanted.push(required);
+    }
+    for algorithm in wanted {
+        algorithm.enable(&mut hasher);
     }
     Ok(hasher)
+}
+
+/// The checksum algorithms an `x-amz-trailer` header announces.
+fn trailer_algorithms(announced: Option<&str>) -> Vec<Algorithm> {
+    announced
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|name| name.trim().strip_prefix("x-amz-checksum-"))
+        .filter_map(|name| Algorithm::parse(name).ok())
+        .collect()
 }
 
 /// Merges checksums that arrived as trailers into the declared ones.
@@ -374,6 +417,20 @@ pub fn retention(mode: &str, until: &Timestamp) -> Result<Retention, S3Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_kept_as_the_object_encoding() {
+        assert_eq!(without_aws_chunked(Some("aws-chunked".to_owned())), None);
+        assert_eq!(
+            without_aws_chunked(Some("aws-chunked,gzip".to_owned())),
+            Some("gzip".to_owned())
+        );
+        assert_eq!(
+            without_aws_chunked(Some("gzip".to_owned())),
+            Some("gzip".to_owned())
+        );
+        assert_eq!(without_aws_chunked(None), None);
+    }
 
     #[test]
     fn content_md5() {

@@ -9,8 +9,10 @@
 /// ..Default::default() }`. `$source` is any value with those fields (a
 /// [`s3s::dto::Checksum`], or a request input whose fields are moved out).
 macro_rules! with_checksums {
-    ($target:ident { $($field:ident $(: $value:expr)?),* $(,)? } from $source:expr) => {
-        $target {
+    ($target:ident { $($field:ident $(: $value:expr)?),* $(,)? } from $source:expr) => {{
+        // Some targets have no fields besides these (CopyPartResult, Part).
+        #[allow(clippy::needless_update)]
+        let value = $target {
             $($field $(: $value)?,)*
             checksum_crc32: $source.checksum_crc32,
             checksum_crc32c: $source.checksum_crc32c,
@@ -18,20 +20,21 @@ macro_rules! with_checksums {
             checksum_sha256: $source.checksum_sha256,
             checksum_crc64nvme: $source.checksum_crc64nvme,
             ..Default::default()
-        }
-    };
+        };
+        value
+    }};
 }
 pub(super) use with_checksums;
 
 /// An [`ObjectMeta`](crate::object_file::ObjectMeta) with the content headers
-/// a client sets on a new object (Content-Type, -Encoding, -Disposition,
-/// -Language, Cache-Control) moved out of `$input`, the other `$fields`, and
-/// the rest from `$base`.
+/// a client sets on a new object (Content-Type, -Encoding without the
+/// transfer-only `aws-chunked`, -Disposition, -Language, Cache-Control) moved
+/// out of `$input`, the other `$fields`, and the rest from `$base`.
 macro_rules! meta_with_content_headers {
     ($input:expr, { $($field:ident $(: $value:expr)?),* $(,)? } ..$base:expr) => {
         $crate::object_file::ObjectMeta {
             content_type: $input.content_type,
-            content_encoding: $input.content_encoding,
+            content_encoding: $crate::s3::convert::without_aws_chunked($input.content_encoding),
             content_disposition: $input.content_disposition,
             content_language: $input.content_language,
             cache_control: $input.cache_control,
@@ -44,16 +47,21 @@ pub(super) use meta_with_content_headers;
 
 /// The [`IncomingBody`](super::body::IncomingBody) of a PUT object or upload
 /// part request: its body, declared checksums and Content-MD5 (moved or
-/// borrowed out of `$input`) and its `$trailers`. `s3s::dto::Checksum` must be
-/// in scope.
+/// borrowed out of `$input`), its `$trailers` and the trailers its headers
+/// announce. `s3s::dto::Checksum` must be in scope.
 macro_rules! incoming_body {
-    ($input:ident, $trailers:expr) => {
+    ($input:ident, $req_headers:expr, $trailers:expr) => {
         $crate::s3::body::IncomingBody {
             declared: $crate::s3::fields::with_checksums!(Checksum {} from $input),
             algorithm: $input.checksum_algorithm.as_ref(),
             content_md5: $input.content_md5.as_deref(),
             body: $input.body,
             trailers: $trailers,
+            announced_trailer: $req_headers
+                .get("x-amz-trailer")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            required: None,
         }
     };
 }
@@ -109,3 +117,26 @@ macro_rules! check_read_conditions {
     };
 }
 pub(super) use check_read_conditions;
+
+/// Checks the `x-amz-copy-source-if-*` headers of a copy `$input` (CopyObject,
+/// UploadPartCopy) against the source's `$meta`: any failed condition is `412
+/// PreconditionFailed`, as AWS answers copies (never `304`).
+macro_rules! check_copy_source_conditions {
+    ($meta:expr, $input:expr) => {
+        $crate::s3::convert::check_read_conditions(
+            $meta,
+            $input.copy_source_if_match.as_ref(),
+            $input.copy_source_if_none_match.as_ref(),
+            $input.copy_source_if_modified_since.as_ref(),
+            $input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|e| {
+            if e.code() == &s3s::S3ErrorCode::NotModified {
+                s3s::s3_error!(PreconditionFailed)
+            } else {
+                e
+            }
+        })
+    };
+}
+pub(super) use check_copy_source_conditions;

@@ -9,8 +9,8 @@ use super::HavenS3;
 use super::body;
 use super::convert;
 use super::fields::{
-    check_read_conditions, incoming_body, meta_with_content_headers, object_description,
-    with_checksums,
+    check_copy_source_conditions, check_read_conditions, incoming_body, meta_with_content_headers,
+    object_description, with_checksums,
 };
 use super::tagging;
 use crate::error::StoreError;
@@ -49,7 +49,7 @@ pub async fn put_object(
         ));
     }
     let received = body::receive_checked(
-        incoming_body!(input, trailers),
+        incoming_body!(input, req.headers, trailers),
         || s3.store.new_writer(&input.bucket, &input.key),
         max_size,
     )
@@ -65,20 +65,125 @@ pub async fn put_object(
         .commit(&input.bucket, &input.key, temp, &condition)
         .await?;
     tracing::debug!(bucket = %input.bucket, key = %input.key, size = meta.size, "object stored");
+    let checksum_type = (!meta.checksums.is_empty()).then(|| convert::checksum_type(&meta));
     Ok(S3Response::new(with_checksums!(PutObjectOutput {
         e_tag: Some(convert::etag(&meta)),
+        checksum_type,
     } from received.checksum)))
 }
 
-/// GET and HEAD by part number need each part's place in the object, which the
-/// node does not keep: refused rather than answered with the whole object.
-fn refuse_part_number(part_number: Option<i32>) -> S3Result<()> {
-    match part_number {
-        None => Ok(()),
-        Some(_) => Err(s3_error!(
-            NotImplemented,
-            "partNumber is not supported by this node; read ranges instead"
+/// The bytes a GET or HEAD answers for: the whole object, a range, or a part.
+struct Selection {
+    start: u64,
+    end: u64,
+    /// `Content-Range` of a partial answer (status 206).
+    content_range: Option<String>,
+    /// The part read by number, if one was.
+    part: Option<usize>,
+    /// Whether this is the whole object (no range; or part 1 of an object that
+    /// is not multipart).
+    whole: bool,
+}
+
+/// Resolves `Range` and `partNumber` against an object, as AWS does: both
+/// at once are `400 InvalidRequest`; a part number beyond the object's parts is
+/// `416 InvalidPartNumber`; an object that is not multipart has one part, itself.
+fn select(
+    meta: &ObjectMeta,
+    range: Option<Range>,
+    part_number: Option<i32>,
+) -> S3Result<Selection> {
+    let partial =
+        |start: u64, end: u64| format!("bytes {start}-{}/{}", end.saturating_sub(1), meta.size);
+    match (range, part_number) {
+        (None, None) => Ok(Selection {
+            start: 0,
+            end: meta.size,
+            content_range: None,
+            part: None,
+            whole: true,
+        }),
+        (Some(range), None) => {
+            let range = range.check(meta.size)?;
+            Ok(Selection {
+                start: range.start,
+                end: range.end,
+                content_range: Some(partial(range.start, range.end)),
+                part: None,
+                whole: false,
+            })
+        }
+        (Some(_), Some(_)) => Err(s3_error!(
+            InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter"
         )),
+        (None, Some(number)) => {
+            let count = meta.parts_count.unwrap_or(1) as usize;
+            let index = usize::try_from(number)
+                .ok()
+                .filter(|n| (1..=count).contains(n));
+            let Some(index) = index else {
+                if !(1..=10_000).contains(&number) {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "Part number must be an integer between 1 and 10000, inclusive"
+                    ));
+                }
+                return Err(crate::error::custom_error(
+                    "InvalidPartNumber",
+                    http::StatusCode::RANGE_NOT_SATISFIABLE,
+                    "The requested partnumber is not satisfiable",
+                ));
+            };
+            if meta.parts_count.is_none() {
+                return Ok(Selection {
+                    start: 0,
+                    end: meta.size,
+                    content_range: Some(partial(0, meta.size)),
+                    part: None,
+                    whole: true,
+                });
+            }
+            if meta.parts.len() != count {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "this object was completed before the node kept part boundaries; read ranges instead"
+                ));
+            }
+            let start: u64 = meta.parts[..index - 1].iter().map(|p| p.size).sum();
+            let end = start + meta.parts[index - 1].size;
+            Ok(Selection {
+                start,
+                end,
+                content_range: Some(partial(start, end)),
+                part: Some(index - 1),
+                whole: false,
+            })
+        }
+    }
+}
+
+/// The checksum a GET or HEAD announces for `selection` when asked
+/// (`x-amz-checksum-mode: ENABLED`): the object's for the whole object, a
+/// part's own for a part of a composite upload, none for a range.
+fn announced_checksum(
+    meta: &ObjectMeta,
+    selection: &Selection,
+    mode: Option<&ChecksumMode>,
+) -> (Checksum, Option<ChecksumType>) {
+    match selection.part {
+        None if selection.whole => convert::checksums_if_asked(meta, mode),
+        Some(index) if meta.checksum_type.as_deref() == Some(super::checksums::COMPOSITE) => {
+            let part = ObjectMeta {
+                checksums: meta.parts[index].checksums.clone(),
+                ..ObjectMeta::default()
+            };
+            let (checksum, _) = convert::checksums_if_asked(&part, mode);
+            let kind = (checksum != Checksum::default())
+                .then(|| ChecksumType::from_static(ChecksumType::COMPOSITE));
+            (checksum, kind)
+        }
+        _ => (Checksum::default(), None),
     }
 }
 
@@ -88,37 +193,27 @@ pub async fn get_object(
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
     convert::unversioned(input.version_id.as_deref())?;
-    refuse_part_number(input.part_number)?;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = reader.meta.clone();
     check_read_conditions!(&meta, input)?;
-    let (start, end, content_range) = match input.range {
-        None => (0, meta.size, None),
-        Some(range) => {
-            let range = range.check(meta.size)?;
-            let content_range = format!(
-                "bytes {}-{}/{}",
-                range.start,
-                range.end.saturating_sub(1),
-                meta.size
-            );
-            (range.start, range.end, Some(content_range))
-        }
-    };
-    let full = content_range.is_none();
-    let blob = body::send(Arc::clone(&s3.store), reader, start, end).await?;
-    let checksum = if full {
-        convert::checksum_dto(&meta)
-    } else {
-        Checksum::default()
-    };
-    let length = i64::try_from(end - start).map_err(S3Error::internal_error)?;
+    let selection = select(&meta, input.range, input.part_number)?;
+    let (checksum, checksum_type) =
+        announced_checksum(&meta, &selection, input.checksum_mode.as_ref());
+    let blob = body::send(
+        Arc::clone(&s3.store),
+        reader,
+        selection.start,
+        selection.end,
+    )
+    .await?;
+    let length = i64::try_from(selection.end - selection.start).map_err(S3Error::internal_error)?;
     Ok(S3Response::new(object_description!(
         GetObjectOutput {
             body: Some(blob),
             content_length: Some(length),
-            content_range,
+            content_range: selection.content_range,
             tag_count: tagging::count(&meta.tags),
+            checksum_type,
         },
         &meta,
         checksum
@@ -131,17 +226,28 @@ pub async fn head_object(
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
     convert::unversioned(input.version_id.as_deref())?;
-    refuse_part_number(input.part_number)?;
     let reader = s3.store.open_object(&input.bucket, &input.key).await?;
     let meta = &reader.meta;
     check_read_conditions!(meta, input)?;
-    Ok(S3Response::new(object_description!(
+    let selection = select(meta, input.range, input.part_number)?;
+    let (checksum, checksum_type) =
+        announced_checksum(meta, &selection, input.checksum_mode.as_ref());
+    let length = i64::try_from(selection.end - selection.start).map_err(S3Error::internal_error)?;
+    let partial = selection.content_range.is_some();
+    let mut response = S3Response::new(object_description!(
         HeadObjectOutput {
-            content_length: Some(i64::try_from(meta.size).map_err(S3Error::internal_error)?),
+            content_length: Some(length),
+            content_range: selection.content_range,
+            checksum_type,
         },
         meta,
-        convert::checksum_dto(meta)
-    )))
+        checksum
+    ));
+    if partial {
+        // s3s answers every HEAD with 200; the server sets this one's status.
+        response.extensions.insert(crate::server::PartialContent);
+    }
+    Ok(response)
 }
 
 pub async fn delete_object(
@@ -233,22 +339,7 @@ pub async fn copy_object(
     let bucket = s3.store.bucket_config(&input.bucket).await?;
     let reader = s3.store.open_object(source_bucket, source_key).await?;
     let source = reader.meta.clone();
-    let modified_since = input.copy_source_if_modified_since.clone();
-    let unmodified_since = input.copy_source_if_unmodified_since.clone();
-    convert::check_read_conditions(
-        &source,
-        input.copy_source_if_match.as_ref(),
-        input.copy_source_if_none_match.as_ref(),
-        modified_since.as_ref(),
-        unmodified_since.as_ref(),
-    )
-    .map_err(|e| {
-        if e.code() == &s3s::S3ErrorCode::NotModified {
-            s3_error!(PreconditionFailed)
-        } else {
-            e
-        }
-    })?;
+    check_copy_source_conditions!(&source, input)?;
     let (retention, legal_hold) = convert::new_object_retention(
         &bucket,
         input.object_lock_mode.as_ref(),
@@ -273,7 +364,9 @@ pub async fn copy_object(
             etag: source.etag.clone(),
             user_metadata: convert::user_metadata(input.metadata)?,
             checksums: source.checksums.clone(),
+            checksum_type: source.checksum_type.clone(),
             parts_count: source.parts_count,
+            parts: source.parts.clone(),
         } ..ObjectMeta::default())
     } else {
         ObjectMeta {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, WriteCondition, durable};
 use crate::error::StoreError;
-use crate::object_file::{BLOCK_SIZE, ObjectMeta, ObjectReader, ObjectWriter};
+use crate::object_file::{BLOCK_SIZE, ObjectMeta, ObjectReader, ObjectWriter, PartRecord};
 
 /// Smallest part other than the last (the S3 rule).
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -34,6 +34,33 @@ pub struct UploadInfo {
     pub created: time::OffsetDateTime,
     /// Metadata for the final object (attributes, retention).
     pub meta: ObjectMeta,
+    /// The checksum algorithm every part carries (`CRC32`, ...), if the upload
+    /// named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
+    /// `COMPOSITE` or `FULL_OBJECT`, with `checksum_algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
+}
+
+/// Sees every byte of an object being completed, in order, and then completes
+/// its metadata (a full-object checksum), or refuses the completion.
+pub trait WholeDigest: Send + 'static {
+    /// The next bytes of the object.
+    fn update(&mut self, data: &[u8]);
+    /// Called once every byte was seen, before the object is written.
+    fn finish(self: Box<Self>, meta: &mut ObjectMeta) -> Result<(), StoreError>;
+}
+
+/// What a completion request asks for.
+pub struct Completion {
+    /// (part number, ETag) of each part, in order.
+    pub parts: Vec<(i32, String)>,
+    /// The key of the part checksums kept in the object's part records (the
+    /// upload's algorithm), if any.
+    pub part_checksum: Option<&'static str>,
+    /// A digest over the whole object, if one is wanted.
+    pub digest: Option<Box<dyn WholeDigest>>,
 }
 
 /// A stored part.
@@ -47,6 +74,8 @@ pub struct PartInfo {
     pub etag: String,
     /// Unix nanoseconds.
     pub last_modified_ns: i128,
+    /// Its verified checksums, by algorithm key.
+    pub checksums: std::collections::BTreeMap<String, String>,
 }
 
 impl Store {
@@ -170,6 +199,7 @@ impl Store {
                     size: reader.meta.size,
                     etag: reader.meta.etag.clone(),
                     last_modified_ns: reader.meta.last_modified_ns,
+                    checksums: reader.meta.checksums.clone(),
                 });
             }
             parts.sort_by_key(|p| p.number);
@@ -186,9 +216,14 @@ impl Store {
         &self,
         upload_id: &str,
         info: UploadInfo,
-        parts: Vec<(i32, String)>,
+        completion: Completion,
         condition: &WriteCondition,
     ) -> Result<ObjectMeta, StoreError> {
+        let Completion {
+            parts,
+            part_checksum,
+            mut digest,
+        } = completion;
         if parts.is_empty() {
             return Err(StoreError::InvalidPart(
                 "at least one part is required".to_owned(),
@@ -200,6 +235,7 @@ impl Store {
         let dir = self.upload_dir(upload_id)?;
         let writer = self.new_writer(&info.bucket, &info.key)?;
         let mut meta = info.meta.clone();
+        meta.parts.clear();
         let part_dir = dir.clone();
         let built =
             tokio::task::spawn_blocking(move || -> Result<(PathBuf, ObjectMeta), StoreError> {
@@ -228,11 +264,28 @@ impl Store {
                         return Err(StoreError::EntityTooSmall);
                     }
                     for block in 0..reader.meta.size.div_ceil(BLOCK_SIZE) {
-                        writer.write(&reader.read_block(block)?)?;
+                        let data = reader.read_block(block)?;
+                        if let Some(digest) = digest.as_mut() {
+                            digest.update(&data);
+                        }
+                        writer.write(&data)?;
                     }
-                    let digest = hex::decode(&reader.meta.etag)
+                    let part_md5 = hex::decode(&reader.meta.etag)
                         .map_err(|_| StoreError::Corrupt(format!("part {number} etag")))?;
-                    md5_of_md5s.extend_from_slice(&digest);
+                    md5_of_md5s.extend_from_slice(&part_md5);
+                    meta.parts.push(PartRecord {
+                        size: reader.meta.size,
+                        checksums: part_checksum
+                            .and_then(|key| {
+                                let value = reader.meta.checksums.get(key)?;
+                                Some((key.to_owned(), value.clone()))
+                            })
+                            .into_iter()
+                            .collect(),
+                    });
+                }
+                if let Some(digest) = digest {
+                    digest.finish(&mut meta)?;
                 }
                 let mut md5 = crate::md5::Md5::new();
                 md5.update(&md5_of_md5s);

@@ -1,11 +1,12 @@
 //! The node's S3 API as AWS documents it, driven by boto3 and awscli: listings of
 //! keys that need encoding, bucket calls and request ids, object tagging,
-//! GetObjectAttributes and conditional deletes. The scripts are in `s3_api/`; each
+//! GetObjectAttributes, conditional deletes and streaming uploads. The scripts are in `s3_api/`; each
 //! checks status, error code and body of every answer it gets.
 
 use crate::support::{
+    pki::Pki,
     process::ok,
-    storage_node::{Node, pattern},
+    storage_node::{Node, NodeOptions, TlsFiles, pattern},
 };
 
 /// The helpers every script starts with.
@@ -85,4 +86,42 @@ fn tags_attributes_and_conditional_deletes_survive_a_restart() {
     run(&node, script, &["write"], "WRITTEN");
     node.restart();
     run(&node, script, &["check"], "ALL OK");
+}
+
+#[test]
+fn streaming_uploads_are_read_as_sdks_send_them() {
+    // Over TLS, where boto3 sends aws-chunked bodies with checksum trailers.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path());
+    let (cert, key) = pki.issue("server", "coordinator");
+    let tls = TlsFiles {
+        cert,
+        key,
+        ca_bundle: pki.ca(),
+    };
+    let node = Node::start_in(
+        dir,
+        NodeOptions {
+            tls: Some(tls),
+            ..NodeOptions::default()
+        },
+    );
+    run(&node, include_str!("s3_api/streaming.py"), &[], "ALL OK");
+    // Nothing of the refused uploads or of the spooled chunked bodies is left.
+    let tmp: Vec<_> = std::fs::read_dir(node.data().join("tmp"))
+        .expect("tmp")
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+#[test]
+fn checksums_are_verified_kept_and_returned_as_aws_documents() {
+    let node = Node::start();
+    run(&node, include_str!("s3_api/checksums.py"), &[], "ALL OK");
+}
+
+#[test]
+fn parts_are_copied_by_range_and_read_by_number_and_buckets_listed_in_pages() {
+    let node = Node::start();
+    run(&node, include_str!("s3_api/parts.py"), &[], "ALL OK");
 }

@@ -294,6 +294,10 @@ impl Node {
             .args(args)
             .env("KEY", ACCESS_KEY)
             .env("SECRET", SECRET_KEY);
+        if let Some(bundle) = &self.ca_bundle {
+            // boto3 trusts the node's CA through this variable.
+            command.env("AWS_CA_BUNDLE", bundle);
+        }
         command
     }
 

@@ -82,17 +82,12 @@ assert m["ObjectParts"]["TotalPartsCount"] == 2 and m["ETag"].strip('"').endswit
 assert m["ObjectSize"] == (5 << 20) + (1 << 20) and "Checksum" not in m, m
 expect(404, "NoSuchKey", lambda: s3.get_object_attributes(Bucket="tags", Key="missing", ObjectAttributes=["ETag"]), "attributes")
 # What the node does not do is refused, never answered as if done.
-expect(501, "NotImplemented", lambda: s3.get_object(Bucket="tags", Key="multi", PartNumber=1), "GET by part")
 expect(501, "NotImplemented", lambda: s3.list_object_versions(Bucket="tags"), "versions")
 expect(501, "NotImplemented", lambda: s3.get_object_tagging(Bucket="tags", Key="tagged", VersionId="v1"), "version")
 expect(501, "NotImplemented", lambda: s3.get_object(Bucket="tags", Key="tagged", VersionId="v1"), "GET of a version")
 expect(501, "NotImplemented", lambda: s3.delete_object(Bucket="tags", Key="tagged", VersionId="v1"), "delete of a version")
 # "null" is the version id of every object of an unversioned bucket.
 assert s3.get_object(Bucket="tags", Key="tagged", VersionId="null")["Body"].read() == b"tagged"
-up = s3.create_multipart_upload(Bucket="tags", Key="partcopy")
-expect(501, "NotImplemented", lambda: s3.upload_part_copy(Bucket="tags", Key="partcopy", UploadId=up["UploadId"],
-       PartNumber=1, CopySource="tags/tagged"), "UploadPartCopy")
-s3.abort_multipart_upload(Bucket="tags", Key="partcopy", UploadId=up["UploadId"])
 
 # Conditional deletes: If-Match (an ETag or *), size and modification time.
 etag = s3.head_object(Bucket="tags", Key="copy")["ETag"]
