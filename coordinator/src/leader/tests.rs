@@ -372,6 +372,15 @@ async fn inventory_bed(
     (store, leader, w1.lease)
 }
 
+/// Worker `w1` reports host `h1` holding `names`.
+async fn report_h1(leader: &Leader, lease: LeaseId, names: &[&str]) {
+    let vms = names.iter().map(|name| vm(name)).collect();
+    leader
+        .report_inventory("w1", "instance-1", lease, vec![("h1".into(), vms)])
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_vm_its_host_no_longer_reports_is_forgotten() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,15 +390,7 @@ async fn a_vm_its_host_no_longer_reports_is_forgotten() {
         .run_job("vm2", Some("file:///tmp/r".into()))
         .await
         .unwrap();
-    leader
-        .report_inventory(
-            "w1",
-            "instance-1",
-            lease,
-            vec![("h1".into(), vec![vm("vm1")])],
-        )
-        .await
-        .unwrap();
+    report_h1(&leader, lease, &["vm1"]).await;
     assert_eq!(leader.tick().await.unwrap().forgotten_vms, 0);
     assert!(leader.vm("vm2").is_some());
     leader.cancel(&job, "test").await.unwrap();
@@ -410,27 +411,11 @@ async fn a_vm_its_host_no_longer_reports_is_forgotten() {
 async fn a_vm_missing_from_one_report_is_kept_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let (_, leader, lease) = inventory_bed(dir.path(), Duration::from_secs(3600)).await;
-    leader
-        .report_inventory(
-            "w1",
-            "instance-1",
-            lease,
-            vec![("h1".into(), vec![vm("vm1")])],
-        )
-        .await
-        .unwrap();
+    report_h1(&leader, lease, &["vm1"]).await;
     assert_eq!(leader.tick().await.unwrap().forgotten_vms, 0);
     assert!(leader.vm("vm2").is_some());
     // Reported again: no longer missing, even with no grace left.
-    leader
-        .report_inventory(
-            "w1",
-            "instance-1",
-            lease,
-            vec![("h1".into(), vec![vm("vm1"), vm("vm2")])],
-        )
-        .await
-        .unwrap();
+    report_h1(&leader, lease, &["vm1", "vm2"]).await;
     assert!(leader.state().missing_since.is_empty());
 }
 

@@ -102,6 +102,21 @@ macro_rules! object_description {
 }
 pub(super) use object_description;
 
+/// The retention and legal hold a new object gets from a PutObject or
+/// CreateMultipartUpload `$input` and its bucket's default (see
+/// [`new_object_retention`](super::convert::new_object_retention)).
+macro_rules! new_object_retention {
+    ($bucket:expr, $input:expr) => {
+        $crate::s3::convert::new_object_retention(
+            $bucket,
+            $input.object_lock_mode.as_ref(),
+            $input.object_lock_retain_until_date.as_ref(),
+            $input.object_lock_legal_hold_status.as_ref(),
+        )
+    };
+}
+pub(super) use new_object_retention;
+
 /// Checks the If-Match, If-None-Match, If-Modified-Since and
 /// If-Unmodified-Since headers of a GET or HEAD `$input` against the
 /// object's `$meta` (see [`check_read_conditions`](super::convert::check_read_conditions)).

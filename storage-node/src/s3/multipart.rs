@@ -10,7 +10,8 @@ use super::body;
 use super::checksums::{self, Algorithm};
 use super::convert;
 use super::fields::{
-    check_copy_source_conditions, incoming_body, meta_with_content_headers, with_checksums,
+    check_copy_source_conditions, incoming_body, meta_with_content_headers, new_object_retention,
+    with_checksums,
 };
 use super::tagging;
 use crate::error::StoreError;
@@ -25,12 +26,7 @@ pub async fn create(
     s3.check_legal_hold_request(&req, req.input.object_lock_legal_hold_status.as_ref())?;
     let input = req.input;
     let bucket = s3.store.bucket_config(&input.bucket).await?;
-    let (retention, legal_hold) = convert::new_object_retention(
-        &bucket,
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let (retention, legal_hold) = new_object_retention!(&bucket, input)?;
     let meta = meta_with_content_headers!(input, {
         user_metadata: convert::user_metadata(input.metadata)?,
         retention,
@@ -109,6 +105,37 @@ fn checksum_of(info: &UploadInfo) -> S3Result<Option<(Algorithm, &'static str)>>
     Ok(Some((Algorithm::parse(name)?, kind)))
 }
 
+/// The upload a part goes to (UploadPart, UploadPartCopy): its checksum algorithm,
+/// if it has one, which every part must then carry.
+struct PartTarget(Option<Algorithm>);
+
+impl PartTarget {
+    /// The algorithm, once `part_number` is known to be in AWS's range.
+    fn checked(self, part_number: i32) -> S3Result<Option<Algorithm>> {
+        if !(1..=uploads_max_part_number()).contains(&part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "part number must be between 1 and 10000"
+            ));
+        }
+        Ok(self.0)
+    }
+}
+
+/// The upload `id` a part of `bucket`/`key` goes to, if the caller started it.
+async fn part_target<T>(
+    s3: &HavenS3,
+    req: &S3Request<T>,
+    id: &str,
+    bucket: &str,
+    key: &str,
+) -> S3Result<PartTarget> {
+    let info = owned_upload(s3, req, id, bucket, key).await?;
+    Ok(PartTarget(
+        checksum_of(&info)?.map(|(algorithm, _)| algorithm),
+    ))
+}
+
 async fn owned_upload<T>(
     s3: &HavenS3,
     req: &S3Request<T>,
@@ -133,15 +160,10 @@ pub async fn upload_part(
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let trailers = req.trailing_headers.clone();
     let input = &req.input;
-    let info = owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
-    let required = checksum_of(&info)?.map(|(algorithm, _)| algorithm);
+    let required = part_target(s3, &req, &input.upload_id, &input.bucket, &input.key)
+        .await?
+        .checked(input.part_number)?;
     let input = req.input;
-    if !(1..=uploads_max_part_number()).contains(&input.part_number) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "part number must be between 1 and 10000"
-        ));
-    }
     let max_size = s3.config.limits.max_object_size;
     let mut incoming = incoming_body!(input, req.headers, trailers);
     incoming.required = required;
@@ -171,15 +193,10 @@ pub async fn upload_part_copy(
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
     let access = s3.key(&req)?.clone();
     let input = &req.input;
-    let info = owned_upload(s3, &req, &input.upload_id, &input.bucket, &input.key).await?;
-    let required = checksum_of(&info)?.map(|(algorithm, _)| algorithm);
+    let required = part_target(s3, &req, &input.upload_id, &input.bucket, &input.key)
+        .await?
+        .checked(input.part_number)?;
     let input = req.input;
-    if !(1..=uploads_max_part_number()).contains(&input.part_number) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "part number must be between 1 and 10000"
-        ));
-    }
     let CopySource::Bucket {
         bucket: source_bucket,
         key: source_key,

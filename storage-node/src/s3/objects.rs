@@ -10,7 +10,7 @@ use super::body;
 use super::convert;
 use super::fields::{
     check_copy_source_conditions, check_read_conditions, incoming_body, meta_with_content_headers,
-    object_description, with_checksums,
+    new_object_retention, object_description, with_checksums,
 };
 use super::tagging;
 use crate::error::StoreError;
@@ -32,12 +32,7 @@ pub async fn put_object(
     let bucket = s3.store.bucket_config(&input.bucket).await?;
     let user_metadata = convert::user_metadata(input.metadata)?;
     let tags = tagging::from_header(input.tagging.as_deref())?;
-    let (retention, legal_hold) = convert::new_object_retention(
-        &bucket,
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let (retention, legal_hold) = new_object_retention!(&bucket, input)?;
     let max_size = s3.config.limits.max_object_size;
     if input
         .content_length
@@ -187,16 +182,26 @@ fn announced_checksum(
     }
 }
 
+/// Opens the object a GetObject or HeadObject `$input` names, checks its read
+/// conditions and selects the bytes asked for (whole, a range or a part): the
+/// `(reader, selection)` both answer from.
+macro_rules! open_selected {
+    ($s3:expr, $input:expr) => {{
+        convert::unversioned($input.version_id.as_deref())?;
+        let reader = $s3.store.open_object(&$input.bucket, &$input.key).await?;
+        check_read_conditions!(&reader.meta, $input)?;
+        let selection = select(&reader.meta, $input.range, $input.part_number)?;
+        (reader, selection)
+    }};
+}
+
 pub async fn get_object(
     s3: &HavenS3,
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
-    convert::unversioned(input.version_id.as_deref())?;
-    let reader = s3.store.open_object(&input.bucket, &input.key).await?;
+    let (reader, selection) = open_selected!(s3, input);
     let meta = reader.meta.clone();
-    check_read_conditions!(&meta, input)?;
-    let selection = select(&meta, input.range, input.part_number)?;
     let (checksum, checksum_type) =
         announced_checksum(&meta, &selection, input.checksum_mode.as_ref());
     let blob = body::send(
@@ -225,11 +230,8 @@ pub async fn head_object(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
-    convert::unversioned(input.version_id.as_deref())?;
-    let reader = s3.store.open_object(&input.bucket, &input.key).await?;
+    let (reader, selection) = open_selected!(s3, input);
     let meta = &reader.meta;
-    check_read_conditions!(meta, input)?;
-    let selection = select(meta, input.range, input.part_number)?;
     let (checksum, checksum_type) =
         announced_checksum(meta, &selection, input.checksum_mode.as_ref());
     let length = i64::try_from(selection.end - selection.start).map_err(S3Error::internal_error)?;
@@ -340,12 +342,7 @@ pub async fn copy_object(
     let reader = s3.store.open_object(source_bucket, source_key).await?;
     let source = reader.meta.clone();
     check_copy_source_conditions!(&source, input)?;
-    let (retention, legal_hold) = convert::new_object_retention(
-        &bucket,
-        input.object_lock_mode.as_ref(),
-        input.object_lock_retain_until_date.as_ref(),
-        input.object_lock_legal_hold_status.as_ref(),
-    )?;
+    let (retention, legal_hold) = new_object_retention!(&bucket, input)?;
     let replace_tags = input
         .tagging_directive
         .as_ref()
