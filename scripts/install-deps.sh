@@ -26,6 +26,8 @@ packages=(
   chromium chromium-driver
   # storage node tests: real S3 clients; faketime shifts a client's clock (clock skew errors)
   awscli rclone restic python3 python3-boto3 faketime
+  # boot tests: a real Debian guest built from Debian's packages (crates/testkit/src/guest.rs)
+  debootstrap
 )
 
 install_missing_packages "${packages[@]}"

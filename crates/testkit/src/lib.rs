@@ -31,6 +31,7 @@
 pub mod backend;
 mod error;
 pub mod etcd;
+pub mod guest;
 pub mod image;
 pub mod local;
 pub mod metastore;
