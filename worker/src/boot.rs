@@ -232,11 +232,20 @@ async fn wait_for_check(
                 format!("{passed} after {:.1} s", started.elapsed().as_secs_f64()),
             );
         }
+        if let Some(state) = sandbox.guest_stopped().await {
+            return (
+                BootOutcome::Failed,
+                format!(
+                    "the guest stopped ({state}) after {:.1} s before the check passed",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
         if let Some(exit) = sandbox.exited() {
             return (
                 BootOutcome::Failed,
                 format!(
-                    "the guest stopped after {:.1} s before the check passed: {exit}",
+                    "QEMU ended after {:.1} s before the check passed: {exit}",
                     started.elapsed().as_secs_f64()
                 ),
             );

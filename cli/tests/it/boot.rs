@@ -104,9 +104,10 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
     );
     assert!(
         output.status.success(),
-        "verify --boot failed: {}\n{}",
+        "verify --boot failed: {}\n{}\nserial console:\n{}",
         String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(evidence.join("serial.log")).unwrap_or_default()
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let record = &report["record"];
@@ -206,7 +207,7 @@ fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
         record["detail"]
             .as_str()
             .unwrap()
-            .contains("the guest stopped"),
+            .contains("before the check passed"),
         "{report}"
     );
     let serial = std::fs::read_to_string(evidence.join("serial.log")).unwrap();

@@ -85,6 +85,8 @@ impl Accel {
 pub struct Sandbox {
     dir: tempfile::TempDir,
     qemu: Child,
+    /// The QMP session, opened at the first state query.
+    qmp: Option<QmpClient>,
     /// Dropping it stops every NBD export.
     _exports: watch::Sender<bool>,
     export_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -251,6 +253,7 @@ impl Sandbox {
         Ok(Self {
             dir,
             qemu,
+            qmp: None,
             _exports: stop,
             export_tasks,
         })
@@ -279,24 +282,52 @@ impl Sandbox {
         })
     }
 
+    /// `Some(state)` once the guest has stopped (shut down, rebooted, panicked, or
+    /// halted on an error), as QMP `query-status` tells; `None` while it runs or QMP
+    /// cannot be asked yet.
+    pub async fn guest_stopped(&mut self) -> Option<String> {
+        if self.qmp.as_ref().is_none_or(QmpClient::is_poisoned) {
+            self.qmp = QmpClient::connect(&qmp_socket(self.dir.path()), Duration::from_secs(5))
+                .await
+                .ok();
+        }
+        let qmp = self.qmp.as_mut()?;
+        let status = qmp
+            .execute("query-status", serde_json::json!({}))
+            .await
+            .ok()?;
+        let state = status.get("status")?.as_str()?.to_string();
+        matches!(
+            state.as_str(),
+            "shutdown" | "guest-panicked" | "internal-error" | "io-error"
+        )
+        .then_some(state)
+    }
+
     /// The serial log so far (its last [`MAX_SERIAL_LOG`] bytes).
     pub fn serial_log(&self) -> Vec<u8> {
         read_tail(&serial_log(self.dir.path()), MAX_SERIAL_LOG)
     }
 
     /// A PNG of the display, through QMP `screendump`; `Err` says why none was taken.
-    pub async fn screenshot(&self) -> std::result::Result<Vec<u8>, String> {
+    pub async fn screenshot(&mut self) -> std::result::Result<Vec<u8>, String> {
         let path = self.dir.path().join("screen.png");
-        let mut qmp = QmpClient::connect(&qmp_socket(self.dir.path()), Duration::from_secs(10))
-            .await
-            .map_err(|error| error.to_string())?;
+        if self.qmp.as_ref().is_none_or(QmpClient::is_poisoned) {
+            self.qmp = Some(
+                QmpClient::connect(&qmp_socket(self.dir.path()), Duration::from_secs(10))
+                    .await
+                    .map_err(|error| error.to_string())?,
+            );
+        }
+        let Some(qmp) = self.qmp.as_mut() else {
+            return Err("no QMP session".into());
+        };
         qmp.execute(
             "screendump",
             serde_json::json!({"filename": path.display().to_string(), "format": "png"}),
         )
         .await
         .map_err(|error| error.to_string())?;
-        qmp.close();
         std::fs::read(&path).map_err(|error| format!("cannot read the screenshot: {error}"))
     }
 }
