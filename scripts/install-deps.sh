@@ -29,6 +29,8 @@ packages=(
   # vSphere tests: govmomi's vCenter simulator built from Go source (crates/testkit/vcsim)
   golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev
   golang-github-kr-pretty-dev golang-github-davecgh-go-xdr-dev golang-github-vmware-vmw-guestinfo-dev
+  # boot tests: a real Debian guest built from Debian's packages (crates/testkit/src/guest.rs)
+  debootstrap
 )
 
 install_missing_packages "${packages[@]}"

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod adapters;
+pub mod boot;
 pub mod daemon;
 mod error;
 pub mod export;
@@ -35,4 +36,5 @@ pub use daemon::{HostConfig, WorkerConfig, run_worker};
 pub use error::{Result, WorkerError};
 pub use pipeline::pool::{ClientPool, PooledClient};
 pub use pipeline::snapshot::{BackupReport, DirectPublisher, DiskReport, ManifestPublisher};
+pub use restore::snapshot_device::{SnapshotDevice, SnapshotExport};
 pub use restore::snapshot_reader::{ReaderOptions, ReaderStats, SnapshotReader};

@@ -8,6 +8,7 @@
 pub mod file;
 pub mod nbd;
 mod raw_file;
+pub mod snapshot_device;
 pub mod snapshot_reader;
 pub mod vm;
 mod windows;

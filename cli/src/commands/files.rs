@@ -92,29 +92,7 @@ fn parse_spec(spec: &str) -> Result<(SnapshotRef, Option<String>, String)> {
     Ok((reference, Some(disk.to_string()), path))
 }
 
-/// The snapshot reader as a synchronous block device for the file system drivers
-/// (also `haven diff`'s).
-pub(crate) struct SnapshotDevice {
-    reader: SnapshotReader,
-    handle: tokio::runtime::Handle,
-}
-
-impl SnapshotDevice {
-    /// The device of `reader`, read from blocking threads through `handle`.
-    pub(crate) fn new(reader: SnapshotReader, handle: tokio::runtime::Handle) -> Self {
-        Self { reader, handle }
-    }
-}
-
-impl BlockDevice for SnapshotDevice {
-    fn size(&self) -> u64 {
-        self.reader.size()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        Ok(self.reader.blocking_read_at(&self.handle, offset, buf)?)
-    }
-}
+pub(crate) use haven_worker::SnapshotDevice;
 
 /// Chunk figures printed with `--json`, to show how little was read.
 #[derive(Debug, Serialize)]

@@ -14,12 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use haven_nbd::{
-    Endpoint, ExportSource, NbdServer, PeerVerification, STATE_HOLE, STATE_ZERO, ServerConfig,
-    ServerListener, ServerTls,
-};
+use haven_nbd::{Endpoint, NbdServer, PeerVerification, ServerConfig, ServerListener, ServerTls};
 use haven_repo::SnapshotRef;
-use haven_worker::{ReaderOptions, SnapshotReader};
+use haven_worker::{ReaderOptions, SnapshotExport, SnapshotReader};
 use tokio::sync::watch;
 
 use crate::common::{RepoArgs, human_bytes};
@@ -68,31 +65,6 @@ pub struct ServeNbdArgs {
     /// Clients served at once.
     #[arg(long, default_value_t = 64)]
     max_clients: usize,
-}
-
-/// The snapshot reader as an NBD export.
-struct SnapshotExport(SnapshotReader);
-
-impl ExportSource for SnapshotExport {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        Ok(self.0.read_at(offset, buf).await?)
-    }
-
-    fn allocation(&self, offset: u64, length: u32) -> Vec<(u32, u32)> {
-        self.0
-            .extents(offset, u64::from(length))
-            .into_iter()
-            .map(|(run, is_zero)| {
-                // Runs lie inside the request, whose length is a u32.
-                let flags = if is_zero { STATE_HOLE | STATE_ZERO } else { 0 };
-                (run as u32, flags)
-            })
-            .collect()
-    }
 }
 
 /// Serves until SIGINT or SIGTERM.

@@ -26,6 +26,17 @@ struct SnapshotLine {
     source: String,
     parent: Option<String>,
     disks: Vec<DiskLine>,
+    /// The newest boot test (`haven verify --boot`), if any.
+    boot: Option<BootLine>,
+}
+
+#[derive(Serialize)]
+struct BootLine {
+    outcome: haven_repo::BootOutcome,
+    booted_at: String,
+    check: String,
+    duration_ms: u64,
+    detail: String,
 }
 
 #[derive(Serialize)]
@@ -55,6 +66,20 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
     let mut lines = Vec::with_capacity(ids.len());
     for id in ids {
         let manifest = repo.read_manifest(&id).await?;
+        // One unreadable boot record must not hide the list: it is reported instead.
+        let record = haven_repo::latest_boot_record(&repo, &id)
+            .await
+            .unwrap_or_else(|error| {
+                eprintln!("warning: boot record of {id} unreadable: {error}");
+                None
+            });
+        let boot = record.map(|record| BootLine {
+            outcome: record.outcome,
+            booted_at: record.booted_at,
+            check: record.check,
+            duration_ms: record.duration_ms,
+            detail: record.detail,
+        });
         lines.push(SnapshotLine {
             snapshot: id.to_string(),
             vm: manifest.vm,
@@ -72,6 +97,7 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
                     uploaded_bytes: disk.stats.uploaded_bytes,
                 })
                 .collect(),
+            boot,
         });
     }
     if args.output.json {
@@ -93,7 +119,18 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
                 )
             })
             .collect();
-        println!("{}  {}", line.snapshot, disks.join(", "));
+        let boot = match &line.boot {
+            Some(boot) => format!(
+                "  boot {} {}",
+                match boot.outcome {
+                    haven_repo::BootOutcome::Passed => "passed",
+                    haven_repo::BootOutcome::Failed => "FAILED",
+                },
+                boot.booted_at
+            ),
+            None => String::new(),
+        };
+        println!("{}  {}{boot}", line.snapshot, disks.join(", "));
     }
     Ok(())
 }

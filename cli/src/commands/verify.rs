@@ -8,6 +8,11 @@ use haven_repo::{
     check_same_repository, verify_snapshots,
 };
 
+mod boot;
+
+use haven_worker::boot::BootCheck;
+
+use crate::commands::gc::parse_duration;
 use crate::common::{OutputArgs, RepoArgs, human_bytes, print_json};
 use crate::exit::CliError;
 use crate::progress::ProgressLine;
@@ -36,12 +41,48 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "URL")]
     repair_from: Option<String>,
     #[command(flatten)]
+    boot: BootArgs,
+    #[command(flatten)]
     output: OutputArgs,
+}
+
+/// `haven verify --boot`: the options of a boot test.
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Boot the snapshot in a sandbox instead of re-reading its chunks: QEMU on
+    /// read-only NBD exports under throw-away overlays, no network, the kernel and
+    /// initrd from the snapshot's /boot. The verdict, serial log and screenshot are
+    /// stored beside the snapshot.
+    #[arg(long, requires = "snapshot", conflicts_with_all = ["sample", "repair_from"])]
+    pub(crate) boot: bool,
+    /// What decides that the guest came up: `agent` (the QEMU guest agent answers
+    /// guest-ping) or `serial:TEXT` (the serial console prints TEXT).
+    #[arg(long, requires = "boot", default_value = "agent", value_name = "CHECK")]
+    pub(crate) check: BootCheck,
+    /// How long the guest has to pass the check (30s, 5m, …).
+    #[arg(long, requires = "boot", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+    /// At most this many virtual CPUs (the recorded configuration's count otherwise, or 1).
+    #[arg(long, requires = "boot", default_value_t = 2)]
+    pub(crate) max_cpus: u32,
+    /// At most this much memory in MiB (the recorded configuration's otherwise, or 512).
+    #[arg(long, requires = "boot", default_value_t = 2048)]
+    pub(crate) max_memory: u64,
+    /// Also write the evidence (serial.log, screen.png) into this folder.
+    #[arg(long, requires = "boot", value_name = "DIR")]
+    pub(crate) evidence: Option<std::path::PathBuf>,
 }
 
 /// Re-reads and checks every object the chosen snapshots depend on, records the verdict
 /// per snapshot in the repository, and optionally repairs from a replica.
 pub async fn run(args: VerifyArgs) -> Result<()> {
+    if args.boot.boot {
+        let Some(snapshot) = args.snapshot else {
+            usage!("--boot needs a snapshot: haven verify --boot VM@TIME");
+        };
+        let repo = args.repo.open().await?;
+        return boot::run(repo, snapshot, args.boot, args.output.json).await;
+    }
     let repo = args.repo.open().await?;
     let snapshots = match (&args.snapshot, &args.vm) {
         (Some(reference), _) => vec![repo.resolve(reference).await?],

@@ -8,6 +8,7 @@
 mod support;
 
 mod backup_restore;
+mod boot;
 mod cluster;
 mod command_line;
 mod diff;

@@ -65,6 +65,10 @@ pub use storage::node_client::{
 pub use storage::s3::S3Credentials;
 
 // Operations.
+pub use ops::boot_record::{
+    BOOT_RECORD_VERSION, BootEvidence, BootOutcome, BootRecord, latest_boot_record,
+    read_boot_evidence, write_boot_record,
+};
 pub use ops::diff::{ChangedRange, changed_ranges};
 pub use ops::gc::{
     DEFAULT_MARGIN, DEFAULT_SORT_MEMORY, GcOptions, GcPhase, GcReport, PhaseHook, collect_garbage,

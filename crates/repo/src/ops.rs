@@ -6,6 +6,7 @@
 //! Decisions that can be pure functions are (`retention::plan_retention`); the modules
 //! around them do the listing, reading and deleting.
 
+pub(crate) mod boot_record;
 pub(crate) mod diff;
 pub(crate) mod gc;
 pub(crate) mod keys;

@@ -36,6 +36,7 @@
 pub mod backend;
 mod error;
 pub mod etcd;
+pub mod guest;
 pub mod image;
 pub mod local;
 pub mod metastore;

@@ -4,7 +4,8 @@
 //! offset  size  field
 //!      0     4  magic "HVNB"
 //!      4     1  format version (1)
-//!      5     1  kind (1 chunk, 2 index, 3 manifest, 4 verify record)
+//!      5     1  kind (1 chunk, 2 index, 3 manifest, 4 verify record, 5 boot record,
+//!                 6 boot evidence)
 //!      6     1  compression (0 none, 1 zstd)
 //!      7     1  cipher (1 AES-256-GCM)
 //!      8     8  plaintext length, u64 little endian (before compression)
@@ -49,6 +50,10 @@ pub enum BlobKind {
     Manifest = 3,
     /// The result of verifying a snapshot (`verify/VM/SNAPSHOT/TIME`).
     VerifyRecord = 4,
+    /// The result of boot-testing a snapshot (`boot/VM/SNAPSHOT/TIME/record`).
+    BootRecord = 5,
+    /// Evidence of a boot test: its serial log or screenshot (`boot/VM/SNAPSHOT/TIME/…`).
+    BootEvidence = 6,
 }
 
 impl BlobKind {
@@ -58,6 +63,8 @@ impl BlobKind {
             2 => Some(BlobKind::Index),
             3 => Some(BlobKind::Manifest),
             4 => Some(BlobKind::VerifyRecord),
+            5 => Some(BlobKind::BootRecord),
+            6 => Some(BlobKind::BootEvidence),
             _ => None,
         }
     }

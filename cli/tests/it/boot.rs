@@ -1,0 +1,224 @@
+//! `haven verify --boot`: a real Debian guest (built by `haven_testkit::guest`) is
+//! backed up, its disk deleted, and the snapshot booted from the repository alone under
+//! QEMU; a snapshot without a root file system fails with the console as evidence.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use haven_testkit::guest::{GuestImages, READY_MARKER, test_guest};
+
+use crate::support::bed::Bed;
+
+/// Boot tests run one at a time: each guest takes a CPU for tens of seconds under TCG.
+static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn images() -> GuestImages {
+    test_guest().expect("the test guest could not be built (scripts/install-deps.sh)")
+}
+
+/// A sparse copy of `image` at `to`, the disk the test backs up and then deletes.
+fn copy_disk(image: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp {} failed", image.display());
+}
+
+/// `haven verify --boot SNAPSHOT ARGS --json` with the sandbox folders in `tmp`.
+fn verify_boot(bed: &Bed, snapshot: &str, tmp: &Path, args: &[&str]) -> std::process::Output {
+    bed.haven(&["verify", "--boot", snapshot, "--json"])
+        .args(args)
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap()
+}
+
+/// Processes whose command line mentions `path` (a sandbox left running).
+fn processes_using(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// Nothing of the sandbox is left: no folder in `tmp`, no process naming it.
+fn assert_sandbox_gone(tmp: &Path) {
+    let left: Vec<PathBuf> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    assert!(left.is_empty(), "sandbox files left: {left:?}");
+    let processes = processes_using(tmp);
+    assert!(
+        processes.is_empty(),
+        "sandbox processes left: {processes:?}"
+    );
+}
+
+fn snapshot_boot(bed: &Bed, vm: &str) -> serde_json::Value {
+    let listed = bed.json(&["snapshots", "--vm", vm]);
+    listed[0]["boot"].clone()
+}
+
+#[test]
+fn a_backed_up_guest_boots_from_its_snapshot_alone() {
+    let images = images();
+    let _one = ONE_GUEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let bed = Bed::initialised();
+    let disk = bed.path("guest.raw");
+    copy_disk(&images.bootable, &disk);
+    let backup = bed.backup("guest", &[&disk]);
+    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
+    std::fs::remove_file(&disk).unwrap();
+
+    let tmp = bed.path("sandboxes");
+    std::fs::create_dir(&tmp).unwrap();
+    let evidence = bed.path("evidence");
+    let output = verify_boot(
+        &bed,
+        &snapshot,
+        &tmp,
+        &[
+            "--check",
+            "agent",
+            "--timeout",
+            "10m",
+            "--evidence",
+            evidence.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "verify --boot failed: {}\n{}\nserial console:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(evidence.join("serial.log")).unwrap_or_default()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let record = &report["record"];
+    assert_eq!(record["outcome"], "passed", "{report}");
+    assert_eq!(record["check"], "agent", "{report}");
+    assert!(
+        record["detail"].as_str().unwrap().contains("guest-ping"),
+        "{report}"
+    );
+    assert!(
+        record["sandbox"]
+            .as_str()
+            .unwrap()
+            .contains("root=/dev/vda1"),
+        "{report}"
+    );
+    // The evidence is stored beside the snapshot, and written where asked.
+    let keys: Vec<&str> = record["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key.as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{report}");
+    for key in &keys {
+        assert!(bed.repo_dir().join(key).is_file(), "{key} not stored");
+    }
+    assert!(
+        bed.repo_dir()
+            .join(report["record_key"].as_str().unwrap())
+            .is_file()
+    );
+    let serial = std::fs::read_to_string(evidence.join("serial.log")).unwrap();
+    assert!(serial.contains("Linux version"), "{serial}");
+    let screen = std::fs::read(evidence.join("screen.png")).unwrap();
+    assert!(screen.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert_sandbox_gone(&tmp);
+
+    // `haven snapshots` shows the verdict.
+    let boot = snapshot_boot(&bed, "guest");
+    assert_eq!(boot["outcome"], "passed", "{boot}");
+
+    // The serial check passes on the marker the guest prints once up.
+    let output = verify_boot(
+        &bed,
+        &snapshot,
+        &tmp,
+        &[
+            "--check",
+            &format!("serial:{READY_MARKER}"),
+            "--timeout",
+            "10m",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["record"]["outcome"], "passed", "{report}");
+    assert_sandbox_gone(&tmp);
+}
+
+#[test]
+fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
+    let images = images();
+    let _one = ONE_GUEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let bed = Bed::initialised();
+    let disk = bed.path("broken.raw");
+    copy_disk(&images.no_root, &disk);
+    let backup = bed.backup("broken", &[&disk]);
+    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
+    std::fs::remove_file(&disk).unwrap();
+    let tmp = bed.path("sandboxes");
+    std::fs::create_dir(&tmp).unwrap();
+    let evidence = bed.path("evidence");
+
+    let output = verify_boot(
+        &bed,
+        &snapshot,
+        &tmp,
+        &["--timeout", "10m", "--evidence", evidence.to_str().unwrap()],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let record = &report["record"];
+    assert_eq!(record["outcome"], "failed", "{report}");
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .contains("before the check passed"),
+        "{report}"
+    );
+    let serial = std::fs::read_to_string(evidence.join("serial.log")).unwrap();
+    assert!(serial.contains("No init found"), "{serial}");
+    for key in record["evidence"].as_array().unwrap() {
+        assert!(bed.repo_dir().join(key.as_str().unwrap()).is_file());
+    }
+    assert_sandbox_gone(&tmp);
+    // Recorded and shown; nothing was deleted.
+    let boot = snapshot_boot(&bed, "broken");
+    assert_eq!(boot["outcome"], "failed", "{boot}");
+    let listed = bed.json(&["snapshots", "--vm", "broken"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
