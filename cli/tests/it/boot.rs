@@ -68,6 +68,35 @@ fn assert_sandbox_gone(tmp: &Path) {
     );
 }
 
+/// A repository holding one snapshot of a guest disk whose only copy was deleted
+/// after the backup, with folders for the sandboxes and the evidence.
+struct BackedUp {
+    bed: Bed,
+    snapshot: String,
+    tmp: PathBuf,
+    evidence: PathBuf,
+}
+
+/// Backs up a copy of `image` as VM `vm`, then deletes the copy: only the snapshot
+/// can boot it.
+fn backed_up_alone(image: &Path, vm: &str) -> BackedUp {
+    let bed = Bed::initialised();
+    let disk = bed.path(&format!("{vm}.raw"));
+    copy_disk(image, &disk);
+    let backup = bed.backup(vm, &[&disk]);
+    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
+    std::fs::remove_file(&disk).unwrap();
+    let tmp = bed.path("sandboxes");
+    std::fs::create_dir(&tmp).unwrap();
+    let evidence = bed.path("evidence");
+    BackedUp {
+        bed,
+        snapshot,
+        tmp,
+        evidence,
+    }
+}
+
 fn snapshot_boot(bed: &Bed, vm: &str) -> serde_json::Value {
     let listed = bed.json(&["snapshots", "--vm", vm]);
     listed[0]["boot"].clone()
@@ -79,16 +108,12 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
     let _one = ONE_GUEST_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let bed = Bed::initialised();
-    let disk = bed.path("guest.raw");
-    copy_disk(&images.bootable, &disk);
-    let backup = bed.backup("guest", &[&disk]);
-    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
-    std::fs::remove_file(&disk).unwrap();
-
-    let tmp = bed.path("sandboxes");
-    std::fs::create_dir(&tmp).unwrap();
-    let evidence = bed.path("evidence");
+    let BackedUp {
+        bed,
+        snapshot,
+        tmp,
+        evidence,
+    } = backed_up_alone(&images.bootable, "guest");
     let output = verify_boot(
         &bed,
         &snapshot,
@@ -178,15 +203,12 @@ fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
     let _one = ONE_GUEST_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let bed = Bed::initialised();
-    let disk = bed.path("broken.raw");
-    copy_disk(&images.no_root, &disk);
-    let backup = bed.backup("broken", &[&disk]);
-    let snapshot = backup["snapshot"].as_str().unwrap().to_string();
-    std::fs::remove_file(&disk).unwrap();
-    let tmp = bed.path("sandboxes");
-    std::fs::create_dir(&tmp).unwrap();
-    let evidence = bed.path("evidence");
+    let BackedUp {
+        bed,
+        snapshot,
+        tmp,
+        evidence,
+    } = backed_up_alone(&images.no_root, "broken");
 
     let output = verify_boot(
         &bed,

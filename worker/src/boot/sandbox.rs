@@ -187,7 +187,8 @@ impl Sandbox {
                 }
             }));
             let overlay = dir.path().join(format!("overlay{index}.qcow2"));
-            create_overlay(&overlay, reader.size()).await?;
+            // Its backing is given on QEMU's command line: qemu-img never opens the export.
+            crate::export::create_qcow2(&overlay, reader.size()).await?;
             drives.extend(drive_args(index, reader.disk(), &socket, &overlay));
         }
         let mut command = Command::new("qemu-system-x86_64");
@@ -351,29 +352,6 @@ fn drive_args(index: usize, name: &str, socket: &Path, overlay: &Path) -> Vec<St
         "-device".into(),
         format!("virtio-blk-pci,drive=disk{index}"),
     ]
-}
-
-/// An empty qcow2 file of `size` bytes: its backing is given on QEMU's command line, so
-/// `qemu-img` never opens the export.
-async fn create_overlay(path: &Path, size: u64) -> Result<()> {
-    let output = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg(size.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| WorkerError::Tool {
-            program: "qemu-img".into(),
-            message: format!("cannot start it ({source}); install the qemu-utils package"),
-        })?;
-    if !output.status.success() {
-        return Err(WorkerError::Tool {
-            program: "qemu-img".into(),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// The last `max` bytes of `path` (empty when it cannot be read).

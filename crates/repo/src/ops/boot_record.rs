@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::error::{RepoError, Result};
 use crate::format::blob::{self, BlobKind};
-use crate::format::manifest::{SnapshotId, format_timestamp, parse_timestamp};
+use crate::format::manifest::{SnapshotId, format_timestamp};
 use crate::repository::Repository;
 use crate::storage::backend::{Durability, PutOutcome};
 
@@ -148,21 +148,7 @@ pub async fn latest_boot_record(
     snapshot: &SnapshotId,
 ) -> Result<Option<BootRecord>> {
     let prefix = snapshot_prefix(snapshot);
-    let mut newest: Option<(OffsetDateTime, String)> = None;
-    for key in repo.backend().list(&prefix).await? {
-        let Some(time) = key
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|rest| rest.strip_suffix("/record"))
-            .and_then(|run| parse_timestamp(run).ok())
-        else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(best, _)| time > *best) {
-            newest = Some((time, key));
-        }
-    }
-    let Some((_, key)) = newest else {
+    let Some(key) = super::verify_record::newest_run(repo, &prefix, "/record").await? else {
         return Ok(None);
     };
     let plain = read_sealed(repo, &key, BlobKind::BootRecord, MAX_RECORD_LEN).await?;

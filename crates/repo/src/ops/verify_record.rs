@@ -106,6 +106,31 @@ pub async fn write_verify_record(
     Err(RepoError::AlreadyExists(record_prefix(snapshot)))
 }
 
+/// The key `prefix/TIME SUFFIX` with the newest `TIME` (a canonical timestamp), the
+/// newest run of a per-snapshot record (verify's, a boot test's); keys of another
+/// shape are skipped.
+pub(super) async fn newest_run(
+    repo: &Repository,
+    prefix: &str,
+    suffix: &str,
+) -> Result<Option<String>> {
+    let mut newest: Option<(OffsetDateTime, String)> = None;
+    for key in repo.backend().list(prefix).await? {
+        let Some(time) = key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .and_then(|run| parse_timestamp(run).ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(best, _)| time > *best) {
+            newest = Some((time, key));
+        }
+    }
+    Ok(newest.map(|(_, key)| key))
+}
+
 /// The newest verify record of `snapshot`, `None` if it was never verified.
 ///
 /// An unreadable or forged record is an error: callers deciding whether to trust a
@@ -115,20 +140,7 @@ pub async fn latest_verify_record(
     snapshot: &SnapshotId,
 ) -> Result<Option<VerifyRecord>> {
     let prefix = record_prefix(snapshot);
-    let mut newest: Option<(OffsetDateTime, String)> = None;
-    for key in repo.backend().list(&prefix).await? {
-        let Some(time) = key
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|last| parse_timestamp(last).ok())
-        else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(best, _)| time > *best) {
-            newest = Some((time, key));
-        }
-    }
-    let Some((_, key)) = newest else {
+    let Some(key) = newest_run(repo, &prefix, "").await? else {
         return Ok(None);
     };
     let stored = repo.backend().get(&key, MAX_RECORD_LEN).await?;

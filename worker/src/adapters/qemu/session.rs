@@ -249,7 +249,7 @@ impl Session {
                     disk.disk.node.clone(),
                 )
             };
-            create_overlay(&file, size).await?;
+            crate::export::create_qcow2(&file, size).await?;
             self.execute(
                 "blockdev-add",
                 json!({"driver": "qcow2", "node-name": node, "backing": base,
@@ -527,29 +527,4 @@ fn remove_fleece_file(filename: &str) {
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_dir(folder);
     }
-}
-
-/// Creates an empty qcow2 overlay of `size` bytes with `qemu-img`.
-async fn create_overlay(path: &Path, size: u64) -> Result<()> {
-    let output = tokio::process::Command::new("qemu-img")
-        .arg("create")
-        .arg("-q")
-        .arg("-f")
-        .arg("qcow2")
-        .arg(path)
-        .arg(size.to_string())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|error| WorkerError::Tool {
-            program: "qemu-img".into(),
-            message: format!("cannot run: {error}"),
-        })?;
-    if !output.status.success() {
-        return Err(WorkerError::Tool {
-            program: "qemu-img".into(),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
