@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use haven_testkit::guest::{GuestImages, READY_MARKER, test_guest};
 
@@ -68,18 +68,19 @@ fn assert_sandbox_gone(tmp: &Path) {
     );
 }
 
-/// A repository holding one snapshot of a guest disk whose only copy was deleted
-/// after the backup, with folders for the sandboxes and the evidence.
-struct BackedUp {
-    bed: Bed,
-    snapshot: String,
-    tmp: PathBuf,
-    evidence: PathBuf,
-}
+/// The guest slot held, a repository holding one snapshot of a guest disk whose
+/// only copy was deleted after the backup, the snapshot's name, and folders for the
+/// sandboxes and the evidence.
+type Run = (MutexGuard<'static, ()>, Bed, String, PathBuf, PathBuf);
 
-/// Backs up a copy of `image` as VM `vm`, then deletes the copy: only the snapshot
-/// can boot it.
-fn backed_up_alone(image: &Path, vm: &str) -> BackedUp {
+/// Takes the guest slot, backs up a copy of the image `pick` names as VM `vm`, then
+/// deletes the copy: only the snapshot can boot it.
+fn backed_up(pick: fn(&GuestImages) -> &PathBuf, vm: &str) -> Run {
+    let images = images();
+    let image = pick(&images);
+    let slot = ONE_GUEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let bed = Bed::initialised();
     let disk = bed.path(&format!("{vm}.raw"));
     copy_disk(image, &disk);
@@ -89,12 +90,7 @@ fn backed_up_alone(image: &Path, vm: &str) -> BackedUp {
     let tmp = bed.path("sandboxes");
     std::fs::create_dir(&tmp).unwrap();
     let evidence = bed.path("evidence");
-    BackedUp {
-        bed,
-        snapshot,
-        tmp,
-        evidence,
-    }
+    (slot, bed, snapshot, tmp, evidence)
 }
 
 fn snapshot_boot(bed: &Bed, vm: &str) -> serde_json::Value {
@@ -104,16 +100,7 @@ fn snapshot_boot(bed: &Bed, vm: &str) -> serde_json::Value {
 
 #[test]
 fn a_backed_up_guest_boots_from_its_snapshot_alone() {
-    let images = images();
-    let _one = ONE_GUEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let BackedUp {
-        bed,
-        snapshot,
-        tmp,
-        evidence,
-    } = backed_up_alone(&images.bootable, "guest");
+    let (_one, bed, snapshot, tmp, evidence) = backed_up(|images| &images.bootable, "guest");
     let output = verify_boot(
         &bed,
         &snapshot,
@@ -199,16 +186,7 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
 
 #[test]
 fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
-    let images = images();
-    let _one = ONE_GUEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let BackedUp {
-        bed,
-        snapshot,
-        tmp,
-        evidence,
-    } = backed_up_alone(&images.no_root, "broken");
+    let (_one, bed, snapshot, tmp, evidence) = backed_up(|images| &images.no_root, "broken");
 
     let output = verify_boot(
         &bed,
