@@ -10,6 +10,11 @@ use crate::error::{Result, VsphereError};
 use crate::model::{self, Area, MoRef, SnapshotEntry, VirtualDisk, VmInfo};
 use crate::xml::{Element, escape};
 
+/// The longest Haven waits for one vSphere task (snapshot creation or removal,
+/// reconfiguration); removing a snapshot with large deltas can take long, a task that
+/// never ends must not hang a backup. A snapshot left behind is removed by the next run.
+pub const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Largest SOAP reply accepted; a VM inventory of thousands fits in a few MiB.
 pub const MAX_REPLY_BYTES: usize = 32 << 20;
 /// Most `QueryChangedDiskAreas` replies one disk may take (each must advance).
@@ -589,9 +594,12 @@ impl Client {
             .map_err(|reason| VsphereError::reply(method, reason))
     }
 
-    /// Waits for a task to end; its result, or its fault as an error.
+    /// Waits for a task to end, at most [`TASK_TIMEOUT`]; its result, or its fault as
+    /// an error. A task that never ends must not hold a backup (or the snapshot removal
+    /// after it) forever.
     async fn wait(&self, task: &MoRef, name: &str) -> Result<Option<Element>> {
         let mut pause = Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + TASK_TIMEOUT;
         loop {
             let info = self.retrieve_one(task, &["info"]).await?;
             let info = info
@@ -616,6 +624,12 @@ impl Client {
                         task: name.to_string(),
                         fault,
                         message,
+                    });
+                }
+                "queued" | "running" if tokio::time::Instant::now() >= deadline => {
+                    return Err(VsphereError::TaskTimeout {
+                        task: name.to_string(),
+                        after: TASK_TIMEOUT,
                     });
                 }
                 "queued" | "running" => {

@@ -50,6 +50,14 @@ pub enum VsphereError {
         /// vSphere's message.
         message: String,
     },
+    /// A task still running when Haven stopped waiting for it.
+    #[error("{task} still running after {after:?}; Haven stopped waiting")]
+    TaskTimeout {
+        /// The task (`CreateSnapshot_Task`, ...).
+        task: String,
+        /// How long Haven waited.
+        after: std::time::Duration,
+    },
     /// The reply is not what the call returns (truncated, too large, wrong types).
     #[error("{call}: unusable reply: {reason}")]
     Reply {
@@ -83,9 +91,11 @@ impl VsphereError {
                 fault.as_str(),
                 "InvalidLogin" | "NoPermission" | "NotAuthenticated"
             ),
-            Self::Http { .. } | Self::Status { .. } | Self::Task { .. } | Self::Reply { .. } => {
-                true
-            }
+            Self::Http { .. }
+            | Self::Status { .. }
+            | Self::Task { .. }
+            | Self::TaskTimeout { .. }
+            | Self::Reply { .. } => true,
             Self::CaFile { .. } | Self::NotFound(_) | Self::InvalidInput(_) => false,
         }
     }

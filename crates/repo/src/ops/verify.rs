@@ -278,11 +278,14 @@ async fn verify_one(
             let repo = repo.clone();
             let replica = replica.cloned();
             async move {
-                // A second read before a chunk is called bad: a reply cut short in
-                // transit must not mark an intact chunk (and force full backups).
+                // A second read before a chunk that was read is called bad: a reply
+                // cut short in transit must not mark an intact chunk (and force full
+                // backups). A missing chunk is not read again.
                 let checked = match repo.check_chunk(chunk).await {
-                    Ok(len) => Ok(len),
-                    Err(_) => repo.check_chunk(chunk).await,
+                    Err(error) if !matches!(error, RepoError::NotFound(_)) => {
+                        repo.check_chunk(chunk).await
+                    }
+                    first => first,
                 };
                 let outcome = match (checked, replica) {
                     (Ok(len), _) => ChunkOutcome::Good(len),
