@@ -15,6 +15,7 @@ etcd = {{ include "haven.etcdEndpoints" . }}
 worker_lease_seconds = {{ .Values.coordinator.workerLeaseSeconds }}
 leader_lease_seconds = {{ .Values.coordinator.leaderLeaseSeconds }}
 job_history_hours = {{ .Values.coordinator.jobHistoryHours }}
+inventory_grace_minutes = {{ .Values.coordinator.inventoryGraceMinutes }}
 allowed_repositories = {{ toJson .Values.coordinator.allowedRepositories }}
 
 [tls]
