@@ -8,11 +8,12 @@ What it does, in order:
 2. makes the installation's secrets as deploy/README.md says: etcd's CA, certificates
    and passwords (openssl), the control plane's certificates (`haven pki`), one file
    per storage key;
-3. starts two "VMs" on this host: `qemu-storage-daemon`s with a qcow2 disk each and
-   their QMP sockets in the folder the workers mount (`HAVEN_QMP_DIR`);
-4. `docker-compose up` with only environment variables set (image names among them:
+3. `docker-compose up` with only environment variables set (image names among them:
    the compose file is not changed): site A (3 etcd members, 2 coordinators, 2
-   workers, the primary storage node) and site B's storage node;
+   workers, the primary storage node, and in the profile `lab` the `hypervisor`
+   container running two "VMs", `qemu-storage-daemon`s whose QMP sockets the workers
+   reach) and site B's storage node;
+4. (the step numbers below follow the order of the run)
 5. as an admin, over the coordinators' mutual TLS: initialises the repository, applies
    `deploy/compose/policy.toml` and runs a round, restored byte-identical from the
    primary and found replicated at site B;
@@ -25,15 +26,20 @@ What it does, in order:
 9. every snapshot verifies, and each VM's newest restores byte-identical;
 10. site A destroyed (containers, volumes and VMs): site B's coordinator and worker
    (profile `dr`) rebuild the catalog from the replica, restore each VM by name,
-   start it under `qemu-system-x86_64` (TCG) and back it up again into site B.
+   start it under `qemu-system-x86_64` (TCG) and back it up again into site B;
+11. failback (docs/dr.md): site A rebuilt from site B's copy (a new storage node
+   filled by `haven replicate`, new etcd members and coordinators whose catalog is
+   rebuilt from it), each VM restored by name at A and run by A's hypervisor again,
+   and a round at A backs them up and replicates them to B.
 
 Each step prints its figures (time to recover, replication lag, DR restore time).
 Everything it started (containers, volumes, networks, QEMUs, files) is removed at the
 end, passed or failed; on a failure the containers' logs are printed first. Usage:
 `deploy/compose_test.py [HAVEN_BINARY]`. Needs docker with docker-compose (v1 or the
-v2 plugin), debootstrap, openssl, qemu-img, qemu-storage-daemon, qemu-system-x86_64.
+v2 plugin), debootstrap, openssl, qemu-img, qemu-io and qemu-system-x86_64.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,7 +68,10 @@ DISK_MIB = 512
 WRITE_MIB = 320
 # Site A's services: what a lost site A takes with it (docs/dr.md).
 SITE_A = ["etcd-1", "etcd-2", "etcd-3", "etcd-init", "coordinator-1", "coordinator-2",
-          "worker-1", "worker-2", "storage-primary"]
+          "worker-1", "worker-2", "storage-primary", "hypervisor"]
+# Site A's control plane, rebuilt in a failback before its workers and hypervisor.
+CONTROL_PLANE_A = ["etcd-1", "etcd-2", "etcd-3", "etcd-init", "coordinator-1",
+                   "coordinator-2"]
 # The uid Haven's image runs coordinators and storage nodes as (deploy/Dockerfile).
 HAVEN_UID = 10001
 
@@ -146,29 +155,14 @@ def make_storage_secrets(folder):
     return keys
 
 
-def start_vm(folder, qmp_dir, vm, seed):
-    """A qcow2 disk with distinct data served by qemu-storage-daemon, QMP at VM.qmp, and
-    a writable NBD export `guest` through which the "guest" writes (`guest_write`)."""
-    disk = os.path.join(folder, f"{vm}.qcow2")
-    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, f"{DISK_MIB}M"])
-    for offset, pattern in [(0, 0x11), (5 << 20, 0x22), (40 << 20, 0x33)]:
-        run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern + seed} {offset} 3M", disk])
-    qmp = os.path.join(qmp_dir, f"{vm}.qmp")
-    # Beside the QMP socket: a QEMU runs one NBD server, and the workers add their
-    # exports to it (worker.toml's qmp_dir finds NAME.nbd there).
-    nbd = os.path.join(qmp_dir, f"{vm}.nbd")
-    daemon = subprocess.Popen(
-        ["qemu-storage-daemon",
-         "--chardev", f"socket,path={qmp},server=on,wait=off,id=m",
-         "--monitor", "chardev=m",
-         "--blockdev", f"driver=file,filename={disk},node-name=file0",
-         "--blockdev", "driver=qcow2,file=file0,node-name=vda",
-         "--nbd-server", f"addr.type=unix,addr.path={nbd}",
-         "--export", "type=nbd,id=guest,node-name=vda,name=guest,writable=on"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    wait_for(f"{vm}'s QMP socket", lambda: os.path.exists(qmp) and os.path.exists(nbd), 20)
-    return daemon, disk
+def wait_for_vms(qmp_dir, lab_dir):
+    """The lab hypervisor's VMs (compose's `hypervisor`, compose/lab-hypervisor.sh):
+    waits for their QMP and NBD sockets; returns {VM: its qcow2 disk on this host}."""
+    def sockets():
+        return all(os.path.exists(os.path.join(qmp_dir, f"{vm}.{kind}"))
+                   for vm in VMS for kind in ("qmp", "nbd"))
+    wait_for("the lab hypervisor's VMs", sockets, 60)
+    return {vm: os.path.join(lab_dir, f"{vm}.qcow2") for vm in VMS}
 
 
 def guest_write(qmp_dir, vm):
@@ -222,12 +216,22 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def main():
-    haven = os.path.abspath(
+def haven_binary():
+    """The `haven` binary named on the command line, else the development build."""
+    return os.path.abspath(
         sys.argv[1] if len(sys.argv) > 1
         else os.path.join(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/haven-target"),
                           "debug", "haven")
     )
+
+
+@contextlib.contextmanager
+def compose_cluster(haven):
+    """Builds the images, makes the installation's secrets and runs `compose.yaml` as
+    shipped with the lab hypervisor's `VMS` of `DISK_MIB` each; yields the
+    [`Cluster`] once its VMs run. On the way out every container, volume, network,
+    image, process and file it made is removed, and the containers' logs printed
+    first if the block failed."""
     compose = compose_command()
     images = run([os.path.join(DEPLOY, "images", "build.sh"), haven],
                  env={**os.environ, "HAVEN_IMAGE_TAG": TAG})
@@ -237,18 +241,20 @@ def main():
     os.chmod(work, 0o755)
     qmp_dir = os.path.join(work, "qmp")
     os.makedirs(qmp_dir)
+    lab_dir = os.path.join(work, "lab")
+    os.makedirs(lab_dir)
     password = os.urandom(16).hex()
     admin_key = ("admin", os.urandom(20).hex())
     make_etcd_secrets(os.path.join(work, "etcd-secrets"))
     pki = os.path.join(work, "pki")
     make_pki(haven, pki)
     keys = make_storage_secrets(os.path.join(work, "storage-secrets"))
-    vms = {vm: start_vm(work, qmp_dir, vm, seed) for seed, vm in enumerate(VMS)}
 
     env = {
         **os.environ,
         "HAVEN_IMAGE": f"haven:{TAG}",
         "HAVEN_ETCD_IMAGE": f"haven-etcd:{TAG}",
+        "HAVEN_LAB_IMAGE": f"haven-lab:{TAG}",
         "HAVEN_PASSWORD": password,
         "HAVEN_STORAGE_ACCESS_KEY": admin_key[0],
         "HAVEN_STORAGE_SECRET_KEY": admin_key[1],
@@ -260,31 +266,41 @@ def main():
         "HAVEN_ETCD_SECRETS": os.path.join(work, "etcd-secrets"),
         "HAVEN_PKI_DIR": pki,
         "HAVEN_QMP_DIR": qmp_dir,
+        "HAVEN_LAB_DIR": lab_dir,
+        "HAVEN_LAB_VMS": " ".join(VMS),
+        "HAVEN_LAB_DISK_MIB": str(DISK_MIB),
     }
     project = [*compose, "-p", PROJECT, "-f", os.path.join(DEPLOY, "compose.yaml")]
     cluster = Cluster(haven, project, env, pki, keys, work)
     try:
-        run([*project, "up", "-d", "--no-build"], env=env, timeout=300)
-        check_site_a(cluster, vms)
-        check_disaster_recovery(cluster, vms, qmp_dir)
-        print("compose_test: PASSED")
+        run([*project, "--profile", "lab", "up", "-d", "--no-build"], env=env, timeout=300)
+        cluster.vms = wait_for_vms(qmp_dir, lab_dir)
+        yield cluster
     except BaseException:
-        logs = subprocess.run([*project, "--profile", "dr", "logs", "--no-color", "--tail", "40"],
+        logs = subprocess.run([*project, "--profile", "dr", "--profile", "lab", "logs",
+                               "--no-color", "--tail", "40"],
                               env=env, capture_output=True, text=True)
         print(logs.stdout[-20000:], file=sys.stderr)
         raise
     finally:
-        subprocess.run([*project, "--profile", "dr", "down", "-v", "--remove-orphans",
-                        "--timeout", "5"], env=env, capture_output=True)
-        for process, _ in vms.values():
-            process.kill()
-            process.wait()
+        subprocess.run([*project, "--profile", "dr", "--profile", "lab", "down", "-v",
+                        "--remove-orphans", "--timeout", "5"], env=env, capture_output=True)
         for process in cluster.processes:
             process.kill()
             process.wait()
-        for image in [f"haven:{TAG}", f"haven-etcd:{TAG}"]:
+        for image in [f"haven:{TAG}", f"haven-etcd:{TAG}", f"haven-lab:{TAG}"]:
             subprocess.run(["docker", "image", "rm", image], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    with compose_cluster(haven_binary()) as cluster:
+        qmp_dir = os.path.join(cluster.work, "qmp")
+        lab_dir = os.path.join(cluster.work, "lab")
+        check_site_a(cluster, cluster.vms)
+        restored = check_disaster_recovery(cluster, cluster.vms, qmp_dir)
+        check_failback(cluster, restored, qmp_dir, lab_dir)
+        print("compose_test: PASSED")
 
 
 class Cluster:
@@ -297,6 +313,8 @@ class Cluster:
         self.pki = pki
         self.work = work
         self.processes = []
+        # The lab hypervisor's VMs: {VM: its qcow2 disk on this host}.
+        self.vms = {}
         tls = {
             "HAVEN_CA_FILE": os.path.join(pki, "ca.pem"),
             "HAVEN_CERT_FILE": os.path.join(pki, "admin.pem"),
@@ -317,6 +335,10 @@ class Cluster:
         # Reads are allowed to the append keys: restores and verification use them.
         self.primary_reader = {**env, **signing("primary-append", keys["primary-append"])}
         self.dr_reader = {**env, **signing("dr-append", keys["dr-append"])}
+        # A failback's copy: reads site B with B's key, writes site A with A's.
+        self.back_to_a = {**self.dr_reader,
+                          "HAVEN_SECONDARY_AWS_ACCESS_KEY_ID": "primary-append",
+                          "HAVEN_SECONDARY_AWS_SECRET_ACCESS_KEY": keys["primary-append"]}
 
     def haven_run(self, args, env, timeout=600):
         return run([self.haven, *args], env=env, timeout=timeout)
@@ -357,7 +379,8 @@ class Cluster:
         for line in metrics.splitlines():
             if line.startswith(name + "{") and f'vm="{vm}"' in line:
                 return float(line.rsplit(" ", 1)[1])
-        print("\n".join(line for line in metrics.splitlines() if name in line), file=sys.stderr)
+        print("\n".join(line for line in metrics.splitlines()
+                        if name in line or line.startswith("# HELP")), file=sys.stderr)
         return None
 
 
@@ -442,7 +465,7 @@ def check_site_a(cluster, vms):
     jobs, _ = policy_round(cluster)
     assert_backed_up(jobs, VMS, "the first round")
     print(f"round of {len(VMS)} VMs through compose: {time.monotonic() - started:.1f} s")
-    for vm, (_, disk) in vms.items():
+    for vm, disk in vms.items():
         assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
     print("restore from the primary storage node: byte-identical")
 
@@ -500,7 +523,7 @@ def check_site_a(cluster, vms):
 
     # Nothing lost: every snapshot verifies, each VM's newest restores exactly.
     cluster.haven_run(["verify", "--repo", REPOSITORY], cluster.primary_reader, timeout=900)
-    for vm, (_, disk) in vms.items():
+    for vm, disk in vms.items():
         assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
     print("after the faults: every snapshot verifies, each VM restores byte-identical")
 
@@ -559,18 +582,17 @@ def check_wan_cut(cluster):
 
 def check_disaster_recovery(cluster, vms, qmp_dir):
     """docs/dr.md, "Failover", step by step."""
-    # Site A is lost: its containers, volumes and hypervisor.
-    cluster.compose("rm", "-f", "-s", "-v", *SITE_A)
+    # Site A is lost: its containers, volumes and hypervisor with its VMs' disks.
+    cluster.compose("--profile", "lab", "rm", "-f", "-s", "-v", *SITE_A)
     for name in ["etcd-1", "etcd-2", "etcd-3", "storage-primary"]:
         cluster.docker("volume", "rm", f"{PROJECT}_{name}")
     expected = {}
-    for vm, (process, disk) in vms.items():
-        process.kill()
-        process.wait()
+    for vm, disk in vms.items():
         expected[vm] = os.path.join(cluster.work, f"{vm}-as-lost.qcow2")
         os.rename(disk, expected[vm])
         for socket in [f"{vm}.qmp", f"{vm}.nbd"]:
-            os.remove(os.path.join(qmp_dir, socket))
+            if os.path.exists(os.path.join(qmp_dir, socket)):
+                os.remove(os.path.join(qmp_dir, socket))
     print("site A destroyed: containers, volumes and VMs")
 
     # Site B takes over: a coordinator whose catalog comes from the replica.
@@ -619,6 +641,73 @@ def check_disaster_recovery(cluster, vms, qmp_dir):
         assert_restores(cluster, cluster.dr_reader, DR_REPOSITORY, vm, restored[vm])
     print("site B: VMs booted under QEMU (TCG) from the restored disks and backed up into "
           "site B, each restoring byte-identical")
+    return restored
+
+
+def check_failback(cluster, running_at_b, qmp_dir, lab_dir):
+    """docs/dr.md, "Failback", step by step: site A rebuilt from site B's copy."""
+    started = time.monotonic()
+    # 1. A's new, empty storage node receives everything B holds; then backups at B
+    # stop, and a last copy takes what they wrote meanwhile.
+    cluster.compose("up", "-d", "--no-build", "storage-primary")
+    copy = ["replicate", "--from", DR_REPOSITORY, "--to", REPOSITORY]
+    wait_for("the copy of site B to site A's new storage node",
+             lambda: cluster.haven_run(copy, cluster.back_to_a, timeout=900), 120)
+    cluster.compose("--profile", "dr", "stop", "worker-dr", "coordinator-dr")
+    cluster.haven_run(copy, cluster.back_to_a, timeout=900)
+    status = json.loads(cluster.haven_run(
+        ["replicate", "status", "--from", DR_REPOSITORY, "--to", REPOSITORY, "--json"],
+        cluster.back_to_a))
+    if any(vm["missing_snapshots"] for vm in status):
+        raise SystemExit(f"FAILED: failback copy incomplete: {status}")
+    copied = time.monotonic() - started
+
+    # 2. A's control plane, new, and its catalog rebuilt from A's repository.
+    cluster.compose("up", "-d", "--no-build", *CONTROL_PLANE_A)
+    wait_for("site A's new coordinators",
+             lambda: cluster.haven_run(["vm", "list"], cluster.admin) is not None, 180)
+    rebuilt = cluster.haven_run(["catalog", "rebuild", "--repo", REPOSITORY],
+                                {**cluster.admin, **cluster.primary_reader})
+    print(f"failback: site A's catalog: {rebuilt.strip()}")
+
+    # 3. The VMs move back: restored by name at A, as B last backed them up, and run by
+    # A's hypervisor; A's workers and original policy take over.
+    for process in cluster.processes:
+        process.kill()
+        process.wait()
+    cluster.processes.clear()
+    for vm in VMS:
+        for socket in [f"{vm}.qmp", f"{vm}.nbd"]:
+            if os.path.exists(os.path.join(qmp_dir, socket)):
+                os.remove(os.path.join(qmp_dir, socket))
+        disk = os.path.join(lab_dir, f"{vm}.qcow2")
+        cluster.haven_run(["restore", f"{vm}@latest", "--coordinator",
+                           cluster.admin["HAVEN_COORDINATOR"], "--format", "qcow2",
+                           "--to", disk], {**cluster.admin, **cluster.primary_reader})
+        run(["qemu-img", "compare", "-U", disk, running_at_b[vm]])
+    print(f"failback: every VM restored by name at site A, byte-identical to site B's "
+          f"({copied:.1f} s to copy B to A, {time.monotonic() - started:.1f} s in all)")
+    cluster.compose("--profile", "lab", "up", "-d", "--no-build", "hypervisor",
+                    "worker-1", "worker-2")
+    vms = wait_for_vms(qmp_dir, lab_dir)
+    cluster.haven_run(["policy", "apply", os.path.join(DEPLOY, "compose", "policy.toml")],
+                      cluster.admin)
+    wait_for("site A's workers reporting every VM",
+             lambda: all(vm in cluster.haven_run(["vm", "list"], cluster.admin)
+                         for vm in VMS), 120)
+    jobs, _ = policy_round(cluster)
+    assert_backed_up(jobs, VMS, "site A's first round after the failback")
+    for vm, disk in vms.items():
+        assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
+
+    def replicated_to_b():
+        status = json.loads(cluster.haven_run(
+            ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
+            cluster.storage_admin))
+        return all(vm["missing_snapshots"] == 0 for vm in status)
+
+    wait_for("site A's snapshots replicated to B after the failback", replicated_to_b, 300)
+    print("failback: site A runs the VMs again, backs them up and replicates them to B")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 #                            Debian's mirror and loaded with `docker import`;
 #   2. haven:local           deploy/Dockerfile's runtime stage on that base, around the
 #                            `haven` binary built on this machine (target `prebuilt`);
-#   3. haven-etcd:local      etcd from Debian's etcd-server package.
+#   3. haven-etcd:local      etcd from Debian's etcd-server package;
+#   4. haven-lab:local       the compose file's lab hypervisor (qemu-storage-daemon).
 #
 # Usage: deploy/images/build.sh [HAVEN_BINARY]
 #   HAVEN_BINARY  default: $CARGO_TARGET_DIR/debug/haven (built if missing)
@@ -57,8 +58,10 @@ docker build --quiet --build-arg BASE="$base" --target prebuilt \
     -f "$repo/deploy/Dockerfile" -t "haven:$tag" "$work/context" >/dev/null
 docker build --quiet --build-arg BASE="$base" \
     -f "$here/etcd.Dockerfile" -t "haven-etcd:$tag" "$here" >/dev/null
+docker build --quiet --build-arg BASE="$base" \
+    -f "$here/lab.Dockerfile" -t "haven-lab:$tag" "$here" >/dev/null
 
-for image in "$base" "haven:$tag" "haven-etcd:$tag"; do
+for image in "$base" "haven:$tag" "haven-etcd:$tag" "haven-lab:$tag"; do
     docker image inspect --format '{{index .RepoTags 0}} {{.Size}}' "$image" |
         awk '{ printf "%-24s %6.1f MB\n", $1, $2 / 1000000 }'
 done

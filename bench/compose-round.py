@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""A full round of VMs through the compose cluster, next to the same round in the
+single-process `haven dev`, and the DR restore time of one VM at site B.
+
+    bench/compose-round.py [HAVEN_BINARY] [--vms 8] [--disk-mib 1024]
+
+1. `deploy/compose.yaml` as shipped (deploy/compose_test.py's set-up: images from
+   local files, secrets, the lab hypervisor with VMS disks of DISK_MIB); each disk is
+   filled with random data through its guest export, so a full backup reads, and
+   stores, every byte;
+2. one round of the example policy (backups to the primary storage node, then
+   replication to site B): wall time from `policy run` to the last backup's end, and
+   throughput;
+3. once replication has converged, one VM restored from site B's storage node: the
+   DR restore time;
+4. the compose project torn down, the same disks served by `qemu-storage-daemon`s on
+   this host, and `haven dev` (coordinator and worker in one process, its default
+   repository a folder) runs the same round.
+
+Prints one table. A benchmark, not a test: nothing is asserted about the figures.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy"))
+import compose_test as lab  # noqa: E402
+
+
+def fill(qmp_dir, vm, mib):
+    """Writes `mib` MiB of random data over the whole disk of `vm`, 64 MiB at a time."""
+    data = os.path.join(qmp_dir, "..", f"fill-{vm}.bin")
+    url = f"nbd+unix:///guest?socket={os.path.join(qmp_dir, f'{vm}.nbd')}"
+    for offset in range(0, mib, 64):
+        with open(data, "wb") as file:
+            file.write(os.urandom(64 << 20))
+        lab.run(["qemu-io", "-f", "raw", "-c", f"write -s {data} {offset}M 64M", url])
+    os.remove(data)
+
+
+def round_seconds(cluster, env):
+    """One round of the policy `default`: seconds from `policy run` to its last job."""
+    started = time.monotonic()
+    jobs, _ = lab.policy_round(cluster, env=env)
+    seconds = time.monotonic() - started
+    lab.assert_backed_up(jobs, lab.VMS, "the benchmark round")
+    return seconds
+
+
+def compose_round(haven, disks_copy):
+    with lab.compose_cluster(haven) as cluster:
+        qmp_dir = os.path.join(cluster.work, "qmp")
+        for vm in lab.VMS:
+            fill(qmp_dir, vm, lab.DISK_MIB)
+        cluster.haven_run(["repo", "init", "--repo", lab.REPOSITORY], cluster.storage_admin)
+        cluster.haven_run(["policy", "apply",
+                           os.path.join(lab.DEPLOY, "compose", "policy.toml")], cluster.admin)
+        lab.wait_for("the workers reporting every VM",
+                     lambda: all(vm in cluster.haven_run(["vm", "list"], cluster.admin)
+                                 for vm in lab.VMS), 120)
+        seconds = round_seconds(cluster, cluster.admin)
+
+        def replicated():
+            status = json.loads(cluster.haven_run(
+                ["replicate", "status", "--from", lab.REPOSITORY, "--to",
+                 lab.DR_REPOSITORY, "--json"], cluster.storage_admin))
+            return all(vm["missing_snapshots"] == 0 for vm in status)
+
+        lab.wait_for("replication to site B", replicated, 1800, poll=2)
+        restored = os.path.join(cluster.work, "dr-restore.raw")
+        started = time.monotonic()
+        cluster.haven_run(["restore", f"{lab.VMS[0]}@latest", "--repo", lab.DR_REPOSITORY,
+                           "--to", restored], cluster.dr_reader, timeout=1800)
+        dr_seconds = time.monotonic() - started
+        for vm, disk in cluster.vms.items():
+            lab.run(["qemu-img", "convert", "-U", "-O", "qcow2", disk,
+                     os.path.join(disks_copy, f"{vm}.qcow2")])
+        return seconds, dr_seconds
+
+
+def dev_round(haven, disks):
+    """The same disks, the same round, in `haven dev` (its default repository: a
+    folder)."""
+    work = tempfile.mkdtemp(prefix="haven-bench-dev-")
+    qmp_dir = os.path.join(work, "qmp")
+    os.makedirs(qmp_dir)
+    daemons = []
+    dev = None
+    try:
+        for vm in lab.VMS:
+            daemons.append(subprocess.Popen(
+                ["qemu-storage-daemon",
+                 "--chardev", f"socket,path={qmp_dir}/{vm}.qmp,server=on,wait=off,id=m",
+                 "--monitor", "chardev=m",
+                 "--blockdev", f"driver=file,filename={disks}/{vm}.qcow2,node-name=file0",
+                 "--blockdev", "driver=qcow2,file=file0,node-name=vda"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        state = os.path.join(work, "state")
+        dev = subprocess.Popen(
+            [haven, "dev", "--qmp-dir", qmp_dir, "--state-dir", state],
+            env={**os.environ, "HAVEN_PASSWORD": "bench"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.wait_for("haven dev's environment", lambda: os.path.exists(f"{state}/env"), 60)
+        env = dict(os.environ)
+        for line in open(f"{state}/env"):
+            if line.startswith("export "):
+                name, _, value = line[len("export "):].strip().partition("=")
+                env[name] = value.strip("'\"")
+        cluster = lab.Cluster.__new__(lab.Cluster)
+        cluster.haven = haven
+        lab.wait_for("haven dev reporting every VM",
+                     lambda: all(vm in lab.run([haven, "vm", "list"], env=env)
+                                 for vm in lab.VMS), 120)
+        return round_seconds(cluster, env)
+    finally:
+        if dev:
+            dev.terminate()
+            dev.wait()
+        for daemon in daemons:
+            daemon.kill()
+            daemon.wait()
+        subprocess.run(["rm", "-rf", work])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("haven", nargs="?", default=None)
+    parser.add_argument("--vms", type=int, default=8)
+    parser.add_argument("--disk-mib", type=int, default=1024)
+    args = parser.parse_args()
+    sys.argv[1:] = [args.haven] if args.haven else []
+    haven = lab.haven_binary()
+    lab.VMS = tuple(f"vm{n}" for n in range(1, args.vms + 1))
+    lab.DISK_MIB = args.disk_mib
+    total_mib = args.vms * args.disk_mib
+
+    disks = tempfile.mkdtemp(prefix="haven-bench-disks-", dir="/var/tmp")
+    try:
+        compose_seconds, dr_seconds = compose_round(haven, disks)
+        dev_seconds = dev_round(haven, disks)
+    finally:
+        subprocess.run(["rm", "-rf", disks])
+    print(f"\n{args.vms} VMs x {args.disk_mib} MiB of random data, one full round")
+    print(f"{'setup':<40} {'wall':>8} {'MiB/s':>8}")
+    for name, seconds in [("compose (2 workers, storage node)", compose_seconds),
+                          ("haven dev (one process, folder)", dev_seconds)]:
+        print(f"{name:<40} {seconds:>7.1f}s {total_mib / seconds:>8.0f}")
+    print(f"{'DR restore of one VM at site B':<40} {dr_seconds:>7.1f}s "
+          f"{args.disk_mib / dr_seconds:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
