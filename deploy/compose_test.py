@@ -364,7 +364,9 @@ class Cluster:
                  "--cert", self.admin["HAVEN_CERT_FILE"], "--key", self.admin["HAVEN_KEY_FILE"],
                  f"https://127.0.0.1:{port}/metrics"],
                 capture_output=True, text=True, timeout=30)
-            if "haven_coordinator_is_leader 1" in metrics.stdout:
+            # The sample's line exactly: the `# HELP` line of every replica also
+            # begins with "haven_coordinator_is_leader 1" ("1 if this replica leads").
+            if "haven_coordinator_is_leader 1" in metrics.stdout.splitlines():
                 return service
         return None
 
@@ -379,8 +381,7 @@ class Cluster:
         for line in metrics.splitlines():
             if line.startswith(name + "{") and f'vm="{vm}"' in line:
                 return float(line.rsplit(" ", 1)[1])
-        print("\n".join(line for line in metrics.splitlines()
-                        if name in line or line.startswith("# HELP")), file=sys.stderr)
+        print("\n".join(line for line in metrics.splitlines() if name in line), file=sys.stderr)
         return None
 
 
@@ -476,6 +477,8 @@ def check_site_a(cluster, vms):
 
     wait_for("the snapshots on the secondary storage node", replicated, 180)
     lag = cluster.metric("haven_vm_replication_lag_seconds", VMS[0])
+    if lag is None:
+        raise SystemExit("FAILED: the leader exports no replication lag for a replicated VM")
     print(f"replicated to site B: listed with the DR site's key; coordinator's lag {lag} s")
 
     # docker kill of each role mid-round: every VM still gets its snapshot.
@@ -558,10 +561,12 @@ def check_wan_cut(cluster):
                              f"{first} then {second}")
         # The coordinator exports the lag too (seconds since the newest snapshot at B).
         later = cluster.metric("haven_vm_replication_lag_seconds", VMS[0])
-        exported = f"{later:.0f} s" if later is not None else "not exported"
+        if later is None or later <= 0:
+            raise SystemExit(f"FAILED: site B cut off, yet the leader's replication lag is "
+                             f"{later}")
         print(f"site B cut off: backups went on, {missing} snapshots not yet at B, oldest "
               f"missing {max(stuck)} s old and growing; coordinator's lag (RPO at B): "
-              f"{exported}")
+              f"{later:.0f} s")
     finally:
         # Back under its service name, as compose attached it.
         cluster.docker("network", "connect", "--alias", "storage-secondary", network, secondary)
