@@ -43,6 +43,10 @@ pub struct RestoreArgs {
     /// The libvirt network the NICs of a VM from vSphere join.
     #[arg(long, default_value = "default", requires = "libvirt_define")]
     network: String,
+    /// Put the NICs of a VM from vSphere on QEMU's user-mode network instead (no host
+    /// set-up, outbound only).
+    #[arg(long, conflicts_with = "network", requires = "libvirt_define")]
+    user_network: bool,
     /// Restore every disk of a QEMU snapshot into the folder --to (as VM-DISK.raw|qcow2)
     /// and print the -blockdev/-device arguments and QMP commands that attach them.
     #[arg(long, conflicts_with_all = ["disk", "only_changed", "force"])]
@@ -151,7 +155,7 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
                     DomainTypeArg::Qemu => "qemu",
                 }
                 .into(),
-                network: args.network.clone(),
+                network: (!args.user_network).then(|| args.network.clone()),
             },
         };
         return run_and_report(

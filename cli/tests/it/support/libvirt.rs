@@ -270,50 +270,6 @@ impl Drop for Domain<'_> {
     }
 }
 
-/// An isolated libvirt network (a bridge of its own, no addresses, no DHCP) for
-/// restored domains' NICs; destroyed and undefined on drop.
-pub struct Network<'a> {
-    libvirt: &'a Libvirt,
-    /// The network's name.
-    pub name: String,
-}
-
-impl<'a> Network<'a> {
-    /// Defines and starts network `name` on a bridge named after this process.
-    pub fn start(libvirt: &'a Libvirt, name: &str, dir: &Path) -> Self {
-        let file = dir.join(format!("network-{name}.xml"));
-        let bridge = format!("hvn{}", std::process::id() % 100_000);
-        std::fs::write(
-            &file,
-            format!("<network><name>{name}</name><bridge name='{bridge}'/></network>"),
-        )
-        .unwrap();
-        libvirt.virsh(&["net-define", file.to_str().unwrap()]);
-        let network = Self {
-            libvirt,
-            name: name.to_string(),
-        };
-        libvirt.virsh(&["net-start", name]);
-        network
-    }
-}
-
-impl Drop for Network<'_> {
-    fn drop(&mut self) {
-        for command in ["net-destroy", "net-undefine"] {
-            let _ = Command::new("virsh")
-                .args([
-                    "--connect",
-                    &self.libvirt.uri,
-                    "--quiet",
-                    command,
-                    &self.name,
-                ])
-                .output();
-        }
-    }
-}
-
 /// A test folder that QEMU (running as libvirt-qemu) can reach, holding a repository
 /// with `chunk`-byte chunks, a `scratch` folder, and two disks of `disk_size` bytes
 /// whose data is `extents(disk)`: returns the raw copies (what restores must equal)

@@ -8,7 +8,7 @@
 //! | guest id `windows*` | `<clock offset='localtime'>` (else `utc`) |
 //! | disk on an IDE or SATA controller | `bus='sata'` (`sda`, `sdb`, …) |
 //! | disk on any other controller (PVSCSI, LSI Logic, BusLogic, NVMe) | `bus='virtio'` (`vda`, …) |
-//! | NIC of any model (VMXNET3, E1000, E1000e, …), its MAC | `model='virtio'` on the libvirt network given (`default`), the same MAC |
+//! | NIC of any model (VMXNET3, E1000, E1000e, …), its MAC | `model='virtio'` on the libvirt network given (`default`) or QEMU's user-mode network, the same MAC |
 //!
 //! The domain has no UUID (libvirt makes one). MAC addresses are kept: the VM is moving
 //! to KVM, and its DHCP reservations and licences follow the MAC; the original must not
@@ -33,8 +33,9 @@ const MAX_MEMORY_MIB: u64 = 64 << 20;
 pub struct DomainTarget {
     /// libvirt domain type: `kvm`, or `qemu` (TCG emulation, no KVM).
     pub domain_type: String,
-    /// The libvirt network every NIC joins.
-    pub network: String,
+    /// The libvirt network every NIC joins; `None`: QEMU's user-mode network (no host
+    /// set-up, outbound only).
+    pub network: Option<String>,
 }
 
 /// The recorded hardware: the fields of `haven_vsphere::VmInfo` the mapping reads.
@@ -161,11 +162,16 @@ pub fn vsphere_domain_xml(
             .filter(|mac| is_mac(mac))
             .map(|mac| format!("\n      <mac address='{}'/>", mac.to_ascii_lowercase()))
             .unwrap_or_default();
+        let (kind, source) = match &target.network {
+            Some(network) => (
+                "network",
+                format!("\n      <source network='{}'/>", escape(network.as_str())),
+            ),
+            None => ("user", String::new()),
+        };
         let _ = write!(
             xml,
-            "    <interface type='network'>{mac}\n      <source network='{}'/>\n      \
-             <model type='virtio'/>\n    </interface>\n",
-            escape(target.network.as_str()),
+            "    <interface type='{kind}'>{mac}{source}\n      <model type='virtio'/>\n    </interface>\n",
         );
     }
     xml.push_str(
@@ -228,7 +234,7 @@ mod tests {
     fn hardware_maps_to_virtio_sata_and_the_same_macs() {
         let target = DomainTarget {
             domain_type: "kvm".into(),
-            network: "default".into(),
+            network: Some("default".into()),
         };
         let domain = vsphere_domain_xml(
             HARDWARE,
@@ -275,7 +281,7 @@ mod tests {
     fn bad_records_are_errors() {
         let target = DomainTarget {
             domain_type: "qemu".into(),
-            network: "default".into(),
+            network: Some("default".into()),
         };
         let bad = |json: &str, disks: &[RestoredDiskFile]| {
             vsphere_domain_xml(json, "x", disks, &target)
