@@ -5,7 +5,8 @@
 //!                                                 │     succeeded for a whole ttl: lease
 //!                                                 │     lost ─▶ cancel all
 //!                                                 ├─ PollJobs (long-poll) ─▶ run each job:
-//!                                                 │     backup_qemu ─ progress every second
+//!                                                 │     backup_qemu / _libvirt / _vsphere
+//!                                                 │       ─ progress every second
 //!                                                 │     └─ manifest ─▶ CommitSnapshot (fenced)
 //!                                                 └─ ReportInventory every interval
 //! ```
@@ -47,6 +48,7 @@ pub use storage_keys::StorageKeysConfig;
 use crate::adapters::driver::LiveBackupOptions;
 use crate::adapters::libvirt::{LibvirtBackupRequest, backup_libvirt, discover_domains};
 use crate::adapters::qemu::{QemuBackupRequest, backup_qemu, discover_disks};
+use crate::adapters::vsphere::{VsphereBackupRequest, backup_vsphere, discover_vms};
 use crate::error::{Result, WorkerError};
 use fenced_commit::FencedCommit;
 use maintenance::{Sites, run_maintenance};
@@ -62,6 +64,15 @@ pub async fn run_worker(
 ) -> Result<()> {
     let config_limit = config.read_limit_bytes_per_second;
     let storage_keys = StorageKeys::load(&config.storage).map_err(WorkerError::InvalidInput)?;
+    let mut vcenters = HashMap::new();
+    for host in &config.hosts {
+        if let Some(connect) = host
+            .vcenter_connection()
+            .map_err(WorkerError::InvalidInput)?
+        {
+            vcenters.insert(host.name.clone(), connect);
+        }
+    }
     let metrics = WorkerMetrics::new();
     if let Some(address) = config.metrics_listen {
         metrics
@@ -85,6 +96,7 @@ pub async fn run_worker(
         instance: format!("{:016x}", rand::random::<u64>()),
         repos: Mutex::new(HashMap::new()),
         storage_keys,
+        vcenters,
         read_limit: (config_limit > 0)
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
         metrics,
@@ -130,6 +142,8 @@ struct Worker {
     /// Open repositories by URL and the key they were opened with.
     repos: Mutex<HashMap<(String, KeyUse, Site), Arc<Repository>>>,
     storage_keys: StorageKeys,
+    /// How to reach each `vcenter` host, by host name (credentials read at start).
+    vcenters: HashMap<String, haven_vsphere::ConnectOptions>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
     metrics: WorkerMetrics,
 }
@@ -374,6 +388,14 @@ impl Worker {
                     Ok(disks) => found.push((name, disks)),
                     Err(error) => {
                         tracing::warn!(vm = name, socket = %socket.display(), error = %error.chain(), "VM not reachable");
+                    }
+                }
+            }
+            if let Some(connect) = self.vcenters.get(&host.name) {
+                match discover_vms(connect).await {
+                    Ok(vms) => found.extend(vms),
+                    Err(error) => {
+                        tracing::warn!(url = %connect.url, error = %error.chain(), "vCenter not reachable")
                     }
                 }
             }
@@ -629,6 +651,15 @@ impl Worker {
                 freeze_timeout: Duration::from_secs(10),
             };
             let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
+            return Ok(report.backup.snapshot);
+        }
+        if let Some(connect) = self.vcenters.get(&host.name) {
+            let request = VsphereBackupRequest {
+                connect: connect.clone(),
+                vm_name: job.vm.clone(),
+                live,
+            };
+            let report = backup_vsphere(repo, &request, progress, cancel.cancelled()).await?;
             return Ok(report.backup.snapshot);
         }
         let Some(uri) = &host.libvirt else {

@@ -162,6 +162,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
             vms: Vec::new(),
             libvirt: None,
             qemu_user: "libvirt-qemu".into(),
+            vcenter: None,
+            vcenter_credentials_file: None,
+            vcenter_ca_file: None,
             labels: Default::default(),
         }],
         tls: Some(ClientTlsConfig {

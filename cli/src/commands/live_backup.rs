@@ -25,6 +25,10 @@ pub struct LiveArgs {
     /// Reads in flight per disk (NBD connections, or ranged HTTPS reads for vSphere).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Cap on bytes read from the hypervisor per second (K, M, G: ×1024), as a
+    /// worker's `read_limit_bytes_per_second`.
+    #[arg(long, value_name = "BYTES/s", value_parser = super::replicate::rate_value)]
+    limit_rate: Option<u64>,
     #[command(flatten)]
     repo: RepoArgs,
     #[command(flatten)]
@@ -40,7 +44,9 @@ impl LiveArgs {
             disks: self.disks.clone(),
             connections: self.connections.clamp(1, 16),
             publisher: Arc::new(DirectPublisher),
-            read_limit: None,
+            read_limit: self
+                .limit_rate
+                .map(|rate| Arc::new(haven_repo::RateLimiter::new(rate))),
         }
     }
 

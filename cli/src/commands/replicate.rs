@@ -105,7 +105,8 @@ struct StatusArgs {
     output: OutputArgs,
 }
 
-fn rate_value(text: &str) -> Result<u64, String> {
+/// A `--limit-rate` value (`50M`, `800K`) in bytes per second.
+pub(crate) fn rate_value(text: &str) -> Result<u64, String> {
     parse_rate(text).ok_or_else(|| format!("{text:?} is not a rate such as 50M or 800K"))
 }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use haven_repo::{Phase, SnapshotRef};
 use haven_worker::restore::nbd::{NbdRestoreRequest, restore_to_nbd};
 use haven_worker::restore::vm::{
-    LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
+    DomainTarget, LibvirtTarget, VmRestoreRequest, restore_for_qemu, restore_libvirt_domain,
 };
 use haven_worker::restore::{RestoreFormat, RestoreReport, RestoreRequest, restore_disk};
 
@@ -30,12 +30,23 @@ pub struct RestoreArgs {
     #[arg(long)]
     to: String,
     /// Restore every disk into the folder --to (as NAME-DISK.raw|qcow2) and define a new
-    /// libvirt domain NAME on them from the snapshot's domain XML (new UUID and MACs).
+    /// libvirt domain NAME on them: from the snapshot's domain XML (new UUID and MACs),
+    /// or from a vSphere VM's recorded hardware mapped onto KVM (virtio, same MACs).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["disk", "only_changed", "force", "print_qemu"])]
     libvirt_define: Option<String>,
     /// libvirt connection URI for --libvirt-define (default: virsh's).
     #[arg(long, requires = "libvirt_define")]
     uri: Option<String>,
+    /// libvirt domain type of a VM from vSphere: kvm, or qemu (emulation, no KVM).
+    #[arg(long, value_enum, default_value_t = DomainTypeArg::Kvm, requires = "libvirt_define")]
+    domain_type: DomainTypeArg,
+    /// The libvirt network the NICs of a VM from vSphere join.
+    #[arg(long, default_value = "default", requires = "libvirt_define")]
+    network: String,
+    /// Put the NICs of a VM from vSphere on QEMU's user-mode network instead (no host
+    /// set-up, outbound only).
+    #[arg(long, conflicts_with = "network", requires = "libvirt_define")]
+    user_network: bool,
     /// Restore every disk of a QEMU snapshot into the folder --to (as VM-DISK.raw|qcow2)
     /// and print the -blockdev/-device arguments and QMP commands that attach them.
     #[arg(long, conflicts_with_all = ["disk", "only_changed", "force"])]
@@ -55,6 +66,12 @@ pub struct RestoreArgs {
     parallel: usize,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DomainTypeArg {
+    Kvm,
+    Qemu,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,6 +149,14 @@ async fn run_vm(args: RestoreArgs) -> Result<()> {
         let target = LibvirtTarget {
             uri: args.uri.clone(),
             virsh_timeout: Duration::from_secs(60),
+            mapped: DomainTarget {
+                domain_type: match args.domain_type {
+                    DomainTypeArg::Kvm => "kvm",
+                    DomainTypeArg::Qemu => "qemu",
+                }
+                .into(),
+                network: (!args.user_network).then(|| args.network.clone()),
+            },
         };
         return run_and_report(
             "restore",

@@ -24,6 +24,7 @@ mod prometheus;
 mod rotation;
 mod secured_etcd;
 mod storage_keys;
+mod vsphere;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -19,6 +19,16 @@ pub fn parse<T: DeserializeOwned>(file_name: &str, text: &str) -> Result<T, Stri
     })
 }
 
+/// Reads and parses the TOML file at `path` into `T`: the one way Haven reads its small
+/// files of secrets (storage keys, vSphere credentials) as well as its configurations.
+/// Errors are one line naming the file (`FILE:LINE: reason`, or why it cannot be read)
+/// without the excerpt of the file's text toml's own messages carry.
+pub fn read_file<T: DeserializeOwned>(path: &std::path::Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    parse(&path.display().to_string(), &text)
+}
+
 /// The 1-based line of byte `offset` in `text` (offsets past the end count as the last
 /// line), for errors found after parsing through a `toml::Spanned` value.
 pub fn line_of(text: &str, offset: usize) -> usize {
@@ -101,7 +111,6 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     struct Sample {
-        #[allow(dead_code)]
         count: u32,
     }
 
@@ -110,6 +119,29 @@ mod tests {
         let error = parse::<Sample>("x.toml", "# comment\n\ncount = \"three\"\n").unwrap_err();
         assert!(error.starts_with("x.toml:3: "), "{error}");
         assert!(parse::<Sample>("x.toml", "count = 3").is_ok());
+    }
+
+    #[test]
+    fn files_are_read_with_their_path_in_errors() {
+        let dir = std::env::temp_dir().join(format!("haven-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "count = 3\n").unwrap();
+        assert_eq!(read_file::<Sample>(&good).unwrap().count, 3);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "\ncount = -1\n").unwrap();
+        let error = read_file::<Sample>(&bad).unwrap_err();
+        assert!(
+            error.starts_with(&format!("{}:2: ", bad.display())),
+            "{error}"
+        );
+        let missing = dir.join("missing.toml");
+        let error = read_file::<Sample>(&missing).unwrap_err();
+        assert!(
+            error.starts_with(&format!("cannot read {}", missing.display())),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

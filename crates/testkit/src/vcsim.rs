@@ -39,18 +39,56 @@ pub struct VcsimInfo {
     pub vms: Vec<String>,
 }
 
+/// How the simulated VMs look.
+#[derive(Debug, Clone, Copy)]
+pub struct VcsimOptions {
+    /// Size of every VM disk, in MiB.
+    pub disk_mib: u64,
+    /// Disks per VM (`disk1` … `diskN`).
+    pub disks: u32,
+    /// Whether every VM reports VMware Tools running (backups then quiesce).
+    pub tools_running: bool,
+}
+
+impl VcsimOptions {
+    /// One disk of `disk_mib` MiB per VM, no VMware Tools.
+    pub fn disks_of(disk_mib: u64) -> Self {
+        Self {
+            disk_mib,
+            disks: 1,
+            tools_running: false,
+        }
+    }
+}
+
+/// One `CreateSnapshot_Task` request the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SnapshotRequest {
+    /// The VM's name.
+    pub vm: String,
+    /// The snapshot's name.
+    pub name: String,
+    /// Whether a quiesced snapshot was asked for.
+    pub quiesce: bool,
+}
+
 /// A running simulator, stopped (and its datastores removed) when dropped.
 pub struct Vcsim {
     child: ChildGuard,
     /// What it says about itself.
     pub info: VcsimInfo,
     /// Holds the datastores, the CA and the log.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Vcsim {
     /// Builds the harness if needed and starts it, every VM disk `disk_mib` MiB.
     pub fn start(disk_mib: u64) -> Result<Self, FixtureError> {
+        Self::start_with(VcsimOptions::disks_of(disk_mib))
+    }
+
+    /// Builds the harness if needed and starts it with VMs as `options` says.
+    pub fn start_with(options: VcsimOptions) -> Result<Self, FixtureError> {
         let binary = build()?;
         let dir = tempfile::Builder::new()
             .prefix("haven-vcsim-")
@@ -62,12 +100,19 @@ impl Vcsim {
         let mut command = Command::new(&binary);
         command
             .arg("-disk-mib")
-            .arg(disk_mib.to_string())
+            .arg(options.disk_mib.to_string())
+            .arg("-disks")
+            .arg(options.disks.to_string())
+            .arg("-snapshot-log")
+            .arg(dir.path().join("snapshots.jsonl"))
             .arg("-ca-file")
             .arg(&ca_file)
             .arg("-info")
             .arg(&info_file)
             .env("TMPDIR", dir.path());
+        if options.tools_running {
+            command.arg("-tools-running");
+        }
         let mut child = ChildGuard::spawn(&mut command, &log, GO_HINT)?;
         wait_until("vcsim", Duration::from_secs(60), || {
             if let Some(exit) = child.exit_status() {
@@ -85,11 +130,7 @@ impl Vcsim {
                 std::io::Error::other(error),
             )
         })?;
-        Ok(Self {
-            child,
-            info,
-            _dir: dir,
-        })
+        Ok(Self { child, info, dir })
     }
 
     /// The host and port, as `HOST:PORT`.
@@ -101,8 +142,36 @@ impl Vcsim {
     /// The local path of the flat disk file of `vm`'s first disk (`disk1-flat.vmdk` in
     /// the VM's folder of datastore `LocalDS_0`), which tests write their data into.
     pub fn flat_file(&self, vm: &str) -> Option<PathBuf> {
+        self.disk_file(vm, 1)
+    }
+
+    /// The local path of the flat file of `vm`'s disk `n` (from 1: `diskN-flat.vmdk`).
+    pub fn disk_file(&self, vm: &str, n: u32) -> Option<PathBuf> {
         let datastore = self.info.datastores.get("LocalDS_0")?;
-        Some(datastore.join(vm).join("disk1-flat.vmdk"))
+        Some(datastore.join(vm).join(format!("disk{n}-flat.vmdk")))
+    }
+
+    /// Every snapshot request received so far, oldest first.
+    pub fn snapshot_requests(&self) -> Result<Vec<SnapshotRequest>, FixtureError> {
+        let file = self.dir.path().join("snapshots.jsonl");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => {
+                return Err(FixtureError::io(format!("cannot read {}", file.display()))(
+                    error,
+                ));
+            }
+        };
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line).map_err(|error| {
+                    FixtureError::io(format!("{} holds {line:?}", file.display()))(
+                        std::io::Error::other(error),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Stops the simulator now (SIGKILL).

@@ -2,7 +2,12 @@
 // TLS, with what the simulator lacks for a backup tool:
 //
 //   - every VM's disks get a raw "-flat.vmdk" of -disk-mib MiB beside their descriptor
-//     (as ESXi keeps them), which the tests write real data into;
+//     (as ESXi keeps them), which the tests write real data into; -disks N gives every
+//     VM N disks (disk1.vmdk … diskN.vmdk on its first disk's controller);
+//   - -tools-running makes every VM report VMware Tools running, so backups ask for
+//     quiesced snapshots; a quiesced snapshot of a VM without them is refused with
+//     ToolsUnavailable, as ESXi does. Every CreateSnapshot_Task request (VM, name,
+//     quiesce) is appended as a JSON line to the file -snapshot-log names;
 //   - QueryChangedDiskAreas, answered from the flat files themselves: when a snapshot is
 //     taken of a VM with change tracking on, each disk gets a new changeId and the
 //     hash of every 64 KiB block of its flat file is kept under it; the areas changed
@@ -157,7 +162,9 @@ type soapRequest struct {
 			ChangeId    string `xml:"changeId"`
 		} `xml:"QueryChangedDiskAreas"`
 		Snapshot *struct {
-			This string `xml:"_this"`
+			This    string `xml:"_this"`
+			Name    string `xml:"name"`
+			Quiesce bool   `xml:"quiesce"`
 		} `xml:"CreateSnapshot_Task"`
 	} `xml:"Body"`
 }
@@ -189,6 +196,11 @@ func extend(next http.Handler) http.Handler {
 			ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: strings.TrimSpace(c.This)}
 			vm, _ = simulator.Map.Get(ref).(*simulator.VirtualMachine)
 			if vm != nil {
+				logSnapshot(vm.Name, c.Name, c.Quiesce)
+				if c.Quiesce && !*toolsRunning {
+					soapFault(w, "VMware Tools are not running: cannot quiesce", "ToolsUnavailable", "")
+					return
+				}
 				var fault error
 				simulator.Map.WithLock(vm, func() { ids, fault = newChangeIds(vm) })
 				if fault != nil {
@@ -229,10 +241,13 @@ func newChangeIds(vm *simulator.VirtualMachine) (map[int32]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		started := time.Now()
 		state, err := scan(file)
 		if err != nil {
 			return nil, err
 		}
+		// bench/vsphere.sh subtracts this (ESXi's tracking costs nothing at snapshot time).
+		log.Printf("scan %s: %d bytes in %.3f s", file, state.size, time.Since(started).Seconds())
 		cbt.next++
 		id := fmt.Sprintf("52 %02x %02x 8e 61 5f 3a c4-b7 %04x/%d", disk.Key&0xff, cbt.next&0xff, cbt.next, cbt.next)
 		cbt.states[id] = state
@@ -240,6 +255,48 @@ func newChangeIds(vm *simulator.VirtualMachine) (map[int32]string, error) {
 		b.ChangeId = id
 	}
 	return ids, nil
+}
+
+// logSnapshot appends one snapshot request to -snapshot-log.
+func logSnapshot(vm, name string, quiesce bool) {
+	if *snapshotLog == "" {
+		return
+	}
+	line, _ := json.Marshal(map[string]interface{}{"vm": vm, "name": name, "quiesce": quiesce})
+	f, err := os.OpenFile(*snapshotLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		log.Printf("snapshot log: %v", err)
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(line, '\n'))
+}
+
+// addDisks gives vm disks 2…count, copies of its first disk on the same controller
+// with their own key, unit number and descriptor (diskN.vmdk beside the first one).
+func addDisks(vm *simulator.VirtualMachine, count int) {
+	existing := disks(vm)
+	if len(existing) == 0 || count <= len(existing) {
+		return
+	}
+	first := existing[0]
+	firstBacking := backing(first)
+	if firstBacking == nil || first.UnitNumber == nil {
+		return
+	}
+	dir := firstBacking.FileName[:strings.LastIndex(firstBacking.FileName, "/")+1]
+	for i := len(existing) + 1; i <= count; i++ {
+		disk := *first
+		b := *firstBacking
+		b.FileName = fmt.Sprintf("%sdisk%d.vmdk", dir, i)
+		b.Uuid = fmt.Sprintf("%s-%d", firstBacking.Uuid, i)
+		disk.Backing = &b
+		disk.Key = first.Key + int32(i-1)
+		unit := *first.UnitNumber + int32(i-1)
+		disk.UnitNumber = &unit
+		disk.DeviceInfo = &types.Description{Label: fmt.Sprintf("Hard disk %d", i), Summary: ""}
+		vm.Config.Hardware.Device = append(vm.Config.Hardware.Device, &disk)
+	}
 }
 
 func soapFault(w http.ResponseWriter, msg, fault, property string) {
@@ -365,8 +422,14 @@ func certificates(caFile string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: leafKey}, nil
 }
 
+var (
+	toolsRunning = flag.Bool("tools-running", false, "every VM reports VMware Tools running")
+	snapshotLog  = flag.String("snapshot-log", "", "file each CreateSnapshot_Task request is appended to (JSON lines)")
+)
+
 func main() {
 	diskMiB := flag.Int64("disk-mib", 16, "size of every VM disk in MiB")
+	diskCount := flag.Int("disks", 1, "disks per VM")
 	infoFile := flag.String("info", "", "where to write the JSON description once serving")
 	caFile := flag.String("ca-file", "", "where to write the PEM of the CA that signed the server's certificate")
 	flag.Parse()
@@ -393,6 +456,10 @@ func main() {
 	var vms []string
 	for _, entity := range simulator.Map.All("VirtualMachine") {
 		vm := entity.(*simulator.VirtualMachine)
+		addDisks(vm, *diskCount)
+		if *toolsRunning && vm.Guest != nil {
+			vm.Guest.ToolsRunningStatus = string(types.VirtualMachineToolsRunningStatusGuestToolsRunning)
+		}
 		for _, disk := range disks(vm) {
 			disk.CapacityInKB = *diskMiB << 10
 			disk.CapacityInBytes = *diskMiB << 20

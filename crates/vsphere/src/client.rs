@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderValue, RANGE, SET_COOKIE};
 
 use crate::error::{Result, VsphereError};
-use crate::model::{self, Area, MoRef, SnapshotEntry, VirtualDisk, VmInfo};
+use crate::model::{self, Area, MoRef, SnapshotEntry, VirtualDisk, VmInfo, VmSummary};
 use crate::xml::{Element, escape};
 
 /// The longest Haven waits for one vSphere task (snapshot creation or removal,
@@ -27,10 +27,8 @@ const MAX_INVENTORY_DEPTH: usize = 64;
 pub struct ConnectOptions {
     /// The SDK endpoint, `https://HOST/sdk`.
     pub url: String,
-    /// User name.
-    pub user: String,
-    /// Password.
-    pub password: String,
+    /// Who to log in as.
+    pub credentials: crate::Credentials,
     /// PEM file of the CAs to trust instead of the system's.
     pub ca_file: Option<PathBuf>,
 }
@@ -130,8 +128,8 @@ impl Client {
                 format!(
                     "{}<userName>{}</userName><password>{}</password>",
                     client.content.session_manager.to_xml("_this"),
-                    escape(&options.user),
-                    escape(&options.password)
+                    escape(&options.credentials.user),
+                    escape(&options.credentials.password)
                 ),
             )
             .await?;
@@ -147,6 +145,50 @@ impl Client {
 
     /// The VM named `name` (exactly one must have that name).
     pub async fn find_vm(&self, name: &str) -> Result<MoRef> {
+        let matches: Vec<MoRef> = self
+            .every_vm(&["name"])
+            .await?
+            .into_iter()
+            .filter(|object| {
+                object
+                    .get("name")
+                    .is_some_and(|value| value.text.trim() == name)
+            })
+            .map(|object| object.obj)
+            .collect();
+        match matches.as_slice() {
+            [vm] => Ok(vm.clone()),
+            [] => Err(VsphereError::NotFound(format!("no VM named {name:?}"))),
+            many => Err(VsphereError::InvalidInput(format!(
+                "{} VMs are named {name:?}",
+                many.len()
+            ))),
+        }
+    }
+
+    /// Every VM with its disks, for a worker's inventory; VMs without a configuration
+    /// (inaccessible, being created) are left out.
+    pub async fn inventory(&self) -> Result<Vec<VmSummary>> {
+        let call = "RetrieveProperties (inventory)";
+        let mut vms = Vec::new();
+        for object in self.every_vm(&["name", "config.hardware"]).await? {
+            let (Some(name), Some(hardware)) = (object.get("name"), object.get("config.hardware"))
+            else {
+                continue;
+            };
+            let devices: Vec<&Element> = hardware.children("device").collect();
+            vms.push(VmSummary {
+                vm: object.obj.clone(),
+                name: name.text.trim().to_string(),
+                disks: model::disks(&devices)
+                    .map_err(|reason| VsphereError::reply(call, reason))?,
+            });
+        }
+        Ok(vms)
+    }
+
+    /// Properties `paths` of every VM, through a container view of the whole inventory.
+    async fn every_vm(&self, paths: &[&str]) -> Result<Vec<ObjectContent>> {
         let view = self
             .call(
                 "CreateContainerView",
@@ -163,7 +205,7 @@ impl Client {
         let found = self
             .retrieve(
                 "VirtualMachine",
-                &["name"],
+                paths,
                 &format!(
                     "<objectSet>{}<skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>view</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>",
                     view.to_xml("obj")
@@ -174,25 +216,9 @@ impl Client {
             .call("DestroyView", view.to_xml("_this"))
             .await
             .map(drop);
-        let matches: Vec<MoRef> = found?
-            .into_iter()
-            .filter(|object| {
-                object
-                    .properties
-                    .iter()
-                    .any(|(key, value)| key == "name" && value.text.trim() == name)
-            })
-            .map(|object| object.obj)
-            .collect();
+        let found = found?;
         destroyed?;
-        match matches.as_slice() {
-            [vm] => Ok(vm.clone()),
-            [] => Err(VsphereError::NotFound(format!("no VM named {name:?}"))),
-            many => Err(VsphereError::InvalidInput(format!(
-                "{} VMs are named {name:?}",
-                many.len()
-            ))),
-        }
+        Ok(found)
     }
 
     /// The VM's hardware, change-tracking state and snapshots.
@@ -692,16 +718,24 @@ impl Client {
         let status = response.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-            if body.len() + chunk.len() > MAX_REPLY_BYTES {
-                return Err(VsphereError::reply(
-                    method,
-                    format!("larger than {} MiB", MAX_REPLY_BYTES >> 20),
-                ));
-            }
-            body.extend_from_slice(&chunk);
+            append_bounded(method, &mut body, &chunk)?;
         }
         parse_reply(method, status, &body)
     }
+}
+
+/// Adds a received piece of `method`'s reply to `body`, refusing a reply larger than
+/// [`MAX_REPLY_BYTES`] before holding it (a hostile or broken server cannot make the
+/// client buffer without end).
+fn append_bounded(method: &str, body: &mut Vec<u8>, chunk: &[u8]) -> Result<()> {
+    if body.len() + chunk.len() > MAX_REPLY_BYTES {
+        return Err(VsphereError::reply(
+            method,
+            format!("larger than {} MiB", MAX_REPLY_BYTES >> 20),
+        ));
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
 }
 
 /// A SOAP reply's response element, or its fault as an error. Faults come with HTTP 500.
@@ -799,6 +833,26 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "QueryChangedDiskAreas refused: InvalidArgument: unknown changeId"
+        );
+    }
+
+    #[test]
+    fn replies_over_the_cap_are_refused_before_they_are_held() {
+        let mut body = Vec::new();
+        let piece = vec![b' '; 1 << 20];
+        for _ in 0..(MAX_REPLY_BYTES >> 20) {
+            append_bounded("RetrieveProperties", &mut body, &piece).unwrap();
+        }
+        assert_eq!(body.len(), MAX_REPLY_BYTES);
+        let error = append_bounded("RetrieveProperties", &mut body, b"x").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "RetrieveProperties: unusable reply: larger than 32 MiB"
+        );
+        assert_eq!(
+            body.len(),
+            MAX_REPLY_BYTES,
+            "the piece over the cap is not kept"
         );
     }
 

@@ -16,12 +16,16 @@
 #![warn(missing_docs)]
 
 mod client;
+mod credentials;
 mod error;
 mod model;
 pub mod xml;
 
 pub use client::{Client, ConnectOptions, MAX_REPLY_BYTES};
+pub use credentials::{Credentials, PASSWORD_ENV, USER_ENV};
 pub use error::{Result, VsphereError};
-pub use model::{Area, MoRef, Nic, SnapshotEntry, VirtualDisk, VmInfo, datastore_path, flat_file};
+pub use model::{
+    Area, MoRef, Nic, SnapshotEntry, VirtualDisk, VmInfo, VmSummary, datastore_path, flat_file,
+};
 /// URLs of datastore files ([`Client::datastore_url`]).
 pub use reqwest::Url;

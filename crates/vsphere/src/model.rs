@@ -95,6 +95,17 @@ pub struct VmInfo {
     pub snapshots: Vec<SnapshotEntry>,
 }
 
+/// A VM as an inventory lists it: its name and disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSummary {
+    /// The VM's reference.
+    pub vm: MoRef,
+    /// Its name.
+    pub name: String,
+    /// Its virtual disks, in device order.
+    pub disks: Vec<VirtualDisk>,
+}
+
 /// One snapshot of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotEntry {

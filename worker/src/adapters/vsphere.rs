@@ -85,6 +85,35 @@ pub struct VsphereBackupReport {
     pub modes: Vec<VsphereDiskMode>,
 }
 
+/// Every VM of a vCenter (or ESXi host) with its disks (name, size in bytes): what a
+/// worker reports as the inventory of a `vcenter` host. A VM whose name or a disk's
+/// name Haven cannot use is left out with a warning rather than listed and then failed.
+pub async fn discover_vms(connect: &ConnectOptions) -> Result<Vec<(String, Vec<(String, u64)>)>> {
+    let client = Client::connect(connect).await?;
+    let listed = client.inventory().await;
+    if let Err(error) = client.logout().await {
+        tracing::debug!(%error, "vSphere logout failed");
+    }
+    let mut vms = Vec::new();
+    for vm in listed? {
+        let disks: Result<Vec<(String, u64)>> = vm
+            .disks
+            .iter()
+            .map(|disk| Ok((disk_name(&disk.file_name)?, disk.capacity)))
+            .collect();
+        match (haven_repo::validate_name(&vm.name), disks) {
+            (Ok(()), Ok(disks)) => vms.push((vm.name, disks)),
+            (Err(error), _) => {
+                tracing::warn!(vm = %vm.name, %error, "vSphere VM left out of the inventory")
+            }
+            (_, Err(error)) => {
+                tracing::warn!(vm = %vm.name, error = %error.chain(), "vSphere VM left out of the inventory")
+            }
+        }
+    }
+    Ok(vms)
+}
+
 /// Backs up a vSphere VM as one snapshot and commits it; `shutdown` resolving cancels
 /// it. The vSphere snapshot is removed in every case.
 pub async fn backup_vsphere(
@@ -267,7 +296,7 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
         let state = self.state()?;
         let mut selected = Vec::new();
         for disk in &state.info.disks {
-            let name = disk_name(disk)?;
+            let name = disk_name(&disk.file_name)?;
             if !self.request.live.disks.is_empty() && !self.request.live.disks.contains(&name) {
                 continue;
             }
@@ -296,7 +325,7 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
                     .info
                     .disks
                     .iter()
-                    .filter_map(|disk| disk_name(disk).ok())
+                    .filter_map(|disk| disk_name(&disk.file_name).ok())
                     .collect();
                 return Err(WorkerError::InvalidInput(format!(
                     "the VM has no disk {wanted} (it has {})",
@@ -345,6 +374,11 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
             )
             .await?;
         self.snapshot = Some(snapshot.clone());
+        tracing::info!(
+            snapshot = %self.snapshot_name,
+            quiesced = quiesce,
+            "point-in-time view taken"
+        );
         let at_snapshot = self.client.snapshot_disks(&snapshot).await?;
         let mut reads = Vec::with_capacity(self.selected.len());
         let mut new_modes = Vec::with_capacity(self.selected.len());
@@ -434,18 +468,13 @@ impl HypervisorAdapter for VsphereAdapter<'_> {
 }
 
 /// The disk's name in the snapshot: its descriptor's file name without `.vmdk`
-/// (`disk1` for `[ds] vm/disk1.vmdk`).
-fn disk_name(disk: &VirtualDisk) -> Result<String> {
-    let file = disk
-        .file_name
-        .rsplit(['/', ']', ' '])
-        .next()
-        .unwrap_or_default();
+/// (`disk1` for `[ds] vm/disk1.vmdk`); also how a restore finds the recorded disk.
+pub(crate) fn disk_name(file_name: &str) -> Result<String> {
+    let file = file_name.rsplit(['/', ']', ' ']).next().unwrap_or_default();
     let name = file.strip_suffix(".vmdk").unwrap_or(file).to_string();
     haven_repo::validate_name(&name).map_err(|_| {
         WorkerError::InvalidInput(format!(
-            "disk {:?} has a file name Haven cannot use as a disk name",
-            disk.file_name
+            "disk {file_name:?} has a file name Haven cannot use as a disk name"
         ))
     })?;
     Ok(name)
@@ -570,6 +599,6 @@ mod tests {
 
     #[test]
     fn disk_names_come_from_descriptors() {
-        assert_eq!(disk_name(&disk(1)).ok().as_deref(), Some("disk1"));
+        assert_eq!(disk_name(&disk(1).file_name).ok().as_deref(), Some("disk1"));
     }
 }

@@ -38,6 +38,13 @@
 //! libvirt = "qemu+ssh://root@kvm-3/system"   # every running domain is a VM
 //! qemu_user = "libvirt-qemu"                 # owns the scratch files there
 //!
+//! [[hosts]]
+//! name = "vc-1"
+//! vcenter = "https://vcenter.example/sdk"     # every VM of the vCenter (or ESXi host),
+//!                                             # backed up through the vSphere API
+//! vcenter_credentials_file = "/etc/haven/vcenter.toml"  # user = "…", password = "…"
+//! vcenter_ca_file = "/etc/haven/vcenter-ca.pem"        # optional: else the system's CAs
+//!
 //! [storage]                                   # optional: a storage key per job kind
 //! append_key_file = "/etc/haven/storage-append.toml"   # backup, replicate
 //! delete_key_file = "/etc/haven/storage-delete.toml"   # prune, gc
@@ -139,6 +146,17 @@ pub struct HostConfig {
     /// The user QEMU runs as under libvirt (it must own the scratch folder).
     #[serde(default = "default_qemu_user")]
     pub qemu_user: String,
+    /// vSphere SDK endpoint (`https://HOST/sdk`) of a vCenter or ESXi host: every VM
+    /// it holds is a VM of this host, backed up through the vSphere API
+    /// (`docs/vsphere.md`).
+    #[serde(default)]
+    pub vcenter: Option<String>,
+    /// The vSphere credentials file (`user`, `password`; TOML) of `vcenter`.
+    #[serde(default)]
+    pub vcenter_credentials_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign `vcenter`'s certificate (default: the system's).
+    #[serde(default)]
+    pub vcenter_ca_file: Option<PathBuf>,
     /// Labels of every VM on the host.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -203,6 +221,10 @@ impl WorkerConfig {
                 "{file_name}: [tls] needs both cert and key, or neither"
             ));
         }
+        for host in &config.hosts {
+            host.check()
+                .map_err(|reason| format!("{file_name}: host {}: {reason}", host.name))?;
+        }
         Ok(config)
     }
 
@@ -229,6 +251,42 @@ impl WorkerConfig {
 }
 
 impl HostConfig {
+    /// A `vcenter` host lists its VMs itself and needs its credentials; the vCenter
+    /// options are refused elsewhere so a typo cannot silently drop them.
+    fn check(&self) -> Result<(), String> {
+        match &self.vcenter {
+            Some(_) if self.qmp_dir.is_some() || !self.vms.is_empty() || self.libvirt.is_some() => {
+                Err("a vcenter host cannot also have qmp_dir, vms or libvirt".into())
+            }
+            Some(_) if self.vcenter_credentials_file.is_none() => {
+                Err("vcenter needs vcenter_credentials_file".into())
+            }
+            None if self.vcenter_credentials_file.is_some() || self.vcenter_ca_file.is_some() => {
+                Err("vcenter_credentials_file and vcenter_ca_file need vcenter".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How to connect to this host's vCenter, its credentials read now; `None` for a
+    /// host that is not a vCenter.
+    pub fn vcenter_connection(&self) -> Result<Option<haven_vsphere::ConnectOptions>, String> {
+        let Some(url) = &self.vcenter else {
+            return Ok(None);
+        };
+        let file = self
+            .vcenter_credentials_file
+            .as_deref()
+            .ok_or_else(|| format!("host {}: vcenter needs vcenter_credentials_file", self.name))?;
+        let credentials = haven_vsphere::Credentials::from_file(file)
+            .map_err(|error| format!("host {}: {error}", self.name))?;
+        Ok(Some(haven_vsphere::ConnectOptions {
+            url: url.clone(),
+            credentials,
+            ca_file: self.vcenter_ca_file.clone(),
+        }))
+    }
+
     /// Every VM on the host now, listed ones first.
     pub fn vm_sockets(&self) -> Vec<(String, PathBuf)> {
         self.vm_endpoints()
@@ -269,6 +327,40 @@ impl HostConfig {
 #[cfg(test)]
 mod qmp_dir_tests {
     use super::*;
+
+    #[test]
+    fn a_vcenter_host_needs_its_credentials_and_nothing_of_kvm() {
+        let parse = |host: &str| {
+            WorkerConfig::parse(
+                "worker.toml",
+                &format!(
+                    "id = \"w\"\ncoordinators = [\"http://127.0.0.1:1\"]\n[[hosts]]\nname = \"vc\"\n{host}"
+                ),
+            )
+        };
+        let good = parse(
+            "vcenter = \"https://vc/sdk\"\nvcenter_credentials_file = \"/etc/haven/vc.toml\"\n",
+        )
+        .unwrap();
+        assert_eq!(good.hosts[0].vcenter.as_deref(), Some("https://vc/sdk"));
+        for (host, expected) in [
+            (
+                "vcenter = \"https://vc/sdk\"\n",
+                "needs vcenter_credentials_file",
+            ),
+            (
+                "vcenter = \"https://vc/sdk\"\nvcenter_credentials_file = \"/c\"\nlibvirt = \"qemu:///system\"\n",
+                "cannot also have",
+            ),
+            ("vcenter_ca_file = \"/ca.pem\"\n", "need vcenter"),
+        ] {
+            let error = parse(host).unwrap_err();
+            assert!(
+                error.contains("host vc: ") && error.contains(expected),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn a_qmp_dir_lists_each_socket_as_a_vm_with_its_nbd_server_when_there_is_one() {

@@ -154,15 +154,8 @@ impl StorageKeys {
 }
 
 fn read_key_file(field: &str, path: &Path) -> Result<S3Credentials, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("{field}: cannot read {}: {error}", path.display()))?;
-    let file: KeyFile = toml::from_str(&text).map_err(|error| {
-        format!(
-            "{field}: {} is not a key file (access_key_id and secret_access_key): {}",
-            path.display(),
-            error.message()
-        )
-    })?;
+    let file: KeyFile =
+        haven_config::read_file(path).map_err(|error| format!("{field}: {error}"))?;
     if file.access_key_id.is_empty() || file.secret_access_key.is_empty() {
         return Err(format!("{field}: {} has an empty key", path.display()));
     }

@@ -1,6 +1,6 @@
 //! Restore into a hypervisor: every disk of a snapshot restored into one folder, then
-//! either a new libvirt domain defined from the stored domain XML
-//! ([`restore_libvirt_domain`]) or the QEMU arguments that attach the restored disks
+//! either a new libvirt domain defined from the stored domain XML, or from a vSphere
+//! VM's recorded hardware mapped onto KVM ([`restore_libvirt_domain`]) or the QEMU arguments that attach the restored disks
 //! printed ([`restore_for_qemu`]).
 //!
 //! Nothing is overwritten: the restore refuses before fetching anything when an output
@@ -11,6 +11,7 @@
 //! snapshot left out ([`domain_xml::rewrite_domain_xml`]).
 
 pub mod domain_xml;
+pub mod from_vsphere;
 pub mod qemu_attach;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +25,14 @@ use serde_json::Value;
 use crate::adapters::libvirt::Virsh;
 use crate::error::{Result, WorkerError};
 use crate::restore::{RestoreFormat, RestoreReport, RestoreRequest, restore_disk};
-use domain_xml::rewrite_domain_xml;
+use domain_xml::{RewrittenDomain, rewrite_domain_xml};
+pub use from_vsphere::DomainTarget;
 use qemu_attach::qemu_attach;
 
 /// `vm_config` kind the libvirt adapter stores.
 pub const LIBVIRT_XML: &str = "libvirt-xml";
+/// `vm_config` kind the vSphere adapter stores.
+pub const VSPHERE_HARDWARE: &str = crate::adapters::vsphere::VM_CONFIG_KIND;
 /// `vm_config` kind the qemu adapter stores.
 pub const QEMU_BLOCK_GRAPH: &str = "qemu-block-graph";
 
@@ -67,6 +71,9 @@ pub struct LibvirtTarget {
     pub uri: Option<String>,
     /// Timeout of each virsh call.
     pub virsh_timeout: Duration,
+    /// Domain type and network of a domain made from another hypervisor's hardware
+    /// (a vSphere snapshot); a libvirt snapshot keeps its own.
+    pub mapped: DomainTarget,
 }
 
 /// The outcome of [`restore_libvirt_domain`].
@@ -99,8 +106,9 @@ pub struct QemuRestoreReport {
     pub qmp: Vec<Value>,
 }
 
-/// Restores every disk of a libvirt snapshot and defines a new domain `request.name`
-/// on them from the stored domain XML.
+/// Restores every disk of a libvirt or vSphere snapshot and defines a new domain
+/// `request.name` on them: from the stored domain XML, or from the recorded vSphere
+/// hardware mapped onto KVM ([`from_vsphere`]).
 pub async fn restore_libvirt_domain(
     repo: Arc<Repository>,
     request: &VmRestoreRequest,
@@ -109,7 +117,15 @@ pub async fn restore_libvirt_domain(
 ) -> Result<LibvirtDefineReport> {
     haven_repo::validate_name(&request.name)?;
     let (id, manifest) = read_manifest(&repo, &request.snapshot).await?;
-    let xml = stored_config(&id, &manifest, LIBVIRT_XML)?;
+    let foreign = manifest
+        .vm_config
+        .as_ref()
+        .is_some_and(|config| config.kind == VSPHERE_HARDWARE);
+    let config = if foreign {
+        stored_config(&id, &manifest, VSPHERE_HARDWARE)?
+    } else {
+        stored_config(&id, &manifest, LIBVIRT_XML)?
+    };
     let virsh = Virsh::new(target.uri.clone(), target.virsh_timeout);
     let existing = virsh.run("list", &["--all", "--name"], &[]).await?;
     if existing.lines().any(|line| line.trim() == request.name) {
@@ -123,8 +139,14 @@ pub async fn restore_libvirt_domain(
     let xml_path = dir.join(format!("{}.xml", request.name));
     refuse_existing(files.iter().map(|(_, path)| path).chain([&xml_path]))?;
     // Checked before any data moves, so a bad XML costs nothing.
-    let rewritten = rewrite_domain_xml(xml, &request.name, &restored_files(&files, request))
-        .map_err(|error| WorkerError::InvalidInput(error.to_string()))?;
+    let restored = restored_files(&files, request);
+    let rewritten: RewrittenDomain = if foreign {
+        from_vsphere::vsphere_domain_xml(config, &request.name, &restored, &target.mapped)
+            .map_err(|error| WorkerError::InvalidInput(error.to_string()))?
+    } else {
+        rewrite_domain_xml(config, &request.name, &restored)
+            .map_err(|error| WorkerError::InvalidInput(error.to_string()))?
+    };
 
     let disks = restore_files(&repo, &id, &files, request, progress).await?;
     std::fs::write(&xml_path, &rewritten.xml).map_err(WorkerError::io(format!(

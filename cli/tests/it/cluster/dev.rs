@@ -179,28 +179,7 @@ impl Dev {
 
     /// Waits until every job is finished and `count` jobs of `kind` succeeded.
     pub(super) fn wait_for(&self, kind: &str, count: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let jobs = self.cli.jobs();
-            let done: Vec<Value> = jobs
-                .iter()
-                .filter(|j| j["kind"] == kind && j["state"] == "succeeded")
-                .cloned()
-                .collect();
-            let failed: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
-            assert!(failed.is_empty(), "failed jobs: {failed:#?}");
-            let active = jobs
-                .iter()
-                .any(|j| j["state"] != "succeeded" && j["state"] != "failed");
-            if done.len() >= count && !active {
-                return done;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {count} {kind} jobs: {jobs:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.cli.wait_for(kind, count, timeout)
     }
 }
 

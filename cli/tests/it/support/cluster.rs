@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::bed::Bed;
 use super::haven::{HavenClient, PASSWORD, haven};
 use super::image::convert;
-use super::process::{Guard, spawn_logged, wait_for_socket};
+use super::pki::Pki;
+use super::process::{Guard, free_port, spawn_logged, wait_for_socket};
 use super::qemu::qemu_storage_daemon;
 
 /// Serialises the cluster tests. Each starts a whole cluster (etcd members,
@@ -241,8 +243,136 @@ impl Cli {
         serde_json::from_str(&list).unwrap()
     }
 
+    /// Waits until at least `count` jobs of `kind` have succeeded and none is pending or
+    /// running; those jobs. Any failed job fails the test.
+    pub fn wait_for(
+        &self,
+        kind: &str,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let jobs = self.jobs();
+            let done: Vec<serde_json::Value> = jobs
+                .iter()
+                .filter(|j| j["kind"] == kind && j["state"] == "succeeded")
+                .cloned()
+                .collect();
+            let failed: Vec<&serde_json::Value> =
+                jobs.iter().filter(|j| j["state"] == "failed").collect();
+            assert!(failed.is_empty(), "failed jobs: {failed:#?}");
+            let active = jobs
+                .iter()
+                .any(|j| j["state"] != "succeeded" && j["state"] != "failed");
+            if done.len() >= count && !active {
+                return done;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {count} {kind} jobs: {jobs:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
     /// Every job, newest first, as `haven job list --json` prints them.
     pub fn jobs(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["job", "list", "--limit", "0", "--json"])).unwrap()
+    }
+}
+
+/// The smallest whole cluster: one `haven coordinator` (embedded store, allowed to
+/// write `bed`'s repository) and one `haven worker` `w1` reaching the hosts of
+/// `hosts_toml` (`[[hosts]]` tables), with mutual TLS from a CA of their own; both
+/// processes log into the bed and are killed on drop. For the tests of one host kind
+/// scheduled end to end (libvirt, vCenter).
+pub struct OneWorker {
+    /// The CLI as the cluster's admin.
+    pub cli: Cli,
+    log: PathBuf,
+    _coordinator: Guard,
+    _worker: Guard,
+}
+
+impl OneWorker {
+    /// Starts both processes in `bed`'s folder.
+    pub fn start(bed: &Bed, hosts_toml: &str) -> Self {
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let pki = Pki::new(bed.dir.path());
+        let coordinator_config = bed.path("coordinator.toml");
+        std::fs::write(
+            &coordinator_config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n\
+                 allowed_repositories = [{:?}]\n{}",
+                bed.path("state.redb").to_str().unwrap(),
+                bed.repo_url(),
+                pki.coordinator_toml()
+            ),
+        )
+        .unwrap();
+        let worker_config = bed.path("worker.toml");
+        std::fs::write(
+            &worker_config,
+            format!(
+                "id = \"w1\"\ncoordinators = [{url:?}]\nscratch_dir = {:?}\n\
+                 inventory_interval_seconds = 2\n{}\n{hosts_toml}",
+                bed.path("scratch").to_str().unwrap(),
+                pki.worker_toml("w1")
+            ),
+        )
+        .unwrap();
+        let spawn = |args: &[&str], log: &str| {
+            spawn_logged(haven(args).env("HAVEN_PASSWORD", PASSWORD), &bed.path(log))
+        };
+        let coordinator = spawn(
+            &[
+                "coordinator",
+                "--config",
+                coordinator_config.to_str().unwrap(),
+            ],
+            "coordinator.log",
+        );
+        let worker = spawn(
+            &["worker", "--config", worker_config.to_str().unwrap()],
+            "worker.log",
+        );
+        Self {
+            cli: pki.admin(&url),
+            log: bed.path("worker.log"),
+            _coordinator: coordinator,
+            _worker: worker,
+        }
+    }
+
+    /// The worker's log so far.
+    pub fn worker_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (60 s at most) until the worker has reported VM `name`; its record as
+    /// `haven vm list --json` prints it.
+    pub fn wait_for_vm(&self, name: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = self.cli.run(&["vm", "list", "--json"]);
+            if out.status.success() {
+                let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if let Some(vm) = vms
+                    .as_array()
+                    .and_then(|vms| vms.iter().find(|vm| vm["name"] == name))
+                {
+                    return vm.clone();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not report VM {name}: {}",
+                self.worker_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
     }
 }

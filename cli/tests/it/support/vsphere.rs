@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use haven_testkit::vcsim::Vcsim;
-use haven_vsphere::{Client, ConnectOptions, MoRef};
+use haven_testkit::vcsim::{Vcsim, VcsimOptions};
+use haven_vsphere::{Client, ConnectOptions, Credentials, MoRef};
 use serde_json::Value;
 
 use super::bed::Bed;
@@ -24,14 +24,33 @@ impl Vsphere {
     /// Starts a simulator whose disks are `disk_mib` MiB; the credentials file goes in
     /// `bed`.
     pub fn start(bed: &Bed, disk_mib: u64) -> Self {
-        let sim = Vcsim::start(disk_mib).unwrap_or_else(|error| panic!("{error}"));
+        Self::start_with(bed, VcsimOptions::disks_of(disk_mib))
+    }
+
+    /// Starts a simulator whose VMs look as `options` says.
+    pub fn start_with(bed: &Bed, options: VcsimOptions) -> Self {
+        let sim = Vcsim::start_with(options).unwrap_or_else(|error| panic!("{error}"));
         let credentials = bed.path("vsphere-credentials");
         std::fs::write(
             &credentials,
-            format!("user={}\npassword={}\n", sim.info.user, sim.info.password),
+            format!(
+                "user = {:?}\npassword = {:?}\n",
+                sim.info.user, sim.info.password
+            ),
         )
         .unwrap();
         Self { sim, credentials }
+    }
+
+    /// A `[[hosts]]` table of `worker.toml` for this simulator, host `name`.
+    pub fn host_toml(&self, name: &str) -> String {
+        format!(
+            "[[hosts]]\nname = {name:?}\nvcenter = {:?}\nvcenter_credentials_file = {:?}\n\
+             vcenter_ca_file = {:?}\n",
+            self.sim.info.url,
+            self.credentials.to_str().unwrap(),
+            self.sim.info.ca_file.to_str().unwrap()
+        )
     }
 
     /// The flat disk file of [`VM`]'s disk, which tests write into.
@@ -62,6 +81,14 @@ impl Vsphere {
         bed.json(&self.args(&[]))
     }
 
+    /// The command of `haven backup vsphere --json EXTRA` into `bed`'s repository, to
+    /// start and watch.
+    pub fn command(&self, bed: &Bed, extra: &[&str]) -> std::process::Command {
+        let mut extra = extra.to_vec();
+        extra.push("--json");
+        bed.haven(&self.args(&extra))
+    }
+
     /// `haven backup vsphere` expected to fail; its one-line error.
     pub fn backup_fails(&self, bed: &Bed) -> String {
         bed.fails(&self.args(&[]))
@@ -76,8 +103,10 @@ impl Vsphere {
         runtime.block_on(async {
             let client = Client::connect(&ConnectOptions {
                 url: self.sim.info.url.clone(),
-                user: self.sim.info.user.clone(),
-                password: self.sim.info.password.clone(),
+                credentials: Credentials {
+                    user: self.sim.info.user.clone(),
+                    password: self.sim.info.password.clone(),
+                },
                 ca_file: Some(self.sim.info.ca_file.clone()),
             })
             .await
