@@ -350,10 +350,10 @@ async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> R
         }
     }
     let transaction = session.take_point_in_time().await;
-    if let (Some(agent), Some(guard)) = (agent, thaw_guard.take()) {
-        if let Err(error) = guard.thaw(agent).await {
-            tracing::warn!(%error, "guest thaw failed");
-        }
+    if let (Some(agent), Some(guard)) = (agent, thaw_guard.take())
+        && let Err(error) = guard.thaw(agent).await
+    {
+        tracing::warn!(%error, "guest thaw failed");
     }
     let io_blocked = blocked_since.elapsed();
     let transaction = transaction?;
