@@ -68,7 +68,7 @@ fn back_up(bed: &Bed, qmp: &Path, extra: &[&str]) -> serde_json::Value {
     ];
     args.extend_from_slice(extra);
     let out = bed.ok(&args);
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    serde_json::from_str(&out).unwrap_or_else(|error| panic!("{error}: {out}"))
 }
 
 /// The guest's root file system in `disk` (a raw GPT disk), as e2fsprogs names it.
