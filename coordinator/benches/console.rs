@@ -146,6 +146,7 @@ fn records(options: &Options, now_ms: u64) -> Vec<Op> {
                 kind: JobKind::Backup,
                 params: JobParams::default(),
                 summary: None,
+                boot_passed: None,
                 vm: vm.clone(),
                 host: format!("host-{:03}", index % 500),
                 policy: None,

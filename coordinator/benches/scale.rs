@@ -572,6 +572,7 @@ async fn simulated_worker(
                     origin: job.host.clone(),
                 },
                 consistency: Consistency::CrashConsistent,
+                consistency_reason: None,
                 parent: None,
                 disks: Vec::new(),
                 vm_config: None,

@@ -238,6 +238,22 @@ fn write_summary(out: &mut SampleWriter<'_>, summary: &MetricsSummary) -> std::f
             .filter_map(|vm| Some((vm_labels(vm), vm.rpo_age_seconds?))),
     )?;
     out.gauge(
+        "haven_vm_last_boot_verified_timestamp_seconds",
+        "Unix time of the VM's newest snapshot that passed a boot test",
+        summary
+            .vms
+            .iter()
+            .filter_map(|vm| Some((vm_labels(vm), vm.last_boot_verified_seconds?))),
+    )?;
+    out.gauge(
+        "haven_vm_last_boot_test_passed",
+        "1 if the VM's most recently ended boot test passed, 0 if its snapshot did not boot",
+        summary
+            .vms
+            .iter()
+            .filter_map(|vm| Some((vm_labels(vm), u64::from(vm.last_boot_test_passed?)))),
+    )?;
+    out.gauge(
         "haven_policy_rpo_seconds",
         "The policy's recovery point objective: the longest a VM may go without a successful backup",
         summary
@@ -373,6 +389,7 @@ mod tests {
                             last_success_seconds: Some(1_700_000_000),
                             last_attempt_succeeded: Some(false),
                             rpo_age_seconds: Some(600),
+                            ..VmSummary::default()
                         },
                         VmSummary {
                             vm: "new".into(),

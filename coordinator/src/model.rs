@@ -179,6 +179,8 @@ pub enum JobKind {
     Gc,
     /// Copy the repository to the policy's secondary site.
     Replicate,
+    /// Boot a snapshot in a sandbox and record whether it came up.
+    BootTest,
 }
 
 impl JobKind {
@@ -189,6 +191,7 @@ impl JobKind {
             Self::Prune => "prune",
             Self::Gc => "gc",
             Self::Replicate => "replicate",
+            Self::BootTest => "boot_test",
         }
     }
 }
@@ -210,6 +213,20 @@ pub struct JobParams {
     /// next replication does not bring back what it removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_of: Option<String>,
+    /// Boot test: the snapshot and how it is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootTestParams>,
+}
+
+/// What a boot-test job boots and how it decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTestParams {
+    /// Timestamp of the job's VM's snapshot to boot.
+    pub snapshot: String,
+    /// `agent` or `serial:TEXT` (see `haven verify --boot`).
+    pub check: String,
+    /// How long the guest has to pass the check.
+    pub timeout_seconds: u64,
 }
 
 /// One try of a job.
@@ -258,9 +275,12 @@ pub struct JobRecord {
     /// Parameters of prune, GC and replication jobs.
     #[serde(default)]
     pub params: JobParams,
-    /// What a prune, GC or replication job did.
+    /// What a prune, GC, replication or boot-test job did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// A boot test that completed: whether the snapshot came up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_passed: Option<bool>,
     /// VM backed up or pruned; empty for repository-wide jobs (GC, replication).
     pub vm: String,
     /// The VM's host when the job was created; empty: any worker may run it.

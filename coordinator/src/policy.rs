@@ -15,7 +15,14 @@
 //! gc_margin_seconds = 3600
 //! rpo_seconds = 43200               # at risk after 12 h without a good backup
 //! job_timeout_seconds = 7200        # a job not done 2 h after its creation fails
+//! boot_test = { every = "7d", timeout = "5m", check = "agent" }  # boot a new snapshot
 //! ```
+//!
+//! `boot_test` boots the snapshot a backup of the policy just committed in a sandbox
+//! on some worker (a `boot_test` job, `docs/boot-test.md`), when the VM's last boot
+//! test under this policy began at least `every` ago (or never). `check` is `agent`
+//! (the default: the guest agent answers) or `serial:TEXT`; `timeout` defaults to 5
+//! minutes.
 //!
 //! `rpo_seconds` defaults to twice the longest gap between two firings of the
 //! schedule: one missed round is tolerated, two are an alert
@@ -75,7 +82,25 @@ pub struct Policy {
     /// fails it (a hung backup would otherwise hold its VM's rounds forever).
     #[serde(default = "default_job_timeout")]
     pub job_timeout_seconds: u64,
+    /// Boot tests of the policy's new snapshots; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_test: Option<BootTest>,
 }
+
+/// A policy's `boot_test`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTest {
+    /// A VM is boot-tested again after a backup once its last boot test began this
+    /// long ago.
+    pub every_seconds: u64,
+    /// How long the guest has to pass the check.
+    pub timeout_seconds: u64,
+    /// `agent` or `serial:TEXT`.
+    pub check: String,
+}
+
+/// A boot test's timeout when `boot_test` sets none.
+const DEFAULT_BOOT_TIMEOUT: &str = "5m";
 
 fn default_gc_margin() -> u64 {
     3600
@@ -226,6 +251,52 @@ struct RawPolicy {
     rpo_seconds: Option<Spanned<u64>>,
     #[serde(default)]
     job_timeout_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    boot_test: Option<Spanned<RawBootTest>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBootTest {
+    every: String,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    check: Option<String>,
+}
+
+impl RawBootTest {
+    /// The validated setting, or why not.
+    fn validate(self) -> Result<BootTest, String> {
+        let duration = |field: &str, text: &str| {
+            haven_config::parse_duration(text)
+                .map(|duration| duration.as_secs())
+                .map_err(|reason| format!("boot_test.{field}: {reason}"))
+        };
+        let every_seconds = duration("every", &self.every)?;
+        let timeout_seconds = duration(
+            "timeout",
+            self.timeout.as_deref().unwrap_or(DEFAULT_BOOT_TIMEOUT),
+        )?;
+        if timeout_seconds == 0 {
+            return Err("boot_test.timeout must be at least 1 s".into());
+        }
+        let check = self.check.unwrap_or_else(|| "agent".into());
+        let valid = check == "agent"
+            || check
+                .strip_prefix("serial:")
+                .is_some_and(|text| !text.is_empty());
+        if !valid {
+            return Err(format!(
+                "boot_test.check {check:?}: expected \"agent\" or \"serial:TEXT\""
+            ));
+        }
+        Ok(BootTest {
+            every_seconds,
+            timeout_seconds,
+            check,
+        })
+    }
 }
 
 fn default_limit() -> Spanned<u32> {
@@ -357,6 +428,19 @@ pub fn parse_policies(
                 at(rules.span())
             ));
         }
+        let boot_test = match raw.boot_test {
+            None => None,
+            Some(setting) => {
+                let line = at(setting.span());
+                match setting.into_inner().validate() {
+                    Ok(boot_test) => Some(boot_test),
+                    Err(reason) => {
+                        errors.push(format!("{line}: {reason}"));
+                        None
+                    }
+                }
+            }
+        };
         for (limit, field) in [
             (&raw.max_per_host, "max_per_host"),
             (&raw.max_per_worker, "max_per_worker"),
@@ -379,6 +463,7 @@ pub fn parse_policies(
             gc_margin_seconds: raw.gc_margin_seconds,
             rpo_seconds,
             job_timeout_seconds,
+            boot_test,
         });
     }
     if errors.is_empty() {
@@ -482,6 +567,57 @@ repository = "/srv/other"
         older.as_object_mut().unwrap().remove("job_timeout_seconds");
         let read: Policy = serde_json::from_value(older).unwrap();
         assert_eq!(read.job_timeout_seconds, DEFAULT_JOB_TIMEOUT_SECONDS);
+    }
+
+    #[test]
+    fn boot_tests_have_defaults_and_checked_values() {
+        let parse = |extra: &str| {
+            let text = format!(
+                "[[policy]]\nname = \"p\"\nschedule = \"0 2 * * *\"\nrepository = \"/r\"\n{extra}"
+            );
+            parse_policies("p.toml", &text, &RepositoryAllowlist::any())
+                .map(|policies| policies[0].boot_test.clone())
+        };
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(
+            parse("boot_test = { every = \"7d\" }\n"),
+            Ok(Some(BootTest {
+                every_seconds: 7 * 86400,
+                timeout_seconds: 300,
+                check: "agent".into()
+            }))
+        );
+        assert_eq!(
+            parse("boot_test = { every = \"0s\", timeout = \"90s\", check = \"serial:UP\" }\n"),
+            Ok(Some(BootTest {
+                every_seconds: 0,
+                timeout_seconds: 90,
+                check: "serial:UP".into()
+            }))
+        );
+        // (setting, expected error)
+        let cases = [
+            (
+                "every = \"1w\"",
+                "p.toml:5: boot_test.every: unknown unit \"w\"",
+            ),
+            (
+                "every = \"1d\", timeout = \"0s\"",
+                "p.toml:5: boot_test.timeout must be",
+            ),
+            (
+                "every = \"1d\", check = \"ping\"",
+                "p.toml:5: boot_test.check \"ping\"",
+            ),
+            (
+                "every = \"1d\", check = \"serial:\"",
+                "p.toml:5: boot_test.check",
+            ),
+        ];
+        for (setting, expected) in cases {
+            let errors = parse(&format!("boot_test = {{ {setting} }}\n")).unwrap_err();
+            assert!(errors[0].starts_with(expected), "{setting}: {errors:?}");
+        }
     }
 
     #[test]

@@ -208,6 +208,7 @@ fn job_kind(kind: JobKind) -> v1::JobKind {
         JobKind::Prune => v1::JobKind::Prune,
         JobKind::Gc => v1::JobKind::Gc,
         JobKind::Replicate => v1::JobKind::Replicate,
+        JobKind::BootTest => v1::JobKind::BootTest,
     }
 }
 
@@ -258,6 +259,11 @@ pub fn job_status(job: &JobRecord, progress: Progress) -> v1::JobStatus {
             .collect(),
         kind: job_kind(job.kind) as i32,
         summary: job.summary.clone().unwrap_or_default(),
+        boot_verdict: match job.boot_passed {
+            None => v1::BootVerdict::Unspecified,
+            Some(true) => v1::BootVerdict::Passed,
+            Some(false) => v1::BootVerdict::Failed,
+        } as i32,
     }
 }
 
@@ -399,6 +405,7 @@ impl WorkerService for CoordinatorService {
                             keep_monthly: r.keep_monthly,
                             keep_yearly: r.keep_yearly,
                         });
+                        let boot = a.job.params.boot.as_ref();
                         v1::JobAssignment {
                             job_id: a.job.id.clone(),
                             vm: a.job.vm.clone(),
@@ -411,6 +418,9 @@ impl WorkerService for CoordinatorService {
                             replicate_to: a.job.params.replicate_to.clone().unwrap_or_default(),
                             gc_margin_seconds: a.job.params.gc_margin_seconds,
                             replica_of: a.job.params.replica_of.clone().unwrap_or_default(),
+                            boot_snapshot: boot.map(|b| b.snapshot.clone()).unwrap_or_default(),
+                            boot_check: boot.map(|b| b.check.clone()).unwrap_or_default(),
+                            boot_timeout_seconds: boot.map_or(0, |b| b.timeout_seconds),
                             traceparent: a
                                 .job
                                 .current()
@@ -530,6 +540,11 @@ impl WorkerService for CoordinatorService {
                 request.fencing_token,
                 &request.summary,
                 &request.removed_snapshots,
+                match v1::BootVerdict::try_from(request.boot_verdict) {
+                    Ok(v1::BootVerdict::Passed) => Some(true),
+                    Ok(v1::BootVerdict::Failed) => Some(false),
+                    _ => None,
+                },
             )
             .await
             .map_err(status)?;

@@ -69,6 +69,13 @@ pub trait HypervisorAdapter: Send {
     /// (one per disk); returns how consistent it is.
     async fn snapshot_point(&mut self, modes: &[ReadMode]) -> Result<Consistency>;
 
+    /// After [`HypervisorAdapter::snapshot_point`]: why the snapshot is less
+    /// consistent than asked for (a freeze was asked and did not happen), recorded in
+    /// the manifest; `None` when it is as asked.
+    fn consistency_reason(&self) -> Option<String> {
+        None
+    }
+
     /// Exports disk `position` for reading: where the pipeline reads it and which
     /// blocks it reads.
     async fn export(&mut self, position: usize) -> Result<(DiskSource, ChangeSource)>;

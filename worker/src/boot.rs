@@ -13,6 +13,8 @@ pub mod resources;
 pub mod sandbox;
 mod sweep;
 
+pub use sweep::remove_abandoned;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -161,7 +163,7 @@ pub async fn boot_test(repo: Arc<Repository>, request: &BootRequest) -> Result<B
         Err(reason) => {
             let record = BootRecord {
                 duration_ms: started.elapsed().as_millis() as u64,
-                detail: reason,
+                detail: haven_proto::error_chain(&reason),
                 sandbox: "not started".into(),
                 ..base_record
             };

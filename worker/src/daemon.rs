@@ -8,6 +8,8 @@
 //!                                                 │     backup_qemu / _libvirt / _vsphere
 //!                                                 │       ─ progress every second
 //!                                                 │     └─ manifest ─▶ CommitSnapshot (fenced)
+//!                                                 │     prune, gc, replicate, boot_test
+//!                                                 │     └─ CompleteJob (fenced)
 //!                                                 └─ ReportInventory every interval
 //! ```
 //!
@@ -18,8 +20,10 @@
 //!
 //! One file because it is the job loop's state machine (register, heartbeat, poll, run,
 //! report) over one shared `Daemon`; its parts with a job of their own (configuration,
-//! fenced commit, maintenance jobs, metrics, pins, storage keys) are the submodules.
+//! fenced commit, maintenance jobs, boot tests, metrics, pins, storage keys) are the
+//! submodules.
 
+mod boot_job;
 pub mod config;
 mod fenced_commit;
 mod maintenance;
@@ -41,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
-pub use config::{ClientTlsConfig, HostConfig, WorkerConfig};
+pub use config::{BootTestsConfig, ClientTlsConfig, HostConfig, WorkerConfig};
 pub use fenced_commit::snapshot_info;
 pub use storage_keys::StorageKeysConfig;
 
@@ -74,6 +78,11 @@ pub async fn run_worker(
         }
     }
     let metrics = WorkerMetrics::new();
+    // Sandboxes of boot tests a killed worker left (their QEMU died with it).
+    crate::boot::remove_abandoned(&config.boot_dir());
+    let boot_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.boot_tests.max_running as usize,
+    ));
     if let Some(address) = config.metrics_listen {
         metrics
             .serve(address, config.metrics_tls.as_ref(), shutdown.clone())
@@ -100,6 +109,7 @@ pub async fn run_worker(
         read_limit: (config_limit > 0)
             .then(|| Arc::new(haven_repo::RateLimiter::new(config_limit))),
         metrics,
+        boot_slots,
     });
     // Sessions that ended in a row without registering: the backoff's attempt number.
     let mut failures = 0;
@@ -146,6 +156,8 @@ struct Worker {
     vcenters: HashMap<String, haven_vsphere::ConnectOptions>,
     read_limit: Option<Arc<haven_repo::RateLimiter>>,
     metrics: WorkerMetrics,
+    /// One permit per boot test allowed at once (`[boot_tests] max_running`).
+    boot_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who this worker is in the current session.
@@ -478,7 +490,19 @@ impl Worker {
                 .maintenance(&session, &job, progress.clone(), &cancel)
                 .await
             {
-                Ok((summary, removed)) => self.complete(&session, &job, summary, removed).await,
+                Ok((summary, removed)) => {
+                    let done = Completion {
+                        summary,
+                        removed,
+                        boot_verdict: v1::BootVerdict::Unspecified,
+                    };
+                    self.complete(&session, &job, done).await
+                }
+                Err(error) => Err(error),
+            }
+        } else if job.kind == v1::JobKind::BootTest as i32 {
+            match self.boot_test(&job, &cancel).await {
+                Ok(done) => self.complete(&session, &job, done).await,
                 Err(error) => Err(error),
             }
         } else {
@@ -578,20 +602,22 @@ impl Worker {
         }
     }
 
-    /// Reports a finished prune, GC or replication job (fenced like a commit).
+    /// Reports a finished prune, GC, replication or boot-test job (fenced like a
+    /// commit).
     async fn complete(
         &self,
         session: &Session,
         job: &v1::JobAssignment,
-        summary: String,
-        removed_snapshots: Vec<String>,
+        done: Completion,
     ) -> Result<String> {
+        let summary = done.summary;
         let request = v1::CompleteJobRequest {
             worker: Some(session.identity.clone()),
             job_id: job.job_id.clone(),
             fencing_token: job.fencing_token,
             summary: summary.clone(),
-            removed_snapshots,
+            removed_snapshots: done.removed,
+            boot_verdict: done.boot_verdict as i32,
         };
         match self
             .client
@@ -644,7 +670,7 @@ impl Worker {
             let request = QemuBackupRequest {
                 live,
                 qmp: vm.qmp,
-                guest_agent: None,
+                guest_agent: vm.guest_agent,
                 nbd_server: vm.nbd_server,
                 scratch_dir: self.config.scratch_dir.clone(),
                 qmp_timeout: Duration::from_secs(30),
@@ -732,6 +758,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// How a job other than a backup ended well, as `CompleteJob` reports it.
+struct Completion {
+    /// What it did, in a line.
+    summary: String,
+    /// Prune: `VM@TIMESTAMP` of the snapshots it removed.
+    removed: Vec<String>,
+    /// Boot test: the verdict.
+    boot_verdict: v1::BootVerdict,
 }
 
 /// The span a job runs in: its id, VM, kind and attempt are fields of every line

@@ -144,6 +144,16 @@ fn kind_name(kind: i32) -> &'static str {
         v1::JobKind::Prune => "prune",
         v1::JobKind::Gc => "gc",
         v1::JobKind::Replicate => "replicate",
+        v1::JobKind::BootTest => "boot_test",
+    }
+}
+
+/// A boot test's verdict as `job list` shows it; `None` for other jobs.
+fn boot_verdict_name(verdict: i32) -> Option<&'static str> {
+    match v1::BootVerdict::try_from(verdict).unwrap_or(v1::BootVerdict::Unspecified) {
+        v1::BootVerdict::Passed => Some("passed"),
+        v1::BootVerdict::Failed => Some("failed"),
+        v1::BootVerdict::Unspecified => None,
     }
 }
 
@@ -164,6 +174,7 @@ pub fn job_json(job: &v1::JobStatus) -> serde_json::Value {
         "job_id": job.job_id,
         "kind": kind_name(job.kind),
         "summary": job.summary,
+        "boot_verdict": boot_verdict_name(job.boot_verdict),
         "vm": job.vm,
         "host": job.host,
         "policy": job.policy,

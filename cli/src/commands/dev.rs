@@ -174,6 +174,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }),
         token_file: None,
         storage,
+        boot_tests: Default::default(),
     };
     let admin = CoordinatorUrl {
         coordinator: vec![format!("https://{}", args.listen)],

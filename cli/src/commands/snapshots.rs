@@ -23,6 +23,9 @@ struct SnapshotLine {
     vm: String,
     timestamp: String,
     consistency: haven_repo::Consistency,
+    /// Why it is only crash-consistent although a freeze was asked, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consistency_reason: Option<String>,
     source: String,
     parent: Option<String>,
     disks: Vec<DiskLine>,
@@ -85,6 +88,7 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
             vm: manifest.vm,
             timestamp: manifest.timestamp,
             consistency: manifest.consistency,
+            consistency_reason: manifest.consistency_reason,
             source: format!("{} {}", manifest.source.kind, manifest.source.origin),
             parent: manifest.parent,
             disks: manifest
@@ -130,7 +134,14 @@ pub async fn run(args: SnapshotsArgs) -> Result<()> {
             ),
             None => String::new(),
         };
-        println!("{}  {}{boot}", line.snapshot, disks.join(", "));
+        let consistency = match (line.consistency, &line.consistency_reason) {
+            (haven_repo::Consistency::ApplicationConsistent, _) => {
+                "  application-consistent".into()
+            }
+            (_, Some(reason)) => format!("  crash-consistent ({reason})"),
+            _ => String::new(),
+        };
+        println!("{}  {}{consistency}{boot}", line.snapshot, disks.join(", "));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `haven verify --boot`: a real Debian guest (built by `haven_testkit::guest`) is
 //! backed up, its disk deleted, and the snapshot booted from the repository alone under
-//! QEMU; a snapshot without a root file system fails with the console as evidence.
+//! QEMU; a snapshot without a root file system fails with the console and the screen
+//! it stopped on as evidence.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +14,15 @@ use crate::support::bed::Bed;
 /// Boot tests run one at a time: each guest takes a CPU for tens of seconds under TCG.
 static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn images() -> GuestImages {
+/// Waits until no other test boots a guest; hold the guard while the guest runs.
+pub fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_GUEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The test guest's images (built on first use).
+pub fn images() -> GuestImages {
     test_guest().expect("the test guest could not be built (scripts/install-deps.sh)")
 }
 
@@ -38,7 +47,7 @@ fn verify_boot(bed: &Bed, snapshot: &str, tmp: &Path, args: &[&str]) -> std::pro
 }
 
 /// Processes whose command line mentions `path` (a sandbox left running).
-fn processes_using(path: &Path) -> Vec<String> {
+pub fn processes_using(path: &Path) -> Vec<String> {
     let needle = path.display().to_string();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -78,9 +87,7 @@ type Run = (MutexGuard<'static, ()>, Bed, String, PathBuf, PathBuf);
 fn backed_up(pick: fn(&GuestImages) -> &PathBuf, vm: &str) -> Run {
     let images = images();
     let image = pick(&images);
-    let slot = ONE_GUEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let slot = one_guest_at_a_time();
     let bed = Bed::initialised();
     let disk = bed.path(&format!("{vm}.raw"));
     copy_disk(image, &disk);
@@ -212,9 +219,15 @@ fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
     );
     let serial = std::fs::read_to_string(evidence.join("serial.log")).unwrap();
     assert!(serial.contains("No init found"), "{serial}");
-    for key in record["evidence"].as_array().unwrap() {
+    // QEMU stays alive when the guest gives up (its reboot is turned into a stop), so
+    // the screen it left is evidence too.
+    let keys = record["evidence"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{report}");
+    for key in keys {
         assert!(bed.repo_dir().join(key.as_str().unwrap()).is_file());
     }
+    let screen = std::fs::read(evidence.join("screen.png")).unwrap();
+    assert!(screen.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     assert_sandbox_gone(&tmp);
     // Recorded and shown; nothing was deleted.
     let boot = snapshot_boot(&bed, "broken");

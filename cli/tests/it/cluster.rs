@@ -9,6 +9,7 @@
 //! backups, a worker on libvirt, and webhook notifications.
 
 mod auth;
+mod boot;
 mod cancel;
 mod console;
 mod cut_off;

@@ -1,4 +1,5 @@
 //! Live QEMU: backups of running QEMU processes and restores that QEMU attaches.
 
+mod agent;
 mod live;
 mod restore;

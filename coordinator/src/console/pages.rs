@@ -274,6 +274,7 @@ mod tests {
             kind: JobKind::Backup,
             params: JobParams::default(),
             summary: None,
+            boot_passed: None,
             vm: HOSTILE.into(),
             host: "h".into(),
             policy: None,

@@ -87,6 +87,7 @@ mod tests {
                 last_success_seconds: success,
                 last_attempt_succeeded: last,
                 rpo_age_seconds: age,
+                ..VmSummary::default()
             };
         let cases = [
             (

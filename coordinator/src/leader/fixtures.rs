@@ -35,6 +35,7 @@ pub(super) fn policy(name: &str) -> Policy {
         gc_margin_seconds: 3600,
         rpo_seconds: 7200,
         job_timeout_seconds: crate::policy::DEFAULT_JOB_TIMEOUT_SECONDS,
+        boot_test: None,
     }
 }
 

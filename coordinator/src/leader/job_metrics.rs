@@ -38,7 +38,11 @@ pub struct JobMetrics {
     read_bytes: Counter,
     new_bytes: Counter,
     uploaded_bytes: Counter,
+    boot_tests: Family<ResultLabel, Counter>,
 }
+
+/// Label of a boot test's verdict.
+type ResultLabel = [(&'static str, &'static str); 1];
 
 impl Default for JobMetrics {
     /// Counters registered nowhere, for leaders whose metrics nobody scrapes (tests,
@@ -51,6 +55,7 @@ impl Default for JobMetrics {
             read_bytes: Counter::default(),
             new_bytes: Counter::default(),
             uploaded_bytes: Counter::default(),
+            boot_tests: Family::default(),
         }
     }
 }
@@ -90,6 +95,11 @@ impl JobMetrics {
                 "Bytes committed backups uploaded (compressed and encrypted)",
                 metrics.uploaded_bytes,
             ),
+            boot_tests: registry.register(
+                "haven_boot_tests",
+                "Boot tests that reached a verdict while this replica led, by result (passed or failed)",
+                metrics.boot_tests,
+            ),
         }
     }
 
@@ -117,6 +127,10 @@ impl JobMetrics {
         self.duration
             .get_or_create(&[("kind", kind)])
             .observe(seconds);
+        if let Some(passed) = job.boot_passed.filter(|_| job.state == JobState::Succeeded) {
+            let result = if passed { "passed" } else { "failed" };
+            self.boot_tests.get_or_create(&[("result", result)]).inc();
+        }
         if let Some(snapshot) = snapshot.filter(|_| job.state == JobState::Succeeded) {
             self.read_bytes.inc_by(snapshot.bytes_read);
             self.new_bytes.inc_by(snapshot.bytes_new);
@@ -132,6 +146,7 @@ pub(super) fn kind_name(kind: JobKind) -> &'static str {
         JobKind::Prune => "prune",
         JobKind::Gc => "gc",
         JobKind::Replicate => "replicate",
+        JobKind::BootTest => "boot_test",
     }
 }
 
@@ -174,6 +189,10 @@ mod tests {
         let mut failed = finished_job("b", JobState::Failed, 2_000);
         failed.kind = JobKind::Replicate;
         metrics.attempt_ended(&failed, None);
+        let mut booted = finished_job("d", JobState::Succeeded, 2_000);
+        booted.kind = JobKind::BootTest;
+        booted.boot_passed = Some(false);
+        metrics.attempt_ended(&booted, None);
         let mut requeued = assigned_job("c", JobKind::Gc, "", "w");
         requeued.state = JobState::Pending;
         metrics.attempt_ended(&requeued, None);
@@ -189,6 +208,8 @@ mod tests {
             "haven_backup_read_bytes_total 100\n",
             "haven_backup_new_bytes_total 40\n",
             "haven_backup_uploaded_bytes_total 30\n",
+            "haven_jobs_total{kind=\"boot_test\",result=\"succeeded\"} 1\n",
+            "haven_boot_tests_total{result=\"failed\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
         }

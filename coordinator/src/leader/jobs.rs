@@ -96,6 +96,7 @@ impl NewJob {
             kind: self.kind,
             params: self.params,
             summary: None,
+            boot_passed: None,
             vm: self.vm,
             host: self.host,
             policy: self.policy,
@@ -253,13 +254,15 @@ pub(super) fn mark_succeeded(job: &mut JobRecord, now: u64) {
     job.end_attempt(now, "succeeded");
 }
 
-/// A prune, GC or replication job that ended well, and the catalog keys its
-/// completion removes (a primary prune's removed snapshots, only of its own VM).
+/// A prune, GC, replication or boot-test job that ended well (a boot test with its
+/// verdict `boot_passed`), and the catalog keys its completion removes (a primary
+/// prune's removed snapshots, only of its own VM).
 pub(super) fn completion(
     job: &JobRecord,
     now: u64,
     summary: &str,
     removed: &[String],
+    boot_passed: Option<bool>,
 ) -> Result<(JobRecord, Vec<String>)> {
     if job.kind == JobKind::Backup {
         return Err(LeaderError::Invalid(format!(
@@ -268,9 +271,16 @@ pub(super) fn completion(
         )));
     }
     check_running(job)?;
+    if (job.kind == JobKind::BootTest) != boot_passed.is_some() {
+        return Err(LeaderError::Invalid(format!(
+            "job {}: a verdict comes with a boot test and only with one",
+            job.id
+        )));
+    }
     let mut done = job.clone();
     mark_succeeded(&mut done, now);
     done.summary = Some(summary.chars().take(1000).collect());
+    done.boot_passed = boot_passed;
     let mut dropped = Vec::new();
     for snapshot in removed {
         let (vm, timestamp) = snapshot
@@ -400,7 +410,7 @@ impl Leader {
         Ok(())
     }
 
-    /// A prune, GC or replication job that ended well; fenced like a commit.
+    /// A prune, GC, replication or boot-test job that ended well; fenced like a commit.
     pub async fn complete(
         &self,
         worker: &str,
@@ -408,6 +418,7 @@ impl Leader {
         token: i64,
         summary: &str,
         removed: &[String],
+        boot_passed: Option<bool>,
     ) -> Result<()> {
         let mutating = self.mutating().await;
         let job = check_token(&self.state(), worker, job_id, token)?.clone();
@@ -415,7 +426,7 @@ impl Leader {
             // A retry whose first try succeeded and whose reply was lost.
             return Ok(());
         }
-        let (done, dropped) = completion(&job, now_ms(), summary, removed)?;
+        let (done, dropped) = completion(&job, now_ms(), summary, removed, boot_passed)?;
         let accepted = self
             .write_ended(
                 &mutating,
@@ -614,13 +625,14 @@ mod tests {
         let gc = assigned_job("g", JobKind::Gc, "", "w1");
         let backup = assigned_job("b", JobKind::Backup, "vm1", "w1");
         let removed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let (done, dropped) = completion(&prune, 9, "ok", &removed(&["vm1@T1"])).unwrap();
+        let (done, dropped) = completion(&prune, 9, "ok", &removed(&["vm1@T1"]), None).unwrap();
         assert_eq!(done.state, JobState::Succeeded);
         assert_eq!(done.summary.as_deref(), Some("ok"));
         assert_eq!(dropped, vec![model::snapshot_key("vm1", "T1")]);
         let mut at_replica = prune.clone();
         at_replica.params.replica_of = Some("file:///primary".into());
-        let (done, dropped) = completion(&at_replica, 9, "ok", &removed(&["vm1@T1"])).unwrap();
+        let (done, dropped) =
+            completion(&at_replica, 9, "ok", &removed(&["vm1@T1"]), None).unwrap();
         assert_eq!(done.state, JobState::Succeeded);
         assert!(
             dropped.is_empty(),
@@ -635,7 +647,10 @@ mod tests {
         ];
         for (job, names) in refused {
             assert!(
-                matches!(completion(job, 9, "", &names), Err(LeaderError::Invalid(_))),
+                matches!(
+                    completion(job, 9, "", &names, None),
+                    Err(LeaderError::Invalid(_))
+                ),
                 "{} {names:?}",
                 job.id
             );
@@ -643,8 +658,26 @@ mod tests {
         let mut pending = prune.clone();
         pending.state = JobState::Pending;
         assert!(matches!(
-            completion(&pending, 9, "", &[]),
+            completion(&pending, 9, "", &[], None),
             Err(LeaderError::Fenced(_))
         ));
+    }
+
+    #[test]
+    fn a_boot_test_completes_with_its_verdict_and_nothing_else_does() {
+        let boot = assigned_job("t", JobKind::BootTest, "vm1", "w1");
+        let gc = assigned_job("g", JobKind::Gc, "", "w1");
+        for passed in [true, false] {
+            let (done, dropped) = completion(&boot, 9, "booted", &[], Some(passed)).unwrap();
+            assert_eq!(done.state, JobState::Succeeded);
+            assert_eq!(done.boot_passed, Some(passed));
+            assert!(dropped.is_empty());
+        }
+        for (job, verdict) in [(&boot, None), (&gc, Some(true))] {
+            assert!(matches!(
+                completion(job, 9, "", &[], verdict),
+                Err(LeaderError::Invalid(_))
+            ));
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Policies and the jobs they create: backup rounds when a policy's schedule is due,
-//! GC rounds when its `gc_schedule` is, and the prune and replication jobs that follow
-//! a committed backup.
+//! GC rounds when its `gc_schedule` is, and the prune, replication and boot-test jobs
+//! that follow a committed backup.
 
 use crate::cron::Schedule;
 use crate::model::{self, JobKind, JobParams, JobRecord, now_ms};
@@ -126,14 +126,59 @@ pub(super) fn gc_rounds(state: &State, now: u64) -> JobPlan {
     plan
 }
 
-/// The follow-up jobs of a committed backup: prune of the VM by its policy's
-/// retention, replication of the repository to the policy's secondary, and prune of
-/// the VM's copies there by the replica's retention, each unless one is already
-/// active. The replica's prune sees what earlier replications copied, so it trails
-/// the primary's by one backup.
-pub(super) fn follow_up_jobs(state: &State, backup: &JobRecord) -> Vec<NewJob> {
+/// Name of the round that records a VM's last boot test under a policy.
+fn boot_round(policy: &Policy, vm: &str) -> String {
+    format!("{}#boot:{vm}", policy.name)
+}
+
+/// The boot test of the snapshot `backup` committed, when its policy has a
+/// `boot_test` whose `every` has passed since the VM's last one (or there was none)
+/// and no boot test of the VM is active; with the round it records.
+fn boot_test_job(
+    state: &State,
+    policy: &Policy,
+    backup: &JobRecord,
+    now: u64,
+) -> Option<(String, NewJob)> {
+    let setting = policy.boot_test.as_ref()?;
+    let (_, timestamp) = backup.snapshot.as_deref()?.split_once('@')?;
+    let round = boot_round(policy, &backup.vm);
+    let due = state
+        .rounds
+        .get(&round)
+        .is_none_or(|last| now.saturating_sub(*last) >= setting.every_seconds.saturating_mul(1000));
+    let active = state
+        .active_job(|j| j.kind == JobKind::BootTest && j.vm == backup.vm)
+        .is_some();
+    (due && !active).then(|| {
+        let job = NewJob::repository_wide(
+            JobKind::BootTest,
+            &backup.vm,
+            Some(policy.name.clone()),
+            backup.repository.clone(),
+            JobParams {
+                boot: Some(model::BootTestParams {
+                    snapshot: timestamp.to_string(),
+                    check: setting.check.clone(),
+                    timeout_seconds: setting.timeout_seconds,
+                }),
+                ..JobParams::default()
+            },
+        );
+        (round, job)
+    })
+}
+
+/// The follow-up jobs of a committed backup at `now`: prune of the VM by its policy's
+/// retention, replication of the repository to the policy's secondary, prune of the
+/// VM's copies there by the replica's retention, each unless one is already active,
+/// and a boot test of the new snapshot when the policy's `boot_test` is due. The
+/// replica's prune sees what earlier replications copied, so it trails the primary's
+/// by one backup.
+pub(super) fn follow_up_jobs(state: &State, backup: &JobRecord, now: u64) -> JobPlan {
+    let mut plan = JobPlan::default();
     let Some(policy) = backup.policy.as_ref().and_then(|p| state.policies.get(p)) else {
-        return Vec::new();
+        return plan;
     };
     let active = |kind: JobKind, repository: &str, vm: &str, to: Option<&String>| {
         state
@@ -179,7 +224,12 @@ pub(super) fn follow_up_jobs(state: &State, backup: &JobRecord) -> Vec<NewJob> {
         }
         jobs.extend(prune(&to, rules, Some(backup.repository.clone())));
     }
-    jobs
+    if let Some((round, job)) = boot_test_job(state, policy, backup, now) {
+        plan.rounds.push(round);
+        jobs.push(job);
+    }
+    plan.jobs = jobs;
+    plan
 }
 
 impl Leader {
@@ -248,15 +298,12 @@ impl Leader {
         mutating: &Mutating<'_>,
         backup: &JobRecord,
     ) -> Result<()> {
-        let jobs = follow_up_jobs(&self.state(), backup);
-        if jobs.is_empty() {
+        let now = now_ms();
+        let plan = follow_up_jobs(&self.state(), backup, now);
+        if plan.jobs.is_empty() {
             return Ok(());
         }
-        let plan = JobPlan {
-            rounds: Vec::new(),
-            jobs,
-        };
-        self.apply_plan(mutating, plan, now_ms()).await?;
+        self.apply_plan(mutating, plan, now).await?;
         Ok(())
     }
 }
@@ -508,7 +555,7 @@ mod tests {
         ];
         for (case, policy, backup, jobs, expected) in cases {
             let state = state_with(&[], &[policy], &jobs);
-            let follow_ups = follow_up_jobs(&state, backup);
+            let follow_ups = follow_up_jobs(&state, backup, BASE).jobs;
             let made: Vec<(JobKind, &str, &str)> = follow_ups
                 .iter()
                 .map(|j| (j.kind, j.repository.as_str(), j.vm.as_str()))
@@ -521,6 +568,68 @@ mod tests {
                     at_replica.then_some(REPOSITORY),
                     "{case}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_backup_is_boot_tested_when_its_policys_boot_test_is_due() {
+        let mut testing = policy("p");
+        testing.boot_test = Some(crate::policy::BootTest {
+            every_seconds: 3600,
+            timeout_seconds: 300,
+            check: "agent".into(),
+        });
+        let mut backup = assigned_job("b", JobKind::Backup, "vm1", "w1");
+        backup.policy = Some("p".into());
+        backup.repository = "file:///p".into();
+        backup.snapshot = Some("vm1@2026-12-07T00:00:00Z".into());
+        let active = assigned_job("t", JobKind::BootTest, "vm1", "w1");
+        let round = "p#boot:vm1";
+        // (case, policy, last boot test of the VM, other jobs, expected boot test)
+        let cases = [
+            ("no boot_test", policy("p"), None, vec![], false),
+            ("never tested", testing.clone(), None, vec![], true),
+            (
+                "tested within `every`",
+                testing.clone(),
+                Some(BASE - 59 * MINUTE),
+                vec![],
+                false,
+            ),
+            (
+                "tested `every` ago",
+                testing.clone(),
+                Some(BASE - 60 * MINUTE),
+                vec![],
+                true,
+            ),
+            ("one active", testing, None, vec![active], false),
+        ];
+        for (case, policy, last, jobs, expected) in cases {
+            let mut state = state_with(&[], &[policy], &jobs);
+            if let Some(last) = last {
+                state.rounds.insert(round.into(), last);
+            }
+            let plan = follow_up_jobs(&state, &backup, BASE);
+            let tests: Vec<&NewJob> = plan
+                .jobs
+                .iter()
+                .filter(|j| j.kind == JobKind::BootTest)
+                .collect();
+            assert_eq!(tests.len(), usize::from(expected), "{case}");
+            if expected {
+                assert_eq!(plan.rounds, names(&[round]), "{case}");
+                let params = tests[0].params.boot.as_ref().unwrap();
+                assert_eq!(params.snapshot, "2026-12-07T00:00:00Z", "{case}");
+                assert_eq!(
+                    (params.check.as_str(), params.timeout_seconds),
+                    ("agent", 300)
+                );
+                assert_eq!(tests[0].vm, "vm1", "{case}");
+                assert!(tests[0].host.is_empty(), "{case}");
+            } else {
+                assert!(plan.rounds.is_empty(), "{case}");
             }
         }
     }

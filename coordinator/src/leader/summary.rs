@@ -21,6 +21,10 @@
 //!   its oldest snapshot there, a lower bound that keeps growing while nothing
 //!   reaches the site. A VM whose snapshots go to two repositories replicated to
 //!   the same site gets the larger of the two lags.
+//! - Its **last boot-verified snapshot** is the newest snapshot (its timestamp) a
+//!   boot-test job in the history passed; its **last boot verdict** is the verdict of
+//!   its most recently ended boot-test job that reached one. Both come from the job
+//!   history, so they go once those jobs expire.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -59,6 +63,10 @@ pub struct VmSummary {
     pub last_attempt_succeeded: Option<bool>,
     /// Seconds since the last success (see the module documentation).
     pub rpo_age_seconds: Option<u64>,
+    /// Unix seconds of its newest snapshot that passed a boot test.
+    pub last_boot_verified_seconds: Option<i64>,
+    /// Whether its most recently ended boot test passed.
+    pub last_boot_test_passed: Option<bool>,
 }
 
 /// How far one VM's copy at a secondary site lags.
@@ -137,6 +145,38 @@ struct VmHistory<'a> {
     last_ended: Option<(u64, bool)>,
     /// Creation of its oldest backup job.
     oldest_job: Option<u64>,
+    /// Its boot tests.
+    boot: BootHistory,
+}
+
+/// What a VM's boot tests in the job history say.
+#[derive(Debug, Clone, Copy, Default)]
+struct BootHistory {
+    /// Unix seconds of the newest snapshot a boot test passed.
+    newest_passed: Option<i64>,
+    /// (finished, passed) of the newest boot test with a verdict.
+    last_verdict: Option<(u64, bool)>,
+}
+
+impl BootHistory {
+    /// Takes `job` into account if it is a boot test that reached a verdict.
+    fn observe(&mut self, job: &JobRecord) {
+        let (JobKind::BootTest, Some(passed), Some(params)) =
+            (job.kind, job.boot_passed, job.params.boot.as_ref())
+        else {
+            return;
+        };
+        if self
+            .last_verdict
+            .is_none_or(|(finished, _)| job.finished_unix_ms > finished)
+        {
+            self.last_verdict = Some((job.finished_unix_ms, passed));
+        }
+        if passed && let Ok(time) = haven_repo::parse_timestamp(&params.snapshot) {
+            let seconds = time.unix_timestamp();
+            self.newest_passed = Some(self.newest_passed.map_or(seconds, |n| n.max(seconds)));
+        }
+    }
 }
 
 /// The policy that selects `vm`: the first by name (see the module documentation).
@@ -165,6 +205,8 @@ fn vm_row(state: &State, vm: &str, history: &VmHistory<'_>, now_ms: u64) -> VmSu
         last_success_seconds,
         last_attempt_succeeded: history.last_ended.map(|(_, succeeded)| succeeded),
         rpo_age_seconds,
+        last_boot_verified_seconds: history.boot.newest_passed,
+        last_boot_test_passed: history.boot.last_verdict.map(|(_, passed)| passed),
     }
 }
 
@@ -177,11 +219,11 @@ pub(super) fn vm_summary(state: &State, vm: &str, now_ms: u64) -> VmSummary {
             .max_by(|a, b| a.timestamp.cmp(&b.timestamp)),
         ..VmHistory::default()
     };
-    for job in state
-        .jobs
-        .values()
-        .filter(|job| job.kind == JobKind::Backup && job.vm == vm)
-    {
+    for job in state.jobs.values().filter(|job| job.vm == vm) {
+        history.boot.observe(job);
+        if job.kind != JobKind::Backup {
+            continue;
+        }
         let oldest = history.oldest_job.get_or_insert(job.created_unix_ms);
         *oldest = (*oldest).min(job.created_unix_ms);
         if matches!(job.state, JobState::Succeeded | JobState::Failed) {
@@ -201,6 +243,7 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
     // its oldest backup job.
     let mut last_ended: HashMap<&str, (u64, bool)> = HashMap::new();
     let mut oldest_job: HashMap<&str, u64> = HashMap::new();
+    let mut boot: HashMap<&str, BootHistory> = HashMap::new();
     // Per (repository, site): the watermark.
     let mut watermarks: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for job in state.jobs.values() {
@@ -224,6 +267,9 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
                     let mark = watermarks.entry((&job.repository, site)).or_insert(0);
                     *mark = (*mark).max(successful_attempt_start(job));
                 }
+            }
+            JobKind::BootTest if job.boot_passed.is_some() => {
+                boot.entry(&job.vm).or_default().observe(job);
             }
             _ => {}
         }
@@ -298,6 +344,7 @@ pub(super) fn summarize(state: &State, now_ms: u64) -> MetricsSummary {
                 newest: newest.get(vm).copied(),
                 last_ended: last_ended.get(vm).copied(),
                 oldest_job: oldest_job.get(vm).copied(),
+                boot: boot.get(vm).copied().unwrap_or_default(),
             };
             vm_row(state, vm, &history, now_ms)
         })
@@ -424,6 +471,8 @@ mod tests {
                 last_success_seconds: Some((at(10) / 1000) as i64),
                 last_attempt_succeeded: Some(false),
                 rpo_age_seconds: Some(50 * 60),
+                last_boot_verified_seconds: None,
+                last_boot_test_passed: None,
             }
         );
         // Never backed up: its age counts from its oldest job.

@@ -300,13 +300,15 @@ async fn a_completion_applied_but_unanswered_is_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (store, leader, lease, job, token) = assigned_gc(dir.path()).await;
     store.lose_next_reply.store(true, Ordering::SeqCst);
-    let lost = leader.complete("w1", &job, token, "gc: done", &[]).await;
+    let lost = leader
+        .complete("w1", &job, token, "gc: done", &[], None)
+        .await;
     assert!(matches!(lost, Err(LeaderError::Store(_))), "{lost:?}");
     // The leader read the record back: its memory follows the store.
     settled(&leader, &job, lease).await;
     // The worker's client retries the call: the same completion counts as success.
     leader
-        .complete("w1", &job, token, "gc: done", &[])
+        .complete("w1", &job, token, "gc: done", &[], None)
         .await
         .unwrap();
     settled(&leader, &job, lease).await;
@@ -319,7 +321,9 @@ async fn a_retried_completion_finds_its_applied_write_in_the_store() {
     // The reply is lost and the store stays unreachable for the read-back.
     store.then_down.store(true, Ordering::SeqCst);
     store.lose_next_reply.store(true, Ordering::SeqCst);
-    let lost = leader.complete("w1", &job, token, "gc: done", &[]).await;
+    let lost = leader
+        .complete("w1", &job, token, "gc: done", &[], None)
+        .await;
     assert!(matches!(lost, Err(LeaderError::Store(_))), "{lost:?}");
     assert_eq!(
         leader.job(&job).await.map(|(job, _)| job.state),
@@ -330,13 +334,13 @@ async fn a_retried_completion_finds_its_applied_write_in_the_store() {
     // The retry fails the ownership compare (the first try deleted the key) and
     // reads the record: succeeded with this token, so it is a success.
     leader
-        .complete("w1", &job, token, "gc: done", &[])
+        .complete("w1", &job, token, "gc: done", &[], None)
         .await
         .unwrap();
     settled(&leader, &job, lease).await;
     // Another token is still a moved job.
     let other = leader
-        .complete("w1", &job, token + 1, "gc: done", &[])
+        .complete("w1", &job, token + 1, "gc: done", &[], None)
         .await;
     assert!(matches!(other, Err(LeaderError::Fenced(_))), "{other:?}");
 }
@@ -492,7 +496,9 @@ async fn jobs_settle_exactly_once_under_store_faults() {
             }
             for (job, token, succeeds) in calls {
                 let answer = if succeeds {
-                    leader.complete("w1", &job, token, "gc: done", &[]).await
+                    leader
+                        .complete("w1", &job, token, "gc: done", &[], None)
+                        .await
                 } else {
                     // Not retryable: a retry waits a backoff of seconds.
                     leader

@@ -39,6 +39,29 @@ pub fn line_of(text: &str, offset: usize) -> usize {
     text[..end].matches('\n').count() + 1
 }
 
+/// Parses a duration as operators write it in files and flags: `90` or `90s`, `15m`,
+/// `2h`, `1d` (one place, so `--timeout 5m` and `timeout = "5m"` mean the same).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 1h or 2d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    ))
+}
+
 /// Replaces every `${NAME}` in `text`, comments included, with the environment variable
 /// `NAME` (the `--expand-env` of the daemons); `$${` stands for a literal `${`, and a `$`
 /// not followed by `{NAME}` stays as it is.
@@ -151,6 +174,18 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 99), 3);
         // Inside a multi-byte character: the line it is on.
         assert_eq!(line_of("é\né", 4), 2);
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 origin: "gc benchmark".into(),
             },
             consistency: Consistency::Offline,
+            consistency_reason: None,
             parent: None,
             disks: vec![DiskEntry {
                 name: "vda".into(),

@@ -19,6 +19,7 @@ fn manifest_for(id: &SnapshotId, disk: DiskEntry) -> Manifest {
             origin: "memory".into(),
         },
         consistency: Consistency::Offline,
+        consistency_reason: None,
         parent: None,
         disks: vec![disk],
         vm_config: None,

@@ -8,7 +8,12 @@
 //! locales, only the kernel modules a virtio guest uses, an initrd of just those
 //! (`MODULES=list`), and a unit that prints [`READY_MARKER`] on the serial console once
 //! `multi-user.target` is reached. `qemu-guest-agent` starts when its virtio-serial
-//! port appears (Debian's udev rule).
+//! port appears (Debian's udev rule), with `--fsfreeze-hook`: the hook runs every
+//! script in `/etc/qemu/fsfreeze-hook.d/`, and the guest's one prints
+//! [`FSFREEZE_MARKER`] and the action on the serial console and appends it to
+//! [`FSFREEZE_LOG`], so a test sees the freeze from inside the guest (the line written
+//! before a freeze is in the snapshot taken during it). The kernel and initrd are also
+//! kept beside the images, to boot the guest directly.
 //!
 //! Building takes a few minutes, so the images are built once per machine and kept in
 //! [`cache_dir`] under [`GUEST_VERSION`]: a change to the recipe must change the
@@ -24,13 +29,20 @@ use crate::FixtureError;
 use crate::process::run;
 
 /// Version of the recipe; the cache folder is named after it.
-pub const GUEST_VERSION: &str = "bookworm-1";
+pub const GUEST_VERSION: &str = "bookworm-2";
 /// What the guest prints on its serial console when it is up.
 pub const READY_MARKER: &str = "HAVEN-GUEST-READY";
+/// What the guest's fsfreeze hook prints on the serial console, followed by the
+/// agent's action (`freeze`, `thaw`).
+pub const FSFREEZE_MARKER: &str = "HAVEN-FSFREEZE";
+/// Where in the guest the hook also appends its lines.
+pub const FSFREEZE_LOG: &str = "/var/log/haven-fsfreeze.log";
 /// Size of the disk images (sparse; about 200 MiB of it holds data).
 pub const DISK_SIZE: u64 = 1024 * 1024 * 1024;
 /// Where the root partition starts.
-const PARTITION_START: u64 = 1024 * 1024;
+pub const PARTITION_START: u64 = 1024 * 1024;
+/// The guest's kernel command line besides the consoles.
+pub const KERNEL_ROOT: &str = "root=/dev/vda1 ro";
 /// Packages besides `minbase`.
 const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,qemu-guest-agent";
 /// Kernel module folders kept (below `kernel/`); the rest is removed.
@@ -62,6 +74,10 @@ pub struct GuestImages {
     /// The same disk with only `/boot` left on the partition (kernel and initrd, no
     /// root file system): the kernel starts, then the initrd finds no init.
     pub no_root: PathBuf,
+    /// The guest's kernel, to boot it directly (`-kernel`, with [`KERNEL_ROOT`]).
+    pub kernel: PathBuf,
+    /// Its initrd.
+    pub initrd: PathBuf,
 }
 
 /// Where the images are kept: `$HAVEN_TEST_GUEST_CACHE`, else `/var/tmp/haven-test-guest`.
@@ -83,6 +99,8 @@ pub fn test_guest() -> Result<GuestImages, FixtureError> {
     let images = GuestImages {
         bootable: done.join("bootable.raw"),
         no_root: done.join("no-root.raw"),
+        kernel: done.join("vmlinuz"),
+        initrd: done.join("initrd.img"),
     };
     let lock_path = root.join(format!("{GUEST_VERSION}.lock"));
     let lock = std::fs::OpenOptions::new()
@@ -164,6 +182,13 @@ fn build(work: &Path) -> Result<(), FixtureError> {
                 path.display()
             )))?;
         }
+    }
+    for (from, to) in [
+        (format!("boot/vmlinuz-{version}"), "vmlinuz"),
+        (format!("boot/initrd.img-{version}"), "initrd.img"),
+    ] {
+        std::fs::copy(tree.join(&from), work.join(to))
+            .map_err(FixtureError::io(format!("cannot copy {from}")))?;
     }
     write_disk(&tree, &work.join("bootable.raw"))?;
 
@@ -252,7 +277,8 @@ fn slim_modules(tree: &Path, version: &str) -> Result<(), FixtureError> {
         .map_err(FixtureError::io(format!("cannot move {}", kept.display())))
 }
 
-/// Host name, fstab, a small initrd, and the unit that announces the guest is up.
+/// Host name, fstab, a small initrd, the unit that announces the guest is up, and the
+/// guest agent's fsfreeze hook.
 fn configure(tree: &Path) -> Result<(), FixtureError> {
     let files: &[(&str, String)] = &[
         ("etc/hostname", "haven-guest\n".into()),
@@ -276,6 +302,27 @@ fn configure(tree: &Path) -> Result<(), FixtureError> {
                  [Install]\nWantedBy=multi-user.target\n"
             ),
         ),
+        (
+            // Runs every script of fsfreeze-hook.d with the agent's action, as QEMU's
+            // sample hook does; written here so the recipe does not depend on whether
+            // the package installs one.
+            "etc/qemu/fsfreeze-hook",
+            "#!/bin/sh\nstatus=0\nfor hook in /etc/qemu/fsfreeze-hook.d/*; do\n  \
+             [ -x \"$hook\" ] || continue\n  \"$hook\" \"$@\" || status=$?\ndone\nexit $status\n"
+                .into(),
+        ),
+        (
+            "etc/qemu/fsfreeze-hook.d/haven-log",
+            format!(
+                "#!/bin/sh\necho \"{FSFREEZE_MARKER} $1\" > /dev/ttyS0\n\
+                 echo \"{FSFREEZE_MARKER} $1 $(date +%s)\" >> {FSFREEZE_LOG}\nsync {FSFREEZE_LOG}\n"
+            ),
+        ),
+        (
+            "etc/systemd/system/qemu-guest-agent.service.d/fsfreeze-hook.conf",
+            "[Service]\nExecStart=\nExecStart=/usr/sbin/qemu-ga --fsfreeze-hook=/etc/qemu/fsfreeze-hook\n"
+                .into(),
+        ),
     ];
     for (path, content) in files {
         let path = tree.join(path);
@@ -287,6 +334,11 @@ fn configure(tree: &Path) -> Result<(), FixtureError> {
         }
         std::fs::write(&path, content)
             .map_err(FixtureError::io(format!("cannot write {}", path.display())))?;
+        if path.starts_with(tree.join("etc/qemu")) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(FixtureError::io(format!("cannot chmod {}", path.display())))?;
+        }
     }
     let wants = tree.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&wants).map_err(FixtureError::io(format!(

@@ -198,6 +198,7 @@ async fn run(
     let meta = SnapshotMeta {
         source: adapter.source(),
         consistency,
+        consistency_reason: adapter.consistency_reason(),
         parent: plan
             .previous
             .as_ref()

@@ -146,6 +146,7 @@ pub async fn backup_libvirt(
         modes: Vec::new(),
         job: None,
         snapshot_point: Duration::ZERO,
+        consistency_reason: None,
     };
     let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     // Only now, with the manifest committed and the job ended.
@@ -205,10 +206,16 @@ struct LibvirtAdapter<'a> {
     job: Option<BackupJob>,
     /// Round trip of `backup-begin`.
     snapshot_point: Duration,
+    /// Why the snapshot is only crash-consistent although quiescing was asked.
+    consistency_reason: Option<String>,
 }
 
 #[async_trait::async_trait]
 impl HypervisorAdapter for LibvirtAdapter<'_> {
+    fn consistency_reason(&self) -> Option<String> {
+        self.consistency_reason.clone()
+    }
+
     fn source(&self) -> SourceInfo {
         let domain = &self.request.domain;
         SourceInfo {
@@ -313,6 +320,10 @@ impl HypervisorAdapter for LibvirtAdapter<'_> {
                 Err(error) => {
                     // libvirt undoes a failed backup-begin completely: retry unfrozen.
                     tracing::warn!(error = %error.chain(), "guest freeze failed: the snapshot is only crash-consistent");
+                    self.consistency_reason = Some(format!(
+                        "libvirt could not quiesce the guest: {}",
+                        error.chain()
+                    ));
                     job.begin(virsh, &backup_xml, &checkpoint_xml, false)
                         .await?;
                 }

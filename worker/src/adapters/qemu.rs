@@ -119,6 +119,7 @@ pub async fn backup_qemu(
         disks: Vec::new(),
         transaction: Duration::ZERO,
         io_blocked: Duration::ZERO,
+        consistency_reason: None,
     };
     let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     let modes = adapter
@@ -176,6 +177,8 @@ struct QemuAdapter<'a> {
     transaction: Duration,
     /// How long guest I/O was held for it.
     io_blocked: Duration,
+    /// Why the snapshot is only crash-consistent although an agent was configured.
+    consistency_reason: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -240,16 +243,17 @@ impl HypervisorAdapter for QemuAdapter<'_> {
             ));
         }
         self.session.add_fleece_nodes().await?;
-        let (transaction, io_blocked, consistency) =
-            snapshot_point(&mut self.session, self.request).await?;
+        let point = snapshot_point(&mut self.session, self.request).await?;
+        let consistency = point.consistency;
         tracing::info!(
-            transaction_ms = millis(transaction),
-            io_blocked_ms = millis(io_blocked),
+            transaction_ms = millis(point.transaction),
+            io_blocked_ms = millis(point.io_blocked),
             ?consistency,
             "point-in-time view taken"
         );
-        self.transaction = transaction;
-        self.io_blocked = io_blocked;
+        self.transaction = point.transaction;
+        self.io_blocked = point.io_blocked;
+        self.consistency_reason = point.reason;
         let (socket, existing) = self.nbd_socket();
         self.session.start_nbd_server(&socket, existing).await?;
         Ok(consistency)
@@ -267,6 +271,10 @@ impl HypervisorAdapter for QemuAdapter<'_> {
             export: objects.export_name.clone(),
         };
         Ok((source, changes))
+    }
+
+    fn consistency_reason(&self) -> Option<String> {
+        self.consistency_reason.clone()
     }
 
     fn chain_entry(&self, position: usize) -> BTreeMap<String, String> {
@@ -290,38 +298,62 @@ impl QemuAdapter<'_> {
     }
 }
 
+/// The snapshot point as [`snapshot_point`] took it.
+struct PointTaken {
+    /// Round trip of the transaction.
+    transaction: Duration,
+    /// From the freeze (or the transaction) until guest I/O was unblocked.
+    io_blocked: Duration,
+    consistency: Consistency,
+    /// Why it is only crash-consistent although an agent was configured.
+    reason: Option<String>,
+}
+
 /// Freezes the guest's file systems if an agent is configured, runs the transaction,
 /// thaws. An agent that does not answer in time makes the snapshot crash-consistent
-/// (recorded as such), not a failed backup.
-async fn snapshot_point(
-    session: &mut Session,
-    request: &QemuBackupRequest,
-) -> Result<(Duration, Duration, Consistency)> {
+/// (recorded as such, with the reason), not a failed backup.
+///
+/// The freeze is held at most `freeze_timeout` (the freeze) + `qmp_timeout` (the
+/// transaction) + `freeze_timeout` (the thaw), and the thaw is sent on every path: after
+/// a failed or timed-out freeze (it may have happened in the guest anyway), on a fresh
+/// connection when the first one can no longer be trusted, and from a task of its own
+/// when the backup is cancelled mid-way ([`ThawOnDrop`]).
+async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> Result<PointTaken> {
     let mut agent = None;
+    let mut reason = None;
     if let Some(socket) = &request.guest_agent {
         match GuestAgent::connect(socket, request.freeze_timeout).await {
             Ok(connected) => agent = Some(connected),
             Err(error) => {
-                tracing::warn!(%error, "guest agent unreachable: the snapshot is only crash-consistent")
+                tracing::warn!(%error, "guest agent unreachable: the snapshot is only crash-consistent");
+                reason = Some(format!("the guest agent did not answer: {error}"));
             }
         }
     }
     let blocked_since = Instant::now();
     let mut frozen = false;
-    if let Some(agent) = agent.as_mut() {
+    let mut thaw_guard = None;
+    if let (Some(agent), Some(socket)) = (agent.as_mut(), &request.guest_agent) {
+        thaw_guard = Some(ThawOnDrop {
+            socket: socket.clone(),
+            timeout: request.freeze_timeout,
+            armed: true,
+        });
         match agent.execute("guest-fsfreeze-freeze", json!({})).await {
             Ok(_) => frozen = true,
             Err(error) => {
-                tracing::warn!(%error, "guest freeze failed: the snapshot is only crash-consistent")
+                tracing::warn!(%error, "guest freeze failed: the snapshot is only crash-consistent");
+                reason = Some(format!(
+                    "the guest's file systems could not be frozen: {error}"
+                ));
             }
         }
     }
     let transaction = session.take_point_in_time().await;
-    if let Some(agent) = agent.as_mut() {
-        // Thaw even after a failed or timed-out freeze: it may have half-happened.
-        if let Err(error) = agent.execute("guest-fsfreeze-thaw", json!({})).await {
-            tracing::warn!(%error, "guest thaw failed");
-        }
+    if let (Some(agent), Some(guard)) = (agent, thaw_guard.take())
+        && let Err(error) = guard.thaw(agent).await
+    {
+        tracing::warn!(%error, "guest thaw failed");
     }
     let io_blocked = blocked_since.elapsed();
     let transaction = transaction?;
@@ -330,7 +362,60 @@ async fn snapshot_point(
     } else {
         Consistency::CrashConsistent
     };
-    Ok((transaction, io_blocked, consistency))
+    Ok(PointTaken {
+        transaction,
+        io_blocked,
+        consistency,
+        reason,
+    })
+}
+
+/// Thaws the guest if dropped before [`ThawOnDrop::thaw`] ran (the backup was
+/// cancelled between freeze and thaw): a frozen guest would stay frozen, since the
+/// agent never thaws by itself.
+struct ThawOnDrop {
+    socket: PathBuf,
+    timeout: Duration,
+    /// Until a thaw succeeded.
+    armed: bool,
+}
+
+impl ThawOnDrop {
+    /// Thaws through `agent`, or through a fresh connection when `agent`'s answered
+    /// late or oddly (a freeze that timed out here may still complete in the guest;
+    /// the new connection's `guest-sync` waits for it).
+    /// If it fails, dropping the guard tries once more on a new connection.
+    async fn thaw(mut self, mut agent: GuestAgent) -> std::result::Result<(), qmp::QmpError> {
+        if agent.is_poisoned() {
+            drop(agent);
+            agent = GuestAgent::connect(&self.socket, self.timeout).await?;
+        }
+        agent.execute("guest-fsfreeze-thaw", json!({})).await?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (socket, timeout) = (self.socket.clone(), self.timeout);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let thawed = async {
+                let mut agent = GuestAgent::connect(&socket, timeout).await?;
+                agent.execute("guest-fsfreeze-thaw", json!({})).await
+            };
+            match thawed.await {
+                Ok(_) => tracing::info!("guest thawed (second try, or after a cancellation)"),
+                Err(error) => tracing::warn!(%error, "guest thaw failed again"),
+            }
+        });
+    }
 }
 
 /// The VM's configuration as QEMU shows it: version, command line (from the process,

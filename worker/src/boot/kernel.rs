@@ -17,6 +17,48 @@ use haven_files::{BlockDevice, EntryKind, Partition, PartitionScheme, Volume, pa
 /// worker's disk through a huge "kernel").
 const MAX_BOOT_FILE: u64 = 1 << 30;
 
+/// Why a snapshot has no kernel to boot. The boot test records it as a failed verdict
+/// (nothing was started): the snapshot is the problem, not the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum BootFilesError {
+    /// The snapshot has no disk.
+    #[error("the snapshot has no disk to boot")]
+    NoDisk,
+    /// No partition holds `/boot/vmlinuz-VERSION` with its initrd; what each disk and
+    /// partition looked like.
+    #[error("no bootable kernel in the snapshot ({})", .looked.join("; "))]
+    NoKernel {
+        /// One line per disk or partition looked at.
+        looked: Vec<String>,
+    },
+    /// The kernel or initrd is larger than [`MAX_BOOT_FILE`].
+    #[error("{path}: {size} bytes, more than a kernel or initrd may be ({MAX_BOOT_FILE})")]
+    TooLarge {
+        /// The file in the snapshot.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The file could not be read from the snapshot.
+    #[error("cannot read {path} from the snapshot")]
+    Read {
+        /// The file in the snapshot.
+        path: String,
+        /// Why.
+        #[source]
+        source: haven_files::FilesError,
+    },
+    /// The copy in the sandbox folder could not be written.
+    #[error("cannot create {}", .path.display())]
+    Create {
+        /// The copy.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The kernel and initrd found on a disk, copied into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootFiles {
@@ -33,7 +75,10 @@ pub struct BootFiles {
 /// Searches `disks` (in the order the guest sees them: vda, vdb, …) for the newest
 /// kernel with an initrd, copies both into `dir` and names the root device.
 /// Blocking: file systems are read synchronously.
-pub fn find_boot_files(disks: &[Arc<dyn BlockDevice>], dir: &Path) -> Result<BootFiles, String> {
+pub fn find_boot_files(
+    disks: &[Arc<dyn BlockDevice>],
+    dir: &Path,
+) -> Result<BootFiles, BootFilesError> {
     let mut looked = Vec::new();
     for (index, device) in disks.iter().enumerate() {
         let Some(letter) = char::from_u32('a' as u32 + index as u32).filter(|c| *c <= 'z') else {
@@ -76,12 +121,9 @@ pub fn find_boot_files(disks: &[Arc<dyn BlockDevice>], dir: &Path) -> Result<Boo
         }
     }
     if looked.is_empty() {
-        return Err("the snapshot has no disk to boot".into());
+        return Err(BootFilesError::NoDisk);
     }
-    Err(format!(
-        "no bootable kernel in the snapshot ({})",
-        looked.join("; ")
-    ))
+    Err(BootFilesError::NoKernel { looked })
 }
 
 fn device_name(letter: char, partition: &Partition) -> String {
@@ -135,21 +177,23 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     parts(a).cmp(&parts(b))
 }
 
-fn copy_out(volume: &Volume, path: &str, to: &Path) -> Result<(), String> {
-    let entry = volume
-        .stat(path)
-        .map_err(|error| format!("{path}: {error}"))?;
+fn copy_out(volume: &Volume, path: &str, to: &Path) -> Result<(), BootFilesError> {
+    let read = |source| BootFilesError::Read {
+        path: path.to_string(),
+        source,
+    };
+    let entry = volume.stat(path).map_err(read)?;
     if entry.size > MAX_BOOT_FILE {
-        return Err(format!(
-            "{path}: {} bytes, more than a kernel or initrd may be ({MAX_BOOT_FILE})",
-            entry.size
-        ));
+        return Err(BootFilesError::TooLarge {
+            path: path.to_string(),
+            size: entry.size,
+        });
     }
-    let mut file = std::fs::File::create(to)
-        .map_err(|error| format!("cannot create {}: {error}", to.display()))?;
-    volume
-        .copy_file(path, &mut file)
-        .map_err(|error| format!("cannot read {path} from the snapshot: {error}"))?;
+    let mut file = std::fs::File::create(to).map_err(|source| BootFilesError::Create {
+        path: to.to_path_buf(),
+        source,
+    })?;
+    volume.copy_file(path, &mut file).map_err(read)?;
     Ok(())
 }
 

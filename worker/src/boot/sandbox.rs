@@ -28,9 +28,15 @@ use crate::restore::snapshot_reader::SnapshotReader;
 pub const MAX_SERIAL_LOG: u64 = 256 * 1024;
 /// Kernel command line besides `root=`: the console on the display (for the
 /// screenshot) and on the serial port (for the log, and as `/dev/console`), and a
-/// panic that ends the guest at once (`-no-reboot` turns the reboot into QEMU's exit)
-/// instead of hanging until the timeout.
+/// panic that ends the guest at once (a reboot, which [`STOP_ACTIONS`] turn into a
+/// stop) instead of hanging until the timeout.
 const KERNEL_ARGS: &str = "ro console=tty0 console=ttyS0 panic=1";
+
+/// What QEMU does when the guest reboots, shuts down or panics (through the
+/// `pvpanic` device): stop the guest and stay alive, so the check sees the stop
+/// (`query-status`) at once and the screenshot still shows the console as the guest
+/// left it (a QEMU that exited, as with `-no-reboot`, can take none).
+const STOP_ACTIONS: &str = "reboot=shutdown,shutdown=pause,panic=pause";
 
 /// How QEMU executes the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +210,10 @@ impl Sandbox {
                 "std",
                 "-nic",
                 "none",
-                "-no-reboot",
+                "-device",
+                "pvpanic",
+                "-action",
+                STOP_ACTIONS,
             ])
             .arg("-kernel")
             .arg(&boot.kernel)

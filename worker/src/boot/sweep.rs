@@ -35,9 +35,10 @@ pub(super) fn create_locked(parent: &Path) -> Result<(tempfile::TempDir, File)> 
     Ok((dir, file))
 }
 
-/// Removes the sandbox folders in `parent` that no live process holds. Best effort:
-/// what cannot be read or removed is left (and logged).
-pub(super) fn remove_abandoned(parent: &Path) {
+/// Removes the sandbox folders in `parent` that no live process holds (every boot
+/// test does this first, and a worker when it starts). Best effort: what cannot be
+/// read or removed is left (and logged).
+pub fn remove_abandoned(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };

@@ -26,12 +26,14 @@
 //! [[hosts]]
 //! name = "kvm-1"
 //! qmp_dir = "/run/haven/kvm-1"        # every NAME.qmp socket in it is VM NAME (and a
-//!                                     # NAME.nbd beside it, that QEMU's own NBD server)
+//!                                     # NAME.nbd beside it, that QEMU's own NBD server;
+//!                                     # a NAME.qga, its guest agent: backups freeze)
 //! labels = { rack = "a" }             # labels of every VM on this host
 //!
 //! [[hosts]]
 //! name = "kvm-2"
-//! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp", nbd_server = "/run/qemu/db-1.nbd" }]
+//! vms = [{ name = "db-1", qmp = "/run/qemu/db-1.qmp", nbd_server = "/run/qemu/db-1.nbd",
+//!         guest_agent = "/run/qemu/db-1.qga" }]
 //!
 //! [[hosts]]
 //! name = "kvm-3"
@@ -44,6 +46,12 @@
 //!                                             # backed up through the vSphere API
 //! vcenter_credentials_file = "/etc/haven/vcenter.toml"  # user = "…", password = "…"
 //! vcenter_ca_file = "/etc/haven/vcenter-ca.pem"        # optional: else the system's CAs
+//!
+//! [boot_tests]                        # boot-test jobs (policies' `boot_test`)
+//! max_running = 1                     # at once on this worker (each is a QEMU)
+//! max_cpus = 2                        # per guest, whatever its configuration asks
+//! max_memory_mib = 2048
+//! dir = "/var/tmp"                    # sandbox folders (default: scratch_dir)
 //!
 //! [storage]                                   # optional: a storage key per job kind
 //! append_key_file = "/etc/haven/storage-append.toml"   # backup, replicate
@@ -109,6 +117,51 @@ pub struct WorkerConfig {
     /// use the `AWS_*` environment.
     #[serde(default)]
     pub storage: super::storage_keys::StorageKeysConfig,
+    /// Limits of boot-test jobs.
+    #[serde(default)]
+    pub boot_tests: BootTestsConfig,
+}
+
+/// `[boot_tests]`: how many boot tests a worker runs at once and how big each
+/// sandbox may be. A boot test is a whole guest: a worker that backs up VMs must not
+/// run more of them than it has CPUs and memory to spare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootTestsConfig {
+    /// Boot tests running at once; more wait (holding their job) for a slot.
+    #[serde(default = "default_max_boot_tests")]
+    pub max_running: u32,
+    /// Most virtual CPUs a guest gets.
+    #[serde(default = "default_boot_cpus")]
+    pub max_cpus: u32,
+    /// Most memory a guest gets, in MiB.
+    #[serde(default = "default_boot_memory")]
+    pub max_memory_mib: u64,
+    /// Folder of the sandboxes (overlays, serial logs); none: `scratch_dir`. Folders a
+    /// killed worker left are removed when it starts again.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for BootTestsConfig {
+    fn default() -> Self {
+        Self {
+            max_running: default_max_boot_tests(),
+            max_cpus: default_boot_cpus(),
+            max_memory_mib: default_boot_memory(),
+            dir: None,
+        }
+    }
+}
+
+fn default_max_boot_tests() -> u32 {
+    1
+}
+fn default_boot_cpus() -> u32 {
+    crate::boot::resources::Limits::default().max_cpus
+}
+fn default_boot_memory() -> u64 {
+    crate::boot::resources::Limits::default().max_memory_mib
 }
 
 /// A client's TLS files: the CA its coordinators' certificates chain to, and its own
@@ -178,6 +231,10 @@ pub struct VmConfig {
     /// none: Haven starts its own.
     #[serde(default)]
     pub nbd_server: Option<PathBuf>,
+    /// Unix socket of the VM's guest agent channel: backups freeze the guest's file
+    /// systems through it (application-consistent); none: crash-consistent.
+    #[serde(default)]
+    pub guest_agent: Option<PathBuf>,
 }
 
 fn default_max_jobs() -> u32 {
@@ -195,6 +252,14 @@ fn default_drain_seconds() -> u64 {
 }
 
 impl WorkerConfig {
+    /// The folder of boot-test sandboxes.
+    pub fn boot_dir(&self) -> PathBuf {
+        self.boot_tests
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.scratch_dir.clone())
+    }
+
     /// Parses a configuration; errors name the line.
     pub fn parse(file_name: &str, text: &str) -> Result<Self, String> {
         let config: Self = haven_config::parse(file_name, text)?;
@@ -205,6 +270,19 @@ impl WorkerConfig {
         }
         if config.max_jobs == 0 {
             return Err(format!("{file_name}: max_jobs must be at least 1"));
+        }
+        let boot = &config.boot_tests;
+        if boot.max_running == 0 || boot.max_cpus == 0 {
+            return Err(format!(
+                "{file_name}: [boot_tests] max_running and max_cpus must be at least 1"
+            ));
+        }
+        if boot.max_memory_mib < crate::boot::resources::MIN_MEMORY_MIB {
+            return Err(format!(
+                "{file_name}: [boot_tests] max_memory_mib must be at least {} (a smaller \
+                 guest does not boot)",
+                crate::boot::resources::MIN_MEMORY_MIB
+            ));
         }
         if let Some(tls) = &config.metrics_tls
             && tls.client_ca.is_none()
@@ -311,10 +389,12 @@ impl HostConfig {
                     // A QEMU runs one NBD server: when it already runs its own, its
                     // socket beside the monitor's is where Haven adds its exports.
                     let nbd = path.with_extension("nbd");
+                    let agent = path.with_extension("qga");
                     list.push(VmConfig {
                         name: stem.to_string(),
                         qmp: path.clone(),
                         nbd_server: nbd.exists().then_some(nbd),
+                        guest_agent: agent.exists().then_some(agent),
                     });
                 }
             }
@@ -365,21 +445,26 @@ mod qmp_dir_tests {
     #[test]
     fn a_qmp_dir_lists_each_socket_as_a_vm_with_its_nbd_server_when_there_is_one() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["web.qmp", "db.qmp", "db.nbd", "notes.txt"] {
+        for name in ["web.qmp", "db.qmp", "db.nbd", "db.qga", "notes.txt"] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         let host: HostConfig =
             toml::from_str(&format!("name = \"h\"\nqmp_dir = {:?}\n", dir.path())).unwrap();
-        let found: Vec<(String, Option<PathBuf>)> = host
+        type Found = (String, Option<PathBuf>, Option<PathBuf>);
+        let found: Vec<Found> = host
             .vm_endpoints()
             .into_iter()
-            .map(|vm| (vm.name, vm.nbd_server))
+            .map(|vm| (vm.name, vm.nbd_server, vm.guest_agent))
             .collect();
         assert_eq!(
             found,
             vec![
-                ("db".to_string(), Some(dir.path().join("db.nbd"))),
-                ("web".to_string(), None),
+                (
+                    "db".to_string(),
+                    Some(dir.path().join("db.nbd")),
+                    Some(dir.path().join("db.qga"))
+                ),
+                ("web".to_string(), None, None),
             ]
         );
     }

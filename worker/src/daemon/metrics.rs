@@ -175,6 +175,7 @@ pub(crate) fn kind_name(kind: i32) -> &'static str {
         Ok(v1::JobKind::Prune) => "prune",
         Ok(v1::JobKind::Gc) => "gc",
         Ok(v1::JobKind::Replicate) => "replicate",
+        Ok(v1::JobKind::BootTest) => "boot_test",
         Ok(v1::JobKind::Unspecified) | Err(_) => "unknown",
     }
 }

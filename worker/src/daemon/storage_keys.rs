@@ -175,6 +175,7 @@ mod tests {
         let table = [
             (v1::JobKind::Backup, KeyUse::Append),
             (v1::JobKind::Replicate, KeyUse::Append),
+            (v1::JobKind::BootTest, KeyUse::Append),
             (v1::JobKind::Prune, KeyUse::Delete),
             (v1::JobKind::Gc, KeyUse::Delete),
         ];

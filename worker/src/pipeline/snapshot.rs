@@ -120,6 +120,8 @@ pub struct SnapshotMeta {
     pub source: SourceInfo,
     /// Consistency of the data.
     pub consistency: Consistency,
+    /// Why it is less consistent than asked for, if it is.
+    pub consistency_reason: Option<String>,
     /// The base snapshot, if the disks were read incrementally or deduplicated against it.
     pub parent: Option<String>,
     /// Hypervisor configuration of the VM.
@@ -190,6 +192,7 @@ pub async fn commit_snapshot(
         created_by: format!("haven {}", env!("CARGO_PKG_VERSION")),
         source: meta.source,
         consistency: meta.consistency,
+        consistency_reason: meta.consistency_reason,
         parent: meta.parent,
         disks: entries,
         vm_config: meta.vm_config,

@@ -52,17 +52,46 @@ impl OneWorker {
         env: &[(&str, &str)],
         tables: &str,
     ) -> Self {
-        let pki = Pki::new(dir);
-        let hosts = dir.join("h0");
-        std::fs::create_dir_all(&hosts).unwrap();
-        let vms = vms
+        let images = vms
             .iter()
             .map(|name| {
                 let image = dir.join(format!("{name}.qcow2"));
                 make_image(&image, 16, 2);
+                (name.to_string(), image)
+            })
+            .collect();
+        Self::launch(dir, images, extra_allowed, env, "", tables)
+    }
+
+    /// A bed whose VMs serve the given qcow2 disks (name, image), with top-level
+    /// `settings` in `coordinator.toml` (`http_listen = ...`).
+    pub fn start_with_images(dir: &Path, images: &[(&str, &Path)], settings: &str) -> Self {
+        let images = images
+            .iter()
+            .map(|(name, image)| (name.to_string(), image.to_path_buf()))
+            .collect();
+        Self::launch(dir, images, &[], &[], settings, "")
+    }
+
+    /// Starts one VM per (name, qcow2 image) in `dir/h0` and the coordinator, and
+    /// waits until it answers.
+    fn launch(
+        dir: &Path,
+        images: Vec<(String, PathBuf)>,
+        extra_allowed: &[&str],
+        env: &[(&str, &str)],
+        settings: &str,
+        tables: &str,
+    ) -> Self {
+        let pki = Pki::new(dir);
+        let hosts = dir.join("h0");
+        std::fs::create_dir_all(&hosts).unwrap();
+        let vms = images
+            .iter()
+            .map(|(name, image)| {
                 start_vm(
                     &hosts.join(format!("{name}.qmp")),
-                    &image,
+                    image,
                     &dir.join(format!("{name}.log")),
                 )
             })
@@ -75,7 +104,7 @@ impl OneWorker {
             &config,
             format!(
                 "listen = \"127.0.0.1:{port}\"\nstate_path = {:?}\nworker_lease_seconds = 5\n\
-                 tick_ms = 200\nallowed_repositories = {allowed:?}\n{}{tables}",
+                 tick_ms = 200\nallowed_repositories = {allowed:?}\n{settings}{}{tables}",
                 dir.join("state.redb"),
                 pki.coordinator_toml()
             ),
@@ -184,6 +213,13 @@ impl OneWorker {
                 "the worker did not report the VMs"
             );
             std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// kill -9 of the worker: its process ends at once, without any cleanup of its own.
+    pub fn kill_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill9();
         }
     }
 

@@ -29,10 +29,19 @@ pub struct Target<'a> {
 impl Prometheus {
     /// Starts Prometheus in `dir`, scraping every target every second.
     pub fn start(dir: &Path, targets: &[Target<'_>]) -> Self {
+        Self::start_with_rules(dir, targets, None)
+    }
+
+    /// [`Prometheus::start`] evaluating the alerting rules of `rules` every second
+    /// (the firing alerts are the `ALERTS` series).
+    pub fn start_with_rules(dir: &Path, targets: &[Target<'_>], rules: Option<&Path>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut config = String::from(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
-        );
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
+        if let Some(rules) = rules {
+            config.push_str(&format!("rule_files:\n  - {}\n", rules.display()));
+        }
+        config.push_str("scrape_configs:\n");
         for target in targets {
             config.push_str(&format!(
                 "  - job_name: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",

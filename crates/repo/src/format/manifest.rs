@@ -31,6 +31,10 @@ pub struct Manifest {
     pub source: SourceInfo,
     /// What consistency the data has.
     pub consistency: Consistency,
+    /// Why a snapshot of a running VM is only crash-consistent although a freeze was
+    /// asked for (the guest agent did not answer, the freeze failed); none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_reason: Option<String>,
     /// Timestamp of the snapshot this one was based on (incremental), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,

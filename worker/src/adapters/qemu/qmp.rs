@@ -405,6 +405,12 @@ pub struct GuestAgent {
 }
 
 impl GuestAgent {
+    /// Whether an exchange that timed out or answered oddly left the channel out of
+    /// sync: the next command needs a new connection (whose `guest-sync` resyncs).
+    pub fn is_poisoned(&self) -> bool {
+        self.lines.poisoned
+    }
+
     /// Connects and synchronises the channel.
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let lines = JsonLines::connect(socket, timeout).await?;

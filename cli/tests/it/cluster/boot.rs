@@ -1,0 +1,325 @@
+//! Boot tests scheduled by a policy's `boot_test`: a real Debian guest (built by
+//! `haven_testkit::guest`) served by a `qemu-storage-daemon` "hypervisor" is backed up
+//! by a policy, and the coordinator hands the boot test of the new snapshot to the
+//! worker, which boots it under its `[boot_tests]` limits. A worker killed with
+//! `kill -9` mid boot test leaves no QEMU behind, and its next start removes the
+//! sandbox folder; a cancelled boot test stops its sandbox. A snapshot that does not
+//! boot moves the coordinator's metrics and fires the shipped alert in a real
+//! Prometheus.
+
+use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use haven_testkit::guest::GuestImages;
+use serde_json::Value;
+
+use super::one_worker::OneWorker;
+use crate::boot::{images, one_guest_at_a_time, processes_using};
+use crate::support::{
+    cluster::{init_repo, one_cluster_at_a_time},
+    image::convert,
+    process::free_port,
+    prometheus::{Prometheus, Target, sample_value},
+};
+
+/// A cluster of one worker whose only VM serves a copy of a guest image, with a
+/// policy that backs it up and boot-tests each new snapshot.
+struct BootBed {
+    bed: OneWorker,
+    /// The policy's repository.
+    repo: String,
+    /// The worker's `[boot_tests] dir`.
+    sandboxes: PathBuf,
+    /// The VM's disk (a qcow2 copy of the guest image).
+    disk: PathBuf,
+    /// `coordinator.toml`'s `http_listen` port (`/metrics` over TLS).
+    http_port: u16,
+    _guest: MutexGuard<'static, ()>,
+}
+
+impl BootBed {
+    /// Starts the bed with VM `vm` on a copy of the image `pick` names and a worker
+    /// with `limits` in its `[boot_tests]`, applies a policy that boot-tests every new
+    /// snapshot, and starts its round.
+    fn start(dir: &Path, pick: fn(&GuestImages) -> &PathBuf, vm: &str, limits: &str) -> Self {
+        let images = images();
+        let guest = one_guest_at_a_time();
+        let disk = dir.join(format!("{vm}.qcow2"));
+        convert(pick(&images).to_str().unwrap(), "raw", &disk, "qcow2");
+        let http_port = free_port();
+        let mut bed = OneWorker::start_with_images(
+            dir,
+            &[(vm, &disk)],
+            &format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
+        );
+        let repo = dir.join("repo");
+        init_repo(&repo, &[]);
+        let repo = repo.to_str().unwrap().to_owned();
+        let sandboxes = dir.join("sandboxes");
+        std::fs::create_dir(&sandboxes).unwrap();
+        let (cert, key) = bed.pki.issue("worker", "w0");
+        bed.start_worker_with(
+            &cert,
+            &key,
+            "",
+            &format!("[boot_tests]\n{limits}dir = {sandboxes:?}\n"),
+            &[],
+        );
+        bed.admin.apply_policy(
+            &dir.join("policy.toml"),
+            &format!(
+                "[[policy]]\nname = \"proven\"\nschedule = \"0 0 1 1 *\"\nrepository = {repo:?}\n\
+                 boot_test = {{ every = \"0s\", timeout = \"10m\", check = \"agent\" }}\n"
+            ),
+        );
+        bed.admin.ok(&["policy", "run", "proven"]);
+        Self {
+            bed,
+            repo,
+            sandboxes,
+            disk,
+            http_port,
+            _guest: guest,
+        }
+    }
+
+    /// Every job once the backup and its boot test have ended.
+    fn wait_for_boot_test(&self) -> Vec<Value> {
+        self.bed.wait_idle(Duration::from_secs(20 * 60), |jobs| {
+            jobs.iter().any(|job| job["kind"] == "boot_test")
+        })
+    }
+
+    /// The sandbox folders in the worker's `[boot_tests] dir`.
+    fn sandbox_folders(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.sandboxes)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect()
+    }
+
+    /// Waits until a boot test's QEMU runs in a sandbox folder; that folder.
+    fn wait_for_running_sandbox(&self, timeout: Duration) -> PathBuf {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for folder in self.sandbox_folders() {
+                if processes_using(&folder)
+                    .iter()
+                    .any(|command| command.contains("qemu-system-x86_64"))
+                {
+                    return folder;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no boot test started; jobs: {:#?}",
+                self.bed.admin.jobs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until no process names the sandboxes folder.
+    fn wait_no_sandbox_process(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = processes_using(&self.sandboxes);
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandbox processes left: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The coordinator's `/metrics` as an admin reads it.
+    fn coordinator_metrics(&self) -> String {
+        let (status, body) =
+            self.bed
+                .pki
+                .https_get(self.http_port, "/metrics", Some(("admin", "admin")));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The snapshots of the repository as `haven snapshots --json` lists them.
+    fn snapshots(&self) -> Vec<Value> {
+        self.bed.admin.snapshots(Path::new(&self.repo))
+    }
+}
+
+/// The one job of `kind` among `jobs`.
+fn only<'a>(jobs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = jobs.iter().filter(|job| job["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "{jobs:#?}");
+    found[0]
+}
+
+#[test]
+fn a_policy_boot_tests_its_new_snapshot_on_a_worker_within_its_limits() {
+    let _alone = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = BootBed::start(
+        dir.path(),
+        |images| &images.bootable,
+        "guest",
+        "max_running = 1\nmax_cpus = 1\nmax_memory_mib = 512\n",
+    );
+    let jobs = bed.wait_for_boot_test();
+    let backup = only(&jobs, "backup");
+    assert_eq!(backup["state"], "succeeded", "{backup:#}");
+    // Only the snapshot is left to boot from.
+    std::fs::remove_file(&bed.disk).unwrap();
+
+    let boot = only(&jobs, "boot_test");
+    assert_eq!(boot["state"], "succeeded", "{boot:#}");
+    assert_eq!(boot["boot_verdict"], "passed", "{boot:#}");
+    assert_eq!(boot["worker"], "w0", "{boot:#}");
+    assert_eq!(boot["policy"], "proven", "{boot:#}");
+    let summary = boot["summary"].as_str().unwrap();
+    let snapshot = backup["snapshot"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("boot test of {snapshot}: passed")),
+        "{summary}"
+    );
+    assert!(summary.contains("guest-ping"), "{summary}");
+    // Within the worker's limits, whatever the guest would ask for.
+    assert!(summary.contains("1 CPU(s), 512 MiB"), "{summary}");
+    let seconds = |field: &str| boot[field].as_u64().unwrap() as f64 / 1000.0;
+    eprintln!(
+        "boot test job: {:.1} s from creation to verdict, {:.1} s from assignment",
+        seconds("finished_unix_ms") - seconds("created_unix_ms"),
+        (boot["finished_unix_ms"].as_u64().unwrap()
+            - boot["attempts"][0]["assigned_unix_ms"].as_u64().unwrap()) as f64
+            / 1000.0
+    );
+
+    // The verdict is stored beside the snapshot and shown with it.
+    let listed = bed.snapshots();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["boot"]["outcome"], "passed", "{listed:#?}");
+    // Nothing of the sandbox is left.
+    assert!(bed.sandbox_folders().is_empty());
+    bed.wait_no_sandbox_process(Duration::from_secs(5));
+
+    // The coordinator exports the newest boot-verified snapshot and the verdict.
+    let metrics = bed.coordinator_metrics();
+    let snapshot_seconds = haven_repo::parse_timestamp(snapshot.split_once('@').unwrap().1)
+        .unwrap()
+        .unix_timestamp();
+    for line in [
+        format!(
+            "haven_vm_last_boot_verified_timestamp_seconds{{vm=\"guest\",policy=\"proven\"}} \
+             {snapshot_seconds}\n"
+        ),
+        "haven_vm_last_boot_test_passed{vm=\"guest\",policy=\"proven\"} 1\n".to_string(),
+        "haven_boot_tests_total{result=\"passed\"} 1\n".to_string(),
+        "haven_jobs_total{kind=\"boot_test\",result=\"succeeded\"} 1\n".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_boot_test_leaves_no_sandbox_and_a_cancelled_test_stops() {
+    let _alone = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bed = BootBed::start(dir.path(), |images| &images.bootable, "guest", "");
+    let folder = bed.wait_for_running_sandbox(Duration::from_secs(10 * 60));
+    assert!(folder.join("overlay0.qcow2").is_file());
+
+    // QEMU dies with its worker; the folder stays until the worker starts again.
+    bed.bed.kill_worker();
+    bed.wait_no_sandbox_process(Duration::from_secs(10));
+    assert!(folder.is_dir(), "kill -9 cannot remove anything");
+    let (cert, key) = bed.bed.pki.issue("worker", "w0");
+    let limits = format!("[boot_tests]\ndir = {:?}\n", bed.sandboxes);
+    bed.bed.start_worker_with(&cert, &key, "", &limits, &[]);
+    bed.bed.wait_for_log(
+        "w0.log",
+        "removed an abandoned boot sandbox",
+        Duration::from_secs(30),
+    );
+    assert!(!folder.exists(), "the restarted worker left {folder:?}");
+
+    // The boot test goes back to pending with the lost lease and runs again; a
+    // cancellation stops its sandbox.
+    let again = bed.wait_for_running_sandbox(Duration::from_secs(120));
+    let jobs = bed.bed.admin.jobs();
+    let boot = only(&jobs, "boot_test");
+    let id = boot["job_id"].as_str().unwrap();
+    assert!(boot["attempts"].as_array().unwrap().len() >= 2, "{boot:#}");
+    bed.bed.admin.ok(&["job", "cancel", id]);
+    bed.wait_no_sandbox_process(Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while again.exists() {
+        assert!(Instant::now() < deadline, "{again:?} left after the cancel");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(bed.sandbox_folders().is_empty());
+    let ended = bed.bed.wait_ended(id, Duration::from_secs(10));
+    assert_eq!(ended["state"], "failed", "{ended:#}");
+    bed.bed
+        .wait_for_log("w0.log", "boot test cancelled", Duration::from_secs(15));
+}
+
+#[test]
+fn a_snapshot_that_does_not_boot_fails_its_test_and_fires_the_alert() {
+    let _alone = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = BootBed::start(dir.path(), |images| &images.no_root, "broken", "");
+    let (cert, key) = bed.bed.pki.issue("admin", "admin");
+    let ca = bed.bed.pki.ca();
+    let rules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/haven-rules.yaml");
+    let prometheus = Prometheus::start_with_rules(
+        &dir.path().join("prometheus"),
+        &[Target {
+            job: "coordinator",
+            port: bed.http_port,
+            tls: Some((&ca, &cert, &key)),
+        }],
+        Some(&rules),
+    );
+
+    let jobs = bed.wait_for_boot_test();
+    let boot = only(&jobs, "boot_test");
+    // The test ran and reached its verdict: the job succeeded, the snapshot failed.
+    assert_eq!(boot["state"], "succeeded", "{boot:#}");
+    assert_eq!(boot["boot_verdict"], "failed", "{boot:#}");
+    assert!(
+        boot["summary"].as_str().unwrap().contains(": failed ("),
+        "{boot:#}"
+    );
+    // Recorded with the snapshot, which is kept.
+    let listed = bed.snapshots();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["boot"]["outcome"], "failed", "{listed:#?}");
+
+    let failed = prometheus.wait_for(
+        "haven_boot_tests_total{result=\"failed\"}",
+        Duration::from_secs(30),
+    );
+    assert_eq!(sample_value(&failed[0]), 1.0);
+    let verdict = prometheus.wait_for(
+        "haven_vm_last_boot_test_passed{vm=\"broken\"}",
+        Duration::from_secs(30),
+    );
+    assert_eq!(sample_value(&verdict[0]), 0.0);
+    let firing = prometheus.wait_for(
+        "ALERTS{alertname=\"HavenBootTestFailed\",alertstate=\"firing\"}",
+        Duration::from_secs(30),
+    );
+    assert_eq!(firing[0]["metric"]["vm"], "broken", "{firing:#?}");
+    assert!(
+        prometheus
+            .query("haven_vm_last_boot_verified_timestamp_seconds{vm=\"broken\"}")
+            .is_empty(),
+        "a snapshot that never booted is not boot-verified"
+    );
+}

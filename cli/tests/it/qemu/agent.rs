@@ -1,0 +1,238 @@
+//! Application-consistent live backups with a real guest agent: the test guest
+//! (`haven_testkit::guest`) boots under `qemu-system-x86_64` with a QMP monitor and a
+//! virtio-serial channel to its `qemu-guest-agent`, which runs the guest's fsfreeze
+//! hook. A live backup whose agent does not answer is crash-consistent, with the
+//! reason recorded, and its ext4 file system needs its journal replayed; one through the agent is recorded
+//! application-consistent, the hook's `freeze` and `thaw` are seen on the guest's
+//! console, the hook's `freeze` line is in the snapshot, and e2fsck finds the file
+//! system clean with no journal to replay.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use haven_testkit::guest::{
+    FSFREEZE_LOG, FSFREEZE_MARKER, KERNEL_ROOT, PARTITION_START, READY_MARKER,
+};
+
+use crate::boot::{images, one_guest_at_a_time};
+use crate::support::{bed::Bed, image::convert, qemu::start_qemu_system};
+
+/// Waits until `serial` (the guest's console log) holds `text`.
+fn wait_for_console(serial: &Path, text: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not print {text:?} within {timeout:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Whether the guest agent at `socket` answers `guest-sync` now.
+fn agent_answers(socket: &Path) -> bool {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let request = b"{\"execute\":\"guest-sync\",\"arguments\":{\"id\":4242}}\n";
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    let _ = BufReader::new(stream).read_line(&mut line);
+    line.contains("4242")
+}
+
+/// `haven backup qemu` of the guest's disk, with `extra` arguments; the JSON report.
+fn back_up(bed: &Bed, qmp: &Path, extra: &[&str]) -> serde_json::Value {
+    let scratch = bed.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut args = vec![
+        "backup",
+        "qemu",
+        "--qmp",
+        qmp.to_str().unwrap(),
+        "--vm",
+        "guest",
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = bed.ok(&args);
+    serde_json::from_str(&out).unwrap_or_else(|error| panic!("{error}: {out}"))
+}
+
+/// The guest's root file system in `disk` (a raw GPT disk), as e2fsprogs names it.
+fn root_partition(disk: &Path) -> String {
+    format!("{}?offset={PARTITION_START}", disk.display())
+}
+
+/// Restores the snapshot's one disk to `to` (raw).
+fn restore(bed: &Bed, snapshot: &str, to: &Path) {
+    bed.ok(&["restore", snapshot, "--to", to.to_str().unwrap(), "--force"]);
+}
+
+/// `dumpe2fs -h` of the root file system in `disk`: its features line.
+fn features(disk: &Path) -> String {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(root_partition(disk))
+        .output()
+        .expect("dumpe2fs (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "dumpe2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.starts_with("Filesystem features:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_live_backup_through_the_guest_agent_is_application_consistent() {
+    let images = images();
+    let _guest = one_guest_at_a_time();
+    let bed = Bed::initialised();
+    let disk = bed.path("guest.qcow2");
+    convert(images.bootable.to_str().unwrap(), "raw", &disk, "qcow2");
+    let (qmp, agent, serial) = (
+        bed.path("qmp.sock"),
+        bed.path("qga.sock"),
+        bed.path("serial.log"),
+    );
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args([
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-nodefaults",
+        ])
+        .args(["-display", "none", "-m", "512", "-smp", "1"])
+        .arg("-kernel")
+        .arg(&images.kernel)
+        .arg("-initrd")
+        .arg(&images.initrd)
+        .args(["-append", &format!("{KERNEL_ROOT} console=ttyS0")])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            agent.display()
+        ))
+        .args(["-device", "virtio-serial-pci"])
+        .args([
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ])
+        .arg("-blockdev")
+        .arg(format!(
+            "driver=file,filename={},node-name=file0",
+            disk.display()
+        ))
+        .args(["-blockdev", "driver=qcow2,file=file0,node-name=disk0"])
+        .args(["-device", "virtio-blk-pci,drive=disk0,id=vda"]);
+    let _vm = start_qemu_system(&mut command, &qmp);
+    wait_for_console(&serial, READY_MARKER, Duration::from_secs(600));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !agent_answers(&agent) {
+        assert!(Instant::now() < deadline, "the guest agent never answered");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // An agent that does not answer: a power cut's view, recorded with the reason,
+    // and the journal to replay.
+    let nobody = bed.path("nobody.sock");
+    let crash = back_up(
+        &bed,
+        &qmp,
+        &[
+            "--guest-agent",
+            nobody.to_str().unwrap(),
+            "--freeze-timeout",
+            "2",
+        ],
+    );
+    assert_eq!(crash["consistency"], "crash-consistent", "{crash}");
+    let crash_snapshot = crash["snapshot"].as_str().unwrap();
+    let listed = bed.json(&["snapshots", "--vm", "guest"]);
+    assert!(
+        listed[0]["consistency_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.starts_with("the guest agent did not answer")),
+        "{listed}"
+    );
+    let restored = bed.path("restored.raw");
+    restore(&bed, crash_snapshot, &restored);
+    let dirty = features(&restored);
+    assert!(dirty.contains("needs_recovery"), "{dirty}");
+
+    // Through the agent: frozen at the snapshot point by the guest itself.
+    let frozen = back_up(&bed, &qmp, &["--guest-agent", agent.to_str().unwrap()]);
+    assert_eq!(frozen["consistency"], "application-consistent", "{frozen}");
+    eprintln!(
+        "application-consistent backup: guest i/o held {} ms (freeze, transaction, thaw)",
+        frozen["io_blocked_ms"]
+    );
+    wait_for_console(
+        &serial,
+        &format!("{FSFREEZE_MARKER} freeze"),
+        Duration::from_secs(10),
+    );
+    wait_for_console(
+        &serial,
+        &format!("{FSFREEZE_MARKER} thaw"),
+        Duration::from_secs(10),
+    );
+    let snapshot = frozen["snapshot"].as_str().unwrap();
+    let listed = bed.json(&["snapshots", "--vm", "guest"]);
+    let shown = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| snapshot.ends_with(entry["timestamp"].as_str().unwrap_or("?")))
+        .unwrap_or_else(|| panic!("{snapshot} not listed: {listed}"));
+    assert_eq!(shown["consistency"], "application-consistent", "{shown}");
+
+    restore(&bed, snapshot, &restored);
+    let clean = features(&restored);
+    assert!(!clean.contains("needs_recovery"), "{clean}");
+    let check = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(root_partition(&restored))
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "e2fsck -fn: {report}");
+    assert!(!report.contains("journal"), "{report}");
+    // The hook's line written before the freeze is in the snapshot.
+    let log = Command::new("debugfs")
+        .args(["-R", &format!("cat {FSFREEZE_LOG}")])
+        .arg(root_partition(&restored))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains(&format!("{FSFREEZE_MARKER} freeze")), "{log}");
+}
