@@ -119,7 +119,8 @@ impl ExtensionRoute {
                 batch::get(Arc::clone(&self.store), bucket, keys).await
             }
             Extension::BatchPut => {
-                batch::put(&self.store, &self.config, &bucket, &mut req.input).await
+                let signed = payload_is_signed(&req.headers);
+                batch::put(&self.store, &self.config, &bucket, &mut req.input, signed).await
             }
             Extension::BatchPull => {
                 let (store, config) = (&self.store, &self.config);
@@ -150,6 +151,15 @@ impl ExtensionRoute {
         crate::access::check_permission(key, extension.operation())?;
         Ok(bucket.to_owned())
     }
+}
+
+/// Whether the request's signature covers its body's SHA-256 (a hex
+/// `x-amz-content-sha256`), which s3s checks only once the body has been read.
+fn payload_is_signed(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-amz-content-sha256")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Reads a request body of newline-separated keys, at most `max_keys` of them.

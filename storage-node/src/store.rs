@@ -289,11 +289,10 @@ impl Store {
         self.sync_dirs(vec![dir]).await
     }
 
-    /// Makes the entries of `dirs` durable (after [`Self::commit_unsynced`]).
+    /// Makes the entries of `dirs` durable (after [`Self::commit_unsynced`]),
+    /// all at once (see [`each_blocking`]).
     pub async fn sync_dirs(&self, dirs: Vec<PathBuf>) -> Result<(), StoreError> {
-        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| durable::sync_dir(dir)))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        each_blocking(dirs, |dir| Ok(durable::sync_dir(&dir)?)).await?;
         Ok(())
     }
 
@@ -608,4 +607,41 @@ fn check_retention_change(
         "retention in {} mode until {} cannot be shortened",
         current.mode, current.retain_until
     )))
+}
+
+/// Runs `work` on every item at once on the blocking pool and waits for all; the
+/// results in order, or the first error. For fsyncs: the file system commits its
+/// journal once for all the fsyncs waiting together, where fsyncs one after the
+/// other each wait for a commit of their own (measured: a batch write of 16 chunks
+/// on a busy disk took several times longer with its fsyncs in a row).
+pub async fn each_blocking<T, R>(
+    items: Vec<T>,
+    work: impl Fn(T) -> Result<R, StoreError> + Send + Sync + Copy + 'static,
+) -> Result<Vec<R>, StoreError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let tasks: Vec<_> = items
+        .into_iter()
+        .map(|item| tokio::task::spawn_blocking(move || work(item)))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut failure = None;
+    for task in tasks {
+        // Every task is waited for, so none is still running when this returns.
+        match task.await {
+            Ok(Ok(result)) => results.push(result),
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(error) => {
+                failure.get_or_insert(StoreError::Io(std::io::Error::other(error)));
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(results),
+    }
 }

@@ -60,7 +60,8 @@ pub use format::manifest::{
 pub use storage::backend::{Backend, BackendKind, Durability, OpenOptions, PutOutcome};
 pub use storage::local::LocalIo;
 pub use storage::node_client::{
-    BatchReader, Credentials, KEYS_PER_REQUEST, NodeClient, NodeClientError, exists_batch,
+    BatchReader, Credentials, KEYS_PER_REQUEST, NodeClient, NodeClientError, crc32_etag,
+    exists_batch,
 };
 pub use storage::s3::S3Credentials;
 

@@ -14,6 +14,7 @@ pub(crate) mod local;
 pub(crate) mod local_direct;
 pub(crate) mod local_sync;
 pub(crate) mod node_client;
+pub(crate) mod put_batcher;
 pub(crate) mod s3;
 pub(crate) mod s3_refusal;
 pub(crate) mod trace_context;

@@ -179,14 +179,18 @@ async fn read_blocks(
 }
 
 /// Creates the objects of a batch stream that do not exist yet; answers one
-/// line per object, `1` created or `0` already there.
+/// line per object, `1` created or `0` already there. With a `signed` payload
+/// nothing is published before the whole body has matched its signed SHA-256,
+/// which s3s can only tell at its end: a body changed on the way leaves nothing.
 pub async fn put(
     store: &Arc<Store>,
     config: &Config,
     bucket: &str,
     body: &mut Body,
+    signed: bool,
 ) -> S3Result<S3Response<Body>> {
     let mut writer = BatchWriter::new(store, config, bucket).await?;
+    writer.publish_only_at_end = signed;
     let errors = |failure| match failure {
         StreamFailure::Read(error) => body_error(error),
         StreamFailure::Protocol(error) => protocol_error(error),
@@ -231,6 +235,9 @@ pub(super) struct BatchWriter<'a> {
     legal_hold: bool,
     max_objects: usize,
     max_size: u64,
+    /// Publish every object only once the stream has ended well, instead of
+    /// group by group as they arrive.
+    pub(super) publish_only_at_end: bool,
     objects: usize,
     /// The object being received, with its place in `outcomes`.
     current: Option<(usize, String, ObjectInfo, Feeder<ObjectWriter>)>,
@@ -258,6 +265,7 @@ impl<'a> BatchWriter<'a> {
             legal_hold,
             max_objects: config.limits.max_batch_objects,
             max_size: config.limits.max_object_size,
+            publish_only_at_end: false,
             objects: 0,
             current: None,
             group: Vec::new(),
@@ -353,7 +361,7 @@ impl<'a> BatchWriter<'a> {
             info,
             sealing,
         });
-        if self.group.len() == GROUP_OBJECTS {
+        if self.group.len() == GROUP_OBJECTS && !self.publish_only_at_end {
             if self.groups.len() >= GROUPS_IN_FLIGHT
                 && let Some(oldest) = self.groups.pop_front()
             {
@@ -427,11 +435,10 @@ struct Received {
 /// Makes a group of received objects durable and publishes each one whose
 /// key does not exist yet; whether each was created, in order.
 ///
-/// The files are fsynced one after the other, then renamed into place, then
-/// each directory that received one is fsynced once: the same order of steps
-/// as a single PUT (so a crash leaves only complete objects), with fewer
-/// writes. Consecutive new files share inode-table and directory blocks, so
-/// most of the file fsyncs find those already written.
+/// The files are fsynced (all at once, so that they share journal commits),
+/// then renamed into place, then each directory that received one is fsynced
+/// once: the same order of steps as a single PUT (so a crash leaves only
+/// complete objects), with fewer writes.
 async fn commit_group(
     store: Arc<Store>,
     bucket: String,
@@ -449,14 +456,11 @@ async fn commit_group(
         }
         sealed.push((object.index, object.key, writer));
     }
-    let sealed = tokio::task::spawn_blocking(move || {
-        for (.., writer) in &sealed {
-            writer.sync()?;
-        }
-        Ok::<_, StoreError>(sealed)
+    let sealed = crate::store::each_blocking(sealed, |(index, key, writer)| {
+        writer.sync()?;
+        Ok((index, key, writer))
     })
-    .await
-    .map_err(S3Error::internal_error)??;
+    .await?;
     let condition = WriteCondition {
         if_none_match_any: true,
         ..Default::default()

@@ -167,6 +167,9 @@ pub struct IncomingBody<'a> {
     pub announced_trailer: Option<String>,
     /// The algorithm every part of a multipart upload is checked with.
     pub required: Option<Algorithm>,
+    /// The algorithm computed and kept when the client asks for none (PutObject:
+    /// CRC-64/NVME, as AWS adds to every new object since 2025).
+    pub default_algorithm: Option<Algorithm>,
 }
 
 /// A body in a temporary object file whose every declared digest matched.
@@ -196,10 +199,19 @@ pub async fn receive_checked(
         trailers,
         announced_trailer,
         required,
+        default_algorithm,
     } = incoming;
     checksums::check_declared(&declared)?;
-    let hasher =
+    let mut hasher =
         convert::checksum_hasher(&declared, algorithm, announced_trailer.as_deref(), required)?;
+    let none_asked = hasher.crc32.is_none()
+        && hasher.crc32c.is_none()
+        && hasher.crc64nvme.is_none()
+        && hasher.sha1.is_none()
+        && hasher.sha256.is_none();
+    if let Some(default) = default_algorithm.filter(|_| none_asked) {
+        default.enable(&mut hasher);
+    }
     let body = body.ok_or_else(|| s3_error!(IncompleteBody, "request has no body"))?;
     let sink = Sink {
         writer: new_writer()?,

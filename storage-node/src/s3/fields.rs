@@ -62,6 +62,7 @@ macro_rules! incoming_body {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             required: None,
+            default_algorithm: None,
         }
     };
 }

@@ -43,8 +43,10 @@ pub async fn put_object(
             "object is larger than {max_size} bytes"
         ));
     }
+    let mut incoming = incoming_body!(input, req.headers, trailers);
+    incoming.default_algorithm = Some(super::checksums::Algorithm::Crc64Nvme);
     let received = body::receive_checked(
-        incoming_body!(input, req.headers, trailers),
+        incoming,
         || s3.store.new_writer(&input.bucket, &input.key),
         max_size,
     )
@@ -356,6 +358,23 @@ pub async fn copy_object(
         .metadata_directive
         .as_ref()
         .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+    let changes_something = replace
+        || input.storage_class.is_some()
+        || input.website_redirect_location.is_some()
+        || input.server_side_encryption.is_some()
+        || input.sse_customer_algorithm.is_some();
+    if source_bucket.as_ref() == input.bucket.as_str()
+        && source_key.as_ref() == input.key.as_str()
+        && !changes_something
+    {
+        // AWS's answer, word for word: a copy onto itself must change something.
+        return Err(s3_error!(
+            InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself \
+             without changing the object's metadata, storage class, website redirect location \
+             or encryption attributes."
+        ));
+    }
     let mut meta = if replace {
         meta_with_content_headers!(input, {
             etag: source.etag.clone(),

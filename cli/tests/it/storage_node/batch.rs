@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use haven_node_protocol::{ObjectInfo, PullKey, PullOutcome, PullRequest, Record};
-use haven_repo::{NodeClient, NodeClientError};
+use haven_repo::{NodeClient, NodeClientError, crc32_etag};
 
 use crate::support::{
     s3::{ACCESS_KEY, SECRET_KEY},
@@ -270,16 +270,16 @@ fn batches_copy_objects_exactly_and_refuse_bad_input() {
     }
 }
 
-/// A source that answers every batch read with what [`fake_answer`] makes of
-/// its keys: hostile or broken replies a target node must refuse cleanly.
-struct FakeSource {
+/// A loopback HTTP server answering each connection with `handler`: the fake
+/// source of [`serve_fake`] and the tampering relay of [`Tamperer`].
+struct FakeServer {
     port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl FakeSource {
-    fn start() -> Self {
+impl FakeServer {
+    fn start(handler: impl Fn(TcpStream) -> std::io::Result<()> + Send + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -290,7 +290,7 @@ impl FakeSource {
                     return;
                 }
                 if let Ok(connection) = connection {
-                    let _ = serve_fake(connection);
+                    let _ = handler(connection);
                 }
             }
         });
@@ -306,7 +306,7 @@ impl FakeSource {
     }
 }
 
-impl Drop for FakeSource {
+impl Drop for FakeServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
@@ -316,15 +316,16 @@ impl Drop for FakeSource {
     }
 }
 
-/// Reads one request and answers it, then closes the connection.
-fn serve_fake(mut connection: TcpStream) -> std::io::Result<()> {
+/// One whole request (by its Content-Length): its bytes and where its body
+/// starts; `None` if the client closed the connection first.
+fn read_request(connection: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, usize)>> {
     connection.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut request = Vec::new();
     let mut buffer = [0u8; 8192];
     let header_end = loop {
         let read = connection.read(&mut buffer)?;
         if read == 0 {
-            return Ok(());
+            return Ok(None);
         }
         request.extend_from_slice(&buffer[..read]);
         if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -344,6 +345,151 @@ fn serve_fake(mut connection: TcpStream) -> std::io::Result<()> {
         }
         request.extend_from_slice(&buffer[..read]);
     }
+    Ok(Some((request, header_end)))
+}
+
+/// A relay to the node at `upstream` (`host:port`) that swaps a request's body for
+/// `forged` when their lengths match: someone in the middle of a plain-HTTP link.
+fn tamperer(upstream: String, forged: Vec<u8>) -> FakeServer {
+    FakeServer::start(move |mut client| {
+        let Some((mut request, header_end)) = read_request(&mut client)? else {
+            return Ok(());
+        };
+        if request.len() - header_end == forged.len() {
+            request.truncate(header_end);
+            request.extend_from_slice(&forged);
+        }
+        // One request per connection, so the reply ends where the node closes it.
+        let mut relayed = request[..header_end - 2].to_vec();
+        relayed.extend_from_slice(b"connection: close\r\n\r\n");
+        relayed.extend_from_slice(&request[header_end..]);
+        let mut node = TcpStream::connect(&upstream)?;
+        node.write_all(&relayed)?;
+        let mut reply = Vec::new();
+        node.read_to_end(&mut reply)?;
+        client.write_all(&reply)
+    })
+}
+
+/// The batch-write body of one object as `NodeClient::create_objects` sends it.
+fn chunk_batch(key: &str, data: &[u8]) -> Vec<u8> {
+    let crc32 = crc32fast::hash(data);
+    let info = ObjectInfo {
+        size: data.len() as u64,
+        etag: crc32_etag(crc32),
+        content_type: None,
+        crc32,
+    };
+    let record = Record::Object {
+        key: key.to_owned(),
+        info,
+    };
+    [record.encode().expect("encode").as_ref(), data].concat()
+}
+
+#[test]
+fn chunk_batches_are_signed_off_loopback_so_a_changed_body_is_refused() {
+    let node = Node::start();
+    node.aws_ok(&["s3", "mb", "s3://site-a"]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // 20 chunks: more than the 16 the node publishes at a time.
+    let chunks: Vec<(String, Vec<u8>)> = (0..20u64)
+        .map(|i| (format!("chunks/ab/{i:04}"), pattern(70_000, i * 1000 + 1)))
+        .collect();
+    // Other bytes under the same keys, each with its own valid CRC-32: a forgery.
+    let mut forged = Vec::new();
+    let mut forged_data = Vec::new();
+    for (i, (key, data)) in chunks.iter().enumerate() {
+        let length = chunk_batch(key, data).len();
+        let (other, batch) = (2..)
+            .map(|seed| pattern(70_000, i as u64 * 1000 + seed))
+            .map(|other| {
+                let batch = chunk_batch(key, &other);
+                (other, batch)
+            })
+            .find(|(_, batch)| batch.len() == length)
+            .expect("a forgery of the same length");
+        forged.extend_from_slice(&batch);
+        forged_data.push(other);
+    }
+    let upstream = node.endpoint().trim_start_matches("http://").to_owned();
+    let relay = tamperer(upstream, forged);
+    let objects = || {
+        chunks
+            .iter()
+            .map(|(key, data)| (key.clone(), Bytes::from(data.clone())))
+            .collect::<Vec<_>>()
+    };
+    let stored = |key: &str| {
+        node.aws(&["s3api", "head-object", "--bucket", "site-a", "--key", key])
+            .status
+            .success()
+    };
+
+    // Signed, as Haven sends to any plain-HTTP address but loopback: refused, and
+    // not one object published, although the node had received them all.
+    let signed =
+        client_as(&relay.endpoint(), "site-a", ACCESS_KEY, SECRET_KEY).signing_batch_payloads();
+    assert!(!signed.sends_unsigned_batches());
+    let error = runtime
+        .block_on(signed.create_objects(objects()))
+        .expect_err("changed body accepted");
+    assert!(status_of(error).contains("XAmzContentSHA256Mismatch"));
+    assert!(
+        !chunks.iter().any(|(key, _)| stored(key)),
+        "a forged chunk was published"
+    );
+    let leftovers = files_below(&node.data().join("tmp"));
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Unsigned (what loopback and TLS get, where nobody can stand in between): the
+    // forgery would be stored, which is why other links are signed.
+    let unsigned = client_as(&relay.endpoint(), "site-a", ACCESS_KEY, SECRET_KEY);
+    assert!(unsigned.sends_unsigned_batches());
+    let created = runtime
+        .block_on(unsigned.create_objects(objects()))
+        .expect("unsigned");
+    assert_eq!(created, vec![true; 20]);
+    let out = node.path("stored");
+    let first = &chunks[0].0;
+    node.aws_ok(&[
+        "s3",
+        "cp",
+        &format!("s3://site-a/{first}"),
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == forged_data[0],
+        "the relay's bytes were not stored"
+    );
+
+    // Straight to the node, signed: stored as sent, create-only, with a CRC-32 ETag.
+    let direct = client(&node, "site-a", ACCESS_KEY, SECRET_KEY).signing_batch_payloads();
+    let data = &chunks[0].1;
+    let fresh = vec![("chunks/cd/cdef01".to_owned(), Bytes::from(data.clone()))];
+    let created = runtime.block_on(direct.create_objects(fresh.clone()));
+    assert_eq!(created.expect("signed"), [true]);
+    let again = runtime.block_on(direct.create_objects(fresh));
+    assert_eq!(again.expect("again"), [false]);
+    let head = node.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "site-a",
+        "--key",
+        "chunks/cd/cdef01",
+    ]);
+    let etag = crc32_etag(crc32fast::hash(data));
+    assert!(head.contains(&format!("\\\"{etag}\\\"")), "{head}");
+}
+
+/// A source that answers every batch read with what [`fake_answer`] makes of
+/// its keys: hostile or broken replies a target node must refuse cleanly.
+fn serve_fake(mut connection: TcpStream) -> std::io::Result<()> {
+    let Some((request, header_end)) = read_request(&mut connection)? else {
+        return Ok(());
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).to_lowercase();
     if head.starts_with("post /plain-s3") {
         // A plain S3 server knows no extensions.
         let error = "<Error><Code>NotImplemented</Code></Error>";
@@ -438,7 +584,7 @@ fn pulls_copy_batches_node_to_node_and_refuse_what_they_must() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let source = Node::start();
     source.aws_ok(&["s3", "mb", "s3://primary"]);
-    let fake = FakeSource::start();
+    let fake = FakeServer::start(serve_fake);
     let target = Node::start_with(NodeOptions {
         extra_keys: OTHER_KEYS.to_owned(),
         pull_sources: vec![

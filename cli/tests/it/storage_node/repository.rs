@@ -1,6 +1,7 @@
 //! The repository code, unchanged, over a real `haven storage-node`: init,
 //! backup, snapshots, verify and restore through `s3://bucket/prefix?endpoint=…`,
-//! with chunk existence answered by the node's batch query instead of HEADs.
+//! with chunk existence answered by the node's batch query instead of HEADs and
+//! chunks uploaded in batch writes instead of one PUT each.
 
 use crate::support::{
     haven::HavenClient,
@@ -50,10 +51,19 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
             (size - 4000, 4000),
         ],
     );
+    let puts = requests(&node, "PutObject");
     let first = client.backup("web1", &[&image]);
     let stored_chunks = disk_stat(&first, "new_chunks");
     assert!(stored_chunks >= 12, "{first}");
     assert_eq!(disk_stat(&first, "existing_chunks"), 0);
+    // Chunks travel in batch writes; PUTs carry the index, the manifest and the lease.
+    let chunk_batches = requests(&node, "HavenBatchPut");
+    assert!(
+        (1..stored_chunks).contains(&chunk_batches),
+        "{chunk_batches} batch writes for {stored_chunks} chunks"
+    );
+    let written = requests(&node, "PutObject") - puts;
+    assert!(written <= 4, "{written} PUTs: chunks were not batched");
     let batches_after_first = requests(&node, "HavenExists");
     assert!(batches_after_first >= 1, "no batch query was sent");
     assert!(
@@ -100,6 +110,28 @@ fn backup_and_restore_through_a_storage_node_use_the_batch_existence_query() {
         "{stored_chunks} chunks: {batches_after_first} batch queries for the first backup, \
          {clone_batches} for the clone, 0 HEADs"
     );
+
+    // Batched chunks carry the CRC-32 ETag (a HEAD of our own, after the count above).
+    let chunk = node
+        .object_files()
+        .into_iter()
+        .find(|file| file.to_string_lossy().contains("/chunks/"))
+        .expect("a chunk file");
+    let chunk_key = chunk
+        .strip_prefix(node.data().join("buckets/haven/objects"))
+        .expect("below the bucket")
+        .to_string_lossy()
+        .trim_end_matches('@')
+        .to_owned();
+    let head = node.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "haven",
+        "--key",
+        &chunk_key,
+    ]);
+    assert!(head.contains("\\\"crc32-"), "chunk ETag: {head}");
 
     let snapshots = client.json(&["snapshots"]);
     let names: Vec<&str> = snapshots

@@ -12,8 +12,9 @@
 //!   ([`super::local`]);
 //! - `s3://`: any S3 server;
 //! - `s3://` with an endpoint that may be a Haven storage node: S3, plus batched
-//!   existence checks and batch transfers through the node's extensions, which fall
-//!   back to plain S3 requests when the server does not serve them.
+//!   existence checks, chunk uploads as batch writes and batch transfers through the
+//!   node's extensions, which fall back to plain S3 requests when the server does
+//!   not serve them.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use super::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
 use super::local::{DirectOutcome, LocalIo, LocalStore};
 use super::node_client::NodeClient;
+use super::put_batcher::{DEFAULT_LIMITS, PutBatcher};
 use super::s3::{S3Credentials, S3Store};
 use super::s3_refusal::S3Refusal;
 use crate::error::{RepoError, Result};
@@ -109,6 +111,8 @@ struct StorageNode {
     s3: S3Store,
     /// Batches concurrent existence checks into the node's query (HEAD on plain S3).
     exists_batcher: ExistsBatcher,
+    /// Batches concurrent chunk uploads into the node's batch writes (PUT on plain S3).
+    put_batcher: PutBatcher,
     /// The client of the extensions (which the endpoint may or may not serve).
     client: NodeClient,
 }
@@ -183,6 +187,7 @@ impl Backend {
                             DEFAULT_WINDOW,
                             DEFAULT_MAX_KEYS,
                         ),
+                        put_batcher: PutBatcher::new(Box::new(client.clone()), DEFAULT_LIMITS),
                         client,
                     })),
                 };
@@ -352,12 +357,28 @@ impl Backend {
     }
 
     /// Writes an object only if no object has this key (`If-None-Match: *` on S3).
+    /// Chunks ([`Durability::Deferred`]) bound for a storage node travel in batch
+    /// writes shared with concurrent calls, which the node makes durable before it
+    /// answers, as it does a PUT.
     pub async fn put_if_absent(
         &self,
         key: &str,
         data: Bytes,
         durability: Durability,
     ) -> Result<PutOutcome> {
+        if let (Implementation::StorageNode(node), Durability::Deferred) =
+            (&self.implementation, durability)
+            && let Some(created) = node
+                .put_batcher
+                .create(self.bucket_key(key), data.clone())
+                .await
+        {
+            return Ok(if created {
+                PutOutcome::Created
+            } else {
+                PutOutcome::AlreadyExisted
+            });
+        }
         let deferred_local = match durability {
             Durability::Deferred => self.local(),
             Durability::Immediate => None,

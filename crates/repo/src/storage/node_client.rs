@@ -9,7 +9,7 @@
 mod batch;
 mod pull;
 
-pub use batch::BatchReader;
+pub use batch::{BatchReader, crc32_etag};
 
 use std::time::Duration;
 
@@ -108,6 +108,8 @@ pub struct NodeClient {
     base: url::Url,
     bucket: String,
     credentials: Credentials,
+    /// Whether batch writes are sent `UNSIGNED-PAYLOAD` (see [`unsigned_is_safe`]).
+    unsigned_batches: bool,
 }
 
 impl NodeClient {
@@ -147,10 +149,23 @@ impl NodeClient {
             .build()?;
         Ok(Self {
             http,
+            unsigned_batches: unsigned_is_safe(&base),
             base,
             bucket: bucket.to_owned(),
             credentials,
         })
+    }
+
+    /// Signs the body of every batch write with its SHA-256, as on a link nobody may
+    /// be trusted on, whatever the endpoint; for tests of that path on loopback.
+    pub fn signing_batch_payloads(mut self) -> Self {
+        self.unsigned_batches = false;
+        self
+    }
+
+    /// Whether batch writes go unsigned (`UNSIGNED-PAYLOAD`): over TLS or on loopback.
+    pub fn sends_unsigned_batches(&self) -> bool {
+        self.unsigned_batches
     }
 
     /// A request to this bucket with extension query `query`, signed over
@@ -279,11 +294,30 @@ fn parse_yes_no(text: &str) -> Result<Vec<bool>, NodeClientError> {
         .collect()
 }
 
+/// Whether a request body may travel without its SHA-256 in the signature
+/// (`UNSIGNED-PAYLOAD`) to `endpoint`: over TLS, which protects it, or to a loopback
+/// address, which no other machine can reach into. Anywhere else a plain-HTTP body
+/// could be changed on the way under a valid signature of its headers, so it is
+/// signed, and the node checks the hash (`400 XAmzContentSHA256Mismatch`).
+fn unsigned_is_safe(endpoint: &url::Url) -> bool {
+    if endpoint.scheme() == "https" {
+        return true;
+    }
+    match endpoint.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// What a SigV4 signature covers of a request body.
 #[derive(Clone, Copy)]
 pub(crate) enum Payload<'a> {
     /// The body itself (its SHA-256).
     Bytes(&'a [u8]),
+    /// A body whose SHA-256 (lowercase hex) the caller computed over its pieces.
+    Sha256(&'a str),
     /// Nothing (`UNSIGNED-PAYLOAD`): for streamed bodies whose parts carry
     /// their own checksums.
     Unsigned,
@@ -332,6 +366,7 @@ pub(crate) fn sign(
     );
     let payload_hash = match payload {
         Payload::Bytes(body) => sha256_hex(body),
+        Payload::Sha256(hash) => hash.to_owned(),
         Payload::Unsigned => "UNSIGNED-PAYLOAD".to_owned(),
     };
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
@@ -376,6 +411,19 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn bodies_go_unsigned_only_over_tls_or_loopback() {
+        let safe = |endpoint: &str| unsigned_is_safe(&url::Url::parse(endpoint).unwrap());
+        assert!(safe("https://node.example:9000"));
+        assert!(safe("http://127.0.0.1:9000"));
+        assert!(safe("http://127.8.0.1:9000"));
+        assert!(safe("http://[::1]:9000"));
+        assert!(safe("http://localhost:9000"));
+        assert!(!safe("http://10.0.0.1:9000"));
+        assert!(!safe("http://node.example:9000"));
+        assert!(!safe("http://localhost.example:9000"));
+    }
 
     /// The signing key example from the AWS SigV4 documentation.
     #[test]

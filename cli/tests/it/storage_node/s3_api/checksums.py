@@ -94,6 +94,19 @@ for alg in ALGORITHMS:
 expect(400, "InvalidRequest", lambda: s3.put_object(Bucket="sums", Key="two", Body=body, ChecksumCRC32=b64("CRC32", body),
                                                     ChecksumSHA256=b64("SHA256", body)), "two checksums")
 absent("two", "two checksums")
+# A PUT with no checksum at all (boto3 told to send none) gets CRC-64/NVME, as AWS adds
+# to every new object: kept, and announced as a checksum the client had sent.
+bare = boto3.client(
+    "s3", endpoint_url=endpoint, aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
+    region_name="us-east-1", config=Config(signature_version="s3v4", retries={"max_attempts": 1},
+                                           s3={"addressing_style": "path"}, request_checksum_calculation="when_required"))
+r = bare.put_object(Bucket="sums", Key="no-checksum", Body=body)
+assert r["ChecksumCRC64NVME"] == b64("CRC64NVME", body) and r["ChecksumType"] == "FULL_OBJECT", r
+head = bare.head_object(Bucket="sums", Key="no-checksum", ChecksumMode="ENABLED")
+assert head["ChecksumCRC64NVME"] == b64("CRC64NVME", body) and "ChecksumCRC32" not in head, head
+# One that names another algorithm gets that one alone.
+r = s3.put_object(Bucket="sums", Key="crc32-only", Body=body, ChecksumAlgorithm="CRC32")
+assert "ChecksumCRC64NVME" not in r and r["ChecksumCRC32"] == b64("CRC32", body), r
 
 # Multipart: the upload's algorithm and type, each part checked, the whole object's
 # checksum COMPOSITE (of the parts' checksums, "-N") or FULL_OBJECT.

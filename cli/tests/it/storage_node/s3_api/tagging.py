@@ -1,5 +1,6 @@
 # Object tagging with AWS's limits, GetObjectAttributes, and conditional deletes.
 # Run twice around a restart of the node: "write" stores, "check" reads back.
+import zlib
 phase = sys.argv[2]
 appender = client("appender", "appender-secret")
 reader = client("reader", "reader-secret")
@@ -81,6 +82,48 @@ m = s3.get_object_attributes(Bucket="tags", Key="multi", ObjectAttributes=everyt
 assert m["ObjectParts"]["TotalPartsCount"] == 2 and m["ETag"].strip('"').endswith("-2"), m
 assert m["ObjectSize"] == (5 << 20) + (1 << 20) and "Checksum" not in m, m
 expect(404, "NoSuchKey", lambda: s3.get_object_attributes(Bucket="tags", Key="missing", ObjectAttributes=["ETag"]), "attributes")
+# Parts are listed for uploads with an additional checksum, a page at a time.
+upload = s3.create_multipart_upload(Bucket="tags", Key="summed", ChecksumAlgorithm="CRC32")["UploadId"]
+bodies = [part(5 << 20, 11), part(5 << 20, 12), b"last part"]
+
+
+def crc32_of(data):
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+done = [{"PartNumber": n, "ETag": s3.upload_part(Bucket="tags", Key="summed", UploadId=upload, PartNumber=n, Body=b,
+                                                  ChecksumAlgorithm="CRC32")["ETag"], "ChecksumCRC32": crc32_of(b)}
+        for n, b in enumerate(bodies, 1)]
+s3.complete_multipart_upload(Bucket="tags", Key="summed", UploadId=upload, MultipartUpload={"Parts": done})
+page = s3.get_object_attributes(Bucket="tags", Key="summed", ObjectAttributes=["ObjectParts"], MaxParts=2)["ObjectParts"]
+assert page["TotalPartsCount"] == 3 and page["IsTruncated"] and page["MaxParts"] == 2, page
+assert page["PartNumberMarker"] == 0 and page["NextPartNumberMarker"] == 2, page
+assert [(p["PartNumber"], p["Size"], p["ChecksumCRC32"]) for p in page["Parts"]] == \
+    [(n, len(b), crc32_of(b)) for n, b in enumerate(bodies[:2], 1)], page
+rest = s3.get_object_attributes(Bucket="tags", Key="summed", ObjectAttributes=["ObjectParts"],
+                                PartNumberMarker=2)["ObjectParts"]
+assert not rest["IsTruncated"] and rest["NextPartNumberMarker"] == 3 and rest["MaxParts"] == 1000, rest
+assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, len(b"last part"))], rest
+# Without an additional checksum only the count (see "multi" above: no Parts).
+assert "Parts" not in m["ObjectParts"], m
+# Copy onto itself: refused unless something changes (here the metadata).
+s3.put_object(Bucket="tags", Key="self", Body=b"self", Metadata={"old": "1"}, ContentType="text/plain")
+etag = s3.head_object(Bucket="tags", Key="self")["ETag"]
+status, code = refusal(lambda: s3.copy_object(Bucket="tags", Key="self", CopySource="tags/self"))
+assert (status, code) == (400, "InvalidRequest"), (status, code)
+try:
+    s3.copy_object(Bucket="tags", Key="self", CopySource="tags/self", MetadataDirective="COPY")
+    raise AssertionError("copy onto itself with COPY accepted")
+except ClientError as e:
+    assert "copy an object to itself without changing" in e.response["Error"]["Message"], e.response
+s3.copy_object(Bucket="tags", Key="self", CopySource="tags/self", MetadataDirective="REPLACE",
+               Metadata={"new": "2"}, ContentType="application/x-new")
+head = s3.head_object(Bucket="tags", Key="self")
+assert head["Metadata"] == {"new": "2"} and head["ContentType"] == "application/x-new", head
+assert head["ETag"] == etag and s3.get_object(Bucket="tags", Key="self")["Body"].read() == b"self", head
+# A key that may only create cannot replace an object, even with itself.
+denied(lambda: appender.copy_object(Bucket="tags", Key="self", CopySource="tags/self", MetadataDirective="REPLACE"),
+       "append key replacing metadata")
 # What the node does not do is refused, never answered as if done.
 expect(501, "NotImplemented", lambda: s3.list_object_versions(Bucket="tags"), "versions")
 expect(501, "NotImplemented", lambda: s3.get_object_tagging(Bucket="tags", Key="tagged", VersionId="v1"), "version")
