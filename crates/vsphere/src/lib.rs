@@ -17,6 +17,8 @@
 
 mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod model;
 pub mod xml;
 
