@@ -53,8 +53,19 @@ bin_dir="$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 
 corpus_of() { echo "fuzz/corpus/$1"; }
 
+write_seeds() {
+    local target="$1"
+    rm -rf "fuzz/corpus/$target"
+    HAVEN_FUZZ_WRITE_SEEDS=fuzz/corpus "$bin_dir/$target" >/dev/null 2>&1
+    echo "$target: $(find "fuzz/corpus/$target" -type f | wc -l) seeds written to fuzz/corpus/$target"
+}
+
 replay() {
     local target="$1" files
+    if [ ! -d "$(corpus_of "$target")" ]; then
+        # A target added without its corpus: start from its seeds (commit them).
+        write_seeds "$target"
+    fi
     mapfile -t files < <(find "$(corpus_of "$target")" -type f | sort)
     if [ "${#files[@]}" -eq 0 ]; then
         echo "$target: no corpus" >&2
@@ -87,11 +98,7 @@ run() {
 
 case "$mode" in
     seeds)
-        for target in $(targets); do
-            rm -rf "fuzz/corpus/$target"
-            HAVEN_FUZZ_WRITE_SEEDS=fuzz/corpus "$bin_dir/$target" >/dev/null 2>&1
-            echo "$target: $(find "fuzz/corpus/$target" -type f | wc -l) seeds"
-        done
+        for target in $(targets); do write_seeds "$target"; done
         ;;
     replay)
         for target in $(targets); do replay "$target"; done
