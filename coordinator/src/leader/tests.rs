@@ -441,7 +441,7 @@ async fn a_vm_name_another_host_holds_is_not_taken_over() {
     let (store, leader, lease) = inventory_bed(dir.path(), Duration::from_secs(3600)).await;
     // h2 has a VM of its own called vm1: h1's vm1 keeps its record.
     report_h2(&leader, &["vm3", "vm1"]).await;
-    assert_eq!(leader.vm("vm1").unwrap().host, "h1");
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h1");
     let stored: VmRecord = serde_json::from_slice(
         &store
             .get(&model::vm_key("vm1"))
@@ -468,11 +468,11 @@ async fn a_vm_name_another_host_holds_is_not_taken_over() {
         .register("w2", "instance-2", vec![("h2".into(), vms)], 2)
         .await
         .unwrap();
-    assert_eq!(leader.vm("vm1").unwrap().host, "h1");
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h1");
     // Once h1 leaves vm1 out, the VM has moved: h2 takes it over.
     report_h1(&leader, lease, &["vm2"]).await;
     report_h2(&leader, &["vm3", "vm1"]).await;
-    assert_eq!(leader.vm("vm1").unwrap().host, "h2");
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h2");
     assert!(leader.state().missing_since.is_empty());
 }
 
