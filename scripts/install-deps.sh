@@ -8,6 +8,8 @@ source "$(dirname "$0")/install-common.sh"
 packages=(
   # build: etcd-client and the gRPC crates run protoc
   protobuf-compiler pkg-config
+  # fuzzing (scripts/fuzz.sh): libFuzzer is C++, built by libfuzzer-sys
+  g++
   # the data path: qemu-img, qemu-nbd, qemu-storage-daemon, qemu-io
   qemu-utils
   # demo and tests: real file systems without mounting

@@ -15,3 +15,5 @@ echo "== deploy/ (compose file and Helm chart against the haven binary)"
 python3 deploy/check.py --haven "$CARGO_TARGET_DIR/debug/haven"
 echo "== deploy/ on Docker (images from local files, compose.yaml as shipped, a backup through it)"
 python3 deploy/compose_test.py "$CARGO_TARGET_DIR/debug/haven"
+echo "== fuzzing (every corpus replayed, every target fuzzed for ${FUZZ_SECONDS:-20} s)"
+scripts/fuzz.sh

@@ -11,7 +11,7 @@
 
 mod batch;
 mod exists;
-mod pull;
+pub(crate) mod pull;
 
 pub use pull::client as pull_client;
 

@@ -28,6 +28,8 @@ mod bucket_setup;
 pub mod config;
 mod error;
 pub mod extension;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keypath;
 mod md5;
 mod metrics;

@@ -7,7 +7,7 @@ mod buckets;
 pub(crate) mod checksums;
 pub(crate) mod convert;
 mod fields;
-mod listing;
+pub(crate) mod listing;
 mod lock;
 mod multipart;
 mod objects;

@@ -22,6 +22,8 @@ pub mod boot;
 pub mod daemon;
 mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod restore;
 

@@ -423,6 +423,63 @@ async fn a_vm_missing_from_one_report_is_kept_within_the_grace() {
     assert!(leader.state().missing_since.is_empty());
 }
 
+/// Worker `w2` reports host `h2` holding `names`.
+async fn report_h2(leader: &Leader, names: &[&str]) {
+    let lease = leader.state().workers["w2"].lease;
+    let vms = names
+        .iter()
+        .map(|name| VmRecord {
+            host: "h2".into(),
+            ..vm(name)
+        })
+        .collect();
+    leader
+        .report_inventory("w2", "instance-2", lease, vec![("h2".into(), vms)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_vm_name_another_host_holds_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader, lease) = inventory_bed(dir.path(), Duration::from_secs(3600)).await;
+    // h2 has a VM of its own called vm1: h1's vm1 keeps its record.
+    report_h2(&leader, &["vm3", "vm1"]).await;
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h1");
+    let stored: VmRecord = serde_json::from_slice(
+        &store
+            .get(&model::vm_key("vm1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(stored.host, "h1");
+    assert!(leader.state().missing_since.is_empty());
+    // Nor when h2 registers again with it.
+    let vms = vec![
+        VmRecord {
+            host: "h2".into(),
+            ..vm("vm1")
+        },
+        VmRecord {
+            host: "h2".into(),
+            ..vm("vm3")
+        },
+    ];
+    leader
+        .register("w2", "instance-2", vec![("h2".into(), vms)], 2)
+        .await
+        .unwrap();
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h1");
+    // Once h1 leaves vm1 out, the VM has moved: h2 takes it over.
+    report_h1(&leader, lease, &["vm2"]).await;
+    report_h2(&leader, &["vm3", "vm1"]).await;
+    assert_eq!(leader.vm("vm1").unwrap().0.host, "h2");
+    assert!(leader.state().missing_since.is_empty());
+}
+
 /// GC jobs (one per repository) driven through a store that fails, delays and loses
 /// the replies of applied transactions, with the worker's retries of failed calls;
 /// then, with faults off, until every job has ended. Each job ends exactly once

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::inventory::{warn_taken, without_taken_names};
 use super::jobs::retry_or_fail;
 use super::state::State;
 use super::tick::TickReport;
@@ -94,6 +95,8 @@ impl Leader {
                 now_ms().saturating_sub(record.registered_unix_ms)
             )));
         }
+        let (hosts, taken) = without_taken_names(&self.state(), hosts);
+        warn_taken(&taken);
         let inventory = inventory_ops(&self.state(), &hosts)?;
         let lease: LeaseId = self.store.grant_lease(self.settings.worker_lease).await?;
         let record = WorkerRecord {
@@ -160,9 +163,11 @@ impl Leader {
         hosts: Vec<(String, Vec<VmRecord>)>,
     ) -> Result<()> {
         let _mutating = self.mutating().await;
-        let (record, ops) = {
+        let (hosts, record, ops) = {
             let state = self.state();
             check_worker(&state, id, instance, lease)?;
+            let (hosts, taken) = without_taken_names(&state, hosts);
+            warn_taken(&taken);
             let mut record =
                 state.workers.get(id).cloned().ok_or_else(|| {
                     LeaderError::NotFound(format!("worker {id:?} is not registered"))
@@ -173,7 +178,7 @@ impl Leader {
                 record.hosts = host_names;
                 ops.push(Op::put_leased(model::worker_key(id), json(&record)?, lease));
             }
-            (record, ops)
+            (hosts, record, ops)
         };
         if ops.is_empty() {
             // Nothing to write, but a VM the report leaves out is missing from now.

@@ -39,6 +39,9 @@ mod progress;
 mod repository;
 mod storage;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::{RepoError, Result, S3Refusal};
 pub use progress::{Phase, Progress};
 pub use repository::Repository;

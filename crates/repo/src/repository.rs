@@ -381,10 +381,7 @@ impl Repository {
             stored,
             MAX_MANIFEST,
         )?;
-        let manifest: Manifest = serde_json::from_slice(&plain)
-            .map_err(|error| RepoError::corrupt(&key, format!("bad manifest: {error}")))?;
-        manifest.validate(&key)?;
-        Ok(manifest)
+        parse_manifest(&plain, &key)
     }
 
     /// Committed snapshots, oldest first; all VMs when `vm` is `None`.
@@ -483,4 +480,12 @@ pub(crate) async fn list_ids(
         .collect();
     ids.sort_by(|a, b| (&a.vm, a.time()).cmp(&(&b.vm, b.time())));
     Ok(ids)
+}
+
+/// A manifest's decrypted bytes read from `key`: parsed and validated.
+pub(crate) fn parse_manifest(plain: &[u8], key: &str) -> Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(plain)
+        .map_err(|error| RepoError::corrupt(key, format!("bad manifest: {error}")))?;
+    manifest.validate(key)?;
+    Ok(manifest)
 }

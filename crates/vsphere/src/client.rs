@@ -8,7 +8,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderValue, RANGE, SET_COOKIE};
 
 use crate::error::{Result, VsphereError};
 use crate::model::{self, Area, MoRef, SnapshotEntry, VirtualDisk, VmInfo, VmSummary};
-use crate::xml::{Element, escape};
+use crate::xml::{Element, XmlResult, escape};
 
 /// The longest Haven waits for one vSphere task (snapshot creation or removal,
 /// reconfiguration); removing a snapshot with large deltas can take long, a task that
@@ -239,31 +239,7 @@ impl Client {
                 ],
             )
             .await?;
-        let reply = |reason: String| VsphereError::reply(call, reason);
-        let text = |key: &str| object.get(key).map(|value| value.text.trim().to_string());
-        let hardware = object
-            .get("config.hardware")
-            .ok_or_else(|| reply("the VM has no config.hardware".into()))?;
-        let devices: Vec<&Element> = hardware.children("device").collect();
-        let mut snapshots = Vec::new();
-        if let Some(info) = object.get("snapshot") {
-            let roots: Vec<&Element> = info.children("rootSnapshotList").collect();
-            model::snapshot_tree(&roots, &mut snapshots).map_err(reply)?;
-        }
-        Ok(VmInfo {
-            vm: vm.clone(),
-            name: text("name").ok_or_else(|| reply("the VM has no name".into()))?,
-            uuid: text("config.uuid"),
-            guest_id: text("config.guestId"),
-            cpus: hardware.number("numCPU").map_err(reply)?,
-            memory_mib: hardware.number("memoryMB").map_err(reply)?,
-            firmware: text("config.firmware"),
-            disks: model::disks(&devices).map_err(reply)?,
-            nics: model::nics(&devices),
-            change_tracking: text("config.changeTrackingEnabled").as_deref() == Some("true"),
-            tools_running: text("guest.toolsRunningStatus").as_deref() == Some("guestToolsRunning"),
-            snapshots,
-        })
+        vm_info_of(vm, &object).map_err(|reason| VsphereError::reply(call, reason))
     }
 
     /// The name of the datacenter holding `entity`, found through its parents.
@@ -354,19 +330,7 @@ impl Client {
         let object = self
             .retrieve_one(snapshot, &["config.hardware.device"])
             .await?;
-        let devices: Vec<&Element> = object
-            .properties
-            .iter()
-            .filter(|(key, _)| key == "config.hardware.device")
-            .flat_map(|(_, value)| {
-                if value.name == "val" {
-                    value.children.iter().collect::<Vec<_>>()
-                } else {
-                    vec![value]
-                }
-            })
-            .collect();
-        model::disks(&devices)
+        model::disks(&snapshot_devices(&object))
             .map_err(|reason| VsphereError::reply("RetrieveProperties (snapshot)", reason))
     }
 
@@ -398,47 +362,8 @@ impl Client {
                     ),
                 )
                 .await?;
-            let info = reply
-                .require("returnval")
+            offset = changed_page(&reply, offset, capacity, &mut areas)
                 .map_err(|reason| VsphereError::reply(call, reason))?;
-            let number = |element: &Element, name: &str| -> Result<u64> {
-                element
-                    .number::<u64>(name)
-                    .map_err(|reason| VsphereError::reply(call, reason))
-            };
-            let start = number(info, "startOffset")?;
-            let length = number(info, "length")?;
-            let end = start
-                .checked_add(length)
-                .filter(|end| start == offset && *end > offset && *end <= capacity)
-                .ok_or_else(|| {
-                    VsphereError::reply(
-                        call,
-                        format!("asked from byte {offset}, got {length} bytes from {start} of a {capacity}-byte disk"),
-                    )
-                })?;
-            for area in info.children("changedArea") {
-                let area = Area {
-                    start: number(area, "start")?,
-                    length: number(area, "length")?,
-                };
-                let area_end = area.start.checked_add(area.length);
-                let previous_end = areas.last().map_or(0, |last| last.start + last.length);
-                if area.length == 0
-                    || area.start < start.max(previous_end)
-                    || area_end.is_none_or(|area_end| area_end > end)
-                {
-                    return Err(VsphereError::reply(
-                        call,
-                        format!(
-                            "changed area of {} bytes at {} is outside bytes {start}..{end} or out of order",
-                            area.length, area.start
-                        ),
-                    ));
-                }
-                areas.push(area);
-            }
-            offset = end;
         }
         Err(VsphereError::reply(call, "too many replies for one disk"))
     }
@@ -592,23 +517,7 @@ impl Client {
                 ),
             )
             .await?;
-        reply
-            .children("returnval")
-            .map(|object| {
-                let obj = object.require("obj").and_then(Element::moref)?;
-                let properties = object
-                    .children("propSet")
-                    .map(|property| {
-                        Ok((
-                            property.text_of("name")?.to_string(),
-                            property.require("val")?.clone(),
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                Ok(ObjectContent { obj, properties })
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|reason| VsphereError::reply(call, reason))
+        object_contents(&reply).map_err(|reason| VsphereError::reply(call, reason))
     }
 
     /// Starts a task; its reference.
@@ -798,14 +707,117 @@ pub(crate) fn parse_reply(method: &str, status: u16, body: &[u8]) -> Result<Elem
         .ok_or_else(|| VsphereError::reply(method, format!("no <{expected}> in the reply")))
 }
 
+/// The objects of a `RetrieveProperties` reply.
+pub(crate) fn object_contents(reply: &Element) -> XmlResult<Vec<ObjectContent>> {
+    reply
+        .children("returnval")
+        .map(|object| {
+            let obj = object.require("obj").and_then(Element::moref)?;
+            let properties = object
+                .children("propSet")
+                .map(|property| {
+                    Ok((
+                        property.text_of("name")?.to_string(),
+                        property.require("val")?.clone(),
+                    ))
+                })
+                .collect::<XmlResult<Vec<_>>>()?;
+            Ok(ObjectContent { obj, properties })
+        })
+        .collect()
+}
+
+/// A VM's description from the properties [`Client::vm_info`] retrieves.
+pub(crate) fn vm_info_of(vm: &MoRef, object: &ObjectContent) -> XmlResult<VmInfo> {
+    let text = |key: &str| object.get(key).map(|value| value.text.trim().to_string());
+    let hardware = object
+        .get("config.hardware")
+        .ok_or("the VM has no config.hardware")?;
+    let devices: Vec<&Element> = hardware.children("device").collect();
+    let mut snapshots = Vec::new();
+    if let Some(info) = object.get("snapshot") {
+        let roots: Vec<&Element> = info.children("rootSnapshotList").collect();
+        model::snapshot_tree(&roots, &mut snapshots)?;
+    }
+    Ok(VmInfo {
+        vm: vm.clone(),
+        name: text("name").ok_or("the VM has no name")?,
+        uuid: text("config.uuid"),
+        guest_id: text("config.guestId"),
+        cpus: hardware.number("numCPU")?,
+        memory_mib: hardware.number("memoryMB")?,
+        firmware: text("config.firmware"),
+        disks: model::disks(&devices)?,
+        nics: model::nics(&devices),
+        change_tracking: text("config.changeTrackingEnabled").as_deref() == Some("true"),
+        tools_running: text("guest.toolsRunningStatus").as_deref() == Some("guestToolsRunning"),
+        snapshots,
+    })
+}
+
+/// The devices of a snapshot's `config.hardware.device` property.
+pub(crate) fn snapshot_devices(object: &ObjectContent) -> Vec<&Element> {
+    object
+        .properties
+        .iter()
+        .filter(|(key, _)| key == "config.hardware.device")
+        .flat_map(|(_, value)| {
+            if value.name == "val" {
+                value.children.iter().collect::<Vec<_>>()
+            } else {
+                vec![value]
+            }
+        })
+        .collect()
+}
+
+/// One `QueryChangedDiskAreas` reply asked from byte `offset` of a `capacity`-byte
+/// disk: its areas are appended to `areas` (they must lie in the reply's range, after
+/// the areas before, in order); the byte the next reply starts from.
+pub(crate) fn changed_page(
+    reply: &Element,
+    offset: u64,
+    capacity: u64,
+    areas: &mut Vec<Area>,
+) -> XmlResult<u64> {
+    let info = reply.require("returnval")?;
+    let start = info.number::<u64>("startOffset")?;
+    let length = info.number::<u64>("length")?;
+    let end = start
+        .checked_add(length)
+        .filter(|end| start == offset && *end > offset && *end <= capacity)
+        .ok_or_else(|| {
+            format!("asked from byte {offset}, got {length} bytes from {start} of a {capacity}-byte disk")
+        })?;
+    for area in info.children("changedArea") {
+        let area = Area {
+            start: area.number("start")?,
+            length: area.number("length")?,
+        };
+        let area_end = area.start.checked_add(area.length);
+        let previous_end = areas.last().map_or(0, |last| last.start + last.length);
+        if area.length == 0
+            || area.start < start.max(previous_end)
+            || area_end.is_none_or(|area_end| area_end > end)
+        {
+            return Err(format!(
+                "changed area of {} bytes at {} is outside bytes {start}..{end} or out of order",
+                area.length, area.start
+            ));
+        }
+        areas.push(area);
+    }
+    Ok(end)
+}
+
 /// The properties of one object in a `RetrieveProperties` reply.
-struct ObjectContent {
+pub(crate) struct ObjectContent {
     obj: MoRef,
     properties: Vec<(String, Element)>,
 }
 
 impl ObjectContent {
-    fn get(&self, name: &str) -> Option<&Element> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Element> {
         self.properties
             .iter()
             .find(|(key, _)| key == name)

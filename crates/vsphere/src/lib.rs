@@ -18,6 +18,8 @@
 mod client;
 mod credentials;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod model;
 pub mod xml;
 

@@ -140,12 +140,20 @@ async fn read_request(body: &mut Body, max_keys: usize) -> S3Result<PullRequest>
         .store_all_limited(limit)
         .await
         .map_err(|e| s3_error!(InvalidRequest, "cannot read the pull request: {e}"))?;
-    serde_json::from_slice(&bytes)
+    parse_request(&bytes)
+}
+
+/// A pull request's body, as JSON.
+pub(crate) fn parse_request(bytes: &[u8]) -> S3Result<PullRequest> {
+    serde_json::from_slice(bytes)
         .map_err(|e| s3_error!(InvalidRequest, "invalid pull request: {e}"))
 }
 
 /// The source URL of `request`, if it is a batch read at an allowed node.
-fn allowed_source(request: &PullRequest, replication: &ReplicationConfig) -> S3Result<url::Url> {
+pub(crate) fn allowed_source(
+    request: &PullRequest,
+    replication: &ReplicationConfig,
+) -> S3Result<url::Url> {
     let url = url::Url::parse(&request.url)
         .map_err(|e| s3_error!(InvalidRequest, "pull source {:?}: {e}", request.url))?;
     let bucket = url.path().strip_prefix('/').unwrap_or_default();
@@ -168,7 +176,7 @@ fn allowed_source(request: &PullRequest, replication: &ReplicationConfig) -> S3R
 }
 
 /// The signature headers of a pull request; any other header is refused.
-fn signature_headers(headers: &[(String, String)]) -> S3Result<HeaderMap> {
+pub(crate) fn signature_headers(headers: &[(String, String)]) -> S3Result<HeaderMap> {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();

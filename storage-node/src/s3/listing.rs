@@ -63,13 +63,13 @@ fn encoded(text: Option<String>, encode: bool) -> Option<String> {
 }
 
 /// An opaque continuation token for resuming after `key`.
-pub(super) fn token_for(key: &str) -> String {
+pub(crate) fn token_for(key: &str) -> String {
     format!("{TOKEN_VERSION}{}", hex::encode(key.as_bytes()))
 }
 
 /// The key a continuation token resumes after; a token this node did not
 /// issue is `InvalidArgument`, as on AWS.
-pub(super) fn key_of_token(token: &str) -> S3Result<String> {
+pub(crate) fn key_of_token(token: &str) -> S3Result<String> {
     token
         .strip_prefix(TOKEN_VERSION)
         .and_then(|hex_key| hex::decode(hex_key).ok())

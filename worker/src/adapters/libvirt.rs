@@ -20,8 +20,8 @@
 //! a full read, logged with its reason.
 
 mod chain;
-mod job;
-mod virsh;
+pub(crate) mod job;
+pub(crate) mod virsh;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -19,7 +19,7 @@
 //! about the chain ([`chain::decide`](super::chain::MarkerKind::decide)) means a full read, logged with its reason.
 
 mod chain;
-mod graph;
+pub(crate) mod graph;
 pub mod qmp;
 mod session;
 

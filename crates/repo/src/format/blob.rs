@@ -134,7 +134,7 @@ fn zstd_error(source: std::io::Error) -> RepoError {
 }
 
 /// Frames and encrypts `body` (the payload before encryption) in one buffer.
-fn seal_body(
+pub(crate) fn seal_body(
     cipher: &Aead,
     kind: BlobKind,
     identity: &[u8],

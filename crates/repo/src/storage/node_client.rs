@@ -282,7 +282,7 @@ async fn ok_text(response: reqwest::Response) -> Result<String, NodeClientError>
 }
 
 /// Parses an answer of `1`/`0` lines.
-fn parse_yes_no(text: &str) -> Result<Vec<bool>, NodeClientError> {
+pub(crate) fn parse_yes_no(text: &str) -> Result<Vec<bool>, NodeClientError> {
     text.lines()
         .map(|line| match line {
             "1" => Ok(true),

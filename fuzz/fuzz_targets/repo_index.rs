@@ -1,0 +1,7 @@
+//! Fixed indexes (`haven-repo`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(
+    init: haven_fuzz::seeds::write_if_asked("repo_index"),
+    |data: &[u8]| haven_repo::fuzzing::index(data)
+);
