@@ -226,6 +226,7 @@ fn seed_manifest() -> crate::Manifest {
             origin: "qemu:///system".into(),
         },
         consistency: crate::Consistency::ApplicationConsistent,
+        consistency_reason: None,
         parent: Some("2026-12-05T00:00:00Z".into()),
         disks: vec![disk("vda"), disk("vdb")],
         vm_config: Some(crate::VmConfig {
