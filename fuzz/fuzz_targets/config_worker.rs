@@ -6,8 +6,9 @@ libfuzzer_sys::fuzz_target!(
     |data: &[u8]| {
         if let Ok(text) = std::str::from_utf8(data) {
             if let Ok(config) = haven_worker::WorkerConfig::parse("worker.toml", text) {
-                let _ = config.vm_sockets();
-                let _ = config.vm_endpoints();
+                for host in &config.hosts {
+                    let _ = host.vm_sockets();
+                }
             }
         }
     }

@@ -34,6 +34,7 @@ libfuzzer_sys::fuzz_target!(
                 origin: "qemu:///system".into(),
             },
             consistency: Consistency::CrashConsistent,
+            consistency_reason: None,
             parent: None,
             disks: Vec::new(),
             vm_config: Some(VmConfig {
