@@ -164,10 +164,7 @@ impl Inner {
                 );
             }
             Err(error) => {
-                let refused = error.is_unsupported()
-                    || matches!(error, NodeClientError::Status { status, .. } if status == 403)
-                    || matches!(error, NodeClientError::Protocol(_));
-                if refused
+                if error.refuses_extension()
                     && self
                         .mode
                         .compare_exchange(

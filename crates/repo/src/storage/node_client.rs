@@ -92,6 +92,15 @@ impl NodeClientError {
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 403)
     }
+
+    /// Whether the server refused a Haven extension as such — it does not offer it,
+    /// does not allow it to this key, or answered in a form the client cannot read —
+    /// so a client falls back to plain S3 for good rather than for one request.
+    pub fn refuses_extension(&self) -> bool {
+        self.is_unsupported()
+            || matches!(self, Self::Status { status: 403, .. })
+            || matches!(self, Self::Protocol(_))
+    }
 }
 
 /// Time limit of a batch request moving `bytes`: a fixed time limit would fail every

@@ -261,10 +261,7 @@ impl Inner {
                 "batch write answered for the wrong number of objects, using PUT"
             ),
             Err(error) => {
-                let refused = error.is_unsupported()
-                    || matches!(error, NodeClientError::Status { status: 403, .. })
-                    || matches!(error, NodeClientError::Protocol(_));
-                if refused
+                if error.refuses_extension()
                     && self
                         .mode
                         .compare_exchange(
