@@ -1,5 +1,7 @@
 //! What the client reads out of vSphere, in plain types (no generated bindings).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::xml::{Element, XmlResult};
@@ -126,12 +128,22 @@ pub struct Area {
 
 /// The disks of a device list (`config.hardware.device`), each with its controller's type.
 pub(crate) fn disks(devices: &[&Element]) -> XmlResult<Vec<VirtualDisk>> {
+    // Device types by key, in one pass: a reply may list hundreds of thousands of
+    // devices, and a search per disk would take the square of that. The first device
+    // of a key names it.
+    let mut types: HashMap<i32, Option<&str>> = HashMap::new();
+    for device in devices {
+        if let Ok(key) = device.number::<i32>("key") {
+            types.entry(key).or_insert(device.xsi_type.as_deref());
+        }
+    }
     let controller_type = |key: i32| -> String {
-        devices
-            .iter()
-            .find(|device| device.number::<i32>("key").ok() == Some(key))
-            .and_then(|device| device.xsi_type.clone())
-            .unwrap_or_else(|| "unknown".into())
+        types
+            .get(&key)
+            .copied()
+            .flatten()
+            .unwrap_or("unknown")
+            .to_string()
     };
     let mut disks = Vec::new();
     for device in devices {
@@ -236,6 +248,38 @@ pub fn flat_file(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_disk_names_its_controller_s_type() {
+        let reply = br#"<devices xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+            <device xsi:type="VirtualDisk"><key>2000</key><controllerKey>1000</controllerKey>
+              <capacityInBytes>1048576</capacityInBytes>
+              <backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] a.vmdk</fileName></backing></device>
+            <device xsi:type="ParaVirtualSCSIController"><key>1000</key></device>
+            <device xsi:type="VirtualIDEController"><key>200</key></device>
+            <device xsi:type="VirtualDisk"><key>3000</key><controllerKey>200</controllerKey>
+              <capacityInKB>1024</capacityInKB>
+              <backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] b.vmdk</fileName></backing></device>
+            <device xsi:type="VirtualDisk"><key>3001</key><controllerKey>7</controllerKey>
+              <capacityInKB>1024</capacityInKB>
+              <backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] c.vmdk</fileName></backing></device>
+            </devices>"#;
+        let root = Element::parse(reply).unwrap();
+        let devices: Vec<&Element> = root.children("device").collect();
+        let found: Vec<(i32, String)> = disks(&devices)
+            .unwrap()
+            .into_iter()
+            .map(|disk| (disk.key, disk.controller))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (2000, "ParaVirtualSCSIController".to_string()),
+                (3000, "VirtualIDEController".to_string()),
+                (3001, "unknown".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn datastore_paths() {
