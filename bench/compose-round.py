@@ -21,7 +21,6 @@ Prints one table. A benchmark, not a test: nothing is asserted about the figures
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -71,13 +70,7 @@ def rounds(haven):
                                  for vm in lab.VMS), 120)
         seconds = round_seconds(cluster, cluster.admin)
 
-        def replicated():
-            status = json.loads(cluster.haven_run(
-                ["replicate", "status", "--from", lab.REPOSITORY, "--to",
-                 lab.DR_REPOSITORY, "--json"], cluster.storage_admin))
-            return all(vm["missing_snapshots"] == 0 for vm in status)
-
-        lab.wait_for("replication to site B", replicated, 1800, poll=2)
+        lab.wait_for("replication to site B", cluster.replicated_to_b, 1800, poll=2)
         restored = os.path.join(cluster.work, "dr-restore.raw")
         started = time.monotonic()
         cluster.haven_run(["restore", f"{lab.VMS[0]}@latest", "--repo", lab.DR_REPOSITORY,

@@ -356,6 +356,13 @@ class Cluster:
         return json.loads(self.haven_run(["job", "list", "--limit", "0", "--json"],
                                          env or self.admin, timeout=60))
 
+    def replicated_to_b(self):
+        """Whether site B holds every snapshot of site A (`replicate status`)."""
+        status = json.loads(self.haven_run(
+            ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
+            self.storage_admin))
+        return all(vm["missing_snapshots"] == 0 for vm in status)
+
     def leader(self):
         """The coordinator service whose /metrics says it leads."""
         for service, port in HTTP_PORTS.items():
@@ -573,14 +580,7 @@ def check_wan_cut(cluster):
     # Reconnected: the next round's replication brings B up to date.
     jobs, _ = policy_round(cluster)
     assert_backed_up(jobs, VMS, "the round after reconnection")
-
-    def converged():
-        status = json.loads(cluster.haven_run(
-            ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
-            cluster.storage_admin))
-        return all(vm["missing_snapshots"] == 0 for vm in status)
-
-    wait_for("replication to converge after reconnection", converged, 300)
+    wait_for("replication to converge after reconnection", cluster.replicated_to_b, 300)
     print(f"site B reconnected: replication converged, nothing missing "
           f"({time.monotonic() - cut:.1f} s after the cut)")
 
@@ -704,14 +704,8 @@ def check_failback(cluster, running_at_b, qmp_dir, lab_dir):
     assert_backed_up(jobs, VMS, "site A's first round after the failback")
     for vm, disk in vms.items():
         assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
-
-    def replicated_to_b():
-        status = json.loads(cluster.haven_run(
-            ["replicate", "status", "--from", REPOSITORY, "--to", DR_REPOSITORY, "--json"],
-            cluster.storage_admin))
-        return all(vm["missing_snapshots"] == 0 for vm in status)
-
-    wait_for("site A's snapshots replicated to B after the failback", replicated_to_b, 300)
+    wait_for("site A's snapshots replicated to B after the failback",
+             cluster.replicated_to_b, 300)
     print("failback: site A runs the VMs again, backs them up and replicates them to B")
 
 
