@@ -56,3 +56,5 @@ fi
 "$(dirname "$0")/install-deploy-deps.sh"  # helm, kubernetes-validate, PyYAML: deploy/check.py
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+
+"$(dirname "$0")/install-garage.sh"  # Garage, another S3 implementation, for the storage tests (built once, cached)

@@ -13,6 +13,7 @@ mod cluster;
 mod command_line;
 mod diff;
 mod files;
+mod garage;
 mod gc;
 mod integrity;
 mod keys;

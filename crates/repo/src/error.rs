@@ -22,6 +22,14 @@ pub enum RepoError {
     /// `repo init` found an existing repository.
     #[error("a repository already exists at {0}")]
     AlreadyInitialized(String),
+    /// `repo init` found a store that ignores create-only writes (`If-None-Match: *`
+    /// on S3): Haven publishes snapshots, indexes and the configuration create-only, so
+    /// on such a store two writers could both "create" the same object and one of them
+    /// would silently lose.
+    #[error(
+        "the store at {0} does not honour create-only writes (`If-None-Match: *`): a second create-only write of the same object succeeded. Haven needs them to publish backups safely; use a store that supports conditional writes (AWS S3, Ceph RGW, MinIO, a Haven storage node)"
+    )]
+    NoCreateOnlyWrites(String),
     /// The repository was written by a format version this build cannot read.
     #[error(
         "repository format version {found} is not supported (this haven reads version {supported})"

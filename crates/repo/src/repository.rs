@@ -56,13 +56,24 @@ impl Repository {
         let keys = master.derive()?;
         let key_id = random_hex(16)?;
         let key_file = KeyFile::wrap(&master, password, &key_id, Some(label_here()))?;
+        let key_json: Bytes = key_file.to_json()?.into();
         backend
             .put_if_absent(
                 &slot_object(&key_id),
-                key_file.to_json()?.into(),
+                key_json.clone(),
                 Durability::Immediate,
             )
             .await?;
+        // Every publication (config, indexes, manifests) relies on create-only writes.
+        // Writing the new key slot a second time must find it there; a store that
+        // ignores the condition replaces it with the same bytes instead, which harms
+        // nothing, and is refused before any `config` makes this a repository.
+        let again = backend
+            .put_if_absent(&slot_object(&key_id), key_json, Durability::Immediate)
+            .await?;
+        if again == PutOutcome::Created {
+            return Err(RepoError::NoCreateOnlyWrites(backend.location().into()));
+        }
 
         let mut config = RepoConfig {
             format: FORMAT_NAME.into(),

@@ -13,7 +13,9 @@
 //!
 //! [`unreliable::UnreliableStore`] breaks the second seam on purpose: an object store
 //! that fails, delays, truncates, duplicates and loses the replies of requests, drawn
-//! from a seeded generator, for tests that check what survives.
+//! from a seeded generator, for tests that check what survives;
+//! [`lax_store::ConditionIgnoringStore`] is a store that accepts create-only writes
+//! without honouring them, which `repo init` must refuse.
 //!
 //! A suite is an assertion: it panics, naming the behaviour that broke, at the first
 //! violation, so it is called from a `#[tokio::test]` per implementation and the
@@ -36,8 +38,10 @@
 pub mod backend;
 mod error;
 pub mod etcd;
+pub mod garage;
 pub mod guest;
 pub mod image;
+pub mod lax_store;
 pub mod local;
 pub mod metastore;
 pub mod process;

@@ -358,6 +358,16 @@ pub async fn complete(
                 expected,
             }));
         }
+    } else {
+        // An upload created without an algorithm still gets a CRC-64/NVME of the
+        // whole object, as AWS gives every new object ("default data integrity
+        // protections"), so a later read can be checked end to end.
+        let algorithm = Algorithm::Crc64Nvme;
+        digest = Some(Box::new(FullObjectDigest {
+            algorithm,
+            hasher: algorithm.hasher(),
+            expected: algorithm.field(&whole_declared).cloned(),
+        }));
     }
     let completion = Completion {
         parts,

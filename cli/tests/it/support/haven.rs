@@ -64,9 +64,15 @@ impl HavenClient {
     /// A client signing with the node's test key, for runs naming their repositories
     /// in the arguments.
     pub fn with_node_keys() -> Self {
+        Self::with_keys(S3Keys::node())
+    }
+
+    /// A client signing with `keys`, for runs naming their repositories in the
+    /// arguments.
+    pub fn with_keys(keys: S3Keys) -> Self {
         Self {
             url: None,
-            keys: Some(S3Keys::node()),
+            keys: Some(keys),
         }
     }
 

@@ -170,6 +170,22 @@ for alg, kind in [("CRC32", "COMPOSITE"), ("CRC32", "FULL_OBJECT"), ("CRC32C", "
     else:
         assert field not in got, got
 
+# A multipart upload created with no algorithm still gets a whole-object CRC-64/NVME,
+# as AWS adds to every new object; its parts carry none.
+up = bare.create_multipart_upload(Bucket="sums", Key="multi-no-checksum")
+assert "ChecksumAlgorithm" not in up, up
+parts = []
+for n, data in enumerate([part1, part2], 1):
+    r = bare.upload_part(Bucket="sums", Key="multi-no-checksum", UploadId=up["UploadId"], PartNumber=n, Body=data)
+    assert "ChecksumCRC64NVME" not in r, r
+    parts.append({"PartNumber": n, "ETag": r["ETag"]})
+r = bare.complete_multipart_upload(Bucket="sums", Key="multi-no-checksum", UploadId=up["UploadId"],
+                                   MultipartUpload={"Parts": parts})
+whole = part_sums("CRC64NVME")[2]
+assert r["ChecksumCRC64NVME"] == whole and r["ChecksumType"] == "FULL_OBJECT", r
+head = bare.head_object(Bucket="sums", Key="multi-no-checksum", ChecksumMode="ENABLED")
+assert head["ChecksumCRC64NVME"] == whole and head["ChecksumType"] == "FULL_OBJECT", head
+
 # What AWS refuses of multipart checksums.
 expect(400, "InvalidRequest", lambda: s3.create_multipart_upload(Bucket="sums", Key="x", ChecksumAlgorithm="SHA256",
        ChecksumType="FULL_OBJECT"), "SHA-256 is never full-object")
