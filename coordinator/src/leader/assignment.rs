@@ -81,8 +81,7 @@ pub(super) fn plan_assignment(
         .workers
         .values()
         .map(|w| {
-            let (running, by_policy, boot_tests) =
-                worker_running.remove(&w.id).unwrap_or_default();
+            let (running, by_policy, boot_tests) = worker_running.remove(&w.id).unwrap_or_default();
             WorkerLoad {
                 id: w.id.clone(),
                 hosts: w.hosts.clone(),

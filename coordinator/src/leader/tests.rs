@@ -65,7 +65,13 @@ fn vm(name: &str) -> VmRecord {
 /// of `vm1`: the worker's record and the job's id.
 async fn one_backup(leader: &Leader) -> (crate::model::WorkerRecord, String) {
     let worker = leader
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2, 0)
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1")])],
+            2,
+            0,
+        )
         .await
         .unwrap();
     let job = leader
@@ -271,7 +277,13 @@ async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, Lease
     let store = LosesReplies::over(embedded);
     let (_, leader) = leader_over(store.clone()).await;
     let worker = leader
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2, 0)
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1")])],
+            2,
+            0,
+        )
         .await
         .unwrap();
     let job = leader.run_gc("file:///tmp/r", 0).await.unwrap();
@@ -507,7 +519,13 @@ async fn jobs_settle_exactly_once_under_store_faults() {
         store.set_enabled(false);
         let (_, leader) = leader_over(store.clone()).await;
         let worker = leader
-            .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 64, 0)
+            .register(
+                "w1",
+                "instance-1",
+                vec![("h1".into(), vec![vm("vm1")])],
+                64,
+                0,
+            )
             .await
             .unwrap();
         let mut jobs = Vec::new();

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::HypervisorAdapter;
 use super::chain::{BaseFacts, Previous, ReadMode};
-use super::hooks::{PointResult, SnapshotHooks};
+use super::hooks::{LateHook, PointResult, SnapshotHooks, wait_late_hook};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{DiskBackup, DiskBackupInput, backup_disk};
 use crate::pipeline::snapshot::{
@@ -100,11 +100,14 @@ pub async fn back_up_vm(
     shutdown: impl Future<Output = ()>,
 ) -> Result<VmBackup> {
     let started = Instant::now();
+    let late_hook = LateHook::default();
     let outcome = tokio::select! {
-        result = run(repo, &mut *adapter, options, progress) => result,
+        result = run(repo, &mut *adapter, options, progress, &late_hook) => result,
         () = shutdown => Err(WorkerError::Cancelled("backup")),
     };
     let cleanup = adapter.teardown(outcome.is_ok()).await;
+    // After the teardown, which waits for a thaw the cancellation started.
+    wait_late_hook(&late_hook).await;
     let kind = adapter.source().kind;
     match (outcome, cleanup) {
         (Ok((manifest, modes, consistency, warnings)), cleanup) => {
@@ -133,6 +136,7 @@ async fn run(
     adapter: &mut dyn HypervisorAdapter,
     options: &DriverOptions<'_>,
     progress: Arc<Progress>,
+    late_hook: &LateHook,
 ) -> Result<(Manifest, Vec<ReadMode>, Consistency, Vec<String>)> {
     adapter.prepare().await?;
     let plan = plan_snapshot(repo, options.vm).await?;
@@ -167,7 +171,7 @@ async fn run(
     let snapshot = tracing::info_span!("snapshot", consistency = tracing::field::Empty);
     let (vm_config, point) = async {
         let vm_config = adapter.vm_config().await?;
-        let point = hooked_snapshot_point(&mut *adapter, &modes, options).await?;
+        let point = hooked_snapshot_point(&mut *adapter, &modes, options, late_hook).await?;
         Ok::<_, WorkerError>((vm_config, point))
     }
     .instrument(snapshot.clone())
@@ -237,14 +241,15 @@ struct HookedPoint {
 /// The adapter's snapshot point between the worker's hooks: the pre hook first (its
 /// failure makes the snapshot crash-consistent, recorded with the reason), the post
 /// hook after it on every path: also when it failed, and from a task of its own when
-/// the backup is cancelled during it.
+/// the backup is cancelled during it (left in `late_hook`, which the caller awaits).
 async fn hooked_snapshot_point(
     adapter: &mut dyn HypervisorAdapter,
     modes: &[ReadMode],
     options: &DriverOptions<'_>,
+    late_hook: &LateHook,
 ) -> Result<HookedPoint> {
     let pre_failed = options.hooks.pre(options.vm).await;
-    let post = options.hooks.post_guard(options.vm);
+    let post = options.hooks.post_guard(options.vm, late_hook);
     let point = adapter.snapshot_point(modes).await;
     let result = match point {
         Ok(_) => PointResult::Ok,

@@ -74,17 +74,36 @@ impl SnapshotHooks {
     }
 
     /// A guard that runs the post hook from a task of its own if dropped before
-    /// [`PostHookGuard::run`] (the backup was cancelled mid snapshot point).
-    pub fn post_guard(&self, vm: &str) -> PostHookGuard {
+    /// [`PostHookGuard::run`] (the backup was cancelled mid snapshot point), leaving
+    /// the task in `late` for the caller to wait for.
+    pub fn post_guard(&self, vm: &str, late: &LateHook) -> PostHookGuard {
         PostHookGuard {
             hooks: self.post.is_some().then(|| (self.clone(), vm.to_string())),
+            late: late.clone(),
         }
+    }
+}
+
+/// Where a [`PostHookGuard`] dropped mid snapshot point leaves the task running the
+/// post hook, so the backup waits for it before returning (a `haven` that exits ends
+/// the task, and kills the hook with it).
+pub type LateHook = std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
+
+/// Waits for a post hook `late` holds, if any (bounded by the hook timeout).
+pub async fn wait_late_hook(late: &LateHook) {
+    let running = late
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(running) = running {
+        let _ = running.await;
     }
 }
 
 /// Runs the post hook on drop unless [`PostHookGuard::run`] ran it.
 pub struct PostHookGuard {
     hooks: Option<(SnapshotHooks, String)>,
+    late: LateHook,
 }
 
 impl PostHookGuard {
@@ -103,9 +122,13 @@ impl Drop for PostHookGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             hooks.post(&vm, PointResult::Cancelled).await;
         });
+        *self
+            .late
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
     }
 }
 

@@ -122,6 +122,7 @@ pub async fn backup_qemu(
         transaction: Duration::ZERO,
         io_blocked: Duration::ZERO,
         consistency_reason: None,
+        late_thaw: LateThaw::default(),
     };
     let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     let modes = adapter
@@ -181,7 +182,14 @@ struct QemuAdapter<'a> {
     io_blocked: Duration,
     /// Why the snapshot is only crash-consistent although an agent was configured.
     consistency_reason: Option<String>,
+    /// A thaw started when the snapshot point was dropped; teardown waits for it.
+    late_thaw: LateThaw,
 }
+
+/// Where a [`ThawOnDrop`] dropped mid snapshot point leaves the task thawing the
+/// guest, so teardown waits for it: the `haven` process must not exit (ending the task)
+/// with the guest still frozen.
+type LateThaw = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
 
 #[async_trait::async_trait]
 impl HypervisorAdapter for QemuAdapter<'_> {
@@ -245,7 +253,7 @@ impl HypervisorAdapter for QemuAdapter<'_> {
             ));
         }
         self.session.add_fleece_nodes().await?;
-        let point = snapshot_point(&mut self.session, self.request).await?;
+        let point = snapshot_point(&mut self.session, self.request, &self.late_thaw).await?;
         let consistency = point.consistency;
         tracing::info!(
             transaction_ms = millis(point.transaction),
@@ -285,6 +293,15 @@ impl HypervisorAdapter for QemuAdapter<'_> {
     }
 
     async fn teardown(&mut self, committed: bool) -> Result<()> {
+        let thawing = self
+            .late_thaw
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thawing) = thawing {
+            // Bounded: the task's connect and thaw each have the freeze limit.
+            let _ = thawing.await;
+        }
         self.session.committed = committed;
         self.session.teardown().await
     }
@@ -324,7 +341,11 @@ struct PointTaken {
 /// after a failed or timed-out freeze (it may have happened in the guest anyway), on
 /// a fresh connection when the first one can no longer be trusted, and from a task of
 /// its own when the backup is cancelled mid-way ([`ThawOnDrop`]).
-async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> Result<PointTaken> {
+async fn snapshot_point(
+    session: &mut Session,
+    request: &QemuBackupRequest,
+    late_thaw: &LateThaw,
+) -> Result<PointTaken> {
     let limit = request.freeze_timeout;
     let mut agent = None;
     let mut reason = None;
@@ -346,6 +367,7 @@ async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> R
             socket: socket.clone(),
             timeout: limit,
             armed: true,
+            late: late_thaw.clone(),
         });
         match agent
             .execute_within("guest-fsfreeze-freeze", json!({}), limit)
@@ -426,6 +448,8 @@ struct ThawOnDrop {
     timeout: Duration,
     /// Until a thaw succeeded.
     armed: bool,
+    /// Where the thawing task goes when dropped armed.
+    late: LateThaw,
 }
 
 impl ThawOnDrop {
@@ -456,7 +480,7 @@ impl Drop for ThawOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             let thawed = async {
                 let mut agent = GuestAgent::connect(&socket, timeout).await?;
                 agent.execute("guest-fsfreeze-thaw", json!({})).await
@@ -466,6 +490,10 @@ impl Drop for ThawOnDrop {
                 Err(error) => tracing::warn!(%error, "guest thaw failed again"),
             }
         });
+        *self
+            .late
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
     }
 }
 

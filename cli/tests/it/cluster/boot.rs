@@ -363,7 +363,10 @@ fn boot_tests_wait_for_the_workers_boot_slot_without_holding_its_jobs() {
     let jobs = loop {
         most_at_once = most_at_once.max(bed.running_guests());
         let jobs = bed.bed.admin.jobs();
-        let boots: Vec<&Value> = jobs.iter().filter(|job| job["kind"] == "boot_test").collect();
+        let boots: Vec<&Value> = jobs
+            .iter()
+            .filter(|job| job["kind"] == "boot_test")
+            .collect();
         let ended = |job: &&Value| matches!(job["state"].as_str(), Some("succeeded" | "failed"));
         if boots.len() == 2 && boots.iter().all(ended) {
             break jobs;
@@ -372,7 +375,10 @@ fn boot_tests_wait_for_the_workers_boot_slot_without_holding_its_jobs() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(most_at_once, 1, "boot tests' QEMUs overlapped");
-    let mut boots: Vec<&Value> = jobs.iter().filter(|job| job["kind"] == "boot_test").collect();
+    let mut boots: Vec<&Value> = jobs
+        .iter()
+        .filter(|job| job["kind"] == "boot_test")
+        .collect();
     for boot in &boots {
         assert_eq!(boot["state"], "succeeded", "{boot:#}");
         assert_eq!(boot["boot_verdict"], "passed", "{boot:#}");

@@ -19,11 +19,7 @@ use haven_testkit::guest::{
 
 use crate::boot::{images, one_guest_at_a_time};
 use crate::support::{
-    bed::Bed,
-    freeze::SlowQmp,
-    haven::RunningBackup,
-    image::convert,
-    process::Guard,
+    bed::Bed, freeze::SlowQmp, haven::RunningBackup, image::convert, process::Guard,
     qemu::start_qemu_system,
 };
 
@@ -81,7 +77,8 @@ fn agent_command(socket: &Path, command: &str, arguments: serde_json::Value) -> 
             .unwrap_or_else(|error| panic!("no answer to {request}: {error}"));
         serde_json::from_str::<serde_json::Value>(&line).unwrap()
     };
-    let mut synced = exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
+    let mut synced =
+        exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
     while synced["return"] != 77 {
         synced = exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
     }
@@ -106,8 +103,16 @@ fn assert_guest_writes(agent: &Path) {
         serde_json::json!({"handle": handle, "buf-b64": "aGF2ZW4K"}),
     );
     assert_eq!(written["count"], 6, "{written}");
-    agent_command(agent, "guest-file-flush", serde_json::json!({"handle": handle}));
-    agent_command(agent, "guest-file-close", serde_json::json!({"handle": handle}));
+    agent_command(
+        agent,
+        "guest-file-flush",
+        serde_json::json!({"handle": handle}),
+    );
+    agent_command(
+        agent,
+        "guest-file-close",
+        serde_json::json!({"handle": handle}),
+    );
 }
 
 /// `haven backup qemu` of the guest's disk, with `extra` arguments; the JSON report.
@@ -245,7 +250,7 @@ fn a_live_backup_through_the_guest_agent_is_application_consistent() {
     let nobody = bed.path("nobody.sock");
     let crash = back_up(
         &bed,
-        &qmp,
+        qmp,
         &[
             "--guest-agent",
             nobody.to_str().unwrap(),
@@ -268,19 +273,19 @@ fn a_live_backup_through_the_guest_agent_is_application_consistent() {
     assert!(dirty.contains("needs_recovery"), "{dirty}");
 
     // Through the agent: frozen at the snapshot point by the guest itself.
-    let frozen = back_up(&bed, &qmp, &["--guest-agent", agent.to_str().unwrap()]);
+    let frozen = back_up(&bed, qmp, &["--guest-agent", agent.to_str().unwrap()]);
     assert_eq!(frozen["consistency"], "application-consistent", "{frozen}");
     eprintln!(
         "application-consistent backup: guest i/o held {} ms (freeze, transaction, thaw)",
         frozen["io_blocked_ms"]
     );
     wait_for_console(
-        &serial,
+        serial,
         &format!("{FSFREEZE_MARKER} freeze"),
         Duration::from_secs(10),
     );
     wait_for_console(
-        &serial,
+        serial,
         &format!("{FSFREEZE_MARKER} thaw"),
         Duration::from_secs(10),
     );
@@ -364,7 +369,13 @@ fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
     wait_for_console_times(&guest.serial, &freeze, 1, Duration::from_secs(120));
     let frozen = Instant::now();
     let pid = cancelled.guard.pid().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     wait_for_console_times(&guest.serial, &thaw, 1, Duration::from_secs(40));
     let held = frozen.elapsed();
     assert!(held < Duration::from_secs(30), "thawed after {held:?}");
@@ -376,7 +387,11 @@ fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
     }
     assert_guest_writes(&guest.agent);
     let listed = bed.json(&["snapshots", "--vm", "guest"]);
-    assert_eq!(listed, serde_json::json!([]), "a cancelled backup commits nothing");
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "a cancelled backup commits nothing"
+    );
     eprintln!("backup cancelled while the guest was frozen: thawed {held:.1?} later");
 
     // The freeze limit runs out before the held snapshot point (20 s): the guest is

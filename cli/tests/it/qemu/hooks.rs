@@ -74,13 +74,7 @@ fn hooks_run_around_the_freeze_and_their_failures_are_recorded() {
             post,
         ];
         args.extend_from_slice(extra);
-        RunningBackup::start(backup_command(
-            &bed,
-            &daemon.qmp,
-            Some(&daemon.nbd),
-            &args,
-        ))
-        .finish()
+        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &args)).finish()
     };
 
     // Both hooks succeed: pre, freeze, thaw, post, in that order.
@@ -147,16 +141,14 @@ fn the_guest_is_thawed_when_the_freeze_limit_runs_out() {
     let agent = FakeAgent::start(&socket, &events, Duration::from_secs(5));
     let mut args = vec!["--guest-agent", socket.to_str().unwrap()];
     args.extend_from_slice(&limit);
-    let late_freeze = RunningBackup::start(backup_command(
-        &bed,
-        &daemon.qmp,
-        Some(&daemon.nbd),
-        &args,
-    ))
-    .finish();
+    let late_freeze =
+        RunningBackup::start(backup_command(&bed, &daemon.qmp, Some(&daemon.nbd), &args)).finish();
     let seen = agent.events();
     drop(agent);
-    assert_eq!(late_freeze["consistency"], "crash-consistent", "{late_freeze}");
+    assert_eq!(
+        late_freeze["consistency"], "crash-consistent",
+        "{late_freeze}"
+    );
     let why = reason(&bed, late_freeze["snapshot"].as_str().unwrap());
     assert!(
         why.starts_with("the guest's file systems could not be frozen"),
@@ -171,13 +163,17 @@ fn the_guest_is_thawed_when_the_freeze_limit_runs_out() {
     let agent = FakeAgent::start(&socket, &events, Duration::ZERO);
     let slow = bed.path("slow-qmp.sock");
     let _proxy = SlowQmp::start(&slow, &daemon.qmp, Duration::from_secs(6));
-    let late_point = RunningBackup::start(backup_command(&bed, &slow, Some(&daemon.nbd), &args))
-        .finish();
+    let late_point =
+        RunningBackup::start(backup_command(&bed, &slow, Some(&daemon.nbd), &args)).finish();
     let seen = agent.events();
-    assert_eq!(late_point["consistency"], "crash-consistent", "{late_point}");
+    assert_eq!(
+        late_point["consistency"], "crash-consistent",
+        "{late_point}"
+    );
     let why = reason(&bed, late_point["snapshot"].as_str().unwrap());
     assert_eq!(
-        why, "the snapshot point was not taken within the freeze limit (1s): the guest was thawed first",
+        why,
+        "the snapshot point was not taken within the freeze limit (1s): the guest was thawed first",
         "{late_point}"
     );
     let held = thawed_after(&seen);
