@@ -498,6 +498,7 @@ async fn simulated_worker(
         hosts,
         max_jobs: 1_000,
         version: "bench".into(),
+        max_boot_tests: 0,
     };
     let reply = client
         .call(|c| {

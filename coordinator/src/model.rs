@@ -114,6 +114,9 @@ pub struct WorkerRecord {
     pub hosts: Vec<String>,
     /// Jobs it runs at once.
     pub max_jobs: u32,
+    /// Boot tests it runs at once (among `max_jobs`); 0: not limited here.
+    #[serde(default)]
+    pub max_boot_tests: u32,
     /// When it registered.
     pub registered_unix_ms: u64,
 }

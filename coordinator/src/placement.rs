@@ -2,7 +2,9 @@
 //!
 //! Rules, in order: a job goes only to a live worker that reaches the VM's host; the
 //! host may not run more than the policy's `max_per_host` jobs at once, the worker not
-//! more than its own `max_jobs` nor the policy's `max_per_worker`; among the workers
+//! more than its own `max_jobs` nor the policy's `max_per_worker`, and a boot test goes
+//! only to a worker running fewer than its `max_boot_tests` (a boot test waiting on
+//! the worker for its slot would hold one of the worker's jobs); among the workers
 //! left, the least loaded wins (ties: the id that sorts first, so decisions are
 //! reproducible). Jobs are considered oldest first, so none starves.
 
@@ -21,6 +23,8 @@ pub struct PendingJob {
     pub max_per_worker: u32,
     /// Policy name ("" for manual jobs).
     pub policy: String,
+    /// A boot test (limited by the workers' `max_boot_tests` too).
+    pub boot_test: bool,
 }
 
 /// A live worker and its load.
@@ -36,6 +40,10 @@ pub struct WorkerLoad {
     pub running: u32,
     /// Jobs it runs now, per policy.
     pub running_by_policy: HashMap<String, u32>,
+    /// Its own limit of boot tests at once; 0: none said.
+    pub max_boot_tests: u32,
+    /// Boot tests it runs now.
+    pub running_boot_tests: u32,
 }
 
 /// Decides placements for `pending` (oldest first); `host_running` counts the active
@@ -46,9 +54,12 @@ pub fn place(
     host_running: &HashMap<String, u32>,
 ) -> Vec<(String, String)> {
     let mut host_running = host_running.clone();
-    let mut load: BTreeMap<&str, (u32, HashMap<String, u32>)> = workers
+    let mut load: BTreeMap<&str, (u32, HashMap<String, u32>, u32)> = workers
         .iter()
-        .map(|w| (w.id.as_str(), (w.running, w.running_by_policy.clone())))
+        .map(|w| {
+            let load = (w.running, w.running_by_policy.clone(), w.running_boot_tests);
+            (w.id.as_str(), load)
+        })
         .collect();
     let mut placed = Vec::new();
     for job in pending {
@@ -62,16 +73,19 @@ pub fn place(
             .iter()
             .filter(|w| any_host || w.hosts.iter().any(|h| h == &job.host))
             .filter_map(|w| {
-                let (running, by_policy) = load.get(w.id.as_str())?;
+                let (running, by_policy, boot_tests) = load.get(w.id.as_str())?;
                 let of_policy = by_policy.get(&job.policy).copied().unwrap_or(0);
-                (*running < w.max_jobs && of_policy < job.max_per_worker)
+                let boot_slot =
+                    !job.boot_test || w.max_boot_tests == 0 || *boot_tests < w.max_boot_tests;
+                (*running < w.max_jobs && of_policy < job.max_per_worker && boot_slot)
                     .then_some((*running, w.id.as_str()))
             })
             .min();
         let Some((_, worker)) = best else { continue };
-        if let Some((running, by_policy)) = load.get_mut(worker) {
+        if let Some((running, by_policy, boot_tests)) = load.get_mut(worker) {
             *running += 1;
             *by_policy.entry(job.policy.clone()).or_default() += 1;
+            *boot_tests += u32::from(job.boot_test);
         }
         if !any_host {
             *host_running.entry(job.host.clone()).or_default() += 1;
@@ -92,6 +106,7 @@ mod tests {
             max_per_host: per_host,
             max_per_worker: 10,
             policy: "p".into(),
+            boot_test: false,
         }
     }
 
@@ -102,7 +117,38 @@ mod tests {
             max_jobs: max,
             running: 0,
             running_by_policy: HashMap::new(),
+            max_boot_tests: 0,
+            running_boot_tests: 0,
         }
+    }
+
+    #[test]
+    fn a_boot_test_waits_for_a_worker_with_a_free_boot_slot() {
+        let mut boots: Vec<_> = (0..3).map(|i| job(&format!("b{i}"), "", 10)).collect();
+        for boot in &mut boots {
+            boot.boot_test = true;
+        }
+        let backup = job("j0", "h1", 10);
+        let mut pending = boots.clone();
+        pending.push(backup);
+        let mut a = worker("a", &["h1"], 3);
+        a.max_boot_tests = 1;
+        // One boot test at a time: the others stay pending and the worker's other
+        // slots go to the backup.
+        assert_eq!(
+            place(&pending, std::slice::from_ref(&a), &HashMap::new()),
+            vec![("b0".into(), "a".into()), ("j0".into(), "a".into())]
+        );
+        a.running = 1;
+        a.running_boot_tests = 1;
+        assert_eq!(
+            place(&pending, std::slice::from_ref(&a), &HashMap::new()),
+            vec![("j0".into(), "a".into())],
+            "its one boot slot is taken"
+        );
+        // A worker that says no limit takes boot tests up to its max_jobs.
+        a.max_boot_tests = 0;
+        assert_eq!(place(&boots, &[a], &HashMap::new()).len(), 2);
     }
 
     #[test]
@@ -182,6 +228,7 @@ mod properties {
                         max_per_host: per_host,
                         max_per_worker: per_worker,
                         policy: format!("p{policy}"),
+                        boot_test: false,
                     })
                     .collect()
             },
@@ -206,6 +253,8 @@ mod properties {
                     max_jobs,
                     running,
                     running_by_policy: HashMap::new(),
+                    max_boot_tests: 0,
+                    running_boot_tests: 0,
                 })
                 .collect()
         })

@@ -323,6 +323,7 @@ impl WorkerService for CoordinatorService {
                 &request.instance_id,
                 hosts,
                 request.max_jobs,
+                request.max_boot_tests,
             )
             .await
             .map_err(status)?;

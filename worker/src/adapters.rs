@@ -21,6 +21,7 @@ use chain::{Previous, ReadMode};
 
 pub mod chain;
 pub mod driver;
+pub mod hooks;
 pub mod image;
 pub mod libvirt;
 mod marker;

@@ -182,6 +182,7 @@ impl Worker {
             hosts,
             max_jobs: self.config.max_jobs,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            max_boot_tests: self.config.boot_tests.max_running,
         };
         // The lease is renewed when the coordinator handles the call, after this: a
         // lease period counted from here ends no later than the lease itself.
@@ -665,6 +666,7 @@ impl Worker {
             connections: self.config.connections.clamp(1, 16),
             publisher,
             read_limit: self.read_limit.clone(),
+            hooks: self.config.snapshot.hooks(),
         };
         if let Some(vm) = host.vm_endpoints().into_iter().find(|vm| vm.name == job.vm) {
             let request = QemuBackupRequest {
@@ -674,7 +676,7 @@ impl Worker {
                 nbd_server: vm.nbd_server,
                 scratch_dir: self.config.scratch_dir.clone(),
                 qmp_timeout: Duration::from_secs(30),
-                freeze_timeout: Duration::from_secs(10),
+                freeze_timeout: Duration::from_secs(self.config.snapshot.freeze_limit_seconds),
             };
             let report = backup_qemu(repo, &request, progress, cancel.cancelled()).await?;
             return Ok(report.backup.snapshot);

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod restore;
 
 pub use adapters::driver::LiveBackupOptions;
+pub use adapters::hooks::SnapshotHooks;
 pub use adapters::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 pub use adapters::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};
 pub use adapters::qemu::{QemuBackupReport, QemuBackupRequest, backup_qemu};

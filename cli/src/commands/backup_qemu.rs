@@ -28,7 +28,8 @@ pub struct QemuArgs {
     /// Seconds allowed for each QMP command.
     #[arg(long, default_value_t = 30)]
     qmp_timeout: u64,
-    /// Seconds allowed for the guest agent's freeze and thaw.
+    /// The freeze limit in seconds: the guest's file systems stay frozen at most this
+    /// long (the freeze and the snapshot point), and are thawed when it runs out.
     #[arg(long, default_value_t = 10)]
     freeze_timeout: u64,
     /// Folder for the temporary overlays; QEMU must be able to write there.
@@ -67,6 +68,9 @@ fn print_report(report: &QemuBackupReport) -> Result<()> {
         report.transaction_ms,
         report.io_blocked_ms
     );
+    for warning in &report.backup.warnings {
+        println!("  warning: {warning}");
+    }
     for (disk, mode) in report.backup.disks.iter().zip(&report.modes) {
         println!(
             "  {} [{}]: {}; {}",

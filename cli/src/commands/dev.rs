@@ -175,6 +175,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         token_file: None,
         storage,
         boot_tests: Default::default(),
+        snapshot: Default::default(),
     };
     let admin = CoordinatorUrl {
         coordinator: vec![format!("https://{}", args.listen)],

@@ -4,12 +4,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use haven_repo::{Phase, Progress, Repository};
-use haven_worker::{DirectPublisher, LiveBackupOptions};
+use haven_worker::{DirectPublisher, LiveBackupOptions, SnapshotHooks};
 
 use crate::common::{OutputArgs, RepoArgs};
 use crate::progress::run_and_report;
@@ -29,6 +30,17 @@ pub struct LiveArgs {
     /// worker's `read_limit_bytes_per_second`.
     #[arg(long, value_name = "BYTES/s", value_parser = super::replicate::rate_value)]
     limit_rate: Option<u64>,
+    /// Shell command run on this machine before the snapshot point (before the guest
+    /// agent's freeze); its failure makes the snapshot crash-consistent.
+    #[arg(long, value_name = "COMMAND")]
+    pre_hook: Option<String>,
+    /// Shell command run after the snapshot point (after the thaw), also when it
+    /// failed; `HAVEN_RESULT` says ok, failed or cancelled.
+    #[arg(long, value_name = "COMMAND")]
+    post_hook: Option<String>,
+    /// Seconds a hook may run before it is killed.
+    #[arg(long, default_value_t = 60)]
+    hook_timeout: u64,
     #[command(flatten)]
     repo: RepoArgs,
     #[command(flatten)]
@@ -47,6 +59,11 @@ impl LiveArgs {
             read_limit: self
                 .limit_rate
                 .map(|rate| Arc::new(haven_repo::RateLimiter::new(rate))),
+            hooks: SnapshotHooks {
+                pre: self.pre_hook.clone(),
+                post: self.post_hook.clone(),
+                timeout: Duration::from_secs(self.hook_timeout.max(1)),
+            },
         }
     }
 

@@ -6,6 +6,7 @@
 //! - `bed`, `image`, `tree`, `report`: a scratch repository, disk images, files on disk
 //!   and backup reports;
 //! - `qemu`: QMP, `qemu-storage-daemon` VMs and live `haven backup qemu` runs;
+//! - `freeze`: a fake guest agent and a QMP proxy that holds the snapshot point;
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
 //! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
 //! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
@@ -22,6 +23,7 @@ pub mod bed;
 pub mod browser;
 pub mod cluster;
 pub mod etcd;
+pub mod freeze;
 pub mod haven;
 pub mod image;
 pub mod libvirt;

@@ -8,7 +8,7 @@ use super::tick::TickReport;
 use super::workers::check_worker;
 use super::writes::{OPS_PER_TXN, job_puts};
 use super::{Leader, Mutating, Result};
-use crate::model::{self, Attempt, JobRecord, JobState};
+use crate::model::{self, Attempt, JobKind, JobRecord, JobState};
 use crate::placement::{self, PendingJob, WorkerLoad};
 use crate::store::{Compare, LeaseId, Op};
 
@@ -55,11 +55,12 @@ pub(super) fn plan_assignment(
                 max_per_host,
                 max_per_worker,
                 policy: job.policy.clone().unwrap_or_default(),
+                boot_test: job.kind == JobKind::BootTest,
             }
         })
         .collect();
     let mut host_running: HashMap<String, u32> = HashMap::new();
-    let mut worker_running: HashMap<String, (u32, HashMap<String, u32>)> = HashMap::new();
+    let mut worker_running: HashMap<String, (u32, HashMap<String, u32>, u32)> = HashMap::new();
     for job in state
         .jobs
         .values()
@@ -73,19 +74,22 @@ pub(super) fn plan_assignment(
                 .1
                 .entry(job.policy.clone().unwrap_or_default())
                 .or_default() += 1;
+            entry.2 += u32::from(job.kind == JobKind::BootTest);
         }
     }
     let workers: Vec<WorkerLoad> = state
         .workers
         .values()
         .map(|w| {
-            let (running, by_policy) = worker_running.remove(&w.id).unwrap_or_default();
+            let (running, by_policy, boot_tests) = worker_running.remove(&w.id).unwrap_or_default();
             WorkerLoad {
                 id: w.id.clone(),
                 hosts: w.hosts.clone(),
                 max_jobs: w.max_jobs,
                 running,
                 running_by_policy: by_policy,
+                max_boot_tests: w.max_boot_tests,
+                running_boot_tests: boot_tests,
             }
         })
         .collect();

@@ -47,6 +47,7 @@ pub(super) fn worker(id: &str, hosts: &[&str], max_jobs: u32) -> WorkerRecord {
         lease: 1,
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         max_jobs,
+        max_boot_tests: 0,
         registered_unix_ms: 0,
     }
 }

@@ -65,7 +65,13 @@ fn vm(name: &str) -> VmRecord {
 /// of `vm1`: the worker's record and the job's id.
 async fn one_backup(leader: &Leader) -> (crate::model::WorkerRecord, String) {
     let worker = leader
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1")])],
+            2,
+            0,
+        )
         .await
         .unwrap();
     let job = leader
@@ -85,6 +91,7 @@ async fn finished_jobs_are_forgotten_after_the_history_period() {
             "instance-1",
             vec![("h1".into(), vec![vm("old"), vm("recent"), vm("running")])],
             2,
+            0,
         )
         .await
         .unwrap();
@@ -270,7 +277,13 @@ async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, Lease
     let store = LosesReplies::over(embedded);
     let (_, leader) = leader_over(store.clone()).await;
     let worker = leader
-        .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 2)
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1")])],
+            2,
+            0,
+        )
         .await
         .unwrap();
     let job = leader.run_gc("file:///tmp/r", 0).await.unwrap();
@@ -364,13 +377,14 @@ async fn inventory_bed(
             "instance-1",
             vec![("h1".into(), vec![vm("vm1"), vm("vm2")])],
             2,
+            0,
         )
         .await
         .unwrap();
     let mut on_h2 = vm("vm3");
     on_h2.host = "h2".into();
     leader
-        .register("w2", "instance-2", vec![("h2".into(), vec![on_h2])], 2)
+        .register("w2", "instance-2", vec![("h2".into(), vec![on_h2])], 2, 0)
         .await
         .unwrap();
     (store, leader, w1.lease)
@@ -469,7 +483,7 @@ async fn a_vm_name_another_host_holds_is_not_taken_over() {
         },
     ];
     leader
-        .register("w2", "instance-2", vec![("h2".into(), vms)], 2)
+        .register("w2", "instance-2", vec![("h2".into(), vms)], 2, 0)
         .await
         .unwrap();
     assert_eq!(leader.vm("vm1").unwrap().0.host, "h1");
@@ -505,7 +519,13 @@ async fn jobs_settle_exactly_once_under_store_faults() {
         store.set_enabled(false);
         let (_, leader) = leader_over(store.clone()).await;
         let worker = leader
-            .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 64)
+            .register(
+                "w1",
+                "instance-1",
+                vec![("h1".into(), vec![vm("vm1")])],
+                64,
+                0,
+            )
             .await
             .unwrap();
         let mut jobs = Vec::new();

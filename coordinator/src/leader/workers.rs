@@ -76,6 +76,7 @@ impl Leader {
         instance: &str,
         hosts: Vec<(String, Vec<VmRecord>)>,
         max_jobs: u32,
+        max_boot_tests: u32,
     ) -> Result<WorkerRecord> {
         check_name("worker id", id)?;
         if instance.is_empty() {
@@ -105,6 +106,7 @@ impl Leader {
             lease,
             hosts: hosts.iter().map(|(host, _)| host.clone()).collect(),
             max_jobs: max_jobs.max(1),
+            max_boot_tests,
             registered_unix_ms: now_ms(),
         };
         let guard = match &existing {

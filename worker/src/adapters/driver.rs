@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::HypervisorAdapter;
 use super::chain::{BaseFacts, Previous, ReadMode};
+use super::hooks::{LateHook, PointResult, SnapshotHooks, wait_late_hook};
 use crate::error::{Result, WorkerError};
 use crate::pipeline::backup::{DiskBackup, DiskBackupInput, backup_disk};
 use crate::pipeline::snapshot::{
@@ -31,6 +32,8 @@ pub struct DriverOptions<'a> {
     pub read_limit: Option<Arc<RateLimiter>>,
     /// Where the manifest goes (the repository, or the coordinator's fenced commit).
     pub publisher: &'a dyn ManifestPublisher,
+    /// The worker's commands around the snapshot point.
+    pub hooks: &'a SnapshotHooks,
 }
 
 /// What a backup of a running VM takes whatever its hypervisor: the QEMU, libvirt and
@@ -48,6 +51,8 @@ pub struct LiveBackupOptions {
     pub publisher: Arc<dyn ManifestPublisher>,
     /// Cap on bytes read per second (shared across a worker's jobs).
     pub read_limit: Option<Arc<RateLimiter>>,
+    /// Commands run on this machine before and after the snapshot point.
+    pub hooks: SnapshotHooks,
 }
 
 impl LiveBackupOptions {
@@ -66,6 +71,7 @@ impl LiveBackupOptions {
             connections: self.connections,
             read_limit: self.read_limit.clone(),
             publisher: self.publisher.as_ref(),
+            hooks: &self.hooks,
         }
     }
 }
@@ -94,19 +100,24 @@ pub async fn back_up_vm(
     shutdown: impl Future<Output = ()>,
 ) -> Result<VmBackup> {
     let started = Instant::now();
+    let late_hook = LateHook::default();
     let outcome = tokio::select! {
-        result = run(repo, &mut *adapter, options, progress) => result,
+        result = run(repo, &mut *adapter, options, progress, &late_hook) => result,
         () = shutdown => Err(WorkerError::Cancelled("backup")),
     };
     let cleanup = adapter.teardown(outcome.is_ok()).await;
+    // After the teardown, which waits for a thaw the cancellation started.
+    wait_late_hook(&late_hook).await;
     let kind = adapter.source().kind;
     match (outcome, cleanup) {
-        (Ok((manifest, modes, consistency)), cleanup) => {
+        (Ok((manifest, modes, consistency, warnings)), cleanup) => {
             if let Err(error) = cleanup {
                 tracing::warn!(kind, error = %error.chain(), "snapshot committed, but cleanup in the hypervisor failed; the next backup retries it");
             }
+            let mut report = BackupReport::new(&manifest, started.elapsed());
+            report.warnings = warnings;
             Ok(VmBackup {
-                report: BackupReport::new(&manifest, started.elapsed()),
+                report,
                 manifest,
                 modes,
                 consistency,
@@ -125,7 +136,8 @@ async fn run(
     adapter: &mut dyn HypervisorAdapter,
     options: &DriverOptions<'_>,
     progress: Arc<Progress>,
-) -> Result<(Manifest, Vec<ReadMode>, Consistency)> {
+    late_hook: &LateHook,
+) -> Result<(Manifest, Vec<ReadMode>, Consistency, Vec<String>)> {
     adapter.prepare().await?;
     let plan = plan_snapshot(repo, options.vm).await?;
     let names = adapter.disks(&plan).await?;
@@ -157,13 +169,18 @@ async fn run(
     }
     progress.set_phase(Phase::Snapshot);
     let snapshot = tracing::info_span!("snapshot", consistency = tracing::field::Empty);
-    let (vm_config, consistency) = async {
+    let (vm_config, point) = async {
         let vm_config = adapter.vm_config().await?;
-        let consistency = adapter.snapshot_point(&modes).await?;
-        Ok::<_, WorkerError>((vm_config, consistency))
+        let point = hooked_snapshot_point(&mut *adapter, &modes, options, late_hook).await?;
+        Ok::<_, WorkerError>((vm_config, point))
     }
     .instrument(snapshot.clone())
     .await?;
+    let HookedPoint {
+        consistency,
+        reason,
+        warnings,
+    } = point;
     snapshot.record("consistency", tracing::field::debug(consistency));
     drop(snapshot);
     progress.set_phase(Phase::Read);
@@ -198,7 +215,7 @@ async fn run(
     let meta = SnapshotMeta {
         source: adapter.source(),
         consistency,
-        consistency_reason: adapter.consistency_reason(),
+        consistency_reason: reason,
         parent: plan
             .previous
             .as_ref()
@@ -209,7 +226,50 @@ async fn run(
     let manifest = commit_snapshot(repo, &plan, committed, meta, options.publisher)
         .instrument(tracing::info_span!("commit"))
         .await?;
-    Ok((manifest, modes, consistency))
+    Ok((manifest, modes, consistency, warnings))
+}
+
+/// The snapshot point as the driver records it.
+struct HookedPoint {
+    consistency: Consistency,
+    /// Why it is less consistent than asked for.
+    reason: Option<String>,
+    /// Failures that do not change the snapshot (the post hook's).
+    warnings: Vec<String>,
+}
+
+/// The adapter's snapshot point between the worker's hooks: the pre hook first (its
+/// failure makes the snapshot crash-consistent, recorded with the reason), the post
+/// hook after it on every path: also when it failed, and from a task of its own when
+/// the backup is cancelled during it (left in `late_hook`, which the caller awaits).
+async fn hooked_snapshot_point(
+    adapter: &mut dyn HypervisorAdapter,
+    modes: &[ReadMode],
+    options: &DriverOptions<'_>,
+    late_hook: &LateHook,
+) -> Result<HookedPoint> {
+    let pre_failed = options.hooks.pre(options.vm).await;
+    let post = options.hooks.post_guard(options.vm, late_hook);
+    let point = adapter.snapshot_point(modes).await;
+    let result = match point {
+        Ok(_) => PointResult::Ok,
+        Err(_) => PointResult::Failed,
+    };
+    let warnings = post.run(result).await.into_iter().collect();
+    let mut consistency = point?;
+    let mut reason = adapter.consistency_reason();
+    if let Some(failed) = pre_failed {
+        consistency = Consistency::CrashConsistent;
+        reason = Some(match reason {
+            Some(adapter) => format!("{failed}; {adapter}"),
+            None => failed,
+        });
+    }
+    Ok(HookedPoint {
+        consistency,
+        reason,
+        warnings,
+    })
 }
 
 /// Backs up the disk at `position`: exported, read through the pipeline, and the

@@ -18,6 +18,7 @@ use haven_repo::{Consistency, Progress, Repository, SourceInfo};
 use super::HypervisorAdapter;
 use super::chain::ReadMode;
 use super::driver::{DriverOptions, back_up_vm};
+use super::hooks::SnapshotHooks;
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
@@ -76,6 +77,8 @@ pub async fn backup_images(
         connections: request.connections,
         read_limit: None,
         publisher: &DirectPublisher,
+        // An image file is not running: nothing to quiesce.
+        hooks: &SnapshotHooks::default(),
     };
     let backup = back_up_vm(
         &repo,

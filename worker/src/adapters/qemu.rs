@@ -62,7 +62,9 @@ pub struct QemuBackupRequest {
     pub scratch_dir: PathBuf,
     /// Timeout of each QMP command.
     pub qmp_timeout: Duration,
-    /// Timeout of the guest agent's freeze and thaw.
+    /// The freeze limit: the longest the guest's file systems stay frozen (the freeze
+    /// and the snapshot point's transaction); thawed at once when it runs out. Also
+    /// the timeout of each guest agent command.
     pub freeze_timeout: Duration,
 }
 
@@ -120,6 +122,7 @@ pub async fn backup_qemu(
         transaction: Duration::ZERO,
         io_blocked: Duration::ZERO,
         consistency_reason: None,
+        late_thaw: LateThaw::default(),
     };
     let backup = back_up_vm(&repo, &mut adapter, &live.driver(), progress, shutdown).await?;
     let modes = adapter
@@ -179,7 +182,14 @@ struct QemuAdapter<'a> {
     io_blocked: Duration,
     /// Why the snapshot is only crash-consistent although an agent was configured.
     consistency_reason: Option<String>,
+    /// A thaw started when the snapshot point was dropped; teardown waits for it.
+    late_thaw: LateThaw,
 }
+
+/// Where a [`ThawOnDrop`] dropped mid snapshot point leaves the task thawing the
+/// guest, so teardown waits for it: the `haven` process must not exit (ending the task)
+/// with the guest still frozen.
+type LateThaw = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
 
 #[async_trait::async_trait]
 impl HypervisorAdapter for QemuAdapter<'_> {
@@ -243,7 +253,7 @@ impl HypervisorAdapter for QemuAdapter<'_> {
             ));
         }
         self.session.add_fleece_nodes().await?;
-        let point = snapshot_point(&mut self.session, self.request).await?;
+        let point = snapshot_point(&mut self.session, self.request, &self.late_thaw).await?;
         let consistency = point.consistency;
         tracing::info!(
             transaction_ms = millis(point.transaction),
@@ -283,6 +293,15 @@ impl HypervisorAdapter for QemuAdapter<'_> {
     }
 
     async fn teardown(&mut self, committed: bool) -> Result<()> {
+        let thawing = self
+            .late_thaw
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thawing) = thawing {
+            // Bounded: the task's connect and thaw each have the freeze limit.
+            let _ = thawing.await;
+        }
         self.session.committed = committed;
         self.session.teardown().await
     }
@@ -313,16 +332,25 @@ struct PointTaken {
 /// thaws. An agent that does not answer in time makes the snapshot crash-consistent
 /// (recorded as such, with the reason), not a failed backup.
 ///
-/// The freeze is held at most `freeze_timeout` (the freeze) + `qmp_timeout` (the
-/// transaction) + `freeze_timeout` (the thaw), and the thaw is sent on every path: after
-/// a failed or timed-out freeze (it may have happened in the guest anyway), on a fresh
-/// connection when the first one can no longer be trusted, and from a task of its own
-/// when the backup is cancelled mid-way ([`ThawOnDrop`]).
-async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> Result<PointTaken> {
+/// The freeze is bounded by one number, `freeze_timeout`: the freeze command and the
+/// transaction must both be done within it, counted from when the freeze is asked;
+/// when it runs out the guest is thawed at once, whatever is still pending (a freeze
+/// the agent has not answered, a transaction QEMU has not), and a snapshot point taken
+/// after that is recorded crash-consistent with the reason. Guest I/O is so held at
+/// most `freeze_timeout` plus the thaw's round trip. The thaw is sent on every path:
+/// after a failed or timed-out freeze (it may have happened in the guest anyway), on
+/// a fresh connection when the first one can no longer be trusted, and from a task of
+/// its own when the backup is cancelled mid-way ([`ThawOnDrop`]).
+async fn snapshot_point(
+    session: &mut Session,
+    request: &QemuBackupRequest,
+    late_thaw: &LateThaw,
+) -> Result<PointTaken> {
+    let limit = request.freeze_timeout;
     let mut agent = None;
     let mut reason = None;
     if let Some(socket) = &request.guest_agent {
-        match GuestAgent::connect(socket, request.freeze_timeout).await {
+        match GuestAgent::connect(socket, limit).await {
             Ok(connected) => agent = Some(connected),
             Err(error) => {
                 tracing::warn!(%error, "guest agent unreachable: the snapshot is only crash-consistent");
@@ -331,15 +359,20 @@ async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> R
         }
     }
     let blocked_since = Instant::now();
+    let deadline = tokio::time::Instant::from_std(blocked_since + limit);
     let mut frozen = false;
     let mut thaw_guard = None;
     if let (Some(agent), Some(socket)) = (agent.as_mut(), &request.guest_agent) {
         thaw_guard = Some(ThawOnDrop {
             socket: socket.clone(),
-            timeout: request.freeze_timeout,
+            timeout: limit,
             armed: true,
+            late: late_thaw.clone(),
         });
-        match agent.execute("guest-fsfreeze-freeze", json!({})).await {
+        match agent
+            .execute_within("guest-fsfreeze-freeze", json!({}), limit)
+            .await
+        {
             Ok(_) => frozen = true,
             Err(error) => {
                 tracing::warn!(%error, "guest freeze failed: the snapshot is only crash-consistent");
@@ -349,14 +382,44 @@ async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> R
             }
         }
     }
-    let transaction = session.take_point_in_time().await;
-    if let (Some(agent), Some(guard)) = (agent, thaw_guard.take())
-        && let Err(error) = guard.thaw(agent).await
-    {
-        tracing::warn!(%error, "guest thaw failed");
-    }
-    let io_blocked = blocked_since.elapsed();
+    let transaction = session.take_point_in_time();
+    tokio::pin!(transaction);
+    let mut io_blocked = None;
+    let mut late = false;
+    let transaction = match thaw_guard.take() {
+        None => transaction.await,
+        Some(guard) => {
+            tokio::select! {
+                result = &mut transaction => {
+                    thaw(guard, agent).await;
+                    io_blocked = Some(blocked_since.elapsed());
+                    result
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    // The freeze limit ran out before the point was taken: the guest
+                    // goes on at once, the transaction after it.
+                    late = true;
+                    thaw(guard, agent).await;
+                    io_blocked = Some(blocked_since.elapsed());
+                    transaction.await
+                }
+            }
+        }
+    };
+    let io_blocked = io_blocked.unwrap_or_else(|| blocked_since.elapsed());
     let transaction = transaction?;
+    if frozen && late {
+        tracing::warn!(
+            limit_seconds = limit.as_secs_f64(),
+            "the snapshot point was not taken within the freeze limit: the guest was \
+             thawed first, the snapshot is only crash-consistent"
+        );
+        frozen = false;
+        reason = Some(format!(
+            "the snapshot point was not taken within the freeze limit ({limit:?}): the \
+             guest was thawed first"
+        ));
+    }
     let consistency = if frozen {
         Consistency::ApplicationConsistent
     } else {
@@ -370,6 +433,13 @@ async fn snapshot_point(session: &mut Session, request: &QemuBackupRequest) -> R
     })
 }
 
+/// Thaws through `guard`, logging a failure (dropping the guard then tries again).
+async fn thaw(guard: ThawOnDrop, agent: Option<GuestAgent>) {
+    if let Err(error) = guard.thaw(agent).await {
+        tracing::warn!(%error, "guest thaw failed");
+    }
+}
+
 /// Thaws the guest if dropped before [`ThawOnDrop::thaw`] ran (the backup was
 /// cancelled between freeze and thaw): a frozen guest would stay frozen, since the
 /// agent never thaws by itself.
@@ -378,18 +448,23 @@ struct ThawOnDrop {
     timeout: Duration,
     /// Until a thaw succeeded.
     armed: bool,
+    /// Where the thawing task goes when dropped armed.
+    late: LateThaw,
 }
 
 impl ThawOnDrop {
-    /// Thaws through `agent`, or through a fresh connection when `agent`'s answered
-    /// late or oddly (a freeze that timed out here may still complete in the guest;
-    /// the new connection's `guest-sync` waits for it).
+    /// Thaws through `agent`, or through a fresh connection when there is none or it
+    /// answered late or oddly (a freeze that timed out here may still complete in the
+    /// guest; the new connection's `guest-sync` waits for it).
     /// If it fails, dropping the guard tries once more on a new connection.
-    async fn thaw(mut self, mut agent: GuestAgent) -> std::result::Result<(), qmp::QmpError> {
-        if agent.is_poisoned() {
-            drop(agent);
-            agent = GuestAgent::connect(&self.socket, self.timeout).await?;
-        }
+    async fn thaw(mut self, agent: Option<GuestAgent>) -> std::result::Result<(), qmp::QmpError> {
+        let mut agent = match agent {
+            Some(agent) if !agent.is_poisoned() => agent,
+            stale => {
+                drop(stale);
+                GuestAgent::connect(&self.socket, self.timeout).await?
+            }
+        };
         agent.execute("guest-fsfreeze-thaw", json!({})).await?;
         self.armed = false;
         Ok(())
@@ -405,7 +480,7 @@ impl Drop for ThawOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             let thawed = async {
                 let mut agent = GuestAgent::connect(&socket, timeout).await?;
                 agent.execute("guest-fsfreeze-thaw", json!({})).await
@@ -415,6 +490,10 @@ impl Drop for ThawOnDrop {
                 Err(error) => tracing::warn!(%error, "guest thaw failed again"),
             }
         });
+        *self
+            .late
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
     }
 }
 

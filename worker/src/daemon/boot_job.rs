@@ -2,8 +2,10 @@
 //! `[boot_tests]` limits.
 //!
 //! The test itself is [`crate::boot::boot_test`], the same as `haven verify --boot`;
-//! this adds what a cluster needs around it: a slot among `max_running` (a job waits
-//! for one, holding its place), the sandbox limits and folder of `worker.toml`, and
+//! this adds what a cluster needs around it: a slot among `max_running` (the
+//! coordinator, told `max_running` at registration, hands out no more boot tests than
+//! that, so a job seldom waits here; the slot is a second guard), the sandbox limits
+//! and folder of `worker.toml`, and
 //! cancellation. Cancelling drops the test, and dropping it kills QEMU and removes the
 //! sandbox folder ([`crate::boot::sandbox::Sandbox`]); after a `kill -9` of the
 //! worker QEMU dies with it and the folder is removed when the worker starts again.

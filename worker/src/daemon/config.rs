@@ -47,6 +47,13 @@
 //! vcenter_credentials_file = "/etc/haven/vcenter.toml"  # user = "…", password = "…"
 //! vcenter_ca_file = "/etc/haven/vcenter-ca.pem"        # optional: else the system's CAs
 //!
+//! [snapshot]                          # around the snapshot point of live backups
+//! freeze_limit_seconds = 10           # guest file systems frozen at most this long
+//!                                     # (freeze + snapshot point); thawed when it runs out
+//! pre_hook = "/etc/haven/hooks/pre"   # sh -c, before the freeze (HAVEN_VM, HAVEN_HOOK)
+//! post_hook = "/etc/haven/hooks/post" # after the thaw, always (HAVEN_RESULT=ok|failed|cancelled)
+//! hook_timeout_seconds = 60           # a hook running longer is killed (its whole group)
+//!
 //! [boot_tests]                        # boot-test jobs (policies' `boot_test`)
 //! max_running = 1                     # at once on this worker (each is a QEMU)
 //! max_cpus = 2                        # per guest, whatever its configuration asks
@@ -120,6 +127,60 @@ pub struct WorkerConfig {
     /// Limits of boot-test jobs.
     #[serde(default)]
     pub boot_tests: BootTestsConfig,
+    /// The freeze limit and hooks around live backups' snapshot points.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+}
+
+/// `[snapshot]`: what a live backup does around its snapshot point on this worker.
+/// Worker-side, not in a policy: the hooks are commands run on this machine, which
+/// only its operator may choose.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The longest a guest's file systems stay frozen (the guest agent's freeze and
+    /// the snapshot point); the guest is thawed when it runs out.
+    #[serde(default = "default_freeze_limit")]
+    pub freeze_limit_seconds: u64,
+    /// Shell command run before the freeze; a failure makes the snapshot
+    /// crash-consistent.
+    #[serde(default)]
+    pub pre_hook: Option<String>,
+    /// Shell command run after the thaw, on every path.
+    #[serde(default)]
+    pub post_hook: Option<String>,
+    /// How long a hook may run before it is killed.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_seconds: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            freeze_limit_seconds: default_freeze_limit(),
+            pre_hook: None,
+            post_hook: None,
+            hook_timeout_seconds: default_hook_timeout(),
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// The hooks as the backup driver runs them.
+    pub fn hooks(&self) -> crate::adapters::hooks::SnapshotHooks {
+        crate::adapters::hooks::SnapshotHooks {
+            pre: self.pre_hook.clone(),
+            post: self.post_hook.clone(),
+            timeout: std::time::Duration::from_secs(self.hook_timeout_seconds),
+        }
+    }
+}
+
+fn default_freeze_limit() -> u64 {
+    10
+}
+fn default_hook_timeout() -> u64 {
+    60
 }
 
 /// `[boot_tests]`: how many boot tests a worker runs at once and how big each
@@ -128,7 +189,7 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootTestsConfig {
-    /// Boot tests running at once; more wait (holding their job) for a slot.
+    /// Boot tests running at once; the coordinator is told, and hands out no more.
     #[serde(default = "default_max_boot_tests")]
     pub max_running: u32,
     /// Most virtual CPUs a guest gets.
@@ -270,6 +331,12 @@ impl WorkerConfig {
         }
         if config.max_jobs == 0 {
             return Err(format!("{file_name}: max_jobs must be at least 1"));
+        }
+        if config.snapshot.freeze_limit_seconds == 0 || config.snapshot.hook_timeout_seconds == 0 {
+            return Err(format!(
+                "{file_name}: [snapshot] freeze_limit_seconds and hook_timeout_seconds must be \
+                 at least 1"
+            ));
         }
         let boot = &config.boot_tests;
         if boot.max_running == 0 || boot.max_cpus == 0 {

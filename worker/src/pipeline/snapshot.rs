@@ -216,6 +216,9 @@ pub struct BackupReport {
     pub disks: Vec<DiskReport>,
     /// Wall-clock seconds.
     pub elapsed_seconds: f64,
+    /// What went wrong without failing the backup (a post-snapshot hook that failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Figures of one disk.
@@ -246,6 +249,7 @@ impl BackupReport {
                 })
                 .collect(),
             elapsed_seconds: elapsed.as_secs_f64(),
+            warnings: Vec::new(),
         }
     }
 }

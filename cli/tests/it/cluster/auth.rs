@@ -280,6 +280,7 @@ async fn every_rpc_refuses_callers_without_the_right_identity() {
         }],
         max_jobs: 1,
         version: String::new(),
+        max_boot_tests: 0,
     };
     let refused = WorkerServiceClient::new(w1.clone())
         .register(register("w2", "h2", "vm2"))

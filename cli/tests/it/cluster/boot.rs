@@ -23,34 +23,45 @@ use crate::support::{
     prometheus::{Prometheus, Target, sample_value},
 };
 
-/// A cluster of one worker whose only VM serves a copy of a guest image, with a
-/// policy that backs it up and boot-tests each new snapshot.
+/// A cluster of one worker whose VMs each serve a copy of a guest image, with a
+/// policy that backs them up and boot-tests each new snapshot.
 struct BootBed {
     bed: OneWorker,
     /// The policy's repository.
     repo: String,
     /// The worker's `[boot_tests] dir`.
     sandboxes: PathBuf,
-    /// The VM's disk (a qcow2 copy of the guest image).
-    disk: PathBuf,
+    /// The VMs' disks (qcow2 copies of the guest image).
+    disks: Vec<PathBuf>,
     /// `coordinator.toml`'s `http_listen` port (`/metrics` over TLS).
     http_port: u16,
     _guest: MutexGuard<'static, ()>,
 }
 
 impl BootBed {
-    /// Starts the bed with VM `vm` on a copy of the image `pick` names and a worker
-    /// with `limits` in its `[boot_tests]`, applies a policy that boot-tests every new
-    /// snapshot, and starts its round.
-    fn start(dir: &Path, pick: fn(&GuestImages) -> &PathBuf, vm: &str, limits: &str) -> Self {
+    /// Starts the bed with VMs `vms`, each on a copy of the image `pick` names, and a
+    /// worker with `limits` in its `[boot_tests]`, applies a policy that boot-tests
+    /// every new snapshot, and starts its round.
+    fn start(dir: &Path, pick: fn(&GuestImages) -> &PathBuf, vms: &[&str], limits: &str) -> Self {
         let images = images();
         let guest = one_guest_at_a_time();
-        let disk = dir.join(format!("{vm}.qcow2"));
-        convert(pick(&images).to_str().unwrap(), "raw", &disk, "qcow2");
+        let disks: Vec<PathBuf> = vms
+            .iter()
+            .map(|vm| {
+                let disk = dir.join(format!("{vm}.qcow2"));
+                convert(pick(&images).to_str().unwrap(), "raw", &disk, "qcow2");
+                disk
+            })
+            .collect();
         let http_port = free_port();
+        let named: Vec<(&str, &Path)> = vms
+            .iter()
+            .zip(&disks)
+            .map(|(vm, disk)| (*vm, disk.as_path()))
+            .collect();
         let mut bed = OneWorker::start_with_images(
             dir,
-            &[(vm, &disk)],
+            &named,
             &format!("http_listen = \"127.0.0.1:{http_port}\"\n"),
         );
         let repo = dir.join("repo");
@@ -78,7 +89,7 @@ impl BootBed {
             bed,
             repo,
             sandboxes,
-            disk,
+            disks,
             http_port,
             _guest: guest,
         }
@@ -89,6 +100,18 @@ impl BootBed {
         self.bed.wait_idle(Duration::from_secs(20 * 60), |jobs| {
             jobs.iter().any(|job| job["kind"] == "boot_test")
         })
+    }
+
+    /// How many boot tests run a QEMU now.
+    fn running_guests(&self) -> usize {
+        self.sandbox_folders()
+            .iter()
+            .filter(|folder| {
+                processes_using(folder)
+                    .iter()
+                    .any(|command| command.contains("qemu-system-x86_64"))
+            })
+            .count()
     }
 
     /// The sandbox folders in the worker's `[boot_tests] dir`.
@@ -167,14 +190,14 @@ fn a_policy_boot_tests_its_new_snapshot_on_a_worker_within_its_limits() {
     let bed = BootBed::start(
         dir.path(),
         |images| &images.bootable,
-        "guest",
+        &["guest"],
         "max_running = 1\nmax_cpus = 1\nmax_memory_mib = 512\n",
     );
     let jobs = bed.wait_for_boot_test();
     let backup = only(&jobs, "backup");
     assert_eq!(backup["state"], "succeeded", "{backup:#}");
     // Only the snapshot is left to boot from.
-    std::fs::remove_file(&bed.disk).unwrap();
+    std::fs::remove_file(&bed.disks[0]).unwrap();
 
     let boot = only(&jobs, "boot_test");
     assert_eq!(boot["state"], "succeeded", "{boot:#}");
@@ -229,7 +252,7 @@ fn a_policy_boot_tests_its_new_snapshot_on_a_worker_within_its_limits() {
 fn a_worker_killed_mid_boot_test_leaves_no_sandbox_and_a_cancelled_test_stops() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let mut bed = BootBed::start(dir.path(), |images| &images.bootable, "guest", "");
+    let mut bed = BootBed::start(dir.path(), |images| &images.bootable, &["guest"], "");
     let folder = bed.wait_for_running_sandbox(Duration::from_secs(10 * 60));
     assert!(folder.join("overlay0.qcow2").is_file());
 
@@ -272,7 +295,7 @@ fn a_worker_killed_mid_boot_test_leaves_no_sandbox_and_a_cancelled_test_stops() 
 fn a_snapshot_that_does_not_boot_fails_its_test_and_fires_the_alert() {
     let _alone = one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let bed = BootBed::start(dir.path(), |images| &images.no_root, "broken", "");
+    let bed = BootBed::start(dir.path(), |images| &images.no_root, &["broken"], "");
     let (cert, key) = bed.bed.pki.issue("admin", "admin");
     let ca = bed.bed.pki.ca();
     let rules =
@@ -321,5 +344,54 @@ fn a_snapshot_that_does_not_boot_fails_its_test_and_fires_the_alert() {
             .query("haven_vm_last_boot_verified_timestamp_seconds{vm=\"broken\"}")
             .is_empty(),
         "a snapshot that never booted is not boot-verified"
+    );
+}
+
+#[test]
+fn boot_tests_wait_for_the_workers_boot_slot_without_holding_its_jobs() {
+    let _alone = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Two VMs, so two boot tests, on a worker of two jobs and one boot test at a time.
+    let bed = BootBed::start(
+        dir.path(),
+        |images| &images.bootable,
+        &["one", "two"],
+        "max_running = 1\nmax_cpus = 1\nmax_memory_mib = 512\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(25 * 60);
+    let mut most_at_once = 0;
+    let jobs = loop {
+        most_at_once = most_at_once.max(bed.running_guests());
+        let jobs = bed.bed.admin.jobs();
+        let boots: Vec<&Value> = jobs
+            .iter()
+            .filter(|job| job["kind"] == "boot_test")
+            .collect();
+        let ended = |job: &&Value| matches!(job["state"].as_str(), Some("succeeded" | "failed"));
+        if boots.len() == 2 && boots.iter().all(ended) {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "boot tests not done: {jobs:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(most_at_once, 1, "boot tests' QEMUs overlapped");
+    let mut boots: Vec<&Value> = jobs
+        .iter()
+        .filter(|job| job["kind"] == "boot_test")
+        .collect();
+    for boot in &boots {
+        assert_eq!(boot["state"], "succeeded", "{boot:#}");
+        assert_eq!(boot["boot_verdict"], "passed", "{boot:#}");
+        assert_eq!(boot["attempts"].as_array().unwrap().len(), 1, "{boot:#}");
+    }
+    // The second was handed to the worker only when the first had ended: it waited
+    // at the coordinator, pending, not on the worker in one of its two job slots.
+    let assigned = |job: &Value| job["attempts"][0]["assigned_unix_ms"].as_u64().unwrap();
+    boots.sort_by_key(|job| assigned(job));
+    let first_ended = boots[0]["finished_unix_ms"].as_u64().unwrap();
+    assert!(
+        assigned(boots[1]) >= first_ended,
+        "the second boot test was assigned {} ms before the first ended: {boots:#?}",
+        first_ended - assigned(boots[1])
     );
 }

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,22 @@ use haven_testkit::guest::{
 };
 
 use crate::boot::{images, one_guest_at_a_time};
-use crate::support::{bed::Bed, image::convert, qemu::start_qemu_system};
+use crate::support::{
+    bed::Bed, freeze::SlowQmp, haven::RunningBackup, image::convert, process::Guard,
+    qemu::start_qemu_system,
+};
 
 /// Waits until `serial` (the guest's console log) holds `text`.
 fn wait_for_console(serial: &Path, text: &str, timeout: Duration) {
+    wait_for_console_times(serial, text, 1, timeout);
+}
+
+/// Waits until `serial` holds `text` at least `times` times.
+fn wait_for_console_times(serial: &Path, text: &str, times: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let log = std::fs::read_to_string(serial).unwrap_or_default();
-        if log.contains(text) {
+        if log.matches(text).count() >= times {
             return;
         }
         assert!(
@@ -49,6 +57,62 @@ fn agent_answers(socket: &Path) -> bool {
     let mut line = String::new();
     let _ = BufReader::new(stream).read_line(&mut line);
     line.contains("4242")
+}
+
+/// Runs `command` on the guest agent at `socket` (a connection of its own, synced
+/// first); its `return`. A frozen guest cannot write, so the agent stops answering a
+/// write: a read timeout ends the wait.
+fn agent_command(socket: &Path, command: &str, arguments: serde_json::Value) -> serde_json::Value {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut exchange = |request: serde_json::Value| {
+        writeln!(writer, "{request}").unwrap();
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .unwrap_or_else(|error| panic!("no answer to {request}: {error}"));
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let mut synced =
+        exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
+    while synced["return"] != 77 {
+        synced = exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
+    }
+    let reply = exchange(serde_json::json!({"execute": command, "arguments": arguments}));
+    assert!(reply.get("error").is_none(), "{command}: {reply}");
+    reply["return"].clone()
+}
+
+/// Asserts that the guest's file systems are thawed and take a write (through the
+/// agent, into a file of the guest).
+fn assert_guest_writes(agent: &Path) {
+    let status = agent_command(agent, "guest-fsfreeze-status", serde_json::json!({}));
+    assert_eq!(status, "thawed");
+    let handle = agent_command(
+        agent,
+        "guest-file-open",
+        serde_json::json!({"path": "/var/tmp/after-the-backup", "mode": "w"}),
+    );
+    let written = agent_command(
+        agent,
+        "guest-file-write",
+        serde_json::json!({"handle": handle, "buf-b64": "aGF2ZW4K"}),
+    );
+    assert_eq!(written["count"], 6, "{written}");
+    agent_command(
+        agent,
+        "guest-file-flush",
+        serde_json::json!({"handle": handle}),
+    );
+    agent_command(
+        agent,
+        "guest-file-close",
+        serde_json::json!({"handle": handle}),
+    );
 }
 
 /// `haven backup qemu` of the guest's disk, with `extra` arguments; the JSON report.
@@ -100,11 +164,18 @@ fn features(disk: &Path) -> String {
         .to_string()
 }
 
-#[test]
-fn a_live_backup_through_the_guest_agent_is_application_consistent() {
+/// The test guest booted under QEMU (TCG) from a copy of its image, its agent
+/// answering.
+struct Booted {
+    qmp: PathBuf,
+    agent: PathBuf,
+    serial: PathBuf,
+    _vm: Guard,
+}
+
+/// Boots the test guest with its sockets and console log in `bed`.
+fn boot(bed: &Bed) -> Booted {
     let images = images();
-    let _guest = one_guest_at_a_time();
-    let bed = Bed::initialised();
     let disk = bed.path("guest.qcow2");
     convert(images.bootable.to_str().unwrap(), "raw", &disk, "qcow2");
     let (qmp, agent, serial) = (
@@ -150,20 +221,36 @@ fn a_live_backup_through_the_guest_agent_is_application_consistent() {
         ))
         .args(["-blockdev", "driver=qcow2,file=file0,node-name=disk0"])
         .args(["-device", "virtio-blk-pci,drive=disk0,id=vda"]);
-    let _vm = start_qemu_system(&mut command, &qmp);
+    let vm = start_qemu_system(&mut command, &qmp);
     wait_for_console(&serial, READY_MARKER, Duration::from_secs(600));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !agent_answers(&agent) {
         assert!(Instant::now() < deadline, "the guest agent never answered");
         std::thread::sleep(Duration::from_secs(1));
     }
+    Booted {
+        qmp,
+        agent,
+        serial,
+        _vm: vm,
+    }
+}
+
+#[test]
+fn a_live_backup_through_the_guest_agent_is_application_consistent() {
+    let _guest = one_guest_at_a_time();
+    let bed = Bed::initialised();
+    let Booted {
+        qmp, agent, serial, ..
+    } = &boot(&bed);
+    let (qmp, agent, serial) = (qmp.as_path(), agent.as_path(), serial.as_path());
 
     // An agent that does not answer: a power cut's view, recorded with the reason,
     // and the journal to replay.
     let nobody = bed.path("nobody.sock");
     let crash = back_up(
         &bed,
-        &qmp,
+        qmp,
         &[
             "--guest-agent",
             nobody.to_str().unwrap(),
@@ -186,19 +273,19 @@ fn a_live_backup_through_the_guest_agent_is_application_consistent() {
     assert!(dirty.contains("needs_recovery"), "{dirty}");
 
     // Through the agent: frozen at the snapshot point by the guest itself.
-    let frozen = back_up(&bed, &qmp, &["--guest-agent", agent.to_str().unwrap()]);
+    let frozen = back_up(&bed, qmp, &["--guest-agent", agent.to_str().unwrap()]);
     assert_eq!(frozen["consistency"], "application-consistent", "{frozen}");
     eprintln!(
         "application-consistent backup: guest i/o held {} ms (freeze, transaction, thaw)",
         frozen["io_blocked_ms"]
     );
     wait_for_console(
-        &serial,
+        serial,
         &format!("{FSFREEZE_MARKER} freeze"),
         Duration::from_secs(10),
     );
     wait_for_console(
-        &serial,
+        serial,
         &format!("{FSFREEZE_MARKER} thaw"),
         Duration::from_secs(10),
     );
@@ -235,4 +322,99 @@ fn a_live_backup_through_the_guest_agent_is_application_consistent() {
         .unwrap();
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(log.contains(&format!("{FSFREEZE_MARKER} freeze")), "{log}");
+}
+
+/// `haven backup qemu` of the booted guest through the guest agent, its QMP reached
+/// through `qmp` (a proxy), with `extra` arguments; started.
+fn start_backup(bed: &Bed, qmp: &Path, agent: &Path, extra: &[&str]) -> RunningBackup {
+    let scratch = bed.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut args = vec![
+        "backup",
+        "qemu",
+        "--qmp",
+        qmp.to_str().unwrap(),
+        "--vm",
+        "guest",
+        "--guest-agent",
+        agent.to_str().unwrap(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    RunningBackup::start(bed.haven(&args))
+}
+
+#[test]
+fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
+    let _guest = one_guest_at_a_time();
+    let bed = Bed::initialised();
+    let guest = boot(&bed);
+    let freeze = format!("{FSFREEZE_MARKER} freeze");
+    let thaw = format!("{FSFREEZE_MARKER} thaw");
+    // QEMU's snapshot point is held 60 s by a proxy on its QMP socket (dropped when
+    // the backup goes): the guest stays frozen until Haven thaws it.
+    let slow = bed.path("slow-qmp.sock");
+    let _proxy = SlowQmp::start(&slow, &guest.qmp, Duration::from_secs(60));
+
+    // Cancelled (Ctrl-C) while the guest is frozen: the backup fails, the guest is
+    // thawed by the cancellation, long before the freeze limit.
+    let mut cancelled = start_backup(
+        &bed,
+        &slow,
+        &guest.agent,
+        &["--freeze-timeout", "50", "--qmp-timeout", "5"],
+    );
+    wait_for_console_times(&guest.serial, &freeze, 1, Duration::from_secs(120));
+    let frozen = Instant::now();
+    let pid = cancelled.guard.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_console_times(&guest.serial, &thaw, 1, Duration::from_secs(40));
+    let held = frozen.elapsed();
+    assert!(held < Duration::from_secs(30), "thawed after {held:?}");
+    // It exits once its QMP commands behind the held one time out (5 s each).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while cancelled.is_running() {
+        assert!(Instant::now() < deadline, "{}", cancelled.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_guest_writes(&guest.agent);
+    let listed = bed.json(&["snapshots", "--vm", "guest"]);
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "a cancelled backup commits nothing"
+    );
+    eprintln!("backup cancelled while the guest was frozen: thawed {held:.1?} later");
+
+    // The freeze limit runs out before the held snapshot point (20 s): the guest is
+    // thawed at the limit while the backup waits for QEMU, then commits a
+    // crash-consistent snapshot that says why.
+    let slower = bed.path("slower-qmp.sock");
+    let _proxy = SlowQmp::start(&slower, &guest.qmp, Duration::from_secs(20));
+    let limited = start_backup(&bed, &slower, &guest.agent, &["--freeze-timeout", "3"]);
+    wait_for_console_times(&guest.serial, &freeze, 2, Duration::from_secs(120));
+    let frozen = Instant::now();
+    wait_for_console_times(&guest.serial, &thaw, 2, Duration::from_secs(40));
+    let held = frozen.elapsed();
+    assert!(held < Duration::from_secs(15), "thawed after {held:?}");
+    let mut limited = limited;
+    assert!(limited.is_running(), "thawed only when the backup ended");
+    assert_guest_writes(&guest.agent);
+    let report = limited.finish();
+    assert_eq!(report["consistency"], "crash-consistent", "{report}");
+    let listed = bed.json(&["snapshots", "--vm", "guest"]);
+    assert_eq!(
+        listed[0]["consistency_reason"],
+        "the snapshot point was not taken within the freeze limit (3s): the guest was thawed first",
+        "{listed}"
+    );
+    eprintln!("freeze limit 3 s, snapshot point held 20 s: thaw seen {held:.1?} after the freeze");
 }

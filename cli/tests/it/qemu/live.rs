@@ -23,7 +23,7 @@ const CHUNK: u64 = 256 * 1024;
 const DISK_SIZE: u64 = 64 * MIB;
 
 /// A repository with 256 KiB chunks and `count` qcow2 disks full of noise.
-fn setup(count: usize, size: u64) -> (Bed, Vec<PathBuf>) {
+pub(super) fn setup(count: usize, size: u64) -> (Bed, Vec<PathBuf>) {
     let bed = Bed::new();
     bed.ok(&["repo", "init", "--chunk-size", &CHUNK.to_string()]);
     std::fs::create_dir(bed.path("scratch")).unwrap();
@@ -56,7 +56,7 @@ fn backup_reading(bed: &Bed, daemon: &StorageDaemon) -> RunningBackup {
     run
 }
 
-fn backup_command(bed: &Bed, qmp: &Path, nbd: Option<&Path>, extra: &[&str]) -> Command {
+pub(super) fn backup_command(bed: &Bed, qmp: &Path, nbd: Option<&Path>, extra: &[&str]) -> Command {
     let scratch = bed.path("scratch");
     let mut args = vec![
         "backup".to_string(),

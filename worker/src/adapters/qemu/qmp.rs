@@ -435,6 +435,17 @@ impl GuestAgent {
 
     /// Runs one agent command (after the sync, replies come in order).
     pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        self.execute_within(command, arguments, self.timeout).await
+    }
+
+    /// Runs one agent command allowed `timeout` instead of the session's: what is left
+    /// of a bound several steps share.
+    pub async fn execute_within(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let request = command_request(json!({"execute": command}), arguments);
         let socket = self.lines.socket_name();
         let exchange = async {
@@ -442,7 +453,7 @@ impl GuestAgent {
             let reply = self.lines.receive().await?;
             reply_result(command, reply, &socket)
         };
-        let result = within(&socket, command, self.timeout, exchange).await;
+        let result = within(&socket, command, timeout, exchange).await;
         if result
             .as_ref()
             .is_err_and(|error| !error.is_command_error())
