@@ -11,17 +11,21 @@
   of BAD_VALUES, by `helm lint` and `helm template`); then `helm template` with every
   set of values of `variants()` (default, external etcd, secondary site, https
   storage node with a private CA (stand-in certificates made with `openssl`),
-  libvirt workers, the repo-init and policies hooks, monitoring and NetworkPolicy
-  peers, single replicas); every rendered manifest of a Kubernetes kind is validated
+  libvirt workers, a vCenter worker beside them, the repo-init and policies hooks,
+  monitoring and NetworkPolicy peers, single replicas); every rendered manifest of a Kubernetes kind is validated
   against the Kubernetes 1.30 schemas (`kubernetes-validate --strict`), the
   Prometheus Operator's kinds field by field (check_cluster_objects.py), and every
   Haven container's arguments are run the same way against the ConfigMap it mounts,
   with the pod's environment (POD_NAME, NODE_NAME, secrets) filled in; the policies
   hook's policy.toml with `haven policy apply --check`.
-- Pod security (check_pod_security.py): every pod but the worker meets the Pod
-  Security Standards' "restricted" level; the worker differs only by root and its
-  host folders (and CHOWN, DAC_OVERRIDE in libvirt mode), and keeps no privilege
-  escalation, no capabilities, seccomp and a read-only root file system.
+- Pod security (check_pod_security.py): every pod but the node worker meets the Pod
+  Security Standards' "restricted" level (the vCenter worker too); the node worker
+  differs only by root and its host folders (and CHOWN, DAC_OVERRIDE in libvirt mode),
+  and keeps no privilege escalation, no capabilities, seccomp and a read-only root
+  file system.
+- The vCenter worker's worker.toml has one `vcenter` host per vcenterWorker.vcenters
+  entry, whose credentials file (a stand-in TOML, read by `haven worker
+  --check-config`) and CA are mounted from the Secret and ConfigMap or Secret named.
 - Cluster objects (check_cluster_objects.py): PodDisruptionBudgets where a component
   has several replicas, NetworkPolicies letting in exactly the peers meant for each
   port, hook Jobs in order (etcd-init, repo-init, policies), etcd's auto-compaction,
@@ -300,6 +304,14 @@ BAD_VALUES = {
                                    "/etcd/externalEndpoints/0"),
     "a webhook without url": ({"coordinator": {"notify": {"webhooks": [{"events": ["job_failed"]}]}}},
                               "url"),
+    "a vCenter URL that is not https": ({"vcenterWorker": {"vcenters": [
+        {"name": "vc-1", "url": "http://vc.example/sdk", "credentialsSecret": "vc"}]}},
+        "/vcenterWorker/vcenters/0/url"),
+    "a vCenter with a CA ConfigMap and a CA Secret": ({"vcenterWorker": {"vcenters": [
+        {"name": "vc-1", "url": "https://vc.example/sdk", "credentialsSecret": "vc",
+         "caConfigMap": "ca", "caSecret": "ca"}]}}, "/vcenterWorker/vcenters/0"),
+    "a vCenter worker with no vCenter": ({"vcenterWorker": {"enabled": True}},
+                                         "/vcenterWorker/vcenters"),
     "a NetworkPolicy peer of unknown shape": ({"networkPolicy": {"coordinatorFrom": [{"cidr": "10.0.0.0/8"}]}},
                                               "/networkPolicy/coordinatorFrom/0"),
 }
@@ -389,6 +401,13 @@ def variants():
             "worker.libvirt.uri": "qemu+ssh://root@kvm-1/system",
             "worker.libvirt.sshSecret": "haven-ssh",
         },
+        "vCenter worker beside the node workers": {
+            **vcenter_values("vc-1", "https://vcenter.example/sdk", caConfigMap="vcenter-ca"),
+            **vcenter_values("esx-2", "https://esx-2.example:8443/sdk", caSecret="esx-2-ca"),
+            **vcenter_values("vc-3", "https://vc-3.example/sdk"),
+            "vcenterWorker.maxJobs": "3",
+            "caConfigMap": "haven-ca",
+        },
         "hooks: repo init and policies from Git": {
             "repoInit.enabled": "true",
             "repoInit.repositories[0]": "s3://haven/cluster?endpoint=http://demo-storage:9000",
@@ -415,12 +434,44 @@ def variants():
     }
 
 
+VCENTER_HOSTS = "vcenterWorker.vcenters"
+
+
+def vcenter_values(name, url, **ca):
+    """Values of one more entry of vcenterWorker.vcenters (and the worker enabled)."""
+    index = vcenter_values.count
+    vcenter_values.count += 1
+    entry = {"name": name, "url": url, "credentialsSecret": f"haven-{name}", **ca}
+    values = {f"{VCENTER_HOSTS}[{index}].{key}": value for key, value in entry.items()}
+    values["vcenterWorker.enabled"] = "true"
+    return values
+
+
+vcenter_values.count = 0
+
+
+def vcenters_of(values):
+    """The vcenterWorker.vcenters entries among --set values, in order."""
+    entries = {}
+    for key, value in values.items():
+        if key.startswith(VCENTER_HOSTS + "["):
+            index, field = key[len(VCENTER_HOSTS) + 1:].split("].", 1)
+            entries.setdefault(int(index), {})[field] = value
+    return [entries[index] for index in sorted(entries)]
+
+
+def is_node_worker(what):
+    """The node workers' DaemonSet: the one pod with the documented exception (the
+    vCenter worker is a Deployment held to "restricted" like the others)."""
+    return what.startswith("DaemonSet ") and what.endswith("-worker")
+
+
 def check_objects(docs, values, variant):
     """Pod security, budgets, NetworkPolicies, hooks, etcd and monitoring objects."""
     libvirt = values.get("worker.mode") == "libvirt"
     workers = 0
     for what, pod in pod_security.pod_specs(docs):
-        if what.endswith("-worker"):
+        if is_node_worker(what):
             host_paths = ([values.get("worker.libvirt.socketDir", "/run/libvirt"), "/etc/passwd",
                            "/etc/group"] if libvirt else [values.get("worker.qmpDir", "/run/haven/qmp")])
             host_paths.append(values.get("worker.scratchDir", "/var/lib/haven/scratch"))
@@ -428,7 +479,7 @@ def check_objects(docs, values, variant):
             workers += 1
             continue
         fail_on(pod_security.restricted(pod), f"{variant}: {what} breaks Pod Security \"restricted\"")
-    print(f"ok  {variant}: every pod but the worker meets Pod Security \"restricted\""
+    print(f"ok  {variant}: every pod but the node worker meets Pod Security \"restricted\""
           + ("; the worker only adds root, its host folders"
              + (" and CHOWN, DAC_OVERRIDE" if libvirt else "") if workers else ""))
     fail_on(objects.disruption_budgets(docs, values), f"{variant}: PodDisruptionBudgets")
@@ -477,7 +528,7 @@ def check_chart(haven, helm, workdir):
             check_etcd_init_script(etcd_init)
         if not values:
             # The qmp-mode worker as rendered: its capabilities are enough.
-            worker = next(pod for what, pod in pod_security.pod_specs(docs) if what.endswith("-worker"))
+            worker = next(pod for what, pod in pod_security.pod_specs(docs) if is_node_worker(what))
             capabilities = worker["containers"][0]["securityContext"]["capabilities"].get("add", [])
             worker_privileges.check_backup_with(haven, capabilities, workdir)
         for what, pod in pod_security.pod_specs(docs):
@@ -503,6 +554,10 @@ def check_chart(haven, helm, workdir):
                              for item in volume.get("secret", {}).get("items", [])):
                         files[f"{mount['mountPath']}/key.toml"] = key_file_stand_in(
                             mount["name"], workdir)
+                    elif any(item.get("path") == "credentials.toml"
+                             for item in volume.get("secret", {}).get("items", [])):
+                        files[f"{mount['mountPath']}/credentials.toml"] = \
+                            vcenter_credentials_stand_in(mount["name"], workdir)
                     elif config_map or "secret" in volume:
                         for key, local in provided.items():
                             files[f"{mount['mountPath']}/{key}"] = local
@@ -533,7 +588,9 @@ def check_chart(haven, helm, workdir):
                     config = container["args"][container["args"].index("--config") + 1]
                     text = next(text for local, text in rendered if files[config] == local)
                     check_storage_keys(text, role, what_variant)
-                    if role == "worker":
+                    if role == "worker" and what.startswith("Deployment "):
+                        check_vcenter_hosts(text, values, files, what_variant)
+                    elif role == "worker":
                         check_worker_hosts(text, values, what_variant)
                 check_haven(haven, args, pod_env, what_variant)
                 containers += 1
@@ -598,6 +655,36 @@ def check_worker_hosts(text, values, what):
     if hosts != [want]:
         sys.exit(f"FAILED: {what}: worker.toml hosts {hosts}, expected [{want}]")
     print(f"ok  {what}: worker.toml host {want}")
+
+
+def check_vcenter_hosts(text, values, files, what):
+    """The vCenter worker's worker.toml: one `vcenter` host per vcenterWorker.vcenters
+    entry, its credentials file and CA (when one is given) mounted from the Secret and
+    ConfigMap or Secret the entry names. `haven worker --check-config` then reads each
+    credentials file (check_haven)."""
+    hosts = tomllib.loads(text)["hosts"]
+    vcenters = vcenters_of(values)
+    names = [host.get("name") for host in hosts]
+    if names != [vcenter["name"] for vcenter in vcenters]:
+        sys.exit(f"FAILED: {what}: worker.toml hosts {names}, expected {vcenters}")
+    for host, vcenter in zip(hosts, vcenters):
+        has_ca = "caConfigMap" in vcenter or "caSecret" in vcenter
+        want = {"name", "vcenter", "vcenter_credentials_file"} | ({"vcenter_ca_file"} if has_ca else set())
+        if set(host) != want or host["vcenter"] != vcenter["url"]:
+            sys.exit(f"FAILED: {what}: host {host}, expected {sorted(want)} for {vcenter}")
+        for key in want - {"name", "vcenter"}:
+            if host[key] not in files:
+                sys.exit(f"FAILED: {what}: {key} {host[key]} is not mounted")
+    print(f"ok  {what}: worker.toml hosts {names}, each vCenter's credentials and CA mounted")
+
+
+def vcenter_credentials_stand_in(name, workdir):
+    """A local vSphere credentials file (user, password) standing in for a Secret's
+    credentials.toml."""
+    local = os.path.join(workdir, f"{name}.toml")
+    with open(local, "w") as file:
+        file.write(f'user = "backup-{name}@vsphere.local"\npassword = "example"\n')
+    return local
 
 
 def main():

@@ -81,21 +81,23 @@ def _sources(policy, port, labels, problems):
 
 def network_policies(docs, values, admins, metrics, other_site):
     """Each component reachable only by the peers the brief names: the coordinators'
-    gRPC by workers, the policies hook and `admins`; etcd's clients by coordinators
-    and the etcd Jobs, its peers by its members; the storage node by workers,
-    coordinators, repo-init, `other_site` and `metrics`; workers by nobody."""
+    gRPC by workers (node and vCenter), the policies hook and `admins`; etcd's clients
+    by coordinators and the etcd Jobs, its peers by its members; the storage node by
+    workers, coordinators, repo-init, `other_site` and `metrics`; workers by nobody."""
     problems = []
     labels = pod_labels(docs)
     policies = by_kind(docs, "NetworkPolicy").values()
     expected = {
         "coordinator": {int(values.get("coordinator.grpcPort", 7700)):
-                        ({"worker", "policies"}, admins),
+                        ({"worker", "vcenter-worker", "policies"}, admins),
                         int(values.get("coordinator.httpPort", 7701)): (set(), admins + metrics)},
         "etcd": {2379: ({"coordinator", "etcd-init", "etcd-snapshot"}, []),
                  2380: ({"etcd"}, []), 2381: (set(), metrics)},
         "storage-node": {int(values.get("storageNode.port", 9000)):
-                         ({"worker", "coordinator", "repo-init"}, other_site + metrics)},
+                         ({"worker", "vcenter-worker", "coordinator", "repo-init"},
+                          other_site + metrics)},
         "worker": {},
+        "vcenter-worker": {},
     }
     for component, ports in expected.items():
         if component not in labels:

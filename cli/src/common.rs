@@ -267,20 +267,7 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let sigterm = async {
-            match term.as_mut() {
-                Some(term) => {
-                    term.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c() => {}
-            _ = sigterm => {}
-        }
+        stop_signal().await;
         cancel.cancel();
     });
     token
@@ -329,11 +316,27 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Resolves on Ctrl-C, the cancellation signal of live backups (which must tear down
-/// what they set up in the hypervisor); never resolves where signals cannot be
-/// handled, so such a backup is simply not cancellable.
-pub async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves with the signal's name on Ctrl-C (SIGINT) or SIGTERM: how a service
+/// manager or a person stops a command, and the cancellation of live backups (which
+/// must tear down what they set up in the hypervisor). Both handlers are installed at
+/// once, so neither signal kills the process from then on; where they cannot be
+/// installed this never resolves, and such a run is simply not cancellable.
+pub fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = received(interrupt) => "SIGINT",
+            () = received(terminate) => "SIGTERM",
+        }
     }
 }

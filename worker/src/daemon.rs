@@ -68,15 +68,9 @@ pub async fn run_worker(
 ) -> Result<()> {
     let config_limit = config.read_limit_bytes_per_second;
     let storage_keys = StorageKeys::load(&config.storage).map_err(WorkerError::InvalidInput)?;
-    let mut vcenters = HashMap::new();
-    for host in &config.hosts {
-        if let Some(connect) = host
-            .vcenter_connection()
-            .map_err(WorkerError::InvalidInput)?
-        {
-            vcenters.insert(host.name.clone(), connect);
-        }
-    }
+    let vcenters = config
+        .vcenter_connections()
+        .map_err(WorkerError::InvalidInput)?;
     let metrics = WorkerMetrics::new();
     // Sandboxes of boot tests a killed worker left (their QEMU died with it).
     crate::boot::remove_abandoned(&config.boot_dir());

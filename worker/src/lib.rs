@@ -27,7 +27,7 @@ pub mod fuzzing;
 pub mod pipeline;
 pub mod restore;
 
-pub use adapters::driver::LiveBackupOptions;
+pub use adapters::driver::{CANCELLED_CLEANUP_LIMIT, LiveBackupOptions};
 pub use adapters::hooks::SnapshotHooks;
 pub use adapters::image::{ImageBackupRequest, ImageDisk, ImageReader, backup_images};
 pub use adapters::libvirt::{LibvirtBackupReport, LibvirtBackupRequest, backup_libvirt};

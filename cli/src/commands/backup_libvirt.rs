@@ -38,7 +38,7 @@ pub struct LibvirtArgs {
     live: LiveArgs,
 }
 
-/// Runs the backup; Ctrl-C cancels it, ends the libvirt job and drops its checkpoint.
+/// Runs the backup; Ctrl-C or SIGTERM cancels it, ends the libvirt job and drops its checkpoint.
 pub async fn run(args: LibvirtArgs) -> Result<()> {
     let vm = args.vm.clone().unwrap_or_else(|| args.domain.clone());
     let request = LibvirtBackupRequest {

@@ -39,7 +39,7 @@ pub struct QemuArgs {
     live: LiveArgs,
 }
 
-/// Runs the backup; Ctrl-C cancels it and leaves QEMU as it was.
+/// Runs the backup; Ctrl-C or SIGTERM cancels it and leaves QEMU as it was.
 pub async fn run(args: QemuArgs) -> Result<()> {
     let request = QemuBackupRequest {
         live: args.live.options(args.vm.clone()),

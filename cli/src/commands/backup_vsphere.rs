@@ -33,7 +33,7 @@ pub struct VsphereArgs {
     live: LiveArgs,
 }
 
-/// Runs the backup; Ctrl-C cancels it and removes the vSphere snapshot.
+/// Runs the backup; Ctrl-C or SIGTERM cancels it and removes the vSphere snapshot.
 pub async fn run(args: VsphereArgs) -> Result<()> {
     let credentials = match &args.credentials {
         Some(file) => Credentials::from_file(file)?,

@@ -83,6 +83,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<()> {
 pub async fn worker(args: WorkerArgs) -> Result<()> {
     let config = read_config(&args.config, &args.file, WorkerConfig::parse)?;
     if args.file.check_config {
+        config
+            .vcenter_connections()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", args.config.display()))?;
         println!("{}: ok", args.config.display());
         return Ok(());
     }

@@ -67,8 +67,8 @@ impl LiveArgs {
         }
     }
 
-    /// Opens the repository and runs `backup` with a progress line; Ctrl-C resolves
-    /// the future `backup` gets, which cancels it. `text` prints the report unless
+    /// Opens the repository and runs `backup` with a progress line; Ctrl-C or SIGTERM
+    /// resolves the future `backup` gets, which cancels it. `text` prints the report unless
     /// JSON was asked for.
     pub async fn run<T, F>(
         &self,
@@ -80,7 +80,16 @@ impl LiveArgs {
         F: Future<Output = haven_worker::Result<T>>,
     {
         let repo = self.repo.open().await?;
-        let shutdown = crate::common::ctrl_c().boxed();
+        let stop = crate::common::stop_signal();
+        let shutdown = async move {
+            let signal = stop.await;
+            eprintln!(
+                "{signal} received: cancelling the backup and removing what it set up in \
+                 the hypervisor (at most {} s)",
+                haven_worker::CANCELLED_CLEANUP_LIMIT.as_secs()
+            );
+        }
+        .boxed();
         run_and_report(
             "backup",
             Phase::Starting,

@@ -18,6 +18,7 @@ mod gc;
 mod integrity;
 mod keys;
 mod libvirt;
+mod power_loss;
 mod prometheus;
 mod prune;
 mod qemu;

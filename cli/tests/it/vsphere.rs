@@ -168,6 +168,56 @@ fn kill_9_while_holding_the_snapshot_leaves_it_for_the_next_run_to_remove() {
     assert_restores(&bed, report["snapshot"].as_str().unwrap(), &flat);
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM while the backup holds its snapshot: haven cancels the
+/// run, removes the snapshot before it exits and says so; nothing is committed, and
+/// the next run has nothing left to remove.
+fn stopped_by_a_signal_removes_the_snapshot_before_exiting(signal: libc::c_int, name: &str) {
+    let bed = Bed::initialised();
+    let vsphere = Vsphere::start(&bed, DISK_MIB);
+    let flat = vsphere.flat_file();
+    write_at(&flat, 0, &noise(15, (DISK_MIB * MIB) as usize));
+
+    // Read at 512 KiB/s, the 16 MiB take about 30 s: stopped a moment after its snapshot.
+    let mut running = RunningBackup::start(vsphere.command(&bed, &["--limit-rate", "512K"]));
+    running.wait_point_taken();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(running.is_running(), "{}", running.stderr());
+    assert_eq!(
+        vsphere.snapshot_names().len(),
+        1,
+        "the run holds its snapshot"
+    );
+    let (status, took) = running.stop_with(signal, std::time::Duration::from_secs(20));
+    let stderr = running.stderr();
+    assert!(!status.success(), "a cancelled backup must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!("{name} received")) && stderr.contains("backup cancelled"),
+        "{stderr}"
+    );
+    assert!(
+        vsphere.snapshot_names().is_empty(),
+        "the snapshot is removed before haven exits: {stderr}"
+    );
+    eprintln!("{name}: haven exited {took:?} after the signal");
+    let committed = bed.json(&["snapshots", "--vm", VM]);
+    assert_eq!(committed, serde_json::json!([]));
+
+    let report = vsphere.backup(&bed);
+    assert_eq!(report["removed_leftovers"], serde_json::json!([]));
+    assert!(vsphere.snapshot_names().is_empty());
+    assert_restores(&bed, report["snapshot"].as_str().unwrap(), &flat);
+}
+
+#[test]
+fn ctrl_c_removes_the_snapshot_before_exiting() {
+    stopped_by_a_signal_removes_the_snapshot_before_exiting(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn sigterm_removes_the_snapshot_before_exiting() {
+    stopped_by_a_signal_removes_the_snapshot_before_exiting(libc::SIGTERM, "SIGTERM");
+}
+
 #[test]
 fn several_disks_are_read_apart_and_a_vm_with_tools_is_quiesced() {
     let bed = Bed::initialised();

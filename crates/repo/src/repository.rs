@@ -175,9 +175,11 @@ impl Repository {
         Ok(plain)
     }
 
-    /// Whether the repository holds a chunk (cross-VM deduplication).
+    /// Whether the repository holds a chunk (cross-VM deduplication); a chunk found is
+    /// made durable with the caller's writes, as the caller will reference it
+    /// (`Backend::exists_to_reuse`).
     pub async fn chunk_exists(&self, id: &ChunkId) -> Result<bool> {
-        self.backend.exists(&id.object_key()).await
+        self.backend.exists_to_reuse(&id.object_key()).await
     }
 
     /// Stores a sealed chunk unless it exists.

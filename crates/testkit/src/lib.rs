@@ -30,7 +30,9 @@
 //! backend whose write path is checked, not assumed), the process helpers of
 //! [`process`], the `qemu-img` images of [`image`], and [`tls::TestCa`] (X.509 credentials made with `openssl`, in
 //! QEMU's directory layout), and [`vcsim::Vcsim`] (govmomi's vCenter simulator with change
-//! tracking, built from Debian's Go packages). They return [`FixtureError`] rather than panicking, so a
+//! tracking, built from Debian's Go packages), and [`power_loss::PowerLoss`] (what a
+//! directory tree would hold after a power loss, recorded at the sync calls of the
+//! processes writing it by a preloaded shim built with gcc). They return [`FixtureError`] rather than panicking, so a
 //! missing tool is reported as such.
 
 #![warn(missing_docs)]
@@ -44,6 +46,7 @@ pub mod image;
 pub mod lax_store;
 pub mod local;
 pub mod metastore;
+pub mod power_loss;
 pub mod process;
 pub mod storage_node;
 pub mod tls;

@@ -3,6 +3,9 @@
 //!
 //! The adapter is torn down whatever happened (committed, failed, cancelled), and told
 //! which: a hypervisor keeps a snapshot's marker only if the snapshot was committed.
+//! After a cancellation the teardown gets at most [`CANCELLED_CLEANUP_LIMIT`]: whoever
+//! cancelled (Ctrl-C, SIGTERM, the coordinator) waits for it, but not forever on a
+//! hypervisor that stopped answering; what is left then is for the next run to remove.
 
 use std::future::Future;
 use std::path::Path;
@@ -21,6 +24,11 @@ use crate::pipeline::snapshot::{
     BackupReport, CommittedDisk, ManifestPublisher, SnapshotMeta, base_index, commit_snapshot,
     plan_snapshot,
 };
+
+/// How long a cancelled backup waits for its teardown in the hypervisor (removing a
+/// vSphere snapshot, ending a libvirt job, stopping QEMU's NBD export) before it gives
+/// up and leaves that to the next run.
+pub const CANCELLED_CLEANUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// How the pipeline reads the disks and where the snapshot goes.
 pub struct DriverOptions<'a> {
@@ -105,9 +113,25 @@ pub async fn back_up_vm(
         result = run(repo, &mut *adapter, options, progress, &late_hook) => result,
         () = shutdown => Err(WorkerError::Cancelled("backup")),
     };
+<<<<<<< HEAD
     let cleanup = adapter.teardown(outcome.is_ok()).await;
     // After the teardown, which waits for a thaw the cancellation started.
     wait_late_hook(&late_hook).await;
+=======
+    let cancelled = matches!(outcome, Err(WorkerError::Cancelled(_)));
+    let cleanup = if cancelled {
+        tokio::time::timeout(CANCELLED_CLEANUP_LIMIT, adapter.teardown(false))
+            .await
+            .unwrap_or_else(|_| {
+                Err(WorkerError::Unreachable(format!(
+                    "the hypervisor did not finish the clean-up within {} s",
+                    CANCELLED_CLEANUP_LIMIT.as_secs()
+                )))
+            })
+    } else {
+        adapter.teardown(outcome.is_ok()).await
+    };
+>>>>>>> vsfinish
     let kind = adapter.source().kind;
     match (outcome, cleanup) {
         (Ok((manifest, modes, consistency, warnings)), cleanup) => {
@@ -122,6 +146,10 @@ pub async fn back_up_vm(
                 modes,
                 consistency,
             })
+        }
+        (Err(error), Err(cleanup)) if cancelled => {
+            tracing::warn!(kind, error = %cleanup.chain(), "cleanup after the cancelled backup failed; the next backup retries it");
+            Err(error)
         }
         (Err(error), Err(cleanup)) => {
             tracing::warn!(kind, error = %cleanup.chain(), "cleanup after a failed backup failed too");

@@ -69,7 +69,7 @@
 //! The repository password comes from `HAVEN_PASSWORD` or `--password-file`, not from
 //! this file, so the file can be world-readable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -319,6 +319,21 @@ impl WorkerConfig {
             .dir
             .clone()
             .unwrap_or_else(|| self.scratch_dir.clone())
+    }
+
+    /// How to reach each `vcenter` host, by host name, every credentials file read
+    /// now: at the worker's start and by `--check-config`, so a missing or bad file
+    /// is found before any job needs it.
+    pub fn vcenter_connections(
+        &self,
+    ) -> Result<HashMap<String, haven_vsphere::ConnectOptions>, String> {
+        let mut connections = HashMap::new();
+        for host in &self.hosts {
+            if let Some(connect) = host.vcenter_connection()? {
+                connections.insert(host.name.clone(), connect);
+            }
+        }
+        Ok(connections)
     }
 
     /// Parses a configuration; errors name the line.

@@ -3,9 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -204,6 +204,29 @@ impl RunningBackup {
     /// Its standard error so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (SIGINT as Ctrl-C does, SIGTERM as a service manager does) and
+    /// waits for the exit, at most `limit`: its status and how long it took.
+    pub fn stop_with(&mut self, signal: libc::c_int, limit: Duration) -> (ExitStatus, Duration) {
+        let child = self.guard.0.as_mut().expect("the backup is not reaped yet");
+        let sent = Instant::now();
+        // SAFETY: a signal to a child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // The stderr reader thread sees the pipe close.
+                std::thread::sleep(Duration::from_millis(50));
+                self.guard.0 = None;
+                return (status, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < limit,
+                "haven did not exit within {limit:?} of signal {signal}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for success and parses the JSON report.

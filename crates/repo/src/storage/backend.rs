@@ -343,6 +343,20 @@ impl Backend {
         }
     }
 
+    /// Whether an object exists, for a writer that will reference it instead of
+    /// writing it (deduplication). On a local file system a found object is also made
+    /// durable with this writer's own writes (its file fsynced in the background, its
+    /// directory at the barrier): the process that wrote it may have been killed before
+    /// its own barrier, leaving it in the page cache only, and a snapshot committed on
+    /// top of it would then lose it at a power loss.
+    pub async fn exists_to_reuse(&self, key: &str) -> Result<bool> {
+        let found = self.exists(key).await?;
+        if found && let Some(local) = self.local() {
+            local.after_deferred_write(key).await?;
+        }
+        Ok(found)
+    }
+
     /// The error of a refused HEAD. Its answer has no body to say why, so on S3 a GET
     /// of the same key asks again: its S3 error code tells an unknown access key from
     /// a wrong secret or an invalid bucket name.
@@ -386,11 +400,10 @@ impl Backend {
         if let Some(local) = deferred_local
             && let DirectOutcome::Done(created) = local.put_direct(key, &data).await?
         {
-            return Ok(if created {
-                PutOutcome::Created
-            } else {
-                PutOutcome::AlreadyExisted
-            });
+            if created {
+                return Ok(PutOutcome::Created);
+            }
+            return self.already_existed(key, durability).await;
         }
         let store = match durability {
             Durability::Immediate => self.durable_store(),
@@ -411,9 +424,24 @@ impl Backend {
                 Ok(PutOutcome::Created)
             }
             Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExisted),
+            | Err(object_store::Error::Precondition { .. }) => {
+                self.already_existed(key, durability).await
+            }
             Err(error) => Err(self.storage_error(key, error)),
         }
+    }
+
+    /// A create-only put found the object there: the caller relies on it as if it had
+    /// written it, so on a local file system it is made as durable as the put would
+    /// have made it ([`Self::exists_to_reuse`] says why).
+    async fn already_existed(&self, key: &str, durability: Durability) -> Result<PutOutcome> {
+        if let Some(local) = self.local() {
+            local.after_deferred_write(key).await?;
+            if durability == Durability::Immediate {
+                local.barrier().await?;
+            }
+        }
+        Ok(PutOutcome::AlreadyExisted)
     }
 
     /// Replaces an object whatever is stored under its key, durably.

@@ -50,13 +50,7 @@ secret_file = "/etc/haven/notify/{{ $index }}/secret"
 {{- end }}
 
 {{- define "haven.workerToml" -}}
-id = "${POD_NAME}"
-coordinators = {{ include "haven.coordinatorUrls" . }}
-max_jobs = {{ .Values.worker.maxJobs }}
-scratch_dir = {{ .Values.worker.scratchDir | quote }}
-connections = {{ .Values.worker.connections }}
-read_limit_bytes_per_second = {{ .Values.worker.readLimitBytesPerSecond | int64 }}
-drain_seconds = {{ .Values.worker.drainSeconds | int64 }}
+{{- include "haven.workerSettings" (dict "root" . "worker" .Values.worker "scratchDir" .Values.worker.scratchDir) }}
 
 [[hosts]]
 name = "${NODE_NAME}"
@@ -67,6 +61,43 @@ qemu_user = {{ .Values.worker.libvirt.qemuUser | quote }}
 qmp_dir = {{ .Values.worker.qmpDir | quote }}
 {{- end }}
 
+{{ include "haven.workerAccess" . }}
+{{- end }}
+
+{{/* worker.toml of the vCenter worker: one host per vCenter, its credentials file and
+CA from the Secret and ConfigMap (or Secret) mounted under /etc/haven/vcenter/NAME/. */}}
+{{- define "haven.vcenterWorkerToml" -}}
+{{- include "haven.workerSettings" (dict "root" . "worker" .Values.vcenterWorker "scratchDir" "/var/lib/haven/scratch") }}
+{{- range .Values.vcenterWorker.vcenters }}
+
+[[hosts]]
+name = {{ .name | quote }}
+vcenter = {{ .url | quote }}
+vcenter_credentials_file = "/etc/haven/vcenter/{{ .name }}/credentials/credentials.toml"
+{{- if or .caConfigMap .caSecret }}
+vcenter_ca_file = "/etc/haven/vcenter/{{ .name }}/ca/ca.crt"
+{{- end }}
+{{- end }}
+
+{{ include "haven.workerAccess" . }}
+{{- end }}
+
+{{/* The top of a worker.toml: its identity, coordinators and limits, from a values
+block with maxJobs, connections, readLimitBytesPerSecond and drainSeconds.
+Arguments: (dict "root" $ "worker" BLOCK "scratchDir" PATH). */}}
+{{- define "haven.workerSettings" -}}
+id = "${POD_NAME}"
+coordinators = {{ include "haven.coordinatorUrls" .root }}
+max_jobs = {{ .worker.maxJobs }}
+scratch_dir = {{ .scratchDir | quote }}
+connections = {{ .worker.connections }}
+read_limit_bytes_per_second = {{ .worker.readLimitBytesPerSecond | int64 }}
+drain_seconds = {{ .worker.drainSeconds | int64 }}
+{{- end }}
+
+{{/* The bottom of every worker.toml: the control-plane certificate and the storage
+keys, the same files in every worker pod. */}}
+{{- define "haven.workerAccess" -}}
 [tls]
 ca = "/etc/haven/tls/ca.crt"
 cert = "/etc/haven/tls/tls.crt"
