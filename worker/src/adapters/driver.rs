@@ -113,11 +113,6 @@ pub async fn back_up_vm(
         result = run(repo, &mut *adapter, options, progress, &late_hook) => result,
         () = shutdown => Err(WorkerError::Cancelled("backup")),
     };
-<<<<<<< HEAD
-    let cleanup = adapter.teardown(outcome.is_ok()).await;
-    // After the teardown, which waits for a thaw the cancellation started.
-    wait_late_hook(&late_hook).await;
-=======
     let cancelled = matches!(outcome, Err(WorkerError::Cancelled(_)));
     let cleanup = if cancelled {
         tokio::time::timeout(CANCELLED_CLEANUP_LIMIT, adapter.teardown(false))
@@ -131,7 +126,9 @@ pub async fn back_up_vm(
     } else {
         adapter.teardown(outcome.is_ok()).await
     };
->>>>>>> vsfinish
+    // After the teardown, which waits for a thaw the cancellation started; the post
+    // hook is bounded by its own timeout.
+    wait_late_hook(&late_hook).await;
     let kind = adapter.source().kind;
     match (outcome, cleanup) {
         (Ok((manifest, modes, consistency, warnings)), cleanup) => {
