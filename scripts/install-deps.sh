@@ -20,6 +20,8 @@ packages=(
   openssl
   # cluster tests: a real etcd (3 members on loopback, started by the tests)
   etcd-server etcd-client
+  # partition test: network namespaces and veth pairs (ip netns, ip link)
+  iproute2
   # secured etcd in tests: a private CA and certificates (crates/testkit/src/etcd/secured.rs)
   openssl
   # metrics tests: promtool test rules, and a real Prometheus scraping a cluster

@@ -178,17 +178,21 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").to_string(),
             max_boot_tests: self.config.boot_tests.max_running,
         };
-        // The lease is renewed when the coordinator handles the call, after this: a
-        // lease period counted from here ends no later than the lease itself.
-        let asked = Instant::now();
+        // The lease is granted when the coordinator handles the call, after its last
+        // try was sent: a lease period counted from that try ends no later than the
+        // lease itself. Counted from the first try, a registration the client retried
+        // through a partition was given up the moment it succeeded; a try that waited
+        // long on its connection is renewed below.
+        let mut asked = Instant::now();
         let registered = self
             .client
-            .unary(
-                WorkerServiceClient::new,
-                request.clone(),
-                |mut c, r| async move { c.register(r).await },
-            )
+            .call(|channel| {
+                asked = Instant::now();
+                let request = request.clone();
+                async move { WorkerServiceClient::new(channel).register(request).await }
+            })
             .await
+            .map(tonic::Response::into_inner)
             .map_err(|status| WorkerError::from_coordinator("registration", &status))?;
         tracing::info!(
             worker = self.config.id,
@@ -207,10 +211,31 @@ impl Worker {
             stop_jobs: lease_lost.child_token(),
             lease_lost,
         };
+        let lease = Duration::from_secs(u64::from(registered.lease_ttl_seconds.max(1)));
+        if asked.elapsed() >= lease / 2 {
+            // The answered try may have waited on its connection through a partition
+            // long before the coordinator handled it: renew once now rather than start
+            // the session with a lease it already counts as run out.
+            let renewing = Instant::now();
+            let request = v1::HeartbeatRequest {
+                worker: Some(session.identity.clone()),
+            };
+            let renewed = tokio::time::timeout(
+                lease,
+                self.client
+                    .unary(WorkerServiceClient::new, request, |mut c, r| async move {
+                        c.heartbeat(r).await
+                    }),
+            )
+            .await;
+            if matches!(renewed, Ok(Ok(_))) {
+                asked = renewing;
+            }
+        }
         let heartbeat = tokio::spawn(self.clone().heartbeats(
             session.clone(),
             Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100))),
-            Duration::from_secs(u64::from(registered.lease_ttl_seconds.max(1))),
+            lease,
             asked,
         ));
         let inventory = tokio::spawn(self.clone().inventory_reports(session.clone()));

@@ -21,6 +21,7 @@ mod libvirt;
 mod logs;
 mod notify;
 mod one_worker;
+mod partition;
 mod prometheus;
 mod rotation;
 mod secured_etcd;

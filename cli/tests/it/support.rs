@@ -9,6 +9,7 @@
 //! - `freeze`: a fake guest agent and a QMP proxy that holds the snapshot point;
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
 //! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
+//! - `netns`: network namespaces joined by veth pairs, cut and healed for partitions;
 //! - `storage_node`, `s3`, `metrics`: the storage node, S3 credentials, `/metrics`;
 //! - `prometheus`: a real Prometheus server scraping given targets, and its query API;
 //! - `tls`: a CA and X.509 credentials in QEMU's directory layout;
@@ -28,6 +29,7 @@ pub mod haven;
 pub mod image;
 pub mod libvirt;
 pub mod metrics;
+pub mod netns;
 pub mod otlp;
 pub mod pki;
 pub mod process;

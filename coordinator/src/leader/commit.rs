@@ -158,7 +158,7 @@ impl Leader {
         };
         // Under `mutations`: the ownership compare fences a moved job, but not a second
         // commit of the same attempt, which only the state check above refuses.
-        let accepted = self
+        let written = self
             .write(
                 vec![Compare::ModRevision(
                     model::owner_key(&job.id),
@@ -169,7 +169,24 @@ impl Leader {
                     put_json(catalog_key.clone(), &record)?,
                 ],
             )
-            .await?;
+            .await;
+        let accepted = match written {
+            Ok(accepted) => accepted,
+            Err(error @ LeaderError::Store(_)) => {
+                // Applied or not, the store knows. Applied (its reply lost), the cache
+                // must say so, or a `fail` of this attempt would overwrite the accepted
+                // commit and leave its catalog entry behind without a manifest.
+                let stored = self.resync_job(&job.id).await;
+                let applied = matches!(&stored, Ok(Some(stored))
+                    if stored.commit.as_ref().map(|c| &c.manifest_key)
+                        == Some(&request.manifest_key));
+                if !applied {
+                    return Err(error);
+                }
+                true
+            }
+            Err(error) => return Err(error),
+        };
         if !accepted {
             return Err(LeaderError::Fenced(format!(
                 "job {} moved: {} no longer owns it (its lease expired)",

@@ -394,6 +394,11 @@ impl Leader {
         retryable: bool,
     ) -> Result<()> {
         let mutating = self.mutating().await;
+        check_token(&self.state(), worker, job_id, token)?;
+        // The cache may be behind the store after a write whose reply was lost and
+        // which could not be read back (a commit accepted after all): the stored record
+        // decides, so a failure never overwrites an accepted commit.
+        self.resync_job(job_id).await?;
         let mut updated = check_token(&self.state(), worker, job_id, token)?.clone();
         check_running(&updated)?;
         retry_or_fail(

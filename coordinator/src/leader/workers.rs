@@ -197,6 +197,10 @@ impl Leader {
     /// Replaces the cached workers by the store's live ones (a worker's key vanishes
     /// with its lease) and moves the jobs of dead workers back to pending.
     pub(super) async fn reap_workers(&self, report: &mut TickReport) -> Result<()> {
+        // Listed under `mutations`: a registration finishing between the listing and
+        // the replacement below would otherwise be undone (its worker's heartbeats
+        // refused, its jobs moved) until the next tick.
+        let _mutating = self.mutating().await;
         // A worker record that cannot be decoded counts as absent: its jobs move, as
         // they would if it had died (`load` reports such records).
         let live: HashMap<String, WorkerRecord> = self
@@ -207,7 +211,6 @@ impl Leader {
             .filter_map(|kv| serde_json::from_slice::<WorkerRecord>(&kv.value).ok())
             .map(|w| (w.id.clone(), w))
             .collect();
-        let _mutating = self.mutating().await;
         let orphans = {
             let mut state = self.state();
             state.workers = live;

@@ -10,7 +10,8 @@ use haven_tls::{Identity, Role};
 use super::cluster::Cli;
 use super::haven::haven;
 
-/// A CA in a test folder with a coordinator server certificate for 127.0.0.1.
+/// A CA in a test folder with a coordinator server certificate for 127.0.0.1 (and
+/// one more address on request).
 pub struct Pki {
     dir: PathBuf,
 }
@@ -18,14 +19,20 @@ pub struct Pki {
 impl Pki {
     /// `haven pki init` in `parent/pki`, and the coordinators' server certificate.
     pub fn new(parent: &Path) -> Self {
+        Self::with_coordinator_ip(parent, "127.0.0.1")
+    }
+
+    /// [`Pki::new`] with the coordinators' certificate also valid for `ip` (a
+    /// coordinator listening on a namespace's address).
+    pub fn with_coordinator_ip(parent: &Path, ip: &str) -> Self {
         let dir = parent.join("pki");
         run(&["pki", "init", "--dir", dir.to_str().unwrap()]);
         let pki = Self { dir };
-        pki.issue_with(
-            "server",
-            "coordinator",
-            &["--ip", "127.0.0.1", "--dns", "localhost"],
-        );
+        let mut names = vec!["--ip", "127.0.0.1", "--dns", "localhost"];
+        if ip != "127.0.0.1" {
+            names.extend(["--ip", ip]);
+        }
+        pki.issue_with("server", "coordinator", &names);
         pki
     }
 

@@ -35,7 +35,16 @@ pub enum DomainXmlError {
     /// A restored disk has no `<disk>` with its target in the XML.
     #[error("the stored domain XML has no disk with target dev='{0}'")]
     MissingDisk(String),
+    /// Elements nested deeper than [`MAX_DEPTH`]: no libvirt domain is, and the tree
+    /// is written and dropped recursively, so such a document would overflow the stack.
+    #[error("the stored domain XML nests elements more than {MAX_DEPTH} deep")]
+    TooDeep,
 }
+
+/// How deep elements may nest in a domain XML. libvirt's own documents go about ten
+/// levels deep (`<domain><devices><disk><source><host>`...); a stored document is
+/// outside input, and the tree below is written and dropped recursively.
+pub const MAX_DEPTH: usize = 256;
 
 /// A parsed XML node: an element with its children, or any other event kept verbatim.
 #[derive(Debug, Clone)]
@@ -283,6 +292,9 @@ fn parse(xml: &str) -> Result<Vec<Node>, DomainXmlError> {
         let node = match event {
             Event::Eof => break,
             Event::Start(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(DomainXmlError::TooDeep);
+                }
                 stack.push(Element {
                     start,
                     children: Vec::new(),

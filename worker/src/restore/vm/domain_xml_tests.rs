@@ -169,3 +169,30 @@ fn refuses_what_it_cannot_rewrite() {
         );
     }
 }
+
+#[test]
+fn refuses_a_document_nested_deeper_than_any_domain() {
+    let vda = [disk("vda", "/r/vda.raw", "raw")];
+    let nested = |depth: usize| {
+        format!(
+            "<domain><name>a</name><devices><disk device='disk'><target dev='vda'/></disk>\
+             </devices><metadata>{}{}</metadata></domain>",
+            "<x>".repeat(depth),
+            "</x>".repeat(depth)
+        )
+    };
+    // A million levels used to overflow the stack (writing, then dropping the tree).
+    let error = rewrite_domain_xml(&nested(1_000_000), "copy", &vda).unwrap_err();
+    assert!(matches!(error, DomainXmlError::TooDeep), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!("the stored domain XML nests elements more than {MAX_DEPTH} deep")
+    );
+    // Up to the bound it is rewritten: <domain> and <metadata> are two levels.
+    let deepest = nested(MAX_DEPTH - 2);
+    assert!(rewrite_domain_xml(&deepest, "copy", &vda).is_ok());
+    assert!(matches!(
+        rewrite_domain_xml(&nested(MAX_DEPTH - 1), "copy", &vda),
+        Err(DomainXmlError::TooDeep)
+    ));
+}
