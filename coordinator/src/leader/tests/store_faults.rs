@@ -40,7 +40,13 @@ async fn jobs_settle_exactly_once_under_store_faults() {
         store.set_enabled(false);
         let (_, leader) = leader_over(store.clone()).await;
         let worker = leader
-            .register("w1", "instance-1", vec![("h1".into(), vec![vm("vm1")])], 64, 0)
+            .register(
+                "w1",
+                "instance-1",
+                vec![("h1".into(), vec![vm("vm1")])],
+                64,
+                0,
+            )
             .await
             .unwrap();
         let mut jobs = Vec::new();
