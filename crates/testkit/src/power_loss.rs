@@ -287,6 +287,7 @@ write("late", b"late", True)
 os.rename(os.path.join(root, "synced"), os.path.join(root, "renamed"))
 with open(os.path.join(root, "old"), "ab") as f:
     f.write(b" and after")
+    f.flush()
     os.fsync(f.fileno())
 "#;
         let mut child = watched
