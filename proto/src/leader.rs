@@ -385,8 +385,10 @@ fn explained(url: &str, status: Status) -> Status {
 }
 
 /// Failover symptoms worth another try: a follower's answer, a dead or unreachable
-/// replica, a connection cut by a dying one.
+/// replica, a connection cut by a dying one, and a call whose stream a replica that
+/// was shutting down reset (`Cancelled`: no replica answers it on purpose, and every
+/// call Haven retries is safe to repeat, a commit included).
 fn is_retryable(status: &Status) -> bool {
-    status.code() == Code::Unavailable
+    matches!(status.code(), Code::Unavailable | Code::Cancelled)
         || (status.code() == Code::Unknown && status.message().contains("transport"))
 }

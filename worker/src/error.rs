@@ -105,6 +105,7 @@ impl WorkerError {
             WorkerError::Refused { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::ResourceExhausted
                     | tonic::Code::Aborted
@@ -175,6 +176,8 @@ mod tests {
         };
         let table: Vec<(WorkerError, bool)> = vec![
             (refused(tonic::Code::Unavailable), true),
+            // A call a coordinator shutting down reset (a rolling restart).
+            (refused(tonic::Code::Cancelled), true),
             (refused(tonic::Code::InvalidArgument), false),
             (WorkerError::InvalidInput("no disk".into()), false),
             (WorkerError::Cancelled("job"), false),
