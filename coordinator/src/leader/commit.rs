@@ -228,25 +228,36 @@ impl Leader {
         self.set_publishing(job_id, false);
         published?;
         let mutating = self.mutating().await;
-        let succeeded = self
-            .state()
-            .jobs
-            .get(job_id)
-            .is_some_and(|j| j.state == JobState::Succeeded);
-        if succeeded {
+        if self.has_succeeded(job_id) {
             return Ok(snapshot);
         }
         let mut done = job;
         done.commit = None;
         mark_succeeded(&mut done, now_ms());
-        self.write_ended(&mutating, done.clone(), Vec::new(), Vec::new())
-            .await?;
+        match self
+            .write_ended(&mutating, done.clone(), Vec::new(), Vec::new())
+            .await
+        {
+            Ok(_) => {}
+            // Applied, its reply lost (`write_ended` read the record back): the job
+            // succeeded, and its follow-ups are still to be created.
+            Err(LeaderError::Store(_)) if self.has_succeeded(job_id) => {}
+            Err(error) => return Err(error),
+        }
         if let Err(error) = self.create_follow_ups(&mutating, &done).await {
             tracing::warn!(job = job_id, %error, "cannot create the prune/replication jobs");
         }
         drop(mutating);
         self.changed.notify_waiters();
         Ok(snapshot)
+    }
+
+    /// Whether the cache says job `job_id` succeeded.
+    fn has_succeeded(&self, job_id: &str) -> bool {
+        self.state()
+            .jobs
+            .get(job_id)
+            .is_some_and(|job| job.state == JobState::Succeeded)
     }
 
     /// The ids of manifests being published now. A set of ids stays whole whatever

@@ -96,6 +96,12 @@ impl Leader {
         if overdue.is_empty() {
             return Ok(());
         }
+        self.read_back(overdue.iter().map(|job| job.id.clone()).collect())
+            .await?;
+        let overdue = overdue_jobs(&self.state(), now_ms());
+        if overdue.is_empty() {
+            return Ok(());
+        }
         let mut ops = job_puts(&overdue)?;
         ops.extend(
             overdue
@@ -121,6 +127,7 @@ impl Leader {
     /// worker running it stops at its next progress report. The job as it ended.
     pub async fn cancel(&self, id: &str, by: &str) -> Result<JobRecord> {
         let _mutating = self.mutating().await;
+        self.read_back(vec![id.to_owned()]).await?;
         let job = self
             .state()
             .jobs

@@ -8,7 +8,9 @@ use haven_proto::Backoff;
 use super::state::State;
 use super::writes::{job_puts, put_json};
 use super::{Leader, LeaderError, Mutating, Result};
-use crate::model::{self, JobKind, JobParams, JobRecord, JobState, VmRecord, now_ms};
+use crate::model::{
+    self, JobKind, JobParams, JobRecord, JobState, SnapshotRecord, VmRecord, now_ms,
+};
 use crate::store::{Compare, Op};
 
 /// Attempts before a job is given up.
@@ -496,7 +498,11 @@ impl Leader {
                 return Ok(None);
             }
         };
+        let catalog_entry = self.stored_catalog_entry(&stored).await?;
         let mut state = self.state();
+        if let Some((key, record)) = catalog_entry {
+            state.snapshots.insert(key, record);
+        }
         let cached = state.jobs.get(id);
         if cached != Some(&stored) {
             let ended =
@@ -513,6 +519,42 @@ impl Leader {
             }
         }
         Ok(Some(stored))
+    }
+
+    /// The catalog entry of a backup `job` that committed, as stored: the transaction
+    /// accepting a commit writes the job and its entry together, so a cache that
+    /// missed the one (a lost reply) missed the other too.
+    async fn stored_catalog_entry(
+        &self,
+        job: &JobRecord,
+    ) -> Result<Option<(String, SnapshotRecord)>> {
+        let committed = job.kind == JobKind::Backup
+            && matches!(job.state, JobState::Committing | JobState::Succeeded);
+        let Some((vm, timestamp)) = job.snapshot.as_deref().and_then(|s| s.rsplit_once('@')) else {
+            return Ok(None);
+        };
+        if !committed {
+            return Ok(None);
+        }
+        let key = model::snapshot_key(vm, timestamp);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&kv.value)
+            .ok()
+            .map(|record| (key, record)))
+    }
+
+    /// Reads jobs back from the store before a write that ends them from memory (a
+    /// dead worker's jobs, overdue ones, a cancel). The cache is behind the store
+    /// after a write whose reply was lost and whose read-back failed, and that write
+    /// may have accepted a commit, which ending the job from memory would overwrite,
+    /// leaving a catalog entry without its manifest.
+    pub(super) async fn read_back(&self, ids: Vec<String>) -> Result<()> {
+        for id in &ids {
+            self.resync_job(id).await?;
+        }
+        Ok(())
     }
 
     /// Writes `job`, whose attempt ended, with `also`, and deletes its ownership key,

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::model::{self, JobState, VmRecord, now_ms};
+use crate::model::{self, JobKind, JobState, SnapshotRecord, VmRecord, now_ms};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Compare, KeyValue, LeaseId, Op, StoreError, TxnOutcome};
+use haven_repo::{Backend, Consistency, Manifest, Repository, SourceInfo};
 
 mod store_faults;
 
@@ -194,8 +195,9 @@ async fn load_counts_and_skips_unreadable_records() {
 /// the reply of an applied etcd write is lost; and which can be made unreachable.
 struct LosesReplies {
     inner: Arc<dyn MetaStore>,
-    /// The next transaction is applied, then reported failed.
-    lose_next_reply: AtomicBool,
+    /// The `n`th transaction from now (1: the next; 0: none) is applied, then
+    /// reported failed.
+    lose_reply_of: AtomicUsize,
     /// Once a reply was lost, every call fails until cleared.
     then_down: AtomicBool,
     down: AtomicBool,
@@ -205,10 +207,15 @@ impl LosesReplies {
     fn over(inner: Arc<dyn MetaStore>) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            lose_next_reply: AtomicBool::new(false),
+            lose_reply_of: AtomicUsize::new(0),
             then_down: AtomicBool::new(false),
             down: AtomicBool::new(false),
         })
+    }
+
+    /// Arms the `n`th transaction from now (1: the next) to lose its reply.
+    fn lose_reply_of_txn(&self, n: usize) {
+        self.lose_reply_of.store(n, Ordering::SeqCst);
     }
 
     fn check(&self) -> crate::store::Result<()> {
@@ -244,7 +251,11 @@ impl MetaStore for LosesReplies {
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> crate::store::Result<TxnOutcome> {
         self.check()?;
         let outcome = self.inner.txn(compares, ops).await?;
-        if self.lose_next_reply.swap(false, Ordering::SeqCst) {
+        let armed = self.lose_reply_of.load(Ordering::SeqCst);
+        if armed > 0 {
+            self.lose_reply_of.store(armed - 1, Ordering::SeqCst);
+        }
+        if armed == 1 {
             self.down
                 .store(self.then_down.load(Ordering::SeqCst), Ordering::SeqCst);
             return Err(StoreError::Unavailable("reply lost (test)".into()));
@@ -314,7 +325,7 @@ async fn settled(leader: &Leader, job: &str, lease: LeaseId) {
 async fn a_completion_applied_but_unanswered_is_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (store, leader, lease, job, token) = assigned_gc(dir.path()).await;
-    store.lose_next_reply.store(true, Ordering::SeqCst);
+    store.lose_reply_of_txn(1);
     let lost = leader
         .complete("w1", &job, token, "gc: done", &[], None)
         .await;
@@ -335,7 +346,7 @@ async fn a_retried_completion_finds_its_applied_write_in_the_store() {
     let (store, leader, lease, job, token) = assigned_gc(dir.path()).await;
     // The reply is lost and the store stays unreachable for the read-back.
     store.then_down.store(true, Ordering::SeqCst);
-    store.lose_next_reply.store(true, Ordering::SeqCst);
+    store.lose_reply_of_txn(1);
     let lost = leader
         .complete("w1", &job, token, "gc: done", &[], None)
         .await;
@@ -358,6 +369,181 @@ async fn a_retried_completion_finds_its_applied_write_in_the_store() {
         .complete("w1", &job, token + 1, "gc: done", &[], None)
         .await;
     assert!(matches!(other, Err(LeaderError::Fenced(_))), "{other:?}");
+}
+
+/// A sealed manifest of `vm` stamped `timestamp`, as a worker's fenced commit sends it
+/// for attempt `token` of job `job`.
+fn commit_request(
+    repo: &Repository,
+    job: &str,
+    vm: &str,
+    token: i64,
+    timestamp: &str,
+) -> CommitRequest {
+    let manifest = Manifest {
+        version: haven_repo::FORMAT_VERSION,
+        vm: vm.into(),
+        timestamp: timestamp.into(),
+        created_by: "store fault test".into(),
+        source: SourceInfo {
+            kind: "simulated".into(),
+            origin: "h1".into(),
+        },
+        consistency: Consistency::CrashConsistent,
+        consistency_reason: None,
+        parent: None,
+        disks: Vec::new(),
+        vm_config: None,
+        labels: Default::default(),
+    };
+    let (id, blob) = repo.seal_manifest(&manifest).unwrap();
+    CommitRequest {
+        worker: "w1".into(),
+        job_id: job.into(),
+        token,
+        manifest_key: id.manifest_key(),
+        manifest_blob: blob,
+        snapshot: SnapshotRecord {
+            vm: vm.into(),
+            timestamp: timestamp.into(),
+            repository: String::new(),
+            disks: Vec::new(),
+            bytes_uploaded: 0,
+            job_id: job.into(),
+            bytes_read: 0,
+            bytes_new: 0,
+            committed_unix_ms: 0,
+        },
+    }
+}
+
+/// A backup of `vm1` by policy `p` (keeping the last snapshot, into a repository in
+/// `dir`, jobs failing `job_timeout_seconds` after their creation), assigned to worker
+/// `w1` of a leader over a [`LosesReplies`] store: the store, the leader, the worker's
+/// lease, the repository and the commit the worker sends.
+async fn policy_backup(
+    dir: &std::path::Path,
+    job_timeout_seconds: u64,
+) -> (
+    Arc<LosesReplies>,
+    Leader,
+    LeaseId,
+    Repository,
+    CommitRequest,
+) {
+    let repo_url = format!("file://{}", dir.join("repo").display());
+    let repo = Repository::init(
+        Backend::from_url(&repo_url, true).unwrap(),
+        b"test",
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let embedded: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
+    let store = LosesReplies::over(embedded);
+    let (_, leader) = leader_over(store.clone()).await;
+    let worker = leader
+        .register(
+            "w1",
+            "instance-1",
+            vec![("h1".into(), vec![vm("vm1")])],
+            2,
+            0,
+        )
+        .await
+        .unwrap();
+    let mut policy = crate::leader::fixtures::policy("p");
+    policy.repository = repo_url;
+    policy.retention.keep_last = 1;
+    policy.job_timeout_seconds = job_timeout_seconds;
+    leader.apply_policies(vec![policy]).await.unwrap();
+    let jobs = leader.run_policy("p").await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(leader.tick().await.unwrap().assigned, 1);
+    let polled = leader
+        .poll("w1", "instance-1", worker.lease, &HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!(polled.len(), 1);
+    let request = commit_request(
+        &repo,
+        &jobs[0],
+        "vm1",
+        polled[0].token,
+        "2026-01-01T00:00:01Z",
+    );
+    (store, leader, worker.lease, repo, request)
+}
+
+/// A commit applied whose reply was lost, and which nothing could read back, leaves
+/// the leader's memory at `assigned`. Whatever then ends the job from memory (its
+/// worker's lease running out, its deadline passing, an operator's cancel) reads the
+/// store first: the accepted commit is finished, never overwritten, and the catalog
+/// entry keeps its manifest.
+#[tokio::test]
+async fn an_accepted_commit_the_cache_missed_is_finished_not_ended_over() {
+    for ending in ["lease lost", "deadline", "cancel"] {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = if ending == "deadline" { 1 } else { 3600 };
+        let (store, leader, lease, repo, request) = policy_backup(dir.path(), timeout).await;
+        store.then_down.store(true, Ordering::SeqCst);
+        store.lose_reply_of_txn(1);
+        let lost = leader.commit(request.clone()).await;
+        assert!(
+            matches!(lost, Err(LeaderError::Store(_))),
+            "{ending}: {lost:?}"
+        );
+        store.down.store(false, Ordering::SeqCst);
+        assert_eq!(
+            leader.job(&request.job_id).await.map(|(job, _)| job.state),
+            Some(JobState::Assigned),
+            "{ending}: nothing could be read back"
+        );
+        match ending {
+            "lease lost" => store.inner.revoke(lease).await.unwrap(),
+            "deadline" => tokio::time::sleep(Duration::from_millis(1100)).await,
+            _ => {
+                let refused = leader.cancel(&request.job_id, "admin").await;
+                assert!(
+                    matches!(refused, Err(LeaderError::Fenced(_))),
+                    "{ending}: {refused:?}"
+                );
+            }
+        }
+        let report = leader.tick().await.unwrap();
+        assert_eq!((report.requeued, report.timed_out), (0, 0), "{ending}");
+        let (job, _) = leader.job(&request.job_id).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{ending}: {job:?}");
+        assert_eq!(
+            repo.list_snapshots(Some("vm1")).await.unwrap().len(),
+            1,
+            "{ending}: published"
+        );
+        assert_eq!(
+            leader.snapshots(Some("vm1")).await.len(),
+            1,
+            "{ending}: catalog"
+        );
+    }
+}
+
+/// The write ending a committed backup is applied and its reply lost: the leader
+/// reads the record back, the commit is answered as the success it was, and the
+/// backup's prune job is still created.
+#[tokio::test]
+async fn a_backup_whose_end_lost_its_reply_still_gets_its_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, leader, _, _, request) = policy_backup(dir.path(), 3600).await;
+    // The acceptance (the first transaction) is answered; the end (the second) is not.
+    store.lose_reply_of_txn(2);
+    let snapshot = leader.commit(request.clone()).await.unwrap();
+    assert_eq!(snapshot, "vm1@2026-01-01T00:00:01Z");
+    let jobs = leader.jobs(Some("vm1"), 10).await;
+    assert!(
+        jobs.iter()
+            .any(|(job, _)| job.kind == JobKind::Prune && job.state == JobState::Pending),
+        "{jobs:#?}"
+    );
 }
 
 /// A leader whose VMs are forgotten as soon as a report of their host leaves them

@@ -211,11 +211,19 @@ impl Leader {
             .filter_map(|kv| serde_json::from_slice::<WorkerRecord>(&kv.value).ok())
             .map(|w| (w.id.clone(), w))
             .collect();
+        let orphans_of =
+            |state: &State| orphaned_jobs(&state.jobs, &state.workers, now_ms(), rand::random);
         let orphans = {
             let mut state = self.state();
             state.workers = live;
-            orphaned_jobs(&state.jobs, &state.workers, now_ms(), rand::random)
+            orphans_of(&state)
         };
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        self.read_back(orphans.iter().map(|job| job.id.clone()).collect())
+            .await?;
+        let orphans = orphans_of(&self.state());
         if orphans.is_empty() {
             return Ok(());
         }

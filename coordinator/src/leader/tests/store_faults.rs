@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::model::SnapshotRecord;
 use crate::store::unreliable::{StoreFaultRates, UnreliableMetaStore};
-use haven_repo::{Backend, Consistency, Manifest, Repository, SourceInfo};
+use haven_repo::{Backend, Repository};
 
 /// Seeds of the backup test: each runs 8 backups (about 0.3 s).
 const SEEDS: u64 = 24;
@@ -160,52 +159,6 @@ enum Call {
     Commit(Box<CommitRequest>),
     /// Reports the job failed for good.
     Fail,
-}
-
-/// A sealed manifest of `vm` stamped `timestamp`, as a worker's fenced commit sends it
-/// for attempt `token` of job `job`.
-fn commit_request(
-    repo: &Repository,
-    job: &str,
-    vm: &str,
-    token: i64,
-    timestamp: &str,
-) -> CommitRequest {
-    let manifest = Manifest {
-        version: haven_repo::FORMAT_VERSION,
-        vm: vm.into(),
-        timestamp: timestamp.into(),
-        created_by: "store fault test".into(),
-        source: SourceInfo {
-            kind: "simulated".into(),
-            origin: "h1".into(),
-        },
-        consistency: Consistency::CrashConsistent,
-        consistency_reason: None,
-        parent: None,
-        disks: Vec::new(),
-        vm_config: None,
-        labels: Default::default(),
-    };
-    let (id, blob) = repo.seal_manifest(&manifest).unwrap();
-    CommitRequest {
-        worker: "w1".into(),
-        job_id: job.into(),
-        token,
-        manifest_key: id.manifest_key(),
-        manifest_blob: blob,
-        snapshot: SnapshotRecord {
-            vm: vm.into(),
-            timestamp: timestamp.into(),
-            repository: String::new(),
-            disks: Vec::new(),
-            bytes_uploaded: 0,
-            job_id: job.into(),
-            bytes_read: 0,
-            bytes_new: 0,
-            committed_unix_ms: 0,
-        },
-    }
 }
 
 /// The `n`th distinct snapshot time (whole seconds, in the past).
