@@ -137,8 +137,9 @@ pub struct Store {
 impl Store {
     /// Opens (or initialises) the store over `roots` (in placement order),
     /// checks that each directory is where it was when the store was
-    /// created, and discards leftovers of a crash in every `tmp/`: they were
-    /// never acknowledged.
+    /// created, discards leftovers of a crash in every `tmp/` (they were never
+    /// acknowledged), and makes what a killed node left in place durable before it
+    /// is served ([`durable::sync_file_system`]).
     pub fn open(roots: &[PathBuf], metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         if roots.is_empty() {
             return Err(StoreError::Layout("no data directory".to_owned()));
@@ -158,6 +159,7 @@ impl Store {
             }
             durable::sync_dir(&tmp)?;
             placement::check_marker(root, index, roots.len(), &tmp.join("marker"))?;
+            durable::sync_file_system(root)?;
         }
         let key_locks = (0..KEY_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))

@@ -3,11 +3,26 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// Makes a directory's entries (created, renamed, removed names) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Makes everything on the file system holding `dir` durable (`syncfs(2)`). A node
+/// killed (not powered off) between renaming an object into place and syncing its
+/// directory comes back serving that object, and a client told it exists relies on
+/// it (a backup skips uploading a chunk the node has); syncing the whole file system
+/// once at start makes what the node serves durable before it serves it.
+pub fn sync_file_system(dir: &Path) -> io::Result<()> {
+    let file = File::open(dir)?;
+    // SAFETY: `file` owns the descriptor and outlives the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Creates `relative` below `base` one component at a time, syncing the
