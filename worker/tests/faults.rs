@@ -13,7 +13,8 @@
 //!   was stored: a lost reply);
 //! - no chunk missing that a snapshot names.
 //!
-//! A restore under faults must give the exact disk or fail. At the end a collection
+//! A restore under faults must give the exact disk or fail; a verify under faults must
+//! pass every acknowledged snapshot (a fault is read again, never called damage). At the end a collection
 //! without faults leaves no unreferenced chunk older than its cutoff.
 //!
 //! `HAVEN_FAULT_SEEDS` (comma-separated) and `HAVEN_FAULT_ROUNDS` make it longer; a
@@ -73,6 +74,8 @@ struct Figures {
     gcs_failed: u64,
     restores_under_faults_ok: u64,
     restores_under_faults_failed: u64,
+    /// Verifies of every acknowledged snapshot under faults (each must pass).
+    verifies: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +174,10 @@ async fn run_seed(seed: u64, rounds: usize) -> (FaultCounts, Figures) {
         }
         if round % 3 == 1 {
             restore_under_faults(&repo, &vms, dir.path(), &mut rng, &mut figures).await;
+        }
+        if round % 3 == 2 {
+            verify_under_faults(&repo, &vms, seed, round).await;
+            figures.verifies += 1;
         }
         store.set_enabled(false);
         figures.committed_unacknowledged = check(&repo, &vms, dir.path(), seed, round).await;
@@ -314,6 +321,28 @@ async fn restore(repo: &Arc<Repository>, id: &SnapshotId, dir: &Path) -> Result<
     Ok(std::fs::read(&to).unwrap())
 }
 
+/// Verifies every acknowledged snapshot under faults: a fault is a transport error,
+/// read again, so none may be called damaged (a failed verdict would make the next
+/// backup read its whole disk).
+async fn verify_under_faults(repo: &Arc<Repository>, vms: &[VmModel], seed: u64, round: usize) {
+    let ids: Vec<SnapshotId> = vms
+        .iter()
+        .flat_map(|vm| vm.acknowledged.keys().cloned())
+        .collect();
+    let options = VerifyOptions {
+        record: false,
+        ..VerifyOptions::default()
+    };
+    let report = verify_snapshots(repo.clone(), &ids, &options, &Progress::new())
+        .await
+        .unwrap_or_else(|error| panic!("seed {seed} round {round}: verify under faults: {error}"));
+    assert!(
+        report.is_ok(),
+        "seed {seed} round {round}: verify under faults called intact objects bad: {:?}",
+        report.failures
+    );
+}
+
 /// The invariants, with faults off. Returns how many snapshots are stored that no
 /// backup acknowledged (committed, then the reply lost).
 async fn check(
@@ -435,4 +464,36 @@ async fn a_lock_write_with_a_lost_reply_leaves_no_live_lock() {
             "{fault}: a live collection lock stayed: {live:?}"
         );
     }
+}
+
+/// A reply cut short (a prefix of the object, no error) is a transport fault that
+/// names the cut and is retryable, not a corrupt object.
+#[tokio::test]
+async fn a_cut_reply_is_a_transport_fault_not_damage() {
+    let cut_every_read = FaultRates {
+        short_read: 1.0,
+        ..FaultRates::default()
+    };
+    let store = UnreliableStore::new(Arc::new(InMemory::new()), cut_every_read, 1);
+    store.set_enabled(false);
+    let backend = Backend::over_object_store("unreliable://", Arc::new(store.clone()));
+    backend
+        .put_if_absent(
+            "chunks/ab/abcd",
+            bytes::Bytes::from_static(b"twelve bytes"),
+            haven_repo::Durability::Immediate,
+        )
+        .await
+        .unwrap();
+    store.set_enabled(true);
+    let error = backend.get("chunks/ab/abcd", 100).await.unwrap_err();
+    assert!(
+        matches!(error, haven_repo::RepoError::Storage { .. }) && error.is_retryable(),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("cut short") && error.to_string().contains("of 12 bytes"),
+        "{error}"
+    );
+    assert_eq!(store.counts().short_reads, 1);
 }

@@ -18,6 +18,7 @@
 //! repository with the same key), bad objects are repaired ([`crate::ops::repair`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -214,7 +215,7 @@ async fn verify_one(
 ) -> (SnapshotFindings, Vec<ChunkId>) {
     let mut findings = SnapshotFindings::default();
     let replica = options.repair_from.as_ref();
-    let manifest = match repo.read_manifest(id).await {
+    let manifest = match read_until_settled(FIRST_REREAD_DELAY, || repo.read_manifest(id)).await {
         Ok(manifest) => Some(manifest),
         Err(error) => {
             let key = id.manifest_key();
@@ -240,7 +241,7 @@ async fn verify_one(
     };
     let mut ids: Vec<ChunkId> = Vec::new();
     for disk in manifest.iter().flat_map(|manifest| &manifest.disks) {
-        let index = match repo.read_index(disk).await {
+        let index = match read_until_settled(FIRST_REREAD_DELAY, || repo.read_index(disk)).await {
             Ok(index) => index,
             Err(error) => match replica {
                 Some(replica) => match repair_index(repo, replica, disk).await {
@@ -278,15 +279,8 @@ async fn verify_one(
             let repo = repo.clone();
             let replica = replica.cloned();
             async move {
-                // A second read before a chunk that was read is called bad: a reply
-                // cut short in transit must not mark an intact chunk (and force full
-                // backups). A missing chunk is not read again.
-                let checked = match repo.check_chunk(chunk).await {
-                    Err(error) if !matches!(error, RepoError::NotFound(_)) => {
-                        repo.check_chunk(chunk).await
-                    }
-                    first => first,
-                };
+                let checked =
+                    read_until_settled(FIRST_REREAD_DELAY, || repo.check_chunk(chunk)).await;
                 let outcome = match (checked, replica) {
                     (Ok(len), _) => ChunkOutcome::Good(len),
                     (Err(error), None) => ChunkOutcome::Bad(failure(&chunk.object_key(), error)),
@@ -325,6 +319,37 @@ async fn verify_one(
     ids.retain(|id| bad.binary_search(id).is_err());
     findings.failures.sort_by(|a, b| a.object.cmp(&b.object));
     (findings, ids)
+}
+
+/// Reads of one object before verify calls it bad.
+const READ_ATTEMPTS: u32 = 4;
+/// The wait before the second read; doubled before each further one.
+const FIRST_REREAD_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs `check` (a read and check of one object) until it succeeds, finds the object
+/// missing, or has failed [`READ_ATTEMPTS`] times, waiting `first_delay`, then
+/// twice as long, before each new read. A reply cut short in transit or a store
+/// failing for a moment must not make verify call an intact object bad: the failed
+/// verdict would make the next backup read the whole disk. A missing object is not
+/// read again.
+async fn read_until_settled<T, F, Fut>(first_delay: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = first_delay;
+    let mut attempt = 1;
+    loop {
+        match check().await {
+            Err(error) if !matches!(error, RepoError::NotFound(_)) && attempt < READ_ATTEMPTS => {
+                tracing::debug!(%error, attempt, "read failed; reading it again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            settled => return settled,
+        }
+    }
 }
 
 enum ChunkOutcome {
@@ -392,6 +417,40 @@ fn reason(error: RepoError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk read `failures` times with `error` before it reads well: how many
+    /// reads verify made, and its verdict.
+    async fn reads(failures: u32, error: fn() -> RepoError) -> (u32, Result<u64>) {
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let settled = read_until_settled(Duration::ZERO, || {
+            let n = made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { if n < failures { Err(error()) } else { Ok(7) } }
+        })
+        .await;
+        (made.into_inner(), settled)
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_called_bad_only_after_every_read_failed() {
+        let cut = || RepoError::corrupt("chunks/ab/ab", "authentication failed");
+        let missing = || RepoError::NotFound("chunks/ab/ab".into());
+        let (made, settled) = reads(0, cut).await;
+        assert_eq!((made, settled.ok()), (1, Some(7)));
+        let (made, settled) = reads(READ_ATTEMPTS - 1, cut).await;
+        assert_eq!((made, settled.ok()), (READ_ATTEMPTS, Some(7)));
+        let (made, settled) = reads(READ_ATTEMPTS, cut).await;
+        assert_eq!(made, READ_ATTEMPTS);
+        assert!(
+            matches!(settled, Err(RepoError::Corrupt { .. })),
+            "{settled:?}"
+        );
+        let (made, settled) = reads(1, missing).await;
+        assert_eq!(made, 1, "a missing chunk is not read again");
+        assert!(
+            matches!(settled, Err(RepoError::NotFound(_))),
+            "{settled:?}"
+        );
+    }
 
     #[test]
     fn sampler_picks_about_the_asked_share() {

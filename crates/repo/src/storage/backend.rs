@@ -321,10 +321,27 @@ impl Backend {
                 ),
             ));
         }
-        result
+        let announced = result.range.end.saturating_sub(result.range.start);
+        let bytes = result
             .bytes()
             .await
-            .map_err(|error| self.storage_error(key, error))
+            .map_err(|error| self.storage_error(key, error))?;
+        if bytes.len() as u64 != announced {
+            // A reply cut short without an error (a client that does not check the
+            // length): a transport fault, retried like one, never a corrupt object.
+            let cut = format!(
+                "the reply was cut short: {} of {announced} bytes",
+                bytes.len()
+            );
+            return Err(self.storage_error(
+                key,
+                object_store::Error::Generic {
+                    store: "haven",
+                    source: cut.into(),
+                },
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Whether an object exists. Concurrent calls on a storage node share one
