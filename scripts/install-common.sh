@@ -7,16 +7,21 @@ package_installed() {
 }
 
 # Installs those of the given Debian packages that are missing (apt-get update first);
-# does nothing, not even the update, when all are present.
+# does nothing, not even the update, when all are present. Leading options
+# (`--no-install-recommends`) go to apt-get install.
 install_missing_packages() {
-  local missing=() package
+  local options=() missing=() package
+  while [ $# -gt 0 ] && [[ $1 == --* ]]; do
+    options+=("$1")
+    shift
+  done
   for package in "$@"; do
     package_installed "$package" || missing+=("$package")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get install -y -qq "${options[@]}" "${missing[@]}" >/dev/null
   fi
 }
 

@@ -39,6 +39,11 @@ packages=(
 
 install_missing_packages "${packages[@]}"
 
+# Ceph RGW tests: a one-host cluster the tests start (crates/testkit/src/ceph.rs), and
+# curl, which creates its buckets. Without recommendations, which would add ceph-mds
+# and a time daemon (ntp or chrony); ceph-mgr is not needed either. Removes nothing.
+install_missing_packages --no-install-recommends ceph-mon ceph-osd radosgw curl
+
 # boto3/botocore >= 1.35 for the python3 the tests run (the first on PATH): the storage
 # node tests send IfNoneMatch/IfMatch on put_object, which Debian 12's python3-boto3
 # (1.26) does not know. Fast when already satisfied: one python3 start.

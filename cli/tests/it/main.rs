@@ -9,6 +9,7 @@ mod support;
 
 mod backup_restore;
 mod boot;
+mod ceph;
 mod cluster;
 mod command_line;
 mod diff;

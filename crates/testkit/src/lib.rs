@@ -32,12 +32,15 @@
 //! QEMU's directory layout), and [`vcsim::Vcsim`] (govmomi's vCenter simulator with change
 //! tracking, built from Debian's Go packages), and [`power_loss::PowerLoss`] (what a
 //! directory tree would hold after a power loss, recorded at the sync calls of the
-//! processes writing it by a preloaded shim built with gcc). They return [`FixtureError`] rather than panicking, so a
-//! missing tool is reported as such.
+//! processes writing it by a preloaded shim built with gcc), and two S3 implementations
+//! other than Haven's node: [`garage::Garage`] (one `garage server`) and
+//! [`ceph::Ceph`] (a one-host Ceph cluster with its RGW gateway). They return
+//! [`FixtureError`] rather than panicking, so a missing tool is reported as such.
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod ceph;
 mod error;
 pub mod etcd;
 pub mod garage;

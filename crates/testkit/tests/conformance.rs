@@ -6,6 +6,7 @@ use std::path::Path;
 use haven_coordinator::store::embedded::EmbeddedStore;
 use haven_repo::{Backend, LocalIo};
 use haven_testkit::backend;
+use haven_testkit::ceph::Ceph;
 use haven_testkit::etcd::{Etcd, HAVEN_PREFIX};
 use haven_testkit::local::LocalRepository;
 use haven_testkit::metastore;
@@ -89,4 +90,33 @@ async fn backend_storage_node_as_plain_s3() {
     assert_eq!(queries, 0, "a plain S3 client sends no extension request");
     let heads = node.requests("HeadObject").expect("node metrics");
     assert!(heads > 0, "existence was asked with HEAD");
+}
+
+/// Ceph RGW (Debian's radosgw 16.2 on a one-host cluster): the suite through Haven's
+/// S3 client, which asks RGW for the node's batch extensions first and falls back to
+/// plain S3. Then the fixture's own promise: dropping it stops every daemon and
+/// removes the cluster's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_ceph_rgw() {
+    let ceph = tokio::task::spawn_blocking(Ceph::start)
+        .await
+        .expect("ceph start-up task")
+        .expect("start a ceph cluster with RGW");
+    eprintln!("ceph cluster and RGW started in {:?}", ceph.started_in());
+    ceph.create_bucket("conformance").expect("create a bucket");
+    let backend = ceph
+        .backend("conformance", "repository")
+        .expect("open the backend");
+    backend::run_suite(&backend).await;
+
+    let (pids, dir) = (ceph.pids(), ceph.dir().to_path_buf());
+    assert_eq!(pids.len(), 3, "monitor, OSD and gateway run");
+    drop(ceph);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the cluster still runs"
+        );
+    }
+    assert!(!dir.exists(), "{} was not removed", dir.display());
 }

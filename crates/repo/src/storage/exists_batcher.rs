@@ -164,7 +164,8 @@ impl Inner {
                 );
             }
             Err(error) => {
-                if error.refuses_extension()
+                let refused = error.refuses_extension();
+                if refused
                     && self
                         .mode
                         .compare_exchange(
@@ -176,6 +177,9 @@ impl Inner {
                         .is_ok()
                 {
                     tracing::info!(%error, "server has no batch existence query, using HEAD");
+                } else if refused && self.mode.load(Ordering::Acquire) == MODE_HEAD {
+                    // A batch sent before the first refusal came back: said once above.
+                    tracing::debug!(%error, keys = batch.len(), "existence batch refused, using HEAD");
                 } else {
                     tracing::warn!(%error, keys = batch.len(), "existence batch failed, using HEAD");
                 }

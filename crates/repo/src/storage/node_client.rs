@@ -46,6 +46,10 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// `501 Not Implemented`: the server will never answer this request, however often
+/// it is sent.
+const NOT_IMPLEMENTED: u16 = 501;
+
 /// Failures of the node's extensions; callers branch on
 /// [`NodeClientError::is_unsupported`] (fall back to HEAD) and
 /// [`NodeClientError::is_retryable`].
@@ -82,15 +86,17 @@ impl NodeClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Transport(_) => true,
-            Self::Status { status, .. } => *status >= 500,
+            Self::Status { status, .. } => *status >= 500 && *status != NOT_IMPLEMENTED,
             _ => false,
         }
     }
 
     /// Whether the server does not support the query (plain S3): the caller
-    /// should fall back to HEAD requests.
+    /// should fall back to HEAD requests. Plain S3 servers answer a client error, or
+    /// `501 NotImplemented` (Ceph RGW does, for any POST query it does not know).
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 403)
+        matches!(self, Self::Status { status, .. }
+            if ((400..500).contains(status) && *status != 403) || *status == NOT_IMPLEMENTED)
     }
 
     /// Whether the server refused a Haven extension as such — it does not offer it,
@@ -420,6 +426,24 @@ mod tests {
     }
 
     use super::*;
+
+    /// Ceph RGW answers the extension queries `501 NotImplemented`: a refusal to fall
+    /// back from for good, not a server error to retry.
+    #[test]
+    fn not_implemented_refuses_the_extension_and_is_not_retried() {
+        let status = |status| NodeClientError::Status {
+            status,
+            body: String::new(),
+        };
+        for refused in [400, 403, 404, 405, 501] {
+            assert!(status(refused).refuses_extension(), "{refused}");
+            assert!(!status(refused).is_retryable(), "{refused}");
+        }
+        for transient in [500, 502, 503] {
+            assert!(!status(transient).refuses_extension(), "{transient}");
+            assert!(status(transient).is_retryable(), "{transient}");
+        }
+    }
 
     #[test]
     fn bodies_go_unsigned_only_over_tls_or_loopback() {
