@@ -27,7 +27,9 @@
 //! - **exists for reuse** (deduplication): the key is on *every* placed member, so a
 //!   chunk that lost a replica is uploaded again, which restores the replica.
 //! - **delete**: on every member, placed or not.
-//! - **list**: the union of the members' listings, each key once (`merge`).
+//! - **list**: the union of the members' listings, each key once (`merge`); up to
+//!   `replicas - 1` members whose listing fails are left out, as every acknowledged
+//!   object has a copy on another member.
 
 pub(crate) mod merge;
 pub(crate) mod rebalance;
@@ -399,7 +401,7 @@ impl Placed {
 
     /// The union of every member's objects under `prefix`, in key order.
     pub(crate) fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta>> {
-        merge::merge(listings(&self.members, prefix))
+        merge::merge(listings(&self.members, prefix), self.replicas - 1)
             .map(|listed| listed.map(|listed| listed.meta))
             .boxed()
     }

@@ -6,6 +6,12 @@
 //! as the storage node does), so a k-way merge of their streams needs one pending
 //! object per member. A member that lists out of order is an error, never a silently
 //! repeated or skipped key.
+//!
+//! A member whose listing fails may be left out, up to a given number of members: with
+//! `replicas` copies of every acknowledged object, a listing without `replicas - 1`
+//! members still names every acknowledged object, so a restore can list snapshots while
+//! a node is down. Deletions still need every member, so garbage collection never acts
+//! on such a listing while the node is away.
 
 use futures::stream::{BoxStream, StreamExt};
 use object_store::ObjectMeta;
@@ -31,9 +37,17 @@ struct Source {
     last: Option<String>,
 }
 
-/// Merges the listings of `sources` (member name, its stream in key order).
+/// The sources and how many more of them may fail before the listing does.
+struct State {
+    sources: Vec<Source>,
+    may_fail: usize,
+}
+
+/// Merges the listings of `sources` (member name, its stream in key order); the
+/// listings of up to `may_fail` sources may fail and are then left out.
 pub(crate) fn merge(
     sources: Vec<(String, BoxStream<'static, Result<ObjectMeta>>)>,
+    may_fail: usize,
 ) -> BoxStream<'static, Result<Listed>> {
     let sources: Vec<Source> = sources
         .into_iter()
@@ -45,10 +59,11 @@ pub(crate) fn merge(
             last: None,
         })
         .collect();
-    futures::stream::unfold(Some(sources), |state| async move {
-        let mut sources = state?;
-        match next(&mut sources).await {
-            Ok(Some(listed)) => Some((Ok(listed), Some(sources))),
+    let state = State { sources, may_fail };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match next(&mut state).await {
+            Ok(Some(listed)) => Some((Ok(listed), Some(state))),
             Ok(None) => None,
             // An error ends the stream: a listing with a hole must not look complete.
             Err(error) => Some((Err(error), None)),
@@ -58,11 +73,17 @@ pub(crate) fn merge(
 }
 
 /// The smallest pending key of every source, taken from each source holding it.
-async fn next(sources: &mut [Source]) -> Result<Option<Listed>> {
+async fn next(state: &mut State) -> Result<Option<Listed>> {
+    let State { sources, may_fail } = state;
     for source in sources.iter_mut() {
         if source.head.is_none() && !source.done {
             match source.stream.next().await {
                 None => source.done = true,
+                Some(Err(error)) if *may_fail > 0 => {
+                    *may_fail -= 1;
+                    source.done = true;
+                    tracing::warn!(node = %source.name, %error, "listing without this storage node: its objects have replicas elsewhere");
+                }
                 Some(Err(error)) => return Err(error),
                 Some(Ok(meta)) => {
                     let key = meta.location.to_string();
@@ -139,7 +160,7 @@ mod tests {
             source("b", vec![meta("k2", 1), meta("k3", 9)]),
             source("c", vec![]),
             source("d", vec![meta("k1", 2)]),
-        ])
+        ], 0)
         .try_collect()
         .await
         .unwrap();
@@ -166,9 +187,34 @@ mod tests {
     #[tokio::test]
     async fn a_listing_out_of_order_is_an_error() {
         let result: Result<Vec<Listed>> =
-            merge(vec![source("a", vec![meta("k2", 1), meta("k1", 1)])])
+            merge(vec![source("a", vec![meta("k2", 1), meta("k1", 1)])], 0)
                 .try_collect()
                 .await;
         assert!(result.unwrap_err().to_string().contains("not in key order"));
+    }
+
+    fn failing(name: &str) -> (String, BoxStream<'static, Result<ObjectMeta>>) {
+        let error = RepoError::InvalidArgument("node down".into());
+        (name.to_owned(), futures::stream::iter([Err(error)]).boxed())
+    }
+
+    #[tokio::test]
+    async fn failing_listings_are_left_out_only_within_the_allowance() {
+        let keys = |may_fail| async move {
+            merge(
+                vec![
+                    source("a", vec![meta("k1", 1)]),
+                    failing("b"),
+                    source("c", vec![meta("k2", 1)]),
+                    failing("d"),
+                ],
+                may_fail,
+            )
+            .map_ok(|listed| listed.meta.location.to_string())
+            .try_collect::<Vec<String>>()
+            .await
+        };
+        assert_eq!(keys(2).await.unwrap(), ["k1", "k2"]);
+        assert!(keys(1).await.unwrap_err().to_string().contains("node down"));
     }
 }

@@ -58,7 +58,7 @@ impl Placed {
             }
         }
         let nodes = &nodes;
-        let moved = merge(listings(nodes, ""))
+        let moved = merge(listings(nodes, ""), 0)
             .map(|listed| async move { self.move_one(nodes, listed?).await })
             .buffer_unordered(PARALLEL)
             .try_fold(RebalanceReport::default(), |mut report, moved| async move {
