@@ -93,7 +93,11 @@ fn disk(node: &Node, name: &str) -> std::path::PathBuf {
     raw_image(
         &image,
         size,
-        &[(0, 9 * MIB as usize), (14 * MIB + 123, 2 * MIB as usize), (size - 4000, 4000)],
+        &[
+            (0, 9 * MIB as usize),
+            (14 * MIB + 123, 2 * MIB as usize),
+            (size - 4000, 4000),
+        ],
     );
     image
 }
@@ -141,9 +145,16 @@ fn three_nodes_with_two_replicas_back_up_restore_and_survive_a_killed_node() {
 
     // A backup with new data needs all placed replicas to acknowledge each write: it
     // fails, and says which node did not answer.
-    write_at(&image, 3 * MIB, &crate::support::image::noise(7, 4 * MIB as usize));
+    write_at(
+        &image,
+        3 * MIB,
+        &crate::support::image::noise(7, 4 * MIB as usize),
+    );
     let output = client.backup_output("web1", &[&image]);
-    assert!(!output.status.success(), "a backup succeeded with a member down");
+    assert!(
+        !output.status.success(),
+        "a backup succeeded with a member down"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let dead_address = dead.trim_start_matches("http://");
     assert!(
@@ -192,7 +203,10 @@ fn a_joining_node_gets_its_objects_by_rebalance_and_a_leaving_one_is_drained() {
     let shrunk = site_url(&[&nodes[1], &nodes[2], &nodes[3]], 2);
     let left = HavenClient::on_node(shrunk.clone());
     let drained = left.json(&["repo", "rebalance", "--drain", &nodes[0].endpoint()]);
-    assert!(drained["removed"].as_u64().expect("removed") > 0, "{drained}");
+    assert!(
+        drained["removed"].as_u64().expect("removed") > 0,
+        "{drained}"
+    );
     assert_exact_placement(&shrunk);
     assert!(
         holders(&four)

@@ -115,8 +115,8 @@ impl Template {
 /// The id of the member at `endpoint`: its origin, so `http://h:9000/` and
 /// `http://h:9000` are one member.
 fn member_id(endpoint: &str) -> std::result::Result<String, String> {
-    let parsed = url::Url::parse(endpoint)
-        .map_err(|error| format!("endpoint {endpoint:?}: {error}"))?;
+    let parsed =
+        url::Url::parse(endpoint).map_err(|error| format!("endpoint {endpoint:?}: {error}"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("endpoint {endpoint:?} names no host"));
     }
@@ -162,7 +162,9 @@ pub(crate) fn open(parsed: &url::Url, url: &str, options: &OpenOptions) -> Resul
         }
     }
     if endpoints.is_empty() {
-        return Err(invalid("replicas= needs the members' endpoint= parameters".into()));
+        return Err(invalid(
+            "replicas= needs the members' endpoint= parameters".into(),
+        ));
     }
     let replicas = replicas.unwrap_or(DEFAULT_REPLICAS.min(endpoints.len()));
     if replicas > endpoints.len() {
@@ -382,12 +384,9 @@ impl Placed {
 
     /// Deletes `key` from every member.
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
-        let results = futures::future::join_all(
-            self.members
-                .iter()
-                .map(|member| member.backend.delete(key)),
-        )
-        .await;
+        let results =
+            futures::future::join_all(self.members.iter().map(|member| member.backend.delete(key)))
+                .await;
         results.into_iter().collect()
     }
 
@@ -471,7 +470,10 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(put, PutOutcome::Created);
-            assert_eq!(holders(&backends, &key).await, sorted(placed.placement(&key)));
+            assert_eq!(
+                holders(&backends, &key).await,
+                sorted(placed.placement(&key))
+            );
             let again = placed
                 .put_if_absent(&key, Bytes::from_static(b"other"), Durability::Immediate)
                 .await
@@ -553,7 +555,10 @@ mod tests {
         let after = site(&backends, 2);
         let report = after.rebalance(&[]).await.unwrap();
         assert_eq!(report.objects, 200);
-        assert!(report.copied > 0 && report.copied == report.removed, "{report:?}");
+        assert!(
+            report.copied > 0 && report.copied == report.removed,
+            "{report:?}"
+        );
         for key in &keys {
             assert_eq!(holders(&backends, key).await, sorted(after.placement(key)));
             assert_eq!(after.get(key, 100, false).await.unwrap(), key.as_str());

@@ -29,10 +29,7 @@ pub(crate) fn ranking(members: &[String], key: &str) -> Vec<usize> {
         .enumerate()
         .map(|(index, member)| (score(member, key), index))
         .collect();
-    ranked.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then_with(|| members[a.1].cmp(&members[b.1]))
-    });
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| members[a.1].cmp(&members[b.1])));
     ranked.into_iter().map(|(_, index)| index).collect()
 }
 

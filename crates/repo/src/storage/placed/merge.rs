@@ -87,7 +87,11 @@ async fn next(state: &mut State) -> Result<Option<Listed>> {
                 Some(Err(error)) => return Err(error),
                 Some(Ok(meta)) => {
                     let key = meta.location.to_string();
-                    if source.last.as_deref().is_some_and(|last| last >= key.as_str()) {
+                    if source
+                        .last
+                        .as_deref()
+                        .is_some_and(|last| last >= key.as_str())
+                    {
                         return Err(RepoError::InvalidArgument(format!(
                             "storage node {} listed {key:?} after {:?}: not in key order",
                             source.name,
@@ -138,15 +142,17 @@ mod tests {
     fn meta(key: &str, seconds: u64) -> ObjectMeta {
         ObjectMeta {
             location: Path::from(key),
-            last_modified: (std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-                .into(),
+            last_modified: (std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds)).into(),
             size: 1,
             e_tag: None,
             version: None,
         }
     }
 
-    fn source(name: &str, metas: Vec<ObjectMeta>) -> (String, BoxStream<'static, Result<ObjectMeta>>) {
+    fn source(
+        name: &str,
+        metas: Vec<ObjectMeta>,
+    ) -> (String, BoxStream<'static, Result<ObjectMeta>>) {
         (
             name.to_owned(),
             futures::stream::iter(metas.into_iter().map(Ok)).boxed(),
@@ -155,12 +161,15 @@ mod tests {
 
     #[tokio::test]
     async fn each_key_once_with_its_holders_and_newest_time() {
-        let merged: Vec<Listed> = merge(vec![
-            source("a", vec![meta("k1", 1), meta("k3", 5)]),
-            source("b", vec![meta("k2", 1), meta("k3", 9)]),
-            source("c", vec![]),
-            source("d", vec![meta("k1", 2)]),
-        ], 0)
+        let merged: Vec<Listed> = merge(
+            vec![
+                source("a", vec![meta("k1", 1), meta("k3", 5)]),
+                source("b", vec![meta("k2", 1), meta("k3", 9)]),
+                source("c", vec![]),
+                source("d", vec![meta("k1", 2)]),
+            ],
+            0,
+        )
         .try_collect()
         .await
         .unwrap();

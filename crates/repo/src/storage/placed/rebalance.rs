@@ -87,7 +87,9 @@ impl Placed {
             .filter(|index| !listed.holders.contains(index))
             .collect();
         if !lacking.is_empty() {
-            let data = self.read_from_holders(nodes, &listed, &placement, &key).await?;
+            let data = self
+                .read_from_holders(nodes, &listed, &placement, &key)
+                .await?;
             for index in lacking {
                 nodes[index]
                     .backend
