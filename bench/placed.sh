@@ -22,26 +22,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_node() { # name -> the endpoint on stdout
+start_node() { # name -> the endpoint in $BENCH_DIR/name/endpoint, pid in pids
   local dir="$BENCH_DIR/$1"; mkdir -p "$dir"
   HAVEN_LOG=warn "$HAVEN" storage-node --listen 127.0.0.1:0 --data "$dir/data" \
     --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
     --create-bucket haven >"$dir/out" &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/out" ] && break; sleep 0.1; done
-  head -1 "$dir/out" | awk '{print $NF}'
+  head -1 "$dir/out" | awk '{print $NF}' >"$dir/endpoint"
 }
+endpoint() { cat "$BENCH_DIR/$1/endpoint"; }
 
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$BENCH_DIR/disk.raw"
 run() { # label url
   "$HAVEN" repo init --repo "$2" >/dev/null
   local start end
   start=$(date +%s.%N)
-  "$HAVEN" backup image "$BENCH_DIR/disk.raw" --vm bench --repo "$2" --json >"$BENCH_DIR/$1.json"
+  "$HAVEN" backup image "$BENCH_DIR/disk.raw" --vm bench --repo "$2" --json >"$BENCH_DIR/run.json" 2>/dev/null
   end=$(date +%s.%N)
   python3 -c "s=$end-$start; print(f'$1: {$SIZE_MIB} MiB in {s:.2f} s, {$SIZE_MIB*1048576/s/1e6:.0f} MB/s')"
 }
-one=$(start_node one)
-a=$(start_node a); b=$(start_node b); c=$(start_node c)
-run "1 node" "s3://haven/one?endpoint=$one"
-run "3 nodes, 2 replicas" "s3://haven/site?endpoint=$a&endpoint=$b&endpoint=$c&replicas=2"
+for node in one a b c; do start_node "$node"; done
+run "1 node" "s3://haven/one?endpoint=$(endpoint one)"
+run "3 nodes, 2 replicas" "s3://haven/site?endpoint=$(endpoint a)&endpoint=$(endpoint b)&endpoint=$(endpoint c)&replicas=2"
