@@ -8,6 +8,7 @@ mod clients;
 mod data_dirs;
 mod faults;
 mod least_privilege;
+mod placement;
 mod protect;
 mod repository;
 mod s3_api;

@@ -60,7 +60,9 @@ pub use format::manifest::{
 };
 
 // Storage.
-pub use storage::backend::{Backend, BackendKind, Durability, OpenOptions, PutOutcome};
+pub use storage::backend::{
+    Backend, BackendKind, Durability, OpenOptions, PutOutcome, RebalanceReport,
+};
 pub use storage::local::LocalIo;
 pub use storage::node_client::{
     BatchReader, Credentials, KEYS_PER_REQUEST, NodeClient, NodeClientError, crc32_etag,

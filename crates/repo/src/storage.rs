@@ -6,7 +6,9 @@
 //! chunk I/O (`local_direct`) and background fsyncs with a barrier (`local_sync`); S3
 //! URLs (`s3`) that may name a storage node get the client of its extensions
 //! (`node_client`) and batched existence checks (`exists_batcher`); both carry the
-//! caller's trace context (`trace_context`).
+//! caller's trace context (`trace_context`). An `s3://` URL naming several storage
+//! nodes of one site (`placed`) spreads objects over them by rendezvous hashing
+//! (`rendezvous`), each member an ordinary storage-node backend.
 
 pub(crate) mod backend;
 pub(crate) mod exists_batcher;
@@ -14,7 +16,9 @@ pub(crate) mod local;
 pub(crate) mod local_direct;
 pub(crate) mod local_sync;
 pub(crate) mod node_client;
+pub(crate) mod placed;
 pub(crate) mod put_batcher;
+pub(crate) mod rendezvous;
 pub(crate) mod s3;
 pub(crate) mod s3_refusal;
 pub(crate) mod trace_context;

@@ -120,3 +120,30 @@ async fn backend_ceph_rgw() {
     }
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }
+
+/// Three storage nodes of one site, each object on two of them: the repository sees
+/// one backend that behaves exactly as a single node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_three_storage_nodes_with_two_replicas() {
+    let nodes = [
+        start_storage_node().await,
+        start_storage_node().await,
+        start_storage_node().await,
+    ];
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("endpoint={}", node.endpoint()))
+        .collect();
+    let url = format!(
+        "s3://{}/repository?{}&region=us-east-1&replicas=2",
+        haven_testkit::storage_node::BUCKET,
+        endpoints.join("&")
+    );
+    let options = haven_repo::OpenOptions {
+        credentials: Some(nodes[0].credentials()),
+        ..haven_repo::OpenOptions::default()
+    };
+    let backend = Backend::open(&url, &options).expect("open the site");
+    assert_eq!(backend.kind(), haven_repo::BackendKind::Placed);
+    backend::run_suite(&backend).await;
+}

@@ -14,7 +14,9 @@
 //! - `s3://` with an endpoint that may be a Haven storage node: S3, plus batched
 //!   existence checks, chunk uploads as batch writes and batch transfers through the
 //!   node's extensions, which fall back to plain S3 requests when the server does
-//!   not serve them.
+//!   not serve them;
+//! - `s3://` with several endpoints: the storage nodes of one site, each object on
+//!   the members rendezvous hashing places it on (`super::placed`).
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use super::exists_batcher::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW, ExistsBatcher};
 use super::local::{DirectOutcome, LocalIo, LocalStore};
 use super::node_client::NodeClient;
+use super::placed::Placed;
+pub use super::placed::rebalance::RebalanceReport;
 use super::put_batcher::{DEFAULT_LIMITS, PutBatcher};
 use super::s3::{S3Credentials, S3Store};
 use super::s3_refusal::S3Refusal;
@@ -69,6 +73,9 @@ pub enum BackendKind {
     /// An `object_store` implementation handed in by the caller
     /// ([`Backend::over_object_store`]): fault-injecting wrappers in tests.
     ObjectStore,
+    /// `s3://` with several `endpoint=`s: the storage nodes of one site, each object
+    /// on `replicas` of them chosen by rendezvous hashing.
+    Placed,
 }
 
 /// How [`Backend::open`] opens a URL; the default is what `haven` itself uses.
@@ -103,6 +110,7 @@ enum Implementation {
     Local(Arc<LocalStore>),
     S3(Arc<S3Store>),
     StorageNode(Arc<StorageNode>),
+    Placed(Arc<Placed>),
 }
 
 /// An S3 endpoint used with a Haven storage node's extensions.
@@ -123,6 +131,8 @@ impl Backend {
     /// - `file:///absolute/path` (or a bare path);
     /// - `s3://bucket[/prefix][?endpoint=URL&region=R&path_style=true|false]`, with
     ///   credentials from the usual `AWS_*` environment variables;
+    /// - the same with several `endpoint=` parameters and `replicas=R` (default 2):
+    ///   the storage nodes of one site, each object on `R` of them;
     /// - `memory://` (tests).
     ///
     /// With `create`, a missing local directory is created (for `repo init`).
@@ -171,32 +181,64 @@ impl Backend {
                     .map_err(|_| invalid("file URLs need an absolute path: file:///path"))?;
                 local(&path)
             }
-            "s3" => {
-                let (s3, node) = super::s3::open(
-                    &parsed,
-                    url,
-                    options.credentials.as_ref(),
-                    !options.plain_s3,
-                )?;
-                let implementation = match node {
-                    None => Implementation::S3(Arc::new(s3)),
-                    Some(client) => Implementation::StorageNode(Arc::new(StorageNode {
-                        s3,
-                        exists_batcher: ExistsBatcher::new(
-                            Box::new(client.clone()),
-                            DEFAULT_WINDOW,
-                            DEFAULT_MAX_KEYS,
-                        ),
-                        put_batcher: PutBatcher::new(Box::new(client.clone()), DEFAULT_LIMITS),
-                        client,
-                    })),
-                };
-                Ok(Self::with(url, implementation))
+            "s3" if super::placed::names_several_members(&parsed) => {
+                let placed = super::placed::open(&parsed, url, options)?;
+                Ok(Self::with(url, Implementation::Placed(Arc::new(placed))))
             }
+            "s3" => Self::open_s3(&parsed, url, options, None),
             other => Err(invalid(&format!(
                 "unsupported scheme {other:?} (use file:// or s3://)"
             ))),
         }
+    }
+
+    // A several-node backend's methods call its members' (single-node backends), so
+    // each dispatch to `Placed` boxes its future: the async recursion needs a size.
+
+    /// Opens an `s3://` URL naming one endpoint, with `retry` instead of
+    /// `object_store`'s default retries if given.
+    fn open_s3(
+        parsed: &url::Url,
+        url: &str,
+        options: &OpenOptions,
+        retry: Option<object_store::RetryConfig>,
+    ) -> Result<Self> {
+        let (s3, node) = super::s3::open(
+            parsed,
+            url,
+            options.credentials.as_ref(),
+            !options.plain_s3,
+            retry,
+        )?;
+        let implementation = match node {
+            None => Implementation::S3(Arc::new(s3)),
+            Some(client) => Implementation::StorageNode(Arc::new(StorageNode {
+                s3,
+                exists_batcher: ExistsBatcher::new(
+                    Box::new(client.clone()),
+                    DEFAULT_WINDOW,
+                    DEFAULT_MAX_KEYS,
+                ),
+                put_batcher: PutBatcher::new(Box::new(client.clone()), DEFAULT_LIMITS),
+                client,
+            })),
+        };
+        Ok(Self::with(url, implementation))
+    }
+
+    /// Opens one member of a several-node site (`s3://` with a single endpoint) with
+    /// `retry`: a member that does not answer must not hold a read up for the
+    /// minutes another replica can serve it in.
+    pub(crate) fn open_member(
+        url: &str,
+        options: &OpenOptions,
+        retry: object_store::RetryConfig,
+    ) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|error| RepoError::InvalidUrl {
+            url: url.to_string(),
+            reason: error.to_string(),
+        })?;
+        Self::open_s3(&parsed, url, options, Some(retry))
     }
 
     /// An in-memory backend for tests.
@@ -234,6 +276,52 @@ impl Backend {
             },
             Implementation::S3(_) => BackendKind::S3,
             Implementation::StorageNode(_) => BackendKind::StorageNode,
+            Implementation::Placed(_) => BackendKind::Placed,
+        }
+    }
+
+    /// The storage nodes of a several-node URL (each with its id, the origin of its
+    /// endpoint) and the replication factor; `None` for every other URL.
+    pub fn members(&self) -> Option<(Vec<(String, Backend)>, usize)> {
+        match &self.implementation {
+            Implementation::Placed(placed) => Some((
+                placed
+                    .members()
+                    .iter()
+                    .map(|member| (member.id.clone(), member.backend.clone()))
+                    .collect(),
+                placed.replicas(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The ids of the members that hold `key` under a several-node URL, first-ranked
+    /// first (empty for every other URL): what tests and operators check a rebalance
+    /// against.
+    pub fn placement_of(&self, key: &str) -> Vec<String> {
+        match &self.implementation {
+            Implementation::Placed(placed) => placed
+                .placement(key)
+                .into_iter()
+                .map(|index| placed.members()[index].id.clone())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// After the members of a several-node URL changed: copies every object to its
+    /// placement and removes copies outside it, reading also the nodes at `drain`
+    /// (endpoints that left the URL; they end up empty). Copies come before deletes,
+    /// so a killed pass loses nothing and the next one finishes its work. Any other
+    /// URL has nothing to rebalance: an error says so.
+    pub async fn rebalance(&self, drain: &[String]) -> Result<RebalanceReport> {
+        match &self.implementation {
+            Implementation::Placed(placed) => Box::pin(placed.rebalance(drain)).await,
+            _ => Err(RepoError::InvalidArgument(format!(
+                "{} names one storage location: only a URL with several endpoint= storage nodes is rebalanced",
+                self.location
+            ))),
         }
     }
 
@@ -256,7 +344,10 @@ impl Backend {
         let prefix = match &self.implementation {
             Implementation::S3(s3) => s3.key_prefix.as_str(),
             Implementation::StorageNode(node) => node.s3.key_prefix.as_str(),
-            Implementation::Memory(_) | Implementation::Given(_) | Implementation::Local(_) => "",
+            Implementation::Memory(_)
+            | Implementation::Given(_)
+            | Implementation::Local(_)
+            | Implementation::Placed(_) => "",
         };
         format!("{prefix}{key}")
     }
@@ -280,6 +371,11 @@ impl Backend {
             Implementation::Local(local) => &local.store,
             Implementation::S3(s3) => &s3.store,
             Implementation::StorageNode(node) => &node.s3.store,
+            // Every method dispatches a several-node backend to `Placed` before it
+            // needs a store: no single store may stand for the site.
+            Implementation::Placed(_) => {
+                unreachable!("a several-node backend has no single store")
+            }
         }
     }
 
@@ -297,6 +393,9 @@ impl Backend {
     /// cache (see `local_direct`). Restores keep [`Self::get`]: measured, the
     /// kernel's buffered reads served their access pattern faster.
     pub async fn get_once(&self, key: &str, max_len: u64) -> Result<Bytes> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.get(key, max_len, true)).await;
+        }
         if let Some(local) = self.local()
             && let DirectOutcome::Done(bytes) = local.read_direct(key, max_len).await?
         {
@@ -307,6 +406,9 @@ impl Backend {
 
     /// Reads a whole object, refusing objects larger than `max_len` bytes.
     pub async fn get(&self, key: &str, max_len: u64) -> Result<Bytes> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.get(key, max_len, false)).await;
+        }
         let result = self
             .store()
             .get(&Path::from(key))
@@ -347,6 +449,9 @@ impl Backend {
     /// Whether an object exists. Concurrent calls on a storage node share one
     /// batch query; elsewhere (or if batches fail) this is a HEAD.
     pub async fn exists(&self, key: &str) -> Result<bool> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.exists(key)).await;
+        }
         if let Implementation::StorageNode(node) = &self.implementation
             && let Some(found) = node.exists_batcher.exists(self.bucket_key(key)).await
         {
@@ -367,6 +472,9 @@ impl Backend {
     /// its own barrier, leaving it in the page cache only, and a snapshot committed on
     /// top of it would then lose it at a power loss.
     pub async fn exists_to_reuse(&self, key: &str) -> Result<bool> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.exists_to_reuse(key)).await;
+        }
         let found = self.exists(key).await?;
         if found && let Some(local) = self.local() {
             local.after_deferred_write(key).await?;
@@ -397,6 +505,9 @@ impl Backend {
         data: Bytes,
         durability: Durability,
     ) -> Result<PutOutcome> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.put_if_absent(key, data, durability)).await;
+        }
         if let (Implementation::StorageNode(node), Durability::Deferred) =
             (&self.implementation, durability)
             && let Some(created) = node
@@ -468,11 +579,17 @@ impl Backend {
     /// Haven is create-only, which is what makes crashes and races harmless. Named
     /// narrowly so that a new caller stands out in review.
     pub async fn overwrite_for_repair(&self, key: &str, data: Bytes) -> Result<()> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.overwrite(key, data, true)).await;
+        }
         self.overwrite_durably(key, data).await
     }
 
     /// Deletes an object; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<()> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.delete(key)).await;
+        }
         match self.store().delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(self.storage_error(key, error)),
@@ -499,6 +616,9 @@ impl Backend {
     /// at them. Remote object stores acknowledge durably already; on a local disk this
     /// waits for the background fsyncs of chunks and syncs their directories.
     pub async fn barrier(&self) -> Result<()> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.barrier()).await;
+        }
         match self.local() {
             Some(local) => local.barrier().await,
             None => Ok(()),
@@ -510,6 +630,9 @@ impl Backend {
     /// the only mutable objects besides repairs. Never used for chunks, indexes or
     /// manifests, which are create-only.
     pub(crate) async fn put_lock_object(&self, key: &str, data: Bytes) -> Result<()> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return Box::pin(placed.overwrite(key, data, false)).await;
+        }
         self.overwrite_durably(key, data).await
     }
 
@@ -532,6 +655,9 @@ impl Backend {
         &self,
         prefix: &str,
     ) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta>> {
+        if let Implementation::Placed(placed) = &self.implementation {
+            return placed.list(prefix);
+        }
         let owned_prefix = prefix.to_string();
         let bucket = self.s3_bucket();
         Box::pin(
@@ -549,7 +675,10 @@ impl Backend {
                     .ok()
                     .and_then(|url| url.host_str().map(str::to_owned))
             }
-            Implementation::Memory(_) | Implementation::Given(_) | Implementation::Local(_) => None,
+            Implementation::Memory(_)
+            | Implementation::Given(_)
+            | Implementation::Local(_)
+            | Implementation::Placed(_) => None,
         }
     }
 

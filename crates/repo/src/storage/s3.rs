@@ -68,12 +68,15 @@ pub(crate) struct S3Store {
 
 /// Opens `parsed` (the text of which is `url`, for errors) with `credentials` instead
 /// of the `AWS_*` ones if given. With `extensions`, also returns the client of a
-/// storage node's extensions when the URL can name one (see [`node_client`]).
+/// storage node's extensions when the URL can name one (see [`node_client`]). `retry`
+/// replaces `object_store`'s default retries (ten, for up to three minutes): a member
+/// of a several-node site gives up sooner, as another replica can answer.
 pub(crate) fn open(
     parsed: &url::Url,
     url: &str,
     credentials: Option<&S3Credentials>,
     extensions: bool,
+    retry: Option<object_store::RetryConfig>,
 ) -> Result<(S3Store, Option<NodeClient>)> {
     let invalid = |reason: String| RepoError::InvalidUrl {
         url: url.to_string(),
@@ -86,6 +89,9 @@ pub(crate) fn open(
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_http_connector(TraceContextConnector);
+    if let Some(retry) = retry {
+        builder = builder.with_retry(retry);
+    }
     if let Some(credentials) = credentials {
         // The provider signs the S3 requests; the config values feed the existence
         // query's own signer (an empty token there means "none").
