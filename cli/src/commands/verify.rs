@@ -127,6 +127,9 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
                 println!("snapshot {} FAILED", verdict.snapshot);
             }
         }
+        for snapshot in &report.removed {
+            println!("snapshot {snapshot} removed while it was verified (prune or forget)");
+        }
         println!(
             "{} snapshot(s), {} chunks ({}) checked, {} repaired, {} failure(s)",
             report.snapshots.len(),

@@ -26,6 +26,7 @@ mod qemu;
 mod replicate;
 mod restore_nbd;
 mod serve_nbd;
+mod soak;
 mod stats;
 mod storage_node;
 mod trace;

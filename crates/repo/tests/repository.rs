@@ -133,6 +133,59 @@ async fn init_open_commit_list_verify() {
     assert_eq!(report.failures[0].object, missing.object_key());
 }
 
+/// A prune (manifest, then indexes) and a collection (chunks) racing a verify: the
+/// snapshot was listed, then removed before its objects were read. That is no failure,
+/// and the run says which snapshot went; a snapshot still there whose chunk is missing
+/// still fails.
+#[tokio::test]
+async fn a_snapshot_removed_while_it_is_verified_is_no_failure() {
+    let backend = Backend::memory();
+    let repo = Arc::new(
+        Repository::init(backend.clone(), b"pw", 64 * 1024)
+            .await
+            .unwrap(),
+    );
+    let commit = async |timestamp: &str, seed: u8| {
+        let data = vec![seed; 64 * 1024];
+        let id = repo.chunk_id(&data);
+        repo.put_chunk(&id, repo.seal_chunk(&id, &data).unwrap())
+            .await
+            .unwrap();
+        let mut index = FixedIndex::new_zeroed(64 * 1024, 64 * 1024);
+        index.set(0, id);
+        let snapshot = SnapshotId::new("vm1", timestamp).unwrap();
+        let (key, digest) = repo.write_index(&snapshot, "vda", &index).await.unwrap();
+        let disk = DiskEntry {
+            name: "vda".into(),
+            size: index.disk_size(),
+            chunk_size: index.chunk_size(),
+            index: key.clone(),
+            index_digest: digest,
+            stats: DiskStats::default(),
+            chain: Default::default(),
+        };
+        repo.commit_manifest(&manifest_for(&snapshot, disk))
+            .await
+            .unwrap();
+        (snapshot, key, id)
+    };
+    let (pruned, pruned_index, pruned_chunk) = commit("2026-11-25T10:00:00Z", 1).await;
+    let (damaged, _, damaged_chunk) = commit("2026-11-25T11:00:00Z", 2).await;
+    let listed = repo.list_snapshots(None).await.unwrap();
+    backend.delete(&pruned.manifest_key()).await.unwrap();
+    backend.delete(&pruned_index).await.unwrap();
+    backend.delete(&pruned_chunk.object_key()).await.unwrap();
+    backend.delete(&damaged_chunk.object_key()).await.unwrap();
+
+    let report = verify_snapshots(repo, &listed, &VerifyOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(report.removed, vec![pruned.to_string()]);
+    assert_eq!(report.snapshots, vec![damaged.to_string()]);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].object, damaged_chunk.object_key());
+}
+
 #[tokio::test]
 async fn chunk_sizes_outside_the_range_are_refused() {
     for size in [1000, 32 * 1024, 3 << 20, 32 << 20] {
