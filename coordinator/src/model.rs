@@ -226,7 +226,7 @@ pub struct JobParams {
 pub struct BootTestParams {
     /// Timestamp of the job's VM's snapshot to boot.
     pub snapshot: String,
-    /// `agent` or `serial:TEXT` (see `haven verify --boot`).
+    /// `agent`, `serial:TEXT` or `tcp:PORT` (see `haven verify --boot`).
     pub check: String,
     /// How long the guest has to pass the check.
     pub timeout_seconds: u64,

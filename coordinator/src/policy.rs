@@ -21,7 +21,7 @@
 //! `boot_test` boots the snapshot a backup of the policy just committed in a sandbox
 //! on some worker (a `boot_test` job, `docs/boot-test.md`), when the VM's last boot
 //! test under this policy began at least `every` ago (or never). `check` is `agent`
-//! (the default: the guest agent answers) or `serial:TEXT`; `timeout` defaults to 5
+//! (the default: the guest agent answers), `serial:TEXT` or `tcp:PORT`; `timeout` defaults to 5
 //! minutes.
 //!
 //! `rpo_seconds` defaults to twice the longest gap between two firings of the
@@ -95,7 +95,7 @@ pub struct BootTest {
     pub every_seconds: u64,
     /// How long the guest has to pass the check.
     pub timeout_seconds: u64,
-    /// `agent` or `serial:TEXT`.
+    /// `agent`, `serial:TEXT` or `tcp:PORT`.
     pub check: String,
 }
 
@@ -285,10 +285,14 @@ impl RawBootTest {
         let valid = check == "agent"
             || check
                 .strip_prefix("serial:")
-                .is_some_and(|text| !text.is_empty());
+                .is_some_and(|text| !text.is_empty())
+            || check
+                .strip_prefix("tcp:")
+                .and_then(|port| port.parse::<u16>().ok())
+                .is_some_and(|port| port > 0);
         if !valid {
             return Err(format!(
-                "boot_test.check {check:?}: expected \"agent\" or \"serial:TEXT\""
+                "boot_test.check {check:?}: expected \"agent\", \"serial:TEXT\" or \"tcp:PORT\""
             ));
         }
         Ok(BootTest {
@@ -595,6 +599,14 @@ repository = "/srv/other"
                 check: "serial:UP".into()
             }))
         );
+        assert_eq!(
+            parse("boot_test = { every = \"1d\", check = \"tcp:22\" }\n"),
+            Ok(Some(BootTest {
+                every_seconds: 86400,
+                timeout_seconds: 300,
+                check: "tcp:22".into()
+            }))
+        );
         // (setting, expected error)
         let cases = [
             (
@@ -612,6 +624,14 @@ repository = "/srv/other"
             (
                 "every = \"1d\", check = \"serial:\"",
                 "p.toml:5: boot_test.check",
+            ),
+            (
+                "every = \"1d\", check = \"tcp:0\"",
+                "p.toml:5: boot_test.check \"tcp:0\"",
+            ),
+            (
+                "every = \"1d\", check = \"tcp:ssh\"",
+                "p.toml:5: boot_test.check \"tcp:ssh\"",
             ),
         ];
         for (setting, expected) in cases {

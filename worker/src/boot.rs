@@ -1,7 +1,8 @@
 //! Boot tests: does a snapshot still boot? (`haven verify --boot`).
 //!
 //! [`boot_test`] starts the snapshot in a [`sandbox::Sandbox`] (QEMU on read-only NBD
-//! exports of the snapshot under throw-away overlays, no network), with the kernel and
+//! exports of the snapshot under throw-away overlays, no network unless the check is a
+//! TCP port), with the kernel and
 //! initrd read from the snapshot's own file system ([`kernel`]) and CPUs and memory
 //! from its recorded configuration within limits ([`resources`]), then waits for a
 //! [`BootCheck`] until a timeout. The verdict, the serial log and a screenshot are
@@ -46,6 +47,19 @@ pub enum BootCheck {
     Agent,
     /// The serial console printed this text.
     Serial(String),
+    /// A TCP port of the guest accepts connections: the sandbox then gives the guest
+    /// an isolated network (see [`sandbox`]) with this port forwarded.
+    Tcp(u16),
+}
+
+impl BootCheck {
+    /// The guest port the check connects to, when it needs the sandbox network.
+    pub fn tcp_port(&self) -> Option<u16> {
+        match self {
+            BootCheck::Tcp(port) => Some(*port),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for BootCheck {
@@ -57,9 +71,16 @@ impl FromStr for BootCheck {
             Some(("serial", pattern)) if !pattern.is_empty() => {
                 Ok(BootCheck::Serial(pattern.to_string()))
             }
+            Some(("tcp", port)) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => Ok(BootCheck::Tcp(port)),
+                _ => Err(format!(
+                    "{text:?}: expected `tcp:PORT`, PORT from 1 to 65535"
+                )),
+            },
             _ => Err(format!(
-                "{text:?}: expected `agent` (the guest agent answers guest-ping) or \
-                 `serial:TEXT` (the serial console prints TEXT)"
+                "{text:?}: expected `agent` (the guest agent answers guest-ping), \
+                 `serial:TEXT` (the serial console prints TEXT) or `tcp:PORT` (a TCP port \
+                 of the guest accepts connections)"
             )),
         }
     }
@@ -70,6 +91,7 @@ impl std::fmt::Display for BootCheck {
         match self {
             BootCheck::Agent => f.write_str("agent"),
             BootCheck::Serial(pattern) => write!(f, "serial:{pattern}"),
+            BootCheck::Tcp(port) => write!(f, "tcp:{port}"),
         }
     }
 }
@@ -179,7 +201,15 @@ pub async fn boot_test(repo: Arc<Repository>, request: &BootRequest) -> Result<B
                 resources.memory_mib
             );
             tracing::info!(snapshot = %id, sandbox = %sandbox_text, "boot test: starting");
-            let mut sandbox = Sandbox::start(dir, &readers, &boot, resources, accel).await?;
+            let mut sandbox = Sandbox::start(
+                dir,
+                &readers,
+                &boot,
+                resources,
+                accel,
+                request.check.tcp_port(),
+            )
+            .await?;
             let (outcome, detail) =
                 wait_for_check(&mut sandbox, &request.check, request.timeout).await;
             let screenshot = match sandbox.screenshot().await {
@@ -266,7 +296,7 @@ async fn wait_for_check(
 }
 
 /// `Some(what passed)` when the check passes now.
-async fn check_once(sandbox: &Sandbox, check: &BootCheck) -> Option<String> {
+async fn check_once(sandbox: &mut Sandbox, check: &BootCheck) -> Option<String> {
     match check {
         BootCheck::Serial(pattern) => {
             let log = sandbox.serial_log();
@@ -283,6 +313,33 @@ async fn check_once(sandbox: &Sandbox, check: &BootCheck) -> Option<String> {
                 .await
                 .ok()
                 .map(|_| "the guest agent answered guest-ping".to_string())
+        }
+        BootCheck::Tcp(port) => sandbox
+            .guest_port_accepts(AGENT_ATTEMPT)
+            .await
+            .then(|| format!("the guest accepted a TCP connection on port {port}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BootCheck;
+
+    #[test]
+    fn checks_parse_and_print_back() {
+        for (text, check) in [
+            ("agent", BootCheck::Agent),
+            ("serial:login:", BootCheck::Serial("login:".into())),
+            ("tcp:22", BootCheck::Tcp(22)),
+            ("tcp:65535", BootCheck::Tcp(65535)),
+        ] {
+            assert_eq!(text.parse::<BootCheck>(), Ok(check.clone()), "{text}");
+            assert_eq!(check.to_string(), text);
+        }
+        assert_eq!(BootCheck::Tcp(22).tcp_port(), Some(22));
+        assert_eq!(BootCheck::Agent.tcp_port(), None);
+        for bad in ["tcp:", "tcp:0", "tcp:65536", "tcp:ssh", "serial:", "ping"] {
+            assert!(bad.parse::<BootCheck>().is_err(), "{bad}");
         }
     }
 }

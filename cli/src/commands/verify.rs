@@ -50,13 +50,15 @@ pub struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
     /// Boot the snapshot in a sandbox instead of re-reading its chunks: QEMU on
-    /// read-only NBD exports under throw-away overlays, no network, the kernel and
-    /// initrd from the snapshot's /boot. The verdict, serial log and screenshot are
+    /// read-only NBD exports under throw-away overlays, no network (an isolated one
+    /// for `--check tcp:PORT`), the kernel and initrd from the snapshot's /boot. The verdict, serial log and screenshot are
     /// stored beside the snapshot.
     #[arg(long, requires = "snapshot", conflicts_with_all = ["sample", "repair_from"])]
     pub(crate) boot: bool,
     /// What decides that the guest came up: `agent` (the QEMU guest agent answers
-    /// guest-ping) or `serial:TEXT` (the serial console prints TEXT).
+    /// guest-ping), `serial:TEXT` (the serial console prints TEXT) or `tcp:PORT` (the
+    /// guest accepts a TCP connection on PORT; the sandbox then gives it an isolated
+    /// network).
     #[arg(long, requires = "boot", default_value = "agent", value_name = "CHECK")]
     pub(crate) check: BootCheck,
     /// How long the guest has to pass the check (30s, 5m, …).

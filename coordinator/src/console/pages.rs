@@ -18,7 +18,7 @@ mod vm;
 
 use std::fmt::{self, Write};
 
-use super::html::Esc;
+use super::html::{self, Esc};
 
 pub use audit::audit;
 pub use cluster::{replication, storage};
@@ -223,6 +223,28 @@ fn leader_console(leader: &str, port: u16) -> Option<String> {
     valid.then(|| format!("{scheme}://{host}:{port}/"))
 }
 
+/// A boot test's verdict: a `<span>` badge `boot passed` / `boot failed` carrying
+/// `data-boot`, or `–` when there is none. Why a badge: a failed boot test is the one
+/// verdict that says a backup may be useless although every byte of it is there.
+fn boot_badge(out: &mut String, passed: Option<bool>) -> fmt::Result {
+    let (key, label) = match passed {
+        Some(true) => ("passed", "boot passed"),
+        Some(false) => ("failed", "boot failed"),
+        None => return out.write_str("–"),
+    };
+    write!(
+        out,
+        "<span class=\"badge boot-{key}\" data-boot=\"{key}\">{label}</span>"
+    )
+}
+
+/// When the newest boot-verified snapshot was taken (Unix seconds), for people.
+fn boot_verified(seconds: Option<i64>) -> String {
+    seconds.map_or("never".to_owned(), |s| {
+        html::time(u64::try_from(s).unwrap_or(0) * 1000)
+    })
+}
+
 /// A `<span>` badge of a protection.
 fn badge(out: &mut String, protection: super::Protection) -> fmt::Result {
     write!(
@@ -289,10 +311,31 @@ mod tests {
             commit: None,
             not_before_unix_ms: 0,
         };
+        // Two boot tests of the snapshot: the older passed, the newer failed.
+        let boot = |id: &str, passed: bool, finished: u64| JobRecord {
+            id: id.into(),
+            kind: JobKind::BootTest,
+            params: JobParams {
+                boot: Some(model::BootTestParams {
+                    snapshot: snapshot.timestamp.clone(),
+                    check: "serial:<login>".into(),
+                    timeout_seconds: 60,
+                }),
+                ..JobParams::default()
+            },
+            boot_passed: Some(passed),
+            state: JobState::Succeeded,
+            finished_unix_ms: finished,
+            error: None,
+            ..job.clone()
+        };
+        let (passed, failed) = (boot("boot-1", true, 3), boot("boot-2", false, 4));
         store
             .txn(
                 vec![],
                 vec![
+                    Op::put(model::job_key(&passed.id), json(&passed)),
+                    Op::put(model::job_key(&failed.id), json(&failed)),
                     Op::put(model::vm_key(&vm.name), json(&vm)),
                     Op::put(
                         model::snapshot_key(&snapshot.vm, &snapshot.timestamp),
@@ -303,6 +346,11 @@ mod tests {
             )
             .await
             .unwrap();
+        load(store).await
+    }
+
+    /// A real leader loaded from `store`.
+    async fn load(store: Arc<dyn MetaStore>) -> Leader {
         let mut registry = haven_metrics::Registry::new();
         let settings = LeaderSettings {
             worker_lease: Duration::from_secs(10),
@@ -313,7 +361,6 @@ mod tests {
             job_metrics: JobMetrics::register(&mut registry),
             notifier: Default::default(),
         };
-        let store: Arc<dyn MetaStore> = store;
         Leader::load(store, 1, settings).await.unwrap()
     }
 
@@ -374,6 +421,117 @@ mod tests {
         };
         let page = vm(&viewer, &leader, HOSTILE).await.unwrap();
         assert!(!page.contains("backup-now"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn boot_verdicts_are_shown_per_vm_and_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = leader(dir.path()).await;
+        let context = PageContext {
+            who: "viewer v".into(),
+            csrf: String::new(),
+            can_act: false,
+            can_audit: false,
+            now_ms: model::now_ms(),
+        };
+        // The snapshot's time, as the passed test verified it.
+        let verified = "2026-12-06 10:00:00Z";
+        let failed = "<span class=\"badge boot-failed\" data-boot=\"failed\">boot failed</span>";
+        let passed = "<span class=\"badge boot-passed\" data-boot=\"passed\">boot passed</span>";
+
+        // The overview counts both and lists the VM whose last test failed, escaped.
+        let page = overview(&context, &leader);
+        assert!(
+            page.contains("1 VMs with a boot-verified snapshot · 1 whose last boot test failed"),
+            "{page}"
+        );
+        let listed = page
+            .split_once("<ul id=\"boot-failed\">")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{page}"));
+        assert!(
+            listed.starts_with(&format!(
+                "<li data-vm=\"&lt;img src=x onerror=alert(1)&gt;\"><a href=\"/vm/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E\">&lt;img src=x onerror=alert(1)&gt;</a> (last boot-verified snapshot: {verified})</li>"
+            )),
+            "{listed}"
+        );
+        // The VM tables: the verified snapshot's time, then the last verdict.
+        for page in [
+            overview(&context, &leader),
+            vms(&context, &leader, None, None, 0),
+        ] {
+            assert!(
+                page.contains(&format!(
+                    "<td class=\"boot-verified\">{verified}<td class=\"boot\">{failed}</tr>"
+                )),
+                "{page}"
+            );
+        }
+        // The VM's page.
+        let page = vm(&context, &leader, HOSTILE).await.unwrap();
+        assert!(
+            page.contains(&format!(
+                "<dt>Last boot-verified snapshot</dt><dd>{verified}</dd>\
+                 <dt>Last boot test</dt><dd id=\"last-boot-test\">{failed}</dd>"
+            )),
+            "{page}"
+        );
+        // Each boot test job with its verdict and the snapshot it booted.
+        let page = jobs(&context, &leader).await;
+        for (id, verdict) in [("boot-1", passed), ("boot-2", failed)] {
+            let row = page
+                .split(&format!("<tr data-job=\"{id}\">"))
+                .nth(1)
+                .and_then(|rest| rest.split("</tr>").next())
+                .unwrap_or_else(|| panic!("{id} not in {page}"));
+            assert!(
+                row.ends_with(&format!("{verdict} 2026-12-06T10:00:00Z")),
+                "{row}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_never_boot_tested_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb"))
+            .await
+            .unwrap();
+        let record = VmRecord {
+            name: "web1".into(),
+            host: "h".into(),
+            disks: vec![],
+            labels: Default::default(),
+        };
+        store
+            .txn(
+                vec![],
+                vec![Op::put(model::vm_key(&record.name), json(&record))],
+            )
+            .await
+            .unwrap();
+        let leader = load(store).await;
+        let context = PageContext {
+            who: "viewer v".into(),
+            csrf: String::new(),
+            can_act: false,
+            can_audit: false,
+            now_ms: model::now_ms(),
+        };
+        let page = vm(&context, &leader, "web1").await.unwrap();
+        assert!(
+            page.contains(
+                "<dt>Last boot-verified snapshot</dt><dd>never</dd>\
+                 <dt>Last boot test</dt><dd id=\"last-boot-test\">–</dd>"
+            ),
+            "{page}"
+        );
+        let page = overview(&context, &leader);
+        assert!(!page.contains("boot-failed"), "{page}");
+        assert!(
+            page.contains("0 VMs with a boot-verified snapshot · 0 whose last boot test failed"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! script in `/etc/qemu/fsfreeze-hook.d/`, and the guest's one prints
 //! [`FSFREEZE_MARKER`] and the action on the serial console and appends it to
 //! [`FSFREEZE_LOG`], so a test sees the freeze from inside the guest (the line written
-//! before a freeze is in the snapshot taken during it). The kernel and initrd are also
-//! kept beside the images, to boot the guest directly.
+//! before a freeze is in the snapshot taken during it). A virtio NIC, when the guest
+//! has one, gets its address by DHCP (`systemd-networkd`), and a socket unit listens on
+//! [`GUEST_TCP_PORT`]. The kernel and initrd are also kept beside the images, to boot
+//! the guest directly.
 //!
 //! Building takes a few minutes, so the images are built once per machine and kept in
 //! [`cache_dir`] under [`GUEST_VERSION`]: a change to the recipe must change the
@@ -29,7 +31,7 @@ use crate::FixtureError;
 use crate::process::run;
 
 /// Version of the recipe; the cache folder is named after it.
-pub const GUEST_VERSION: &str = "bookworm-2";
+pub const GUEST_VERSION: &str = "bookworm-3";
 /// What the guest prints on its serial console when it is up.
 pub const READY_MARKER: &str = "HAVEN-GUEST-READY";
 /// What the guest's fsfreeze hook prints on the serial console, followed by the
@@ -37,6 +39,10 @@ pub const READY_MARKER: &str = "HAVEN-GUEST-READY";
 pub const FSFREEZE_MARKER: &str = "HAVEN-FSFREEZE";
 /// Where in the guest the hook also appends its lines.
 pub const FSFREEZE_LOG: &str = "/var/log/haven-fsfreeze.log";
+/// The TCP port a service of the guest listens on (a systemd socket unit echoing what
+/// it gets), for boot checks of a guest port: the guest brings up any virtio NIC it
+/// has with DHCP (`systemd-networkd`).
+pub const GUEST_TCP_PORT: u16 = 7777;
 /// Size of the disk images (sparse; about 200 MiB of it holds data).
 pub const DISK_SIZE: u64 = 1024 * 1024 * 1024;
 /// Where the root partition starts.
@@ -52,6 +58,9 @@ const KEPT_MODULES: &[&str] = &[
     "drivers/char",
     "drivers/tty",
     "drivers/input",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "net/core/failover.ko",
     "drivers/scsi",
     "drivers/base",
     "fs/ext4",
@@ -277,8 +286,8 @@ fn slim_modules(tree: &Path, version: &str) -> Result<(), FixtureError> {
         .map_err(FixtureError::io(format!("cannot move {}", kept.display())))
 }
 
-/// Host name, fstab, a small initrd, the unit that announces the guest is up, and the
-/// guest agent's fsfreeze hook.
+/// Host name, fstab, a small initrd, the unit that announces the guest is up, the
+/// guest agent's fsfreeze hook, DHCP on a NIC and a listening TCP port.
 fn configure(tree: &Path) -> Result<(), FixtureError> {
     let files: &[(&str, String)] = &[
         ("etc/hostname", "haven-guest\n".into()),
@@ -319,6 +328,23 @@ fn configure(tree: &Path) -> Result<(), FixtureError> {
             ),
         ),
         (
+            "etc/systemd/network/20-haven-dhcp.network",
+            "[Match]\nName=en* eth*\n[Network]\nDHCP=ipv4\n".into(),
+        ),
+        (
+            "etc/systemd/system/haven-echo.socket",
+            format!(
+                "[Unit]\nDescription=A TCP port for boot checks\n[Socket]\n\
+                 ListenStream={GUEST_TCP_PORT}\nAccept=yes\n[Install]\nWantedBy=sockets.target\n"
+            ),
+        ),
+        (
+            "etc/systemd/system/haven-echo@.service",
+            "[Unit]\nDescription=Echo one connection\n[Service]\nExecStart=/bin/cat\n\
+             StandardInput=socket\n"
+                .into(),
+        ),
+        (
             "etc/systemd/system/qemu-guest-agent.service.d/fsfreeze-hook.conf",
             "[Service]\nExecStart=\nExecStart=/usr/sbin/qemu-ga --fsfreeze-hook=/etc/qemu/fsfreeze-hook\n"
                 .into(),
@@ -340,15 +366,32 @@ fn configure(tree: &Path) -> Result<(), FixtureError> {
                 .map_err(FixtureError::io(format!("cannot chmod {}", path.display())))?;
         }
     }
-    let wants = tree.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants).map_err(FixtureError::io(format!(
-        "cannot create {}",
-        wants.display()
-    )))?;
-    let link = wants.join("haven-ready.service");
-    if link.symlink_metadata().is_err() {
-        std::os::unix::fs::symlink("/etc/systemd/system/haven-ready.service", &link)
-            .map_err(FixtureError::io(format!("cannot link {}", link.display())))?;
+    for (target, unit) in [
+        (
+            "multi-user.target",
+            "/etc/systemd/system/haven-ready.service",
+        ),
+        (
+            "multi-user.target",
+            "/lib/systemd/system/systemd-networkd.service",
+        ),
+        (
+            "sockets.target",
+            "/lib/systemd/system/systemd-networkd.socket",
+        ),
+        ("sockets.target", "/etc/systemd/system/haven-echo.socket"),
+    ] {
+        let wants = tree.join(format!("etc/systemd/system/{target}.wants"));
+        std::fs::create_dir_all(&wants).map_err(FixtureError::io(format!(
+            "cannot create {}",
+            wants.display()
+        )))?;
+        let name = Path::new(unit).file_name().unwrap_or_default();
+        let link = wants.join(name);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(unit, &link)
+                .map_err(FixtureError::io(format!("cannot link {}", link.display())))?;
+        }
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ mod chain;
 pub(crate) mod graph;
 pub mod qmp;
 mod session;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -45,6 +46,7 @@ use crate::error::Result;
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::snapshot::{BackupReport, SnapshotPlan};
 use session::{DiskObjects, Session};
+use watchdog::{ThawWatchdog, WATCHDOG_GRACE};
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -363,11 +365,20 @@ async fn snapshot_point(
     let mut frozen = false;
     let mut thaw_guard = None;
     if let (Some(agent), Some(socket)) = (agent.as_mut(), &request.guest_agent) {
+        // A process of its own thaws the guest if this one dies while it is frozen.
+        let watchdog = match ThawWatchdog::spawn(socket, limit + WATCHDOG_GRACE, limit) {
+            Ok(watchdog) => Some(watchdog),
+            Err(error) => {
+                tracing::warn!(%error, "no thaw watchdog: a kill of this process would leave the guest frozen");
+                None
+            }
+        };
         thaw_guard = Some(ThawOnDrop {
             socket: socket.clone(),
             timeout: limit,
             armed: true,
             late: late_thaw.clone(),
+            watchdog,
         });
         match agent
             .execute_within("guest-fsfreeze-freeze", json!({}), limit)
@@ -442,7 +453,8 @@ async fn thaw(guard: ThawOnDrop, agent: Option<GuestAgent>) {
 
 /// Thaws the guest if dropped before [`ThawOnDrop::thaw`] ran (the backup was
 /// cancelled between freeze and thaw): a frozen guest would stay frozen, since the
-/// agent never thaws by itself.
+/// agent never thaws by itself. Its [`ThawWatchdog`] covers what no code of this
+/// process can: the process being killed.
 struct ThawOnDrop {
     socket: PathBuf,
     timeout: Duration,
@@ -450,6 +462,9 @@ struct ThawOnDrop {
     armed: bool,
     /// Where the thawing task goes when dropped armed.
     late: LateThaw,
+    /// Released once a thaw succeeded; dropped unreleased (this process gave up, or
+    /// died), it thaws the guest itself.
+    watchdog: Option<ThawWatchdog>,
 }
 
 impl ThawOnDrop {
@@ -467,6 +482,9 @@ impl ThawOnDrop {
         };
         agent.execute("guest-fsfreeze-thaw", json!({})).await?;
         self.armed = false;
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.release();
+        }
         Ok(())
     }
 }
@@ -477,7 +495,9 @@ impl Drop for ThawOnDrop {
             return;
         }
         let (socket, timeout) = (self.socket.clone(), self.timeout);
+        let watchdog = self.watchdog.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // The watchdog, dropped unreleased, thaws.
             return;
         };
         let task = runtime.spawn(async move {
@@ -486,8 +506,16 @@ impl Drop for ThawOnDrop {
                 agent.execute("guest-fsfreeze-thaw", json!({})).await
             };
             match thawed.await {
-                Ok(_) => tracing::info!("guest thawed (second try, or after a cancellation)"),
-                Err(error) => tracing::warn!(%error, "guest thaw failed again"),
+                Ok(_) => {
+                    tracing::info!("guest thawed (second try, or after a cancellation)");
+                    if let Some(watchdog) = watchdog {
+                        watchdog.release();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "guest thaw failed again: the watchdog tries");
+                    drop(watchdog);
+                }
             }
         });
         *self

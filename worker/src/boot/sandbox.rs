@@ -3,7 +3,13 @@
 //!
 //! Nothing can reach the repository or the network: the exports are read-only, the
 //! guest's writes land in overlays inside the sandbox folder, and QEMU has no network
-//! device (`-nic none`). Everything lives in one temporary folder and one process
+//! device (`-nic none`). Only a check of a guest TCP port gives the guest a network,
+//! and an isolated one: QEMU's user-mode stack with `restrict=on` (the guest gets an
+//! address by DHCP and reaches neither the host nor anything beyond; nothing is routed)
+//! and one forward, from an ephemeral port on the host's 127.0.0.1 to the checked
+//! port. That forward's listening socket is QEMU's, so a connection to it is accepted
+//! whether or not the guest port is open; [`Sandbox::guest_port_accepts`] therefore
+//! asks QEMU's own stack (`info usernet`) whether the guest completed the handshake. Everything lives in one temporary folder and one process
 //! group: dropping the [`Sandbox`] kills QEMU (it also dies with the worker, by
 //! `PR_SET_PDEATHSIG`), stops the exports and removes the folder, so success, failure,
 //! timeout and cancellation all clean up the same way.
@@ -96,6 +102,9 @@ pub struct Sandbox {
     /// Dropping it stops every NBD export.
     _exports: watch::Sender<bool>,
     export_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// (host port on 127.0.0.1, guest port) of the one forward, when the guest has
+    /// the isolated network.
+    forward: Option<(u16, u16)>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -176,6 +185,7 @@ impl Sandbox {
         boot: &BootFiles,
         resources: Resources,
         accel: Accel,
+        guest_port: Option<u16>,
     ) -> Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut export_tasks = Vec::with_capacity(readers.len());
@@ -203,18 +213,25 @@ impl Sandbox {
             .args(accel.args())
             .args(["-smp", &resources.cpus.to_string()])
             .args(["-m", &resources.memory_mib.to_string()])
-            .args([
-                "-display",
-                "none",
-                "-vga",
-                "std",
-                "-nic",
-                "none",
-                "-device",
-                "pvpanic",
-                "-action",
-                STOP_ACTIONS,
-            ])
+            .args(["-display", "none", "-vga", "std"]);
+        let forward = match guest_port {
+            None => {
+                command.args(["-nic", "none"]);
+                None
+            }
+            Some(guest) => {
+                let host = free_loopback_port()?;
+                command.args([
+                    "-netdev",
+                    &format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{host}-:{guest}"),
+                    "-device",
+                    "virtio-net-pci,netdev=net0",
+                ]);
+                Some((host, guest))
+            }
+        };
+        command
+            .args(["-device", "pvpanic", "-action", STOP_ACTIONS])
             .arg("-kernel")
             .arg(&boot.kernel)
             .arg("-initrd")
@@ -266,7 +283,54 @@ impl Sandbox {
             qmp: None,
             _exports: stop,
             export_tasks,
+            forward,
         })
+    }
+
+    /// Whether the guest accepts a TCP connection on the forwarded port now: a
+    /// connection to the forward, held at most `attempt` while QEMU's user-mode stack
+    /// (`info usernet`) shows its connection to the guest port `ESTABLISHED`. A closed
+    /// guest port answers QEMU's handshake with a reset (QEMU then closes the
+    /// connection), a guest without a network never answers it (`SYN_SENT`); neither
+    /// counts. `false` without a forward.
+    pub async fn guest_port_accepts(&mut self, attempt: Duration) -> bool {
+        let Some((host, guest)) = self.forward else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + attempt;
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", host));
+        let Ok(Ok(_connection)) = tokio::time::timeout_at(deadline, connect).await else {
+            return false;
+        };
+        while tokio::time::Instant::now() < deadline {
+            if let Some(table) = self.monitor("info usernet").await
+                && established(&table, guest)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// The output of a human monitor command through QMP; `None` when QMP cannot be
+    /// reached or the command fails.
+    async fn monitor(&mut self, command_line: &str) -> Option<String> {
+        if self.qmp.as_ref().is_none_or(QmpClient::is_poisoned) {
+            self.qmp = QmpClient::connect(&qmp_socket(self.dir.path()), Duration::from_secs(5))
+                .await
+                .ok();
+        }
+        let reply = self
+            .qmp
+            .as_mut()?
+            .execute(
+                "human-monitor-command",
+                serde_json::json!({"command-line": command_line}),
+            )
+            .await
+            .ok()?;
+        reply.as_str().map(str::to_string)
     }
 
     /// The sandbox folder.
@@ -342,6 +406,28 @@ impl Sandbox {
     }
 }
 
+/// A port of 127.0.0.1 free now, for the forward (the kernel picks it; QEMU binds it
+/// a moment later, and fails to start in the rare case another process took it).
+fn free_loopback_port() -> Result<u16> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(WorkerError::io(
+            "cannot find a free port for the sandbox network",
+        ))
+}
+
+/// Whether `table` (QEMU's `info usernet`) shows a TCP connection to guest port `port`
+/// established. Its rows read `TCP[STATE] FD SRC-ADDRESS SRC-PORT DST-ADDRESS DST-PORT
+/// RECV-Q SEND-Q`; the forward's own listening row is `TCP[HOST_FORWARD]`.
+fn established(table: &str, port: u16) -> bool {
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.first() == Some(&"TCP[ESTABLISHED]")
+            && fields.get(5).and_then(|field| field.parse::<u16>().ok()) == Some(port)
+    })
+}
+
 /// `-blockdev` and `-device` arguments of disk `index`: the NBD export, read-only,
 /// as the backing of a qcow2 overlay that takes every write.
 fn drive_args(index: usize, name: &str, socket: &Path, overlay: &Path) -> Vec<String> {
@@ -379,4 +465,25 @@ fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     let mut tail = Vec::new();
     let _ = file.take(max).read_to_end(&mut tail);
     tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::established;
+
+    /// `info usernet` as QEMU 10.0 prints it, a connection to a paused guest pending.
+    const TABLE: &str = "Hub -1 (net0):\r
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r
+  TCP[SYN_SENT]       8       127.0.0.1 45998       10.0.2.15  7777     0     0\r
+  TCP[HOST_FORWARD]   3       127.0.0.1 45998       10.0.2.15  7777     0     0\r
+";
+
+    #[test]
+    fn only_an_established_connection_to_the_port_counts() {
+        assert!(!established(TABLE, 7777), "listening and connecting only");
+        let open = TABLE.replace("TCP[SYN_SENT]   ", "TCP[ESTABLISHED]");
+        assert!(established(&open, 7777));
+        assert!(!established(&open, 22), "another port");
+        assert!(!established("", 7777));
+    }
 }

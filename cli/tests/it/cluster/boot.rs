@@ -5,7 +5,7 @@
 //! `kill -9` mid boot test leaves no QEMU behind, and its next start removes the
 //! sandbox folder; a cancelled boot test stops its sandbox. A snapshot that does not
 //! boot moves the coordinator's metrics and fires the shipped alert in a real
-//! Prometheus.
+//! Prometheus. The console, fetched over HTTPS, shows each verdict.
 
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
@@ -170,6 +170,17 @@ impl BootBed {
         body
     }
 
+    /// A page of the coordinator's web console (same listener), as an admin's
+    /// browser holding its client certificate gets it.
+    fn console_page(&self, path: &str) -> String {
+        let (status, body) = self
+            .bed
+            .pki
+            .https_get(self.http_port, path, Some(("admin", "admin")));
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
     /// The snapshots of the repository as `haven snapshots --json` lists them.
     fn snapshots(&self) -> Vec<Value> {
         self.bed.admin.snapshots(Path::new(&self.repo))
@@ -246,6 +257,49 @@ fn a_policy_boot_tests_its_new_snapshot_on_a_worker_within_its_limits() {
     ] {
         assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
     }
+
+    // The console shows the verdict: on the VM's page, in the VM list, on the job.
+    let verified = format!(
+        "{}Z",
+        snapshot
+            .split_once('@')
+            .unwrap()
+            .1
+            .trim_end_matches('Z')
+            .replace('T', " ")
+    );
+    let passed = "<span class=\"badge boot-passed\" data-boot=\"passed\">boot passed</span>";
+    let page = bed.console_page("/vm/guest");
+    assert!(
+        page.contains(&format!(
+            "<dt>Last boot-verified snapshot</dt><dd>{verified}</dd>\
+             <dt>Last boot test</dt><dd id=\"last-boot-test\">{passed}</dd>"
+        )),
+        "{page}"
+    );
+    let page = bed.console_page("/vms");
+    assert!(
+        page.contains(&format!(
+            "<td class=\"boot-verified\">{verified}<td class=\"boot\">{passed}</tr>"
+        )),
+        "{page}"
+    );
+    let page = bed.console_page("/jobs");
+    let id = boot["job_id"].as_str().unwrap();
+    let row = page
+        .split(&format!("<tr data-job=\"{id}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("{id} not on {page}"));
+    assert!(
+        row.ends_with(&format!("{passed} {}", snapshot.split_once('@').unwrap().1)),
+        "{row}"
+    );
+    let page = bed.console_page("/");
+    assert!(
+        page.contains("1 VMs with a boot-verified snapshot · 0 whose last boot test failed"),
+        "{page}"
+    );
 }
 
 #[test]
@@ -344,6 +398,20 @@ fn a_snapshot_that_does_not_boot_fails_its_test_and_fires_the_alert() {
             .query("haven_vm_last_boot_verified_timestamp_seconds{vm=\"broken\"}")
             .is_empty(),
         "a snapshot that never booted is not boot-verified"
+    );
+    // The console's overview lists the VM under its failed boot test.
+    let page = bed.console_page("/");
+    assert!(
+        page.contains(
+            "<ul id=\"boot-failed\"><li data-vm=\"broken\"><a href=\"/vm/broken\">broken</a> \
+             (last boot-verified snapshot: never)</li></ul>"
+        ),
+        "{page}"
+    );
+    let page = bed.console_page("/vm/broken");
+    assert!(
+        page.contains("<dd id=\"last-boot-test\"><span class=\"badge boot-failed\""),
+        "{page}"
     );
 }
 

@@ -5,7 +5,8 @@
 //! reason recorded, and its ext4 file system needs its journal replayed; one through the agent is recorded
 //! application-consistent, the hook's `freeze` and `thaw` are seen on the guest's
 //! console, the hook's `freeze` line is in the snapshot, and e2fsck finds the file
-//! system clean with no journal to replay.
+//! system clean with no journal to replay. A backup cancelled, held past its freeze
+//! limit, or killed with `kill -9` while the guest is frozen leaves it thawed.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -417,4 +418,60 @@ fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
         "{listed}"
     );
     eprintln!("freeze limit 3 s, snapshot point held 20 s: thaw seen {held:.1?} after the freeze");
+
+    // Killed (kill -9) while the guest is frozen: no code of the backup runs again.
+    // Its watchdog, a process it forked before the freeze, sees the pipe from it
+    // close and thaws the guest long before the freeze limit (50 s), then exits.
+    let slowest = bed.path("slowest-qmp.sock");
+    let _proxy = SlowQmp::start(&slowest, &guest.qmp, Duration::from_secs(60));
+    let mut killed = start_backup(&bed, &slowest, &guest.agent, &["--freeze-timeout", "50"]);
+    wait_for_console_times(&guest.serial, &freeze, 3, Duration::from_secs(120));
+    let watchdogs = children_running_the_same_binary(killed.guard.pid());
+    assert_eq!(watchdogs.len(), 1, "one watchdog per freeze: {watchdogs:?}");
+    let frozen = Instant::now();
+    killed.guard.kill9();
+    wait_for_console_times(&guest.serial, &thaw, 3, Duration::from_secs(40));
+    let held = frozen.elapsed();
+    assert!(held < Duration::from_secs(30), "thawed after {held:?}");
+    assert_guest_writes(&guest.agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while watchdogs.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the watchdog {watchdogs:?} stayed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("backup killed (kill -9) while the guest was frozen: thawed {held:.1?} later");
+}
+
+/// Whether process `pid` still runs (an exited one its new parent has not reaped yet
+/// is a zombie: `Z` in its `stat`).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// The processes whose parent is `parent` and that run the same executable: the
+/// thaw watchdogs a backup forked.
+fn children_running_the_same_binary(parent: u32) -> Vec<u32> {
+    let exe = std::fs::read_link(format!("/proc/{parent}/exe")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the command name in parentheses: state, then the parent's id.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(parent)
+                && std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&exe)
+        })
+        .collect()
 }

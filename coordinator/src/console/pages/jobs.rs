@@ -5,7 +5,7 @@ use std::fmt::{self, Write};
 
 use haven_proto::v1;
 
-use super::{PageContext, layout};
+use super::{PageContext, boot_badge, layout};
 use crate::console::html::{self, Esc, Segment};
 use crate::leader::{Leader, Progress};
 use crate::model::JobRecord;
@@ -106,7 +106,12 @@ pub(super) fn job_rows(out: &mut String, jobs: &[(JobRecord, Progress)], id: &st
             )?;
         }
         write!(out, "<td>{}<td>", html::time(job.created_unix_ms))?;
-        if let Some(error) = &job.error {
+        if job.boot_passed.is_some() {
+            boot_badge(out, job.boot_passed)?;
+            if let Some(boot) = &job.params.boot {
+                write!(out, " {}", Esc(&boot.snapshot))?;
+            }
+        } else if let Some(error) = &job.error {
             write!(out, "<span class=\"error\">{}</span>", Esc(error))?;
         } else if let Some(snapshot) = &job.snapshot {
             write!(out, "{}", Esc(snapshot))?;

@@ -1,10 +1,11 @@
-//! `/` and `/vms`: every VM's protection, from the summary `/metrics` exports
-//! (`Leader::metrics_summary`, one pass over the cache), counted per policy.
+//! `/` and `/vms`: every VM's protection and boot-test verdict, from the summary
+//! `/metrics` exports (`Leader::metrics_summary`, one pass over the cache), counted
+//! per policy.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write};
 
-use super::{PageContext, badge, layout};
+use super::{PageContext, badge, boot_badge, boot_verified, layout};
 use crate::console::Protection;
 use crate::console::html::{self, Esc, Segment};
 use crate::leader::{Leader, MetricsSummary, VmSummary};
@@ -81,6 +82,22 @@ pub fn overview(context: &PageContext, leader: &Leader) -> String {
                     .map(|r| r.snapshots)
                     .sum::<u64>()
             )?;
+            let verified = summary
+                .vms
+                .iter()
+                .filter(|vm| vm.last_boot_verified_seconds.is_some())
+                .count();
+            let boot_failed: Vec<&VmSummary> = summary
+                .vms
+                .iter()
+                .filter(|vm| vm.last_boot_test_passed == Some(false))
+                .collect();
+            write!(
+                out,
+                "<p class=\"facts\" id=\"boot-facts\">{verified} VMs with a boot-verified \
+                 snapshot · {} whose last boot test failed</p>",
+                boot_failed.len()
+            )?;
             out.push_str(
                 "<h2>By policy</h2><table id=\"policies\"><thead><tr><th>Policy<th>RPO<th>VMs",
             );
@@ -130,7 +147,25 @@ pub fn overview(context: &PageContext, leader: &Leader) -> String {
                 }
                 out.push_str("</tr>");
             }
-            out.push_str("</tbody></table><h2>Needs attention</h2>");
+            out.push_str("</tbody></table>");
+            if !boot_failed.is_empty() {
+                // Backed up on time maybe, but the last boot test says the snapshot
+                // may not come up: worth a look whatever the protection says.
+                out.push_str("<h2>Last boot test failed</h2><ul id=\"boot-failed\">");
+                for vm in boot_failed.iter().take(ATTENTION) {
+                    write!(
+                        out,
+                        "<li data-vm=\"{}\"><a href=\"/vm/{}\">{}</a> (last boot-verified \
+                         snapshot: {})</li>",
+                        Esc(&vm.vm),
+                        Segment(&vm.vm),
+                        Esc(&vm.vm),
+                        boot_verified(vm.last_boot_verified_seconds)
+                    )?;
+                }
+                out.push_str("</ul>");
+            }
+            out.push_str("<h2>Needs attention</h2>");
             let mut attention: Vec<_> = classified
                 .rows
                 .iter()
@@ -229,7 +264,7 @@ fn vm_table<'a, 'b: 'a>(
     write!(
         out,
         "<table id=\"{id}\"><thead><tr><th>VM<th>Policy<th>Protection<th>Last good backup\
-         <th>Age<th>RPO<th>Last attempt</tr></thead><tbody>"
+         <th>Age<th>RPO<th>Last attempt<th>Boot verified<th>Last boot test</tr></thead><tbody>"
     )?;
     for (vm, protection, rpo) in rows {
         write!(
@@ -244,7 +279,7 @@ fn vm_table<'a, 'b: 'a>(
         badge(out, *protection)?;
         write!(
             out,
-            "<td>{}<td>{}<td>{}<td>{}</tr>",
+            "<td>{}<td>{}<td>{}<td>{}",
             vm.last_success_seconds
                 .map_or("never".to_owned(), |s| html::time(
                     u64::try_from(s).unwrap_or(0) * 1000
@@ -261,6 +296,13 @@ fn vm_table<'a, 'b: 'a>(
                 None => "–",
             }
         )?;
+        write!(
+            out,
+            "<td class=\"boot-verified\">{}<td class=\"boot\">",
+            boot_verified(vm.last_boot_verified_seconds)
+        )?;
+        boot_badge(out, vm.last_boot_test_passed)?;
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table>");
     Ok(())

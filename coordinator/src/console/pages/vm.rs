@@ -1,11 +1,11 @@
-//! `/vm/NAME`: one VM's protection, its snapshots with the commands that restore
+//! `/vm/NAME`: one VM's protection and boot-test verdict, its snapshots with the commands that restore
 //! them, its last jobs (live while they run) and, for operators, "back up now". Read
 //! from that VM's records only (its range of the catalog, one pass over the jobs).
 
 use std::fmt::{self, Write};
 
 use super::jobs::job_rows;
-use super::{PageContext, badge, layout};
+use super::{PageContext, badge, boot_badge, boot_verified, layout};
 use crate::console::Protection;
 use crate::console::html::{self, Esc, Segment, shell_quote};
 use crate::leader::Leader;
@@ -58,6 +58,16 @@ pub async fn vm(context: &PageContext, leader: &Leader, vm: &str) -> Option<Stri
                     .rpo_age_seconds
                     .map_or("–".to_owned(), html::duration),
             )?;
+            fact(
+                "Last boot-verified snapshot",
+                &boot_verified(summary.last_boot_verified_seconds),
+            )?;
+            out.push_str("<dt>Last boot test</dt><dd id=\"last-boot-test\">");
+            boot_badge(out, summary.last_boot_test_passed)?;
+            out.push_str("</dd>");
+            let mut fact = |name: &str, value: &str| -> fmt::Result {
+                write!(out, "<dt>{name}</dt><dd>{}</dd>", Esc(value))
+            };
             match &inventory {
                 Some((record, workers)) => {
                     fact("Host", &record.host)?;
