@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use haven_testkit::ceph::{self, Ceph};
+use haven_testkit::s3_account::S3Account;
 
 use crate::support::{
     haven::HavenClient,

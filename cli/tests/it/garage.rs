@@ -6,6 +6,7 @@
 //! store, with the reason, before anything makes the bucket a repository.
 
 use haven_testkit::garage::{self, Garage};
+use haven_testkit::s3_account::S3Account;
 
 use crate::support::{haven::HavenClient, s3::S3Keys};
 

@@ -155,18 +155,32 @@ fn a_local_repository_keeps_every_acknowledged_snapshot() {
     }
 }
 
-#[test]
-fn a_storage_node_keeps_every_acknowledged_object() {
+/// A storage node whose data directory a [`PowerLoss`] watches.
+fn watched_node() -> (PowerLoss, Node) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
     let power = PowerLoss::watch(&dir.path().join("data")).unwrap();
-    let mut node = Node::start_in(
+    let node = Node::start_in(
         dir,
         NodeOptions {
             env: power.env(),
             ..NodeOptions::default()
         },
     );
+    (power, node)
+}
+
+/// A node started on the tree a power loss at `mark` leaves of `power`'s directory.
+fn node_after_power_loss(power: &PowerLoss, mark: Mark) -> Node {
+    let after = tempfile::tempdir().unwrap();
+    power.rebuild(mark, &after.path().join("data")).unwrap();
+    assert!(!files_below(&after.path().join("data")).is_empty());
+    Node::start_in(after, NodeOptions::default())
+}
+
+#[test]
+fn a_storage_node_keeps_every_acknowledged_object() {
+    let (power, mut node) = watched_node();
     // Objects from 16 writers; the node is killed mid-stream, and the power goes with
     // it: whatever the node had not made durable is gone.
     let acked = put_until_killed(&mut node);
@@ -176,10 +190,7 @@ fn a_storage_node_keeps_every_acknowledged_object() {
         acked.len(),
         power.syncs_until(end).unwrap()
     );
-    let after = tempfile::tempdir().unwrap();
-    power.rebuild(end, &after.path().join("data")).unwrap();
-    assert!(!files_below(&after.path().join("data")).is_empty());
-    let node = Node::start_in(after, NodeOptions::default());
+    let node = node_after_power_loss(&power, end);
     verify_after_crash(&node, &acked);
 }
 
@@ -190,16 +201,7 @@ fn a_storage_node_keeps_every_acknowledged_object() {
 /// power loss after the restart keeps every object the node then listed.
 #[test]
 fn a_restarted_storage_node_keeps_every_object_it_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    let power = PowerLoss::watch(&dir.path().join("data")).unwrap();
-    let mut node = Node::start_in(
-        dir,
-        NodeOptions {
-            env: power.env(),
-            ..NodeOptions::default()
-        },
-    );
+    let (power, mut node) = watched_node();
     let acked = put_until_killed(&mut node);
     node.restart();
     let listing = node.aws_ok(&[
@@ -224,8 +226,6 @@ fn a_restarted_storage_node_keeps_every_object_it_serves() {
     );
     let end = power.mark();
     node.kill9();
-    let after = tempfile::tempdir().unwrap();
-    power.rebuild(end, &after.path().join("data")).unwrap();
-    let node = Node::start_in(after, NodeOptions::default());
+    let node = node_after_power_loss(&power, end);
     verify_after_crash(&node, &served);
 }

@@ -283,9 +283,11 @@ impl MetaStore for LosesReplies {
     }
 }
 
-/// A GC job assigned to worker `w1` of a leader over a [`LosesReplies`] store: the
-/// store, the leader, the worker's lease, the job and its token.
-async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, LeaseId, String, i64) {
+/// A leader over a [`LosesReplies`] store in `dir`, with worker `w1` (instance
+/// `instance-1`) registered reaching `vm1` on `h1`: the store, the leader, the worker.
+async fn w1_over_losing_store(
+    dir: &std::path::Path,
+) -> (Arc<LosesReplies>, Leader, crate::model::WorkerRecord) {
     let embedded: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
     let store = LosesReplies::over(embedded);
     let (_, leader) = leader_over(store.clone()).await;
@@ -299,6 +301,27 @@ async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, Lease
         )
         .await
         .unwrap();
+    (store, leader, worker)
+}
+
+/// A new `file://` repository in `dir/repo` (password `test`, 1 MiB chunks): its URL
+/// and the repository.
+async fn test_repository(dir: &std::path::Path) -> (String, Repository) {
+    let repo_url = format!("file://{}", dir.join("repo").display());
+    let repo = Repository::init(
+        Backend::from_url(&repo_url, true).unwrap(),
+        b"test",
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    (repo_url, repo)
+}
+
+/// A GC job assigned to worker `w1` of a leader over a [`LosesReplies`] store: the
+/// store, the leader, the worker's lease, the job and its token.
+async fn assigned_gc(dir: &std::path::Path) -> (Arc<LosesReplies>, Leader, LeaseId, String, i64) {
+    let (store, leader, worker) = w1_over_losing_store(dir).await;
     let job = leader.run_gc("file:///tmp/r", 0).await.unwrap();
     assert_eq!(leader.tick().await.unwrap().assigned, 1);
     let polled = leader
@@ -431,27 +454,8 @@ async fn policy_backup(
     Repository,
     CommitRequest,
 ) {
-    let repo_url = format!("file://{}", dir.join("repo").display());
-    let repo = Repository::init(
-        Backend::from_url(&repo_url, true).unwrap(),
-        b"test",
-        1 << 20,
-    )
-    .await
-    .unwrap();
-    let embedded: Arc<dyn MetaStore> = EmbeddedStore::open(&dir.join("state.redb")).await.unwrap();
-    let store = LosesReplies::over(embedded);
-    let (_, leader) = leader_over(store.clone()).await;
-    let worker = leader
-        .register(
-            "w1",
-            "instance-1",
-            vec![("h1".into(), vec![vm("vm1")])],
-            2,
-            0,
-        )
-        .await
-        .unwrap();
+    let (repo_url, repo) = test_repository(dir).await;
+    let (store, leader, worker) = w1_over_losing_store(dir).await;
     let mut policy = crate::leader::fixtures::policy("p");
     policy.repository = repo_url;
     policy.retention.keep_last = 1;

@@ -23,10 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use haven_repo::{Backend, OpenOptions, S3Credentials};
-
 use crate::FixtureError;
 use crate::process::{ChildGuard, free_port, is_listening, run, wait_until};
+use crate::s3_account::S3Account;
 
 /// The region in repository URLs: RGW's zonegroup is named `default`, and it takes
 /// signatures of any region.
@@ -198,38 +197,6 @@ impl Ceph {
         Ok(())
     }
 
-    /// `http://127.0.0.1:PORT`, the S3 API.
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.rgw_port)
-    }
-
-    /// The repository URL of `prefix` in `bucket`.
-    pub fn repository_url(&self, bucket: &str, prefix: &str) -> String {
-        format!(
-            "s3://{bucket}/{prefix}?endpoint={}&region={REGION}",
-            self.endpoint()
-        )
-    }
-
-    /// The user's keys as static S3 credentials.
-    pub fn credentials(&self) -> S3Credentials {
-        S3Credentials {
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
-            session_token: None,
-        }
-    }
-
-    /// A backend on `prefix` in `bucket`, opened as `haven` opens any `s3://` URL.
-    pub fn backend(&self, bucket: &str, prefix: &str) -> Result<Backend, FixtureError> {
-        let url = self.repository_url(bucket, prefix);
-        let options = OpenOptions {
-            credentials: Some(self.credentials()),
-            ..OpenOptions::default()
-        };
-        Backend::open(&url, &options).map_err(|source| FixtureError::Backend { url, source })
-    }
-
     /// The last lines of each daemon's log, for a failing test's message.
     pub fn logs(&self) -> String {
         logs(self.dir.path())
@@ -375,4 +342,18 @@ rgw data = {dir}/rgw
 "#,
         dir = dir.display(),
     )
+}
+
+impl S3Account for Ceph {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rgw_port)
+    }
+
+    fn region(&self) -> &'static str {
+        REGION
+    }
+
+    fn keys(&self) -> (&'static str, &'static str) {
+        (ACCESS_KEY, SECRET_KEY)
+    }
 }

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use haven_repo::{Backend, OpenOptions, S3Credentials};
-
 use crate::FixtureError;
 use crate::process::{ChildGuard, free_port, is_listening, run, wait_until};
+use crate::s3_account::S3Account;
 
 /// The region Garage is configured with; requests signed for another are refused.
 pub const REGION: &str = "garage";
@@ -112,38 +111,6 @@ impl Garage {
         )
     }
 
-    /// `http://127.0.0.1:PORT`, the S3 API.
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
-    }
-
-    /// The repository URL of `prefix` in `bucket`.
-    pub fn repository_url(&self, bucket: &str, prefix: &str) -> String {
-        format!(
-            "s3://{bucket}/{prefix}?endpoint={}&region={REGION}",
-            self.endpoint()
-        )
-    }
-
-    /// The imported key as static S3 credentials.
-    pub fn credentials(&self) -> S3Credentials {
-        S3Credentials {
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
-            session_token: None,
-        }
-    }
-
-    /// A backend on `prefix` in `bucket`, opened as `haven` opens any `s3://` URL.
-    pub fn backend(&self, bucket: &str, prefix: &str) -> Result<Backend, FixtureError> {
-        let url = self.repository_url(bucket, prefix);
-        let options = OpenOptions {
-            credentials: Some(self.credentials()),
-            ..OpenOptions::default()
-        };
-        Backend::open(&url, &options).map_err(|source| FixtureError::Backend { url, source })
-    }
-
     /// The server's log file.
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("garage.log")
@@ -178,4 +145,18 @@ root_domain = ".s3.garage.localhost"
 fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+impl S3Account for Garage {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    fn region(&self) -> &'static str {
+        REGION
+    }
+
+    fn keys(&self) -> (&'static str, &'static str) {
+        (ACCESS_KEY, SECRET_KEY)
+    }
 }

@@ -51,6 +51,7 @@ pub mod local;
 pub mod metastore;
 pub mod power_loss;
 pub mod process;
+pub mod s3_account;
 pub mod storage_node;
 pub mod tls;
 pub mod unreliable;

@@ -10,6 +10,7 @@ use haven_testkit::ceph::Ceph;
 use haven_testkit::etcd::{Etcd, HAVEN_PREFIX};
 use haven_testkit::local::LocalRepository;
 use haven_testkit::metastore;
+use haven_testkit::s3_account::S3Account;
 use haven_testkit::storage_node::StorageNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

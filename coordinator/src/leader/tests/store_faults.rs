@@ -10,7 +10,6 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::store::unreliable::{StoreFaultRates, UnreliableMetaStore};
-use haven_repo::{Backend, Repository};
 
 /// Seeds of the backup test: each runs 8 backups (about 0.3 s).
 const SEEDS: u64 = 24;
@@ -184,15 +183,7 @@ fn stamp(n: u64) -> String {
 #[tokio::test]
 async fn backups_commit_exactly_once_under_store_faults() {
     let dir = tempfile::tempdir().unwrap();
-    let repo_path = dir.path().join("repo");
-    let repo_url = repo_path.to_str().unwrap().to_owned();
-    let repo = Repository::init(
-        Backend::from_url(&repo_url, true).unwrap(),
-        b"test",
-        1 << 20,
-    )
-    .await
-    .unwrap();
+    let (repo_url, repo) = test_repository(dir.path()).await;
     let mut injected = crate::store::unreliable::StoreFaultCounts::default();
     for seed in 0..SEEDS {
         let state = tempfile::tempdir().unwrap();
