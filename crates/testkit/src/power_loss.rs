@@ -165,10 +165,10 @@ impl PowerLoss {
             match fields.as_slice() {
                 ["R", ino, btime] => root = Some(format!("{ino}\t{btime}")),
                 ["F", ino, btime, copy] => {
-                    files.insert(format!("{ino}\t{btime}"), PathBuf::from(copy));
+                    keep_newest(&mut files, format!("{ino}\t{btime}"), PathBuf::from(copy));
                 }
                 ["D", ino, btime, copy] => {
-                    dirs.insert(format!("{ino}\t{btime}"), PathBuf::from(copy));
+                    keep_newest(&mut dirs, format!("{ino}\t{btime}"), PathBuf::from(copy));
                 }
                 _ => {
                     return Err(FixtureError::Io {
@@ -188,6 +188,30 @@ impl PowerLoss {
         }
         .write_dir(&root, into)
     }
+}
+
+/// Records `copy` as what is durable of file or directory `id`, unless a copy taken
+/// later is recorded already. Two syncs of one directory can run at once (two writers
+/// renaming into it) and return in the other order: the log then holds the newer
+/// listing before the older one, and both syncs returned, so the newer listing is
+/// durable; taking the last line would lose an entry a writer was told is durable.
+fn keep_newest(copies: &mut HashMap<String, PathBuf>, id: String, copy: PathBuf) {
+    match copies.get(&id) {
+        Some(kept) if captured_at(kept) > captured_at(&copy) => {}
+        _ => {
+            copies.insert(id, copy);
+        }
+    }
+}
+
+/// When a copy was taken: crashsim names each copy `KIND-PID-N-TIME`, TIME the
+/// wall-clock seconds followed by nine digits of nanoseconds at the capture.
+fn captured_at(copy: &Path) -> u128 {
+    copy.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.rsplit('-').next())
+        .and_then(|time| time.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The durable copies, by file identity (inode and birth time).
@@ -253,6 +277,21 @@ fn split4(line: &str) -> Option<(&str, &str, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_two_syncs_returning_out_of_order_the_newer_capture_is_kept() {
+        let older = PathBuf::from("/c/D-7-3-1765000000000000100");
+        let newer = PathBuf::from("/c/D-7-4-1765000000000000200");
+        let mut copies = HashMap::new();
+        // Logged in the order the syncs returned: the newer capture first.
+        keep_newest(&mut copies, "12\t1.2.3".into(), newer.clone());
+        keep_newest(&mut copies, "12\t1.2.3".into(), older.clone());
+        assert_eq!(copies["12\t1.2.3"], newer);
+        let mut copies = HashMap::new();
+        keep_newest(&mut copies, "12\t1.2.3".into(), older);
+        keep_newest(&mut copies, "12\t1.2.3".into(), newer.clone());
+        assert_eq!(copies["12\t1.2.3"], newer);
+    }
 
     /// The model on a script whose outcome is known: only synced bytes and entries of
     /// synced directories survive, at each moment.
