@@ -237,10 +237,15 @@ pub fn rewrite_domain_xml(
             return Err(DomainXmlError::MissingDisk(disk.name.clone()));
         }
     }
-    Ok(RewrittenDomain {
-        xml: write(&nodes)?,
-        dropped_disks,
-    })
+    let xml = write(&nodes)?;
+    // What is written must read back: an attribute the lenient reader passed over (an
+    // unclosed quote) can come out of the rewrite as markup that nests differently.
+    parse(&xml).map_err(|error| {
+        DomainXmlError::Parse(format!(
+            "the rewritten document does not read back: {error}"
+        ))
+    })?;
+    Ok(RewrittenDomain { xml, dropped_disks })
 }
 
 /// Makes one `<disk>` a plain file disk backed by the restored image.
