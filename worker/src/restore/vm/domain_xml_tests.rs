@@ -155,6 +155,20 @@ fn refuses_what_it_cannot_rewrite() {
             "root element is <network>",
         ),
         ("<domain><devices/></domain>", "no <name>"),
+        // An unclosed quote swallows the rest of the tag: once rewritten it read back
+        // as different markup (found by fuzzing), so it is refused where it is read.
+        (
+            "<domain type='kvm><name>it's</name><vcpu placement='static'>2</vcpu></domain>",
+            "a malformed attribute in <domain>",
+        ),
+        (
+            "<domain><name>a</name><vcpu placement></vcpu></domain>",
+            "malformed attribute",
+        ),
+        (
+            "<domain><name>a</name><os a='1' a='2'/></domain>",
+            "malformed attribute",
+        ),
         (
             "<domain><name>a</name><devices><disk device='disk'><target dev='vdb'/></disk>\
              </devices></domain>",
