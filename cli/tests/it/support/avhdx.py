@@ -4,13 +4,14 @@
 Nothing packaged writes one (`qemu-img` refuses backing files for vhdx), so the tests
 make their own from the MS-VHDX specification:
 
-    avhdx.py PARENT CHILD [--block-size BYTES] [--write OFFSET=FILE]...
+    avhdx.py PARENT CHILD [--block-size BYTES] [--junk BYTE] [--write OFFSET=FILE]...
 
 PARENT is a VHDX (dynamic, from `qemu-img`, or a differencing one this script wrote).
 Each `--write` puts the bytes of FILE at byte OFFSET of the child's disk (both whole
 logical sectors). A block written in full is FULLY_PRESENT; a block written in part is
 PARTIALLY_PRESENT, its sector bitmap marks the written sectors, and its other sectors
-hold junk (0xEE), so a reader that ignores the bitmap reads wrong data. Every other
+hold junk (`--junk`, 0xEE by default), so a reader that ignores the bitmap reads wrong
+data. Every other
 block is NOT_PRESENT: read from the parent.
 
 Layout of the child: file identifier, two headers (CRC-32C, sequence numbers 1 and 2,
@@ -157,7 +158,7 @@ def metadata_region(block_size, size, logical, physical, locator):
     return bytes(region)
 
 
-def write_child(parent, child, block_size, writes):
+def write_child(parent, child, block_size, writes, junk=0xEE):
     linkage, size, logical, physical = read_parent(parent)
     assert block_size % MIB == 0 and block_size & (block_size - 1) == 0
     chunk_ratio = (1 << 23) * logical // block_size
@@ -173,7 +174,7 @@ def write_child(parent, child, block_size, writes):
         for position in range(0, len(data), logical):
             disk_offset = offset + position
             block, within = divmod(disk_offset, block_size)
-            payload, written = payloads.setdefault(block, (bytearray(b"\xee" * block_size), set()))
+            payload, written = payloads.setdefault(block, (bytearray(bytes([junk]) * block_size), set()))
             payload[within: within + logical] = data[position: position + logical]
             written.add(within // logical)
 
@@ -246,6 +247,7 @@ def main():
     parser.add_argument("parent")
     parser.add_argument("child")
     parser.add_argument("--block-size", type=int, default=MIB)
+    parser.add_argument("--junk", type=int, default=0xEE, help="byte of unwritten sectors")
     parser.add_argument("--write", action="append", default=[], metavar="OFFSET=FILE")
     args = parser.parse_args()
     writes = []
@@ -253,7 +255,7 @@ def main():
         offset, path = spec.split("=", 1)
         with open(path, "rb") as f:
             writes.append((int(offset), f.read()))
-    write_child(args.parent, args.child, args.block_size, writes)
+    write_child(args.parent, args.child, args.block_size, writes, args.junk)
 
 
 if __name__ == "__main__":
