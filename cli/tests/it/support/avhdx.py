@@ -174,7 +174,9 @@ def write_child(parent, child, block_size, writes, junk=0xEE):
         for position in range(0, len(data), logical):
             disk_offset = offset + position
             block, within = divmod(disk_offset, block_size)
-            payload, written = payloads.setdefault(block, (bytearray(bytes([junk]) * block_size), set()))
+            if block not in payloads:
+                payloads[block] = (bytearray(bytes([junk]) * block_size), set())
+            payload, written = payloads[block]
             payload[within: within + logical] = data[position: position + logical]
             written.add(within // logical)
 

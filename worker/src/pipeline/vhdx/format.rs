@@ -112,7 +112,7 @@ impl Guid {
         let second = u128::from(u16::from_le_bytes([e, f]));
         let third = u128::from(u16::from_le_bytes([g, h]));
         let last = u128::from(u64::from_be_bytes(rest));
-        Guid(first << 96 | second << 80 | third << 64 | last)
+        Guid((first << 96) | (second << 80) | (third << 64) | last)
     }
 
     /// `{...}` or bare textual form, any case.
