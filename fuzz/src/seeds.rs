@@ -358,10 +358,16 @@ fn vhdx_chains() -> Vec<Vec<u8>> {
             .expect("qemu-img and python3 (scripts/install-deps.sh)");
         assert!(status.success(), "{program} {args:?} failed");
     };
-    run("qemu-img", &["create", "-q", "-f", "vhdx", &path("base.vhdx"), "8M"]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "vhdx", &path("base.vhdx"), "8M"],
+    );
     std::fs::write(path("first"), vec![0x5a; 4096]).expect("a write");
     std::fs::write(path("part"), vec![0xa5; 1536]).expect("a write");
-    let writer = concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/tests/it/support/avhdx.py");
+    let writer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cli/tests/it/support/avhdx.py"
+    );
     run(
         "python3",
         &[
@@ -406,7 +412,9 @@ fn sparse_records(files: &[(u8, &[u8])]) -> Vec<u8> {
             }
             let data: Vec<u8> = sectors[start..number].concat();
             records.push(file);
-            records.extend_from_slice(&(u32::try_from(start * 512).expect("a small file")).to_le_bytes());
+            records.extend_from_slice(
+                &(u32::try_from(start * 512).expect("a small file")).to_le_bytes(),
+            );
             records.extend_from_slice(&(data.len() as u16).to_le_bytes());
             records.extend_from_slice(&data);
         }

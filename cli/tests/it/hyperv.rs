@@ -23,7 +23,11 @@ fn checkpoint_chain_restores_to_its_merged_disk() {
     // The expected disk starts as the base's raw bytes; each checkpoint's writes are
     // applied to it as they are written into the chain.
     let expected = bed.path("expected.raw");
-    raw_image(&expected, size, &[(0, 3 * MIB as usize), (11 * MIB + 512, 5 * MIB as usize)]);
+    raw_image(
+        &expected,
+        size,
+        &[(0, 3 * MIB as usize), (11 * MIB + 512, 5 * MIB as usize)],
+    );
     let base = bed.path("base.vhdx");
     convert(expected.to_str().unwrap(), "raw", &base, "vhdx");
 
@@ -57,7 +61,12 @@ fn checkpoint_chain_restores_to_its_merged_disk() {
     let report = bed.backup("hyperv", &[&grandchild]);
     assert_eq!(report["disks"][0]["size"].as_u64(), Some(size), "{report}");
     let restored = bed.path("restored.raw");
-    bed.ok(&["restore", "hyperv@latest", "--to", restored.to_str().unwrap()]);
+    bed.ok(&[
+        "restore",
+        "hyperv@latest",
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
     assert_same_disk(&expected, &restored);
     assert_eq!(restored.metadata().unwrap().len(), size);
 
@@ -85,7 +94,10 @@ fn refused(bed: &Bed, image: &Path) -> String {
 fn missing_changed_or_truncated_links_are_refused_in_one_line() {
     let bed = Bed::initialised();
     let base = bed.path("base.vhdx");
-    run("qemu-img", &["create", "-q", "-f", "vhdx", base.to_str().unwrap(), "8M"]);
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "vhdx", base.to_str().unwrap(), "8M"],
+    );
     let child = bed.path("child.avhdx");
     let expected = bed.path("expected.raw");
     blank_image(&expected, 8 * MIB);
@@ -95,8 +107,14 @@ fn missing_changed_or_truncated_links_are_refused_in_one_line() {
     let moved = bed.path("moved.vhdx");
     std::fs::rename(&base, &moved).unwrap();
     let stderr = refused(&bed, &child);
-    assert!(stderr.contains("parent of") && stderr.contains("not found"), "{stderr}");
-    assert!(stderr.contains("base.vhdx"), "names where it looked: {stderr}");
+    assert!(
+        stderr.contains("parent of") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("base.vhdx"),
+        "names where it looked: {stderr}"
+    );
 
     // A checkpoint cut short, in its headers and in its BAT.
     std::fs::rename(&moved, &base).unwrap();
@@ -105,12 +123,21 @@ fn missing_changed_or_truncated_links_are_refused_in_one_line() {
         let cut = bed.path(&format!("cut-{length}.avhdx"));
         std::fs::write(&cut, &bytes[..length]).unwrap();
         let stderr = refused(&bed, &cut);
-        assert!(stderr.contains(reason) && stderr.contains("cut-"), "{stderr}");
+        assert!(
+            stderr.contains(reason) && stderr.contains("cut-"),
+            "{stderr}"
+        );
     }
     // The parent written to after the checkpoint (QEMU gives it a new DataWriteGuid).
     run(
         "qemu-io",
-        &["-f", "vhdx", "-c", "write -P 7 0 4k", base.to_str().unwrap()],
+        &[
+            "-f",
+            "vhdx",
+            "-c",
+            "write -P 7 0 4k",
+            base.to_str().unwrap(),
+        ],
     );
     let stderr = refused(&bed, &child);
     assert!(stderr.contains("is not the parent"), "{stderr}");

@@ -26,8 +26,8 @@ use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
 use crate::pipeline::local_disk::LocalDisk;
 use crate::pipeline::raw_image::RawImage;
-use crate::pipeline::vhdx;
 use crate::pipeline::snapshot::{BackupReport, DirectPublisher, SnapshotPlan};
+use crate::pipeline::vhdx;
 use lock::LockedImage;
 
 /// One image file and the disk name it is stored under.

@@ -112,7 +112,10 @@ pub fn vhdx_chain(data: &[u8]) {
     if let Ok(areas) = chain.data_areas(0, window) {
         let mut previous_end = 0;
         for (start, end) in areas {
-            assert!(previous_end <= start && start < end && end <= window, "areas out of order");
+            assert!(
+                previous_end <= start && start < end && end <= window,
+                "areas out of order"
+            );
             previous_end = end;
         }
     }
@@ -121,5 +124,8 @@ pub fn vhdx_chain(data: &[u8]) {
     let _ = chain.read_exact_at(0, &mut buf[..first]);
     let tail = 4096.min(size) as usize;
     let _ = chain.read_exact_at(size - tail as u64, &mut buf[..tail]);
-    assert!(chain.read_exact_at(size, &mut buf[..1]).is_err(), "a read past the end");
+    assert!(
+        chain.read_exact_at(size, &mut buf[..1]).is_err(),
+        "a read past the end"
+    );
 }

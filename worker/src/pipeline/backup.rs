@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::error::{Result, WorkerError};
+use crate::pipeline::local_disk::LocalDisk;
 use crate::pipeline::pool::{BufferPool, ClientPool, PooledBuffer};
 use crate::pipeline::ranged::{self, ByteArea, RangeRead};
-use crate::pipeline::local_disk::LocalDisk;
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
 pub const MAX_DISK_SIZE: u64 = 16 << 40;

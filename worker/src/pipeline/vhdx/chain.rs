@@ -31,7 +31,9 @@ pub enum ChainError {
         source: FormatError,
     },
     /// No parent was found where the child's locator says it is.
-    #[error("parent of {child} not found (tried {tried}): copy the whole checkpoint chain into one folder")]
+    #[error(
+        "parent of {child} not found (tried {tried}): copy the whole checkpoint chain into one folder"
+    )]
     MissingParent {
         /// The child.
         child: String,
@@ -39,7 +41,9 @@ pub enum ChainError {
         tried: String,
     },
     /// The parent found is not the one the child was made on.
-    #[error("{parent} is not the parent {child} was made on: its DataWriteGuid is {found}, the child expects {expected} (the parent was written to after the checkpoint)")]
+    #[error(
+        "{parent} is not the parent {child} was made on: its DataWriteGuid is {found}, the child expects {expected} (the parent was written to after the checkpoint)"
+    )]
     ParentMismatch {
         /// The child.
         child: String,
@@ -83,7 +87,9 @@ pub struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Link")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,7 +158,11 @@ impl Link {
 
     fn bat_entry(&self, index: u64) -> Result<u64, ChainError> {
         let mut entry = [0u8; 8];
-        self.read(self.layout.bat_offset + index * 8, &mut entry, "a BAT entry")?;
+        self.read(
+            self.layout.bat_offset + index * 8,
+            &mut entry,
+            "a BAT entry",
+        )?;
         Ok(u64::from_le_bytes(entry))
     }
 
@@ -196,10 +206,15 @@ impl VhdxChain {
             }
             let candidates = parent_candidates(&current, &locator);
             let Some(parent) = candidates.iter().find(|c| c.is_file()).cloned() else {
-                let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+                let tried: Vec<String> =
+                    candidates.iter().map(|c| c.display().to_string()).collect();
                 return Err(ChainError::MissingParent {
                     child: current.display().to_string(),
-                    tried: if tried.is_empty() { "no path in its locator".into() } else { tried.join(", ") },
+                    tried: if tried.is_empty() {
+                        "no path in its locator".into()
+                    } else {
+                        tried.join(", ")
+                    },
                 });
             };
             links.push(Link::parse(parent.display().to_string(), open(&parent)?)?);
@@ -237,7 +252,10 @@ impl VhdxChain {
             let what = if a.virtual_size != b.virtual_size {
                 format!("disk sizes {} and {}", a.virtual_size, b.virtual_size)
             } else if a.logical_sector_size != b.logical_sector_size {
-                format!("sector sizes {} and {}", a.logical_sector_size, b.logical_sector_size)
+                format!(
+                    "sector sizes {} and {}",
+                    a.logical_sector_size, b.logical_sector_size
+                )
             } else {
                 continue;
             };
@@ -330,7 +348,9 @@ impl VhdxChain {
             match this.payload(block)? {
                 Payload::Parent => self.read_link(link + 1, piece_start, piece)?,
                 Payload::Zero => piece.fill(0),
-                Payload::Data(file_offset) => this.read(file_offset + within, piece, "a payload block")?,
+                Payload::Data(file_offset) => {
+                    this.read(file_offset + within, piece, "a payload block")?
+                }
                 Payload::Partial(file_offset) => {
                     self.read_partial(link, block, file_offset, piece_start, piece)?
                 }
@@ -358,7 +378,11 @@ impl VhdxChain {
         let end = offset + piece.len() as u64;
         let last = (end - 1 - chunk_start) / sector;
         let mut bits = vec![0u8; ((last / 8) - (first / 8) + 1) as usize];
-        this.read(this.bitmap(chunk)? + first / 8, &mut bits, "a sector bitmap")?;
+        this.read(
+            this.bitmap(chunk)? + first / 8,
+            &mut bits,
+            "a sector bitmap",
+        )?;
         let is_set = |sector_index: u64| {
             let bit = sector_index - (first / 8) * 8;
             bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0
@@ -374,7 +398,11 @@ impl VhdxChain {
             let run_end = (chunk_start + index * sector).min(end);
             let run = &mut piece[(run_start - offset) as usize..(run_end - offset) as usize];
             if set {
-                this.read(file_offset + (run_start - block_start), run, "a payload block")?;
+                this.read(
+                    file_offset + (run_start - block_start),
+                    run,
+                    "a payload block",
+                )?;
             } else {
                 self.read_link(link + 1, run_start, run)?;
             }

@@ -283,7 +283,9 @@ fn region_table(source: &dyn FileSource) -> Result<Regions> {
     }
     let count = le_u32(&table, 8) as usize;
     if count > MAX_TABLE_ENTRIES {
-        return invalid(format!("region table has {count} entries (at most {MAX_TABLE_ENTRIES})"));
+        return invalid(format!(
+            "region table has {count} entries (at most {MAX_TABLE_ENTRIES})"
+        ));
     }
     let (mut bat, mut metadata) = (None, None);
     for entry in table[16..].chunks_exact(32).take(count) {
@@ -328,7 +330,9 @@ fn metadata(source: &dyn FileSource, (region, length): (u64, u64)) -> Result<Met
     }
     let count = usize::from(le_u16(&table, 10));
     if count > MAX_TABLE_ENTRIES {
-        return invalid(format!("metadata table has {count} entries (at most {MAX_TABLE_ENTRIES})"));
+        return invalid(format!(
+            "metadata table has {count} entries (at most {MAX_TABLE_ENTRIES})"
+        ));
     }
     let mut file_parameters = None;
     let mut virtual_size = None;
@@ -394,13 +398,19 @@ fn metadata(source: &dyn FileSource, (region, length): (u64, u64)) -> Result<Met
         physical_sector_size,
         page_83,
     ) else {
-        return invalid("a required metadata item is missing (file parameters, virtual disk size, page 83 data or sector sizes)");
+        return invalid(
+            "a required metadata item is missing (file parameters, virtual disk size, page 83 data or sector sizes)",
+        );
     };
     if !(MIB..=256 * MIB).contains(&u64::from(block_size)) || !block_size.is_power_of_two() {
-        return invalid(format!("block size {block_size} is not a power of two from 1 to 256 MiB"));
+        return invalid(format!(
+            "block size {block_size} is not a power of two from 1 to 256 MiB"
+        ));
     }
     if ![512, 4096].contains(&logical) || ![512, 4096].contains(&physical) {
-        return invalid(format!("sector sizes {logical}/{physical} are not 512 or 4096"));
+        return invalid(format!(
+            "sector sizes {logical}/{physical} are not 512 or 4096"
+        ));
     }
     let logical = u64::from(logical);
     if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE || virtual_size % logical != 0 {
@@ -432,9 +442,11 @@ fn parent_locator(item: &[u8]) -> Result<ParentLocator> {
         return invalid(format!("parent locator type {kind} is not VHDX's"));
     }
     let count = usize::from(le_u16(item, 18));
-    let entries = item
-        .get(20..20 + 12 * count)
-        .ok_or_else(|| FormatError::Invalid(format!("the parent locator's {count} entries do not fit in it")))?;
+    let entries = item.get(20..20 + 12 * count).ok_or_else(|| {
+        FormatError::Invalid(format!(
+            "the parent locator's {count} entries do not fit in it"
+        ))
+    })?;
     let text = |offset: u32, length: u16| -> Result<String> {
         let start = offset as usize;
         let bytes = item
@@ -453,9 +465,8 @@ fn parent_locator(item: &[u8]) -> Result<ParentLocator> {
         let key = text(le_u32(entry, 0), le_u16(entry, 8))?;
         let value = text(le_u32(entry, 4), le_u16(entry, 10))?;
         let linkage = || {
-            Guid::parse(&value).ok_or_else(|| {
-                FormatError::Invalid(format!("{key} {value:?} is not a GUID"))
-            })
+            Guid::parse(&value)
+                .ok_or_else(|| FormatError::Invalid(format!("{key} {value:?} is not a GUID")))
         };
         match key.as_str() {
             "parent_linkage" => locator.linkage = Some(linkage()?),
@@ -489,7 +500,11 @@ pub fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
             let mut crc = byte as u32;
             let mut bit = 0;
             while bit < 8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
                 bit += 1;
             }
             table[byte] = crc;
@@ -553,7 +568,12 @@ mod tests {
             Guid::parse("{2DC27766-F623-4200-9D64-115E9BFD4A08}"),
             Some(BAT_REGION)
         );
-        for bad in ["", "{}", "2dc27766f62342009d64115e9bfd4a08", "2dc27766-f623-4200-9d64-115e9bfd4a0g"] {
+        for bad in [
+            "",
+            "{}",
+            "2dc27766f62342009d64115e9bfd4a08",
+            "2dc27766-f623-4200-9d64-115e9bfd4a0g",
+        ] {
             assert_eq!(Guid::parse(bad), None, "{bad}");
         }
     }
