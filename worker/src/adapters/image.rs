@@ -61,7 +61,8 @@ pub enum ImageReader {
     #[default]
     Auto,
     /// Every format through `qemu-nbd`, raw included: the one path for all formats,
-    /// for comparison or where reading in place is not wanted.
+    /// for comparison or where reading in place is not wanted. A VHDX with a parent,
+    /// which `qemu-nbd` cannot open, is still read by Haven.
     Nbd,
 }
 
