@@ -33,6 +33,10 @@ packages=(
   # vSphere tests: govmomi's vCenter simulator built from Go source (crates/testkit/vcsim)
   golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev
   golang-github-kr-pretty-dev golang-github-davecgh-go-xdr-dev golang-github-vmware-vmw-guestinfo-dev
+  # Hyper-V checkpoint tests: libvhdi, the packaged parent-aware VHDX reader that the
+  # tests' differencing VHDX files and Haven's reader are checked against (vhdiinfo,
+  # vhdimount, and python3-libvhdi for Debian's python3: cli/tests/it/hyperv.rs)
+  libvhdi-utils python3-libvhdi
   # boot tests: a real Debian guest built from Debian's packages (crates/testkit/src/guest.rs)
   debootstrap
 )

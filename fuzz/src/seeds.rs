@@ -68,6 +68,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "partition" => vec![mbr_disk(), gpt_disk()],
         "libvirt_xml" => texts(&[DOMAIN_XML, VIRSH_DOMBLKLIST, VIRSH_BACKUP_XML]),
         "vsphere_soap" => vsphere_replies(),
+        "vhdx_chain" => vhdx_chains(),
         repo => haven_repo::fuzzing::seeds(repo),
     }
 }
@@ -339,4 +340,84 @@ fn vsphere_replies() -> Vec<Vec<u8>> {
         .iter()
         .map(|body| envelope(body))
         .collect()
+}
+
+/// A dynamic VHDX made by `qemu-img`, alone and under a checkpoint made by the tests'
+/// writer of differencing VHDX files (`cli/tests/it/support/avhdx.py`) with two blocks
+/// written in part (a sector bitmap; a whole block would make a 1 MiB seed), in the
+/// target's sparse records
+/// (`haven_worker::fuzzing::vhdx_chain`).
+fn vhdx_chains() -> Vec<Vec<u8>> {
+    let folder = std::env::temp_dir().join(format!("haven-fuzz-vhdx-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("a scratch folder");
+    let path = |name: &str| folder.join(name).display().to_string();
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .expect("qemu-img and python3 (scripts/install-deps.sh)");
+        assert!(status.success(), "{program} {args:?} failed");
+    };
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "vhdx", &path("base.vhdx"), "8M"],
+    );
+    std::fs::write(path("first"), vec![0x5a; 4096]).expect("a write");
+    std::fs::write(path("part"), vec![0xa5; 1536]).expect("a write");
+    let writer = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cli/tests/it/support/avhdx.py"
+    );
+    run(
+        "python3",
+        &[
+            writer,
+            &path("base.vhdx"),
+            &path("child.avhdx"),
+            "--junk",
+            "0",
+            "--write",
+            &format!("0={}", path("first")),
+            "--write",
+            &format!("{}={}", (3 << 20) + 512, path("part")),
+        ],
+    );
+    let base = std::fs::read(path("base.vhdx")).expect("the base");
+    let child = std::fs::read(path("child.avhdx")).expect("the checkpoint");
+    std::fs::remove_dir_all(&folder).expect("the scratch folder removed");
+    vec![
+        sparse_records(&[(0, &base)]),
+        sparse_records(&[(0, &child), (1, &base)]),
+    ]
+}
+
+/// Files as the `vhdx_chain` target's records (`[file][offset u32][length u16][bytes]`):
+/// runs of non-zero 512-byte sectors, zeros left out.
+fn sparse_records(files: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut records = Vec::new();
+    for &(file, bytes) in files {
+        let sectors: Vec<&[u8]> = bytes.chunks(512).collect();
+        let mut number = 0;
+        while number < sectors.len() {
+            if sectors[number].iter().all(|&b| b == 0) {
+                number += 1;
+                continue;
+            }
+            let start = number;
+            while number < sectors.len()
+                && number - start < 127
+                && sectors[number].iter().any(|&b| b != 0)
+            {
+                number += 1;
+            }
+            let data: Vec<u8> = sectors[start..number].concat();
+            records.push(file);
+            records.extend_from_slice(
+                &(u32::try_from(start * 512).expect("a small file")).to_le_bytes(),
+            );
+            records.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            records.extend_from_slice(&data);
+        }
+    }
+    records
 }

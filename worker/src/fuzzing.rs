@@ -1,13 +1,17 @@
 //! Entry points for the coverage-guided fuzz targets in `fuzz/`, not part of the API.
 //!
-//! They run the worker's own readers of what QEMU and libvirt answer on arbitrary
-//! input; a panic is a finding.
+//! They run the worker's own readers of what QEMU and libvirt answer, and of Hyper-V
+//! checkpoint chains, on arbitrary input; a panic is a finding.
+
+mod vhdx;
 
 use serde_json::Value;
 
 use crate::adapters::libvirt::job::is_haven_job;
 use crate::adapters::libvirt::virsh::{parse_capacity, parse_disks};
 use crate::adapters::qemu::graph::{parse_devices, parse_nodes, select_disks};
+
+pub use vhdx::vhdx_chain;
 
 /// A QMP reply's `return` value read as the block graph (`query-named-block-nodes`,
 /// `query-block`) and the disks chosen from it, by default and by name.

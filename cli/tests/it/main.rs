@@ -16,6 +16,7 @@ mod diff;
 mod files;
 mod garage;
 mod gc;
+mod hyperv;
 mod integrity;
 mod keys;
 mod libvirt;

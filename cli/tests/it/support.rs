@@ -5,6 +5,7 @@
 //! - `haven`: the `haven` command builder and a client of one repository;
 //! - `bed`, `image`, `tree`, `report`: a scratch repository, disk images, files on disk
 //!   and backup reports;
+//! - `avhdx`: Hyper-V checkpoint chains (differencing VHDX) and libvhdi's view of them;
 //! - `qemu`: QMP, `qemu-storage-daemon` VMs and live `haven backup qemu` runs;
 //! - `freeze`: a fake guest agent and a QMP proxy that holds the snapshot point;
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
@@ -20,6 +21,7 @@
 //! Not every test uses every helper, hence `dead_code` is allowed here only.
 #![allow(dead_code)]
 
+pub mod avhdx;
 pub mod bed;
 pub mod browser;
 pub mod cluster;

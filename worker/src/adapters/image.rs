@@ -1,7 +1,9 @@
 //! The image adapter: back up disk image files that nothing is writing to.
 //!
 //! Covers offline KVM disks and VMware/Hyper-V disks copied off their hosts (vmdk,
-//! vhdx). A raw image is read in place ([`crate::pipeline::raw_image`]); every other format is
+//! vhdx). A raw image is read in place ([`crate::pipeline::raw_image`]), and so is a
+//! Hyper-V checkpoint (a differencing `.avhdx` with its parents,
+//! [`crate::pipeline::vhdx`]), which QEMU cannot open; every other format is
 //! exported read-only by `qemu-nbd`, which understands it, and read over NBD. Either way
 //! the image is locked as QEMU locks images ([`crate::adapters::image::lock`]), so a running VM's
 //! disk is refused and no VM starts on a disk being read. Without a dirty bitmap every
@@ -22,8 +24,10 @@ use super::hooks::SnapshotHooks;
 use crate::error::{Result, WorkerError};
 use crate::export::{Access, EXPORT_NAME, ImageExport, probe_format};
 use crate::pipeline::backup::{ChangeSource, DiskSource};
+use crate::pipeline::local_disk::LocalDisk;
 use crate::pipeline::raw_image::RawImage;
 use crate::pipeline::snapshot::{BackupReport, DirectPublisher, SnapshotPlan};
+use crate::pipeline::vhdx;
 use lock::LockedImage;
 
 /// One image file and the disk name it is stored under.
@@ -57,7 +61,8 @@ pub enum ImageReader {
     #[default]
     Auto,
     /// Every format through `qemu-nbd`, raw included: the one path for all formats,
-    /// for comparison or where reading in place is not wanted.
+    /// for comparison or where reading in place is not wanted. A VHDX with a parent,
+    /// which `qemu-nbd` cannot open, is still read by Haven.
     Nbd,
 }
 
@@ -152,7 +157,7 @@ impl HypervisorAdapter for ImageAdapter<'_> {
 
     async fn export(&mut self, position: usize) -> Result<(DiskSource, ChangeSource)> {
         let source = match &self.opened[position] {
-            OpenedImage::InPlace(image) => DiskSource::RawImage(image.clone()),
+            OpenedImage::InPlace(disk) => DiskSource::Local(disk.clone()),
             OpenedImage::ThroughNbd { format, .. } => {
                 let export = ImageExport::start(
                     &self.request.disks[position].path,
@@ -188,17 +193,26 @@ impl HypervisorAdapter for ImageAdapter<'_> {
 
 /// An image locked for reading, and how it will be read.
 enum OpenedImage {
-    /// A raw image, read in place.
-    InPlace(Arc<RawImage>),
+    /// A raw image or a VHDX checkpoint chain (every link locked), read in place.
+    InPlace(Arc<dyn LocalDisk>),
     /// Any other format (or raw with [`ImageReader::Nbd`]): `qemu-nbd` exports it while
     /// Haven holds the lock.
     ThroughNbd { _lock: LockedImage, format: String },
 }
 
 /// Locks `disk`, then learns its format (probed only once locked, so an image in use
-/// gets Haven's message rather than `qemu-img`'s).
+/// gets Haven's message rather than `qemu-img`'s). A VHDX with a parent is recognised
+/// before `qemu-img` is asked, which cannot open one.
 async fn open_image(disk: &ImageDisk, reader: ImageReader) -> Result<OpenedImage> {
     let lock = LockedImage::open(&disk.path)?;
+    let may_be_vhdx = disk.format.as_deref().is_none_or(|format| format == "vhdx");
+    if may_be_vhdx && vhdx::is_differencing(&lock)? {
+        let chain = tokio::task::spawn_blocking(move || vhdx::open_chain(lock))
+            .await
+            .map_err(WorkerError::join)??;
+        tracing::info!(links = ?chain.names().collect::<Vec<_>>(), "reading a VHDX checkpoint chain");
+        return Ok(OpenedImage::InPlace(Arc::new(chain)));
+    }
     let format = match &disk.format {
         Some(format) => format.clone(),
         None => probe_format(&disk.path).await?,

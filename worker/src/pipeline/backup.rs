@@ -1,7 +1,7 @@
 //! The backup pipeline: one disk, read over NBD or in place, into chunks in a repository.
 //!
 //! ```text
-//! planner ──jobs──▶ read (NBD connections or a raw file) ─▶ hash ─▶ known? ─▶ exists? ─▶ seal ─▶ put
+//! planner ──jobs──▶ read (NBD connections or a local disk) ─▶ hash ─▶ known? ─▶ exists? ─▶ seal ─▶ put
 //!  allocation      bounded: at most `in_flight` slots in any stage at once
 //! ```
 //!
@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::error::{Result, WorkerError};
+use crate::pipeline::local_disk::LocalDisk;
 use crate::pipeline::pool::{BufferPool, ClientPool, PooledBuffer};
 use crate::pipeline::ranged::{self, ByteArea, RangeRead};
-use crate::pipeline::raw_image::RawImage;
 
 /// Largest disk Haven backs up: its index (32 bytes per chunk) must stay small in memory.
 pub const MAX_DISK_SIZE: u64 = 16 << 40;
@@ -65,8 +65,9 @@ pub enum DiskSource {
         /// NBD export name.
         export: String,
     },
-    /// A local raw image read in place: nothing to translate, so no server either.
-    RawImage(Arc<RawImage>),
+    /// A disk read in place (a raw image, a Hyper-V checkpoint chain): nothing to
+    /// translate or Haven translates it itself, so no server either.
+    Local(Arc<dyn LocalDisk>),
     /// A disk read by byte ranges (a vSphere flat disk over HTTPS), of which only
     /// `allocated` (sorted, not overlapping) holds data: everything else reads as zeros.
     Ranged {
@@ -168,14 +169,14 @@ impl Stages {
 /// Where the read stage gets a slot's bytes.
 enum SlotReader {
     Nbd(ClientPool),
-    RawImage(Arc<RawImage>),
+    Local(Arc<dyn LocalDisk>),
     Ranged(Arc<dyn RangeRead>),
 }
 
 /// Where the planner learns which slots hold data (and, for NBD, which are dirty).
 enum AllocationMap {
     Nbd(Client),
-    RawImage(Arc<RawImage>),
+    Local(Arc<dyn LocalDisk>),
     Areas(Arc<[ByteArea]>),
 }
 
@@ -186,7 +187,7 @@ impl AllocationMap {
             Self::Nbd(control) => Ok(control
                 .block_status(CONTEXT_BASE_ALLOCATION, start, end - start)
                 .await?),
-            Self::RawImage(image) => {
+            Self::Local(image) => {
                 let image = image.clone();
                 tokio::task::spawn_blocking(move || image.allocation(start, end))
                     .await
@@ -203,7 +204,7 @@ impl AllocationMap {
     async fn dirty(&mut self, context: &str, start: u64, end: u64) -> Result<Vec<Extent>> {
         match self {
             Self::Nbd(control) => Ok(control.block_status(context, start, end - start).await?),
-            Self::RawImage(_) | Self::Areas(_) => Err(no_dirty_bitmap()),
+            Self::Local(_) | Self::Areas(_) => Err(no_dirty_bitmap()),
         }
     }
 
@@ -254,14 +255,14 @@ pub async fn backup_disk(
                 disk_size,
             )
         }
-        DiskSource::RawImage(image) => {
+        DiskSource::Local(image) => {
             if matches!(input.changes, ChangeSource::DirtyBitmap(_)) {
                 return Err(no_dirty_bitmap());
             }
             let disk_size = image.size();
             (
-                AllocationMap::RawImage(image.clone()),
-                SlotReader::RawImage(image),
+                AllocationMap::Local(image.clone()),
+                SlotReader::Local(image),
                 disk_size,
             )
         }
@@ -524,7 +525,7 @@ async fn read_and_identify(
             .await
             .map_err(WorkerError::join)
         }
-        SlotReader::RawImage(image) => {
+        SlotReader::Local(image) => {
             let image = image.clone();
             tokio::task::spawn_blocking(move || {
                 image.read_exact_at(offset, &mut data)?;

@@ -18,6 +18,7 @@ use haven_nbd::{Extent, STATE_HOLE, STATE_ZERO};
 
 use crate::adapters::image::lock::LockedImage;
 use crate::error::{Result, WorkerError};
+use crate::pipeline::local_disk::LocalDisk;
 
 /// A raw image file or block device, open read-only and locked against writers.
 #[derive(Debug)]
@@ -103,6 +104,20 @@ impl RawImage {
                 };
                 WorkerError::Io { context, source }
             })
+    }
+}
+
+impl LocalDisk for RawImage {
+    fn size(&self) -> u64 {
+        RawImage::size(self)
+    }
+
+    fn allocation(&self, start: u64, end: u64) -> Result<Vec<Extent>> {
+        RawImage::allocation(self, start, end)
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        RawImage::read_exact_at(self, offset, buf)
     }
 }
 
