@@ -15,9 +15,10 @@ use haven_testkit::guest::GuestImages;
 use serde_json::Value;
 
 use super::one_worker::OneWorker;
-use crate::boot::{images, one_guest_at_a_time, processes_using};
+use crate::boot::processes_using;
 use crate::support::{
     cluster::{init_repo, one_cluster_at_a_time},
+    guest::{images, one_guest_at_a_time},
     image::convert,
     process::free_port,
     prometheus::{Prometheus, Target, sample_value},
