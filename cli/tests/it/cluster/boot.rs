@@ -5,7 +5,9 @@
 //! `kill -9` mid boot test leaves no QEMU behind, and its next start removes the
 //! sandbox folder; a cancelled boot test stops its sandbox. A snapshot that does not
 //! boot moves the coordinator's metrics and fires the shipped alert in a real
-//! Prometheus. The console, fetched over HTTPS, shows each verdict.
+//! Prometheus. The console, fetched over HTTPS, shows each verdict. A policy's
+//! `tcp:PORT` check passes on the port the guest listens on and fails at its timeout
+//! on one it does not, with the guest up, both verdicts stored with their evidence.
 
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
