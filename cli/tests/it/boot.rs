@@ -5,26 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
-use haven_testkit::guest::{GUEST_TCP_PORT, GuestImages, READY_MARKER, test_guest};
+use haven_testkit::guest::{GUEST_TCP_PORT, GuestImages, READY_MARKER};
 
-use crate::support::bed::Bed;
-
-/// Boot tests run one at a time: each guest takes a CPU for tens of seconds under TCG.
-static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Waits until no other test boots a guest; hold the guard while the guest runs.
-pub fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_GUEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-/// The test guest's images (built on first use).
-pub fn images() -> GuestImages {
-    test_guest().expect("the test guest could not be built (scripts/install-deps.sh)")
-}
+use crate::support::{
+    bed::Bed,
+    guest::{images, one_guest_at_a_time},
+};
 
 /// A sparse copy of `image` at `to`, the disk the test backs up and then deletes.
 fn copy_disk(image: &Path, to: &Path) {
@@ -37,13 +25,41 @@ fn copy_disk(image: &Path, to: &Path) {
     assert!(status.success(), "cp {} failed", image.display());
 }
 
-/// `haven verify --boot SNAPSHOT ARGS --json` with the sandbox folders in `tmp`.
-fn verify_boot(bed: &Bed, snapshot: &str, tmp: &Path, args: &[&str]) -> std::process::Output {
-    bed.haven(&["verify", "--boot", snapshot, "--json"])
+/// `haven verify --boot SNAPSHOT --json ARGS` with the sandbox folders in `tmp`,
+/// whose verdict must be `outcome` (`passed`: exit code 0, `failed`: 6, partial); the
+/// JSON report, once nothing of the sandbox is left. With `--evidence DIR` among
+/// `args`, an unexpected end shows the guest's console from `DIR/serial.log`.
+fn verify_boot(
+    bed: &Bed,
+    snapshot: &str,
+    tmp: &Path,
+    args: &[&str],
+    outcome: &str,
+) -> serde_json::Value {
+    let output = bed
+        .haven(&["verify", "--boot", snapshot, "--json"])
         .args(args)
         .env("TMPDIR", tmp)
         .output()
-        .unwrap()
+        .unwrap();
+    let expected = if outcome == "passed" { 0 } else { 6 };
+    let console = args
+        .iter()
+        .position(|arg| *arg == "--evidence")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|dir| std::fs::read_to_string(Path::new(dir).join("serial.log")).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        output.status.code(),
+        Some(expected),
+        "verify --boot {args:?}: {}\n{}\nserial console:\n{console}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["record"]["outcome"], outcome, "{report}");
+    assert_sandbox_gone(tmp);
+    report
 }
 
 /// Processes whose command line mentions `path` (a sandbox left running).
@@ -108,7 +124,7 @@ fn snapshot_boot(bed: &Bed, vm: &str) -> serde_json::Value {
 #[test]
 fn a_backed_up_guest_boots_from_its_snapshot_alone() {
     let (_one, bed, snapshot, tmp, evidence) = backed_up(|images| &images.bootable, "guest");
-    let output = verify_boot(
+    let report = verify_boot(
         &bed,
         &snapshot,
         &tmp,
@@ -120,17 +136,9 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
             "--evidence",
             evidence.to_str().unwrap(),
         ],
+        "passed",
     );
-    assert!(
-        output.status.success(),
-        "verify --boot failed: {}\n{}\nserial console:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        std::fs::read_to_string(evidence.join("serial.log")).unwrap_or_default()
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let record = &report["record"];
-    assert_eq!(record["outcome"], "passed", "{report}");
     assert_eq!(record["check"], "agent", "{report}");
     assert!(
         record["detail"].as_str().unwrap().contains("guest-ping"),
@@ -163,14 +171,13 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
     assert!(serial.contains("Linux version"), "{serial}");
     let screen = std::fs::read(evidence.join("screen.png")).unwrap();
     assert!(screen.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert_sandbox_gone(&tmp);
 
     // `haven snapshots` shows the verdict.
     let boot = snapshot_boot(&bed, "guest");
     assert_eq!(boot["outcome"], "passed", "{boot}");
 
     // The serial check passes on the marker the guest prints once up.
-    let output = verify_boot(
+    verify_boot(
         &bed,
         &snapshot,
         &tmp,
@@ -180,36 +187,22 @@ fn a_backed_up_guest_boots_from_its_snapshot_alone() {
             "--timeout",
             "10m",
         ],
+        "passed",
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["record"]["outcome"], "passed", "{report}");
-    assert_sandbox_gone(&tmp);
 }
 
 #[test]
 fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
     let (_one, bed, snapshot, tmp, evidence) = backed_up(|images| &images.no_root, "broken");
 
-    let output = verify_boot(
+    let report = verify_boot(
         &bed,
         &snapshot,
         &tmp,
         &["--timeout", "10m", "--evidence", evidence.to_str().unwrap()],
+        "failed",
     );
-    assert_eq!(
-        output.status.code(),
-        Some(6),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let record = &report["record"];
-    assert_eq!(record["outcome"], "failed", "{report}");
     assert!(
         record["detail"]
             .as_str()
@@ -228,7 +221,6 @@ fn a_snapshot_without_a_root_file_system_fails_with_the_console_as_evidence() {
     }
     let screen = std::fs::read(evidence.join("screen.png")).unwrap();
     assert!(screen.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert_sandbox_gone(&tmp);
     // Recorded and shown; nothing was deleted.
     let boot = snapshot_boot(&bed, "broken");
     assert_eq!(boot["outcome"], "failed", "{boot}");
@@ -242,20 +234,13 @@ fn a_guest_port_is_checked_through_an_isolated_network() {
     // The guest's echo service listens: the check passes once the guest's NIC is up
     // (DHCP from QEMU's user-mode stack) and its socket unit accepts.
     let open = format!("tcp:{GUEST_TCP_PORT}");
-    let output = verify_boot(
+    let report = verify_boot(
         &bed,
         &snapshot,
         &tmp,
         &["--check", &open, "--timeout", "10m"],
+        "passed",
     );
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["record"]["outcome"], "passed", "{report}");
     assert_eq!(report["record"]["check"], open.as_str(), "{report}");
     assert!(
         report["record"]["detail"]
@@ -266,13 +251,12 @@ fn a_guest_port_is_checked_through_an_isolated_network() {
             )),
         "{report}"
     );
-    assert_sandbox_gone(&tmp);
 
     // A port nothing listens on: QEMU's forward accepts on the host side all the
     // same, but the guest refuses, and the check fails at its timeout with the guest
     // up the whole time.
     let closed = format!("tcp:{}", GUEST_TCP_PORT + 1);
-    let output = verify_boot(
+    let report = verify_boot(
         &bed,
         &snapshot,
         &tmp,
@@ -284,15 +268,8 @@ fn a_guest_port_is_checked_through_an_isolated_network() {
             "--evidence",
             evidence.to_str().unwrap(),
         ],
+        "failed",
     );
-    assert_eq!(
-        output.status.code(),
-        Some(6),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["record"]["outcome"], "failed", "{report}");
     assert_eq!(
         report["record"]["detail"],
         format!("the check {closed} did not pass within 200 s"),
@@ -303,5 +280,4 @@ fn a_guest_port_is_checked_through_an_isolated_network() {
         serial.contains(READY_MARKER),
         "the guest never came up:\n{serial}"
     );
-    assert_sandbox_gone(&tmp);
 }

@@ -16,6 +16,7 @@ mod cut_off;
 mod dev;
 mod dr;
 mod drain;
+mod freeze;
 mod gc;
 mod libvirt;
 mod logs;

@@ -8,6 +8,7 @@
 //! - `avhdx`: Hyper-V checkpoint chains (differencing VHDX) and libvhdi's view of them;
 //! - `qemu`: QMP, `qemu-storage-daemon` VMs and live `haven backup qemu` runs;
 //! - `freeze`: a fake guest agent and a QMP proxy that holds the snapshot point;
+//! - `guest`: the test guest (real Debian) booted under QEMU, its console and agent;
 //! - `etcd`, `cluster`: an etcd cluster, cluster VMs and the CLI against a coordinator;
 //! - `libvirt`: a private libvirtd (one at a time: see its lock) and domains;
 //! - `netns`: network namespaces joined by veth pairs, cut and healed for partitions;
@@ -27,6 +28,7 @@ pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod freeze;
+pub mod guest;
 pub mod haven;
 pub mod image;
 pub mod libvirt;

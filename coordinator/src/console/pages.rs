@@ -364,6 +364,17 @@ mod tests {
         Leader::load(store, 1, settings).await.unwrap()
     }
 
+    /// The context of a viewer's pages: no forms, no buttons, no audit log.
+    fn viewer() -> PageContext {
+        PageContext {
+            who: "viewer v".into(),
+            csrf: String::new(),
+            can_act: false,
+            can_audit: false,
+            now_ms: model::now_ms(),
+        }
+    }
+
     /// A record as stored.
     fn json(value: &impl serde::Serialize) -> Vec<u8> {
         serde_json::to_vec(value).unwrap()
@@ -427,13 +438,7 @@ mod tests {
     async fn boot_verdicts_are_shown_per_vm_and_per_job() {
         let dir = tempfile::tempdir().unwrap();
         let leader = leader(dir.path()).await;
-        let context = PageContext {
-            who: "viewer v".into(),
-            csrf: String::new(),
-            can_act: false,
-            can_audit: false,
-            now_ms: model::now_ms(),
-        };
+        let context = viewer();
         // The snapshot's time, as the passed test verified it.
         let verified = "2026-12-06 10:00:00Z";
         let failed = "<span class=\"badge boot-failed\" data-boot=\"failed\">boot failed</span>";
@@ -511,13 +516,7 @@ mod tests {
             .await
             .unwrap();
         let leader = load(store).await;
-        let context = PageContext {
-            who: "viewer v".into(),
-            csrf: String::new(),
-            can_act: false,
-            can_audit: false,
-            now_ms: model::now_ms(),
-        };
+        let context = viewer();
         let page = vm(&context, &leader, "web1").await.unwrap();
         assert!(
             page.contains(
@@ -536,13 +535,7 @@ mod tests {
 
     #[test]
     fn a_follower_names_the_leader() {
-        let context = PageContext {
-            who: "viewer v".into(),
-            csrf: String::new(),
-            can_act: false,
-            can_audit: false,
-            now_ms: 0,
-        };
+        let context = viewer();
         let page = follower(&context, Some("https://10.0.0.1:7700"), 7701);
         assert!(page.contains("href=\"https://10.0.0.1:7701/\""), "{page}");
         let page = follower(&context, Some("https://10.0.0.1:7700/<x>"), 7701);

@@ -5,19 +5,22 @@
 //! `kill -9` mid boot test leaves no QEMU behind, and its next start removes the
 //! sandbox folder; a cancelled boot test stops its sandbox. A snapshot that does not
 //! boot moves the coordinator's metrics and fires the shipped alert in a real
-//! Prometheus. The console, fetched over HTTPS, shows each verdict.
+//! Prometheus. The console, fetched over HTTPS, shows each verdict. A policy's
+//! `tcp:PORT` check passes on the port the guest listens on and fails at its timeout
+//! on one it does not, with the guest up, both verdicts stored with their evidence.
 
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use haven_testkit::guest::GuestImages;
+use haven_testkit::guest::{GUEST_TCP_PORT, GuestImages, READY_MARKER};
 use serde_json::Value;
 
 use super::one_worker::OneWorker;
-use crate::boot::{images, one_guest_at_a_time, processes_using};
+use crate::boot::processes_using;
 use crate::support::{
     cluster::{init_repo, one_cluster_at_a_time},
+    guest::{images, one_guest_at_a_time},
     image::convert,
     process::free_port,
     prometheus::{Prometheus, Target, sample_value},
@@ -38,11 +41,56 @@ struct BootBed {
     _guest: MutexGuard<'static, ()>,
 }
 
+/// A policy of a [`BootBed`]: it backs up the VMs it selects and boot-tests each new
+/// snapshot with `check` within `timeout`.
+struct BootPolicy<'a> {
+    name: &'a str,
+    /// The VMs' names (`select = { names = ... }`); every VM when empty.
+    vms: &'a [&'a str],
+    check: &'a str,
+    timeout: &'a str,
+}
+
+impl BootPolicy<'_> {
+    /// Its `[[policy]]` table, writing into `repo`.
+    fn toml(&self, repo: &str) -> String {
+        let select = if self.vms.is_empty() {
+            String::new()
+        } else {
+            format!("select = {{ names = {:?} }}\n", self.vms)
+        };
+        format!(
+            "[[policy]]\nname = {:?}\nschedule = \"0 0 1 1 *\"\nrepository = {repo:?}\n{select}\
+             boot_test = {{ every = \"0s\", timeout = {:?}, check = {:?} }}\n",
+            self.name, self.timeout, self.check
+        )
+    }
+}
+
+/// The policy of most tests here: every VM, the guest agent's answer within 10 minutes.
+const PROVEN: BootPolicy = BootPolicy {
+    name: "proven",
+    vms: &[],
+    check: "agent",
+    timeout: "10m",
+};
+
 impl BootBed {
     /// Starts the bed with VMs `vms`, each on a copy of the image `pick` names, and a
-    /// worker with `limits` in its `[boot_tests]`, applies a policy that boot-tests
+    /// worker with `limits` in its `[boot_tests]`, applies [`PROVEN`], which boot-tests
     /// every new snapshot, and starts its round.
     fn start(dir: &Path, pick: fn(&GuestImages) -> &PathBuf, vms: &[&str], limits: &str) -> Self {
+        Self::start_with_policies(dir, pick, vms, limits, &[PROVEN])
+    }
+
+    /// [`BootBed::start`] with `policies` applied, and each one's round started.
+    fn start_with_policies(
+        dir: &Path,
+        pick: fn(&GuestImages) -> &PathBuf,
+        vms: &[&str],
+        limits: &str,
+        policies: &[BootPolicy],
+    ) -> Self {
         let images = images();
         let guest = one_guest_at_a_time();
         let disks: Vec<PathBuf> = vms
@@ -77,14 +125,11 @@ impl BootBed {
             &format!("[boot_tests]\n{limits}dir = {sandboxes:?}\n"),
             &[],
         );
-        bed.admin.apply_policy(
-            &dir.join("policy.toml"),
-            &format!(
-                "[[policy]]\nname = \"proven\"\nschedule = \"0 0 1 1 *\"\nrepository = {repo:?}\n\
-                 boot_test = {{ every = \"0s\", timeout = \"10m\", check = \"agent\" }}\n"
-            ),
-        );
-        bed.admin.ok(&["policy", "run", "proven"]);
+        let tables: String = policies.iter().map(|policy| policy.toml(&repo)).collect();
+        bed.admin.apply_policy(&dir.join("policy.toml"), &tables);
+        for policy in policies {
+            bed.admin.ok(&["policy", "run", policy.name]);
+        }
         Self {
             bed,
             repo,
@@ -142,6 +187,39 @@ impl BootBed {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Whether a running boot test whose sandbox network forwards to the guest's port
+    /// `port` has a guest up: its console (`serial.log` in its folder) shows the
+    /// guest's ready marker.
+    fn guest_up_behind_port(&self, port: u16) -> bool {
+        let forward = format!("-:{port}");
+        self.sandbox_folders().iter().any(|folder| {
+            processes_using(folder)
+                .iter()
+                .any(|command| command.contains("qemu-system-x86_64") && command.contains(&forward))
+                && std::fs::read_to_string(folder.join("serial.log"))
+                    .unwrap_or_default()
+                    .contains(READY_MARKER)
+        })
+    }
+
+    /// The files stored in the repository for the boot tests of `vm` (their records
+    /// and evidence), by name.
+    fn boot_files(&self, vm: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut folders = vec![Path::new(&self.repo).join("boot").join(vm)];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    folders.push(entry.path());
+                } else {
+                    found.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
     }
 
     /// Waits until no process names the sandboxes folder.
@@ -462,4 +540,115 @@ fn boot_tests_wait_for_the_workers_boot_slot_without_holding_its_jobs() {
         "the second boot test was assigned {} ms before the first ended: {boots:#?}",
         first_ended - assigned(boots[1])
     );
+}
+
+#[test]
+fn a_policy_checks_a_guest_port_through_the_sandbox_network() {
+    let _alone = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Two VMs of the guest, each under a policy of its own: one checks the port the
+    // guest's socket unit listens on, the other a port nothing listens on. Both boot
+    // at once on a worker of two boot slots.
+    let (open, closed) = (
+        format!("tcp:{GUEST_TCP_PORT}"),
+        format!("tcp:{}", GUEST_TCP_PORT + 1),
+    );
+    let bed = BootBed::start_with_policies(
+        dir.path(),
+        |images| &images.bootable,
+        &["open", "closed"],
+        "max_running = 2\nmax_cpus = 1\nmax_memory_mib = 512\n",
+        &[
+            BootPolicy {
+                name: "listening",
+                vms: &["open"],
+                check: &open,
+                timeout: "10m",
+            },
+            BootPolicy {
+                name: "refusing",
+                vms: &["closed"],
+                check: &closed,
+                timeout: "150s",
+            },
+        ],
+    );
+    // While the closed port's test runs, its guest comes up all the same: it fails
+    // on the port, not on a guest that never booted.
+    let mut closed_guest_up = false;
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    let jobs = loop {
+        closed_guest_up = closed_guest_up || bed.guest_up_behind_port(GUEST_TCP_PORT + 1);
+        let jobs = bed.bed.admin.jobs();
+        let ended = |job: &&Value| matches!(job["state"].as_str(), Some("succeeded" | "failed"));
+        let boots = jobs.iter().filter(|job| job["kind"] == "boot_test");
+        if boots.clone().count() == 2 && boots.clone().all(|job| ended(&job)) {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "boot tests not done: {jobs:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(closed_guest_up, "the closed port's guest never came up");
+    let boot_of = |policy: &str| {
+        jobs.iter()
+            .find(|job| job["kind"] == "boot_test" && job["policy"] == policy)
+            .unwrap_or_else(|| panic!("no boot test of {policy}: {jobs:#?}"))
+    };
+
+    // The open port: passed, through the sandbox network.
+    let passed = boot_of("listening");
+    assert_eq!(passed["state"], "succeeded", "{passed:#}");
+    assert_eq!(passed["boot_verdict"], "passed", "{passed:#}");
+    let summary = passed["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "the guest accepted a TCP connection on port {GUEST_TCP_PORT}"
+        )),
+        "{summary}"
+    );
+    // The closed port: the test ran to its timeout, a failed verdict.
+    let failed = boot_of("refusing");
+    assert_eq!(failed["state"], "succeeded", "{failed:#}");
+    assert_eq!(failed["boot_verdict"], "failed", "{failed:#}");
+    let summary = failed["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("the check {closed} did not pass within 150 s")),
+        "{summary}"
+    );
+    let seconds = |job: &Value| {
+        (job["finished_unix_ms"].as_u64().unwrap()
+            - job["attempts"][0]["assigned_unix_ms"].as_u64().unwrap()) as f64
+            / 1000.0
+    };
+    eprintln!(
+        "tcp boot checks in the cluster: open port passed {:.1} s after assignment, \
+         closed port failed {:.1} s after",
+        seconds(passed),
+        seconds(failed)
+    );
+
+    // Both verdicts are stored beside their snapshots, with the evidence, and shown.
+    let listed = bed.snapshots();
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    for (vm, outcome, check) in [("open", "passed", &open), ("closed", "failed", &closed)] {
+        let snapshot = listed
+            .iter()
+            .find(|snapshot| snapshot["vm"] == vm)
+            .unwrap_or_else(|| panic!("no snapshot of {vm}: {listed:#?}"));
+        assert_eq!(snapshot["boot"]["outcome"], outcome, "{snapshot:#}");
+        assert_eq!(snapshot["boot"]["check"], check.as_str(), "{snapshot:#}");
+        assert_eq!(
+            bed.boot_files(vm),
+            ["record", "screen.png", "serial.log"],
+            "{vm}"
+        );
+    }
+    let text = bed
+        .bed
+        .admin
+        .ok(&["snapshots", "--repo", &bed.repo, "--vm", "closed"]);
+    assert!(text.contains("boot FAILED"), "{text}");
+    // Nothing of either sandbox is left.
+    assert!(bed.sandbox_folders().is_empty());
+    bed.wait_no_sandbox_process(Duration::from_secs(5));
 }

@@ -73,6 +73,19 @@ impl OneWorker {
         Self::launch(dir, images, &[], &[], settings, "")
     }
 
+    /// A bed whose VMs the caller started in [`OneWorker::host_dir`] (their QMP
+    /// sockets `NAME.qmp` there); `vms` are their processes, killed with the bed.
+    pub fn start_with_vms(dir: &Path, vms: Vec<Guard>) -> Self {
+        Self::assemble(dir, vms, &[], &[], "", "")
+    }
+
+    /// The worker's one host folder (its `qmp_dir`), created if missing.
+    pub fn host_dir(dir: &Path) -> PathBuf {
+        let hosts = dir.join("h0");
+        std::fs::create_dir_all(&hosts).unwrap();
+        hosts
+    }
+
     /// Starts one VM per (name, qcow2 image) in `dir/h0` and the coordinator, and
     /// waits until it answers.
     fn launch(
@@ -83,9 +96,7 @@ impl OneWorker {
         settings: &str,
         tables: &str,
     ) -> Self {
-        let pki = Pki::new(dir);
-        let hosts = dir.join("h0");
-        std::fs::create_dir_all(&hosts).unwrap();
+        let hosts = Self::host_dir(dir);
         let vms = images
             .iter()
             .map(|(name, image)| {
@@ -96,6 +107,19 @@ impl OneWorker {
                 )
             })
             .collect();
+        Self::assemble(dir, vms, extra_allowed, env, settings, tables)
+    }
+
+    /// Starts the coordinator of a bed whose VMs `vms` run, and waits until it answers.
+    fn assemble(
+        dir: &Path,
+        vms: Vec<Guard>,
+        extra_allowed: &[&str],
+        env: &[(&str, &str)],
+        settings: &str,
+        tables: &str,
+    ) -> Self {
+        let pki = Pki::new(dir);
         let mut allowed = vec![format!("{}*", dir.to_str().unwrap())];
         allowed.extend(extra_allowed.iter().map(|url| url.to_string()));
         let port = free_port();
@@ -214,6 +238,11 @@ impl OneWorker {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// The running worker's process id.
+    pub fn worker_pid(&self) -> u32 {
+        self.worker.as_ref().expect("a worker was started").pid()
     }
 
     /// kill -9 of the worker: its process ends at once, without any cleanup of its own.

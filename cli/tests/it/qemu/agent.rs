@@ -8,113 +8,21 @@
 //! system clean with no journal to replay. A backup cancelled, held past its freeze
 //! limit, or killed with `kill -9` while the guest is frozen leaves it thawed.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use haven_testkit::guest::{
-    FSFREEZE_LOG, FSFREEZE_MARKER, KERNEL_ROOT, PARTITION_START, READY_MARKER,
-};
+use haven_testkit::guest::{FSFREEZE_LOG, FSFREEZE_MARKER, PARTITION_START};
 
-use crate::boot::{images, one_guest_at_a_time};
 use crate::support::{
-    bed::Bed, freeze::SlowQmp, haven::RunningBackup, image::convert, process::Guard,
-    qemu::start_qemu_system,
+    bed::Bed,
+    freeze::SlowQmp,
+    guest::{
+        Booted, GuestPaths, assert_guest_writes, boot, children_running_the_same_binary,
+        one_guest_at_a_time, wait_for_console, wait_for_console_times, wait_gone,
+    },
+    haven::RunningBackup,
 };
-
-/// Waits until `serial` (the guest's console log) holds `text`.
-fn wait_for_console(serial: &Path, text: &str, timeout: Duration) {
-    wait_for_console_times(serial, text, 1, timeout);
-}
-
-/// Waits until `serial` holds `text` at least `times` times.
-fn wait_for_console_times(serial: &Path, text: &str, times: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = std::fs::read_to_string(serial).unwrap_or_default();
-        if log.matches(text).count() >= times {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not print {text:?} within {timeout:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Whether the guest agent at `socket` answers `guest-sync` now.
-fn agent_answers(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
-    let request = b"{\"execute\":\"guest-sync\",\"arguments\":{\"id\":4242}}\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    let _ = BufReader::new(stream).read_line(&mut line);
-    line.contains("4242")
-}
-
-/// Runs `command` on the guest agent at `socket` (a connection of its own, synced
-/// first); its `return`. A frozen guest cannot write, so the agent stops answering a
-/// write: a read timeout ends the wait.
-fn agent_command(socket: &Path, command: &str, arguments: serde_json::Value) -> serde_json::Value {
-    let stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut exchange = |request: serde_json::Value| {
-        writeln!(writer, "{request}").unwrap();
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .unwrap_or_else(|error| panic!("no answer to {request}: {error}"));
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()
-    };
-    let mut synced =
-        exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
-    while synced["return"] != 77 {
-        synced = exchange(serde_json::json!({"execute": "guest-sync", "arguments": {"id": 77}}));
-    }
-    let reply = exchange(serde_json::json!({"execute": command, "arguments": arguments}));
-    assert!(reply.get("error").is_none(), "{command}: {reply}");
-    reply["return"].clone()
-}
-
-/// Asserts that the guest's file systems are thawed and take a write (through the
-/// agent, into a file of the guest).
-fn assert_guest_writes(agent: &Path) {
-    let status = agent_command(agent, "guest-fsfreeze-status", serde_json::json!({}));
-    assert_eq!(status, "thawed");
-    let handle = agent_command(
-        agent,
-        "guest-file-open",
-        serde_json::json!({"path": "/var/tmp/after-the-backup", "mode": "w"}),
-    );
-    let written = agent_command(
-        agent,
-        "guest-file-write",
-        serde_json::json!({"handle": handle, "buf-b64": "aGF2ZW4K"}),
-    );
-    assert_eq!(written["count"], 6, "{written}");
-    agent_command(
-        agent,
-        "guest-file-flush",
-        serde_json::json!({"handle": handle}),
-    );
-    agent_command(
-        agent,
-        "guest-file-close",
-        serde_json::json!({"handle": handle}),
-    );
-}
 
 /// `haven backup qemu` of the guest's disk, with `extra` arguments; the JSON report.
 fn back_up(bed: &Bed, qmp: &Path, extra: &[&str]) -> serde_json::Value {
@@ -165,85 +73,24 @@ fn features(disk: &Path) -> String {
         .to_string()
 }
 
-/// The test guest booted under QEMU (TCG) from a copy of its image, its agent
-/// answering.
-struct Booted {
-    qmp: PathBuf,
-    agent: PathBuf,
-    serial: PathBuf,
-    _vm: Guard,
-}
-
-/// Boots the test guest with its sockets and console log in `bed`.
-fn boot(bed: &Bed) -> Booted {
-    let images = images();
-    let disk = bed.path("guest.qcow2");
-    convert(images.bootable.to_str().unwrap(), "raw", &disk, "qcow2");
-    let (qmp, agent, serial) = (
-        bed.path("qmp.sock"),
-        bed.path("qga.sock"),
-        bed.path("serial.log"),
-    );
-    let mut command = Command::new("qemu-system-x86_64");
-    command
-        .args([
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-nodefaults",
-        ])
-        .args(["-display", "none", "-m", "512", "-smp", "1"])
-        .arg("-kernel")
-        .arg(&images.kernel)
-        .arg("-initrd")
-        .arg(&images.initrd)
-        .args(["-append", &format!("{KERNEL_ROOT} console=ttyS0")])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=qga0,path={},server=on,wait=off",
-            agent.display()
-        ))
-        .args(["-device", "virtio-serial-pci"])
-        .args([
-            "-device",
-            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-        ])
-        .arg("-blockdev")
-        .arg(format!(
-            "driver=file,filename={},node-name=file0",
-            disk.display()
-        ))
-        .args(["-blockdev", "driver=qcow2,file=file0,node-name=disk0"])
-        .args(["-device", "virtio-blk-pci,drive=disk0,id=vda"]);
-    let vm = start_qemu_system(&mut command, &qmp);
-    wait_for_console(&serial, READY_MARKER, Duration::from_secs(600));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !agent_answers(&agent) {
-        assert!(Instant::now() < deadline, "the guest agent never answered");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    Booted {
-        qmp,
-        agent,
-        serial,
-        _vm: vm,
-    }
+/// Boots the test guest with its disk, sockets and console log in `bed`.
+fn boot_in(bed: &Bed) -> Booted {
+    boot(
+        &bed.path("guest.qcow2"),
+        GuestPaths {
+            qmp: bed.path("qmp.sock"),
+            agent: bed.path("qga.sock"),
+            serial: bed.path("serial.log"),
+        },
+    )
 }
 
 #[test]
 fn a_live_backup_through_the_guest_agent_is_application_consistent() {
     let _guest = one_guest_at_a_time();
     let bed = Bed::initialised();
-    let Booted {
-        qmp, agent, serial, ..
-    } = &boot(&bed);
+    let booted = boot_in(&bed);
+    let GuestPaths { qmp, agent, serial } = &booted.paths;
     let (qmp, agent, serial) = (qmp.as_path(), agent.as_path(), serial.as_path());
 
     // An agent that does not answer: a power cut's view, recorded with the reason,
@@ -351,7 +198,8 @@ fn start_backup(bed: &Bed, qmp: &Path, agent: &Path, extra: &[&str]) -> RunningB
 fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
     let _guest = one_guest_at_a_time();
     let bed = Bed::initialised();
-    let guest = boot(&bed);
+    let booted = boot_in(&bed);
+    let guest = &booted.paths;
     let freeze = format!("{FSFREEZE_MARKER} freeze");
     let thaw = format!("{FSFREEZE_MARKER} thaw");
     // QEMU's snapshot point is held 60 s by a proxy on its QMP socket (dropped when
@@ -434,44 +282,6 @@ fn a_live_backup_that_fails_after_the_freeze_still_thaws_the_guest() {
     let held = frozen.elapsed();
     assert!(held < Duration::from_secs(30), "thawed after {held:?}");
     assert_guest_writes(&guest.agent);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while watchdogs.iter().any(|pid| alive(*pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "the watchdog {watchdogs:?} stayed"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_gone(&watchdogs, Duration::from_secs(30));
     eprintln!("backup killed (kill -9) while the guest was frozen: thawed {held:.1?} later");
-}
-
-/// Whether process `pid` still runs (an exited one its new parent has not reaped yet
-/// is a zombie: `Z` in its `stat`).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
-}
-
-/// The processes whose parent is `parent` and that run the same executable: the
-/// thaw watchdogs a backup forked.
-fn children_running_the_same_binary(parent: u32) -> Vec<u32> {
-    let exe = std::fs::read_link(format!("/proc/{parent}/exe")).unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // After the command name in parentheses: state, then the parent's id.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            ppid == Some(parent)
-                && std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&exe)
-        })
-        .collect()
 }
