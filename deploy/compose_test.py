@@ -10,10 +10,9 @@ What it does, in order:
    per storage key;
 3. `docker-compose up` with only environment variables set (image names among them:
    the compose file is not changed): site A (3 etcd members, 2 coordinators, 2
-   workers, two storage nodes holding every object twice, and in the profile `lab` the
-   `hypervisor`
-   container running two "VMs", `qemu-storage-daemon`s whose QMP sockets the workers
-   reach) and site B's storage node;
+   workers, two storage nodes holding every object twice, and in the profile `lab`
+   the `hypervisor` container running two "VMs", `qemu-storage-daemon`s whose QMP
+   sockets the workers reach) and site B's storage node;
 4. (the step numbers below follow the order of the run)
 5. as an admin, over the coordinators' mutual TLS: initialises the repository, applies
    `deploy/compose/policy.toml` and runs a round, restored byte-identical from the
