@@ -8,8 +8,8 @@ single-process `haven dev`, and the DR restore time of one VM at site B.
    local files, secrets, the lab hypervisor with VMS disks of DISK_MIB); each disk is
    filled with random data through its guest export, so a full backup reads, and
    stores, every byte;
-2. one round of the example policy (backups to the primary storage node, then
-   replication to site B): wall time from `policy run` to the last backup's end, and
+2. one round of the example policy (backups to site A's two storage nodes, every
+   object on both, then replication to site B): wall time from `policy run` to the last backup's end, and
    throughput;
 3. once replication has converged, one VM restored from site B's storage node: the
    DR restore time;

@@ -6,12 +6,14 @@
 - compose.yaml: every Haven service's command line is run with the real `haven` binary
   and `--check-config`, against the configuration file the service mounts, so a flag,
   a file path or a setting that drifted from the code fails here. The example
-  policy.toml is checked with `haven policy apply --check`.
+  policy.toml is checked with `haven policy apply --check`, and every storage node its
+  repository URLs name (site A's two) must be a storage-node service of compose.yaml.
 - The Helm chart: `helm lint --strict`; values.schema.json refuses bad values (each
   of BAD_VALUES, by `helm lint` and `helm template`); then `helm template` with every
   set of values of `variants()` (default, external etcd, secondary site, https
   storage node with a private CA (stand-in certificates made with `openssl`),
   libvirt workers, a vCenter worker beside them, the repo-init and policies hooks,
+  two storage nodes with repo init over both,
   monitoring and NetworkPolicy peers, single replicas); every rendered manifest of a Kubernetes kind is validated
   against the Kubernetes 1.30 schemas (`kubernetes-validate --strict`), the
   Prometheus Operator's kinds field by field (check_cluster_objects.py), and every
@@ -59,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.parse
 
 import yaml
 
@@ -269,6 +272,26 @@ def check_compose(haven, workdir):
     for name in ["policy.toml", "policy-dr.toml"]:
         out = run([haven, "policy", "apply", os.path.join(DEPLOY, "compose", name), "--check"])
         print(f"ok  compose {name}: {out.strip()}")
+        check_policy_endpoints(compose, name)
+
+
+def check_policy_endpoints(compose, name):
+    """Every storage node a compose policy's repository URLs name (each `endpoint=`)
+    is a storage-node service of compose.yaml, at its container port."""
+    with open(os.path.join(DEPLOY, "compose", name), "rb") as file:
+        policies = tomllib.load(file)["policy"]
+    nodes = {service: node for service, node in compose["services"].items()
+             if node.get("command", [None])[0] == "storage-node"}
+    for policy in policies:
+        for url in filter(None, [policy.get("repository"), policy.get("replicate_to")]):
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+            for endpoint in query.get("endpoint", []):
+                address = urllib.parse.urlsplit(endpoint)
+                if address.hostname not in nodes or address.port != 9000:
+                    sys.exit(f"FAILED: compose {name}: {endpoint} in {url} is not a storage "
+                             f"node of compose.yaml (services {sorted(nodes)}, port 9000)")
+            print(f"ok  compose {name}: {len(query.get('endpoint', []))} storage node(s) "
+                  f"of compose.yaml in {url}")
 
 
 def helm_values(values):
@@ -413,6 +436,12 @@ def variants():
             "repoInit.repositories[0]": "s3://haven/cluster?endpoint=http://demo-storage:9000",
             "policies.enabled": "true",
             "policies.policyToml": "@" + os.path.join(DEPLOY, "compose", "policy.toml"),
+        },
+        "two storage nodes, repo init over both": {
+            "storageNode.nodes": "2",
+            "repoInit.enabled": "true",
+            "repoInit.repositories[0]": "s3://haven/cluster?endpoint=http://haven-storage-0:9000"
+                                        "&endpoint=http://haven-storage-1:9000&replicas=2",
         },
         "policies from an existing ConfigMap": {
             "policies.enabled": "true",

@@ -10,24 +10,28 @@ What it does, in order:
    per storage key;
 3. `docker-compose up` with only environment variables set (image names among them:
    the compose file is not changed): site A (3 etcd members, 2 coordinators, 2
-   workers, the primary storage node, and in the profile `lab` the `hypervisor`
-   container running two "VMs", `qemu-storage-daemon`s whose QMP sockets the workers
-   reach) and site B's storage node;
+   workers, two storage nodes holding every object twice, and in the profile `lab`
+   the `hypervisor` container running two "VMs", `qemu-storage-daemon`s whose QMP
+   sockets the workers reach) and site B's storage node;
 4. (the step numbers below follow the order of the run)
 5. as an admin, over the coordinators' mutual TLS: initialises the repository, applies
    `deploy/compose/policy.toml` and runs a round, restored byte-identical from the
    primary and found replicated at site B;
 6. a round each with `docker kill` of a worker, of the leading coordinator, of an etcd
-   member and of the primary storage node mid-round: every VM still gets its snapshot;
+   member and of one of site A's two storage nodes mid-round: every VM still gets its
+   snapshot (writes need both nodes: backups retry until it is back; a listing
+   while it is down still answers);
 7. site B cut off the WAN (`docker network disconnect`) during a round: backups go on,
    the replication lag grows on the coordinator's /metrics, and after reconnection
    replication converges with nothing missing;
 8. a rolling restart of every coordinator and worker mid-round, with no failed job;
-9. every snapshot verifies, and each VM's newest restores byte-identical;
+9. every snapshot verifies with one of site A's storage nodes stopped, and each VM's
+   newest restores byte-identical with the other one stopped: either node alone
+   holds everything;
 10. site A destroyed (containers, volumes and VMs): site B's coordinator and worker
    (profile `dr`) rebuild the catalog from the replica, restore each VM by name,
    start it under `qemu-system-x86_64` (TCG) and back it up again into site B;
-11. failback (docs/dr.md): site A rebuilt from site B's copy (a new storage node
+11. failback (docs/dr.md): site A rebuilt from site B's copy (two new storage nodes
    filled by `haven replicate`, new etcd members and coordinators whose catalog is
    rebuilt from it), each VM restored by name at A and run by A's hypervisor again,
    and a round at A backs them up and replicates them to B.
@@ -57,9 +61,16 @@ ADMIN_PORTS = (7700, 7710)
 # The coordinators' /metrics and /healthz, published per replica.
 HTTP_PORTS = {"coordinator-1": 7701, "coordinator-2": 7711}
 DR_PORT = 7720
-PRIMARY = "http://127.0.0.1:9000"
+# Site A's two storage nodes, as published on the host, and their compose services.
+PRIMARY_NODES = {"storage-primary": "http://127.0.0.1:9000",
+                 "storage-primary-2": "http://127.0.0.1:9001"}
 SECONDARY = "http://127.0.0.1:9010"
-REPOSITORY = "s3://haven/cluster?endpoint=" + PRIMARY
+# Site A's repository as the host reaches it: both nodes, every object on both
+# (compose/policy.toml names them by their compose names). Another spelling of the
+# members gives another rank order, but with 2 replicas over 2 nodes the same copies:
+# the host only reads, or writes while nothing else does (docs/storage-node.md).
+REPOSITORY = ("s3://haven/cluster?"
+              + "&".join(f"endpoint={url}" for url in PRIMARY_NODES.values()) + "&replicas=2")
 DR_REPOSITORY = "s3://haven/cluster?endpoint=" + SECONDARY
 VMS = ("vm1", "vm2")
 DISK_MIB = 512
@@ -68,7 +79,7 @@ DISK_MIB = 512
 WRITE_MIB = 320
 # Site A's services: what a lost site A takes with it (docs/dr.md).
 SITE_A = ["etcd-1", "etcd-2", "etcd-3", "etcd-init", "coordinator-1", "coordinator-2",
-          "worker-1", "worker-2", "storage-primary", "hypervisor"]
+          "worker-1", "worker-2", "storage-primary", "storage-primary-2", "hypervisor"]
 # Site A's control plane, rebuilt in a failback before its workers and hypervisor.
 CONTROL_PLANE_A = ["etcd-1", "etcd-2", "etcd-3", "etcd-init", "coordinator-1",
                    "coordinator-2"]
@@ -462,7 +473,7 @@ def check_site_a(cluster, vms):
     health = run(["curl", "-sS", "--fail", "--cacert", admin["HAVEN_CA_FILE"],
                   f"https://127.0.0.1:{HTTP_PORTS['coordinator-1']}/healthz"])
     print(f"coordinator /healthz: {health.strip()}")
-    wait_for("the primary storage node",
+    wait_for("site A's storage nodes",
              lambda: cluster.haven_run(["repo", "init", "--repo", REPOSITORY],
                                        cluster.storage_admin), 60)
     cluster.haven_run(["policy", "apply", os.path.join(DEPLOY, "compose", "policy.toml")], admin)
@@ -475,7 +486,7 @@ def check_site_a(cluster, vms):
     print(f"round of {len(VMS)} VMs through compose: {time.monotonic() - started:.1f} s")
     for vm, disk in vms.items():
         assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
-    print("restore from the primary storage node: byte-identical")
+    print("restore from site A's storage nodes: byte-identical")
 
     def replicated():
         listing = json.loads(cluster.haven_run(["snapshots", "--repo", DR_REPOSITORY, "--json"],
@@ -501,17 +512,37 @@ def check_site_a(cluster, vms):
                 cluster.compose("start", service)
         return fault
 
+    def kill_storage_node(_running):
+        """One of site A's two nodes, back after 5 s. Meanwhile writes fail (they need
+        both nodes) and the repository still lists every VM's snapshots."""
+        service = "storage-primary"
+        killed.append(service)
+        cluster.docker("kill", cluster.container(service))
+        down = time.monotonic()
+        listing = json.loads(cluster.haven_run(["snapshots", "--repo", REPOSITORY, "--json"],
+                                               cluster.primary_reader))
+        unlisted = [vm for vm in VMS if not any(s["vm"] == vm for s in listing)]
+        if unlisted:
+            raise SystemExit(f"FAILED: {service} down: no snapshot of {unlisted} listed")
+        print(f"{service} down: {len(listing)} snapshots listed from the other node "
+              f"({time.monotonic() - down:.1f} s)")
+        time.sleep(max(0.0, 5 - (time.monotonic() - down)))
+        cluster.compose("start", service)
+
     for what, fault in [
         ("the worker running a backup", kill(lambda running: running[0]["worker"])),
         ("the leading coordinator", kill(lambda _: cluster.leader())),
         ("etcd member etcd-2", kill(lambda _: "etcd-2")),
-        ("the primary storage node (back after 5 s)", kill(lambda _: "storage-primary", 5)),
+        ("one of site A's two storage nodes (back after 5 s)", kill_storage_node),
     ]:
         jobs, recovered = policy_round(cluster, fault)
         assert_backed_up(jobs, VMS, f"docker kill of {what}")
         retried = sum(1 for job in jobs if len(job["attempts"]) > 1)
         print(f"docker kill of {what} ({killed[-1]}) mid-round: every VM backed up, "
               f"{retried} job(s) retried, {recovered:.1f} s from the kill to the round's end")
+        failed = [attempt["outcome"] for job in jobs for attempt in job["attempts"][:-1]]
+        if failed:
+            print(f"  {len(failed)} failed attempt(s), the first: {failed[0][:300]}")
         cluster.compose("start", killed[-1])
 
     check_wan_cut(cluster)
@@ -531,11 +562,26 @@ def check_site_a(cluster, vms):
     print(f"rolling restart of 2 coordinators and 2 workers mid-round: no failed job "
           f"({recovered:.1f} s from the first restart to the round's end)")
 
-    # Nothing lost: every snapshot verifies, each VM's newest restores exactly.
-    cluster.haven_run(["verify", "--repo", REPOSITORY], cluster.primary_reader, timeout=900)
-    for vm, disk in vms.items():
-        assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
-    print("after the faults: every snapshot verifies, each VM restores byte-identical")
+    # Nothing lost, and held twice: every snapshot verifies from storage-primary alone,
+    # each VM's newest restores exactly from storage-primary-2 alone. (Verify cannot
+    # store its verdicts meanwhile, a write: it warns.)
+    with service_stopped(cluster, "storage-primary-2"):
+        cluster.haven_run(["verify", "--repo", REPOSITORY], cluster.primary_reader, timeout=900)
+    with service_stopped(cluster, "storage-primary"):
+        for vm, disk in vms.items():
+            assert_restores(cluster, cluster.primary_reader, REPOSITORY, vm, disk)
+    print("after the faults: every snapshot verifies with storage-primary-2 stopped, each VM "
+          "restores byte-identical with storage-primary stopped")
+
+
+@contextlib.contextmanager
+def service_stopped(cluster, service):
+    """`service` stopped for the block, started again after it."""
+    cluster.compose("stop", service)
+    try:
+        yield
+    finally:
+        cluster.compose("start", service)
 
 
 def check_wan_cut(cluster):
@@ -589,7 +635,7 @@ def check_disaster_recovery(cluster, vms, qmp_dir):
     """docs/dr.md, "Failover", step by step."""
     # Site A is lost: its containers, volumes and hypervisor with its VMs' disks.
     cluster.compose("--profile", "lab", "rm", "-f", "-s", "-v", *SITE_A)
-    for name in ["etcd-1", "etcd-2", "etcd-3", "storage-primary"]:
+    for name in ["etcd-1", "etcd-2", "etcd-3", "storage-primary", "storage-primary-2"]:
         cluster.docker("volume", "rm", f"{PROJECT}_{name}")
     expected = {}
     for vm, disk in vms.items():
@@ -652,11 +698,11 @@ def check_disaster_recovery(cluster, vms, qmp_dir):
 def check_failback(cluster, running_at_b, qmp_dir, lab_dir):
     """docs/dr.md, "Failback", step by step: site A rebuilt from site B's copy."""
     started = time.monotonic()
-    # 1. A's new, empty storage node receives everything B holds; then backups at B
-    # stop, and a last copy takes what they wrote meanwhile.
-    cluster.compose("up", "-d", "--no-build", "storage-primary")
+    # 1. A's new, empty storage nodes receive everything B holds (each object on
+    # both); then backups at B stop, and a last copy takes what they wrote meanwhile.
+    cluster.compose("up", "-d", "--no-build", *PRIMARY_NODES)
     copy = ["replicate", "--from", DR_REPOSITORY, "--to", REPOSITORY]
-    wait_for("the copy of site B to site A's new storage node",
+    wait_for("the copy of site B to site A's new storage nodes",
              lambda: cluster.haven_run(copy, cluster.back_to_a, timeout=900), 120)
     cluster.compose("--profile", "dr", "stop", "worker-dr", "coordinator-dr")
     cluster.haven_run(copy, cluster.back_to_a, timeout=900)
