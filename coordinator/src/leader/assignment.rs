@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::rounds::is_replication_of;
 use super::state::State;
 use super::tick::TickReport;
 use super::workers::check_worker;
@@ -35,6 +36,7 @@ pub(super) fn plan_assignment(
         .jobs
         .values()
         .filter(|j| j.state == JobState::Pending && j.not_before_unix_ms <= now)
+        .filter(|j| !waits_for_running_replication(state, j))
         .collect();
     if pending.is_empty() || state.workers.is_empty() {
         return plan;
@@ -97,6 +99,20 @@ pub(super) fn plan_assignment(
         plan.entry(worker).or_default().push(job);
     }
     plan
+}
+
+/// Whether `job` is a replication queued behind one of the same repository to the same
+/// secondary that is still running: two at once would copy the same objects twice, and
+/// the queued one exists to copy what the running one's listing missed.
+fn waits_for_running_replication(state: &State, job: &JobRecord) -> bool {
+    let Some(to) = job.params.replicate_to.as_deref() else {
+        return false;
+    };
+    job.kind == JobKind::Replicate
+        && state.jobs.values().any(|other| {
+            matches!(other.state, JobState::Assigned | JobState::Committing)
+                && is_replication_of(other, &job.repository, to)
+        })
 }
 
 /// The span of one job's assignment: the root of the job's trace (whatever span the
@@ -296,6 +312,64 @@ mod tests {
     }
 
     use crate::model::{JobKind, WorkerRecord};
+
+    #[test]
+    fn a_replication_waits_for_the_running_one_of_the_same_pair() {
+        let replication = |id: &str, to: &str| {
+            let mut job = pending_job(id, JobKind::Replicate, "", 1);
+            job.params.replicate_to = Some(to.into());
+            job
+        };
+        let running = |to: &str, state: JobState| {
+            let mut job = replication("running", to);
+            job.state = state;
+            job
+        };
+        let w1 = worker("w1", &["h1"], 4);
+        // (case, jobs, expected plan)
+        let cases: Vec<(&str, Vec<JobRecord>, Plan)> = vec![
+            (
+                "alone",
+                vec![replication("q", "s3://b")],
+                vec![("w1".into(), ids(&["q"]))],
+            ),
+            (
+                "behind a running one to the same secondary",
+                vec![
+                    running("s3://b", JobState::Assigned),
+                    replication("q", "s3://b"),
+                ],
+                vec![],
+            ),
+            (
+                "behind one being committed",
+                vec![
+                    running("s3://b", JobState::Committing),
+                    replication("q", "s3://b"),
+                ],
+                vec![],
+            ),
+            (
+                "after the running one ended",
+                vec![
+                    running("s3://b", JobState::Succeeded),
+                    replication("q", "s3://b"),
+                ],
+                vec![("w1".into(), ids(&["q"]))],
+            ),
+            (
+                "another secondary runs",
+                vec![
+                    running("s3://c", JobState::Assigned),
+                    replication("q", "s3://b"),
+                ],
+                vec![("w1".into(), ids(&["q"]))],
+            ),
+        ];
+        for (case, jobs, expected) in cases {
+            assert_eq!(plan(jobs, std::slice::from_ref(&w1)), expected, "{case}");
+        }
+    }
 
     #[test]
     fn plans_follow_age_reach_and_limits() {
