@@ -61,26 +61,18 @@ fn checkpoint_chain_restores_to_its_merged_disk() {
     let report = bed.backup("hyperv", &[&grandchild]);
     assert_eq!(report["disks"][0]["size"].as_u64(), Some(size), "{report}");
     let restored = bed.path("restored.raw");
-    bed.ok(&[
-        "restore",
-        "hyperv@latest",
-        "--to",
-        restored.to_str().unwrap(),
-    ]);
-    assert_same_disk(&expected, &restored);
+    bed.repo()
+        .restore_same("hyperv@latest", &restored, &expected);
     assert_eq!(restored.metadata().unwrap().len(), size);
 
     let child_view = bed.path("child-libvhdi.raw");
     merged_by_libvhdi(&[&child, &base], &child_view);
     bed.backup("hyperv-child", &[&child]);
-    let restored_child = bed.path("restored-child.raw");
-    bed.ok(&[
-        "restore",
+    bed.repo().restore_same(
         "hyperv-child@latest",
-        "--to",
-        restored_child.to_str().unwrap(),
-    ]);
-    assert_same_disk(&child_view, &restored_child);
+        &bed.path("restored-child.raw"),
+        &child_view,
+    );
 }
 
 /// `haven backup image IMAGE` that must fail; its standard error.
