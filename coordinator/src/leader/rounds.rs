@@ -181,31 +181,27 @@ pub(super) fn follow_up_jobs(state: &State, backup: &JobRecord, now: u64) -> Job
     let Some(policy) = backup.policy.as_ref().and_then(|p| state.policies.get(p)) else {
         return plan;
     };
-    let active = |kind: JobKind, repository: &str, vm: &str, to: Option<&String>| {
+    let pruning = |repository: &str| {
         state
             .active_job(|j| {
-                j.kind == kind
-                    && j.repository == repository
-                    && j.vm == vm
-                    && j.params.replicate_to.as_ref() == to
+                j.kind == JobKind::Prune && j.repository == repository && j.vm == backup.vm
             })
             .is_some()
     };
     let prune = |repository: &str, rules: crate::policy::Retention, replica_of: Option<String>| {
-        (rules.to_repo().keeps_something() && !active(JobKind::Prune, repository, &backup.vm, None))
-            .then(|| {
-                NewJob::repository_wide(
-                    JobKind::Prune,
-                    &backup.vm,
-                    Some(policy.name.clone()),
-                    repository.to_string(),
-                    JobParams {
-                        retention: Some(rules),
-                        replica_of,
-                        ..JobParams::default()
-                    },
-                )
-            })
+        (rules.to_repo().keeps_something() && !pruning(repository)).then(|| {
+            NewJob::repository_wide(
+                JobKind::Prune,
+                &backup.vm,
+                Some(policy.name.clone()),
+                repository.to_string(),
+                JobParams {
+                    retention: Some(rules),
+                    replica_of,
+                    ..JobParams::default()
+                },
+            )
+        })
     };
     let mut jobs = Vec::new();
     jobs.extend(prune(&backup.repository, policy.retention, None));
