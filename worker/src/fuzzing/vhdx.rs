@@ -7,7 +7,7 @@
 //! parsing, the CRC-32C of each header and region table that carries its signature is
 //! set, so mutations reach the structures behind the checksums.
 
-use crate::pipeline::vhdx::{FileSource, Link, VhdxChain, crc32c_update};
+use crate::pipeline::vhdx::{CRC32C, FileSource, Link, VhdxChain};
 
 /// Largest disk range the target maps and reads, so a 64 TiB disk cannot hang it.
 const WINDOW: u64 = 64 << 20;
@@ -52,7 +52,7 @@ impl SparseFile {
             return;
         }
         structure[4..8].fill(0);
-        let crc = crc32c_update(0, &structure);
+        let crc = CRC32C.checksum(&structure);
         self.write(offset + 4, crc.to_le_bytes().to_vec());
     }
 }

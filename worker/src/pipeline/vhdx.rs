@@ -24,7 +24,7 @@ use std::path::Path;
 use haven_nbd::Extent;
 
 pub use chain::{ChainError, Link, MAX_CHAIN_LENGTH, VhdxChain};
-pub use format::{FileSource, FormatError, Guid, crc32c_update};
+pub use format::{CRC32C, FileSource, FormatError, Guid};
 
 use crate::adapters::image::lock::LockedImage;
 use crate::error::{Result, WorkerError};
