@@ -200,19 +200,36 @@ enum OpenedImage {
     ThroughNbd { _lock: LockedImage, format: String },
 }
 
+/// An image file once locked: a VHDX checkpoint chain opened link by link, or any
+/// other image, whose format is learnt next.
+enum Locked {
+    Chain(vhdx::VhdxChain),
+    Image(LockedImage),
+}
+
 /// Locks `disk`, then learns its format (probed only once locked, so an image in use
 /// gets Haven's message rather than `qemu-img`'s). A VHDX with a parent is recognised
 /// before `qemu-img` is asked, which cannot open one.
 async fn open_image(disk: &ImageDisk, reader: ImageReader) -> Result<OpenedImage> {
-    let lock = LockedImage::open(&disk.path)?;
+    let path = disk.path.clone();
     let may_be_vhdx = disk.format.as_deref().is_none_or(|format| format == "vhdx");
-    if may_be_vhdx && vhdx::is_differencing(&lock)? {
-        let chain = tokio::task::spawn_blocking(move || vhdx::open_chain(lock))
-            .await
-            .map_err(WorkerError::join)??;
-        tracing::info!(links = ?chain.names().collect::<Vec<_>>(), "reading a VHDX checkpoint chain");
-        return Ok(OpenedImage::InPlace(Arc::new(chain)));
-    }
+    // Locking and reading VHDX headers block, so they run off the async threads.
+    let locked = tokio::task::spawn_blocking(move || -> Result<Locked> {
+        let lock = LockedImage::open(&path)?;
+        if may_be_vhdx && vhdx::is_differencing(&lock)? {
+            return Ok(Locked::Chain(vhdx::open_chain(lock)?));
+        }
+        Ok(Locked::Image(lock))
+    })
+    .await
+    .map_err(WorkerError::join)??;
+    let lock = match locked {
+        Locked::Image(lock) => lock,
+        Locked::Chain(chain) => {
+            tracing::info!(links = ?chain.names().collect::<Vec<_>>(), "reading a VHDX checkpoint chain");
+            return Ok(OpenedImage::InPlace(Arc::new(chain)));
+        }
+    };
     let format = match &disk.format {
         Some(format) => format.clone(),
         None => probe_format(&disk.path).await?,
