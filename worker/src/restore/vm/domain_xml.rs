@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer, XmlVersion};
 
@@ -78,10 +79,14 @@ impl Element {
         String::from_utf8_lossy(self.start.name().as_ref()).into_owned()
     }
 
+    /// This element's attributes. Every one parsed when the document was read
+    /// ([`check_attributes`]), so none is skipped here.
+    fn attributes(&self) -> impl Iterator<Item = Attribute<'_>> {
+        self.start.attributes().flatten()
+    }
+
     fn attribute(&self, key: &str) -> Option<String> {
-        self.start
-            .attributes()
-            .flatten()
+        self.attributes()
             .find(|attribute| attribute.key.as_ref() == key.as_bytes())
             .and_then(|attribute| {
                 attribute
@@ -96,7 +101,7 @@ impl Element {
         let name = self.name();
         let mut start = BytesStart::new(name);
         let mut replaced = false;
-        for attribute in self.start.attributes().flatten() {
+        for attribute in self.attributes() {
             if attribute.key.as_ref() == key.as_bytes() {
                 if let (Some(value), false) = (value, replaced) {
                     start.push_attribute((key, value));
