@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::rounds::is_replication_of;
 use super::state::State;
 use super::tick::TickReport;
 use super::workers::check_worker;
@@ -32,11 +31,12 @@ pub(super) fn plan_assignment(
     default_max_per_worker: u32,
 ) -> BTreeMap<String, Vec<String>> {
     let mut plan: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let running = running_replications(state);
     let mut pending: Vec<&JobRecord> = state
         .jobs
         .values()
         .filter(|j| j.state == JobState::Pending && j.not_before_unix_ms <= now)
-        .filter(|j| !waits_for_running_replication(state, j))
+        .filter(|j| !waits_for_running_replication(&running, j))
         .collect();
     if pending.is_empty() || state.workers.is_empty() {
         return plan;
@@ -101,18 +101,31 @@ pub(super) fn plan_assignment(
     plan
 }
 
-/// Whether `job` is a replication queued behind one of the same repository to the same
-/// secondary that is still running: two at once would copy the same objects twice, and
-/// the queued one exists to copy what the running one's listing missed.
-fn waits_for_running_replication(state: &State, job: &JobRecord) -> bool {
-    let Some(to) = job.params.replicate_to.as_deref() else {
-        return false;
-    };
-    job.kind == JobKind::Replicate
-        && state.jobs.values().any(|other| {
-            matches!(other.state, JobState::Assigned | JobState::Committing)
-                && is_replication_of(other, &job.repository, to)
+/// The (repository, secondary) pairs a replication is running for, found once per
+/// plan rather than once per pending job.
+fn running_replications(state: &State) -> HashSet<(&str, &str)> {
+    state
+        .jobs
+        .values()
+        .filter(|job| {
+            job.kind == JobKind::Replicate
+                && matches!(job.state, JobState::Assigned | JobState::Committing)
         })
+        .filter_map(|job| Some((job.repository.as_str(), job.params.replicate_to.as_deref()?)))
+        .collect()
+}
+
+/// Whether `job` is a replication queued behind one of the same repository to the same
+/// secondary that is still running (`running`, from [`running_replications`]): two at
+/// once would copy the same objects twice, and the queued one exists to copy what the
+/// running one's listing missed.
+fn waits_for_running_replication(running: &HashSet<(&str, &str)>, job: &JobRecord) -> bool {
+    job.kind == JobKind::Replicate
+        && job
+            .params
+            .replicate_to
+            .as_deref()
+            .is_some_and(|to| running.contains(&(job.repository.as_str(), to)))
 }
 
 /// The span of one job's assignment: the root of the job's trace (whatever span the

@@ -242,7 +242,7 @@ fn replication_queued(state: &State, repository: &str, to: &str) -> bool {
 }
 
 /// Whether `job` replicates `repository` to `to`.
-pub(super) fn is_replication_of(job: &JobRecord, repository: &str, to: &str) -> bool {
+fn is_replication_of(job: &JobRecord, repository: &str, to: &str) -> bool {
     job.kind == JobKind::Replicate
         && job.repository == repository
         && job.params.replicate_to.as_deref() == Some(to)
