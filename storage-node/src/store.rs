@@ -527,18 +527,20 @@ impl Drop for TempGuard {
 fn publish(objects: &Path, relative: &Path, temp: &Path) -> Result<(), StoreError> {
     let target = objects.join(relative);
     let parent_relative = relative.parent().unwrap_or(Path::new(""));
+    // Most objects land in a directory that exists: rename first, and create the
+    // directories (syncing each new entry) only when the rename finds one missing. A
+    // concurrent delete may prune an emptied directory in between, hence the retries.
     let mut attempts = 0;
     loop {
-        durable::ensure_dirs(objects, parent_relative)?;
         match std::fs::rename(temp, &target) {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 5 => {
-                attempts += 1
+                attempts += 1;
+                durable::ensure_dirs(objects, parent_relative)?;
             }
             Err(error) => return Err(error.into()),
         }
     }
-    Ok(())
 }
 
 fn check_write_condition(
