@@ -78,6 +78,16 @@ pub enum BackendKind {
     Placed,
 }
 
+impl BackendKind {
+    /// Whether a write is a round trip to a server that answers once the object is
+    /// durable there (S3, storage nodes, and the wrappers tests put in front of
+    /// stores), rather than a write into this machine's memory or files: writers
+    /// keep more objects on their way to such a backend.
+    pub fn is_remote(self) -> bool {
+        !matches!(self, Self::Memory | Self::LocalDirect | Self::LocalBuffered)
+    }
+}
+
 /// How [`Backend::open`] opens a URL; the default is what `haven` itself uses.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
