@@ -12,7 +12,7 @@
 # Image: 40% zeros (holes), 30% random, 30% duplicated 1 MiB blocks (bench/make-image.py).
 # Steps per tool: full backup; backup after changing 1% of 64 KiB blocks at random;
 # restore of the second snapshot. Times are wall-clock seconds with a warm page cache,
-# peak RSS from /usr/bin/time. Every tool stores to a local directory with encryption on
+# peak RSS and CPU time from /usr/bin/time (and the storage node's CPU for -node tools). Every tool stores to a local directory with encryption on
 # (borg: repokey-blake2; restic: always encrypted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ export HAVEN_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
 export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0123456789
 # shellcheck source=lib.sh
 source bench/lib.sh   # free_port, start_node (the node serves bucket `haven` from $work/node)
-node_url=""
+node_url="" node_pid=""
 # node_up: starts the storage node the -node tools share, once.
 node_up() {
   if [ -z "$node_url" ]; then
@@ -47,22 +47,34 @@ node_up() {
     port=$(free_port)
     start_node node "$port" ""
     node_url="http://127.0.0.1:$port"
+    node_pid=${pids[-1]}
   fi
 }
+# cpu_ticks PID: user + system CPU time the process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 results="$work/results.tsv"
 : > "$results"
-# measure TOOL STEP COMMAND...: runs the command, records seconds and peak RSS (KiB).
+# measure TOOL STEP COMMAND...: runs the command, records seconds and peak RSS (KiB);
+# prints the CPU time it used and, for the tools that write into the storage node, the
+# node's (whether a step was bound by the CPU or by the disk).
 measure() {
   local tool=$1 step=$2; shift 2
   sync
   if [ "${DROP_CACHES:-1}" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; fi
   cat "$image" > /dev/null   # warm source, as in the peer figures
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }
-  read -r seconds rss < "$work/time"
+  local node_before="" node_cpu=""
+  if [[ $tool == *-node ]]; then node_before=$(cpu_ticks "$node_pid"); fi
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }
+  read -r seconds rss user system < "$work/time"
+  if [ -n "$node_before" ]; then
+    node_cpu=$(echo "($(cpu_ticks "$node_pid") - $node_before) / $(getconf CLK_TCK)" | bc -l)
+    node_cpu=$(printf ', node %.2f s' "$node_cpu")
+  fi
   printf '%s\t%s\t%s\t%s\n' "$tool" "$step" "$seconds" "$rss" >> "$results"
-  printf '%-7s %-12s %7.2f s %8d KiB RSS\n' "$tool" "$step" "$seconds" "$rss"
+  printf '%-11s %-12s %7.2f s %8d KiB RSS  CPU %.2f s%s\n' "$tool" "$step" "$seconds" "$rss" \
+    "$(echo "$user + $system" | bc)" "$node_cpu"
 }
 
 run_tool() {
@@ -110,7 +122,8 @@ run_tool() {
       ;;
   esac
   cmp "$image" "$(restored_path "$tool")" || { echo "$tool restore differs"; exit 1; }
-  rm -rf "$work/haven" "$work/restic" "$work/borg" "$work/restored.img" "$work/restic-out" "$work/borg-out"
+  # Repositories stay until the run ends (see `settle` below); restored copies go.
+  rm -rf "$work/restored.img" "$work/restic-out" "$work/borg-out"
 }
 
 restored_path() {
@@ -123,6 +136,15 @@ restored_path() {
 
 mv "$image" "$image.orig"
 echo "image: $size_mib MiB; $(nproc) cores"
+# On ext4 without a journal (this test machine's /), creating a file skips every inode
+# freed in the last minute, looking each one up: a tool timed right after thousands of
+# files were deleted pays for them (a third of a storage node's CPU in one profile). So
+# no repository is deleted before the run ends, and the first step starts a minute after
+# the run did, past any earlier run's clean-up (`sync` first: a dirty inode table block
+# keeps its freed inodes skipped for six minutes).
+sync
+settle=$((61 - SECONDS))
+if [ "$settle" -gt 0 ]; then sleep "$settle"; fi
 for tool in $tools; do run_tool "$tool"; done
 
 python3 - "$results" <<'PY'
