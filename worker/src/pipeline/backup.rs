@@ -9,12 +9,12 @@
 //! (`base:allocation` and, for an incremental, a dirty bitmap; for a raw file its
 //! holes), so holes and zero extents are never read and clean slots keep the id they had
 //! in the base snapshot. Reading, hashing, compression and encryption run for up to
-//! `in_flight` slots concurrently (blocking threads on both cores). Sealed chunks then
-//! wait for their upload in a window of their own ([`UPLOAD_WINDOW_BYTES`]): a put into
-//! a storage node or S3 answers only once the object is durable there, and with only
-//! `in_flight` chunks on their way the pipeline would wait on that round trip instead of
-//! reading on. Memory is `in_flight` chunks plus the upload window plus the index,
-//! whatever the disk size.
+//! `in_flight` slots concurrently (blocking threads on both cores). Sealed chunks bound
+//! for a remote repository then wait for their upload in a window of their own
+//! ([`UPLOAD_WINDOW_BYTES`]): a put into a storage node or S3 answers only once the
+//! object is durable there, and with only `in_flight` chunks on their way the pipeline
+//! would wait on that round trip instead of reading on. Memory is `in_flight` chunks
+//! plus that window plus the index, whatever the disk size.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
