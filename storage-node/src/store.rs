@@ -45,7 +45,7 @@ use rand::RngCore;
 use crate::error::StoreError;
 use crate::keypath::key_to_path;
 use crate::metrics::Metrics;
-use crate::object_file::{ObjectMeta, ObjectReader, ObjectWriter, Retention};
+use crate::object_file::{ObjectFileError, ObjectMeta, ObjectReader, ObjectWriter, Retention};
 
 /// Number of lock stripes for per-key serialisation.
 const KEY_LOCK_STRIPES: usize = 1024;
@@ -261,9 +261,29 @@ impl Store {
 
     /// Opens an object with verified metadata.
     pub async fn open_object(&self, bucket: &str, key: &str) -> Result<ObjectReader, StoreError> {
+        self.open_object_with(bucket, key, ObjectReader::open).await
+    }
+
+    /// Opens an object whose data is about to be sent
+    /// ([`ObjectReader::open_to_send`]: a small one is read whole at once).
+    pub async fn open_object_to_send(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectReader, StoreError> {
+        self.open_object_with(bucket, key, ObjectReader::open_to_send)
+            .await
+    }
+
+    async fn open_object_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        open: fn(&Path) -> Result<ObjectReader, ObjectFileError>,
+    ) -> Result<ObjectReader, StoreError> {
         let path = self.object_path(bucket, key)?;
         let bucket_dir = self.bucket_dir(bucket)?;
-        let result = tokio::task::spawn_blocking(move || match ObjectReader::open(&path) {
+        let result = tokio::task::spawn_blocking(move || match open(&path) {
             Ok(reader) => Ok(reader),
             Err(error) => {
                 let error = StoreError::from(error);

@@ -100,7 +100,7 @@ enum Prepared {
 
 /// Reads the record of one key: the whole object if it is small.
 async fn prepare(store: &Arc<Store>, bucket: &str, key: String) -> Prepared {
-    let reader = match store.open_object(bucket, &key).await {
+    let reader = match store.open_object_to_send(bucket, &key).await {
         Ok(reader) => Arc::new(reader),
         Err(StoreError::NoSuchKey) => return Prepared::Whole(Record::Missing { key }, Vec::new()),
         Err(error) => {

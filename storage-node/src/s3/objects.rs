@@ -186,11 +186,12 @@ fn announced_checksum(
 
 /// Opens the object a GetObject or HeadObject `$input` names, checks its read
 /// conditions and selects the bytes asked for (whole, a range or a part): the
-/// `(reader, selection)` both answer from.
+/// `(reader, selection)` both answer from. `$open` is the `Store` method that opens
+/// it: a GET reads a small object whole at once, a HEAD only its metadata.
 macro_rules! open_selected {
-    ($s3:expr, $input:expr) => {{
+    ($s3:expr, $input:expr, $open:ident) => {{
         convert::unversioned($input.version_id.as_deref())?;
-        let reader = $s3.store.open_object(&$input.bucket, &$input.key).await?;
+        let reader = $s3.store.$open(&$input.bucket, &$input.key).await?;
         check_read_conditions!(&reader.meta, $input)?;
         let selection = select(&reader.meta, $input.range, $input.part_number)?;
         (reader, selection)
@@ -202,7 +203,7 @@ pub async fn get_object(
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
-    let (reader, selection) = open_selected!(s3, input);
+    let (reader, selection) = open_selected!(s3, input, open_object_to_send);
     let meta = reader.meta.clone();
     let (checksum, checksum_type) =
         announced_checksum(&meta, &selection, input.checksum_mode.as_ref());
@@ -232,7 +233,7 @@ pub async fn head_object(
     req: S3Request<HeadObjectInput>,
 ) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = req.input;
-    let (reader, selection) = open_selected!(s3, input);
+    let (reader, selection) = open_selected!(s3, input, open_object);
     let meta = &reader.meta;
     let (checksum, checksum_type) =
         announced_checksum(meta, &selection, input.checksum_mode.as_ref());
