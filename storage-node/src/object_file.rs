@@ -166,11 +166,6 @@ impl ObjectWriter {
         })
     }
 
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Appends data; full blocks go to the file at once.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), ObjectFileError> {
         while !data.is_empty() {
@@ -193,10 +188,10 @@ impl ObjectWriter {
     /// Writes the buffered bytes (data, trailer or both) at `written`.
     fn flush_block(&mut self) -> Result<(), ObjectFileError> {
         let filled = self.block.filled().len();
-        // O_DIRECT takes whole pages: of a block that is not (a trailer written
-        // without `direct`) the whole pages still go direct, only the remainder
-        // through the page cache. The remainder starts on a page boundary, so the
-        // two kinds of write never share a page.
+        // O_DIRECT takes whole pages only. A buffer that does not end on one (the
+        // trailer of a writer that fell back to buffered writes) has its whole
+        // pages written direct and the remainder through the page cache; the
+        // remainder starts on a page boundary, so no page is written both ways.
         let direct = if self.direct {
             filled / ALIGNMENT * ALIGNMENT
         } else {
@@ -216,7 +211,7 @@ impl ObjectWriter {
         }
         if written < filled {
             if self.direct {
-                self.set_direct(false)?;
+                self.stop_direct()?;
             }
             self.file.write_all_at(
                 &self.block.filled()[written..],
@@ -228,23 +223,20 @@ impl ObjectWriter {
         Ok(())
     }
 
-    fn set_direct(&mut self, direct: bool) -> Result<(), ObjectFileError> {
+    /// Turns `O_DIRECT` off for the rest of the file: its remaining writes go
+    /// through the page cache, which takes any length and alignment.
+    fn stop_direct(&mut self) -> Result<(), ObjectFileError> {
         let fd = self.file.as_raw_fd();
         // SAFETY: fcntl on a descriptor `self.file` owns; no memory is passed.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         if flags < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        let flags = if direct {
-            flags | libc::O_DIRECT
-        } else {
-            flags & !libc::O_DIRECT
-        };
         // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        self.direct = direct;
+        self.direct = false;
         Ok(())
     }
 
@@ -309,7 +301,7 @@ impl Drop for ObjectWriter {
 /// The metadata and footer that follow `meta.size` bytes of data. With `page`,
 /// the JSON ends in as many spaces (which JSON ignores) as put the end of the
 /// file on a multiple of `page`, so the whole file can be written with `O_DIRECT`.
-fn trailer(meta: &ObjectMeta, page: Option<u64>) -> Result<Vec<u8>, ObjectFileError> {
+pub(crate) fn trailer(meta: &ObjectMeta, page: Option<u64>) -> Result<Vec<u8>, ObjectFileError> {
     let mut json = serde_json::to_vec(meta)
         .map_err(|e| ObjectFileError::Corrupt(format!("cannot encode metadata: {e}")))?;
     if let Some(page) = page {
@@ -374,9 +366,7 @@ impl ObjectReader {
                 None => None,
             };
             if let Some(whole) = whole {
-                let meta = read_meta(file_len, |buffer, offset| {
-                    copy_at(whole.filled(), buffer, offset)
-                })?;
+                let meta = meta_of_whole(whole.filled())?;
                 let data = bytes::Bytes::from_owner(whole).slice(..meta.size as usize);
                 return Ok(Self {
                     file,
@@ -463,26 +453,10 @@ impl ObjectReader {
             )));
         }
         let len = BLOCK_SIZE.min(self.meta.size - start) as usize;
-        // Whole pages: the file goes on past the data (metadata, footer), so
-        // only a damaged file ends within them.
-        let want = len.div_ceil(ALIGNMENT) * ALIGNMENT;
-        let mut block = AlignedBlock::new();
-        block.fill_with(|buffer| {
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut buffer[filled..want], start + filled as u64)? {
-                    0 => break,
-                    n => filled += n,
-                }
-            }
-            Ok(filled)
-        })?;
-        if block.filled().len() < len {
-            return Err(ObjectFileError::Corrupt(format!(
-                "block {index}: file ends early"
-            )));
-        }
-        block.truncate(len);
+        // The file goes on past the data (metadata, footer), so only a damaged
+        // file ends within it.
+        let block = read_direct(file, start, len)?
+            .ok_or_else(|| ObjectFileError::Corrupt(format!("block {index}: file ends early")))?;
         self.check_block(index, block.filled())?;
         Ok(bytes::Bytes::from_owner(block))
     }
@@ -536,28 +510,44 @@ fn read_whole_direct(
     direct: &File,
     file_len: u64,
 ) -> Result<Option<AlignedBlock>, ObjectFileError> {
-    let len = file_len as usize;
+    match read_direct(direct, 0, file_len as usize) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(error) => Err(error.into()),
+        Ok(None) => Err(ObjectFileError::Corrupt("file ends early".to_owned())),
+        Ok(Some(whole)) => Ok(Some(whole)),
+    }
+}
+
+/// Reads `len` bytes (at most one block) at `offset`, a multiple of the page
+/// size, through an `O_DIRECT` file: whole pages into an aligned buffer,
+/// trimmed to `len`. `None` when the file ends before `len` bytes.
+fn read_direct(direct: &File, offset: u64, len: usize) -> std::io::Result<Option<AlignedBlock>> {
     let want = len.div_ceil(ALIGNMENT) * ALIGNMENT;
-    let mut whole = AlignedBlock::new();
-    let read = whole.fill_with(|buffer| {
+    let mut block = AlignedBlock::new();
+    block.fill_with(|buffer| {
         let mut filled = 0;
         while filled < len {
-            match direct.read_at(&mut buffer[filled..want], filled as u64)? {
+            match direct.read_at(&mut buffer[filled..want], offset + filled as u64)? {
                 0 => break,
                 n => filled += n,
             }
         }
         Ok(filled)
-    });
-    match read {
-        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        other => other?,
+    })?;
+    if block.filled().len() < len {
+        return Ok(None);
     }
-    if whole.filled().len() < len {
-        return Err(ObjectFileError::Corrupt("file ends early".to_owned()));
-    }
-    whole.truncate(len);
-    Ok(Some(whole))
+    block.truncate(len);
+    Ok(Some(block))
+}
+
+/// Reads and verifies the footer and metadata of an object file held whole in
+/// memory, as [`ObjectReader::open`] does from the file; its data is
+/// `whole[..meta.size]`.
+pub(crate) fn meta_of_whole(whole: &[u8]) -> Result<ObjectMeta, ObjectFileError> {
+    read_meta(whole.len() as u64, |buffer, offset| {
+        copy_at(whole, buffer, offset)
+    })
 }
 
 /// Fills `buffer` from `whole` at `offset`, as `read_exact_at` would from a file.
@@ -633,6 +623,20 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// Writes `data` as object `name` in `dir`, in pieces that straddle blocks.
+    fn write_object(
+        dir: &Path,
+        name: &str,
+        data: &[u8],
+        meta: ObjectMeta,
+    ) -> (PathBuf, ObjectMeta) {
+        let mut writer = ObjectWriter::create(dir.join(name)).expect("create");
+        for piece in data.chunks(70_001) {
+            writer.write(piece).expect("write");
+        }
+        writer.finish(meta).expect("finish")
+    }
+
     #[test]
     fn round_trips_and_reads_ranges() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -642,16 +646,11 @@ mod tests {
             0usize, 1, 4096, 8192, 524_328, 1_048_575, 1_048_576, 3_000_001,
         ] {
             let data = sample(len);
-            let path = dir.path().join(format!("obj{len}"));
-            let mut writer = ObjectWriter::create(path.clone()).expect("create");
-            for piece in data.chunks(70_001) {
-                writer.write(piece).expect("write");
-            }
             let meta = ObjectMeta {
                 etag: "e".into(),
                 ..Default::default()
             };
-            let (path, meta) = writer.finish(meta).expect("finish");
+            let (path, meta) = write_object(dir.path(), &format!("obj{len}"), &data, meta);
             assert_eq!(meta.size, len as u64);
             assert_eq!(meta.whole_crc32(), crc32fast::hash(&data));
             let reader = ObjectReader::open(&path).expect("open");
@@ -675,9 +674,7 @@ mod tests {
     #[test]
     fn detects_a_flipped_byte() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut writer = ObjectWriter::create(dir.path().join("o")).expect("create");
-        writer.write(&sample(2_000_000)).expect("write");
-        let (path, _) = writer.finish(ObjectMeta::default()).expect("finish");
+        let (path, _) = write_object(dir.path(), "o", &sample(2_000_000), ObjectMeta::default());
         let file = File::options()
             .read(true)
             .write(true)
@@ -707,15 +704,12 @@ mod tests {
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         for len in [0usize, 1, 524_328, 1_048_000, 1_048_576, 3_000_001] {
             let data = sample(len);
-            let mut writer =
-                ObjectWriter::create(dir.path().join(format!("o{len}"))).expect("create");
-            writer.write(&data).expect("write");
             let meta = ObjectMeta {
                 etag: "e".into(),
                 content_type: Some("x/y".into()),
                 ..Default::default()
             };
-            let (path, _) = writer.finish(meta).expect("finish");
+            let (path, _) = write_object(dir.path(), &format!("o{len}"), &data, meta);
             let sent = ObjectReader::open_to_send(&path).expect("open to send");
             let opened = ObjectReader::open(&path).expect("open");
             let file_len = std::fs::metadata(&path).expect("stat").len();
@@ -737,9 +731,7 @@ mod tests {
     #[test]
     fn an_object_read_whole_is_still_verified() {
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-        let mut writer = ObjectWriter::create(dir.path().join("o")).expect("create");
-        writer.write(&sample(100_000)).expect("write");
-        let (path, _) = writer.finish(ObjectMeta::default()).expect("finish");
+        let (path, _) = write_object(dir.path(), "o", &sample(100_000), ObjectMeta::default());
         let file = File::options().write(true).open(&path).expect("open");
         // A flipped data byte: the metadata opens, the data does not pass.
         file.write_all_at(&[0xff], 70_000).expect("write");

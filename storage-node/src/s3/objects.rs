@@ -187,7 +187,7 @@ fn announced_checksum(
 /// Opens the object a GetObject or HeadObject `$input` names, checks its read
 /// conditions and selects the bytes asked for (whole, a range or a part): the
 /// `(reader, selection)` both answer from. `$open` is the `Store` method that opens
-/// it: a GET reads a small object whole at once, a HEAD only its metadata.
+/// it: a plain GET reads a small object whole at once, a HEAD only its metadata.
 macro_rules! open_selected {
     ($s3:expr, $input:expr, $open:ident) => {{
         convert::unversioned($input.version_id.as_deref())?;
@@ -203,7 +203,20 @@ pub async fn get_object(
     req: S3Request<GetObjectInput>,
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = req.input;
-    let (reader, selection) = open_selected!(s3, input, open_object_to_send);
+    // Reading a small object whole at once saves a GET of all of it one I/O; a
+    // GET of a range or a part, or one its conditions may answer without data
+    // (304, 412), would read data it does not send, so it opens the metadata first.
+    let plain = input.range.is_none()
+        && input.part_number.is_none()
+        && input.if_match.is_none()
+        && input.if_none_match.is_none()
+        && input.if_modified_since.is_none()
+        && input.if_unmodified_since.is_none();
+    let (reader, selection) = if plain {
+        open_selected!(s3, input, open_object_to_send)
+    } else {
+        open_selected!(s3, input, open_object)
+    };
     let meta = reader.meta.clone();
     let (checksum, checksum_type) =
         announced_checksum(&meta, &selection, input.checksum_mode.as_ref());
