@@ -14,8 +14,9 @@
 //! [`unreliable::UnreliableStore`] breaks the second seam on purpose: an object store
 //! that fails, delays, truncates, duplicates and loses the replies of requests, drawn
 //! from a seeded generator, for tests that check what survives;
-//! [`lax_store::ConditionIgnoringStore`] is a store that accepts create-only writes
-//! without honouring them, which `repo init` must refuse.
+//! [`hooked_store::HookedStore`] passes requests to another store after a hook of the
+//! test's own, such as [`hooked_store::IgnoreCreateOnly`], which accepts create-only
+//! writes without honouring them (`repo init` must refuse such a store).
 //!
 //! A suite is an assertion: it panics, naming the behaviour that broke, at the first
 //! violation, so it is called from a `#[tokio::test]` per implementation and the
@@ -45,8 +46,8 @@ mod error;
 pub mod etcd;
 pub mod garage;
 pub mod guest;
+pub mod hooked_store;
 pub mod image;
-pub mod lax_store;
 pub mod local;
 pub mod metastore;
 pub mod power_loss;

@@ -1,6 +1,8 @@
-//! An object store that ignores create-only conditions, as some S3 implementations
-//! do with `If-None-Match: *`: for the tests that check Haven refuses such a store
-//! before it relies on one.
+//! A store that passes every request to another, with a hook that sees each put and
+//! copy first: for the tests that need a store to misbehave in one way only, such as
+//! one that ignores create-only conditions (as some S3 implementations do with
+//! `If-None-Match: *`, which Haven must refuse before relying on it) or one slow to
+//! answer puts.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,37 +15,55 @@ use object_store::{
     ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
-/// Passes every request to another store, with create-only writes and copies turned
-/// into overwrites: a condition the store accepts and does not honour.
-#[derive(Debug, Clone)]
-pub struct ConditionIgnoringStore {
-    inner: Arc<dyn ObjectStore>,
-}
+/// What a [`HookedStore`] does besides passing requests on; each method defaults to
+/// nothing.
+#[async_trait]
+pub trait StoreHook: fmt::Debug + Send + Sync + 'static {
+    /// Runs before each put of `location`; may change its options or hold it.
+    async fn before_put(&self, location: &Path, opts: &mut PutOptions) {
+        let _ = (location, opts);
+    }
 
-impl ConditionIgnoringStore {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner }
+    /// Runs before each copy; may change its options.
+    fn before_copy(&self, options: &mut CopyOptions) {
+        let _ = options;
     }
 }
 
-impl fmt::Display for ConditionIgnoringStore {
+/// Passes every request to another store, running its hook before puts and copies.
+#[derive(Debug)]
+pub struct HookedStore<H> {
+    inner: Arc<dyn ObjectStore>,
+    hook: H,
+}
+
+impl<H: StoreHook> HookedStore<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>, hook: H) -> Self {
+        Self { inner, hook }
+    }
+
+    /// The hook, for a test to read what it recorded.
+    pub fn hook(&self) -> &H {
+        &self.hook
+    }
+}
+
+impl<H: StoreHook> fmt::Display for HookedStore<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConditionIgnoring({})", self.inner)
+        write!(f, "{:?}({})", self.hook, self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for ConditionIgnoringStore {
+impl<H: StoreHook> ObjectStore for HookedStore<H> {
     async fn put_opts(
         &self,
         location: &Path,
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> Result<PutResult> {
-        if opts.mode == PutMode::Create {
-            opts.mode = PutMode::Overwrite;
-        }
+        self.hook.before_put(location, &mut opts).await;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -75,10 +95,28 @@ impl ObjectStore for ConditionIgnoringStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, mut options: CopyOptions) -> Result<()> {
+        self.hook.before_copy(&mut options);
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Turns create-only writes and copies into overwrites: a condition the store
+/// accepts and does not honour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreCreateOnly;
+
+#[async_trait]
+impl StoreHook for IgnoreCreateOnly {
+    async fn before_put(&self, _location: &Path, opts: &mut PutOptions) {
+        if opts.mode == PutMode::Create {
+            opts.mode = PutMode::Overwrite;
+        }
+    }
+
+    fn before_copy(&self, options: &mut CopyOptions) {
         if options.mode == CopyMode::Create {
             options.mode = CopyMode::Overwrite;
         }
-        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -92,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn repo_init_refuses_a_store_that_ignores_create_only_writes() {
         let memory = Arc::new(InMemory::new());
-        let lax = ConditionIgnoringStore::new(memory.clone());
+        let lax = HookedStore::new(memory.clone(), IgnoreCreateOnly);
         let backend = Backend::over_object_store("lax://", Arc::new(lax));
         let refused = Repository::init(backend.clone(), b"password", 1 << 20).await;
         let err = refused.expect_err("init on a store ignoring If-None-Match");
