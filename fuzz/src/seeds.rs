@@ -57,6 +57,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         ]),
         "node_batch" => vec![batch_stream()],
         "node_pull" => pull_documents(),
+        "node_object" => haven_storage_node::fuzzing::object_file_seeds(),
         "s3_key" => texts(&[
             "chunks/ab/abcdef0123456789",
             "snapshots/vm-1/2026-12-06T00:00:00Z",
