@@ -7,10 +7,11 @@
 
 use std::path::Component;
 
+use crate::aligned_block::ALIGNMENT;
 use crate::config::ReplicationConfig;
 use crate::extension::pull::{allowed_source, parse_request, signature_headers};
 use crate::keypath::{OBJECT_SUFFIX, escape_segment, key_to_path, unescape_segment};
-use crate::object_file::{self, BLOCK_SIZE, ObjectMeta, ObjectWriter};
+use crate::object_file::{self, BLOCK_SIZE, FOOTER_LEN, ObjectMeta, ObjectWriter};
 use crate::s3::listing::{key_of_token, token_for, url_encode};
 
 /// An object key as a client sends it: its file path stays inside the bucket, reads
@@ -94,7 +95,10 @@ pub fn object_file(input: &[u8]) {
     );
     let _ = meta.whole_crc32();
     let mut again = data.to_vec();
-    again.extend(object_file::trailer(&meta, Some(4096)).expect("metadata that was read encodes"));
+    again.extend(
+        object_file::trailer(&meta, Some(ALIGNMENT as u64))
+            .expect("metadata that was read encodes"),
+    );
     let reread = object_file::meta_of_whole(&again).expect("a file written again reads");
     assert_eq!(
         serde_json::to_value(&reread).expect("metadata encodes"),
@@ -105,7 +109,7 @@ pub fn object_file(input: &[u8]) {
 /// Sets the metadata checksum in an object file's footer to that of the metadata
 /// its length field names, where the file is long enough to hold both.
 fn seal_metadata(file: &mut [u8]) {
-    let Some(footer_start) = file.len().checked_sub(16) else {
+    let Some(footer_start) = file.len().checked_sub(FOOTER_LEN as usize) else {
         return;
     };
     let (body, footer) = file.split_at_mut(footer_start);

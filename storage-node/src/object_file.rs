@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 8] = *b"HAVNOBJ1";
 /// Size of the data blocks that carry their own CRC-32.
 pub const BLOCK_SIZE: u64 = 1024 * 1024;
 /// Footer: json length, json crc, magic.
-const FOOTER_LEN: u64 = 16;
+pub(crate) const FOOTER_LEN: u64 = 16;
 const _: () = assert!(FOOTER_LEN as usize == 4 + 4 + MAGIC.len());
 /// Metadata larger than this is refused as corrupt rather than allocated.
 const MAX_METADATA_LEN: u32 = 16 * 1024 * 1024;
